@@ -1,0 +1,1 @@
+"""`nitp-eval mteb` (placeholder until the MTEB issue lands)."""

