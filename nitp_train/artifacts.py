@@ -212,6 +212,19 @@ def make_record(kind: str, model: dict, settings: dict, scores: dict, versions: 
     }
 
 
+def default_record_path(model: dict, kind: str, tag: str) -> Path:
+    """Where a record goes without ``--out``: inside the run for run checkpoints.
+
+    ``RUN/results/<kind>/<checkpoint>-<tag>.json`` for a checkpoint of a run, else
+    ``./results/<kind>/<model name>-<hash8>-<tag>.json``. ``tag`` names the settings
+    (e.g. the suite), so different settings never overwrite each other.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+    if model.get("run"):
+        return Path(model["run"]) / "results" / kind / f"{Path(model['path']).name}-{safe}.json"
+    return Path("results") / kind / f"{model['name']}-{model['hash'][:8]}-{safe}.json"
+
+
 def write_record(path: str | os.PathLike, record: dict) -> Path:
     if record.get("schema") != RECORD_SCHEMA or "kind" not in record:
         raise ValueError("not a nitp result record (use make_record)")
