@@ -169,9 +169,12 @@ def load_tokenizer(name_or_path: str):
 
 
 # ----------------------------------------------------------------------------- shards
+FINGERPRINT_DEFAULTS = {"corpus": "builtin", "text_field": "text", "tokenizer": None, "vocab_size": 4096, "val_fraction": 0.05, "seed": 0}
+
+
 def data_fingerprint(data_cfg: dict) -> str:
-    keys = ("corpus", "text_field", "tokenizer", "vocab_size", "val_fraction", "seed")
-    blob = json.dumps({k: data_cfg.get(k) for k in keys}, sort_keys=True)
+    """Hash of the settings that determine a prepared folder's content."""
+    blob = json.dumps({k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -183,7 +186,7 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") != fp:
-            raise UserError(f"{out}: holds data prepared with other settings ({meta.get('corpus')}); use another data.prepared_dir or delete it")
+            raise UserError(f"{out}: holds data prepared with other settings (corpus {meta.get('corpus')}, vocabulary {meta.get('vocab_size')}); use another data.prepared_dir or delete it")
         return out
     log(f"preparing corpus {data_cfg['corpus']!r} -> {out}")
     docs = load_documents(data_cfg["corpus"], data_cfg.get("text_field", "text"))
@@ -211,7 +214,7 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     meta = {
         "fingerprint": fp, "corpus": data_cfg["corpus"], "dtype": np.dtype(dtype).name, "vocab_size": vocab,
         "n_train": counts["train"], "n_val": counts["val"], "n_docs_train": len(train_docs), "n_docs_val": len(val_docs),
-        "eos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id, "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
     }
     atomic_write_json(tmp / "meta.json", meta)
     if out.exists():  # an empty or partial folder from an interrupted run

@@ -1,0 +1,92 @@
+"""Checkpoints: complete-or-absent Hugging Face folders with the trainer's state beside them.
+
+``RUN/checkpoints/step_000500/`` holds the model (``save_pretrained``: config.json +
+model.safetensors), the tokenizer, ``nitp_meta.json``, the projector as
+``nitp_head.safetensors`` (never inside the model weights, so a NITP checkpoint has exactly the
+keys of an NTP one) and ``trainer_state/`` (optimizer, scheduler, RNG, data cursor). The folder
+is written as ``.step_000500.tmp`` and renamed when complete; ``latest`` is updated after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import atomic_write_json, atomic_write_text, list_checkpoints
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def save(run_dir: Path, step: int, model_sd: dict, optim_sd: dict, scheduler, model, tokenizer,
+         meta: dict, state: dict, keep_last: int) -> Path:
+    """Write checkpoint ``step`` of a run (call on rank 0 only)."""
+    from safetensors.torch import save_file
+
+    ckdir = Path(run_dir) / "checkpoints"
+    final = ckdir / checkpoint_name(step)
+    tmp = ckdir / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    lm_sd = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
+    head_sd = {k[len("head."):]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")}
+    model.save_pretrained(tmp, state_dict=lm_sd)
+    tokenizer.save_pretrained(tmp)
+    if head_sd:
+        save_file(head_sd, tmp / "nitp_head.safetensors", metadata={"format": "pt", "projector": meta.get("projector", "")})
+    atomic_write_json(tmp / "nitp_meta.json", meta)
+
+    st = tmp / "trainer_state"
+    st.mkdir()
+    torch.save(optim_sd, st / "optimizer.pt")
+    torch.save(scheduler.state_dict(), st / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, st / "rng.pt")
+    atomic_write_json(st / "state.json", state)
+
+    if final.exists():  # same step written by an earlier, interrupted attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(ckdir / "latest", final.name)
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    """Optimizer / scheduler / RNG / cursor of a checkpoint (RNG restored here)."""
+    st = Path(ckpt) / "trainer_state"
+    rng = torch.load(st / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return {
+        "optimizer": torch.load(st / "optimizer.pt", weights_only=False),
+        "scheduler": torch.load(st / "scheduler.pt", weights_only=False),
+        "state": json.loads((st / "state.json").read_text()),
+    }
+
+
+def load_head(ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(ckpt) / "nitp_head.safetensors"
+    return load_file(path) if path.is_file() else {}
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove half-written checkpoint folders left by a killed run."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if ckdir.is_dir():
+        for p in ckdir.glob(".step_*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""The NITP objective: next-token CE + lambda * (1 - cos(P(h_t), sg[z_{t+1}])).
+
+h_t is the last hidden state at position t (the vector fed to the LM head); z_{t+1} is the
+output of block k at position t+1 of the same forward pass (k = 0: the token embeddings),
+captured with a forward hook; P is a projector used only in training (SwiGLU d -> 4d -> d).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models import final_norm, target_module
+
+LOSS_KINDS = ("cosine", "mse", "smooth_l1", "kl")
+PROJECTORS = ("swiglu", "linear", "none")
+
+
+def nitp_loss(last_hidden: torch.Tensor, target_hidden: torch.Tensor, head: nn.Module | None = None,
+              attention_mask: torch.Tensor | None = None, shift: int = 1, kind: str = "cosine",
+              stop_grad: bool = True) -> torch.Tensor:
+    r"""Mean loss between projected last hidden states and shifted target hidden states.
+
+    .. math::
+        L = \frac{1}{|V|} \sum_{(b,t) \in V} \ell\big(P(h_{b,t}),\ \mathrm{sg}(z_{b,t+s})\big),
+        \qquad \ell_\text{cosine}(p, z) = 1 - \frac{p \cdot z}{\lVert p\rVert \lVert z\rVert}
+
+    where V holds the positions t whose own and shifted positions t+s are both valid (so
+    padding and the last s positions of each sequence are excluded).
+
+    Parameters
+    ----------
+    last_hidden : Tensor [B, T, d]
+        Last hidden states h (after the final norm).
+    target_hidden : Tensor [B, T, d]
+        Hidden states z of the target layer, same forward pass.
+    head : Module or None
+        Projector P applied to h; ``None`` = identity.
+    attention_mask : Tensor [B, T] or None
+        1 for real tokens, 0 for padding; ``None`` = all valid.
+    shift : int
+        s = 1 predicts the next token's state (NITP); 0 is the same-position ablation.
+    kind : {"cosine", "mse", "smooth_l1", "kl"}
+        ``mse`` / ``smooth_l1``: mean over features; ``kl``: KL(softmax(z) || softmax(P(h)))
+        over the feature axis.
+    stop_grad : bool
+        Detach z (the paper's setting); ``False`` is the co-adaptation ablation.
+
+    Returns
+    -------
+    Tensor, scalar (0 with a graph when no position is valid).
+
+    Examples
+    --------
+    >>> h = torch.tensor([[[1., 0.], [0., 1.]]]); z = torch.tensor([[[9., 9.], [0., 2.]]])
+    >>> float(nitp_loss(h, z))   # cos(h_0, z_1) = 0  -> 1 - 0
+    1.0
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
+    T = last_hidden.shape[1]
+    pred, tgt = last_hidden[:, : T - shift], target_hidden[:, shift:]
+    if stop_grad:
+        tgt = tgt.detach()
+    if attention_mask is not None:
+        valid = attention_mask[:, : T - shift].bool() & attention_mask[:, shift:].bool()
+        pred, tgt = pred[valid], tgt[valid]  # [N, d]
+    else:
+        pred, tgt = pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1, tgt.shape[-1])
+    if pred.shape[0] == 0:
+        return last_hidden.sum() * 0.0
+    if head is not None:
+        pred = head(pred)
+    pred, tgt = pred.float(), tgt.float()
+    if kind == "cosine":
+        per_pos = 1.0 - F.cosine_similarity(pred, tgt, dim=-1, eps=1e-8)
+    elif kind == "mse":
+        per_pos = (pred - tgt).pow(2).mean(-1)
+    elif kind == "smooth_l1":
+        per_pos = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1)
+    else:  # kl
+        per_pos = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(tgt, -1), log_target=True, reduction="none").sum(-1)
+    return per_pos.mean()
+
+
+def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
+    r"""Mean cosine over all pairs i != j of the rows of ``h`` [N, d], in O(N d).
+
+    With unit vectors u_i: :math:`\sum_{i \ne j} u_i \cdot u_j = \lVert \sum_i u_i \rVert^2 - N`,
+    so the mean is :math:`(\lVert \sum u \rVert^2 - N) / (N (N - 1))`. Differentiable: used as the
+    generic anti-anisotropy regulariser of Gao et al. (2019), the paper's baseline.
+    """
+    n = h.shape[0]
+    if n < 2:
+        return h.sum() * 0.0
+    u = F.normalize(h.float(), dim=-1, eps=1e-8)
+    s = u.sum(0)
+    return (s.dot(s) - (u * u).sum()) / (n * (n - 1))
+
+
+class SwiGLUHead(nn.Module):
+    """The paper's projector: down(silu(gate(x)) * up(x)), d -> 4d -> d, 12 d^2 parameters."""
+
+    def __init__(self, d_in: int, d_out: int, expansion: int = 4):
+        super().__init__()
+        self.gate = nn.Linear(d_in, expansion * d_in, bias=False)
+        self.up = nn.Linear(d_in, expansion * d_in, bias=False)
+        self.down = nn.Linear(expansion * d_in, d_out, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def make_head(kind: str, d_in: int, d_out: int) -> nn.Module | None:
+    if kind == "swiglu":
+        return SwiGLUHead(d_in, d_out)
+    if kind == "linear":
+        return nn.Linear(d_in, d_out, bias=False)
+    if kind == "none":
+        return None
+    raise ValueError(f"projector must be one of {PROJECTORS}, got {kind!r}")
+
+
+def _output_tensor(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class NITPObjective(nn.Module):
+    """Causal LM + projector; ``forward(input_ids)`` returns every loss term in one forward pass.
+
+    Two forward hooks capture the final-norm output (h) and the target layer's output (z) while
+    the model computes its logits; nothing else is kept. Wrapping this module (not the bare LM)
+    in DDP/FSDP keeps the projector's gradients synchronised.
+    """
+
+    def __init__(self, model: nn.Module, objective: str, nitp_cfg: dict, cos_reg_weight: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.cfg = dict(nitp_cfg)
+        self.cos_reg_weight = float(cos_reg_weight)
+        d = model.config.hidden_size
+        self.head = make_head(self.cfg["projector"], d, d) if objective == "nitp" else None
+        self._captured: dict[str, torch.Tensor] = {}
+        final_norm(model).register_forward_hook(self._capture("last"))
+        if objective == "nitp":
+            target_module(model, self.cfg["target_layer"]).register_forward_hook(self._capture("target"))
+
+    def _capture(self, name):
+        def hook(_module, _inputs, output):
+            self._captured[name] = _output_tensor(output)
+        return hook
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                nitp_weight: float = 1.0, keep_last_hidden: bool = False) -> dict[str, torch.Tensor]:
+        self._captured.clear()
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        labels = input_ids[:, 1:]
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
+        losses = {"loss_ntp": F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)}
+        total = losses["loss_ntp"]
+        h = self._captured.pop("last")
+        if getattr(out, "aux_loss", None) is not None:
+            losses["aux_loss"] = out.aux_loss
+            total = total + self.model.config.router_aux_loss_coef * out.aux_loss
+        if self.objective == "nitp":
+            z = self._captured.pop("target")
+            losses["loss_nitp"] = nitp_loss(h, z, self.head, attention_mask, self.cfg["shift"], self.cfg["loss"], self.cfg["stop_grad"])
+            total = total + nitp_weight * losses["loss_nitp"]
+        if self.cos_reg_weight > 0:
+            flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])
+            losses["loss_cos_reg"] = mean_pairwise_cosine(flat)
+            total = total + self.cos_reg_weight * losses["loss_cos_reg"]
+        losses["loss_total"] = total
+        if keep_last_hidden:
+            losses["last_hidden"] = h.detach()
+        self._captured.clear()
+        return losses

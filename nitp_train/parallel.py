@@ -1,0 +1,103 @@
+"""Process groups and model wrapping (DDP or FSDP2), kept apart from the model and the trainer.
+
+Under ``torchrun`` the environment holds RANK / WORLD_SIZE / LOCAL_RANK; otherwise the run is a
+single process. Backend: nccl on GPU, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: str = "auto") -> Dist:
+    """Initialise the process group when launched by torchrun; pick the device."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if "RANK" not in os.environ:
+        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def all_mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
+    """Mean of each scalar over ranks (one all-reduce for the whole dict)."""
+    if not d.enabled or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return {k: v / d.world for k, v in zip(keys, t.tolist())}
+
+
+def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
+    """DDP, or FSDP2 (``fully_shard`` each decoder block, then the root)."""
+    if not d.enabled:
+        return module
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in module.model.model.layers:
+        fully_shard(layer)
+    fully_shard(module)
+    return module
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") and not hasattr(module, "objective") else module
+
+
+def full_state_dicts(wrapped: torch.nn.Module, optimizer, d: Dist, mode: str):
+    """(model state dict, optimizer state dict), full and on CPU, for saving on rank 0."""
+    if not d.enabled or mode == "ddp":
+        return unwrap(wrapped).state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(wrapped, optimizer, options=opts)
+
+
+def load_full_state_dicts(wrapped: torch.nn.Module, optimizer, model_sd, optim_sd, d: Dist, mode: str) -> None:
+    if not d.enabled or mode == "ddp":
+        unwrap(wrapped).load_state_dict(model_sd)
+        optimizer.load_state_dict(optim_sd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(wrapped, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                   options=StateDictOptions(full_state_dict=True))
