@@ -1,0 +1,232 @@
+"""Which MTEB tasks `nitp-eval mteb` runs, and where their data come from.
+
+Suites
+------
+``paper``    the paper's 25 English tasks (PAPER_NOTES.md), with the exact scope that mteb's own
+             ``MTEB(eng, v1)`` benchmark gives them: test split only, AmazonCounterfactual subset
+             ``en``, the multilingual Amazon/MTOP/Massive tasks subset ``en``, STS17 ``en-en``.
+             Groups as in the paper: Classification (10), STS (9), Retrieval/dup (6).
+``offline``  custom mteb tasks over real labelled data that installed packages ship
+             (``nitp_eval.mteb_offline``); needs no download at all.
+
+Air-gapped data (``--data-dir DIR``)
+------------------------------------
+A task's data is a Hugging Face dataset repository (``task.metadata.dataset["path"]`` at
+``["revision"]``). A local mirror keeps each repository in the hub layout under its repo id::
+
+    DIR/mteb/stsbenchmark-sts/README.md, data/test-00000-of-00001.parquet, ...
+    DIR/mteb/AskUbuntuDupQuestions/README.md, corpus/..., queries/..., qrels/..., top_ranked/...
+
+i.e. what ``huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=rev,
+local_dir=DIR/repo)`` writes. ``apply_data_dir`` points every task's dataset path at its folder
+(mteb then loads it with the same ``datasets.load_dataset`` call it uses for the hub) and
+reports the tasks whose folder is missing. ``mteb_dataset_repos`` lists the repositories a set
+of tasks needs; ``nitp-eval mirror export`` / ``mirror check`` use it.
+
+Example
+-------
+>>> mteb_dataset_repos(["STS17", "Banking77Classification"])        # doctest: +SKIP
+[{'task': 'STS17', 'repo': 'mteb/sts17-crosslingual-sts', 'revision': 'faeb76...',
+  'subsets': ['en-en'], 'splits': ['test']}, ...]
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from nitp_train.artifacts import UserError
+
+# The paper's 25 tasks and their groups (PAPER_NOTES.md, "Frozen-representation test on MTEB").
+PAPER_GROUPS: dict[str, list[str]] = {
+    "Classification": [
+        "AmazonCounterfactualClassification", "AmazonReviewsClassification", "Banking77Classification",
+        "EmotionClassification", "MTOPDomainClassification", "MTOPIntentClassification",
+        "MassiveIntentClassification", "MassiveScenarioClassification",
+        "ToxicConversationsClassification", "TweetSentimentExtractionClassification",
+    ],
+    "STS": ["BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STSBenchmark"],
+    "Retrieval/dup": [
+        "AskUbuntuDupQuestions", "SciDocsRR", "SprintDuplicateQuestions", "StackOverflowDupQuestions",
+        "TwitterSemEval2015", "TwitterURLCorpus",
+    ],
+}
+PAPER_TASKS: list[str] = [name for names in PAPER_GROUPS.values() for name in names]
+PAPER_BENCHMARK = "MTEB(eng, v1)"  # mteb's benchmark that fixes the paper tasks' English scope
+SUITES = ("paper", "offline")
+
+# Task types -> the paper's group names (for tasks outside the paper suite).
+TYPE_GROUPS = {
+    "Classification": "Classification",
+    "STS": "STS",
+    "PairClassification": "Retrieval/dup",
+    "Reranking": "Retrieval/dup",
+    "Retrieval": "Retrieval/dup",
+}
+
+EXPORT_HINT = "export it with `nitp-eval mirror export` on a machine with hub access"
+
+
+def group_of(task_name: str, task_type: str) -> str:
+    """The paper's group of a task (Classification, STS, Retrieval/dup), else its mteb type."""
+    for group, names in PAPER_GROUPS.items():
+        if task_name in names:
+            return group
+    return TYPE_GROUPS.get(task_type, task_type)
+
+
+# ----------------------------------------------------------------------------- task selection
+def suite_task_names(suite: str) -> list[str]:
+    """Task names of a suite (``paper`` or ``offline``)."""
+    if suite == "paper":
+        return list(PAPER_TASKS)
+    if suite == "offline":
+        from .mteb_offline import OFFLINE_TASKS
+
+        return list(OFFLINE_TASKS)
+    raise UserError(f"unknown suite {suite!r} (choose one of: {', '.join(SUITES)})")
+
+
+def resolve_tasks(suite: str | None = None, tasks: Iterable[str] | None = None) -> list[Any]:
+    """Fresh mteb task objects for a suite or a list of names (names win when both are given).
+
+    Paper tasks come from mteb's ``MTEB(eng, v1)`` benchmark (English scope); offline tasks from
+    ``nitp_eval.mteb_offline``; any other name from ``mteb.get_task``. Each call returns new
+    objects, so overriding one's dataset path never leaks into another run.
+    Raises ``UserError`` for an unknown name, with mteb's closest match.
+    """
+    names = list(tasks) if tasks else suite_task_names(suite or "offline")
+    if not names:
+        raise UserError("no MTEB tasks given (use --suite paper|offline or --tasks NAME ...)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"task listed twice: {', '.join(dupes)}")
+    return [_task(name) for name in names]
+
+
+def _task(name: str) -> Any:
+    from .mteb_offline import OFFLINE_TASKS
+
+    if name in OFFLINE_TASKS:
+        return OFFLINE_TASKS[name]()
+    if name in PAPER_TASKS:
+        return copy.deepcopy(_paper_benchmark_tasks()[name])
+    import mteb
+
+    try:
+        return mteb.get_task(name)
+    except KeyError:
+        known = list(OFFLINE_TASKS) + [t.metadata.name for t in mteb.get_tasks()]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown MTEB task {name!r}{hint}; names are mteb's (mteb.get_tasks()) or the offline suite's") from None
+
+
+_BENCHMARK_CACHE: dict[str, Any] = {}
+
+
+def _paper_benchmark_tasks() -> dict[str, Any]:
+    if not _BENCHMARK_CACHE:
+        import mteb
+
+        for t in mteb.get_benchmark(PAPER_BENCHMARK).tasks:
+            if t.metadata.name in PAPER_TASKS:
+                _BENCHMARK_CACHE[t.metadata.name] = t
+        missing = set(PAPER_TASKS) - set(_BENCHMARK_CACHE)
+        if missing:  # a future mteb dropping a task must not silently shrink the suite
+            raise UserError(f"this mteb lacks paper tasks in {PAPER_BENCHMARK}: {sorted(missing)}")
+    return _BENCHMARK_CACHE
+
+
+def is_local_task(task: Any) -> bool:
+    """True for tasks whose data ship with installed packages (the offline suite)."""
+    from .mteb_offline import OFFLINE_TASKS
+
+    return task.metadata.name in OFFLINE_TASKS
+
+
+# ----------------------------------------------------------------------------- hub repositories
+def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
+    """The Hugging Face dataset repositories that MTEB tasks load, one dict per task.
+
+    Parameters
+    ----------
+    task_names : MTEB task names (paper tasks get the paper's scope). Offline-suite tasks are
+        skipped: their data ship with installed packages.
+
+    Returns
+    -------
+    list of ``{"task", "repo", "revision", "subsets", "splits"}``; ``repo`` and ``revision``
+    are what ``snapshot_download(repo, repo_type="dataset", revision=...)`` takes; the mirror
+    keeps the snapshot in ``DATA_DIR/<repo>`` (see ``local_dataset_dir``).
+    """
+    out = []
+    for task in resolve_tasks(tasks=list(task_names)):
+        if is_local_task(task):
+            continue
+        ds = task.metadata.dataset
+        out.append({
+            "task": task.metadata.name,
+            "repo": ds["path"],
+            "revision": ds.get("revision"),
+            "subsets": list(task.hf_subsets or []),
+            "splits": list(task.eval_splits),
+        })
+    return out
+
+
+def local_dataset_dir(data_dir: str | os.PathLike, repo: str) -> Path:
+    """Where a mirror keeps a dataset repository: ``DATA_DIR/<owner>/<name>``."""
+    return Path(data_dir).expanduser() / repo
+
+
+def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[Any], list[str]]:
+    """Point each task's dataset at its local folder under ``data_dir``.
+
+    Returns ``(ready, problems)``: the tasks whose folder exists (their ``metadata.dataset
+    ["path"]`` now names it; the revision is kept, so results stay comparable with hub runs),
+    and one line per task without data, naming the task, the folder and the export command.
+    Offline-suite tasks need no folder and are always ready.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory ({EXPORT_HINT})")
+    ready, problems = [], []
+    for task in tasks:
+        if is_local_task(task):
+            ready.append(task)
+            continue
+        repo = task.metadata.dataset["path"]
+        folder = local_dataset_dir(root, repo)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            problems.append(f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {EXPORT_HINT}")
+            continue
+        dataset = {**task.metadata.dataset, "path": str(folder)}
+        # instance-level metadata: the class (and mteb's registry) keep the hub path
+        task.metadata = task.metadata.model_copy(update={"dataset": dataset})
+        ready.append(task)
+    return ready, problems
+
+
+def use_offline_hub() -> None:
+    """Never reach for the hub: local data only (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE).
+
+    The variables are read when ``datasets`` / ``huggingface_hub`` are imported, so modules
+    already imported get the flag set on their config as well.
+    """
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        import datasets.config as datasets_config
+
+        datasets_config.HF_HUB_OFFLINE = True
+        datasets_config.HF_DATASETS_OFFLINE = True
