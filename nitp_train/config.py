@@ -106,19 +106,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML at ``path``, then ``overrides`` (``key=value``), resolved."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config {path}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config {path}: expected a mapping at the top level")
-        cfg = _merge(cfg, data)
+        for data in _read_chain(Path(path)):
+            cfg = _merge(cfg, data)
     for item in overrides:
         cfg = _merge(cfg, parse_override(item))
     return resolve(cfg)
+
+
+def _read_chain(path: Path, seen: tuple = ()) -> list[dict]:
+    """The YAML at ``path`` preceded by its ``base:`` file(s), relative to ``path``."""
+    if not path.is_file():
+        raise UserError(f"config {path}: no such file")
+    if path.resolve() in seen:
+        raise UserError(f"config {path}: 'base:' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    chain = _read_chain(path.parent / base, seen + (path.resolve(),)) if base else []
+    return chain + [data]
 
 
 def resolve(cfg: dict) -> dict:

@@ -198,7 +198,7 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     vocab = len(tok)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
 
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tok.save_pretrained(tmp / "tokenizer")
@@ -217,10 +217,14 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
         "eos_token_id": tok.eos_token_id, "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
     }
     atomic_write_json(tmp / "meta.json", meta)
-    if out.exists():  # an empty or partial folder from an interrupted run
+    if out.exists() and not meta_path.is_file():  # an empty or partial folder from an interrupted run
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished preparing the same data first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return prepare(data_cfg, out, log)
     log(f"prepared {counts['train']:,} train and {counts['val']:,} validation tokens, vocabulary {vocab:,}")
     return out
 

@@ -62,6 +62,19 @@ def all_mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
     return {k: v / d.world for k, v in zip(keys, t.tolist())}
 
 
+def gather_checksums(d: Dist, module: torch.nn.Module) -> list[float]:
+    """float64 sum of every parameter, from each rank: equal lists mean the replicas agree (DDP)."""
+    with torch.no_grad():
+        local = sum(p.detach().double().sum()
+                    for p in module.parameters())
+    t = torch.as_tensor(local, dtype=torch.float64, device=d.device).reshape(1)
+    if not d.enabled:
+        return [float(t)]
+    out = [torch.zeros_like(t) for _ in range(d.world)]
+    dist.all_gather(out, t)
+    return [float(x) for x in out]
+
+
 def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
     """DDP, or FSDP2 (``fully_shard`` each decoder block, then the root)."""
     if not d.enabled:

@@ -233,12 +233,16 @@ def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) ->
 
 def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d) -> None:
     model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
+    checksums = parallel.gather_checksums(d, objective) if cfg["train"]["parallel"] == "ddp" else []
     if d.is_main:
         nitp = cfg["nitp"] if cfg["objective"] == "nitp" else {}
         meta = {"step": step, "tokens_seen": tokens_seen, "objective": cfg["objective"], "preset": cfg["model"]["preset"],
                 "target_layer": nitp.get("target_layer"), "lambda": nitp.get("lambda"), "projector": nitp.get("projector"),
                 "cos_reg_weight": cfg["cos_reg"]["weight"]}
-        state = {"step": step, "tokens_seen": tokens_seen, "next_batch": step * cfg["train"]["grad_accum"], "world_size": d.world}
+        state = {"step": step, "tokens_seen": tokens_seen, "next_batch": step * cfg["train"]["grad_accum"], "world_size": d.world,
+                 "rank_param_checksums": checksums}
+        if len(set(checksums)) > 1:
+            print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
         ckpt_io.save(run_dir, step, model_sd, optim_sd, scheduler, objective.model, tokenizer, meta, state,
                      cfg["checkpoint"]["keep_last"])
     parallel.barrier(d)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 DATA_CACHE = Path(os.environ.get("NITP_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
 
 
@@ -18,27 +16,30 @@ def builtin_prepared_dir(seq_len: int = 64) -> Path:
     return prepare(cfg, DATA_CACHE / "builtin-4096", log=lambda *_: None)
 
 
-def make_tiny_run(run_dir: Path, objective: str = "nitp", preset: str = "tiny-dense", steps: int = 0) -> Path:
-    """A run directory with one checkpoint of a tiny model (random init until the trainer lands)."""
-    import torch
+TINY_SETTINGS = [
+    "data.seq_len=64", "train.batch_size=8", "train.warmup_steps=2", "train.threads=1",
+    "log.every=2", "log.geom_every=4", "log.eval_every=4", "log.eval_batches=2",
+]
 
-    from nitp_train.artifacts import atomic_write_json, atomic_write_text
-    from nitp_train.data import TokenShards
-    from nitp_train.models import build_model, resolve_preset
 
-    prepared = builtin_prepared_dir()
-    spec = resolve_preset(preset)
-    model = build_model(spec, seed=0)
-    tok = TokenShards(prepared).tokenizer()
-    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    ck = run_dir / "checkpoints" / f"step_{steps:06d}"
-    ck.mkdir(parents=True)
-    model.save_pretrained(ck)
-    tok.save_pretrained(ck)
-    atomic_write_json(ck / "nitp_meta.json", {"step": steps, "tokens_seen": 0, "objective": objective, "preset": preset})
-    atomic_write_text(run_dir / "checkpoints" / "latest", ck.name)
-    cfg = {"run_name": run_dir.name, "objective": objective, "model": {"preset": preset}, "data": {"corpus": "builtin", "prepared_dir": str(prepared)}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run_dir / "metrics.jsonl").write_text("")
-    del torch
-    return run_dir
+def tiny_cli_args() -> list[str]:
+    """``--set`` arguments of TINY_SETTINGS and the shared prepared corpus, for CLI subprocesses."""
+    sets = [*TINY_SETTINGS, f"data.prepared_dir={builtin_prepared_dir()}"]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def tiny_config(objective: str = "nitp", preset: str = "tiny-dense", steps: int = 8, extra: list[str] | None = None) -> dict:
+    """Resolved config of a tiny, fast run on the shared prepared built-in corpus."""
+    from nitp_train.config import load_config
+
+    overrides = [f"objective={objective}", f"model.preset={preset}", f"train.steps={steps}",
+                 f"checkpoint.every={steps}", f"data.prepared_dir={builtin_prepared_dir()}", *TINY_SETTINGS, *(extra or [])]
+    return load_config(None, overrides)
+
+
+def make_tiny_run(run_dir: Path, objective: str = "nitp", preset: str = "tiny-dense", steps: int = 8,
+                  extra: list[str] | None = None) -> Path:
+    """A real run directory made by the trainer: a few steps of a tiny model."""
+    from nitp_train.trainer import train
+
+    return train(tiny_config(objective, preset, steps, extra), run_dir, log=lambda *_: None)

@@ -1,0 +1,87 @@
+"""nitp_loss and the objective module against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from nitp_train.loss import NITPObjective, SwiGLUHead, mean_pairwise_cosine, nitp_loss
+
+
+def test_cosine_loss_matches_hand_computation():
+    h = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    z = torch.tensor([[[5.0, 5.0], [0.0, 3.0], [2.0, 0.0]]])
+    # pairs (h_0, z_1) and (h_1, z_2): cos = 0 and 1/sqrt(2)
+    expected = ((1 - 0.0) + (1 - 1 / math.sqrt(2))) / 2
+    assert nitp_loss(h, z).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_shift_zero_compares_same_positions():
+    h = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert nitp_loss(h, h.clone(), shift=0).item() == pytest.approx(0.0, abs=1e-6)
+    assert nitp_loss(h, h.clone(), shift=1).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_padding_and_last_position_are_excluded():
+    torch.manual_seed(0)
+    h, z = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    got = nitp_loss(h, z, attention_mask=mask)
+    pairs = [(0, t) for t in range(4)] + [(1, t) for t in range(2)]
+    want = sum(1 - torch.nn.functional.cosine_similarity(h[b, t], z[b, t + 1], dim=0) for b, t in pairs) / len(pairs)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # changing a padded target must not change the loss
+    z2 = z.clone(); z2[1, 3:] = 100.0
+    assert nitp_loss(h, z2, attention_mask=mask).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_head_is_applied_and_gets_gradients_but_target_does_not():
+    torch.manual_seed(0)
+    head = SwiGLUHead(4, 4)
+    h = torch.randn(2, 6, 4, requires_grad=True)
+    z = torch.randn(2, 6, 4, requires_grad=True)
+    loss = nitp_loss(h, z, head=head)
+    want = (1 - torch.nn.functional.cosine_similarity(head(h[:, :-1]), z[:, 1:], dim=-1)).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    assert z.grad is None
+    assert h.grad is not None and head.gate.weight.grad.abs().sum() > 0
+    z.grad = None
+    nitp_loss(h, z, head=head, stop_grad=False).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["mse", "smooth_l1", "kl"])
+def test_other_kinds_are_zero_on_identical_vectors_and_positive_otherwise(kind):
+    h = torch.randn(1, 4, 8)
+    same = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # z[t+1] = h[t]
+    assert nitp_loss(h, same, kind=kind).item() == pytest.approx(0.0, abs=1e-6)
+    assert nitp_loss(h, torch.randn(1, 4, 8), kind=kind).item() > 0
+
+
+def test_mean_pairwise_cosine_equals_brute_force():
+    torch.manual_seed(1)
+    x = torch.randn(50, 16) + 0.5
+    u = torch.nn.functional.normalize(x, dim=-1)
+    c = u @ u.T
+    brute = (c.sum() - c.diagonal().sum()) / (50 * 49)
+    assert mean_pairwise_cosine(x).item() == pytest.approx(brute.item(), rel=1e-5)
+
+
+def test_objective_uses_one_forward_and_hooks_give_the_right_layers():
+    from nitp_train.models import build_model, resolve_preset
+
+    model = build_model(resolve_preset("tiny-dense", {"vocab_size": 64}), seed=0)
+    obj = NITPObjective(model, "nitp", {"target_layer": 2, "projector": "swiglu", "shift": 1, "loss": "cosine", "stop_grad": True})
+    x = torch.randint(0, 64, (2, 12))
+    calls = []
+    model.model.register_forward_hook(lambda *a: calls.append(1))
+    out = obj(x, keep_last_hidden=True)
+    assert len(calls) == 1
+    ref = model(input_ids=x, output_hidden_states=True)
+    assert torch.allclose(out["last_hidden"], ref.hidden_states[-1], atol=1e-6)
+    want = nitp_loss(ref.hidden_states[-1], ref.hidden_states[2], head=obj.head)
+    assert out["loss_nitp"].item() == pytest.approx(want.item(), rel=1e-5)
+    ce = torch.nn.functional.cross_entropy(ref.logits[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1))
+    assert out["loss_ntp"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert out["loss_total"].item() == pytest.approx(ce.item() + want.item(), rel=1e-5)

@@ -1,0 +1,55 @@
+"""A run killed with SIGKILL at an arbitrary moment and resumed ends bit-for-bit equal."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from nitp_train.artifacts import list_checkpoints, read_jsonl
+from tests.helpers import tiny_cli_args, builtin_prepared_dir
+
+STEPS = 24
+
+
+def _cmd(run_dir):
+    cmd = [sys.executable, "-m", "nitp_train", "run", *tiny_cli_args(), "--run-dir", str(run_dir), "--steps", str(STEPS),
+           "--set", f"data.prepared_dir={builtin_prepared_dir()}", "--set", "checkpoint.every=4", "--set", "log.geom_every=0"]
+    return cmd
+
+
+def _final_weights(run_dir):
+    ck = list_checkpoints(run_dir)[-1]
+    return ck, {**load_file(ck / "model.safetensors"), **{f"head.{k}": v for k, v in load_file(ck / "nitp_head.safetensors").items()}}
+
+
+def test_kill_and_resume_is_bit_for_bit(tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_cmd(ref_dir), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_cmd(cut_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list_checkpoints(cut_dir) and time.time() < deadline:  # wait for the first checkpoint
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # then kill at an arbitrary moment
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = [c.name for c in list_checkpoints(cut_dir)]
+    assert killed_at and killed_at[-1] != f"step_{STEPS:06d}", "run finished before it was killed"
+
+    resumed = subprocess.run(_cmd(cut_dir) + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    ck_ref, w_ref = _final_weights(ref_dir)
+    ck_cut, w_cut = _final_weights(cut_dir)
+    assert ck_ref.name == ck_cut.name == f"step_{STEPS:06d}"
+    assert w_ref.keys() == w_cut.keys()
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_cut[k]), k
+    # the metrics log has each step once, as the uninterrupted run's
+    ref_rows, cut_rows = read_jsonl(ref_dir / "metrics.jsonl"), read_jsonl(cut_dir / "metrics.jsonl")
+    assert [r["step"] for r in cut_rows] == [r["step"] for r in ref_rows]
+    assert [r["loss_total"] for r in cut_rows] == [r["loss_total"] for r in ref_rows]
