@@ -1,0 +1,567 @@
+"""Mergeable float64 accumulators: the streaming core of every geometry statistic.
+
+Each accumulator sees rows ``x`` of shape ``[N, d]`` (numpy arrays or torch tensors of any
+float dtype, on any device), converts them to float64 a chunk at a time, and keeps only a
+fixed-size state: memory is independent of the number of tokens. Two accumulators merge
+exactly (``merge``), across batches or across DDP ranks (``all_reduce_``), and a stream of
+batches gives the same state as one big batch to float64 rounding (~1e-12 relative).
+
+========================  ===========================================  ==================
+accumulator               state                                        gives
+========================  ===========================================  ==================
+``Moments``               count n, mean [d], centred scatter M2 [d,d]  covariance spectrum
+``CrossMoments``          n, mean_a, mean_b, cross scatter C [da,db]   ridge maps, CKA
+``MeanTrace``             n, mean [d], trace of the centred scatter    R^2 denominators
+``UnitSums``              sum of unit vectors (+ per-group folds)      exact anisotropy
+``NormStats``             sum / max of norms, log-grid histograms      norms, massive acts
+``MeanValue``             sum, count                                   mean cosines
+========================  ===========================================  ==================
+
+Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
+
+    n    = n_a + n_b
+    mean = mean_a + delta * n_b / n
+    M2   = M2_a + M2_b + outer(delta, delta) * n_a * n_b / n
+
+Inside one chunk the scatter is computed two-pass (subtract the chunk's float64 mean first), so
+a large common offset never meets float32 — that is what makes these exact where a float32
+``E[x x^T] - mu mu^T`` loses every digit.
+
+Example
+-------
+>>> import numpy as np
+>>> x = np.random.default_rng(0).normal(size=(1000, 8))
+>>> a = Moments().update(x[:300]); b = Moments().update(x[300:])
+>>> bool(np.allclose(a.merge(b).covariance(), np.cov(x.T, bias=True)))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+CHUNK_ROWS = 8192          # rows converted to float64 at a time (bounds the float64 copy)
+HIST_DECADES = (-12, 12)   # |x| grid of NormStats: 1e-12 .. 1e12
+HIST_BINS_PER_DECADE = 100  # 100 bins per decade: values resolved to 2.3 % (10**0.01)
+
+
+def as_rows(x: Any):
+    """A 2-D torch view of ``x`` (numpy arrays are wrapped without copying; CPU)."""
+    import numpy as np
+    import torch
+
+    if torch.is_tensor(x):
+        t = x.detach()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    if t.ndim != 2:
+        raise ValueError(f"expected an [N, d] array of row vectors, got shape {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"expected a float array, got dtype {t.dtype}")
+    return t
+
+
+def _chunks(t):
+    """float64 chunks of at most CHUNK_ROWS rows of a 2-D tensor."""
+    import torch
+
+    for start in range(0, t.shape[0], CHUNK_ROWS):
+        yield t[start:start + CHUNK_ROWS].to(torch.float64)
+
+
+def _dist_sum(t, group=None):
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def _collective_device(group=None):
+    """Where a fresh tensor must live for the process group's backend (NCCL needs CUDA)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- moments
+class Moments:
+    """Count, mean and centred second moment (scatter) of row vectors, float64.
+
+    ``M2 = sum_i (x_i - mean)(x_i - mean)^T``, shape [d, d]; the covariance is ``M2 / n``
+    (population normalisation — effective ranks and shares do not depend on it).
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None   # torch float64 [d]
+        self.m2 = None     # torch float64 [d, d]
+
+    def update(self, x) -> "Moments":
+        for c in _chunks(as_rows(x)):
+            if c.shape[0] == 0:
+                continue
+            mean = c.mean(0)
+            centred = c - mean
+            self._merge_parts(c.shape[0], mean, centred.T @ centred)
+        return self
+
+    def _merge_parts(self, n_b: int, mean_b, m2_b) -> None:
+        if n_b == 0:
+            return
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n_b, mean_b.clone(), m2_b.clone()
+            return
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b.to(self.mean.device) - self.mean
+        self.m2.add_(m2_b.to(self.m2.device)).addr_(delta, delta, alpha=n_a * n_b / n)
+        self.mean.add_(delta, alpha=n_b / n)
+        self.count = n
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Add ``other``'s rows to this state (in place); returns self."""
+        if other.count:
+            self._merge_parts(other.count, other.mean, other.m2)
+        return self
+
+    def copy(self) -> "Moments":
+        new = Moments()
+        if self.count:
+            new.count, new.mean, new.m2 = self.count, self.mean.clone(), self.m2.clone()
+        return new
+
+    def all_reduce_(self, group=None) -> "Moments":
+        """Merge the states of all DDP ranks (exact; every rank ends with the total).
+
+        mean = sum_r n_r mean_r / n;  M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T].
+        Every rank must have seen at least one row (the dimension must be known).
+        """
+        import torch
+
+        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean.device)
+        n = _dist_sum(n_r.clone(), group)
+        mean = _dist_sum(self.mean * n_r, group) / n
+        delta = self.mean - mean
+        self.m2 = _dist_sum(self.m2 + torch.outer(delta, delta) * n_r, group)
+        self.mean, self.count = mean, int(round(float(n)))
+        return self
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.mean is None else int(self.mean.shape[0])
+
+    def covariance(self):
+        """The empirical covariance ``M2 / n`` as a float64 numpy array [d, d]."""
+        if not self.count:
+            raise ValueError("no rows seen")
+        return (self.m2 / self.count).cpu().numpy()
+
+    def eigenvalues(self):
+        """Eigenvalues of the covariance, float64 numpy, descending, numerically-zero ones set to 0.
+
+        ``eigvalsh`` returns tiny negative (and positive) values for directions without variance;
+        everything below ``d * eps * lambda_max`` is rounding noise of the scatter and is set to 0
+        (the same tolerance rule as numpy's ``matrix_rank``).
+        """
+        import numpy as np
+        import torch
+
+        if not self.count:
+            raise ValueError("no rows seen")
+        cov = self.m2 / self.count
+        cov = 0.5 * (cov + cov.T)
+        lam = torch.linalg.eigvalsh(cov).cpu().numpy()[::-1].copy()
+        top = max(float(lam[0]), 0.0)
+        lam[lam <= top * lam.size * np.finfo(np.float64).eps] = 0.0
+        return lam
+
+    def metrics(self, spectrum: bool = False) -> dict:
+        from .geometry import spectrum_metrics
+
+        return spectrum_metrics(self.eigenvalues(), include_spectrum=spectrum)
+
+
+class CrossMoments:
+    """Paired rows ``(a_i, b_i)``: count, both means and the centred cross scatter.
+
+    ``C = sum_i (a_i - mean_a)(b_i - mean_b)^T``, shape [da, db]. Merge rule as ``Moments``
+    with ``outer(delta_a, delta_b)``.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean_a = self.mean_b = self.cross = None
+
+    def update(self, a, b) -> "CrossMoments":
+        a, b = as_rows(a), as_rows(b)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
+        for ca, cb in zip(_chunks(a), _chunks(b)):
+            if ca.shape[0] == 0:
+                continue
+            ma, mb = ca.mean(0), cb.mean(0)
+            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ (cb - mb))
+        return self
+
+    def _merge_parts(self, n_b, ma, mb, c) -> None:
+        if n_b == 0:
+            return
+        if self.count == 0:
+            self.count, self.mean_a, self.mean_b, self.cross = n_b, ma.clone(), mb.clone(), c.clone()
+            return
+        n_a, n = self.count, self.count + n_b
+        da, db = ma - self.mean_a, mb - self.mean_b
+        self.cross.add_(c).addr_(da, db, alpha=n_a * n_b / n)
+        self.mean_a.add_(da, alpha=n_b / n)
+        self.mean_b.add_(db, alpha=n_b / n)
+        self.count = n
+
+    def merge(self, other: "CrossMoments") -> "CrossMoments":
+        if other.count:
+            self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross)
+        return self
+
+    def all_reduce_(self, group=None) -> "CrossMoments":
+        import torch
+
+        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean_a.device)
+        n = _dist_sum(n_r.clone(), group)
+        ma = _dist_sum(self.mean_a * n_r, group) / n
+        mb = _dist_sum(self.mean_b * n_r, group) / n
+        self.cross = _dist_sum(self.cross + torch.outer(self.mean_a - ma, self.mean_b - mb) * n_r, group)
+        self.mean_a, self.mean_b, self.count = ma, mb, int(round(float(n)))
+        return self
+
+
+class MeanTrace:
+    """Count, mean and the trace of the centred scatter (sum of squared distances to the mean).
+
+    The vector analogue of Welford's variance: ``trace = sum_i ||x_i - mean||^2``.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None
+        self.trace = 0.0
+
+    def update(self, x) -> "MeanTrace":
+        for c in _chunks(as_rows(x)):
+            if c.shape[0] == 0:
+                continue
+            mean = c.mean(0)
+            self._merge_parts(c.shape[0], mean, float(((c - mean) ** 2).sum()))
+        return self
+
+    def _merge_parts(self, n_b, mean_b, trace_b) -> None:
+        if n_b == 0:
+            return
+        if self.count == 0:
+            self.count, self.mean, self.trace = n_b, mean_b.clone(), trace_b
+            return
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        self.trace += trace_b + float(delta @ delta) * n_a * n_b / n
+        self.mean.add_(delta, alpha=n_b / n)
+        self.count = n
+
+    def merge(self, other: "MeanTrace") -> "MeanTrace":
+        if other.count:
+            self._merge_parts(other.count, other.mean, other.trace)
+        return self
+
+
+# ----------------------------------------------------------------------------- anisotropy
+class UnitSums:
+    """Sums of unit vectors: the exact mean pairwise cosine in O(N d), with optional groups.
+
+    With ``u_i = x_i / ||x_i||`` and ``s = sum_i u_i``, ``sum_{i != j} u_i . u_j = ||s||^2 - N``,
+    so the mean cosine over all ordered pairs i != j is ``(||s||^2 - N) / (N (N - 1))``.
+    With groups g (e.g. sequence ids) and per-group sums ``s_g`` of sizes ``n_g``:
+
+    * across groups: ``(||s||^2 - sum_g ||s_g||^2) / (N^2 - sum_g n_g^2)``
+    * within groups: ``(sum_g ||s_g||^2 - N) / (sum_g n_g^2 - N)``
+
+    Per-group sums are folded into the two scalars at the end of each ``update`` call, so memory
+    stays O(d): a group must be complete within one call (every sequence lives in one batch);
+    a group id seen again in a later call raises ``ValueError``. Zero vectors have no direction
+    and are left out (counted in ``n_zero``).
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.n_zero = 0
+        self.total = None          # float64 [d]
+        self.group_sq = 0.0        # sum_g ||s_g||^2
+        self.group_n_sq = 0        # sum_g n_g^2
+        self.has_groups = False
+        self._seen_groups: set[int] = set()
+
+    def update(self, x, groups=None) -> "UnitSums":
+        import numpy as np
+        import torch
+
+        t = as_rows(x)
+        if groups is not None:
+            g_all = groups.detach().cpu() if torch.is_tensor(groups) else torch.from_numpy(np.asarray(groups))
+            g_all = g_all.reshape(-1).to(torch.int64)
+            if g_all.shape[0] != t.shape[0]:
+                raise ValueError(f"groups has {g_all.shape[0]} ids for {t.shape[0]} rows")
+            ids, inverse = torch.unique(g_all, return_inverse=True)
+            overlap = self._seen_groups.intersection(ids.tolist())
+            if overlap:
+                raise ValueError(f"group id(s) {sorted(overlap)[:5]} already seen in an earlier update: "
+                                 "each group must be complete within one update call")
+            group_sums = None
+            group_sizes = torch.zeros(len(ids), dtype=torch.int64)
+        start = 0
+        for c in _chunks(t):
+            norms = torch.linalg.vector_norm(c, dim=1)
+            keep = norms > 0
+            u = c[keep] / norms[keep, None]
+            self.n_zero += int((~keep).sum())
+            self.count += int(u.shape[0])
+            self.total = u.sum(0) if self.total is None else self.total + u.sum(0)
+            if groups is not None:
+                inv = inverse[start:start + c.shape[0]].to(c.device)[keep]
+                if group_sums is None:
+                    group_sums = torch.zeros(len(ids), c.shape[1], dtype=torch.float64, device=c.device)
+                group_sums.index_add_(0, inv, u)
+                group_sizes += torch.bincount(inv.cpu(), minlength=len(ids))
+            start += c.shape[0]
+        if groups is not None and group_sums is not None:
+            self.has_groups = True
+            self.group_sq += float((group_sums * group_sums).sum())
+            self.group_n_sq += int((group_sizes ** 2).sum())
+            self._seen_groups.update(ids.tolist())
+        return self
+
+    def merge(self, other: "UnitSums") -> "UnitSums":
+        if other.total is None:
+            return self
+        overlap = self._seen_groups & other._seen_groups
+        if overlap:
+            raise ValueError(f"cannot merge: group id(s) {sorted(overlap)[:5]} appear in both states")
+        self.total = other.total.clone() if self.total is None else self.total + other.total.to(self.total.device)
+        self.count += other.count
+        self.n_zero += other.n_zero
+        self.group_sq += other.group_sq
+        self.group_n_sq += other.group_n_sq
+        self.has_groups = self.has_groups or other.has_groups
+        self._seen_groups |= other._seen_groups
+        return self
+
+    def all_reduce_(self, group=None) -> "UnitSums":
+        """Sum the states of all DDP ranks (group ids must differ between ranks)."""
+        import torch
+
+        scalars = torch.tensor([self.count, self.n_zero, self.group_sq, self.group_n_sq],
+                               dtype=torch.float64, device=self.total.device)
+        _dist_sum(scalars, group)
+        self.total = _dist_sum(self.total.clone(), group)
+        self.count, self.n_zero = int(round(float(scalars[0]))), int(round(float(scalars[1])))
+        self.group_sq, self.group_n_sq = float(scalars[2]), int(round(float(scalars[3])))
+        return self
+
+    def anisotropy(self) -> float:
+        """Exact mean cosine over all pairs i != j (nan with fewer than two vectors)."""
+        n = self.count
+        if n < 2:
+            return math.nan
+        return (float(self.total @ self.total) - n) / (n * (n - 1))
+
+    def anisotropy_across(self) -> float:
+        """Exact mean cosine over pairs from different groups (nan without such pairs)."""
+        pairs = self.count ** 2 - self.group_n_sq
+        if not self.has_groups or pairs <= 0:
+            return math.nan
+        return (float(self.total @ self.total) - self.group_sq) / pairs
+
+    def anisotropy_within(self) -> float:
+        """Exact mean cosine over pairs i != j of the same group (nan without such pairs)."""
+        pairs = self.group_n_sq - self.count
+        if not self.has_groups or pairs <= 0:
+            return math.nan
+        return (self.group_sq - self.count) / pairs
+
+
+# ----------------------------------------------------------------------------- norms
+def _n_bins() -> int:
+    return (HIST_DECADES[1] - HIST_DECADES[0]) * HIST_BINS_PER_DECADE + 1  # bin 0: below the grid
+
+
+def _log_bin(values):
+    """Index on the log grid of non-negative float64 values (0 = below 1e-12, incl. zeros)."""
+    import torch
+
+    lo = HIST_DECADES[0]
+    idx = torch.floor((torch.log10(values.clamp_min(10.0 ** lo)) - lo) * HIST_BINS_PER_DECADE).to(torch.int64) + 1
+    idx = torch.where(values < 10.0 ** lo, torch.zeros_like(idx), idx)
+    return idx.clamp_(0, _n_bins() - 1)
+
+
+def _bin_centre(index: int) -> float:
+    """Geometric centre of a log-grid bin (0 for the underflow bin)."""
+    if index == 0:
+        return 0.0
+    return 10.0 ** (HIST_DECADES[0] + (index - 0.5) / HIST_BINS_PER_DECADE)
+
+
+class NormStats:
+    """Norm statistics of row vectors and the share of tokens carrying a massive activation.
+
+    Massive activations (Sun et al. 2024, "Massive activations in large language models"): a
+    token carries one when some coordinate has ``|x_ij| > max(100, 1000 * median |x|)``, the
+    median taken over every coordinate of every token of the layer. The median is not
+    streamable exactly, so both ``max_j |x_ij|`` per token and all ``|x_ij|`` go into histograms
+    on a log grid (100 bins per decade, 1e-12..1e12); the criterion is decided at that 2.3 %
+    resolution. The in-memory ``geometry.norm_stats`` uses this same accumulator.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.norm_sum = 0.0
+        self.norm_max = 0.0
+        self.hist_token_max = None   # int64 [bins]
+        self.hist_abs = None         # int64 [bins]
+
+    def update(self, x) -> "NormStats":
+        import torch
+
+        for c in _chunks(as_rows(x)):
+            if c.shape[0] == 0:
+                continue
+            norms = torch.linalg.vector_norm(c, dim=1)
+            absval = c.abs()
+            tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
+            abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
+            self.count += int(c.shape[0])
+            self.norm_sum += float(norms.sum())
+            self.norm_max = max(self.norm_max, float(norms.max()))
+            self.hist_token_max = tok_hist if self.hist_token_max is None else self.hist_token_max + tok_hist
+            self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
+        return self
+
+    def merge(self, other: "NormStats") -> "NormStats":
+        if not other.count:
+            return self
+        if not self.count:
+            self.count, self.norm_sum, self.norm_max = other.count, other.norm_sum, other.norm_max
+            self.hist_token_max, self.hist_abs = other.hist_token_max.clone(), other.hist_abs.clone()
+            return self
+        self.count += other.count
+        self.norm_sum += other.norm_sum
+        self.norm_max = max(self.norm_max, other.norm_max)
+        self.hist_token_max = self.hist_token_max + other.hist_token_max.to(self.hist_token_max.device)
+        self.hist_abs = self.hist_abs + other.hist_abs.to(self.hist_abs.device)
+        return self
+
+    def all_reduce_(self, group=None) -> "NormStats":
+        import torch
+        import torch.distributed as dist
+
+        dev = self.hist_abs.device
+        sums = torch.tensor([self.count, self.norm_sum], dtype=torch.float64, device=dev)
+        _dist_sum(sums, group)
+        mx = torch.tensor([self.norm_max], dtype=torch.float64, device=dev)
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
+        self.hist_token_max = _dist_sum(self.hist_token_max.clone(), group)
+        self.hist_abs = _dist_sum(self.hist_abs.clone(), group)
+        self.count, self.norm_sum, self.norm_max = int(round(float(sums[0]))), float(sums[1]), float(mx[0])
+        return self
+
+    def median_abs(self) -> float:
+        """Median of |x_ij| over all coordinates, at the grid's resolution."""
+        import torch
+
+        cum = torch.cumsum(self.hist_abs.cpu(), 0)
+        half = (int(cum[-1]) + 1) // 2
+        return _bin_centre(int(torch.searchsorted(cum, torch.tensor(half))))
+
+    def massive_threshold(self) -> float:
+        return max(100.0, 1000.0 * self.median_abs())
+
+    def massive_share(self) -> float:
+        """Share of tokens whose largest |coordinate| lies in a bin above the threshold's bin."""
+        import torch
+
+        if not self.count:
+            return math.nan
+        tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float64))[0])
+        return float(self.hist_token_max.cpu()[tau_bin + 1:].sum()) / self.count
+
+    def metrics(self) -> dict:
+        if not self.count:
+            return {"mean_norm": math.nan, "max_norm": math.nan, "massive_activation_share": math.nan}
+        return {
+            "mean_norm": self.norm_sum / self.count,
+            "max_norm": self.norm_max,
+            "massive_activation_share": self.massive_share(),
+        }
+
+
+class MeanValue:
+    """A running float64 sum and count (for mean cosines)."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, values) -> "MeanValue":
+        import torch
+
+        v = values.detach().to(torch.float64) if torch.is_tensor(values) else torch.as_tensor(values, dtype=torch.float64)
+        self.total += float(v.sum())
+        self.count += int(v.numel())
+        return self
+
+    def merge(self, other: "MeanValue") -> "MeanValue":
+        self.total += other.total
+        self.count += other.count
+        return self
+
+    def all_reduce_(self, group=None) -> "MeanValue":
+        import torch
+
+        t = torch.tensor([self.total, float(self.count)], dtype=torch.float64, device=_collective_device(group))
+        _dist_sum(t, group)
+        self.total, self.count = float(t[0]), int(round(float(t[1])))
+        return self
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+
+# ----------------------------------------------------------------------------- derived
+def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -> float:
+    """Linear CKA (Kornblith et al. 2019) of two representations of the same tokens.
+
+    ``CKA = ||X_c^T Y_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` with column-centred X, Y
+    ([N, dx], [N, dy]); 1 = the same geometry up to rotation and isotropic scaling, 0 = unrelated.
+    """
+    import torch
+
+    num = float(torch.linalg.matrix_norm(cross_xy.cross) ** 2)
+    den = float(torch.linalg.matrix_norm(moments_x.m2)) * float(torch.linalg.matrix_norm(moments_y.m2))
+    return num / den if den > 0 else math.nan
+
+
+def ridge_map(moments_a: Moments, cross_ab: CrossMoments, ridge: float = 1e-3):
+    """Ridge regression of b on a from streamed moments: ``W = (S_aa + alpha I)^-1 S_ab``.
+
+    ``S_aa`` and ``S_ab`` are centred scatters (an intercept is fitted: ``b_hat = mean_b +
+    (a - mean_a) W``); ``alpha = ridge * trace(S_aa) / d`` makes ``ridge`` scale-free. Equals
+    scikit-learn's ``Ridge(alpha=alpha, fit_intercept=True)``.
+
+    Returns ``(W [da, db], mean_a [da], mean_b [db], alpha)`` as float64 tensors / float.
+    """
+    import torch
+
+    s_aa = moments_a.m2
+    d = s_aa.shape[0]
+    alpha = ridge * float(torch.trace(s_aa)) / d
+    reg = s_aa + alpha * torch.eye(d, dtype=s_aa.dtype, device=s_aa.device)
+    w = torch.linalg.solve(reg, cross_ab.cross)
+    return w, cross_ab.mean_a, cross_ab.mean_b, alpha
