@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,20 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
                 raise UserError(f"config key {path!r} must be a mapping")
             out[key] = _merge(base[key], value, f"{path}.")
         elif key == "model":
-            out[key] = {**base[key], **(value or {})}
+            out[key] = {**base[key], **{k: _coerce_number(v) for k, v in (value or {}).items()}}
         else:
-            out[key] = value
+            out[key] = _coerce_number(value)
     return out
+
+
+def _coerce_number(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` as a string; every config number written that way is meant as one."""
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()) else value
+        except ValueError:
+            return value
+    return value
 
 
 def parse_override(item: str) -> dict:

@@ -71,7 +71,7 @@ def load_documents(corpus: str, text_field: str = "text") -> list[str]:
         if not files:
             raise UserError(f"corpus {corpus}: folder holds no .txt/.jsonl/.parquet file")
         docs = [d for f in files for d in _read_file(f, text_field)]
-    elif "/" in corpus or not corpus.startswith((".", "~")):
+    elif _looks_like_hub_name(corpus):
         docs = _load_hub_dataset(corpus, text_field)
     else:
         raise UserError(f"corpus {corpus}: no such file or folder")
@@ -79,6 +79,12 @@ def load_documents(corpus: str, text_field: str = "text") -> list[str]:
     if not docs:
         raise UserError(f"corpus {corpus}: empty (no non-blank text found)")
     return docs
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """``wikitext`` or ``owner/name``: no leading path marker, at most one slash, no file suffix."""
+    return (not name.startswith(("/", ".", "~")) and name.count("/") <= 1
+            and Path(name).suffix not in TEXT_SUFFIXES)
 
 
 def _read_file(path: Path, text_field: str) -> list[str]:

@@ -120,8 +120,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                         sums[k] = sums.get(k, 0.0) + v.detach()
                 n_sums += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), tc["grad_clip"])
-            if not torch.isfinite(out["loss_total"].detach()):
-                raise UserError(f"loss became {float(out['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)")
+            if not torch.isfinite(sums["loss_total"]):
+                raise UserError(f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
