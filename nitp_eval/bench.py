@@ -1,0 +1,449 @@
+"""`nitp-eval bench`: score checkpoints on the paper's benchmarks with lm-evaluation-harness.
+
+lm-eval does all the evaluating: each benchmark is one ``lm_eval.simple_evaluate`` call on an
+``HFLM`` (or vLLM) model built once per checkpoint, with a ``TaskManager`` that also sees the
+task files of ``nitp_eval/tasks/`` (C3, Balanced COPA, Xiezhi, LCBench, the offline suite) and,
+with ``data_dir``, override files pointing every task at a local mirror (``mirror.py``).
+
+Per checkpoint one result record (docs/contracts.md, ``kind: "bench"``)::
+
+    scores = {"tasks": {name: {"metric", "value", "stderr", "n", "n_total", "shots", "version",
+                               "lm_eval_task"[, "filter"]}},
+              "average": arithmetic mean of the tasks' values (as the paper averages benchmarks),
+              ["failed": {name: one-line reason}]}
+
+Values are fractions (0..1) as lm-eval reports them. Each finished task is also cached under
+``cache_dir()/bench/<model hash>/`` keyed by (weights hash, task, shots, limit, data source,
+backend, generation cap, lm-eval version): a rerun only evaluates what is missing; ``redo=True``
+evaluates everything again.
+
+Example
+-------
+>>> from nitp_eval.bench import run_bench
+>>> [record] = run_bench(["runs/quickstart/nitp"], suite="offline")        # doctest: +SKIP
+>>> record["scores"]["average"]                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from nitp_train.artifacts import (UserError, atomic_write_json, checkpoint_info, default_record_path,
+                                  library_versions, make_record, resolve_checkpoint, write_record)
+
+from .tasks import BENCHMARKS, SUITES, Benchmark, cache_dir, friendly, nearest_names, passthrough
+
+
+def run_bench(checkpoints, *, tasks=None, suite=None, limit=None, num_fewshot=None, out=None, data_dir=None,
+              redo=False, device=None, batch_size=None, backend: str = "auto", allow_unsafe_code: bool = False,
+              max_gen_toks: int | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Score each checkpoint on the chosen benchmarks; write and return one record per checkpoint.
+
+    Parameters
+    ----------
+    checkpoints : checkpoint folders, run directories (their latest checkpoint) or Hugging Face
+        model folders of causal language models.
+    tasks : friendly names / lm-eval task names, as a list or a comma-separated string.
+    suite : ``mission`` (the user's five), ``paper`` (the 13) or ``offline``; default ``offline``
+        when neither ``tasks`` nor ``suite`` is given.
+    limit : score only the first ``limit`` documents of every (sub)task (>= 1).
+    num_fewshot : shots for every task (int >= 0) or ``{name: shots}``; default per benchmark.
+    out : record path (one checkpoint only); default ``default_record_path(model, "bench", tag)``.
+    data_dir : local mirror (``nitp-eval mirror export``); forces HF_HUB_OFFLINE/HF_DATASETS_OFFLINE.
+    redo : evaluate again even where a cached result exists.
+    device, batch_size : lm-eval model settings; default ``cuda`` + ``auto`` when a GPU is
+        visible, else ``cpu`` + 8.
+    backend : ``hf``, ``vllm`` or ``auto`` (vLLM when installed and a GPU is visible).
+    allow_unsafe_code : let tasks execute model-written code (LCBench).
+    max_gen_toks : cap on generated tokens for generation tasks (smoke tests).
+
+    Returns
+    -------
+    list of result records, in the order of ``checkpoints``.
+    """
+    log = log or _stderr
+    benchmarks = select_benchmarks(tasks, suite)
+    _check_numbers(limit, num_fewshot, benchmarks)
+    ckpts = [resolve_checkpoint(c) for c in checkpoints]
+    if not ckpts:
+        raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
+    if out is not None and len(ckpts) > 1:
+        raise UserError(f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each")
+    for ckpt in ckpts:
+        check_causal_lm(ckpt)
+    with offline_hub(data_dir is not None):
+        plan = plan_tasks(benchmarks, data_dir, allow_unsafe_code, log)
+        records = []
+        for ckpt in ckpts:
+            records.append(_bench_one(ckpt, plan, benchmarks, limit=limit, num_fewshot=num_fewshot, out=out,
+                                      redo=redo, device=device, batch_size=batch_size, backend=backend,
+                                      allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks,
+                                      data_dir=data_dir, suite=suite, log=log))
+    return records
+
+
+# ----------------------------------------------------------------------------- choosing tasks
+def select_benchmarks(tasks=None, suite=None) -> list[Benchmark]:
+    """Friendly names resolved; other names kept as lm-eval pass-through (checked later)."""
+    if tasks and suite:
+        raise UserError("give either --tasks or --suite, not both")
+    if suite is None and not tasks:
+        suite = "offline"
+    if suite is not None:
+        if suite not in SUITES:
+            hint = nearest_names(suite, list(SUITES))
+            raise UserError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+        return [BENCHMARKS[n] for n in SUITES[suite]]
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise UserError("--tasks is empty; give benchmark names such as mmlu_pro,c3")
+    chosen = [friendly(n) or passthrough(n) for n in names]
+    return list({b.name: b for b in chosen}.values())
+
+
+def _check_numbers(limit, num_fewshot, benchmarks) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise UserError(f"--limit must be a whole number of documents, at least 1 (got {limit})")
+    shots = num_fewshot.values() if isinstance(num_fewshot, dict) else [num_fewshot]
+    for s in shots:
+        if s is not None and (not isinstance(s, int) or s < 0):
+            raise UserError(f"--num-fewshot must be 0 or more (got {s})")
+    if isinstance(num_fewshot, dict):
+        names = {b.name for b in benchmarks}
+        stray = [k for k in num_fewshot if k not in names]
+        if stray:
+            raise UserError(f"--num-fewshot names task {stray[0]!r}, which is not among the tasks run")
+
+
+def shots_for(b: Benchmark, num_fewshot) -> int | None:
+    if isinstance(num_fewshot, dict):
+        return num_fewshot.get(b.name, b.shots)
+    return b.shots if num_fewshot is None else num_fewshot
+
+
+def check_causal_lm(ckpt: Path) -> None:
+    """Raise ``UserError`` unless ``ckpt`` holds a causal language model (lm-eval's HFLM input)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(ckpt)
+    except Exception as e:  # noqa: BLE001 - unreadable config is bad input
+        raise UserError(f"{ckpt}: config.json is not a Hugging Face model config ({type(e).__name__})") from None
+    causal = {c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in ((v,) if isinstance(v, str) else v)}
+    archs = config.architectures or []
+    ok = any(a in causal or a.endswith("ForCausalLM") for a in archs) if archs else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not ok:
+        kind = ", ".join(archs) or config.model_type
+        raise UserError(f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM")
+
+
+# ----------------------------------------------------------------------------- plan
+class Plan:
+    """The TaskManager to use, plus the benchmarks that cannot run (name -> reason)."""
+
+    def __init__(self, task_manager, failed: dict[str, str], data_key: dict[str, str]):
+        self.task_manager = task_manager
+        self.failed = failed
+        self.data_key = data_key  # benchmark -> data source (part of the cache key)
+
+
+def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, log) -> Plan:
+    """Check names and data before any model is loaded; write offline data and overrides."""
+    from . import mirror
+
+    extra = []
+    if any(b.offline for b in benchmarks):
+        from .offline_tasks import prepare_offline_tasks
+
+        extra.append(prepare_offline_tasks())
+    tm = mirror.task_manager(*extra)
+    for b in benchmarks:
+        if b.lm_eval_task not in tm.task_index:
+            hints = nearest_names(b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks)
+            raise UserError(f"unknown task {b.name!r}" + (f"; did you mean {', '.join(hints)}?" if hints else
+                            "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"))
+    failed: dict[str, str] = {}
+    for b in benchmarks:
+        if b.unsafe and not allow_unsafe_code:
+            failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
+    data_key = {b.name: (str(extra[0]) if b.offline else "hub") for b in benchmarks}
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)")
+        needs = []
+        for b in benchmarks:
+            if b.name in failed:
+                continue
+            b_needs = mirror.data_needs(tm, [b.lm_eval_task])
+            bad = [(n, r) for n in b_needs if (r := mirror.missing_reason(root, n))]
+            if bad:
+                need, reason = bad[0]
+                failed[b.name] = (f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
+                                  f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub")
+                continue
+            needs += b_needs
+            if not b.offline:
+                data_key[b.name] = str(root.resolve())
+        if needs:
+            tm = mirror.task_manager(*extra, _overrides(needs, root))
+    for name, reason in failed.items():
+        log(f"error: {reason}")
+    return Plan(tm, failed, data_key)
+
+
+def _overrides(needs, data_dir: Path) -> Path:
+    """Override task files in a folder named by their content (so a TaskManager can be reused)."""
+    from . import mirror
+
+    digest = hashlib.sha256(json.dumps([[n.task, n.repo, n.yaml_path] for n in needs] + [str(data_dir.resolve())]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "overrides" / digest
+    if not (folder / ".complete").is_file():
+        mirror.write_overrides(needs, data_dir, folder)
+        (folder / ".complete").write_text("")
+    return folder
+
+
+@contextlib.contextmanager
+def offline_hub(enabled: bool) -> Iterator[None]:
+    """Set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (env and already-imported libraries) for the block,
+    so that nothing waits on network retries when the data are local."""
+    if not enabled:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    saved_attrs = []
+    for module, attr in (("datasets.config", "HF_DATASETS_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, attr):
+            saved_attrs.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, True)
+    try:
+        yield
+    finally:
+        for mod, attr, value in saved_attrs:
+            setattr(mod, attr, value)
+        for k, v in saved_env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, num_fewshot, out, redo, device,
+               batch_size, backend, allow_unsafe_code, max_gen_toks, data_dir, suite, log) -> dict:
+    import lm_eval
+
+    info = checkpoint_info(ckpt)
+    device, batch_size, backend = _runtime(device, batch_size, backend)
+    scores: dict[str, dict] = {}
+    failed = dict(plan.failed)
+    lm = None
+    todo = [b for b in benchmarks if b.name not in failed]
+    for i, b in enumerate(todo, 1):
+        shots = shots_for(b, num_fewshot)
+        key = {"model": info["hash"], "lm_eval_task": b.lm_eval_task, "shots": shots, "limit": limit,
+               "data": plan.data_key[b.name], "backend": backend, "max_gen_toks": max_gen_toks,
+               "lm_eval": lm_eval.__version__}
+        path = _cache_path(info["hash"], b.name, key)
+        if not redo and path.is_file():
+            scores[b.name] = json.loads(path.read_text())["score"]
+            log(f"[{i}/{len(todo)}] {b.name}: cached ({path})")
+            continue
+        log(f"[{i}/{len(todo)}] {b.name}: lm-eval {b.lm_eval_task}" + ("" if shots is None else f", {shots}-shot"))
+        if lm is None:
+            lm = load_lm(ckpt, device=device, batch_size=batch_size, backend=backend, log=log)
+        try:
+            results = evaluate(lm, b, plan.task_manager, shots=shots, limit=limit,
+                               allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks)
+        except Exception as e:  # noqa: BLE001 - one task failing must not stop the others
+            if os.environ.get("NITP_DEBUG"):
+                raise
+            failed[b.name] = _task_error(b, e, data_dir)
+            log(f"error: {failed[b.name]}")
+            continue
+        if results is None:  # a non-zero rank under data parallelism: rank 0 writes
+            continue
+        scores[b.name] = extract_score(results, b)
+        atomic_write_json(path, {"key": key, "score": scores[b.name]})
+    values = [s["value"] for s in scores.values()]
+    out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
+    if failed:
+        out_scores["failed"] = failed
+    settings = {
+        "suite": suite, "tasks": [b.name for b in benchmarks],
+        "lm_eval_tasks": {b.name: b.lm_eval_task for b in benchmarks},
+        "limit": limit, "num_fewshot": {b.name: shots_for(b, num_fewshot) for b in benchmarks},
+        "batch_size": batch_size, "device": device, "backend": backend, "max_gen_toks": max_gen_toks,
+        "seed": _lm_eval_seeds(),
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+    }
+    record = make_record("bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm"))
+    if _is_main_process():
+        path = Path(out) if out is not None else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
+        write_record(path, record)
+        record["path"] = str(path)
+        log(f"record: {path}")
+    return record
+
+
+def _lm_eval_seeds() -> dict:
+    """The seeds simple_evaluate uses (its defaults, which nitp does not change)."""
+    import inspect
+
+    from lm_eval import simple_evaluate
+
+    params = inspect.signature(simple_evaluate).parameters
+    names = {"random": "random_seed", "numpy": "numpy_random_seed", "torch": "torch_random_seed", "fewshot": "fewshot_random_seed"}
+    return {k: params[p].default for k, p in names.items()}
+
+
+def _runtime(device, batch_size, backend) -> tuple[str, int | str, str]:
+    import importlib.util
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    device = device or ("cuda" if gpu else "cpu")
+    if batch_size is None:
+        batch_size = "auto" if device.startswith("cuda") else 8
+    elif isinstance(batch_size, str) and batch_size != "auto" and not batch_size.startswith("auto:"):
+        try:
+            batch_size = int(batch_size)
+        except ValueError:
+            raise UserError(f"--batch-size must be a number or 'auto' (got {batch_size!r})") from None
+    if isinstance(batch_size, int) and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    if backend not in ("auto", "hf", "vllm"):
+        raise UserError(f"--backend must be auto, hf or vllm (got {backend!r})")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not has_vllm:
+        raise UserError("--backend vllm: vLLM is not installed (pip install vllm), or use --backend hf")
+    if backend == "auto":
+        backend = "vllm" if has_vllm and device.startswith("cuda") else "hf"
+    return device, batch_size, backend
+
+
+def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
+    """lm-eval's model wrapper for a checkpoint: ``HFLM`` (or ``VLLM``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    if tok.pad_token is None:
+        # lm-eval sets the pad token itself (configure_pad_token): unk if there is one, else eos
+        used = "unk" if tok.unk_token else "eos"
+        log(f"note: {ckpt}: tokenizer has no pad token; lm-eval pads with its {used} token "
+            f"({getattr(tok, used + '_token')!r}) as for any such model (padded positions are masked, scores unaffected)")
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM(pretrained=str(ckpt), batch_size=batch_size, dtype="auto")
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(ckpt), device=device, batch_size=batch_size, dtype="auto")
+
+
+def evaluate(lm, b: Benchmark, task_manager, *, shots, limit, allow_unsafe_code=False, max_gen_toks=None) -> dict | None:
+    """One ``lm_eval.simple_evaluate`` call for one benchmark (its raw results dict)."""
+    from lm_eval import simple_evaluate
+
+    return simple_evaluate(model=lm, tasks=[b.lm_eval_task], num_fewshot=shots, limit=limit, task_manager=task_manager,
+                           log_samples=False, confirm_run_unsafe_code=allow_unsafe_code,
+                           gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
+
+
+def extract_score(results: dict, b: Benchmark) -> dict:
+    """The benchmark's main metric from lm-eval's results (groups: lm-eval's aggregate)."""
+    name = b.lm_eval_task
+    row = results["results"][name]
+    metric, filt = b.metric, b.filter
+    if metric is None:  # pass-through task: its first reported metric
+        key = next(k for k in row if "," in k and "_stderr," not in k)
+        metric, filt = key.split(",", 1)
+    value = row.get(f"{metric},{filt}")
+    if value is None:
+        reported = ", ".join(k for k in row if "," in k and "_stderr," not in k)
+        raise UserError(f"{b.name}: lm-eval reported no {metric},{filt} for {name} (it reported {reported})")
+    stderr = row.get(f"{metric}_stderr,{filt}")
+    leaves = _leaves(results, name)
+    counts = results.get("n-samples", {})
+    shots = sorted({results.get("n-shot", {}).get(leaf) for leaf in leaves} - {None})
+    score = {
+        "metric": metric, "value": float(value),
+        "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+        "n": sum(counts[leaf]["effective"] for leaf in leaves if leaf in counts),
+        "n_total": sum(counts[leaf]["original"] for leaf in leaves if leaf in counts),
+        "shots": shots[0] if len(shots) == 1 else shots,
+        "version": results.get("versions", {}).get(name),
+        "lm_eval_task": name,
+    }
+    if filt != "none":
+        score["filter"] = filt
+    return score
+
+
+def _leaves(results: dict, name: str) -> list[str]:
+    children = results.get("group_subtasks", {}).get(name)
+    if not children:
+        return [name]
+    return [leaf for c in children for leaf in _leaves(results, c)]
+
+
+def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
+    msg = (str(e).strip().splitlines() or [""])[0][:240]
+    hint = "" if data_dir else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
+    return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
+
+
+def _cache_path(model_hash: str, name: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "bench" / model_hash[:16] / f"{name.replace('/', '_')}-{digest}.json"
+
+
+def _tag(suite, benchmarks, limit, num_fewshot) -> str:
+    tag = suite or "-".join(b.name for b in benchmarks)
+    if len(tag) > 60:
+        tag = tag[:40] + "-" + hashlib.sha256(tag.encode()).hexdigest()[:8]
+    if limit is not None:
+        tag += f"-limit{limit}"
+    if isinstance(num_fewshot, int):
+        tag += f"-{num_fewshot}shot"
+    elif isinstance(num_fewshot, dict) and num_fewshot:
+        tag += "-shots" + hashlib.sha256(json.dumps(num_fewshot, sort_keys=True).encode()).hexdigest()[:6]
+    return tag
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- output
+def format_table(record: dict) -> str:
+    """A plain-text table of one record: task, metric, score (%), stderr, n, shots, then the average."""
+    model = record["model"]
+    head = f"{model.get('name')}" + (f" step {model['step']}" if model.get("step") is not None else "") + f" ({model['hash'][:8]})"
+    rows = [("task", "metric", "score %", "± %", "n", "shots")]
+    for name, s in record["scores"]["tasks"].items():
+        metric = s["metric"] + (f" ({s['filter']})" if s.get("filter") else "")
+        err = "" if s["stderr"] is None else f"{100 * s['stderr']:.2f}"
+        rows.append((name, metric, f"{100 * s['value']:.2f}", err, str(s["n"]), str(s["shots"])))
+    for name in record["scores"].get("failed", {}):
+        rows.append((name, "failed", "-", "", "", ""))
+    avg = record["scores"]["average"]
+    rows.append(("average", "mean of tasks", "-" if avg is None else f"{100 * avg:.2f}", "", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head] + ["  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(2, "-" * len(lines[1]))
+    lines.insert(len(lines) - 1, "-" * len(lines[1]))
+    return "\n".join(lines)

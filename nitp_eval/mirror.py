@@ -1,0 +1,432 @@
+"""Air-gapped benchmark data: a local mirror in the Hugging Face hub repository layout.
+
+A mirror is a folder holding one sub-folder per dataset repository, named like the repository::
+
+    DATA_DIR/cais/mmlu/README.md                     dataset card whose YAML header lists
+    DATA_DIR/cais/mmlu/abstract_algebra/test-*.parquet   `configs:` (name -> split -> files)
+    DATA_DIR/allenai/ai2_arc/...
+    DATA_DIR/MikeGu721/XiezhiBenchmark/...            (not on the hub: files from its source,
+    DATA_DIR/opencompass/LCBench2023/...               with a README written by the export)
+
+``datasets.load_dataset(DATA_DIR/<repo>, <config>)`` reads such a folder exactly as it reads the
+hub repository. `nitp-eval bench --data-dir DATA_DIR` points every lm-eval task at its folder
+through override task files handed to ``TaskManager(include_path=...)`` (lm-eval itself is
+never edited): each override includes the task's own YAML and replaces ``dataset_path``.
+
+- ``export(names, out)``: on a machine with the hub, download what the tasks need
+  (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi and
+  LCBench; MTEB task names are delegated to ``nitp_eval.embed_data.mteb_dataset_repos``).
+- ``check(data_dir, names)``: what is present and what is missing, per task.
+- ``missing_reason(data_dir, need)`` / ``write_overrides(...)``: used by ``bench``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+from nitp_train.artifacts import UserError, atomic_write_text
+
+# dataset_path values that name a datasets *builder* (local files), not a repository
+PACKAGED_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "imagefolder", "audiofolder"}
+# dataset_kwargs that still make sense for a local folder
+LOCAL_KWARGS = {"data_dir"}
+
+
+@dataclass(frozen=True)
+class DataNeed:
+    """The data one lm-eval leaf task loads: ``load_dataset(repo, config)`` with these splits."""
+
+    task: str
+    repo: str
+    config: str | None
+    splits: tuple[str, ...]
+    revision: str | None
+    yaml_path: str
+
+
+# ----------------------------------------------------------------------------- what tasks need
+def leaf_tasks(task_manager, name: str) -> list[str]:
+    """The leaf tasks of an lm-eval task, group or tag name (a task is its own leaf)."""
+    from lm_eval.tasks._index import Kind
+
+    index = task_manager.task_index
+    entry = index.get(name)
+    if entry is None:
+        return []
+    if entry.kind == Kind.TAG:
+        return [leaf for t in sorted(entry.tags) for leaf in leaf_tasks(task_manager, t)]
+    if entry.kind != Kind.GROUP:
+        return [name]
+    leaves = []
+    for item in _group_members(entry):
+        ref = item if isinstance(item, str) else item.get("task") or item.get("group")
+        if isinstance(ref, str) and ref in index:
+            leaves += leaf_tasks(task_manager, ref)
+        elif isinstance(item, dict) and "group" in item:  # inline sub-group
+            leaves += [leaf for sub in item.get("task", []) if isinstance(sub, str) for leaf in leaf_tasks(task_manager, sub)]
+    return list(dict.fromkeys(leaves))
+
+
+def _group_members(entry) -> list:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = entry.cfg if entry.cfg is not None else load_yaml(entry.yaml_path, resolve_func=False)
+    members = cfg.get("task", [])
+    return members if isinstance(members, list) else [members]
+
+
+def task_config(task_manager, task: str) -> dict:
+    """A leaf task's YAML with its includes merged (``!function`` values left as paths)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = task_manager.task_index[task]
+    return load_yaml(entry.yaml_path, resolve_func=False, recursive=True) if entry.yaml_path else dict(entry.cfg or {})
+
+
+def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
+    """What the leaves of ``names`` load from repositories (local builder files excluded)."""
+    needs = []
+    for name in names:
+        for leaf in leaf_tasks(task_manager, name):
+            cfg = task_config(task_manager, leaf)
+            repo = cfg.get("dataset_path")
+            if not repo or repo in PACKAGED_BUILDERS or os.path.isabs(repo):
+                continue
+            fewshot_split = (cfg.get("fewshot_config") or {}).get("split") if isinstance(cfg.get("fewshot_config"), dict) else None
+            splits = [cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")] + [fewshot_split]
+            kwargs = cfg.get("dataset_kwargs") or {}
+            needs.append(DataNeed(leaf, repo, cfg.get("dataset_name"), tuple(dict.fromkeys(s for s in splits if s)),
+                                  kwargs.get("revision"), str(task_manager.task_index[leaf].yaml_path)))
+    return needs
+
+
+# ----------------------------------------------------------------------------- a local copy
+def repo_dir(data_dir: str | os.PathLike, repo: str) -> Path:
+    """Where a mirror keeps a repository: ``DATA_DIR/<owner>/<name>``."""
+    return Path(data_dir).expanduser().resolve() / repo
+
+
+def readme_configs(root: Path) -> dict[str, dict] | None:
+    """``{config: {"default": bool, "splits": {split: [file patterns]}}}`` from README.md's YAML
+    header, or None when the card declares no ``configs:`` (the files' names then define splits)."""
+    readme = root / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return None
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return None
+    configs = header.get("configs") if isinstance(header, dict) else None
+    if not configs:
+        return None
+    out = {}
+    for cfg in configs:
+        files = cfg.get("data_files", [])
+        if isinstance(files, (str, list)) and not (isinstance(files, list) and files and isinstance(files[0], dict)):
+            files = [{"split": "train", "path": files}]
+        elif isinstance(files, dict):
+            files = [{"split": k, "path": v} for k, v in files.items()]
+        splits = {f["split"]: ([f["path"]] if isinstance(f["path"], str) else list(f["path"])) for f in files}
+        out[cfg.get("config_name", "default")] = {"default": bool(cfg.get("default")), "splits": splits}
+    return out
+
+
+def _pick_config(configs: dict[str, dict], name: str | None) -> str | None:
+    if name is not None:
+        return name if name in configs else None
+    for cfg_name, cfg in configs.items():
+        if cfg["default"] or cfg_name == "default":
+            return cfg_name
+    return next(iter(configs)) if len(configs) == 1 else None
+
+
+def local_splits(data_dir: str | os.PathLike, repo: str, config: str | None) -> dict[str, list[str]]:
+    """Split -> local files of one config of a mirrored repository (raises ``LookupError``)."""
+    root = repo_dir(data_dir, repo)
+    if not root.is_dir():
+        raise LookupError(f"no folder {root}")
+    configs = readme_configs(root)
+    if configs is None:  # no `configs:` in the card: let datasets infer splits from file names
+        import datasets
+
+        try:
+            builder = datasets.load_dataset_builder(str(root), config)
+        except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+            raise LookupError(f"{root} is not a loadable dataset folder ({type(e).__name__})") from None
+        return {str(k): list(v) for k, v in (builder.config.data_files or {}).items()}
+    picked = _pick_config(configs, config)
+    if picked is None:
+        raise LookupError(f"{root}/README.md lists no config {config!r} (has: {', '.join(sorted(configs))})")
+    found = {}
+    for split, patterns in configs[picked]["splits"].items():
+        files = [f for p in patterns for f in glob.glob(str(root / p), recursive=True) if os.path.isfile(f)]
+        if not files:
+            raise LookupError(f"{root}: config {picked!r} split {split!r} has no file matching {patterns[0]!r}")
+        found[split] = files
+    return found
+
+
+def missing_reason(data_dir: str | os.PathLike, need: DataNeed) -> str | None:
+    """Why ``need`` cannot be served from the mirror, or None when everything is there."""
+    try:
+        splits = local_splits(data_dir, need.repo, need.config)
+    except LookupError as e:
+        return str(e)
+    absent = [s for s in need.splits if s not in splits]
+    if absent:
+        return f"{repo_dir(data_dir, need.repo)}: config {need.config or 'default'!r} has no split {absent[0]!r}"
+    return None
+
+
+def export_hint(names: Iterable[str], data_dir: str | os.PathLike) -> str:
+    return f"nitp-eval mirror export --tasks {','.join(names)} --out {data_dir}"
+
+
+def write_overrides(needs: list[DataNeed], data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """One task file per need that re-points the task at the mirror; returns ``out_dir``.
+
+    Each file includes the task's own YAML (prompts, metrics, functions stay lm-eval's) and sets
+    ``dataset_path`` to the local folder; hub-only loading arguments (revision, remote code,
+    online loaders) are dropped.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for need in needs:
+        original = load_yaml(need.yaml_path, resolve_func=False, recursive=True)
+        kwargs = {k: v for k, v in (original.get("dataset_kwargs") or {}).items() if k in LOCAL_KWARGS}
+        override = {
+            "include": need.yaml_path,
+            "dataset_path": str(repo_dir(data_dir, need.repo)),
+            "dataset_kwargs": kwargs or None,
+            "custom_dataset": None,
+        }
+        atomic_write_text(out / f"{need.task}.yaml", yaml.safe_dump(override, sort_keys=False, allow_unicode=True))
+    return out
+
+
+# ----------------------------------------------------------------------------- check
+def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> list[dict]:
+    """Per requested task: ``{"task", "lm_eval_task", "present", "missing", "detail"}``.
+
+    ``names`` default to every benchmark of the paper suite; MTEB task names are checked as
+    whole repositories (``DATA_DIR/<repo>`` present and non-empty).
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{data_dir}: no such folder (give the folder `nitp-eval mirror export --out` wrote)")
+    from .tasks import SUITES
+
+    bench, mteb = split_names(list(names) if names else list(SUITES["paper"]))
+    rows = []
+    if bench:
+        tm = task_manager()
+        for b in bench:
+            needs = data_needs(tm, [b.lm_eval_task])
+            reasons = [(n, missing_reason(root, n)) for n in needs]
+            bad = [(n, r) for n, r in reasons if r]
+            rows.append({"task": b.name, "lm_eval_task": b.lm_eval_task, "present": len(needs) - len(bad),
+                         "missing": len(bad), "detail": bad[0][1] if bad else _repos_text(needs) or "no download needed"})
+    for entry in mteb:
+        folder = repo_dir(root, entry["repo"])
+        ok = folder.is_dir() and any(folder.iterdir())
+        rows.append({"task": entry["task"], "lm_eval_task": "(mteb)", "present": int(ok), "missing": int(not ok),
+                     "detail": entry["repo"] if ok else f"no folder {folder}"})
+    return rows
+
+
+def _repos_text(needs: list[DataNeed]) -> str:
+    repos = list(dict.fromkeys(n.repo for n in needs))
+    return ", ".join(repos[:3]) + (f" (+{len(repos) - 3} more)" if len(repos) > 3 else "")
+
+
+# ----------------------------------------------------------------------------- export
+def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = None,
+           log: Callable[[str], None] = print) -> list[dict]:
+    """Download what ``names`` need into the mirror ``out``; returns ``check(out, names)``.
+
+    Needs the Hugging Face hub (and, for Xiezhi and LCBench, their download sites). Reruns skip
+    repositories already complete.
+    """
+    names = list(names)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        raise UserError("mirror export downloads from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
+                        "run it as `HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 nitp-eval mirror export ...`")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    bench, mteb = split_names(names)
+    if bench:
+        needs = data_needs(task_manager(), [b.lm_eval_task for b in bench])
+        by_repo: dict[str, list[DataNeed]] = {}
+        for need in needs:
+            by_repo.setdefault(need.repo, []).append(need)
+        for repo, repo_needs in by_repo.items():
+            if all(missing_reason(out, n) is None for n in repo_needs):
+                log(f"{repo}: already complete")
+                continue
+            log(f"{repo}: downloading {len({n.config for n in repo_needs})} config(s)")
+            if repo in URL_SOURCES:
+                URL_SOURCES[repo](out, {n.config for n in repo_needs})
+            else:
+                _export_hub_repo(repo, repo_needs[0].revision, {n.config for n in repo_needs}, out, token)
+    for entry in mteb:
+        folder = repo_dir(out, entry["repo"])
+        if folder.is_dir() and any(folder.iterdir()):
+            log(f"{entry['repo']}: already present")
+            continue
+        log(f"{entry['repo']}: downloading (MTEB task {entry['task']})")
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(entry["repo"], repo_type="dataset", revision=entry.get("revision"), local_dir=folder, token=token)
+    return check(out, names)
+
+
+def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, token: str | None) -> None:
+    """``snapshot_download`` of the card plus the files of the needed configs only."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    dest = repo_dir(out, repo)
+    hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision, local_dir=dest, token=token)
+    listed = readme_configs(dest)
+    patterns = None  # no `configs:` in the card: take the whole repository
+    if listed is not None:
+        picked = [_pick_config(listed, c) for c in configs]
+        patterns = ["README.md", *(p for c in picked if c for ps in listed[c]["splits"].values() for p in ps)]
+    snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token)
+
+
+def write_card(root: Path, configs: dict[str, dict[str, str]], title: str) -> None:
+    """A README.md whose YAML header maps config -> split -> file (the hub's `configs:` format)."""
+    header = {"configs": [{"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
+                          for name, splits in configs.items()]}
+    atomic_write_text(root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n")
+
+
+def _download(url: str, dest: Path) -> None:
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - fixed https/http sources
+            shutil.copyfileobj(r, f)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_xiezhi(out: Path, configs: set) -> None:
+    """Xiezhi's files from its GitHub repository, in the repository's own paths, plus a card."""
+    from .tasks.xiezhi import utils
+
+    root = repo_dir(out, "MikeGu721/XiezhiBenchmark")
+    for name in sorted(utils.FILES):
+        for path in utils.FILES[name].values():
+            if not (root / path).is_file():
+                _download(utils.RAW + path, root / path)
+    write_card(root, utils.FILES, "# Xiezhi (mirror of MikeGu721/XiezhiBenchmark, benchmark files only)")
+
+
+def export_lcbench(out: Path, configs: set) -> None:
+    """LCBench's two JSON-lines files from OpenCompass's archive, plus a card."""
+    import zipfile
+
+    from .tasks.lcbench import utils
+
+    root = repo_dir(out, "opencompass/LCBench2023")
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / ".LCBench2023.zip"
+    _download(utils.ZIP_URL, archive)
+    with zipfile.ZipFile(archive) as z:
+        for member in utils.FILES.values():
+            atomic_write_text(root / Path(member).name, z.read(member).decode("utf-8"))
+    archive.unlink()
+    write_card(root, {c: {"test": Path(m).name} for c, m in utils.FILES.items()},
+               "# LCBench2023 (mirror of OpenCompass's LCBench2023.zip)")
+
+
+# repositories that are not on the hub: repo -> exporter
+URL_SOURCES: dict[str, Callable[[Path, set], None]] = {
+    "MikeGu721/XiezhiBenchmark": export_xiezhi,
+    "opencompass/LCBench2023": export_lcbench,
+}
+
+
+# ----------------------------------------------------------------------------- names
+def split_names(names: list[str]) -> tuple[list, list[dict]]:
+    """Benchmarks (friendly or lm-eval names) and MTEB tasks (``mteb_dataset_repos`` entries).
+
+    Raises ``UserError`` naming unknown names with the nearest known ones.
+    """
+    from .tasks import BENCHMARKS, friendly, nearest_names, passthrough
+
+    bench, unknown = [], []
+    for name in names:
+        b = friendly(name)
+        if b is not None:
+            bench.append(b)
+        else:
+            unknown.append(name)
+    if unknown:
+        tm = task_manager()
+        still = []
+        for name in unknown:
+            (bench.append(passthrough(name)) if name in tm.task_index else still.append(name))
+        unknown = still
+    mteb: list[dict] = []
+    if unknown:
+        repos = _mteb_repos(unknown)
+        mteb = [r for r in repos if r["task"] in unknown]
+        unknown = [n for n in unknown if n not in {r["task"] for r in repos}]
+    if unknown:
+        hints = nearest_names(unknown[0], list(BENCHMARKS) + list(task_manager().all_tasks))
+        raise UserError(f"unknown task {unknown[0]!r}" + (f"; did you mean {', '.join(hints)}?" if hints else
+                        "; see `nitp-eval bench --help` for the benchmark names"))
+    return bench, mteb
+
+
+def _mteb_repos(names: list[str]) -> list[dict]:
+    """MTEB tasks among ``names`` (one lookup per name, so unknown names are simply skipped)."""
+    try:
+        from .embed_data import mteb_dataset_repos
+    except ImportError:
+        return []
+    found = []
+    for name in names:
+        try:
+            found += mteb_dataset_repos([name])
+        except Exception:  # noqa: BLE001 - not an MTEB task (or MTEB unavailable): unknown here
+            continue
+    return found
+
+
+_TASK_MANAGERS: dict[tuple, object] = {}
+
+
+def task_manager(*extra_paths: str | os.PathLike):
+    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder and ``extra_paths``.
+
+    Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
+    for the life of the process (the paths' contents are fixed once written).
+    """
+    from lm_eval.tasks import TaskManager
+
+    from .tasks import TASKS_DIR
+
+    key = tuple(str(p) for p in (TASKS_DIR, *extra_paths))
+    if key not in _TASK_MANAGERS:
+        _TASK_MANAGERS[key] = TaskManager(include_path=list(key))
+    return _TASK_MANAGERS[key]

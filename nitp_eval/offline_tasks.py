@@ -1,0 +1,187 @@
+"""`--suite offline`: three lm-eval tasks built from real labelled data that installed packages ship.
+
+=====================  ================================================  ======  =======
+task                   data                                              shots   metric
+=====================  ================================================  ======  =======
+nitp_offline_analogy   Google analogy set (gensim ``questions-words.txt``):  3     acc
+                       "Athens is to Greece as Baghdad is to" + 4 choices
+nitp_offline_next_word held-out documents of the built-in training corpus     0     acc
+                       (same split as the trainer): predict a passage's last
+                       word, LAMBADA-style
+nitp_offline_sentiment Pang & Lee movie-review polarity sentences (gensim):   4     acc
+                       "Review: ... Sentiment:" negative / positive
+=====================  ================================================  ======  =======
+
+The items are drawn deterministically (seed 0), written once as JSON lines into
+``cache_dir()/offline-tasks/<content hash>/data/`` together with task YAML files that include the
+prompt templates in ``nitp_eval/tasks/offline/``; ``prepare_offline_tasks()`` returns the folder
+to give ``TaskManager(include_path=...)``. The tasks then run through lm-eval's own evaluator like
+any other task.
+
+Example
+-------
+>>> from nitp_eval.offline_tasks import prepare_offline_tasks
+>>> tasks_dir = prepare_offline_tasks()       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .tasks import TASKS_DIR, cache_dir
+
+SEED = 0
+ANALOGY_TRAIN_PER_SECTION = 2     # few-shot pool
+ANALOGY_TEST_PER_SECTION = 40     # 14 sections -> 560 scored items
+NEXT_WORD_CONTEXT_WORDS = 50      # words before the target word
+NEXT_WORD_MIN_CONTEXT = 20
+NEXT_WORD_ITEMS = 400
+SENTIMENT_TRAIN_PER_CLASS = 5     # few-shot pool; the other 190 sentences are scored
+# the trainer's default split of the built-in corpus (docs/contracts.md)
+VALIDATION_SPLIT = {"corpus": "builtin", "val_fraction": 0.05, "seed": 0}
+
+
+# ----------------------------------------------------------------------------- items
+def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """Google analogies as 4-way multiple choice: ``{"train": [...], "test": [...]}``.
+
+    Each item ``{"section", "a", "b", "c", "choices", "label"}``: a is to b as c is to
+    ``choices[label]``; the 3 distractors are answers of other questions of the same section
+    (so they have the right type: capitals, past tenses, ...), never a, b or c.
+    """
+    if path is None:
+        from gensim.test.utils import datapath
+
+        path = datapath("questions-words.txt")
+    sections: dict[str, list[list[str]]] = {}
+    current = None
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith(":"):
+            current = line[1:].strip()
+            sections[current] = []
+        elif line.strip() and current is not None:
+            sections[current].append(line.split())
+    rng = random.Random(SEED)
+    out: dict[str, list[dict]] = {"train": [], "test": []}
+    for section, rows in sections.items():
+        pool = sorted({row[3] for row in rows})
+        rows = rows[:]
+        rng.shuffle(rows)
+        n_train, n_test = ANALOGY_TRAIN_PER_SECTION, ANALOGY_TEST_PER_SECTION
+        for split, chosen in (("train", rows[:n_train]), ("test", rows[n_train:n_train + n_test])):
+            for a, b, c, d in chosen:
+                taken = {w.lower() for w in (a, b, c, d)}
+                distractors = rng.sample([w for w in pool if w.lower() not in taken], 3)
+                choices = [d, *distractors]
+                rng.shuffle(choices)
+                out[split].append({"section": section, "a": a, "b": b, "c": c, "choices": choices, "label": choices.index(d)})
+    return out
+
+
+def next_word_items(documents: list[str] | None = None) -> dict[str, list[dict]]:
+    """LAMBADA-style passages from held-out corpus text: ``{"test": [{"text": ...}, ...]}``.
+
+    A passage is up to ``NEXT_WORD_CONTEXT_WORDS`` words followed by the target: the last word of
+    a sentence (alphabetic, at least 3 letters, its full stop dropped). Passages do not overlap.
+    """
+    if documents is None:
+        from nitp_train.data import validation_documents
+
+        documents = validation_documents(VALIDATION_SPLIT)
+    items = []
+    for doc in documents:
+        words = doc.split()
+        next_free = NEXT_WORD_MIN_CONTEXT
+        for i in range(NEXT_WORD_MIN_CONTEXT, len(words)):
+            target = words[i][:-1]
+            if i < next_free or not words[i].endswith(".") or len(target) < 3 or not target.isalpha():
+                continue
+            start = max(0, i - NEXT_WORD_CONTEXT_WORDS)
+            items.append({"text": " ".join(words[start:i] + [target])})
+            next_free = i + NEXT_WORD_CONTEXT_WORDS
+    if len(items) > NEXT_WORD_ITEMS:
+        items = random.Random(SEED).sample(items, NEXT_WORD_ITEMS)
+    return {"test": items}
+
+
+def sentiment_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """Pang & Lee polarity sentences: ``{"train", "test"}`` of ``{"sentence", "label"}`` (1 = positive)."""
+    if path is None:
+        from gensim.test.utils import datapath
+
+        path = datapath("pang_lee_polarity.cor")
+    rows = []
+    # the file is Windows-1252 (em dashes, accented letters), as in the original polarity data
+    for line in Path(path).read_text(encoding="cp1252").splitlines():
+        tag, _, sentence = line.partition(" ")
+        if tag in ("__label__neg", "__label__pos") and sentence.strip():
+            rows.append({"sentence": sentence.strip(), "label": int(tag == "__label__pos")})
+    random.Random(SEED).shuffle(rows)
+    train = [r for r in rows if r["label"] == 0][:SENTIMENT_TRAIN_PER_CLASS] + \
+            [r for r in rows if r["label"] == 1][:SENTIMENT_TRAIN_PER_CLASS]
+    chosen = {id(r) for r in train}
+    return {"train": train, "test": [r for r in rows if id(r) not in chosen]}
+
+
+OFFLINE_TASKS = {
+    # task name -> (template file in nitp_eval/tasks/offline/, item builder)
+    "nitp_offline_analogy": ("_analogy_template.yaml", analogy_items),
+    "nitp_offline_next_word": ("_next_word_template.yaml", next_word_items),
+    "nitp_offline_sentiment": ("_sentiment_template.yaml", sentiment_items),
+}
+
+
+# ----------------------------------------------------------------------------- files
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
+    """Write (once) the offline tasks' data and YAML files; return the folder of YAML files.
+
+    The folder name is a hash of the data, so a change of the item recipe or of the shipped
+    data never mixes with an older copy; a complete folder is renamed into place atomically.
+    """
+    files = {}
+    for task, (_, build) in OFFLINE_TASKS.items():
+        for split, rows in build().items():
+            files[f"{task}_{split}.jsonl"] = _jsonl(rows)
+    digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
+    base = Path(root) if root is not None else cache_dir() / "offline-tasks"
+    final = base / digest
+    if (final / "tasks").is_dir():
+        return final / "tasks"
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{digest}."))
+    try:
+        (tmp / "data").mkdir()
+        (tmp / "tasks").mkdir()
+        for name, text in files.items():
+            (tmp / "data" / name).write_text(text, encoding="utf-8")
+        for task, (template, _) in OFFLINE_TASKS.items():
+            splits = sorted(n[len(task) + 1:-len(".jsonl")] for n in files if n.startswith(task + "_"))
+            config = {
+                "include": str(TASKS_DIR / "offline" / template),
+                "task": task,
+                "dataset_path": "json",
+                # final (not temporary) paths: the folder is renamed before anything reads it
+                "dataset_kwargs": {"data_files": {s: str(final / "data" / f"{task}_{s}.jsonl") for s in splits}},
+                "metadata": {"version": 1.0, "data": digest},
+            }
+            (tmp / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final / "tasks"

@@ -1,0 +1,1 @@
+"""lm-eval task files: balanced_copa."""
