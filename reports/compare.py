@@ -1,0 +1,228 @@
+"""`nitp-report compare`: runs and records in, a paper-style report out.
+
+``compare(inputs, out_dir)`` writes::
+
+    DIR/report.md            every table inline, figures linked, notes on what was kept apart
+    DIR/tables/<name>.md|.tex|.csv
+    DIR/figures/<name>.png|.pdf
+
+It reads run directories (config.yaml, metrics.jsonl, RUN/results/**.json) and result
+records, never recomputes what a record holds, and never averages records of different
+settings together (each settings group gets its own table, and the report says so). Files
+are written atomically and ``report.md`` last, so an interrupted call leaves the previous
+report intact; a rerun rewrites everything and removes tables and figures it no longer makes.
+
+Example
+-------
+>>> from reports import compare
+>>> compare(["runs/tiny-ntp", "runs/tiny-nitp"], "reports/quickstart")      # doctest: +SKIP
+PosixPath('reports/quickstart/report.md')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nitp_train.artifacts import UserError, atomic_write_text
+
+from .formats import Table
+from .grouping import KNOBS, Layout, arrange, settings_groups
+from .inputs import Study, load_inputs
+
+KNOWN_KINDS = {"bench", "mteb", "geom", "speed"}
+OUTPUT_SUFFIXES = {".md", ".tex", ".csv", ".png", ".pdf"}
+
+
+@dataclass
+class Report:
+    """What a compare call produced, in report order."""
+
+    out_dir: Path
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)  # (heading, markdown blocks)
+    written: set[Path] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self, heading: str, table: Table) -> None:
+        base = self.out_dir / "tables" / table.name
+        for suffix, text in ((".md", table.to_markdown()), (".tex", table.to_latex()), (".csv", table.to_csv())):
+            self.written.add(atomic_write_text(base.with_suffix(suffix), text))
+        links = f"<sub>tables/{table.name}: [md](tables/{table.name}.md) · [tex](tables/{table.name}.tex) · [csv](tables/{table.name}.csv)</sub>"
+        self._add(heading, table.to_markdown() + "\n" + links)
+
+    def figure(self, heading: str, paths: list[Path], caption: str) -> None:
+        self.written.update(paths)
+        png, pdf = (p.relative_to(self.out_dir).as_posix() for p in paths)
+        self._add(heading, f"![{caption}]({png})\n\n*{caption}* ([PDF]({pdf}))")
+
+    def _add(self, heading: str, block: str) -> None:
+        for name, blocks in self.sections:
+            if name == heading:
+                blocks.append(block)
+                return
+        self.sections.append((heading, [block]))
+
+
+def compare(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, labels: dict[str, str] | None = None,
+            *, per_task: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Build the report of ``inputs`` (run dirs, record files, folders of records) in ``out_dir``.
+
+    Parameters
+    ----------
+    inputs : run directories, result record files or folders of records
+    out_dir : where ``report.md``, ``tables/`` and ``figures/`` go (created)
+    labels : renames, ``{"run name or default label": "new label"}``
+    per_task : also write the MTEB per-task table
+    log : receives one line per skipped figure or note (default: ignore)
+
+    Returns
+    -------
+    Path of ``report.md``.
+    """
+    log = log or (lambda _msg: None)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a directory (give a folder for report.md, tables/, figures/)")
+    study = load_inputs(list(inputs), labels)
+    layout = arrange(study)
+    report = Report(out_dir=out, notes=list(layout.notes))
+    _check_kinds(study, report)
+    groups = {kind: settings_groups(study.models, kind) for kind in ("bench", "mteb", "geom")}
+    for kind, gs in groups.items():
+        if len(gs) > 1:
+            report.notes.append(f"{kind} records come in {len(gs)} different settings ({'; '.join(g.description for g in gs)}): "
+                                "they are kept in separate tables and never averaged together.")
+    _tables(report, study, layout, groups, per_task)
+    _figures(report, study, layout, groups)
+    for line in report.skipped + report.notes:
+        log(line)
+    path = atomic_write_text(out / "report.md", render(report, study, layout))
+    _remove_stale(out, report.written)
+    return path
+
+
+def _check_kinds(study: Study, report: Report) -> None:
+    for model in study.models:
+        for rec in model.records:
+            if rec.get("kind") not in KNOWN_KINDS:
+                report.notes.append(f"{rec['_path']}: record kind {rec.get('kind')!r} is not reported (known: bench, mteb, geom, speed).")
+
+
+def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task: bool) -> None:
+    from . import tables as T
+
+    report.table("Models", models_table(study, layout))
+    for t in T.bench_tables(layout, groups["bench"]):
+        report.table("Benchmarks", t)
+    for t in T.mteb_tables(layout, groups["mteb"]):
+        report.table("MTEB (frozen representations)", t)
+    if per_task:
+        for t in T.mteb_task_tables(layout, groups["mteb"]):
+            report.table("MTEB (frozen representations)", t)
+    lm = T.lm_table(layout)
+    if lm is not None:
+        report.table("Language modelling", lm)
+    for t in T.geometry_tables(layout, groups["geom"]):
+        report.table("Geometry", t)
+    for t in T.ablation_tables(layout, groups["bench"], groups["mteb"]):
+        report.table("Ablations", t)
+    cost = T.cost_table(layout, [r for m in study.models for r in m.records])
+    if cost is not None:
+        report.table("Cost", cost)
+
+
+def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None:
+    from rich.console import Console
+    from rich.progress import track
+
+    from . import figures as F
+
+    figs = report.out_dir / "figures"
+    jobs: list[tuple[str, Callable[[], None]]] = []
+
+    def geometry():
+        paths = F.plot_training_geometry(layout.main, figs / "training_geometry")
+        report.figure("Training dynamics", paths, "Effective rank and mean cosine of the last hidden states during "
+                      "training (smoothed; band = rolling standard deviation).")
+    jobs.append(("training geometry", geometry))
+
+    for i, group in enumerate(groups["bench"]):
+        def bench(group=group, i=i):
+            paths = F.plot_bench_curve(layout.main, group, layout.pairs, figs / f"bench_vs_step{'' if i == 0 else f'-{i + 1}'}")
+            report.figure("Training dynamics", paths, f"Average benchmark score over checkpoints ({group.description}).")
+        jobs.append(("benchmark curve", bench))
+
+    nitp_runs = [m for m in layout.main if m.role == "nitp"]
+    if not nitp_runs:
+        report.skipped.append("NITP-loss figure skipped: no NITP run among the inputs.")
+    for model in nitp_runs:
+        def loss(model=model):
+            from .tables import slug
+
+            phases, paths = F.plot_nitp_loss(model, figs / f"nitp_loss-{slug(model.label)}")
+            report.figure("Training dynamics", paths, f"NITP loss of {model.label}: {phases.describe()}.")
+        jobs.append(("NITP loss", loss))
+
+    for i, group in enumerate(groups["geom"]):
+        def layers(group=group, i=i):
+            paths = F.plot_layer_profiles(layout.main, group, figs / f"layer_profiles{'' if i == 0 else f'-{i + 1}'}")
+            report.figure("Geometry", paths, f"Per-layer statistics ({group.description}); dashed: the NITP target layer.")
+        jobs.append(("per-layer curves", layers))
+
+    for _name, job in track(jobs, description="figures", transient=True, console=Console(stderr=True)):
+        try:
+            job()
+        except F.NothingToPlot as e:
+            report.skipped.append(f"figure skipped: {e}")
+
+
+def models_table(study: Study, layout: Layout) -> Table:
+    """Who is who: label, objective, size, step, tokens, role in the comparison, source."""
+    roles = {}
+    for block in layout.blocks:
+        if block.baseline:
+            roles[block.baseline.key] = "NTP baseline"
+        if block.reference:
+            roles[block.reference.key] = "NITP reference"
+        for knob, variants in block.ablations.items():
+            for v in variants:
+                roles[v.key] = f"ablation: {KNOBS[knob]}"
+    table = Table("models", "Models compared", ["objective", "size", "step", "tokens", "role", "source"],
+                  higher_is_better=[None] * 6, decimals=0)
+    for m in study.models:
+        tokens = max([x["tokens"] for x in m.metrics if isinstance(x.get("tokens"), int)]
+                     + [r["model"]["tokens_seen"] for r in m.records if isinstance(r["model"].get("tokens_seen"), int)], default=None)
+        source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
+        table.add(m.label, [m.objective or "—", m.preset or "—", m.step, tokens, roles.get(m.key, "shown as is"), source])
+    return table
+
+
+def render(report: Report, study: Study, layout: Layout) -> str:
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines = ["# NTP vs NITP report", "",
+             f"Generated by `nitp-report compare` on {now} from {len(study.sources)} input(s): "
+             + ", ".join(f"`{s}`" for s in study.sources) + ".",
+             "Scores are percentages (records hold fractions); best value per column and model size in bold; "
+             "Δ = NITP reference − NTP baseline of the same size; — = not measured.", ""]
+    for heading, blocks in report.sections:
+        lines += [f"## {heading}", ""]
+        for block in blocks:
+            lines += [block.rstrip(), ""]
+    if report.notes or report.skipped:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report.notes + report.skipped] + [""]
+    return "\n".join(lines)
+
+
+def _remove_stale(out: Path, written: set[Path]) -> None:
+    """Delete tables and figures a previous compare wrote that this one did not."""
+    keep = {p.resolve() for p in written}
+    for sub in ("tables", "figures"):
+        folder = out / sub
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.is_file() and f.suffix in OUTPUT_SUFFIXES and f.resolve() not in keep:
+                    f.unlink()

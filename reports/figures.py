@@ -1,0 +1,321 @@
+"""The paper's figures from metrics and records: PNG (200 dpi) and PDF, one colour per objective.
+
+==========================  ================================================  ==========
+function                    what                                              paper
+==========================  ================================================  ==========
+plot_training_geometry      erank and mean cosine of last hidden states vs    Fig. 1a/b
+                            step: smoothed line + shaded rolling spread
+plot_bench_curve            average benchmark score vs step over checkpoints, Fig. 1c/d
+                            final Δ (NITP − NTP) annotated
+plot_nitp_loss              NITP loss vs step, phases I/II/III detected       Fig. 5
+                            (:mod:`reports.phases`) and marked
+plot_layer_profiles         per-layer erank, anisotropy, next-token           --
+                            predictability; NITP target layer marked
+==========================  ================================================  ==========
+
+Every ``plot_*`` function writes ``<stem>.png`` and ``<stem>.pdf`` atomically and returns their
+paths, or raises :class:`NothingToPlot` with a one-line reason (the report lists it); its
+``draw_*`` twin returns the matplotlib ``Figure`` instead (for notebooks, and for the tests that
+check no two texts overlap). Colours: NTP blue,
+NITP red, NTP + cosine regulariser green, other models purple; several runs of one objective
+differ by line style. matplotlib is used through ``Figure`` objects (no pyplot state, no
+display needed).
+
+Example
+-------
+>>> plot_nitp_loss(model, Path("out/figures/nitp_loss"))      # doctest: +SKIP
+(NitpPhases(initial_min=PhasePoint(step=40, ...), ...), [PosixPath('out/figures/nitp_loss.png'), ...])
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nitp_train.artifacts import atomic_write_bytes
+
+from .grouping import SettingsGroup, config_value
+from .inputs import Model
+from .phases import NitpPhases, detect_phases
+
+OBJECTIVE_COLOURS = {"ntp": "#3B6FB6", "nitp": "#D1495B", "cos_reg": "#3A9E6F", "other": "#7D6BA8"}
+LINESTYLES = ("-", "--", "-.", ":")
+STYLE = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25,
+    "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200,
+}
+PANEL_WIDTH = 3.3   # inches: two panels fit a paper's text width
+PANEL_HEIGHT = 2.6
+
+
+class NothingToPlot(Exception):
+    """The inputs hold no data for this figure (the message says what is missing)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def line_styles(models: list[Model]) -> dict[str, dict[str, Any]]:
+    """Colour by objective, line style by rank among the models of that objective."""
+    seen: dict[str, int] = {}
+    out = {}
+    for m in models:
+        n = seen.get(m.role, 0)
+        seen[m.role] = n + 1
+        out[m.key] = {"color": OBJECTIVE_COLOURS[m.role], "linestyle": LINESTYLES[n % len(LINESTYLES)]}
+    return out
+
+
+def _new_figure(panels: int, height: float = PANEL_HEIGHT):
+    """Two panels fill a paper's text width (6.6 in); more panels share 7 in."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(min(PANEL_WIDTH * panels, 7.0), height), layout="constrained")
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """``stem.png`` and ``stem.pdf``, each written atomically (never half a file)."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt)
+        paths.append(atomic_write_bytes(stem.with_suffix(f".{fmt}"), buf.getvalue()))
+    return paths
+
+
+def _series(model: Model, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = sorted((m["step"], float(m[key])) for m in model.metrics
+                  if isinstance(m.get(key), (int, float)) and np.isfinite(m[key]))
+    if not rows:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*rows)
+    return np.asarray(steps, dtype=float), np.asarray(values)
+
+
+def rolling(values: np.ndarray, window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Centred rolling mean and standard deviation (window ~ 1/15 of the points, at least 3)."""
+    import pandas as pd
+
+    window = window or max(3, len(values) // 15)
+    s = pd.Series(values)
+    r = s.rolling(window, center=True, min_periods=1)
+    return r.mean().to_numpy(), r.std(ddof=0).fillna(0.0).to_numpy()
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for all panels, under them, with as many columns as the width holds."""
+    handles, labels = [], []
+    for ax in np.atleast_1d(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        chars_per_row = fig.get_figwidth() * 13  # legend font (8 pt) is about 0.075 in per character
+        ncol = max(1, min(len(labels), int(chars_per_row // (max(map(len, labels)) + 6))))
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
+
+
+def _rc():
+    import matplotlib
+
+    return matplotlib.rc_context(STYLE)
+
+
+# ----------------------------------------------------------------------------- Figure 1a/b
+def plot_training_geometry(models: list[Model], stem: Path) -> list[Path]:
+    """Effective rank and mean cosine of last hidden states vs training step, per run."""
+    with _rc():
+        return save_figure(draw_training_geometry(models), stem)
+
+
+def draw_training_geometry(models: list[Model]):
+    """The figure of :func:`plot_training_geometry` (a matplotlib ``Figure``)."""
+    panels = [("erank", "(a) Effective rank of last hidden states", "effective rank (covariance)"),
+              ("mean_cos", "(b) Mean cosine of last hidden states", "mean pairwise cosine")]
+    data = {m.key: {k: _series(m, k) for k, *_ in panels} for m in models}
+    shown = [m for m in models if any(len(data[m.key][k][0]) for k, *_ in panels)]
+    if not shown:
+        raise NothingToPlot("no run logged erank / mean_cos in metrics.jsonl (train with log.geom_every)")
+    styles = line_styles(shown)
+    with _rc():
+        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
+        axes = fig.subplots(1, 2)
+        for ax, (key, title, ylabel) in zip(axes, panels):
+            for m in shown:
+                steps, values = data[m.key][key]
+                if not len(steps):
+                    continue
+                mean, spread = rolling(values)
+                ax.plot(steps, mean, label=m.label, lw=1.6, **styles[m.key])
+                ax.fill_between(steps, mean - spread, mean + spread, color=styles[m.key]["color"], alpha=0.18, lw=0)
+            ax.set(title=title, xlabel="training step", ylabel=ylabel)
+        _legend_below(fig, axes)
+        return fig
+
+
+# ----------------------------------------------------------------------------- Figure 1c/d
+def plot_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]], stem: Path) -> list[Path]:
+    """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
+    with _rc():
+        return save_figure(draw_bench_curve(models, group, pairs), stem)
+
+
+def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]]):
+    """The figure of :func:`plot_bench_curve`."""
+    curves = {}
+    for m in models:
+        pts = [(r["model"]["step"], 100.0 * r["scores"]["average"]) for r in group.by_step(m)
+               if isinstance(r["model"].get("step"), int) and r["scores"].get("average") is not None]
+        if pts:
+            curves[m.key] = (m, np.asarray(pts, dtype=float))
+    if not any(len(p) >= 2 for _, p in curves.values()):
+        raise NothingToPlot(f"bench ({group.description}): no run has two scored checkpoints "
+                            "(score them all with nitp-eval bench --all-checkpoints RUN)")
+    styles = line_styles([m for m, _ in curves.values()])
+    with _rc():
+        fig = _new_figure(2, PANEL_HEIGHT + 0.7)
+        ax = fig.subplots()
+        for m, pts in curves.values():
+            ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3.5, lw=1.6, label=m.label, **styles[m.key])
+        deltas = []
+        for base, new in pairs:
+            if base.key in curves and new.key in curves:
+                a, b = dict(map(tuple, curves[base.key][1])), dict(map(tuple, curves[new.key][1]))
+                common = sorted(set(a) & set(b))
+                if common:
+                    step = common[-1]
+                    deltas.append((step, a[step], b[step]))
+        for step, lo, hi in deltas:
+            ax.annotate("", xy=(step, hi), xytext=(step, lo), arrowprops={"arrowstyle": "<->", "color": "0.3", "lw": 1})
+            ax.annotate(f"{hi - lo:+.2f}", xy=(step, (lo + hi) / 2), xytext=(6, 0), textcoords="offset points",
+                        va="center", ha="left", fontsize=8, color="0.2")
+        if deltas:
+            left, right = ax.get_xlim()
+            ax.set_xlim(left, right + 0.08 * (right - left))  # room for the Δ label
+        title = f"Average benchmark score ({_wrap(group.description)})"
+        if len(deltas) == 1:
+            step, lo, hi = deltas[0]
+            title += f"\nfinal Δ (NITP − NTP) = {hi - lo:+.2f} points at step {int(step)}"
+        ax.set(title=title, xlabel="training step", ylabel="average score (%)")
+        _legend_below(fig, ax)
+        return fig
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- Figure 5
+def plot_nitp_loss(model: Model, stem: Path) -> tuple[NitpPhases, list[Path]]:
+    """The unweighted NITP loss vs step with phases I/II/III detected and marked."""
+    with _rc():
+        fig, phases = draw_nitp_loss(model)
+        return phases, save_figure(fig, stem)
+
+
+def draw_nitp_loss(model: Model):
+    """``(figure, phases)`` of :func:`plot_nitp_loss`."""
+    steps, values = _series(model, "loss_nitp")
+    if not len(steps):
+        raise NothingToPlot(f"{model.label}: no loss_nitp in metrics.jsonl (not a NITP run), NITP-loss figure skipped")
+    phases = detect_phases(steps, values)
+    positive = steps > 0
+    log_x = positive.sum() >= 2 and steps[positive].max() / steps[positive].min() >= 20
+    keep = positive if log_x else np.ones_like(positive)
+    colour = OBJECTIVE_COLOURS["nitp"]
+    with _rc():
+        fig = _new_figure(2, PANEL_HEIGHT + 0.9)
+        ax = fig.subplots()
+        ax.plot(steps[keep], values[keep], color=colour, alpha=0.3, lw=0.8, label="NITP loss (logged)")
+        ax.plot(phases.steps[keep], phases.smoothed[keep], color=colour, lw=1.8, label="smoothed")
+        if log_x:
+            ax.set_xscale("log")
+        _mark_phases(ax, phases, steps[keep])
+        ax.set(title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$: {model.label}", xlabel="training step", ylabel="NITP loss")
+        if not phases.initial_min:
+            ax.text(0.5, 0.97, "no phases detected (flat, monotone or noisy curve)", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=8, color="0.3")
+        _legend_below(fig, ax)
+        return fig, phases
+
+
+def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
+    """Shade the phases, name them at the top, mark their boundaries (legend says where)."""
+    points = [(phases.initial_min, "v", "I ends: minimum"),
+              (phases.hump_peak, "^", "II ends: hump peak"),
+              (phases.converged, "o", "III settles")]
+    bounds = [steps.min()] + [p.step for p, *_ in points[:2] if p is not None] + [steps.max()]
+    names = ["I", "II", "III"][: len(bounds) - 1]
+    trans = ax.get_xaxis_transform()
+    log = ax.get_xscale() == "log"
+    for i, (name, a, b) in enumerate(zip(names, bounds, bounds[1:])):
+        if i % 2 == 0:
+            ax.axvspan(a, b, color="0.5", alpha=0.08, lw=0)
+        mid = np.sqrt(a * b) if log and a > 0 else (a + b) / 2
+        ax.text(mid, 0.98, name, transform=trans, ha="center", va="top", fontsize=10, fontweight="bold", color="0.35")
+    for point, marker, text in points:
+        if point is not None:
+            ax.plot([point.step], [point.value], marker=marker, ms=7, color="black", ls="none",
+                    label=f"{text} {point.value:.3f} @ step {point.step:g}")
+
+
+# ----------------------------------------------------------------------------- per layer
+LAYER_PANELS = [
+    ("(a) Effective rank", "effective rank (covariance)", r"^(effective_rank_covariance|erank_covariance|effective_rank|erank)$"),
+    ("(b) Anisotropy", "mean cosine", r"^(anisotropy|anisotropy_within|mean_cos)$"),
+    ("(c) Predictability", r"$R^2$ of $h_k[t{+}1]$ from $h_{\mathrm{last}}[t]$", r"(predict.*r2|r2.*predict|ridge.*r2|^r2$|linear.*r2)"),
+]
+
+
+def layer_key(keys: list[str], pattern: str) -> str | None:
+    """The first flattened statistic name matching ``pattern`` (the geom record's naming)."""
+    return next((k for k in keys if re.search(pattern, k.lower())), None)
+
+
+def plot_layer_profiles(models: list[Model], group: SettingsGroup, stem: Path) -> list[Path]:
+    """Per-layer curves from geom records, with each NITP run's target layer marked."""
+    with _rc():
+        return save_figure(draw_layer_profiles(models, group), stem)
+
+
+def draw_layer_profiles(models: list[Model], group: SettingsGroup):
+    """The figure of :func:`plot_layer_profiles`."""
+    from .tables import flatten_numbers
+
+    data = {}
+    for m in models:
+        rec = group.latest(m)
+        layers = (rec or {}).get("scores", {}).get("layers") or []
+        rows = [(layer["layer"], flatten_numbers(layer)) for layer in layers
+                if isinstance(layer.get("layer"), int) and layer["layer"] >= 0]
+        if rows:
+            data[m.key] = (m, rows, rec["scores"].get("recommended_target_layer"))
+    if not data:
+        raise NothingToPlot(f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)")
+    keys = sorted({k for _, rows, _ in data.values() for _, flat in rows for k in flat})
+    panels = [(t, y, layer_key(keys, p)) for t, y, p in LAYER_PANELS if layer_key(keys, p)]
+    if not panels:
+        raise NothingToPlot(f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability")
+    styles = line_styles([m for m, _, _ in data.values()])
+    targets = sorted({t for m, _, _ in data.values() if m.role == "nitp" and isinstance(t := config_value(m, "nitp.target_layer"), int)})
+    recommended = sorted({r for *_, r in data.values() if isinstance(r, int)})
+    with _rc():
+        fig = _new_figure(len(panels), PANEL_HEIGHT + 0.5)
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
+        for ax, (title, ylabel, key) in zip(axes, panels):
+            for m, rows, _ in data.values():
+                xs = [k for k, flat in rows if key in flat]
+                ys = [flat[key] for k, flat in rows if key in flat]
+                ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=m.label, **styles[m.key])
+            for t in targets:
+                ax.axvline(t, color=OBJECTIVE_COLOURS["nitp"], ls="--", lw=1, alpha=0.8, label=f"NITP target layer ({t})")
+            for r in recommended:
+                ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"recommended target ({r})")
+            ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend_below(fig, axes)
+        return fig

@@ -1,0 +1,228 @@
+"""A small table model and its three renderings: Markdown, LaTeX (booktabs) and CSV.
+
+Tables hold numbers, not strings: formatting happens at rendering time, so the CSV keeps full
+precision while Markdown and LaTeX show the paper's two decimals. A missing value (``None``)
+is shown as "—" (never 0) and is an empty cell in the CSV. Best values are bolded per column
+within a block (one model size), following each column's direction (higher or lower is
+better); ties are all bold; a column with fewer than two values has no bold.
+
+Example
+-------
+>>> t = Table("demo", "Demo", ["ARC-C", "Avg."], higher_is_better=[True, True])
+>>> ntp, nitp = t.add("NTP", [51.2, 40.27]), t.add("NITP", [53.95, 42.94])
+>>> delta = t.add_delta("Δ (NITP − NTP)", nitp, ntp)
+>>> for line in t.to_markdown().splitlines()[4:7]:
+...     print(line)
+| NTP | 51.20 | 40.27 |
+| NITP | **53.95** | **42.94** |
+| *Δ (NITP − NTP)* | +2.75 | +2.67 |
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING = "—"
+TEXT_WIDTH_PT = 345.0  # LaTeX article's \textwidth; wider tables are scaled down to fit
+
+
+@dataclass
+class Row:
+    label: str
+    values: list[Any]            # float | int | str | None, one per column
+    kind: str = "model"          # "model" rows compete for bold; "delta" rows are signed
+    block: int = 0               # rows of one block (model size) are compared with each other
+    bold: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    """A titled grid: one label column, then value columns.
+
+    ``decimals``: digits after the point per column (one int for all). ``higher_is_better``:
+    per column, True / False / None (None = never bold).
+    """
+
+    name: str                            # file stem under tables/
+    title: str
+    columns: list[str]
+    higher_is_better: list[bool | None] | None = None
+    decimals: int | list[int] = 2
+    label_header: str = "model"
+    notes: list[str] = field(default_factory=list)
+    signed: set[int] = field(default_factory=set)   # columns of differences: always with a sign
+    rows: list[Row] = field(default_factory=list)
+    _block: int = 0
+
+    # --------------------------------------------------------------- building
+    def new_block(self) -> None:
+        """Start a new block: a rule in LaTeX, a separate bold competition."""
+        if self.rows and self.rows[-1].block == self._block:
+            self._block += 1
+
+    def add(self, label: str, values: list[Any], kind: str = "model") -> Row:
+        if len(values) != len(self.columns):
+            raise ValueError(f"row {label!r} has {len(values)} values for {len(self.columns)} columns")
+        row = Row(label, [_clean(v) for v in values], kind, self._block)
+        self.rows.append(row)
+        return row
+
+    def add_delta(self, label: str, new: Row, base: Row, columns: list[int] | None = None) -> Row:
+        """``new - base`` per numeric column (only ``columns`` when given); missing stays missing."""
+        keep = set(range(len(self.columns)) if columns is None else columns)
+        values = [
+            (a - b) if i in keep and _is_num(a) and _is_num(b) else None
+            for i, (a, b) in enumerate(zip(new.values, base.values))
+        ]
+        return self.add(label, values, kind="delta")
+
+    def column(self, name: str) -> list[Any]:
+        i = self.columns.index(name)
+        return [r.values[i] for r in self.rows]
+
+    # --------------------------------------------------------------- bold
+    def mark_best(self) -> None:
+        """Bold the best model value per column within each block (ties: all)."""
+        direction = self.higher_is_better or [True] * len(self.columns)
+        for row in self.rows:
+            row.bold = [False] * len(self.columns)
+        for block in {r.block for r in self.rows}:
+            rows = [r for r in self.rows if r.block == block and r.kind == "model"]
+            for j, better in enumerate(direction):
+                vals = [r.values[j] for r in rows if _is_num(r.values[j])]
+                if better is None or len(vals) < 2:
+                    continue
+                best = max(vals) if better else min(vals)
+                for r in rows:
+                    if _is_num(r.values[j]) and _same(r.values[j], best, self._digits(j)):
+                        r.bold[j] = True
+
+    def _digits(self, j: int) -> int:
+        return self.decimals[j] if isinstance(self.decimals, list) else self.decimals
+
+    def _is_text(self, j: int) -> bool:
+        """A column of words (left-aligned) rather than numbers."""
+        values = [r.values[j] for r in self.rows if r.values[j] is not None]
+        return bool(values) and all(isinstance(v, str) for v in values)
+
+    def cell(self, row: Row, j: int) -> str:
+        """The value as shown: fixed decimals, a sign on deltas, "—" when missing."""
+        v = row.values[j]
+        if v is None:
+            return MISSING
+        if isinstance(v, str):
+            return v
+        d = self._digits(j)
+        return f"{v:+.{d}f}" if row.kind == "delta" or j in self.signed else f"{v:,.{d}f}" if abs(v) >= 1e4 else f"{v:.{d}f}"
+
+    # --------------------------------------------------------------- renderings
+    def to_markdown(self) -> str:
+        if not any(r.bold for r in self.rows):
+            self.mark_best()
+        head = [self.label_header, *self.columns]
+        align = [":---" if self._is_text(j) else "---:" for j in range(len(self.columns))]
+        lines = [f"**{_md(self.title)}**", "", "| " + " | ".join(map(_md, head)) + " |",
+                 "|" + "|".join([":---", *align]) + "|"]
+        for r in self.rows:
+            cells = [self.cell(r, j) for j in range(len(self.columns))]
+            cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
+            label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
+            lines.append("| " + " | ".join([label, *cells]) + " |")
+        lines += [""] + [f"{_md(n)}  " for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_latex(self) -> str:
+        """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
+        if not any(r.bold for r in self.rows):
+            self.mark_best()
+        spec = "l" + "".join("l" if self._is_text(j) else "r" for j in range(len(self.columns)))
+        wide = self._width_pt() > TEXT_WIDTH_PT
+        out = ["% generated by nitp-report; needs \\usepackage{booktabs} (and graphicx when resized)",
+               "\\begin{table}[t]", "\\centering",
+               f"\\caption{{{tex_escape(self.title)}}}", f"\\label{{tab:nitp-{self.name}}}",
+               *(["\\resizebox{\\linewidth}{!}{%"] if wide else []),
+               f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+               " & ".join(tex_escape(h) for h in [self.label_header, *self.columns]) + " \\\\", "\\midrule"]
+        previous = None
+        for r in self.rows:
+            if previous is not None and r.block != previous.block:
+                out.append("\\midrule")
+            cells = [self.cell(r, j) for j in range(len(self.columns))]
+            cells = [
+                "---" if c == MISSING else (f"\\textbf{{{_tex_number(c)}}}" if r.bold and r.bold[j] else _tex_number(c))
+                for j, c in enumerate(cells)
+            ]
+            label = f"\\textit{{{tex_escape(r.label)}}}" if r.kind == "delta" else tex_escape(r.label)
+            out.append(" & ".join([label, *cells]) + " \\\\")
+            previous = r
+        out += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else "")]
+        if self.notes:
+            out.append("\\par\\smallskip{\\footnotesize " + " ".join(tex_escape(n) for n in self.notes) + "}")
+        out.append("\\end{table}")
+        return "\n".join(out) + "\n"
+
+    def _width_pt(self) -> float:
+        """Rough printed width: ~5 pt per character of the widest cell, 12 pt between columns."""
+        heads = [self.label_header, *self.columns]
+        widths = [max([len(heads[0])] + [len(r.label) for r in self.rows])]
+        widths += [max([len(h)] + [len(self.cell(r, j)) for r in self.rows]) for j, h in enumerate(heads[1:])]
+        return sum(5.0 * w + 12.0 for w in widths)
+
+    def to_csv(self) -> str:
+        """Full-precision numbers in the table's units; empty cell = missing."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([self.label_header, *self.columns])
+        for r in self.rows:
+            w.writerow([r.label, *("" if v is None else (round(v, 6) if isinstance(v, float) else v) for v in r.values)])
+        return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- helpers
+def _clean(v: Any) -> Any:
+    """None for missing or non-finite numbers (so NaN never prints as a score)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(v).lower()
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(f):
+        return None
+    return int(v) if isinstance(v, int) else f
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same(a: float, b: float, digits: int) -> bool:
+    """Equal as shown (ties at the displayed precision are all bold)."""
+    return round(a, digits) == round(b, digits)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "Δ": r"$\Delta$", "−": r"$-$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$",
+                "±": r"$\pm$", "·": r"$\cdot$", "×": r"$\times$", "—": "---", "–": "--",
+                "²": r"$^2$", "→": r"$\rightarrow$"}
+
+
+def _tex_number(text: str) -> str:
+    """A cell for LaTeX: a true minus sign on negative numbers, specials escaped."""
+    return "$-$" + tex_escape(text[1:]) if text[:1] == "-" and text[1:2].isdigit() else tex_escape(text)
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and map the few non-ASCII symbols tables use to math mode."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))

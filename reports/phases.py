@@ -1,0 +1,204 @@
+"""The three phases of the NITP loss (the paper's Figure 5), found in a logged curve.
+
+The paper describes the unweighted NITP loss ``1 - cos(P(h_t), z_{t+1})`` over training as:
+
+I.   a sharp drop within a few dozen steps (random-init collapse) to a minimum (~0.02);
+II.  a rise to a hump (~0.25) during warm-up, as the shallow target layer becomes structured;
+III. a long decline after the hump, settling low (~0.025 at 9B by 40k steps).
+
+:func:`detect_phases` finds the end of phase I (the initial minimum), the end of phase II (the
+hump's peak) and where phase III settles (convergence) -- and finds *nothing* in a flat,
+monotone or merely noisy curve. Method:
+
+1. Remove isolated spikes (running median of 5), then smooth with a moving mean whose window is a fixed width in log-step (+-``window`` of the
+   step, at least 3 points): early steps, where the curve moves fast, are smoothed little.
+2. Noise ``sigma`` = 1.4826 x median |raw - smoothed| (a robust standard deviation).
+3. A difference between smoothed points i and j counts only when it exceeds both
+   ``z * sigma * sqrt(1/n_i + 1/n_j)`` (n = points averaged) and ``min_prominence`` x the
+   curve's range -- so noise never makes a phase, whatever the loss scale.
+4. The hump is the point j maximising ``min(s_j - min s[:j], s_j - min s[j:])``; its rise and
+   fall must both count, the drop from the start to the lowest point before it (the initial
+   minimum) must count, and it must be wide: above half its height over at least a factor 1.5
+   in steps (noise bumps are narrow). With no hump, a short run still in phase II gives the
+   initial minimum alone: the global minimum, with a counting drop before it and a counting,
+   sustained rise to the last point after it. Convergence is the first step after the
+   hump from which the smoothed curve stays within ``settle`` x (peak - final) of its final
+   level.
+
+Example
+-------
+>>> steps = np.arange(1, 3001)
+>>> loss = 0.02 + 0.98 * np.exp(-steps / 8) + 0.23 * np.exp(-((np.log(steps) - np.log(600)) / 0.8) ** 2)
+>>> p = detect_phases(steps, loss)
+>>> p.found, 20 < p.initial_min.step < 120, 300 < p.hump_peak.step < 1000
+(True, True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PhasePoint:
+    step: float
+    value: float   # of the smoothed curve
+
+
+@dataclass(frozen=True)
+class NitpPhases:
+    """Phase boundaries (None when not present); ``smoothed`` is the curve they were read on."""
+
+    initial_min: PhasePoint | None
+    hump_peak: PhasePoint | None
+    converged: PhasePoint | None
+    noise: float
+    steps: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
+    smoothed: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def found(self) -> bool:
+        """True when the drop and the hump (phases I and II) are both there."""
+        return self.initial_min is not None and self.hump_peak is not None
+
+    def describe(self) -> str:
+        if self.initial_min is None:
+            return "no NITP-loss phases detected (flat, monotone or noisy curve)"
+        parts = [f"phase I ends at step {self.initial_min.step:g} (minimum {self.initial_min.value:.4g})"]
+        if self.hump_peak is None:
+            return parts[0] + "; the loss is rising since (phase II, no hump peak yet)"
+        parts.append(f"phase II ends at the hump peak, step {self.hump_peak.step:g} ({self.hump_peak.value:.4g})")
+        parts.append(f"phase III settles from step {self.converged.step:g} ({self.converged.value:.4g})"
+                     if self.converged else "phase III has not settled yet")
+        return "; ".join(parts)
+
+
+def log_window_mean(steps: np.ndarray, values: np.ndarray, window: float = 0.1,
+                    min_half: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the points whose log(1+step) is within log(1+window) of each point's.
+
+    Returns ``(smoothed, counts)``, both shape [n]. Each window also holds at least
+    ``min_half`` neighbours on each side, except near the ends, where it stays symmetric
+    (the first point is its own mean) so that the fast early drop is not smeared. O(n)
+    through prefix sums.
+    """
+    x = np.log1p(np.asarray(steps, dtype=np.float64))
+    half = np.log1p(window)
+    n = len(x)
+    idx = np.arange(n)
+    room = np.minimum(np.minimum(idx, n - 1 - idx), min_half)  # symmetric at the ends
+    lo = np.minimum(np.searchsorted(x, x - half, side="left"), idx - room)
+    hi = np.maximum(np.searchsorted(x, x + half, side="right"), idx + room + 1)
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    counts = hi - lo
+    return (csum[hi] - csum[lo]) / counts, counts
+
+
+def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
+    """Median of each point and its neighbours (``width`` points; near the ends, the
+    symmetric window that fits): removes isolated spikes (a bad batch) while keeping steps
+    and edges where they are."""
+    n, half = len(values), width // 2
+    padded = np.pad(values, half, mode="edge")
+    med = np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
+    for i in [*range(min(half, n)), *range(max(n - half, 0), n)]:
+        r = min(i, n - 1 - i)
+        med[i] = np.median(values[i - r: i + r + 1])
+    return med
+
+
+def robust_smooth(steps: np.ndarray, values: np.ndarray, window: float = 0.1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Despike (running median of 5), smooth in log-step, clip outliers at 3 sigma, smooth again.
+
+    Returns ``(smoothed, independent values per window, sigma)`` with sigma = 1.4826 x median absolute
+    residual, a standard deviation that heavy-tailed noise (loss spikes) does not inflate.
+    """
+    first, _ = log_window_mean(steps, running_median(values, 5), window)
+    sigma = 1.4826 * float(np.median(np.abs(values - first)))
+    clipped = np.clip(values, first - 3 * sigma, first + 3 * sigma)
+    smoothed, counts = log_window_mean(steps, running_median(clipped, 5), window)
+    # Neighbouring medians share 4 of their 5 points: a window holds about counts/5
+    # independent values, which is what the significance test must use.
+    return smoothed, np.maximum(counts / 5.0, 1.0), sigma
+
+
+def detect_phases(steps, values, *, window: float = 0.1, z: float = 4.0,
+                  min_prominence: float = 0.05, settle: float = 0.1) -> NitpPhases:
+    """Find the NITP loss's phase boundaries (see the module doc for the method).
+
+    Parameters
+    ----------
+    steps, values : array-like, shape [n]
+        Training steps and the NITP loss logged at them (any order; non-finite values dropped).
+    window : float
+        Smoothing half-width as a fraction of the step (0.1 = steps within about +-10%).
+    z : float
+        How many standard errors a rise or fall must exceed.
+    min_prominence : float
+        The smallest rise or fall that counts, as a fraction of the smoothed curve's range.
+    settle : float
+        Convergence band, as a fraction of the hump's height above the final level.
+
+    Returns
+    -------
+    NitpPhases
+        ``initial_min``, ``hump_peak``, ``converged`` (each a ``PhasePoint`` or None).
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(steps) & np.isfinite(values) & (steps >= 0)
+    order = np.argsort(steps[ok], kind="stable")
+    steps, values = steps[ok][order], values[ok][order]
+    if len(steps) < 8:
+        return NitpPhases(None, None, None, 0.0, steps, values)
+    s, n, sigma = robust_smooth(steps, values, window)
+    floor = min_prominence * float(s.max() - s.min())
+
+    def counts(i: int, j: int) -> bool:
+        """Is s[j] - s[i] (positive) more than noise and more than the prominence floor?"""
+        diff = s[j] - s[i]
+        return bool(diff > floor and diff > z * sigma * np.sqrt(1.0 / n[i] + 1.0 / n[j]))
+
+    before, after = _prefix_argmin(s), _prefix_argmin(s[::-1])[::-1]
+    after = len(s) - 1 - after
+    score = np.minimum(s - s[before], s - s[after])
+    peak = int(np.argmax(score))
+    point = lambda i: PhasePoint(float(steps[i]), float(s[i]))  # noqa: E731
+    low = int(before[peak])
+    if (score[peak] > 0 and counts(low, peak) and counts(after[peak], peak) and low > 0 and counts(low, 0)
+            and _wide(s, steps, peak, s[peak] - score[peak] / 2)):
+        return NitpPhases(point(low), point(peak), _converged(s, steps, peak, settle, point), sigma, steps, s)
+    low = int(np.argmin(s))
+    last = len(s) - 1
+    if 0 < low < last and counts(low, 0) and counts(low, last) and _wide(s, steps, last, (s[low] + s[last]) / 2, factor=1.2):
+        return NitpPhases(point(low), None, None, sigma, steps, s)
+    return NitpPhases(None, None, None, sigma, steps, s)
+
+
+def _wide(s: np.ndarray, steps: np.ndarray, top: int, level: float, factor: float = 1.5, points: int = 8) -> bool:
+    """Does the run of points above ``level`` around ``top`` span ``factor`` x in (1+step) and
+    at least ``points`` logged points? A real hump lasts from tens to thousands of steps; a
+    noise bump is narrow.
+    """
+    below = np.nonzero(s <= level)[0]
+    left = below[below < top]
+    right = below[below > top]
+    first = left[-1] + 1 if len(left) else 0
+    last = right[0] - 1 if len(right) else len(s) - 1
+    return bool((1 + steps[last]) / (1 + steps[first]) >= factor and last - first + 1 >= points)
+
+
+def _prefix_argmin(s: np.ndarray) -> np.ndarray:
+    """For each i, the index of min(s[:i+1]) (the latest on ties)."""
+    running = np.minimum.accumulate(s)
+    return np.maximum.accumulate(np.where(s == running, np.arange(len(s)), 0))
+
+
+def _converged(s: np.ndarray, steps: np.ndarray, peak: int, settle: float, point) -> PhasePoint | None:
+    final = s[-1]
+    band = settle * (s[peak] - final)
+    outside = np.nonzero(np.abs(s[peak:] - final) > band)[0]
+    first_inside = peak + (int(outside[-1]) + 1 if len(outside) else 0)
+    return point(first_inside) if first_inside < len(s) - 1 else None

@@ -1,0 +1,472 @@
+"""The paper's tables, built from result records and metrics (never recomputed).
+
+Every builder takes the :class:`~reports.grouping.Layout` (size blocks: NTP baseline, NITP
+reference, ablations, others) and, for record-based tables, the settings groups of that
+record kind; it returns :class:`~reports.formats.Table` objects (Markdown / LaTeX / CSV).
+
+================  =========================================================  ==============
+builder           rows x columns                                             paper
+================  =========================================================  ==============
+bench_tables      models x benchmarks + Avg. (record's average), Δ row       Tables 1, 2
+mteb_tables       models x Classification / STS / Retrieval-dup / Overall    Table 6
+mteb_task_tables  tasks x models (+ Δ), on request
+lm_table          models x validation CE and perplexity (last val line)      §LM preserved
+geometry_tables   models x effective ranks and anisotropy; per-layer tables  Figure 1
+ablation_tables   one per knob: settings x headline scores                   Tables 3, 7, 8
+cost_table        sizes x parameters, FLOPs, overhead, measured time ratio   §Cost
+================  =========================================================  ==============
+
+Scores in records are fractions (0..1); tables show percentages with two decimals.
+
+Example
+-------
+>>> layout = arrange(load_inputs(["runs/ntp", "runs/nitp"]))             # doctest: +SKIP
+>>> print(bench_tables(layout, settings_groups(layout.main, "bench"))[0].to_markdown())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from typing import Any
+
+from .formats import Table
+from .grouping import KNOBS, Layout, SettingsGroup, SizeBlock, config_value
+from .inputs import Model
+
+# The paper's column order and short headers (Table 1); other task names pass through.
+BENCH_HEADERS = {
+    "mmlu": "MMLU", "mmlu_pro": "M-Pro", "ceval": "C-Eval", "xiezhi": "Xiezhi", "lambada": "LAMB.",
+    "bbh": "BBH", "arc_challenge": "ARC-C", "commonsense_qa": "CSQA", "balanced_copa": "COPA",
+    "c3": "C3", "agieval": "AGIEval", "gsm8k": "GSM8k", "lcbench": "LCB",
+}
+MTEB_GROUPS = ["Classification", "STS", "Retrieval/dup"]
+DELTA = "Δ (NITP − NTP)"
+
+
+def pct(value: Any) -> float | None:
+    """A 0..1 score as a percentage; None stays None (shown "—", never 0)."""
+    return None if value is None else 100.0 * float(value)
+
+
+def _suffix(i: int) -> str:
+    return "" if i == 0 else f"-{i + 1}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "model"
+
+
+def row_label(model: Model, record: dict | None) -> str:
+    """The model's label, with the record's step when it is not the run's newest."""
+    step = (record or {}).get("model", {}).get("step")
+    return model.label if step is None or step == model.step else f"{model.label} (step {step})"
+
+
+def _add_block(table: Table, block: SizeBlock, rows: dict[str, Any], delta_columns: list[int] | None = None) -> None:
+    """Rows of one size block (baseline, reference, others) and their Δ row."""
+    added = {}
+    table.new_block()
+    for model in block.main:
+        if model.key in rows:
+            label, values = rows[model.key]
+            added[model.key] = table.add(label, values)
+    if block.baseline and block.reference and block.baseline.key in added and block.reference.key in added:
+        table.add_delta(DELTA, added[block.reference.key], added[block.baseline.key], delta_columns)
+
+
+def _steps_note(table: Table) -> None:
+    if any("(step " in r.label for r in table.rows):
+        table.notes.append("Some rows are from an earlier checkpoint than the run's last one (step shown).")
+
+
+# ----------------------------------------------------------------------------- benchmarks
+def bench_tasks(group: SettingsGroup) -> list[str]:
+    """Task names of a settings group in the paper's order, then in record order."""
+    names: list[str] = []
+    for recs in group.records.values():
+        for rec in recs:
+            names += [t for t in rec["scores"].get("tasks", {}) if t not in names]
+    paper = [t for t in BENCH_HEADERS if t in names]
+    return paper + [t for t in names if t not in paper]
+
+
+def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
+    """Benchmarks x models per settings group: per-task scores, Avg., best bold, Δ rows."""
+    tables = []
+    for i, group in enumerate(groups):
+        tasks = bench_tasks(group)
+        table = Table(f"bench{_suffix(i)}", f"Benchmarks ({group.description}); scores in %",
+                      [BENCH_HEADERS.get(t, t) for t in tasks] + ["Avg."])
+        for block in layout.blocks:
+            rows = {}
+            for model in block.main:
+                rec = group.latest(model)
+                if rec is not None:
+                    scores = rec["scores"]
+                    values = [pct((scores.get("tasks", {}).get(t) or {}).get("value")) for t in tasks]
+                    rows[model.key] = (row_label(model, rec), values + [pct(scores.get("average"))])
+            _add_block(table, block, rows)
+        if not table.rows:
+            continue
+        table.notes.append("Metrics: " + "; ".join(_task_metric(group, t) for t in tasks) + ". Avg. is the record's suite average.")
+        _steps_note(table)
+        tables.append(table)
+    return tables
+
+
+def _task_metric(group: SettingsGroup, task: str) -> str:
+    for recs in group.records.values():
+        for rec in recs:
+            info = rec["scores"].get("tasks", {}).get(task)
+            if info:
+                shots = info.get("shots")
+                return f"{BENCH_HEADERS.get(task, task)} {info.get('metric', '?')}" + (f", {shots}-shot" if shots is not None else "")
+    return task
+
+
+# ----------------------------------------------------------------------------- MTEB
+def mteb_group_names(group: SettingsGroup) -> list[str]:
+    names: list[str] = []
+    for recs in group.records.values():
+        for rec in recs:
+            names += [g for g in rec["scores"].get("groups", {}) if g not in names]
+    return [g for g in MTEB_GROUPS if g in names] + [g for g in names if g not in MTEB_GROUPS]
+
+
+def _mteb_tasks(group: SettingsGroup) -> dict[str, str]:
+    """Task -> group name, over every record of the settings group (record order)."""
+    tasks: dict[str, str] = {}
+    for recs in group.records.values():
+        for rec in recs:
+            for name, info in rec["scores"].get("tasks", {}).items():
+                tasks.setdefault(name, str((info or {}).get("group") or (info or {}).get("type") or "other"))
+    return tasks
+
+
+def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
+    """Group averages and overall per model (from the record), Δ row, "NITP wins k of n"."""
+    tables = []
+    for i, group in enumerate(groups):
+        names = mteb_group_names(group)
+        tasks = _mteb_tasks(group)
+        counts = {g: sum(1 for t in tasks.values() if t == g) for g in names}
+        table = Table(f"mteb{_suffix(i)}", f"MTEB, frozen representations ({group.description}); main scores in %",
+                      [f"{g} ({counts[g]})" for g in names] + [f"Overall ({len(tasks)})"])
+        for block in layout.blocks:
+            rows = {}
+            for model in block.main:
+                rec = group.latest(model)
+                if rec is not None:
+                    scores = rec["scores"]
+                    values = [pct(scores.get("groups", {}).get(g)) for g in names] + [pct(scores.get("overall"))]
+                    rows[model.key] = (row_label(model, rec), values)
+            _add_block(table, block, rows)
+            if block.baseline and block.reference:
+                note = wins_note(group, block.baseline, block.reference)
+                if note:
+                    table.notes.append((f"{block.size}: " if len(layout.blocks) > 1 else "") + note)
+        if table.rows:
+            table.notes.append("Group and overall scores are the record's macro averages over the tasks present.")
+            _steps_note(table)
+            tables.append(table)
+    return tables
+
+
+def task_deltas(group: SettingsGroup, base: Model, new: Model) -> dict[str, float]:
+    """Per-task main-score difference new - base (percentage points), tasks both hold."""
+    a, b = group.latest(base), group.latest(new)
+    if a is None or b is None:
+        return {}
+    ta, tb = a["scores"].get("tasks", {}), b["scores"].get("tasks", {})
+    return {
+        t: 100.0 * (tb[t]["main_score"] - ta[t]["main_score"])
+        for t in tb
+        if t in ta and tb[t].get("main_score") is not None and ta[t].get("main_score") is not None
+    }
+
+
+def wins_note(group: SettingsGroup, base: Model, new: Model) -> str | None:
+    """``"NITP wins 23 of 25 tasks (losses: AskUbuntuDupQuestions −0.15, ...)"``."""
+    deltas = task_deltas(group, base, new)
+    if not deltas:
+        return None
+    wins = sum(d > 0 for d in deltas.values())
+    losses = [f"{t} {d:+.2f}".replace("-", "−") for t, d in sorted(deltas.items(), key=lambda kv: kv[1]) if d < 0]
+    ties = sum(d == 0 for d in deltas.values())
+    text = f"NITP wins {wins} of {len(deltas)} tasks"
+    extra = ([f"losses: {', '.join(losses)}"] if losses else []) + ([f"{ties} tied"] if ties else [])
+    return text + (f" ({'; '.join(extra)})" if extra else "") + "."
+
+
+def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
+    """Tasks x models main scores, with a Δ column per size block that has NTP and NITP."""
+    tables = []
+    for i, group in enumerate(groups):
+        models = [m for m in layout.main if group.latest(m) is not None]
+        if not models:
+            continue
+        pairs = [(b, n) for b, n in layout.pairs if b in models and n in models]
+        columns = [m.label for m in models] + [DELTA if len(pairs) == 1 else f"Δ {b.preset}" for b, _ in pairs]
+        table = Table(f"mteb-tasks{_suffix(i)}", f"MTEB per task ({group.description}); main scores in %",
+                      columns, higher_is_better=[None] * len(columns), label_header="task",
+                      signed=set(range(len(models), len(columns))))
+        tasks = _mteb_tasks(group)
+        deltas = [task_deltas(group, b, n) for b, n in pairs]
+        for g in sorted(set(tasks.values()), key=lambda g: (g not in MTEB_GROUPS, MTEB_GROUPS.index(g) if g in MTEB_GROUPS else 0, g)):
+            table.new_block()
+            for task in [t for t, tg in tasks.items() if tg == g]:
+                values = [pct((group.latest(m)["scores"]["tasks"].get(task) or {}).get("main_score")) for m in models]
+                table.add(f"{task} ({g})", values + [d.get(task) for d in deltas])
+        tables.append(table)
+    return tables
+
+
+# ----------------------------------------------------------------------------- language modelling
+def last_validation(model: Model) -> dict | None:
+    lines = [m for m in model.metrics if "val_loss" in m]
+    return max(lines, key=lambda m: m["step"]) if lines else None
+
+
+def lm_table(layout: Layout) -> Table | None:
+    """Validation cross-entropy (nats/token) and perplexity at each run's last validation."""
+    table = Table("lm", "Language modelling: validation cross-entropy and perplexity",
+                  ["step", "tokens", "val CE (nats/token)", "val ppl"],
+                  higher_is_better=[None, None, False, False], decimals=[0, 0, 4, 2])
+    for block in layout.blocks:
+        rows = {}
+        for model in block.main:
+            line = last_validation(model)
+            if line is not None:
+                rows[model.key] = (model.label, [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")])
+        _add_block(table, block, rows, delta_columns=[2, 3])
+    if not table.rows:
+        return None
+    table.notes.append("From each run's last validation line in metrics.jsonl (val_loss, val_ppl).")
+    return table
+
+
+# ----------------------------------------------------------------------------- geometry
+GEOM_COLUMNS = [
+    ("effective_rank_covariance", "erank (covariance)", True, 2),
+    ("effective_rank_singular", "erank (singular values)", True, 2),
+    ("anisotropy", "anisotropy", False, 4),
+    ("anisotropy_across_sequences", "anisotropy across seqs", False, 4),
+]
+LAYER_NAMES = {
+    "effective_rank_covariance": "erank (cov)", "effective_rank_singular": "erank (sv)",
+    "anisotropy": "aniso", "anisotropy_across_sequences": "aniso (across seqs)",
+}
+
+
+def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
+    """Last-hidden-state effective ranks and anisotropy per model, then per-layer tables."""
+    tables = []
+    for i, group in enumerate(groups):
+        table = Table(f"geometry{_suffix(i)}", f"Geometry of the last hidden state ({group.description})",
+                      ["step"] + [c[1] for c in GEOM_COLUMNS],
+                      higher_is_better=[None] + [c[2] for c in GEOM_COLUMNS], decimals=[0] + [c[3] for c in GEOM_COLUMNS])
+        for block in layout.blocks:
+            rows = {}
+            for model in block.main:
+                rec = group.latest(model)
+                if rec is not None:
+                    summary = rec["scores"].get("summary", {})
+                    rows[model.key] = (row_label(model, rec), [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS])
+            _add_block(table, block, rows, delta_columns=list(range(1, len(GEOM_COLUMNS) + 1)))
+        if not table.rows:
+            continue
+        table.notes.append("Effective rank = exp(entropy) of the normalised eigenvalues of the covariance (the paper's); "
+                           "the singular-value variant (Roy & Vetterli) is a different number. "
+                           "Anisotropy = mean cosine between different tokens' vectors.")
+        _steps_note(table)
+        tables.append(table)
+        for model in layout.main:
+            rec = group.latest(model)
+            if rec is not None and rec["scores"].get("layers"):
+                tables.append(layer_table(model, rec, f"layers-{slug(model.label)}{_suffix(i)}"))
+    return tables
+
+
+def flatten_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as ``{"a.b": x}`` (booleans and lists skipped)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_numbers(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+def layer_table(model: Model, record: dict, name: str) -> Table:
+    """The per-layer table of a geom record: every numeric statistic, target layer marked."""
+    layers = record["scores"]["layers"]
+    flat = [flatten_numbers({k: v for k, v in layer.items() if k != "layer"}) for layer in layers]
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    table = Table(name, f"Per-layer statistics: {model.label}", [LAYER_NAMES.get(k, k.replace("_", " ")) for k in keys],
+                  higher_is_better=[None] * len(keys), decimals=3, label_header="layer")
+    target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
+    recommended = record["scores"].get("recommended_target_layer")
+    for layer, values in zip(layers, flat):
+        k = layer.get("layer")
+        marks = (["NITP target"] if k == target and target is not None else []) + (["recommended"] if k == recommended else [])
+        name_k = "last" if k == -1 else str(k)
+        table.add(name_k + (f" ({', '.join(marks)})" if marks else ""), [values.get(key) for key in keys])
+    table.notes.append("Layer 0 = token embeddings, k = output of decoder block k, last = the vector fed to the LM head.")
+    return table
+
+
+# ----------------------------------------------------------------------------- ablations
+def final_metric(model: Model, key: str) -> float | None:
+    lines = [m for m in model.metrics if isinstance(m.get(key), (int, float))]
+    return max(lines, key=lambda m: m["step"])[key] if lines else None
+
+
+def ablation_tables(layout: Layout, bench: list[SettingsGroup], mteb: list[SettingsGroup]) -> list[Table]:
+    """One table per ablated knob: NTP baseline, NITP reference and the variants."""
+    tables = []
+    for block in layout.blocks:
+        for knob, variants in block.ablations.items():
+            tables.append(_ablation_table(layout, block, knob, variants, bench[:1], mteb[:1]))
+    return tables
+
+
+def _ablation_table(layout: Layout, block: SizeBlock, knob: str, variants: list[Model],
+                    bench: list[SettingsGroup], mteb: list[SettingsGroup]) -> Table:
+    name = KNOBS[knob]
+    if knob == "cos_reg.weight":
+        rows = [(block.baseline, "NTP (baseline)")] + [(v, f"NTP + cos-reg, weight = {config_value(v, knob)}") for v in variants]
+        rows += [(block.reference, "NITP")] if block.reference else []
+    else:
+        rows = [(block.baseline, "NTP (baseline)")] if block.baseline else []
+        rows += [(block.reference, f"NITP, {name} = {config_value(block.reference, knob)} (reference)")]
+        rows += [(v, f"NITP, {name} = {config_value(v, knob)}") for v in variants]
+    columns: list[tuple[str, bool | None, int, Any]] = []
+    for group in bench:
+        for task in bench_tasks(group):
+            columns.append((BENCH_HEADERS.get(task, task), True, 2, lambda m, g=group, t=task: _bench_value(g, m, t)))
+        columns.append(("Avg.", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("average"))))
+    for group in mteb:
+        columns.append(("MTEB overall", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("overall"))))
+    columns.append(("val CE", False, 4, lambda m: (last_validation(m) or {}).get("val_loss")))
+    columns.append(("final NITP loss", None, 4, lambda m: final_metric(m, "loss_nitp")))
+    grid = [[get(m) for *_, get in columns] for m, _ in rows]
+    keep = [j for j in range(len(columns)) if any(r[j] is not None for r in grid)]
+    headline = next((j for j in keep if columns[j][0] in ("Avg.", "MTEB overall")), None)
+    title = f"Ablation: {name}" + (f" ({block.size})" if len(layout.blocks) > 1 else "")
+    cols = [columns[j][0] for j in keep] + ([f"Δ {columns[headline][0]} vs NTP"] if headline is not None and block.baseline else [])
+    table = Table(f"ablation-{'cos-reg' if knob == 'cos_reg.weight' else slug(knob.split('.')[-1])}" + (f"-{slug(block.size)}" if len(layout.blocks) > 1 else ""),
+                  title, cols, higher_is_better=[columns[j][1] for j in keep] + [None] * (len(cols) - len(keep)),
+                  decimals=[columns[j][2] for j in keep] + [2] * (len(cols) - len(keep)), label_header="setting",
+                  signed=set(range(len(keep), len(cols))))
+    base_row = grid[0] if block.baseline else None
+    for (model, label), values in zip(rows, grid):
+        shown = [values[j] for j in keep]
+        if len(cols) > len(keep):
+            a, b = values[headline], base_row[headline]
+            shown.append(None if a is None or b is None or model is block.baseline else a - b)
+        table.add(label, shown)
+    table.notes.append("Rows: " + "; ".join(f"{label} = {m.label}" for m, label in rows) + ".")
+    if bench:
+        table.notes.append(f"Benchmarks: {bench[0].description}.")
+    return table
+
+
+def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
+    rec = group.latest(model)
+    return None if rec is None else pct((rec["scores"].get("tasks", {}).get(task) or {}).get("value"))
+
+
+# ----------------------------------------------------------------------------- cost
+def cost_table(layout: Layout, records: list[dict]) -> Table | None:
+    """Per size: parameters, projector, FLOPs per token, predicted and measured NITP overhead."""
+    columns = ["d", "layers", "params (M)", "active (M)", "projector (M, training only)",
+               "train GFLOPs/token", "NITP GFLOPs/token", "predicted overhead (%)",
+               "time ratio NITP/NTP (train logs)", "time ratio NITP/NTP (benchmark)"]
+    table = Table("cost", "Cost of NITP", columns, higher_is_better=[None] * len(columns),
+                  decimals=[0, 0, 2, 2, 2, 3, 3, 2, 3, 3], label_header="size")
+    flops_missing = False
+    for block in layout.blocks:
+        model = block.reference or block.baseline or (block.others[0] if block.others else None)
+        if model is None or model.preset is None:
+            continue
+        spec, note = model_spec(model)
+        if note:
+            table.notes.append(note)
+        if spec is None:
+            continue
+        from nitp_train.models import count_parameters_from_spec
+
+        params = count_parameters_from_spec(spec)
+        d = int(spec["hidden_size"])
+        train, extra = predicted_flops(spec, (model.config or {}).get("data", {}).get("seq_len"))
+        flops_missing |= train is None
+        table.add(block.size, [
+            d, spec.get("num_hidden_layers"), params["total"] / 1e6, params["active"] / 1e6, 12 * d * d / 1e6,
+            None if train is None else train / 1e9, None if extra is None else extra / 1e9,
+            None if train is None or extra is None else 100.0 * extra / train,
+            _log_time_ratio(block), _benchmark_time_ratio(records, block),
+        ])
+    if not table.rows:
+        return None
+    table.notes.append("Projector = SwiGLU d→4d→d (12 d² parameters), dropped at inference. "
+                       "Train-log ratio = median tokens/s of the NTP run over the NITP run's (not measured side by side).")
+    if flops_missing:
+        table.notes.append("FLOPs: analysis.flops is not available, shown as —.")
+    return table
+
+
+def model_spec(model: Model) -> tuple[dict | None, str | None]:
+    """The model's preset with the run config's model fields applied (None + note if unknown)."""
+    from nitp_train.artifacts import UserError
+    from nitp_train.models import make_config, resolve_preset
+
+    overrides = {k: v for k, v in ((model.config or {}).get("model") or {}).items() if k != "preset"}
+    try:
+        spec = resolve_preset(model.preset, overrides)
+        make_config(spec)  # validates the overrides
+        return spec, None
+    except UserError as e:
+        try:
+            return resolve_preset(model.preset), f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
+        except UserError:
+            return None, f"{model.label}: unknown preset {model.preset!r}; no cost row."
+
+
+def predicted_flops(spec: dict, seq_len: int | None) -> tuple[float | None, float | None]:
+    """(training FLOPs per token, NITP extra FLOPs per token) from ``analysis.flops``, or Nones."""
+    try:
+        from analysis.flops import nitp_flops_per_token, training_flops_per_token
+    except ImportError:
+        return None, None
+    from nitp_train.models import make_config
+
+    seq = int(seq_len or spec.get("max_position_embeddings") or 2048)
+    return float(training_flops_per_token(make_config(spec), seq)), float(nitp_flops_per_token(int(spec["hidden_size"])))
+
+
+def _log_time_ratio(block: SizeBlock) -> float | None:
+    if not (block.baseline and block.reference):
+        return None
+    rates = []
+    for m in (block.baseline, block.reference):
+        values = [x["tokens_per_s"] for x in m.metrics if isinstance(x.get("tokens_per_s"), (int, float)) and x["tokens_per_s"] > 0]
+        if not values:
+            return None
+        rates.append(statistics.median(values))
+    return rates[0] / rates[1]
+
+
+def _benchmark_time_ratio(records: list[dict], block: SizeBlock) -> float | None:
+    """``scores.step_time_ratio`` of a ``kind: "speed"`` record for this size, if one was given."""
+    preset = (block.reference or block.baseline or block.others[0]).preset
+    for rec in records:
+        if rec.get("kind") == "speed" and (rec["model"].get("preset") or rec["settings"].get("preset")) == preset:
+            ratio = rec["scores"].get("step_time_ratio")
+            if isinstance(ratio, (int, float)):
+                return float(ratio)
+    return None
