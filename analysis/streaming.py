@@ -274,6 +274,31 @@ class MeanTrace:
 
 
 # ----------------------------------------------------------------------------- anisotropy
+def _group_tensor(groups, n: int):
+    """Group ids as a CPU int64 tensor [n] (or None)."""
+    import numpy as np
+    import torch
+
+    if groups is None:
+        return None
+    g = groups.detach().cpu() if torch.is_tensor(groups) else torch.from_numpy(np.asarray(groups))
+    g = g.reshape(-1).to(torch.int64)
+    if g.shape[0] != n:
+        raise ValueError(f"groups has {g.shape[0]} ids for {n} rows")
+    return g
+
+
+def _group_sums(u, inverse, n_groups: int):
+    """Per-group sums of the rows of ``u`` [N, d]: a one-hot matmul when small, else index_add."""
+    import torch
+
+    if n_groups * u.shape[0] <= (1 << 22):   # one-hot [G, N] of at most 32 MB: BLAS is much faster
+        onehot = torch.zeros(n_groups, u.shape[0], dtype=u.dtype, device=u.device)
+        onehot[inverse, torch.arange(u.shape[0], device=u.device)] = 1.0
+        return onehot @ u
+    return torch.zeros(n_groups, u.shape[1], dtype=u.dtype, device=u.device).index_add_(0, inverse, u)
+
+
 class UnitSums:
     """Sums of unit vectors: the exact mean pairwise cosine in O(N d), with optional groups.
 
@@ -300,42 +325,45 @@ class UnitSums:
         self._seen_groups: set[int] = set()
 
     def update(self, x, groups=None) -> "UnitSums":
-        import numpy as np
+        """Add rows ``x`` [N, d] (normalised here) with optional group ids [N]."""
         import torch
 
         t = as_rows(x)
-        if groups is not None:
-            g_all = groups.detach().cpu() if torch.is_tensor(groups) else torch.from_numpy(np.asarray(groups))
-            g_all = g_all.reshape(-1).to(torch.int64)
-            if g_all.shape[0] != t.shape[0]:
-                raise ValueError(f"groups has {g_all.shape[0]} ids for {t.shape[0]} rows")
-            ids, inverse = torch.unique(g_all, return_inverse=True)
-            overlap = self._seen_groups.intersection(ids.tolist())
-            if overlap:
-                raise ValueError(f"group id(s) {sorted(overlap)[:5]} already seen in an earlier update: "
-                                 "each group must be complete within one update call")
-            group_sums = None
-            group_sizes = torch.zeros(len(ids), dtype=torch.int64)
-        start = 0
+        g = _group_tensor(groups, t.shape[0])
+        units, keep = [], []
         for c in _chunks(t):
             norms = torch.linalg.vector_norm(c, dim=1)
-            keep = norms > 0
-            u = c[keep] / norms[keep, None]
-            self.n_zero += int((~keep).sum())
-            self.count += int(u.shape[0])
-            self.total = u.sum(0) if self.total is None else self.total + u.sum(0)
-            if groups is not None:
-                inv = inverse[start:start + c.shape[0]].to(c.device)[keep]
-                if group_sums is None:
-                    group_sums = torch.zeros(len(ids), c.shape[1], dtype=torch.float64, device=c.device)
-                group_sums.index_add_(0, inv, u)
-                group_sizes += torch.bincount(inv.cpu(), minlength=len(ids))
-            start += c.shape[0]
-        if groups is not None and group_sums is not None:
-            self.has_groups = True
-            self.group_sq += float((group_sums * group_sums).sum())
-            self.group_n_sq += int((group_sizes ** 2).sum())
-            self._seen_groups.update(ids.tolist())
+            ok = norms > 0
+            units.append(c[ok] / norms[ok, None])
+            keep.append(ok.cpu())
+        if not units:
+            return self
+        ok_all = torch.cat(keep)
+        self.n_zero += int((~ok_all).sum())
+        return self.add_units(torch.cat(units), None if g is None else g[ok_all])
+
+    def add_units(self, u, groups=None) -> "UnitSums":
+        """Add rows that are already unit vectors (float64 [N, d]); ``groups`` as in ``update``."""
+        import torch
+
+        if u.shape[0] == 0:
+            return self
+        self.count += int(u.shape[0])
+        self.total = u.sum(0) if self.total is None else self.total + u.sum(0)
+        if groups is None:
+            return self
+        g = _group_tensor(groups, u.shape[0])
+        ids, inverse = torch.unique(g, return_inverse=True)
+        overlap = self._seen_groups.intersection(ids.tolist())
+        if overlap:
+            raise ValueError(f"group id(s) {sorted(overlap)[:5]} already seen in an earlier update: "
+                             "each group must be complete within one update call")
+        sums = _group_sums(u, inverse.to(u.device), len(ids))
+        sizes = torch.bincount(inverse, minlength=len(ids))
+        self.has_groups = True
+        self.group_sq += float((sums * sums).sum())
+        self.group_n_sq += int((sizes ** 2).sum())
+        self._seen_groups.update(ids.tolist())
         return self
 
     def merge(self, other: "UnitSums") -> "UnitSums":
@@ -393,12 +421,12 @@ def _n_bins() -> int:
 
 
 def _log_bin(values):
-    """Index on the log grid of non-negative float64 values (0 = below 1e-12, incl. zeros)."""
+    """Index on the log grid of non-negative values (0 = below 1e-12, incl. zeros)."""
     import torch
 
     lo = HIST_DECADES[0]
     idx = torch.floor((torch.log10(values.clamp_min(10.0 ** lo)) - lo) * HIST_BINS_PER_DECADE).to(torch.int64) + 1
-    idx = torch.where(values < 10.0 ** lo, torch.zeros_like(idx), idx)
+    idx.masked_fill_(values < 10.0 ** lo, 0)
     return idx.clamp_(0, _n_bins() - 1)
 
 
@@ -431,17 +459,23 @@ class NormStats:
         import torch
 
         for c in _chunks(as_rows(x)):
-            if c.shape[0] == 0:
-                continue
-            norms = torch.linalg.vector_norm(c, dim=1)
-            absval = c.abs()
-            tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
-            abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
-            self.count += int(c.shape[0])
-            self.norm_sum += float(norms.sum())
-            self.norm_max = max(self.norm_max, float(norms.max()))
-            self.hist_token_max = tok_hist if self.hist_token_max is None else self.hist_token_max + tok_hist
-            self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
+            self.add(c, torch.linalg.vector_norm(c, dim=1))
+        return self
+
+    def add(self, rows, norms) -> "NormStats":
+        """Add float64 rows [N, d] whose L2 norms [N] are already known."""
+        import torch
+
+        if rows.shape[0] == 0:
+            return self
+        absval = rows.abs().to(torch.float32)   # binning at 2.3 % needs no float64
+        tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
+        abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
+        self.count += int(rows.shape[0])
+        self.norm_sum += float(norms.sum())
+        self.norm_max = max(self.norm_max, float(norms.max()))
+        self.hist_token_max = tok_hist if self.hist_token_max is None else self.hist_token_max + tok_hist
+        self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
         return self
 
     def merge(self, other: "NormStats") -> "NormStats":
@@ -489,7 +523,7 @@ class NormStats:
 
         if not self.count:
             return math.nan
-        tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float64))[0])
+        tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float32))[0])
         return float(self.hist_token_max.cpu()[tau_bin + 1:].sum()) / self.count
 
     def metrics(self) -> dict:
@@ -548,20 +582,67 @@ def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -
     return num / den if den > 0 else math.nan
 
 
-def ridge_map(moments_a: Moments, cross_ab: CrossMoments, ridge: float = 1e-3):
-    """Ridge regression of b on a from streamed moments: ``W = (S_aa + alpha I)^-1 S_ab``.
+RIDGE_GRID = tuple(10.0 ** (e / 4) for e in range(-24, 13))   # 1e-6 .. 1e3, 4 per decade
 
-    ``S_aa`` and ``S_ab`` are centred scatters (an intercept is fitted: ``b_hat = mean_b +
-    (a - mean_a) W``); ``alpha = ridge * trace(S_aa) / d`` makes ``ridge`` scale-free. Equals
-    scikit-learn's ``Ridge(alpha=alpha, fit_intercept=True)``.
 
-    Returns ``(W [da, db], mean_a [da], mean_b [db], alpha)`` as float64 tensors / float.
+class RidgeSolver:
+    """Ridge maps b ~ a from streamed moments, with the ridge strength chosen by GCV.
+
+    One eigendecomposition of the source scatter ``S_aa = V diag(s) V^T`` serves every target.
+    For a target with cross scatter ``S_ab`` and ``G = V^T S_ab`` (row norms ``g_i = ||G_i||^2``)::
+
+        W(alpha)   = V diag(1 / (s + alpha)) G                    (intercept: b_hat = mean_b + (a - mean_a) W)
+        RSS(alpha) = trace(S_bb) - sum_i g_i (2 / (s_i + alpha) - s_i / (s_i + alpha)^2)
+        df(alpha)  = 1 + sum_i s_i / (s_i + alpha)                 (the 1: the fitted intercept)
+        GCV(alpha) = (RSS / n) / (1 - df / n)^2                    (Golub, Heath & Wahba 1979)
+
+    ``alpha = r * trace(S_aa) / d`` with ``r`` on ``RIDGE_GRID`` (or fixed ``ridge``), so the
+    strength is scale-free. With a fixed ``ridge`` this equals scikit-learn's
+    ``Ridge(alpha=alpha, fit_intercept=True)``.
     """
-    import torch
 
-    s_aa = moments_a.m2
-    d = s_aa.shape[0]
-    alpha = ridge * float(torch.trace(s_aa)) / d
-    reg = s_aa + alpha * torch.eye(d, dtype=s_aa.dtype, device=s_aa.device)
-    w = torch.linalg.solve(reg, cross_ab.cross)
-    return w, cross_ab.mean_a, cross_ab.mean_b, alpha
+    def __init__(self, moments_a: Moments):
+        import torch
+
+        self.n = moments_a.count
+        self.mean_a = moments_a.mean
+        s, v = torch.linalg.eigh(0.5 * (moments_a.m2 + moments_a.m2.T))
+        self.s, self.v = s.clamp_min(0.0), v
+        self.scale = float(self.s.sum()) / self.s.shape[0]
+
+    def solve(self, cross_ab: CrossMoments, trace_bb: float | None = None, ridge: float | None = None) -> dict:
+        """``{"W", "mean_a", "mean_b", "alpha", "ridge", "gcv"}`` for one target.
+
+        ``ridge=None`` picks the GCV minimiser on ``RIDGE_GRID`` (needs ``trace_bb``, the centred
+        trace of the target's scatter over the same pairs).
+        """
+        import torch
+
+        g_mat = self.v.T @ cross_ab.cross
+        gcv = None
+        if ridge is None:
+            if trace_bb is None:
+                raise ValueError("choosing the ridge strength by GCV needs trace_bb")
+            g = (g_mat * g_mat).sum(1)
+            scores = []
+            for r in RIDGE_GRID:
+                alpha = r * self.scale
+                inv = 1.0 / (self.s + alpha)
+                rss = trace_bb - float((g * (2 * inv - self.s * inv * inv)).sum())
+                df = 1.0 + float((self.s * inv).sum())
+                scores.append((max(rss, 0.0) / self.n) / (1 - df / self.n) ** 2 if df < self.n else math.inf)
+            best = min(range(len(RIDGE_GRID)), key=scores.__getitem__)
+            ridge, gcv = RIDGE_GRID[best], scores[best]
+        alpha = ridge * self.scale
+        w = self.v @ (g_mat / (self.s + alpha)[:, None])
+        return {"W": w, "mean_a": cross_ab.mean_a, "mean_b": cross_ab.mean_b, "alpha": alpha, "ridge": ridge, "gcv": gcv}
+
+
+def ridge_map(moments_a: Moments, cross_ab: CrossMoments, ridge: float = 1e-3):
+    """Ridge regression of b on a with a fixed strength: ``W = (S_aa + alpha I)^-1 S_ab``.
+
+    ``alpha = ridge * trace(S_aa) / d``; returns ``(W, mean_a, mean_b, alpha)``. See
+    ``RidgeSolver`` for the GCV choice of the strength.
+    """
+    out = RidgeSolver(moments_a).solve(cross_ab, ridge=ridge)
+    return out["W"], out["mean_a"], out["mean_b"], out["alpha"]

@@ -1,0 +1,579 @@
+"""Per-layer geometry and NITP target statistics of a checkpoint, streamed in float64.
+
+For every measured layer k (0 = embeddings, k = block k, -1 = last hidden state):
+
+* geometry — both effective ranks, participation ratio, stable rank, top-eigenvalue share,
+  exact anisotropy (all pairs, within and across sequences), mean / max norm, share of
+  massive activations; each with and without the first position of every sequence;
+* NITP target statistics (k >= 0; the source is the last hidden state h_last):
+  - ``cos_last_to_next``: raw mean cos(h_last[t], h_k[t+1]) — the NITP loss 1 - cos before
+    any projector is trained;
+  - ``ridge_r2`` / ``ridge_cos``: linear predictability of h_k[t+1] from h_last[t]: a ridge map
+    fitted on the streamed cross-covariances of the fit sequences, scored on held-out documents
+    (variance-weighted R^2 and mean cosine of the prediction) — a cheap proxy of the loss NITP
+    could reach with that target (the real projector is a SwiGLU MLP);
+  - ``temporal_self_similarity``: mean cos(h_k[t], h_k[t+1]) — how trivial predicting the next
+    position is (high = the target barely changes from token to token);
+  - ``cka_vs_reference``: linear CKA of layer k between this checkpoint and a reference one on
+    the same tokens (stability over training).
+
+Pairs (t, t+1) are taken inside a sequence, both real tokens; with ``exclude_first`` the pair
+starting at position 0 is left out too. Memory is independent of the number of tokens: the
+largest state is one [d, d] float64 matrix per statistic and layer.
+
+Example
+-------
+>>> rec = geom_record("runs/tiny-nitp", n_tokens=20_000)                  # doctest: +SKIP
+>>> rec["scores"]["summary"]["effective_rank_covariance"]                   # doctest: +SKIP
+>>> rec["scores"]["recommended_target_layer"]                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nitp_train.artifacts import (UserError, checkpoint_info, default_record_path, library_versions, make_record,
+                                  read_record, resolve_checkpoint, write_record)
+
+from .geometry import sample_pairs, spectrum_metrics
+from .streaming import CrossMoments, MeanTrace, MeanValue, Moments, NormStats, RidgeSolver, UnitSums, linear_cka
+
+DEFAULT_TOKENS = 50_000
+DEFAULT_RIDGE = None        # None: strength chosen by GCV on the fit pairs
+DEFAULT_PAIRS = 4096
+PAPER_DEPTH = 0.21          # the paper's best targets: 4/17, 5/24, 6/28, 3/16 -> round(0.21 L)
+TRIVIAL_TEMPORAL = 0.9      # normalised temporal excess above which a target is near-trivial
+MIN_ERANK = 2.0             # below this a target layer has collapsed
+
+DEFINITIONS = {
+    "effective_rank_covariance": "exp(entropy of p = lambda / sum lambda), lambda = eigenvalues of the centred covariance (the NITP paper's measure)",
+    "effective_rank_singular": "exp(entropy of p = sigma / sum sigma), sigma = singular values of the centred data (Roy & Vetterli 2007); never smaller than the covariance one",
+    "participation_ratio": "(sum lambda)^2 / sum lambda^2",
+    "stable_rank": "sum lambda / lambda_max (centred data)",
+    "top_eigenvalue_share": "lambda_max / sum lambda",
+    "anisotropy": "exact mean cosine over all token pairs i != j",
+    "anisotropy_within_sequences": "exact mean cosine over pairs i != j of the same sequence",
+    "anisotropy_across_sequences": "exact mean cosine over pairs from different sequences (the paper's 'across sentences')",
+    "anisotropy_sampled": "the paper's estimator: mean cosine of randomly drawn pairs across sequences (seeded)",
+    "massive_activation_share": "share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)",
+    "cos_last_to_next": "mean cos(h_last[t], h_k[t+1]) before any projector",
+    "ridge_r2": "held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]",
+    "ridge_cos": "held-out mean cos(ridge prediction, h_k[t+1])",
+    "temporal_self_similarity": "mean cos(h_k[t], h_k[t+1])",
+    "cka_vs_reference": "linear CKA of the layer between this checkpoint and the reference, same tokens",
+    "last_hidden_state": "decoders: final-norm output (fed to the LM head); encoders: output of the last block",
+}
+
+CORE_KEYS = ("effective_rank_covariance", "effective_rank_singular", "participation_ratio", "stable_rank",
+             "top_eigenvalue_share", "anisotropy", "anisotropy_within_sequences", "anisotropy_across_sequences",
+             "mean_norm", "max_norm", "massive_activation_share")
+
+
+class GeometryWarning(UserWarning):
+    """A result that is valid but limited (e.g. fewer tokens than dimensions)."""
+
+
+# ----------------------------------------------------------------------------- accumulators
+@dataclass
+class LayerAccumulators:
+    """Everything streamed for one layer."""
+
+    moments_first: Moments = field(default_factory=Moments)     # first position of each sequence
+    moments_rest: Moments = field(default_factory=Moments)      # all other positions
+    units_all: UnitSums = field(default_factory=UnitSums)
+    units_rest: UnitSums = field(default_factory=UnitSums)
+    norms_first: NormStats = field(default_factory=NormStats)
+    norms_rest: NormStats = field(default_factory=NormStats)
+    temporal: MeanValue = field(default_factory=MeanValue)
+    raw_cos: MeanValue = field(default_factory=MeanValue)
+    fit_cross: CrossMoments = field(default_factory=CrossMoments)   # (h_last[t], h_k[t+1]) on fit pairs
+    fit_target: MeanTrace = field(default_factory=MeanTrace)        # h_k[t+1] on fit pairs (for GCV)
+    score_target: MeanTrace = field(default_factory=MeanTrace)      # h_k[t+1] on held-out pairs
+    score_sse: float = 0.0
+    score_cos: MeanValue = field(default_factory=MeanValue)
+    ridge: dict | None = None                                       # RidgeSolver.solve output
+    ref_moments: Moments = field(default_factory=Moments)
+    ref_cross: CrossMoments = field(default_factory=CrossMoments)
+
+    def moments(self, exclude_first: bool) -> Moments:
+        return self.moments_rest if exclude_first else self.moments_rest.copy().merge(self.moments_first)
+
+    def norms(self, exclude_first: bool) -> NormStats:
+        if exclude_first:
+            return self.norms_rest
+        return NormStats().merge(self.norms_rest).merge(self.norms_first)
+
+    def units(self, exclude_first: bool) -> UnitSums:
+        return self.units_rest if exclude_first else self.units_all
+
+
+@dataclass
+class _Rows:
+    """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position)."""
+
+    x: object          # [n, d] float64
+    norms: object      # [n]
+    units: object      # [n, d]; zero rows stay zero
+
+
+def _rows(h, mask):
+    import torch
+
+    x = h[mask].to(torch.float64)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    return _Rows(x, norms, x / norms.clamp_min(1e-300)[:, None])
+
+
+class LayerStatistics:
+    """Streams every per-layer statistic over batches of hidden states (see module docstring).
+
+    Parameters
+    ----------
+    layers : layers to measure (-1 is always measured: it is the NITP source and the summary).
+    exclude_first : leave the first position of each sequence out of the reported metrics
+        (both variants of the geometry metrics are kept anyway).
+    ridge : fixed ridge strength (relative to ``trace(S_aa) / d``) or None to choose it by GCV
+        (see ``streaming.RidgeSolver``).
+    pair_sample : ``(i, j)`` index arrays of the paper's sampled estimator on the last hidden
+        state (indices into the stream of reported tokens), or None.
+    """
+
+    def __init__(self, layers: list[int], exclude_first: bool = False, ridge: float | None = None,
+                 pair_sample=None, where: str = "model"):
+        self.layers = sorted(set(layers) | {-1}, key=lambda k: (k == -1, k))
+        self.exclude_first = exclude_first
+        self.ridge_strength = ridge
+        self.where = where
+        self.acc = {k: LayerAccumulators() for k in self.layers}
+        self.fit_source = Moments()          # h_last[t] over fit pairs (shared by every layer)
+        self.ridge_solved = False
+        self.n_stream = 0                    # reported last-layer tokens streamed so far
+        self.pairs = pair_sample
+        self.pair_rows: dict[int, Any] = {}
+        if pair_sample is not None:
+            import numpy as np
+            self._needed = np.unique(np.concatenate(pair_sample))
+
+    # -- batches ------------------------------------------------------------------------------
+    def update(self, states: dict, mask, seq_ids, heldout: bool, ref_states: dict | None = None) -> None:
+        """Add one batch: ``states[k]`` [B, T, d], ``mask`` [B, T] bool, ``seq_ids`` [B]."""
+        import torch
+
+        mask = mask.to(torch.bool)
+        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        is_first = (pos == 0)[mask]                                   # per real token
+        rest = ~is_first
+        groups = seq_ids.to(mask.device)[:, None].expand_as(mask)[mask]
+        # pair (t, t+1): both real (then they are rows r and r+1), t reported
+        nxt_real = torch.zeros_like(mask)
+        nxt_real[:, :-1] = mask[:, 1:]
+        src_ok = nxt_real[mask] & (rest if self.exclude_first else torch.ones_like(rest))
+        src_idx = torch.nonzero(src_ok).squeeze(1)
+        tgt_idx = src_idx + 1
+        chosen = rest if self.exclude_first else torch.ones_like(rest)
+        if heldout and not self.ridge_solved:
+            self._solve_ridge()
+        last = _rows(states[-1], mask)
+        self._check_finite(-1, last.x)
+        src = last.x[src_idx]
+        if not heldout:
+            self.fit_source.update(src)
+        for k in self.layers:
+            r = last if k == -1 else _rows(states[k], mask)
+            if k != -1:
+                self._check_finite(k, r.x)
+            a = self.acc[k]
+            a.moments_first.update(r.x[is_first])
+            a.moments_rest.update(r.x[rest])
+            a.norms_first.add(r.x[is_first], r.norms[is_first])
+            a.norms_rest.add(r.x[rest], r.norms[rest])
+            nonzero = r.norms > 0
+            a.units_all.add_units(r.units[nonzero], groups[nonzero])
+            a.units_rest.add_units(r.units[rest & nonzero], groups[rest & nonzero])
+            nxt_units = r.units[tgt_idx]
+            a.temporal.update((r.units[src_idx] * nxt_units).sum(1))
+            if k != -1:
+                a.raw_cos.update((last.units[src_idx] * nxt_units).sum(1))
+                nxt = r.x[tgt_idx]
+                if heldout:
+                    self._score(a, src, nxt)
+                else:
+                    a.fit_cross.update(src, nxt)
+                    a.fit_target.update(nxt)
+            if ref_states is not None and k in ref_states:
+                ref_x = ref_states[k][mask].to(torch.float64)[chosen]
+                a.ref_moments.update(ref_x)
+                a.ref_cross.update(r.x[chosen], ref_x)
+        if self.pairs is not None:
+            self._keep_pair_rows(last.x[chosen])
+
+    def _check_finite(self, k: int, x) -> None:
+        import torch
+
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bool(bad.any()):
+            raise UserError(f"{self.where}: layer {k} has NaN/inf activations on {int(bad.sum())} of {x.shape[0]} tokens of a batch; "
+                            "the weights are broken or the dtype overflows (try --dtype float32)")
+
+    def _keep_pair_rows(self, rows) -> None:
+        import torch
+
+        lo, hi = self.n_stream, self.n_stream + rows.shape[0]
+        idx = self._needed[(self._needed >= lo) & (self._needed < hi)]
+        if idx.size:
+            picked = rows[torch.from_numpy(idx - lo).to(rows.device)].cpu()
+            self.pair_rows.update(zip(idx.tolist(), picked))
+        self.n_stream = hi
+
+    def _solve_ridge(self) -> None:
+        """Fit every layer's ridge map, from the streamed fit-pair moments (one eigh shared)."""
+        self.ridge_solved = True
+        if self.fit_source.count < 3:
+            return
+        solver = RidgeSolver(self.fit_source)
+        for k in self.layers:
+            a = self.acc[k]
+            if k != -1 and a.fit_cross.count:
+                a.ridge = solver.solve(a.fit_cross, a.fit_target.trace, self.ridge_strength)
+
+    def _score(self, a: LayerAccumulators, src, target) -> None:
+        import torch
+
+        if a.ridge is None or src.shape[0] == 0:
+            return
+        pred = (src - a.ridge["mean_a"]) @ a.ridge["W"] + a.ridge["mean_b"]
+        a.score_sse += float(((target - pred) ** 2).sum())
+        a.score_target.update(target)
+        a.score_cos.update(torch.nn.functional.cosine_similarity(pred, target, dim=1, eps=1e-300))
+
+    # -- results ------------------------------------------------------------------------------
+    def layer_result(self, k: int, spectrum: bool = False) -> dict:
+        a = self.acc[k]
+        out: dict[str, Any] = {"layer": k}
+        blocks = {}
+        for label, excl in (("with_first_position", False), ("without_first_position", True)):
+            blocks[label] = _core_metrics(a.moments(excl), a.units(excl), a.norms(excl), spectrum and excl == self.exclude_first)
+        chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
+        out.update(chosen)
+        out["first_position_mean_norm"] = a.norms_first.metrics()["mean_norm"] if a.norms_first.count else None
+        out["temporal_self_similarity"] = _num(a.temporal.mean())
+        if k != -1:
+            out["cos_last_to_next"] = _num(a.raw_cos.mean())
+            r2 = None
+            if a.ridge is not None and a.score_target.count >= 2 and a.score_target.trace > 0:
+                r2 = 1.0 - a.score_sse / a.score_target.trace
+            out["ridge_r2"] = _num(r2)
+            out["ridge_cos"] = _num(a.score_cos.mean()) if a.ridge is not None else None
+            out["ridge_strength"] = a.ridge["ridge"] if a.ridge is not None else None
+            out["ridge_fit_pairs"] = a.fit_cross.count
+            out["ridge_heldout_pairs"] = a.score_target.count
+        if a.ref_cross.count:
+            out["cka_vs_reference"] = _num(linear_cka(a.moments(self.exclude_first), a.ref_moments, a.ref_cross))
+        out.update(blocks)
+        return out
+
+    def anisotropy_sampled(self) -> float | None:
+        import torch
+
+        if self.pairs is None or not self.pair_rows:
+            return None
+        i, j = self.pairs
+        a = torch.stack([self.pair_rows[int(v)] for v in i])
+        b = torch.stack([self.pair_rows[int(v)] for v in j])
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300).mean())
+
+
+def _num(v) -> float | None:
+    """JSON-safe number: NaN (undefined, e.g. no pairs) becomes None, never a silent average."""
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _core_metrics(moments: Moments, units: UnitSums, norms: NormStats, spectrum: bool) -> dict:
+    if moments.count >= 2:
+        spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
+    else:
+        spec = {k: None for k in CORE_KEYS[:5]}
+    out = {"n_tokens": moments.count, **spec,
+           "anisotropy": _num(units.anisotropy()),
+           "anisotropy_within_sequences": _num(units.anisotropy_within()),
+           "anisotropy_across_sequences": _num(units.anisotropy_across())}
+    out.update({k: _num(v) for k, v in norms.metrics().items()})
+    return out
+
+
+# ----------------------------------------------------------------------------- recommendation
+def recommend_target_layer(rows: list[dict], n_layers: int) -> dict:
+    """A NITP target layer with the reason: the paper's depth prior, checked by statistics.
+
+    The paper's best targets sit at ~21 % of the depth (4/17, 5/24, 6/28, 3/16; embeddings,
+    middle and deep layers were worse). Start from ``round(0.21 L)`` (at least 1) and take the
+    nearest measured layer in 1..L-1 that passes two guards:
+
+    * not collapsed: ``effective_rank_covariance >= 2``;
+    * not trivial: normalised temporal excess ``(tss - aniso) / (1 - aniso) < 0.9``, where tss is
+      the temporal self-similarity and aniso the across-sequence anisotropy (adjacent tokens
+      nearly identical beyond the common direction make next-position prediction a copy task,
+      the failure of the paper's same-position ablation).
+
+    The ridge R^2 of each candidate is reported in the reason, not used: the paper gives no
+    evidence linking it to downstream gains.
+    """
+    prior = min(max(1, round(PAPER_DEPTH * n_layers)), max(1, n_layers - 1))
+    lo, hi = (1, n_layers - 1) if n_layers >= 2 else (0, n_layers)
+    cands = [r for r in rows if lo <= r["layer"] <= hi]
+    if not cands:
+        return {"layer": None, "prior": prior, "reason": f"no candidate layer in {lo}..{hi} was measured (add them to --layers)"}
+
+    def failures(r: dict) -> list[str]:
+        out = []
+        er = r.get("effective_rank_covariance")
+        if er is None or er < MIN_ERANK:
+            out.append(f"collapsed (effective rank {er if er is None else round(er, 2)} < {MIN_ERANK})")
+        tss, an = r.get("temporal_self_similarity"), r.get("anisotropy_across_sequences")
+        if tss is not None and an is not None and an < 1:
+            excess = (tss - an) / (1 - an)
+            if excess >= TRIVIAL_TEMPORAL:
+                out.append(f"near-trivial (normalised temporal excess {excess:.2f} >= {TRIVIAL_TEMPORAL})")
+        return out
+
+    order = sorted(cands, key=lambda r: (abs(r["layer"] - prior), r["layer"]))
+    best_r2 = max((r for r in cands if r.get("ridge_r2") is not None), key=lambda r: r["ridge_r2"], default=None)
+    r2_note = f"; most linearly predictable candidate: layer {best_r2['layer']} (held-out R^2 {best_r2['ridge_r2']:.3f})" if best_r2 else ""
+    for r in order:
+        if not failures(r):
+            why = (f"paper depth prior round({PAPER_DEPTH} x {n_layers}) = {prior} (paper: 4/17, 5/24, 6/28, 3/16)"
+                   + ("" if r["layer"] == prior else f"; nearest passing layer is {r['layer']}")
+                   + f"; layer {r['layer']} passes the guards (effective rank {r['effective_rank_covariance']:.1f}"
+                   + (f", held-out R^2 {r['ridge_r2']:.3f}" if r.get("ridge_r2") is not None else "") + ")" + r2_note)
+            return {"layer": r["layer"], "prior": prior, "reason": why}
+    fallback = order[0]
+    return {"layer": fallback["layer"], "prior": prior,
+            "reason": f"every candidate fails a guard (layer {fallback['layer']}: {', '.join(failures(fallback))}); "
+                      f"falling back to the paper depth prior{r2_note}"}
+
+
+# ----------------------------------------------------------------------------- driver
+def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKENS, layers=None,
+            exclude_first: bool = False, seed: int = 0, device: str | None = None, dtype: str | None = None,
+            batch_size: int = 8, seq_len: int | None = None, reference=None, ridge: float | None = DEFAULT_RIDGE,
+            heldout_fraction: float = 0.2, n_pairs: int = DEFAULT_PAIRS, spectrum: bool = False,
+            progress: bool = True) -> tuple[dict, dict, dict]:
+    """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``."""
+    import numpy as np
+    import torch
+
+    from .hidden import corpus_sample, default_seq_len, iter_hidden_states, load_model, resolve_layers
+
+    loaded = load_model(checkpoint, device=device, dtype=dtype)
+    layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
+    refs = []
+    if reference is not None:
+        ref = load_model(reference, device=loaded.device, dtype=loaded.dtype)
+        if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+            raise UserError(f"--reference {reference}: its tokenizer differs from {loaded.path}'s, so the token sets differ; "
+                            "compare checkpoints of the same run or family")
+        refs.append(ref)
+    sample = corpus_sample(loaded.tokenizer, corpus, n_tokens, default_seq_len(loaded, seq_len), seed, heldout_fraction)
+    lengths = sample.lengths
+    reported = lengths - (1 if exclude_first else 0)
+    n_reported = int(reported.sum())
+    if n_reported <= loaded.hidden_size:
+        warnings.warn(f"{loaded.path.name}: {n_reported:,} tokens for hidden size {loaded.hidden_size}: the covariance has rank "
+                      f"at most {max(n_reported - 1, 0)}, so effective ranks are capped by the number of tokens; ask for more --tokens",
+                      GeometryWarning, stacklevel=2)
+    pair_sample = None
+    if n_pairs and (reported > 0).sum() >= 2 and n_reported >= 2:
+        groups = np.repeat(np.arange(len(lengths)), reported)
+        pair_sample = sample_pairs(n_reported, n_pairs, groups, seed)
+    stats = LayerStatistics(layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path))
+    from .hidden import batch_plan
+
+    n_batches = len(batch_plan(sample, batch_size))
+    with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
+        for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, batch_size, refs):
+            ref_states = ref_batches[0].states if ref_batches else None
+            stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
+            advance()
+    rows = []
+    for k in stats.layers:
+        row = stats.layer_result(k, spectrum=spectrum)
+        row["name"] = loaded.layer_name(k)
+        rows.append(row)
+    last = next(r for r in rows if r["layer"] == -1)
+    summary = {key: last.get(key) for key in CORE_KEYS}
+    summary.update({"anisotropy_sampled": _num(stats.anisotropy_sampled()), "n_pairs_sampled": n_pairs if pair_sample is not None else 0,
+                    "n_tokens": last["n_tokens"], "hidden_size": loaded.hidden_size, "n_layers": loaded.n_layers,
+                    "has_final_norm": loaded.has_final_norm})
+    reported_rows = [r for r in rows if r["layer"] in layer_list]
+    rec = recommend_target_layer([r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list], loaded.n_layers)
+    scores = {"summary": summary, "layers": reported_rows, "recommended_target_layer": rec["layer"],
+              "recommendation": rec, "definitions": DEFINITIONS}
+    settings = {"corpus": corpus, "n_tokens": n_tokens, "layers": layer_list, "exclude_first": exclude_first, "seed": seed,
+                "seq_len": sample.seq_len, "batch_size": batch_size, "ridge": ridge, "heldout_fraction": heldout_fraction,
+                "n_pairs": n_pairs, "device": loaded.device, "dtype": loaded.dtype,
+                "reference": checkpoint_info(refs[0].path) if refs else None, "sample": sample.describe()}
+    del torch
+    return checkpoint_info(loaded.path), settings, scores
+
+
+class _progress:
+    """A rich progress bar on stderr (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, label: str, total: int):
+        self.enabled, self.label, self.total = enabled, label, total
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task(f"geometry {self.label}", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+COMPARED_SETTINGS = ("corpus", "n_tokens", "layers", "exclude_first", "seed", "seq_len", "ridge", "heldout_fraction", "n_pairs")
+
+
+def record_tag(corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int) -> str:
+    """The settings part of a record's default file name."""
+    corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
+    layer_part = "all" if layers is None else "L" + "_".join(str(k).replace("-1", "last") for k in layers)
+    return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}"
+
+
+def geom_record(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKENS, layers=None,
+                exclude_first: bool = False, seed: int = 0, device: str | None = None, out=None,
+                dtype: str | None = None, batch_size: int = 8, seq_len: int | None = None, reference=None,
+                ridge: float | None = DEFAULT_RIDGE, heldout_fraction: float = 0.2, n_pairs: int = DEFAULT_PAIRS,
+                spectrum: bool = False, redo: bool = False, progress: bool = True, write: bool = True) -> dict:
+    """Measure a checkpoint and write its ``kind: "geom"`` record (docs/contracts.md).
+
+    Parameters
+    ----------
+    checkpoint : checkpoint folder, run directory (its latest checkpoint) or HF model folder.
+    corpus : "builtin" (English text the gensim wheel ships) or a .txt/.jsonl/.parquet path.
+    n_tokens : tokens in the sample (all real tokens, special ones included).
+    layers : None for all (0..L and -1) or a list such as ``[0, 4, -1]``.
+    exclude_first : report metrics without the first position of each sequence.
+    out : record path; default ``artifacts.default_record_path(model, "geom", tag)``.
+    reference : another checkpoint with the same tokenizer: adds ``cka_vs_reference``.
+    redo : recompute even when an equal record (same weights, same settings) exists.
+
+    Returns
+    -------
+    The record (a dict); ``record["path"]`` is not stored, the file location is returned by
+    ``record_path`` of the same arguments.
+    """
+    from .hidden import parse_layers
+
+    ckpt = resolve_checkpoint(checkpoint)
+    layers = parse_layers(layers)
+    info = checkpoint_info(ckpt)
+    path = Path(out) if out else default_record_path(info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed))
+    wanted = {"corpus": corpus, "n_tokens": n_tokens, "exclude_first": exclude_first, "seed": seed, "ridge": ridge,
+              "heldout_fraction": heldout_fraction, "n_pairs": n_pairs}
+    if seq_len is not None:
+        wanted["seq_len"] = seq_len
+    if write and not redo and path.is_file():
+        old = _reusable(path, info, wanted, layers, reference)
+        if old is not None:
+            old.setdefault("_path", str(path))
+            return old
+    model, settings, scores = measure(ckpt, corpus=corpus, n_tokens=n_tokens, layers=layers, exclude_first=exclude_first,
+                                      seed=seed, device=device, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
+                                      reference=reference, ridge=ridge, heldout_fraction=heldout_fraction,
+                                      n_pairs=n_pairs, spectrum=spectrum, progress=progress)
+    record = make_record("geom", model, settings, scores, library_versions())
+    if write:
+        write_record(path, record)
+    record["_path"] = str(path)
+    return record
+
+
+def _reusable(path: Path, info: dict, wanted: dict, layers, reference) -> dict | None:
+    """The record at ``path`` when it measured the same weights with the same settings."""
+    try:
+        old = read_record(path)
+    except UserError:
+        return None
+    s = old.get("settings", {})
+    if old.get("kind") != "geom" or old.get("model", {}).get("hash") != info["hash"]:
+        return None
+    if any(s.get(k) != v for k, v in wanted.items()):
+        return None
+    if layers is not None and sorted(s.get("layers") or []) != sorted(int(k) for k in layers):
+        return None
+    ref = s.get("reference")
+    if (reference is None) != (ref is None):
+        return None
+    if reference is not None and ref.get("hash") != checkpoint_info(reference)["hash"]:
+        return None
+    return old
+
+
+def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:
+    """``geom_record`` for several checkpoints; ``out`` is then a folder (one file each)."""
+    records = []
+    for ck in checkpoints:
+        target = None
+        if out is not None:
+            if len(checkpoints) == 1 and str(out).endswith(".json"):
+                target = Path(out)
+            else:
+                info = checkpoint_info(ck)
+                stem = f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}"
+                target = Path(out) / f"{stem}.json"
+        records.append(geom_record(ck, out=target, **kwargs))
+    return records
+
+
+def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> list[dict]:
+    """A record for every checkpoint of a run, oldest first.
+
+    With ``stability``, each checkpoint after the first is measured against the previous one as
+    reference (``cka_vs_reference`` = linear CKA between consecutive checkpoints).
+    """
+    from nitp_train.artifacts import list_checkpoints
+
+    run = Path(run_dir)
+    if not (run / "checkpoints").is_dir():
+        raise UserError(f"{run_dir}: not a run directory (no checkpoints/ folder); trajectory needs the output folder of nitp-train")
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise UserError(f"{run_dir}: run directory has no complete checkpoint yet")
+    records, prev = [], None
+    for ck in ckpts:
+        records.append(geom_record(ck, layers=layers, reference=prev if stability else None, **kwargs))
+        prev = ck
+    return records
+
+
+def run_target_layer(run_dir) -> int | None:
+    """The NITP target layer a run was trained with (config.yaml), if any."""
+    from nitp_train.artifacts import read_run_config
+
+    try:
+        cfg = read_run_config(run_dir)
+    except (OSError, ValueError):
+        return None
+    if cfg.get("objective") != "nitp":
+        return None
+    k = (cfg.get("nitp") or {}).get("target_layer")
+    return int(k) if k is not None else None
+

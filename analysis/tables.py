@@ -1,0 +1,184 @@
+"""Rows of ``nitp-geom`` output from geom records, and their rendering as table, CSV or JSON.
+
+A *row* is a flat dict; ``render`` prints a list of rows as a rich table (stdout), CSV or JSON.
+Several checkpoints are shown side by side: one column per checkpoint (``rank``, ``anisotropy``)
+or one column group per checkpoint (``layers``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+RANK_METRICS = ("effective_rank_covariance", "effective_rank_singular", "participation_ratio", "stable_rank",
+                "top_eigenvalue_share", "n_tokens")
+ANISOTROPY_METRICS = ("anisotropy", "anisotropy_across_sequences", "anisotropy_within_sequences", "anisotropy_sampled",
+                      "mean_norm", "max_norm", "massive_activation_share", "n_tokens")
+LAYER_METRICS = ("effective_rank_covariance", "effective_rank_singular", "anisotropy", "anisotropy_across_sequences",
+                 "mean_norm", "temporal_self_similarity", "cos_last_to_next", "ridge_r2", "ridge_cos", "cka_vs_reference")
+SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_sequences", "ridge_r2")
+SHORT = {
+    "effective_rank_covariance": "erank_cov", "effective_rank_singular": "erank_sv", "participation_ratio": "PR",
+    "stable_rank": "stable_rank", "top_eigenvalue_share": "top_share", "anisotropy": "aniso",
+    "anisotropy_across_sequences": "aniso_across", "anisotropy_within_sequences": "aniso_within",
+    "anisotropy_sampled": "aniso_sampled", "mean_norm": "mean_norm", "max_norm": "max_norm",
+    "massive_activation_share": "massive", "temporal_self_similarity": "temporal_cos", "cos_last_to_next": "cos_last_next",
+    "ridge_r2": "ridge_R2", "ridge_cos": "ridge_cos", "cka_vs_reference": "CKA_ref", "n_tokens": "tokens",
+}
+
+
+def label_of(record: dict) -> str:
+    """A short, readable name of the record's checkpoint: run@step or folder name."""
+    m = record["model"]
+    if m.get("run") and m.get("step") is not None:
+        return f"{m['name']}@{m['step']}"
+    return m.get("name") or m["path"]
+
+
+def unique_labels(records: list[dict]) -> list[str]:
+    labels = [label_of(r) for r in records]
+    seen: dict[str, int] = {}
+    out = []
+    for lab, r in zip(labels, records):
+        if labels.count(lab) > 1:
+            seen[lab] = seen.get(lab, 0) + 1
+            lab = f"{lab}#{r['model']['hash'][:6]}"
+        out.append(lab)
+    return out
+
+
+def _layer_rows(record: dict) -> dict[int, dict]:
+    return {row["layer"]: row for row in record["scores"]["layers"]}
+
+
+def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]) -> list[dict]:
+    """``rank`` / ``anisotropy``: one row per (layer, metric), one column per checkpoint."""
+    labels = unique_labels(records)
+    rows = []
+    for k in layers:
+        for metric in metrics:
+            row: dict[str, Any] = {"layer": k, "metric": metric}
+            for lab, rec in zip(labels, records):
+                src = rec["scores"]["summary"] if (k == -1 and metric in rec["scores"]["summary"]) else _layer_rows(rec).get(k, {})
+                row[lab] = src.get(metric)
+            rows.append(row)
+    return rows
+
+
+def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> list[dict]:
+    """``layers``: one row per layer; one checkpoint gives every metric, several a column group each."""
+    if len(records) == 1:
+        rec = records[0]
+        metrics = metrics or tuple(m for m in LAYER_METRICS if any(m in r for r in rec["scores"]["layers"]))
+        rows = []
+        for r in rec["scores"]["layers"]:
+            row = {"layer": r["layer"], "name": r.get("name", "")}
+            row.update({SHORT.get(m, m): r.get(m) for m in metrics})
+            rows.append(row)
+        return rows
+    metrics = metrics or SIDE_BY_SIDE_LAYER_METRICS
+    labels = unique_labels(records)
+    all_layers = sorted({k for rec in records for k in _layer_rows(rec)}, key=lambda k: (k == -1, k))
+    rows = []
+    for k in all_layers:
+        row: dict[str, Any] = {"layer": k}
+        for lab, rec in zip(labels, records):
+            r = _layer_rows(rec).get(k, {})
+            row.update({f"{SHORT.get(m, m)}[{lab}]": r.get(m) for m in metrics})
+        rows.append(row)
+    return rows
+
+
+def layer_rows_long(records: list[dict]) -> list[dict]:
+    """CSV form of ``layers``: one row per (checkpoint, layer) with every metric."""
+    labels = unique_labels(records)
+    rows = []
+    for lab, rec in zip(labels, records):
+        for r in rec["scores"]["layers"]:
+            row = {"checkpoint": lab, "step": rec["model"].get("step")}
+            row.update({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
+            rows.append(row)
+    return rows
+
+
+def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]:
+    """One row per checkpoint of a run: last-hidden-state geometry, stability, target layer."""
+    rows = []
+    for rec in records:
+        s = rec["scores"]["summary"]
+        last = _layer_rows(rec).get(-1, {})
+        row = {"step": rec["model"].get("step"), "tokens_seen": rec["model"].get("tokens_seen"),
+               "erank_cov": s.get("effective_rank_covariance"), "erank_sv": s.get("effective_rank_singular"),
+               "aniso": s.get("anisotropy"), "aniso_across": s.get("anisotropy_across_sequences"),
+               "aniso_sampled": s.get("anisotropy_sampled"), "CKA_prev": last.get("cka_vs_reference")}
+        if target_layer is not None:
+            t = _layer_rows(rec).get(target_layer, {})
+            row.update({f"L{target_layer}_erank_cov": t.get("effective_rank_covariance"),
+                        f"L{target_layer}_ridge_R2": t.get("ridge_r2"), f"L{target_layer}_CKA_prev": t.get("cka_vs_reference")})
+        rows.append(row)
+    return rows
+
+
+def flops_rows(report: dict) -> list[dict]:
+    """``flops``: one row per component and the NITP lines."""
+    b = report["breakdown"]
+    total = b["total"]
+    rows = [{"component": k, "flops_per_token": v, "share": v / total}
+            for k, v in b.items() if k not in ("total", "moe_layers")]
+    rows.append({"component": "total (NTP)", "flops_per_token": total, "share": 1.0})
+    rows.append({"component": "NITP extra (72 d^2 + 18 d)", "flops_per_token": report["nitp_extra_flops_per_token"],
+                 "share": report["nitp_overhead"]})
+    rows.append({"component": "NITP extra vs total without attention scores", "flops_per_token": report["nitp_extra_flops_per_token"],
+                 "share": report["nitp_overhead_without_attention_scores"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- rendering
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def to_csv(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def render(rows: list[dict], fmt: str, title: str | None = None, records: list[dict] | None = None) -> str:
+    """The text to print: ``table`` (rich), ``csv`` or ``json`` (the records when given)."""
+    if fmt == "csv":
+        return to_csv(rows)
+    if fmt == "json":
+        payload = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records] if records is not None else rows
+        return json.dumps(payload, indent=2, default=str)
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    table = Table(title=title, show_lines=False)
+    for c in cols:
+        table.add_column(str(c), justify="left" if c in ("metric", "name", "component", "checkpoint") else "right")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    console = Console(width=max(100, 14 * len(cols)), record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
