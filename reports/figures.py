@@ -30,7 +30,6 @@ Example
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +234,8 @@ def draw_nitp_loss(model: Model):
         if log_x:
             ax.set_xscale("log")
         _mark_phases(ax, phases, steps[keep])
-        ax.set(title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$: {model.label}", xlabel="training step", ylabel="NITP loss")
+        ax.set(title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}", xlabel="training step",
+               ylabel="NITP loss")
         if not phases.initial_min:
             ax.text(0.5, 0.97, "no phases detected (flat, monotone or noisy curve)", transform=ax.transAxes,
                     ha="center", va="top", fontsize=8, color="0.3")
@@ -264,16 +264,14 @@ def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- per layer
+# (title, [(statistic, y label), ...] in order of preference; analysis.layers' names first)
 LAYER_PANELS = [
-    ("(a) Effective rank", "effective rank (covariance)", r"^(effective_rank_covariance|erank_covariance|effective_rank|erank)$"),
-    ("(b) Anisotropy", "mean cosine", r"^(anisotropy|anisotropy_within|mean_cos)$"),
-    ("(c) Predictability", r"$R^2$ of $h_k[t{+}1]$ from $h_{\mathrm{last}}[t]$", r"(predict.*r2|r2.*predict|ridge.*r2|^r2$|linear.*r2)"),
+    ("(a) Effective rank", [("effective_rank_covariance", "effective rank (covariance)")]),
+    ("(b) Anisotropy", [("anisotropy_across_sequences", "mean cosine across sequences"),
+                        ("anisotropy", "mean cosine (all pairs)")]),
+    ("(c) Predictability", [("ridge_r2", r"ridge $R^2$: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$"),
+                            ("ridge_cos", r"ridge cosine: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$")]),
 ]
-
-
-def layer_key(keys: list[str], pattern: str) -> str | None:
-    """The first flattened statistic name matching ``pattern`` (the geom record's naming)."""
-    return next((k for k in keys if re.search(pattern, k.lower())), None)
 
 
 def plot_layer_profiles(models: list[Model], group: SettingsGroup, stem: Path) -> list[Path]:
@@ -284,20 +282,19 @@ def plot_layer_profiles(models: list[Model], group: SettingsGroup, stem: Path) -
 
 def draw_layer_profiles(models: list[Model], group: SettingsGroup):
     """The figure of :func:`plot_layer_profiles`."""
-    from .tables import flatten_numbers
-
     data = {}
     for m in models:
         rec = group.latest(m)
         layers = (rec or {}).get("scores", {}).get("layers") or []
-        rows = [(layer["layer"], flatten_numbers(layer)) for layer in layers
-                if isinstance(layer.get("layer"), int) and layer["layer"] >= 0]
+        rows = [(layer["layer"], {k: v for k, v in layer.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                for layer in layers if isinstance(layer.get("layer"), int) and layer["layer"] >= 0]
         if rows:
             data[m.key] = (m, rows, rec["scores"].get("recommended_target_layer"))
     if not data:
         raise NothingToPlot(f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)")
-    keys = sorted({k for _, rows, _ in data.values() for _, flat in rows for k in flat})
-    panels = [(t, y, layer_key(keys, p)) for t, y, p in LAYER_PANELS if layer_key(keys, p)]
+    keys = {k for _, rows, _ in data.values() for _, flat in rows for k in flat}
+    panels = [(title, *next((k, y) for k, y in options if k in keys))
+              for title, options in LAYER_PANELS if keys & {k for k, _ in options}]
     if not panels:
         raise NothingToPlot(f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability")
     styles = line_styles([m for m, _, _ in data.values()])
@@ -306,7 +303,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
     with _rc():
         fig = _new_figure(len(panels), PANEL_HEIGHT + 0.5)
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
-        for ax, (title, ylabel, key) in zip(axes, panels):
+        for ax, (title, key, ylabel) in zip(axes, panels):
             for m, rows, _ in data.values():
                 xs = [k for k, flat in rows if key in flat]
                 ys = [flat[key] for k, flat in rows if key in flat]

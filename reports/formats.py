@@ -43,7 +43,8 @@ class Row:
 class Table:
     """A titled grid: one label column, then value columns.
 
-    ``decimals``: digits after the point per column (one int for all). ``higher_is_better``:
+    ``decimals``: digits after the point per column (one int for all), or a format spec
+    such as ``".3g"``. ``higher_is_better``:
     per column, True / False / None (None = never bold).
     """
 
@@ -101,7 +102,8 @@ class Table:
                     if _is_num(r.values[j]) and _same(r.values[j], best, self._digits(j)):
                         r.bold[j] = True
 
-    def _digits(self, j: int) -> int:
+    def _digits(self, j: int) -> int | str:
+        """Digits after the point, or a format spec such as ".3g" for numbers of any scale."""
         return self.decimals[j] if isinstance(self.decimals, list) else self.decimals
 
     def _is_text(self, j: int) -> bool:
@@ -117,6 +119,8 @@ class Table:
         if isinstance(v, str):
             return v
         d = self._digits(j)
+        if isinstance(d, str):
+            return format(v, ("+" if row.kind == "delta" or j in self.signed else "") + d)
         return f"{v:+.{d}f}" if row.kind == "delta" or j in self.signed else f"{v:,.{d}f}" if abs(v) >= 1e4 else f"{v:.{d}f}"
 
     # --------------------------------------------------------------- renderings
@@ -202,8 +206,10 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _same(a: float, b: float, digits: int) -> bool:
+def _same(a: float, b: float, digits: int | str) -> bool:
     """Equal as shown (ties at the displayed precision are all bold)."""
+    if isinstance(digits, str):
+        return format(a, digits) == format(b, digits)
     return round(a, digits) == round(b, digits)
 
 

@@ -253,9 +253,13 @@ GEOM_COLUMNS = [
     ("anisotropy", "anisotropy", False, 4),
     ("anisotropy_across_sequences", "anisotropy across seqs", False, 4),
 ]
-LAYER_NAMES = {
+# Per-layer columns in display order (analysis.layers names); absent ones are left out.
+LAYER_COLUMNS = {
     "effective_rank_covariance": "erank (cov)", "effective_rank_singular": "erank (sv)",
-    "anisotropy": "aniso", "anisotropy_across_sequences": "aniso (across seqs)",
+    "anisotropy_across_sequences": "aniso (across seqs)", "anisotropy": "aniso (all pairs)",
+    "temporal_self_similarity": "cos(h_k[t], h_k[t+1])", "cos_last_to_next": "cos(h_last[t], h_k[t+1])",
+    "ridge_r2": "ridge R² (held-out)", "ridge_cos": "ridge cos (held-out)", "cka_vs_reference": "CKA vs reference",
+    "mean_norm": "mean norm",
 }
 
 
@@ -288,35 +292,28 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
     return tables
 
 
-def flatten_numbers(d: dict, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict as ``{"a.b": x}`` (booleans and lists skipped)."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_numbers(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = v
-    return out
-
-
 def layer_table(model: Model, record: dict, name: str) -> Table:
-    """The per-layer table of a geom record: every numeric statistic, target layer marked."""
+    """The per-layer table of a geom record (``nitp-geom layers``), NITP target marked.
+
+    Columns: the statistics of ``LAYER_COLUMNS`` the record holds; a record without any of
+    them shows its top-level numeric statistics instead.
+    """
     layers = record["scores"]["layers"]
-    flat = [flatten_numbers({k: v for k, v in layer.items() if k != "layer"}) for layer in layers]
-    keys: list[str] = []
-    for f in flat:
-        keys += [k for k in f if k not in keys]
-    table = Table(name, f"Per-layer statistics: {model.label}", [LAYER_NAMES.get(k, k.replace("_", " ")) for k in keys],
-                  higher_is_better=[None] * len(keys), decimals=3, label_header="layer")
+    present = [k for k in LAYER_COLUMNS if any(isinstance(x.get(k), (int, float)) for x in layers)]
+    if not present:
+        present = list(dict.fromkeys(k for x in layers for k, v in x.items()
+                                     if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool)))
+    table = Table(name, f"Per-layer statistics: {model.label}", [LAYER_COLUMNS.get(k, k.replace("_", " ")) for k in present],
+                  higher_is_better=[None] * len(present), decimals=3, label_header="layer")
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
     recommended = record["scores"].get("recommended_target_layer")
-    for layer, values in zip(layers, flat):
+    for layer in layers:
         k = layer.get("layer")
-        marks = (["NITP target"] if k == target and target is not None else []) + (["recommended"] if k == recommended else [])
-        name_k = "last" if k == -1 else str(k)
-        table.add(name_k + (f" ({', '.join(marks)})" if marks else ""), [values.get(key) for key in keys])
-    table.notes.append("Layer 0 = token embeddings, k = output of decoder block k, last = the vector fed to the LM head.")
+        marks = (["NITP target"] if target is not None and k == target else []) + (["recommended"] if k == recommended else [])
+        shown = "last" if k == -1 else str(k)
+        table.add(shown + (f" ({', '.join(marks)})" if marks else ""), [layer.get(key) for key in present])
+    table.notes.append("Layer 0 = token embeddings, k = output of decoder block k, last = the vector fed to the LM head; "
+                       "ridge = linear map from h_last[t] to h_k[t+1] scored on held-out tokens.")
     return table
 
 
@@ -385,10 +382,10 @@ def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
 def cost_table(layout: Layout, records: list[dict]) -> Table | None:
     """Per size: parameters, projector, FLOPs per token, predicted and measured NITP overhead."""
     columns = ["d", "layers", "params (M)", "active (M)", "projector (M, training only)",
-               "train GFLOPs/token", "NITP GFLOPs/token", "predicted overhead (%)",
+               "train FLOPs/token", "NITP FLOPs/token", "predicted overhead (%)",
                "time ratio NITP/NTP (train logs)", "time ratio NITP/NTP (benchmark)"]
     table = Table("cost", "Cost of NITP", columns, higher_is_better=[None] * len(columns),
-                  decimals=[0, 0, 2, 2, 2, 3, 3, 2, 3, 3], label_header="size")
+                  decimals=[0, 0, 2, 2, 2, ".3g", ".3g", 2, 3, 3], label_header="size")
     flops_missing = False
     for block in layout.blocks:
         model = block.reference or block.baseline or (block.others[0] if block.others else None)
@@ -407,7 +404,7 @@ def cost_table(layout: Layout, records: list[dict]) -> Table | None:
         flops_missing |= train is None
         table.add(block.size, [
             d, spec.get("num_hidden_layers"), params["total"] / 1e6, params["active"] / 1e6, 12 * d * d / 1e6,
-            None if train is None else train / 1e9, None if extra is None else extra / 1e9,
+            train, extra,
             None if train is None or extra is None else 100.0 * extra / train,
             _log_time_ratio(block), _benchmark_time_ratio(records, block),
         ])
