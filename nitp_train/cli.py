@@ -71,7 +71,9 @@ def presets(seq_len: int = typer.Option(2048, help="Sequence length for the FLOP
         from analysis.flops import nitp_flops_per_token, training_flops_per_token
     except ImportError:
         training_flops_per_token = None
-    table = Table("preset", "layers", "hidden", "params", "active", "target layer", "lambda", "NITP FLOPs overhead")
+    table = Table(title=f"NITP FLOPs overhead at sequence length {seq_len}")
+    for col in ("preset", "layers", "hidden", "params", "active", "target layer", "lambda", "NITP FLOPs overhead"):
+        table.add_column(col, no_wrap=True)
     for name in PRESETS:
         spec = resolve_preset(name)
         counts = count_parameters_from_spec(spec)
