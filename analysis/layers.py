@@ -177,15 +177,14 @@ class LayerStatistics:
         chosen = rest if self.exclude_first else torch.ones_like(rest)
         if heldout and not self.ridge_solved:
             self._solve_ridge()
+        for k in self.layers:                 # ascending, so an error names the first broken layer
+            self._check_finite(k, states[k][mask])
         last = _rows(states[-1], mask)
-        self._check_finite(-1, last.x)
         src = last.x[src_idx]
         if not heldout:
             self.fit_source.update(src)
         for k in self.layers:
             r = last if k == -1 else _rows(states[k], mask)
-            if k != -1:
-                self._check_finite(k, r.x)
             a = self.acc[k]
             a.moments_first.update(r.x[is_first])
             a.moments_rest.update(r.x[rest])
@@ -453,7 +452,7 @@ COMPARED_SETTINGS = ("corpus", "n_tokens", "layers", "exclude_first", "seed", "s
 def record_tag(corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int) -> str:
     """The settings part of a record's default file name."""
     corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
-    layer_part = "all" if layers is None else "L" + "_".join(str(k).replace("-1", "last") for k in layers)
+    layer_part = "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
     return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}"
 
 

@@ -176,9 +176,9 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title, show_lines=False)
     for c in cols:
-        table.add_column(str(c), justify="left" if c in ("metric", "name", "component", "checkpoint") else "right")
+        table.add_column(str(c), justify="left" if c in ("metric", "name", "component", "checkpoint") else "right", no_wrap=True)
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in cols])
-    console = Console(width=max(100, 14 * len(cols)), record=True, file=io.StringIO())
+    console = Console(width=1000, record=True, file=io.StringIO())   # never wrap: wide tables scroll
     console.print(table)
     return console.export_text()
