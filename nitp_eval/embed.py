@@ -45,7 +45,7 @@ from nitp_train.artifacts import (
     write_record,
 )
 
-from .embed_data import PAPER_GROUPS, SUITES, apply_data_dir, group_of, resolve_tasks, use_offline_hub
+from .embed_data import PAPER_GROUPS, SUITES, apply_data_dir, export_hint, group_of, resolve_tasks, use_offline_hub
 
 POOLINGS = ("mean", "last", "eos")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
@@ -148,8 +148,7 @@ class HiddenStateEncoder:
     def _load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        if self.path.is_dir() and not any((self.path / f).is_file() for f in TOKENIZER_FILES):
-            raise UserError(f"{self.path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer into the model folder (tokenizer.save_pretrained)")
+        check_tokenizer_files(self.path)
         try:
             tok = AutoTokenizer.from_pretrained(self.path)
         except Exception as e:  # a broken / foreign tokenizer: say which folder, not a traceback
@@ -318,6 +317,27 @@ def check_layer(layer: int, num_layers: int, where: Any = "model") -> int:
     return layer
 
 
+def check_tokenizer_files(path: Path) -> None:
+    """A local model folder must carry its tokenizer (``UserError`` naming the folder, else)."""
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer into the model folder (tokenizer.save_pretrained)")
+
+
+def preflight(model_path: str | Path, pooling: str, layer: int) -> None:
+    """Cheap checks before any model is loaded: pooling, layer range, tokenizer files present."""
+    from transformers import AutoConfig
+
+    check_pooling(pooling)
+    path = Path(model_path)
+    check_tokenizer_files(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    check_layer(layer, int(text_config.num_hidden_layers), path)
+
+
 def _find_blocks(model, num_layers: int):
     """The model's list of transformer blocks (Qwen2: ``layers``; BERT: ``encoder.layer``)."""
     import torch.nn as nn
@@ -333,7 +353,8 @@ def summarise(tasks: Iterable[Any], task_results: Iterable[Any]) -> dict:
     """mteb TaskResults -> the record's ``scores`` (fractions 0..1).
 
     ``tasks[name] = {main_score, metric, type, group}`` where ``main_score`` is the mean of
-    mteb's main score over the task's evaluated splits and subsets (the paper's scope);
+    mteb's main score over the task's evaluated splits and subsets (the paper's scope), rounded
+    to 6 decimals like mteb's cache;
     ``groups`` are macro averages over the tasks present; ``overall`` the mean over all tasks
     (the paper's "Overall (25)").
     """
@@ -352,7 +373,8 @@ def summarise(tasks: Iterable[Any], task_results: Iterable[Any]) -> dict:
         ]
         if not values:
             continue
-        scores[meta.name] = {"main_score": float(sum(values) / len(values)), "metric": meta.main_score,
+        # 6 decimals, as mteb's cache stores them: a fresh and a cached run give the same record
+        scores[meta.name] = {"main_score": round(float(sum(values) / len(values)), 6), "metric": meta.main_score,
                              "type": meta.type, "group": group_of(meta.name, meta.type)}
     return {"tasks": scores, **aggregate(scores)}
 
@@ -454,6 +476,8 @@ def run_mteb(checkpoints, *, suite: str | None = None, tasks: Sequence[str] | No
     if not paths:
         raise UserError("no checkpoint given")
     infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
+    for info in infos:
+        preflight(info["path"], pooling, int(layer))
     task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
     if data_dir is not None:
         use_offline_hub()
@@ -483,7 +507,8 @@ def _score_checkpoint(info: dict, settings: dict, *, data_dir, redo: bool, devic
         for line in problems:
             log(f"error: {line}")
         if not task_objs:
-            raise UserError(f"--data-dir {data_dir}: none of the {len(settings['tasks'])} tasks has data there; export them with `nitp-eval mirror export`")
+            names = ",".join(settings["tasks"])
+            raise UserError(f"--data-dir {data_dir}: none of the {len(settings['tasks'])} tasks has data there; export them with `nitp-eval mirror export --tasks {names} --out {data_dir}`")
     encoder = HiddenStateEncoder(info["path"], pooling=settings["pooling"], layer=settings["layer"], device=device,
                                  batch_size=settings["batch_size"], name=mteb_model_name(info), revision=info["hash"], log=log)
     try:
@@ -500,7 +525,7 @@ def _score_checkpoint(info: dict, settings: dict, *, data_dir, redo: bool, devic
         _free_memory()
     for failure in result.exceptions:
         first = str(failure.exception).strip().splitlines()[0][:300] if str(failure.exception).strip() else "no message"
-        hint = "" if data_dir is not None else "; on an air-gapped machine export its data with `nitp-eval mirror export` and pass --data-dir"
+        hint = "" if data_dir is not None else f"; without hub access, {export_hint(failure.task_name)} and pass --data-dir DIR"
         log(f"error: {failure.task_name}: could not run ({first}){hint}")
     scores = summarise(task_objs, result.task_results)
     versions = library_versions("mteb", "sentence-transformers", "datasets")

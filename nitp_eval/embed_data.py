@@ -67,7 +67,11 @@ TYPE_GROUPS = {
     "Retrieval": "Retrieval/dup",
 }
 
-EXPORT_HINT = "export it with `nitp-eval mirror export` on a machine with hub access"
+
+
+def export_hint(task_name: str, data_dir: str | os.PathLike = "DIR") -> str:
+    """The command that fetches a task's data into a mirror (run where the hub is reachable)."""
+    return f"export it with `nitp-eval mirror export --tasks {task_name} --out {data_dir}` on a machine with hub access"
 
 
 def group_of(task_name: str, task_type: str) -> str:
@@ -119,7 +123,7 @@ def _task(name: str) -> Any:
     try:
         return mteb.get_task(name)
     except KeyError:
-        known = list(OFFLINE_TASKS) + [t.metadata.name for t in mteb.get_tasks()]
+        known = list(OFFLINE_TASKS) + PAPER_TASKS + [t.metadata.name for t in mteb.get_tasks(exclude_superseded=False)]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown MTEB task {name!r}{hint}; names are mteb's (mteb.get_tasks()) or the offline suite's") from None
@@ -193,7 +197,7 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory ({EXPORT_HINT})")
+        raise UserError(f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)")
     ready, problems = [], []
     for task in tasks:
         if is_local_task(task):
@@ -202,7 +206,7 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
         repo = task.metadata.dataset["path"]
         folder = local_dataset_dir(root, repo)
         if not folder.is_dir() or not any(folder.iterdir()):
-            problems.append(f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {EXPORT_HINT}")
+            problems.append(f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {export_hint(task.metadata.name, data_dir)}")
             continue
         dataset = {**task.metadata.dataset, "path": str(folder)}
         # instance-level metadata: the class (and mteb's registry) keep the hub path

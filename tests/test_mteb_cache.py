@@ -1,0 +1,113 @@
+"""mteb's result cache is keyed per checkpoint (weights hash) and per pooling/layer; records skip
+recorded work and --redo recomputes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import nitp_eval.embed as embed
+from nitp_eval.embed import run_mteb
+
+TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mteb-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTEB_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint and a copy whose embeddings are perturbed: different weights."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path_factory.mktemp("ckpts")
+    a, b = root / "a", root / "b"
+    shutil.copytree(tiny_checkpoint, a)
+    shutil.copytree(tiny_checkpoint, b)
+    weights = load_file(b / "model.safetensors")
+    name = next(k for k in weights if "embed_tokens" in k)
+    generator = torch.Generator().manual_seed(0)
+    weights[name] = weights[name] + 0.5 * torch.randn(weights[name].shape, generator=generator)
+    save_file(weights, b / "model.safetensors", metadata={"format": "pt"})
+    return a, b
+
+
+def _forbid_encoding(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("encoded although the result was cached / recorded")
+
+    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", fail)
+
+
+def _revision_folders(cache_dir: Path) -> set[str]:
+    return {p.name for p in (cache_dir / "results").glob("*/*") if p.is_dir()}
+
+
+def test_two_checkpoints_never_share_cached_scores(two_checkpoints, cache_dir, tmp_path, monkeypatch):
+    a, b = two_checkpoints
+    first = run_mteb([a, b], tasks=TASKS, out=tmp_path / "first", log=lambda _: None)
+    score_a, score_b = (r["scores"]["tasks"]["WordSim353"]["main_score"] for r in first)
+    assert score_a != score_b
+    hashes = {r["model"]["hash"] for r in first}
+    assert len(hashes) == 2 and hashes <= _revision_folders(cache_dir)  # one mteb revision per checkpoint
+
+    # new records, same cache: each checkpoint gets its own scores back without encoding anything
+    _forbid_encoding(monkeypatch)
+    again = run_mteb([b, a], tasks=TASKS, out=tmp_path / "second", log=lambda _: None)
+    assert [r["scores"]["tasks"]["WordSim353"]["main_score"] for r in again] == [score_b, score_a]
+
+
+def test_pooling_and_layer_have_their_own_cache_entries(two_checkpoints, tmp_path):
+    a, _ = two_checkpoints
+    mean = run_mteb(a, tasks=TASKS, out=tmp_path, log=lambda _: None)[0]
+    last = run_mteb(a, tasks=TASKS, pooling="last", out=tmp_path, log=lambda _: None)[0]
+    layer1 = run_mteb(a, tasks=TASKS, layer=1, out=tmp_path, log=lambda _: None)[0]
+    values = [r["scores"]["tasks"]["WordSim353"]["main_score"] for r in (mean, last, layer1)]
+    assert len(set(values)) == 3
+    assert len(list(tmp_path.glob("*.json"))) == 3  # three settings, three record files
+
+
+def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_path, monkeypatch):
+    a, _ = two_checkpoints
+    out = tmp_path / "a.json"
+    first = run_mteb(a, tasks=TASKS, out=out, log=lambda _: None)[0]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("loaded the model although the record holds every task")
+
+    with monkeypatch.context() as m:
+        m.setattr(embed, "HiddenStateEncoder", no_model)
+        notes: list[str] = []
+        again = run_mteb(a, tasks=TASKS, out=out, log=notes.append)[0]
+    assert again == first and any("already recorded" in n for n in notes)
+
+    calls = []
+    original = embed.HiddenStateEncoder.encode_texts
+
+    def counting(self, texts, **kwargs):
+        calls.append(len(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", counting)
+    redone = run_mteb(a, tasks=TASKS, out=out, redo=True, log=lambda _: None)[0]
+    assert calls, "--redo must recompute, not read mteb's cache"
+    assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(first["scores"]["tasks"]["WordSim353"]["main_score"], abs=1e-6)
+    assert redone["created"] >= first["created"]
+
+
+def test_same_weights_in_another_folder_share_the_key(two_checkpoints, tmp_path, monkeypatch):
+    a, _ = two_checkpoints
+    run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)
+    twin = tmp_path / "twin"
+    shutil.copytree(a, twin)
+    _forbid_encoding(monkeypatch)  # identical weights -> identical hash -> mteb's cache answers
+    rec = run_mteb(twin, tasks=TASKS, out=tmp_path / "y.json", log=lambda _: None)[0]
+    assert rec["model"]["hash"] == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]

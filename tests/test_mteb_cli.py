@@ -1,0 +1,100 @@
+"""`nitp-eval mteb` on the command line: the table, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nitp_eval.cli import main
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mteb_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTEB_CACHE", str(tmp_path_factory.mktemp("mteb-cache")))
+        yield
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run the console script's ``main()`` in-process: exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["nitp-eval", "mteb", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_table_and_record(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rec.json"
+    code, stdout, _ = run_cli(monkeypatch, capsys, tiny_checkpoint, "--tasks", "WordSim353", "--out", out)
+    assert code == 0
+    rec = json.loads(out.read_text())
+    score = rec["scores"]["tasks"]["WordSim353"]["main_score"]
+    assert "WordSim353" in stdout and f"{score * 100:.2f}" in stdout and "Overall (1)" in stdout
+
+
+def test_two_models_show_deltas_and_wins(tiny_checkpoint, minilm_dir, tmp_path, monkeypatch, capsys):
+    code, stdout, _ = run_cli(monkeypatch, capsys, tiny_checkpoint, minilm_dir, "--tasks", "WordSim353", "--out", tmp_path)
+    assert code == 0
+    recs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
+    assert len(recs) == 2
+    assert "delta" in stdout.splitlines()[0]
+    won = recs[0]["scores"]["tasks"]["WordSim353"]["main_score"] != recs[1]["scores"]["tasks"]["WordSim353"]["main_score"]
+    assert won and "wins" in stdout and "of 1 tasks" in stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--pooling", "max"], "unknown pooling 'max'"),
+    (["--layer", "9"], "--layer 9 out of range"),
+    (["--tasks", "STS99"], "unknown MTEB task 'STS99'"),
+    (["--suite", "papr"], "unknown suite 'papr'"),
+    (["--data-dir", "/nonexistent/mirror", "--tasks", "STS12"], "no such directory"),
+])
+def test_bad_input_is_one_line(args, expected, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, tiny_checkpoint, *args, "--out", tmp_path / "r.json")
+    assert code == 2
+    assert expected in _one_error_line(err)
+    assert not (tmp_path / "r.json").exists()  # nothing half-written
+
+
+def test_model_without_tokenizer(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_checkpoint, ckpt, ignore=shutil.ignore_patterns("tokenizer*"))
+    code, _, err = run_cli(monkeypatch, capsys, ckpt, "--tasks", "WordSim353", "--out", tmp_path / "r.json")
+    assert code == 2 and "no tokenizer files" in _one_error_line(err)
+
+
+def test_data_dir_without_a_task_runs_the_others_and_fails(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(monkeypatch, capsys, tiny_checkpoint, "--tasks", "BIOSSES,STS12", "--data-dir", FIXTURES, "--out", out)
+    assert code == 1
+    assert "BIOSSES" in stdout  # the task with data ran and is in the table and the record
+    assert list(json.loads(out.read_text())["scores"]["tasks"]) == ["BIOSSES"]
+    first = [line for line in err.splitlines() if "STS12" in line][0]
+    assert "nitp-eval mirror export --tasks STS12" in first
+    assert "Traceback" not in err
+
+
+def test_console_script_error_is_one_line_without_traceback(tiny_checkpoint):
+    script = Path(sys.executable).with_name("nitp-eval")  # the installed console script
+    proc = subprocess.run([str(script), "mteb", str(tiny_checkpoint), "--pooling", "cls"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown pooling 'cls' (choose one of: mean, last, eos)"
