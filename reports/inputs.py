@@ -147,8 +147,10 @@ def _add_record(path: Path, models: dict[str, Model], seen: set[Path], owner: Mo
     record["_path"] = str(path)
     info = record["model"]
     model = owner
+    run = info.get("run")
+    if owner is not None and run and Path(run).is_dir() and Path(run).resolve() != owner.run_dir.resolve():
+        model = None  # a record about another run that happens to sit in this run's results/
     if model is None:
-        run = info.get("run")
         if run and (Path(run) / "config.yaml").is_file():
             model = _run_model(Path(run), models)
         else:

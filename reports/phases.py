@@ -10,9 +10,12 @@ III. a long decline after the hump, settling low (~0.025 at 9B by 40k steps).
 hump's peak) and where phase III settles (convergence) -- and finds *nothing* in a flat,
 monotone or merely noisy curve. Method:
 
-1. Remove isolated spikes (running median of 5), then smooth with a moving mean whose window is a fixed width in log-step (+-``window`` of the
-   step, at least 3 points): early steps, where the curve moves fast, are smoothed little.
-2. Noise ``sigma`` = 1.4826 x median |raw - smoothed| (a robust standard deviation).
+1. Remove isolated spikes (running median of 5, of 3 where logging is sparse), then smooth
+   with a moving mean whose window is a fixed width in log-step (+-``window`` of the step):
+   early steps, where the curve moves fast, are smoothed little.
+2. Noise ``sigma`` from the residuals raw - smoothed: the larger of the robust Gaussian scale
+   (1.4826 x median |r|) and the 99th percentile of |r| / 2.576, so heavy-tailed noise raises
+   the bar instead of passing for a phase.
 3. A difference between smoothed points i and j counts only when it exceeds both
    ``z * sigma * sqrt(1/n_i + 1/n_j)`` (n = points averaged) and ``min_prominence`` x the
    curve's range -- so noise never makes a phase, whatever the loss scale.
@@ -20,8 +23,9 @@ monotone or merely noisy curve. Method:
    fall must both count, the drop from the start to the lowest point before it (the initial
    minimum) must count, and it must be wide: above half its height over at least a factor 1.5
    in steps (noise bumps are narrow). With no hump, a short run still in phase II gives the
-   initial minimum alone: the global minimum, with a counting drop before it and a counting,
-   sustained rise to the last point after it. Convergence is the first step after the
+   initial minimum alone: the global minimum, with a counting drop before it, a counting,
+   sustained rise to the last point after it, and a trough of at least 3 points below half
+   that rise (a dip of one or two outliers is no minimum). Convergence is the first step after the
    hump from which the smoothed curve stays within ``settle`` x (peak - final) of its final
    level.
 
@@ -76,7 +80,7 @@ class NitpPhases:
 
 
 def log_window_mean(steps: np.ndarray, values: np.ndarray, window: float = 0.1,
-                    min_half: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                    min_half: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean of the points whose log(1+step) is within log(1+window) of each point's.
 
     Returns ``(smoothed, counts)``, both shape [n]. Each window also holds at least
@@ -109,17 +113,35 @@ def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
     return med
 
 
-def robust_smooth(steps: np.ndarray, values: np.ndarray, window: float = 0.1) -> tuple[np.ndarray, np.ndarray, float]:
-    """Despike (running median of 5), smooth in log-step, clip outliers at 3 sigma, smooth again.
+def noise_scale(residuals: np.ndarray) -> float:
+    """A standard deviation that also respects heavy tails.
 
-    Returns ``(smoothed, independent values per window, sigma)`` with sigma = 1.4826 x median absolute
-    residual, a standard deviation that heavy-tailed noise (loss spikes) does not inflate.
+    The larger of 1.4826 x median |r| (Gaussian core) and the 99th percentile of |r| / 2.576
+    (what a Gaussian with the observed tail would need): equal for Gaussian noise, larger when
+    bursts of outliers are more frequent than a Gaussian allows.
     """
-    first, _ = log_window_mean(steps, running_median(values, 5), window)
-    sigma = 1.4826 * float(np.median(np.abs(values - first)))
+    r = np.abs(residuals)
+    return max(1.4826 * float(np.median(r)), float(np.quantile(r, 0.99)) / 2.576)
+
+
+def robust_smooth(steps: np.ndarray, values: np.ndarray, window: float = 0.1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Despike, smooth in log-step, clip outliers at 3 sigma, despike and smooth again.
+
+    Despiking is a running median of 5 where the log-step window holds at least 5 points and
+    of 3 where logging is sparse (a sharp early minimum logged every 10 steps keeps its depth).
+    Returns ``(smoothed, independent values per window, sigma)`` with sigma from
+    :func:`noise_scale`.
+    """
+    _, counts = log_window_mean(steps, values, window, min_half=0)
+
+    def despike(v: np.ndarray) -> np.ndarray:
+        return np.where(counts >= 5, running_median(v, 5), running_median(v, 3))
+
+    first, _ = log_window_mean(steps, despike(values), window)
+    sigma = noise_scale(values - first)
     clipped = np.clip(values, first - 3 * sigma, first + 3 * sigma)
-    smoothed, counts = log_window_mean(steps, running_median(clipped, 5), window)
-    # Neighbouring medians share 4 of their 5 points: a window holds about counts/5
+    smoothed, counts = log_window_mean(steps, despike(clipped), window)
+    # Neighbouring medians share most of their points: a window holds about counts/5
     # independent values, which is what the significance test must use.
     return smoothed, np.maximum(counts / 5.0, 1.0), sigma
 
@@ -172,9 +194,20 @@ def detect_phases(steps, values, *, window: float = 0.1, z: float = 4.0,
         return NitpPhases(point(low), point(peak), _converged(s, steps, peak, settle, point), sigma, steps, s)
     low = int(np.argmin(s))
     last = len(s) - 1
-    if 0 < low < last and counts(low, 0) and counts(low, last) and _wide(s, steps, last, (s[low] + s[last]) / 2, factor=1.2):
+    mid = (s[low] + s[last]) / 2
+    if 0 < low < last and counts(low, 0) and counts(low, last) and _wide(s, steps, last, mid, factor=1.2) \
+            and _run_length(s <= mid, low) >= 3:
         return NitpPhases(point(low), None, None, sigma, steps, s)
     return NitpPhases(None, None, None, sigma, steps, s)
+
+
+def _run_length(mask: np.ndarray, at: int) -> int:
+    """Length of the run of True in ``mask`` that contains index ``at`` (a trough, not a dip)."""
+    left = np.nonzero(~mask[:at])[0]
+    right = np.nonzero(~mask[at:])[0]
+    start = left[-1] + 1 if len(left) else 0
+    end = at + right[0] if len(right) else len(mask)
+    return int(end - start)
 
 
 def _wide(s: np.ndarray, steps: np.ndarray, top: int, level: float, factor: float = 1.5, points: int = 8) -> bool:
