@@ -130,7 +130,7 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
         report.table("Geometry", t)
     for t in T.ablation_tables(layout, groups["bench"], groups["mteb"]):
         report.table("Ablations", t)
-    cost = T.cost_table(layout, [r for m in study.models for r in m.records])
+    cost = T.cost_table(layout, study.speed)
     if cost is not None:
         report.table("Cost", cost)
 

@@ -313,6 +313,10 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             for r in recommended:
                 ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"recommended target ({r})")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            layers = sorted({k for _, rows, _ in data.values() for k, _ in rows})
+            if len(layers) <= 16:
+                ax.set_xticks(layers)  # every layer of a small model
+            else:
+                ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, axes)
         return fig

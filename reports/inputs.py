@@ -70,6 +70,7 @@ class Study:
     models: list[Model]
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    speed: list[dict] = field(default_factory=list)  # kind "speed": benchmark measurements, no model
 
 
 def cos_reg_weight(model: Model) -> float:
@@ -92,6 +93,7 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
     models: dict[str, Model] = {}
     seen_records: set[Path] = set()
     study = Study(models=[])
+    speed: list[dict] = study.speed
     for raw in inputs:
         path = Path(raw).expanduser()
         study.sources.append(str(raw))
@@ -100,15 +102,15 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
         if path.is_dir() and (path / "config.yaml").is_file():
             model = _run_model(path, models)
             for rec_path in sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []:
-                _add_record(rec_path, models, seen_records, owner=model)
+                _add_record(rec_path, models, seen_records, speed, owner=model)
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
             if not found:
                 raise UserError(f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)")
             for rec_path in found:
-                _add_record(rec_path, models, seen_records)
+                _add_record(rec_path, models, seen_records, speed)
         elif path.suffix == ".json":
-            _add_record(path, models, seen_records)
+            _add_record(path, models, seen_records, speed)
         else:
             raise UserError(f"{raw}: not a run directory or a result record (.json)")
     study.models = list(models.values())
@@ -135,7 +137,8 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
     return model
 
 
-def _add_record(path: Path, models: dict[str, Model], seen: set[Path], owner: Model | None = None) -> None:
+def _add_record(path: Path, models: dict[str, Model], seen: set[Path], speed: list[dict],
+                owner: Model | None = None) -> None:
     resolved = path.resolve()
     if resolved in seen:
         return
@@ -145,6 +148,9 @@ def _add_record(path: Path, models: dict[str, Model], seen: set[Path], owner: Mo
         if not isinstance(record.get(part), dict):
             raise UserError(f"{path}: result record without a {part!r} object; re-run the command that wrote it")
     record["_path"] = str(path)
+    if record.get("kind") == "speed":  # a side-by-side benchmark of a preset, not a model's score
+        speed.append(record)
+        return
     info = record["model"]
     model = owner
     run = info.get("run")

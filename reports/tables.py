@@ -379,7 +379,7 @@ def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------- cost
-def cost_table(layout: Layout, records: list[dict]) -> Table | None:
+def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
     """Per size: parameters, projector, FLOPs per token, predicted and measured NITP overhead."""
     columns = ["d", "layers", "params (M)", "active (M)", "projector (M, training only)",
                "train FLOPs/token", "NITP FLOPs/token", "predicted overhead (%)",
@@ -406,7 +406,7 @@ def cost_table(layout: Layout, records: list[dict]) -> Table | None:
             d, spec.get("num_hidden_layers"), params["total"] / 1e6, params["active"] / 1e6, 12 * d * d / 1e6,
             train, extra,
             None if train is None or extra is None else 100.0 * extra / train,
-            _log_time_ratio(block), _benchmark_time_ratio(records, block),
+            _log_time_ratio(block), _benchmark_time_ratio(speed_records, block),
         ])
     if not table.rows:
         return None
@@ -458,11 +458,11 @@ def _log_time_ratio(block: SizeBlock) -> float | None:
     return rates[0] / rates[1]
 
 
-def _benchmark_time_ratio(records: list[dict], block: SizeBlock) -> float | None:
-    """``scores.step_time_ratio`` of a ``kind: "speed"`` record for this size, if one was given."""
+def _benchmark_time_ratio(speed_records: list[dict], block: SizeBlock) -> float | None:
+    """``scores.step_time_ratio`` of the newest ``kind: "speed"`` record for this size."""
     preset = (block.reference or block.baseline or block.others[0]).preset
-    for rec in records:
-        if rec.get("kind") == "speed" and (rec["model"].get("preset") or rec["settings"].get("preset")) == preset:
+    for rec in sorted(speed_records, key=lambda r: r.get("created") or "", reverse=True):
+        if (rec["model"].get("preset") or rec["settings"].get("preset")) == preset:
             ratio = rec["scores"].get("step_time_ratio")
             if isinstance(ratio, (int, float)):
                 return float(ratio)

@@ -161,7 +161,7 @@ def test_one_ablation_table_per_knob(layout_and_groups):
     assert [r.label for r in cos.rows] == ["NTP (baseline)", "NTP + cos-reg, weight = 0.1", "NITP"]
 
 
-def test_cost_table_parameters_and_flops(layout_and_groups, monkeypatch):
+def test_cost_table_parameters_and_flops(layout_and_groups, monkeypatch, tmp_path):
     from nitp_train.models import count_parameters_from_spec
 
     _, layout, _ = layout_and_groups
@@ -181,6 +181,15 @@ def test_cost_table_parameters_and_flops(layout_and_groups, monkeypatch):
 
         assert row.values[5] == pytest.approx(training_flops_per_token(make_config(spec), 64))
         assert row.values[7] == pytest.approx(100 * nitp_flops_per_token(128) / row.values[5])
+    # a side-by-side benchmark's record fills the last column (and is no model of its own)
+    from nitp_train.artifacts import make_record, write_record
+
+    speed = make_record("speed", {"name": "nitp_overhead", "preset": "tiny-dense"},
+                        {"preset": "tiny-dense", "seq_len": 256, "device": "cpu"}, {"step_time_ratio": 1.031})
+    path = write_record(tmp_path / "speed.json", speed)
+    study = load_inputs([layout.blocks[0].baseline.run_dir, layout.blocks[0].reference.run_dir, path])
+    assert len(study.models) == 2 and len(study.speed) == 1
+    assert T.cost_table(arrange(study), study.speed).rows[0].values[9] == pytest.approx(1.031)
     monkeypatch.setitem(sys.modules, "analysis.flops", None)               # as if not installed
     (row,) = T.cost_table(layout, []).rows
     assert row.values[5:8] == [None, None, None]
