@@ -26,4 +26,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m nitp_eval.cli` (e.g. under `accelerate launch -m`): the commands are registered on
+    # the package module's `app`, not on this `__main__` copy, so run that one.
+    from nitp_eval.cli import main as _main
+
+    _main()
