@@ -152,10 +152,8 @@ def _add_record(path: Path, models: dict[str, Model], seen: set[Path], speed: li
         speed.append(record)
         return
     info = record["model"]
-    model = owner
+    model = owner  # records under RUN/results/ are RUN's (also in a copied or moved run)
     run = info.get("run")
-    if owner is not None and run and Path(run).is_dir() and Path(run).resolve() != owner.run_dir.resolve():
-        model = None  # a record about another run that happens to sit in this run's results/
     if model is None:
         if run and (Path(run) / "config.yaml").is_file():
             model = _run_model(Path(run), models)
@@ -182,13 +180,17 @@ def default_label(model: Model) -> str:
 
 
 def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
-    """Default labels, made unique with the run name, then the user's renames.
+    """Default labels, made unique with the run name (then its path), then the user's renames.
 
     A rename key may be the run name, the default label or the run directory path.
     """
     defaults = [default_label(m) for m in models]
     for model, label in zip(models, defaults):
         model.label = label if defaults.count(label) == 1 else f"{label} ({model.name})"
+    labels = [m.label for m in models]
+    for model in models:  # same run name in two places: the path tells them apart
+        if labels.count(model.label) > 1:
+            model.label = f"{model.label[:-1]}, {model.run_dir or model.key})"
     unused = dict(renames)
     for model, label in zip(models, defaults):
         names = {model.name, label, model.label}

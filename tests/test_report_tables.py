@@ -55,6 +55,13 @@ def test_baseline_reference_and_ablations_are_found(layout_and_groups):
     assert any("tiny-nitp-two-knobs" in n and "more than one knob" in n for n in layout.notes)
 
 
+def test_same_run_name_in_two_places_gets_distinct_labels(tmp_path):
+    a = write_run(tmp_path / "a", "tiny-ntp", "ntp", steps=50)
+    b = write_run(tmp_path / "b", "tiny-ntp", "ntp", steps=50)
+    labels = [m.label for m in load_inputs([a, b]).models]
+    assert len(set(labels)) == 2 and str(a) in labels[0] and str(b) in labels[1]
+
+
 def test_labels_come_from_the_config_and_can_be_renamed(study_runs):
     study = load_inputs([study_runs["ntp"], study_runs["cosreg"]])
     assert [m.label for m in study.models] == ["NTP tiny-dense @600", "NTP+cos-reg tiny-dense @600"]
