@@ -85,13 +85,14 @@ def settings_key(record: dict) -> str:
 
 
 def settings_groups(models: list[Model], kind: str) -> list[SettingsGroup]:
-    """Groups of ``kind`` records, the one covering the most models first."""
+    """Groups of ``kind`` records, the one covering the most models first (then unlimited ones)."""
     groups: dict[str, SettingsGroup] = {}
     for model in models:
         for rec in model.records_of(kind):
             g = groups.setdefault(settings_key(rec), SettingsGroup(kind, json.loads(settings_key(rec))))
             g.records.setdefault(model.key, []).append(rec)
-    ordered = sorted(groups.values(), key=lambda g: -len(g.records))
+    # Most models first; on a tie, full evaluations (no --limit) before subsets.
+    ordered = sorted(groups.values(), key=lambda g: (-len(g.records), g.settings.get("limit") is not None))
     describe_groups(ordered)
     return ordered
 
