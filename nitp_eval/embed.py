@@ -124,7 +124,6 @@ class HiddenStateEncoder:
                  batch_size: int = 32, name: str | None = None, revision: str | None = None,
                  max_length: int | None = None, log: Callable[[str], None] = _stderr) -> None:
         import torch
-        from transformers import AutoConfig
 
         self.path = Path(model_path)
         self.pooling = check_pooling(pooling)
@@ -132,8 +131,7 @@ class HiddenStateEncoder:
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         self.log = log
-        config = AutoConfig.from_pretrained(self.path)
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config = _text_config(self.path)
         self.num_layers = int(text_config.num_hidden_layers)
         self.layer = check_layer(layer, self.num_layers, self.path)
         self.tokenizer = self._load_tokenizer()
@@ -184,7 +182,8 @@ class HiddenStateEncoder:
         except (OSError, ValueError) as e:
             raise UserError(f"{self.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         model.to(self.device).eval()
-        self.blocks = _find_blocks(model, self.num_layers)
+        # the hooks of layers 0..L need the list of blocks; -1 is read from the model's output
+        self.blocks = _find_blocks(model, self.num_layers) if self.layer != -1 else None
         return model
 
     def _model_meta(self, name: str, revision: str | None):
@@ -274,6 +273,8 @@ class HiddenStateEncoder:
             captured["h"] = output[0] if isinstance(output, tuple) else output
             raise _StopForward
 
+        if self.blocks is None:
+            self.blocks = _find_blocks(self.model, self.num_layers)
         if self.layer == 0:  # the embeddings = what block 1 receives
             handle = self.blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True)
         else:
@@ -325,17 +326,21 @@ def check_tokenizer_files(path: Path) -> None:
 
 def preflight(model_path: str | Path, pooling: str, layer: int) -> None:
     """Cheap checks before any model is loaded: pooling, layer range, tokenizer files present."""
-    from transformers import AutoConfig
-
     check_pooling(pooling)
     path = Path(model_path)
     check_tokenizer_files(path)
+    check_layer(layer, int(_text_config(path).num_hidden_layers), path)
+
+
+def _text_config(path: Path):
+    """The model's (text) config; ``UserError`` naming the folder when it cannot be read."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    check_layer(layer, int(text_config.num_hidden_layers), path)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _find_blocks(model, num_layers: int):
