@@ -155,15 +155,11 @@ class Plan:
 
 
 def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, log) -> Plan:
-    """Check names and data before any model is loaded; write offline data and overrides."""
+    """Check names and data before any model is loaded; write overrides for a local mirror."""
     from . import mirror
+    from .offline_tasks import prepare_offline_tasks
 
-    extra = []
-    if any(b.offline for b in benchmarks):
-        from .offline_tasks import prepare_offline_tasks
-
-        extra.append(prepare_offline_tasks())
-    tm = mirror.task_manager(*extra)
+    tm = mirror.task_manager()
     for b in benchmarks:
         if b.lm_eval_task not in tm.task_index:
             hints = nearest_names(b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks)
@@ -173,36 +169,37 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     for b in benchmarks:
         if b.unsafe and not allow_unsafe_code:
             failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
-    data_key = {b.name: (str(extra[0]) if b.offline else "hub") for b in benchmarks}
+    data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
             raise UserError(f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)")
-        needs = []
         for b in benchmarks:
-            if b.name in failed:
+            if b.name in failed or b.offline:
                 continue
-            b_needs = mirror.data_needs(tm, [b.lm_eval_task])
-            bad = [(n, r) for n in b_needs if (r := mirror.missing_reason(root, n))]
+            bad = [(n, r) for n in mirror.data_needs(tm, [b.lm_eval_task]) if (r := mirror.missing_reason(root, n))]
             if bad:
                 need, reason = bad[0]
                 failed[b.name] = (f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
                                   f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub")
-                continue
-            needs += b_needs
-            if not b.offline:
+            else:
                 data_key[b.name] = str(root.resolve())
-        if needs:
-            tm = mirror.task_manager(*extra, _overrides(needs, root))
+        tm = mirror.task_manager(_overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline]))
     for name, reason in failed.items():
         log(f"error: {reason}")
     return Plan(tm, failed, data_key)
 
 
-def _overrides(needs, data_dir: Path) -> Path:
-    """Override task files in a folder named by their content (so a TaskManager can be reused)."""
+def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
+    """Override task files for every benchmark the mirror can serve (all known ones, plus the
+    requested pass-through tasks), in a folder named by its content: the same mirror then always
+    gives the same folder, and the TaskManager built over it is reused within the process."""
     from . import mirror
 
+    names = {b.lm_eval_task for b in BENCHMARKS.values() if not b.offline} | {b.lm_eval_task for b in benchmarks}
+    needs = [n for name in sorted(names) for n in mirror.data_needs(tm, [name])
+             if mirror.missing_reason(data_dir, n) is None]
+    needs = list({n.task: n for n in needs}.values())
     digest = hashlib.sha256(json.dumps([[n.task, n.repo, n.yaml_path] for n in needs] + [str(data_dir.resolve())]).encode()).hexdigest()[:16]
     folder = cache_dir() / "overrides" / digest
     if not (folder / ".complete").is_file():
@@ -243,13 +240,14 @@ def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, nu
 
     info = checkpoint_info(ckpt)
     device, batch_size, backend = _runtime(device, batch_size, backend)
+    model_files = _config_and_tokenizer_hash(ckpt)
     scores: dict[str, dict] = {}
     failed = dict(plan.failed)
     lm = None
     todo = [b for b in benchmarks if b.name not in failed]
     for i, b in enumerate(todo, 1):
         shots = shots_for(b, num_fewshot)
-        key = {"model": info["hash"], "lm_eval_task": b.lm_eval_task, "shots": shots, "limit": limit,
+        key = {"model": info["hash"], "model_files": model_files, "lm_eval_task": b.lm_eval_task, "shots": shots, "limit": limit,
                "data": plan.data_key[b.name], "backend": backend, "max_gen_toks": max_gen_toks,
                "lm_eval": lm_eval.__version__}
         path = _cache_path(info["hash"], b.name, key)
@@ -263,15 +261,15 @@ def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, nu
         try:
             results = evaluate(lm, b, plan.task_manager, shots=shots, limit=limit,
                                allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks)
+            if results is None:  # a non-zero rank under data parallelism: rank 0 records
+                continue
+            scores[b.name] = extract_score(results, b)
         except Exception as e:  # noqa: BLE001 - one task failing must not stop the others
             if os.environ.get("NITP_DEBUG"):
                 raise
-            failed[b.name] = _task_error(b, e, data_dir)
+            failed[b.name] = e.args[0] if isinstance(e, UserError) else _task_error(b, e, data_dir)
             log(f"error: {failed[b.name]}")
             continue
-        if results is None:  # a non-zero rank under data parallelism: rank 0 writes
-            continue
-        scores[b.name] = extract_score(results, b)
         atomic_write_json(path, {"key": key, "score": scores[b.name]})
     values = [s["value"] for s in scores.values()]
     out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
@@ -400,6 +398,15 @@ def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     msg = (str(e).strip().splitlines() or [""])[0][:240]
     hint = "" if data_dir else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
     return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
+
+
+def _config_and_tokenizer_hash(ckpt: Path) -> str:
+    """sha256 of the small files besides the weights that change scores (config, tokenizer)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(ckpt).iterdir()):
+        if f.is_file() and f.suffix in {".json", ".txt", ".model"} and f.name != "nitp_meta.json":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def _cache_path(model_hash: str, name: str, key: dict) -> Path:

@@ -22,6 +22,7 @@ never edited): each override includes the task's own YAML and replaces ``dataset
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -120,11 +121,18 @@ def readme_configs(root: Path) -> dict[str, dict] | None:
     readme = root / "README.md"
     if not readme.is_file():
         return None
-    text = readme.read_text(encoding="utf-8")
+    stat = readme.stat()
+    return _parse_card(str(readme), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_card(readme: str, mtime_ns: int, size: int) -> dict[str, dict] | None:
+    """Parsed once per file version: cards of repositories with many configs are large."""
+    text = Path(readme).read_text(encoding="utf-8")
     if not text.startswith("---"):
         return None
     try:
-        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+        header = yaml.load(text.split("---", 2)[1], Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError:
         return None
     configs = header.get("configs") if isinstance(header, dict) else None
@@ -417,16 +425,26 @@ _TASK_MANAGERS: dict[tuple, object] = {}
 
 
 def task_manager(*extra_paths: str | os.PathLike):
-    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder and ``extra_paths``.
+    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline suite's
+    generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
 
     Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
-    for the life of the process (the paths' contents are fixed once written).
+    for the life of the process (every folder's content is fixed once written).
     """
+    import logging
+
     from lm_eval.tasks import TaskManager
 
+    from .offline_tasks import prepare_offline_tasks
     from .tasks import TASKS_DIR
 
-    key = tuple(str(p) for p in (TASKS_DIR, *extra_paths))
+    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), *extra_paths))
     if key not in _TASK_MANAGERS:
-        _TASK_MANAGERS[key] = TaskManager(include_path=list(key))
+        index_log = logging.getLogger("lm_eval.tasks._index")
+        level = index_log.level
+        index_log.setLevel(logging.ERROR)  # "task X overrides existing task": that is the point of overrides
+        try:
+            _TASK_MANAGERS[key] = TaskManager(include_path=list(key))
+        finally:
+            index_log.setLevel(level)
     return _TASK_MANAGERS[key]

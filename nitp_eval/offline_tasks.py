@@ -147,18 +147,42 @@ def _jsonl(rows: list[dict]) -> str:
 def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     """Write (once) the offline tasks' data and YAML files; return the folder of YAML files.
 
-    The folder name is a hash of the data, so a change of the item recipe or of the shipped
+    The folder is named by a hash of the data, so a change of the item recipe or of the shipped
     data never mixes with an older copy; a complete folder is renamed into place atomically.
+    Building the items takes seconds (the corpus is parsed), so the folder is also remembered
+    under a fingerprint of its sources (the data files' sizes and times, this module's code).
     """
+    base = Path(root) if root is not None else cache_dir() / "offline-tasks"
+    remembered = base / "by-source" / _source_fingerprint()
+    if remembered.is_file() and (base / remembered.read_text().strip() / "tasks").is_dir():
+        return base / remembered.read_text().strip() / "tasks"
     files = {}
     for task, (_, build) in OFFLINE_TASKS.items():
         for split, rows in build().items():
             files[f"{task}_{split}.jsonl"] = _jsonl(rows)
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
-    base = Path(root) if root is not None else cache_dir() / "offline-tasks"
     final = base / digest
-    if (final / "tasks").is_dir():
-        return final / "tasks"
+    if not (final / "tasks").is_dir():
+        _write_tasks(base, final, digest, files)
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(digest)
+    return final / "tasks"
+
+
+def _source_fingerprint() -> str:
+    """Sizes and modification times of the source data, plus the code that turns them into items."""
+    import nitp_train.data
+    from gensim.test.utils import datapath
+
+    parts = [Path(__file__).read_bytes(), Path(nitp_train.data.__file__).read_bytes()]
+    for name in ("questions-words.txt", "pang_lee_polarity.cor", "lee_background.cor",
+                 "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"):
+        st = Path(datapath(name)).stat()
+        parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _write_tasks(base: Path, final: Path, digest: str, files: dict[str, str]) -> None:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{digest}."))
     try:
@@ -184,4 +208,3 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final / "tasks"
