@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/nitp-train quickstart --out runs/quickstart
+	$(BIN)/nitp-report quickstart --out runs/quickstart
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests

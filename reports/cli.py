@@ -3,6 +3,7 @@
     nitp-report compare runs/tiny-ntp runs/tiny-nitp --out reports/quickstart
     nitp-report compare runs/*/ results/mteb/*.json --out out --label tiny-nitp="NITP (k=1)"
     nitp-report phases runs/tiny-nitp
+    nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def phases(
         raise UserError(f"{run}: no loss_nitp in metrics.jsonl (an NTP run, or not trained yet)")
     steps, values = zip(*rows)
     typer.echo(detect_phases(steps, values).describe())
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Folder for data, both runs and report/."),
+    scale: str = typer.Option("tiny", "--scale", help="tiny (CPU, < 15 min on 2 cores) or small (~16M parameters, one GPU)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per model [default: 500 tiny, 2000 small]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]."),
+) -> None:
+    """Train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
+    from reports.quickstart import run_quickstart
+
+    run_quickstart(out, scale=scale, steps=steps, device=device, log=lambda m: typer.echo(m, err=True))
 
 
 def main() -> None:

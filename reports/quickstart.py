@@ -40,13 +40,17 @@ def _config_path(name: str, objective: str) -> Path:
 
 
 def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tiny", steps: int | None = None,
-                   device: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """Train, evaluate, measure and report; returns the path of ``report.md``."""
+                   device: str | None = None, log: Callable[[str], None] = print, **sizes) -> Path:
+    """Train, evaluate, measure and report; returns the path of ``report.md``.
+
+    ``sizes`` overrides the scale's ``bench_limit`` / ``geom_tokens`` / ``train_set`` (tests use
+    the smallest sizes that still exercise every step).
+    """
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}: use {' or '.join(SCALES)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: no hub retries
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    spec = SCALES[scale]
+    spec = {**SCALES[scale], **sizes}
     out = Path(out)
     steps = steps or spec["steps"]
     runs = {o: out / o for o in ("ntp", "nitp")}
