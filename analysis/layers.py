@@ -36,8 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nitp_train.artifacts import (UserError, checkpoint_info, default_record_path, library_versions, make_record,
-                                  read_record, resolve_checkpoint, write_record)
+import numpy as np
+
+from nitp_train.artifacts import (
+    UserError,
+    checkpoint_info,
+    default_record_path,
+    library_versions,
+    make_record,
+    read_record,
+    resolve_checkpoint,
+    write_record,
+)
 
 from .geometry import sample_pairs, spectrum_metrics
 from .streaming import CrossMoments, MeanTrace, MeanValue, Moments, NormStats, RidgeSolver, UnitSums, linear_cka
@@ -156,7 +166,6 @@ class LayerStatistics:
         self.pairs = pair_sample
         self.pair_rows: dict[int, Any] = {}
         if pair_sample is not None:
-            import numpy as np
             self._needed = np.unique(np.concatenate(pair_sample))
 
     # -- batches ------------------------------------------------------------------------------
@@ -369,10 +378,7 @@ def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKE
             heldout_fraction: float = 0.2, n_pairs: int = DEFAULT_PAIRS, spectrum: bool = False,
             progress: bool = True) -> tuple[dict, dict, dict]:
     """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``."""
-    import numpy as np
-    import torch
-
-    from .hidden import corpus_sample, default_seq_len, iter_hidden_states, load_model, resolve_layers
+    from .hidden import batch_plan, corpus_sample, default_seq_len, iter_hidden_states, load_model, resolve_layers
 
     loaded = load_model(checkpoint, device=device, dtype=dtype)
     layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
@@ -396,8 +402,6 @@ def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKE
         groups = np.repeat(np.arange(len(lengths)), reported)
         pair_sample = sample_pairs(n_reported, n_pairs, groups, seed)
     stats = LayerStatistics(layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path))
-    from .hidden import batch_plan
-
     n_batches = len(batch_plan(sample, batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
         for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, batch_size, refs):
@@ -422,7 +426,6 @@ def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKE
                 "seq_len": sample.seq_len, "batch_size": batch_size, "ridge": ridge, "heldout_fraction": heldout_fraction,
                 "n_pairs": n_pairs, "device": loaded.device, "dtype": loaded.dtype,
                 "reference": checkpoint_info(refs[0].path) if refs else None, "sample": sample.describe()}
-    del torch
     return checkpoint_info(loaded.path), settings, scores
 
 
@@ -522,10 +525,8 @@ def _reusable(path: Path, info: dict, wanted: dict, layers, reference) -> dict |
         return None
     if layers is not None and sorted(s.get("layers") or []) != sorted(int(k) for k in layers):
         return None
-    ref = s.get("reference")
-    if (reference is None) != (ref is None):
-        return None
-    if reference is not None and ref.get("hash") != checkpoint_info(reference)["hash"]:
+    ref = s.get("reference")           # a record with CKA columns is a superset of one without
+    if reference is not None and (ref is None or ref.get("hash") != checkpoint_info(reference)["hash"]):
         return None
     return old
 

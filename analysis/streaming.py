@@ -38,6 +38,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -74,6 +75,26 @@ def _dist_sum(t, group=None):
 
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+@contextlib.contextmanager
+def small_eig_threads(matrix):
+    """Run a CPU eigendecomposition of a d x d matrix (d <= 2048) on one thread.
+
+    Multithreaded LAPACK gains little at these sizes, and on a busy machine its spinning
+    threads turn a 30 ms ``eigvalsh`` of a 384 x 384 matrix into seconds.
+    """
+    import torch
+
+    if matrix.device.type != "cpu" or matrix.shape[0] > 2048:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def torch_sq_norm(t):
@@ -179,7 +200,8 @@ class Moments:
             raise ValueError("no rows seen")
         cov = self.m2 / self.count
         cov = 0.5 * (cov + cov.T)
-        lam = torch.linalg.eigvalsh(cov).cpu().numpy()[::-1].copy()
+        with small_eig_threads(cov):
+            lam = torch.linalg.eigvalsh(cov).cpu().numpy()[::-1].copy()
         top = max(float(lam[0]), 0.0)
         lam[lam <= top * lam.size * np.finfo(np.float64).eps] = 0.0
         return lam
@@ -633,7 +655,8 @@ class RidgeSolver:
 
         self.n = moments_a.count
         self.mean_a = moments_a.mean
-        s, v = torch.linalg.eigh(0.5 * (moments_a.m2 + moments_a.m2.T))
+        with small_eig_threads(moments_a.m2):
+            s, v = torch.linalg.eigh(0.5 * (moments_a.m2 + moments_a.m2.T))
         self.s, self.v = s.clamp_min(0.0), v
         self.scale = float(self.s.sum()) / self.s.shape[0]
 
@@ -643,7 +666,6 @@ class RidgeSolver:
         ``ridge=None`` picks the GCV minimiser on ``RIDGE_GRID`` (needs ``trace_bb``, the centred
         trace of the target's scatter over the same pairs).
         """
-        import torch
 
         g_mat = self.v.T @ cross_ab.cross
         gcv = None

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.flops import (flops_breakdown, flops_for_preset, load_config_source, nitp_flops_per_token,
-                            paper_moe_flops_per_token, training_flops_per_token)
+from analysis.flops import (
+    flops_breakdown,
+    flops_for_preset,
+    load_config_source,
+    nitp_flops_per_token,
+    paper_moe_flops_per_token,
+    training_flops_per_token,
+)
 from nitp_train.artifacts import UserError
 from nitp_train.models import count_parameters_from_spec, make_config, resolve_preset
 

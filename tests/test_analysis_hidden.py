@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from analysis.geometry import sample_pairs
-from analysis.hidden import (LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers,
-                             transformer_blocks)
+from analysis.hidden import LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers, transformer_blocks
 from analysis.layers import GeometryWarning, measure
 from nitp_train.artifacts import UserError
 from tests.test_analysis_geometry import brute_pair_cos, brute_spectrum
