@@ -26,10 +26,10 @@ from nitp_train.artifacts import UserError, list_checkpoints, read_jsonl
 
 SCALES = {
     # CPU: two 1-thread trainings side by side on 2 cores; evaluation subsampled with --limit.
-    "tiny": {"config": "tiny", "steps": 500, "threads": 1, "bench_limit": 150, "geom_tokens": 20_000,
+    "tiny": {"config": "tiny", "steps": 500, "threads": 1, "bench_limit": 150, "geom_tokens": 20_000, "mteb_tasks": None,
              "train_set": ["data.seq_len=128", "train.batch_size=16", "log.eval_every=100"]},
     # One GPU: the small-dense preset, full offline suites.
-    "small": {"config": "small", "steps": 2000, "threads": None, "bench_limit": None, "geom_tokens": 100_000,
+    "small": {"config": "small", "steps": 2000, "threads": None, "bench_limit": None, "geom_tokens": 100_000, "mteb_tasks": None,
               "train_set": []},
 }
 
@@ -43,7 +43,7 @@ def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tin
                    device: str | None = None, log: Callable[[str], None] = print, **sizes) -> Path:
     """Train, evaluate, measure and report; returns the path of ``report.md``.
 
-    ``sizes`` overrides the scale's ``bench_limit`` / ``geom_tokens`` / ``train_set`` (tests use
+    ``sizes`` overrides the scale's ``bench_limit`` / ``geom_tokens`` / ``mteb_tasks`` / ``train_set`` (tests use
     the smallest sizes that still exercise every step).
     """
     if scale not in SCALES:
@@ -79,7 +79,7 @@ def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tin
     log("[3/5] offline benchmark suite (lm-eval)" + (f", {spec['bench_limit']} items per task" if spec["bench_limit"] else ""))
     run_bench(ckpts, suite="offline", limit=spec["bench_limit"], device=device)
     log("[3/5] offline MTEB suite (frozen mean-pooled last hidden states)")
-    run_mteb(ckpts, suite="offline", pooling="mean", layer=-1, device=device)
+    run_mteb(ckpts, suite="offline", tasks=spec["mteb_tasks"], pooling="mean", layer=-1, device=device)
     log(f"[4/5] hidden-state geometry ({spec['geom_tokens']:,} held-out tokens)")
     for ck in ckpts:
         geom_record(ck, corpus="builtin", n_tokens=spec["geom_tokens"], device=device)
