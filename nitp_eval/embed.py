@@ -480,6 +480,8 @@ def run_mteb(checkpoints, *, suite: str | None = None, tasks: Sequence[str] | No
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths:
         raise UserError("no checkpoint given")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)")
     infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
     for info in infos:
         preflight(info["path"], pooling, int(layer))

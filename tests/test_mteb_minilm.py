@@ -45,6 +45,9 @@ def test_minilm_scores_equal_mteb_on_the_plain_sentence_transformer(minilm_dir, 
     ours = run_mteb(minilm_dir, tasks=names, data_dir=FIXTURES, out=tmp_path / "minilm.json", log=lambda _: None)[0]["scores"]
     reference = _sentence_transformer_scores(minilm_dir, names)
     assert set(ours["tasks"]) == set(names) == set(reference["tasks"])
+    for name in names:  # shown with `pytest -s`: the numbers docs/mteb.md reports
+        a, b = ours["tasks"][name]["main_score"], reference["tasks"][name]["main_score"]
+        print(f"{name:<28} nitp {a:.6f}  sentence-transformers {b:.6f}  diff {a - b:+.1e}")
     for name in names:
         assert ours["tasks"][name]["main_score"] == pytest.approx(reference["tasks"][name]["main_score"], abs=2e-6), name
     assert ours["overall"] == pytest.approx(reference["overall"], abs=2e-6)
