@@ -155,8 +155,8 @@ def trajectory(
 
 @app.command()
 def flops(
-    source: str = typer.Argument(..., help="A preset name (see `nitp-train presets`), a config.json / model folder, or a run directory."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context for the attention-score term [default: 8192, capped by the model]."),
+    source: str = typer.Argument(..., help="A preset name (see `nitp-train presets`), a nitp-train YAML config or run directory, or a config.json / model folder."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context for the attention-score term [default: the config's data.seq_len, else 8192 capped by the model]."),
     fmt: str = FORMAT,
 ):
     """Training FLOPs per token (dense / MoE) and the NITP overhead (72 d^2 + 18 d)."""
@@ -166,10 +166,11 @@ def flops(
     from .tables import flops_rows, render
 
     _check_format(fmt)
-    config, name = load_config_source(source)
+    config, name, config_seq_len = load_config_source(source)
     if seq_len is not None and seq_len < 0:
         raise UserError(f"--seq-len {seq_len}: must be >= 0")
-    report = flops_report(config, seq_len if seq_len is not None else default_seq_len(config))
+    seq_len = seq_len if seq_len is not None else (config_seq_len or default_seq_len(config))
+    report = flops_report(config, seq_len)
     report["source"] = name
     if fmt == "json":
         _emit(json.dumps(report, indent=2))

@@ -163,34 +163,41 @@ def flops_for_preset(name: str, seq_len: int | None = None, overrides: dict | No
     return rep
 
 
-def load_config_source(source: str):
-    """A transformers config from a preset name, a model folder / config.json, or a run directory."""
+def load_config_source(source: str) -> tuple[Any, str, int | None]:
+    """``(transformers config, name, seq_len or None)`` from what ``nitp-geom flops`` accepts.
+
+    A preset name, a nitp-train YAML config or run directory (their ``model`` section; seq_len
+    from ``data.seq_len``), a model folder or a ``config.json``.
+    """
     from pathlib import Path
 
     from nitp_train.models import PRESETS, make_config, resolve_preset
 
     if source in PRESETS:
-        return make_config(resolve_preset(source)), source
+        return make_config(resolve_preset(source)), source, None
     p = Path(source).expanduser()
-    if (p / "config.yaml").is_file() and not (p / "config.json").is_file():
-        from nitp_train.artifacts import read_run_config
+    yaml_file = p / "config.yaml" if p.is_dir() and not (p / "config.json").is_file() else p
+    if yaml_file.is_file() and yaml_file.suffix in (".yaml", ".yml"):
+        from nitp_train.config import load_config
 
-        model = dict(read_run_config(p).get("model") or {})
-        preset = model.pop("preset", None)
-        if preset is None:
-            raise UserError(f"{source}: config.yaml has no model.preset")
-        return make_config(resolve_preset(preset, model)), f"{p.name} ({preset})"
+        cfg = load_config(yaml_file, [])
+        model = dict(cfg.get("model") or {})
+        if "preset" in model and "hidden_size" not in model:
+            model = resolve_preset(model.pop("preset"), model)
+        return make_config(model), f"{p.name} ({model.get('preset') or (cfg.get('model') or {}).get('preset')})", (cfg.get("data") or {}).get("seq_len")
     cfg_file = p / "config.json" if p.is_dir() else p
     if cfg_file.is_file() and cfg_file.suffix == ".json":
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file), p.name
+            return AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file), p.name, None
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{source}: not a readable Hugging Face config ({type(e).__name__})") from None
     if p.is_dir():
         from nitp_train.artifacts import resolve_checkpoint
 
         return load_config_source(str(resolve_checkpoint(p)))
-    resolve_preset(source)  # raises the "unknown preset, did you mean" error
+    if p.suffix:
+        raise UserError(f"{source}: no such config file (give a preset name, a .yaml config, a config.json or a model folder)")
+    resolve_preset(source)  # raises "unknown model preset ...; did you mean ..."
     raise AssertionError("unreachable")

@@ -10,12 +10,15 @@ batches gives the same state as one big batch to float64 rounding (~1e-12 relati
 accumulator               state                                        gives
 ========================  ===========================================  ==================
 ``Moments``               count n, mean [d], centred scatter M2 [d,d]  covariance spectrum
-``CrossMoments``          n, mean_a, mean_b, cross scatter C [da,db]   ridge maps, CKA
+``CrossMoments``          n, means, cross scatter C [da,db], trace_b   ridge maps, CKA
 ``MeanTrace``             n, mean [d], trace of the centred scatter    R^2 denominators
 ``UnitSums``              sum of unit vectors (+ per-group folds)      exact anisotropy
 ``NormStats``             sum / max of norms, log-grid histograms      norms, massive acts
 ``MeanValue``             sum, count                                   mean cosines
 ========================  ===========================================  ==================
+
+Derived from them: ``linear_cka`` (two representations of the same tokens) and ``RidgeSolver``
+(ridge maps with the strength chosen by GCV, from ``Moments`` + ``CrossMoments`` alone).
 
 Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
 

@@ -58,13 +58,21 @@ def test_six_flops_per_active_matmul_parameter(preset):
     assert training_flops_per_token(make_config(spec), seq_len=0) == 6 * matmul_active
 
 
-def test_config_sources_and_errors(tiny_checkpoint, tmp_path):
-    cfg, name = load_config_source("tiny-moe")
+def test_config_sources_and_errors(tiny_checkpoint, tiny_run):
+    from pathlib import Path
+
+    cfg, name, _ = load_config_source("tiny-moe")
     assert cfg.num_experts == 8 and name == "tiny-moe"
-    cfg, _ = load_config_source(str(tiny_checkpoint))                  # a model folder's config.json
+    cfg, _, _ = load_config_source(str(tiny_checkpoint))               # a model folder's config.json
     assert cfg.hidden_size == 128
-    cfg, _ = load_config_source(str(tiny_checkpoint / "config.json"))
+    cfg, _, _ = load_config_source(str(tiny_checkpoint / "config.json"))
     assert cfg.num_hidden_layers == 4
+    cfg, _, seq_len = load_config_source(str(tiny_run))               # a run directory's config.yaml
+    assert cfg.hidden_size == 128 and seq_len == 64
+    yaml_cfg = Path(__file__).resolve().parent.parent / "configs" / "paper-moe-9b-a1b-nitp.yaml"
+    cfg, _, seq_len = load_config_source(str(yaml_cfg))                # a nitp-train YAML config
+    assert cfg.num_experts == 144 and seq_len == 8192
+    assert training_flops_per_token(cfg, seq_len) == flops_for_preset("moe-9b-a1b")["ntp_flops_per_token"]
     with pytest.raises(UserError, match="did you mean tiny-dense"):
         load_config_source("tiny-dens")
     with pytest.raises(UserError, match="model_type 'bert' is not covered"):
