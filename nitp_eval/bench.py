@@ -13,9 +13,9 @@ Per checkpoint one result record (docs/contracts.md, ``kind: "bench"``)::
               ["failed": {name: one-line reason}]}
 
 Values are fractions (0..1) as lm-eval reports them. Each finished task is also cached under
-``cache_dir()/bench/<model hash>/`` keyed by (weights hash, task, shots, limit, data source,
-backend, generation cap, lm-eval version): a rerun only evaluates what is missing; ``redo=True``
-evaluates everything again.
+``cache_dir()/bench/<model hash>/`` keyed by (weights hash, config and tokenizer files, task
+and its task files, shots, limit, data source, backend, generation cap, lm-eval version): a rerun only evaluates
+what is missing; ``redo=True`` evaluates everything again.
 
 Example
 -------
@@ -69,6 +69,8 @@ def run_bench(checkpoints, *, tasks=None, suite=None, limit=None, num_fewshot=No
     """
     log = log or _stderr
     benchmarks = select_benchmarks(tasks, suite)
+    if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
+        num_fewshot = {(friendly(k).name if friendly(k) else k): v for k, v in num_fewshot.items()}
     _check_numbers(limit, num_fewshot, benchmarks)
     ckpts = [resolve_checkpoint(c) for c in checkpoints]
     if not ckpts:
@@ -247,7 +249,8 @@ def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, nu
     todo = [b for b in benchmarks if b.name not in failed]
     for i, b in enumerate(todo, 1):
         shots = shots_for(b, num_fewshot)
-        key = {"model": info["hash"], "model_files": model_files, "lm_eval_task": b.lm_eval_task, "shots": shots, "limit": limit,
+        key = {"model": info["hash"], "model_files": model_files, "lm_eval_task": b.lm_eval_task,
+               "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task), "shots": shots, "limit": limit,
                "data": plan.data_key[b.name], "backend": backend, "max_gen_toks": max_gen_toks,
                "lm_eval": lm_eval.__version__}
         path = _cache_path(info["hash"], b.name, key)
@@ -352,9 +355,11 @@ def evaluate(lm, b: Benchmark, task_manager, *, shots, limit, allow_unsafe_code=
     """One ``lm_eval.simple_evaluate`` call for one benchmark (its raw results dict)."""
     from lm_eval import simple_evaluate
 
-    return simple_evaluate(model=lm, tasks=[b.lm_eval_task], num_fewshot=shots, limit=limit, task_manager=task_manager,
-                           log_samples=False, confirm_run_unsafe_code=allow_unsafe_code,
-                           gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
+    # lm-eval prints progress notes to stdout; keep stdout for the result table
+    with contextlib.redirect_stdout(sys.stderr):
+        return simple_evaluate(model=lm, tasks=[b.lm_eval_task], num_fewshot=shots, limit=limit,
+                               task_manager=task_manager, log_samples=False, confirm_run_unsafe_code=allow_unsafe_code,
+                               gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
 
 
 def extract_score(results: dict, b: Benchmark) -> dict:
@@ -398,6 +403,33 @@ def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     msg = (str(e).strip().splitlines() or [""])[0][:240]
     hint = "" if data_dir else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
     return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
+
+
+def task_fingerprint(task_manager, lm_eval_task: str) -> str:
+    """sha256 of what defines a task's prompts and metrics: each leaf's YAML (includes merged) and
+    the Python files its ``!function`` entries point to. Part of the cache key, so editing a task
+    file re-evaluates it."""
+    from .mirror import leaf_tasks, task_config
+
+    h = hashlib.sha256()
+    for leaf in leaf_tasks(task_manager, lm_eval_task):
+        cfg = task_config(task_manager, leaf)
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        for module in sorted({v.rsplit(".", 1)[0] + ".py" for v in _strings(cfg) if "/" in v and "." in v}):
+            if os.path.isfile(module):
+                h.update(Path(module).read_bytes())
+    return h.hexdigest()
+
+
+def _strings(obj) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
 
 
 def _config_and_tokenizer_hash(ckpt: Path) -> str:

@@ -302,17 +302,32 @@ def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = 
 
 
 def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, token: str | None) -> None:
-    """``snapshot_download`` of the card plus the files of the needed configs only."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+    """``snapshot_download`` of the card plus the files of the needed configs only.
+
+    A repository that still ships a loading script (e.g. EleutherAI/lambada_openai) is read by
+    datasets >= 4 from the hub's parquet conversion (``refs/convert/parquet``,
+    ``<config>/<split>/NNNN.parquet``): that is what gets mirrored, with a card listing it.
+    """
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     dest = repo_dir(out, repo)
     hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision, local_dir=dest, token=token)
     listed = readme_configs(dest)
-    patterns = None  # no `configs:` in the card: take the whole repository
     if listed is not None:
         picked = [_pick_config(listed, c) for c in configs]
         patterns = ["README.md", *(p for c in picked if c for ps in listed[c]["splits"].values() for p in ps)]
-    snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token)
+        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token)
+        return
+    files = HfApi().list_repo_files(repo, repo_type="dataset", revision=revision, token=token)
+    if not any(f.endswith(".py") for f in files):  # plain data files: datasets infers the splits
+        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, token=token)
+        return
+    names = [c or "default" for c in configs]
+    snapshot_download(repo, repo_type="dataset", revision="refs/convert/parquet", local_dir=dest,
+                      allow_patterns=[f"{n}/*/*.parquet" for n in names], token=token)
+    card = {n: {split.name: f"{n}/{split.name}/*.parquet" for split in sorted((dest / n).iterdir()) if split.is_dir()}
+            for n in names}
+    write_card(dest, card, f"# {repo} (mirror of the hub's parquet conversion)")
 
 
 def write_card(root: Path, configs: dict[str, dict[str, str]], title: str) -> None:
