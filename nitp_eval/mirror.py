@@ -272,9 +272,9 @@ def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         raise UserError("mirror export downloads from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
                         "run it as `HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 nitp-eval mirror export ...`")
+    bench, mteb = split_names(names)   # unknown names fail before anything is written
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    bench, mteb = split_names(names)
     if bench:
         needs = data_needs(task_manager(), [b.lm_eval_task for b in bench])
         by_repo: dict[str, list[DataNeed]] = {}
