@@ -159,8 +159,9 @@ def test_mirror_export_needs_the_hub(cli, tmp_path, monkeypatch):
 
 
 def test_mirror_export_of_non_hub_sources(cli, mirror, tmp_path, monkeypatch):
-    """Xiezhi (GitHub files) and LCBench (OpenCompass zip) exported from stand-in download sites:
-    the export writes the card itself, and datasets reads the result like a hub repository."""
+    """Xiezhi (GitHub files) and LCBench (OpenCompass zip) exported from stand-in download sites
+    (local file:// URLs): the export writes the card itself, and datasets reads the result like
+    a hub repository."""
     import datasets
 
     from nitp_eval.tasks.lcbench import utils as lcbench
@@ -182,3 +183,6 @@ def test_mirror_export_of_non_hub_sources(cli, mirror, tmp_path, monkeypatch):
     assert set(spec) == {"test", "train"} and spec["test"].column_names == ["question", "labels", "answer", "options"]
     lc = datasets.load_dataset(str(out_dir / "opencompass" / "LCBench2023"), "cn", split="test")
     assert len(lc) == lcbench.N_PROMPT_ROWS + 2 and "test_list" in lc.column_names
+    # the tasks' online loaders (used without --data-dir) read the same rows from the sources
+    assert xiezhi.load_xiezhi("xiezhi_spec_chn")["test"].to_list() == spec["test"].to_list()
+    assert lcbench.load_lcbench("cn")["test"].to_list() == lc.to_list()
