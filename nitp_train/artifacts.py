@@ -258,6 +258,10 @@ def user_errors() -> Iterator[None]:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # a failed read or write (permissions, disk full, a file where a folder should be)
+        where = e.filename or "a file"
+        print(f"error: cannot access {where}: {e.strerror or e}; check the path, its permissions and free space", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

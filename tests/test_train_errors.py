@@ -71,3 +71,11 @@ def test_nan_loss_stops_and_names_the_step(capsys, monkeypatch, tmp_path):
     assert code == 2, err
     assert "at step" in err and "last good checkpoint" in err, err
     assert len(err.splitlines()) == 1
+
+
+def test_failed_write_is_one_line(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(blocker / "run"), "--steps", "2",
+                         "--set", "log.geom_every=0"], capsys, monkeypatch)
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot access" in err and "a-file" in err, err
