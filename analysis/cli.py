@@ -59,6 +59,17 @@ def _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first,
                 exclude_first=exclude_first, seed=seed, out=out, redo=redo, progress=progress)
 
 
+def _metric_table(metrics, title: str, checkpoints, layers: Optional[str], fmt: str, settings: dict) -> None:
+    """Measure (or reuse the records of) each checkpoint and print ``metrics`` side by side."""
+    from .tables import metric_rows, render
+
+    _check_format(fmt)
+    lay = _layers_arg(layers, [-1])
+    records = _measure(checkpoints, lay, **settings)
+    shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
+    _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
+
+
 def _layers_arg(layers: Optional[str], default):
     from .hidden import parse_layers
 
@@ -74,13 +85,10 @@ def rank(
     out: Optional[Path] = OUT, fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
 ):
     """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
-    from .tables import RANK_METRICS, metric_rows, render
+    from .tables import RANK_METRICS
 
-    _check_format(fmt)
-    lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, lay, **_settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
-    shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
-    _emit(render(metric_rows(records, RANK_METRICS, shown), fmt, "effective rank", records))
+    _metric_table(RANK_METRICS, "effective rank", checkpoints, layers, fmt,
+                  _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
 
 
 @app.command()
@@ -92,13 +100,10 @@ def anisotropy(
     out: Optional[Path] = OUT, fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
 ):
     """Exact mean pairwise cosine (all pairs, across / within sequences), the paper's sampled estimate, norms."""
-    from .tables import ANISOTROPY_METRICS, metric_rows, render
+    from .tables import ANISOTROPY_METRICS
 
-    _check_format(fmt)
-    lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, lay, **_settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
-    shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
-    _emit(render(metric_rows(records, ANISOTROPY_METRICS, shown), fmt, "anisotropy (mean cosine)", records))
+    _metric_table(ANISOTROPY_METRICS, "anisotropy (mean cosine)", checkpoints, layers, fmt,
+                  _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
 
 
 @app.command()

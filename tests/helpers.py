@@ -43,3 +43,17 @@ def make_tiny_run(run_dir: Path, objective: str = "nitp", preset: str = "tiny-de
     from nitp_train.trainer import train
 
     return train(tiny_config(objective, preset, steps, extra), run_dir, log=lambda *_: None)
+
+
+def run_main(main, prog: str, args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run a console script's real ``main()`` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -11,21 +11,10 @@ from pathlib import Path
 
 import pytest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def nitp_cache():
-    from tests.fixtures.bench.hub_fixtures import session_cache_dir
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NITP_CACHE_DIR", str(session_cache_dir()))
-        yield
+from tests.helpers import run_main
 
 
-@pytest.fixture(scope="module")
-def mirror():
-    from tests.fixtures.bench.hub_fixtures import bench_mirror
-
-    return bench_mirror()
+pytestmark = pytest.mark.usefixtures("bench_cache")
 
 
 @pytest.fixture
@@ -33,17 +22,7 @@ def cli(monkeypatch, capsys):
     """Run `nitp-eval ARGS` in this process (its real main(), so errors go through user_errors)."""
     from nitp_eval.cli import main
 
-    def run(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["nitp-eval", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: run_main(main, "nitp-eval", args, monkeypatch, capsys)
 
 
 def _one_error_line(err: str) -> str:

@@ -21,20 +21,7 @@ FIXTURE_DOCS = {"mmlu": 57 * 2, "mmlu_pro": 3, "ceval": 52 * 2, "xiezhi": 4 * 2,
                 "gsm8k": 2, "lcbench": 2 * 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def nitp_cache():
-    from tests.fixtures.bench.hub_fixtures import session_cache_dir
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NITP_CACHE_DIR", str(session_cache_dir()))
-        yield
-
-
-@pytest.fixture(scope="module")
-def mirror():
-    from tests.fixtures.bench.hub_fixtures import bench_mirror
-
-    return bench_mirror()
+pytestmark = pytest.mark.usefixtures("bench_cache")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nitp_eval.cli import main
+from tests.helpers import run_main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 
@@ -23,15 +24,8 @@ def mteb_cache(tmp_path_factory):
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run the console script's ``main()`` in-process: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["nitp-eval", "mteb", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    """`nitp-eval mteb ARGS` through the console script's real ``main()``, in-process."""
+    return run_main(main, "nitp-eval", ["mteb", *args], monkeypatch, capsys)
 
 
 def _one_error_line(err: str) -> str:

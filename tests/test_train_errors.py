@@ -1,19 +1,14 @@
 """Bad input to nitp-train: one line naming the input and the fix, exit 2, nothing written."""
 
-import sys
-
 import pytest
 
 from nitp_train.cli import main
-from tests.helpers import builtin_prepared_dir, make_tiny_run, tiny_cli_args
+from tests.helpers import builtin_prepared_dir, make_tiny_run, run_main, tiny_cli_args
 
 
 def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["nitp-train", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err.strip()
-    return exc.value.code, err
+    code, _, err = run_main(main, "nitp-train", args, monkeypatch, capsys)
+    return code, err.strip()
 
 
 def _expect_error(args, needle, capsys, monkeypatch, tmp_path):
