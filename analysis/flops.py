@@ -182,9 +182,10 @@ def load_config_source(source: str) -> tuple[Any, str, int | None]:
 
         cfg = load_config(yaml_file, [])
         model = dict(cfg.get("model") or {})
-        if "preset" in model and "hidden_size" not in model:
+        preset = model.get("preset")
+        if preset is not None and "hidden_size" not in model:
             model = resolve_preset(model.pop("preset"), model)
-        return make_config(model), f"{p.name} ({model.get('preset') or (cfg.get('model') or {}).get('preset')})", (cfg.get("data") or {}).get("seq_len")
+        return make_config(model), f"{p.name} ({preset})", (cfg.get("data") or {}).get("seq_len")
     cfg_file = p / "config.json" if p.is_dir() else p
     if cfg_file.is_file() and cfg_file.suffix == ".json":
         from transformers import AutoConfig

@@ -78,9 +78,9 @@ def main() -> None:
             times[name].append(run(cmd, env))
         print(f"  repeat {i + 1}: nitp-eval {times['nitp-eval'][-1]:7.2f} s   lm_eval {times['lm_eval'][-1]:7.2f} s")
     for label, stat in (("fastest", min), ("median", statistics.median)):
-        a, b_ = stat(times["nitp-eval"]), stat(times["lm_eval"])
-        ratio = a / b_
-        print(f"{label:8s} nitp-eval {a:7.2f} s   lm_eval {b_:7.2f} s   ratio {ratio:.3f} "
+        ours_s, lm_eval_s = stat(times["nitp-eval"]), stat(times["lm_eval"])
+        ratio = ours_s / lm_eval_s
+        print(f"{label:8s} nitp-eval {ours_s:7.2f} s   lm_eval {lm_eval_s:7.2f} s   ratio {ratio:.3f} "
               f"(target <= {TARGET}) -> {'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
     ours = json.loads((work / "nitp.json").read_text())["scores"]["tasks"][b.name]
     theirs = json.loads(Path(sorted(glob.glob(str(work / "lm_eval" / "**" / "results_*.json"), recursive=True))[-1]).read_text())

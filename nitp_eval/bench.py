@@ -70,7 +70,7 @@ def run_bench(checkpoints, *, tasks=None, suite=None, limit=None, num_fewshot=No
     log = log or _stderr
     benchmarks = select_benchmarks(tasks, suite)
     if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
-        num_fewshot = {(friendly(k).name if friendly(k) else k): v for k, v in num_fewshot.items()}
+        num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
     _check_numbers(limit, num_fewshot, benchmarks)
     ckpts = [resolve_checkpoint(c) for c in checkpoints]
     if not ckpts:
