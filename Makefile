@@ -7,10 +7,11 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0      # the CPU wheel on these machines, first
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,gguf]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -19,6 +20,11 @@ demo: $(BIN)/.installed
 	$(BIN)/nitp-report quickstart --out runs/quickstart
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
-.PHONY: install demo test
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+.PHONY: install demo test test-fast

@@ -12,27 +12,45 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from nitp_train.artifacts import UserError, user_errors
+from nitp.errors import UserError, user_errors
 
-app = typer.Typer(help="Geometry of hidden states: effective rank, anisotropy, per-layer NITP target statistics, FLOPs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Geometry of hidden states: effective rank, anisotropy, per-layer NITP target statistics, FLOPs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 FORMATS = ("table", "json", "csv")
 
 # shared options -------------------------------------------------------------------------------
-CORPUS = typer.Option("builtin", "--corpus", help="builtin (English text shipped by gensim) or a .txt/.jsonl/.parquet file or folder.")
-TOKENS = typer.Option(50_000, "--tokens", "-n", help="Tokens in the corpus sample (the same sample for every checkpoint).")
+CORPUS = typer.Option(
+    "builtin",
+    "--corpus",
+    help="builtin (English text shipped by gensim) or a .txt/.jsonl/.parquet file or folder.",
+)
+TOKENS = typer.Option(
+    50_000, "--tokens", "-n", help="Tokens in the corpus sample (the same sample for every checkpoint)."
+)
 BATCH = typer.Option(8, "--batch-size", "-b", help="Sequences per forward pass.")
 SEQ_LEN = typer.Option(None, "--seq-len", help="Tokens per sequence [default: 512, capped by the model].")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available].")
-DTYPE = typer.Option(None, "--dtype", help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.")
-EXCLUDE_FIRST = typer.Option(False, "--exclude-first", help="Report metrics without the first position of each sequence (BOS / attention sink).")
+DTYPE = typer.Option(
+    None, "--dtype", help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64."
+)
+EXCLUDE_FIRST = typer.Option(
+    False,
+    "--exclude-first",
+    help="Report metrics without the first position of each sequence (BOS / attention sink).",
+)
 SEED = typer.Option(0, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator.")
-OUT = typer.Option(None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several.")
+OUT = typer.Option(
+    None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
+)
 FORMAT = typer.Option("table", "--format", "-f", help="table, json (the full records) or csv.")
 REDO = typer.Option(False, "--redo", help="Recompute even when an equal record exists.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
@@ -54,12 +72,25 @@ def _measure(checkpoints, layers, **kw) -> list[dict]:
     return geom_records(list(checkpoints), layers=layers, **kw)
 
 
-def _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress) -> dict:
-    return dict(corpus=corpus, n_tokens=tokens, batch_size=batch_size, seq_len=seq_len, device=device, dtype=dtype,
-                exclude_first=exclude_first, seed=seed, out=out, redo=redo, progress=progress)
+def _settings(
+    corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
+) -> dict:
+    return dict(
+        corpus=corpus,
+        n_tokens=tokens,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device,
+        dtype=dtype,
+        exclude_first=exclude_first,
+        seed=seed,
+        out=out,
+        redo=redo,
+        progress=progress,
+    )
 
 
-def _metric_table(metrics, title: str, checkpoints, layers: Optional[str], fmt: str, settings: dict) -> None:
+def _metric_table(metrics, title: str, checkpoints, layers: str | None, fmt: str, settings: dict) -> None:
     """Measure (or reuse the records of) each checkpoint and print ``metrics`` side by side."""
     from .tables import metric_rows, render
 
@@ -70,7 +101,7 @@ def _metric_table(metrics, title: str, checkpoints, layers: Optional[str], fmt: 
     _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
 
 
-def _layers_arg(layers: Optional[str], default):
+def _layers_arg(layers: str | None, default):
     from .hidden import parse_layers
 
     return default if layers is None else parse_layers(layers)
@@ -78,52 +109,117 @@ def _layers_arg(layers: Optional[str], default):
 
 @app.command()
 def rank(
-    checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories (latest checkpoint) or HF model folders."),
-    layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the last hidden state]."),
-    corpus: str = CORPUS, tokens: int = TOKENS, batch_size: int = BATCH, seq_len: Optional[int] = SEQ_LEN,
-    device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE, exclude_first: bool = EXCLUDE_FIRST, seed: int = SEED,
-    out: Optional[Path] = OUT, fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
+    checkpoints: List[str] = typer.Argument(
+        ..., help="Checkpoints, run directories (latest checkpoint) or HF model folders."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the last hidden state]."
+    ),
+    corpus: str = CORPUS,
+    tokens: int = TOKENS,
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    exclude_first: bool = EXCLUDE_FIRST,
+    seed: int = SEED,
+    out: Path | None = OUT,
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
 ):
     """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
     from .tables import RANK_METRICS
 
-    _metric_table(RANK_METRICS, "effective rank", checkpoints, layers, fmt,
-                  _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
+    _metric_table(
+        RANK_METRICS,
+        "effective rank",
+        checkpoints,
+        layers,
+        fmt,
+        _settings(
+            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
+        ),
+    )
 
 
 @app.command()
 def anisotropy(
     checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
-    layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1]."),
-    corpus: str = CORPUS, tokens: int = TOKENS, batch_size: int = BATCH, seq_len: Optional[int] = SEQ_LEN,
-    device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE, exclude_first: bool = EXCLUDE_FIRST, seed: int = SEED,
-    out: Optional[Path] = OUT, fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
+    layers: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1]."
+    ),
+    corpus: str = CORPUS,
+    tokens: int = TOKENS,
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    exclude_first: bool = EXCLUDE_FIRST,
+    seed: int = SEED,
+    out: Path | None = OUT,
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
 ):
     """Exact mean pairwise cosine (all pairs, across / within sequences), the paper's sampled estimate, norms."""
     from .tables import ANISOTROPY_METRICS
 
-    _metric_table(ANISOTROPY_METRICS, "anisotropy (mean cosine)", checkpoints, layers, fmt,
-                  _settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
+    _metric_table(
+        ANISOTROPY_METRICS,
+        "anisotropy (mean cosine)",
+        checkpoints,
+        layers,
+        fmt,
+        _settings(
+            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
+        ),
+    )
 
 
 @app.command()
 def layers(
     checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
-    layers_: Optional[str] = typer.Option(None, "--layers", "-l", help="Comma-separated layers or 'all' [default: all]."),
-    reference: Optional[str] = typer.Option(None, "--reference", "-r", help="Checkpoint to compare each layer with (linear CKA); same tokenizer."),
-    ridge: Optional[float] = typer.Option(None, "--ridge", help="Fixed ridge strength (x trace/d) [default: chosen by GCV]."),
-    spectrum: bool = typer.Option(False, "--spectrum", help="Store every layer's covariance eigenvalues in the record."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric names for the table."),
-    corpus: str = CORPUS, tokens: int = TOKENS, batch_size: int = BATCH, seq_len: Optional[int] = SEQ_LEN,
-    device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE, exclude_first: bool = EXCLUDE_FIRST, seed: int = SEED,
-    out: Optional[Path] = OUT, fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
+    layers_: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: all]."
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", "-r", help="Checkpoint to compare each layer with (linear CKA); same tokenizer."
+    ),
+    ridge: float | None = typer.Option(
+        None, "--ridge", help="Fixed ridge strength (x trace/d) [default: chosen by GCV]."
+    ),
+    spectrum: bool = typer.Option(
+        False, "--spectrum", help="Store every layer's covariance eigenvalues in the record."
+    ),
+    metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric names for the table."),
+    corpus: str = CORPUS,
+    tokens: int = TOKENS,
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    exclude_first: bool = EXCLUDE_FIRST,
+    seed: int = SEED,
+    out: Path | None = OUT,
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
 ):
     """Per-layer table: geometry + NITP target statistics, and a recommended target layer with the reason."""
     from .tables import layer_rows, layer_rows_long, render
 
     _check_format(fmt)
-    records = _measure(checkpoints, _layers_arg(layers_, None), reference=reference, ridge=ridge, spectrum=spectrum,
-                       **_settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress))
+    records = _measure(
+        checkpoints,
+        _layers_arg(layers_, None),
+        reference=reference,
+        ridge=ridge,
+        spectrum=spectrum,
+        **_settings(
+            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
+        ),
+    )
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else None
     rows = layer_rows_long(records) if fmt == "csv" else layer_rows(records, chosen)
     _emit(render(rows, fmt, "per-layer statistics", records))
@@ -137,12 +233,26 @@ def layers(
 
 @app.command()
 def trajectory(
-    run_dir: Path = typer.Argument(..., help="A run directory of nitp-train (every checkpoint, oldest first)."),
-    layers_: Optional[str] = typer.Option(None, "--layers", "-l", help="Layers [default: -1 and the run's NITP target layer]."),
-    stability: bool = typer.Option(True, "--stability/--no-stability", help="Linear CKA with the previous checkpoint (runs both models)."),
-    corpus: str = CORPUS, tokens: int = TOKENS, batch_size: int = BATCH, seq_len: Optional[int] = SEQ_LEN,
-    device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE, exclude_first: bool = EXCLUDE_FIRST, seed: int = SEED,
-    fmt: str = FORMAT, redo: bool = REDO, progress: bool = PROGRESS,
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory of nitp-train (every checkpoint, oldest first)."
+    ),
+    layers_: str | None = typer.Option(
+        None, "--layers", "-l", help="Layers [default: -1 and the run's NITP target layer]."
+    ),
+    stability: bool = typer.Option(
+        True, "--stability/--no-stability", help="Linear CKA with the previous checkpoint (runs both models)."
+    ),
+    corpus: str = CORPUS,
+    tokens: int = TOKENS,
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    exclude_first: bool = EXCLUDE_FIRST,
+    seed: int = SEED,
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
 ):
     """Geometry of every checkpoint of a run over training steps (records go to RUN/results/geom/)."""
     from .layers import run_target_layer
@@ -152,22 +262,36 @@ def trajectory(
     _check_format(fmt)
     target = run_target_layer(run_dir) if (run_dir / "config.yaml").is_file() else None
     lay = _layers_arg(layers_, [-1] + ([target] if target is not None else []))
-    records = run_trajectory(run_dir, layers=lay, stability=stability,
-                             **_settings(corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, None, redo, progress))
+    records = run_trajectory(
+        run_dir,
+        layers=lay,
+        stability=stability,
+        **_settings(
+            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, None, redo, progress
+        ),
+    )
     shown_target = target if (lay is None or (target is not None and target in lay)) else None
     _emit(render(trajectory_rows(records, shown_target), fmt, f"trajectory of {run_dir}", records))
 
 
 @app.command()
 def flops(
-    source: str = typer.Argument(..., help="A preset name (see `nitp-train presets`), a nitp-train YAML config or run directory, or a config.json / model folder."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context for the attention-score term [default: the config's data.seq_len, else 8192 capped by the model]."),
+    source: str = typer.Argument(
+        ...,
+        help="A preset name (see `nitp-train presets`), a nitp-train YAML config or run directory, or a config.json / model folder.",
+    ),
+    seq_len: int | None = typer.Option(
+        None,
+        "--seq-len",
+        help="Context for the attention-score term [default: the config's data.seq_len, else 8192 capped by the model].",
+    ),
     fmt: str = FORMAT,
 ):
     """Training FLOPs per token (dense / MoE) and the NITP overhead (72 d^2 + 18 d)."""
     import json
 
-    from .flops import default_seq_len, flops_report, load_config_source
+    from nitp_train.flops import default_seq_len, flops_report, load_config_source
+
     from .tables import flops_rows, render
 
     _check_format(fmt)
@@ -183,8 +307,10 @@ def flops(
     title = f"training FLOPs per token: {name} (seq_len {report['seq_len']})"
     _emit(render(flops_rows(report), fmt, title))
     if fmt == "table":
-        _emit(f"NITP overhead: {100 * report['nitp_overhead']:.2f}% of training FLOPs "
-              f"({100 * report['nitp_overhead_without_attention_scores']:.2f}% without the attention-score term, the paper's convention)")
+        _emit(
+            f"NITP overhead: {100 * report['nitp_overhead']:.2f}% of training FLOPs "
+            f"({100 * report['nitp_overhead_without_attention_scores']:.2f}% without the attention-score term, the paper's convention)"
+        )
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

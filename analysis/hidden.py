@@ -38,9 +38,11 @@ from typing import Iterator
 
 import numpy as np
 
-from nitp_train.artifacts import UserError, resolve_checkpoint
-
-FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
+from nitp import layers as layers_lib
+from nitp.errors import UserError
+from nitp.loading import load_config, load_tokenizer, model_folder
+from nitp.loading import load_model as load_backbone
+from nitp.runs import resolve_checkpoint
 
 
 # ----------------------------------------------------------------------------- models
@@ -48,22 +50,18 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm
 class LoadedModel:
     """A backbone ready for hidden-state capture."""
 
-    model: object                 # transformers PreTrainedModel (base model, eval mode)
+    model: object  # transformers PreTrainedModel (base model, eval mode)
     tokenizer: object
     path: Path
     n_layers: int
     hidden_size: int
-    has_final_norm: bool          # False for encoders: layer -1 is then the block-L output
+    has_final_norm: bool  # False for encoders: layer -1 is then the block-L output
     device: str
     dtype: str
     max_positions: int | None
 
     def layer_name(self, k: int) -> str:
-        if k == 0:
-            return "embeddings"
-        if k == -1:
-            return "last (final norm)" if self.has_final_norm else f"last (= block {self.n_layers}; no final norm)"
-        return f"block {k}"
+        return layers_lib.layer_name(self.model, k)
 
 
 def default_device() -> str:
@@ -72,64 +70,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(checkpoint: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load the backbone and tokenizer of a checkpoint, run dir or Hugging Face model folder.
-
-    ``dtype`` defaults to bfloat16 on GPU and float32 on CPU. Raises ``UserError`` for a folder
-    that is not a model, unreadable weights, weights that do not match the config, or a
-    missing tokenizer.
-    """
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    path = resolve_checkpoint(checkpoint)
+def load_model(
+    checkpoint: str | os.PathLike, device: str | None = None, dtype: str | None = None
+) -> LoadedModel:
+    """Load the backbone (``AutoModel``: no LM head) and tokenizer of anything ``nitp.loading``
+    accepts. ``dtype`` defaults to bfloat16 on GPU and float32 on CPU."""
     device = device or default_device()
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-        raise UserError(f"--dtype {dtype}: not a torch dtype (use float32, bfloat16 or float16)")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure is bad input
-        raise UserError(f"{path}: config.json could not be read ({type(e).__name__}); is this a Hugging Face model folder?") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"{path}: no usable tokenizer files ({type(e).__name__}); save the tokenizer beside the weights") from None
-    try:
-        model, info = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), output_loading_info=True)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise UserError(f"{path}: could not load the model weights ({type(e).__name__}: {msg}); the weight file is damaged, incomplete or missing") from None
-    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
-    if missing:
-        raise UserError(f"{path}: the weight file lacks {len(missing)} tensor(s) of the {type(model).__name__} (e.g. {missing[0]}); "
-                        "it does not belong to this config.json")
-    try:
-        model.to(device)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"--device {device}: cannot place the model there ({type(e).__name__}); use cpu or cuda") from None
-    model.eval()
-    has_norm = any(isinstance(getattr(model, n, None), torch.nn.Module) for n in FINAL_NORM_NAMES)
+    path = model_folder(checkpoint)
+    config = load_config(path)
+    tokenizer = load_tokenizer(path)
+    model = load_backbone(path, causal=False, dtype=dtype, device=device)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, path=path, n_layers=int(config.num_hidden_layers),
-        hidden_size=int(config.hidden_size), has_final_norm=has_norm, device=device, dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+        path=resolve_checkpoint(checkpoint),
+        n_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        has_final_norm=layers_lib.final_norm(model) is not None,
+        device=device,
+        dtype=dtype,
         max_positions=getattr(config, "max_position_embeddings", None),
     )
-
-
-def transformer_blocks(model):
-    """The ``nn.ModuleList`` of the model's ``num_hidden_layers`` blocks (the shallowest one)."""
-    import torch
-
-    n = model.config.num_hidden_layers
-    found = [(name.count("."), name, m) for name, m in model.named_modules()
-             if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    if not found:
-        raise UserError(f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that length)")
-    return min(found, key=lambda t: (t[0], t[1]))[2]
 
 
 def parse_layers(layers) -> list[int] | None:
@@ -140,7 +102,9 @@ def parse_layers(layers) -> list[int] | None:
         try:
             return [int(v) for v in layers.replace(" ", "").split(",") if v]
         except ValueError:
-            raise UserError(f"--layers {layers!r}: give comma-separated integers (0 = embeddings, -1 = last hidden state) or 'all'") from None
+            raise UserError(
+                f"--layers {layers!r}: give comma-separated integers (0 = embeddings, -1 = last hidden state) or 'all'"
+            ) from None
     return [int(k) for k in layers]
 
 
@@ -149,62 +113,38 @@ def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]
     layers = parse_layers(layers)
     if layers is None:
         return list(range(n_layers + 1)) + [-1]
-    out: list[int] = []
-    for k in layers:
-        k = int(k)
-        if not (k == -1 or 0 <= k <= n_layers):
-            raise UserError(f"layer {k} is out of range for {where} ({n_layers} layers): use 0..{n_layers} (0 = embeddings) or -1 for the last hidden state")
-        if k not in out:
-            out.append(k)
+    out = list(dict.fromkeys(layers_lib.check_layer(k, n_layers, name="layer") for k in layers))
     if not out:
         raise UserError("--layers is empty: give at least one layer")
     return out
 
 
 class LayerCapture:
-    """Context manager: forward hooks that store the requested layers of each forward pass.
+    """Context manager: forward hooks (``nitp.layers.capture``) that store the requested layers.
 
-    ``capture.states[k]`` holds the ``[B, T, d]`` tensor of layer k of the latest forward pass
-    (layer -1 is filled by ``run``, from the backbone's ``last_hidden_state``).
+    ``capture.run(ids, mask)`` does one forward pass and returns ``{layer: [B, T, d]}``.
     """
 
     def __init__(self, loaded: LoadedModel, layers: list[int]):
         self.loaded = loaded
         self.layers = layers
         self.states: dict[int, object] = {}
-        self._handles = []
+        self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "LayerCapture":
-        blocks = transformer_blocks(self.loaded.model)
-        if 0 in self.layers:
-            self._handles.append(blocks[0].register_forward_pre_hook(self._store_input, with_kwargs=True))
-        for k in self.layers:
-            if k >= 1:
-                self._handles.append(blocks[k - 1].register_forward_hook(self._store_output(k)))
+    def __enter__(self) -> LayerCapture:
+        self.states = self._stack.enter_context(layers_lib.capture(self.loaded.model, self.layers))
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _store_input(self, module, args, kwargs):
-        self.states[0] = args[0] if args else kwargs["hidden_states"]
-
-    def _store_output(self, k: int):
-        def hook(module, args, output):
-            self.states[k] = output[0] if isinstance(output, (tuple, list)) else output
-        return hook
+        self._stack.close()
 
     def run(self, input_ids, attention_mask) -> dict[int, object]:
         """One forward pass; returns ``{layer: [B, T, d]}`` for the requested layers."""
         import torch
 
-        self.states = {}
+        self.states.clear()
         with torch.inference_mode():
-            out = self.loaded.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        if -1 in self.layers:
-            self.states[-1] = out.last_hidden_state
+            self.loaded.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return {k: self.states[k] for k in self.layers}
 
 
@@ -214,12 +154,12 @@ class Sample:
     """A fixed set of token sequences cut from a corpus (see the module docstring)."""
 
     sequences: list[np.ndarray]
-    documents: list[int]          # source document of each sequence
-    starts: list[int]             # first token of each sequence's chunk within its document
+    documents: list[int]  # source document of each sequence
+    starts: list[int]  # first token of each sequence's chunk within its document
     seq_len: int
     corpus: str
     seed: int
-    heldout_start: int            # sequences [heldout_start:] are held out
+    heldout_start: int  # sequences [heldout_start:] are held out
     sha256: str = field(default="")
 
     @property
@@ -233,10 +173,17 @@ class Sample:
     def describe(self) -> dict:
         """What a record saves: enough to rebuild the exact token set with the same tokenizer."""
         return {
-            "corpus": self.corpus, "seed": self.seed, "seq_len": self.seq_len, "n_tokens": self.n_tokens,
-            "n_sequences": len(self.sequences), "n_documents": len(set(self.documents)),
-            "heldout_sequences": len(self.sequences) - self.heldout_start, "token_ids_sha256": self.sha256,
-            "sequences": [[int(d), int(s), int(len(q))] for d, s, q in zip(self.documents, self.starts, self.sequences)],
+            "corpus": self.corpus,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "n_tokens": self.n_tokens,
+            "n_sequences": len(self.sequences),
+            "n_documents": len(set(self.documents)),
+            "heldout_sequences": len(self.sequences) - self.heldout_start,
+            "token_ids_sha256": self.sha256,
+            "sequences": [
+                [int(d), int(s), int(len(q))] for d, s, q in zip(self.documents, self.starts, self.sequences)
+            ],
         }
 
 
@@ -245,8 +192,8 @@ def _special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
-            return list(full[:i]), list(full[i + len(plain):])
+        if full[i : i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain) :])
     return [], []
 
 
@@ -265,8 +212,15 @@ def load_corpus(corpus: str) -> list[str]:
     return list(_documents(str(corpus)))
 
 
-def corpus_sample(tokenizer, corpus: str = "builtin", n_tokens: int = 50_000, seq_len: int = 512,
-                  seed: int = 0, heldout_fraction: float = 0.2, documents: list[str] | None = None) -> Sample:
+def corpus_sample(
+    tokenizer,
+    corpus: str = "builtin",
+    n_tokens: int = 50_000,
+    seq_len: int = 512,
+    seed: int = 0,
+    heldout_fraction: float = 0.2,
+    documents: list[str] | None = None,
+) -> Sample:
     """Cut a fixed, seeded sample of ``n_tokens`` tokens from a corpus (see module docstring).
 
     Raises ``UserError`` when the corpus holds fewer tokens than asked (saying how many exist).
@@ -275,19 +229,23 @@ def corpus_sample(tokenizer, corpus: str = "builtin", n_tokens: int = 50_000, se
     prefix, suffix = _special_wrapping(tokenizer)
     body = seq_len - len(prefix) - len(suffix)
     if body < 2:
-        raise UserError(f"--seq-len {seq_len} leaves no room for text next to the tokenizer's {len(prefix) + len(suffix)} special tokens")
+        raise UserError(
+            f"--seq-len {seq_len} leaves no room for text next to the tokenizer's {len(prefix) + len(suffix)} special tokens"
+        )
     if n_tokens < 2:
         raise UserError(f"--tokens {n_tokens}: ask for at least 2 tokens")
     order = np.random.default_rng(seed).permutation(len(docs))
     seqs, doc_of, start_of, have = [], [], [], 0
     with _quiet_tokenizer():
         for lo in range(0, len(order), 64):
-            batch_ids = tokenizer([docs[i] for i in order[lo:lo + 64]], add_special_tokens=False)["input_ids"]
-            for doc_index, ids in zip(order[lo:lo + 64], batch_ids):
+            batch_ids = tokenizer([docs[i] for i in order[lo : lo + 64]], add_special_tokens=False)[
+                "input_ids"
+            ]
+            for doc_index, ids in zip(order[lo : lo + 64], batch_ids):
                 for start in range(0, len(ids), body):
                     if have >= n_tokens:
                         break
-                    seq = prefix + list(ids[start:start + body]) + suffix
+                    seq = prefix + list(ids[start : start + body]) + suffix
                     seq = seq[: n_tokens - have]
                     seqs.append(np.asarray(seq, dtype=np.int64))
                     doc_of.append(int(doc_index))
@@ -296,10 +254,14 @@ def corpus_sample(tokenizer, corpus: str = "builtin", n_tokens: int = 50_000, se
             if have >= n_tokens:
                 break
     if have < n_tokens:
-        raise UserError(f"corpus {corpus}: only {have:,} tokens with this tokenizer (asked for {n_tokens:,}); "
-                        f"lower --tokens to at most {have:,} or give a larger --corpus")
+        raise UserError(
+            f"corpus {corpus}: only {have:,} tokens with this tokenizer (asked for {n_tokens:,}); "
+            f"lower --tokens to at most {have:,} or give a larger --corpus"
+        )
     sha = hashlib.sha256(b"".join(s.tobytes() for s in seqs)).hexdigest()
-    return Sample(seqs, doc_of, start_of, seq_len, corpus, seed, _heldout_start(seqs, doc_of, heldout_fraction), sha)
+    return Sample(
+        seqs, doc_of, start_of, seq_len, corpus, seed, _heldout_start(seqs, doc_of, heldout_fraction), sha
+    )
 
 
 def _heldout_start(seqs: list[np.ndarray], doc_of: list[int], fraction: float) -> int:
@@ -348,10 +310,10 @@ def default_seq_len(loaded: LoadedModel, wanted: int | None = None) -> int:
 # ----------------------------------------------------------------------------- batches
 @dataclass
 class Batch:
-    states: dict                  # {layer: tensor [B, T, d]} on the model's device
-    mask: object                  # bool tensor [B, T]: real tokens
-    seq_ids: object               # int64 tensor [B]: sequence index in the sample
-    heldout: bool                 # all sequences of the batch are held out (or none is)
+    states: dict  # {layer: tensor [B, T, d]} on the model's device
+    mask: object  # bool tensor [B, T]: real tokens
+    seq_ids: object  # int64 tensor [B]: sequence index in the sample
+    heldout: bool  # all sequences of the batch are held out (or none is)
 
 
 def padded(sequences: list[np.ndarray], pad_id: int, device):
@@ -362,22 +324,30 @@ def padded(sequences: list[np.ndarray], pad_id: int, device):
     ids = np.full((len(sequences), t), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), t), dtype=np.int64)
     for i, s in enumerate(sequences):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
 def batch_plan(sample: Sample, batch_size: int) -> list[tuple[int, int, bool]]:
     """``(start, stop, heldout)`` slices of the sample: fit sequences first, never mixed."""
     plan = []
-    for lo, hi, held in ((0, sample.heldout_start, False), (sample.heldout_start, len(sample.sequences), True)):
+    for lo, hi, held in (
+        (0, sample.heldout_start, False),
+        (sample.heldout_start, len(sample.sequences), True),
+    ):
         for s in range(lo, hi, batch_size):
             plan.append((s, min(s + batch_size, hi), held))
     return plan
 
 
-def iter_hidden_states(loaded: LoadedModel, sample: Sample, layers: list[int], batch_size: int = 8,
-                       extra: list[LoadedModel] | None = None) -> Iterator[tuple[Batch, list[Batch]]]:
+def iter_hidden_states(
+    loaded: LoadedModel,
+    sample: Sample,
+    layers: list[int],
+    batch_size: int = 8,
+    extra: list[LoadedModel] | None = None,
+) -> Iterator[tuple[Batch, list[Batch]]]:
     """Yield each batch's captured layers (and those of ``extra`` models on the same tokens).
 
     Only one batch's activations exist at a time. ``extra`` models (e.g. a reference checkpoint
@@ -387,7 +357,9 @@ def iter_hidden_states(loaded: LoadedModel, sample: Sample, layers: list[int], b
 
     pad_id = loaded.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
-    captures = [LayerCapture(loaded, layers)] + [LayerCapture(m, [k for k in layers if k <= m.n_layers]) for m in extra or []]
+    captures = [LayerCapture(loaded, layers)] + [
+        LayerCapture(m, [k for k in layers if k <= m.n_layers]) for m in extra or []
+    ]
     with contextlib.ExitStack() as stack:
         for c in captures:
             stack.enter_context(c)

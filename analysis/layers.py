@@ -38,26 +38,27 @@ from typing import Any
 
 import numpy as np
 
-from nitp_train.artifacts import (
-    UserError,
-    checkpoint_info,
-    default_record_path,
-    library_versions,
-    make_record,
-    read_record,
-    resolve_checkpoint,
-    write_record,
+from nitp.errors import UserError
+from nitp.geometry import sample_pairs, spectrum_metrics
+from nitp.records import default_record_path, library_versions, make_record, read_record, write_record
+from nitp.runs import checkpoint_info, resolve_checkpoint
+from nitp.streaming import (
+    CrossMoments,
+    MeanTrace,
+    MeanValue,
+    Moments,
+    NormStats,
+    RidgeSolver,
+    UnitSums,
+    linear_cka,
 )
 
-from .geometry import sample_pairs, spectrum_metrics
-from .streaming import CrossMoments, MeanTrace, MeanValue, Moments, NormStats, RidgeSolver, UnitSums, linear_cka
-
 DEFAULT_TOKENS = 50_000
-DEFAULT_RIDGE = None        # None: strength chosen by GCV on the fit pairs
+DEFAULT_RIDGE = None  # None: strength chosen by GCV on the fit pairs
 DEFAULT_PAIRS = 4096
-PAPER_DEPTH = 0.21          # the paper's best targets: 4/17, 5/24, 6/28, 3/16 -> round(0.21 L)
-TRIVIAL_TEMPORAL = 0.9      # normalised temporal excess above which a target is near-trivial
-MIN_ERANK = 2.0             # below this a target layer has collapsed
+PAPER_DEPTH = 0.21  # the paper's best targets: 4/17, 5/24, 6/28, 3/16 -> round(0.21 L)
+TRIVIAL_TEMPORAL = 0.9  # normalised temporal excess above which a target is near-trivial
+MIN_ERANK = 2.0  # below this a target layer has collapsed
 
 DEFINITIONS = {
     "effective_rank_covariance": "exp(entropy of p = lambda / sum lambda), lambda = eigenvalues of the centred covariance (the NITP paper's measure)",
@@ -78,9 +79,19 @@ DEFINITIONS = {
     "last_hidden_state": "decoders: final-norm output (fed to the LM head); encoders: output of the last block",
 }
 
-CORE_KEYS = ("effective_rank_covariance", "effective_rank_singular", "participation_ratio", "stable_rank",
-             "top_eigenvalue_share", "anisotropy", "anisotropy_within_sequences", "anisotropy_across_sequences",
-             "mean_norm", "max_norm", "massive_activation_share")
+CORE_KEYS = (
+    "effective_rank_covariance",
+    "effective_rank_singular",
+    "participation_ratio",
+    "stable_rank",
+    "top_eigenvalue_share",
+    "anisotropy",
+    "anisotropy_within_sequences",
+    "anisotropy_across_sequences",
+    "mean_norm",
+    "max_norm",
+    "massive_activation_share",
+)
 
 
 class GeometryWarning(UserWarning):
@@ -92,19 +103,19 @@ class GeometryWarning(UserWarning):
 class LayerAccumulators:
     """Everything streamed for one layer."""
 
-    moments_first: Moments = field(default_factory=Moments)     # first position of each sequence
-    moments_rest: Moments = field(default_factory=Moments)      # all other positions
+    moments_first: Moments = field(default_factory=Moments)  # first position of each sequence
+    moments_rest: Moments = field(default_factory=Moments)  # all other positions
     units_all: UnitSums = field(default_factory=UnitSums)
     units_rest: UnitSums = field(default_factory=UnitSums)
     norms_first: NormStats = field(default_factory=NormStats)
     norms_rest: NormStats = field(default_factory=NormStats)
     temporal: MeanValue = field(default_factory=MeanValue)
     raw_cos: MeanValue = field(default_factory=MeanValue)
-    fit_cross: CrossMoments = field(default_factory=CrossMoments)   # (h_last[t], h_k[t+1]) on fit pairs
-    score_target: MeanTrace = field(default_factory=MeanTrace)      # h_k[t+1] on held-out pairs
+    fit_cross: CrossMoments = field(default_factory=CrossMoments)  # (h_last[t], h_k[t+1]) on fit pairs
+    score_target: MeanTrace = field(default_factory=MeanTrace)  # h_k[t+1] on held-out pairs
     score_sse: float = 0.0
     score_cos: MeanValue = field(default_factory=MeanValue)
-    ridge: dict | None = None                                       # RidgeSolver.solve output
+    ridge: dict | None = None  # RidgeSolver.solve output
     ref_moments: Moments = field(default_factory=Moments)
     ref_cross: CrossMoments = field(default_factory=CrossMoments)
 
@@ -124,10 +135,10 @@ class LayerAccumulators:
 class _Rows:
     """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position)."""
 
-    x: object          # [n, d] float64
-    norms: object      # [n]
-    units: object      # [n, d]; zero rows stay zero
-    finite: bool       # no NaN / inf anywhere (a non-finite coordinate makes its row's norm non-finite)
+    x: object  # [n, d] float64
+    norms: object  # [n]
+    units: object  # [n, d]; zero rows stay zero
+    finite: bool  # no NaN / inf anywhere (a non-finite coordinate makes its row's norm non-finite)
 
 
 def _rows(h, mask):
@@ -153,16 +164,22 @@ class LayerStatistics:
         state (indices into the stream of reported tokens), or None.
     """
 
-    def __init__(self, layers: list[int], exclude_first: bool = False, ridge: float | None = None,
-                 pair_sample=None, where: str = "model"):
+    def __init__(
+        self,
+        layers: list[int],
+        exclude_first: bool = False,
+        ridge: float | None = None,
+        pair_sample=None,
+        where: str = "model",
+    ):
         self.layers = sorted(set(layers) | {-1}, key=lambda k: (k == -1, k))
         self.exclude_first = exclude_first
         self.ridge_strength = ridge
         self.where = where
         self.acc = {k: LayerAccumulators() for k in self.layers}
-        self.fit_source = Moments()          # h_last[t] over fit pairs (shared by every layer)
+        self.fit_source = Moments()  # h_last[t] over fit pairs (shared by every layer)
         self.ridge_solved = False
-        self.n_stream = 0                    # reported last-layer tokens streamed so far
+        self.n_stream = 0  # reported last-layer tokens streamed so far
         self.pairs = pair_sample
         self.pair_rows: dict[int, Any] = {}
         if pair_sample is not None:
@@ -175,7 +192,7 @@ class LayerStatistics:
 
         mask = mask.to(torch.bool)
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        is_first = (pos == 0)[mask]                                   # per real token
+        is_first = (pos == 0)[mask]  # per real token
         rest = ~is_first
         groups = seq_ids.to(mask.device)[:, None].expand_as(mask)[mask]
         # pair (t, t+1): both real (then they are rows r and r+1), t reported
@@ -191,7 +208,7 @@ class LayerStatistics:
         src = last.x[src_idx]
         if not heldout and last.finite:
             self.fit_source.update(src)
-        for k in self.layers:                 # ascending, -1 last: an error names the first broken layer
+        for k in self.layers:  # ascending, -1 last: an error names the first broken layer
             r = last if k == -1 else _rows(states[k], mask)
             if not r.finite:
                 self._raise_not_finite(k, r)
@@ -201,7 +218,7 @@ class LayerStatistics:
             a.norms_first.add(r.x[is_first], r.norms[is_first])
             a.norms_rest.add(r.x[rest], r.norms[rest])
             nonzero = r.norms > 0
-            if bool(nonzero.all()):           # the usual case: no gather needed
+            if bool(nonzero.all()):  # the usual case: no gather needed
                 a.units_all.add_units(r.units, groups)
             else:
                 a.units_all.add_units(r.units[nonzero], groups[nonzero])
@@ -222,12 +239,14 @@ class LayerStatistics:
         if self.pairs is not None:
             self._keep_pair_rows(last.x[chosen])
 
-    def _raise_not_finite(self, k: int, rows: "_Rows") -> None:
+    def _raise_not_finite(self, k: int, rows: _Rows) -> None:
         import torch
 
         bad = int((~torch.isfinite(rows.norms)).sum())
-        raise UserError(f"{self.where}: layer {k} has NaN/inf activations on {bad} of {rows.x.shape[0]} tokens of a batch; "
-                        "the weights are broken or the dtype overflows (try --dtype float32)")
+        raise UserError(
+            f"{self.where}: layer {k} has NaN/inf activations on {bad} of {rows.x.shape[0]} tokens of a batch; "
+            "the weights are broken or the dtype overflows (try --dtype float32)"
+        )
 
     def _keep_pair_rows(self, rows) -> None:
         import torch
@@ -268,10 +287,14 @@ class LayerStatistics:
         out: dict[str, Any] = {"layer": k}
         blocks = {}
         for label, excl in (("with_first_position", False), ("without_first_position", True)):
-            blocks[label] = _core_metrics(a.moments(excl), a.units(excl), a.norms(excl), spectrum and excl == self.exclude_first)
+            blocks[label] = _core_metrics(
+                a.moments(excl), a.units(excl), a.norms(excl), spectrum and excl == self.exclude_first
+            )
         chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
         out.update(chosen)
-        out["first_position_mean_norm"] = a.norms_first.metrics()["mean_norm"] if a.norms_first.count else None
+        out["first_position_mean_norm"] = (
+            a.norms_first.metrics()["mean_norm"] if a.norms_first.count else None
+        )
         out["temporal_self_similarity"] = _num(a.temporal.mean())
         if k != -1:
             out["cos_last_to_next"] = _num(a.raw_cos.mean())
@@ -284,7 +307,9 @@ class LayerStatistics:
             out["ridge_fit_pairs"] = a.fit_cross.count
             out["ridge_heldout_pairs"] = a.score_target.count
         if a.ref_cross.count:
-            out["cka_vs_reference"] = _num(linear_cka(a.moments(self.exclude_first), a.ref_moments, a.ref_cross))
+            out["cka_vs_reference"] = _num(
+                linear_cka(a.moments(self.exclude_first), a.ref_moments, a.ref_cross)
+            )
         out.update(blocks)
         return out
 
@@ -312,10 +337,13 @@ def _core_metrics(moments: Moments, units: UnitSums, norms: NormStats, spectrum:
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:
         spec = {k: None for k in CORE_KEYS[:5]}
-    out = {"n_tokens": moments.count, **spec,
-           "anisotropy": _num(units.anisotropy()),
-           "anisotropy_within_sequences": _num(units.anisotropy_within()),
-           "anisotropy_across_sequences": _num(units.anisotropy_across())}
+    out = {
+        "n_tokens": moments.count,
+        **spec,
+        "anisotropy": _num(units.anisotropy()),
+        "anisotropy_within_sequences": _num(units.anisotropy_within()),
+        "anisotropy_across_sequences": _num(units.anisotropy_across()),
+    }
     out.update({k: _num(v) for k, v in norms.metrics().items()})
     return out
 
@@ -341,7 +369,11 @@ def recommend_target_layer(rows: list[dict], n_layers: int) -> dict:
     lo, hi = (1, n_layers - 1) if n_layers >= 2 else (0, n_layers)
     cands = [r for r in rows if lo <= r["layer"] <= hi]
     if not cands:
-        return {"layer": None, "prior": prior, "reason": f"no candidate layer in {lo}..{hi} was measured (add them to --layers)"}
+        return {
+            "layer": None,
+            "prior": prior,
+            "reason": f"no candidate layer in {lo}..{hi} was measured (add them to --layers)",
+        }
 
     def failures(r: dict) -> list[str]:
         out = []
@@ -356,29 +388,63 @@ def recommend_target_layer(rows: list[dict], n_layers: int) -> dict:
         return out
 
     order = sorted(cands, key=lambda r: (abs(r["layer"] - prior), r["layer"]))
-    best_r2 = max((r for r in cands if r.get("ridge_r2") is not None), key=lambda r: r["ridge_r2"], default=None)
-    r2_note = f"; most linearly predictable candidate: layer {best_r2['layer']} (held-out R^2 {best_r2['ridge_r2']:.3f})" if best_r2 else ""
+    best_r2 = max(
+        (r for r in cands if r.get("ridge_r2") is not None), key=lambda r: r["ridge_r2"], default=None
+    )
+    r2_note = (
+        f"; most linearly predictable candidate: layer {best_r2['layer']} (held-out R^2 {best_r2['ridge_r2']:.3f})"
+        if best_r2
+        else ""
+    )
     for r in order:
         if not failures(r):
-            why = (f"paper depth prior round({PAPER_DEPTH} x {n_layers}) = {prior} (paper: 4/17, 5/24, 6/28, 3/16)"
-                   + ("" if r["layer"] == prior else f"; nearest passing layer is {r['layer']}")
-                   + f"; layer {r['layer']} passes the guards (effective rank {r['effective_rank_covariance']:.1f}"
-                   + (f", held-out R^2 {r['ridge_r2']:.3f}" if r.get("ridge_r2") is not None else "") + ")" + r2_note)
+            why = (
+                f"paper depth prior round({PAPER_DEPTH} x {n_layers}) = {prior} (paper: 4/17, 5/24, 6/28, 3/16)"
+                + ("" if r["layer"] == prior else f"; nearest passing layer is {r['layer']}")
+                + f"; layer {r['layer']} passes the guards (effective rank {r['effective_rank_covariance']:.1f}"
+                + (f", held-out R^2 {r['ridge_r2']:.3f}" if r.get("ridge_r2") is not None else "")
+                + ")"
+                + r2_note
+            )
             return {"layer": r["layer"], "prior": prior, "reason": why}
     fallback = order[0]
-    return {"layer": fallback["layer"], "prior": prior,
-            "reason": f"every candidate fails a guard (layer {fallback['layer']}: {', '.join(failures(fallback))}); "
-                      f"falling back to the paper depth prior{r2_note}"}
+    return {
+        "layer": fallback["layer"],
+        "prior": prior,
+        "reason": f"every candidate fails a guard (layer {fallback['layer']}: {', '.join(failures(fallback))}); "
+        f"falling back to the paper depth prior{r2_note}",
+    }
 
 
 # ----------------------------------------------------------------------------- driver
-def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKENS, layers=None,
-            exclude_first: bool = False, seed: int = 0, device: str | None = None, dtype: str | None = None,
-            batch_size: int = 8, seq_len: int | None = None, reference=None, ridge: float | None = DEFAULT_RIDGE,
-            heldout_fraction: float = 0.2, n_pairs: int = DEFAULT_PAIRS, spectrum: bool = False,
-            progress: bool = True) -> tuple[dict, dict, dict]:
+def measure(
+    checkpoint,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = DEFAULT_TOKENS,
+    layers=None,
+    exclude_first: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    reference=None,
+    ridge: float | None = DEFAULT_RIDGE,
+    heldout_fraction: float = 0.2,
+    n_pairs: int = DEFAULT_PAIRS,
+    spectrum: bool = False,
+    progress: bool = True,
+) -> tuple[dict, dict, dict]:
     """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``."""
-    from .hidden import batch_plan, corpus_sample, default_seq_len, iter_hidden_states, load_model, resolve_layers
+    from .hidden import (
+        batch_plan,
+        corpus_sample,
+        default_seq_len,
+        iter_hidden_states,
+        load_model,
+        resolve_layers,
+    )
 
     loaded = load_model(checkpoint, device=device, dtype=dtype)
     layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
@@ -386,17 +452,24 @@ def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKE
     if reference is not None:
         ref = load_model(reference, device=loaded.device, dtype=loaded.dtype)
         if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
-            raise UserError(f"--reference {reference}: its tokenizer differs from {loaded.path}'s, so the token sets differ; "
-                            "compare checkpoints of the same run or family")
+            raise UserError(
+                f"--reference {reference}: its tokenizer differs from {loaded.path}'s, so the token sets differ; "
+                "compare checkpoints of the same run or family"
+            )
         refs.append(ref)
-    sample = corpus_sample(loaded.tokenizer, corpus, n_tokens, default_seq_len(loaded, seq_len), seed, heldout_fraction)
+    sample = corpus_sample(
+        loaded.tokenizer, corpus, n_tokens, default_seq_len(loaded, seq_len), seed, heldout_fraction
+    )
     lengths = sample.lengths
     reported = lengths - (1 if exclude_first else 0)
     n_reported = int(reported.sum())
     if n_reported <= loaded.hidden_size:
-        warnings.warn(f"{loaded.path.name}: {n_reported:,} tokens for hidden size {loaded.hidden_size}: the covariance has rank "
-                      f"at most {max(n_reported - 1, 0)}, so effective ranks are capped by the number of tokens; ask for more --tokens",
-                      GeometryWarning, stacklevel=2)
+        warnings.warn(
+            f"{loaded.path.name}: {n_reported:,} tokens for hidden size {loaded.hidden_size}: the covariance has rank "
+            f"at most {max(n_reported - 1, 0)}, so effective ranks are capped by the number of tokens; ask for more --tokens",
+            GeometryWarning,
+            stacklevel=2,
+        )
     pair_sample = None
     if n_pairs and (reported > 0).sum() >= 2 and n_reported >= 2:
         groups = np.repeat(np.arange(len(lengths)), reported)
@@ -415,17 +488,43 @@ def measure(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKE
         rows.append(row)
     last = next(r for r in rows if r["layer"] == -1)
     summary = {key: last.get(key) for key in CORE_KEYS}
-    summary.update({"anisotropy_sampled": _num(stats.anisotropy_sampled()), "n_pairs_sampled": n_pairs if pair_sample is not None else 0,
-                    "n_tokens": last["n_tokens"], "hidden_size": loaded.hidden_size, "n_layers": loaded.n_layers,
-                    "has_final_norm": loaded.has_final_norm})
+    summary.update(
+        {
+            "anisotropy_sampled": _num(stats.anisotropy_sampled()),
+            "n_pairs_sampled": n_pairs if pair_sample is not None else 0,
+            "n_tokens": last["n_tokens"],
+            "hidden_size": loaded.hidden_size,
+            "n_layers": loaded.n_layers,
+            "has_final_norm": loaded.has_final_norm,
+        }
+    )
     reported_rows = [r for r in rows if r["layer"] in layer_list]
-    rec = recommend_target_layer([r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list], loaded.n_layers)
-    scores = {"summary": summary, "layers": reported_rows, "recommended_target_layer": rec["layer"],
-              "recommendation": rec, "definitions": DEFINITIONS}
-    settings = {"corpus": corpus, "n_tokens": n_tokens, "layers": layer_list, "exclude_first": exclude_first, "seed": seed,
-                "seq_len": sample.seq_len, "batch_size": batch_size, "ridge": ridge, "heldout_fraction": heldout_fraction,
-                "n_pairs": n_pairs, "device": loaded.device, "dtype": loaded.dtype,
-                "reference": checkpoint_info(refs[0].path) if refs else None, "sample": sample.describe()}
+    rec = recommend_target_layer(
+        [r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list], loaded.n_layers
+    )
+    scores = {
+        "summary": summary,
+        "layers": reported_rows,
+        "recommended_target_layer": rec["layer"],
+        "recommendation": rec,
+        "definitions": DEFINITIONS,
+    }
+    settings = {
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "layers": layer_list,
+        "exclude_first": exclude_first,
+        "seed": seed,
+        "seq_len": sample.seq_len,
+        "batch_size": batch_size,
+        "ridge": ridge,
+        "heldout_fraction": heldout_fraction,
+        "n_pairs": n_pairs,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "reference": checkpoint_info(refs[0].path) if refs else None,
+        "sample": sample.describe(),
+    }
     return checkpoint_info(loaded.path), settings, scores
 
 
@@ -442,8 +541,14 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             console=Console(stderr=True), transient=True)
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self._bar.__enter__()
         task = self._bar.add_task(f"geometry {self.label}", total=self.total)
         return lambda: self._bar.advance(task)
@@ -453,21 +558,50 @@ class _progress:
             self._bar.__exit__(*exc)
 
 
-COMPARED_SETTINGS = ("corpus", "n_tokens", "layers", "exclude_first", "seed", "seq_len", "ridge", "heldout_fraction", "n_pairs")
+COMPARED_SETTINGS = (
+    "corpus",
+    "n_tokens",
+    "layers",
+    "exclude_first",
+    "seed",
+    "seq_len",
+    "ridge",
+    "heldout_fraction",
+    "n_pairs",
+)
 
 
 def record_tag(corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int) -> str:
     """The settings part of a record's default file name."""
     corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
-    layer_part = "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
+    layer_part = (
+        "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
+    )
     return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}"
 
 
-def geom_record(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_TOKENS, layers=None,
-                exclude_first: bool = False, seed: int = 0, device: str | None = None, out=None,
-                dtype: str | None = None, batch_size: int = 8, seq_len: int | None = None, reference=None,
-                ridge: float | None = DEFAULT_RIDGE, heldout_fraction: float = 0.2, n_pairs: int = DEFAULT_PAIRS,
-                spectrum: bool = False, redo: bool = False, progress: bool = True, write: bool = True) -> dict:
+def geom_record(
+    checkpoint,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = DEFAULT_TOKENS,
+    layers=None,
+    exclude_first: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    out=None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    reference=None,
+    ridge: float | None = DEFAULT_RIDGE,
+    heldout_fraction: float = 0.2,
+    n_pairs: int = DEFAULT_PAIRS,
+    spectrum: bool = False,
+    redo: bool = False,
+    progress: bool = True,
+    write: bool = True,
+) -> dict:
     """Measure a checkpoint and write its ``kind: "geom"`` record (docs/contracts.md).
 
     Parameters
@@ -477,7 +611,7 @@ def geom_record(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_
     n_tokens : tokens in the sample (all real tokens, special ones included).
     layers : None for all (0..L and -1) or a list such as ``[0, 4, -1]``.
     exclude_first : report metrics without the first position of each sequence.
-    out : record path; default ``artifacts.default_record_path(model, "geom", tag)``.
+    out : record path; default ``nitp.records.default_record_path(model, "geom", tag)``.
     reference : another checkpoint with the same tokenizer: adds ``cka_vs_reference``.
     redo : recompute even when an equal record (same weights, same settings) exists.
 
@@ -491,9 +625,20 @@ def geom_record(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_
     ckpt = resolve_checkpoint(checkpoint)
     layers = parse_layers(layers)
     info = checkpoint_info(ckpt)
-    path = Path(out) if out else default_record_path(info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed))
-    wanted = {"corpus": corpus, "n_tokens": n_tokens, "exclude_first": exclude_first, "seed": seed, "ridge": ridge,
-              "heldout_fraction": heldout_fraction, "n_pairs": n_pairs}
+    path = (
+        Path(out)
+        if out
+        else default_record_path(info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed))
+    )
+    wanted = {
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "exclude_first": exclude_first,
+        "seed": seed,
+        "ridge": ridge,
+        "heldout_fraction": heldout_fraction,
+        "n_pairs": n_pairs,
+    }
     if seq_len is not None:
         wanted["seq_len"] = seq_len
     if write and not redo and path.is_file():
@@ -501,10 +646,24 @@ def geom_record(checkpoint, *, corpus: str = "builtin", n_tokens: int = DEFAULT_
         if old is not None:
             old.setdefault("_path", str(path))
             return old
-    model, settings, scores = measure(ckpt, corpus=corpus, n_tokens=n_tokens, layers=layers, exclude_first=exclude_first,
-                                      seed=seed, device=device, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
-                                      reference=reference, ridge=ridge, heldout_fraction=heldout_fraction,
-                                      n_pairs=n_pairs, spectrum=spectrum, progress=progress)
+    model, settings, scores = measure(
+        ckpt,
+        corpus=corpus,
+        n_tokens=n_tokens,
+        layers=layers,
+        exclude_first=exclude_first,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        reference=reference,
+        ridge=ridge,
+        heldout_fraction=heldout_fraction,
+        n_pairs=n_pairs,
+        spectrum=spectrum,
+        progress=progress,
+    )
     record = make_record("geom", model, settings, scores, library_versions())
     if write:
         write_record(path, record)
@@ -525,7 +684,7 @@ def _reusable(path: Path, info: dict, wanted: dict, layers, reference) -> dict |
         return None
     if layers is not None and sorted(s.get("layers") or []) != sorted(int(k) for k in layers):
         return None
-    ref = s.get("reference")           # a record with CKA columns is a superset of one without
+    ref = s.get("reference")  # a record with CKA columns is a superset of one without
     if reference is not None and (ref is None or ref.get("hash") != checkpoint_info(reference)["hash"]):
         return None
     return old
@@ -553,11 +712,13 @@ def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> lis
     With ``stability``, each checkpoint after the first is measured against the previous one as
     reference (``cka_vs_reference`` = linear CKA between consecutive checkpoints).
     """
-    from nitp_train.artifacts import list_checkpoints
+    from nitp.runs import list_checkpoints
 
     run = Path(run_dir)
     if not (run / "checkpoints").is_dir():
-        raise UserError(f"{run_dir}: not a run directory (no checkpoints/ folder); trajectory needs the output folder of nitp-train")
+        raise UserError(
+            f"{run_dir}: not a run directory (no checkpoints/ folder); trajectory needs the output folder of nitp-train"
+        )
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise UserError(f"{run_dir}: run directory has no complete checkpoint yet")
@@ -570,7 +731,7 @@ def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> lis
 
 def run_target_layer(run_dir) -> int | None:
     """The NITP target layer a run was trained with (config.yaml), if any."""
-    from nitp_train.artifacts import read_run_config
+    from nitp.runs import read_run_config
 
     try:
         cfg = read_run_config(run_dir)
@@ -580,4 +741,3 @@ def run_target_layer(run_dir) -> int | None:
         return None
     k = (cfg.get("nitp") or {}).get("target_layer")
     return int(k) if k is not None else None
-

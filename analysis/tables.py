@@ -13,20 +13,56 @@ import json
 import math
 from typing import Any
 
-RANK_METRICS = ("effective_rank_covariance", "effective_rank_singular", "participation_ratio", "stable_rank",
-                "top_eigenvalue_share", "n_tokens")
-ANISOTROPY_METRICS = ("anisotropy", "anisotropy_across_sequences", "anisotropy_within_sequences", "anisotropy_sampled",
-                      "mean_norm", "max_norm", "massive_activation_share", "n_tokens")
-LAYER_METRICS = ("effective_rank_covariance", "effective_rank_singular", "anisotropy", "anisotropy_across_sequences",
-                 "mean_norm", "temporal_self_similarity", "cos_last_to_next", "ridge_r2", "ridge_cos", "cka_vs_reference")
+RANK_METRICS = (
+    "effective_rank_covariance",
+    "effective_rank_singular",
+    "participation_ratio",
+    "stable_rank",
+    "top_eigenvalue_share",
+    "n_tokens",
+)
+ANISOTROPY_METRICS = (
+    "anisotropy",
+    "anisotropy_across_sequences",
+    "anisotropy_within_sequences",
+    "anisotropy_sampled",
+    "mean_norm",
+    "max_norm",
+    "massive_activation_share",
+    "n_tokens",
+)
+LAYER_METRICS = (
+    "effective_rank_covariance",
+    "effective_rank_singular",
+    "anisotropy",
+    "anisotropy_across_sequences",
+    "mean_norm",
+    "temporal_self_similarity",
+    "cos_last_to_next",
+    "ridge_r2",
+    "ridge_cos",
+    "cka_vs_reference",
+)
 SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_sequences", "ridge_r2")
 SHORT = {
-    "effective_rank_covariance": "erank_cov", "effective_rank_singular": "erank_sv", "participation_ratio": "PR",
-    "stable_rank": "stable_rank", "top_eigenvalue_share": "top_share", "anisotropy": "aniso",
-    "anisotropy_across_sequences": "aniso_across", "anisotropy_within_sequences": "aniso_within",
-    "anisotropy_sampled": "aniso_sampled", "mean_norm": "mean_norm", "max_norm": "max_norm",
-    "massive_activation_share": "massive", "temporal_self_similarity": "temporal_cos", "cos_last_to_next": "cos_last_next",
-    "ridge_r2": "ridge_R2", "ridge_cos": "ridge_cos", "cka_vs_reference": "CKA_ref", "n_tokens": "tokens",
+    "effective_rank_covariance": "erank_cov",
+    "effective_rank_singular": "erank_sv",
+    "participation_ratio": "PR",
+    "stable_rank": "stable_rank",
+    "top_eigenvalue_share": "top_share",
+    "anisotropy": "aniso",
+    "anisotropy_across_sequences": "aniso_across",
+    "anisotropy_within_sequences": "aniso_within",
+    "anisotropy_sampled": "aniso_sampled",
+    "mean_norm": "mean_norm",
+    "max_norm": "max_norm",
+    "massive_activation_share": "massive",
+    "temporal_self_similarity": "temporal_cos",
+    "cos_last_to_next": "cos_last_next",
+    "ridge_r2": "ridge_R2",
+    "ridge_cos": "ridge_cos",
+    "cka_vs_reference": "CKA_ref",
+    "n_tokens": "tokens",
 }
 
 
@@ -62,7 +98,11 @@ def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]
         for metric in metrics:
             row: dict[str, Any] = {"layer": k, "metric": metric}
             for lab, rec in zip(labels, records):
-                src = rec["scores"]["summary"] if (k == -1 and metric in rec["scores"]["summary"]) else _layer_rows(rec).get(k, {})
+                src = (
+                    rec["scores"]["summary"]
+                    if (k == -1 and metric in rec["scores"]["summary"])
+                    else _layer_rows(rec).get(k, {})
+                )
                 row[lab] = src.get(metric)
             rows.append(row)
     return rows
@@ -110,14 +150,25 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
     for rec in records:
         s = rec["scores"]["summary"]
         last = _layer_rows(rec).get(-1, {})
-        row = {"step": rec["model"].get("step"), "tokens_seen": rec["model"].get("tokens_seen"),
-               "erank_cov": s.get("effective_rank_covariance"), "erank_sv": s.get("effective_rank_singular"),
-               "aniso": s.get("anisotropy"), "aniso_across": s.get("anisotropy_across_sequences"),
-               "aniso_sampled": s.get("anisotropy_sampled"), "CKA_prev": last.get("cka_vs_reference")}
+        row = {
+            "step": rec["model"].get("step"),
+            "tokens_seen": rec["model"].get("tokens_seen"),
+            "erank_cov": s.get("effective_rank_covariance"),
+            "erank_sv": s.get("effective_rank_singular"),
+            "aniso": s.get("anisotropy"),
+            "aniso_across": s.get("anisotropy_across_sequences"),
+            "aniso_sampled": s.get("anisotropy_sampled"),
+            "CKA_prev": last.get("cka_vs_reference"),
+        }
         if target_layer is not None:
             t = _layer_rows(rec).get(target_layer, {})
-            row.update({f"L{target_layer}_erank_cov": t.get("effective_rank_covariance"),
-                        f"L{target_layer}_ridge_R2": t.get("ridge_r2"), f"L{target_layer}_CKA_prev": t.get("cka_vs_reference")})
+            row.update(
+                {
+                    f"L{target_layer}_erank_cov": t.get("effective_rank_covariance"),
+                    f"L{target_layer}_ridge_R2": t.get("ridge_r2"),
+                    f"L{target_layer}_CKA_prev": t.get("cka_vs_reference"),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -126,13 +177,26 @@ def flops_rows(report: dict) -> list[dict]:
     """``flops``: one row per component and the NITP lines."""
     b = report["breakdown"]
     total = b["total"]
-    rows = [{"component": k, "flops_per_token": v, "share": v / total}
-            for k, v in b.items() if k not in ("total", "moe_layers")]
+    rows = [
+        {"component": k, "flops_per_token": v, "share": v / total}
+        for k, v in b.items()
+        if k not in ("total", "moe_layers")
+    ]
     rows.append({"component": "total (NTP)", "flops_per_token": total, "share": 1.0})
-    rows.append({"component": "NITP extra (72 d^2 + 18 d)", "flops_per_token": report["nitp_extra_flops_per_token"],
-                 "share": report["nitp_overhead"]})
-    rows.append({"component": "NITP extra vs total without attention scores", "flops_per_token": report["nitp_extra_flops_per_token"],
-                 "share": report["nitp_overhead_without_attention_scores"]})
+    rows.append(
+        {
+            "component": "NITP extra (72 d^2 + 18 d)",
+            "flops_per_token": report["nitp_extra_flops_per_token"],
+            "share": report["nitp_overhead"],
+        }
+    )
+    rows.append(
+        {
+            "component": "NITP extra vs total without attention scores",
+            "flops_per_token": report["nitp_extra_flops_per_token"],
+            "share": report["nitp_overhead_without_attention_scores"],
+        }
+    )
     return rows
 
 
@@ -168,7 +232,11 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     if fmt == "csv":
         return to_csv(rows)
     if fmt == "json":
-        payload = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records] if records is not None else rows
+        payload = (
+            [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+            if records is not None
+            else rows
+        )
         return json.dumps(payload, indent=2, default=str)
     from rich.console import Console
     from rich.table import Table
@@ -176,9 +244,13 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title, show_lines=False)
     for c in cols:
-        table.add_column(str(c), justify="left" if c in ("metric", "name", "component", "checkpoint") else "right", no_wrap=True)
+        table.add_column(
+            str(c),
+            justify="left" if c in ("metric", "name", "component", "checkpoint") else "right",
+            no_wrap=True,
+        )
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in cols])
-    console = Console(width=1000, record=True, file=io.StringIO())   # never wrap: wide tables scroll
+    console = Console(width=1000, record=True, file=io.StringIO())  # never wrap: wide tables scroll
     console.print(table)
     return console.export_text()

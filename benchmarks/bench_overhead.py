@@ -41,10 +41,10 @@ def main() -> None:
     p.add_argument("--batch-size", default=None)
     args = p.parse_args()
 
+    from nitp.runs import resolve_checkpoint
     from nitp_eval.bench import _runtime, shots_for
     from nitp_eval.offline_tasks import prepare_offline_tasks
     from nitp_eval.tasks import friendly, passthrough
-    from nitp_train.artifacts import resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     b = friendly(args.task) or passthrough(args.task)
@@ -53,10 +53,40 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nitp-bench-overhead-"))
     env = dict(os.environ, NITP_CACHE_DIR=str(work / "cache"))
     limit = ["--limit", str(args.limit)] if args.limit else []
-    nitp_cmd = ["nitp-eval", "bench", str(ckpt), "--tasks", b.name, "--redo", "--out", str(work / "nitp.json"),
-                "--device", device, "--batch-size", str(batch_size), "--backend", "hf", *limit]
-    lm_cmd = ["lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={ckpt},dtype=auto", "--tasks", b.lm_eval_task,
-              "--device", device, "--batch_size", str(batch_size), "--output_path", str(work / "lm_eval"), *limit]
+    nitp_cmd = [
+        "nitp-eval",
+        "bench",
+        str(ckpt),
+        "--tasks",
+        b.name,
+        "--redo",
+        "--out",
+        str(work / "nitp.json"),
+        "--device",
+        device,
+        "--batch-size",
+        str(batch_size),
+        "--backend",
+        "hf",
+        *limit,
+    ]
+    lm_cmd = [
+        "lm_eval",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={ckpt},dtype=auto",
+        "--tasks",
+        b.lm_eval_task,
+        "--device",
+        device,
+        "--batch_size",
+        str(batch_size),
+        "--output_path",
+        str(work / "lm_eval"),
+        *limit,
+    ]
     if shots is not None:
         lm_cmd += ["--num_fewshot", str(shots)]
     if b.offline:
@@ -67,23 +97,33 @@ def main() -> None:
 
         lm_cmd += ["--include_path", str(TASKS_DIR)]
 
-    print(f"task {b.name} (lm-eval {b.lm_eval_task}, shots {shots}), checkpoint {ckpt}, device {device}, batch {batch_size}")
+    print(
+        f"task {b.name} (lm-eval {b.lm_eval_task}, shots {shots}), checkpoint {ckpt}, device {device}, batch {batch_size}"
+    )
     print("  nitp-eval: " + " ".join(nitp_cmd))
     print("  lm_eval:   " + " ".join(lm_cmd))
     run(nitp_cmd, env)  # warm-up: file-system caches, datasets' arrow cache, offline task files
     times = {"nitp-eval": [], "lm_eval": []}
     for i in range(args.repeats):
         order = [("nitp-eval", nitp_cmd), ("lm_eval", lm_cmd)]
-        for name, cmd in (order if i % 2 == 0 else order[::-1]):
+        for name, cmd in order if i % 2 == 0 else order[::-1]:
             times[name].append(run(cmd, env))
-        print(f"  repeat {i + 1}: nitp-eval {times['nitp-eval'][-1]:7.2f} s   lm_eval {times['lm_eval'][-1]:7.2f} s")
+        print(
+            f"  repeat {i + 1}: nitp-eval {times['nitp-eval'][-1]:7.2f} s   lm_eval {times['lm_eval'][-1]:7.2f} s"
+        )
     for label, stat in (("fastest", min), ("median", statistics.median)):
         ours_s, lm_eval_s = stat(times["nitp-eval"]), stat(times["lm_eval"])
         ratio = ours_s / lm_eval_s
-        print(f"{label:8s} nitp-eval {ours_s:7.2f} s   lm_eval {lm_eval_s:7.2f} s   ratio {ratio:.3f} "
-              f"(target <= {TARGET}) -> {'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
+        print(
+            f"{label:8s} nitp-eval {ours_s:7.2f} s   lm_eval {lm_eval_s:7.2f} s   ratio {ratio:.3f} "
+            f"(target <= {TARGET}) -> {'OK' if ratio <= TARGET else 'ABOVE TARGET'}"
+        )
     ours = json.loads((work / "nitp.json").read_text())["scores"]["tasks"][b.name]
-    theirs = json.loads(Path(sorted(glob.glob(str(work / "lm_eval" / "**" / "results_*.json"), recursive=True))[-1]).read_text())
+    theirs = json.loads(
+        Path(
+            sorted(glob.glob(str(work / "lm_eval" / "**" / "results_*.json"), recursive=True))[-1]
+        ).read_text()
+    )
     key = f"{ours['metric']},{ours.get('filter', 'none')}"
     same = theirs["results"][b.lm_eval_task][key] == ours["value"]
     print(f"same score: {same} ({key} = {ours['value']:.4f})")

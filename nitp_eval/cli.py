@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import typer
 
-from nitp_train.artifacts import user_errors
+from nitp.errors import user_errors
+
+from . import cli_bench, cli_mteb
 
 app = typer.Typer(
     help="Score NITP/NTP checkpoints: lm-eval benchmarks and frozen-embedding MTEB.",
@@ -17,7 +19,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from . import cli_bench, cli_mteb  # noqa: E402,F401  (register their commands on `app`)
+app.command("bench", help=cli_bench.BENCH_HELP)(cli_bench.bench)
+app.command("mteb", no_args_is_help=True)(cli_mteb.mteb_command)
+app.add_typer(cli_bench.mirror_app, name="mirror")
 
 
 def main() -> None:
@@ -25,9 +29,5 @@ def main() -> None:
         app()
 
 
-if __name__ == "__main__":
-    # `python -m nitp_eval.cli` (e.g. under `accelerate launch -m`): the commands are registered on
-    # the package module's `app`, not on this `__main__` copy, so run that one.
-    from nitp_eval.cli import main as _main
-
-    _main()
+if __name__ == "__main__":  # `python -m nitp_eval.cli`, e.g. under `accelerate launch -m`
+    main()

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from nitp_train.artifacts import UserError
-
-from .cli import app
+from nitp.errors import UserError
 
 BENCH_HELP = (
     "Score checkpoints on benchmarks with lm-evaluation-harness; one result record per checkpoint.\n\n"
@@ -26,29 +24,60 @@ BENCH_HELP = (
     "Several GPUs (data parallel): accelerate launch -m nitp_eval.cli bench CKPT --tasks ..."
 )
 
-mirror_app = typer.Typer(help="Local copies of the benchmarks' datasets for machines without the Hugging Face hub.",
-                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-app.add_typer(mirror_app, name="mirror")
+mirror_app = typer.Typer(
+    help="Local copies of the benchmarks' datasets for machines without the Hugging Face hub.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
-@app.command(help=BENCH_HELP)
 def bench(
-    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint folder(s), run directory(ies) (= latest checkpoint) or Hugging Face model folder(s)."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated benchmark or lm-eval task names."),
-    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="mission | paper | offline (default when no --tasks)."),
-    all_checkpoints: Optional[Path] = typer.Option(None, "--all-checkpoints", help="Score every checkpoint of this run directory."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N documents of every (sub)task."),
-    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Shots for every task (default: per benchmark)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the record to exactly this file (one checkpoint)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local mirror from `nitp-eval mirror export`; no network used."),
+    checkpoints: List[Path] | None = typer.Argument(
+        None,
+        help="Checkpoint folder(s), run directory(ies) (= latest checkpoint) or Hugging Face model folder(s).",
+    ),
+    tasks: str | None = typer.Option(
+        None, "--tasks", "-t", help="Comma-separated benchmark or lm-eval task names."
+    ),
+    suite: str | None = typer.Option(
+        None, "--suite", "-s", help="mission | paper | offline (default when no --tasks)."
+    ),
+    all_checkpoints: Path | None = typer.Option(
+        None, "--all-checkpoints", help="Score every checkpoint of this run directory."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Score only the first N documents of every (sub)task."
+    ),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", help="Shots for every task (default: per benchmark)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the record to exactly this file (one checkpoint)."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Local mirror from `nitp-eval mirror export`; no network used."
+    ),
     redo: bool = typer.Option(False, "--redo", help="Evaluate again even when a cached result exists."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda when available)."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Number or 'auto' (default: auto on GPU, 8 on CPU)."),
-    backend: str = typer.Option("auto", "--backend", help="hf | vllm | auto (vLLM when installed and on GPU)."),
-    allow_unsafe_code: bool = typer.Option(False, "--allow-unsafe-code", help="Let LCBench execute model-written code (in a subprocess with a timeout)."),
-    max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", help="Cap generated tokens of generation tasks (smoke tests)."),
+    device: str | None = typer.Option(
+        None, "--device", help="cuda, cuda:1, cpu (default: cuda when available)."
+    ),
+    batch_size: str | None = typer.Option(
+        None, "--batch-size", help="Number or 'auto' (default: auto on GPU, 8 on CPU)."
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="hf | vllm | auto (vLLM when installed and on GPU)."
+    ),
+    allow_unsafe_code: bool = typer.Option(
+        False,
+        "--allow-unsafe-code",
+        help="Let LCBench execute model-written code (in a subprocess with a timeout).",
+    ),
+    max_gen_toks: int | None = typer.Option(
+        None, "--max-gen-toks", help="Cap generated tokens of generation tasks (smoke tests)."
+    ),
 ) -> None:
-    from nitp_train.artifacts import list_checkpoints
+    from nitp.runs import list_checkpoints
 
     from .bench import format_table, run_bench
 
@@ -56,23 +85,44 @@ def bench(
     if all_checkpoints is not None:
         found = list_checkpoints(all_checkpoints)
         if not found:
-            raise UserError(f"--all-checkpoints {all_checkpoints}: no complete checkpoint in {all_checkpoints}/checkpoints/")
+            raise UserError(
+                f"--all-checkpoints {all_checkpoints}: no complete checkpoint in {all_checkpoints}/checkpoints/"
+            )
         ckpts += found
-    records = run_bench(ckpts, tasks=tasks, suite=suite, limit=limit, num_fewshot=num_fewshot, out=out, data_dir=data_dir,
-                        redo=redo, device=device, batch_size=batch_size, backend=backend,
-                        allow_unsafe_code=allow_unsafe_code, max_gen_toks=max_gen_toks)
+    records = run_bench(
+        ckpts,
+        tasks=tasks,
+        suite=suite,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        out=out,
+        data_dir=data_dir,
+        redo=redo,
+        device=device,
+        batch_size=batch_size,
+        backend=backend,
+        allow_unsafe_code=allow_unsafe_code,
+        max_gen_toks=max_gen_toks,
+    )
     for record in records:
         print(format_table(record))
     failed = sorted({name for r in records for name in r["scores"].get("failed", {})})
     if failed:
-        print(f"error: {len(failed)} task(s) did not run: {', '.join(failed)} (reasons above)", file=sys.stderr)
+        print(
+            f"error: {len(failed)} task(s) did not run: {', '.join(failed)} (reasons above)", file=sys.stderr
+        )
         raise typer.Exit(1)
 
 
-@mirror_app.command("export", help="Download the datasets of the given tasks into DIR in the hub repository layout (needs the hub).")
+@mirror_app.command(
+    "export",
+    help="Download the datasets of the given tasks into DIR in the hub repository layout (needs the hub).",
+)
 def mirror_export(
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated benchmark, lm-eval or MTEB task names."),
-    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", "-t", help="Comma-separated benchmark, lm-eval or MTEB task names."
+    ),
+    suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; reruns complete it)."),
 ) -> None:
     from . import mirror
@@ -84,8 +134,8 @@ def mirror_export(
 @mirror_app.command("check", help="List, per task, which of its datasets DIR holds and which are missing.")
 def mirror_check(
     data_dir: Path = typer.Argument(..., help="Mirror folder."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Tasks to check (default: the paper's 13)."),
-    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
+    tasks: str | None = typer.Option(None, "--tasks", "-t", help="Tasks to check (default: the paper's 13)."),
+    suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
 ) -> None:
     from . import mirror
 
@@ -113,7 +163,8 @@ def _names(tasks: str | None, suite: str | None) -> list[str]:
 
 def _print_rows(rows: list[dict]) -> None:
     table = [("task", "lm-eval task", "present", "missing", "detail")] + [
-        (r["task"], r["lm_eval_task"], str(r["present"]), str(r["missing"]), r["detail"]) for r in rows]
+        (r["task"], r["lm_eval_task"], str(r["present"]), str(r["missing"]), r["detail"]) for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])

@@ -35,17 +35,20 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from nitp_train.artifacts import (
-    UserError,
-    checkpoint_info,
-    default_record_path,
-    library_versions,
-    make_record,
-    read_record,
-    write_record,
-)
+from nitp import layers as layers_lib
+from nitp.errors import UserError
+from nitp.records import default_record_path, library_versions, make_record, read_record, write_record
+from nitp.runs import checkpoint_info
 
-from .embed_data import PAPER_GROUPS, SUITES, apply_data_dir, export_hint, group_of, resolve_tasks, use_offline_hub
+from .embed_data import (
+    PAPER_GROUPS,
+    SUITES,
+    apply_data_dir,
+    export_hint,
+    group_of,
+    resolve_tasks,
+    use_offline_hub,
+)
 
 POOLINGS = ("mean", "last", "eos")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
@@ -120,9 +123,19 @@ class HiddenStateEncoder:
     log : where notes go (stderr)
     """
 
-    def __init__(self, model_path: str | Path, *, pooling: str = "mean", layer: int = -1, device: str | None = None,
-                 batch_size: int = 32, name: str | None = None, revision: str | None = None,
-                 max_length: int | None = None, log: Callable[[str], None] = _stderr) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        pooling: str = "mean",
+        layer: int = -1,
+        device: str | None = None,
+        batch_size: int = 32,
+        name: str | None = None,
+        revision: str | None = None,
+        max_length: int | None = None,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
         import torch
 
         self.path = Path(model_path)
@@ -150,16 +163,24 @@ class HiddenStateEncoder:
         try:
             tok = AutoTokenizer.from_pretrained(self.path)
         except Exception as e:  # a broken / foreign tokenizer: say which folder, not a traceback
-            raise UserError(f"{self.path}: cannot load its tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise UserError(
+                f"{self.path}: cannot load its tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
         tok.padding_side = "right"  # pooling reads valid tokens first; causal models need right padding
         if tok.pad_token_id is None:
             if tok.eos_token_id is not None:
                 tok.pad_token = tok.eos_token
-                self.log(f"note: {self.path}: tokenizer has no pad token; padding with EOS {tok.eos_token!r} (padding is masked out, embeddings do not change)")
+                self.log(
+                    f"note: {self.path}: tokenizer has no pad token; padding with EOS {tok.eos_token!r} (padding is masked out, embeddings do not change)"
+                )
             else:
-                raise UserError(f"{self.path}: tokenizer has neither a pad nor an EOS token; set one (tokenizer.pad_token = ...) and save it")
+                raise UserError(
+                    f"{self.path}: tokenizer has neither a pad nor an EOS token; set one (tokenizer.pad_token = ...) and save it"
+                )
         if self.pooling == "eos" and tok.eos_token_id is None:
-            raise UserError(f"{self.path}: --pooling eos needs an EOS token and this tokenizer has none (use --pooling mean or last)")
+            raise UserError(
+                f"{self.path}: --pooling eos needs an EOS token and this tokenizer has none (use --pooling mean or last)"
+            )
         return tok
 
     def _default_max_length(self, text_config) -> int:
@@ -180,29 +201,37 @@ class HiddenStateEncoder:
         try:
             model = AutoModel.from_pretrained(self.path, dtype=self.dtype)
         except (OSError, ValueError) as e:
-            raise UserError(f"{self.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise UserError(
+                f"{self.path}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
         model.to(self.device).eval()
         # the hooks of layers 0..L need the list of blocks; -1 is read from the model's output
-        self.blocks = _find_blocks(model, self.num_layers) if self.layer != -1 else None
+        self.blocks = layers_lib.transformer_blocks(model) if self.layer != -1 else None
         return model
 
     def _model_meta(self, name: str, revision: str | None):
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         n_params = sum(p.numel() for p in self.model.parameters())
-        return ModelMeta.create_empty(overwrites=dict(
-            name=name,
-            revision=revision or "no_revision_available",
-            # part of mteb's cache path: other pooling / layer / precision never reuse these scores
-            experiment_kwargs={"pooling": self.pooling, "layer": self.layer, "dtype": str(self.dtype).removeprefix("torch.")},
-            similarity_fn_name=ScoringFunction.COSINE,
-            embed_dim=self.hidden_size,
-            n_parameters=n_params,
-            max_tokens=self.max_length,
-            framework=["PyTorch"],
-            open_weights=True,
-            reference=None,
-        ))
+        return ModelMeta.create_empty(
+            overwrites=dict(
+                name=name,
+                revision=revision or "no_revision_available",
+                # part of mteb's cache path: other pooling / layer / precision never reuse these scores
+                experiment_kwargs={
+                    "pooling": self.pooling,
+                    "layer": self.layer,
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                },
+                similarity_fn_name=ScoringFunction.COSINE,
+                embed_dim=self.hidden_size,
+                n_parameters=n_params,
+                max_tokens=self.max_length,
+                framework=["PyTorch"],
+                open_weights=True,
+                reference=None,
+            )
+        )
 
     # --- encoding ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -214,7 +243,9 @@ class HiddenStateEncoder:
         """
         tok = self.tokenizer
         room = self.max_length - (1 if self.pooling == "eos" else 0)
-        ids = tok([str(t) for t in texts], add_special_tokens=True, truncation=True, max_length=room)["input_ids"]
+        ids = tok([str(t) for t in texts], add_special_tokens=True, truncation=True, max_length=room)[
+            "input_ids"
+        ]
         fallback = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         out = []
         for seq in ids:
@@ -226,7 +257,9 @@ class HiddenStateEncoder:
             out.append(seq)
         return out
 
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar: bool = False):
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar: bool = False
+    ):
         """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows."""
         import numpy as np
         from tqdm.auto import tqdm
@@ -238,8 +271,10 @@ class HiddenStateEncoder:
         bs = int(batch_size or self.batch_size)
         emb = np.zeros((len(unique), self.hidden_size), dtype=np.float32)
         starts = range(0, len(order), bs)
-        for start in tqdm(starts, desc="Encoding", disable=not show_progress_bar or len(starts) < 2, leave=False):
-            rows = order[start:start + bs]
+        for start in tqdm(
+            starts, desc="Encoding", disable=not show_progress_bar or len(starts) < 2, leave=False
+        ):
+            rows = order[start : start + bs]
             emb[rows] = self._embed_batch([ids[i] for i in rows]).cpu().numpy()
         position = {t: i for i, t in enumerate(unique)}
         return emb[[position[t] for t in texts]]
@@ -274,7 +309,7 @@ class HiddenStateEncoder:
             raise _StopForward
 
         if self.blocks is None:
-            self.blocks = _find_blocks(self.model, self.num_layers)
+            self.blocks = layers_lib.transformer_blocks(self.model)
         if self.layer == 0:  # the embeddings = what block 1 receives
             handle = self.blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True)
         else:
@@ -288,8 +323,16 @@ class HiddenStateEncoder:
         return captured["h"]
 
     # --- mteb's encoder protocol -------------------------------------------------------------
-    def encode(self, inputs, *, task_metadata=None, hf_split: str | None = None, hf_subset: str | None = None,
-               prompt_type=None, **kwargs: Any):
+    def encode(
+        self,
+        inputs,
+        *,
+        task_metadata=None,
+        hf_split: str | None = None,
+        hf_subset: str | None = None,
+        prompt_type=None,
+        **kwargs: Any,
+    ):
         """mteb ``EncoderProtocol.encode``: a DataLoader of ``{"text": [...]}`` batches -> [N, D].
 
         Prompts / instructions are ignored on purpose: the paper scores frozen representations.
@@ -311,17 +354,16 @@ class HiddenStateEncoder:
 
 
 def check_layer(layer: int, num_layers: int, where: Any = "model") -> int:
-    """-1 or 0..num_layers, else ``UserError`` naming the valid range."""
-    layer = int(layer)
-    if layer != -1 and not 0 <= layer <= num_layers:
-        raise UserError(f"--layer {layer} out of range for {where}: it has {num_layers} blocks (use 0..{num_layers}, or -1 for the last hidden state)")
-    return layer
+    """-1 or 0..num_layers (``nitp.layers.check_layer``), else ``UserError`` naming ``--layer``."""
+    return layers_lib.check_layer(layer, num_layers, name="--layer")
 
 
 def check_tokenizer_files(path: Path) -> None:
     """A local model folder must carry its tokenizer (``UserError`` naming the folder, else)."""
     if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer into the model folder (tokenizer.save_pretrained)")
+        raise UserError(
+            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        )
 
 
 def preflight(model_path: str | Path, pooling: str, layer: int) -> None:
@@ -339,18 +381,10 @@ def _text_config(path: Path):
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"{path}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _find_blocks(model, num_layers: int):
-    """The model's list of transformer blocks (Qwen2: ``layers``; BERT: ``encoder.layer``)."""
-    import torch.nn as nn
-
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise UserError(f"cannot find the {num_layers} transformer blocks of {type(model).__name__} (only --layer -1 works for it)")
 
 
 # ----------------------------------------------------------------------------- results
@@ -379,8 +413,12 @@ def summarise(tasks: Iterable[Any], task_results: Iterable[Any]) -> dict:
         if not values:
             continue
         # 6 decimals, as mteb's cache stores them: a fresh and a cached run give the same record
-        scores[meta.name] = {"main_score": round(float(sum(values) / len(values)), 6), "metric": meta.main_score,
-                             "type": meta.type, "group": group_of(meta.name, meta.type)}
+        scores[meta.name] = {
+            "main_score": round(float(sum(values) / len(values)), 6),
+            "metric": meta.main_score,
+            "type": meta.type,
+            "group": group_of(meta.name, meta.type),
+        }
     return {"tasks": scores, **aggregate(scores)}
 
 
@@ -389,7 +427,9 @@ def aggregate(task_scores: dict[str, dict]) -> dict:
     groups: dict[str, list[float]] = {}
     for s in task_scores.values():
         groups.setdefault(s["group"], []).append(s["main_score"])
-    ordered = sorted(groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g))
+    ordered = sorted(
+        groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g)
+    )
     all_scores = [s["main_score"] for s in task_scores.values()]
     return {
         "groups": {g: sum(groups[g]) / len(groups[g]) for g in ordered},
@@ -415,7 +455,8 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
     return (
         rec.get("kind") == "mteb"
         and rec.get("model", {}).get("hash") == info["hash"]
-        and s.get("pooling") == settings["pooling"] and s.get("layer") == settings["layer"]
+        and s.get("pooling") == settings["pooling"]
+        and s.get("layer") == settings["layer"]
         and set(s.get("tasks", [])) == set(settings["tasks"])
         and set(settings["tasks"]) <= set(rec.get("scores", {}).get("tasks", {}))
     )
@@ -443,9 +484,20 @@ def _record_path(info: dict, out: str | Path | None, several: bool, tag: str) ->
 
 
 # ----------------------------------------------------------------------------- the entry point
-def run_mteb(checkpoints, *, suite: str | None = None, tasks: Sequence[str] | None = None, pooling: str = "mean",
-             layer: int = -1, out: str | Path | None = None, data_dir: str | Path | None = None, redo: bool = False,
-             device: str | None = None, batch_size: int = 32, log: Callable[[str], None] = _stderr) -> list[dict]:
+def run_mteb(
+    checkpoints,
+    *,
+    suite: str | None = None,
+    tasks: Sequence[str] | None = None,
+    pooling: str = "mean",
+    layer: int = -1,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    redo: bool = False,
+    device: str | None = None,
+    batch_size: int = 32,
+    log: Callable[[str], None] = _stderr,
+) -> list[dict]:
     """Score checkpoints' frozen embeddings on MTEB tasks; one ``mteb`` record per checkpoint.
 
     Parameters
@@ -481,7 +533,9 @@ def run_mteb(checkpoints, *, suite: str | None = None, tasks: Sequence[str] | No
     if not paths:
         raise UserError("no checkpoint given")
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)")
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
+        )
     infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
     for info in infos:
         preflight(info["path"], pooling, int(layer))
@@ -491,7 +545,13 @@ def run_mteb(checkpoints, *, suite: str | None = None, tasks: Sequence[str] | No
 
     records = []
     for info in infos:
-        settings = {"suite": suite, "tasks": task_names, "pooling": pooling, "layer": int(layer), "batch_size": int(batch_size)}
+        settings = {
+            "suite": suite,
+            "tasks": task_names,
+            "pooling": pooling,
+            "layer": int(layer),
+            "batch_size": int(batch_size),
+        }
         path = _record_path(info, out, len(infos) > 1, record_tag(suite, task_names, pooling, int(layer)))
         if not redo and is_recorded(path, info, settings):
             log(f"{info['path']}: already recorded in {path} (--redo recomputes)")
@@ -515,13 +575,24 @@ def _score_checkpoint(info: dict, settings: dict, *, data_dir, redo: bool, devic
             log(f"error: {line}")
         if not task_objs:
             names = ",".join(settings["tasks"])
-            raise UserError(f"--data-dir {data_dir}: none of the {len(settings['tasks'])} tasks has data there; export them with `nitp-eval mirror export --tasks {names} --out {data_dir}`")
-    encoder = HiddenStateEncoder(info["path"], pooling=settings["pooling"], layer=settings["layer"], device=device,
-                                 batch_size=settings["batch_size"], name=mteb_model_name(info), revision=info["hash"], log=log)
+            raise UserError(
+                f"--data-dir {data_dir}: none of the {len(settings['tasks'])} tasks has data there; export them with `nitp-eval mirror export --tasks {names} --out {data_dir}`"
+            )
+    encoder = HiddenStateEncoder(
+        info["path"],
+        pooling=settings["pooling"],
+        layer=settings["layer"],
+        device=device,
+        batch_size=settings["batch_size"],
+        name=mteb_model_name(info),
+        revision=info["hash"],
+        log=log,
+    )
     try:
         with _quiet_mteb():
             result = mteb.evaluate(
-                encoder, task_objs,
+                encoder,
+                task_objs,
                 encode_kwargs={"batch_size": settings["batch_size"]},
                 cache=mteb.ResultCache(),
                 overwrite_strategy="always" if redo else "only-missing",
@@ -531,8 +602,16 @@ def _score_checkpoint(info: dict, settings: dict, *, data_dir, redo: bool, devic
         del encoder
         _free_memory()
     for failure in result.exceptions:
-        first = str(failure.exception).strip().splitlines()[0][:300] if str(failure.exception).strip() else "no message"
-        hint = "" if data_dir is not None else f"; without hub access, {export_hint(failure.task_name)} and pass --data-dir DIR"
+        first = (
+            str(failure.exception).strip().splitlines()[0][:300]
+            if str(failure.exception).strip()
+            else "no message"
+        )
+        hint = (
+            ""
+            if data_dir is not None
+            else f"; without hub access, {export_hint(failure.task_name)} and pass --data-dir DIR"
+        )
         log(f"error: {failure.task_name}: could not run ({first}){hint}")
     scores = summarise(task_objs, result.task_results)
     versions = library_versions("mteb", "sentence-transformers", "datasets")
@@ -600,18 +679,26 @@ def format_table(records: Sequence[dict]) -> str:
     compare = len(records) > 1
     width = max([len(n) for n in names] + [len("Overall (00)"), 14])
     cols = [max(len(lab), 7) for lab in labels]
-    header = f"{'task':<{width}}  " + "  ".join(f"{lab:>{c}}" for lab, c in zip(labels, cols)) + ("    delta" if compare else "")
+    header = (
+        f"{'task':<{width}}  "
+        + "  ".join(f"{lab:>{c}}" for lab, c in zip(labels, cols))
+        + ("    delta" if compare else "")
+    )
     lines = [header, "-" * len(header)]
 
     def row(label: str, values: list) -> str:
-        cells = "  ".join(f"{(v * 100):>{c}.2f}" if v is not None else f"{'-':>{c}}" for v, c in zip(values, cols))
+        cells = "  ".join(
+            f"{(v * 100):>{c}.2f}" if v is not None else f"{'-':>{c}}" for v, c in zip(values, cols)
+        )
         delta = ""
         if compare:
             a, b = values[0], values[-1]
             delta = f"  {((b - a) * 100):>+7.2f}" if a is not None and b is not None else f"  {'-':>7}"
         return f"{label:<{width}}  {cells}{delta}"
 
-    groups = sorted({info[n]["group"] for n in names}, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g))
+    groups = sorted(
+        {info[n]["group"] for n in names}, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g)
+    )
     for g in groups:
         members = [n for n in names if info[n]["group"] == g]
         for n in members:
@@ -620,7 +707,12 @@ def format_table(records: Sequence[dict]) -> str:
         lines.append("")
     lines.append(row(f"Overall ({len(names)})", [r["scores"].get("overall") for r in records]))
     if compare:
-        both = [n for n in names if n in records[0]["scores"]["tasks"] and n in records[-1]["scores"]["tasks"]]
-        wins = sum(records[-1]["scores"]["tasks"][n]["main_score"] > records[0]["scores"]["tasks"][n]["main_score"] for n in both)
+        both = [
+            n for n in names if n in records[0]["scores"]["tasks"] and n in records[-1]["scores"]["tasks"]
+        ]
+        wins = sum(
+            records[-1]["scores"]["tasks"][n]["main_score"] > records[0]["scores"]["tasks"][n]["main_score"]
+            for n in both
+        )
         lines.append(f"{labels[-1]} wins {wins} of {len(both)} tasks against {labels[0]}")
     return "\n".join(lines)

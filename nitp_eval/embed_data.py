@@ -38,20 +38,30 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from nitp_train.artifacts import UserError
+from nitp.errors import UserError
 
 # The paper's 25 tasks and their groups (PAPER_NOTES.md, "Frozen-representation test on MTEB").
 PAPER_GROUPS: dict[str, list[str]] = {
     "Classification": [
-        "AmazonCounterfactualClassification", "AmazonReviewsClassification", "Banking77Classification",
-        "EmotionClassification", "MTOPDomainClassification", "MTOPIntentClassification",
-        "MassiveIntentClassification", "MassiveScenarioClassification",
-        "ToxicConversationsClassification", "TweetSentimentExtractionClassification",
+        "AmazonCounterfactualClassification",
+        "AmazonReviewsClassification",
+        "Banking77Classification",
+        "EmotionClassification",
+        "MTOPDomainClassification",
+        "MTOPIntentClassification",
+        "MassiveIntentClassification",
+        "MassiveScenarioClassification",
+        "ToxicConversationsClassification",
+        "TweetSentimentExtractionClassification",
     ],
     "STS": ["BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STSBenchmark"],
     "Retrieval/dup": [
-        "AskUbuntuDupQuestions", "SciDocsRR", "SprintDuplicateQuestions", "StackOverflowDupQuestions",
-        "TwitterSemEval2015", "TwitterURLCorpus",
+        "AskUbuntuDupQuestions",
+        "SciDocsRR",
+        "SprintDuplicateQuestions",
+        "StackOverflowDupQuestions",
+        "TwitterSemEval2015",
+        "TwitterURLCorpus",
     ],
 }
 PAPER_TASKS: list[str] = [name for names in PAPER_GROUPS.values() for name in names]
@@ -66,7 +76,6 @@ TYPE_GROUPS = {
     "Reranking": "Retrieval/dup",
     "Retrieval": "Retrieval/dup",
 }
-
 
 
 def export_hint(task_name: str, data_dir: str | os.PathLike = "DIR") -> str:
@@ -123,10 +132,16 @@ def _task(name: str) -> Any:
     try:
         return mteb.get_task(name)
     except KeyError:
-        known = list(OFFLINE_TASKS) + PAPER_TASKS + [t.metadata.name for t in mteb.get_tasks(exclude_superseded=False)]
+        known = (
+            list(OFFLINE_TASKS)
+            + PAPER_TASKS
+            + [t.metadata.name for t in mteb.get_tasks(exclude_superseded=False)]
+        )
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown MTEB task {name!r}{hint}; names are mteb's (mteb.get_tasks()) or the offline suite's") from None
+        raise UserError(
+            f"unknown MTEB task {name!r}{hint}; names are mteb's (mteb.get_tasks()) or the offline suite's"
+        ) from None
 
 
 _BENCHMARK_CACHE: dict[str, Any] = {}
@@ -172,13 +187,15 @@ def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
         if is_local_task(task):
             continue
         ds = task.metadata.dataset
-        out.append({
-            "task": task.metadata.name,
-            "repo": ds["path"],
-            "revision": ds.get("revision"),
-            "subsets": list(task.hf_subsets or []),
-            "splits": list(task.eval_splits),
-        })
+        out.append(
+            {
+                "task": task.metadata.name,
+                "repo": ds["path"],
+                "revision": ds.get("revision"),
+                "subsets": list(task.hf_subsets or []),
+                "splits": list(task.eval_splits),
+            }
+        )
     return out
 
 
@@ -197,7 +214,9 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)")
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
+        )
     ready, problems = [], []
     for task in tasks:
         if is_local_task(task):
@@ -206,7 +225,9 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
         repo = task.metadata.dataset["path"]
         folder = local_dataset_dir(root, repo)
         if not folder.is_dir() or not any(folder.iterdir()):
-            problems.append(f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {export_hint(task.metadata.name, data_dir)}")
+            problems.append(
+                f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {export_hint(task.metadata.name, data_dir)}"
+            )
             continue
         dataset = {**task.metadata.dataset, "path": str(folder)}
         # instance-level metadata: the class (and mteb's registry) keep the hub path

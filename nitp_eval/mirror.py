@@ -33,10 +33,21 @@ from typing import Callable, Iterable
 
 import yaml
 
-from nitp_train.artifacts import UserError, atomic_write_text
+from nitp.errors import UserError
+from nitp.io import atomic_write_text
 
 # dataset_path values that name a datasets *builder* (local files), not a repository
-PACKAGED_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "imagefolder", "audiofolder"}
+PACKAGED_BUILDERS = {
+    "json",
+    "csv",
+    "parquet",
+    "text",
+    "arrow",
+    "pandas",
+    "webdataset",
+    "imagefolder",
+    "audiofolder",
+}
 # dataset_kwargs that still make sense for a local folder
 LOCAL_KWARGS = {"data_dir"}
 
@@ -72,7 +83,12 @@ def leaf_tasks(task_manager, name: str) -> list[str]:
         if isinstance(ref, str) and ref in index:
             leaves += leaf_tasks(task_manager, ref)
         elif isinstance(item, dict) and "group" in item:  # inline sub-group
-            leaves += [leaf for sub in item.get("task", []) if isinstance(sub, str) for leaf in leaf_tasks(task_manager, sub)]
+            leaves += [
+                leaf
+                for sub in item.get("task", [])
+                if isinstance(sub, str)
+                for leaf in leaf_tasks(task_manager, sub)
+            ]
     return list(dict.fromkeys(leaves))
 
 
@@ -89,7 +105,11 @@ def task_config(task_manager, task: str) -> dict:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     entry = task_manager.task_index[task]
-    return load_yaml(entry.yaml_path, resolve_func=False, recursive=True) if entry.yaml_path else dict(entry.cfg or {})
+    return (
+        load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
+        if entry.yaml_path
+        else dict(entry.cfg or {})
+    )
 
 
 def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
@@ -101,11 +121,25 @@ def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
             repo = cfg.get("dataset_path")
             if not repo or repo in PACKAGED_BUILDERS or os.path.isabs(repo):
                 continue
-            fewshot_split = (cfg.get("fewshot_config") or {}).get("split") if isinstance(cfg.get("fewshot_config"), dict) else None
-            splits = [cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")] + [fewshot_split]
+            fewshot_split = (
+                (cfg.get("fewshot_config") or {}).get("split")
+                if isinstance(cfg.get("fewshot_config"), dict)
+                else None
+            )
+            splits = [
+                cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")
+            ] + [fewshot_split]
             kwargs = cfg.get("dataset_kwargs") or {}
-            needs.append(DataNeed(leaf, repo, cfg.get("dataset_name"), tuple(dict.fromkeys(s for s in splits if s)),
-                                  kwargs.get("revision"), str(task_manager.task_index[leaf].yaml_path)))
+            needs.append(
+                DataNeed(
+                    leaf,
+                    repo,
+                    cfg.get("dataset_name"),
+                    tuple(dict.fromkeys(s for s in splits if s)),
+                    kwargs.get("revision"),
+                    str(task_manager.task_index[leaf].yaml_path),
+                )
+            )
     return needs
 
 
@@ -132,7 +166,9 @@ def _parse_card(readme: str, mtime_ns: int, size: int) -> dict[str, dict] | None
     if not text.startswith("---"):
         return None
     try:
-        header = yaml.load(text.split("---", 2)[1], Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        header = (
+            yaml.load(text.split("---", 2)[1], Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        )
     except yaml.YAMLError:
         return None
     configs = header.get("configs") if isinstance(header, dict) else None
@@ -141,7 +177,9 @@ def _parse_card(readme: str, mtime_ns: int, size: int) -> dict[str, dict] | None
     out = {}
     for cfg in configs:
         files = cfg.get("data_files", [])
-        if isinstance(files, (str, list)) and not (isinstance(files, list) and files and isinstance(files[0], dict)):
+        if isinstance(files, (str, list)) and not (
+            isinstance(files, list) and files and isinstance(files[0], dict)
+        ):
             files = [{"split": "train", "path": files}]
         elif isinstance(files, dict):
             files = [{"split": k, "path": v} for k, v in files.items()]
@@ -180,7 +218,9 @@ def local_splits(data_dir: str | os.PathLike, repo: str, config: str | None) -> 
     for split, patterns in configs[picked]["splits"].items():
         files = [f for p in patterns for f in glob.glob(str(root / p), recursive=True) if os.path.isfile(f)]
         if not files:
-            raise LookupError(f"{root}: config {picked!r} split {split!r} has no file matching {patterns[0]!r}")
+            raise LookupError(
+                f"{root}: config {picked!r} split {split!r} has no file matching {patterns[0]!r}"
+            )
         found[split] = files
     return found
 
@@ -193,7 +233,9 @@ def missing_reason(data_dir: str | os.PathLike, need: DataNeed) -> str | None:
         return str(e)
     absent = [s for s in need.splits if s not in splits]
     if absent:
-        return f"{repo_dir(data_dir, need.repo)}: config {need.config or 'default'!r} has no split {absent[0]!r}"
+        return (
+            f"{repo_dir(data_dir, need.repo)}: config {need.config or 'default'!r} has no split {absent[0]!r}"
+        )
     return None
 
 
@@ -221,7 +263,9 @@ def write_overrides(needs: list[DataNeed], data_dir: str | os.PathLike, out_dir:
             "dataset_kwargs": kwargs or None,
             "custom_dataset": None,
         }
-        atomic_write_text(out / f"{need.task}.yaml", yaml.safe_dump(override, sort_keys=False, allow_unicode=True))
+        atomic_write_text(
+            out / f"{need.task}.yaml", yaml.safe_dump(override, sort_keys=False, allow_unicode=True)
+        )
     return out
 
 
@@ -245,13 +289,27 @@ def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> li
             needs = data_needs(tm, [b.lm_eval_task])
             reasons = [(n, missing_reason(root, n)) for n in needs]
             bad = [(n, r) for n, r in reasons if r]
-            rows.append({"task": b.name, "lm_eval_task": b.lm_eval_task, "present": len(needs) - len(bad),
-                         "missing": len(bad), "detail": bad[0][1] if bad else _repos_text(needs) or "no download needed"})
+            rows.append(
+                {
+                    "task": b.name,
+                    "lm_eval_task": b.lm_eval_task,
+                    "present": len(needs) - len(bad),
+                    "missing": len(bad),
+                    "detail": bad[0][1] if bad else _repos_text(needs) or "no download needed",
+                }
+            )
     for entry in mteb:
         folder = repo_dir(root, entry["repo"])
         ok = folder.is_dir() and any(folder.iterdir())
-        rows.append({"task": entry["task"], "lm_eval_task": "(mteb)", "present": int(ok), "missing": int(not ok),
-                     "detail": entry["repo"] if ok else f"no folder {folder}"})
+        rows.append(
+            {
+                "task": entry["task"],
+                "lm_eval_task": "(mteb)",
+                "present": int(ok),
+                "missing": int(not ok),
+                "detail": entry["repo"] if ok else f"no folder {folder}",
+            }
+        )
     return rows
 
 
@@ -261,8 +319,13 @@ def _repos_text(needs: list[DataNeed]) -> str:
 
 
 # ----------------------------------------------------------------------------- export
-def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = None,
-           log: Callable[[str], None] = print) -> list[dict]:
+def export(
+    names: Iterable[str],
+    out: str | os.PathLike,
+    *,
+    token: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Download what ``names`` need into the mirror ``out``; returns ``check(out, names)``.
 
     Needs the Hugging Face hub (and, for Xiezhi and LCBench, their download sites). Reruns skip
@@ -270,9 +333,11 @@ def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = 
     """
     names = list(names)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
-        raise UserError("mirror export downloads from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
-                        "run it as `HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 nitp-eval mirror export ...`")
-    bench, mteb = split_names(names)   # unknown names fail before anything is written
+        raise UserError(
+            "mirror export downloads from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
+            "run it as `HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 nitp-eval mirror export ...`"
+        )
+    bench, mteb = split_names(names)  # unknown names fail before anything is written
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     if bench:
@@ -297,7 +362,9 @@ def export(names: Iterable[str], out: str | os.PathLike, *, token: str | None = 
         log(f"{entry['repo']}: downloading (MTEB task {entry['task']})")
         from huggingface_hub import snapshot_download
 
-        snapshot_download(entry["repo"], repo_type="dataset", revision=entry.get("revision"), local_dir=folder, token=token)
+        snapshot_download(
+            entry["repo"], repo_type="dataset", revision=entry.get("revision"), local_dir=folder, token=token
+        )
     return check(out, names)
 
 
@@ -316,25 +383,45 @@ def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, t
     if listed is not None:
         picked = [_pick_config(listed, c) for c in configs]
         patterns = ["README.md", *(p for c in picked if c for ps in listed[c]["splits"].values() for p in ps)]
-        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token)
+        snapshot_download(
+            repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token
+        )
         return
     files = HfApi().list_repo_files(repo, repo_type="dataset", revision=revision, token=token)
     if not any(f.endswith(".py") for f in files):  # plain data files: datasets infers the splits
         snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, token=token)
         return
     names = [c or "default" for c in configs]
-    snapshot_download(repo, repo_type="dataset", revision="refs/convert/parquet", local_dir=dest,
-                      allow_patterns=[f"{n}/*/*.parquet" for n in names], token=token)
-    card = {n: {split.name: f"{n}/{split.name}/*.parquet" for split in sorted((dest / n).iterdir()) if split.is_dir()}
-            for n in names}
+    snapshot_download(
+        repo,
+        repo_type="dataset",
+        revision="refs/convert/parquet",
+        local_dir=dest,
+        allow_patterns=[f"{n}/*/*.parquet" for n in names],
+        token=token,
+    )
+    card = {
+        n: {
+            split.name: f"{n}/{split.name}/*.parquet"
+            for split in sorted((dest / n).iterdir())
+            if split.is_dir()
+        }
+        for n in names
+    }
     write_card(dest, card, f"# {repo} (mirror of the hub's parquet conversion)")
 
 
 def write_card(root: Path, configs: dict[str, dict[str, str]], title: str) -> None:
     """A README.md whose YAML header maps config -> split -> file (the hub's `configs:` format)."""
-    header = {"configs": [{"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
-                          for name, splits in configs.items()]}
-    atomic_write_text(root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n")
+    header = {
+        "configs": [
+            {"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
+            for name, splits in configs.items()
+        ]
+    }
+    atomic_write_text(
+        root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n"
+    )
 
 
 def _download(url: str, dest: Path) -> None:
@@ -377,8 +464,11 @@ def export_lcbench(out: Path, configs: set) -> None:
         for member in utils.FILES.values():
             atomic_write_text(root / Path(member).name, z.read(member).decode("utf-8"))
     archive.unlink()
-    write_card(root, {c: {"test": Path(m).name} for c, m in utils.FILES.items()},
-               "# LCBench2023 (mirror of OpenCompass's LCBench2023.zip)")
+    write_card(
+        root,
+        {c: {"test": Path(m).name} for c, m in utils.FILES.items()},
+        "# LCBench2023 (mirror of OpenCompass's LCBench2023.zip)",
+    )
 
 
 # repositories that are not on the hub: repo -> exporter
@@ -416,8 +506,14 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
         unknown = [n for n in unknown if n not in {r["task"] for r in repos}]
     if unknown:
         hints = nearest_names(unknown[0], list(BENCHMARKS) + list(task_manager().all_tasks))
-        raise UserError(f"unknown task {unknown[0]!r}" + (f"; did you mean {', '.join(hints)}?" if hints else
-                        "; see `nitp-eval bench --help` for the benchmark names"))
+        raise UserError(
+            f"unknown task {unknown[0]!r}"
+            + (
+                f"; did you mean {', '.join(hints)}?"
+                if hints
+                else "; see `nitp-eval bench --help` for the benchmark names"
+            )
+        )
     return bench, mteb
 
 

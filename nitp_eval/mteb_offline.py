@@ -45,7 +45,7 @@ from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from nitp_train.artifacts import UserError
+from nitp.errors import UserError
 
 
 # ----------------------------------------------------------------------------- the shipped files
@@ -82,7 +82,11 @@ def read_lee_pairs() -> list[tuple[str, str, float]]:
     """
     folder = gensim_test_data()
     docs = (folder / "lee.cor").read_text(encoding="cp1252").splitlines()
-    matrix = [[float(v) for v in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines() if line.strip()]
+    matrix = [
+        [float(v) for v in line.split()]
+        for line in (folder / "similarities0-1.txt").read_text().splitlines()
+        if line.strip()
+    ]
     n = len(docs)
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise UserError(f"{folder}: lee.cor has {n} documents but similarities0-1.txt is not {n} x {n}")
@@ -108,7 +112,9 @@ def read_mini_newsgroups() -> tuple[list[tuple[str, int]], list[str]]:
     """
     raw = zlib.decompress((gensim_test_data() / "mini_newsgroup").read_bytes())
     bunch = _AllowListUnpickler(io.BytesIO(raw), encoding="latin-1").load()
-    rows = [(text.partition("\n\n")[2].strip(), int(label)) for text, label in zip(bunch["data"], bunch["target"])]
+    rows = [
+        (text.partition("\n\n")[2].strip(), int(label)) for text, label in zip(bunch["data"], bunch["target"])
+    ]
     return rows, list(bunch["target_names"])
 
 
@@ -141,8 +147,19 @@ def alternate_split(rows: list[tuple[str, int]]) -> tuple[list[tuple[str, int]],
 
 
 # ----------------------------------------------------------------------------- task classes
-def _metadata_for(name: str, *, description: str, reference: str, file: str, type: str, main_score: str,
-                  domains: list, subtypes: list, date: tuple[str, str], bibtex: str) -> TaskMetadata:
+def _metadata_for(
+    name: str,
+    *,
+    description: str,
+    reference: str,
+    file: str,
+    type: str,
+    main_score: str,
+    domains: list,
+    subtypes: list,
+    date: tuple[str, str],
+    bibtex: str,
+) -> TaskMetadata:
     return TaskMetadata(
         name=name,
         description=description,
@@ -177,7 +194,9 @@ class _LocalSTS(AbsTaskSTS):
         if self.data_loaded:
             return
         s1, s2, score = zip(*self.pairs())
-        self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})})
+        self.dataset = DatasetDict(
+            {"test": Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})}
+        )
         self.data_loaded = True
 
 
@@ -207,8 +226,12 @@ class WordSim353(_LocalSTS):
         "WordSim353",
         description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
         reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
-        file="wordsim353.tsv", type="STS", main_score="cosine_spearman",
-        domains=["Written"], subtypes=[], date=("2001-01-01", "2002-12-31"),
+        file="wordsim353.tsv",
+        type="STS",
+        main_score="cosine_spearman",
+        domains=["Written"],
+        subtypes=[],
+        date=("2001-01-01", "2002-12-31"),
         bibtex="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
     )
 
@@ -222,8 +245,12 @@ class SimLex999(_LocalSTS):
         "SimLex999",
         description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
         reference="https://fh295.github.io/simlex.html",
-        file="simlex999.txt", type="STS", main_score="cosine_spearman",
-        domains=["Written"], subtypes=[], date=("2014-01-01", "2015-12-31"),
+        file="simlex999.txt",
+        type="STS",
+        main_score="cosine_spearman",
+        domains=["Written"],
+        subtypes=[],
+        date=("2014-01-01", "2015-12-31"),
         bibtex="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
     )
 
@@ -237,8 +264,12 @@ class LeeDocumentSimilarity(_LocalSTS):
         "LeeDocumentSimilarity",
         description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
         reference="https://escholarship.org/uc/item/48g155nq",
-        file="lee.cor", type="STS", main_score="cosine_spearman",
-        domains=["News", "Written"], subtypes=[], date=("2005-01-01", "2005-12-31"),
+        file="lee.cor",
+        type="STS",
+        main_score="cosine_spearman",
+        domains=["News", "Written"],
+        subtypes=[],
+        date=("2005-01-01", "2005-12-31"),
         bibtex="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
     )
 
@@ -251,8 +282,12 @@ class PangLeePolarity(_LocalClassification):
         "PangLeePolarity",
         description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
         reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
-        file="pang_lee_polarity.cor", type="Classification", main_score="accuracy",
-        domains=["Reviews", "Written"], subtypes=["Sentiment/Hate speech"], date=("2005-01-01", "2005-12-31"),
+        file="pang_lee_polarity.cor",
+        type="Classification",
+        main_score="accuracy",
+        domains=["Reviews", "Written"],
+        subtypes=["Sentiment/Hate speech"],
+        date=("2005-01-01", "2005-12-31"),
         bibtex="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
     )
 
@@ -265,8 +300,12 @@ class MiniNewsgroups(_LocalClassification):
         "MiniNewsgroups",
         description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
         reference="http://qwone.com/~jason/20Newsgroups/",
-        file="mini_newsgroup", type="Classification", main_score="accuracy",
-        domains=["Social", "Written"], subtypes=["Topic classification"], date=("1993-01-01", "1993-12-31"),
+        file="mini_newsgroup",
+        type="Classification",
+        main_score="accuracy",
+        domains=["Social", "Written"],
+        subtypes=["Topic classification"],
+        date=("1993-01-01", "1993-12-31"),
         bibtex="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
     )
 
@@ -275,6 +314,10 @@ class MiniNewsgroups(_LocalClassification):
 
 
 OFFLINE_TASKS: dict[str, type] = {
-    cls.metadata.name: cls for cls in (WordSim353, SimLex999, LeeDocumentSimilarity, PangLeePolarity, MiniNewsgroups)
+    cls.metadata.name: cls
+    for cls in (WordSim353, SimLex999, LeeDocumentSimilarity, PangLeePolarity, MiniNewsgroups)
 }
-OFFLINE_GROUPS = {"STS": ["WordSim353", "SimLex999", "LeeDocumentSimilarity"], "Classification": ["PangLeePolarity", "MiniNewsgroups"]}
+OFFLINE_GROUPS = {
+    "STS": ["WordSim353", "SimLex999", "LeeDocumentSimilarity"],
+    "Classification": ["PangLeePolarity", "MiniNewsgroups"],
+}

@@ -36,15 +36,17 @@ from pathlib import Path
 
 import yaml
 
-from .tasks import TASKS_DIR, cache_dir
+from nitp.records import cache_dir
+
+from .tasks import TASKS_DIR
 
 SEED = 0
-ANALOGY_TRAIN_PER_SECTION = 2     # few-shot pool
-ANALOGY_TEST_PER_SECTION = 40     # 14 sections -> 560 scored items
-NEXT_WORD_CONTEXT_WORDS = 50      # words before the target word
+ANALOGY_TRAIN_PER_SECTION = 2  # few-shot pool
+ANALOGY_TEST_PER_SECTION = 40  # 14 sections -> 560 scored items
+NEXT_WORD_CONTEXT_WORDS = 50  # words before the target word
 NEXT_WORD_MIN_CONTEXT = 20
 NEXT_WORD_ITEMS = 400
-SENTIMENT_TRAIN_PER_CLASS = 5     # few-shot pool; the other 190 sentences are scored
+SENTIMENT_TRAIN_PER_CLASS = 5  # few-shot pool; the other 190 sentences are scored
 # the trainer's default split of the built-in corpus (docs/contracts.md)
 VALIDATION_SPLIT = {"corpus": "builtin", "val_fraction": 0.05, "seed": 0}
 
@@ -76,13 +78,22 @@ def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]
         rows = rows[:]
         rng.shuffle(rows)
         n_train, n_test = ANALOGY_TRAIN_PER_SECTION, ANALOGY_TEST_PER_SECTION
-        for split, chosen in (("train", rows[:n_train]), ("test", rows[n_train:n_train + n_test])):
+        for split, chosen in (("train", rows[:n_train]), ("test", rows[n_train : n_train + n_test])):
             for a, b, c, d in chosen:
                 taken = {w.lower() for w in (a, b, c, d)}
                 distractors = rng.sample([w for w in pool if w.lower() not in taken], 3)
                 choices = [d, *distractors]
                 rng.shuffle(choices)
-                out[split].append({"section": section, "a": a, "b": b, "c": c, "choices": choices, "label": choices.index(d)})
+                out[split].append(
+                    {
+                        "section": section,
+                        "a": a,
+                        "b": b,
+                        "c": c,
+                        "choices": choices,
+                        "label": choices.index(d),
+                    }
+                )
     return out
 
 
@@ -125,8 +136,9 @@ def sentiment_items(path: str | os.PathLike | None = None) -> dict[str, list[dic
         if tag in ("__label__neg", "__label__pos") and sentence.strip():
             rows.append({"sentence": sentence.strip(), "label": int(tag == "__label__pos")})
     random.Random(SEED).shuffle(rows)
-    train = [r for r in rows if r["label"] == 0][:SENTIMENT_TRAIN_PER_CLASS] + \
-            [r for r in rows if r["label"] == 1][:SENTIMENT_TRAIN_PER_CLASS]
+    train = [r for r in rows if r["label"] == 0][:SENTIMENT_TRAIN_PER_CLASS] + [
+        r for r in rows if r["label"] == 1
+    ][:SENTIMENT_TRAIN_PER_CLASS]
     chosen = {id(r) for r in train}
     return {"train": train, "test": [r for r in rows if id(r) not in chosen]}
 
@@ -171,12 +183,17 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
 
 def _source_fingerprint() -> str:
     """Sizes and modification times of the source data, plus the code that turns them into items."""
-    import nitp_train.data
     from gensim.test.utils import datapath
 
+    import nitp_train.data
+
     parts = [Path(__file__).read_bytes(), Path(nitp_train.data.__file__).read_bytes()]
-    for name in ("questions-words.txt", "pang_lee_polarity.cor", "lee_background.cor",
-                 "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"):
+    for name in (
+        "questions-words.txt",
+        "pang_lee_polarity.cor",
+        "lee_background.cor",
+        "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+    ):
         st = Path(datapath(name)).stat()
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
@@ -191,16 +208,20 @@ def _write_tasks(base: Path, final: Path, digest: str, files: dict[str, str]) ->
         for name, text in files.items():
             (tmp / "data" / name).write_text(text, encoding="utf-8")
         for task, (template, _) in OFFLINE_TASKS.items():
-            splits = sorted(n[len(task) + 1:-len(".jsonl")] for n in files if n.startswith(task + "_"))
+            splits = sorted(n[len(task) + 1 : -len(".jsonl")] for n in files if n.startswith(task + "_"))
             config = {
                 "include": str(TASKS_DIR / "offline" / template),
                 "task": task,
                 "dataset_path": "json",
                 # final (not temporary) paths: the folder is renamed before anything reads it
-                "dataset_kwargs": {"data_files": {s: str(final / "data" / f"{task}_{s}.jsonl") for s in splits}},
+                "dataset_kwargs": {
+                    "data_files": {s: str(final / "data" / f"{task}_{s}.jsonl") for s in splits}
+                },
                 "metadata": {"version": 1.0, "data": digest},
             }
-            (tmp / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            (tmp / "tasks" / f"{task}.yaml").write_text(
+                yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
+            )
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: use its copy

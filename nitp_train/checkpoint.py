@@ -18,15 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import atomic_write_json, atomic_write_text, list_checkpoints
+from nitp.io import atomic_write_json, atomic_write_text
+from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def save(run_dir: Path, step: int, model_sd: dict, optim_sd: dict, scheduler, model, tokenizer,
-         meta: dict, state: dict, keep_last: int) -> Path:
+def save(
+    run_dir: Path,
+    step: int,
+    model_sd: dict,
+    optim_sd: dict,
+    scheduler,
+    model,
+    tokenizer,
+    meta: dict,
+    state: dict,
+    keep_last: int,
+) -> Path:
     """Write checkpoint ``step`` of a run (call on rank 0 only)."""
     from safetensors.torch import save_file
 
@@ -36,29 +43,55 @@ def save(run_dir: Path, step: int, model_sd: dict, optim_sd: dict, scheduler, mo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    lm_sd = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
-    head_sd = {k[len("head."):]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")}
+    lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
+    head_sd = {
+        k[len("head.") :]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")
+    }
     model.save_pretrained(tmp, state_dict=lm_sd)
     tokenizer.save_pretrained(tmp)
     if head_sd:
-        save_file(head_sd, tmp / "nitp_head.safetensors", metadata={"format": "pt", "projector": meta.get("projector", "")})
+        save_file(
+            head_sd,
+            tmp / "nitp_head.safetensors",
+            metadata={"format": "pt", "projector": meta.get("projector", "")},
+        )
     atomic_write_json(tmp / "nitp_meta.json", meta)
 
     st = tmp / "trainer_state"
     st.mkdir()
     torch.save(optim_sd, st / "optimizer.pt")
     torch.save(scheduler.state_dict(), st / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, st / "rng.pt")
+    torch.save(
+        {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        st / "rng.pt",
+    )
     atomic_write_json(st / "state.json", state)
+    atomic_write_text(
+        tmp / COMPLETE_MARKER, f"{final.name}\n"
+    )  # last file: readers trust only marked folders
 
     if final.exists():  # same step written by an earlier, interrupted attempt
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     os.replace(tmp, final)
     atomic_write_text(ckdir / "latest", final.name)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(old)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Rename to a hidden ``.step_N.del`` first, then delete: a kill never leaves a half-deleted
+    ``step_N`` that looks like a checkpoint; ``clean_partial`` finishes the delete next start."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.del")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_trainer_state(ckpt: Path) -> dict:
@@ -85,8 +118,9 @@ def load_head(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove half-written checkpoint folders left by a killed run."""
+    """Remove half-written (``.step_N.tmp``) and half-deleted (``.step_N.del``) checkpoint
+    folders left by a killed run."""
     ckdir = Path(run_dir) / "checkpoints"
     if ckdir.is_dir():
-        for p in ckdir.glob(".step_*.tmp"):
+        for p in [*ckdir.glob(".step_*.tmp"), *ckdir.glob(".step_*.del")]:
             shutil.rmtree(p, ignore_errors=True)

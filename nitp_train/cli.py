@@ -7,25 +7,37 @@ Multi-process: ``torchrun --nproc_per_node N -m nitp_train run CONFIG.yaml`` (DD
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from .artifacts import user_errors
+from nitp.errors import user_errors
 
-app = typer.Typer(help="Pre-train Hugging Face causal LMs with NTP or NITP.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Pre-train Hugging Face causal LMs with NTP or NITP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (see configs/); omitted = defaults (tiny-dense, NITP)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory [default: runs/<run_name>]."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (train.steps)."),
-    objective: Optional[str] = typer.Option(None, "--objective", help="ntp or nitp."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset (model.preset); see `nitp-train presets`."),
-    set_: List[str] = typer.Option([], "--set", help="Override any config key: --set nitp.lambda=0.5 (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."),
+    config: Path | None = typer.Argument(
+        None, help="YAML config (see configs/); omitted = defaults (tiny-dense, NITP)."
+    ),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory [default: runs/<run_name>]."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (train.steps)."),
+    objective: str | None = typer.Option(None, "--objective", help="ntp or nitp."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Model preset (model.preset); see `nitp-train presets`."
+    ),
+    set_: List[str] = typer.Option(
+        [], "--set", help="Override any config key: --set nitp.lambda=0.5 (repeatable)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."
+    ),
 ):
     """Train one model; writes RUN/config.yaml, RUN/metrics.jsonl and RUN/checkpoints/."""
     from .config import load_config
@@ -45,18 +57,34 @@ def run(
 @app.command()
 def prepare(
     out: Path = typer.Argument(..., help="Folder for train.bin / val.bin / tokenizer/ / meta.json."),
-    corpus: str = typer.Option("builtin", help="builtin, a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder or name; omitted = train a byte-level BPE."),
+    corpus: str = typer.Option(
+        "builtin", help="builtin, a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name."
+    ),
+    tokenizer: str | None = typer.Option(
+        None, help="Tokenizer folder or name; omitted = train a byte-level BPE."
+    ),
     vocab_size: int = typer.Option(4096, help="Vocabulary of the trained BPE."),
     val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
-    text_field: str = typer.Option("text", help="Field / column holding the text (.jsonl, .parquet, datasets)."),
+    text_field: str = typer.Option(
+        "text", help="Field / column holding the text (.jsonl, .parquet, datasets)."
+    ),
     seed: int = typer.Option(0),
 ):
     """Tokenize a corpus once into memory-mapped shards (point data.prepared_dir at OUT to share it)."""
     from .data import prepare as prepare_data
 
-    prepare_data({"corpus": corpus, "tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction,
-                  "text_field": text_field, "seed": seed, "seq_len": 2}, out)
+    prepare_data(
+        {
+            "corpus": corpus,
+            "tokenizer": tokenizer,
+            "vocab_size": vocab_size,
+            "val_fraction": val_fraction,
+            "text_field": text_field,
+            "seed": seed,
+            "seq_len": 2,
+        },
+        out,
+    )
 
 
 @app.command()
@@ -65,24 +93,36 @@ def presets(seq_len: int = typer.Option(2048, help="Sequence length for the FLOP
     from rich.console import Console
     from rich.table import Table
 
+    from .flops import nitp_flops_per_token, training_flops_per_token
     from .models import PRESETS, count_parameters_from_spec, make_config, resolve_preset
 
-    try:
-        from analysis.flops import nitp_flops_per_token, training_flops_per_token
-    except ImportError:
-        training_flops_per_token = None
     table = Table(title=f"NITP FLOPs overhead at sequence length {seq_len}")
-    for col in ("preset", "layers", "hidden", "params", "active", "target layer", "lambda", "NITP FLOPs overhead"):
+    for col in (
+        "preset",
+        "layers",
+        "hidden",
+        "params",
+        "active",
+        "target layer",
+        "lambda",
+        "NITP FLOPs overhead",
+    ):
         table.add_column(col, no_wrap=True)
     for name in PRESETS:
         spec = resolve_preset(name)
         counts = count_parameters_from_spec(spec)
-        overhead = "—"
-        if training_flops_per_token is not None:
-            base = training_flops_per_token(make_config(spec), seq_len)
-            overhead = f"{100 * nitp_flops_per_token(spec['hidden_size']) / base:.2f}%"
-        table.add_row(name, str(spec["num_hidden_layers"]), str(spec["hidden_size"]), _human(counts["total"]),
-                      _human(counts["active"]), f"{spec['target_layer']}/{spec['num_hidden_layers']}", str(spec["lambda"]), overhead)
+        base = training_flops_per_token(make_config(spec), seq_len)
+        overhead = f"{100 * nitp_flops_per_token(spec['hidden_size']) / base:.2f}%"
+        table.add_row(
+            name,
+            str(spec["num_hidden_layers"]),
+            str(spec["hidden_size"]),
+            _human(counts["total"]),
+            _human(counts["active"]),
+            f"{spec['target_layer']}/{spec['num_hidden_layers']}",
+            str(spec["lambda"]),
+            overhead,
+        )
     Console().print(table)
 
 

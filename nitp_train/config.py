@@ -14,53 +14,55 @@ from typing import Any
 
 import yaml
 
-from .artifacts import UserError
+from nitp.errors import UserError
+from nitp.layers import check_layer
+
 from .loss import LOSS_KINDS, PROJECTORS
 from .models import PRESETS, make_config, resolve_preset
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
     "seed": 0,
-    "objective": "nitp",                  # ntp | nitp
-    "model": {"preset": "tiny-dense"},    # + any preset / transformers config field
+    "objective": "nitp",  # ntp | nitp
+    "model": {"preset": "tiny-dense"},  # + any preset / transformers config field
     "nitp": {
-        "target_layer": None,             # null -> the preset's (paper: ~20% of depth)
-        "lambda": None,                   # null -> the preset's (paper: 1.0, 0.8 at 3B/9B)
-        "shift": 1,                       # 1 = next token (NITP); 0 = same position
-        "loss": "cosine",                 # cosine | mse | smooth_l1 | kl
+        "target_layer": None,  # null -> the preset's (paper: ~20% of depth)
+        "lambda": None,  # null -> the preset's (paper: 1.0, 0.8 at 3B/9B)
+        "shift": 1,  # 1 = next token (NITP); 0 = same position
+        "loss": "cosine",  # cosine | mse | smooth_l1 | kl
         "stop_grad": True,
-        "projector": "swiglu",            # swiglu | linear | none
+        "projector": "swiglu",  # swiglu | linear | none
         "start_step": 0,
     },
-    "cos_reg": {"weight": 0.0},           # Gao et al. 2019 baseline: mean cosine of last hidden states
+    "cos_reg": {"weight": 0.0},  # Gao et al. 2019 baseline: mean cosine of last hidden states
     "data": {
-        "corpus": "builtin",              # builtin | file or folder (.txt/.jsonl/.parquet) | HF dataset name
+        "corpus": "builtin",  # builtin | file or folder (.txt/.jsonl/.parquet) | HF dataset name
         "text_field": "text",
-        "tokenizer": None,                # null -> byte-level BPE trained on the corpus
-        "vocab_size": None,               # null -> model.vocab_size
+        "tokenizer": None,  # null -> byte-level BPE trained on the corpus
+        "vocab_size": None,  # null -> model.vocab_size
         "seq_len": 256,
         "val_fraction": 0.05,
         "seed": 0,
-        "prepared_dir": None,             # null -> RUN/data
+        "prepared_dir": None,  # null -> RUN/data
     },
     "train": {
         "steps": 300,
-        "batch_size": 16,                 # sequences per micro-batch per rank
+        "batch_size": 16,  # sequences per micro-batch per rank
         "grad_accum": 1,
-        "lr": None,                       # null -> the preset's
+        "lr": None,  # null -> the preset's
         "min_lr_ratio": 0.1,
-        "warmup_steps": 30,               # paper: 2000
-        "decay_ratio": 0.2,               # paper: last 20% of steps
-        "decay_type": "cosine",           # linear | cosine | 1-sqrt
+        "warmup_steps": 30,  # paper: 2000
+        "decay_ratio": 0.2,  # paper: last 20% of steps
+        "decay_type": "cosine",  # linear | cosine | 1-sqrt
         "weight_decay": 0.1,
         "betas": [0.9, 0.95],
         "eps": 1.0e-8,
         "grad_clip": 1.0,
-        "device": "auto",                 # auto | cpu | cuda
-        "dtype": "auto",                  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+        "device": "auto",  # auto | cpu | cuda
+        "dtype": "auto",  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
         "compile": False,
-        "parallel": "ddp",                # ddp | fsdp (under torchrun)
-        "threads": None,                  # torch CPU threads; null -> torch's default
+        "parallel": "ddp",  # ddp | fsdp (under torchrun)
+        "threads": None,  # torch CPU threads; null -> torch's default
     },
     "log": {"every": 10, "geom_every": 50, "eval_every": 100, "eval_batches": 8},
     "checkpoint": {"every": 100, "keep_last": 3},
@@ -76,7 +78,9 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
         path = f"{where}{key}"
         if key not in base and where != "model.":
             near = difflib.get_close_matches(key, list(base), n=1)
-            raise UserError(f"unknown config key {path!r}" + (f" (did you mean {where}{near[0]}?)" if near else ""))
+            raise UserError(
+                f"unknown config key {path!r}" + (f" (did you mean {where}{near[0]}?)" if near else "")
+            )
         if isinstance(base.get(key), dict) and key != "model":
             if not isinstance(value, dict):
                 raise UserError(f"config key {path!r} must be a mapping")
@@ -110,11 +114,35 @@ def parse_override(item: str) -> dict:
     return tree
 
 
+def configs_dir() -> Path:
+    """The shipped YAML presets: ``configs/`` of a source tree, or ``nitp.configs`` of a wheel."""
+    tree = Path(__file__).resolve().parent.parent / "configs"
+    if (tree / "tiny-nitp.yaml").is_file():
+        return tree
+    from importlib.resources import files
+
+    return Path(str(files("nitp.configs")))
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` when it exists, else the shipped config of that name (``configs/tiny-nitp.yaml``,
+    ``tiny-nitp.yaml`` and ``tiny-nitp`` all work from any folder, installed or not)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.as_posix().removeprefix("configs/")
+    for candidate in (configs_dir() / name, configs_dir() / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return p
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Defaults, then the YAML at ``path``, then ``overrides`` (``key=value``), resolved."""
+    """Defaults, then the YAML at ``path`` (see :func:`config_path`), then ``overrides``
+    (``key=value``), resolved."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        for data in _read_chain(Path(path)):
+        for data in _read_chain(config_path(path)):
             cfg = _merge(cfg, data)
     for item in overrides:
         cfg = _merge(cfg, parse_override(item))
@@ -166,8 +194,13 @@ def _validate(cfg: dict) -> None:
     if cfg["objective"] not in ("ntp", "nitp"):
         raise UserError(f"objective={cfg['objective']!r}: use ntp or nitp")
     n_layers = model["num_hidden_layers"]
-    if not isinstance(nitp["target_layer"], int) or not 0 <= nitp["target_layer"] <= n_layers:
-        raise UserError(f"nitp.target_layer={nitp['target_layer']} is out of range for {model['preset']} ({n_layers} layers): use 0..{n_layers} (0 = embeddings)")
+    if isinstance(nitp["target_layer"], bool):
+        raise UserError(
+            f"nitp.target_layer={nitp['target_layer']}: give an integer layer number (0 = embeddings)"
+        )
+    nitp["target_layer"] = check_layer(
+        nitp["target_layer"], n_layers, allow_last=False, name="nitp.target_layer"
+    )
     if not isinstance(nitp["lambda"], (int, float)) or nitp["lambda"] < 0:
         raise UserError(f"nitp.lambda={nitp['lambda']}: must be a number >= 0")
     if nitp["shift"] not in (0, 1):
@@ -179,7 +212,9 @@ def _validate(cfg: dict) -> None:
     if nitp["start_step"] < 0 or cfg["cos_reg"]["weight"] < 0:
         raise UserError("nitp.start_step and cos_reg.weight must be >= 0")
     if data["seq_len"] > model["max_position_embeddings"]:
-        raise UserError(f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings={model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings")
+        raise UserError(
+            f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings={model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"
+        )
     if data["seq_len"] < 2:
         raise UserError("data.seq_len must be >= 2")
     for key in ("steps", "batch_size", "grad_accum"):

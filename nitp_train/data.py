@@ -31,9 +31,15 @@ from typing import Iterator
 
 import numpy as np
 
-from .artifacts import UserError, atomic_write_json
+from nitp.errors import UserError
+from nitp.io import atomic_write_json
 
-SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
+SPECIAL_TOKENS = {
+    "bos_token": "<|bos|>",
+    "eos_token": "<|endoftext|>",
+    "pad_token": "<|pad|>",
+    "unk_token": "<|unk|>",
+}
 TEXT_SUFFIXES = {".txt", ".jsonl", ".json", ".parquet"}
 
 
@@ -51,7 +57,7 @@ def builtin_documents() -> list[str]:
         if text.lstrip().lower().startswith("#redirect"):
             continue
         plain = filter_wiki(html.unescape(text))
-        plain = re.sub(r"'{2,}", "", plain)                           # bold / italic marks
+        plain = re.sub(r"'{2,}", "", plain)  # bold / italic marks
         plain = re.sub(r"^=+\s*(.*?)\s*=+\s*$", r"\1", plain, flags=re.M)  # headings
         plain = re.sub(r"\n{3,}", "\n\n", plain).strip()
         if len(plain) > 200:
@@ -83,8 +89,11 @@ def load_documents(corpus: str, text_field: str = "text") -> list[str]:
 
 def _looks_like_hub_name(name: str) -> bool:
     """``wikitext`` or ``owner/name``: no leading path marker, at most one slash, no file suffix."""
-    return (not name.startswith(("/", ".", "~")) and name.count("/") <= 1
-            and Path(name).suffix not in TEXT_SUFFIXES)
+    return (
+        not name.startswith(("/", ".", "~"))
+        and name.count("/") <= 1
+        and Path(name).suffix not in TEXT_SUFFIXES
+    )
 
 
 def _read_file(path: Path, text_field: str) -> list[str]:
@@ -93,7 +102,9 @@ def _read_file(path: Path, text_field: str) -> list[str]:
 
         table = pq.read_table(path)
         if text_field not in table.column_names:
-            raise UserError(f"corpus {path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set data.text_field")
+            raise UserError(
+                f"corpus {path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set data.text_field"
+            )
         return [str(x) for x in table.column(text_field).to_pylist() if x]
     raw = path.read_bytes()
     if b"\x00" in raw[:8192]:
@@ -110,7 +121,9 @@ def _read_file(path: Path, text_field: str) -> list[str]:
             try:
                 docs.append(json.loads(line)[text_field])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line") from None
+                raise UserError(
+                    f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line"
+                ) from None
         return docs
     # .txt: documents are separated by blank lines when there are several paragraphs per file
     return [text]
@@ -122,9 +135,13 @@ def _load_hub_dataset(name: str, text_field: str) -> list[str]:
 
         ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one line
-        raise UserError(f"corpus {name}: not a local path and could not be loaded from the hub ({type(e).__name__}); give a local file or folder") from None
+        raise UserError(
+            f"corpus {name}: not a local path and could not be loaded from the hub ({type(e).__name__}); give a local file or folder"
+        ) from None
     if text_field not in ds.column_names:
-        raise UserError(f"corpus {name}: no column {text_field!r} (columns: {', '.join(ds.column_names)}); set data.text_field")
+        raise UserError(
+            f"corpus {name}: no column {text_field!r} (columns: {', '.join(ds.column_names)}); set data.text_field"
+        )
     return list(ds[text_field])
 
 
@@ -166,7 +183,9 @@ def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"tokenizer {name_or_path}: could not be loaded ({type(e).__name__}); give a tokenizer folder or null to train one") from None
+        raise UserError(
+            f"tokenizer {name_or_path}: could not be loaded ({type(e).__name__}); give a tokenizer folder or null to train one"
+        ) from None
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": SPECIAL_TOKENS["eos_token"]})
     if tok.pad_token is None:
@@ -175,7 +194,14 @@ def load_tokenizer(name_or_path: str):
 
 
 # ----------------------------------------------------------------------------- shards
-FINGERPRINT_DEFAULTS = {"corpus": "builtin", "text_field": "text", "tokenizer": None, "vocab_size": 4096, "val_fraction": 0.05, "seed": 0}
+FINGERPRINT_DEFAULTS = {
+    "corpus": "builtin",
+    "text_field": "text",
+    "tokenizer": None,
+    "vocab_size": 4096,
+    "val_fraction": 0.05,
+    "seed": 0,
+}
 
 
 def data_fingerprint(data_cfg: dict) -> str:
@@ -192,7 +218,9 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") != fp:
-            raise UserError(f"{out}: holds data prepared with other settings (corpus {meta.get('corpus')}, vocabulary {meta.get('vocab_size')}); use another data.prepared_dir or delete it")
+            raise UserError(
+                f"{out}: holds data prepared with other settings (corpus {meta.get('corpus')}, vocabulary {meta.get('vocab_size')}); use another data.prepared_dir or delete it"
+            )
         return out
     log(f"preparing corpus {data_cfg['corpus']!r} -> {out}")
     docs = load_documents(data_cfg["corpus"], data_cfg.get("text_field", "text"))
@@ -216,11 +244,20 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     seq_len = data_cfg.get("seq_len", 256)
     if counts["train"] < seq_len + 1:
         shutil.rmtree(tmp)
-        raise UserError(f"corpus {data_cfg['corpus']}: {counts['train']} training tokens, fewer than one sequence of {seq_len}; give more text or lower data.seq_len")
+        raise UserError(
+            f"corpus {data_cfg['corpus']}: {counts['train']} training tokens, fewer than one sequence of {seq_len}; give more text or lower data.seq_len"
+        )
     meta = {
-        "fingerprint": fp, "corpus": data_cfg["corpus"], "dtype": np.dtype(dtype).name, "vocab_size": vocab,
-        "n_train": counts["train"], "n_val": counts["val"], "n_docs_train": len(train_docs), "n_docs_val": len(val_docs),
-        "eos_token_id": tok.eos_token_id, "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
+        "fingerprint": fp,
+        "corpus": data_cfg["corpus"],
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": vocab,
+        "n_train": counts["train"],
+        "n_val": counts["val"],
+        "n_docs_train": len(train_docs),
+        "n_docs_val": len(val_docs),
+        "eos_token_id": tok.eos_token_id,
+        "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
     }
     atomic_write_json(tmp / "meta.json", meta)
     if out.exists() and not meta_path.is_file():  # an empty or partial folder from an interrupted run
@@ -264,15 +301,17 @@ class TokenShards:
 
         return AutoTokenizer.from_pretrained(self.dir / "tokenizer")
 
-    def batches(self, seq_len: int, batch_size: int, seed: int, start: int = 0,
-                rank: int = 0, world: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def batches(
+        self, seq_len: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, int64 array [batch_size, seq_len])`` from batch ``start`` on, forever."""
         n_windows = len(self.train) // seq_len
         per_step = batch_size * world
         if n_windows < per_step:
             raise UserError(
                 f"corpus has {n_windows} windows of {seq_len} tokens, fewer than one global batch of {per_step}; "
-                "lower train.batch_size or data.seq_len, or give more text")
+                "lower train.batch_size or data.seq_len, or give more text"
+            )
         steps_per_epoch = n_windows // per_step
         i = start
         while True:
@@ -280,14 +319,16 @@ class TokenShards:
             perm = np.random.default_rng([seed, epoch]).permutation(n_windows)
             while j < steps_per_epoch:
                 lo = (j * world + rank) * batch_size
-                idx = np.sort(perm[lo:lo + batch_size])
-                yield i, np.stack([self.train[w * seq_len:(w + 1) * seq_len] for w in idx]).astype(np.int64)
+                idx = np.sort(perm[lo : lo + batch_size])
+                yield i, np.stack([self.train[w * seq_len : (w + 1) * seq_len] for w in idx]).astype(np.int64)
                 i, j = i + 1, j + 1
 
-    def val_batches(self, seq_len: int, batch_size: int, max_batches: int, rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:
+    def val_batches(
+        self, seq_len: int, batch_size: int, max_batches: int, rank: int = 0, world: int = 1
+    ) -> Iterator[np.ndarray]:
         """Consecutive validation windows, split across ranks; at most ``max_batches`` per rank."""
         n_windows = len(self.val) // seq_len
         windows = list(range(rank, n_windows, world))
         for b in range(min(max_batches, len(windows) // batch_size)):
-            ws = windows[b * batch_size:(b + 1) * batch_size]
-            yield np.stack([self.val[w * seq_len:(w + 1) * seq_len] for w in ws]).astype(np.int64)
+            ws = windows[b * batch_size : (b + 1) * batch_size]
+            yield np.stack([self.val[w * seq_len : (w + 1) * seq_len] for w in ws]).astype(np.int64)

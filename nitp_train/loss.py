@@ -11,15 +11,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import final_norm, target_module
+from nitp.layers import register_layer_hook
 
 LOSS_KINDS = ("cosine", "mse", "smooth_l1", "kl")
 PROJECTORS = ("swiglu", "linear", "none")
 
 
-def nitp_loss(last_hidden: torch.Tensor, target_hidden: torch.Tensor, head: nn.Module | None = None,
-              attention_mask: torch.Tensor | None = None, shift: int = 1, kind: str = "cosine",
-              stop_grad: bool = True) -> torch.Tensor:
+def nitp_loss(
+    last_hidden: torch.Tensor,
+    target_hidden: torch.Tensor,
+    head: nn.Module | None = None,
+    attention_mask: torch.Tensor | None = None,
+    shift: int = 1,
+    kind: str = "cosine",
+    stop_grad: bool = True,
+) -> torch.Tensor:
     r"""Mean loss between projected last hidden states and shifted target hidden states.
 
     .. math::
@@ -80,7 +86,9 @@ def nitp_loss(last_hidden: torch.Tensor, target_hidden: torch.Tensor, head: nn.M
     elif kind == "smooth_l1":
         per_pos = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1)
     else:  # kl
-        per_pos = F.kl_div(F.log_softmax(pred, -1), F.log_softmax(tgt, -1), log_target=True, reduction="none").sum(-1)
+        per_pos = F.kl_div(
+            F.log_softmax(pred, -1), F.log_softmax(tgt, -1), log_target=True, reduction="none"
+        ).sum(-1)
     return per_pos.mean()
 
 
@@ -122,10 +130,6 @@ def make_head(kind: str, d_in: int, d_out: int) -> nn.Module | None:
     raise ValueError(f"projector must be one of {PROJECTORS}, got {kind!r}")
 
 
-def _output_tensor(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 class NITPObjective(nn.Module):
     """Causal LM + projector; ``forward(input_ids)`` returns every loss term in one forward pass.
 
@@ -143,24 +147,35 @@ class NITPObjective(nn.Module):
         d = model.config.hidden_size
         self.head = make_head(self.cfg["projector"], d, d) if objective == "nitp" else None
         self._captured: dict[str, torch.Tensor] = {}
-        final_norm(model).register_forward_hook(self._capture("last"))
+        # h = layer -1 (final-norm output), z = layer k (nitp.layers numbering), same forward pass
+        register_layer_hook(model, -1, self._capture("last"))
         if objective == "nitp":
-            target_module(model, self.cfg["target_layer"]).register_forward_hook(self._capture("target"))
+            register_layer_hook(model, self.cfg["target_layer"], self._capture("target"))
 
     def _capture(self, name):
-        def hook(_module, _inputs, output):
-            self._captured[name] = _output_tensor(output)
-        return hook
+        def store(tensor):
+            self._captured[name] = tensor
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                nitp_weight: float = 1.0, keep_last_hidden: bool = False) -> dict[str, torch.Tensor]:
+        return store
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        nitp_weight: float = 1.0,
+        keep_last_hidden: bool = False,
+    ) -> dict[str, torch.Tensor]:
         self._captured.clear()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         logits = out.logits[:, :-1].float()
         labels = input_ids[:, 1:]
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
-        losses = {"loss_ntp": F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)}
+        losses = {
+            "loss_ntp": F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
+        }
         total = losses["loss_ntp"]
         h = self._captured.pop("last")
         if getattr(out, "aux_loss", None) is not None:
@@ -168,7 +183,9 @@ class NITPObjective(nn.Module):
             total = total + self.model.config.router_aux_loss_coef * out.aux_loss
         if self.objective == "nitp":
             z = self._captured.pop("target")
-            losses["loss_nitp"] = nitp_loss(h, z, self.head, attention_mask, self.cfg["shift"], self.cfg["loss"], self.cfg["stop_grad"])
+            losses["loss_nitp"] = nitp_loss(
+                h, z, self.head, attention_mask, self.cfg["shift"], self.cfg["loss"], self.cfg["stop_grad"]
+            )
             total = total + nitp_weight * losses["loss_nitp"]
         if self.cos_reg_weight > 0:
             flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])

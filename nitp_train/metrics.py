@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from .artifacts import atomic_write_text, read_jsonl
+from nitp.io import atomic_write_text, read_jsonl
 
 # peak dense bf16 FLOP/s by GPU name fragment, for MFU
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -40,17 +40,34 @@ def _fmt(key: str, v: float) -> str:
 class MetricsLog:
     """Appends metric lines (rank 0 only) and shows progress."""
 
-    SHOWN = ("loss_total", "loss_ntp", "loss_nitp", "aux_loss", "val_loss", "erank", "mean_cos", "tokens_per_s")
+    SHOWN = (
+        "loss_total",
+        "loss_ntp",
+        "loss_nitp",
+        "aux_loss",
+        "val_loss",
+        "erank",
+        "mean_cos",
+        "tokens_per_s",
+    )
 
-    def __init__(self, path: Path, total_steps: int, start_step: int, enabled: bool = True, title: str = "train"):
+    def __init__(
+        self, path: Path, total_steps: int, start_step: int, enabled: bool = True, title: str = "train"
+    ):
         self.path, self.enabled = Path(path), enabled
         self.file = open(self.path, "a") if enabled else None
         self.progress = None
         if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.description}"), transient=False)
+            self.progress = Progress(
+                TextColumn(f"[bold]{title}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                transient=False,
+            )
             self.task = self.progress.add_task("", total=total_steps, completed=start_step)
             self.progress.start()
 
@@ -60,7 +77,11 @@ class MetricsLog:
         row = {k: (float(v) if isinstance(v, float) else v) for k, v in row.items() if v is not None}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        shown = "  ".join(f"{k}={_fmt(k, row[k])}" for k in self.SHOWN if k in row and isinstance(row[k], float) and math.isfinite(row[k]))
+        shown = "  ".join(
+            f"{k}={_fmt(k, row[k])}"
+            for k in self.SHOWN
+            if k in row and isinstance(row[k], float) and math.isfinite(row[k])
+        )
         if self.progress is not None:
             self.progress.update(self.task, completed=row["step"], description=shown)
         else:

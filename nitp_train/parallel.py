@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nitp.layers import transformer_blocks
+
 
 @dataclass
 class Dist:
@@ -34,7 +36,11 @@ def setup(device: str = "auto") -> Dist:
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if "RANK" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    rank, world, local = (
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
@@ -65,8 +71,7 @@ def all_mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
 def gather_checksums(d: Dist, module: torch.nn.Module) -> list[float]:
     """float64 sum of every parameter, from each rank: equal lists mean the replicas agree (DDP)."""
     with torch.no_grad():
-        local = sum(p.detach().double().sum()
-                    for p in module.parameters())
+        local = sum(p.detach().double().sum() for p in module.parameters())
     t = torch.as_tensor(local, dtype=torch.float64, device=d.device).reshape(1)
     if not d.enabled:
         return [float(t)]
@@ -85,8 +90,8 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
         return DDP(module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
-    for layer in module.model.model.layers:
-        fully_shard(layer)
+    for block in transformer_blocks(unwrap(module).model):  # the same blocks nitp.layers hooks
+        fully_shard(block)
     fully_shard(module)
     return module
 
@@ -105,12 +110,19 @@ def full_state_dicts(wrapped: torch.nn.Module, optimizer, d: Dist, mode: str):
     return get_state_dict(wrapped, optimizer, options=opts)
 
 
-def load_full_state_dicts(wrapped: torch.nn.Module, optimizer, model_sd, optim_sd, d: Dist, mode: str) -> None:
+def load_full_state_dicts(
+    wrapped: torch.nn.Module, optimizer, model_sd, optim_sd, d: Dist, mode: str
+) -> None:
     if not d.enabled or mode == "ddp":
         unwrap(wrapped).load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    set_state_dict(wrapped, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True))
+    set_state_dict(
+        wrapped,
+        optimizer,
+        model_state_dict=model_sd,
+        optim_state_dict=optim_sd,
+        options=StateDictOptions(full_state_dict=True),
+    )

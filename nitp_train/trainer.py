@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from nitp.errors import UserError
+from nitp.io import atomic_write_text
+from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint
+
 from . import checkpoint as ckpt_io
 from . import parallel
-from .artifacts import UserError, atomic_write_text, list_checkpoints, read_run_config, resolve_checkpoint
 from .config import RESUMABLE_CHANGES, config_diff
 from .data import TokenShards, prepare
 from .loss import NITPObjective
@@ -57,7 +60,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
     shards = TokenShards(prepared)
     tokenizer = shards.tokenizer()
     if len(tokenizer) > cfg["model"]["vocab_size"]:
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={cfg['model']['vocab_size']}: set model.vocab_size>={len(tokenizer)} or data.vocab_size<={cfg['model']['vocab_size']}")
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={cfg['model']['vocab_size']}: set model.vocab_size>={len(tokenizer)} or data.vocab_size<={cfg['model']['vocab_size']}"
+        )
 
     # ---- model + objective (+ projector), fresh or from the last checkpoint
     torch.manual_seed(cfg["seed"])
@@ -74,8 +79,14 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
     objective.to(d.device)
     counts = count_parameters(model)
-    log(f"{cfg['model']['preset']} ({cfg['objective']}): {counts['total']:,} parameters, {counts['active']:,} active"
-        + (f", projector {sum(p.numel() for p in objective.head.parameters()):,} (training only)" if objective.head else ""))
+    log(
+        f"{cfg['model']['preset']} ({cfg['objective']}): {counts['total']:,} parameters, {counts['active']:,} active"
+        + (
+            f", projector {sum(p.numel() for p in objective.head.parameters()):,} (training only)"
+            if objective.head
+            else ""
+        )
+    )
 
     wrapped = parallel.wrap(objective, d, tc["parallel"])
     optimizer = _make_optimizer(objective, tc)
@@ -83,7 +94,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
     step, tokens_seen = 0, 0
     if last_ckpt is not None:
         saved = ckpt_io.load_trainer_state(last_ckpt)
-        parallel.load_full_state_dicts(wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"])
+        parallel.load_full_state_dicts(
+            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
+        )
         scheduler.load_state_dict(saved["scheduler"])
         step, tokens_seen = saved["state"]["step"], saved["state"]["tokens_seen"]
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
@@ -111,9 +124,15 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
             for micro in range(accum):
                 _, batch = next(batches)
                 x = torch.from_numpy(batch).to(d.device, non_blocking=True)
-                sync = contextlib.nullcontext() if (micro == accum - 1 or not hasattr(wrapped, "no_sync")) else wrapped.no_sync()
+                sync = (
+                    contextlib.nullcontext()
+                    if (micro == accum - 1 or not hasattr(wrapped, "no_sync"))
+                    else wrapped.no_sync()
+                )
                 with sync, amp:
-                    out = forward(x, nitp_weight=nitp_weight, keep_last_hidden=want_geom and micro == accum - 1)
+                    out = forward(
+                        x, nitp_weight=nitp_weight, keep_last_hidden=want_geom and micro == accum - 1
+                    )
                     (out["loss_total"] / accum).backward()
                 for k, v in out.items():
                     if k.startswith(("loss", "aux")):
@@ -121,7 +140,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                 n_sums += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), tc["grad_clip"])
             if not torch.isfinite(sums["loss_total"]):
-                raise UserError(f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)")
+                raise UserError(
+                    f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)"
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -147,7 +168,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                 mlog.write({"step": step, "tokens": tokens_seen, **row})
             if step % cfg["checkpoint"]["every"] == 0 or step == tc["steps"]:
                 _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d)
-                last_good = ckpt_io.checkpoint_name(step)
+                last_good = checkpoint_name(step)
             if not sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
                 t0 = time.perf_counter()
     finally:
@@ -162,14 +183,21 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
     exists = (run_dir / "config.yaml").is_file()
     if not resume:
         if exists:
-            raise UserError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --run-dir")
+            raise UserError(
+                f"{run_dir} already holds a run: add --resume to continue it, or choose another --run-dir"
+            )
         return None
     if not exists:
         return None  # nothing to resume: start fresh
-    changed = [k for k in config_diff(read_run_config(run_dir), cfg)
-               if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    changed = [
+        k
+        for k in config_diff(read_run_config(run_dir), cfg)
+        if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)
+    ]
     if changed:
-        raise UserError(f"--resume: config differs from the run's in {', '.join(changed[:5])}; resume with the same config or use another --run-dir")
+        raise UserError(
+            f"--resume: config differs from the run's in {', '.join(changed[:5])}; resume with the same config or use another --run-dir"
+        )
     return resolve_checkpoint(run_dir) if list_checkpoints(run_dir) else None
 
 
@@ -189,8 +217,14 @@ def _make_scheduler(optimizer, tc: dict):
     steps = tc["steps"]
     warmup = min(tc["warmup_steps"], steps)
     decay = min(int(round(tc["decay_ratio"] * steps)), steps - warmup)
-    return get_wsd_schedule(optimizer, num_warmup_steps=warmup, num_decay_steps=decay, num_training_steps=steps,
-                            decay_type=tc["decay_type"], min_lr_ratio=tc["min_lr_ratio"])
+    return get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=warmup,
+        num_decay_steps=decay,
+        num_training_steps=steps,
+        decay_type=tc["decay_type"],
+        min_lr_ratio=tc["min_lr_ratio"],
+    )
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -199,18 +233,16 @@ def _autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def _flops_per_token(cfg: dict, model) -> float | None:
-    try:
-        from analysis.flops import nitp_flops_per_token, training_flops_per_token
-    except ImportError:
-        return None
+def _flops_per_token(cfg: dict, model) -> float:
+    from .flops import nitp_flops_per_token, training_flops_per_token
+
     f = training_flops_per_token(model.config, cfg["data"]["seq_len"])
     return f + (nitp_flops_per_token(model.config.hidden_size) if cfg["objective"] == "nitp" else 0.0)
 
 
 def _geometry(last_hidden: torch.Tensor) -> dict:
     """The paper's Figure 1 measures on this batch's last hidden states (all tokens)."""
-    from analysis.geometry import anisotropy, effective_rank
+    from nitp.geometry import anisotropy, effective_rank
 
     h = last_hidden.reshape(-1, last_hidden.shape[-1]).float()
     return {"erank": float(effective_rank(h)), "mean_cos": float(anisotropy(h))}
@@ -220,7 +252,9 @@ def _geometry(last_hidden: torch.Tensor) -> dict:
 def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) -> dict:
     wrapped.eval()
     total, n = 0.0, 0
-    for batch in shards.val_batches(cfg["data"]["seq_len"], cfg["train"]["batch_size"], cfg["log"]["eval_batches"], d.rank, d.world):
+    for batch in shards.val_batches(
+        cfg["data"]["seq_len"], cfg["train"]["batch_size"], cfg["log"]["eval_batches"], d.rank, d.world
+    ):
         with amp:
             out = wrapped(torch.from_numpy(batch).to(d.device), nitp_weight=0.0)
         total, n = total + float(out["loss_ntp"]), n + 1
@@ -236,13 +270,35 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
     checksums = parallel.gather_checksums(d, objective) if cfg["train"]["parallel"] == "ddp" else []
     if d.is_main:
         nitp = cfg["nitp"] if cfg["objective"] == "nitp" else {}
-        meta = {"step": step, "tokens_seen": tokens_seen, "objective": cfg["objective"], "preset": cfg["model"]["preset"],
-                "target_layer": nitp.get("target_layer"), "lambda": nitp.get("lambda"), "projector": nitp.get("projector"),
-                "cos_reg_weight": cfg["cos_reg"]["weight"]}
-        state = {"step": step, "tokens_seen": tokens_seen, "next_batch": step * cfg["train"]["grad_accum"], "world_size": d.world,
-                 "rank_param_checksums": checksums}
+        meta = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "objective": cfg["objective"],
+            "preset": cfg["model"]["preset"],
+            "target_layer": nitp.get("target_layer"),
+            "lambda": nitp.get("lambda"),
+            "projector": nitp.get("projector"),
+            "cos_reg_weight": cfg["cos_reg"]["weight"],
+        }
+        state = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "next_batch": step * cfg["train"]["grad_accum"],
+            "world_size": d.world,
+            "rank_param_checksums": checksums,
+        }
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
-        ckpt_io.save(run_dir, step, model_sd, optim_sd, scheduler, objective.model, tokenizer, meta, state,
-                     cfg["checkpoint"]["keep_last"])
+        ckpt_io.save(
+            run_dir,
+            step,
+            model_sd,
+            optim_sd,
+            scheduler,
+            objective.model,
+            tokenizer,
+            meta,
+            state,
+            cfg["checkpoint"]["keep_last"],
+        )
     parallel.barrier(d)

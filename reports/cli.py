@@ -1,19 +1,19 @@
 """`nitp-report`: paper-style tables and figures from run directories and result records.
 
-    nitp-report compare runs/tiny-ntp runs/tiny-nitp --out reports/quickstart
-    nitp-report compare runs/*/ results/mteb/*.json --out out --label tiny-nitp="NITP (k=1)"
-    nitp-report phases runs/tiny-nitp
-    nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
+nitp-report compare runs/tiny-ntp runs/tiny-nitp --out reports/quickstart
+nitp-report compare runs/*/ results/mteb/*.json --out out --label tiny-nitp="NITP (k=1)"
+nitp-report phases runs/tiny-nitp
+nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from nitp_train.artifacts import user_errors
+from nitp.errors import user_errors
 
 app = typer.Typer(
     help="Paper-style NTP vs NITP tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) from runs and result records.",
@@ -25,16 +25,26 @@ app = typer.Typer(
 
 @app.command()
 def compare(
-    inputs: Optional[List[Path]] = typer.Argument(None, help="Run directories, result records (.json) or folders of records.", show_default=False),
+    inputs: List[Path] | None = typer.Argument(
+        None, help="Run directories, result records (.json) or folders of records.", show_default=False
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: report.md, tables/, figures/."),
-    label: Optional[List[str]] = typer.Option(None, "--label", help="Rename a model: NAME=NEW (NAME = run name or default label); repeatable."),
+    label: List[str] | None = typer.Option(
+        None, "--label", help="Rename a model: NAME=NEW (NAME = run name or default label); repeatable."
+    ),
     per_task: bool = typer.Option(False, "--per-task", help="Also write the MTEB per-task table."),
 ) -> None:
     """Compare runs: DIR/report.md (tables inline, figures linked) + DIR/tables/ + DIR/figures/."""
     from reports.compare import compare as build
     from reports.inputs import parse_labels
 
-    path = build(inputs or [], out, parse_labels(label), per_task=per_task, log=lambda msg: typer.echo(f"note: {msg}", err=True))
+    path = build(
+        inputs or [],
+        out,
+        parse_labels(label),
+        per_task=per_task,
+        log=lambda msg: typer.echo(f"note: {msg}", err=True),
+    )
     typer.echo(str(path))
 
 
@@ -43,12 +53,14 @@ def phases(
     run: Path = typer.Argument(..., help="A NITP run directory (reads loss_nitp from metrics.jsonl)."),
 ) -> None:
     """Detect the NITP loss's three phases (initial drop, hump, convergence) in a run."""
-    from nitp_train.artifacts import UserError
+    from nitp.errors import UserError
     from reports.inputs import load_inputs
     from reports.phases import detect_phases
 
     model = load_inputs([run]).models[0]
-    rows = [(m["step"], m["loss_nitp"]) for m in model.metrics if isinstance(m.get("loss_nitp"), (int, float))]
+    rows = [
+        (m["step"], m["loss_nitp"]) for m in model.metrics if isinstance(m.get("loss_nitp"), (int, float))
+    ]
     if not rows:
         raise UserError(f"{run}: no loss_nitp in metrics.jsonl (an NTP run, or not trained yet)")
     steps, values = zip(*rows)
@@ -57,10 +69,16 @@ def phases(
 
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Folder for data, both runs and report/."),
-    scale: str = typer.Option("tiny", "--scale", help="tiny (CPU, < 15 min on 2 cores) or small (~16M parameters, one GPU)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per model [default: 500 tiny, 2000 small]."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]."),
+    out: Path = typer.Option(
+        Path("runs/quickstart"), "--out", "-o", help="Folder for data, both runs and report/."
+    ),
+    scale: str = typer.Option(
+        "tiny", "--scale", help="tiny (CPU, < 15 min on 2 cores) or small (~16M parameters, one GPU)."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps per model [default: 500 tiny, 2000 small]."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]."),
 ) -> None:
     """Train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
     from reports.quickstart import run_quickstart

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nitp_train.artifacts import UserError, atomic_write_text
+from nitp.errors import UserError
+from nitp.io import atomic_write_text
 
 from .formats import Table
 from .grouping import KNOBS, Layout, arrange, settings_groups
@@ -49,7 +50,11 @@ class Report:
 
     def table(self, heading: str, table: Table) -> None:
         base = self.out_dir / "tables" / table.name
-        for suffix, text in ((".md", table.to_markdown()), (".tex", table.to_latex()), (".csv", table.to_csv())):
+        for suffix, text in (
+            (".md", table.to_markdown()),
+            (".tex", table.to_latex()),
+            (".csv", table.to_csv()),
+        ):
             self.written.add(atomic_write_text(base.with_suffix(suffix), text))
         links = f"<sub>tables/{table.name}: [md](tables/{table.name}.md) · [tex](tables/{table.name}.tex) · [csv](tables/{table.name}.csv)</sub>"
         self._add(heading, table.to_markdown() + "\n" + links)
@@ -67,8 +72,14 @@ class Report:
         self.sections.append((heading, [block]))
 
 
-def compare(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, labels: dict[str, str] | None = None,
-            *, per_task: bool = False, log: Callable[[str], None] | None = None) -> Path:
+def compare(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    labels: dict[str, str] | None = None,
+    *,
+    per_task: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Build the report of ``inputs`` (run dirs, record files, folders of records) in ``out_dir``.
 
     Parameters
@@ -86,7 +97,9 @@ def compare(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, labels:
     log = log or (lambda _msg: None)
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory (give a folder for report.md, tables/, figures/)")
+        raise UserError(
+            f"--out {out_dir}: exists and is not a directory (give a folder for report.md, tables/, figures/)"
+        )
     study = load_inputs(list(inputs), labels)
     layout = arrange(study)
     report = Report(out_dir=out, notes=list(layout.notes))
@@ -94,8 +107,10 @@ def compare(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, labels:
     groups = {kind: settings_groups(study.models, kind) for kind in ("bench", "mteb", "geom")}
     for kind, gs in groups.items():
         if len(gs) > 1:
-            report.notes.append(f"{kind} records come in {len(gs)} different settings ({'; '.join(g.description for g in gs)}): "
-                                "they are kept in separate tables and never averaged together.")
+            report.notes.append(
+                f"{kind} records come in {len(gs)} different settings ({'; '.join(g.description for g in gs)}): "
+                "they are kept in separate tables and never averaged together."
+            )
     _tables(report, study, layout, groups, per_task)
     _figures(report, study, layout, groups)
     for line in report.skipped + report.notes:
@@ -109,7 +124,9 @@ def _check_kinds(study: Study, report: Report) -> None:
     for model in study.models:
         for rec in model.records:
             if rec.get("kind") not in KNOWN_KINDS:
-                report.notes.append(f"{rec['_path']}: record kind {rec.get('kind')!r} is not reported (known: bench, mteb, geom, speed).")
+                report.notes.append(
+                    f"{rec['_path']}: record kind {rec.get('kind')!r} is not reported (known: bench, mteb, geom, speed)."
+                )
 
 
 def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task: bool) -> None:
@@ -146,31 +163,52 @@ def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None
 
     def geometry():
         paths = F.plot_training_geometry(layout.main, figs / "training_geometry")
-        report.figure("Training dynamics", paths, "Effective rank and mean cosine of the last hidden states during "
-                      "training (smoothed; band = rolling standard deviation).")
+        report.figure(
+            "Training dynamics",
+            paths,
+            "Effective rank and mean cosine of the last hidden states during "
+            "training (smoothed; band = rolling standard deviation).",
+        )
+
     jobs.append(("training geometry", geometry))
 
     for i, group in enumerate(groups["bench"]):
+
         def bench(group=group, i=i):
-            paths = F.plot_bench_curve(layout.main, group, layout.pairs, figs / f"bench_vs_step{'' if i == 0 else f'-{i + 1}'}")
-            report.figure("Training dynamics", paths, f"Average benchmark score over checkpoints ({group.description}).")
+            paths = F.plot_bench_curve(
+                layout.main, group, layout.pairs, figs / f"bench_vs_step{'' if i == 0 else f'-{i + 1}'}"
+            )
+            report.figure(
+                "Training dynamics", paths, f"Average benchmark score over checkpoints ({group.description})."
+            )
+
         jobs.append(("benchmark curve", bench))
 
     nitp_runs = [m for m in layout.main if m.role == "nitp"]
     if not nitp_runs:
         report.skipped.append("NITP-loss figure skipped: no NITP run among the inputs.")
     for model in nitp_runs:
+
         def loss(model=model):
             from .tables import slug
 
             phases, paths = F.plot_nitp_loss(model, figs / f"nitp_loss-{slug(model.label)}")
             report.figure("Training dynamics", paths, f"NITP loss of {model.label}: {phases.describe()}.")
+
         jobs.append(("NITP loss", loss))
 
     for i, group in enumerate(groups["geom"]):
+
         def layers(group=group, i=i):
-            paths = F.plot_layer_profiles(layout.main, group, figs / f"layer_profiles{'' if i == 0 else f'-{i + 1}'}")
-            report.figure("Geometry", paths, f"Per-layer statistics ({group.description}); dashed: the NITP target layer.")
+            paths = F.plot_layer_profiles(
+                layout.main, group, figs / f"layer_profiles{'' if i == 0 else f'-{i + 1}'}"
+            )
+            report.figure(
+                "Geometry",
+                paths,
+                f"Per-layer statistics ({group.description}); dashed: the NITP target layer.",
+            )
+
         jobs.append(("per-layer curves", layers))
 
     for _name, job in track(jobs, description="figures", transient=True, console=Console(stderr=True)):
@@ -191,23 +229,41 @@ def models_table(study: Study, layout: Layout) -> Table:
         for knob, variants in block.ablations.items():
             for v in variants:
                 roles[v.key] = f"ablation: {KNOBS[knob]}"
-    table = Table("models", "Models compared", ["objective", "size", "step", "tokens", "role", "source"],
-                  higher_is_better=[None] * 6, decimals=0)
+    table = Table(
+        "models",
+        "Models compared",
+        ["objective", "size", "step", "tokens", "role", "source"],
+        higher_is_better=[None] * 6,
+        decimals=0,
+    )
     for m in study.models:
-        tokens = max([x["tokens"] for x in m.metrics if isinstance(x.get("tokens"), int)]
-                     + [r["model"]["tokens_seen"] for r in m.records if isinstance(r["model"].get("tokens_seen"), int)], default=None)
+        tokens = max(
+            [x["tokens"] for x in m.metrics if isinstance(x.get("tokens"), int)]
+            + [
+                r["model"]["tokens_seen"] for r in m.records if isinstance(r["model"].get("tokens_seen"), int)
+            ],
+            default=None,
+        )
         source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
-        table.add(m.label, [m.objective or "—", m.preset or "—", m.step, tokens, roles.get(m.key, "shown as is"), source])
+        table.add(
+            m.label,
+            [m.objective or "—", m.preset or "—", m.step, tokens, roles.get(m.key, "shown as is"), source],
+        )
     return table
 
 
 def render(report: Report, study: Study, layout: Layout) -> str:
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    lines = ["# NTP vs NITP report", "",
-             f"Generated by `nitp-report compare` on {now} from {len(study.sources)} input(s): "
-             + ", ".join(f"`{s}`" for s in study.sources) + ".",
-             "Scores are percentages (records hold fractions); best value per column and model size in bold; "
-             "Δ = NITP reference − NTP baseline of the same size; — = not measured.", ""]
+    lines = [
+        "# NTP vs NITP report",
+        "",
+        f"Generated by `nitp-report compare` on {now} from {len(study.sources)} input(s): "
+        + ", ".join(f"`{s}`" for s in study.sources)
+        + ".",
+        "Scores are percentages (records hold fractions); best value per column and model size in bold; "
+        "Δ = NITP reference − NTP baseline of the same size; — = not measured.",
+        "",
+    ]
     for heading, blocks in report.sections:
         lines += [f"## {heading}", ""]
         for block in blocks:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from nitp_train.artifacts import atomic_write_bytes
+from nitp.io import atomic_write_bytes
 
 from .grouping import SettingsGroup, config_value
 from .inputs import Model
@@ -44,11 +44,20 @@ from .phases import NitpPhases, detect_phases
 OBJECTIVE_COLOURS = {"ntp": "#3B6FB6", "nitp": "#D1495B", "cos_reg": "#3A9E6F", "other": "#7D6BA8"}
 LINESTYLES = ("-", "--", "-.", ":")
 STYLE = {
-    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25,
-    "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "legend.frameon": False,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "savefig.dpi": 200,
 }
-PANEL_WIDTH = 3.3   # inches: two panels fit a paper's text width
+PANEL_WIDTH = 3.3  # inches: two panels fit a paper's text width
 PANEL_HEIGHT = 2.6
 
 
@@ -86,8 +95,11 @@ def save_figure(fig, stem: Path) -> list[Path]:
 
 
 def _series(model: Model, key: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = sorted((m["step"], float(m[key])) for m in model.metrics
-                  if isinstance(m.get(key), (int, float)) and np.isfinite(m[key]))
+    rows = sorted(
+        (m["step"], float(m[key]))
+        for m in model.metrics
+        if isinstance(m.get(key), (int, float)) and np.isfinite(m[key])
+    )
     if not rows:
         return np.zeros(0), np.zeros(0)
     steps, values = zip(*rows)
@@ -133,8 +145,10 @@ def plot_training_geometry(models: list[Model], stem: Path) -> list[Path]:
 
 def draw_training_geometry(models: list[Model]):
     """The figure of :func:`plot_training_geometry` (a matplotlib ``Figure``)."""
-    panels = [("erank", "(a) Effective rank of last hidden states", "effective rank (covariance)"),
-              ("mean_cos", "(b) Mean cosine of last hidden states", "mean pairwise cosine")]
+    panels = [
+        ("erank", "(a) Effective rank of last hidden states", "effective rank (covariance)"),
+        ("mean_cos", "(b) Mean cosine of last hidden states", "mean pairwise cosine"),
+    ]
     data = {m.key: {k: _series(m, k) for k, *_ in panels} for m in models}
     shown = [m for m in models if any(len(data[m.key][k][0]) for k, *_ in panels)]
     if not shown:
@@ -150,14 +164,18 @@ def draw_training_geometry(models: list[Model]):
                     continue
                 mean, spread = rolling(values)
                 ax.plot(steps, mean, label=m.label, lw=1.6, **styles[m.key])
-                ax.fill_between(steps, mean - spread, mean + spread, color=styles[m.key]["color"], alpha=0.18, lw=0)
+                ax.fill_between(
+                    steps, mean - spread, mean + spread, color=styles[m.key]["color"], alpha=0.18, lw=0
+                )
             ax.set(title=title, xlabel="training step", ylabel=ylabel)
         _legend_below(fig, axes)
         return fig
 
 
 # ----------------------------------------------------------------------------- Figure 1c/d
-def plot_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]], stem: Path) -> list[Path]:
+def plot_bench_curve(
+    models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]], stem: Path
+) -> list[Path]:
     """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
     with _rc():
         return save_figure(draw_bench_curve(models, group, pairs), stem)
@@ -167,13 +185,18 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
     """The figure of :func:`plot_bench_curve`."""
     curves = {}
     for m in models:
-        pts = [(r["model"]["step"], 100.0 * r["scores"]["average"]) for r in group.by_step(m)
-               if isinstance(r["model"].get("step"), int) and r["scores"].get("average") is not None]
+        pts = [
+            (r["model"]["step"], 100.0 * r["scores"]["average"])
+            for r in group.by_step(m)
+            if isinstance(r["model"].get("step"), int) and r["scores"].get("average") is not None
+        ]
         if pts:
             curves[m.key] = (m, np.asarray(pts, dtype=float))
     if not any(len(p) >= 2 for _, p in curves.values()):
-        raise NothingToPlot(f"bench ({group.description}): no run has two scored checkpoints "
-                            "(score them all with nitp-eval bench --all-checkpoints RUN)")
+        raise NothingToPlot(
+            f"bench ({group.description}): no run has two scored checkpoints "
+            "(score them all with nitp-eval bench --all-checkpoints RUN)"
+        )
     styles = line_styles([m for m, _ in curves.values()])
     with _rc():
         fig = _new_figure(2, PANEL_HEIGHT + 0.7)
@@ -189,9 +212,22 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
                     step = common[-1]
                     deltas.append((step, a[step], b[step]))
         for step, lo, hi in deltas:
-            ax.annotate("", xy=(step, hi), xytext=(step, lo), arrowprops={"arrowstyle": "<->", "color": "0.3", "lw": 1})
-            ax.annotate(f"{hi - lo:+.2f}", xy=(step, (lo + hi) / 2), xytext=(6, 0), textcoords="offset points",
-                        va="center", ha="left", fontsize=8, color="0.2")
+            ax.annotate(
+                "",
+                xy=(step, hi),
+                xytext=(step, lo),
+                arrowprops={"arrowstyle": "<->", "color": "0.3", "lw": 1},
+            )
+            ax.annotate(
+                f"{hi - lo:+.2f}",
+                xy=(step, (lo + hi) / 2),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                ha="left",
+                fontsize=8,
+                color="0.2",
+            )
         if deltas:
             left, right = ax.get_xlim()
             ax.set_xlim(left, right + 0.08 * (right - left))  # room for the Δ label
@@ -220,7 +256,9 @@ def draw_nitp_loss(model: Model):
     """``(figure, phases)`` of :func:`plot_nitp_loss`."""
     steps, values = _series(model, "loss_nitp")
     if not len(steps):
-        raise NothingToPlot(f"{model.label}: no loss_nitp in metrics.jsonl (not a NITP run), NITP-loss figure skipped")
+        raise NothingToPlot(
+            f"{model.label}: no loss_nitp in metrics.jsonl (not a NITP run), NITP-loss figure skipped"
+        )
     phases = detect_phases(steps, values)
     positive = steps > 0
     log_x = positive.sum() >= 2 and steps[positive].max() / steps[positive].min() >= 20
@@ -234,20 +272,33 @@ def draw_nitp_loss(model: Model):
         if log_x:
             ax.set_xscale("log")
         _mark_phases(ax, phases, steps[keep])
-        ax.set(title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}", xlabel="training step",
-               ylabel="NITP loss")
+        ax.set(
+            title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}",
+            xlabel="training step",
+            ylabel="NITP loss",
+        )
         if not phases.initial_min:
-            ax.text(0.5, 0.97, "no phases detected (flat, monotone or noisy curve)", transform=ax.transAxes,
-                    ha="center", va="top", fontsize=8, color="0.3")
+            ax.text(
+                0.5,
+                0.97,
+                "no phases detected (flat, monotone or noisy curve)",
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="0.3",
+            )
         _legend_below(fig, ax)
         return fig, phases
 
 
 def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
     """Shade the phases, name them at the top, mark their boundaries (legend says where)."""
-    points = [(phases.initial_min, "v", "I ends: minimum"),
-              (phases.hump_peak, "^", "II ends: hump peak"),
-              (phases.converged, "o", "III settles")]
+    points = [
+        (phases.initial_min, "v", "I ends: minimum"),
+        (phases.hump_peak, "^", "II ends: hump peak"),
+        (phases.converged, "o", "III settles"),
+    ]
     bounds = [steps.min()] + [p.step for p, *_ in points[:2] if p is not None] + [steps.max()]
     names = ["I", "II", "III"][: len(bounds) - 1]
     trans = ax.get_xaxis_transform()
@@ -256,21 +307,48 @@ def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
         if i % 2 == 0:
             ax.axvspan(a, b, color="0.5", alpha=0.08, lw=0)
         mid = np.sqrt(a * b) if log and a > 0 else (a + b) / 2
-        ax.text(mid, 0.98, name, transform=trans, ha="center", va="top", fontsize=10, fontweight="bold", color="0.35")
+        ax.text(
+            mid,
+            0.98,
+            name,
+            transform=trans,
+            ha="center",
+            va="top",
+            fontsize=10,
+            fontweight="bold",
+            color="0.35",
+        )
     for point, marker, text in points:
         if point is not None:
-            ax.plot([point.step], [point.value], marker=marker, ms=7, color="black", ls="none",
-                    label=f"{text} {point.value:.3f} @ step {point.step:g}")
+            ax.plot(
+                [point.step],
+                [point.value],
+                marker=marker,
+                ms=7,
+                color="black",
+                ls="none",
+                label=f"{text} {point.value:.3f} @ step {point.step:g}",
+            )
 
 
 # ----------------------------------------------------------------------------- per layer
 # (title, [(statistic, y label), ...] in order of preference; analysis.layers' names first)
 LAYER_PANELS = [
     ("(a) Effective rank", [("effective_rank_covariance", "effective rank (covariance)")]),
-    ("(b) Anisotropy", [("anisotropy_across_sequences", "mean cosine across sequences"),
-                        ("anisotropy", "mean cosine (all pairs)")]),
-    ("(c) Predictability", [("ridge_r2", r"ridge $R^2$: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$"),
-                            ("ridge_cos", r"ridge cosine: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$")]),
+    (
+        "(b) Anisotropy",
+        [
+            ("anisotropy_across_sequences", "mean cosine across sequences"),
+            ("anisotropy", "mean cosine (all pairs)"),
+        ],
+    ),
+    (
+        "(c) Predictability",
+        [
+            ("ridge_r2", r"ridge $R^2$: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$"),
+            ("ridge_cos", r"ridge cosine: $h_{\mathrm{last}}[t] \to h_k[t{+}1]$"),
+        ],
+    ),
 ]
 
 
@@ -286,19 +364,38 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
     for m in models:
         rec = group.latest(m)
         layers = (rec or {}).get("scores", {}).get("layers") or []
-        rows = [(layer["layer"], {k: v for k, v in layer.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-                for layer in layers if isinstance(layer.get("layer"), int) and layer["layer"] >= 0]
+        rows = [
+            (
+                layer["layer"],
+                {k: v for k, v in layer.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            )
+            for layer in layers
+            if isinstance(layer.get("layer"), int) and layer["layer"] >= 0
+        ]
         if rows:
             data[m.key] = (m, rows, rec["scores"].get("recommended_target_layer"))
     if not data:
-        raise NothingToPlot(f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)")
+        raise NothingToPlot(
+            f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)"
+        )
     keys = {k for _, rows, _ in data.values() for _, flat in rows for k in flat}
-    panels = [(title, *next((k, y) for k, y in options if k in keys))
-              for title, options in LAYER_PANELS if keys & {k for k, _ in options}]
+    panels = [
+        (title, *next((k, y) for k, y in options if k in keys))
+        for title, options in LAYER_PANELS
+        if keys & {k for k, _ in options}
+    ]
     if not panels:
-        raise NothingToPlot(f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability")
+        raise NothingToPlot(
+            f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability"
+        )
     styles = line_styles([m for m, _, _ in data.values()])
-    targets = sorted({t for m, _, _ in data.values() if m.role == "nitp" and isinstance(t := config_value(m, "nitp.target_layer"), int)})
+    targets = sorted(
+        {
+            t
+            for m, _, _ in data.values()
+            if m.role == "nitp" and isinstance(t := config_value(m, "nitp.target_layer"), int)
+        }
+    )
     recommended = sorted({r for *_, r in data.values() if isinstance(r, int)})
     with _rc():
         fig = _new_figure(len(panels), PANEL_HEIGHT + 0.5)
@@ -309,7 +406,14 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                 ys = [flat[key] for k, flat in rows if key in flat]
                 ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=m.label, **styles[m.key])
             for t in targets:
-                ax.axvline(t, color=OBJECTIVE_COLOURS["nitp"], ls="--", lw=1, alpha=0.8, label=f"NITP target layer ({t})")
+                ax.axvline(
+                    t,
+                    color=OBJECTIVE_COLOURS["nitp"],
+                    ls="--",
+                    lw=1,
+                    alpha=0.8,
+                    label=f"NITP target layer ({t})",
+                )
             for r in recommended:
                 ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"recommended target ({r})")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)

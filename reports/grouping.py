@@ -42,11 +42,24 @@ KNOBS = {
     "nitp.lambda": "λ",
     "cos_reg.weight": "cosine regulariser weight",
 }
-KNOB_DEFAULTS = {"nitp.shift": 1, "nitp.loss": "cosine", "nitp.stop_grad": True,
-                 "nitp.projector": "swiglu", "nitp.start_step": 0, "cos_reg.weight": 0.0}
+KNOB_DEFAULTS = {
+    "nitp.shift": 1,
+    "nitp.loss": "cosine",
+    "nitp.stop_grad": True,
+    "nitp.projector": "swiglu",
+    "nitp.start_step": 0,
+    "cos_reg.weight": 0.0,
+}
 # An ablation must agree with its reference on these (else it is a different study).
-STUDY_KEYS = ("seed", "data.corpus", "data.seq_len", "data.vocab_size", "train.steps",
-              "train.batch_size", "train.lr")
+STUDY_KEYS = (
+    "seed",
+    "data.corpus",
+    "data.seq_len",
+    "data.vocab_size",
+    "train.steps",
+    "train.batch_size",
+    "train.lr",
+)
 
 
 # ----------------------------------------------------------------------------- settings groups
@@ -100,8 +113,20 @@ def settings_groups(models: list[Model], kind: str) -> list[SettingsGroup]:
 def describe_groups(groups: list[SettingsGroup]) -> None:
     """Name each group by the settings that tell it apart (all of them when it is alone)."""
     keys = sorted({k for g in groups for k in g.settings})
-    differing = [k for k in keys if len({json.dumps(g.settings.get(k), sort_keys=True, default=str) for g in groups}) > 1]
-    shown = differing if len(groups) > 1 else [k for k in ("suite", "num_fewshot", "limit", "pooling", "layer", "corpus", "n_tokens") if k in keys]
+    differing = [
+        k
+        for k in keys
+        if len({json.dumps(g.settings.get(k), sort_keys=True, default=str) for g in groups}) > 1
+    ]
+    shown = (
+        differing
+        if len(groups) > 1
+        else [
+            k
+            for k in ("suite", "num_fewshot", "limit", "pooling", "layer", "corpus", "n_tokens")
+            if k in keys
+        ]
+    )
     for g in groups:
         g.description = ", ".join(f"{k}={_short(g.settings.get(k))}" for k in shown) or "default settings"
 
@@ -174,7 +199,11 @@ def _size_of(model: Model) -> str:
         return "other models"
     cfg = (model.config or {}).get("model") or {}
     size = str(model.preset or "unknown size")
-    return size if "hidden_size" not in cfg else f"{size}|d={cfg['hidden_size']},L={cfg.get('num_hidden_layers')}"
+    return (
+        size
+        if "hidden_size" not in cfg
+        else f"{size}|d={cfg['hidden_size']},L={cfg.get('num_hidden_layers')}"
+    )
 
 
 def arrange(study: Study) -> Layout:
@@ -189,7 +218,11 @@ def arrange(study: Study) -> Layout:
 
     def rank(size: str) -> tuple:
         preset = size.split("|")[0]
-        return (size == "other models", order.index(preset) if preset in order else len(order), list(by_size).index(size))
+        return (
+            size == "other models",
+            order.index(preset) if preset in order else len(order),
+            list(by_size).index(size),
+        )
 
     layout = Layout(blocks=[])
     for size in sorted(by_size, key=rank):
@@ -215,8 +248,10 @@ def _arrange_block(size: str, models: list[Model], notes: list[str]) -> SizeBloc
         else:
             block.others.append(model)
             if base is not None and model.config is not None and base.config is not None:
-                notes.append(f"{model.label}: differs from {base.label} in more than one knob or in "
-                             "seed/data/steps, so it is shown as is, not as an ablation.")
+                notes.append(
+                    f"{model.label}: differs from {base.label} in more than one knob or in "
+                    "seed/data/steps, so it is shown as is, not as an ablation."
+                )
     block.others += ntp[1:] + [m for m in models if m.role == "other"]
     for knob, variants in block.ablations.items():
         variants.sort(key=lambda m: _sort_value(config_value(m, knob)))
@@ -232,11 +267,20 @@ def _pick_reference(nitp: list[Model]) -> Model | None:
     if len(nitp) <= 1:
         return nitp[0] if nitp else None
     knobs = [k for k in KNOBS if k.startswith("nitp.")]
-    defaults = [m for m in nitp if m.config is not None and all(config_value(m, k) == _knob_default(m, k) for k in knobs)]
+    defaults = [
+        m
+        for m in nitp
+        if m.config is not None and all(config_value(m, k) == _knob_default(m, k) for k in knobs)
+    ]
     if defaults:
         return defaults[0]
-    typical = {k: Counter(json.dumps(config_value(m, k), default=str) for m in nitp).most_common(1)[0][0] for k in knobs}
-    return min(nitp, key=lambda m: sum(json.dumps(config_value(m, k), default=str) != typical[k] for k in knobs))
+    typical = {
+        k: Counter(json.dumps(config_value(m, k), default=str) for m in nitp).most_common(1)[0][0]
+        for k in knobs
+    }
+    return min(
+        nitp, key=lambda m: sum(json.dumps(config_value(m, k), default=str) != typical[k] for k in knobs)
+    )
 
 
 def _single_knob(model: Model, base: Model | None, knobs: list[str]) -> str | None:

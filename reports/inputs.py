@@ -8,7 +8,7 @@ Inputs (``docs/contracts.md``):
 
 - a run directory (``RUN/config.yaml``): its config, ``metrics.jsonl`` and every record under
   ``RUN/results/**.json``;
-- a result record file (``*.json``, read with ``artifacts.read_record``); when the record's
+- a result record file (``*.json``, read with ``nitp.records.read_record``); when the record's
   ``model.run`` directory exists, that run's config and metrics are attached to it;
 - any other directory: every record file below it (e.g. ``./results/``).
 
@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nitp_train.artifacts import UserError, read_jsonl, read_record, read_run_config
+from nitp.errors import UserError
+from nitp.io import read_jsonl
+from nitp.records import read_record
+from nitp.runs import read_run_config
 
 OBJECTIVE_NAMES = {"ntp": "NTP", "nitp": "NITP", "cos_reg": "NTP+cos-reg"}
 
@@ -35,13 +38,13 @@ OBJECTIVE_NAMES = {"ntp": "NTP", "nitp": "NITP", "cos_reg": "NTP+cos-reg"}
 class Model:
     """One run (or plain model folder) and everything the inputs hold about it."""
 
-    key: str                              # identity: "run:<path>" or "model:<name>-<hash8>"
-    name: str                             # run name (or model folder name)
+    key: str  # identity: "run:<path>" or "model:<name>-<hash8>"
+    name: str  # run name (or model folder name)
     run_dir: Path | None = None
     config: dict[str, Any] | None = None  # resolved config.yaml of the run
     metrics: list[dict] = field(default_factory=list)  # metrics.jsonl lines
     records: list[dict] = field(default_factory=list)  # each with "_path" (where it was read)
-    objective: str | None = None          # "ntp" | "nitp" | None (plain model)
+    objective: str | None = None  # "ntp" | "nitp" | None (plain model)
     preset: str | None = None
     label: str = ""
 
@@ -89,7 +92,9 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
     ``labels`` key that names no model.
     """
     if not inputs:
-        raise UserError("no inputs: give run directories or result records (nitp-report compare RUN_OR_RECORD... --out DIR)")
+        raise UserError(
+            "no inputs: give run directories or result records (nitp-report compare RUN_OR_RECORD... --out DIR)"
+        )
     models: dict[str, Model] = {}
     seen_records: set[Path] = set()
     study = Study(models=[])
@@ -98,7 +103,9 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
         path = Path(raw).expanduser()
         study.sources.append(str(raw))
         if not path.exists():
-            raise UserError(f"{raw}: no such file or directory (give a run directory or a result record .json)")
+            raise UserError(
+                f"{raw}: no such file or directory (give a run directory or a result record .json)"
+            )
         if path.is_dir() and (path / "config.yaml").is_file():
             model = _run_model(path, models)
             for rec_path in sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []:
@@ -106,7 +113,9 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
             if not found:
-                raise UserError(f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)")
+                raise UserError(
+                    f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)"
+                )
             for rec_path in found:
                 _add_record(rec_path, models, seen_records, speed)
         elif path.suffix == ".json":
@@ -125,20 +134,27 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
     try:
         config = read_run_config(run_dir)
     except Exception as e:  # yaml errors carry multi-line messages: keep one line
-        raise UserError(f"{run_dir / 'config.yaml'}: unreadable run config ({e.__class__.__name__}); re-run nitp-train or fix the file") from None
+        raise UserError(
+            f"{run_dir / 'config.yaml'}: unreadable run config ({e.__class__.__name__}); re-run nitp-train or fix the file"
+        ) from None
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_jsonl(metrics_path) if metrics_path.is_file() else []
     model = Model(
-        key=key, name=str(config.get("run_name") or run_dir.name), run_dir=run_dir, config=config,
+        key=key,
+        name=str(config.get("run_name") or run_dir.name),
+        run_dir=run_dir,
+        config=config,
         metrics=[m for m in metrics if isinstance(m, dict) and isinstance(m.get("step"), int)],
-        objective=config.get("objective"), preset=(config.get("model") or {}).get("preset"),
+        objective=config.get("objective"),
+        preset=(config.get("model") or {}).get("preset"),
     )
     models[key] = model
     return model
 
 
-def _add_record(path: Path, models: dict[str, Model], seen: set[Path], speed: list[dict],
-                owner: Model | None = None) -> None:
+def _add_record(
+    path: Path, models: dict[str, Model], seen: set[Path], speed: list[dict], owner: Model | None = None
+) -> None:
     resolved = path.resolve()
     if resolved in seen:
         return
@@ -146,7 +162,9 @@ def _add_record(path: Path, models: dict[str, Model], seen: set[Path], speed: li
     record = read_record(path)
     for part in ("model", "settings", "scores"):
         if not isinstance(record.get(part), dict):
-            raise UserError(f"{path}: result record without a {part!r} object; re-run the command that wrote it")
+            raise UserError(
+                f"{path}: result record without a {part!r} object; re-run the command that wrote it"
+            )
     record["_path"] = str(path)
     if record.get("kind") == "speed":  # a side-by-side benchmark of a preset, not a model's score
         speed.append(record)
@@ -159,7 +177,9 @@ def _add_record(path: Path, models: dict[str, Model], seen: set[Path], speed: li
             model = _run_model(Path(run), models)
         else:
             key = f"run:{run}" if run else f"model:{info.get('name')}-{str(info.get('hash') or '')[:8]}"
-            model = models.setdefault(key, Model(key=key, name=str(info.get("name") or Path(str(info.get("path"))).name)))
+            model = models.setdefault(
+                key, Model(key=key, name=str(info.get("name") or Path(str(info.get("path"))).name))
+            )
     model.records.append(record)
     # A plain model (or a run whose config is gone) learns objective and size from its records.
     model.objective = model.objective or info.get("objective")

@@ -48,7 +48,7 @@ import numpy as np
 @dataclass(frozen=True)
 class PhasePoint:
     step: float
-    value: float   # of the smoothed curve
+    value: float  # of the smoothed curve
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,20 @@ class NitpPhases:
         parts = [f"phase I ends at step {self.initial_min.step:g} (minimum {self.initial_min.value:.4g})"]
         if self.hump_peak is None:
             return parts[0] + "; the loss is rising since (phase II, no hump peak yet)"
-        parts.append(f"phase II ends at the hump peak, step {self.hump_peak.step:g} ({self.hump_peak.value:.4g})")
-        parts.append(f"phase III settles from step {self.converged.step:g} ({self.converged.value:.4g})"
-                     if self.converged else "phase III has not settled yet")
+        parts.append(
+            f"phase II ends at the hump peak, step {self.hump_peak.step:g} ({self.hump_peak.value:.4g})"
+        )
+        parts.append(
+            f"phase III settles from step {self.converged.step:g} ({self.converged.value:.4g})"
+            if self.converged
+            else "phase III has not settled yet"
+        )
         return "; ".join(parts)
 
 
-def log_window_mean(steps: np.ndarray, values: np.ndarray, window: float = 0.1,
-                    min_half: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def log_window_mean(
+    steps: np.ndarray, values: np.ndarray, window: float = 0.1, min_half: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean of the points whose log(1+step) is within log(1+window) of each point's.
 
     Returns ``(smoothed, counts)``, both shape [n]. Each window also holds at least
@@ -109,7 +115,7 @@ def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
     med = np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
     for i in [*range(min(half, n)), *range(max(n - half, 0), n)]:
         r = min(i, n - 1 - i)
-        med[i] = np.median(values[i - r: i + r + 1])
+        med[i] = np.median(values[i - r : i + r + 1])
     return med
 
 
@@ -124,7 +130,9 @@ def noise_scale(residuals: np.ndarray) -> float:
     return max(1.4826 * float(np.median(r)), float(np.quantile(r, 0.99)) / 2.576)
 
 
-def robust_smooth(steps: np.ndarray, values: np.ndarray, window: float = 0.1) -> tuple[np.ndarray, np.ndarray, float]:
+def robust_smooth(
+    steps: np.ndarray, values: np.ndarray, window: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Despike, smooth in log-step, clip outliers at 3 sigma, despike and smooth again.
 
     Despiking is a running median of 5 where the log-step window holds at least 5 points and
@@ -146,8 +154,9 @@ def robust_smooth(steps: np.ndarray, values: np.ndarray, window: float = 0.1) ->
     return smoothed, np.maximum(counts / 5.0, 1.0), sigma
 
 
-def detect_phases(steps, values, *, window: float = 0.1, z: float = 4.0,
-                  min_prominence: float = 0.05, settle: float = 0.1) -> NitpPhases:
+def detect_phases(
+    steps, values, *, window: float = 0.1, z: float = 4.0, min_prominence: float = 0.05, settle: float = 0.1
+) -> NitpPhases:
     """Find the NITP loss's phase boundaries (see the module doc for the method).
 
     Parameters
@@ -189,14 +198,25 @@ def detect_phases(steps, values, *, window: float = 0.1, z: float = 4.0,
     peak = int(np.argmax(score))
     point = lambda i: PhasePoint(float(steps[i]), float(s[i]))  # noqa: E731
     low = int(before[peak])
-    if (score[peak] > 0 and counts(low, peak) and counts(after[peak], peak) and low > 0 and counts(low, 0)
-            and _wide(s, steps, peak, s[peak] - score[peak] / 2)):
+    if (
+        score[peak] > 0
+        and counts(low, peak)
+        and counts(after[peak], peak)
+        and low > 0
+        and counts(low, 0)
+        and _wide(s, steps, peak, s[peak] - score[peak] / 2)
+    ):
         return NitpPhases(point(low), point(peak), _converged(s, steps, peak, settle, point), sigma, steps, s)
     low = int(np.argmin(s))
     last = len(s) - 1
     mid = (s[low] + s[last]) / 2
-    if 0 < low < last and counts(low, 0) and counts(low, last) and _wide(s, steps, last, mid, factor=1.2) \
-            and _run_length(s <= mid, low) >= 3:
+    if (
+        0 < low < last
+        and counts(low, 0)
+        and counts(low, last)
+        and _wide(s, steps, last, mid, factor=1.2)
+        and _run_length(s <= mid, low) >= 3
+    ):
         return NitpPhases(point(low), None, None, sigma, steps, s)
     return NitpPhases(None, None, None, sigma, steps, s)
 
@@ -210,7 +230,9 @@ def _run_length(mask: np.ndarray, at: int) -> int:
     return int(end - start)
 
 
-def _wide(s: np.ndarray, steps: np.ndarray, top: int, level: float, factor: float = 1.5, points: int = 8) -> bool:
+def _wide(
+    s: np.ndarray, steps: np.ndarray, top: int, level: float, factor: float = 1.5, points: int = 8
+) -> bool:
     """Does the run of points above ``level`` around ``top`` span ``factor`` x in (1+step) and
     at least ``points`` logged points? A real hump lasts from tens to thousands of steps; a
     noise bump is narrow.

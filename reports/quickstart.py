@@ -22,25 +22,48 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from nitp_train.artifacts import UserError, list_checkpoints, read_jsonl
+from nitp.errors import UserError
+from nitp.io import read_jsonl
+from nitp.runs import list_checkpoints
 
 SCALES = {
     # CPU: two 1-thread trainings side by side on 2 cores; evaluation subsampled with --limit.
-    "tiny": {"config": "tiny", "steps": 500, "threads": 1, "bench_limit": 150, "geom_tokens": 20_000, "mteb_tasks": None,
-             "train_set": ["data.seq_len=128", "train.batch_size=16", "log.eval_every=100"]},
+    "tiny": {
+        "config": "tiny",
+        "steps": 500,
+        "threads": 1,
+        "bench_limit": 150,
+        "geom_tokens": 20_000,
+        "mteb_tasks": None,
+        "train_set": ["data.seq_len=128", "train.batch_size=16", "log.eval_every=100"],
+    },
     # One GPU: the small-dense preset, full offline suites.
-    "small": {"config": "small", "steps": 2000, "threads": None, "bench_limit": None, "geom_tokens": 100_000, "mteb_tasks": None,
-              "train_set": []},
+    "small": {
+        "config": "small",
+        "steps": 2000,
+        "threads": None,
+        "bench_limit": None,
+        "geom_tokens": 100_000,
+        "mteb_tasks": None,
+        "train_set": [],
+    },
 }
 
 
 def _config_path(name: str, objective: str) -> Path:
-    root = Path(__file__).resolve().parent.parent / "configs"
-    return root / f"{name}-{objective}.yaml"
+    from nitp_train.config import configs_dir
+
+    return configs_dir() / f"{name}-{objective}.yaml"
 
 
-def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tiny", steps: int | None = None,
-                   device: str | None = None, log: Callable[[str], None] = print, **sizes) -> Path:
+def run_quickstart(
+    out: str | os.PathLike = "runs/quickstart",
+    scale: str = "tiny",
+    steps: int | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    **sizes,
+) -> Path:
     """Train, evaluate, measure and report; returns the path of ``report.md``.
 
     ``sizes`` overrides the scale's ``bench_limit`` / ``geom_tokens`` / ``mteb_tasks`` / ``train_set`` (tests use
@@ -76,7 +99,10 @@ def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tin
     from nitp_eval.embed import run_mteb
 
     ckpts = [str(runs["ntp"]), str(runs["nitp"])]
-    log("[3/5] offline benchmark suite (lm-eval)" + (f", {spec['bench_limit']} items per task" if spec["bench_limit"] else ""))
+    log(
+        "[3/5] offline benchmark suite (lm-eval)"
+        + (f", {spec['bench_limit']} items per task" if spec["bench_limit"] else "")
+    )
     run_bench(ckpts, suite="offline", limit=spec["bench_limit"], device=device)
     log("[3/5] offline MTEB suite (frozen mean-pooled last hidden states)")
     run_mteb(ckpts, suite="offline", tasks=spec["mteb_tasks"], pooling="mean", layer=-1, device=device)
@@ -92,7 +118,9 @@ def run_quickstart(out: str | os.PathLike = "runs/quickstart", scale: str = "tin
     return report
 
 
-def _train_side_by_side(runs: dict[str, Path], spec: dict, overrides: list[str], steps: int, out: Path, log) -> None:
+def _train_side_by_side(
+    runs: dict[str, Path], spec: dict, overrides: list[str], steps: int, out: Path, log
+) -> None:
     """Both trainings as subprocesses at once (resumed if interrupted), one progress bar each."""
     procs = {}
     for objective, run_dir in runs.items():
@@ -100,27 +128,46 @@ def _train_side_by_side(runs: dict[str, Path], spec: dict, overrides: list[str],
         if done and done[-1].name == f"step_{steps:06d}":
             log(f"  {objective}: already trained ({run_dir})")
             continue
-        cmd = [sys.executable, "-m", "nitp_train", "run", str(_config_path(spec["config"], objective)),
-               "--run-dir", str(run_dir), "--resume", *[a for o in overrides for a in ("--set", o)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nitp_train",
+            "run",
+            str(_config_path(spec["config"], objective)),
+            "--run-dir",
+            str(run_dir),
+            "--resume",
+            *[a for o in overrides for a in ("--set", o)],
+        ]
         logfile = open(out / f"train-{objective}.log", "a")
         procs[objective] = (subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile)
     if not procs:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("  {task.fields[name]:5s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), disable=not sys.stderr.isatty()) as bar:
+    with Progress(
+        TextColumn("  {task.fields[name]:5s}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        disable=not sys.stderr.isatty(),
+    ) as bar:
         tasks = {o: bar.add_task("", total=steps, name=o) for o in procs}
         while any(p.poll() is None for p, _ in procs.values()):
             for o in procs:
                 rows = read_jsonl(runs[o] / "metrics.jsonl") if (runs[o] / "metrics.jsonl").is_file() else []
                 last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
                 if last:
-                    bar.update(tasks[o], completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
+                    bar.update(
+                        tasks[o], completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}"
+                    )
             time.sleep(1.0)
     for o, (p, f) in procs.items():
         f.close()
         if p.returncode != 0:
             tail = (out / f"train-{o}.log").read_text().strip().splitlines()[-1:]
-            raise UserError(f"training {o} failed ({tail[0] if tail else 'no output'}); see {out / f'train-{o}.log'}")
+            raise UserError(
+                f"training {o} failed ({tail[0] if tail else 'no output'}); see {out / f'train-{o}.log'}"
+            )
         log(f"  {o}: trained ({runs[o]})")

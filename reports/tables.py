@@ -36,9 +36,19 @@ from .inputs import Model
 
 # The paper's column order and short headers (Table 1); other task names pass through.
 BENCH_HEADERS = {
-    "mmlu": "MMLU", "mmlu_pro": "M-Pro", "ceval": "C-Eval", "xiezhi": "Xiezhi", "lambada": "LAMB.",
-    "bbh": "BBH", "arc_challenge": "ARC-C", "commonsense_qa": "CSQA", "balanced_copa": "COPA",
-    "c3": "C3", "agieval": "AGIEval", "gsm8k": "GSM8k", "lcbench": "LCB",
+    "mmlu": "MMLU",
+    "mmlu_pro": "M-Pro",
+    "ceval": "C-Eval",
+    "xiezhi": "Xiezhi",
+    "lambada": "LAMB.",
+    "bbh": "BBH",
+    "arc_challenge": "ARC-C",
+    "commonsense_qa": "CSQA",
+    "balanced_copa": "COPA",
+    "c3": "C3",
+    "agieval": "AGIEval",
+    "gsm8k": "GSM8k",
+    "lcbench": "LCB",
 }
 MTEB_GROUPS = ["Classification", "STS", "Retrieval/dup"]
 DELTA = "Δ (NITP − NTP)"
@@ -63,7 +73,9 @@ def row_label(model: Model, record: dict | None) -> str:
     return model.label if step is None or step == model.step else f"{model.label} (step {step})"
 
 
-def _add_block(table: Table, block: SizeBlock, rows: dict[str, Any], delta_columns: list[int] | None = None) -> None:
+def _add_block(
+    table: Table, block: SizeBlock, rows: dict[str, Any], delta_columns: list[int] | None = None
+) -> None:
     """Rows of one size block (baseline, reference, others) and their Δ row."""
     added = {}
     table.new_block()
@@ -96,8 +108,11 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
     tables = []
     for i, group in enumerate(groups):
         tasks = bench_tasks(group)
-        table = Table(f"bench{_suffix(i)}", f"Benchmarks ({group.description}); scores in %",
-                      [BENCH_HEADERS.get(t, t) for t in tasks] + ["Avg."])
+        table = Table(
+            f"bench{_suffix(i)}",
+            f"Benchmarks ({group.description}); scores in %",
+            [BENCH_HEADERS.get(t, t) for t in tasks] + ["Avg."],
+        )
         for block in layout.blocks:
             rows = {}
             for model in block.main:
@@ -109,7 +124,11 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             _add_block(table, block, rows)
         if not table.rows:
             continue
-        table.notes.append("Metrics: " + "; ".join(_task_metric(group, t) for t in tasks) + ". Avg. is the record's suite average.")
+        table.notes.append(
+            "Metrics: "
+            + "; ".join(_task_metric(group, t) for t in tasks)
+            + ". Avg. is the record's suite average."
+        )
         _steps_note(table)
         tables.append(table)
     return tables
@@ -121,7 +140,9 @@ def _task_metric(group: SettingsGroup, task: str) -> str:
             info = rec["scores"].get("tasks", {}).get(task)
             if info:
                 shots = info.get("shots")
-                return f"{BENCH_HEADERS.get(task, task)} {info.get('metric', '?')}" + (f", {shots}-shot" if shots is not None else "")
+                return f"{BENCH_HEADERS.get(task, task)} {info.get('metric', '?')}" + (
+                    f", {shots}-shot" if shots is not None else ""
+                )
     return task
 
 
@@ -151,15 +172,20 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
         names = mteb_group_names(group)
         tasks = _mteb_tasks(group)
         counts = {g: sum(1 for t in tasks.values() if t == g) for g in names}
-        table = Table(f"mteb{_suffix(i)}", f"MTEB, frozen representations ({group.description}); main scores in %",
-                      [f"{g} ({counts[g]})" for g in names] + [f"Overall ({len(tasks)})"])
+        table = Table(
+            f"mteb{_suffix(i)}",
+            f"MTEB, frozen representations ({group.description}); main scores in %",
+            [f"{g} ({counts[g]})" for g in names] + [f"Overall ({len(tasks)})"],
+        )
         for block in layout.blocks:
             rows = {}
             for model in block.main:
                 rec = group.latest(model)
                 if rec is not None:
                     scores = rec["scores"]
-                    values = [pct(scores.get("groups", {}).get(g)) for g in names] + [pct(scores.get("overall"))]
+                    values = [pct(scores.get("groups", {}).get(g)) for g in names] + [
+                        pct(scores.get("overall"))
+                    ]
                     rows[model.key] = (row_label(model, rec), values)
             _add_block(table, block, rows)
             if block.baseline and block.reference:
@@ -167,7 +193,9 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                 if note:
                     table.notes.append((f"{block.size}: " if len(layout.blocks) > 1 else "") + note)
         if table.rows:
-            table.notes.append("Group and overall scores are the record's macro averages over the tasks present.")
+            table.notes.append(
+                "Group and overall scores are the record's macro averages over the tasks present."
+            )
             _steps_note(table)
             tables.append(table)
     return tables
@@ -192,7 +220,9 @@ def wins_note(group: SettingsGroup, base: Model, new: Model) -> str | None:
     if not deltas:
         return None
     wins = sum(d > 0 for d in deltas.values())
-    losses = [f"{t} {d:+.2f}".replace("-", "−") for t, d in sorted(deltas.items(), key=lambda kv: kv[1]) if d < 0]
+    losses = [
+        f"{t} {d:+.2f}".replace("-", "−") for t, d in sorted(deltas.items(), key=lambda kv: kv[1]) if d < 0
+    ]
     ties = sum(d == 0 for d in deltas.values())
     text = f"NITP wins {wins} of {len(deltas)} tasks"
     extra = ([f"losses: {', '.join(losses)}"] if losses else []) + ([f"{ties} tied"] if ties else [])
@@ -207,16 +237,29 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
         if not models:
             continue
         pairs = [(b, n) for b, n in layout.pairs if b in models and n in models]
-        columns = [m.label for m in models] + [DELTA if len(pairs) == 1 else f"Δ {b.preset}" for b, _ in pairs]
-        table = Table(f"mteb-tasks{_suffix(i)}", f"MTEB per task ({group.description}); main scores in %",
-                      columns, higher_is_better=[None] * len(columns), label_header="task",
-                      signed=set(range(len(models), len(columns))))
+        columns = [m.label for m in models] + [
+            DELTA if len(pairs) == 1 else f"Δ {b.preset}" for b, _ in pairs
+        ]
+        table = Table(
+            f"mteb-tasks{_suffix(i)}",
+            f"MTEB per task ({group.description}); main scores in %",
+            columns,
+            higher_is_better=[None] * len(columns),
+            label_header="task",
+            signed=set(range(len(models), len(columns))),
+        )
         tasks = _mteb_tasks(group)
         deltas = [task_deltas(group, b, n) for b, n in pairs]
-        for g in sorted(set(tasks.values()), key=lambda g: (g not in MTEB_GROUPS, MTEB_GROUPS.index(g) if g in MTEB_GROUPS else 0, g)):
+        for g in sorted(
+            set(tasks.values()),
+            key=lambda g: (g not in MTEB_GROUPS, MTEB_GROUPS.index(g) if g in MTEB_GROUPS else 0, g),
+        ):
             table.new_block()
             for task in [t for t, tg in tasks.items() if tg == g]:
-                values = [pct((group.latest(m)["scores"]["tasks"].get(task) or {}).get("main_score")) for m in models]
+                values = [
+                    pct((group.latest(m)["scores"]["tasks"].get(task) or {}).get("main_score"))
+                    for m in models
+                ]
                 table.add(f"{task} ({g})", values + [d.get(task) for d in deltas])
         tables.append(table)
     return tables
@@ -230,15 +273,22 @@ def last_validation(model: Model) -> dict | None:
 
 def lm_table(layout: Layout) -> Table | None:
     """Validation cross-entropy (nats/token) and perplexity at each run's last validation."""
-    table = Table("lm", "Language modelling: validation cross-entropy and perplexity",
-                  ["step", "tokens", "val CE (nats/token)", "val ppl"],
-                  higher_is_better=[None, None, False, False], decimals=[0, 0, 4, 2])
+    table = Table(
+        "lm",
+        "Language modelling: validation cross-entropy and perplexity",
+        ["step", "tokens", "val CE (nats/token)", "val ppl"],
+        higher_is_better=[None, None, False, False],
+        decimals=[0, 0, 4, 2],
+    )
     for block in layout.blocks:
         rows = {}
         for model in block.main:
             line = last_validation(model)
             if line is not None:
-                rows[model.key] = (model.label, [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")])
+                rows[model.key] = (
+                    model.label,
+                    [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")],
+                )
         _add_block(table, block, rows, delta_columns=[2, 3])
     if not table.rows:
         return None
@@ -255,10 +305,15 @@ GEOM_COLUMNS = [
 ]
 # Per-layer columns in display order (analysis.layers names); absent ones are left out.
 LAYER_COLUMNS = {
-    "effective_rank_covariance": "erank (cov)", "effective_rank_singular": "erank (sv)",
-    "anisotropy_across_sequences": "aniso (across seqs)", "anisotropy": "aniso (all pairs)",
-    "temporal_self_similarity": "cos(h_k[t], h_k[t+1])", "cos_last_to_next": "cos(h_last[t], h_k[t+1])",
-    "ridge_r2": "ridge R² (held-out)", "ridge_cos": "ridge cos (held-out)", "cka_vs_reference": "CKA vs reference",
+    "effective_rank_covariance": "erank (cov)",
+    "effective_rank_singular": "erank (sv)",
+    "anisotropy_across_sequences": "aniso (across seqs)",
+    "anisotropy": "aniso (all pairs)",
+    "temporal_self_similarity": "cos(h_k[t], h_k[t+1])",
+    "cos_last_to_next": "cos(h_last[t], h_k[t+1])",
+    "ridge_r2": "ridge R² (held-out)",
+    "ridge_cos": "ridge cos (held-out)",
+    "cka_vs_reference": "CKA vs reference",
     "mean_norm": "mean norm",
 }
 
@@ -267,22 +322,31 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
     """Last-hidden-state effective ranks and anisotropy per model, then per-layer tables."""
     tables = []
     for i, group in enumerate(groups):
-        table = Table(f"geometry{_suffix(i)}", f"Geometry of the last hidden state ({group.description})",
-                      ["step"] + [c[1] for c in GEOM_COLUMNS],
-                      higher_is_better=[None] + [c[2] for c in GEOM_COLUMNS], decimals=[0] + [c[3] for c in GEOM_COLUMNS])
+        table = Table(
+            f"geometry{_suffix(i)}",
+            f"Geometry of the last hidden state ({group.description})",
+            ["step"] + [c[1] for c in GEOM_COLUMNS],
+            higher_is_better=[None] + [c[2] for c in GEOM_COLUMNS],
+            decimals=[0] + [c[3] for c in GEOM_COLUMNS],
+        )
         for block in layout.blocks:
             rows = {}
             for model in block.main:
                 rec = group.latest(model)
                 if rec is not None:
                     summary = rec["scores"].get("summary", {})
-                    rows[model.key] = (row_label(model, rec), [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS])
+                    rows[model.key] = (
+                        row_label(model, rec),
+                        [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS],
+                    )
             _add_block(table, block, rows, delta_columns=list(range(1, len(GEOM_COLUMNS) + 1)))
         if not table.rows:
             continue
-        table.notes.append("Effective rank = exp(entropy) of the normalised eigenvalues of the covariance (the paper's); "
-                           "the singular-value variant (Roy & Vetterli) is a different number. "
-                           "Anisotropy = mean cosine between different tokens' vectors.")
+        table.notes.append(
+            "Effective rank = exp(entropy) of the normalised eigenvalues of the covariance (the paper's); "
+            "the singular-value variant (Roy & Vetterli) is a different number. "
+            "Anisotropy = mean cosine between different tokens' vectors."
+        )
         _steps_note(table)
         tables.append(table)
         for model in layout.main:
@@ -301,19 +365,35 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
     layers = record["scores"]["layers"]
     present = [k for k in LAYER_COLUMNS if any(isinstance(x.get(k), (int, float)) for x in layers)]
     if not present:
-        present = list(dict.fromkeys(k for x in layers for k, v in x.items()
-                                     if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool)))
-    table = Table(name, f"Per-layer statistics: {model.label}", [LAYER_COLUMNS.get(k, k.replace("_", " ")) for k in present],
-                  higher_is_better=[None] * len(present), decimals=3, label_header="layer")
+        present = list(
+            dict.fromkeys(
+                k
+                for x in layers
+                for k, v in x.items()
+                if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
+        )
+    table = Table(
+        name,
+        f"Per-layer statistics: {model.label}",
+        [LAYER_COLUMNS.get(k, k.replace("_", " ")) for k in present],
+        higher_is_better=[None] * len(present),
+        decimals=3,
+        label_header="layer",
+    )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
     recommended = record["scores"].get("recommended_target_layer")
     for layer in layers:
         k = layer.get("layer")
-        marks = (["NITP target"] if target is not None and k == target else []) + (["recommended"] if k == recommended else [])
+        marks = (["NITP target"] if target is not None and k == target else []) + (
+            ["recommended"] if k == recommended else []
+        )
         shown = "last" if k == -1 else str(k)
         table.add(shown + (f" ({', '.join(marks)})" if marks else ""), [layer.get(key) for key in present])
-    table.notes.append("Layer 0 = token embeddings, k = output of decoder block k, last = the vector fed to the LM head; "
-                       "ridge = linear map from h_last[t] to h_k[t+1] scored on held-out tokens.")
+    table.notes.append(
+        "Layer 0 = token embeddings, k = output of decoder block k, last = the vector fed to the LM head; "
+        "ridge = linear map from h_last[t] to h_k[t+1] scored on held-out tokens."
+    )
     return table
 
 
@@ -332,11 +412,19 @@ def ablation_tables(layout: Layout, bench: list[SettingsGroup], mteb: list[Setti
     return tables
 
 
-def _ablation_table(layout: Layout, block: SizeBlock, knob: str, variants: list[Model],
-                    bench: list[SettingsGroup], mteb: list[SettingsGroup]) -> Table:
+def _ablation_table(
+    layout: Layout,
+    block: SizeBlock,
+    knob: str,
+    variants: list[Model],
+    bench: list[SettingsGroup],
+    mteb: list[SettingsGroup],
+) -> Table:
     name = KNOBS[knob]
     if knob == "cos_reg.weight":
-        rows = [(block.baseline, "NTP (baseline)")] + [(v, f"NTP + cos-reg, weight = {config_value(v, knob)}") for v in variants]
+        rows = [(block.baseline, "NTP (baseline)")] + [
+            (v, f"NTP + cos-reg, weight = {config_value(v, knob)}") for v in variants
+        ]
         rows += [(block.reference, "NITP")] if block.reference else []
     else:
         rows = [(block.baseline, "NTP (baseline)")] if block.baseline else []
@@ -345,21 +433,40 @@ def _ablation_table(layout: Layout, block: SizeBlock, knob: str, variants: list[
     columns: list[tuple[str, bool | None, int, Any]] = []
     for group in bench:
         for task in bench_tasks(group):
-            columns.append((BENCH_HEADERS.get(task, task), True, 2, lambda m, g=group, t=task: _bench_value(g, m, t)))
-        columns.append(("Avg.", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("average"))))
+            columns.append(
+                (BENCH_HEADERS.get(task, task), True, 2, lambda m, g=group, t=task: _bench_value(g, m, t))
+            )
+        columns.append(
+            ("Avg.", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("average")))
+        )
     for group in mteb:
-        columns.append(("MTEB overall", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("overall"))))
+        columns.append(
+            (
+                "MTEB overall",
+                True,
+                2,
+                lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("overall")),
+            )
+        )
     columns.append(("val CE", False, 4, lambda m: (last_validation(m) or {}).get("val_loss")))
     columns.append(("final NITP loss", None, 4, lambda m: final_metric(m, "loss_nitp")))
     grid = [[get(m) for *_, get in columns] for m, _ in rows]
     keep = [j for j in range(len(columns)) if any(r[j] is not None for r in grid)]
     headline = next((j for j in keep if columns[j][0] in ("Avg.", "MTEB overall")), None)
     title = f"Ablation: {name}" + (f" ({block.size})" if len(layout.blocks) > 1 else "")
-    cols = [columns[j][0] for j in keep] + ([f"Δ {columns[headline][0]} vs NTP"] if headline is not None and block.baseline else [])
-    table = Table(f"ablation-{'cos-reg' if knob == 'cos_reg.weight' else slug(knob.split('.')[-1])}" + (f"-{slug(block.size)}" if len(layout.blocks) > 1 else ""),
-                  title, cols, higher_is_better=[columns[j][1] for j in keep] + [None] * (len(cols) - len(keep)),
-                  decimals=[columns[j][2] for j in keep] + [2] * (len(cols) - len(keep)), label_header="setting",
-                  signed=set(range(len(keep), len(cols))))
+    cols = [columns[j][0] for j in keep] + (
+        [f"Δ {columns[headline][0]} vs NTP"] if headline is not None and block.baseline else []
+    )
+    table = Table(
+        f"ablation-{'cos-reg' if knob == 'cos_reg.weight' else slug(knob.split('.')[-1])}"
+        + (f"-{slug(block.size)}" if len(layout.blocks) > 1 else ""),
+        title,
+        cols,
+        higher_is_better=[columns[j][1] for j in keep] + [None] * (len(cols) - len(keep)),
+        decimals=[columns[j][2] for j in keep] + [2] * (len(cols) - len(keep)),
+        label_header="setting",
+        signed=set(range(len(keep), len(cols))),
+    )
     base_row = grid[0] if block.baseline else None
     for (model, label), values in zip(rows, grid):
         shown = [values[j] for j in keep]
@@ -381,11 +488,26 @@ def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
 # ----------------------------------------------------------------------------- cost
 def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
     """Per size: parameters, projector, FLOPs per token, predicted and measured NITP overhead."""
-    columns = ["d", "layers", "params (M)", "active (M)", "projector (M, training only)",
-               "train FLOPs/token", "NITP FLOPs/token", "predicted overhead (%)",
-               "time ratio NITP/NTP (train logs)", "time ratio NITP/NTP (benchmark)"]
-    table = Table("cost", "Cost of NITP", columns, higher_is_better=[None] * len(columns),
-                  decimals=[0, 0, 2, 2, 2, ".3g", ".3g", 2, 3, 3], label_header="size")
+    columns = [
+        "d",
+        "layers",
+        "params (M)",
+        "active (M)",
+        "projector (M, training only)",
+        "train FLOPs/token",
+        "NITP FLOPs/token",
+        "predicted overhead (%)",
+        "time ratio NITP/NTP (train logs)",
+        "time ratio NITP/NTP (benchmark)",
+    ]
+    table = Table(
+        "cost",
+        "Cost of NITP",
+        columns,
+        higher_is_better=[None] * len(columns),
+        decimals=[0, 0, 2, 2, 2, ".3g", ".3g", 2, 3, 3],
+        label_header="size",
+    )
     flops_missing = False
     for block in layout.blocks:
         model = block.reference or block.baseline or (block.others[0] if block.others else None)
@@ -402,24 +524,35 @@ def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
         d = int(spec["hidden_size"])
         train, extra = predicted_flops(spec, (model.config or {}).get("data", {}).get("seq_len"))
         flops_missing |= train is None
-        table.add(block.size, [
-            d, spec.get("num_hidden_layers"), params["total"] / 1e6, params["active"] / 1e6, 12 * d * d / 1e6,
-            train, extra,
-            None if train is None or extra is None else 100.0 * extra / train,
-            _log_time_ratio(block), _benchmark_time_ratio(speed_records, block),
-        ])
+        table.add(
+            block.size,
+            [
+                d,
+                spec.get("num_hidden_layers"),
+                params["total"] / 1e6,
+                params["active"] / 1e6,
+                12 * d * d / 1e6,
+                train,
+                extra,
+                None if train is None or extra is None else 100.0 * extra / train,
+                _log_time_ratio(block),
+                _benchmark_time_ratio(speed_records, block),
+            ],
+        )
     if not table.rows:
         return None
-    table.notes.append("Projector = SwiGLU d→4d→d (12 d² parameters), dropped at inference. "
-                       "Train-log ratio = median tokens/s of the NTP run over the NITP run's (not measured side by side).")
+    table.notes.append(
+        "Projector = SwiGLU d→4d→d (12 d² parameters), dropped at inference. "
+        "Train-log ratio = median tokens/s of the NTP run over the NITP run's (not measured side by side)."
+    )
     if flops_missing:
-        table.notes.append("FLOPs: analysis.flops is not available, shown as —.")
+        table.notes.append("FLOPs: nitp_train.flops is not available, shown as —.")
     return table
 
 
 def model_spec(model: Model) -> tuple[dict | None, str | None]:
     """The model's preset with the run config's model fields applied (None + note if unknown)."""
-    from nitp_train.artifacts import UserError
+    from nitp.errors import UserError
     from nitp_train.models import make_config, resolve_preset
 
     overrides = {k: v for k, v in ((model.config or {}).get("model") or {}).items() if k != "preset"}
@@ -429,21 +562,25 @@ def model_spec(model: Model) -> tuple[dict | None, str | None]:
         return spec, None
     except UserError as e:
         try:
-            return resolve_preset(model.preset), f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
+            return resolve_preset(
+                model.preset
+            ), f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
         except UserError:
             return None, f"{model.label}: unknown preset {model.preset!r}; no cost row."
 
 
 def predicted_flops(spec: dict, seq_len: int | None) -> tuple[float | None, float | None]:
-    """(training FLOPs per token, NITP extra FLOPs per token) from ``analysis.flops``, or Nones."""
+    """(training FLOPs per token, NITP extra FLOPs per token) from ``nitp_train.flops``, or Nones."""
     try:
-        from analysis.flops import nitp_flops_per_token, training_flops_per_token
+        from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
     except ImportError:
         return None, None
     from nitp_train.models import make_config
 
     seq = int(seq_len or spec.get("max_position_embeddings") or 2048)
-    return float(training_flops_per_token(make_config(spec), seq)), float(nitp_flops_per_token(int(spec["hidden_size"])))
+    return float(training_flops_per_token(make_config(spec), seq)), float(
+        nitp_flops_per_token(int(spec["hidden_size"]))
+    )
 
 
 def _log_time_ratio(block: SizeBlock) -> float | None:
@@ -451,7 +588,11 @@ def _log_time_ratio(block: SizeBlock) -> float | None:
         return None
     rates = []
     for m in (block.baseline, block.reference):
-        values = [x["tokens_per_s"] for x in m.metrics if isinstance(x.get("tokens_per_s"), (int, float)) and x["tokens_per_s"] > 0]
+        values = [
+            x["tokens_per_s"]
+            for x in m.metrics
+            if isinstance(x.get("tokens_per_s"), (int, float)) and x["tokens_per_s"] > 0
+        ]
         if not values:
             return None
         rates.append(statistics.median(values))

@@ -30,7 +30,7 @@ def tiny_ntp_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
-    from nitp_train.artifacts import resolve_checkpoint
+    from nitp.runs import resolve_checkpoint
 
     return resolve_checkpoint(tiny_run)
 

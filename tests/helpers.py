@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DATA_CACHE = Path(os.environ.get("NITP_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
+DATA_CACHE = Path(
+    os.environ.get("NITP_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "test-data")
+)
 
 
 def builtin_prepared_dir(seq_len: int = 64) -> Path:
@@ -17,8 +19,14 @@ def builtin_prepared_dir(seq_len: int = 64) -> Path:
 
 
 TINY_SETTINGS = [
-    "data.seq_len=64", "train.batch_size=8", "train.warmup_steps=2", "train.threads=1",
-    "log.every=2", "log.geom_every=4", "log.eval_every=4", "log.eval_batches=2",
+    "data.seq_len=64",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.threads=1",
+    "log.every=2",
+    "log.geom_every=4",
+    "log.eval_every=4",
+    "log.eval_batches=2",
 ]
 
 
@@ -28,17 +36,31 @@ def tiny_cli_args() -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-def tiny_config(objective: str = "nitp", preset: str = "tiny-dense", steps: int = 8, extra: list[str] | None = None) -> dict:
+def tiny_config(
+    objective: str = "nitp", preset: str = "tiny-dense", steps: int = 8, extra: list[str] | None = None
+) -> dict:
     """Resolved config of a tiny, fast run on the shared prepared built-in corpus."""
     from nitp_train.config import load_config
 
-    overrides = [f"objective={objective}", f"model.preset={preset}", f"train.steps={steps}",
-                 f"checkpoint.every={steps}", f"data.prepared_dir={builtin_prepared_dir()}", *TINY_SETTINGS, *(extra or [])]
+    overrides = [
+        f"objective={objective}",
+        f"model.preset={preset}",
+        f"train.steps={steps}",
+        f"checkpoint.every={steps}",
+        f"data.prepared_dir={builtin_prepared_dir()}",
+        *TINY_SETTINGS,
+        *(extra or []),
+    ]
     return load_config(None, overrides)
 
 
-def make_tiny_run(run_dir: Path, objective: str = "nitp", preset: str = "tiny-dense", steps: int = 8,
-                  extra: list[str] | None = None) -> Path:
+def make_tiny_run(
+    run_dir: Path,
+    objective: str = "nitp",
+    preset: str = "tiny-dense",
+    steps: int = 8,
+    extra: list[str] | None = None,
+) -> Path:
     """A real run directory made by the trainer: a few steps of a tiny model."""
     from nitp_train.trainer import train
 

@@ -26,8 +26,14 @@ def invoke(*args: str):
 
 def cli_subprocess(*args: str, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "analysis.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +48,27 @@ def test_layers_writes_a_record_and_skips_it_on_rerun(tiny_checkpoint, tmp_path)
     out = tmp_path / "rec.json"
     records = json.loads(invoke("layers", tiny_checkpoint, *FAST, "--out", out, "-f", "json"))
     rec = json.loads(out.read_text())
-    assert records[0]["created"] == rec["created"] and rec["kind"] == "geom" and rec["schema"] == "nitp.record/1"
+    assert (
+        records[0]["created"] == rec["created"] and rec["kind"] == "geom" and rec["schema"] == "nitp.record/1"
+    )
     assert [r["layer"] for r in rec["scores"]["layers"]] == [0, 1, 2, 3, 4, -1]
     assert rec["settings"]["n_tokens"] == 1500 and rec["settings"]["sample"]["n_tokens"] == 1500
     assert rec["scores"]["recommended_target_layer"] == 1
-    assert set(rec["scores"]["summary"]) >= {"effective_rank_covariance", "effective_rank_singular", "anisotropy",
-                                             "anisotropy_across_sequences"}
+    assert set(rec["scores"]["summary"]) >= {
+        "effective_rank_covariance",
+        "effective_rank_singular",
+        "anisotropy",
+        "anisotropy_across_sequences",
+    }
     stamp = out.stat().st_mtime_ns
     again = json.loads(invoke("layers", tiny_checkpoint, *FAST, "--out", out, "-f", "json"))
-    assert out.stat().st_mtime_ns == stamp and again[0]["created"] == rec["created"]      # reused, not recomputed
+    assert out.stat().st_mtime_ns == stamp and again[0]["created"] == rec["created"]  # reused, not recomputed
     table = invoke("layers", tiny_checkpoint, *FAST, "--out", out)
     assert "recommended NITP target layer 1" in table and "ridge_R2" in table
 
 
 def test_rank_and_anisotropy_side_by_side_with_minilm(tiny_checkpoint, minilm_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)                      # MiniLM is no run: its record goes to ./results/geom/
+    monkeypatch.chdir(tmp_path)  # MiniLM is no run: its record goes to ./results/geom/
     rows = list(csv.DictReader(io.StringIO(invoke("rank", tiny_checkpoint, minilm_dir, *FAST, "-f", "csv"))))
     labels = [c for c in rows[0] if c not in ("layer", "metric")]
     assert len(labels) == 2 and labels[1] == "model"
@@ -70,7 +82,9 @@ def test_rank_and_anisotropy_side_by_side_with_minilm(tiny_checkpoint, minilm_di
 
 
 def test_layers_on_minilm_explains_its_last_state(minilm_dir, tmp_path):
-    text = invoke("layers", minilm_dir, *FAST, "--layers", "1,3,6,-1", "--exclude-first", "--out", tmp_path / "m.json")
+    text = invoke(
+        "layers", minilm_dir, *FAST, "--layers", "1,3,6,-1", "--exclude-first", "--out", tmp_path / "m.json"
+    )
     assert "no final norm" in text and "recommended NITP target layer" in text
     rec = json.loads((tmp_path / "m.json").read_text())
     assert rec["settings"]["exclude_first"] is True
@@ -81,24 +95,30 @@ def test_trajectory_over_a_run_with_stability(two_checkpoint_run):
     rows = list(csv.DictReader(io.StringIO(invoke("trajectory", two_checkpoint_run, *FAST, "-f", "csv"))))
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert rows[0]["CKA_prev"] == "" and 0.0 < float(rows[1]["CKA_prev"]) <= 1.0 + 1e-9
-    assert "L1_ridge_R2" in rows[0]                               # the run's NITP target layer (tiny: 1)
+    assert "L1_ridge_R2" in rows[0]  # the run's NITP target layer (tiny: 1)
     written = sorted(p.name for p in (two_checkpoint_run / "results" / "geom").glob("*.json"))
-    assert written == ["step_000002-builtin-1500-layers_last_1-seed0.json", "step_000004-builtin-1500-layers_last_1-seed0.json"]
+    assert written == [
+        "step_000002-builtin-1500-layers_last_1-seed0.json",
+        "step_000004-builtin-1500-layers_last_1-seed0.json",
+    ]
 
 
 def test_flops_command():
     rep = json.loads(invoke("flops", "moe-9b-a1b", "-f", "json"))
-    assert rep["nitp_extra_flops_per_token"] == 72 * 1280 ** 2 + 18 * 1280
+    assert rep["nitp_extra_flops_per_token"] == 72 * 1280**2 + 18 * 1280
     assert 0.021 < rep["nitp_overhead_without_attention_scores"] < 0.024
     text = invoke("flops", "tiny-dense", "--seq-len", "256")
     assert "NITP overhead" in text and "seq_len 256" in text
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["rank", "/no/such/dir", "--no-progress"], "no such file or directory"),
-    (["rank", "{ckpt}", "-f", "xml"], "--format xml"),
-    (["flops", "moe-9b"], "did you mean"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["rank", "/no/such/dir", "--no-progress"], "no such file or directory"),
+        (["rank", "{ckpt}", "-f", "xml"], "--format xml"),
+        (["flops", "moe-9b"], "did you mean"),
+    ],
+)
 def test_bad_input_is_one_line_and_non_zero(args, expected, tiny_checkpoint, tmp_path):
     proc = cli_subprocess(*[a.format(ckpt=tiny_checkpoint) for a in args], cwd=tmp_path)
     assert proc.returncode == 2
@@ -107,20 +127,28 @@ def test_bad_input_is_one_line_and_non_zero(args, expected, tiny_checkpoint, tmp
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], proc.stderr
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["layers", "{ckpt}", "--layers", "7"], "layer 7 is out of range"),
-    (["rank", "{ckpt}", "--corpus", "{small}", "-n", "5000"], "lower --tokens"),
-])
-def test_bad_model_input_raises_user_error_and_writes_nothing(args, expected, tiny_checkpoint, tmp_path, monkeypatch):
-    from nitp_train.artifacts import UserError
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["layers", "{ckpt}", "--layers", "7"], "layer 7 is out of range"),
+        (["rank", "{ckpt}", "--corpus", "{small}", "-n", "5000"], "lower --tokens"),
+    ],
+)
+def test_bad_model_input_raises_user_error_and_writes_nothing(
+    args, expected, tiny_checkpoint, tmp_path, monkeypatch
+):
+    from nitp.errors import UserError
 
     monkeypatch.chdir(tmp_path)
     small = tmp_path / "small.txt"
     small.write_text("only a handful of words")
     out = tmp_path / "rec.json"
-    result = runner.invoke(app, [a.format(ckpt=tiny_checkpoint, small=small) for a in args] + ["--out", str(out), "--no-progress"])
+    result = runner.invoke(
+        app,
+        [a.format(ckpt=tiny_checkpoint, small=small) for a in args] + ["--out", str(out), "--no-progress"],
+    )
     assert isinstance(result.exception, UserError) and expected in str(result.exception)
-    assert not out.exists() and not list(tmp_path.glob(".rec.json*"))        # nothing half-written
+    assert not out.exists() and not list(tmp_path.glob(".rec.json*"))  # nothing half-written
 
 
 def test_help_is_instant_without_heavy_imports():

@@ -1,10 +1,11 @@
-"""analysis.flops: the paper's Appendix-G figures, and the 6-FLOPs-per-parameter rule on real configs."""
+"""nitp_train.flops: the paper's Appendix-G figures, and the 6-FLOPs-per-parameter rule on real configs."""
 
 from __future__ import annotations
 
 import pytest
 
-from analysis.flops import (
+from nitp.errors import UserError
+from nitp_train.flops import (
     flops_breakdown,
     flops_for_preset,
     load_config_source,
@@ -12,7 +13,6 @@ from analysis.flops import (
     paper_moe_flops_per_token,
     training_flops_per_token,
 )
-from nitp_train.artifacts import UserError
 from nitp_train.models import count_parameters_from_spec, make_config, resolve_preset
 
 PAPER_9B = dict(d=1280, d_expert=640, k=9, n_layers=24, vocab=152064)
@@ -22,8 +22,8 @@ def test_paper_9b_moe_figures():
     base = paper_moe_flops_per_token(**PAPER_9B)
     extra = nitp_flops_per_token(1280)
     assert f"{extra:.3g}" == "1.18e+08" and f"{base:.3g}" == "5.06e+09"
-    assert extra == 72 * 1280 ** 2 + 18 * 1280
-    assert 100 * extra / base == pytest.approx(2.33, abs=0.005)    # the paper's "~2.3%"
+    assert extra == 72 * 1280**2 + 18 * 1280
+    assert 100 * extra / base == pytest.approx(2.33, abs=0.005)  # the paper's "~2.3%"
 
 
 def test_breakdown_of_the_9b_config_reduces_to_the_paper_formula():
@@ -48,13 +48,19 @@ def test_six_flops_per_active_matmul_parameter(preset):
     from transformers import AutoModelForCausalLM
 
     spec = resolve_preset(preset)
-    counts = count_parameters_from_spec(spec)       # built by transformers on the meta device
+    counts = count_parameters_from_spec(spec)  # built by transformers on the meta device
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(make_config(spec))
     no_matmul = sum(p.numel() for n, p in model.named_parameters() if "norm" in n or n.endswith(".bias"))
     lm_head = 0 if spec.get("tie_word_embeddings") else counts["embedding"]
     # active parameters minus the embedding lookup, plus the head's matmul (tied or not), minus norms / biases
-    matmul_active = counts["active"] - counts["embedding"] - lm_head + spec["vocab_size"] * spec["hidden_size"] - no_matmul
+    matmul_active = (
+        counts["active"]
+        - counts["embedding"]
+        - lm_head
+        + spec["vocab_size"] * spec["hidden_size"]
+        - no_matmul
+    )
     assert training_flops_per_token(make_config(spec), seq_len=0) == 6 * matmul_active
 
 
@@ -63,14 +69,14 @@ def test_config_sources_and_errors(tiny_checkpoint, tiny_run):
 
     cfg, name, _ = load_config_source("tiny-moe")
     assert cfg.num_experts == 8 and name == "tiny-moe"
-    cfg, _, _ = load_config_source(str(tiny_checkpoint))               # a model folder's config.json
+    cfg, _, _ = load_config_source(str(tiny_checkpoint))  # a model folder's config.json
     assert cfg.hidden_size == 128
     cfg, _, _ = load_config_source(str(tiny_checkpoint / "config.json"))
     assert cfg.num_hidden_layers == 4
-    cfg, _, seq_len = load_config_source(str(tiny_run))               # a run directory's config.yaml
+    cfg, _, seq_len = load_config_source(str(tiny_run))  # a run directory's config.yaml
     assert cfg.hidden_size == 128 and seq_len == 64
     yaml_cfg = Path(__file__).resolve().parent.parent / "configs" / "paper-moe-9b-a1b-nitp.yaml"
-    cfg, _, seq_len = load_config_source(str(yaml_cfg))                # a nitp-train YAML config
+    cfg, _, seq_len = load_config_source(str(yaml_cfg))  # a nitp-train YAML config
     assert cfg.num_experts == 144 and seq_len == 8192
     assert training_flops_per_token(cfg, seq_len) == flops_for_preset("moe-9b-a1b")["ntp_flops_per_token"]
     with pytest.raises(UserError, match="did you mean tiny-dense"):

@@ -1,4 +1,4 @@
-"""analysis.geometry: every metric against a brute-force float64 numpy computation."""
+"""nitp.geometry: every metric against a brute-force float64 numpy computation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import geometry as G
+from nitp import geometry as G
 
 RTOL = 1e-9
 
@@ -18,7 +18,7 @@ def brute_spectrum(x: np.ndarray) -> dict:
     xc = x - x.mean(0)
     sigma = np.linalg.svd(xc, compute_uv=False)
     sigma = sigma[sigma > sigma.max() * max(xc.shape) * np.finfo(np.float64).eps]
-    lam = sigma ** 2 / x.shape[0]
+    lam = sigma**2 / x.shape[0]
 
     def erank(w):
         p = w / w.sum()
@@ -27,7 +27,7 @@ def brute_spectrum(x: np.ndarray) -> dict:
     return {
         "effective_rank_covariance": erank(lam),
         "effective_rank_singular": erank(sigma),
-        "participation_ratio": float(lam.sum() ** 2 / np.sum(lam ** 2)),
+        "participation_ratio": float(lam.sum() ** 2 / np.sum(lam**2)),
         "stable_rank": float(lam.sum() / lam.max()),
         "top_eigenvalue_share": float(lam.max() / lam.sum()),
     }
@@ -58,11 +58,15 @@ def rotated(sigmas: np.ndarray, n: int, seed: int, offset: float = 0.0) -> np.nd
 
 
 CASES = {
-    "gaussian": lambda: np.random.default_rng(0).normal(size=(2000, 48)) @ np.random.default_rng(1).normal(size=(48, 48)),
+    "gaussian": lambda: (
+        np.random.default_rng(0).normal(size=(2000, 48)) @ np.random.default_rng(1).normal(size=(48, 48))
+    ),
     "ill_conditioned": lambda: rotated(np.logspace(0, -6, 32), 3000, seed=2),
     "large_offset": lambda: rotated(np.linspace(1.0, 0.05, 32), 3000, seed=3, offset=3e4).astype(np.float32),
     "fewer_rows_than_dims": lambda: np.random.default_rng(4).normal(size=(40, 96)),
-    "low_rank": lambda: np.random.default_rng(5).normal(size=(500, 6)) @ np.random.default_rng(6).normal(size=(6, 64)),
+    "low_rank": lambda: (
+        np.random.default_rng(5).normal(size=(500, 6)) @ np.random.default_rng(6).normal(size=(6, 64))
+    ),
 }
 
 
@@ -85,7 +89,7 @@ def test_large_offset_defeats_float32_accumulation_but_not_ours():
     x = CASES["large_offset"]()
     t = torch.from_numpy(x)
     mu = t.mean(0)
-    naive_cov = (t.T @ t) / t.shape[0] - torch.outer(mu, mu)         # float32 throughout
+    naive_cov = (t.T @ t) / t.shape[0] - torch.outer(mu, mu)  # float32 throughout
     lam = torch.linalg.eigvalsh(naive_cov.double()).clamp_min(0).numpy()
     p = lam[lam > 0] / lam.sum()
     naive = float(np.exp(-np.sum(p * np.log(p))))
@@ -98,7 +102,7 @@ def test_rank_is_capped_by_rows_and_singular_never_smaller():
     x = CASES["fewer_rows_than_dims"]()
     assert G.effective_rank(x, "singular") <= x.shape[0] - 1 + 1e-9
     lam = G.covariance_eigenvalues(x)
-    assert int((lam > 0).sum()) == x.shape[0] - 1        # centring removes one direction
+    assert int((lam > 0).sum()) == x.shape[0] - 1  # centring removes one direction
     for seed in range(20):
         rng = np.random.default_rng(seed)
         y = rng.normal(size=(300, 24)) * rng.lognormal(sigma=2.0, size=24)
@@ -112,7 +116,7 @@ def test_white_noise_is_near_full_rank_and_one_direction_is_rank_one():
     line = rng.normal(size=(500, 1)) * rng.normal(size=(1, 16)) + 5.0
     assert G.effective_rank(line) == pytest.approx(1.0, abs=1e-9)
     assert G.top_eigenvalue_share(line) == pytest.approx(1.0, abs=1e-12)
-    assert G.effective_rank(np.ones((10, 4))) == 0.0     # no variance at all
+    assert G.effective_rank(np.ones((10, 4))) == 0.0  # no variance at all
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -129,7 +133,7 @@ def _clustered(seed: int = 0):
     groups = rng.integers(0, 7, size=400)
     centres = rng.normal(size=(7, 24)) * 2
     x = centres[groups] + rng.normal(size=(400, 24)) + 0.5
-    x[13] = 0.0                                           # a zero vector has no direction
+    x[13] = 0.0  # a zero vector has no direction
     return x, groups
 
 
@@ -145,7 +149,7 @@ def test_anisotropy_exact_equals_all_pairs():
 def test_anisotropy_on_torch_with_many_groups_uses_the_large_path():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 8)) + 1.0
-    groups = np.arange(3000) // 2                         # 1500 groups: index_add path
+    groups = np.arange(3000) // 2  # 1500 groups: index_add path
     t = torch.from_numpy(x)
     assert G.anisotropy(t, torch.from_numpy(groups)) == pytest.approx(brute_pair_cos(x, groups), rel=1e-10)
 
@@ -178,15 +182,15 @@ def test_anisotropy_rejects_what_has_no_pairs():
 # ----------------------------------------------------------------------------- norms
 def test_norm_stats_and_massive_activations():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(1000, 64))                       # median |x| ~ 0.67 -> threshold 674.5
-    x[[3, 500, 998], 5] = 5000.0                          # massive
-    x[[10, 11], 7] = 300.0                                # large but under 1000 x median
+    x = rng.normal(size=(1000, 64))  # median |x| ~ 0.67 -> threshold 674.5
+    x[[3, 500, 998], 5] = 5000.0  # massive
+    x[[10, 11], 7] = 300.0  # large but under 1000 x median
     got = G.norm_stats(x)
     norms = np.linalg.norm(x, axis=1)
     assert got["mean_norm"] == pytest.approx(norms.mean(), rel=1e-12)
     assert got["max_norm"] == pytest.approx(norms.max(), rel=1e-12)
     assert got["massive_activation_share"] == pytest.approx(3 / 1000)
-    small = rng.normal(size=(200, 8)) * 1e-3              # 1000 x median < 100: the absolute floor applies
+    small = rng.normal(size=(200, 8)) * 1e-3  # 1000 x median < 100: the absolute floor applies
     small[0, 0] = 50.0
     assert G.norm_stats(small)["massive_activation_share"] == 0.0
     small[0, 0] = 150.0

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.geometry import sample_pairs
-from analysis.hidden import LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers, transformer_blocks
+from analysis.hidden import LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers
 from analysis.layers import GeometryWarning, measure
-from nitp_train.artifacts import UserError
+from nitp.errors import UserError
+from nitp.geometry import sample_pairs
+from nitp.layers import transformer_blocks
 from tests.test_analysis_geometry import brute_pair_cos, brute_spectrum
 
 SMALL = dict(n_tokens=1200, seq_len=64, batch_size=4, n_pairs=500, progress=False)
@@ -54,13 +55,16 @@ def test_hooks_equal_output_hidden_states_on_a_decoder(tiny_checkpoint):
     assert torch.allclose(loaded.model.norm(got[L]), got[-1], atol=1e-6)
     assert not torch.allclose(got[L], got[-1])
     assert loaded.has_final_norm and loaded.layer_name(-1) == "last (final norm)"
-    assert (len(block._forward_hooks), len(block._forward_pre_hooks)) == hooks_before   # ours removed on exit
+    assert (len(block._forward_hooks), len(block._forward_pre_hooks)) == hooks_before  # ours removed on exit
 
 
 def test_hooks_equal_output_hidden_states_on_minilm(minilm_dir):
     loaded = load_model(minilm_dir, device="cpu")
-    enc = loaded.tokenizer(["The cat sat on the mat.", "A much longer sentence about the weather today."],
-                           padding=True, return_tensors="pt")
+    enc = loaded.tokenizer(
+        ["The cat sat on the mat.", "A much longer sentence about the weather today."],
+        padding=True,
+        return_tensors="pt",
+    )
     with LayerCapture(loaded, resolve_layers(None, loaded.n_layers)) as cap:
         got = cap.run(enc["input_ids"], enc["attention_mask"])
     with torch.no_grad():
@@ -68,7 +72,7 @@ def test_hooks_equal_output_hidden_states_on_minilm(minilm_dir):
     assert len(ref.hidden_states) == loaded.n_layers + 1 == 7
     for k in range(7):
         assert torch.equal(got[k], ref.hidden_states[k]), k
-    assert not loaded.has_final_norm                     # encoder: last hidden state = block L output
+    assert not loaded.has_final_norm  # encoder: last hidden state = block L output
     assert torch.equal(got[-1], got[6])
 
 
@@ -81,7 +85,7 @@ def test_corpus_sample_is_fixed_seeded_and_exact(minilm_dir, tiny_checkpoint):
     assert a.n_tokens == 3000 and a.sha256 == b.sha256 != c.sha256
     assert max(len(s) for s in a.sequences) == 100
     full = [s for s in a.sequences if len(s) == 100]
-    assert all(s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id for s in full)   # BERT wrapping
+    assert all(s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id for s in full)  # BERT wrapping
     d = a.describe()
     assert d["token_ids_sha256"] == a.sha256 and len(d["sequences"]) == len(a.sequences)
     assert 0 < a.heldout_start < len(a.sequences)
@@ -92,7 +96,9 @@ def test_small_corpus_and_layer_errors_name_the_fix(tmp_path, tiny_checkpoint):
     corpus.write_text("Just a few words of text here.")
     tok = load_model(tiny_checkpoint, device="cpu").tokenizer
     have = len(tok(corpus.read_text(), add_special_tokens=False)["input_ids"])
-    with pytest.raises(UserError, match=rf"only {have} tokens .*asked for 5,000.*lower --tokens to at most {have}"):
+    with pytest.raises(
+        UserError, match=rf"only {have} tokens .*asked for 5,000.*lower --tokens to at most {have}"
+    ):
         corpus_sample(tok, str(corpus), 5000, seq_len=64)
     with pytest.raises(UserError, match=r"layer 9 is out of range .*0\.\.4"):
         resolve_layers("0,9", 4)
@@ -115,10 +121,12 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
     lengths = sample.lengths
     groups = np.repeat(np.arange(len(lengths)), lengths)
     first = np.concatenate([[True] + [False] * (n - 1) for n in lengths])
-    src = np.flatnonzero(np.concatenate([[True] * (n - 1) + [False] for n in lengths]))   # t with t+1 in the sequence
+    src = np.flatnonzero(
+        np.concatenate([[True] * (n - 1) + [False] for n in lengths])
+    )  # t with t+1 in the sequence
     fit = groups[src] < sample.heldout_start
     by_layer = {r["layer"]: r for r in scores["layers"]}
-    last = states[L]                                    # final-norm output = our layer -1
+    last = states[L]  # final-norm output = our layer -1
 
     def unit(v):
         return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -130,10 +138,14 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
         assert row["effective_rank_singular"] == pytest.approx(ref["effective_rank_singular"], rel=1e-8)
         assert row["anisotropy"] == pytest.approx(brute_pair_cos(x), rel=1e-9)
         assert row["anisotropy_across_sequences"] == pytest.approx(brute_pair_cos(x, groups), rel=1e-9)
-        assert row["anisotropy_within_sequences"] == pytest.approx(brute_pair_cos(x, groups, same=True), rel=1e-9)
+        assert row["anisotropy_within_sequences"] == pytest.approx(
+            brute_pair_cos(x, groups, same=True), rel=1e-9
+        )
         no_first = row["without_first_position"]
         assert no_first["n_tokens"] == len(x) - len(lengths)
-        assert no_first["effective_rank_covariance"] == pytest.approx(brute_spectrum(x[~first])["effective_rank_covariance"], rel=1e-8)
+        assert no_first["effective_rank_covariance"] == pytest.approx(
+            brute_spectrum(x[~first])["effective_rank_covariance"], rel=1e-8
+        )
         assert row["mean_norm"] == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-12)
         temporal = np.mean(np.sum(unit(x[src]) * unit(x[src + 1]), axis=1))
         assert row["temporal_self_similarity"] == pytest.approx(temporal, rel=1e-9)
@@ -146,19 +158,25 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
         model = Ridge(alpha=alpha, solver="cholesky").fit(a_fit, b_fit)
         a_held, b_held = last[src[~fit]], x[src[~fit] + 1]
         pred = model.predict(a_held)
-        assert row["ridge_r2"] == pytest.approx(r2_score(b_held, pred, multioutput="variance_weighted"), rel=1e-6, abs=1e-9)
+        assert row["ridge_r2"] == pytest.approx(
+            r2_score(b_held, pred, multioutput="variance_weighted"), rel=1e-6, abs=1e-9
+        )
         assert row["ridge_cos"] == pytest.approx(np.mean(np.sum(unit(pred) * unit(b_held), axis=1)), rel=1e-7)
         assert row["ridge_heldout_pairs"] == int((~fit).sum())
     i, j = sample_pairs(len(last), 500, groups, seed=0)
     sampled = np.mean(np.sum(unit(last[i]) * unit(last[j]), axis=1))
     assert scores["summary"]["anisotropy_sampled"] == pytest.approx(sampled, rel=1e-9)
     assert scores["summary"]["effective_rank_covariance"] == by_layer[-1]["effective_rank_covariance"]
-    assert scores["recommended_target_layer"] == scores["recommendation"]["layer"] == 1   # round(0.21 * 4)
+    assert scores["recommended_target_layer"] == scores["recommendation"]["layer"] == 1  # round(0.21 * 4)
     assert "paper depth prior" in scores["recommendation"]["reason"]
 
 
-def test_reference_cka_is_one_against_itself_and_exclude_first_drops_one_token_per_sequence(tiny_checkpoint, tmp_path):
-    _, settings, scores = measure(tiny_checkpoint, layers=[1, -1], reference=tiny_checkpoint, exclude_first=True, **SMALL)
+def test_reference_cka_is_one_against_itself_and_exclude_first_drops_one_token_per_sequence(
+    tiny_checkpoint, tmp_path
+):
+    _, settings, scores = measure(
+        tiny_checkpoint, layers=[1, -1], reference=tiny_checkpoint, exclude_first=True, **SMALL
+    )
     n_seq = settings["sample"]["n_sequences"]
     for row in scores["layers"]:
         assert row["cka_vs_reference"] == pytest.approx(1.0, rel=1e-9)
@@ -188,7 +206,7 @@ def test_nan_activations_name_the_first_broken_layer(tiny_checkpoint, tmp_path):
 
     ck = _copy_checkpoint(tiny_checkpoint, tmp_path / "nan")
     weights = load_file(ck / "model.safetensors")
-    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")   # block 2
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")  # block 2
     save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UserError, match="layer 2 has NaN/inf activations"):
         measure(ck, **SMALL)

@@ -13,7 +13,6 @@ import pytest
 
 from tests.helpers import run_main
 
-
 pytestmark = pytest.mark.usefixtures("bench_cache")
 
 
@@ -34,12 +33,19 @@ def _one_error_line(err: str) -> str:
 
 # ----------------------------------------------------------------------------- bad input
 def test_bad_numbers_fail_fast_in_a_real_process(tiny_checkpoint):
-    for args, expected in ((["--limit", "0"], "--limit must be"), (["--num-fewshot", "-1"], "--num-fewshot must be 0 or more")):
-        done = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "bench", str(tiny_checkpoint), *args],
-                              capture_output=True, text=True, timeout=120)
+    for args, expected in (
+        (["--limit", "0"], "--limit must be"),
+        (["--num-fewshot", "-1"], "--num-fewshot must be 0 or more"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "nitp_eval.cli", "bench", str(tiny_checkpoint), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2
         assert "Traceback" not in done.stderr
-        assert done.stderr.strip().splitlines() == [done.stderr.strip()]   # one line
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
         assert expected in done.stderr
 
 
@@ -66,20 +72,34 @@ def test_a_model_that_is_no_causal_lm_is_refused(cli, minilm_dir):
 def test_task_without_local_data_fails_alone(cli, tiny_checkpoint, mirror, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(mirror / "allenai" / "ai2_arc", partial / "allenai" / "ai2_arc")
-    code, out, err = cli("bench", tiny_checkpoint, "--tasks", "gsm8k,arc", "--limit", "1", "--num-fewshot", "0",
-                         "--data-dir", partial, "--out", tmp_path / "r.json")
+    code, out, err = cli(
+        "bench",
+        tiny_checkpoint,
+        "--tasks",
+        "gsm8k,arc",
+        "--limit",
+        "1",
+        "--num-fewshot",
+        "0",
+        "--data-dir",
+        partial,
+        "--out",
+        tmp_path / "r.json",
+    )
     assert code == 1
     assert "Traceback" not in err
     reason = next(line for line in err.splitlines() if line.startswith("error: gsm8k"))
     assert "openai/gsm8k" in reason and f"nitp-eval mirror export --tasks gsm8k --out {partial}" in reason
     record = json.loads((tmp_path / "r.json").read_text())
-    assert list(record["scores"]["tasks"]) == ["arc_challenge"]          # the other task still ran
+    assert list(record["scores"]["tasks"]) == ["arc_challenge"]  # the other task still ran
     assert "gsm8k" in record["scores"]["failed"]
     assert "arc_challenge" in out and "failed" in out
 
 
 def test_lcbench_needs_the_unsafe_code_flag(cli, tiny_checkpoint, mirror, tmp_path):
-    code, _, err = cli("bench", tiny_checkpoint, "--tasks", "lcbench", "--data-dir", mirror, "--out", tmp_path / "r.json")
+    code, _, err = cli(
+        "bench", tiny_checkpoint, "--tasks", "lcbench", "--data-dir", mirror, "--out", tmp_path / "r.json"
+    )
     assert code == 1
     assert "--allow-unsafe-code" in err
 
@@ -89,12 +109,24 @@ def test_tokenizer_without_pad_token_is_fixed_as_lm_eval_does(cli, tiny_checkpoi
     """A plain Hugging Face folder (a tiny Llama, not made by nitp) whose tokenizer has no pad token."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_checkpoint / "tokenizer.json"), bos_token="<|bos|>",
-                                  eos_token="<|endoftext|>", unk_token="<|unk|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(tiny_checkpoint / "tokenizer.json"),
+        bos_token="<|bos|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|unk|>",
+    )
     assert tok.pad_token is None
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     ckpt = tmp_path / "llama-no-pad"
     LlamaForCausalLM(config).save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
@@ -159,7 +191,12 @@ def test_mirror_export_of_non_hub_sources(cli, mirror, tmp_path, monkeypatch):
     assert code == 0, err
     assert "2 of 2 task(s) complete" in out
     spec = datasets.load_dataset(str(out_dir / "MikeGu721" / "XiezhiBenchmark"), "xiezhi_spec_chn")
-    assert set(spec) == {"test", "train"} and spec["test"].column_names == ["question", "labels", "answer", "options"]
+    assert set(spec) == {"test", "train"} and spec["test"].column_names == [
+        "question",
+        "labels",
+        "answer",
+        "options",
+    ]
     lc = datasets.load_dataset(str(out_dir / "opencompass" / "LCBench2023"), "cn", split="test")
     assert len(lc) == lcbench.N_PROMPT_ROWS + 2 and "test_list" in lc.column_names
     # the tasks' online loaders (used without --data-dir) read the same rows from the sources

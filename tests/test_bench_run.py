@@ -13,12 +13,37 @@ import pytest
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
 # leaves (lm-eval subtasks) per benchmark: with limit=1 each scores one document
-LEAVES = {"mmlu": 57, "mmlu_pro": 1, "ceval": 52, "xiezhi": 4, "lambada": 1, "bbh": 27, "arc_challenge": 1,
-          "commonsense_qa": 1, "balanced_copa": 1, "c3": 2, "agieval": 21, "gsm8k": 1, "lcbench": 2}
+LEAVES = {
+    "mmlu": 57,
+    "mmlu_pro": 1,
+    "ceval": 52,
+    "xiezhi": 4,
+    "lambada": 1,
+    "bbh": 27,
+    "arc_challenge": 1,
+    "commonsense_qa": 1,
+    "balanced_copa": 1,
+    "c3": 2,
+    "agieval": 21,
+    "gsm8k": 1,
+    "lcbench": 2,
+}
 # documents the fixture holds in each benchmark's evaluation split(s)
-FIXTURE_DOCS = {"mmlu": 57 * 2, "mmlu_pro": 3, "ceval": 52 * 2, "xiezhi": 4 * 2, "lambada": 3, "bbh": 27 * 2,
-                "arc_challenge": 3, "commonsense_qa": 3, "balanced_copa": 3, "c3": 2 * 2 * 2, "agieval": 21 * 2,
-                "gsm8k": 2, "lcbench": 2 * 2}
+FIXTURE_DOCS = {
+    "mmlu": 57 * 2,
+    "mmlu_pro": 3,
+    "ceval": 52 * 2,
+    "xiezhi": 4 * 2,
+    "lambada": 3,
+    "bbh": 27 * 2,
+    "arc_challenge": 3,
+    "commonsense_qa": 3,
+    "balanced_copa": 3,
+    "c3": 2 * 2 * 2,
+    "agieval": 21 * 2,
+    "gsm8k": 2,
+    "lcbench": 2 * 2,
+}
 
 
 pytestmark = pytest.mark.usefixtures("bench_cache")
@@ -31,8 +56,17 @@ def paper_run(tiny_checkpoint, mirror, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "paper.json"
     logs: list[str] = []
     # zero-shot keeps the prompts (and the test) short; default shots are covered by the rerun test
-    [record] = run_bench([tiny_checkpoint], suite="paper", limit=1, num_fewshot=0, data_dir=mirror,
-                         allow_unsafe_code=True, max_gen_toks=2, out=out, log=logs.append)
+    [record] = run_bench(
+        [tiny_checkpoint],
+        suite="paper",
+        limit=1,
+        num_fewshot=0,
+        data_dir=mirror,
+        allow_unsafe_code=True,
+        max_gen_toks=2,
+        out=out,
+        log=logs.append,
+    )
     return record, out, logs
 
 
@@ -47,7 +81,7 @@ def test_all_thirteen_benchmarks_score_from_the_mirror(paper_run, mirror):
         assert s["metric"] == b.metric
         assert 0.0 <= s["value"] <= 1.0
         assert s["n"] == LEAVES[name], name
-        assert s["n_total"] == FIXTURE_DOCS[name], name   # the documents came from the fixture mirror
+        assert s["n_total"] == FIXTURE_DOCS[name], name  # the documents came from the fixture mirror
         assert s["shots"] == 0, name
         assert s["version"] is not None
     assert scores["tasks"]["gsm8k"]["filter"] == "strict-match"
@@ -57,7 +91,7 @@ def test_all_thirteen_benchmarks_score_from_the_mirror(paper_run, mirror):
 
 
 def test_record_is_written_where_out_says(paper_run):
-    from nitp_train.artifacts import read_record
+    from nitp.records import read_record
 
     record, out, _ = paper_run
     on_disk = read_record(out)
@@ -77,24 +111,48 @@ def test_scores_equal_direct_lm_eval_calls(paper_run, tiny_checkpoint, mirror, t
     from nitp_eval.mirror import task_manager
     from nitp_eval.tasks import TASKS_DIR
 
-    [record] = run_bench([tiny_checkpoint], tasks="arc,c3,gsm8k", limit=3, num_fewshot=0, data_dir=mirror,
-                         max_gen_toks=2, out=tmp_path / "r.json", log=lambda _: None)
-    plain = task_manager()   # only used to find the tasks' own YAML files
-    local = {"arc_challenge": "allenai/ai2_arc", "gsm8k": "openai/gsm8k",
-             "nitp_c3_mixed": "dataset-org/c3", "nitp_c3_dialog": "dataset-org/c3"}
+    [record] = run_bench(
+        [tiny_checkpoint],
+        tasks="arc,c3,gsm8k",
+        limit=3,
+        num_fewshot=0,
+        data_dir=mirror,
+        max_gen_toks=2,
+        out=tmp_path / "r.json",
+        log=lambda _: None,
+    )
+    plain = task_manager()  # only used to find the tasks' own YAML files
+    local = {
+        "arc_challenge": "allenai/ai2_arc",
+        "gsm8k": "openai/gsm8k",
+        "nitp_c3_mixed": "dataset-org/c3",
+        "nitp_c3_dialog": "dataset-org/c3",
+    }
     for task, repo in local.items():
-        (tmp_path / f"{task}.yaml").write_text(yaml.safe_dump(
-            {"include": str(plain.task_index[task].yaml_path), "dataset_path": str(mirror / repo)}))
+        (tmp_path / f"{task}.yaml").write_text(
+            yaml.safe_dump(
+                {"include": str(plain.task_index[task].yaml_path), "dataset_path": str(mirror / repo)}
+            )
+        )
     tm = TaskManager(include_path=[str(TASKS_DIR), str(tmp_path)])
-    direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tiny_checkpoint)},
-                                     tasks=["arc_challenge", "nitp_c3", "gsm8k"], num_fewshot=0, limit=3, batch_size=8,
-                                     device="cpu", task_manager=tm, gen_kwargs={"max_gen_toks": 2}, log_samples=False)
+    direct = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(tiny_checkpoint)},
+        tasks=["arc_challenge", "nitp_c3", "gsm8k"],
+        num_fewshot=0,
+        limit=3,
+        batch_size=8,
+        device="cpu",
+        task_manager=tm,
+        gen_kwargs={"max_gen_toks": 2},
+        log_samples=False,
+    )
     for name, task in (("arc_challenge", "arc_challenge"), ("c3", "nitp_c3"), ("gsm8k", "gsm8k")):
         ours = record["scores"]["tasks"][name]
         suffix = f",{ours.get('filter', 'none')}"
         assert direct["results"][task][ours["metric"] + suffix] == ours["value"], name
         assert direct["results"][task][ours["metric"] + "_stderr" + suffix] == ours["stderr"], name
-    assert record["scores"]["tasks"]["c3"]["n"] == 6   # 3 questions from each of the two parts
+    assert record["scores"]["tasks"]["c3"]["n"] == 6  # 3 questions from each of the two parts
 
 
 def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkeypatch):
@@ -105,15 +163,24 @@ def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkey
     loads = []
     real_load = bench.load_lm
     monkeypatch.setattr(bench, "load_lm", lambda *a, **k: loads.append(1) or real_load(*a, **k))
-    [first] = bench.run_bench([tiny_checkpoint], tasks="arc,csqa", limit=2, data_dir=mirror, log=lambda _: None)
-    assert {n: s["shots"] for n, s in first["scores"]["tasks"].items()} == {"arc_challenge": 25, "commonsense_qa": 7}
+    [first] = bench.run_bench(
+        [tiny_checkpoint], tasks="arc,csqa", limit=2, data_dir=mirror, log=lambda _: None
+    )
+    assert {n: s["shots"] for n, s in first["scores"]["tasks"].items()} == {
+        "arc_challenge": 25,
+        "commonsense_qa": 7,
+    }
     assert loads == [1]
     logs: list[str] = []
-    [again] = bench.run_bench([tiny_checkpoint], tasks="arc_challenge,commonsense_qa", limit=2, data_dir=mirror, log=logs.append)
+    [again] = bench.run_bench(
+        [tiny_checkpoint], tasks="arc_challenge,commonsense_qa", limit=2, data_dir=mirror, log=logs.append
+    )
     assert loads == [1], "cached tasks must not load the model"
     assert sum("cached" in line for line in logs) == 2
     assert again["scores"] == first["scores"]
-    [redone] = bench.run_bench([tiny_checkpoint], tasks="csqa", limit=2, data_dir=mirror, redo=True, log=lambda _: None)
+    [redone] = bench.run_bench(
+        [tiny_checkpoint], tasks="csqa", limit=2, data_dir=mirror, redo=True, log=lambda _: None
+    )
     assert loads == [1, 1]
     assert redone["scores"]["tasks"]["commonsense_qa"] == first["scores"]["tasks"]["commonsense_qa"]
 
@@ -121,14 +188,28 @@ def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkey
 def test_offline_suite_matches_direct_lm_eval(tiny_checkpoint, tmp_path):
     """--suite offline needs nothing but the install; its numbers are lm-eval's own."""
     import lm_eval
+
     from nitp_eval.bench import run_bench
     from nitp_eval.mirror import task_manager
 
-    [record] = run_bench([tiny_checkpoint], suite="offline", limit=8, out=tmp_path / "offline.json", log=lambda _: None)
+    [record] = run_bench(
+        [tiny_checkpoint], suite="offline", limit=8, out=tmp_path / "offline.json", log=lambda _: None
+    )
     assert list(record["scores"]["tasks"]) == ["analogies", "next_word", "sentiment"]
     assert record["scores"]["tasks"]["analogies"]["n_total"] == 560
-    tm = task_manager()   # lm-eval's TaskManager over its tasks and the generated offline tasks
-    direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tiny_checkpoint)},
-                                     tasks=["nitp_offline_sentiment"], num_fewshot=4, limit=8, batch_size=8,
-                                     device="cpu", task_manager=tm, log_samples=False)
-    assert direct["results"]["nitp_offline_sentiment"]["acc,none"] == record["scores"]["tasks"]["sentiment"]["value"]
+    tm = task_manager()  # lm-eval's TaskManager over its tasks and the generated offline tasks
+    direct = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(tiny_checkpoint)},
+        tasks=["nitp_offline_sentiment"],
+        num_fewshot=4,
+        limit=8,
+        batch_size=8,
+        device="cpu",
+        task_manager=tm,
+        log_samples=False,
+    )
+    assert (
+        direct["results"]["nitp_offline_sentiment"]["acc,none"]
+        == record["scores"]["tasks"]["sentiment"]["value"]
+    )

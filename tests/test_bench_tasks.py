@@ -20,8 +20,8 @@ def test_friendly_names_and_aliases_resolve():
     assert friendly("arc").lm_eval_task == "arc_challenge"
     assert friendly("CSQA").name == "commonsense_qa"
     assert friendly("copa").lm_eval_task == "nitp_balanced_copa"
-    assert friendly("mmlu-pro").lm_eval_task == "leaderboard_mmlu_pro"   # log-likelihood, not 2,048-token CoT
-    assert friendly("hellaswag") is None                                  # left to lm-eval as a raw name
+    assert friendly("mmlu-pro").lm_eval_task == "leaderboard_mmlu_pro"  # log-likelihood, not 2,048-token CoT
+    assert friendly("hellaswag") is None  # left to lm-eval as a raw name
     assert len(SUITES["paper"]) == 13 and set(SUITES["mission"]) <= set(SUITES["paper"])
 
 
@@ -34,8 +34,8 @@ def test_every_benchmark_is_an_lm_eval_task_or_group():
 
 
 def test_unknown_names_get_suggestions():
-    from nitp_eval.bench import select_benchmarks, plan_tasks
-    from nitp_train.artifacts import UserError
+    from nitp.errors import UserError
+    from nitp_eval.bench import plan_tasks, select_benchmarks
 
     with pytest.raises(UserError, match=r"unknown task 'gsm8kk'; did you mean gsm8k"):
         plan_tasks(select_benchmarks("gsm8kk"), None, False, lambda _: None)
@@ -49,9 +49,15 @@ def test_c3_rows_become_one_doc_per_question():
 
     from nitp_eval.tasks.c3.utils import flatten_questions
 
-    row = {"documents": ["男：明天见。", "女：好。"], "document_id": "d1",
-           "questions": {"question": ["他们什么时候见？", "女的同意吗？"], "answer": ["明天", "同意"],
-                         "choice": [["今天", "明天", "后天"], ["同意", "不同意"]]}}
+    row = {
+        "documents": ["男：明天见。", "女：好。"],
+        "document_id": "d1",
+        "questions": {
+            "question": ["他们什么时候见？", "女的同意吗？"],
+            "answer": ["明天", "同意"],
+            "choice": [["今天", "明天", "后天"], ["同意", "不同意"]],
+        },
+    }
     docs = flatten_questions(datasets.Dataset.from_list([row]))
     assert docs.column_names == ["passage", "question", "choices", "label"]
     assert [d["label"] for d in docs] == [1, 0]
@@ -63,8 +69,10 @@ def test_xiezhi_keeps_four_option_questions_and_letters_the_answer():
 
     from nitp_eval.tasks.xiezhi.utils import to_four_choices
 
-    rows = [{"question": "q1", "labels": ["a"], "answer": "三", "options": "一\n二\n三\n四"},
-            {"question": "q2", "labels": ["a"], "answer": "五", "options": "一\n二\n三\n四\n五"}]
+    rows = [
+        {"question": "q1", "labels": ["a"], "answer": "三", "options": "一\n二\n三\n四"},
+        {"question": "q2", "labels": ["a"], "answer": "五", "options": "一\n二\n三\n四\n五"},
+    ]
     docs = to_four_choices(datasets.Dataset.from_list(rows))
     assert len(docs) == 1 and docs[0]["label"] == 2 and docs[0]["choices"] == ["一", "二", "三", "四"]
 
@@ -79,7 +87,7 @@ def test_lcbench_runs_the_generated_code_against_the_asserts():
     assert process_results(doc, [right]) == {"pass_at_1": 1.0}
     assert process_results(doc, [wrong]) == {"pass_at_1": 0.0}
     assert process_results(doc, [as_class]) == {"pass_at_1": 1.0}
-    assert not passes("while True:\n    pass", timeout_s=1.0)   # a hanging program is stopped and fails
+    assert not passes("while True:\n    pass", timeout_s=1.0)  # a hanging program is stopped and fails
 
 
 # ----------------------------------------------------------------------------- offline suite
@@ -92,7 +100,7 @@ def test_analogy_items_are_well_formed():
         assert len(set(item["choices"])) == 4
         assert not {item["a"], item["b"], item["c"]} & set(item["choices"])
     first = items["test"][0]
-    assert first == analogy_items()["test"][0]   # deterministic
+    assert first == analogy_items()["test"][0]  # deterministic
 
 
 def test_next_word_items_end_in_a_word_of_held_out_text():

@@ -99,7 +99,9 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
     monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", counting)
     redone = run_mteb(a, tasks=TASKS, out=out, redo=True, log=lambda _: None)[0]
     assert calls, "--redo must recompute, not read mteb's cache"
-    assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(first["scores"]["tasks"]["WordSim353"]["main_score"], abs=1e-6)
+    assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(
+        first["scores"]["tasks"]["WordSim353"]["main_score"], abs=1e-6
+    )
     assert redone["created"] >= first["created"]
 
 
@@ -110,4 +112,7 @@ def test_same_weights_in_another_folder_share_the_key(two_checkpoints, tmp_path,
     shutil.copytree(a, twin)
     _forbid_encoding(monkeypatch)  # identical weights -> identical hash -> mteb's cache answers
     rec = run_mteb(twin, tasks=TASKS, out=tmp_path / "y.json", log=lambda _: None)[0]
-    assert rec["model"]["hash"] == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]
+    assert (
+        rec["model"]["hash"]
+        == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]
+    )

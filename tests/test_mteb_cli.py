@@ -45,22 +45,30 @@ def test_table_and_record(tiny_checkpoint, tmp_path, monkeypatch, capsys):
 
 
 def test_two_models_show_deltas_and_wins(tiny_checkpoint, minilm_dir, tmp_path, monkeypatch, capsys):
-    code, stdout, _ = run_cli(monkeypatch, capsys, tiny_checkpoint, minilm_dir, "--tasks", "WordSim353", "--out", tmp_path)
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, tiny_checkpoint, minilm_dir, "--tasks", "WordSim353", "--out", tmp_path
+    )
     assert code == 0
     recs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
     assert len(recs) == 2
     assert "delta" in stdout.splitlines()[0]
-    won = recs[0]["scores"]["tasks"]["WordSim353"]["main_score"] != recs[1]["scores"]["tasks"]["WordSim353"]["main_score"]
+    won = (
+        recs[0]["scores"]["tasks"]["WordSim353"]["main_score"]
+        != recs[1]["scores"]["tasks"]["WordSim353"]["main_score"]
+    )
     assert won and "wins" in stdout and "of 1 tasks" in stdout
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--pooling", "max"], "unknown pooling 'max'"),
-    (["--layer", "9"], "--layer 9 out of range"),
-    (["--tasks", "STS99"], "unknown MTEB task 'STS99'"),
-    (["--suite", "papr"], "unknown suite 'papr'"),
-    (["--data-dir", "/nonexistent/mirror", "--tasks", "STS12"], "no such directory"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--pooling", "max"], "unknown pooling 'max'"),
+        (["--layer", "9"], "--layer 9 is out of range"),
+        (["--tasks", "STS99"], "unknown MTEB task 'STS99'"),
+        (["--suite", "papr"], "unknown suite 'papr'"),
+        (["--data-dir", "/nonexistent/mirror", "--tasks", "STS12"], "no such directory"),
+    ],
+)
 def test_bad_input_is_one_line(args, expected, tiny_checkpoint, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, tiny_checkpoint, *args, "--out", tmp_path / "r.json")
     assert code == 2
@@ -77,7 +85,9 @@ def test_model_without_tokenizer(tiny_checkpoint, tmp_path, monkeypatch, capsys)
 
 def test_data_dir_without_a_task_runs_the_others_and_fails(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.json"
-    code, stdout, err = run_cli(monkeypatch, capsys, tiny_checkpoint, "--tasks", "BIOSSES,STS12", "--data-dir", FIXTURES, "--out", out)
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, tiny_checkpoint, "--tasks", "BIOSSES,STS12", "--data-dir", FIXTURES, "--out", out
+    )
     assert code == 1
     assert "BIOSSES" in stdout  # the task with data ran and is in the table and the record
     assert list(json.loads(out.read_text())["scores"]["tasks"]) == ["BIOSSES"]
@@ -88,7 +98,11 @@ def test_data_dir_without_a_task_runs_the_others_and_fails(tiny_checkpoint, tmp_
 
 def test_console_script_error_is_one_line_without_traceback(tiny_checkpoint):
     script = Path(sys.executable).with_name("nitp-eval")  # the installed console script
-    proc = subprocess.run([str(script), "mteb", str(tiny_checkpoint), "--pooling", "cls"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(script), "mteb", str(tiny_checkpoint), "--pooling", "cls"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown pooling 'cls' (choose one of: mean, last, eos)"

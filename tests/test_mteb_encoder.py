@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from nitp.errors import UserError
 from nitp_eval.embed import HiddenStateEncoder, pool_hidden_states
-from nitp_train.artifacts import UserError
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -37,8 +37,7 @@ def minilm_encoder(minilm_dir):
 
 # ----------------------------------------------------------------------------- pooling by hand
 def test_mean_pooling_matches_hand_computation():
-    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
-                           [[0.0, 5.0], [9.0, 9.0], [9.0, 9.0]]])
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[0.0, 5.0], [9.0, 9.0], [9.0, 9.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     # row 0: mean of the two valid tokens = (2, 3); row 1: the single valid token (0, 5)
     expected = np.array([[2.0, 3.0] / np.sqrt(13.0), [0.0, 1.0]])
@@ -47,8 +46,7 @@ def test_mean_pooling_matches_hand_computation():
 
 
 def test_last_pooling_takes_last_valid_token_and_normalises():
-    hidden = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [7.0, 7.0]],
-                           [[0.0, -2.0], [8.0, 8.0], [8.0, 8.0]]])
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [7.0, 7.0]], [[0.0, -2.0], [8.0, 8.0], [8.0, 8.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     got = pool_hidden_states(hidden, mask, "last").numpy()
     np.testing.assert_allclose(got, [[0.6, 0.8], [0.0, -1.0]], rtol=0, atol=1e-7)
@@ -104,11 +102,13 @@ def test_encoder_layers_match_output_hidden_states(minilm_encoder):
             torch.testing.assert_close(got, out.hidden_states[k], rtol=0, atol=1e-5)
     finally:
         minilm_encoder.layer = -1
-    torch.testing.assert_close(minilm_encoder.hidden_states(input_ids, mask), out.hidden_states[-1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        minilm_encoder.hidden_states(input_ids, mask), out.hidden_states[-1], rtol=0, atol=1e-5
+    )
 
 
 def test_layer_out_of_range_is_a_user_error(tiny_checkpoint):
-    with pytest.raises(UserError, match=r"--layer 5 out of range.*0\.\.4"):
+    with pytest.raises(UserError, match=r"--layer 5 is out of range.*0\.\.4"):
         HiddenStateEncoder(tiny_checkpoint, layer=5)
     with pytest.raises(UserError, match="out of range"):
         HiddenStateEncoder(tiny_checkpoint, layer=-2)
@@ -125,7 +125,9 @@ def _sentence_transformer(path):
 
 
 @pytest.mark.parametrize("which", ["tiny", "minilm"])
-def test_same_embeddings_as_sentence_transformers(which, tiny_checkpoint, minilm_dir, tiny_encoder, minilm_encoder):
+def test_same_embeddings_as_sentence_transformers(
+    which, tiny_checkpoint, minilm_dir, tiny_encoder, minilm_encoder
+):
     path, encoder = (tiny_checkpoint, tiny_encoder) if which == "tiny" else (minilm_dir, minilm_encoder)
     reference = _sentence_transformer(path).encode(TEXTS, batch_size=4, convert_to_numpy=True)
     ours = encoder.encode_texts(TEXTS, batch_size=3)  # other batches, sorted by length, restored

@@ -35,21 +35,27 @@ def _sentence_transformer_scores(minilm_dir, names):
     tasks, problems = apply_data_dir(resolve_tasks(tasks=names), FIXTURES)
     assert not problems
     model = SentenceTransformer(str(minilm_dir), device="cpu")
-    result = mteb.evaluate(model, tasks, cache=None, encode_kwargs={"batch_size": 32}, show_progress_bar=False)
+    result = mteb.evaluate(
+        model, tasks, cache=None, encode_kwargs={"batch_size": 32}, show_progress_bar=False
+    )
     assert not result.exceptions, result.exceptions
     return summarise(tasks, result.task_results)
 
 
 def test_minilm_scores_equal_mteb_on_the_plain_sentence_transformer(minilm_dir, tmp_path):
     names = FIXTURE_TASKS + OFFLINE
-    ours = run_mteb(minilm_dir, tasks=names, data_dir=FIXTURES, out=tmp_path / "minilm.json", log=lambda _: None)[0]["scores"]
+    ours = run_mteb(
+        minilm_dir, tasks=names, data_dir=FIXTURES, out=tmp_path / "minilm.json", log=lambda _: None
+    )[0]["scores"]
     reference = _sentence_transformer_scores(minilm_dir, names)
     assert set(ours["tasks"]) == set(names) == set(reference["tasks"])
     for name in names:  # shown with `pytest -s`: the numbers docs/mteb.md reports
         a, b = ours["tasks"][name]["main_score"], reference["tasks"][name]["main_score"]
         print(f"{name:<28} nitp {a:.6f}  sentence-transformers {b:.6f}  diff {a - b:+.1e}")
     for name in names:
-        assert ours["tasks"][name]["main_score"] == pytest.approx(reference["tasks"][name]["main_score"], abs=2e-6), name
+        assert ours["tasks"][name]["main_score"] == pytest.approx(
+            reference["tasks"][name]["main_score"], abs=2e-6
+        ), name
     assert ours["overall"] == pytest.approx(reference["overall"], abs=2e-6)
     # a trained encoder is far from chance on human similarity and polarity
     assert ours["tasks"]["WordSim353"]["main_score"] > 0.5

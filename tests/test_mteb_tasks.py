@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from nitp.errors import UserError
+from nitp.records import read_record
 from nitp_eval.embed import missing_tasks, run_mteb
 from nitp_eval.embed_data import PAPER_GROUPS, PAPER_TASKS, apply_data_dir, mteb_dataset_repos, resolve_tasks
-from nitp_train.artifacts import UserError, read_record
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 FIXTURE_TASKS = {  # task -> (mteb type, main score, paper group)
@@ -33,13 +34,22 @@ def mteb_cache(tmp_path_factory):
 def test_paper_suite_is_the_25_tasks_with_english_test_scope():
     tasks = resolve_tasks("paper")
     assert [t.metadata.name for t in tasks] == PAPER_TASKS and len(tasks) == 25
-    assert {g: len(n) for g, n in PAPER_GROUPS.items()} == {"Classification": 10, "STS": 9, "Retrieval/dup": 6}
+    assert {g: len(n) for g, n in PAPER_GROUPS.items()} == {
+        "Classification": 10,
+        "STS": 9,
+        "Retrieval/dup": 6,
+    }
     by_name = {t.metadata.name: t for t in tasks}
     assert all(list(t.eval_splits) == ["test"] for t in tasks)
     assert by_name["AmazonCounterfactualClassification"].hf_subsets == ["en"]
     assert by_name["STS17"].hf_subsets == ["en-en"]
-    for name in ("AmazonReviewsClassification", "MTOPDomainClassification", "MTOPIntentClassification",
-                 "MassiveIntentClassification", "MassiveScenarioClassification"):
+    for name in (
+        "AmazonReviewsClassification",
+        "MTOPDomainClassification",
+        "MTOPIntentClassification",
+        "MassiveIntentClassification",
+        "MassiveScenarioClassification",
+    ):
         assert by_name[name].hf_subsets == ["en"], name
     # the classes themselves keep all languages: the scope is the benchmark's, per object
     assert len(type(by_name["STS17"]).metadata.hf_subsets) > 1
@@ -77,10 +87,15 @@ def test_offline_suite_reads_the_shipped_data():
         if task.metadata.type == "Classification":
             for ds in task.dataset.values():  # balanced, both labels
                 assert sorted(set(ds["label"])) == [0, 1] and sum(ds["label"]) * 2 == len(ds)
-            assert not any(t.startswith(("From:", "Newsgroups:", "Path:")) for t in task.dataset["test"]["text"])
+            assert not any(
+                t.startswith(("From:", "Newsgroups:", "Path:")) for t in task.dataset["test"]["text"]
+            )
     assert sizes == {
-        "WordSim353": {"test": 353}, "SimLex999": {"test": 999}, "LeeDocumentSimilarity": {"test": 1225},
-        "PangLeePolarity": {"train": 100, "test": 100}, "MiniNewsgroups": {"train": 100, "test": 100},
+        "WordSim353": {"test": 353},
+        "SimLex999": {"test": 999},
+        "LeeDocumentSimilarity": {"test": 1225},
+        "PangLeePolarity": {"train": 100, "test": 100},
+        "MiniNewsgroups": {"train": 100, "test": 100},
     }
 
 
@@ -89,7 +104,9 @@ def test_offline_suite_reads_the_shipped_data():
 def fixture_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("records") / "fixture.json"
     log: list[str] = []
-    records = run_mteb(tiny_checkpoint, tasks=list(FIXTURE_TASKS) + ["STS12"], data_dir=FIXTURES, out=out, log=log.append)
+    records = run_mteb(
+        tiny_checkpoint, tasks=list(FIXTURE_TASKS) + ["STS12"], data_dir=FIXTURES, out=out, log=log.append
+    )
     return records[0], out, log
 
 
@@ -120,7 +137,9 @@ def test_a_task_without_data_is_named_with_the_export_command_and_the_others_run
 def test_record_follows_the_contract(fixture_run, tiny_checkpoint):
     record, out, _ = fixture_run
     assert record["kind"] == "mteb" and record["schema"] == "nitp.record/1"
-    assert record["model"]["path"] == str(Path(tiny_checkpoint).resolve()) and len(record["model"]["hash"]) == 64
+    assert (
+        record["model"]["path"] == str(Path(tiny_checkpoint).resolve()) and len(record["model"]["hash"]) == 64
+    )
     settings = record["settings"]
     assert settings["pooling"] == "mean" and settings["layer"] == -1 and settings["batch_size"] == 32
     assert settings["tasks"] == list(FIXTURE_TASKS) + ["STS12"] and settings["suite"] is None
@@ -130,4 +149,6 @@ def test_record_follows_the_contract(fixture_run, tiny_checkpoint):
 
 def test_data_dir_without_any_task_data_fails_at_once(tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match=r"none of the 1 tasks has data there.*mirror export --tasks STS12"):
-        run_mteb(tiny_checkpoint, tasks=["STS12"], data_dir=tmp_path, out=tmp_path / "r.json", log=lambda _: None)
+        run_mteb(
+            tiny_checkpoint, tasks=["STS12"], data_dir=tmp_path, out=tmp_path / "r.json", log=lambda _: None
+        )

@@ -1,15 +1,30 @@
 """The quickstart pipeline at its smallest size: train both, score, measure, report."""
 
-from nitp_train.artifacts import list_checkpoints, read_record
+from nitp.records import read_record
+from nitp.runs import list_checkpoints
 
 
 def test_quickstart_smallest_size(tmp_path):
     from reports.quickstart import run_quickstart
 
     out = tmp_path / "qs"
-    report = run_quickstart(out, steps=4, bench_limit=2, geom_tokens=1500, mteb_tasks=["WordSim353", "PangLeePolarity"], log=lambda *_: None,
-                            train_set=["data.seq_len=64", "train.batch_size=4", "log.every=2", "log.geom_every=2",
-                                       "log.eval_every=2", "log.eval_batches=1", "checkpoint.every=4"])
+    report = run_quickstart(
+        out,
+        steps=4,
+        bench_limit=2,
+        geom_tokens=1500,
+        mteb_tasks=["WordSim353", "PangLeePolarity"],
+        log=lambda *_: None,
+        train_set=[
+            "data.seq_len=64",
+            "train.batch_size=4",
+            "log.every=2",
+            "log.geom_every=2",
+            "log.eval_every=2",
+            "log.eval_batches=1",
+            "checkpoint.every=4",
+        ],
+    )
     assert report == out / "report" / "report.md"
     text = report.read_text()
     for heading in ("## Benchmarks", "## MTEB", "## Language modelling", "## Geometry", "## Cost"):
@@ -21,8 +36,22 @@ def test_quickstart_smallest_size(tmp_path):
         assert kinds == {"bench", "mteb", "geom"}
     # a rerun skips the finished trainings and keeps the records
     before = sorted(p.stat().st_mtime_ns for p in (out / "nitp" / "checkpoints").rglob("model.safetensors"))
-    run_quickstart(out, steps=4, bench_limit=2, geom_tokens=1500, mteb_tasks=["WordSim353", "PangLeePolarity"], log=lambda *_: None,
-                   train_set=["data.seq_len=64", "train.batch_size=4", "log.every=2", "log.geom_every=2",
-                              "log.eval_every=2", "log.eval_batches=1", "checkpoint.every=4"])
+    run_quickstart(
+        out,
+        steps=4,
+        bench_limit=2,
+        geom_tokens=1500,
+        mteb_tasks=["WordSim353", "PangLeePolarity"],
+        log=lambda *_: None,
+        train_set=[
+            "data.seq_len=64",
+            "train.batch_size=4",
+            "log.every=2",
+            "log.geom_every=2",
+            "log.eval_every=2",
+            "log.eval_batches=1",
+            "checkpoint.every=4",
+        ],
+    )
     after = sorted(p.stat().st_mtime_ns for p in (out / "nitp" / "checkpoints").rglob("model.safetensors"))
     assert before == after

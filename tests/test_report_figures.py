@@ -39,12 +39,19 @@ def text_problems(fig) -> list[tuple]:
                 loc = tick.get_loc()
                 if loc is None or not lo - 1e-9 * (hi - lo) <= loc <= hi + 1e-9 * (hi - lo):
                     hidden |= {id(tick.label1), id(tick.label2)}
-    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(Text)
-             if id(t) not in hidden and t.get_visible() and t.get_text().strip()]
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in fig.findobj(Text)
+        if id(t) not in hidden and t.get_visible() and t.get_text().strip()
+    ]
     width, height = fig.bbox.width, fig.bbox.height
-    problems = [("clipped", name) for name, b in boxes if b.x0 < -1 or b.y0 < -1 or b.x1 > width + 1 or b.y1 > height + 1]
+    problems = [
+        ("clipped", name)
+        for name, b in boxes
+        if b.x0 < -1 or b.y0 < -1 or b.x1 > width + 1 or b.y1 > height + 1
+    ]
     for i, (name_a, a) in enumerate(boxes):
-        for name_b, b in boxes[i + 1:]:
+        for name_b, b in boxes[i + 1 :]:
             if a.x0 < b.x1 - 1 and b.x0 < a.x1 - 1 and a.y0 < b.y1 - 1 and b.y0 < a.y1 - 1:
                 problems.append(("overlap", name_a, name_b))
     return problems
@@ -77,11 +84,16 @@ def test_figures_have_no_overlapping_or_clipped_text(loaded):
     ntp, nitp = layout.blocks[0].baseline, layout.blocks[0].reference
     for name in ("geometry", "bench", "layers"):
         colours = {line.get_label(): line.get_color() for line in figs[name].axes[0].lines}
-        assert colours[ntp.label] == F.OBJECTIVE_COLOURS["ntp"] and colours[nitp.label] == F.OBJECTIVE_COLOURS["nitp"], name
+        assert (
+            colours[ntp.label] == F.OBJECTIVE_COLOURS["ntp"]
+            and colours[nitp.label] == F.OBJECTIVE_COLOURS["nitp"]
+        ), name
     # the final Δ is annotated, the phases are marked, the target layer is drawn
     assert "+8.19" in figs["bench"].axes[0].get_title()
     loss_labels = [line.get_label() for line in figs["loss"].axes[0].lines]
-    assert any(label.startswith("I ends") for label in loss_labels) and any(label.startswith("II ends") for label in loss_labels)
+    assert any(label.startswith("I ends") for label in loss_labels) and any(
+        label.startswith("II ends") for label in loss_labels
+    )
     assert "NITP target layer (1)" in [line.get_label() for line in figs["layers"].axes[0].lines]
 
 
@@ -102,8 +114,17 @@ def test_compare_writes_the_whole_report(study_runs, tmp_path):
     path = compare(list(study_runs.values()), out, per_task=True, log=notes.append)
     assert path == out / "report.md"
     text = path.read_text()
-    for section in ("## Models", "## Benchmarks", "## MTEB", "## Language modelling", "## Geometry", "## Ablations",
-                    "## Cost", "## Training dynamics", "## Notes"):
+    for section in (
+        "## Models",
+        "## Benchmarks",
+        "## MTEB",
+        "## Language modelling",
+        "## Geometry",
+        "## Ablations",
+        "## Cost",
+        "## Training dynamics",
+        "## Notes",
+    ):
         assert section in text, section
     # every linked file exists and is what its suffix says
     import re
@@ -119,8 +140,13 @@ def test_compare_writes_the_whole_report(study_runs, tmp_path):
         elif link.endswith(".csv"):
             assert data.decode().splitlines()[0].count(",") >= 1
     figures = {p.stem for p in (out / "figures").glob("*.png")}
-    assert figures == {"training_geometry", "bench_vs_step", "layer_profiles", "nitp_loss-nitp-tiny-dense-600-tiny-nitp",
-                       "nitp_loss-nitp-tiny-dense-600-tiny-nitp-two-knobs"}
+    assert figures == {
+        "training_geometry",
+        "bench_vs_step",
+        "layer_profiles",
+        "nitp_loss-nitp-tiny-dense-600-tiny-nitp",
+        "nitp_loss-nitp-tiny-dense-600-tiny-nitp-two-knobs",
+    }
     from matplotlib.image import imread
 
     assert imread(out / "figures" / "training_geometry.png").shape[2] == 4

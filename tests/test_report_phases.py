@@ -13,7 +13,7 @@ STEPS = np.arange(1, 3001)
 def three_phase(steps, hump_at=600.0, low=0.02, hump=0.23, width=0.8):
     """Drop from 1 to ``low`` within a few dozen steps, hump of ``hump`` at ``hump_at``, decline."""
     s = np.asarray(steps, dtype=float)
-    return low + (1 - low) * np.exp(-s / 8) + hump * np.exp(-((np.log(s) - np.log(hump_at)) / width) ** 2)
+    return low + (1 - low) * np.exp(-s / 8) + hump * np.exp(-(((np.log(s) - np.log(hump_at)) / width) ** 2))
 
 
 def true_minimum(steps, curve):
@@ -29,7 +29,7 @@ def test_paper_shaped_curve_has_three_phases_where_they_are(noise):
     p = detect_phases(STEPS, clean + rng.normal(0, noise, len(STEPS)))
     assert p.found
     assert 0.5 * true_minimum(STEPS, clean) <= p.initial_min.step <= 2 * true_minimum(STEPS, clean)
-    assert 400 <= p.hump_peak.step <= 900                       # the hump was put at 600
+    assert 400 <= p.hump_peak.step <= 900  # the hump was put at 600
     assert p.hump_peak.value == pytest.approx(clean[STEPS > 300].max(), abs=0.01 + 2 * noise)
     assert p.converged is not None and p.converged.step > p.hump_peak.step
     assert p.converged.value < p.hump_peak.value
@@ -47,7 +47,9 @@ def test_sparse_logging_and_a_tiny_run_still_find_the_phases():
     every10 = STEPS[::10]
     assert detect_phases(every10, three_phase(every10) + rng.normal(0, 0.01, len(every10))).found
     tiny = np.arange(0, 301, 5)  # a 300-step CPU run logged every 5 steps, hump near step 100
-    assert detect_phases(tiny, three_phase(np.maximum(tiny, 1), hump_at=100, width=0.6) + rng.normal(0, 0.01, len(tiny))).found
+    assert detect_phases(
+        tiny, three_phase(np.maximum(tiny, 1), hump_at=100, width=0.6) + rng.normal(0, 0.01, len(tiny))
+    ).found
 
 
 def test_a_run_still_in_phase_two_has_a_minimum_and_no_peak():
@@ -108,12 +110,12 @@ def test_smoothing_helpers():
     steps = np.arange(1, 1001, dtype=float)
     values = np.sin(steps / 50)
     smoothed, counts = log_window_mean(steps, values)
-    assert list(counts[:3]) == [1, 1, 1]                 # the early drop is not smeared
-    assert counts[500] > counts[50] > counts[5]          # wider windows later in training
+    assert list(counts[:3]) == [1, 1, 1]  # the early drop is not smeared
+    assert counts[500] > counts[50] > counts[5]  # wider windows later in training
     assert np.allclose(log_window_mean(steps, np.full(1000, 3.0))[0], 3.0)
     spiky = np.zeros(50)
     spiky[20] = 10.0
-    assert running_median(spiky).max() == 0.0           # an isolated spike is removed
+    assert running_median(spiky).max() == 0.0  # an isolated spike is removed
     assert running_median(spiky, 3).max() == 0.0
     step = np.r_[np.zeros(25), np.ones(25)]
-    assert np.array_equal(running_median(step), step)   # an edge stays where it is
+    assert np.array_equal(running_median(step), step)  # an edge stays where it is

@@ -13,13 +13,12 @@ import sys
 
 import pytest
 
-from nitp_train.artifacts import UserError
+from nitp.errors import UserError
+from reports import tables as T
 from reports.formats import Table
 from reports.grouping import arrange, settings_groups
 from reports.inputs import load_inputs, parse_labels
-from reports import tables as T
-from tests.test_report_data import (SUMMARY_NITP, SUMMARY_NTP, bench_record, model_info, write_run,
-                                    write_study)
+from tests.test_report_data import SUMMARY_NITP, SUMMARY_NTP, bench_record, model_info, write_run, write_study
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,10 @@ def test_baseline_reference_and_ablations_are_found(layout_and_groups):
     (block,) = layout.blocks
     assert block.baseline.name == "tiny-ntp" and block.reference.name == "tiny-nitp"
     assert {k: [m.name for m in v] for k, v in block.ablations.items()} == {
-        "nitp.target_layer": ["tiny-nitp-k2"], "nitp.shift": ["tiny-nitp-shift0"], "cos_reg.weight": ["tiny-ntp-cosreg"]}
+        "nitp.target_layer": ["tiny-nitp-k2"],
+        "nitp.shift": ["tiny-nitp-shift0"],
+        "cos_reg.weight": ["tiny-ntp-cosreg"],
+    }
     assert [m.name for m in block.others] == ["tiny-nitp-two-knobs"]
     assert any("tiny-nitp-two-knobs" in n and "more than one knob" in n for n in layout.notes)
 
@@ -65,7 +67,10 @@ def test_same_run_name_in_two_places_gets_distinct_labels(tmp_path):
 def test_labels_come_from_the_config_and_can_be_renamed(study_runs):
     study = load_inputs([study_runs["ntp"], study_runs["cosreg"]])
     assert [m.label for m in study.models] == ["NTP tiny-dense @600", "NTP+cos-reg tiny-dense @600"]
-    renamed = load_inputs([study_runs["ntp"], study_runs["nitp"]], parse_labels(["tiny-nitp=NITP k=1", "NTP tiny-dense @600=base"]))
+    renamed = load_inputs(
+        [study_runs["ntp"], study_runs["nitp"]],
+        parse_labels(["tiny-nitp=NITP k=1", "NTP tiny-dense @600=base"]),
+    )
     assert [m.label for m in renamed.models] == ["base", "NITP k=1"]
 
 
@@ -77,12 +82,12 @@ def test_bench_table_numbers_bold_delta_and_missing(layout_and_groups):
     assert table.columns == ["ARC-C", "CSQA", "GSM8k", "analogies_mc", "Avg."]
     got = rows(table)
     ntp, nitp = got["NTP tiny-dense @600"], got["NITP tiny-dense @600 (tiny-nitp)"]
-    assert ntp == pytest.approx([29.0, 32.0, 1.0, 26.0, 22.11])       # Avg. is the record's, not the mean (22.0)
-    assert nitp[2] is None and nitp[4] == pytest.approx(30.30)        # the failed task is missing, never 0
+    assert ntp == pytest.approx([29.0, 32.0, 1.0, 26.0, 22.11])  # Avg. is the record's, not the mean (22.0)
+    assert nitp[2] is None and nitp[4] == pytest.approx(30.30)  # the failed task is missing, never 0
     delta = got["Δ (NITP − NTP)"]
     assert delta[0] == pytest.approx(2.0) and delta[2] is None and delta[4] == pytest.approx(8.19)
     marks = bold(table)
-    assert marks["NTP tiny-dense @600"] == ["CSQA"]                   # the tie: both bold
+    assert marks["NTP tiny-dense @600"] == ["CSQA"]  # the tie: both bold
     assert marks["NITP tiny-dense @600 (tiny-nitp)"] == ["ARC-C", "CSQA", "analogies_mc", "Avg."]
     md = table.to_markdown()
     assert "| NITP tiny-dense @600 (tiny-nitp) | **31.00** | **32.00** | — | **28.00** | **30.30** |" in md
@@ -98,7 +103,9 @@ def test_different_settings_are_never_merged(layout_and_groups):
     assert len(groups["bench"]) == 2
     tables = T.bench_tables(layout, groups["bench"])
     five = next(t for t in tables if "num_fewshot=5" in t.title)
-    assert list(rows(five)) == ["NTP tiny-dense @600"] and rows(five)["NTP tiny-dense @600"][-1] == pytest.approx(50.0)
+    assert list(rows(five)) == ["NTP tiny-dense @600"] and rows(five)["NTP tiny-dense @600"][
+        -1
+    ] == pytest.approx(50.0)
     zero = next(t for t in tables if "num_fewshot=0" in t.title)
     assert all(v != pytest.approx(50.0) for r in zero.rows for v in r.values if isinstance(v, float))
 
@@ -109,7 +116,9 @@ def test_earlier_checkpoint_rows_say_their_step(tmp_path):
     study = load_inputs([run])
     layout = arrange(study)
     (table,) = T.bench_tables(layout, settings_groups(study.models, "bench"))
-    assert table.rows[0].label == "NTP tiny-dense @600 (step 200)" and "earlier checkpoint" in " ".join(table.notes)
+    assert table.rows[0].label == "NTP tiny-dense @600 (step 200)" and "earlier checkpoint" in " ".join(
+        table.notes
+    )
 
 
 # ----------------------------------------------------------------------------- MTEB
@@ -141,7 +150,9 @@ def test_geometry_summary_and_per_layer_tables(layout_and_groups):
     summary, *per_layer = T.geometry_tables(layout, groups["geom"])
     got = rows(summary)
     assert got["NTP tiny-dense @600"][1:] == pytest.approx([SUMMARY_NTP[k] for k, *_ in T.GEOM_COLUMNS])
-    assert got["NITP tiny-dense @600 (tiny-nitp)"][1:] == pytest.approx([SUMMARY_NITP[k] for k, *_ in T.GEOM_COLUMNS])
+    assert got["NITP tiny-dense @600 (tiny-nitp)"][1:] == pytest.approx(
+        [SUMMARY_NITP[k] for k, *_ in T.GEOM_COLUMNS]
+    )
     # higher effective rank and lower anisotropy are the better ones
     assert bold(summary)["NITP tiny-dense @600 (tiny-nitp)"] == summary.columns[1:]
     assert "covariance" in summary.columns[1] and "singular" in summary.columns[2]
@@ -158,11 +169,15 @@ def test_one_ablation_table_per_knob(layout_and_groups):
     tables = {t.name: t for t in T.ablation_tables(layout, groups["bench"], groups["mteb"])}
     assert set(tables) == {"ablation-target-layer", "ablation-shift", "ablation-cos-reg"}
     layer = tables["ablation-target-layer"]
-    assert [r.label for r in layer.rows] == ["NTP (baseline)", "NITP, target layer = 1 (reference)", "NITP, target layer = 2"]
+    assert [r.label for r in layer.rows] == [
+        "NTP (baseline)",
+        "NITP, target layer = 1 (reference)",
+        "NITP, target layer = 2",
+    ]
     got = rows(layer)
     avg = layer.columns.index("Avg.")
     assert got["NITP, target layer = 2"][avg] == pytest.approx(100 * (0.30 + 0.31 + 0.02 + 0.25) / 4)
-    assert got["NITP, target layer = 2"][-1] == pytest.approx(22.0 - 22.11)   # Δ Avg. vs NTP
+    assert got["NITP, target layer = 2"][-1] == pytest.approx(22.0 - 22.11)  # Δ Avg. vs NTP
     assert got["NTP (baseline)"][layer.columns.index("final NITP loss")] is None
     cos = tables["ablation-cos-reg"]
     assert [r.label for r in cos.rows] == ["NTP (baseline)", "NTP + cos-reg, weight = 0.1", "NITP"]
@@ -176,11 +191,13 @@ def test_cost_table_parameters_and_flops(layout_and_groups, monkeypatch, tmp_pat
     (row,) = table.rows
     spec, _ = T.model_spec(layout.blocks[0].reference)
     params = count_parameters_from_spec(spec)
-    assert row.values[2] == pytest.approx(params["total"] / 1e6) and row.values[4] == pytest.approx(12 * 128 * 128 / 1e6)
-    assert row.values[8] == pytest.approx(1000 / 980, rel=0.02)            # NTP / NITP median tokens per second
-    assert row.values[9] is None                                           # no benchmark record given
+    assert row.values[2] == pytest.approx(params["total"] / 1e6) and row.values[4] == pytest.approx(
+        12 * 128 * 128 / 1e6
+    )
+    assert row.values[8] == pytest.approx(1000 / 980, rel=0.02)  # NTP / NITP median tokens per second
+    assert row.values[9] is None  # no benchmark record given
     try:
-        from analysis.flops import nitp_flops_per_token, training_flops_per_token
+        from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
     except ImportError:
         pass
     else:
@@ -189,15 +206,19 @@ def test_cost_table_parameters_and_flops(layout_and_groups, monkeypatch, tmp_pat
         assert row.values[5] == pytest.approx(training_flops_per_token(make_config(spec), 64))
         assert row.values[7] == pytest.approx(100 * nitp_flops_per_token(128) / row.values[5])
     # a side-by-side benchmark's record fills the last column (and is no model of its own)
-    from nitp_train.artifacts import make_record, write_record
+    from nitp.records import make_record, write_record
 
-    speed = make_record("speed", {"name": "nitp_overhead", "preset": "tiny-dense"},
-                        {"preset": "tiny-dense", "seq_len": 256, "device": "cpu"}, {"step_time_ratio": 1.031})
+    speed = make_record(
+        "speed",
+        {"name": "nitp_overhead", "preset": "tiny-dense"},
+        {"preset": "tiny-dense", "seq_len": 256, "device": "cpu"},
+        {"step_time_ratio": 1.031},
+    )
     path = write_record(tmp_path / "speed.json", speed)
     study = load_inputs([layout.blocks[0].baseline.run_dir, layout.blocks[0].reference.run_dir, path])
     assert len(study.models) == 2 and len(study.speed) == 1
     assert T.cost_table(arrange(study), study.speed).rows[0].values[9] == pytest.approx(1.031)
-    monkeypatch.setitem(sys.modules, "analysis.flops", None)               # as if not installed
+    monkeypatch.setitem(sys.modules, "nitp_train.flops", None)  # as if not installed
     (row,) = T.cost_table(layout, []).rows
     assert row.values[5:8] == [None, None, None]
 
@@ -217,28 +238,51 @@ def test_markdown_latex_csv_are_valid():
     assert md[2] == "| model | a_b | c |" and md[3] == "|:---|---:|---:|"
     assert md[5] == "| NITP #2 | **3.00** | — |" and md[6] == "| *Δ (NITP − NTP)* | +2.00 | — |"
     tex = t.to_latex()
-    body = tex[tex.index("\\toprule"):tex.index("\\bottomrule")]
+    body = tex[tex.index("\\toprule") : tex.index("\\bottomrule")]
     for line in body.splitlines():
         if line.endswith("\\\\"):
-            assert len(re.findall(r"(?<!\\)&", line)) == len(t.columns)      # every row has every cell
-    assert "\\caption{Scores \\& more\\_stuff (\\%)}" in tex and "NITP \\#2 & \\textbf{3.00} & --- \\\\" in tex
+            assert len(re.findall(r"(?<!\\)&", line)) == len(t.columns)  # every row has every cell
+    assert (
+        "\\caption{Scores \\& more\\_stuff (\\%)}" in tex and "NITP \\#2 & \\textbf{3.00} & --- \\\\" in tex
+    )
     assert "$\\Delta$" in tex and "50\\% of 100\\$" in tex
     assert tex.count("\\begin{") == tex.count("\\end{") and "\\toprule" in tex and "\\midrule" in tex
     parsed = list(csv.reader(io.StringIO(t.to_csv())))
-    assert parsed == [["model", "a_b", "c"], ["NTP", "1.0", "0.5"], ["NITP #2", "3.0", ""], ["Δ (NITP − NTP)", "2.0", ""]]
+    assert parsed == [
+        ["model", "a_b", "c"],
+        ["NTP", "1.0", "0.5"],
+        ["NITP #2", "3.0", ""],
+        ["Δ (NITP − NTP)", "2.0", ""],
+    ]
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_latex_compiles(layout_and_groups, tmp_path):
     _, layout, groups = layout_and_groups
-    tables = [small_table(), *T.bench_tables(layout, groups["bench"]), *T.ablation_tables(layout, groups["bench"], groups["mteb"])]
-    doc = ["\\documentclass{article}", "\\usepackage{booktabs,graphicx}", "\\usepackage[T1]{fontenc}",
-           "\\usepackage[utf8]{inputenc}", "\\begin{document}", *[t.to_latex() for t in tables], "\\end{document}"]
+    tables = [
+        small_table(),
+        *T.bench_tables(layout, groups["bench"]),
+        *T.ablation_tables(layout, groups["bench"], groups["mteb"]),
+    ]
+    doc = [
+        "\\documentclass{article}",
+        "\\usepackage{booktabs,graphicx}",
+        "\\usepackage[T1]{fontenc}",
+        "\\usepackage[utf8]{inputenc}",
+        "\\begin{document}",
+        *[t.to_latex() for t in tables],
+        "\\end{document}",
+    ]
     (tmp_path / "t.tex").write_text("\n".join(doc))
-    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout[-2000:]
-    assert "Overfull \\hbox" not in res.stdout                             # wide tables are scaled to fit
+    assert "Overfull \\hbox" not in res.stdout  # wide tables are scaled to fit
 
 
 # ----------------------------------------------------------------------------- bad input

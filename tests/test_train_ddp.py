@@ -7,16 +7,35 @@ import sys
 
 import pytest
 
-from nitp_train.artifacts import read_jsonl, resolve_checkpoint
-from tests.helpers import tiny_cli_args, builtin_prepared_dir
+from nitp.io import read_jsonl
+from nitp.runs import resolve_checkpoint
+from tests.helpers import builtin_prepared_dir, tiny_cli_args
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_run_under_torchrun(tmp_path, parallel):
     torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent))
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "nitp_train", "run", *tiny_cli_args(), "--run-dir", str(tmp_path / "run"), "--steps", "4",
-           "--set", f"data.prepared_dir={builtin_prepared_dir()}", "--set", "checkpoint.every=2", "--set", "log.geom_every=0",
-           "--set", f"train.parallel={parallel}"]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "nitp_train",
+        "run",
+        *tiny_cli_args(),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--steps",
+        "4",
+        "--set",
+        f"data.prepared_dir={builtin_prepared_dir()}",
+        "--set",
+        "checkpoint.every=2",
+        "--set",
+        "log.geom_every=0",
+        "--set",
+        f"train.parallel={parallel}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = json.loads((resolve_checkpoint(tmp_path / "run") / "trainer_state" / "state.json").read_text())

@@ -21,32 +21,66 @@ def _expect_error(args, needle, capsys, monkeypatch, tmp_path):
     return err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--preset", "tiny-dens"], "did you mean tiny-dense"),
-    (["--set", "nitp.lamda=1"], "did you mean nitp.lambda"),
-    (["--set", "model.hiden_size=64"], "hiden_size"),
-    (["--set", "nitp.target_layer=9"], "use 0..4"),
-    (["--set", "nitp.lambda=-1"], ">= 0"),
-    (["--set", "data.seq_len=4096"], "max_position_embeddings"),
-    (["--objective", "mtp"], "use ntp or nitp"),
-    (["--set", "nitp.loss=l2"], "cosine, mse"),
-    (["--set", "model.vocab_size=1000", "--set", "data.vocab_size=4096", "--set", "data.prepared_dir=PREPARED"], "model.vocab_size"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--preset", "tiny-dens"], "did you mean tiny-dense"),
+        (["--set", "nitp.lamda=1"], "did you mean nitp.lambda"),
+        (["--set", "model.hiden_size=64"], "hiden_size"),
+        (["--set", "nitp.target_layer=9"], "use 0..4"),
+        (["--set", "nitp.lambda=-1"], ">= 0"),
+        (["--set", "data.seq_len=4096"], "max_position_embeddings"),
+        (["--objective", "mtp"], "use ntp or nitp"),
+        (["--set", "nitp.loss=l2"], "cosine, mse"),
+        (
+            [
+                "--set",
+                "model.vocab_size=1000",
+                "--set",
+                "data.vocab_size=4096",
+                "--set",
+                "data.prepared_dir=PREPARED",
+            ],
+            "model.vocab_size",
+        ),
+    ],
+)
 def test_config_errors(args, needle, capsys, monkeypatch, tmp_path):
     args = [a.replace("PREPARED", str(builtin_prepared_dir())) for a in args]
     _expect_error(args, needle, capsys, monkeypatch, tmp_path)
 
 
 def test_corpus_errors(capsys, monkeypatch, tmp_path):
-    empty = tmp_path / "empty.txt"; empty.write_text("  \n")
-    binary = tmp_path / "blob.txt"; binary.write_bytes(b"\x00\x01\x02" * 100)
-    short = tmp_path / "short.txt"; short.write_text("Only a few words here.")
-    for corpus, needle in [(tmp_path / "missing.txt", "no such file"), (empty, "empty"), (binary, "binary"),
-                           (short, "fewer than one sequence"), (tmp_path, "no .txt/.jsonl/.parquet")]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    for corpus, needle in [
+        (tmp_path / "missing.txt", "no such file"),
+        (empty, "empty"),
+        (binary, "binary"),
+        (short, "fewer than one sequence"),
+        (tmp_path, "no .txt/.jsonl/.parquet"),
+    ]:
         if corpus == tmp_path:
-            corpus = tmp_path / "emptydir"; corpus.mkdir()
-        err = _expect_error(["--set", f"data.corpus={corpus}", "--set", f"data.prepared_dir={tmp_path / 'prep'}",
-                             "--set", "data.vocab_size=300"], needle, capsys, monkeypatch, tmp_path)
+            corpus = tmp_path / "emptydir"
+            corpus.mkdir()
+        err = _expect_error(
+            [
+                "--set",
+                f"data.corpus={corpus}",
+                "--set",
+                f"data.prepared_dir={tmp_path / 'prep'}",
+                "--set",
+                "data.vocab_size=300",
+            ],
+            needle,
+            capsys,
+            monkeypatch,
+            tmp_path,
+        )
         assert not (tmp_path / "prep").exists(), err
 
 
@@ -54,15 +88,50 @@ def test_existing_run_and_resume_with_other_config(capsys, monkeypatch, tmp_path
     run = make_tiny_run(tmp_path / "run", steps=2, extra=["log.geom_every=0"])
     code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(run), "--steps", "2"], capsys, monkeypatch)
     assert code == 2 and "--resume" in err
-    code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(run), "--steps", "2", "--set", "nitp.lambda=0.5", "--resume"], capsys, monkeypatch)
+    code, err = run_cli(
+        [
+            "run",
+            *tiny_cli_args(),
+            "--run-dir",
+            str(run),
+            "--steps",
+            "2",
+            "--set",
+            "nitp.lambda=0.5",
+            "--resume",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "nitp.lambda" in err and len(err.splitlines()) == 1
 
 
 def test_nan_loss_stops_and_names_the_step(capsys, monkeypatch, tmp_path):
     run = tmp_path / "run"
-    code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(run), "--steps", "6", "--set", "checkpoint.every=2",
-                         "--set", "log.geom_every=0", "--set", "train.lr=1e30", "--set", "train.warmup_steps=0",
-                         "--set", "train.grad_clip=1e30", "--set", "nitp.loss=mse"], capsys, monkeypatch)
+    code, err = run_cli(
+        [
+            "run",
+            *tiny_cli_args(),
+            "--run-dir",
+            str(run),
+            "--steps",
+            "6",
+            "--set",
+            "checkpoint.every=2",
+            "--set",
+            "log.geom_every=0",
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.warmup_steps=0",
+            "--set",
+            "train.grad_clip=1e30",
+            "--set",
+            "nitp.loss=mse",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2, err
     assert "at step" in err and "last good checkpoint" in err, err
     assert len(err.splitlines()) == 1
@@ -71,6 +140,18 @@ def test_nan_loss_stops_and_names_the_step(capsys, monkeypatch, tmp_path):
 def test_failed_write_is_one_line(capsys, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(blocker / "run"), "--steps", "2",
-                         "--set", "log.geom_every=0"], capsys, monkeypatch)
+    code, err = run_cli(
+        [
+            "run",
+            *tiny_cli_args(),
+            "--run-dir",
+            str(blocker / "run"),
+            "--steps",
+            "2",
+            "--set",
+            "log.geom_every=0",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "cannot access" in err and "a-file" in err, err

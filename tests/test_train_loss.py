@@ -28,10 +28,13 @@ def test_padding_and_last_position_are_excluded():
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     got = nitp_loss(h, z, attention_mask=mask)
     pairs = [(0, t) for t in range(4)] + [(1, t) for t in range(2)]
-    want = sum(1 - torch.nn.functional.cosine_similarity(h[b, t], z[b, t + 1], dim=0) for b, t in pairs) / len(pairs)
+    want = sum(
+        1 - torch.nn.functional.cosine_similarity(h[b, t], z[b, t + 1], dim=0) for b, t in pairs
+    ) / len(pairs)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     # changing a padded target must not change the loss
-    z2 = z.clone(); z2[1, 3:] = 100.0
+    z2 = z.clone()
+    z2[1, 3:] = 100.0
     assert nitp_loss(h, z2, attention_mask=mask).item() == pytest.approx(got.item(), rel=1e-6)
 
 
@@ -72,7 +75,11 @@ def test_objective_uses_one_forward_and_hooks_give_the_right_layers():
     from nitp_train.models import build_model, resolve_preset
 
     model = build_model(resolve_preset("tiny-dense", {"vocab_size": 64}), seed=0)
-    obj = NITPObjective(model, "nitp", {"target_layer": 2, "projector": "swiglu", "shift": 1, "loss": "cosine", "stop_grad": True})
+    obj = NITPObjective(
+        model,
+        "nitp",
+        {"target_layer": 2, "projector": "swiglu", "shift": 1, "loss": "cosine", "stop_grad": True},
+    )
     x = torch.randint(0, 64, (2, 12))
     calls = []
     model.model.register_forward_hook(lambda *a: calls.append(1))

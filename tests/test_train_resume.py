@@ -10,21 +10,40 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from nitp_train.artifacts import list_checkpoints, read_jsonl
-from tests.helpers import tiny_cli_args, builtin_prepared_dir
+from nitp.io import read_jsonl
+from nitp.runs import list_checkpoints
+from tests.helpers import builtin_prepared_dir, tiny_cli_args
 
 STEPS = 24
 
 
 def _cmd(run_dir):
-    cmd = [sys.executable, "-m", "nitp_train", "run", *tiny_cli_args(), "--run-dir", str(run_dir), "--steps", str(STEPS),
-           "--set", f"data.prepared_dir={builtin_prepared_dir()}", "--set", "checkpoint.every=4", "--set", "log.geom_every=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nitp_train",
+        "run",
+        *tiny_cli_args(),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(STEPS),
+        "--set",
+        f"data.prepared_dir={builtin_prepared_dir()}",
+        "--set",
+        "checkpoint.every=4",
+        "--set",
+        "log.geom_every=0",
+    ]
     return cmd
 
 
 def _final_weights(run_dir):
     ck = list_checkpoints(run_dir)[-1]
-    return ck, {**load_file(ck / "model.safetensors"), **{f"head.{k}": v for k, v in load_file(ck / "nitp_head.safetensors").items()}}
+    return ck, {
+        **load_file(ck / "model.safetensors"),
+        **{f"head.{k}": v for k, v in load_file(ck / "nitp_head.safetensors").items()},
+    }
 
 
 def test_kill_and_resume_is_bit_for_bit(tmp_path):

@@ -8,13 +8,27 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from nitp_train.artifacts import read_jsonl, resolve_checkpoint
-from tests.helpers import tiny_cli_args, builtin_prepared_dir, make_tiny_run
+from nitp.io import read_jsonl
+from nitp.runs import resolve_checkpoint
+from tests.helpers import builtin_prepared_dir, make_tiny_run, tiny_cli_args
 
 
 def _cli_run(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "nitp_train", "run", *tiny_cli_args(), "--run-dir", str(run_dir), "--steps", "6",
-           "--set", f"data.prepared_dir={builtin_prepared_dir()}", "--set", "checkpoint.every=6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nitp_train",
+        "run",
+        *tiny_cli_args(),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        "6",
+        "--set",
+        f"data.prepared_dir={builtin_prepared_dir()}",
+        "--set",
+        "checkpoint.every=6",
+    ]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
 
 
@@ -81,14 +95,20 @@ def test_ablation_switches_change_the_objective(tmp_path):
     from nitp_train.loss import NITPObjective
     from nitp_train.models import build_model
 
-    cfg = load_config("configs/ablations/projector-linear.yaml", [f"data.prepared_dir={builtin_prepared_dir()}"])
+    cfg = load_config(
+        "configs/ablations/projector-linear.yaml", [f"data.prepared_dir={builtin_prepared_dir()}"]
+    )
     obj = NITPObjective(build_model(cfg["model"]), cfg["objective"], cfg["nitp"])
     assert type(obj.head).__name__ == "Linear"
     cfg = load_config("configs/ablations/baseline-cosreg.yaml")
     assert cfg["objective"] == "ntp" and cfg["cos_reg"]["weight"] > 0
-    run = make_tiny_run(tmp_path / "late", steps=4, extra=["nitp.start_step=2", "log.every=1", "log.geom_every=0"])
+    run = make_tiny_run(
+        tmp_path / "late", steps=4, extra=["nitp.start_step=2", "log.every=1", "log.geom_every=0"]
+    )
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss_total" in r]
-    assert rows[0]["loss_total"] == pytest.approx(rows[0]["loss_ntp"], rel=1e-6)  # step 1 < start_step: lambda off
+    assert rows[0]["loss_total"] == pytest.approx(
+        rows[0]["loss_ntp"], rel=1e-6
+    )  # step 1 < start_step: lambda off
     assert rows[-1]["loss_total"] == pytest.approx(rows[-1]["loss_ntp"] + rows[-1]["loss_nitp"], rel=1e-5)
 
 

@@ -27,7 +27,6 @@ The YAML task files of the benchmarks lm-eval lacks live beside this file, one f
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +62,16 @@ class Benchmark:
 
 _ALL = [
     Benchmark("mmlu", "mmlu", 5, "acc", title="MMLU"),
-    Benchmark("mmlu_pro", "leaderboard_mmlu_pro", 5, "acc", title="MMLU-Pro", aliases=("mmlu-pro", "mmlupro")),
+    Benchmark(
+        "mmlu_pro", "leaderboard_mmlu_pro", 5, "acc", title="MMLU-Pro", aliases=("mmlu-pro", "mmlupro")
+    ),
     Benchmark("ceval", "ceval-valid", 5, "acc", title="C-Eval", aliases=("c-eval", "c_eval")),
     Benchmark("xiezhi", "nitp_xiezhi", 3, "acc", title="Xiezhi"),
     Benchmark("lambada", "lambada_openai", 0, "acc", title="LAMBADA"),
     Benchmark("bbh", "bbh_fewshot", 3, "exact_match", title="BBH"),
-    Benchmark("arc_challenge", "arc_challenge", 25, "acc_norm", title="ARC-C", aliases=("arc", "arc-c", "arc_c")),
+    Benchmark(
+        "arc_challenge", "arc_challenge", 25, "acc_norm", title="ARC-C", aliases=("arc", "arc-c", "arc_c")
+    ),
     Benchmark("commonsense_qa", "commonsense_qa", 7, "acc", title="CSQA", aliases=("csqa",)),
     Benchmark("balanced_copa", "nitp_balanced_copa", 0, "acc", title="COPA", aliases=("copa", "bcopa")),
     Benchmark("c3", "nitp_c3", 0, "acc", title="C3"),
@@ -87,8 +90,21 @@ SUITES: dict[str, tuple[str, ...]] = {
     # the user's five benchmarks
     "mission": ("mmlu_pro", "c3", "commonsense_qa", "arc_challenge", "gsm8k"),
     # the paper's 13, in the order of its tables
-    "paper": ("mmlu", "mmlu_pro", "ceval", "xiezhi", "lambada", "bbh", "arc_challenge", "commonsense_qa",
-              "balanced_copa", "c3", "agieval", "gsm8k", "lcbench"),
+    "paper": (
+        "mmlu",
+        "mmlu_pro",
+        "ceval",
+        "xiezhi",
+        "lambada",
+        "bbh",
+        "arc_challenge",
+        "commonsense_qa",
+        "balanced_copa",
+        "c3",
+        "agieval",
+        "gsm8k",
+        "lcbench",
+    ),
     # needs nothing but the install
     "offline": ("analogies", "next_word", "sentiment"),
 }
@@ -109,9 +125,3 @@ def passthrough(lm_eval_task: str) -> Benchmark:
 def nearest_names(name: str, known: list[str], n: int = 3) -> list[str]:
     """Up to ``n`` known names closest to ``name`` (for 'did you mean' hints)."""
     return difflib.get_close_matches(name.lower(), known, n=n, cutoff=0.6)
-
-
-def cache_dir() -> Path:
-    """Where nitp-eval keeps derived files (offline task data, bench results): ``$NITP_CACHE_DIR``
-    or ``~/.cache/nitp``."""
-    return Path(os.environ.get("NITP_CACHE_DIR") or Path.home() / ".cache" / "nitp")

@@ -17,7 +17,9 @@ def flatten_questions(dataset):
         out = {"passage": [], "question": [], "choices": [], "label": []}
         for documents, questions in zip(batch["documents"], batch["questions"]):
             passage = "\n".join(documents)
-            for question, answer, choices in zip(questions["question"], questions["answer"], questions["choice"]):
+            for question, answer, choices in zip(
+                questions["question"], questions["answer"], questions["choice"]
+            ):
                 out["passage"].append(passage)
                 out["question"].append(question)
                 out["choices"].append(list(choices))

@@ -23,8 +23,8 @@ import tempfile
 
 ZIP_URL = "http://opencompass.oss-cn-shanghai.aliyuncs.com/datasets/data/LCBench2023.zip"
 FILES = {"en": "LCBench2023/LCBench2023.jsonl", "cn": "LCBench2023/LCBench2023_cn.jsonl"}
-N_PROMPT_ROWS = 5          # rows OpenCompass keeps out of scoring
-TIMEOUT_S = 10.0           # per problem, for the whole test program
+N_PROMPT_ROWS = 5  # rows OpenCompass keeps out of scoring
+TIMEOUT_S = 10.0  # per problem, for the whole test program
 
 
 def load_lcbench(source_config: str, **_):
@@ -61,8 +61,13 @@ def passes(program: str, timeout_s: float = TIMEOUT_S) -> bool:
     """Run ``program`` in an isolated Python subprocess; True when it exits with status 0."""
     with tempfile.TemporaryDirectory(prefix="nitp-lcbench-") as work:
         try:
-            done = subprocess.run([sys.executable, "-I", "-c", program], cwd=work, capture_output=True,
-                                  timeout=timeout_s, env={"PATH": os.environ.get("PATH", "")})
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", program],
+                cwd=work,
+                capture_output=True,
+                timeout=timeout_s,
+                env={"PATH": os.environ.get("PATH", "")},
+            )
         except subprocess.TimeoutExpired:
             return False
     return done.returncode == 0

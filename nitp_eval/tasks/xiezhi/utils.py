@@ -40,8 +40,11 @@ def to_four_choices(dataset):
             options = options[:-2]
         choices = options.split("\n")
         ok = len(choices) == 4 and doc["answer"] in choices
-        return {"question": doc["question"], "choices": choices if ok else ["", "", "", ""],
-                "label": choices.index(doc["answer"]) if ok else -1}
+        return {
+            "question": doc["question"],
+            "choices": choices if ok else ["", "", "", ""],
+            "label": choices.index(doc["answer"]) if ok else -1,
+        }
 
     parsed = dataset.map(parse, remove_columns=dataset.column_names)
     return parsed.filter(lambda doc: doc["label"] >= 0)

@@ -69,7 +69,7 @@ def spectrum_metrics(eigenvalues: np.ndarray, include_spectrum: bool = False) ->
     out: dict[str, Any] = {
         "effective_rank_covariance": _entropy_rank(lam),
         "effective_rank_singular": _entropy_rank(np.sqrt(lam)),
-        "participation_ratio": total ** 2 / float(np.sum(lam ** 2)) if total > 0 else 0.0,
+        "participation_ratio": total**2 / float(np.sum(lam**2)) if total > 0 else 0.0,
         "stable_rank": total / float(lam.max()) if total > 0 else 0.0,
         "top_eigenvalue_share": float(lam.max()) / total if total > 0 else 0.0,
     }

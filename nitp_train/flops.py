@@ -33,9 +33,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from nitp_train.artifacts import UserError
+from nitp.errors import UserError
 
-GATED_MLP_TYPES = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral", "mixtral", "gemma", "gemma2", "olmo", "olmo2"}
+GATED_MLP_TYPES = {
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "llama",
+    "mistral",
+    "mixtral",
+    "gemma",
+    "gemma2",
+    "olmo",
+    "olmo2",
+}
 
 
 def nitp_flops_per_token(hidden_size: int) -> float:
@@ -85,14 +97,18 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
     """
     model_type = _get(config, "model_type")
     if model_type is not None and model_type not in GATED_MLP_TYPES:
-        raise UserError(f"FLOPs: model_type {model_type!r} is not covered (SwiGLU decoders only: {', '.join(sorted(GATED_MLP_TYPES))})")
+        raise UserError(
+            f"FLOPs: model_type {model_type!r} is not covered (SwiGLU decoders only: {', '.join(sorted(GATED_MLP_TYPES))})"
+        )
     try:
         d = int(_get(config, "hidden_size"))
         n_layers = int(_get(config, "num_hidden_layers"))
         heads = int(_get(config, "num_attention_heads"))
         vocab = int(_get(config, "vocab_size"))
     except (TypeError, ValueError):
-        raise UserError("FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size") from None
+        raise UserError(
+            "FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size"
+        ) from None
     kv = int(_get(config, "num_key_value_heads") or heads)
     head_dim = int(_get(config, "head_dim") or d // heads)
     moe = _moe_layers(config, n_layers)
@@ -150,7 +166,7 @@ def flops_for_preset(name: str, seq_len: int | None = None, overrides: dict | No
     Adds ``total_training_flops`` (per-token FLOPs x the preset's token budget) when the preset
     names one.
     """
-    from nitp_train.models import make_config, resolve_preset
+    from .models import make_config, resolve_preset
 
     spec = resolve_preset(name, overrides)
     config = make_config(spec)
@@ -159,7 +175,9 @@ def flops_for_preset(name: str, seq_len: int | None = None, overrides: dict | No
     if spec.get("tokens"):
         rep["tokens"] = spec["tokens"]
         rep["total_training_flops_ntp"] = rep["ntp_flops_per_token"] * spec["tokens"]
-        rep["total_training_flops_nitp"] = (rep["ntp_flops_per_token"] + rep["nitp_extra_flops_per_token"]) * spec["tokens"]
+        rep["total_training_flops_nitp"] = (
+            rep["ntp_flops_per_token"] + rep["nitp_extra_flops_per_token"]
+        ) * spec["tokens"]
     return rep
 
 
@@ -171,14 +189,14 @@ def load_config_source(source: str) -> tuple[Any, str, int | None]:
     """
     from pathlib import Path
 
-    from nitp_train.models import PRESETS, make_config, resolve_preset
+    from .models import PRESETS, make_config, resolve_preset
 
     if source in PRESETS:
         return make_config(resolve_preset(source)), source, None
     p = Path(source).expanduser()
     yaml_file = p / "config.yaml" if p.is_dir() and not (p / "config.json").is_file() else p
     if yaml_file.is_file() and yaml_file.suffix in (".yaml", ".yml"):
-        from nitp_train.config import load_config
+        from .config import load_config
 
         cfg = load_config(yaml_file, [])
         model = dict(cfg.get("model") or {})
@@ -191,14 +209,20 @@ def load_config_source(source: str) -> tuple[Any, str, int | None]:
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file), p.name, None
+            return (
+                AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file),
+                p.name,
+                None,
+            )
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{source}: not a readable Hugging Face config ({type(e).__name__})") from None
     if p.is_dir():
-        from nitp_train.artifacts import resolve_checkpoint
+        from nitp.runs import resolve_checkpoint
 
         return load_config_source(str(resolve_checkpoint(p)))
     if p.suffix:
-        raise UserError(f"{source}: no such config file (give a preset name, a .yaml config, a config.json or a model folder)")
+        raise UserError(
+            f"{source}: no such config file (give a preset name, a .yaml config, a config.json or a model folder)"
+        )
     resolve_preset(source)  # raises "unknown model preset ...; did you mean ..."
     raise AssertionError("unreachable")

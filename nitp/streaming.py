@@ -45,8 +45,8 @@ import contextlib
 import math
 from typing import Any
 
-CHUNK_ROWS = 8192          # rows converted to float64 at a time (bounds the float64 copy)
-HIST_SHIFT = 18            # NormStats bins: float32 bits >> 18 = 32 bins per octave (2.2 %)
+CHUNK_ROWS = 8192  # rows converted to float64 at a time (bounds the float64 copy)
+HIST_SHIFT = 18  # NormStats bins: float32 bits >> 18 = 32 bins per octave (2.2 %)
 
 
 def as_rows(x: Any):
@@ -70,7 +70,7 @@ def _chunks(t):
     import torch
 
     for start in range(0, t.shape[0], CHUNK_ROWS):
-        yield t[start:start + CHUNK_ROWS].to(torch.float64)
+        yield t[start : start + CHUNK_ROWS].to(torch.float64)
 
 
 def _dist_sum(t, group=None):
@@ -127,10 +127,10 @@ class Moments:
 
     def __init__(self):
         self.count = 0
-        self.mean = None   # torch float64 [d]
-        self.m2 = None     # torch float64 [d, d]
+        self.mean = None  # torch float64 [d]
+        self.m2 = None  # torch float64 [d, d]
 
-    def update(self, x) -> "Moments":
+    def update(self, x) -> Moments:
         for c in _chunks(as_rows(x)):
             if c.shape[0] == 0:
                 continue
@@ -151,19 +151,19 @@ class Moments:
         self.mean.add_(delta, alpha=n_b / n)
         self.count = n
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Add ``other``'s rows to this state (in place); returns self."""
         if other.count:
             self._merge_parts(other.count, other.mean, other.m2)
         return self
 
-    def copy(self) -> "Moments":
+    def copy(self) -> Moments:
         new = Moments()
         if self.count:
             new.count, new.mean, new.m2 = self.count, self.mean.clone(), self.m2.clone()
         return new
 
-    def all_reduce_(self, group=None) -> "Moments":
+    def all_reduce_(self, group=None) -> Moments:
         """Merge the states of all DDP ranks (exact; every rank ends with the total).
 
         mean = sum_r n_r mean_r / n;  M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T].
@@ -209,11 +209,6 @@ class Moments:
         lam[lam <= top * lam.size * np.finfo(np.float64).eps] = 0.0
         return lam
 
-    def metrics(self, spectrum: bool = False) -> dict:
-        from .geometry import spectrum_metrics
-
-        return spectrum_metrics(self.eigenvalues(), include_spectrum=spectrum)
-
 
 class CrossMoments:
     """Paired rows ``(a_i, b_i)``: count, both means and the centred cross scatter.
@@ -228,7 +223,7 @@ class CrossMoments:
         self.mean_a = self.mean_b = self.cross = None
         self.trace_b = 0.0
 
-    def update(self, a, b) -> "CrossMoments":
+    def update(self, a, b) -> CrossMoments:
         a, b = as_rows(a), as_rows(b)
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
@@ -255,12 +250,12 @@ class CrossMoments:
         self.mean_b.add_(db, alpha=n_b / n)
         self.count = n
 
-    def merge(self, other: "CrossMoments") -> "CrossMoments":
+    def merge(self, other: CrossMoments) -> CrossMoments:
         if other.count:
             self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross, other.trace_b)
         return self
 
-    def all_reduce_(self, group=None) -> "CrossMoments":
+    def all_reduce_(self, group=None) -> CrossMoments:
         import torch
 
         n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean_a.device)
@@ -286,7 +281,7 @@ class MeanTrace:
         self.mean = None
         self.trace = 0.0
 
-    def update(self, x) -> "MeanTrace":
+    def update(self, x) -> MeanTrace:
         for c in _chunks(as_rows(x)):
             if c.shape[0] == 0:
                 continue
@@ -306,7 +301,7 @@ class MeanTrace:
         self.mean.add_(delta, alpha=n_b / n)
         self.count = n
 
-    def merge(self, other: "MeanTrace") -> "MeanTrace":
+    def merge(self, other: MeanTrace) -> MeanTrace:
         if other.count:
             self._merge_parts(other.count, other.mean, other.trace)
         return self
@@ -336,10 +331,10 @@ def _group_sums(u, inverse, n_groups: int):
     import torch
 
     runs, counts = torch.unique_consecutive(inverse, return_counts=True)
-    if runs.shape[0] == n_groups:               # contiguous: one run per group
+    if runs.shape[0] == n_groups:  # contiguous: one run per group
         seg = torch.segment_reduce(u, "sum", lengths=counts.to(u.device), axis=0)
         return torch.zeros_like(seg).index_copy_(0, runs.to(u.device), seg)
-    if n_groups * u.shape[0] <= (1 << 22):   # one-hot [G, N] of at most 32 MB: BLAS is much faster
+    if n_groups * u.shape[0] <= (1 << 22):  # one-hot [G, N] of at most 32 MB: BLAS is much faster
         onehot = torch.zeros(n_groups, u.shape[0], dtype=u.dtype, device=u.device)
         onehot[inverse, torch.arange(u.shape[0], device=u.device)] = 1.0
         return onehot @ u
@@ -365,13 +360,13 @@ class UnitSums:
     def __init__(self):
         self.count = 0
         self.n_zero = 0
-        self.total = None          # float64 [d]
-        self.group_sq = 0.0        # sum_g ||s_g||^2
-        self.group_n_sq = 0        # sum_g n_g^2
+        self.total = None  # float64 [d]
+        self.group_sq = 0.0  # sum_g ||s_g||^2
+        self.group_n_sq = 0  # sum_g n_g^2
         self.has_groups = False
         self._seen_groups: set[int] = set()
 
-    def update(self, x, groups=None) -> "UnitSums":
+    def update(self, x, groups=None) -> UnitSums:
         """Add rows ``x`` [N, d] (normalised here) with optional group ids [N]."""
         import torch
 
@@ -389,7 +384,7 @@ class UnitSums:
         self.n_zero += int((~ok_all).sum())
         return self.add_units(torch.cat(units), None if g is None else g[ok_all])
 
-    def add_units(self, u, groups=None) -> "UnitSums":
+    def add_units(self, u, groups=None) -> UnitSums:
         """Add rows that are already unit vectors (float64 [N, d]); ``groups`` as in ``update``."""
         import torch
 
@@ -403,23 +398,27 @@ class UnitSums:
         ids, inverse = torch.unique(g, return_inverse=True)
         overlap = self._seen_groups.intersection(ids.tolist())
         if overlap:
-            raise ValueError(f"group id(s) {sorted(overlap)[:5]} already seen in an earlier update: "
-                             "each group must be complete within one update call")
+            raise ValueError(
+                f"group id(s) {sorted(overlap)[:5]} already seen in an earlier update: "
+                "each group must be complete within one update call"
+            )
         sums = _group_sums(u, inverse.to(u.device), len(ids))
         sizes = torch.bincount(inverse, minlength=len(ids))
         self.has_groups = True
         self.group_sq += float((sums * sums).sum())
-        self.group_n_sq += int((sizes ** 2).sum())
+        self.group_n_sq += int((sizes**2).sum())
         self._seen_groups.update(ids.tolist())
         return self
 
-    def merge(self, other: "UnitSums") -> "UnitSums":
+    def merge(self, other: UnitSums) -> UnitSums:
         if other.total is None:
             return self
         overlap = self._seen_groups & other._seen_groups
         if overlap:
             raise ValueError(f"cannot merge: group id(s) {sorted(overlap)[:5]} appear in both states")
-        self.total = other.total.clone() if self.total is None else self.total + other.total.to(self.total.device)
+        self.total = (
+            other.total.clone() if self.total is None else self.total + other.total.to(self.total.device)
+        )
         self.count += other.count
         self.n_zero += other.n_zero
         self.group_sq += other.group_sq
@@ -428,12 +427,15 @@ class UnitSums:
         self._seen_groups |= other._seen_groups
         return self
 
-    def all_reduce_(self, group=None) -> "UnitSums":
+    def all_reduce_(self, group=None) -> UnitSums:
         """Sum the states of all DDP ranks (group ids must differ between ranks)."""
         import torch
 
-        scalars = torch.tensor([self.count, self.n_zero, self.group_sq, self.group_n_sq],
-                               dtype=torch.float64, device=self.total.device)
+        scalars = torch.tensor(
+            [self.count, self.n_zero, self.group_sq, self.group_n_sq],
+            dtype=torch.float64,
+            device=self.total.device,
+        )
         _dist_sum(scalars, group)
         self.total = _dist_sum(self.total.clone(), group)
         self.count, self.n_zero = int(round(float(scalars[0]))), int(round(float(scalars[1])))
@@ -449,7 +451,7 @@ class UnitSums:
 
     def anisotropy_across(self) -> float:
         """Exact mean cosine over pairs from different groups (nan without such pairs)."""
-        pairs = self.count ** 2 - self.group_n_sq
+        pairs = self.count**2 - self.group_n_sq
         if not self.has_groups or pairs <= 0:
             return math.nan
         return (float(self.total @ self.total) - self.group_sq) / pairs
@@ -504,23 +506,23 @@ class NormStats:
         self.count = 0
         self.norm_sum = 0.0
         self.norm_max = 0.0
-        self.hist_token_max = None   # int64 [bins]
-        self.hist_abs = None         # int64 [bins]
+        self.hist_token_max = None  # int64 [bins]
+        self.hist_abs = None  # int64 [bins]
 
-    def update(self, x) -> "NormStats":
+    def update(self, x) -> NormStats:
         import torch
 
         for c in _chunks(as_rows(x)):
             self.add(c, torch.linalg.vector_norm(c, dim=1))
         return self
 
-    def add(self, rows, norms) -> "NormStats":
+    def add(self, rows, norms) -> NormStats:
         """Add float64 rows [N, d] whose L2 norms [N] are already known."""
         import torch
 
         if rows.shape[0] == 0:
             return self
-        absval = rows.abs().to(torch.float32)   # binning at 2.2 % needs no float64
+        absval = rows.abs().to(torch.float32)  # binning at 2.2 % needs no float64
         tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
         abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
         self.count += int(rows.shape[0])
@@ -530,7 +532,7 @@ class NormStats:
         self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
         return self
 
-    def merge(self, other: "NormStats") -> "NormStats":
+    def merge(self, other: NormStats) -> NormStats:
         if not other.count:
             return self
         if not self.count:
@@ -544,7 +546,7 @@ class NormStats:
         self.hist_abs = self.hist_abs + other.hist_abs.to(self.hist_abs.device)
         return self
 
-    def all_reduce_(self, group=None) -> "NormStats":
+    def all_reduce_(self, group=None) -> NormStats:
         import torch
         import torch.distributed as dist
 
@@ -576,7 +578,7 @@ class NormStats:
         if not self.count:
             return math.nan
         tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float32))[0])
-        return float(self.hist_token_max.cpu()[tau_bin + 1:].sum()) / self.count
+        return float(self.hist_token_max.cpu()[tau_bin + 1 :].sum()) / self.count
 
     def metrics(self) -> dict:
         if not self.count:
@@ -595,23 +597,29 @@ class MeanValue:
         self.total = 0.0
         self.count = 0
 
-    def update(self, values) -> "MeanValue":
+    def update(self, values) -> MeanValue:
         import torch
 
-        v = values.detach().to(torch.float64) if torch.is_tensor(values) else torch.as_tensor(values, dtype=torch.float64)
+        v = (
+            values.detach().to(torch.float64)
+            if torch.is_tensor(values)
+            else torch.as_tensor(values, dtype=torch.float64)
+        )
         self.total += float(v.sum())
         self.count += int(v.numel())
         return self
 
-    def merge(self, other: "MeanValue") -> "MeanValue":
+    def merge(self, other: MeanValue) -> MeanValue:
         self.total += other.total
         self.count += other.count
         return self
 
-    def all_reduce_(self, group=None) -> "MeanValue":
+    def all_reduce_(self, group=None) -> MeanValue:
         import torch
 
-        t = torch.tensor([self.total, float(self.count)], dtype=torch.float64, device=_collective_device(group))
+        t = torch.tensor(
+            [self.total, float(self.count)], dtype=torch.float64, device=_collective_device(group)
+        )
         _dist_sum(t, group)
         self.total, self.count = float(t[0]), int(round(float(t[1])))
         return self
@@ -634,7 +642,7 @@ def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -
     return num / den if den > 0 else math.nan
 
 
-RIDGE_GRID = tuple(10.0 ** (e / 4) for e in range(-24, 13))   # 1e-6 .. 1e3, 4 per decade
+RIDGE_GRID = tuple(10.0 ** (e / 4) for e in range(-24, 13))  # 1e-6 .. 1e3, 4 per decade
 
 
 class RidgeSolver:
@@ -663,7 +671,9 @@ class RidgeSolver:
         self.s, self.v = s.clamp_min(0.0), v
         self.scale = float(self.s.sum()) / self.s.shape[0]
 
-    def solve(self, cross_ab: CrossMoments, trace_bb: float | None = None, ridge: float | None = None) -> dict:
+    def solve(
+        self, cross_ab: CrossMoments, trace_bb: float | None = None, ridge: float | None = None
+    ) -> dict:
         """``{"W", "mean_a", "mean_b", "alpha", "ridge", "gcv"}`` for one target.
 
         ``ridge=None`` picks the GCV minimiser on ``RIDGE_GRID`` (needs ``trace_bb``, the centred
@@ -687,7 +697,14 @@ class RidgeSolver:
             ridge, gcv = RIDGE_GRID[best], scores[best]
         alpha = ridge * self.scale
         w = self.v @ (g_mat / (self.s + alpha)[:, None])
-        return {"W": w, "mean_a": cross_ab.mean_a, "mean_b": cross_ab.mean_b, "alpha": alpha, "ridge": ridge, "gcv": gcv}
+        return {
+            "W": w,
+            "mean_a": cross_ab.mean_a,
+            "mean_b": cross_ab.mean_b,
+            "alpha": alpha,
+            "ridge": ridge,
+            "gcv": gcv,
+        }
 
 
 def ridge_map(moments_a: Moments, cross_ab: CrossMoments, ridge: float = 1e-3):

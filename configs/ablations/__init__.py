@@ -1,0 +1,1 @@
+"""Ablation overlays, shipped in the wheel as ``nitp.configs.ablations``."""

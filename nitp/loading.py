@@ -1,0 +1,194 @@
+"""Loading models and tokenizers from anything a user calls a model, with one-line errors.
+
+Accepted everywhere a checkpoint is: a checkpoint folder, a run directory (its latest checkpoint),
+a plain Hugging Face model folder, or a ``.gguf`` file. A GGUF file is dequantised once into a
+plain float32 Hugging Face folder under ``cache_dir()/gguf/<hash>/`` (see :func:`model_folder`),
+so every tool, lm-eval and mteb included, reads the same weights and gives the same numbers as
+from the GGUF itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+from .records import cache_dir
+from .runs import is_gguf_file, resolve_checkpoint, weights_hash
+
+OFFLINE_FLAGS = (
+    ("datasets.config", "HF_DATASETS_OFFLINE"),
+    ("datasets.config", "HF_HUB_OFFLINE"),
+    ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+    ("transformers.utils.hub", "_is_offline_mode"),
+)
+
+
+@contextlib.contextmanager
+def offline_hub(enabled: bool = True) -> Iterator[None]:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set for the block (environment and already-imported
+    libraries), so that nothing waits on network retries when the data are local."""
+    if not enabled:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    saved_attrs = []
+    for module, attr in OFFLINE_FLAGS:
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(getattr(mod, attr, None), bool):
+            saved_attrs.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, True)
+    try:
+        yield
+    finally:
+        for mod, attr, value in saved_attrs:
+            setattr(mod, attr, value)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """The Hugging Face folder to load for ``path`` (a .gguf file is converted once, cached)."""
+    p = resolve_checkpoint(path)
+    if not is_gguf_file(p):
+        return p
+    folder = cache_dir() / "gguf" / weights_hash(p)[:16]
+    if not (folder / "config.json").is_file():
+        export_gguf(p, folder)
+    return folder
+
+
+def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Dequantise a GGUF causal LM into a plain float32 Hugging Face folder (atomic).
+
+    transformers reads GGUF (the ``gguf`` package dequantises the tensors); ``save_pretrained``
+    of that model fails, so its weights are copied into a model built from its config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf, out = Path(gguf), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder")
+    kwargs = {"gguf_file": gguf.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    except ImportError as e:
+        raise UserError(
+            f"{gguf}: reading GGUF needs the gguf package ({_first_line(e)}); pip install gguf"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is bad input
+        raise UserError(
+            f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "nitp_source.txt").write_text(f"converted from {gguf.resolve()}\n")
+        if out.exists():
+            out.rmdir()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_config(path: str | os.PathLike):
+    """The model's config (its text config for multimodal models); ``UserError`` naming the folder."""
+    from transformers import AutoConfig
+
+    folder = model_folder(path)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - any parse failure is bad input
+        raise UserError(
+            f"{folder}: config.json could not be read ({type(e).__name__}: {_first_line(e)}); "
+            "is this a Hugging Face model folder?"
+        ) from None
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    folder = model_folder(path)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"{folder}: no usable tokenizer files ({type(e).__name__}); save the tokenizer beside the weights"
+        ) from None
+
+
+def load_model(path: str | os.PathLike, *, causal: bool = True, dtype: str = "float32", device: str = "cpu"):
+    """The model of ``path`` (``AutoModelForCausalLM``, or the bare backbone with ``causal=False``),
+    in eval mode on ``device``. ``UserError`` for damaged, incomplete or mismatched weights."""
+    import torch
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise UserError(f"--dtype {dtype}: not a torch dtype (use float32, bfloat16 or float16)")
+    folder = model_folder(path)
+    load_config(folder)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    cls = AutoModelForCausalLM if causal else AutoModel
+    try:
+        model, info = cls.from_pretrained(folder, dtype=getattr(torch, dtype), output_loading_info=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"{folder}: could not load the model weights ({type(e).__name__}: {_first_line(e)}); "
+            "the weight file is damaged, incomplete or missing"
+        ) from None
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise UserError(
+            f"{folder}: the weight file lacks {len(missing)} tensor(s) of the {type(model).__name__} "
+            f"(e.g. {missing[0]}); it does not belong to this config.json"
+        )
+    try:
+        model.to(device)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"--device {device}: cannot place the model there ({type(e).__name__}); use cpu or cuda"
+        ) from None
+    return model.eval()
+
+
+def check_weights_readable(path: str | os.PathLike) -> None:
+    """Open every safetensors file's header and tensors lazily; ``UserError`` for a truncated file."""
+    from safetensors import safe_open
+
+    folder = model_folder(path)
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_slice(key)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(
+                f"{f}: damaged or truncated weight file ({type(e).__name__}); re-save or re-download the model"
+            ) from None

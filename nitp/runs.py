@@ -1,0 +1,180 @@
+"""Run directories and checkpoints: naming, discovery, completeness and identity.
+
+Run directory (written by ``nitp-train``; see docs/contracts.md)::
+
+    RUN/config.yaml                       fully resolved training config
+    RUN/metrics.jsonl                     one JSON object per logged step
+    RUN/checkpoints/step_000500/          Hugging Face model folder (+ nitp_head.safetensors,
+                                          trainer_state/, COMPLETE written last)
+    RUN/checkpoints/latest                text file naming the newest complete checkpoint
+
+A checkpoint of a run counts only when its ``COMPLETE`` marker exists; folders being written
+(``.step_N.tmp``) or deleted (``.step_N.del``) are hidden names and never listed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
+COMPLETE_MARKER = "COMPLETE"
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf"}
+
+
+def checkpoint_name(step: int) -> str:
+    """``step_000500``: the folder name of checkpoint ``step`` (sorts by step up to 1e6 - 1)."""
+    return f"step_{step:06d}"
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    m = CHECKPOINT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def is_model_dir(path: Path) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def is_gguf_file(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
+
+
+def is_complete(ckpt: Path) -> bool:
+    """A run's checkpoint is complete when its marker exists (written last, before the rename)."""
+    return is_model_dir(ckpt) and (Path(ckpt) / COMPLETE_MARKER).is_file()
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    ckdir = checkpoints_dir(run_dir)
+    if not ckdir.is_dir():
+        return []
+    found = [p for p in ckdir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and is_complete(p)]
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, a run directory (its latest checkpoint), a plain HF model folder
+    or a ``.gguf`` file (returned as is; ``nitp.loading`` reads it).
+
+    Raises ``UserError`` naming the path when it is none of those, or when it is a run's
+    checkpoint that was never completed.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(
+            f"{path}: no such file or directory (give a checkpoint, a run directory, "
+            "a Hugging Face model folder or a .gguf file)"
+        )
+    if is_gguf_file(p):
+        return p
+    if is_model_dir(p):
+        if checkpoint_step(p) is not None and p.parent.name == "checkpoints" and not is_complete(p):
+            raise UserError(
+                f"{path}: incomplete checkpoint (no {COMPLETE_MARKER} marker; it was interrupted); "
+                "use another checkpoint or the run directory"
+            )
+        return p
+    latest = checkpoints_dir(p) / "latest"
+    if latest.is_file():
+        target = checkpoints_dir(p) / latest.read_text().strip()
+        if is_complete(target):
+            return target
+    ckpts = list_checkpoints(p)
+    if ckpts:
+        return ckpts[-1]
+    if (p / "config.yaml").is_file():
+        raise UserError(
+            f"{path}: run directory has no complete checkpoint yet (train longer or check RUN/checkpoints/)"
+        )
+    raise UserError(f"{path}: not a model folder (no config.json) nor a run directory (no checkpoints/)")
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run directory a checkpoint belongs to, or None for a plain model folder."""
+    ckpt = Path(ckpt).resolve()
+    if ckpt.parent.name == "checkpoints" and (ckpt.parent.parent / "config.yaml").is_file():
+        return ckpt.parent.parent
+    return None
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    import yaml
+
+    with open(Path(run_dir) / "config.yaml") as f:
+        return yaml.safe_load(f) or {}
+
+
+def weight_files(ckpt: Path) -> list[Path]:
+    """The model's weight files (the projector ``nitp_head*`` excluded); a .gguf file is its own."""
+    ckpt = Path(ckpt)
+    if ckpt.is_file():
+        return [ckpt]
+    return sorted(
+        f
+        for f in ckpt.iterdir()
+        if f.is_file() and f.suffix in WEIGHT_SUFFIXES and not f.name.startswith("nitp_head")
+    )
+
+
+def weights_hash(ckpt: str | os.PathLike) -> str:
+    """sha256 over the model's weight files (names + bytes): the checkpoint's identity.
+
+    Two checkpoints with different weights never share a hash; the same weights copied to
+    another folder keep theirs. Cached by (path, size, mtime) within a process.
+    """
+    files = weight_files(Path(ckpt))
+    if not files:
+        raise UserError(f"{ckpt}: no weight files (*.safetensors / *.bin) in the model folder")
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(key: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in key:
+        h.update(Path(name).name.encode())
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    """Identity of a model for result records: path, run, step, objective, tokens, hash."""
+    ckpt = resolve_checkpoint(path)
+    run = run_dir_of(ckpt)
+    info: dict[str, Any] = {
+        "path": str(ckpt.resolve()),
+        "run": str(run) if run else None,
+        "name": (run.name if run else (ckpt.stem if ckpt.is_file() else ckpt.name)),
+        "step": checkpoint_step(ckpt),
+        "objective": None,
+        "preset": None,
+        "tokens_seen": None,
+        "hash": weights_hash(ckpt),
+    }
+    meta = ckpt / "nitp_meta.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        for k in ("step", "objective", "preset", "tokens_seen"):
+            if m.get(k) is not None:
+                info[k] = m[k]
+    elif run is not None:
+        cfg = read_run_config(run)
+        info["objective"] = cfg.get("objective")
+        info["preset"] = (cfg.get("model") or {}).get("preset")
+    return info
