@@ -238,19 +238,8 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
             else rows
         )
         return json.dumps(payload, indent=2, default=str)
-    from rich.console import Console
-    from rich.table import Table
+    from nitp.console import text_table
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    table = Table(title=title, show_lines=False)
-    for c in cols:
-        table.add_column(
-            str(c),
-            justify="left" if c in ("metric", "name", "component", "checkpoint") else "right",
-            no_wrap=True,
-        )
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    console = Console(width=1000, record=True, file=io.StringIO())  # never wrap: wide tables scroll
-    console.print(table)
-    return console.export_text()
+    left = ("metric", "name", "component", "checkpoint")
+    return text_table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows], title=title, left=left) + "\n"

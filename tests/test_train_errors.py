@@ -84,6 +84,7 @@ def test_corpus_errors(capsys, monkeypatch, tmp_path):
         assert not (tmp_path / "prep").exists(), err
 
 
+@pytest.mark.slow
 def test_existing_run_and_resume_with_other_config(capsys, monkeypatch, tmp_path):
     run = make_tiny_run(tmp_path / "run", steps=2, extra=["log.geom_every=0"])
     code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(run), "--steps", "2"], capsys, monkeypatch)

@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from nitp.io import read_jsonl
 from nitp.runs import list_checkpoints
 from tests.helpers import builtin_prepared_dir, tiny_cli_args
+
+pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
 
 STEPS = 24
 

@@ -12,6 +12,8 @@ from nitp.io import read_jsonl
 from nitp.runs import resolve_checkpoint
 from tests.helpers import builtin_prepared_dir, make_tiny_run, tiny_cli_args
 
+pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
+
 
 def _cli_run(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
