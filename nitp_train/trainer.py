@@ -74,7 +74,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    objective = NITPObjective(model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"])
+    objective = NITPObjective(
+        model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"], cfg["cos_reg"].get("kind", "hidden")
+    )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
     objective.to(d.device)
@@ -279,6 +281,7 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             "lambda": nitp.get("lambda"),
             "projector": nitp.get("projector"),
             "cos_reg_weight": cfg["cos_reg"]["weight"],
+            "cos_reg_kind": cfg["cos_reg"].get("kind", "hidden"),
         }
         state = {
             "step": step,

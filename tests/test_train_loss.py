@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from nitp_train.loss import NITPObjective, SwiGLUHead, mean_pairwise_cosine, nitp_loss
+from nitp_train.loss import (
+    NITPObjective,
+    SwiGLUHead,
+    embedding_cosine_regulariser,
+    mean_pairwise_cosine,
+    nitp_loss,
+)
 
 
 def test_cosine_loss_matches_hand_computation():
@@ -92,3 +98,43 @@ def test_objective_uses_one_forward_and_hooks_give_the_right_layers():
     ce = torch.nn.functional.cross_entropy(ref.logits[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1))
     assert out["loss_ntp"].item() == pytest.approx(ce.item(), rel=1e-5)
     assert out["loss_total"].item() == pytest.approx(ce.item() + want.item(), rel=1e-5)
+
+
+def test_embedding_regulariser_equals_gao_brute_force():
+    """Gao et al. (2019): (1 / V^2) sum_i sum_{j != i} cos(w_i, w_j) over the rows of W, and its gradient."""
+    torch.manual_seed(2)
+    w = (torch.randn(300, 24, dtype=torch.float64) + 0.3).requires_grad_()
+    got = embedding_cosine_regulariser(w)
+    w_ref = w.detach().clone().requires_grad_()
+    u = torch.nn.functional.normalize(w_ref, dim=-1)
+    c = u @ u.T
+    brute = (c.sum() - c.diagonal().sum()) / 300**2
+    assert got.item() == pytest.approx(brute.item(), rel=1e-5)
+    got.backward()
+    brute.backward()
+    assert torch.allclose(w.grad.double(), w_ref.grad, rtol=1e-4, atol=1e-7)
+    same = torch.ones(4, 3)  # all rows parallel: 12 ordered pairs of cosine 1, over 16
+    assert embedding_cosine_regulariser(same).item() == pytest.approx(12 / 16)
+
+
+@pytest.mark.parametrize("kind", ["hidden", "embedding"])
+def test_cos_reg_kind_picks_what_is_regularised(kind):
+    """hidden: the batch's final hidden states (the NITP paper's baseline); embedding: LM-head rows (Gao et al.)."""
+    from nitp_train.models import build_model, resolve_preset
+
+    model = build_model(resolve_preset("tiny-dense", {"vocab_size": 64}), seed=0)
+    obj = NITPObjective(model, "ntp", {"projector": "none"}, cos_reg_weight=0.5, cos_reg_kind=kind)
+    x = torch.randint(0, 64, (2, 12))
+    out = obj(x, keep_last_hidden=True)
+    h = out["last_hidden"].reshape(-1, out["last_hidden"].shape[-1])
+    want = (
+        mean_pairwise_cosine(h)
+        if kind == "hidden"
+        else embedding_cosine_regulariser(model.get_output_embeddings().weight)
+    )
+    assert out["loss_cos_reg"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert out["loss_total"].item() == pytest.approx(out["loss_ntp"].item() + 0.5 * want.item(), rel=1e-5)
+    out["loss_total"].backward()
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cos_reg.kind"):
+        NITPObjective(model, "ntp", {"projector": "none"}, cos_reg_weight=0.5, cos_reg_kind="rows")
