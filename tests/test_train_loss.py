@@ -138,3 +138,42 @@ def test_cos_reg_kind_picks_what_is_regularised(kind):
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="cos_reg.kind"):
         NITPObjective(model, "ntp", {"projector": "none"}, cos_reg_weight=0.5, cos_reg_kind="rows")
+
+
+def test_in_loop_geometry_spans_several_sequences_with_batch_size_one():
+    """The paper's setting (batch_size 1): mean_cos is over pairs from different sequences, never one."""
+    from nitp.geometry import anisotropy
+    from nitp_train.metrics import GEOM_MIN_SEQUENCES, GeometrySample
+
+    gs = GeometrySample(seq_len=64, seqs_per_step=1, world=1, geom_every=50, seed=3)
+    assert gs.window_steps == GEOM_MIN_SEQUENCES
+    steps = [s for s in range(1, 101) if gs.collecting(s)]
+    assert steps == list(range(43, 51)) + list(range(93, 101))
+    torch.manual_seed(0)
+    last = None
+    for i, step in enumerate(steps[:8]):
+        h = torch.zeros(1, 64, 16)
+        h[..., i] = 5.0  # sequence i points along axis i: within-sequence cosine ~1, across ~0
+        last = h + 0.1 * torch.randn(1, 64, 16)
+        gs.add(last, step)
+    rows, groups = torch.cat(gs.rows), torch.cat(gs.groups)
+    got = gs.result()
+    assert got["geom_sequences"] == 8 and got["geom_tokens"] == 8 * gs.per_sequence and got["geom_steps"] == 8
+    u = torch.nn.functional.normalize(rows.double(), dim=-1)
+    across = groups[:, None] != groups[None, :]
+    assert got["mean_cos"] == pytest.approx(float((u @ u.T)[across].mean()), abs=1e-9)
+    assert abs(got["mean_cos"]) < 0.05
+    assert anisotropy(last.reshape(64, 16)) > 0.9  # the old in-loop figure: all pairs of one sequence
+    assert gs.rows == [] and gs.result() == {}  # cleared for the next window
+
+
+def test_in_loop_geometry_samples_tokens_within_the_budget():
+    from nitp_train.metrics import GEOM_TOKENS, GeometrySample
+
+    gs = GeometrySample(seq_len=8192, seqs_per_step=8, world=8, geom_every=200)  # the 9B config
+    assert gs.window_steps == 1 and gs.per_sequence * 8 * 8 == GEOM_TOKENS
+    small = GeometrySample(seq_len=128, seqs_per_step=16, world=1, geom_every=20)  # tiny: every token
+    assert small.window_steps == 1 and small.per_sequence == 128
+    h = torch.randn(2, 8192, 4)
+    gs.add(h, step=200)
+    assert gs.rows[0].shape == (2 * gs.per_sequence, 4) and len(set(gs.groups[0].tolist())) == 2
