@@ -162,7 +162,7 @@ def anisotropy(
     redo: bool = REDO,
     progress: bool = PROGRESS,
 ):
-    """Exact mean pairwise cosine (all pairs, across / within sequences), the paper's sampled estimate, norms."""
+    """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
     from .tables import ANISOTROPY_METRICS
 
     _metric_table(
@@ -206,7 +206,7 @@ def layers(
     redo: bool = REDO,
     progress: bool = PROGRESS,
 ):
-    """Per-layer table: geometry + NITP target statistics, and a recommended target layer with the reason."""
+    """Per-layer table: geometry + NITP target statistics, and the paper's depth rule for the target layer (round(0.21 L))."""
     from .tables import layer_rows, layer_rows_long, render
 
     _check_format(fmt)
@@ -227,8 +227,8 @@ def layers(
         from .tables import unique_labels
 
         for lab, rec in zip(unique_labels(records), records):
-            r = rec["scores"]["recommendation"]
-            _emit(f"{lab}: recommended NITP target layer {r['layer']} — {r['reason']}")
+            r = rec["scores"].get("paper_depth_rule") or rec["scores"].get("recommendation") or {}
+            _emit(f"{lab}: NITP target layer by the paper's depth rule: {r.get('layer')} — {r.get('reason')}")
 
 
 @app.command()

@@ -22,10 +22,12 @@ RANK_METRICS = (
     "n_tokens",
 )
 ANISOTROPY_METRICS = (
-    "anisotropy",
+    "anisotropy_across_documents",
+    "anisotropy_sampled",
+    "anisotropy_within_documents",
     "anisotropy_across_sequences",
     "anisotropy_within_sequences",
-    "anisotropy_sampled",
+    "anisotropy",
     "mean_norm",
     "max_norm",
     "massive_activation_share",
@@ -35,7 +37,7 @@ LAYER_METRICS = (
     "effective_rank_covariance",
     "effective_rank_singular",
     "anisotropy",
-    "anisotropy_across_sequences",
+    "anisotropy_across_documents",
     "mean_norm",
     "temporal_self_similarity",
     "cos_last_to_next",
@@ -43,17 +45,19 @@ LAYER_METRICS = (
     "ridge_cos",
     "cka_vs_reference",
 )
-SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_sequences", "ridge_r2")
+SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_documents", "ridge_r2")
 SHORT = {
     "effective_rank_covariance": "erank_cov",
     "effective_rank_singular": "erank_sv",
     "participation_ratio": "PR",
     "stable_rank": "stable_rank",
     "top_eigenvalue_share": "top_share",
-    "anisotropy": "aniso",
-    "anisotropy_across_sequences": "aniso_across",
-    "anisotropy_within_sequences": "aniso_within",
-    "anisotropy_sampled": "aniso_sampled",
+    "anisotropy": "aniso_all_pairs",
+    "anisotropy_across_documents": "aniso_across_docs",
+    "anisotropy_within_documents": "aniso_within_docs",
+    "anisotropy_across_sequences": "aniso_across_seqs",
+    "anisotropy_within_sequences": "aniso_within_seqs",
+    "anisotropy_sampled": "aniso_sampled_docs",
     "mean_norm": "mean_norm",
     "max_norm": "max_norm",
     "massive_activation_share": "massive",
@@ -155,9 +159,10 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
             "tokens_seen": rec["model"].get("tokens_seen"),
             "erank_cov": s.get("effective_rank_covariance"),
             "erank_sv": s.get("effective_rank_singular"),
-            "aniso": s.get("anisotropy"),
-            "aniso_across": s.get("anisotropy_across_sequences"),
-            "aniso_sampled": s.get("anisotropy_sampled"),
+            "aniso_all_pairs": s.get("anisotropy"),
+            "aniso_across_docs": s.get("anisotropy_across_documents"),
+            "aniso_across_seqs": s.get("anisotropy_across_sequences"),
+            "aniso_sampled_docs": s.get("anisotropy_sampled"),
             "CKA_prev": last.get("cka_vs_reference"),
         }
         if target_layer is not None:
