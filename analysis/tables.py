@@ -179,27 +179,28 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
 
 
 def flops_rows(report: dict) -> list[dict]:
-    """``flops``: one row per component and the NITP lines."""
-    b = report["breakdown"]
-    total = b["total"]
+    """``flops``: per component, the paper's closed form and the exact count side by side, then NITP."""
+    b, paper = report["breakdown"], report["paper_closed_form"]
+    exact = {
+        "attention_linear": b["attention_linear"],
+        "attention_scores": b["attention_scores"],
+        "ffn": b["ffn_dense"] + b["ffn_experts"],
+        "router": b["router"],
+        "lm_head": b["lm_head"],
+        "total (NTP)": b["total"],
+        "NITP extra (72 d^2 + 18 d)": report["nitp_extra_flops_per_token"],
+    }
+    paper_of = {**paper, "total (NTP)": paper["total"], "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"]}
     rows = [
-        {"component": k, "flops_per_token": v, "share": v / total}
-        for k, v in b.items()
-        if k not in ("total", "moe_layers")
+        {"component": k, "paper_closed_form": paper_of[k], "exact": v, "exact_minus_paper": v - paper_of[k]}
+        for k, v in exact.items()
     ]
-    rows.append({"component": "total (NTP)", "flops_per_token": total, "share": 1.0})
     rows.append(
         {
-            "component": "NITP extra (72 d^2 + 18 d)",
-            "flops_per_token": report["nitp_extra_flops_per_token"],
-            "share": report["nitp_overhead"],
-        }
-    )
-    rows.append(
-        {
-            "component": "NITP extra vs total without attention scores",
-            "flops_per_token": report["nitp_extra_flops_per_token"],
-            "share": report["nitp_overhead_without_attention_scores"],
+            "component": "NITP overhead (extra / total)",
+            "paper_closed_form": paper["nitp_overhead"],
+            "exact": report["nitp_overhead"],
+            "exact_minus_paper": report["nitp_overhead"] - paper["nitp_overhead"],
         }
     )
     return rows
@@ -251,7 +252,9 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     for c in cols:
         table.add_column(
             str(c),
-            justify="left" if c in ("metric", "name", "component", "checkpoint") else "right",
+            justify="left"
+            if c in ("metric", "name", "component", "checkpoint", "preset", "note")
+            else "right",
             no_wrap=True,
         )
     for r in rows:

@@ -114,8 +114,14 @@ def test_flops_command():
     rep = json.loads(invoke("flops", "moe-9b-a1b", "-f", "json"))
     assert rep["nitp_extra_flops_per_token"] == 72 * 1280**2 + 18 * 1280
     assert 0.021 < rep["nitp_overhead_without_attention_scores"] < 0.024
+    assert f"{rep['paper_closed_form']['total']:.3g}" == "5.06e+09"
     text = invoke("flops", "tiny-dense", "--seq-len", "256")
-    assert "NITP overhead" in text and "seq_len 256" in text
+    assert "NITP overhead" in text and "seq_len 256" in text and "where they differ" in text
+    table = invoke("flops", "moe-9b-a1b")
+    assert "paper_closed_form" in table and "5.060e+09" in table and "8.225e+09" in table
+    assert "2.33% by the paper's closed form" in table
+    sizes = invoke("flops")
+    assert "dense-0.5b" in sizes and "moe-9b-a1b" in sizes
 
 
 @pytest.mark.parametrize(
