@@ -177,3 +177,47 @@ def test_in_loop_geometry_samples_tokens_within_the_budget():
     h = torch.randn(2, 8192, 4)
     gs.add(h, step=200)
     assert gs.rows[0].shape == (2 * gs.per_sequence, 4) and len(set(gs.groups[0].tolist())) == 2
+
+
+def _geom_worker(rank: int, world: int, port: int, h, out_q) -> None:
+    import torch.distributed as dist
+
+    from nitp_train.metrics import GeometrySample
+    from nitp_train.parallel import Dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    gs = GeometrySample(seq_len=h.shape[1], seqs_per_step=1, world=world, geom_every=10, rank=rank)
+    for step in range(7, 11):  # window of 4 steps: 4 sequences per rank, 8 in all
+        gs.add(h[rank * 4 + step - 7][None], step)
+    got = gs.result(Dist(rank=rank, world=world))
+    if rank == 0:
+        out_q.put(got)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_in_loop_geometry_gathers_sequences_from_every_rank():
+    """Two gloo ranks, batch_size 1: the figure spans both ranks' sequences."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    h = torch.zeros(8, 16, 8)
+    for i in range(8):
+        h[i, :, i] = 1.0  # one direction per sequence: across-sequence cosine 0, within 1
+    h = h + 0.01 * torch.randn_like(h)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_geom_worker, args=(r, 2, port, h, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = q.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got["geom_sequences"] == 8 and got["geom_tokens"] == 8 * 16 and got["geom_steps"] == 4
+    assert abs(got["mean_cos"]) < 0.01 and got["erank"] > 6
