@@ -15,6 +15,9 @@ from nitp.layers import register_layer_hook
 
 LOSS_KINDS = ("cosine", "mse", "smooth_l1", "kl")
 PROJECTORS = ("swiglu", "linear", "none")
+# cos_reg.kind: "hidden" = the NITP paper's baseline (final hidden states of the batch);
+# "embedding" = Gao et al. (2019)'s regulariser of the output word-embedding matrix rows
+COS_REG_KINDS = ("hidden", "embedding")
 
 
 def nitp_loss(
@@ -96,8 +99,9 @@ def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
     r"""Mean cosine over all pairs i != j of the rows of ``h`` [N, d], in O(N d).
 
     With unit vectors u_i: :math:`\sum_{i \ne j} u_i \cdot u_j = \lVert \sum_i u_i \rVert^2 - N`,
-    so the mean is :math:`(\lVert \sum u \rVert^2 - N) / (N (N - 1))`. Differentiable: used as the
-    generic anti-anisotropy regulariser of Gao et al. (2019), the paper's baseline.
+    so the mean is :math:`(\lVert \sum u \rVert^2 - N) / (N (N - 1))`. Differentiable: on the
+    batch's final hidden states it is the NITP paper's generic baseline (``cos_reg.kind: hidden``,
+    a cosine penalty between different tokens' hidden states).
     """
     n = h.shape[0]
     if n < 2:
@@ -105,6 +109,50 @@ def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
     u = F.normalize(h.float(), dim=-1, eps=1e-8)
     s = u.sum(0)
     return (s.dot(s) - (u * u).sum()) / (n * (n - 1))
+
+
+def embedding_cosine_regulariser(weight: torch.Tensor) -> torch.Tensor:
+    r"""Gao et al. (2019)'s cosine regulariser of the output word-embedding matrix ``W`` [V, d].
+
+    .. math::
+        R = \frac{1}{V^2} \sum_{i} \sum_{j \ne i} \hat w_i \cdot \hat w_j
+          = \frac{\lVert \sum_i \hat w_i \rVert^2 - \sum_i \lVert \hat w_i \rVert^2}{V^2},
+        \qquad \hat w_i = w_i / \lVert w_i \rVert
+
+    (their normalisation, ``1/V^2``, not ``1/(V(V-1))``), in O(V d) time and O(d) extra memory
+    through the sum identity instead of the V x V Gram matrix. Zero rows count as zero vectors.
+
+    Parameters
+    ----------
+    weight : Tensor [V, d]
+        Rows w_i of the LM head (the output word embeddings; the input ones too when tied).
+
+    Returns
+    -------
+    Tensor, scalar, differentiable with respect to ``weight``.
+
+    Examples
+    --------
+    >>> float(embedding_cosine_regulariser(torch.tensor([[1.0, 0.0], [2.0, 0.0]])))  # cos = 1, 2 ordered pairs / 4
+    0.5
+    """
+    v = weight.shape[0]
+    u = F.normalize(weight.float(), dim=-1, eps=1e-8)
+    s = u.sum(0)
+    return (s.dot(s) - (u * u).sum()) / (v * v)
+
+
+def cos_regulariser(kind: str, last_hidden: torch.Tensor, output_embeddings: torch.Tensor) -> torch.Tensor:
+    """The baseline regulariser chosen by ``cos_reg.kind`` (see ``COS_REG_KINDS``).
+
+    ``hidden``: :func:`mean_pairwise_cosine` of the valid final hidden states [N, d];
+    ``embedding``: :func:`embedding_cosine_regulariser` of the LM head's weight [V, d].
+    """
+    if kind == "hidden":
+        return mean_pairwise_cosine(last_hidden)
+    if kind == "embedding":
+        return embedding_cosine_regulariser(output_embeddings)
+    raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {kind!r}")
 
 
 class SwiGLUHead(nn.Module):
@@ -138,12 +186,22 @@ class NITPObjective(nn.Module):
     in DDP/FSDP keeps the projector's gradients synchronised.
     """
 
-    def __init__(self, model: nn.Module, objective: str, nitp_cfg: dict, cos_reg_weight: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str,
+        nitp_cfg: dict,
+        cos_reg_weight: float = 0.0,
+        cos_reg_kind: str = "hidden",
+    ):
         super().__init__()
         self.model = model
         self.objective = objective
         self.cfg = dict(nitp_cfg)
         self.cos_reg_weight = float(cos_reg_weight)
+        if cos_reg_kind not in COS_REG_KINDS:
+            raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {cos_reg_kind!r}")
+        self.cos_reg_kind = cos_reg_kind
         d = model.config.hidden_size
         self.head = make_head(self.cfg["projector"], d, d) if objective == "nitp" else None
         self._captured: dict[str, torch.Tensor] = {}
@@ -189,7 +247,8 @@ class NITPObjective(nn.Module):
             total = total + nitp_weight * losses["loss_nitp"]
         if self.cos_reg_weight > 0:
             flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])
-            losses["loss_cos_reg"] = mean_pairwise_cosine(flat)
+            head_w = self.model.get_output_embeddings().weight
+            losses["loss_cos_reg"] = cos_regulariser(self.cos_reg_kind, flat, head_w)
             total = total + self.cos_reg_weight * losses["loss_cos_reg"]
         losses["loss_total"] = total
         if keep_last_hidden:

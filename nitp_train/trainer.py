@@ -24,7 +24,7 @@ from . import parallel
 from .config import RESUMABLE_CHANGES, config_diff
 from .data import TokenShards, prepare
 from .loss import NITPObjective
-from .metrics import MetricsLog, peak_flops, truncate_after
+from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
 
 
@@ -74,7 +74,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    objective = NITPObjective(model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"])
+    objective = NITPObjective(
+        model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"], cfg["cos_reg"].get("kind", "hidden")
+    )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
     objective.to(d.device)
@@ -114,12 +116,14 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         truncate_after(metrics_path, step)
     mlog = MetricsLog(metrics_path, tc["steps"], step, enabled=d.is_main, title=cfg["run_name"])
+    geom = GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"])
     last_good = last_ckpt.name if last_ckpt is not None else None
 
     try:
         t0, sums, n_sums = time.perf_counter(), {}, 0
         while step < tc["steps"]:
             want_geom = lc["geom_every"] > 0 and (step + 1) % lc["geom_every"] == 0
+            sample_geom = geom.collecting(step + 1)  # this step's tokens enter the next measurement
             nitp_weight = cfg["nitp"]["lambda"] * float(step >= cfg["nitp"]["start_step"])
             for micro in range(accum):
                 _, batch = next(batches)
@@ -130,10 +134,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                     else wrapped.no_sync()
                 )
                 with sync, amp:
-                    out = forward(
-                        x, nitp_weight=nitp_weight, keep_last_hidden=want_geom and micro == accum - 1
-                    )
+                    out = forward(x, nitp_weight=nitp_weight, keep_last_hidden=sample_geom)
                     (out["loss_total"] / accum).backward()
+                if sample_geom:
+                    geom.add(out.pop("last_hidden"), step + 1, micro)
                 for k, v in out.items():
                     if k.startswith(("loss", "aux")):
                         sums[k] = sums.get(k, 0.0) + v.detach()
@@ -161,7 +165,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                     row["mfu"] = flops_per_token * tps / d.world / peak
                 sums, n_sums = {}, 0
             if want_geom:
-                row.update(_geometry(out["last_hidden"]))
+                row.update(geom.result(d))
             if lc["eval_every"] > 0 and (step % lc["eval_every"] == 0 or step == tc["steps"]):
                 row.update(_validate(wrapped, shards, cfg, d, amp))
             if row:
@@ -240,14 +244,6 @@ def _flops_per_token(cfg: dict, model) -> float:
     return f + (nitp_flops_per_token(model.config.hidden_size) if cfg["objective"] == "nitp" else 0.0)
 
 
-def _geometry(last_hidden: torch.Tensor) -> dict:
-    """The paper's Figure 1 measures on this batch's last hidden states (all tokens)."""
-    from nitp.geometry import anisotropy, effective_rank
-
-    h = last_hidden.reshape(-1, last_hidden.shape[-1]).float()
-    return {"erank": float(effective_rank(h)), "mean_cos": float(anisotropy(h))}
-
-
 @torch.no_grad()
 def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) -> dict:
     wrapped.eval()
@@ -279,6 +275,7 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             "lambda": nitp.get("lambda"),
             "projector": nitp.get("projector"),
             "cos_reg_weight": cfg["cos_reg"]["weight"],
+            "cos_reg_kind": cfg["cos_reg"].get("kind", "hidden"),
         }
         state = {
             "step": step,

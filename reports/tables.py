@@ -289,13 +289,16 @@ def lm_table(layout: Layout) -> Table | None:
 GEOM_COLUMNS = [
     ("effective_rank_covariance", "erank (covariance)", True, 2),
     ("effective_rank_singular", "erank (singular values)", True, 2),
-    ("anisotropy", "anisotropy", False, 4),
-    ("anisotropy_across_sequences", "anisotropy across seqs", False, 4),
+    # anisotropy variants (analysis.layers.DEFINITIONS): across documents is the paper's measure
+    ("anisotropy_across_documents", "anisotropy across documents (paper's)", False, 4),
+    ("anisotropy_across_sequences", "anisotropy across sequences (chunks)", False, 4),
+    ("anisotropy", "anisotropy (all pairs)", False, 4),
 ]
 # Per-layer columns in display order (analysis.layers names); absent ones are left out.
 LAYER_COLUMNS = {
     "effective_rank_covariance": "erank (cov)",
     "effective_rank_singular": "erank (sv)",
+    "anisotropy_across_documents": "aniso (across docs)",
     "anisotropy_across_sequences": "aniso (across seqs)",
     "anisotropy": "aniso (all pairs)",
     "temporal_self_similarity": "cos(h_k[t], h_k[t+1])",
