@@ -65,7 +65,7 @@ def model_folder(path: str | os.PathLike) -> Path:
     p = resolve_checkpoint(path)
     if not is_gguf_file(p):
         return p
-    folder = cache_dir() / "gguf" / weights_hash(p)[:16]
+    folder = cache_dir() / "gguf" / f"v2-{weights_hash(p)[:16]}"
     if not (folder / "config.json").is_file():
         export_gguf(p, folder)
     return folder
@@ -95,8 +95,11 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise UserError(
             f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {_first_line(e)})"
         ) from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: a plain float32 model
+        del config.quantization_config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()

@@ -17,7 +17,7 @@ import yaml
 from nitp.errors import UserError
 from nitp.layers import check_layer
 
-from .loss import LOSS_KINDS, PROJECTORS
+from .loss import COS_REG_KINDS, LOSS_KINDS, PROJECTORS
 from .models import make_config, resolve_preset
 
 DEFAULTS: dict[str, Any] = {
@@ -34,7 +34,9 @@ DEFAULTS: dict[str, Any] = {
         "projector": "swiglu",  # swiglu | linear | none
         "start_step": 0,
     },
-    "cos_reg": {"weight": 0.0},  # Gao et al. 2019 baseline: mean cosine of last hidden states
+    # baseline regulariser: "hidden" = mean pairwise cosine of final hidden states (the NITP paper's
+    # baseline); "embedding" = Gao et al. (2019), mean pairwise cosine of the output embedding rows
+    "cos_reg": {"weight": 0.0, "kind": "hidden"},
     "data": {
         "corpus": "builtin",  # builtin | file or folder (.txt/.jsonl/.parquet) | HF dataset name
         "text_field": "text",
@@ -211,6 +213,8 @@ def _validate(cfg: dict) -> None:
         raise UserError(f"nitp.projector={nitp['projector']!r}: use one of {', '.join(PROJECTORS)}")
     if nitp["start_step"] < 0 or cfg["cos_reg"]["weight"] < 0:
         raise UserError("nitp.start_step and cos_reg.weight must be >= 0")
+    if cfg["cos_reg"]["kind"] not in COS_REG_KINDS:
+        raise UserError(f"cos_reg.kind={cfg['cos_reg']['kind']!r}: use one of {', '.join(COS_REG_KINDS)}")
     if data["seq_len"] > model["max_position_embeddings"]:
         raise UserError(
             f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings={model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"

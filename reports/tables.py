@@ -374,11 +374,12 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         label_header="layer",
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
-    recommended = record["scores"].get("recommended_target_layer")
+    scores = record["scores"]
+    depth_rule = scores.get("paper_depth_rule_layer", scores.get("recommended_target_layer"))
     for layer in layers:
         k = layer.get("layer")
         marks = (["NITP target"] if target is not None and k == target else []) + (
-            ["recommended"] if k == recommended else []
+            ["paper depth rule"] if k == depth_rule else []
         )
         shown = "last" if k == -1 else str(k)
         table.add(shown + (f" ({', '.join(marks)})" if marks else ""), [layer.get(key) for key in present])

@@ -250,7 +250,7 @@ def geom_record(
         "geom",
         model,
         settings,
-        {"summary": summary, "layers": layers, "recommended_target_layer": recommended},
+        {"summary": summary, "layers": layers, "paper_depth_rule_layer": recommended},
     )
     return write_record(out or default_record_path(model, "geom", f"builtin-{n_tokens}"), rec)
 
