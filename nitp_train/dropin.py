@@ -200,6 +200,8 @@ class NITPWrapped(nn.Module):
         scale = n_pairs / num_items_in_batch if num_items_in_batch is not None else 1.0
         ntp = out.loss
         out.loss = ntp + self.nitp["weight"] * mean * scale
+        if kwargs.get("fused_lm_head"):
+            _fold_into_log_probs(out, self.nitp["weight"] * mean * n_pairs)
         out["loss_ntp"], out["loss_nitp"] = ntp, mean
         if self.training:
             n_ce = (labels[..., 1:] != IGNORE_INDEX).sum()
@@ -297,6 +299,15 @@ class NITPWrapped(nn.Module):
         if state_dict and not own.intersection(state_dict):
             return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _fold_into_log_probs(out, nitp_sum: torch.Tensor) -> None:
+    """TRL's fused LM head (``fused_lm_head=True``): ``SFTTrainer`` recomputes its loss as
+    ``-log_probs.sum() / n`` (n = ``num_items_in_batch`` or the label count), ignoring ``out.loss``;
+    spreading ``-nitp_sum / n_labels`` over the supervised log-probs adds exactly
+    ``nitp_sum / n`` to that loss, the same total as ``out.loss``."""
+    mask = out.label_mask
+    out.log_probs = out.log_probs - mask * (nitp_sum / mask.sum().clamp(min=1))
 
 
 # ---------------------------------------------------------------------- pairs and documents

@@ -33,7 +33,20 @@ def add_nitp_callback(trainer, geometry_every: int = 50) -> NITPCallback:
     callback = NITPCallback(geometry_every)
     trainer.callback_handler.callbacks.insert(0, callback)
     trainer._save = types.MethodType(save_wrapped, trainer)  # the Trainer's documented override point
+    _move_fused_head(_wrapped(trainer.model))
     return callback
+
+
+def _move_fused_head(wrapped) -> None:
+    """TRL ``SFTTrainer`` replaces ``model.forward`` (here: the wrapper's, which would skip NITP)
+    with its fused-LM-head forward; put that patch on the inner LM instead, so the wrapper's
+    forward runs and passes ``fused_lm_head=True`` through."""
+    if "forward" not in vars(wrapped):
+        return
+    from trl.trainer.utils import add_fused_lm_head
+
+    del wrapped.forward
+    add_fused_lm_head(wrapped.model, outputs=("log_probs", "entropy", "is_top1"))
 
 
 def save_wrapped(trainer, output_dir: str | None = None, state_dict: dict | None = None) -> None:
