@@ -277,7 +277,7 @@ class NITPWrapped(nn.Module):
         from nitp.runs import resolve_checkpoint
 
         p = Path(path)
-        file = p if p.is_file() else resolve_checkpoint(p) / HEAD_FILE
+        file = p if p.suffix == ".safetensors" else resolve_checkpoint(p) / HEAD_FILE
         if not file.is_file():
             raise UserError(f"{path}: no {HEAD_FILE} there; give a folder saved by wrap_model or nitp-train")
         if self.head is None:

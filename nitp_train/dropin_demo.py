@@ -102,6 +102,18 @@ def run_demo(
     return {"log_history": history, "export": export, "wrapped": wrapped, "trainer": t}
 
 
+def drop_gguf_marker(model):
+    """A model read from a ``.gguf`` holds plain float32 weights (dequantized on load) but keeps the
+    GGUF ``quantization_config``, and ``Trainer`` refuses to train "quantized" models; drop the
+    marker (only for ``quant_method == "gguf"``) so it trains and exports as an ordinary model."""
+    qc = getattr(model.config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if str(method).lower().endswith("gguf"):
+        model.hf_quantizer, model.is_quantized = None, False
+        del model.config.quantization_config
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="HF model folder, checkpoint, run dir or .gguf file")
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with user_errors():
         torch.manual_seed(0)
-        model = load_model(a.model, dtype="float32")
+        model = drop_gguf_marker(load_model(a.model, dtype="float32"))
         tokenizer = load_tokenizer(a.model)
         result = run_demo(
             model,
