@@ -94,8 +94,16 @@ def nitp_loss_class():
         def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
             ce, metrics = self.ce(pred, labels, global_valid_tokens)
             nitp_sum, pairs = self.term(labels, kwargs.get("positions"))
-            nitp = nitp_sum / global_valid_tokens if global_valid_tokens is not None else nitp_sum / pairs.clamp(min=1)
-            metrics = {**metrics, "loss_ntp": ce.detach(), "loss_nitp": (nitp_sum / pairs.clamp(min=1)).detach()}
+            nitp = (
+                nitp_sum / global_valid_tokens
+                if global_valid_tokens is not None
+                else nitp_sum / pairs.clamp(min=1)
+            )
+            metrics = {
+                **metrics,
+                "loss_ntp": ce.detach(),
+                "loss_nitp": (nitp_sum / pairs.clamp(min=1)).detach(),
+            }
             return ce + self.weight * nitp, metrics
 
     return NITPLoss

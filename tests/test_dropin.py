@@ -108,7 +108,10 @@ def test_num_items_in_batch_makes_micro_batches_sum_to_the_full_batch():
     ]
     torch.testing.assert_close(parts[0] + parts[1], full, rtol=1e-5, atol=1e-6)
     # a plain per-micro-batch mean would weight the 12-token row like 3 rows: not the same
-    plain = [wrapped(input_ids=ids[s], attention_mask=mask[s], labels=labels[s]).loss for s in (slice(0, 1), slice(1, 4))]
+    plain = [
+        wrapped(input_ids=ids[s], attention_mask=mask[s], labels=labels[s]).loss
+        for s in (slice(0, 1), slice(1, 4))
+    ]
     assert abs(float((plain[0] + plain[1]) / 2 - full)) > 1e-3
 
 
@@ -136,7 +139,8 @@ def test_without_labels_it_is_the_plain_model():
     wrapped = wrap_model(tiny_llama()).eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            wrapped(input_ids=ids, attention_mask=mask).logits, wrapped.model(input_ids=ids, attention_mask=mask).logits
+            wrapped(input_ids=ids, attention_mask=mask).logits,
+            wrapped.model(input_ids=ids, attention_mask=mask).logits,
         )
     assert wrapped.config is wrapped.model.config  # attributes read through
 
