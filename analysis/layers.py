@@ -545,6 +545,7 @@ def measure(
         resolve_layers,
     )
 
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
     loaded = load_model(checkpoint, device=device, dtype=dtype)
     layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
     refs = []
@@ -730,6 +731,7 @@ def geom_record(
     """
     from .hidden import parse_layers
 
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
     ckpt = resolve_checkpoint(checkpoint)
     layers = parse_layers(layers)
     info = checkpoint_info(ckpt)
@@ -781,6 +783,17 @@ def geom_record(
         write_record(path, record)
     record["_path"] = str(path)
     return record
+
+
+def check_sizes(**sizes) -> None:
+    """Counts the user gives (``--batch-size``, ``--tokens``, ``--seq-len``, ``--pairs``) are
+    positive integers; ``UserError`` naming the option otherwise. None means "the default"."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
+            raise UserError(f"{option} {value!r}: must be a whole number of at least 1")
 
 
 def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:

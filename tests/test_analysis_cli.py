@@ -145,6 +145,9 @@ def test_bad_input_is_one_line_and_non_zero(args, expected, tiny_checkpoint, tmp
     [
         (["layers", "{ckpt}", "--layers", "7"], "layer 7 is out of range"),
         (["rank", "{ckpt}", "--corpus", "{small}", "-n", "5000"], "lower --tokens"),
+        (["rank", "{ckpt}", "--batch-size", "0"], "--batch-size 0: must be a whole number of at least 1"),
+        (["anisotropy", "{ckpt}", "--tokens", "-5"], "--tokens -5: must be a whole number"),
+        (["layers", "{ckpt}", "--seq-len", "0"], "--seq-len 0: must be a whole number"),
     ],
 )
 def test_bad_model_input_raises_user_error_and_writes_nothing(
