@@ -126,3 +126,13 @@ def load_full_state_dicts(
         optim_state_dict=optim_sd,
         options=StateDictOptions(full_state_dict=True),
     )
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder block in the backward pass instead of keeping its activations
+    (transformers' own switch; non-reentrant, so forward hooks and torch.compile keep working)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -74,7 +74,11 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    objective = NITPObjective(model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"])
+    if tc.get("activation_checkpointing"):
+        parallel.enable_activation_checkpointing(model)
+    objective = NITPObjective(
+        model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"], loss_chunk=tc.get("loss_chunk", 0)
+    )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
     objective.to(d.device)
