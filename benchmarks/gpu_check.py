@@ -48,7 +48,8 @@ from nitp_train.models import build_model, resolve_preset
 FULL = dict(preset="dense-0.5b", seq_len=2048, batch_size=8, dtype="bf16", compile=True, device="cuda")
 SMOKE = dict(preset="tiny-dense", seq_len=64, batch_size=2, dtype="fp32", compile=False, device="cpu")
 # modules a bare GPU machine lacks: importing any of them would make the check fail there
-ABSENT_THERE = ("datasets", "gensim", "lm_eval", "mteb", "sentence_transformers", "matplotlib", "pandas")
+# (pandas is there, and torch / transformers may import it themselves)
+ABSENT_THERE = ("datasets", "gensim", "lm_eval", "mteb", "sentence_transformers")
 
 
 def parse(argv=None):
@@ -205,7 +206,7 @@ def loss_memory(spec: dict, size: dict, device: torch.device, res: dict) -> None
         loss.backward()
         torch.cuda.synchronize()
         res[f"peak_gib_{name}"] = (torch.cuda.max_memory_allocated() - before) / 2**30
-        res[f"loss_{name}"] = float(loss)
+        res[f"loss_{name}"] = float(loss.detach())
     res["memory_ratio_chunked"] = res["peak_gib_chunked"] / res["peak_gib_plain"]
     obj.zero_grad(set_to_none=True)
 
