@@ -105,6 +105,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                 wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
             )
         scheduler.load_state_dict(saved["scheduler"])
+        # the restored optimizer carries the lr of the old schedule; a resume that changes
+        # train.steps (allowed) must take the next step at the new schedule's lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
         step, tokens_seen = saved["state"]["step"], saved["state"]["tokens_seen"]
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     forward = torch.compile(wrapped) if tc["compile"] else wrapped
