@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,
         "parallel": "ddp",  # ddp | fsdp (under torchrun)
         "threads": None,  # torch CPU threads; null -> torch's default
+        "loss_chunk": 0,  # > 0: next-token CE in chunks of N positions (no [B, T, V] float32 logits)
+        "activation_checkpointing": False,  # recompute each block in backward (HF gradient checkpointing)
     },
     "log": {"every": 10, "geom_every": 50, "eval_every": 100, "eval_batches": 8},
     "checkpoint": {"every": 100, "keep_last": 3},

@@ -74,8 +74,15 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
+    if tc.get("activation_checkpointing"):
+        parallel.enable_activation_checkpointing(model)
     objective = NITPObjective(
-        model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"], cfg["cos_reg"].get("kind", "hidden")
+        model,
+        cfg["objective"],
+        cfg["nitp"],
+        cfg["cos_reg"]["weight"],
+        cfg["cos_reg"].get("kind", "hidden"),
+        loss_chunk=tc.get("loss_chunk", 0),
     )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
@@ -96,10 +103,17 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
     step, tokens_seen = 0, 0
     if last_ckpt is not None:
         saved = ckpt_io.load_trainer_state(last_ckpt)
-        parallel.load_full_state_dicts(
-            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
-        )
+        if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
+            parallel.load_sharded(wrapped, optimizer, saved["sharded"])
+        else:
+            parallel.load_full_state_dicts(
+                wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
+            )
         scheduler.load_state_dict(saved["scheduler"])
+        # the restored optimizer carries the lr of the old schedule; a resume that changes
+        # train.steps (allowed) must take the next step at the new schedule's lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
         step, tokens_seen = saved["state"]["step"], saved["state"]["tokens_seen"]
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     forward = torch.compile(wrapped) if tc["compile"] else wrapped
@@ -262,7 +276,14 @@ def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) ->
 
 
 def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d) -> None:
-    model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
+    sharded = cfg["train"]["parallel"] == "fsdp" and d.enabled
+    if sharded:  # each rank writes its own optimizer / model shards; only the model is gathered
+        staging = ckpt_io.start(run_dir, step) if d.is_main else ckpt_io.staging_dir(run_dir, step)
+        parallel.barrier(d)
+        parallel.save_sharded(wrapped, optimizer, staging / "trainer_state" / ckpt_io.SHARDED_DIR)
+        model_sd, optim_sd = parallel.full_model_state_dict(wrapped, d, "fsdp"), None
+    else:
+        model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
     checksums = parallel.gather_checksums(d, objective) if cfg["train"]["parallel"] == "ddp" else []
     if d.is_main:
         nitp = cfg["nitp"] if cfg["objective"] == "nitp" else {}
@@ -297,5 +318,6 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             meta,
             state,
             cfg["checkpoint"]["keep_last"],
+            sharded=sharded,
         )
     parallel.barrier(d)
