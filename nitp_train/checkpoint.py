@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nitp.errors import UserError
 from nitp.io import atomic_write_json, atomic_write_text
 from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
 
@@ -123,7 +124,25 @@ def load_trainer_state(ckpt: Path) -> dict:
     ``optimizer`` is the full state dict, or ``None`` when the checkpoint is sharded; then
     ``sharded`` is the folder for ``parallel.load_sharded``.
     """
-    st = Path(ckpt) / "trainer_state"
+    try:
+        return _read_trainer_state(Path(ckpt) / "trainer_state")
+    except Exception as e:  # noqa: BLE001 - any damage to these files is bad input for --resume
+        raise UserError(
+            f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {_first_line(e)}); "
+            f"move {Path(ckpt).name} aside to resume from the checkpoint before it"
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:120] if text else ""
+
+
+def _read_trainer_state(st: Path) -> dict:
+    state = json.loads((st / "state.json").read_text())
+    for key in ("step", "tokens_seen", "next_batch"):
+        if key in state and (not isinstance(state[key], int) or state[key] < 0):
+            raise ValueError(f"state.json {key}={state[key]!r} is not a count")
     rng = torch.load(st / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
@@ -135,7 +154,7 @@ def load_trainer_state(ckpt: Path) -> dict:
         "optimizer": torch.load(full, weights_only=False) if full.is_file() else None,
         "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
         "scheduler": torch.load(st / "scheduler.pt", weights_only=False),
-        "state": json.loads((st / "state.json").read_text()),
+        "state": state,
     }
 
 
