@@ -133,10 +133,19 @@ def load_config(path: str | os.PathLike):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
 def load_tokenizer(path: str | os.PathLike):
+    """The model's own tokenizer; ``UserError`` when the folder carries none (never a guess)."""
     from transformers import AutoTokenizer
 
     folder = model_folder(path)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        )
     try:
         return AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
