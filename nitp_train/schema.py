@@ -112,7 +112,8 @@ def _problem(spec: Key, value: Any) -> str | None:
         return None if isinstance(value, bool) else "must be true or false"
     if spec.kind == "choice":
         ok = any(value == c and type(value) is type(c) for c in spec.choices)
-        return None if ok else f"use one of {', '.join(map(str, spec.choices))}"
+        names = list(map(str, spec.choices))
+        return None if ok else "use " + (" or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}")
     if spec.kind in ("str", "name"):
         if not isinstance(value, str) or not value.strip():
             return "must be a non-empty text"
