@@ -108,7 +108,8 @@ def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]
         return
     path = Path(corpus).expanduser()
     if path.exists():
-        files = sorted(p for p in path.rglob("*") if _kind(p) and p.is_file()) if path.is_dir() else [path]
+        files = sorted(p for p in path.rglob("*") if _kind(p) and p.is_file() and not _hidden(p, path))
+        files = files if path.is_dir() else [path]
         if not files:
             raise UserError(f"corpus {corpus}: folder holds no .txt/.jsonl/.parquet file")
         for f in files:
@@ -117,6 +118,11 @@ def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]
         yield from ([d] for d in _stream_hub_dataset(corpus, text_field))
     else:
         raise UserError(f"corpus {corpus}: no such file or folder")
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """Dot-names under a corpus folder (a partial preparation, editor files) are not corpus."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 COMPRESSED = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
@@ -394,7 +400,7 @@ def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
         _tokenize_stream(partial, data_cfg, progress, writer)
     finally:
         writer.close()
-    _ensure_validation(partial, progress)
+    _ensure_validation(partial, progress, val_fraction)
     seq_len = data_cfg.get("seq_len", 256)
     if progress["train"] < seq_len + 1:
         raise UserError(
@@ -586,14 +592,18 @@ def _encode_job(items: list[tuple[str, bool, bool, bool]]) -> dict:
     return out
 
 
-def _ensure_validation(partial: Path, progress: dict) -> None:
+def _ensure_validation(partial: Path, progress: dict, val_fraction: float) -> None:
     """At least one validation document: move the last training document (or, with one
     document only, the tail ``val_fraction`` of its tokens) to val.bin."""
+    if progress["train"] == 0 and progress["val"] > 0:  # every document drew validation: start over
+        for ext in ("bin", "idx"):
+            os.replace(partial / f"val.{ext}", partial / f"train.{ext}")
+        progress.update(train=progress["val"], train_docs=progress["val_docs"], val=0, val_docs=0)
     if progress["val"] > 0 or progress["train"] == 0:
         return
     dtype = np.dtype(progress["dtype"])
     starts = np.fromfile(partial / "train.idx", dtype=np.uint64)
-    cut = int(starts[-1]) if starts.size >= 2 else int(progress["train"] * 0.95)
+    cut = int(starts[-1]) if starts.size >= 2 else int(progress["train"] * (1 - val_fraction))
     train = np.memmap(partial / "train.bin", dtype=dtype, mode="r")
     np.asarray(train[cut:]).tofile(partial / "val.bin")
     del train

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from nitp.errors import UserError
 from nitp_train.cli import main
-from nitp_train.config import DEFAULTS, load_config
+from nitp_train.config import DEFAULTS, configs_dir, load_config
 from nitp_train.schema import SCHEMA
 from tests.helpers import run_main
 
@@ -74,7 +74,7 @@ def test_bad_config_value_is_one_line_and_writes_nothing(text, key, tmp_path, ca
     cfg_dir.mkdir()
     work.mkdir()
     config = cfg_dir / "bad.yaml"
-    config.write_text(f"base: {load_config.__globals__['configs_dir']() / 'tiny-nitp.yaml'}\n{text}\n")
+    config.write_text(f"base: {configs_dir() / 'tiny-nitp.yaml'}\n{text}\n")
     monkeypatch.chdir(work)
     code, out, err = run_main(main, "nitp-train", ["run", config, "--run-dir", work / "run"], monkeypatch, capsys)
     err = err.strip()
