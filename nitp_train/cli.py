@@ -27,7 +27,9 @@ def run(
         None, help="YAML config (see configs/); omitted = defaults (tiny-dense, NITP)."
     ),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory [default: runs/<run_name>]."),
-    steps: int | None = typer.Option(None, "--steps", help="Training steps (train.steps; clears train.tokens)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps (train.steps; clears train.tokens)."
+    ),
     objective: str | None = typer.Option(None, "--objective", help="ntp or nitp."),
     preset: str | None = typer.Option(
         None,

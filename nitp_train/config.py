@@ -111,7 +111,9 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
             out[key] = _merge(base[key], value, f"{path}.")
         elif key == "model":
             if not isinstance(value or {}, dict):
-                raise UserError(f"config key 'model'={value!r}: must be a mapping, e.g. model: {{preset: tiny-dense}}")
+                raise UserError(
+                    f"config key 'model'={value!r}: must be a mapping, e.g. model: {{preset: tiny-dense}}"
+                )
             out[key] = {**base[key], **{str(k): _coerce_number(v) for k, v in (value or {}).items()}}
         else:
             out[key] = _coerce_number(value)
@@ -183,7 +185,9 @@ def load_config(
             recipe = preset or "tiny-dense"
             if recipe not in RECIPES:
                 resolve_preset(recipe)  # unknown names: the nearest known one
-                raise UserError(f"--preset {recipe}: has no recipe to apply {path} to; use one of {', '.join(RECIPES)}")
+                raise UserError(
+                    f"--preset {recipe}: has no recipe to apply {path} to; use one of {', '.join(RECIPES)}"
+                )
             base = _read_chain(configs_dir() / RECIPES[recipe])
             name = f"{recipe}-{Path(path).stem}"
             chain = base + [{"run_name": name}] + chain

@@ -185,7 +185,9 @@ def _json_text(line: str, text_field: str, path: Path, i: int) -> str:
     try:
         text = json.loads(line)[text_field]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line") from None
+        raise UserError(
+            f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line"
+        ) from None
     return text if isinstance(text, str) else str(text)
 
 
@@ -213,7 +215,9 @@ def _stream_hub_dataset(name: str, text_field: str) -> Iterator[str]:
             f"corpus {name}: not a local path and could not be loaded from the hub ({type(e).__name__}); give a local file or folder"
         ) from None
     if text_field not in first:
-        raise UserError(f"corpus {name}: no column {text_field!r} (columns: {', '.join(first)}); set data.text_field")
+        raise UserError(
+            f"corpus {name}: no column {text_field!r} (columns: {', '.join(first)}); set data.text_field"
+        )
     yield first[text_field]
     for row in rows:
         yield row[text_field]
@@ -320,6 +324,7 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"data.prepared_dir={out}: is a file; give a folder path (new or prepared before)")
     fp = data_fingerprint(data_cfg)
+    _remove_stale_tmp(out)
     if (reused := _reuse(out, fp)) is not None:
         return reused
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +334,6 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
         try:
             if (reused := _reuse(out, fp)) is not None:
                 return reused
-            _remove_stale_tmp(out)
             partial = out.with_name(f".{out.name}.partial")
             try:
                 meta = _prepare_into(partial, data_cfg, fp, log)
@@ -363,6 +367,8 @@ def _reuse(out: Path, fp: str) -> Path | None:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Folders ``.NAME.PID.tmp`` of older versions whose process is gone."""
+    if not out.parent.is_dir():
+        return
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         pid = tmp.name[len(out.name) + 2 : -4]
         if pid.isdigit() and not _alive(int(pid)):
@@ -389,7 +395,15 @@ def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
         log(f"preparing corpus {corpus!r} -> {partial.name[1:-8]}")
         tok = _make_tokenizer(data_cfg, corpus, field, val_fraction, seed)
         tok.save_pretrained(partial / "tokenizer")
-        progress = {"fingerprint": fp, "pieces": 0, "docs": 0, "train": 0, "val": 0, "train_docs": 0, "val_docs": 0}
+        progress = {
+            "fingerprint": fp,
+            "pieces": 0,
+            "docs": 0,
+            "train": 0,
+            "val": 0,
+            "train_docs": 0,
+            "val_docs": 0,
+        }
         progress["dtype"] = "uint16" if len(tok) <= np.iinfo(np.uint16).max + 1 else "uint32"
         progress["vocab_size"], progress["eos"] = len(tok), tok.eos_token_id
         _commit(partial, progress)
@@ -429,7 +443,9 @@ def _make_tokenizer(data_cfg: dict, corpus: str, field: str, val_fraction: float
     if data_cfg.get("tokenizer"):
         tok = load_tokenizer(data_cfg["tokenizer"])
         if not tok.is_fast:
-            raise UserError(f"tokenizer {data_cfg['tokenizer']}: has no fast (Rust) version; give a tokenizer.json one")
+            raise UserError(
+                f"tokenizer {data_cfg['tokenizer']}: has no fast (Rust) version; give a tokenizer.json one"
+            )
         return tok
 
     def sample() -> Iterator[str]:  # training documents, up to TOKENIZER_SAMPLE_CHARS
@@ -463,7 +479,10 @@ class _ShardWriter:
         self.dtype = np.dtype(progress["dtype"])
         self.files = {}
         for split in ("train", "val"):
-            for ext, size in (("bin", progress[split] * self.dtype.itemsize), ("idx", progress[f"{split}_docs"] * 8)):
+            for ext, size in (
+                ("bin", progress[split] * self.dtype.itemsize),
+                ("idx", progress[f"{split}_docs"] * 8),
+            ):
                 f = open(partial / f"{split}.{ext}", "ab+")
                 f.truncate(size)  # drop what was written after the last commit
                 f.seek(size)
@@ -655,7 +674,9 @@ class TokenShards:
         """Token offsets (uint64) where the documents of ``split`` start in ``split.bin``."""
         path = self.dir / f"{split}.idx"
         if not path.is_file():
-            raise UserError(f"{self.dir}: prepared by an older nitp without document boundaries; prepare it again")
+            raise UserError(
+                f"{self.dir}: prepared by an older nitp without document boundaries; prepare it again"
+            )
         return np.fromfile(path, dtype=np.uint64)
 
     def batches(

@@ -113,7 +113,9 @@ def _problem(spec: Key, value: Any) -> str | None:
     if spec.kind == "choice":
         ok = any(value == c and type(value) is type(c) for c in spec.choices)
         names = list(map(str, spec.choices))
-        return None if ok else "use " + (" or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}")
+        return (
+            None if ok else "use " + (" or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}")
+        )
     if spec.kind in ("str", "name"):
         if not isinstance(value, str) or not value.strip():
             return "must be a non-empty text"

@@ -113,7 +113,9 @@ def test_plans_that_do_not_resolve_are_one_line(sets, needle, capsys, monkeypatc
 
 
 def test_token_budget_gives_steps_and_the_micro_batch_must_divide():
-    cfg, plan = apply_plan(load_config("tiny-nitp", ["train.tokens=1e5", "train.steps=null", "train.global_batch=64"]), 2)
+    cfg, plan = apply_plan(
+        load_config("tiny-nitp", ["train.tokens=1e5", "train.steps=null", "train.global_batch=64"]), 2
+    )
     assert cfg["train"]["grad_accum"] == 2 and plan["tokens_per_step"] == 64 * 128
     assert plan["steps"] == math.ceil(1e5 / (64 * 128)) and plan["tokens"] >= 1e5
     with pytest.raises(UserError, match="train.global_batch=8"):

@@ -76,7 +76,9 @@ def test_bad_config_value_is_one_line_and_writes_nothing(text, key, tmp_path, ca
     config = cfg_dir / "bad.yaml"
     config.write_text(f"base: {configs_dir() / 'tiny-nitp.yaml'}\n{text}\n")
     monkeypatch.chdir(work)
-    code, out, err = run_main(main, "nitp-train", ["run", config, "--run-dir", work / "run"], monkeypatch, capsys)
+    code, out, err = run_main(
+        main, "nitp-train", ["run", config, "--run-dir", work / "run"], monkeypatch, capsys
+    )
     err = err.strip()
     assert code == 2, (text, err)
     assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err

@@ -26,7 +26,14 @@ def tok_dir(tmp_path_factory):
 
 
 def _cfg(corpus, tok_dir, **kw):
-    return {"corpus": str(corpus), "tokenizer": str(tok_dir), "val_fraction": 0.1, "seed": 3, "seq_len": 8, **kw}
+    return {
+        "corpus": str(corpus),
+        "tokenizer": str(tok_dir),
+        "val_fraction": 0.1,
+        "seed": 3,
+        "seq_len": 8,
+        **kw,
+    }
 
 
 def _write_jsonl(path, texts, opener=open):
@@ -53,7 +60,9 @@ def _expected(tok_dir):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_jsonl_prepares_documents_with_boundaries(workers, tmp_path, tok_dir):
     corpus = _write_jsonl(tmp_path / "c.jsonl", TEXTS)
-    out = prepare(_cfg(corpus, tok_dir, workers=workers, batch_docs=7), tmp_path / "prep", log=lambda *_: None)
+    out = prepare(
+        _cfg(corpus, tok_dir, workers=workers, batch_docs=7), tmp_path / "prep", log=lambda *_: None
+    )
     shards, want = TokenShards(out), _expected(tok_dir)
     assert shards.meta["format"] == 2 and shards.meta["dtype"] == "uint16"
     for split, arr in (("train", shards.train), ("val", shards.val)):
@@ -67,7 +76,9 @@ def test_formats_agree_parquet_gzip_and_folders(tmp_path, tok_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ref = prepare(_cfg(_write_jsonl(tmp_path / "a.jsonl", TEXTS), tok_dir), tmp_path / "ref", log=lambda *_: None)
+    ref = prepare(
+        _cfg(_write_jsonl(tmp_path / "a.jsonl", TEXTS), tok_dir), tmp_path / "ref", log=lambda *_: None
+    )
     pq.write_table(pa.table({"body": TEXTS}), tmp_path / "a.parquet", row_group_size=7)
     gz = _write_jsonl(tmp_path / "g.jsonl.gz", TEXTS, opener=gzip.open)
     folder = tmp_path / "txt"
