@@ -97,22 +97,28 @@ def prepare(
         "text", help="Field / column holding the text (.jsonl, .parquet, datasets)."
     ),
     seed: int = typer.Option(0),
+    workers: int | None = typer.Option(
+        None, help="Tokenizer worker processes [default: one per core, at most 8; 0 = in process]."
+    ),
+    batch_docs: int = typer.Option(256, help="Documents per encode_batch call."),
 ):
-    """Tokenize a corpus once into memory-mapped shards (point data.prepared_dir at OUT to share it)."""
+    """Tokenize a corpus into memory-mapped shards, streaming and resumable (point data.prepared_dir at OUT to share it)."""
     from .data import prepare as prepare_data
+    from .schema import check_value
 
-    prepare_data(
-        {
-            "corpus": corpus,
-            "tokenizer": tokenizer,
-            "vocab_size": vocab_size,
-            "val_fraction": val_fraction,
-            "text_field": text_field,
-            "seed": seed,
-            "seq_len": 2,
-        },
-        out,
-    )
+    settings = {
+        "corpus": corpus,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+        "seed": seed,
+        "workers": workers,
+        "batch_docs": batch_docs,
+    }
+    for key, value in settings.items():
+        check_value(f"data.{key}", value)
+    prepare_data({**settings, "seq_len": 2}, out)
 
 
 @app.command()
