@@ -76,7 +76,15 @@ DEFAULTS: dict[str, Any] = {
 DEFAULT_STEPS = 300
 
 # Settings that may change when a run is resumed (they do not change the trajectory).
-RESUMABLE_CHANGES = ("log", "checkpoint", "train.steps", "train.threads", "run_name", "data.workers")
+RESUMABLE_CHANGES = (
+    "log",
+    "checkpoint",
+    "train.steps",
+    "train.threads",
+    "run_name",
+    "data.workers",
+    "data.batch_docs",
+)
 
 # The recipe of each preset: the config an overlay (``overlay: true``) is applied to.
 RECIPES: dict[str, str] = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import functools
+import gc
 import hashlib
 import html
 import json
@@ -87,8 +88,9 @@ def iter_documents(corpus: str, text_field: str = "text") -> Iterator[str]:
 
 def iter_pieces(corpus: str, text_field: str = "text") -> Iterator[tuple[bool, str]]:
     """``(starts_a_document, text)`` pieces of a corpus in a fixed order, never the whole corpus
-    in memory: a .txt file is one document read in pieces of about 8 MB (cut at line ends),
-    .jsonl / .parquet / dataset rows are one document each; blank documents are skipped.
+    in memory: a .txt file is one document read in pieces of about 1M characters (at line ends),
+    .jsonl / .parquet / dataset rows are one document each, cut in pieces of at most 1M characters
+    (:func:`_split_long`); blank documents are skipped.
     """
     found = False
     for text_pieces in _documents_as_pieces(corpus, text_field):
@@ -104,7 +106,7 @@ def iter_pieces(corpus: str, text_field: str = "text") -> Iterator[tuple[bool, s
 
 def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]]:
     if corpus == "builtin":
-        yield from ([d] for d in builtin_documents())
+        yield from map(_split_long, builtin_documents())
         return
     path = Path(corpus).expanduser()
     if path.exists():
@@ -115,7 +117,7 @@ def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]
         for f in files:
             yield from _file_documents(f, text_field)
     elif _looks_like_hub_name(corpus):
-        yield from ([d] for d in _stream_hub_dataset(corpus, text_field))
+        yield from map(_split_long, _stream_hub_dataset(corpus, text_field))
     else:
         raise UserError(f"corpus {corpus}: no such file or folder")
 
@@ -155,21 +157,35 @@ def _open_text(path: Path):
 def _file_documents(path: Path, text_field: str) -> Iterator[Iterator[str]]:
     kind = _kind(path)
     if kind == ".parquet":
-        yield from ([d] for d in _parquet_texts(path, text_field))
+        yield from map(_split_long, _parquet_texts(path, text_field))
         return
     try:
         with _open_text(path) as f:
             if kind in (".jsonl", ".json"):
                 for i, line in enumerate(f, 1):
                     if line.strip():
-                        yield [_json_text(line, text_field, path, i)]
+                        yield _split_long(_json_text(line, text_field, path, i))
             else:
                 yield _line_blocks(f)
     except UnicodeDecodeError:
         raise UserError(f"corpus {path}: not UTF-8 text (convert it to UTF-8)") from None
 
 
-def _line_blocks(f, block_chars: int = 8 << 20) -> Iterator[str]:
+PIECE_CHARS = 1 << 20  # longer documents are tokenized in pieces: memory per piece stays bounded
+
+
+def _split_long(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut after the last line end or space
+    within the limit (anywhere when there is none); short texts are one piece."""
+    pieces = []
+    while len(text) > limit:
+        cut = max(text.rfind("\n", 0, limit), text.rfind(" ", 0, limit)) + 1 or limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return pieces + [text]
+
+
+def _line_blocks(f, block_chars: int = PIECE_CHARS) -> Iterator[str]:
     block, size = [], 0
     for line in f:
         block.append(line)
@@ -521,7 +537,7 @@ def _jobs(data_cfg: dict, progress: dict) -> Iterator[tuple[list, int, int]]:
     after the committed progress."""
     corpus, field = data_cfg["corpus"], data_cfg.get("text_field", "text")
     val_fraction, seed = data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0)
-    per_job, max_chars = data_cfg.get("batch_docs", 256), 4 << 20
+    per_job, max_chars = data_cfg.get("batch_docs", 256), PIECE_CHARS
     items, chars = [], 0
     for piece, doc, starts, ends, text in _pieces_with_ends(corpus, field):
         if piece < progress["pieces"]:
@@ -565,7 +581,10 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
         # without a main guard); each loads its own Rust tokenizer from tokenizer.json.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_file, eos)) as pool:
+        gc.freeze()  # forked workers' garbage collection then leaves the parent's pages shared
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_file, eos))
+        gc.unfreeze()
+        with pool:
             pending: collections.deque = collections.deque()
             for items, pieces, docs in _jobs(data_cfg, progress):
                 pending.append((pool.apply_async(_encode_job, (items,)), pieces, docs))
