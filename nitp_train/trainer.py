@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolv
 
 from . import checkpoint as ckpt_io
 from . import parallel
-from .config import RESUMABLE_CHANGES, config_diff
+from .config import RESUMABLE_CHANGES, apply_plan, config_diff, plan_summary
 from .data import TokenShards, prepare
 from .loss import NITPObjective
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
@@ -47,22 +48,13 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Pa
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
+    cfg, plan = apply_plan(cfg, d.world)
     tc, lc = cfg["train"], cfg["log"]
+    log(plan_summary(cfg, plan))
     if tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))
-    last_ckpt = _check_run_dir(cfg, run_dir, resume)
-
-    # ---- data: tokenize once (rank 0), everyone memory-maps the shards
-    prepared = Path(cfg["data"]["prepared_dir"] or run_dir / "data")
-    if d.is_main:
-        prepare(cfg["data"], prepared, log=log)
-    parallel.barrier(d)
-    shards = TokenShards(prepared)
-    tokenizer = shards.tokenizer()
-    if len(tokenizer) > cfg["model"]["vocab_size"]:
-        raise UserError(
-            f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={cfg['model']['vocab_size']}: set model.vocab_size>={len(tokenizer)} or data.vocab_size<={cfg['model']['vocab_size']}"
-        )
+    last_ckpt = _check_run_dir(cfg, run_dir, resume, log)
+    shards, tokenizer = _prepared_data(cfg, run_dir, d, log)
 
     # ---- model + objective (+ projector), fresh or from the last checkpoint
     torch.manual_seed(cfg["seed"])
@@ -161,6 +153,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                 raise UserError(
                     f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)"
                 )
+            if step < cfg["nitp"]["start_step"]:
+                _hold_projector(optimizer)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -196,7 +190,37 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
 
 
 # ----------------------------------------------------------------------------- pieces
-def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
+def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
+    """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
+
+    A failed check removes the folders this start created (the run directory, a new
+    prepared_dir), so a corrected rerun starts clean; an interrupted preparation keeps its
+    partial state beside the prepared folder and resumes at the next start.
+    """
+    prepared = Path(cfg["data"]["prepared_dir"] or run_dir / "data")
+    created = [p for p in (run_dir, prepared) if not p.exists()] if d.is_main else []
+    try:
+        if d.is_main:
+            prepare(cfg["data"], prepared, log=log)
+        parallel.barrier(d)
+        shards = TokenShards(prepared)
+        shards.check_fits(cfg["data"]["seq_len"], cfg["train"]["batch_size"], d.world)
+        tokenizer = shards.tokenizer()
+        vocab = cfg["model"]["vocab_size"]
+        if len(tokenizer) > vocab:
+            raise UserError(
+                f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={vocab}: "
+                f"set model.vocab_size>={len(tokenizer)} or data.vocab_size<={vocab}"
+            )
+    except Exception:
+        if not (run_dir / "config.yaml").exists():
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    return shards, tokenizer
+
+
+def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | None:
     """Refuse to overwrite a run; on resume, check the config and return the last checkpoint."""
     exists = (run_dir / "config.yaml").is_file()
     if not resume:
@@ -206,7 +230,8 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
             )
         return None
     if not exists:
-        return None  # nothing to resume: start fresh
+        log(f"--resume: {run_dir} holds no run yet; starting a new one")
+        return None
     changed = [
         k
         for k in config_diff(read_run_config(run_dir), cfg)
@@ -216,33 +241,71 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
         raise UserError(
             f"--resume: config differs from the run's in {', '.join(changed[:5])}; resume with the same config or use another --run-dir"
         )
-    return resolve_checkpoint(run_dir) if list_checkpoints(run_dir) else None
+    if not list_checkpoints(run_dir):
+        log(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
+        return None
+    return resolve_checkpoint(run_dir)
 
 
 def _make_optimizer(objective: torch.nn.Module, tc: dict) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not norms, biases, or other vectors)."""
-    params = [p for p in objective.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": tc["weight_decay"]},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    """AdamW; weight decay on matrices only (not norms, biases, or other vectors).
+
+    The projector has groups of its own (``name: projector``) so that :func:`_hold_projector`
+    can keep it out of the update until ``nitp.start_step``.
+    """
+    head = getattr(objective, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = []
+    for name, is_head in (("model", False), ("projector", True)):
+        params = [p for p in objective.parameters() if p.requires_grad and (id(p) in head_ids) == is_head]
+        groups += [
+            {"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": tc["weight_decay"]},
+            {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"])
 
 
+def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
+    """Before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely,
+    so it is neither weight-decayed nor stepped, and its moments start at its first real step."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "projector":
+            for p in group["params"]:
+                p.grad = None
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay: int, tc: dict) -> float:
+    """Warmup-stable-decay multiplier of the lr used by update ``step`` (0-based).
+
+    Warm-up: ``s + (1 - s) * step / warmup`` with s = train.warmup_start_ratio (0: a linear ramp
+    from 0, the paper's); stable: 1 until ``steps - decay``; decay over the last ``decay`` steps
+    with p = (step - (steps - decay)) / decay to the floor f = train.min_lr_ratio:
+    ``f + (1 - f) * shape(p)``, shape = 1 - p (linear), (1 + cos(pi p)) / 2 (cosine) or
+    1 - sqrt(p) (1-sqrt). The floor is reached at ``step == steps``.
+
+    Example: steps 100, warmup 10, decay 20, s 0, f 0.1 -> 0.0 at 0, 1.0 at 10..80, 0.1 at 100.
+    """
+    start, floor = tc["warmup_start_ratio"], tc["min_lr_ratio"]
+    if step < warmup:
+        return start + (1.0 - start) * step / warmup
+    decay_start = steps - decay
+    if decay <= 0 or step < decay_start:
+        return 1.0
+    p = min(1.0, (step - decay_start) / decay)
+    shape = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "1-sqrt": 1.0 - math.sqrt(p)}
+    return floor + (1.0 - floor) * shape[tc["decay_type"]]
+
+
 def _make_scheduler(optimizer, tc: dict):
-    from transformers import get_wsd_schedule
+    """A ``LambdaLR`` of :func:`lr_factor` (its state is the step counter, saved with checkpoints)."""
+    import functools
 
     steps = tc["steps"]
     warmup = min(tc["warmup_steps"], steps)
     decay = min(int(round(tc["decay_ratio"] * steps)), steps - warmup)
-    return get_wsd_schedule(
-        optimizer,
-        num_warmup_steps=warmup,
-        num_decay_steps=decay,
-        num_training_steps=steps,
-        decay_type=tc["decay_type"],
-        min_lr_ratio=tc["min_lr_ratio"],
-    )
+    factor = functools.partial(lr_factor, steps=steps, warmup=warmup, decay=decay, tc=dict(tc))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _autocast(device: torch.device, dtype: str):
