@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import nitp_eval.embed as embed
-from nitp_eval.embed import run_mteb
+import nitp_eval.encoder as encoder_lib
+from nitp_eval.mteb_run import run_mteb
 
 TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
 
@@ -19,6 +19,7 @@ def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("mteb-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(path))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield path
 
 
@@ -44,7 +45,7 @@ def _forbid_encoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("encoded although the result was cached / recorded")
 
-    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", fail)
+    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", fail)
 
 
 def _revision_folders(cache_dir: Path) -> set[str]:
@@ -84,19 +85,19 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
         raise AssertionError("loaded the model although the record holds every task")
 
     with monkeypatch.context() as m:
-        m.setattr(embed, "HiddenStateEncoder", no_model)
+        m.setattr(encoder_lib, "HiddenStateEncoder", no_model)
         notes: list[str] = []
         again = run_mteb(a, tasks=TASKS, out=out, log=notes.append)[0]
     assert again == first and any("already recorded" in n for n in notes)
 
     calls = []
-    original = embed.HiddenStateEncoder.encode_texts
+    original = encoder_lib.HiddenStateEncoder.encode_texts
 
     def counting(self, texts, **kwargs):
         calls.append(len(texts))
         return original(self, texts, **kwargs)
 
-    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", counting)
+    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", counting)
     redone = run_mteb(a, tasks=TASKS, out=out, redo=True, log=lambda _: None)[0]
     assert calls, "--redo must recompute, not read mteb's cache"
     assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(

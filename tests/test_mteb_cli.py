@@ -20,6 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 def mteb_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(tmp_path_factory.mktemp("mteb-cache")))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield
 
 
