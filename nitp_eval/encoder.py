@@ -174,21 +174,28 @@ def _prepare_tokenizer(tok, spec: EncoderSpec, log) -> None:
         tok.add_eos_token = True  # a tokenizer post-processor: saved with the tokenizer, counted in truncation
 
 
-def token_batches(lengths: Sequence[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches, longest first, each with ``rows x longest <= batch_tokens``.
+def token_batches(
+    lengths: Sequence[int], batch_tokens: int, batch_size: int, order: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches along ``order`` (default: longest first), each batch with
+    ``rows x longest row <= batch_tokens`` and at most ``batch_size`` rows.
 
     A text longer than the budget gets a batch of its own. Example: lengths [5, 1, 3, 3] with a
     budget of 6 tokens -> [[0], [2, 3], [1]].
     """
     if batch_tokens < 1 or batch_size < 1:
         raise UserError(f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})")
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        current = batches[-1] if batches else None
-        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= batch_tokens:
-            current.append(i)
+    width = 0
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * max(width, lengths[i]) <= batch_tokens:
+            batches[-1].append(i)
+            width = max(width, lengths[i])
         else:
             batches.append([i])
+            width = lengths[i]
     return batches
 
 
@@ -196,8 +203,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
     """mteb's sentence-transformers wrapper around the checkpoint's ``SentenceTransformer``.
 
     ``self.model`` is the ``SentenceTransformer`` (save it with ``self.model.save(dir)``).
-    Encoding de-duplicates texts (STS pairs repeat sentences), batches them by a token budget
-    and returns float32 rows in the input order.
+    Encoding batches texts by a token budget and returns float32 rows in the input order.
 
     Parameters
     ----------
@@ -268,24 +274,29 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
 
     # --- encoding --------------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar=False):
-        """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows."""
+        """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows.
+
+        Texts go in sentence-transformers' own order (longest in characters first), so while the
+        token budget does not bind, the batches are exactly those of ``SentenceTransformer.encode``
+        and so are the numbers; a batch closes early when it would pass ``batch_tokens``.
+        """
         import numpy as np
         from tqdm.auto import tqdm
 
         texts = [str(t) for t in texts]
-        unique = list(dict.fromkeys(texts))
-        ids = self.tokenize(unique)
+        lengths = [len(ids) for ids in self.tokenize(texts)]
         # a text with no token at all becomes one BOS (else EOS) token: a defined embedding
         filler = self.tokenizer.bos_token or self.tokenizer.eos_token or self.tokenizer.pad_token
-        model_texts = [t if seq else filler for t, seq in zip(unique, ids)]
-        batches = token_batches([max(len(s), 1) for s in ids], self.batch_tokens, batch_size or self.batch_size)
-        emb = np.zeros((len(unique), self.hidden_size), dtype=np.float32)
+        model_texts = [t if n else filler for t, n in zip(texts, lengths)]
+        order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's sort
+        rows_per_batch = batch_size or self.batch_size
+        batches = token_batches([max(n, 1) for n in lengths], self.batch_tokens, rows_per_batch, order)
+        emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         for rows in tqdm(batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False):
             emb[rows] = self.model.encode(
                 [model_texts[i] for i in rows], batch_size=len(rows), convert_to_numpy=True, show_progress_bar=False
             ).astype(np.float32)
-        position = {t: i for i, t in enumerate(unique)}
-        return emb[[position[t] for t in texts]]
+        return emb
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         """mteb's encoder protocol: every text of the dataloader, embedded by ``encode_texts``."""
