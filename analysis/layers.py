@@ -40,7 +40,7 @@ import numpy as np
 
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs, spectrum_metrics
-from nitp.records import default_record_path, library_versions, make_record, read_record, write_record
+from nitp.records import RecordCache, default_record_path, library_versions, make_record, write_record
 from nitp.runs import checkpoint_info, resolve_checkpoint
 from nitp.streaming import (
     CrossMoments,
@@ -641,53 +641,37 @@ def geom_record(
     }
     if seq_len is not None:
         wanted["seq_len"] = seq_len
-    if write and not redo and path.is_file():
-        old = _reusable(path, info, wanted, layers, reference)
-        if old is not None:
-            old.setdefault("_path", str(path))
-            return old
-    model, settings, scores = measure(
-        ckpt,
-        corpus=corpus,
-        n_tokens=n_tokens,
-        layers=layers,
-        exclude_first=exclude_first,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        reference=reference,
-        ridge=ridge,
-        heldout_fraction=heldout_fraction,
-        n_pairs=n_pairs,
-        spectrum=spectrum,
-        progress=progress,
-    )
-    record = make_record("geom", model, settings, scores, library_versions())
-    if write:
+    wanted["layers"] = sorted(int(k) for k in layers) if layers is not None else None
+    wanted["reference"] = checkpoint_info(reference)["hash"] if reference is not None else None
+    wanted["spectrum"] = spectrum
+
+    def compute() -> dict:
+        model, settings, scores = measure(
+            ckpt,
+            corpus=corpus,
+            n_tokens=n_tokens,
+            layers=layers,
+            exclude_first=exclude_first,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            reference=reference,
+            ridge=ridge,
+            heldout_fraction=heldout_fraction,
+            n_pairs=n_pairs,
+            spectrum=spectrum,
+            progress=progress,
+        )
+        return make_record("geom", model, settings, scores, library_versions())
+
+    # the one record cache (nitp.records): same weights + same settings -> no recomputation
+    record, cached = RecordCache("geom", info["hash"]).find_or_compute("layers", wanted, compute, redo=redo)
+    if write and not (cached and path.is_file()):
         write_record(path, record)
     record["_path"] = str(path)
     return record
-
-
-def _reusable(path: Path, info: dict, wanted: dict, layers, reference) -> dict | None:
-    """The record at ``path`` when it measured the same weights with the same settings."""
-    try:
-        old = read_record(path)
-    except UserError:
-        return None
-    s = old.get("settings", {})
-    if old.get("kind") != "geom" or old.get("model", {}).get("hash") != info["hash"]:
-        return None
-    if any(s.get(k) != v for k, v in wanted.items()):
-        return None
-    if layers is not None and sorted(s.get("layers") or []) != sorted(int(k) for k in layers):
-        return None
-    ref = s.get("reference")  # a record with CKA columns is a superset of one without
-    if reference is not None and (ref is None or ref.get("hash") != checkpoint_info(reference)["hash"]):
-        return None
-    return old
 
 
 def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:

@@ -705,13 +705,3 @@ class RidgeSolver:
             "ridge": ridge,
             "gcv": gcv,
         }
-
-
-def ridge_map(moments_a: Moments, cross_ab: CrossMoments, ridge: float = 1e-3):
-    """Ridge regression of b on a with a fixed strength: ``W = (S_aa + alpha I)^-1 S_ab``.
-
-    ``alpha = ridge * trace(S_aa) / d``; returns ``(W, mean_a, mean_b, alpha)``. See
-    ``RidgeSolver`` for the GCV choice of the strength.
-    """
-    out = RidgeSolver(moments_a).solve(cross_ab, ridge=ridge)
-    return out["W"], out["mean_a"], out["mean_b"], out["alpha"]

@@ -35,8 +35,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_json
-from nitp.records import cache_dir, default_record_path, library_versions, make_record, write_record
+from nitp.loading import check_weights_readable, load_tokenizer, model_folder, offline_hub
+from nitp.records import (
+    RecordCache,
+    cache_dir,
+    default_record_path,
+    library_versions,
+    make_record,
+    read_record,
+    write_record,
+)
 from nitp.runs import checkpoint_info, resolve_checkpoint
 
 from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
@@ -95,8 +103,11 @@ def run_bench(
         raise UserError(
             f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each"
         )
-    for ckpt in ckpts:
-        check_causal_lm(ckpt)
+    for ckpt in ckpts:  # cheap checks before any task runs: one line each, no traceback from lm-eval
+        folder = model_folder(ckpt)
+        check_causal_lm(folder)
+        check_weights_readable(folder)
+        load_tokenizer(folder)
     with offline_hub(data_dir is not None):
         plan = plan_tasks(benchmarks, data_dir, allow_unsafe_code, log)
         records = []
@@ -282,34 +293,6 @@ def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def offline_hub(enabled: bool) -> Iterator[None]:
-    """Set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (env and already-imported libraries) for the block,
-    so that nothing waits on network retries when the data are local."""
-    if not enabled:
-        yield
-        return
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    saved_attrs = []
-    for module, attr in (
-        ("datasets.config", "HF_DATASETS_OFFLINE"),
-        ("datasets.config", "HF_HUB_OFFLINE"),
-        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
-    ):
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, attr):
-            saved_attrs.append((mod, attr, getattr(mod, attr)))
-            setattr(mod, attr, True)
-    try:
-        yield
-    finally:
-        for mod, attr, value in saved_attrs:
-            setattr(mod, attr, value)
-        for k, v in saved_env.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 # ----------------------------------------------------------------------------- one checkpoint
 def _bench_one(
     ckpt: Path,
@@ -332,8 +315,10 @@ def _bench_one(
     import lm_eval
 
     info = checkpoint_info(ckpt)
+    ckpt = model_folder(ckpt)  # a .gguf file: its converted float32 folder
     device, batch_size, backend = _runtime(device, batch_size, backend)
     model_files = _config_and_tokenizer_hash(ckpt)
+    cache = RecordCache("bench", info["hash"])
     scores: dict[str, dict] = {}
     failed = dict(plan.failed)
     lm = None
@@ -352,10 +337,10 @@ def _bench_one(
             "max_gen_toks": max_gen_toks,
             "lm_eval": lm_eval.__version__,
         }
-        path = _cache_path(info["hash"], b.name, key)
-        if not redo and path.is_file():
-            scores[b.name] = json.loads(path.read_text())["score"]
-            log(f"[{i}/{len(todo)}] {b.name}: cached ({path})")
+        cached = None if redo else cache.get(b.name, key)
+        if cached is not None:
+            scores[b.name] = cached
+            log(f"[{i}/{len(todo)}] {b.name}: cached ({cache.path(b.name, key)})")
             continue
         log(
             f"[{i}/{len(todo)}] {b.name}: lm-eval {b.lm_eval_task}"
@@ -382,7 +367,7 @@ def _bench_one(
             failed[b.name] = e.args[0] if isinstance(e, UserError) else _task_error(b, e, data_dir)
             log(f"error: {failed[b.name]}")
             continue
-        atomic_write_json(path, {"key": key, "score": scores[b.name]})
+        cache.put(b.name, key, scores[b.name])  # a killed run resumes from the finished tasks
     values = [s["value"] for s in scores.values()]
     out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
     if failed:
@@ -409,10 +394,27 @@ def _bench_one(
             if out is not None
             else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
         )
+        if _would_clobber(path, record):
+            log(
+                f"record not written: the good record at {path} is kept (this run failed: {', '.join(failed)})"
+            )
+            return record
         write_record(path, record)
         record["path"] = str(path)
         log(f"record: {path}")
     return record
+
+
+def _would_clobber(path: Path, record: dict) -> bool:
+    """A failed evaluation never replaces a record that scored the tasks it failed."""
+    failed = record["scores"].get("failed") or {}
+    if not failed or not path.is_file():
+        return False
+    try:
+        old = read_record(path)
+    except UserError:
+        return False  # unreadable: replacing it loses nothing
+    return any(name in old.get("scores", {}).get("tasks", {}) for name in failed)
 
 
 def _lm_eval_seeds() -> dict:
@@ -459,9 +461,7 @@ def _runtime(device, batch_size, backend) -> tuple[str, int | str, str]:
 
 def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
     """lm-eval's model wrapper for a checkpoint: ``HFLM`` (or ``VLLM``)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok = load_tokenizer(ckpt)
     if tok.pad_token is None:
         # lm-eval sets the pad token itself (configure_pad_token): unk if there is one, else eos
         used = "unk" if tok.unk_token else "eos"
@@ -580,11 +580,6 @@ def _config_and_tokenizer_hash(ckpt: Path) -> str:
         if f.is_file() and f.suffix in {".json", ".txt", ".model"} and f.name != "nitp_meta.json":
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
-
-
-def _cache_path(model_hash: str, name: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "bench" / model_hash[:16] / f"{name.replace('/', '_')}-{digest}.json"
 
 
 def _tag(suite, benchmarks, limit, num_fewshot) -> str:

@@ -13,15 +13,12 @@ import typer
 
 from nitp.errors import UserError
 
+from .tasks import help_text
+
 BENCH_HELP = (
     "Score checkpoints on benchmarks with lm-evaluation-harness; one result record per checkpoint.\n\n"
-    "Benchmarks (name: lm-eval task, shots): mmlu: mmlu, 5; mmlu_pro: leaderboard_mmlu_pro, 5; ceval: ceval-valid, 5; "
-    "xiezhi: nitp_xiezhi, 3; lambada: lambada_openai, 0; bbh: bbh_fewshot, 3; arc_challenge (arc): arc_challenge, 25; "
-    "commonsense_qa (csqa): commonsense_qa, 7; balanced_copa (copa): nitp_balanced_copa, 0; c3: nitp_c3, 0; "
-    "agieval: agieval, 0; gsm8k: gsm8k, 5; lcbench: nitp_lcbench (needs --allow-unsafe-code). "
-    "Offline suite: analogies, next_word, sentiment. Any other lm-eval task or group name is passed through.\n\n"
-    "Suites: mission = mmlu_pro, c3, commonsense_qa, arc_challenge, gsm8k; paper = the 13; offline (the default).\n\n"
-    "Several GPUs (data parallel): accelerate launch -m nitp_eval.cli bench CKPT --tasks ..."
+    + help_text()
+    + "\n\nSeveral GPUs (data parallel): accelerate launch -m nitp_eval.cli bench CKPT --tasks ..."
 )
 
 mirror_app = typer.Typer(

@@ -18,7 +18,7 @@ from nitp.errors import UserError
 from nitp.layers import check_layer
 
 from .loss import LOSS_KINDS, PROJECTORS
-from .models import PRESETS, make_config, resolve_preset
+from .models import make_config, resolve_preset
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -240,7 +240,3 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(path)
     return diffs
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)

@@ -61,3 +61,14 @@ def mirror():
     from tests.fixtures.bench.hub_fixtures import bench_mirror
 
     return bench_mirror()
+
+
+# A test is "slow" (left out of the fast subset, `pytest -m "not slow"`) when it trains, evaluates
+# or loads a real model: it uses one of these fixtures or carries @pytest.mark.slow itself.
+SLOW_FIXTURES = {"tiny_run", "tiny_ntp_run", "tiny_checkpoint", "minilm_dir", "mirror", "bench_cache"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

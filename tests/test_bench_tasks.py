@@ -124,3 +124,33 @@ def test_sentiment_items_are_balanced_and_disjoint():
     assert sorted(r["label"] for r in items["train"]) == [0] * 5 + [1] * 5
     assert len(items["test"]) == 190
     assert not {r["sentence"] for r in items["train"]} & {r["sentence"] for r in items["test"]}
+
+
+def test_benchmarks_are_one_table_read_by_readme_help_and_reports():
+    from pathlib import Path
+
+    from nitp_eval.cli_bench import BENCH_HELP
+    from nitp_eval.tasks import markdown_table
+    from reports.tables import BENCH_HEADERS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert markdown_table() in readme  # regenerate the README table from benchmarks.yaml when this fails
+    for b in BENCHMARKS.values():
+        assert b.name in BENCH_HELP and (b.offline or f"{b.lm_eval_task}, {b.shots}" in BENCH_HELP)
+    assert list(BENCH_HEADERS) == list(SUITES["paper"])
+    assert BENCH_HEADERS["mmlu_pro"] == "M-Pro" and BENCH_HEADERS["lambada"] == "LAMB."
+
+
+@pytest.mark.parametrize("suite", ["mission", "paper"])
+def test_suites_are_lm_eval_groups_with_the_tables_shots(suite):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from nitp_eval.mirror import task_manager
+    from nitp_eval.tasks import TASKS_DIR, suite_group_yaml
+
+    path = TASKS_DIR / "suites" / f"nitp_suite_{suite}.yaml"
+    assert path.read_text() == suite_group_yaml(suite)  # regenerate from benchmarks.yaml when this fails
+    group = load_yaml(str(path))
+    entries = [(e["task"], e.get("num_fewshot")) for e in group["task"]]
+    assert entries == [(BENCHMARKS[n].lm_eval_task, BENCHMARKS[n].shots) for n in SUITES[suite]]
+    assert f"nitp_suite_{suite}" in task_manager().task_index  # lm-eval's TaskManager finds the group

@@ -1,27 +1,12 @@
 """The benchmarks `nitp-eval bench` knows by name, and the suites that group them.
 
-Each friendly name maps to one lm-eval task or group with the few-shot setting and main metric
-used for base (non-chat) pre-trained models::
-
-    name            lm-eval task / group      shots  metric
-    mmlu            mmlu                        5    acc
-    mmlu_pro        leaderboard_mmlu_pro        5    acc            (10-way log-likelihood of the letter)
-    ceval           ceval-valid                 5    acc
-    xiezhi          nitp_xiezhi                 3    acc            (this package)
-    lambada         lambada_openai              0    acc
-    bbh             bbh_fewshot                 3    exact_match    (answer-only, no chain of thought)
-    arc_challenge   arc_challenge              25    acc_norm
-    commonsense_qa  commonsense_qa              7    acc
-    balanced_copa   nitp_balanced_copa          0    acc            (this package)
-    c3              nitp_c3                     0    acc            (this package; mixed + dialog)
-    agieval         agieval                     0    acc            (test split only: no few-shot pool)
-    gsm8k           gsm8k                       5    exact_match (strict-match)
-    lcbench         nitp_lcbench                0*   pass_at_1      (this package; *2 fixed examples in the prompt)
-
-Names that are not friendly names are passed to lm-eval unchanged (any task or group it knows).
-The YAML task files of the benchmarks lm-eval lacks live beside this file, one folder each
-(``c3/``, ``balanced_copa/``, ``xiezhi/``, ``lcbench/``, ``offline/``); they are loaded through
-``TaskManager(include_path=TASKS_DIR)``.
+Both are data: ``benchmarks.yaml`` beside this file (name, aliases, lm-eval task, shots, metric,
+title, short header), read here once. Names that are not friendly names are passed to lm-eval
+unchanged (any task or group it knows). The YAML task files of the benchmarks lm-eval lacks live
+beside this file, one folder each (``c3/``, ``balanced_copa/``, ``xiezhi/``, ``lcbench/``,
+``offline/``), and each suite is also an lm-eval group (``suites/nitp_suite_<name>.yaml``), so plain
+``lm_eval --include_path nitp_eval/tasks --tasks nitp_suite_mission`` runs the same tasks and shots;
+they are loaded through ``TaskManager(include_path=TASKS_DIR)``.
 """
 
 from __future__ import annotations
@@ -45,6 +30,8 @@ class Benchmark:
     metric : main metric as lm-eval names it (``acc``, ``acc_norm``, ``exact_match``...);
         ``None`` = the first metric lm-eval reports (raw task names).
     filter : lm-eval filter of the main metric (``none`` unless the task defines filters).
+    title, header : long name and the paper's short column header; note : README remark.
+    shipped : its task YAML is in this package.
     unsafe : runs model-written code (needs ``allow_unsafe_code``).
     offline : built from data that installed packages ship (``--suite offline``).
     """
@@ -55,59 +42,95 @@ class Benchmark:
     metric: str | None
     filter: str = "none"
     title: str = ""
+    header: str = ""
+    note: str = ""
     aliases: tuple[str, ...] = field(default=())
+    shipped: bool = False
     unsafe: bool = False
     offline: bool = False
 
 
-_ALL = [
-    Benchmark("mmlu", "mmlu", 5, "acc", title="MMLU"),
-    Benchmark(
-        "mmlu_pro", "leaderboard_mmlu_pro", 5, "acc", title="MMLU-Pro", aliases=("mmlu-pro", "mmlupro")
-    ),
-    Benchmark("ceval", "ceval-valid", 5, "acc", title="C-Eval", aliases=("c-eval", "c_eval")),
-    Benchmark("xiezhi", "nitp_xiezhi", 3, "acc", title="Xiezhi"),
-    Benchmark("lambada", "lambada_openai", 0, "acc", title="LAMBADA"),
-    Benchmark("bbh", "bbh_fewshot", 3, "exact_match", title="BBH"),
-    Benchmark(
-        "arc_challenge", "arc_challenge", 25, "acc_norm", title="ARC-C", aliases=("arc", "arc-c", "arc_c")
-    ),
-    Benchmark("commonsense_qa", "commonsense_qa", 7, "acc", title="CSQA", aliases=("csqa",)),
-    Benchmark("balanced_copa", "nitp_balanced_copa", 0, "acc", title="COPA", aliases=("copa", "bcopa")),
-    Benchmark("c3", "nitp_c3", 0, "acc", title="C3"),
-    Benchmark("agieval", "agieval", 0, "acc", title="AGIEval"),
-    Benchmark("gsm8k", "gsm8k", 5, "exact_match", "strict-match", title="GSM8k"),
-    Benchmark("lcbench", "nitp_lcbench", 0, "pass_at_1", title="LCB", unsafe=True),
-    # offline suite: real labelled data shipped by installed packages (see offline_tasks.py)
-    Benchmark("analogies", "nitp_offline_analogy", 3, "acc", title="Analogies", offline=True),
-    Benchmark("next_word", "nitp_offline_next_word", 0, "acc", title="Next word", offline=True),
-    Benchmark("sentiment", "nitp_offline_sentiment", 4, "acc", title="Sentiment", offline=True),
-]
+TABLE_FILE = TASKS_DIR / "benchmarks.yaml"
+
+
+def _load_table() -> tuple[list[Benchmark], dict[str, tuple[str, ...]]]:
+    import yaml
+
+    data = yaml.safe_load(TABLE_FILE.read_text())
+    benchmarks = [
+        Benchmark(
+            name=row["name"],
+            lm_eval_task=row["task"],
+            shots=row.get("shots"),
+            metric=row.get("metric"),
+            filter=row.get("filter", "none"),
+            title=row.get("title", row["name"]),
+            header=row.get("header", row.get("title", row["name"])),
+            note=row.get("note", ""),
+            aliases=tuple(row.get("aliases", ())),
+            shipped=bool(row.get("shipped", False)),
+            unsafe=bool(row.get("unsafe", False)),
+            offline=bool(row.get("offline", False)),
+        )
+        for row in data["benchmarks"]
+    ]
+    return benchmarks, {name: tuple(names) for name, names in data["suites"].items()}
+
+
+_ALL, SUITES = _load_table()
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ALL}
 ALIASES: dict[str, str] = {alias: b.name for b in _ALL for alias in b.aliases}
 
-SUITES: dict[str, tuple[str, ...]] = {
-    # the user's five benchmarks
-    "mission": ("mmlu_pro", "c3", "commonsense_qa", "arc_challenge", "gsm8k"),
-    # the paper's 13, in the order of its tables
-    "paper": (
-        "mmlu",
-        "mmlu_pro",
-        "ceval",
-        "xiezhi",
-        "lambada",
-        "bbh",
-        "arc_challenge",
-        "commonsense_qa",
-        "balanced_copa",
-        "c3",
-        "agieval",
-        "gsm8k",
-        "lcbench",
-    ),
-    # needs nothing but the install
-    "offline": ("analogies", "next_word", "sentiment"),
-}
+
+def help_text() -> str:
+    """The benchmark and suite list of ``nitp-eval bench --help``, from the table."""
+
+    def one(b: Benchmark) -> str:
+        alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
+        extra = " (needs --allow-unsafe-code)" if b.unsafe else ""
+        return f"{b.name}{alias}: {b.lm_eval_task}, {b.shots}{extra}"
+
+    online = "; ".join(one(b) for b in _ALL if not b.offline)
+    offline = ", ".join(b.name for b in _ALL if b.offline)
+    suites = "; ".join(f"{k} = {', '.join(v)}" for k, v in SUITES.items())
+    return (
+        f"Benchmarks (name: lm-eval task, shots): {online}. Offline suite: {offline}. "
+        f"Any other lm-eval task or group name is passed through.\n\nSuites: {suites} (offline is the default)."
+    )
+
+
+def suite_group_yaml(suite: str) -> str:
+    """The lm-eval group file of a suite (``suites/nitp_suite_<suite>.yaml``): its tasks with the
+    table's shots, so plain lm-eval runs the same thing. Offline tasks are generated at run time
+    (``offline_tasks.py``), so the offline suite has no group file."""
+    lines = [
+        "# Generated from benchmarks.yaml by nitp_eval.tasks.suite_group_yaml (tests keep them equal).",
+        f"group: nitp_suite_{suite}",
+        "task:",
+    ]
+    for name in SUITES[suite]:
+        b = BENCHMARKS[name]
+        lines.append(f"  - task: {b.lm_eval_task}")
+        if b.shots is not None:
+            lines.append(f"    num_fewshot: {b.shots}")
+    lines += ["metadata:", "  version: 1.0", ""]
+    return "\n".join(lines)
+
+
+GROUP_SUITES = ("mission", "paper")
+
+
+def markdown_table() -> str:
+    """The README's benchmark table, from the table (tests keep the README equal to it)."""
+    lines = ["| name (alias) | lm-eval task | shots | metric |", "|---|---|---|---|"]
+    for b in _ALL:
+        if b.offline:
+            continue
+        alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
+        task = b.lm_eval_task + ("*" if b.shipped else "") + (f" ({b.note})" if b.note else "")
+        metric = b.metric + (f" ({b.filter})" if b.filter != "none" else "")
+        lines.append(f"| {b.name}{alias} | {task} | {b.shots} | {metric} |")
+    return "\n".join(lines)
 
 
 def friendly(name: str) -> Benchmark | None:

@@ -1,0 +1,1 @@
+"""lm-eval group files of the suites (generated from ../benchmarks.yaml)."""
