@@ -49,11 +49,13 @@ def mteb_command(
     batch_size: int = typer.Option(32, "--batch-size", help="At most this many texts per forward pass."),
     batch_tokens: int = typer.Option(
         16384,  # encoder.DEFAULT_BATCH_TOKENS (not imported: --help stays instant)
-        "--batch-tokens", help="At most this many padded tokens per forward pass (bounds memory)."
+        "--batch-tokens",
+        help="At most this many padded tokens per forward pass (bounds memory).",
     ),
     max_length: int = typer.Option(
         512,  # encoder.DEFAULT_MAX_LENGTH
-        "--max-length", help="Token limit per text (MTEB's usual; also capped by the model's own)."
+        "--max-length",
+        help="Token limit per text (MTEB's usual; also capped by the model's own).",
     ),
     save_encoder: Path | None = typer.Option(
         None,

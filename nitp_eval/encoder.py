@@ -171,7 +171,9 @@ def _prepare_tokenizer(tok, spec: EncoderSpec, log) -> None:
                 f"{spec.folder}: --pooling eos needs an EOS token and this tokenizer has none "
                 "(use --pooling mean or last)"
             )
-        tok.add_eos_token = True  # a tokenizer post-processor: saved with the tokenizer, counted in truncation
+        tok.add_eos_token = (
+            True  # a tokenizer post-processor: saved with the tokenizer, counted in truncation
+        )
 
 
 def token_batches(
@@ -184,13 +186,19 @@ def token_batches(
     budget of 6 tokens -> [[0], [2, 3], [1]].
     """
     if batch_tokens < 1 or batch_size < 1:
-        raise UserError(f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})")
+        raise UserError(
+            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
+        )
     if order is None:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     width = 0
     for i in order:
-        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * max(width, lengths[i]) <= batch_tokens:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * max(width, lengths[i]) <= batch_tokens
+        ):
             batches[-1].append(i)
             width = max(width, lengths[i])
         else:
@@ -262,7 +270,9 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text as the model sees them (special tokens, EOS for eos, truncation)."""
-        return self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        return self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
 
     def hidden_states(self, input_ids, attention_mask):
         """Token states [B, T, D] of the encoder's layer for right-padded ids."""
@@ -292,9 +302,14 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         rows_per_batch = batch_size or self.batch_size
         batches = token_batches([max(n, 1) for n in lengths], self.batch_tokens, rows_per_batch, order)
         emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
-        for rows in tqdm(batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False):
+        for rows in tqdm(
+            batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False
+        ):
             emb[rows] = self.model.encode(
-                [model_texts[i] for i in rows], batch_size=len(rows), convert_to_numpy=True, show_progress_bar=False
+                [model_texts[i] for i in rows],
+                batch_size=len(rows),
+                convert_to_numpy=True,
+                show_progress_bar=False,
             ).astype(np.float32)
         return emb
 

@@ -210,7 +210,11 @@ def _evaluate_task(encoder, task, redo: bool, data_dir, log) -> dict | None:
     for failure in result.exceptions:
         text = str(failure.exception).strip()
         first = text.splitlines()[0][:300] if text else "no message"
-        hint = "" if data_dir is not None else f"; without hub access, {export_hint(failure.task_name)} and pass --data-dir DIR"
+        hint = (
+            ""
+            if data_dir is not None
+            else f"; without hub access, {export_hint(failure.task_name)} and pass --data-dir DIR"
+        )
         log(f"error: {failure.task_name}: could not run ({first}){hint}")
     return task_score(task, result.task_results[0]) if result.task_results else None
 

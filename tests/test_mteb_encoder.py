@@ -79,7 +79,9 @@ def _reference_hidden_states(encoder, texts):
     for i, seq in enumerate(ids):
         input_ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
     with torch.inference_mode():
-        out = encoder.transformer.auto_model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+        out = encoder.transformer.auto_model(
+            input_ids=input_ids, attention_mask=mask, output_hidden_states=True
+        )
     return input_ids, mask, out
 
 
