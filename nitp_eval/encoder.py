@@ -211,7 +211,8 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
     """mteb's sentence-transformers wrapper around the checkpoint's ``SentenceTransformer``.
 
     ``self.model`` is the ``SentenceTransformer`` (save it with ``self.model.save(dir)``).
-    Encoding batches texts by a token budget and returns float32 rows in the input order.
+    Encoding batches texts by a token budget, runs each distinct text of a batch once and returns
+    float32 rows in the input order.
 
     Parameters
     ----------
@@ -286,9 +287,10 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
     def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar=False):
         """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows.
 
-        Texts go in sentence-transformers' own order (longest in characters first), so while the
-        token budget does not bind, the batches are exactly those of ``SentenceTransformer.encode``
-        and so are the numbers; a batch closes early when it would pass ``batch_tokens``.
+        Batches follow sentence-transformers' own order (longest in characters first) and close
+        early when they would pass ``batch_tokens``; within a batch each distinct text is run once
+        (STS tasks repeat sentences). While the budget does not bind, every batch has the padded
+        width of ``SentenceTransformer.encode``'s batch, so the numbers are the same.
         """
         import numpy as np
         from tqdm.auto import tqdm
@@ -305,12 +307,12 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         for rows in tqdm(
             batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False
         ):
-            emb[rows] = self.model.encode(
-                [model_texts[i] for i in rows],
-                batch_size=len(rows),
-                convert_to_numpy=True,
-                show_progress_bar=False,
+            distinct = list(dict.fromkeys(model_texts[i] for i in rows))
+            vectors = self.model.encode(
+                distinct, batch_size=len(distinct), convert_to_numpy=True, show_progress_bar=False
             ).astype(np.float32)
+            where = {t: k for k, t in enumerate(distinct)}
+            emb[rows] = vectors[[where[model_texts[i]] for i in rows]]
         return emb
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
