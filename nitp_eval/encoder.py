@@ -87,6 +87,23 @@ def preflight(model_path: str | Path, pooling: str, layer: int) -> EncoderSpec:
     return EncoderSpec(folder, pooling, layers_lib.check_layer(layer, n_layers, name="--layer"), n_layers)
 
 
+def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
+    """``UserError`` for a length limit, token budget or batch size below 1."""
+    if max_length < 1:
+        raise UserError(f"--max-length must be at least 1 (got {max_length})")
+    if batch_tokens < 1 or batch_size < 1:
+        raise UserError(
+            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
+        )
+
+
+def default_device(device: str | None = None) -> str:
+    """``device``, else cuda when available, else cpu."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def pooling_modules(pooling: str, dim: int) -> list:
     """``[Pooling, Normalize]`` of sentence-transformers for ``pooling`` (mean | last | eos)."""
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
@@ -133,10 +150,8 @@ def build_sentence_transformer(
     from .st_layer import LayerTransformer
 
     transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint load is noise in logs
-
-    if max_length < 1:
-        raise UserError(f"--max-length must be at least 1 (got {max_length})")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_sizes(max_length, 1, 1)
+    device = default_device(device)
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     cls, extra = (Transformer, {}) if spec.layer == -1 else (LayerTransformer, {"layer": spec.layer})
     try:
@@ -185,10 +200,7 @@ def token_batches(
     A text longer than the budget gets a batch of its own. Example: lengths [5, 1, 3, 3] with a
     budget of 6 tokens -> [[0], [2, 3], [1]].
     """
-    if batch_tokens < 1 or batch_size < 1:
-        raise UserError(
-            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
-        )
+    check_sizes(1, batch_tokens, batch_size)
     if order is None:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -240,7 +252,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         log: Callable[[str], None] = _stderr,
     ) -> None:
         spec = model if isinstance(model, EncoderSpec) else preflight(model, pooling, layer)
-        token_batches([], batch_tokens, batch_size)  # the same one-line error for bad sizes
+        check_sizes(max_length, batch_tokens, batch_size)
         self.spec, self.batch_size, self.batch_tokens = spec, int(batch_size), int(batch_tokens)
         st_model = build_sentence_transformer(spec, max_length=max_length, device=device, log=log)
         with warnings.catch_warnings():  # mteb's deprecation notes about its own defaults

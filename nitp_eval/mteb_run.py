@@ -90,7 +90,7 @@ def run_mteb(
             f"--data-dir {data_dir}: no such directory "
             f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
         )
-    encoder_lib.token_batches([], batch_tokens, batch_size)  # bad sizes fail before any work
+    encoder_lib.check_sizes(max_length, batch_tokens, batch_size)  # bad sizes fail before any work
     infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
     specs = [encoder_lib.preflight(info["path"], pooling, layer) for info in infos]
     task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
@@ -145,7 +145,7 @@ def task_cache_settings(task, settings: dict, dtype: str) -> dict:
 
 def _score_checkpoint(info, spec, settings, data_dir, redo, device, save_to, log) -> dict:
     task_objs = _tasks_with_data(settings, data_dir, log)
-    device = device or _default_device()
+    device = encoder_lib.default_device(device)
     dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     cache = RecordCache("mteb", info["hash"])
     keys = {t.metadata.name: task_cache_settings(t, settings, dtype) for t in task_objs}
@@ -217,12 +217,6 @@ def _evaluate_task(encoder, task, redo: bool, data_dir, log) -> dict | None:
         )
         log(f"error: {failure.task_name}: could not run ({first}){hint}")
     return task_score(task, result.task_results[0]) if result.task_results else None
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @contextlib.contextmanager

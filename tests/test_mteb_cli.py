@@ -68,6 +68,8 @@ def test_two_models_show_deltas_and_wins(tiny_checkpoint, minilm_dir, tmp_path, 
         (["--tasks", "STS99"], "unknown MTEB task 'STS99'"),
         (["--suite", "papr"], "unknown suite 'papr'"),
         (["--data-dir", "/nonexistent/mirror", "--tasks", "STS12"], "no such directory"),
+        (["--max-length", "0"], "--max-length must be at least 1"),
+        (["--batch-tokens", "0"], "--batch-tokens and --batch-size must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(args, expected, tiny_checkpoint, tmp_path, monkeypatch, capsys):
