@@ -48,7 +48,7 @@ def mteb_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="At most this many texts per forward pass."),
     batch_tokens: int = typer.Option(
-        16384,  # encoder.DEFAULT_BATCH_TOKENS (not imported: --help stays instant)
+        8192,  # encoder.DEFAULT_BATCH_TOKENS (not imported: --help stays instant)
         "--batch-tokens",
         help="At most this many padded tokens per forward pass (bounds memory).",
     ),

@@ -42,7 +42,7 @@ POOLINGS = ("mean", "last", "eos")
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
-DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass
+DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
 
 
 def _stderr(msg: str) -> None:
