@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0      # the CPU wheel on these machines, first
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,gguf]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,gguf,dropin]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -162,7 +162,7 @@ def anisotropy(
     redo: bool = REDO,
     progress: bool = PROGRESS,
 ):
-    """Exact mean pairwise cosine (all pairs, across / within sequences), the paper's sampled estimate, norms."""
+    """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
     from .tables import ANISOTROPY_METRICS
 
     _metric_table(
@@ -206,7 +206,7 @@ def layers(
     redo: bool = REDO,
     progress: bool = PROGRESS,
 ):
-    """Per-layer table: geometry + NITP target statistics, and a recommended target layer with the reason."""
+    """Per-layer table: geometry + NITP target statistics, and the paper's depth rule for the target layer (round(0.21 L))."""
     from .tables import layer_rows, layer_rows_long, render
 
     _check_format(fmt)
@@ -227,8 +227,8 @@ def layers(
         from .tables import unique_labels
 
         for lab, rec in zip(unique_labels(records), records):
-            r = rec["scores"]["recommendation"]
-            _emit(f"{lab}: recommended NITP target layer {r['layer']} — {r['reason']}")
+            r = rec["scores"].get("paper_depth_rule") or rec["scores"].get("recommendation") or {}
+            _emit(f"{lab}: NITP target layer by the paper's depth rule: {r.get('layer')} — {r.get('reason')}")
 
 
 @app.command()
@@ -276,9 +276,9 @@ def trajectory(
 
 @app.command()
 def flops(
-    source: str = typer.Argument(
-        ...,
-        help="A preset name (see `nitp-train presets`), a nitp-train YAML config or run directory, or a config.json / model folder.",
+    source: str | None = typer.Argument(
+        None,
+        help="A preset name (see `nitp-train presets`), a nitp-train YAML config or run directory, or a config.json / model folder [default: the paper's seven sizes].",
     ),
     seq_len: int | None = typer.Option(
         None,
@@ -287,17 +287,22 @@ def flops(
     ),
     fmt: str = FORMAT,
 ):
-    """Training FLOPs per token (dense / MoE) and the NITP overhead (72 d^2 + 18 d)."""
+    """Training FLOPs per token: the paper's closed form beside the exact per-architecture count, and NITP's share."""
     import json
 
-    from nitp_train.flops import default_seq_len, flops_report, load_config_source
+    from nitp_train.flops import default_seq_len, flops_report, load_config_source, paper_sizes_table
 
     from .tables import flops_rows, render
 
     _check_format(fmt)
-    config, name, config_seq_len = load_config_source(source)
     if seq_len is not None and seq_len < 0:
         raise UserError(f"--seq-len {seq_len}: must be >= 0")
+    if source is None:
+        rows = paper_sizes_table(8192 if seq_len is None else seq_len)
+        title = f"training FLOPs per token of the paper's sizes (exact at seq_len {8192 if seq_len is None else seq_len})"
+        _emit(render(rows, fmt, title) if fmt != "json" else json.dumps(rows, indent=2))
+        return
+    config, name, config_seq_len = load_config_source(source)
     seq_len = seq_len if seq_len is not None else (config_seq_len or default_seq_len(config))
     report = flops_report(config, seq_len)
     report["source"] = name
@@ -307,10 +312,13 @@ def flops(
     title = f"training FLOPs per token: {name} (seq_len {report['seq_len']})"
     _emit(render(flops_rows(report), fmt, title))
     if fmt == "table":
+        paper = report["paper_closed_form"]
         _emit(
-            f"NITP overhead: {100 * report['nitp_overhead']:.2f}% of training FLOPs "
-            f"({100 * report['nitp_overhead_without_attention_scores']:.2f}% without the attention-score term, the paper's convention)"
+            f"NITP overhead: {100 * paper['nitp_overhead']:.2f}% by the paper's closed form "
+            f"(72 d^2 + 18 d over L (18 d^2 + 18 k d d_e) + 6 V d); {100 * report['nitp_overhead']:.2f}% of the exact count "
+            f"({100 * report['nitp_overhead_without_attention_scores']:.2f}% without the attention-score term)"
         )
+        _emit("where they differ: " + ("; ".join(report["differences"]) or "nowhere for this config"))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

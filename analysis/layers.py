@@ -3,8 +3,12 @@
 For every measured layer k (0 = embeddings, k = block k, -1 = last hidden state):
 
 * geometry — both effective ranks, participation ratio, stable rank, top-eigenvalue share,
-  exact anisotropy (all pairs, within and across sequences), mean / max norm, share of
-  massive activations; each with and without the first position of every sequence;
+  exact anisotropy (all pairs; across / within documents; across / within sequences), mean /
+  max norm, share of massive activations; each with and without the first position of every
+  sequence. The paper's anisotropy ("pairs across different sentences") is
+  ``anisotropy_across_documents``: a *sequence* is one model input, a chunk of at most
+  ``seq_len`` tokens cut from a document, so two chunks of one long document are "across
+  sequences" but not "across documents";
 * NITP target statistics (k >= 0; the source is the last hidden state h_last):
   - ``cos_last_to_next``: raw mean cos(h_last[t], h_k[t+1]) — the NITP loss 1 - cos before
     any projector is trained;
@@ -25,7 +29,7 @@ Example
 -------
 >>> rec = geom_record("runs/tiny-nitp", n_tokens=20_000)                  # doctest: +SKIP
 >>> rec["scores"]["summary"]["effective_rank_covariance"]                   # doctest: +SKIP
->>> rec["scores"]["recommended_target_layer"]                               # doctest: +SKIP
+>>> rec["scores"]["paper_depth_rule"]["reason"]                             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs, spectrum_metrics
+from nitp.layers import default_target_layer
 from nitp.records import RecordCache, default_record_path, library_versions, make_record, write_record
 from nitp.runs import checkpoint_info, resolve_checkpoint
 from nitp.streaming import (
@@ -67,9 +72,11 @@ DEFINITIONS = {
     "stable_rank": "sum lambda / lambda_max (centred data)",
     "top_eigenvalue_share": "lambda_max / sum lambda",
     "anisotropy": "exact mean cosine over all token pairs i != j",
-    "anisotropy_within_sequences": "exact mean cosine over pairs i != j of the same sequence",
-    "anisotropy_across_sequences": "exact mean cosine over pairs from different sequences (the paper's 'across sentences')",
-    "anisotropy_sampled": "the paper's estimator: mean cosine of randomly drawn pairs across sequences (seeded)",
+    "anisotropy_across_documents": "exact mean cosine over pairs of tokens from different source documents (the paper's anisotropy: pairs 'across different sentences')",
+    "anisotropy_within_documents": "exact mean cosine over pairs i != j from the same source document",
+    "anisotropy_across_sequences": "exact mean cosine over pairs from different sequences (model inputs: chunks of at most seq_len tokens; two chunks of one document count as different)",
+    "anisotropy_within_sequences": "exact mean cosine over pairs i != j of the same sequence (chunk)",
+    "anisotropy_sampled": "the paper's estimator of anisotropy_across_documents: mean cosine of randomly drawn pairs from different documents (seeded)",
     "massive_activation_share": "share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)",
     "cos_last_to_next": "mean cos(h_last[t], h_k[t+1]) before any projector",
     "ridge_r2": "held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]",
@@ -86,6 +93,8 @@ CORE_KEYS = (
     "stable_rank",
     "top_eigenvalue_share",
     "anisotropy",
+    "anisotropy_across_documents",
+    "anisotropy_within_documents",
     "anisotropy_within_sequences",
     "anisotropy_across_sequences",
     "mean_norm",
@@ -94,11 +103,84 @@ CORE_KEYS = (
 )
 
 
+# which stored number is the paper's measure (saved in every record's scores)
+PAIRS_ACROSS = "documents"  # what the sampled estimator's pairs are drawn across (a record setting)
+PAPER_MEASURES = {"anisotropy": "anisotropy_across_documents", "effective_rank": "effective_rank_covariance"}
+
+
 class GeometryWarning(UserWarning):
     """A result that is valid but limited (e.g. fewer tokens than dimensions)."""
 
 
 # ----------------------------------------------------------------------------- accumulators
+class SpanningGroupSums:
+    """``sum_g ||s_g||^2`` and ``sum_g n_g^2`` of unit vectors grouped by an id whose rows may span
+    several batches (a document cut into sequences that land in consecutive batches).
+
+    ``UnitSums`` needs every group complete within one update; here each group's partial sum
+    stays open until a batch arrives whose last group differs, then it is folded into the two
+    scalars. Rows of a group must be contiguous in the stream (the corpus sample keeps each
+    document's chunks together), so at most one group is open between batches: memory O(d).
+    Combined with the all-pairs sum ``s`` and count N of ``UnitSums``::
+
+        across = (||s||^2 - sum_g ||s_g||^2) / (N^2 - sum_g n_g^2)
+        within = (sum_g ||s_g||^2 - N) / (sum_g n_g^2 - N)
+    """
+
+    def __init__(self):
+        self.open: dict[int, list] = {}  # id -> [sum float64 [d], count]
+        self.closed: set[int] = set()
+        self.group_sq = 0.0
+        self.group_n_sq = 0
+
+    def add_units(self, u, groups) -> None:
+        """Add unit rows ``u`` [n, d] with their group ids [n] (int64 tensor, same device)."""
+        import torch
+
+        if u.shape[0] == 0:
+            return
+        ids, inverse = torch.unique(groups, return_inverse=True)
+        sums = torch.zeros(len(ids), u.shape[1], dtype=u.dtype, device=u.device).index_add_(0, inverse, u)
+        sizes = torch.bincount(inverse, minlength=len(ids)).tolist()
+        for gid, vec, n in zip(ids.tolist(), sums, sizes):
+            if gid in self.closed:
+                raise ValueError(f"group {gid} continues after it was closed: its rows must be contiguous")
+            part = self.open.setdefault(gid, [torch.zeros_like(vec), 0])
+            part[0] += vec
+            part[1] += n
+        still_open = int(groups[-1])
+        for gid in [g for g in self.open if g != still_open]:
+            self._fold(gid)
+
+    def _fold(self, gid: int) -> None:
+        vec, n = self.open.pop(gid)
+        self.group_sq += float(vec @ vec)
+        self.group_n_sq += n * n
+        self.closed.add(gid)
+
+    def finish(self) -> SpanningGroupSums:
+        """Close every open group (call before reading; adding after it raises for those groups)."""
+        for gid in list(self.open):
+            self._fold(gid)
+        return self
+
+    def across(self, units: UnitSums) -> float:
+        """Exact mean cosine over pairs from different groups (nan without such pairs)."""
+        self.finish()
+        pairs = units.count**2 - self.group_n_sq
+        if units.total is None or pairs <= 0:
+            return math.nan
+        return (float(units.total @ units.total) - self.group_sq) / pairs
+
+    def within(self, units: UnitSums) -> float:
+        """Exact mean cosine over pairs i != j of the same group (nan without such pairs)."""
+        self.finish()
+        pairs = self.group_n_sq - units.count
+        if pairs <= 0:
+            return math.nan
+        return (self.group_sq - units.count) / pairs
+
+
 @dataclass
 class LayerAccumulators:
     """Everything streamed for one layer."""
@@ -107,6 +189,8 @@ class LayerAccumulators:
     moments_rest: Moments = field(default_factory=Moments)  # all other positions
     units_all: UnitSums = field(default_factory=UnitSums)
     units_rest: UnitSums = field(default_factory=UnitSums)
+    docs_all: SpanningGroupSums = field(default_factory=SpanningGroupSums)  # the same rows, by document
+    docs_rest: SpanningGroupSums = field(default_factory=SpanningGroupSums)
     norms_first: NormStats = field(default_factory=NormStats)
     norms_rest: NormStats = field(default_factory=NormStats)
     temporal: MeanValue = field(default_factory=MeanValue)
@@ -129,6 +213,9 @@ class LayerAccumulators:
 
     def units(self, exclude_first: bool) -> UnitSums:
         return self.units_rest if exclude_first else self.units_all
+
+    def docs(self, exclude_first: bool) -> SpanningGroupSums:
+        return self.docs_rest if exclude_first else self.docs_all
 
 
 @dataclass
@@ -162,6 +249,8 @@ class LayerStatistics:
         (see ``streaming.RidgeSolver``).
     pair_sample : ``(i, j)`` index arrays of the paper's sampled estimator on the last hidden
         state (indices into the stream of reported tokens), or None.
+    documents : source document of every sequence of the sample (indexed by ``seq_ids``), or
+        None to treat each sequence as its own document.
     """
 
     def __init__(
@@ -171,8 +260,10 @@ class LayerStatistics:
         ridge: float | None = None,
         pair_sample=None,
         where: str = "model",
+        documents=None,
     ):
         self.layers = sorted(set(layers) | {-1}, key=lambda k: (k == -1, k))
+        self.documents = None if documents is None else np.asarray(documents, dtype=np.int64)
         self.exclude_first = exclude_first
         self.ridge_strength = ridge
         self.where = where
@@ -195,6 +286,10 @@ class LayerStatistics:
         is_first = (pos == 0)[mask]  # per real token
         rest = ~is_first
         groups = seq_ids.to(mask.device)[:, None].expand_as(mask)[mask]
+        doc_of_seq = (
+            seq_ids if self.documents is None else torch.from_numpy(self.documents[seq_ids.cpu().numpy()])
+        )
+        docs = doc_of_seq.to(mask.device)[:, None].expand_as(mask)[mask]
         # pair (t, t+1): both real (then they are rows r and r+1), t reported
         nxt_real = torch.zeros_like(mask)
         nxt_real[:, :-1] = mask[:, 1:]
@@ -220,9 +315,12 @@ class LayerStatistics:
             nonzero = r.norms > 0
             if bool(nonzero.all()):  # the usual case: no gather needed
                 a.units_all.add_units(r.units, groups)
+                a.docs_all.add_units(r.units, docs)
             else:
                 a.units_all.add_units(r.units[nonzero], groups[nonzero])
+                a.docs_all.add_units(r.units[nonzero], docs[nonzero])
             a.units_rest.add_units(r.units[rest & nonzero], groups[rest & nonzero])
+            a.docs_rest.add_units(r.units[rest & nonzero], docs[rest & nonzero])
             # cosines of consecutive rows, then keep the rows that are a pair (t, t+1) of one sequence
             a.temporal.update((r.units[:-1] * r.units[1:]).sum(1)[src_idx])
             if k != -1:
@@ -288,7 +386,11 @@ class LayerStatistics:
         blocks = {}
         for label, excl in (("with_first_position", False), ("without_first_position", True)):
             blocks[label] = _core_metrics(
-                a.moments(excl), a.units(excl), a.norms(excl), spectrum and excl == self.exclude_first
+                a.moments(excl),
+                a.units(excl),
+                a.docs(excl),
+                a.norms(excl),
+                spectrum and excl == self.exclude_first,
             )
         chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
         out.update(chosen)
@@ -332,7 +434,9 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _core_metrics(moments: Moments, units: UnitSums, norms: NormStats, spectrum: bool) -> dict:
+def _core_metrics(
+    moments: Moments, units: UnitSums, docs: SpanningGroupSums, norms: NormStats, spectrum: bool
+) -> dict:
     if moments.count >= 2:
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:
@@ -341,6 +445,8 @@ def _core_metrics(moments: Moments, units: UnitSums, norms: NormStats, spectrum:
         "n_tokens": moments.count,
         **spec,
         "anisotropy": _num(units.anisotropy()),
+        "anisotropy_across_documents": _num(docs.across(units)),
+        "anisotropy_within_documents": _num(docs.within(units)),
         "anisotropy_within_sequences": _num(units.anisotropy_within()),
         "anisotropy_across_sequences": _num(units.anisotropy_across()),
     }
@@ -348,72 +454,65 @@ def _core_metrics(moments: Moments, units: UnitSums, norms: NormStats, spectrum:
     return out
 
 
-# ----------------------------------------------------------------------------- recommendation
-def recommend_target_layer(rows: list[dict], n_layers: int) -> dict:
-    """A NITP target layer with the reason: the paper's depth prior, checked by statistics.
+# ----------------------------------------------------------------------------- paper depth rule
+def paper_depth_rule(rows: list[dict], n_layers: int, trained_target: int | None = None) -> dict:
+    """The paper's depth rule for the NITP target layer, with what this checkpoint's statistics say of it.
 
-    The paper's best targets sit at ~21 % of the depth (4/17, 5/24, 6/28, 3/16; embeddings,
-    middle and deep layers were worse). Start from ``round(0.21 L)`` (at least 1) and take the
-    nearest measured layer in 1..L-1 that passes two guards:
+    The rule is ``nitp.layers.default_target_layer(L) = max(1, round(0.21 L))``: the paper's best
+    targets sit at ~21 % of the depth (4/17, 5/24, 6/28, 3/16; embeddings, middle and deep layers
+    were worse). It is a prior from the paper's ablations, **not** chosen from the statistics
+    measured here (nothing has validated those statistics against downstream gains), so it is
+    the same for NTP and NITP checkpoints of one depth. The measured layer's statistics are
+    attached as notes: collapsed (``effective_rank_covariance < 2``) or near-trivial to predict
+    (normalised temporal excess ``(tss - a) / (1 - a) >= 0.9``, tss = temporal self-similarity,
+    a = anisotropy across documents: adjacent tokens nearly identical beyond the common direction,
+    the failure of the paper's same-position ablation).
 
-    * not collapsed: ``effective_rank_covariance >= 2``;
-    * not trivial: normalised temporal excess ``(tss - aniso) / (1 - aniso) < 0.9``, where tss is
-      the temporal self-similarity and aniso the across-sequence anisotropy (adjacent tokens
-      nearly identical beyond the common direction make next-position prediction a copy task,
-      the failure of the paper's same-position ablation).
+    Returns
+    -------
+    dict with ``layer`` (the rule's layer), ``rule`` (the formula), ``trained_target`` (the
+    layer a NITP run was trained with, else None), ``notes`` (list of str) and ``reason`` (one
+    line saying all of it).
 
-    The ridge R^2 of each candidate is reported in the reason, not used: the paper gives no
-    evidence linking it to downstream gains.
+    Example
+    -------
+    >>> paper_depth_rule([], 24)["layer"]
+    5
     """
-    prior = min(max(1, round(PAPER_DEPTH * n_layers)), max(1, n_layers - 1))
-    lo, hi = (1, n_layers - 1) if n_layers >= 2 else (0, n_layers)
-    cands = [r for r in rows if lo <= r["layer"] <= hi]
-    if not cands:
-        return {
-            "layer": None,
-            "prior": prior,
-            "reason": f"no candidate layer in {lo}..{hi} was measured (add them to --layers)",
-        }
+    layer = default_target_layer(n_layers)
+    rule = f"round({PAPER_DEPTH} x {n_layers}) = {layer}, the paper's depth rule (best targets 4/17, 5/24, 6/28, 3/16)"
+    row = next((r for r in rows if r["layer"] == layer), None)
+    notes = [] if row is None else _layer_warnings(row)
+    if row is None:
+        notes.append(f"layer {layer} was not measured (add it to --layers for its statistics)")
+    elif not notes:
+        notes.append(
+            f"layer {layer} is neither collapsed nor near-trivial here (effective rank {row['effective_rank_covariance']:.1f}"
+            + (f", held-out ridge R^2 {row['ridge_r2']:.3f}" if row.get("ridge_r2") is not None else "")
+            + ")"
+        )
+    trained = [] if trained_target is None else [f"this run was trained with target layer {trained_target}"]
+    reason = "; ".join([rule + ", not chosen from these statistics"] + trained + notes)
+    return {"layer": layer, "rule": rule, "trained_target": trained_target, "notes": notes, "reason": reason}
 
-    def failures(r: dict) -> list[str]:
-        out = []
-        er = r.get("effective_rank_covariance")
-        if er is None or er < MIN_ERANK:
-            out.append(f"collapsed (effective rank {er if er is None else round(er, 2)} < {MIN_ERANK})")
-        tss, an = r.get("temporal_self_similarity"), r.get("anisotropy_across_sequences")
-        if tss is not None and an is not None and an < 1:
-            excess = (tss - an) / (1 - an)
-            if excess >= TRIVIAL_TEMPORAL:
-                out.append(f"near-trivial (normalised temporal excess {excess:.2f} >= {TRIVIAL_TEMPORAL})")
-        return out
 
-    order = sorted(cands, key=lambda r: (abs(r["layer"] - prior), r["layer"]))
-    best_r2 = max(
-        (r for r in cands if r.get("ridge_r2") is not None), key=lambda r: r["ridge_r2"], default=None
-    )
-    r2_note = (
-        f"; most linearly predictable candidate: layer {best_r2['layer']} (held-out R^2 {best_r2['ridge_r2']:.3f})"
-        if best_r2
-        else ""
-    )
-    for r in order:
-        if not failures(r):
-            why = (
-                f"paper depth prior round({PAPER_DEPTH} x {n_layers}) = {prior} (paper: 4/17, 5/24, 6/28, 3/16)"
-                + ("" if r["layer"] == prior else f"; nearest passing layer is {r['layer']}")
-                + f"; layer {r['layer']} passes the guards (effective rank {r['effective_rank_covariance']:.1f}"
-                + (f", held-out R^2 {r['ridge_r2']:.3f}" if r.get("ridge_r2") is not None else "")
-                + ")"
-                + r2_note
+def _layer_warnings(r: dict) -> list[str]:
+    """Why a layer would make a poor NITP target on this checkpoint: collapsed or near-trivial."""
+    out = []
+    er = r.get("effective_rank_covariance")
+    if er is None or er < MIN_ERANK:
+        out.append(
+            f"layer {r['layer']} looks collapsed (effective rank {er if er is None else round(er, 2)} < {MIN_ERANK})"
+        )
+    tss = r.get("temporal_self_similarity")
+    an = r.get("anisotropy_across_documents", r.get("anisotropy_across_sequences"))
+    if tss is not None and an is not None and an < 1:
+        excess = (tss - an) / (1 - an)
+        if excess >= TRIVIAL_TEMPORAL:
+            out.append(
+                f"layer {r['layer']} looks near-trivial (normalised temporal excess {excess:.2f} >= {TRIVIAL_TEMPORAL})"
             )
-            return {"layer": r["layer"], "prior": prior, "reason": why}
-    fallback = order[0]
-    return {
-        "layer": fallback["layer"],
-        "prior": prior,
-        "reason": f"every candidate fails a guard (layer {fallback['layer']}: {', '.join(failures(fallback))}); "
-        f"falling back to the paper depth prior{r2_note}",
-    }
+    return out
 
 
 # ----------------------------------------------------------------------------- driver
@@ -446,6 +545,7 @@ def measure(
         resolve_layers,
     )
 
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
     loaded = load_model(checkpoint, device=device, dtype=dtype)
     layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
     refs = []
@@ -471,10 +571,12 @@ def measure(
             stacklevel=2,
         )
     pair_sample = None
-    if n_pairs and (reported > 0).sum() >= 2 and n_reported >= 2:
-        groups = np.repeat(np.arange(len(lengths)), reported)
-        pair_sample = sample_pairs(n_reported, n_pairs, groups, seed)
-    stats = LayerStatistics(layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path))
+    doc_of_token = np.repeat(np.asarray(sample.documents, dtype=np.int64), reported)
+    if n_pairs and len(np.unique(doc_of_token)) >= 2:  # the paper's pairs: from different documents
+        pair_sample = sample_pairs(n_reported, n_pairs, doc_of_token, seed)
+    stats = LayerStatistics(
+        layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path), documents=sample.documents
+    )
     n_batches = len(batch_plan(sample, batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
         for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, batch_size, refs):
@@ -493,20 +595,26 @@ def measure(
             "anisotropy_sampled": _num(stats.anisotropy_sampled()),
             "n_pairs_sampled": n_pairs if pair_sample is not None else 0,
             "n_tokens": last["n_tokens"],
+            "n_sequences": len(sample.sequences),
+            "n_documents": len(set(sample.documents)),
             "hidden_size": loaded.hidden_size,
             "n_layers": loaded.n_layers,
             "has_final_norm": loaded.has_final_norm,
         }
     )
     reported_rows = [r for r in rows if r["layer"] in layer_list]
-    rec = recommend_target_layer(
-        [r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list], loaded.n_layers
+    rule = paper_depth_rule(
+        [r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list],
+        loaded.n_layers,
+        _trained_target(loaded.path),
     )
     scores = {
         "summary": summary,
         "layers": reported_rows,
-        "recommended_target_layer": rec["layer"],
-        "recommendation": rec,
+        "paper_depth_rule_layer": rule["layer"],
+        "paper_depth_rule": rule,
+        "recommended_target_layer": rule["layer"],  # old name of paper_depth_rule_layer, kept for readers
+        "paper_measures": PAPER_MEASURES,
         "definitions": DEFINITIONS,
     }
     settings = {
@@ -520,6 +628,7 @@ def measure(
         "ridge": ridge,
         "heldout_fraction": heldout_fraction,
         "n_pairs": n_pairs,
+        "pairs_across": PAIRS_ACROSS,
         "device": loaded.device,
         "dtype": loaded.dtype,
         "reference": checkpoint_info(refs[0].path) if refs else None,
@@ -622,6 +731,7 @@ def geom_record(
     """
     from .hidden import parse_layers
 
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
     ckpt = resolve_checkpoint(checkpoint)
     layers = parse_layers(layers)
     info = checkpoint_info(ckpt)
@@ -638,6 +748,7 @@ def geom_record(
         "ridge": ridge,
         "heldout_fraction": heldout_fraction,
         "n_pairs": n_pairs,
+        "pairs_across": PAIRS_ACROSS,  # records made before documents were tracked are measured again
     }
     if seq_len is not None:
         wanted["seq_len"] = seq_len
@@ -672,6 +783,17 @@ def geom_record(
         write_record(path, record)
     record["_path"] = str(path)
     return record
+
+
+def check_sizes(**sizes) -> None:
+    """Counts the user gives (``--batch-size``, ``--tokens``, ``--seq-len``, ``--pairs``) are
+    positive integers; ``UserError`` naming the option otherwise. None means "the default"."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
+            raise UserError(f"{option} {value!r}: must be a whole number of at least 1")
 
 
 def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:
@@ -711,6 +833,14 @@ def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> lis
         records.append(geom_record(ck, layers=layers, reference=prev if stability else None, **kwargs))
         prev = ck
     return records
+
+
+def _trained_target(checkpoint) -> int | None:
+    """The NITP target layer the checkpoint's run was trained with (None for NTP or plain models)."""
+    from nitp.runs import run_dir_of
+
+    run = run_dir_of(Path(checkpoint))
+    return run_target_layer(run) if run is not None else None
 
 
 def run_target_layer(run_dir) -> int | None:

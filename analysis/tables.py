@@ -22,10 +22,12 @@ RANK_METRICS = (
     "n_tokens",
 )
 ANISOTROPY_METRICS = (
-    "anisotropy",
+    "anisotropy_across_documents",
+    "anisotropy_sampled",
+    "anisotropy_within_documents",
     "anisotropy_across_sequences",
     "anisotropy_within_sequences",
-    "anisotropy_sampled",
+    "anisotropy",
     "mean_norm",
     "max_norm",
     "massive_activation_share",
@@ -35,7 +37,7 @@ LAYER_METRICS = (
     "effective_rank_covariance",
     "effective_rank_singular",
     "anisotropy",
-    "anisotropy_across_sequences",
+    "anisotropy_across_documents",
     "mean_norm",
     "temporal_self_similarity",
     "cos_last_to_next",
@@ -43,17 +45,19 @@ LAYER_METRICS = (
     "ridge_cos",
     "cka_vs_reference",
 )
-SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_sequences", "ridge_r2")
+SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_documents", "ridge_r2")
 SHORT = {
     "effective_rank_covariance": "erank_cov",
     "effective_rank_singular": "erank_sv",
     "participation_ratio": "PR",
     "stable_rank": "stable_rank",
     "top_eigenvalue_share": "top_share",
-    "anisotropy": "aniso",
-    "anisotropy_across_sequences": "aniso_across",
-    "anisotropy_within_sequences": "aniso_within",
-    "anisotropy_sampled": "aniso_sampled",
+    "anisotropy": "aniso_all_pairs",
+    "anisotropy_across_documents": "aniso_across_docs",
+    "anisotropy_within_documents": "aniso_within_docs",
+    "anisotropy_across_sequences": "aniso_across_seqs",
+    "anisotropy_within_sequences": "aniso_within_seqs",
+    "anisotropy_sampled": "aniso_sampled_docs",
     "mean_norm": "mean_norm",
     "max_norm": "max_norm",
     "massive_activation_share": "massive",
@@ -155,9 +159,10 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
             "tokens_seen": rec["model"].get("tokens_seen"),
             "erank_cov": s.get("effective_rank_covariance"),
             "erank_sv": s.get("effective_rank_singular"),
-            "aniso": s.get("anisotropy"),
-            "aniso_across": s.get("anisotropy_across_sequences"),
-            "aniso_sampled": s.get("anisotropy_sampled"),
+            "aniso_all_pairs": s.get("anisotropy"),
+            "aniso_across_docs": s.get("anisotropy_across_documents"),
+            "aniso_across_seqs": s.get("anisotropy_across_sequences"),
+            "aniso_sampled_docs": s.get("anisotropy_sampled"),
             "CKA_prev": last.get("cka_vs_reference"),
         }
         if target_layer is not None:
@@ -174,27 +179,28 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
 
 
 def flops_rows(report: dict) -> list[dict]:
-    """``flops``: one row per component and the NITP lines."""
-    b = report["breakdown"]
-    total = b["total"]
+    """``flops``: per component, the paper's closed form and the exact count side by side, then NITP."""
+    b, paper = report["breakdown"], report["paper_closed_form"]
+    exact = {
+        "attention_linear": b["attention_linear"],
+        "attention_scores": b["attention_scores"],
+        "ffn": b["ffn_dense"] + b["ffn_experts"],
+        "router": b["router"],
+        "lm_head": b["lm_head"],
+        "total (NTP)": b["total"],
+        "NITP extra (72 d^2 + 18 d)": report["nitp_extra_flops_per_token"],
+    }
+    paper_of = {**paper, "total (NTP)": paper["total"], "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"]}
     rows = [
-        {"component": k, "flops_per_token": v, "share": v / total}
-        for k, v in b.items()
-        if k not in ("total", "moe_layers")
+        {"component": k, "paper_closed_form": paper_of[k], "exact": v, "exact_minus_paper": v - paper_of[k]}
+        for k, v in exact.items()
     ]
-    rows.append({"component": "total (NTP)", "flops_per_token": total, "share": 1.0})
     rows.append(
         {
-            "component": "NITP extra (72 d^2 + 18 d)",
-            "flops_per_token": report["nitp_extra_flops_per_token"],
-            "share": report["nitp_overhead"],
-        }
-    )
-    rows.append(
-        {
-            "component": "NITP extra vs total without attention scores",
-            "flops_per_token": report["nitp_extra_flops_per_token"],
-            "share": report["nitp_overhead_without_attention_scores"],
+            "component": "NITP overhead (extra / total)",
+            "paper_closed_form": paper["nitp_overhead"],
+            "exact": report["nitp_overhead"],
+            "exact_minus_paper": report["nitp_overhead"] - paper["nitp_overhead"],
         }
     )
     return rows
@@ -238,19 +244,8 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
             else rows
         )
         return json.dumps(payload, indent=2, default=str)
-    from rich.console import Console
-    from rich.table import Table
+    from nitp.console import text_table
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    table = Table(title=title, show_lines=False)
-    for c in cols:
-        table.add_column(
-            str(c),
-            justify="left" if c in ("metric", "name", "component", "checkpoint") else "right",
-            no_wrap=True,
-        )
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    console = Console(width=1000, record=True, file=io.StringIO())  # never wrap: wide tables scroll
-    console.print(table)
-    return console.export_text()
+    left = ("metric", "name", "component", "checkpoint", "preset", "note")
+    return text_table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows], title=title, left=left) + "\n"

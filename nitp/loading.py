@@ -65,7 +65,7 @@ def model_folder(path: str | os.PathLike) -> Path:
     p = resolve_checkpoint(path)
     if not is_gguf_file(p):
         return p
-    folder = cache_dir() / "gguf" / weights_hash(p)[:16]
+    folder = cache_dir() / "gguf" / f"v2-{weights_hash(p)[:16]}"
     if not (folder / "config.json").is_file():
         export_gguf(p, folder)
     return folder
@@ -95,8 +95,11 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise UserError(
             f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {_first_line(e)})"
         ) from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: a plain float32 model
+        del config.quantization_config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
@@ -130,10 +133,19 @@ def load_config(path: str | os.PathLike):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
 def load_tokenizer(path: str | os.PathLike):
+    """The model's own tokenizer; ``UserError`` when the folder carries none (never a guess)."""
     from transformers import AutoTokenizer
 
     folder = model_folder(path)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        )
     try:
         return AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+from nitp.console import text_table
 from nitp.errors import UserError
 from nitp.loading import check_weights_readable, load_tokenizer, model_folder, offline_hub
 from nitp.records import (
@@ -605,27 +606,21 @@ def _stderr(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- output
 def format_table(record: dict) -> str:
-    """A plain-text table of one record: task, metric, score (%), stderr, n, shots, then the average."""
+    """A rich table of one record: task, metric, score (%), stderr, n, shots, then the average."""
     model = record["model"]
-    head = (
+    title = (
         f"{model.get('name')}"
         + (f" step {model['step']}" if model.get("step") is not None else "")
         + f" ({model['hash'][:8]})"
     )
-    rows = [("task", "metric", "score %", "± %", "n", "shots")]
+    rows = []
     for name, s in record["scores"]["tasks"].items():
         metric = s["metric"] + (f" ({s['filter']})" if s.get("filter") else "")
         err = "" if s["stderr"] is None else f"{100 * s['stderr']:.2f}"
-        rows.append((name, metric, f"{100 * s['value']:.2f}", err, str(s["n"]), str(s["shots"])))
+        rows.append((name, metric, f"{100 * s['value']:.2f}", err, s["n"], s["shots"]))
     for name in record["scores"].get("failed", {}):
         rows.append((name, "failed", "-", "", "", ""))
     avg = record["scores"]["average"]
     rows.append(("average", "mean of tasks", "-" if avg is None else f"{100 * avg:.2f}", "", "", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head] + [
-        "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
-    ]
-    lines.insert(2, "-" * len(lines[1]))
-    lines.insert(len(lines) - 1, "-" * len(lines[1]))
-    return "\n".join(lines)
+    columns = ("task", "metric", "score %", "± %", "n", "shots")
+    return text_table(columns, rows, title=title, left=columns[:2], section_before=[len(rows) - 1])

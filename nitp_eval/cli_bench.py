@@ -159,11 +159,10 @@ def _names(tasks: str | None, suite: str | None) -> list[str]:
 
 
 def _print_rows(rows: list[dict]) -> None:
-    table = [("task", "lm-eval task", "present", "missing", "detail")] + [
-        (r["task"], r["lm_eval_task"], str(r["present"]), str(r["missing"]), r["detail"]) for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    from nitp.console import text_table
+
+    columns = ("task", "lm-eval task", "present", "missing", "detail")
+    table = [(r["task"], r["lm_eval_task"], r["present"], r["missing"], r["detail"]) for r in rows]
+    print(text_table(columns, table, left=("task", "lm-eval task", "detail")))
     complete = sum(1 for r in rows if not r["missing"])
     print(f"{complete} of {len(rows)} task(s) complete")

@@ -1,1 +1,15 @@
-"""nitp: nitp_train."""
+"""nitp: nitp_train.
+
+``from nitp_train import wrap_model`` gives the NITP drop-in wrapper (``nitp_train.dropin``);
+it is imported on first use so that ``nitp-train --help`` stays instant.
+"""
+
+_LAZY = {"wrap_model": "nitp_train.dropin", "NITPWrapped": "nitp_train.dropin"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nitp_train' has no attribute {name!r}")

@@ -27,10 +27,14 @@ def run(
         None, help="YAML config (see configs/); omitted = defaults (tiny-dense, NITP)."
     ),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory [default: runs/<run_name>]."),
-    steps: int | None = typer.Option(None, "--steps", help="Training steps (train.steps)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps (train.steps; clears train.tokens)."
+    ),
     objective: str | None = typer.Option(None, "--objective", help="ntp or nitp."),
     preset: str | None = typer.Option(
-        None, "--preset", help="Model preset (model.preset); see `nitp-train presets`."
+        None,
+        "--preset",
+        help="Model preset (model.preset); for an overlay (configs/ablations/) also the recipe it applies to.",
     ),
     set_: List[str] = typer.Option(
         [], "--set", help="Override any config key: --set nitp.lambda=0.5 (repeatable)."
@@ -38,20 +42,44 @@ def run(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config (YAML, stdout) and plan (stderr); write nothing."
+    ),
+    world_size: int | None = typer.Option(
+        None, "--world-size", min=1, help="Processes to plan for with --dry-run [default: 1]."
+    ),
 ):
     """Train one model; writes RUN/config.yaml, RUN/metrics.jsonl and RUN/checkpoints/."""
+    from nitp.errors import UserError
+
     from .config import load_config
-    from .trainer import train
 
     overrides = list(set_)
     if steps is not None:
-        overrides.append(f"train.steps={steps}")
+        overrides += [f"train.steps={steps}", "train.tokens=null"]
     if objective is not None:
         overrides.append(f"objective={objective}")
-    if preset is not None:
-        overrides.append(f"model.preset={preset}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, preset=preset)
+    if dry_run:
+        _dry_run(cfg, world_size or 1)
+        return
+    if world_size is not None:
+        raise UserError(f"--world-size {world_size}: only plans a --dry-run; launch with torchrun to train")
+    from .trainer import train
+
     train(cfg, run_dir or Path("runs") / cfg["run_name"], resume=resume)
+
+
+def _dry_run(cfg: dict, world_size: int) -> None:
+    import sys
+
+    import yaml
+
+    from .config import apply_plan, plan_summary
+
+    cfg, plan = apply_plan(cfg, world_size)
+    print(plan_summary(cfg, plan), file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
 @app.command()
@@ -69,22 +97,28 @@ def prepare(
         "text", help="Field / column holding the text (.jsonl, .parquet, datasets)."
     ),
     seed: int = typer.Option(0),
+    workers: int | None = typer.Option(
+        None, help="Tokenizer worker processes [default: one per core, at most 8; 0 = in process]."
+    ),
+    batch_docs: int = typer.Option(256, help="Documents per encode_batch call."),
 ):
-    """Tokenize a corpus once into memory-mapped shards (point data.prepared_dir at OUT to share it)."""
+    """Tokenize a corpus into memory-mapped shards, streaming and resumable (point data.prepared_dir at OUT to share it)."""
     from .data import prepare as prepare_data
+    from .schema import check_value
 
-    prepare_data(
-        {
-            "corpus": corpus,
-            "tokenizer": tokenizer,
-            "vocab_size": vocab_size,
-            "val_fraction": val_fraction,
-            "text_field": text_field,
-            "seed": seed,
-            "seq_len": 2,
-        },
-        out,
-    )
+    settings = {
+        "corpus": corpus,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+        "seed": seed,
+        "workers": workers,
+        "batch_docs": batch_docs,
+    }
+    for key, value in settings.items():
+        check_value(f"data.{key}", value)
+    prepare_data({**settings, "seq_len": 2}, out)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import yaml
 from nitp.errors import UserError
 from nitp.layers import check_layer
 
-from .loss import LOSS_KINDS, PROJECTORS
 from .models import make_config, resolve_preset
+from .schema import check_schema
 
 DEFAULTS: dict[str, Any] = {
     "run_name": None,
@@ -26,15 +27,17 @@ DEFAULTS: dict[str, Any] = {
     "objective": "nitp",  # ntp | nitp
     "model": {"preset": "tiny-dense"},  # + any preset / transformers config field
     "nitp": {
-        "target_layer": None,  # null -> the preset's (paper: ~20% of depth)
-        "lambda": None,  # null -> the preset's (paper: 1.0, 0.8 at 3B/9B)
+        "target_layer": None,  # null -> the preset's (paper: ~20% of depth); or middle | deep
+        "lambda": None,  # null -> the preset's (paper: 1.0, 0.8 at 3B/9B, 0.6 at 45B)
         "shift": 1,  # 1 = next token (NITP); 0 = same position
         "loss": "cosine",  # cosine | mse | smooth_l1 | kl
         "stop_grad": True,
         "projector": "swiglu",  # swiglu | linear | none
         "start_step": 0,
     },
-    "cos_reg": {"weight": 0.0},  # Gao et al. 2019 baseline: mean cosine of last hidden states
+    # baseline regulariser: "hidden" = mean pairwise cosine of final hidden states (the NITP paper's
+    # baseline); "embedding" = Gao et al. (2019), mean pairwise cosine of the output embedding rows
+    "cos_reg": {"weight": 0.0, "kind": "hidden"},
     "data": {
         "corpus": "builtin",  # builtin | file or folder (.txt/.jsonl/.parquet) | HF dataset name
         "text_field": "text",
@@ -44,16 +47,21 @@ DEFAULTS: dict[str, Any] = {
         "val_fraction": 0.05,
         "seed": 0,
         "prepared_dir": None,  # null -> RUN/data
+        "workers": None,  # tokenizer processes; null -> one per CPU core (at most 8)
+        "batch_docs": 256,  # documents per encode_batch call
     },
     "train": {
-        "steps": 300,
-        "batch_size": 16,  # sequences per micro-batch per rank
-        "grad_accum": 1,
+        "steps": None,  # give steps or tokens; both null -> 300 steps
+        "tokens": None,  # token budget: steps = ceil(tokens / (global_batch x seq_len))
+        "global_batch": None,  # sequences per optimizer step; null -> batch_size x grad_accum x world
+        "batch_size": 16,  # sequences per micro-batch per process
+        "grad_accum": None,  # null -> global_batch / (batch_size x world)
         "lr": None,  # null -> the preset's
-        "min_lr_ratio": 0.1,
         "warmup_steps": 30,  # paper: 2000
+        "warmup_start_ratio": 0.0,  # lr at step 0 = this x lr (a linear ramp from 0)
         "decay_ratio": 0.2,  # paper: last 20% of steps
-        "decay_type": "cosine",  # linear | cosine | 1-sqrt
+        "decay_type": "cosine",  # decay shape: linear | cosine | 1-sqrt
+        "min_lr_ratio": 0.1,  # floor at the end of the decay = this x lr
         "weight_decay": 0.1,
         "betas": [0.9, 0.95],
         "eps": 1.0e-8,
@@ -63,18 +71,46 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,
         "parallel": "ddp",  # ddp | fsdp (under torchrun)
         "threads": None,  # torch CPU threads; null -> torch's default
+        "loss_chunk": 0,  # > 0: next-token CE in chunks of N positions (no [B, T, V] float32 logits)
+        "activation_checkpointing": False,  # recompute each block in backward (HF gradient checkpointing)
     },
     "log": {"every": 10, "geom_every": 50, "eval_every": 100, "eval_batches": 8},
     "checkpoint": {"every": 100, "keep_last": 3},
 }
+DEFAULT_STEPS = 300
 
 # Settings that may change when a run is resumed (they do not change the trajectory).
-RESUMABLE_CHANGES = ("log", "checkpoint", "train.steps", "train.threads", "run_name")
+RESUMABLE_CHANGES = (
+    "log",
+    "checkpoint",
+    "train.steps",
+    "train.threads",
+    "run_name",
+    "data.workers",
+    "data.batch_docs",
+)
+
+# The recipe of each preset: the config an overlay (``overlay: true``) is applied to.
+RECIPES: dict[str, str] = {
+    "tiny-dense": "tiny-nitp.yaml",
+    "tiny-moe": "tiny-moe-nitp.yaml",
+    "small-dense": "small-nitp.yaml",
+    "dense-0.5b": "paper-dense-0.5b-nitp.yaml",
+    "dense-2b": "paper-dense-2b-nitp.yaml",
+    "dense-3b": "paper-dense-3b-nitp.yaml",
+    "moe-1.9b-a0.3b": "paper-moe-1.9b-a0.3b-nitp.yaml",
+    "moe-3b-a0.5b": "paper-moe-3b-a0.5b-nitp.yaml",
+    "moe-9b-a1b": "paper-moe-9b-a1b-nitp.yaml",
+    "moe-45b-a5.5b": "paper-moe-45b-a5.5b-nitp.yaml",
+}
+# Depth-relative target layers an ablation can name (the paper's "middle" and "deep" targets).
+TARGET_WORDS = {"middle": 0.5, "deep": 0.75}
 
 
 def _merge(base: dict, update: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
+        key = str(key)
         path = f"{where}{key}"
         if key not in base and where != "model.":
             near = difflib.get_close_matches(key, list(base), n=1)
@@ -86,7 +122,11 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
                 raise UserError(f"config key {path!r} must be a mapping")
             out[key] = _merge(base[key], value, f"{path}.")
         elif key == "model":
-            out[key] = {**base[key], **{k: _coerce_number(v) for k, v in (value or {}).items()}}
+            if not isinstance(value or {}, dict):
+                raise UserError(
+                    f"config key 'model'={value!r}: must be a mapping, e.g. model: {{preset: tiny-dense}}"
+                )
+            out[key] = {**base[key], **{str(k): _coerce_number(v) for k, v in (value or {}).items()}}
         else:
             out[key] = _coerce_number(value)
     return out
@@ -137,13 +177,36 @@ def config_path(path: str | Path) -> Path:
     return p
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str | None = None,
+) -> dict:
     """Defaults, then the YAML at ``path`` (see :func:`config_path`), then ``overrides``
-    (``key=value``), resolved."""
+    (``key=value``), resolved and validated (the batch plan is resolved by :func:`apply_plan`).
+
+    ``preset`` picks the model; for an overlay file (``overlay: true``, e.g. an ablation) it
+    also picks the recipe the overlay is applied to (:data:`RECIPES`; default tiny-dense), so
+    ``load_config("configs/ablations/shift-0.yaml", preset="moe-9b-a1b")`` is the paper's 9B
+    recipe with ``nitp.shift: 0``.
+    """
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        for data in _read_chain(config_path(path)):
+        chain = _read_chain(config_path(path))
+        if chain and chain[0].pop("overlay", False):
+            recipe = preset or "tiny-dense"
+            if recipe not in RECIPES:
+                resolve_preset(recipe)  # unknown names: the nearest known one
+                raise UserError(
+                    f"--preset {recipe}: has no recipe to apply {path} to; use one of {', '.join(RECIPES)}"
+                )
+            base = _read_chain(configs_dir() / RECIPES[recipe])
+            name = f"{recipe}-{Path(path).stem}"
+            chain = base + [{"run_name": name}] + chain
+        for data in chain:
             cfg = _merge(cfg, data)
+    if preset is not None:
+        cfg = _merge(cfg, {"model": {"preset": preset}})
     for item in overrides:
         cfg = _merge(cfg, parse_override(item))
     return resolve(cfg)
@@ -156,32 +219,59 @@ def _read_chain(path: Path, seen: tuple = ()) -> list[dict]:
     if path.resolve() in seen:
         raise UserError(f"config {path}: 'base:' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config {path}: invalid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
     base = data.pop("base", None)
+    if base is not None and data.get("overlay"):
+        raise UserError(f"config {path}: an overlay takes its base from --preset; remove 'base:'")
+    if base is not None and not isinstance(base, str):
+        raise UserError(f"config {path}: base={base!r} must name a YAML file")
     chain = _read_chain(path.parent / base, seen + (path.resolve(),)) if base else []
     return chain + [data]
+
+
+def overlay_keys(path: str | Path) -> dict[str, Any]:
+    """The dotted keys an overlay file states, with their values (``{"nitp.shift": 0}``)."""
+    data = _read_chain(config_path(path))[-1]
+    data.pop("overlay", None)
+    return _flatten(data)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and not (prefix == "" and k == "model" and not v):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def resolve(cfg: dict) -> dict:
     """Expand the preset, fill preset-dependent nulls, and validate; returns a new dict."""
     cfg = copy.deepcopy(cfg)
+    check_schema(cfg)
     model = dict(cfg["model"])
     preset = model.pop("preset", None) or "tiny-dense"
     spec = resolve_preset(preset, model)
     make_config(spec)  # validates every model field (unknown keys name the nearest)
     nitp, train, data = cfg["nitp"], cfg["train"], cfg["data"]
+    n_layers = spec["num_hidden_layers"]
     if nitp["target_layer"] is None:
         nitp["target_layer"] = spec.get("target_layer", 1)
+    elif nitp["target_layer"] in TARGET_WORDS:
+        nitp["target_layer"] = max(1, min(n_layers - 1, round(TARGET_WORDS[nitp["target_layer"]] * n_layers)))
     if nitp["lambda"] is None:
         nitp["lambda"] = spec.get("lambda", 1.0)
     if train["lr"] is None:
         train["lr"] = spec.get("lr", 1e-3)
     if data["vocab_size"] is None:
         data["vocab_size"] = spec["vocab_size"]
+    if train["steps"] is None and train["tokens"] is None:
+        train["steps"] = DEFAULT_STEPS
     cfg["model"] = {"preset": preset, **spec}
     if cfg["run_name"] is None:
         cfg["run_name"] = f"{preset}-{cfg['objective']}"
@@ -190,42 +280,91 @@ def resolve(cfg: dict) -> dict:
 
 
 def _validate(cfg: dict) -> None:
+    """Rules across keys (each key's own type and range: ``nitp_train.schema.SCHEMA``)."""
     nitp, train, data, model = cfg["nitp"], cfg["train"], cfg["data"], cfg["model"]
-    if cfg["objective"] not in ("ntp", "nitp"):
-        raise UserError(f"objective={cfg['objective']!r}: use ntp or nitp")
-    n_layers = model["num_hidden_layers"]
-    if isinstance(nitp["target_layer"], bool):
-        raise UserError(
-            f"nitp.target_layer={nitp['target_layer']}: give an integer layer number (0 = embeddings)"
-        )
     nitp["target_layer"] = check_layer(
-        nitp["target_layer"], n_layers, allow_last=False, name="nitp.target_layer"
+        nitp["target_layer"], model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"
     )
-    if not isinstance(nitp["lambda"], (int, float)) or nitp["lambda"] < 0:
-        raise UserError(f"nitp.lambda={nitp['lambda']}: must be a number >= 0")
-    if nitp["shift"] not in (0, 1):
-        raise UserError(f"nitp.shift={nitp['shift']}: use 1 (next token) or 0 (same position)")
-    if nitp["loss"] not in LOSS_KINDS:
-        raise UserError(f"nitp.loss={nitp['loss']!r}: use one of {', '.join(LOSS_KINDS)}")
-    if nitp["projector"] not in PROJECTORS:
-        raise UserError(f"nitp.projector={nitp['projector']!r}: use one of {', '.join(PROJECTORS)}")
-    if nitp["start_step"] < 0 or cfg["cos_reg"]["weight"] < 0:
-        raise UserError("nitp.start_step and cos_reg.weight must be >= 0")
     if data["seq_len"] > model["max_position_embeddings"]:
         raise UserError(
-            f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings={model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"
+            f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings="
+            f"{model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"
         )
-    if data["seq_len"] < 2:
-        raise UserError("data.seq_len must be >= 2")
-    for key in ("steps", "batch_size", "grad_accum"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise UserError(f"train.{key}={train[key]}: must be an integer >= 1")
-    if train["lr"] <= 0:
-        raise UserError(f"train.lr={train['lr']}: must be > 0")
-    if train["parallel"] not in ("ddp", "fsdp"):
-        raise UserError(f"train.parallel={train['parallel']!r}: use ddp or fsdp")
-    if train["dtype"] not in ("auto", "bf16", "fp32"):
-        raise UserError(f"train.dtype={train['dtype']!r}: use auto, bf16 or fp32")
+    if train["steps"] is not None and train["tokens"] is not None:
+        raise UserError(
+            f"train.steps={train['steps']} and train.tokens={train['tokens']:g} are both given: "
+            "give one (set the other to null)"
+        )
+
+
+def apply_plan(cfg: dict, world_size: int = 1) -> tuple[dict, dict]:
+    """Resolve the batch and step plan of ``cfg`` for ``world_size`` processes.
+
+    grad_accum = global_batch / (batch_size x world_size); steps = ceil(tokens / (global_batch x
+    seq_len)) when a token budget is given. Returns ``(cfg with train.global_batch, grad_accum
+    and steps filled in, plan)``; ``plan`` holds the numbers :func:`plan_summary` prints.
+
+    Example: global_batch 512, batch_size 1, 8 processes, seq_len 8192, tokens 200e9 ->
+    grad_accum 64, 4,194,304 tokens/step, 47,684 steps.
+    """
+    cfg = copy.deepcopy(cfg)
+    tc, seq = cfg["train"], cfg["data"]["seq_len"]
+    micro = tc["batch_size"] * world_size
+    if tc["global_batch"] is None:
+        tc["grad_accum"] = tc["grad_accum"] or 1
+        tc["global_batch"] = micro * tc["grad_accum"]
+    elif tc["global_batch"] % micro:
+        raise UserError(
+            f"train.global_batch={tc['global_batch']}: not a multiple of train.batch_size={tc['batch_size']} x "
+            f"{world_size} processes = {micro}; choose a batch_size (or process count) that divides it"
+        )
+    elif tc["grad_accum"] not in (None, tc["global_batch"] // micro):
+        raise UserError(
+            f"train.grad_accum={tc['grad_accum']}: global_batch {tc['global_batch']} / (batch_size "
+            f"{tc['batch_size']} x {world_size} processes) needs {tc['global_batch'] // micro}; set it to null"
+        )
+    else:
+        tc["grad_accum"] = tc["global_batch"] // micro
+    tokens_per_step = tc["global_batch"] * seq
+    if tc["tokens"] is not None:
+        tc["steps"] = max(1, math.ceil(tc["tokens"] / tokens_per_step))
+    warmup = min(tc["warmup_steps"], tc["steps"])
+    decay = min(int(round(tc["decay_ratio"] * tc["steps"])), tc["steps"] - warmup)
+    plan = {
+        "world_size": world_size,
+        "global_batch": tc["global_batch"],
+        "batch_size": tc["batch_size"],
+        "grad_accum": tc["grad_accum"],
+        "seq_len": seq,
+        "tokens_per_step": tokens_per_step,
+        "steps": tc["steps"],
+        "tokens": tokens_per_step * tc["steps"],
+        "warmup_steps": warmup,
+        "decay_steps": decay,
+        "stable_steps": tc["steps"] - warmup - decay,
+    }
+    return cfg, plan
+
+
+def plan_summary(cfg: dict, plan: dict) -> str:
+    """One line: ``global batch 512 x 8192 = 4.19M tokens/step, 47,684 steps = 200B tokens; ...``."""
+    tc = cfg["train"]
+    return (
+        f"global batch {plan['global_batch']:,} x {plan['seq_len']:,} = {_count(plan['tokens_per_step'])} "
+        f"tokens/step, {plan['steps']:,} steps = {_count(plan['tokens'])} tokens "
+        f"(micro-batch {plan['batch_size']} x {plan['world_size']} processes x {plan['grad_accum']} "
+        f"accumulation); lr {tc['lr']:g}: warm-up {plan['warmup_steps']:,} steps from "
+        f"{tc['warmup_start_ratio']:g} x lr, stable {plan['stable_steps']:,}, {tc['decay_type']} decay "
+        f"{plan['decay_steps']:,} steps to {tc['min_lr_ratio']:g} x lr"
+    )
+
+
+def _count(n: float) -> str:
+    """4194304 -> '4.19M', 200000471040 -> '200B'."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

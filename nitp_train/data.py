@@ -20,6 +20,8 @@ resume is ``i`` (the cursor).
 from __future__ import annotations
 
 import bz2
+import functools
+import gc
 import hashlib
 import html
 import json
@@ -68,93 +70,202 @@ def builtin_documents() -> list[str]:
 
 
 def load_documents(corpus: str, text_field: str = "text") -> list[str]:
-    """Documents of a corpus: ``builtin``, a file or folder, or a Hugging Face dataset name."""
+    """Documents of a corpus as a list (small corpora; :func:`iter_documents` streams)."""
+    return list(iter_documents(corpus, text_field))
+
+
+def iter_documents(corpus: str, text_field: str = "text") -> Iterator[str]:
+    """Documents of a corpus, streamed: ``builtin``, a file or folder, or a hub dataset name."""
+    doc: list[str] = []
+    for new_doc, text in iter_pieces(corpus, text_field):
+        if new_doc and doc:
+            yield "".join(doc)
+            doc = []
+        doc.append(text)
+    if doc:
+        yield "".join(doc)
+
+
+def iter_pieces(corpus: str, text_field: str = "text") -> Iterator[tuple[bool, str]]:
+    """``(starts_a_document, text)`` pieces of a corpus in a fixed order, never the whole corpus
+    in memory: a .txt file is one document read in pieces of about 1M characters (at line ends),
+    .jsonl / .parquet / dataset rows are one document each, cut in pieces of at most 1M characters
+    (:func:`_split_long`); blank documents are skipped.
+    """
+    found = False
+    for text_pieces in _documents_as_pieces(corpus, text_field):
+        first = True
+        for piece in text_pieces:
+            if first and not piece.strip():
+                continue
+            yield first, piece
+            first, found = False, True
+    if not found:
+        raise UserError(f"corpus {corpus}: empty (no non-blank text found)")
+
+
+def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]]:
     if corpus == "builtin":
-        return builtin_documents()
+        yield from map(_split_long, builtin_documents())
+        return
     path = Path(corpus).expanduser()
     if path.exists():
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+        files = sorted(p for p in path.rglob("*") if _kind(p) and p.is_file() and not _hidden(p, path))
+        files = files if path.is_dir() else [path]
         if not files:
             raise UserError(f"corpus {corpus}: folder holds no .txt/.jsonl/.parquet file")
-        docs = [d for f in files for d in _read_file(f, text_field)]
+        for f in files:
+            yield from _file_documents(f, text_field)
     elif _looks_like_hub_name(corpus):
-        docs = _load_hub_dataset(corpus, text_field)
+        yield from map(_split_long, _stream_hub_dataset(corpus, text_field))
     else:
         raise UserError(f"corpus {corpus}: no such file or folder")
-    docs = [d for d in docs if d.strip()]
-    if not docs:
-        raise UserError(f"corpus {corpus}: empty (no non-blank text found)")
-    return docs
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """Dot-names under a corpus folder (a partial preparation, editor files) are not corpus."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+COMPRESSED = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
+
+
+def _kind(path: Path) -> str | None:
+    """``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` of a file name, compression suffix ignored."""
+    suffixes = path.suffixes[-2:]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes and suffixes[-1] in TEXT_SUFFIXES else None
 
 
 def _looks_like_hub_name(name: str) -> bool:
     """``wikitext`` or ``owner/name``: no leading path marker, at most one slash, no file suffix."""
-    return (
-        not name.startswith(("/", ".", "~"))
-        and name.count("/") <= 1
-        and Path(name).suffix not in TEXT_SUFFIXES
-    )
+    return not name.startswith(("/", ".", "~")) and name.count("/") <= 1 and _kind(Path(name)) is None
 
 
-def _read_file(path: Path, text_field: str) -> list[str]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _open_text(path: Path):
+    import importlib
 
-        table = pq.read_table(path)
-        if text_field not in table.column_names:
-            raise UserError(
-                f"corpus {path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set data.text_field"
-            )
-        return [str(x) for x in table.column(text_field).to_pylist() if x]
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise UserError(f"corpus {path}: binary file, not text (give .txt, .jsonl or .parquet)")
+    if path.suffix in COMPRESSED:
+        return importlib.import_module(COMPRESSED[path.suffix]).open(path, "rt", encoding="utf-8")
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(8192):
+            raise UserError(f"corpus {path}: binary file, not text (give .txt, .jsonl or .parquet)")
+    return open(path, encoding="utf-8")
+
+
+def _file_documents(path: Path, text_field: str) -> Iterator[Iterator[str]]:
+    kind = _kind(path)
+    if kind == ".parquet":
+        yield from map(_split_long, _parquet_texts(path, text_field))
+        return
     try:
-        text = raw.decode("utf-8")
+        with _open_text(path) as f:
+            if kind in (".jsonl", ".json"):
+                for i, line in enumerate(f, 1):
+                    if line.strip():
+                        yield _split_long(_json_text(line, text_field, path, i))
+            else:
+                yield _line_blocks(f)
     except UnicodeDecodeError:
         raise UserError(f"corpus {path}: not UTF-8 text (convert it to UTF-8)") from None
-    if path.suffix in {".jsonl", ".json"}:
-        docs = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                docs.append(json.loads(line)[text_field])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(
-                    f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line"
-                ) from None
-        return docs
-    # .txt: documents are separated by blank lines when there are several paragraphs per file
-    return [text]
 
 
-def _load_hub_dataset(name: str, text_field: str) -> list[str]:
+PIECE_CHARS = 1 << 20  # longer documents are tokenized in pieces: memory per piece stays bounded
+
+
+def _split_long(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut after the last line end or space
+    within the limit (anywhere when there is none); short texts are one piece."""
+    pieces = []
+    while len(text) > limit:
+        cut = max(text.rfind("\n", 0, limit), text.rfind(" ", 0, limit)) + 1 or limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return pieces + [text]
+
+
+def _line_blocks(f, block_chars: int = PIECE_CHARS) -> Iterator[str]:
+    block, size = [], 0
+    for line in f:
+        block.append(line)
+        size += len(line)
+        if size >= block_chars:
+            yield "".join(block)
+            block, size = [], 0
+    if block:
+        yield "".join(block)
+
+
+def _json_text(line: str, text_field: str, path: Path, i: int) -> str:
+    try:
+        text = json.loads(line)[text_field]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(
+            f"corpus {path}:{i}: expected a JSON object with a {text_field!r} field per line"
+        ) from None
+    return text if isinstance(text, str) else str(text)
+
+
+def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if text_field not in pf.schema_arrow.names:
+        raise UserError(
+            f"corpus {path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); set data.text_field"
+        )
+    for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+        yield from (str(x) for x in batch.column(0).to_pylist() if x)
+
+
+def _stream_hub_dataset(name: str, text_field: str) -> Iterator[str]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, split="train")
+        ds = datasets.load_dataset(name, split="train", streaming=True)
+        rows = iter(ds)
+        first = next(rows)
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one line
         raise UserError(
             f"corpus {name}: not a local path and could not be loaded from the hub ({type(e).__name__}); give a local file or folder"
         ) from None
-    if text_field not in ds.column_names:
+    if text_field not in first:
         raise UserError(
-            f"corpus {name}: no column {text_field!r} (columns: {', '.join(ds.column_names)}); set data.text_field"
+            f"corpus {name}: no column {text_field!r} (columns: {', '.join(first)}); set data.text_field"
         )
-    return list(ds[text_field])
+    yield first[text_field]
+    for row in rows:
+        yield row[text_field]
+
+
+def is_validation(doc_index: int, val_fraction: float, seed: int) -> bool:
+    """Whether document ``doc_index`` is held out: a seeded uniform draw per document < val_fraction.
+
+    Draws come in blocks of 4096 (``default_rng([seed, block])``), so the split of a stream is
+    decided document by document without knowing the corpus size.
+    """
+    block, i = divmod(doc_index, _BLOCK)
+    return bool(_block_draws(seed, block)[i] < val_fraction)
+
+
+_BLOCK = 4096
+
+
+@functools.lru_cache(maxsize=4)
+def _block_draws(seed: int, block: int) -> np.ndarray:
+    return np.random.default_rng([seed, block]).random(_BLOCK)
 
 
 def split_documents(docs: list[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Hold out whole documents (at least one) for validation, seeded."""
-    if len(docs) < 2:
-        # one long document: hold out its tail
+    """Hold out whole documents (:func:`is_validation`; at least one) for validation, seeded."""
+    if len(docs) < 2:  # one long document: hold out its tail
         cut = int(len(docs[0]) * (1 - val_fraction))
         return [docs[0][:cut]], [docs[0][cut:]]
-    order = np.random.default_rng(seed).permutation(len(docs))
-    n_val = max(1, int(round(len(docs) * val_fraction)))
-    val_idx = set(order[:n_val].tolist())
-    return [d for i, d in enumerate(docs) if i not in val_idx], [docs[i] for i in sorted(val_idx)]
+    held = [is_validation(i, val_fraction, seed) for i in range(len(docs))]
+    if not any(held):
+        held[-1] = True  # as prepare(): the last document moves to validation
+    return [d for d, h in zip(docs, held) if not h], [d for d, h in zip(docs, held) if h]
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -202,6 +313,9 @@ FINGERPRINT_DEFAULTS = {
     "val_fraction": 0.05,
     "seed": 0,
 }
+FORMAT = 2  # 2: streamed, hash-split documents, doc-start index files
+TOKENIZER_SAMPLE_CHARS = 64 << 20  # a trained BPE sees at most this much training text
+FLUSH_TOKENS = 8 << 20  # progress is committed (resumable) at least every this many tokens
 
 
 def data_fingerprint(data_cfg: dict) -> str:
@@ -211,79 +325,343 @@ def data_fingerprint(data_cfg: dict) -> str:
 
 
 def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
-    """Tokenize a corpus once into ``out_dir`` (reused when it already matches ``data_cfg``)."""
-    out = Path(out_dir)
-    fp = data_fingerprint(data_cfg)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != fp:
-            raise UserError(
-                f"{out}: holds data prepared with other settings (corpus {meta.get('corpus')}, vocabulary {meta.get('vocab_size')}); use another data.prepared_dir or delete it"
-            )
-        return out
-    log(f"preparing corpus {data_cfg['corpus']!r} -> {out}")
-    docs = load_documents(data_cfg["corpus"], data_cfg.get("text_field", "text"))
-    train_docs, val_docs = split_documents(docs, data_cfg.get("val_fraction", 0.02), data_cfg.get("seed", 0))
-    if data_cfg.get("tokenizer"):
-        tok = load_tokenizer(data_cfg["tokenizer"])
-    else:
-        tok = train_tokenizer(train_docs, data_cfg.get("vocab_size", 4096))
-    vocab = len(tok)
-    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
+    """Tokenize a corpus once into ``out_dir`` (reused when it already matches ``data_cfg``).
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tok.save_pretrained(tmp / "tokenizer")
-    counts = {}
-    for split, split_docs in (("train", train_docs), ("val", val_docs)):
-        ids = _encode_packed(tok, split_docs).astype(dtype)
-        ids.tofile(tmp / f"{split}.bin")
-        counts[split] = int(ids.size)
-    seq_len = data_cfg.get("seq_len", 256)
-    if counts["train"] < seq_len + 1:
-        shutil.rmtree(tmp)
-        raise UserError(
-            f"corpus {data_cfg['corpus']}: {counts['train']} training tokens, fewer than one sequence of {seq_len}; give more text or lower data.seq_len"
-        )
-    meta = {
-        "fingerprint": fp,
-        "corpus": data_cfg["corpus"],
-        "dtype": np.dtype(dtype).name,
-        "vocab_size": vocab,
-        "n_train": counts["train"],
-        "n_val": counts["val"],
-        "n_docs_train": len(train_docs),
-        "n_docs_val": len(val_docs),
-        "eos_token_id": tok.eos_token_id,
-        "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
-    }
-    atomic_write_json(tmp / "meta.json", meta)
-    if out.exists() and not meta_path.is_file():  # an empty or partial folder from an interrupted run
-        shutil.rmtree(out)
+    Streams the corpus piece by piece (:func:`iter_pieces`), tokenizes batches of
+    ``data.batch_docs`` documents in ``data.workers`` processes with the Rust tokenizer's
+    ``encode_batch``, and appends to ``train.bin`` / ``val.bin`` (+ ``train.idx`` / ``val.idx``,
+    uint64 token offsets where documents start) in ``.NAME.partial/`` beside ``out_dir``, which
+    is renamed to ``out_dir`` when complete. Memory stays bounded by the batches in flight. A
+    killed preparation resumes from its last committed progress at the next call.
+    """
+    import fcntl
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"data.prepared_dir={out}: is a file; give a folder path (new or prepared before)")
+    fp = data_fingerprint(data_cfg)
+    _remove_stale_tmp(out)
+    if (reused := _reuse(out, fp)) is not None:
+        return reused
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished preparing the same data first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return prepare(data_cfg, out, log)
-    log(f"prepared {counts['train']:,} train and {counts['val']:,} validation tokens, vocabulary {vocab:,}")
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one preparer per folder; others wait, then reuse
+        try:
+            if (reused := _reuse(out, fp)) is not None:
+                return reused
+            partial = out.with_name(f".{out.name}.partial")
+            try:
+                meta = _prepare_into(partial, data_cfg, fp, log)
+                if out.exists():  # an empty or partial folder from an interrupted older run
+                    shutil.rmtree(out)
+                os.replace(partial, out)
+            except Exception:
+                shutil.rmtree(partial, ignore_errors=True)  # bad input: leave nothing behind
+                raise
+        finally:
+            lock_path.unlink(missing_ok=True)
+    log(
+        f"prepared {meta['n_train']:,} train and {meta['n_val']:,} validation tokens "
+        f"({meta['n_docs_train']:,} + {meta['n_docs_val']:,} documents), vocabulary {meta['vocab_size']:,}"
+    )
     return out
 
 
-def _encode_packed(tok, docs: list[str]) -> np.ndarray:
-    eos = tok.eos_token_id
-    parts = []
-    for ids in tok(docs, add_special_tokens=False)["input_ids"]:
-        parts.append(np.asarray(ids + [eos], dtype=np.int64))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def _reuse(out: Path, fp: str) -> Path | None:
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") != fp:
+        raise UserError(
+            f"{out}: holds data prepared with other settings (corpus {meta.get('corpus')}, vocabulary "
+            f"{meta.get('vocab_size')}); use another data.prepared_dir or delete it"
+        )
+    return out
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Folders ``.NAME.PID.tmp`` of older versions whose process is gone."""
+    if not out.parent.is_dir():
+        return
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2 : -4]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
+    corpus, field = data_cfg["corpus"], data_cfg.get("text_field", "text")
+    val_fraction, seed = data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0)
+    progress = _load_progress(partial, fp)
+    if progress is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        log(f"preparing corpus {corpus!r} -> {partial.name[1:-8]}")
+        tok = _make_tokenizer(data_cfg, corpus, field, val_fraction, seed)
+        tok.save_pretrained(partial / "tokenizer")
+        progress = {
+            "fingerprint": fp,
+            "pieces": 0,
+            "docs": 0,
+            "train": 0,
+            "val": 0,
+            "train_docs": 0,
+            "val_docs": 0,
+        }
+        progress["dtype"] = "uint16" if len(tok) <= np.iinfo(np.uint16).max + 1 else "uint32"
+        progress["vocab_size"], progress["eos"] = len(tok), tok.eos_token_id
+        _commit(partial, progress)
+    else:
+        log(f"resuming the preparation of {corpus!r} at document {progress['docs']:,}")
+    writer = _ShardWriter(partial, progress)
+    try:
+        _tokenize_stream(partial, data_cfg, progress, writer)
+    finally:
+        writer.close()
+    _ensure_validation(partial, progress, val_fraction)
+    seq_len = data_cfg.get("seq_len", 256)
+    if progress["train"] < seq_len + 1:
+        raise UserError(
+            f"corpus {corpus}: {progress['train']} training tokens, fewer than one sequence of {seq_len}; "
+            "give more text or lower data.seq_len"
+        )
+    meta = {
+        "format": FORMAT,
+        "fingerprint": fp,
+        "corpus": corpus,
+        "dtype": progress["dtype"],
+        "vocab_size": progress["vocab_size"],
+        "n_train": progress["train"],
+        "n_val": progress["val"],
+        "n_docs_train": progress["train_docs"],
+        "n_docs_val": progress["val_docs"],
+        "eos_token_id": progress["eos"],
+        "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
+    }
+    (partial / "progress.json").unlink()
+    atomic_write_json(partial / "meta.json", meta)
+    return meta
+
+
+def _make_tokenizer(data_cfg: dict, corpus: str, field: str, val_fraction: float, seed: int):
+    if data_cfg.get("tokenizer"):
+        tok = load_tokenizer(data_cfg["tokenizer"])
+        if not tok.is_fast:
+            raise UserError(
+                f"tokenizer {data_cfg['tokenizer']}: has no fast (Rust) version; give a tokenizer.json one"
+            )
+        return tok
+
+    def sample() -> Iterator[str]:  # training documents, up to TOKENIZER_SAMPLE_CHARS
+        seen = 0
+        for i, doc in enumerate(iter_documents(corpus, field)):
+            if not is_validation(i, val_fraction, seed) or i == 0:
+                yield doc
+                seen += len(doc)
+                if seen >= TOKENIZER_SAMPLE_CHARS:
+                    return
+
+    return train_tokenizer(sample(), data_cfg.get("vocab_size", 4096))
+
+
+def _load_progress(partial: Path, fp: str) -> dict | None:
+    try:
+        progress = json.loads((partial / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return progress if progress.get("fingerprint") == fp else None
+
+
+def _commit(partial: Path, progress: dict) -> None:
+    atomic_write_json(partial / "progress.json", progress)
+
+
+class _ShardWriter:
+    """Appends token ids and document starts per split; truncates to the committed progress."""
+
+    def __init__(self, partial: Path, progress: dict):
+        self.dtype = np.dtype(progress["dtype"])
+        self.files = {}
+        for split in ("train", "val"):
+            for ext, size in (
+                ("bin", progress[split] * self.dtype.itemsize),
+                ("idx", progress[f"{split}_docs"] * 8),
+            ):
+                f = open(partial / f"{split}.{ext}", "ab+")
+                f.truncate(size)  # drop what was written after the last commit
+                f.seek(size)
+                self.files[split, ext] = f
+
+    def append(self, split: str, ids: np.ndarray, doc_starts: np.ndarray, progress: dict) -> None:
+        self.files[split, "idx"].write((doc_starts + progress[split]).astype(np.uint64).tobytes())
+        self.files[split, "bin"].write(ids.astype(self.dtype, copy=False).tobytes())
+        progress[split] += int(ids.size)
+        progress[f"{split}_docs"] += int(doc_starts.size)
+
+    def flush(self) -> None:
+        for f in self.files.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _pieces_with_ends(corpus: str, field: str) -> Iterator[tuple[int, int, bool, bool, str]]:
+    """``(piece index, document index, starts_doc, ends_doc, text)``: one piece of look-ahead."""
+    prev, doc = None, -1
+    for piece, (new_doc, text) in enumerate(iter_pieces(corpus, field)):
+        doc += new_doc
+        if prev is not None:
+            yield prev[0], prev[1], prev[2], new_doc, prev[3]
+        prev = (piece, doc, new_doc, text)
+    if prev is not None:
+        yield prev[0], prev[1], prev[2], True, prev[3]
+
+
+def _jobs(data_cfg: dict, progress: dict) -> Iterator[tuple[list, int, int]]:
+    """Batches of ``([(text, starts_doc, ends_doc, is_val), ...], pieces done, docs done)``
+    after the committed progress."""
+    corpus, field = data_cfg["corpus"], data_cfg.get("text_field", "text")
+    val_fraction, seed = data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0)
+    per_job, max_chars = data_cfg.get("batch_docs", 256), PIECE_CHARS
+    items, chars = [], 0
+    for piece, doc, starts, ends, text in _pieces_with_ends(corpus, field):
+        if piece < progress["pieces"]:
+            continue
+        items.append((text, starts, ends, is_validation(doc, val_fraction, seed)))
+        chars += len(text)
+        if len(items) >= per_job or chars >= max_chars:
+            yield items, piece + 1, doc + 1
+            items, chars = [], 0
+    if items:
+        yield items, piece + 1, doc + 1
+
+
+def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _ShardWriter) -> None:
+    import collections
+    import multiprocessing
+
+    workers = data_cfg.get("workers")
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    tok_file = str(partial / "tokenizer" / "tokenizer.json")
+    eos = progress["eos"]
+    since_commit = 0
+
+    def consume(result, pieces, docs):
+        nonlocal since_commit
+        for split, (ids, doc_starts) in result.items():
+            writer.append(split, ids, doc_starts, progress)
+            since_commit += ids.size
+        progress["pieces"], progress["docs"] = pieces, docs
+        if since_commit >= FLUSH_TOKENS:
+            writer.flush()
+            _commit(partial, progress)
+            since_commit = 0
+
+    if workers == 0:
+        _init_worker(tok_file, eos)
+        for items, pieces, docs in _jobs(data_cfg, progress):
+            consume(_encode_job(items), pieces, docs)
+    else:
+        # fork: workers need no re-import of the caller's __main__ (spawn would re-run scripts
+        # without a main guard); each loads its own Rust tokenizer from tokenizer.json.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        gc.freeze()  # forked workers' garbage collection then leaves the parent's pages shared
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_file, eos))
+        gc.unfreeze()
+        with pool:
+            pending: collections.deque = collections.deque()
+            for items, pieces, docs in _jobs(data_cfg, progress):
+                pending.append((pool.apply_async(_encode_job, (items,)), pieces, docs))
+                if len(pending) >= 2 * workers:  # bounded: memory does not grow with the corpus
+                    result, p, d = pending.popleft()
+                    consume(result.get(), p, d)
+            while pending:
+                result, p, d = pending.popleft()
+                consume(result.get(), p, d)
+    writer.flush()
+    _commit(partial, progress)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_file: str, eos: int) -> None:
+    from tokenizers import Tokenizer
+
+    _WORKER["tok"], _WORKER["eos"] = Tokenizer.from_file(tokenizer_file), eos
+
+
+def _encode_job(items: list[tuple[str, bool, bool, bool]]) -> dict:
+    """``{split: (token ids with EOS after each document's last piece, document start offsets)}``
+    for one batch of ``(text, starts_doc, ends_doc, is_val)`` pieces."""
+    encodings = _WORKER["tok"].encode_batch([it[0] for it in items], add_special_tokens=False)
+    eos = np.array([_WORKER["eos"]], dtype=np.uint32)
+    out = {}
+    for split, flag in (("train", False), ("val", True)):
+        parts, doc_starts, n = [], [], 0
+        for enc, (_, starts, ends, is_val) in zip(encodings, items):
+            if is_val != flag:
+                continue
+            if starts:
+                doc_starts.append(n)
+            parts.append(np.asarray(enc.ids, dtype=np.uint32))
+            n += len(enc.ids)
+            if ends:
+                parts.append(eos)
+                n += 1
+        if parts:
+            out[split] = (np.concatenate(parts), np.asarray(doc_starts, dtype=np.int64))
+    return out
+
+
+def _ensure_validation(partial: Path, progress: dict, val_fraction: float) -> None:
+    """At least one validation document: move the last training document (or, with one
+    document only, the tail ``val_fraction`` of its tokens) to val.bin."""
+    if progress["train"] == 0 and progress["val"] > 0:  # every document drew validation: start over
+        for ext in ("bin", "idx"):
+            os.replace(partial / f"val.{ext}", partial / f"train.{ext}")
+        progress.update(train=progress["val"], train_docs=progress["val_docs"], val=0, val_docs=0)
+    if progress["val"] > 0 or progress["train"] == 0:
+        return
+    dtype = np.dtype(progress["dtype"])
+    starts = np.fromfile(partial / "train.idx", dtype=np.uint64)
+    cut = int(starts[-1]) if starts.size >= 2 else int(progress["train"] * (1 - val_fraction))
+    train = np.memmap(partial / "train.bin", dtype=dtype, mode="r")
+    np.asarray(train[cut:]).tofile(partial / "val.bin")
+    del train
+    np.zeros(1, dtype=np.uint64).tofile(partial / "val.idx")
+    with open(partial / "train.bin", "r+b") as f:
+        f.truncate(cut * dtype.itemsize)
+    if starts.size >= 2:
+        starts[:-1].tofile(partial / "train.idx")
+    progress.update(
+        val=progress["train"] - cut,
+        train=cut,
+        val_docs=1,
+        train_docs=max(1, progress["train_docs"] - (starts.size >= 2)),
+    )
 
 
 def validation_documents(data_cfg: dict) -> list[str]:
-    """The held-out documents of a prepared corpus (same split as ``prepare``)."""
+    """The held-out documents of a corpus (same split as ``prepare``)."""
     docs = load_documents(data_cfg["corpus"], data_cfg.get("text_field", "text"))
-    return split_documents(docs, data_cfg.get("val_fraction", 0.02), data_cfg.get("seed", 0))[1]
+    return split_documents(docs, data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0))[1]
 
 
 class TokenShards:
@@ -300,6 +678,25 @@ class TokenShards:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.dir / "tokenizer")
+
+    def check_fits(self, seq_len: int, batch_size: int, world: int = 1) -> None:
+        """Raise a UserError unless train.bin holds one step of ``batch_size x world`` windows."""
+        n_windows, per_step = len(self.train) // seq_len, batch_size * world
+        if n_windows < per_step:
+            raise UserError(
+                f"corpus has {n_windows} windows of {seq_len} tokens, fewer than one step of {per_step} "
+                f"sequences ({batch_size} per process x {world}); lower train.batch_size or data.seq_len, "
+                "or give more text"
+            )
+
+    def doc_starts(self, split: str = "train") -> np.ndarray:
+        """Token offsets (uint64) where the documents of ``split`` start in ``split.bin``."""
+        path = self.dir / f"{split}.idx"
+        if not path.is_file():
+            raise UserError(
+                f"{self.dir}: prepared by an older nitp without document boundaries; prepare it again"
+            )
+        return np.fromfile(path, dtype=np.uint64)
 
     def batches(
         self, seq_len: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1

@@ -21,6 +21,12 @@ layer MoE, GQA with h d_head = d and kv d_head = d / 2, no attention-score term,
 shared expert) and the NITP extra as ``72 d^2 + 18 d`` (SwiGLU projector of 12 d^2 parameters,
 plus the cosine). At 9B-A1B MoE (d=1280, d_e=640, k=9, L=24, V=152064): 1.18e8 vs 5.06e9, 2.3 %.
 
+``paper_closed_form(config)`` applies that closed form to any config (dense: ``k d_e -> d_ff``),
+and ``flops_report`` puts it beside the exact count, component by component, with the list of
+places where the two differ (``differences``). For the real 9B-A1B preset at T = 8192 the exact
+count is larger than 5.06e9 mainly through the attention-score term; see docs/geometry.md for
+the table of the paper's sizes.
+
 Example
 -------
 >>> f"{paper_moe_flops_per_token(1280, 640, 9, 24, 152064):.3g}"
@@ -133,6 +139,69 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
     return out
 
 
+def paper_closed_form(config: Any) -> dict[str, float]:
+    """The paper's Appendix-G closed form evaluated on this config's sizes.
+
+    ``L (18 d^2 + 18 k d d_e) + 6 V d`` with every one of the L layers counted as MoE, k = routed
+    experts per token + the shared expert, d_e = the routed expert's width; a dense config uses
+    ``18 d d_ff`` for the FFN term (the same 3-matrix SwiGLU count). No attention-score term, no
+    router. NITP extra: ``72 d^2 + 18 d``.
+
+    Returns
+    -------
+    dict with ``attention_linear``, ``attention_scores`` (0), ``ffn``, ``router`` (0), ``lm_head``,
+    ``total``, ``nitp_extra``, ``nitp_overhead`` (FLOPs per token; the last is a ratio).
+    """
+    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
+    vocab = int(_get(config, "vocab_size"))
+    if any(_moe_layers(config, n_layers)):
+        k = int(_get(config, "num_experts_per_tok")) + (
+            1 if _get(config, "shared_expert_intermediate_size") else 0
+        )
+        ffn = 18.0 * k * d * int(_get(config, "moe_intermediate_size") or _get(config, "intermediate_size"))
+    else:
+        ffn = 18.0 * d * int(_get(config, "intermediate_size") or 0)
+    out = {
+        "attention_linear": 18.0 * d * d * n_layers,
+        "attention_scores": 0.0,
+        "ffn": ffn * n_layers,
+        "router": 0.0,
+        "lm_head": 6.0 * vocab * d,
+    }
+    out["total"] = sum(out.values())
+    out["nitp_extra"] = nitp_flops_per_token(d)
+    out["nitp_overhead"] = out["nitp_extra"] / out["total"]
+    return out
+
+
+def closed_form_differences(config: Any, seq_len: int) -> list[str]:
+    """Where the exact per-architecture count departs from the paper's closed form, one line each."""
+    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
+    heads = int(_get(config, "num_attention_heads"))
+    kv = int(_get(config, "num_key_value_heads") or heads)
+    head_dim = int(_get(config, "head_dim") or d // heads)
+    out = []
+    if seq_len:
+        out.append(f"attention scores 12 L T h d_head at T={seq_len} (the closed form leaves them out)")
+    if heads * head_dim != d or 2 * kv * head_dim != d:
+        out.append(
+            f"attention projections from the real head sizes (q/o {heads}x{head_dim}, k/v {kv}x{head_dim}); "
+            f"18 d^2 assumes h d_head = d and kv d_head = d/2"
+        )
+    moe = _moe_layers(config, n_layers)
+    if any(moe):
+        dense = n_layers - sum(moe)
+        if dense:
+            out.append(
+                f"{dense} dense FFN layer(s) (d_ff={_get(config, 'intermediate_size')}) counted as MoE there"
+            )
+        d_s, d_e = _get(config, "shared_expert_intermediate_size") or 0, _get(config, "moe_intermediate_size")
+        if d_s and d_s != d_e:
+            out.append(f"shared expert of width {d_s}, counted as one of width d_e={d_e} there")
+        out.append("router and shared-expert gate 6 d (E + 1) per MoE layer (not counted there)")
+    return out
+
+
 def training_flops_per_token(config: Any, seq_len: int) -> float:
     """Total training FLOPs per token of the backbone + LM head (no NITP); see ``flops_breakdown``."""
     return flops_breakdown(config, seq_len)["total"]
@@ -152,6 +221,8 @@ def flops_report(config: Any, seq_len: int) -> dict[str, Any]:
         "nitp_overhead": extra / base["total"],
         "ntp_flops_per_token_without_attention_scores": base["total"] - base["attention_scores"],
         "nitp_overhead_without_attention_scores": extra / (base["total"] - base["attention_scores"]),
+        "paper_closed_form": paper_closed_form(config),
+        "differences": closed_form_differences(config, seq_len),
     }
 
 
@@ -179,6 +250,46 @@ def flops_for_preset(name: str, seq_len: int | None = None, overrides: dict | No
             rep["ntp_flops_per_token"] + rep["nitp_extra_flops_per_token"]
         ) * spec["tokens"]
     return rep
+
+
+# the paper's seven sizes, as preset names (a preset this version lacks is reported as absent)
+PAPER_SIZES = (
+    "dense-0.5b",
+    "dense-2b",
+    "dense-3b",
+    "moe-1.9b-a0.3b",
+    "moe-3b-a0.5b",
+    "moe-9b-a1b",
+    "moe-45b-a5.5b",
+)
+
+
+def paper_sizes_table(seq_len: int = 8192) -> list[dict[str, Any]]:
+    """One row per paper size: the closed form and the exact count side by side, NITP overhead of each.
+
+    Rows of presets missing from ``nitp_train.models.PRESETS`` say so in ``note``.
+    """
+    from .models import PRESETS
+
+    rows = []
+    for name in PAPER_SIZES:
+        if name not in PRESETS:
+            rows.append({"preset": name, "note": "no such preset in this version"})
+            continue
+        rep = flops_for_preset(name, seq_len)
+        paper = rep["paper_closed_form"]
+        rows.append(
+            {
+                "preset": name,
+                "paper_closed_form": paper["total"],
+                "exact": rep["ntp_flops_per_token"],
+                "exact_without_scores": rep["ntp_flops_per_token_without_attention_scores"],
+                "nitp_extra": rep["nitp_extra_flops_per_token"],
+                "overhead_paper": paper["nitp_overhead"],
+                "overhead_exact": rep["nitp_overhead"],
+            }
+        )
+    return rows
 
 
 def load_config_source(source: str) -> tuple[Any, str, int | None]:

@@ -1,10 +1,13 @@
-"""Training metrics: ``RUN/metrics.jsonl`` lines, a rich progress bar on a terminal, plain lines otherwise."""
+"""Training metrics: ``RUN/metrics.jsonl`` lines, a rich progress bar on a terminal, plain lines otherwise,
+and the in-loop geometry of the last hidden states (the paper's Figure 1 measures).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nitp.io import atomic_write_text, read_jsonl
@@ -48,6 +51,7 @@ class MetricsLog:
         "val_loss",
         "erank",
         "mean_cos",
+        "geom_sequences",
         "tokens_per_s",
     )
 
@@ -96,3 +100,126 @@ class MetricsLog:
             self.progress.stop()
         if self.file is not None:
             self.file.close()
+
+
+# ----------------------------------------------------------------------------- in-loop geometry
+GEOM_TOKENS = 8192  # token vectors per measurement, all ranks together
+GEOM_MIN_SEQUENCES = 8  # sequences per measurement, all ranks together (>= 2 for a cross-sequence pair)
+
+
+@dataclass
+class GeometrySample:
+    """A random sample of last-hidden-state tokens from several sequences, for ``erank`` / ``mean_cos``.
+
+    The paper's anisotropy is the mean cosine of pairs of tokens from *different* sentences, and
+    its effective rank is taken over the tokens of a mini-batch. With ``batch_size: 1`` one
+    micro-batch is one sequence, so tokens are sampled from every micro-batch of the measured
+    step, of every rank, and -- when a step holds fewer than ``GEOM_MIN_SEQUENCES`` sequences --
+    of the steps just before it (``window_steps``). Each sequence gives ``per_sequence`` random
+    positions (all of them when they fit), at most ``GEOM_TOKENS`` tokens in all.
+
+    ``result()`` then reports, on the gathered sample (rows x [n, d], sequence of each row g):
+
+    * ``erank`` -- ``nitp.geometry.effective_rank(x)`` (covariance spectrum, the paper's);
+    * ``mean_cos`` -- ``nitp.geometry.anisotropy(x, groups=g)``: exact mean cosine over the pairs
+      from different sequences;
+    * ``geom_tokens``, ``geom_sequences``, ``geom_steps`` -- what the two figures were taken on.
+
+    Example
+    -------
+    >>> gs = GeometrySample(seq_len=4, seqs_per_step=1, world=1, geom_every=50)
+    >>> gs.window_steps, [s for s in range(1, 101) if gs.collecting(s)][:3]
+    (8, [43, 44, 45])
+    """
+
+    seq_len: int
+    seqs_per_step: int  # sequences per optimizer step on one rank (batch_size x grad_accum)
+    world: int
+    geom_every: int
+    rank: int = 0
+    seed: int = 0
+    rows: list = field(default_factory=list, repr=False)
+    groups: list = field(default_factory=list, repr=False)
+    steps: set = field(default_factory=set, repr=False)
+    n_seen: int = 0  # sequences sampled on this rank so far (for unique sequence ids)
+
+    @property
+    def window_steps(self) -> int:
+        """Steps ending at a measured one whose micro-batches are sampled."""
+        per_step = self.seqs_per_step * self.world
+        return max(1, min(self.geom_every, math.ceil(GEOM_MIN_SEQUENCES / per_step)))
+
+    @property
+    def per_sequence(self) -> int:
+        """Positions sampled from each sequence."""
+        seqs_per_rank = self.seqs_per_step * self.window_steps
+        return max(1, min(self.seq_len, GEOM_TOKENS // (self.world * seqs_per_rank)))
+
+    def collecting(self, step: int) -> bool:
+        """Is ``step`` (1-based, the one being run) in a window ending at a measured step?"""
+        if self.geom_every <= 0:
+            return False
+        return (-step) % self.geom_every < self.window_steps
+
+    def add(self, last_hidden, step: int, micro: int = 0) -> None:
+        """Sample ``per_sequence`` random positions of each sequence of ``last_hidden`` [B, T, d]."""
+        import torch
+
+        b, t, _ = last_hidden.shape
+        k = min(self.per_sequence, t)
+        gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1009 + micro) * 131 + self.rank)
+        pos = torch.rand(b, t, generator=gen).argsort(dim=1)[:, :k].to(last_hidden.device)
+        picked = torch.gather(last_hidden.detach(), 1, pos[:, :, None].expand(-1, -1, last_hidden.shape[-1]))
+        self.rows.append(picked.reshape(b * k, -1).float())
+        ids = (self.n_seen + torch.arange(b)) * self.world + self.rank  # unique over ranks
+        self.groups.append(ids.repeat_interleave(k))
+        self.n_seen += b
+        self.steps.add(step)
+
+    def result(self, d=None) -> dict:
+        """Gather the sample from every rank (a collective: call it on all ranks), measure, clear."""
+        from nitp.geometry import anisotropy, effective_rank
+
+        if not self.rows:
+            return {}
+        x, g = _gather_rows(d, self.rows, self.groups)
+        n_steps = len(self.steps)
+        self.rows, self.groups, self.steps = [], [], set()
+        out = {
+            "geom_tokens": int(x.shape[0]),
+            "geom_sequences": int(g.unique().numel()),
+            "geom_steps": n_steps,
+        }
+        if x.shape[0] >= 2:
+            out["erank"] = float(effective_rank(x))
+        if out["geom_sequences"] >= 2:
+            out["mean_cos"] = float(anisotropy(x, groups=g))
+        return out
+
+
+def _gather_rows(d, rows: list, groups: list):
+    """Concatenate this rank's sampled rows and sequence ids, then all-gather them over ranks.
+
+    Ranks usually hold the same number of rows; in case they do not (a resume inside a window),
+    the sizes are exchanged first and every rank's rows are padded to the largest for the gather.
+    """
+    import torch
+
+    x, g = torch.cat(rows), torch.cat(groups).to(torch.int64)
+    if d is None or not getattr(d, "enabled", False):
+        return x, g
+    import torch.distributed as dist
+
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(d.world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    top = max(sizes)
+    pad_x = torch.zeros(top, x.shape[1], dtype=x.dtype, device=x.device)
+    pad_x[: x.shape[0]] = x
+    pad_g = torch.full((top,), -1, dtype=torch.int64, device=x.device)
+    pad_g[: g.shape[0]] = g.to(x.device)
+    xs, gs = [torch.empty_like(pad_x) for _ in sizes], [torch.empty_like(pad_g) for _ in sizes]
+    dist.all_gather(xs, pad_x)
+    dist.all_gather(gs, pad_g)
+    return torch.cat([t[:s] for t, s in zip(xs, sizes)]), torch.cat([t[:s] for t, s in zip(gs, sizes)]).cpu()

@@ -115,7 +115,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=10752,
         vocab_size=_QWEN2_VOCAB,
         max_position_embeddings=8192,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # 2.10B tied vs 2.37B untied: tied matches "2B" (docs/training.md)
         target_layer=6,
         **{"lambda": 1.0},
         lr=4.2e-4,
@@ -133,7 +133,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=10240,
         vocab_size=_QWEN2_VOCAB,
         max_position_embeddings=8192,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # 3.03B tied vs 3.42B untied: tied matches "3B" (docs/training.md)
         target_layer=6,
         **{"lambda": 0.8},
         lr=4.2e-4,
@@ -212,6 +212,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=4.2e-4,
         global_batch=1024,
         tokens=330e9,
+    ),
+    # the paper's 45B: "24" layers read as 1 dense + 23 MoE (the paper's rule: the first layer
+    # is dense); top-12 of 144 experts + 1 shared; untied embeddings give 44.9B / 5.52B active.
+    "moe-45b-a5.5b": dict(
+        arch="moe",
+        description="paper MoE 45B-A5.5B",
+        hidden_size=3072,
+        num_hidden_layers=24,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        moe_intermediate_size=1408,
+        shared_expert_intermediate_size=1408,
+        num_experts=144,
+        num_experts_per_tok=12,
+        mlp_only_layers=[0],
+        vocab_size=_QWEN2_VOCAB,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        router_aux_loss_coef=0.001,
+        target_layer=5,
+        **{"lambda": 0.6},
+        lr=2.8e-4,
+        global_batch=768,
+        tokens=240e9,
     ),
 }
 

@@ -88,6 +88,12 @@ def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    return shard(module)
+
+
+def shard(module: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 in place: ``fully_shard`` each decoder block of ``module.model``, then the root
+    (needs an initialised process group; world size 1 works too)."""
     from torch.distributed.fsdp import fully_shard
 
     for block in transformer_blocks(unwrap(module).model):  # the same blocks nitp.layers hooks
@@ -126,3 +132,46 @@ def load_full_state_dicts(
         optim_state_dict=optim_sd,
         options=StateDictOptions(full_state_dict=True),
     )
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder block in the backward pass instead of keeping its activations
+    (transformers' own switch; non-reentrant, so forward hooks and torch.compile keep working)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def save_sharded(wrapped: torch.nn.Module, optimizer, path) -> None:
+    """Each rank writes its own shards of the model and optimizer state to ``path`` (a folder)
+    with ``torch.distributed.checkpoint``; collective under a process group, plain otherwise.
+    Nothing is gathered: the files hold every shard plus the global shapes, so ``load_sharded``
+    can read them back at another world size."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(wrapped, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
+
+
+def load_sharded(wrapped: torch.nn.Module, optimizer, path) -> None:
+    """Load what ``save_sharded`` wrote into ``wrapped`` / ``optimizer``, resharding to this
+    run's world size (FSDP2 shards, DDP replicas or a single process alike)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(wrapped, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def full_model_state_dict(wrapped: torch.nn.Module, d: Dist, mode: str) -> dict:
+    """The full model state dict on CPU (gathered from the FSDP2 shards; optimizer left sharded)."""
+    if not d.enabled or mode == "ddp":
+        return unwrap(wrapped).state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

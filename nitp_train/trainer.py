@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolv
 
 from . import checkpoint as ckpt_io
 from . import parallel
-from .config import RESUMABLE_CHANGES, config_diff
+from .config import RESUMABLE_CHANGES, apply_plan, config_diff, plan_summary
 from .data import TokenShards, prepare
 from .loss import NITPObjective
-from .metrics import MetricsLog, peak_flops, truncate_after
+from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
 
 
@@ -47,22 +48,13 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Pa
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
+    cfg, plan = apply_plan(cfg, d.world)
     tc, lc = cfg["train"], cfg["log"]
+    log(plan_summary(cfg, plan))
     if tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))
-    last_ckpt = _check_run_dir(cfg, run_dir, resume)
-
-    # ---- data: tokenize once (rank 0), everyone memory-maps the shards
-    prepared = Path(cfg["data"]["prepared_dir"] or run_dir / "data")
-    if d.is_main:
-        prepare(cfg["data"], prepared, log=log)
-    parallel.barrier(d)
-    shards = TokenShards(prepared)
-    tokenizer = shards.tokenizer()
-    if len(tokenizer) > cfg["model"]["vocab_size"]:
-        raise UserError(
-            f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={cfg['model']['vocab_size']}: set model.vocab_size>={len(tokenizer)} or data.vocab_size<={cfg['model']['vocab_size']}"
-        )
+    last_ckpt = _check_run_dir(cfg, run_dir, resume, log)
+    shards, tokenizer = _prepared_data(cfg, run_dir, d, log)
 
     # ---- model + objective (+ projector), fresh or from the last checkpoint
     torch.manual_seed(cfg["seed"])
@@ -74,7 +66,16 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    objective = NITPObjective(model, cfg["objective"], cfg["nitp"], cfg["cos_reg"]["weight"])
+    if tc.get("activation_checkpointing"):
+        parallel.enable_activation_checkpointing(model)
+    objective = NITPObjective(
+        model,
+        cfg["objective"],
+        cfg["nitp"],
+        cfg["cos_reg"]["weight"],
+        cfg["cos_reg"].get("kind", "hidden"),
+        loss_chunk=tc.get("loss_chunk", 0),
+    )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
     objective.to(d.device)
@@ -94,10 +95,17 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
     step, tokens_seen = 0, 0
     if last_ckpt is not None:
         saved = ckpt_io.load_trainer_state(last_ckpt)
-        parallel.load_full_state_dicts(
-            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
-        )
+        if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
+            parallel.load_sharded(wrapped, optimizer, saved["sharded"])
+        else:
+            parallel.load_full_state_dicts(
+                wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
+            )
         scheduler.load_state_dict(saved["scheduler"])
+        # the restored optimizer carries the lr of the old schedule; a resume that changes
+        # train.steps (allowed) must take the next step at the new schedule's lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
         step, tokens_seen = saved["state"]["step"], saved["state"]["tokens_seen"]
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     forward = torch.compile(wrapped) if tc["compile"] else wrapped
@@ -114,12 +122,14 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         truncate_after(metrics_path, step)
     mlog = MetricsLog(metrics_path, tc["steps"], step, enabled=d.is_main, title=cfg["run_name"])
+    geom = GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"])
     last_good = last_ckpt.name if last_ckpt is not None else None
 
     try:
         t0, sums, n_sums = time.perf_counter(), {}, 0
         while step < tc["steps"]:
             want_geom = lc["geom_every"] > 0 and (step + 1) % lc["geom_every"] == 0
+            sample_geom = geom.collecting(step + 1)  # this step's tokens enter the next measurement
             nitp_weight = cfg["nitp"]["lambda"] * float(step >= cfg["nitp"]["start_step"])
             for micro in range(accum):
                 _, batch = next(batches)
@@ -130,10 +140,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                     else wrapped.no_sync()
                 )
                 with sync, amp:
-                    out = forward(
-                        x, nitp_weight=nitp_weight, keep_last_hidden=want_geom and micro == accum - 1
-                    )
+                    out = forward(x, nitp_weight=nitp_weight, keep_last_hidden=sample_geom)
                     (out["loss_total"] / accum).backward()
+                if sample_geom:
+                    geom.add(out.pop("last_hidden"), step + 1, micro)
                 for k, v in out.items():
                     if k.startswith(("loss", "aux")):
                         sums[k] = sums.get(k, 0.0) + v.detach()
@@ -143,6 +153,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                 raise UserError(
                     f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)"
                 )
+            if step < cfg["nitp"]["start_step"]:
+                _hold_projector(optimizer)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -161,7 +173,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
                     row["mfu"] = flops_per_token * tps / d.world / peak
                 sums, n_sums = {}, 0
             if want_geom:
-                row.update(_geometry(out["last_hidden"]))
+                row.update(geom.result(d))
             if lc["eval_every"] > 0 and (step % lc["eval_every"] == 0 or step == tc["steps"]):
                 row.update(_validate(wrapped, shards, cfg, d, amp))
             if row:
@@ -178,7 +190,37 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
 
 
 # ----------------------------------------------------------------------------- pieces
-def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
+def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
+    """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
+
+    A failed check removes the folders this start created (the run directory, a new
+    prepared_dir), so a corrected rerun starts clean; an interrupted preparation keeps its
+    partial state beside the prepared folder and resumes at the next start.
+    """
+    prepared = Path(cfg["data"]["prepared_dir"] or run_dir / "data")
+    created = [p for p in (run_dir, prepared) if not p.exists()] if d.is_main else []
+    try:
+        if d.is_main:
+            prepare(cfg["data"], prepared, log=log)
+        parallel.barrier(d)
+        shards = TokenShards(prepared)
+        shards.check_fits(cfg["data"]["seq_len"], cfg["train"]["batch_size"], d.world)
+        tokenizer = shards.tokenizer()
+        vocab = cfg["model"]["vocab_size"]
+        if len(tokenizer) > vocab:
+            raise UserError(
+                f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={vocab}: "
+                f"set model.vocab_size>={len(tokenizer)} or data.vocab_size<={vocab}"
+            )
+    except Exception:
+        if not (run_dir / "config.yaml").exists():
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    return shards, tokenizer
+
+
+def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | None:
     """Refuse to overwrite a run; on resume, check the config and return the last checkpoint."""
     exists = (run_dir / "config.yaml").is_file()
     if not resume:
@@ -188,7 +230,8 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
             )
         return None
     if not exists:
-        return None  # nothing to resume: start fresh
+        log(f"--resume: {run_dir} holds no run yet; starting a new one")
+        return None
     changed = [
         k
         for k in config_diff(read_run_config(run_dir), cfg)
@@ -198,33 +241,71 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool) -> Path | None:
         raise UserError(
             f"--resume: config differs from the run's in {', '.join(changed[:5])}; resume with the same config or use another --run-dir"
         )
-    return resolve_checkpoint(run_dir) if list_checkpoints(run_dir) else None
+    if not list_checkpoints(run_dir):
+        log(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
+        return None
+    return resolve_checkpoint(run_dir)
 
 
 def _make_optimizer(objective: torch.nn.Module, tc: dict) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not norms, biases, or other vectors)."""
-    params = [p for p in objective.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": tc["weight_decay"]},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    """AdamW; weight decay on matrices only (not norms, biases, or other vectors).
+
+    The projector has groups of its own (``name: projector``) so that :func:`_hold_projector`
+    can keep it out of the update until ``nitp.start_step``.
+    """
+    head = getattr(objective, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = []
+    for name, is_head in (("model", False), ("projector", True)):
+        params = [p for p in objective.parameters() if p.requires_grad and (id(p) in head_ids) == is_head]
+        groups += [
+            {"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": tc["weight_decay"]},
+            {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"])
 
 
+def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
+    """Before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely,
+    so it is neither weight-decayed nor stepped, and its moments start at its first real step."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "projector":
+            for p in group["params"]:
+                p.grad = None
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay: int, tc: dict) -> float:
+    """Warmup-stable-decay multiplier of the lr used by update ``step`` (0-based).
+
+    Warm-up: ``s + (1 - s) * step / warmup`` with s = train.warmup_start_ratio (0: a linear ramp
+    from 0, the paper's); stable: 1 until ``steps - decay``; decay over the last ``decay`` steps
+    with p = (step - (steps - decay)) / decay to the floor f = train.min_lr_ratio:
+    ``f + (1 - f) * shape(p)``, shape = 1 - p (linear), (1 + cos(pi p)) / 2 (cosine) or
+    1 - sqrt(p) (1-sqrt). The floor is reached at ``step == steps``.
+
+    Example: steps 100, warmup 10, decay 20, s 0, f 0.1 -> 0.0 at 0, 1.0 at 10..80, 0.1 at 100.
+    """
+    start, floor = tc["warmup_start_ratio"], tc["min_lr_ratio"]
+    if step < warmup:
+        return start + (1.0 - start) * step / warmup
+    decay_start = steps - decay
+    if decay <= 0 or step < decay_start:
+        return 1.0
+    p = min(1.0, (step - decay_start) / decay)
+    shape = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "1-sqrt": 1.0 - math.sqrt(p)}
+    return floor + (1.0 - floor) * shape[tc["decay_type"]]
+
+
 def _make_scheduler(optimizer, tc: dict):
-    from transformers import get_wsd_schedule
+    """A ``LambdaLR`` of :func:`lr_factor` (its state is the step counter, saved with checkpoints)."""
+    import functools
 
     steps = tc["steps"]
     warmup = min(tc["warmup_steps"], steps)
     decay = min(int(round(tc["decay_ratio"] * steps)), steps - warmup)
-    return get_wsd_schedule(
-        optimizer,
-        num_warmup_steps=warmup,
-        num_decay_steps=decay,
-        num_training_steps=steps,
-        decay_type=tc["decay_type"],
-        min_lr_ratio=tc["min_lr_ratio"],
-    )
+    factor = functools.partial(lr_factor, steps=steps, warmup=warmup, decay=decay, tc=dict(tc))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -238,14 +319,6 @@ def _flops_per_token(cfg: dict, model) -> float:
 
     f = training_flops_per_token(model.config, cfg["data"]["seq_len"])
     return f + (nitp_flops_per_token(model.config.hidden_size) if cfg["objective"] == "nitp" else 0.0)
-
-
-def _geometry(last_hidden: torch.Tensor) -> dict:
-    """The paper's Figure 1 measures on this batch's last hidden states (all tokens)."""
-    from nitp.geometry import anisotropy, effective_rank
-
-    h = last_hidden.reshape(-1, last_hidden.shape[-1]).float()
-    return {"erank": float(effective_rank(h)), "mean_cos": float(anisotropy(h))}
 
 
 @torch.no_grad()
@@ -266,7 +339,14 @@ def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) ->
 
 
 def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d) -> None:
-    model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
+    sharded = cfg["train"]["parallel"] == "fsdp" and d.enabled
+    if sharded:  # each rank writes its own optimizer / model shards; only the model is gathered
+        staging = ckpt_io.start(run_dir, step) if d.is_main else ckpt_io.staging_dir(run_dir, step)
+        parallel.barrier(d)
+        parallel.save_sharded(wrapped, optimizer, staging / "trainer_state" / ckpt_io.SHARDED_DIR)
+        model_sd, optim_sd = parallel.full_model_state_dict(wrapped, d, "fsdp"), None
+    else:
+        model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
     checksums = parallel.gather_checksums(d, objective) if cfg["train"]["parallel"] == "ddp" else []
     if d.is_main:
         nitp = cfg["nitp"] if cfg["objective"] == "nitp" else {}
@@ -279,6 +359,7 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             "lambda": nitp.get("lambda"),
             "projector": nitp.get("projector"),
             "cos_reg_weight": cfg["cos_reg"]["weight"],
+            "cos_reg_kind": cfg["cos_reg"].get("kind", "hidden"),
         }
         state = {
             "step": step,
@@ -300,5 +381,6 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             meta,
             state,
             cfg["checkpoint"]["keep_last"],
+            sharded=sharded,
         )
     parallel.barrier(d)

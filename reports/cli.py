@@ -55,16 +55,12 @@ def phases(
     """Detect the NITP loss's three phases (initial drop, hump, convergence) in a run."""
     from nitp.errors import UserError
     from reports.inputs import load_inputs
-    from reports.phases import detect_phases
+    from reports.phases import run_phases
 
     model = load_inputs([run]).models[0]
-    rows = [
-        (m["step"], m["loss_nitp"]) for m in model.metrics if isinstance(m.get("loss_nitp"), (int, float))
-    ]
-    if not rows:
+    if not any(isinstance(m.get("loss_nitp"), (int, float)) for m in model.metrics):
         raise UserError(f"{run}: no loss_nitp in metrics.jsonl (an NTP run, or not trained yet)")
-    steps, values = zip(*rows)
-    typer.echo(detect_phases(steps, values).describe())
+    typer.echo(run_phases(model.metrics, model.config).describe())
 
 
 @app.command()

@@ -39,7 +39,7 @@ from nitp.io import atomic_write_bytes
 
 from .grouping import SettingsGroup, config_value
 from .inputs import Model
-from .phases import NitpPhases, detect_phases
+from .phases import NitpPhases, run_phases
 
 OBJECTIVE_COLOURS = {"ntp": "#3B6FB6", "nitp": "#D1495B", "cos_reg": "#3A9E6F", "other": "#7D6BA8"}
 LINESTYLES = ("-", "--", "-.", ":")
@@ -259,7 +259,7 @@ def draw_nitp_loss(model: Model):
         raise NothingToPlot(
             f"{model.label}: no loss_nitp in metrics.jsonl (not a NITP run), NITP-loss figure skipped"
         )
-    phases = detect_phases(steps, values)
+    phases = run_phases(model.metrics, model.config)  # from the first NITP step
     positive = steps > 0
     log_x = positive.sum() >= 2 and steps[positive].max() / steps[positive].min() >= 20
     keep = positive if log_x else np.ones_like(positive)
@@ -373,7 +373,11 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             if isinstance(layer.get("layer"), int) and layer["layer"] >= 0
         ]
         if rows:
-            data[m.key] = (m, rows, rec["scores"].get("recommended_target_layer"))
+            data[m.key] = (
+                m,
+                rows,
+                rec["scores"].get("paper_depth_rule_layer", rec["scores"].get("recommended_target_layer")),
+            )
     if not data:
         raise NothingToPlot(
             f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)"
@@ -415,7 +419,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                     label=f"NITP target layer ({t})",
                 )
             for r in recommended:
-                ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"recommended target ({r})")
+                ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"paper depth rule, round(0.21 L) = {r}")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
             layers = sorted({k for _, rows, _ in data.values() for k, _ in rows})
             if len(layers) <= 16:

@@ -25,9 +25,15 @@ monotone or merely noisy curve. Method:
    in steps (noise bumps are narrow). With no hump, a short run still in phase II gives the
    initial minimum alone: the global minimum, with a counting drop before it, a counting,
    sustained rise to the last point after it, and a trough of at least 3 points below half
-   that rise (a dip of one or two outliers is no minimum). Convergence is the first step after the
-   hump from which the smoothed curve stays within ``settle`` x (peak - final) of its final
-   level.
+   that rise (a dip of one or two outliers is no minimum).
+5. Convergence (phase III settles) is the first step after the hump from which the smoothed
+   curve stays at or below ``min + settle x (peak - min)``, with min the initial minimum and
+   peak the hump: a fixed level once the hump is found, so it does not move when the run is
+   longer or shorter (a level relative to the last logged value would).
+
+Lines logged up to ``start_step`` (``nitp.start_step`` of the run: NITP off, the projector
+untrained) are dropped and the step axis is counted from ``start_step``, so the phases are those of the
+NITP loss from the step it was switched on.
 
 Example
 -------
@@ -155,7 +161,14 @@ def robust_smooth(
 
 
 def detect_phases(
-    steps, values, *, window: float = 0.1, z: float = 4.0, min_prominence: float = 0.05, settle: float = 0.1
+    steps,
+    values,
+    *,
+    start_step: int = 0,
+    window: float = 0.1,
+    z: float = 4.0,
+    min_prominence: float = 0.05,
+    settle: float = 0.2,
 ) -> NitpPhases:
     """Find the NITP loss's phase boundaries (see the module doc for the method).
 
@@ -163,6 +176,8 @@ def detect_phases(
     ----------
     steps, values : array-like, shape [n]
         Training steps and the NITP loss logged at them (any order; non-finite values dropped).
+    start_step : int
+        The first step with NITP on (the run's ``nitp.start_step``); earlier points are dropped.
     window : float
         Smoothing half-width as a fraction of the step (0.1 = steps within about +-10%).
     z : float
@@ -170,7 +185,7 @@ def detect_phases(
     min_prominence : float
         The smallest rise or fall that counts, as a fraction of the smoothed curve's range.
     settle : float
-        Convergence band, as a fraction of the hump's height above the final level.
+        Convergence level: ``min + settle x (peak - min)`` (initial minimum, hump peak).
 
     Returns
     -------
@@ -179,12 +194,15 @@ def detect_phases(
     """
     steps = np.asarray(steps, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(steps) & np.isfinite(values) & (steps >= 0)
+    start = max(int(start_step), 0)
+    # a line logged at step s holds the loss of update s - 1 (0-based): NITP is on from s = start + 1
+    ok = np.isfinite(steps) & np.isfinite(values) & (steps >= 0) & ((steps > start) if start else True)
     order = np.argsort(steps[ok], kind="stable")
     steps, values = steps[ok][order], values[ok][order]
     if len(steps) < 8:
         return NitpPhases(None, None, None, 0.0, steps, values)
-    s, n, sigma = robust_smooth(steps, values, window)
+    # smoothing windows are fractions of the steps since NITP was switched on
+    s, n, sigma = robust_smooth(steps - start, values, window)
     floor = min_prominence * float(s.max() - s.min())
 
     def counts(i: int, j: int) -> bool:
@@ -206,7 +224,8 @@ def detect_phases(
         and counts(low, 0)
         and _wide(s, steps, peak, s[peak] - score[peak] / 2)
     ):
-        return NitpPhases(point(low), point(peak), _converged(s, steps, peak, settle, point), sigma, steps, s)
+        converged = _converged(s, peak, s[low] + settle * (s[peak] - s[low]), point)
+        return NitpPhases(point(low), point(peak), converged, sigma, steps, s)
     low = int(np.argmin(s))
     last = len(s) - 1
     mid = (s[low] + s[last]) / 2
@@ -251,9 +270,24 @@ def _prefix_argmin(s: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.where(s == running, np.arange(len(s)), 0))
 
 
-def _converged(s: np.ndarray, steps: np.ndarray, peak: int, settle: float, point) -> PhasePoint | None:
-    final = s[-1]
-    band = settle * (s[peak] - final)
-    outside = np.nonzero(np.abs(s[peak:] - final) > band)[0]
-    first_inside = peak + (int(outside[-1]) + 1 if len(outside) else 0)
+def _converged(s: np.ndarray, peak: int, level: float, point) -> PhasePoint | None:
+    """First point after ``peak`` from which ``s`` stays <= ``level`` (None if the run ends first)."""
+    above = np.nonzero(s[peak:] > level)[0]
+    first_inside = peak + (int(above[-1]) + 1 if len(above) else 0)
     return point(first_inside) if first_inside < len(s) - 1 else None
+
+
+def nitp_start_step(config: dict | None) -> int:
+    """``nitp.start_step`` of a resolved run config (0 when absent): where the phases start."""
+    try:
+        return int(((config or {}).get("nitp") or {}).get("start_step") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def run_phases(metrics: list[dict], config: dict | None) -> NitpPhases:
+    """:func:`detect_phases` of a run's logged ``loss_nitp`` (metrics.jsonl lines), from its
+    first NITP step (``nitp.start_step`` of its config)."""
+    rows = [(m["step"], m["loss_nitp"]) for m in metrics if isinstance(m.get("loss_nitp"), (int, float))]
+    steps, values = (list(v) for v in zip(*rows)) if rows else ([], [])
+    return detect_phases(steps, values, start_step=nitp_start_step(config))

@@ -289,13 +289,16 @@ def lm_table(layout: Layout) -> Table | None:
 GEOM_COLUMNS = [
     ("effective_rank_covariance", "erank (covariance)", True, 2),
     ("effective_rank_singular", "erank (singular values)", True, 2),
-    ("anisotropy", "anisotropy", False, 4),
-    ("anisotropy_across_sequences", "anisotropy across seqs", False, 4),
+    # anisotropy variants (analysis.layers.DEFINITIONS): across documents is the paper's measure
+    ("anisotropy_across_documents", "anisotropy across documents (paper's)", False, 4),
+    ("anisotropy_across_sequences", "anisotropy across sequences (chunks)", False, 4),
+    ("anisotropy", "anisotropy (all pairs)", False, 4),
 ]
 # Per-layer columns in display order (analysis.layers names); absent ones are left out.
 LAYER_COLUMNS = {
     "effective_rank_covariance": "erank (cov)",
     "effective_rank_singular": "erank (sv)",
+    "anisotropy_across_documents": "aniso (across docs)",
     "anisotropy_across_sequences": "aniso (across seqs)",
     "anisotropy": "aniso (all pairs)",
     "temporal_self_similarity": "cos(h_k[t], h_k[t+1])",
@@ -371,11 +374,12 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         label_header="layer",
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
-    recommended = record["scores"].get("recommended_target_layer")
+    scores = record["scores"]
+    depth_rule = scores.get("paper_depth_rule_layer", scores.get("recommended_target_layer"))
     for layer in layers:
         k = layer.get("layer")
         marks = (["NITP target"] if target is not None and k == target else []) + (
-            ["recommended"] if k == recommended else []
+            ["paper depth rule"] if k == depth_rule else []
         )
         shown = "last" if k == -1 else str(k)
         table.add(shown + (f" ({', '.join(marks)})" if marks else ""), [layer.get(key) for key in present])

@@ -53,18 +53,24 @@ def test_layers_writes_a_record_and_skips_it_on_rerun(tiny_checkpoint, tmp_path)
     )
     assert [r["layer"] for r in rec["scores"]["layers"]] == [0, 1, 2, 3, 4, -1]
     assert rec["settings"]["n_tokens"] == 1500 and rec["settings"]["sample"]["n_tokens"] == 1500
-    assert rec["scores"]["recommended_target_layer"] == 1
+    assert (
+        rec["scores"]["paper_depth_rule_layer"] == 1
+    )  # round(0.21 x 4), the paper's rule, not a measurement
+    assert rec["scores"]["paper_measures"]["anisotropy"] == "anisotropy_across_documents"
     assert set(rec["scores"]["summary"]) >= {
         "effective_rank_covariance",
         "effective_rank_singular",
         "anisotropy",
+        "anisotropy_across_documents",
+        "anisotropy_within_documents",
         "anisotropy_across_sequences",
     }
     stamp = out.stat().st_mtime_ns
     again = json.loads(invoke("layers", tiny_checkpoint, *FAST, "--out", out, "-f", "json"))
     assert out.stat().st_mtime_ns == stamp and again[0]["created"] == rec["created"]  # reused, not recomputed
     table = invoke("layers", tiny_checkpoint, *FAST, "--out", out)
-    assert "recommended NITP target layer 1" in table and "ridge_R2" in table
+    assert "NITP target layer by the paper's depth rule: 1" in table and "ridge_R2" in table
+    assert "not chosen from these statistics" in table and "recommended" not in table
 
 
 def test_rank_and_anisotropy_side_by_side_with_minilm(tiny_checkpoint, minilm_dir, tmp_path, monkeypatch):
@@ -78,14 +84,15 @@ def test_rank_and_anisotropy_side_by_side_with_minilm(tiny_checkpoint, minilm_di
         assert 1.0 < cov <= float(by_metric["effective_rank_singular"][lab])
     assert len(list((tmp_path / "results" / "geom").glob("model-*.json"))) == 1
     text = invoke("anisotropy", tiny_checkpoint, minilm_dir, *FAST, "--layers", "0,-1")
-    assert "anisotropy_across_sequences" in text and "anisotropy_sampled" in text
+    assert "anisotropy_across_documents" in text and "anisotropy_across_sequences" in text
+    assert "anisotropy_sampled" in text
 
 
 def test_layers_on_minilm_explains_its_last_state(minilm_dir, tmp_path):
     text = invoke(
         "layers", minilm_dir, *FAST, "--layers", "1,3,6,-1", "--exclude-first", "--out", tmp_path / "m.json"
     )
-    assert "no final norm" in text and "recommended NITP target layer" in text
+    assert "no final norm" in text and "paper's depth rule" in text
     rec = json.loads((tmp_path / "m.json").read_text())
     assert rec["settings"]["exclude_first"] is True
     assert rec["scores"]["summary"]["n_tokens"] == 1500 - rec["settings"]["sample"]["n_sequences"]
@@ -107,8 +114,14 @@ def test_flops_command():
     rep = json.loads(invoke("flops", "moe-9b-a1b", "-f", "json"))
     assert rep["nitp_extra_flops_per_token"] == 72 * 1280**2 + 18 * 1280
     assert 0.021 < rep["nitp_overhead_without_attention_scores"] < 0.024
+    assert f"{rep['paper_closed_form']['total']:.3g}" == "5.06e+09"
     text = invoke("flops", "tiny-dense", "--seq-len", "256")
-    assert "NITP overhead" in text and "seq_len 256" in text
+    assert "NITP overhead" in text and "seq_len 256" in text and "where they differ" in text
+    table = invoke("flops", "moe-9b-a1b")
+    assert "paper_closed_form" in table and "5.060e+09" in table and "8.225e+09" in table
+    assert "2.33% by the paper's closed form" in table
+    sizes = invoke("flops")
+    assert "dense-0.5b" in sizes and "moe-9b-a1b" in sizes
 
 
 @pytest.mark.parametrize(
@@ -132,6 +145,9 @@ def test_bad_input_is_one_line_and_non_zero(args, expected, tiny_checkpoint, tmp
     [
         (["layers", "{ckpt}", "--layers", "7"], "layer 7 is out of range"),
         (["rank", "{ckpt}", "--corpus", "{small}", "-n", "5000"], "lower --tokens"),
+        (["rank", "{ckpt}", "--batch-size", "0"], "--batch-size 0: must be a whole number of at least 1"),
+        (["anisotropy", "{ckpt}", "--tokens", "-5"], "--tokens -5: must be a whole number"),
+        (["layers", "{ckpt}", "--seq-len", "0"], "--seq-len 0: must be a whole number"),
     ],
 )
 def test_bad_model_input_raises_user_error_and_writes_nothing(

@@ -83,3 +83,36 @@ def test_config_sources_and_errors(tiny_checkpoint, tiny_run):
         load_config_source("tiny-dens")
     with pytest.raises(UserError, match="model_type 'bert' is not covered"):
         flops_breakdown({"model_type": "bert", "hidden_size": 8}, 0)
+
+
+def test_paper_closed_form_beside_the_exact_count():
+    """The 9B preset: 5.06e9 and 2.3% by the paper's closed form, 8.2e9 exact, and the lines saying why."""
+    from nitp_train.flops import paper_closed_form
+
+    rep = flops_for_preset("moe-9b-a1b")
+    paper = rep["paper_closed_form"]
+    assert f"{paper['total']:.3g}" == "5.06e+09" and f"{100 * paper['nitp_overhead']:.1f}" == "2.3"
+    cfg = make_config(resolve_preset("moe-9b-a1b"))
+    assert paper["total"] == paper_moe_flops_per_token(1280, 640, 9, 24, cfg.vocab_size)
+    assert f"{rep['ntp_flops_per_token']:.2g}" == "8.2e+09"
+    diff = " ".join(rep["differences"])
+    assert (
+        "attention scores" in diff and "T=8192" in diff and "1 dense FFN layer" in diff and "router" in diff
+    )
+    # removing each difference closes the gap: all-MoE, no scores -> only the router is left
+    all_moe = make_config(resolve_preset("moe-9b-a1b", {"mlp_only_layers": []}))
+    exact = flops_breakdown(all_moe, seq_len=0)
+    assert exact["total"] - exact["router"] == paper_closed_form(all_moe)["total"]
+    dense = flops_for_preset("dense-0.5b")  # kv heads 2 x 64 != d / 2: the 18 d^2 term is approximate
+    assert any("18 d^2 assumes" in line for line in dense["differences"])
+
+
+def test_paper_sizes_table_handles_absent_presets(monkeypatch):
+    from nitp_train import models
+    from nitp_train.flops import PAPER_SIZES, paper_sizes_table
+
+    rows = paper_sizes_table()
+    assert [r["preset"] for r in rows] == list(PAPER_SIZES) and len(rows) == 7
+    monkeypatch.delitem(models.PRESETS, "moe-9b-a1b")
+    row = next(r for r in paper_sizes_table() if r["preset"] == "moe-9b-a1b")
+    assert "no such preset" in row["note"] and "exact" not in row

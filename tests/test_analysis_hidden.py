@@ -120,6 +120,8 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
     L = loaded.n_layers
     lengths = sample.lengths
     groups = np.repeat(np.arange(len(lengths)), lengths)
+    docs = np.repeat(np.asarray(sample.documents), lengths)
+    assert len(set(sample.documents)) < len(lengths)  # some document gives several sequences
     first = np.concatenate([[True] + [False] * (n - 1) for n in lengths])
     src = np.flatnonzero(
         np.concatenate([[True] * (n - 1) + [False] for n in lengths])
@@ -140,6 +142,13 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
         assert row["anisotropy_across_sequences"] == pytest.approx(brute_pair_cos(x, groups), rel=1e-9)
         assert row["anisotropy_within_sequences"] == pytest.approx(
             brute_pair_cos(x, groups, same=True), rel=1e-9
+        )
+        assert row["anisotropy_across_documents"] == pytest.approx(brute_pair_cos(x, docs), rel=1e-9)
+        assert row["anisotropy_within_documents"] == pytest.approx(
+            brute_pair_cos(x, docs, same=True), rel=1e-9
+        )
+        assert row["anisotropy_across_documents"] != pytest.approx(
+            row["anisotropy_across_sequences"], rel=1e-6
         )
         no_first = row["without_first_position"]
         assert no_first["n_tokens"] == len(x) - len(lengths)
@@ -163,12 +172,13 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
         )
         assert row["ridge_cos"] == pytest.approx(np.mean(np.sum(unit(pred) * unit(b_held), axis=1)), rel=1e-7)
         assert row["ridge_heldout_pairs"] == int((~fit).sum())
-    i, j = sample_pairs(len(last), 500, groups, seed=0)
+    i, j = sample_pairs(len(last), 500, docs, seed=0)  # the paper's pairs: from different documents
     sampled = np.mean(np.sum(unit(last[i]) * unit(last[j]), axis=1))
     assert scores["summary"]["anisotropy_sampled"] == pytest.approx(sampled, rel=1e-9)
     assert scores["summary"]["effective_rank_covariance"] == by_layer[-1]["effective_rank_covariance"]
-    assert scores["recommended_target_layer"] == scores["recommendation"]["layer"] == 1  # round(0.21 * 4)
-    assert "paper depth prior" in scores["recommendation"]["reason"]
+    assert scores["paper_depth_rule_layer"] == scores["paper_depth_rule"]["layer"] == 1  # round(0.21 * 4)
+    assert "the paper's depth rule" in scores["paper_depth_rule"]["reason"]
+    assert scores["summary"]["n_documents"] == len(set(sample.documents))
 
 
 def test_reference_cka_is_one_against_itself_and_exclude_first_drops_one_token_per_sequence(

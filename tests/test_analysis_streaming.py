@@ -221,3 +221,38 @@ def test_all_reduce_across_ranks_equals_one_process():
     assert got["norms"] == pytest.approx(G.norm_stats(x), rel=1e-12)
     ref = (x - x.mean(0)).T @ (2.0 * (x[:, :3] - x[:, :3].mean(0)))
     np.testing.assert_allclose(got["cross"], ref, rtol=1e-10)
+
+
+def test_document_sums_across_batches_equal_the_grouped_anisotropy():
+    """Documents cut into sequences that land in different batches: still exact across / within documents."""
+    import torch
+
+    from analysis.layers import SpanningGroupSums
+    from nitp.geometry import anisotropy, anisotropy_within
+    from nitp.streaming import UnitSums
+
+    rng = np.random.default_rng(0)
+    sizes = [7, 30, 3, 19, 11]  # tokens per document, contiguous in the stream
+    docs = np.repeat(np.arange(len(sizes)), sizes)
+    x = rng.normal(size=(len(docs), 8)) + rng.normal(size=(len(sizes), 8))[docs]  # a direction per document
+    u = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+    units, by_doc = UnitSums(), SpanningGroupSums()
+    for lo, hi in [(0, 5), (5, 20), (20, 21), (21, 50), (50, len(docs))]:  # cuts inside documents
+        units.add_units(u[lo:hi])
+        by_doc.add_units(u[lo:hi], torch.from_numpy(docs[lo:hi]))
+    assert by_doc.across(units) == pytest.approx(anisotropy(x, groups=docs), rel=1e-12)
+    assert by_doc.within(units) == pytest.approx(anisotropy_within(x, docs), rel=1e-12)
+    with pytest.raises(ValueError, match="contiguous"):
+        by_doc.add_units(u[:2], torch.tensor([0, 0]))  # document 0 was closed long ago
+
+
+def test_paper_depth_rule_is_named_and_the_same_for_ntp_and_nitp():
+    from analysis.layers import paper_depth_rule
+
+    rows = [{"layer": 5, "effective_rank_covariance": 1.2, "temporal_self_similarity": 0.5}]
+    ntp = paper_depth_rule(rows, 24)
+    nitp = paper_depth_rule(rows, 24, trained_target=4)
+    assert ntp["layer"] == nitp["layer"] == 5  # nitp.layers.default_target_layer(24)
+    assert "paper's depth rule" in ntp["reason"] and "not chosen from these statistics" in ntp["reason"]
+    assert "collapsed" in ntp["reason"]  # what was measured is a note, not a different layer
+    assert "trained with target layer 4" in nitp["reason"] and "trained" not in ntp["reason"]

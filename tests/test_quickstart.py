@@ -1,7 +1,11 @@
 """The quickstart pipeline at its smallest size: train both, score, measure, report."""
 
+import pytest
+
 from nitp.records import read_record
 from nitp.runs import list_checkpoints
+
+pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
 
 
 def test_quickstart_smallest_size(tmp_path):

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from reports.cli import app
@@ -19,6 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_compare_with_labels(tmp_path):
     ntp = write_run(tmp_path, "tiny-ntp", "ntp", steps=100)
     nitp = write_run(tmp_path, "tiny-nitp", "nitp", steps=100)
@@ -37,6 +39,7 @@ def test_compare_with_labels(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     for args, message in [

@@ -250,7 +250,7 @@ def geom_record(
         "geom",
         model,
         settings,
-        {"summary": summary, "layers": layers, "recommended_target_layer": recommended},
+        {"summary": summary, "layers": layers, "paper_depth_rule_layer": recommended},
     )
     return write_record(out or default_record_path(model, "geom", f"builtin-{n_tokens}"), rec)
 
@@ -268,6 +268,7 @@ def layer_stats(n_layers: int = 4, scale: float = 1.0) -> list[dict]:
             "anisotropy": 0.1 + 0.05 * k,
             "anisotropy_within_sequences": 0.2,
             "anisotropy_across_sequences": 0.08 + 0.05 * k,
+            "anisotropy_across_documents": 0.07 + 0.05 * k,
             "mean_norm": 10.0 + k,
             "max_norm": 30.0,
         }
@@ -321,12 +322,14 @@ SUMMARY_NTP = {
     "effective_rank_singular": 40.1,
     "anisotropy": 0.35,
     "anisotropy_across_sequences": 0.33,
+    "anisotropy_across_documents": 0.31,
 }
 SUMMARY_NITP = {
     "effective_rank_covariance": 20.3,
     "effective_rank_singular": 52.1,
     "anisotropy": 0.30,
     "anisotropy_across_sequences": 0.29,
+    "anisotropy_across_documents": 0.27,
 }
 
 

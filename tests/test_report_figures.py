@@ -69,6 +69,7 @@ def test_text_checker_sees_overlaps_and_clipping():
     assert kinds == {"clipped", "overlap"}
 
 
+@pytest.mark.slow
 def test_figures_have_no_overlapping_or_clipped_text(loaded):
     study, layout = loaded
     with F._rc():
@@ -108,6 +109,7 @@ def test_nothing_to_plot_says_why(tmp_path, loaded):
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob("y.*"))
 
 
+@pytest.mark.slow
 def test_compare_writes_the_whole_report(study_runs, tmp_path):
     out = tmp_path / "report"
     notes = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reports.phases import detect_phases, log_window_mean, running_median
+from reports.phases import detect_phases, log_window_mean, run_phases, running_median
 
 STEPS = np.arange(1, 3001)
 
@@ -104,6 +104,29 @@ def test_invariant_to_scale_offset_order_and_bad_values():
     holes = curve.copy()
     holes[::97] = np.nan
     assert detect_phases(STEPS, holes).hump_peak.step == pytest.approx(ref.hump_peak.step, rel=0.1)
+
+
+def test_convergence_does_not_depend_on_how_long_the_run_is():
+    """The settle level is fixed by the minimum and the hump, not by the last logged value."""
+    curve = three_phase(STEPS)
+    found = [detect_phases(STEPS[:n], curve[:n]).converged for n in (2400, 3000)]
+    assert found[0] is not None and found[0] == found[1]
+    assert found[0].value <= 0.02 + 0.2 * 0.23 + 0.01  # min + settle x (peak - min)
+
+
+def test_phases_start_at_the_first_nitp_step():
+    """With nitp.start_step, the flat loss of the untrained projector before it is not analysed."""
+    start = 1000
+    steps = np.arange(10, 4001, 10)
+    after = three_phase(np.maximum(steps - start, 1))
+    values = np.where(steps <= start, 0.9 + 0.05 * np.sin(steps / 37.0), after)
+    values = values + np.random.default_rng(7).normal(0, 0.003, len(steps))
+    metrics = [{"step": int(s), "loss_nitp": float(v)} for s, v in zip(steps, values)]
+    p = run_phases(metrics, {"nitp": {"start_step": start}})
+    assert p.found and p.initial_min.step > start
+    assert start + 400 <= p.hump_peak.step <= start + 900  # the hump was put 600 steps after the start
+    assert detect_phases(steps - start, values, start_step=0).hump_peak is not None  # same curve, shifted
+    assert run_phases(metrics, {"nitp": {"start_step": 0}}).initial_min is None  # the old reading: no phase I
 
 
 def test_smoothing_helpers():

@@ -158,8 +158,14 @@ def test_geometry_summary_and_per_layer_tables(layout_and_groups):
     assert "covariance" in summary.columns[1] and "singular" in summary.columns[2]
     nitp_layers = next(t for t in per_layer if "tiny-nitp" in t.title)
     labels = [r.label for r in nitp_layers.rows]
-    assert labels == ["0", "1 (NITP target, recommended)", "2", "3", "4", "last"]
-    assert nitp_layers.columns[:3] == ["erank (cov)", "erank (sv)", "aniso (across seqs)"]
+    assert labels == ["0", "1 (NITP target, paper depth rule)", "2", "3", "4", "last"]
+    assert nitp_layers.columns[:4] == [
+        "erank (cov)",
+        "erank (sv)",
+        "aniso (across docs)",
+        "aniso (across seqs)",
+    ]
+    assert "across documents (paper's)" in summary.columns[3] and "all pairs" in summary.columns[5]
     assert rows(nitp_layers)["last"][nitp_layers.columns.index("ridge R² (held-out)")] is None
 
 

@@ -11,6 +11,8 @@ from nitp.io import read_jsonl
 from nitp.runs import resolve_checkpoint
 from tests.helpers import builtin_prepared_dir, tiny_cli_args
 
+pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
+
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_run_under_torchrun(tmp_path, parallel):

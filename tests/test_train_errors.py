@@ -84,6 +84,7 @@ def test_corpus_errors(capsys, monkeypatch, tmp_path):
         assert not (tmp_path / "prep").exists(), err
 
 
+@pytest.mark.slow
 def test_existing_run_and_resume_with_other_config(capsys, monkeypatch, tmp_path):
     run = make_tiny_run(tmp_path / "run", steps=2, extra=["log.geom_every=0"])
     code, err = run_cli(["run", *tiny_cli_args(), "--run-dir", str(run), "--steps", "2"], capsys, monkeypatch)
@@ -155,3 +156,59 @@ def test_failed_write_is_one_line(capsys, monkeypatch, tmp_path):
         monkeypatch,
     )
     assert code == 2 and len(err.splitlines()) == 1 and "cannot access" in err and "a-file" in err, err
+
+
+def _small_corpus(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(" ".join(f"token{i % 97} and more words" for i in range(600)))
+    return corpus
+
+
+def test_corpus_smaller_than_one_global_batch_leaves_nothing(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    corpus = _small_corpus(tmp_path)
+    run = tmp_path / "run"
+    sets = [f"data.corpus={corpus}", "data.vocab_size=300", "train.batch_size=64", "data.workers=0"]
+    code, err = run_cli(
+        ["run", "--run-dir", str(run), "--steps", "2", *[a for s in sets for a in ("--set", s)]],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and "fewer than one step of 64 sequences" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.txt"]  # no run dir, no data, no tmp
+
+
+def test_prepared_dir_that_is_a_file_leaves_no_hidden_folder(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "prepared"
+    blocker.write_text("not a folder")
+    args = ["--set", f"data.corpus={_small_corpus(tmp_path)}", "--set", f"data.prepared_dir={blocker}"]
+    err = _expect_error([*args, "--set", "data.vocab_size=300"], "is a file", capsys, monkeypatch, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "small.txt"], err
+
+
+def test_leftover_of_a_killed_preparation_is_cleaned_and_resume_of_nothing_says_so(
+    capsys, monkeypatch, tmp_path
+):
+    run = tmp_path / "run"
+    stale = run / ".data.999999999.tmp"  # what older versions left when killed while preparing
+    stale.mkdir(parents=True)
+    (stale / "train.bin").write_bytes(b"\0" * 100)
+    sets = [f"data.corpus={_small_corpus(tmp_path)}", "data.vocab_size=300", "data.seq_len=16"]
+    sets += [
+        "train.batch_size=2",
+        "train.threads=1",
+        "log.geom_every=0",
+        "log.eval_every=0",
+        "data.workers=0",
+    ]
+    code, out, err = run_main(
+        main,
+        "nitp-train",
+        ["run", "--run-dir", run, "--steps", "1", "--resume", *[a for s in sets for a in ("--set", s)]],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    assert "--resume: " in out and "holds no run yet; starting a new one" in out
+    assert not stale.exists() and (run / "data" / "meta.json").is_file()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

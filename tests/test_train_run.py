@@ -12,6 +12,8 @@ from nitp.io import read_jsonl
 from nitp.runs import resolve_checkpoint
 from tests.helpers import builtin_prepared_dir, make_tiny_run, tiny_cli_args
 
+pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
+
 
 def _cli_run(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
@@ -119,3 +121,33 @@ def test_every_config_in_configs_resolves():
     assert len(files) >= 10
     for f in files:
         load_config(f)
+
+
+@pytest.mark.slow
+def test_projector_is_neither_decayed_nor_stepped_before_nitp_starts(tmp_path):
+    """nitp.start_step: until then the projector keeps its initial weights bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from nitp_train.loss import NITPObjective
+    from nitp_train.models import build_model
+    from nitp_train.trainer import train
+    from tests.helpers import tiny_config
+
+    def head_after(start_step):
+        extra = [
+            f"nitp.start_step={start_step}",
+            "train.weight_decay=0.5",
+            "log.geom_every=0",
+            "log.eval_every=0",
+        ]
+        cfg = tiny_config(steps=3, extra=extra)
+        run = train(cfg, tmp_path / f"start-{start_step}", log=lambda *_: None)
+        torch.manual_seed(cfg["seed"])
+        initial = NITPObjective(build_model(cfg["model"], seed=cfg["seed"]), "nitp", cfg["nitp"]).head
+        return initial.state_dict(), load_file(resolve_checkpoint(run) / "nitp_head.safetensors")
+
+    initial, held = head_after(start_step=5)
+    assert all(torch.equal(initial[k], held[k]) for k in initial)
+    initial, moved = head_after(start_step=1)  # control: once NITP is on, the projector trains
+    assert not any(torch.equal(initial[k], moved[k]) for k in initial)

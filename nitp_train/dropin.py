@@ -1,0 +1,438 @@
+"""NITP as a drop-in for any training loop: ``wrap_model(model)`` around a Hugging Face causal LM.
+
+The wrapper's ``forward`` has the causal LM's signature and returns its usual output with
+
+    loss = L_NTP + weight * L_NITP,   L_NITP = mean over valid pairs of 1 - cos(P(h_t), sg[z_{t+s}])
+
+plus ``loss_ntp`` and ``loss_nitp`` (per-pair mean). The terms are the ones ``nitp-train`` trains
+(``nitp_train.loss.nitp_loss`` and ``make_head``; layers numbered as in ``nitp.layers``), and
+``save_pretrained`` writes the checkpoint layout ``nitp-train`` writes: the plain model (same keys
+as unwrapped) plus the projector in ``nitp_head.safetensors``. Hooks into HF ``Trainer`` / TRL are in
+``nitp_train.dropin_hf``; torchtitan pieces in ``nitp_train.dropin_titan``.
+
+Example
+-------
+>>> from transformers import AutoModelForCausalLM                      # doctest: +SKIP
+>>> model = wrap_model(AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M"))
+>>> out = model(input_ids=ids, attention_mask=mask, labels=labels)     # doctest: +SKIP
+>>> out.loss.backward(); out.loss_ntp, out.loss_nitp                   # doctest: +SKIP
+>>> model.save_pretrained("exported")                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from nitp.errors import UserError
+from nitp.io import atomic_write_bytes, atomic_write_json
+from nitp.layers import check_layer, default_target_layer, num_layers, register_layer_hook
+from nitp_train.loss import LOSS_KINDS, PROJECTORS, make_head, nitp_loss
+
+HEAD_FILE = "nitp_head.safetensors"
+META_FILE = "nitp_meta.json"
+IGNORE_INDEX = -100
+
+
+def wrap_model(
+    model: nn.Module,
+    target_layer: int | None = None,
+    weight: float = 1.0,
+    shift: int = 1,
+    loss: str = "cosine",
+    projector: str = "swiglu",
+    stop_grad: bool = True,
+    head_from: str | os.PathLike | None = None,
+) -> NITPWrapped:
+    """Add the NITP objective to a Hugging Face causal LM without changing how it is trained.
+
+    Parameters
+    ----------
+    model : transformers causal LM (``...ForCausalLM``)
+        Trained as is; its weights are shared, not copied.
+    target_layer : int or None
+        k of z = output of block k (0 = embeddings; ``nitp.layers`` numbering). ``None`` =
+        round(0.21 L), the paper's depth rule (5 for L = 24, 6 for 28).
+    weight : float
+        lambda in L = L_NTP + lambda L_NITP (paper: 1.0; 0.8 / 0.6 at the largest sizes).
+    shift : int
+        s: h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation.
+    loss, projector, stop_grad
+        As in ``nitp-train`` (``nitp_train.loss``): ``cosine`` / ``swiglu`` (12 d^2 params) / True
+        are the paper's settings.
+    head_from : path or None
+        A folder (checkpoint, run directory or exported model) holding ``nitp_head.safetensors``:
+        resume the projector from it.
+
+    Returns
+    -------
+    NITPWrapped
+        An ``nn.Module`` (``.model`` = the LM, ``.head`` = the projector) that reads every other
+        attribute (``config``, ``generation_config``, ...) from the LM.
+    """
+    if not hasattr(model, "config"):
+        raise UserError(
+            f"{type(model).__name__}: not a Hugging Face model (no .config); wrap a ...ForCausalLM"
+        )
+    n = num_layers(model)
+    k = (
+        default_target_layer(n)
+        if target_layer is None
+        else check_layer(target_layer, n, allow_last=False, name="target_layer")
+    )
+    if loss not in LOSS_KINDS:
+        raise UserError(f"loss {loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
+    if projector not in PROJECTORS:
+        raise UserError(f"projector {projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
+    if not isinstance(shift, int) or shift < 0:
+        raise UserError(f"shift {shift!r}: must be an integer >= 0; use 1 (NITP) or 0 (same position)")
+    if float(weight) < 0:
+        raise UserError(f"weight {weight!r}: must be >= 0; use 1.0 (the paper's lambda)")
+    wrapped = NITPWrapped(model, k, float(weight), shift, loss, projector, bool(stop_grad))
+    if head_from is not None:
+        wrapped.load_head(head_from)
+    return wrapped
+
+
+class NITPWrapped(nn.Module):
+    """A causal LM plus the NITP projector; see :func:`wrap_model`.
+
+    State-dict keys are ``model.<LM key>`` and ``head.<projector key>``, the layout of
+    ``nitp_train.loss.NITPObjective`` (so ``nitp_train.checkpoint`` splits them alike).
+    """
+
+    # HF Trainer: pass num_items_in_batch to forward and trust the loss to be normalised by it
+    accepts_loss_kwargs = True
+
+    def __init__(self, model, target_layer, weight, shift, loss, projector, stop_grad):
+        super().__init__()
+        self.model = model
+        d = model.config.get_text_config().hidden_size
+        head = make_head(projector, d, d)
+        if head is not None:
+            ref = model.get_input_embeddings().weight
+            head = head.to(device=ref.device, dtype=ref.dtype)
+        self.head = head
+        self.nitp = dict(
+            target_layer=target_layer,
+            weight=weight,
+            shift=shift,
+            loss=loss,
+            projector=projector,
+            stop_grad=stop_grad,
+        )
+        self.stats = NITPStats()
+        self.geometry_wanted = False  # set by a callback for the next forward: keep h for erank
+        self.geometry_sample: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._captured: dict[str, torch.Tensor] = {}
+        self._capturing = False
+        register_layer_hook(model, -1, self._store("last"))
+        register_layer_hook(model, target_layer, self._store("target"))
+
+    def _store(self, name):
+        def store(tensor):
+            if self._capturing:  # not during gradient-checkpoint recomputation or plain inference
+                self._captured[name] = tensor
+
+        return store
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("model", "head") or name.startswith("__"):
+                raise
+            return getattr(super().__getattr__("model"), name)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ):
+        r"""The LM's forward; with ``labels`` the loss becomes L_NTP + weight * L_NITP.
+
+        Without ``labels`` this is exactly the wrapped model's forward (no NITP work).
+
+        Gradient accumulation: with ``num_items_in_batch`` (the number of supervised next-token
+        targets in the whole accumulated batch, as HF ``Trainer`` counts them) the CE is the
+        model's own ``sum / num_items_in_batch`` and the NITP term is its per-pair *sum* divided
+        by the same count, so summing micro-batches gives the mean over the full batch. NITP pairs
+        are the CE's supervised positions t (labels[t+1] != -100), minus pairs that cross a
+        document boundary (a ``position_ids`` restart) or touch padding.
+
+        Returns
+        -------
+        The LM's output (``CausalLMOutputWithPast``) with ``loss`` replaced by the total and
+        ``loss_ntp`` (the LM's CE) and ``loss_nitp`` (per-pair mean, [] tensor) added.
+        """
+        if labels is None:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
+        if num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch
+        kwargs.setdefault("use_cache", False)
+        self._captured.clear()
+        self._capturing = True
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                **kwargs,
+            )
+        finally:
+            self._capturing = False
+        h, z = self._captured.pop("last"), self._captured.pop("target")
+        self._captured.clear()
+        valid = nitp_pairs(labels, attention_mask, position_ids, self.nitp["shift"])
+        if self.training and torch.is_grad_enabled() and h.requires_grad:
+            h = self.stats.probe_gradients(h)
+        mean, n_pairs = self._nitp_mean(h, z, valid)
+        scale = n_pairs / num_items_in_batch if num_items_in_batch is not None else 1.0
+        ntp = out.loss
+        out.loss = ntp + self.nitp["weight"] * mean * scale
+        if kwargs.get("fused_lm_head"):
+            _fold_into_log_probs(out, self.nitp["weight"] * mean * n_pairs)
+        out["loss_ntp"], out["loss_nitp"] = ntp, mean
+        if self.training:
+            n_ce = (labels[..., 1:] != IGNORE_INDEX).sum()
+            ntp_mean = ntp * num_items_in_batch / n_ce.clamp(min=1) if num_items_in_batch is not None else ntp
+            self.stats.add(ntp_mean, n_ce, mean, n_pairs)
+            if self.geometry_wanted:
+                self.geometry_sample = _token_states(h, attention_mask, position_ids)
+                self.geometry_wanted = False
+        return out
+
+    def _nitp_mean(self, h, z, valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair mean of the NITP loss over ``valid`` pairs, and their count (a [] tensor)."""
+        s, m = self.nitp["shift"], valid.shape[1]
+        pred, tgt = h[:, :m][valid], z[:, s : s + m][valid]  # [N, d] each, pairs already matched
+        # nitp_loss with shift 0 on one row of N matched pairs: the same loss / projector / stop-grad
+        mean = nitp_loss(pred[None], tgt[None], self.head, None, 0, self.nitp["loss"], self.nitp["stop_grad"])
+        return mean, valid.sum()
+
+    # ------------------------------------------------------------------ export / resume
+    def save_pretrained(
+        self, save_directory, state_dict: dict | None = None, is_main_process: bool = True, **kwargs
+    ):
+        """Write the plain model (``AutoModelForCausalLM.from_pretrained`` loads it; the keys of
+        the unwrapped model) and the projector as ``nitp_head.safetensors`` beside it, plus
+        ``nitp_meta.json`` (objective and NITP settings) — the layout of a ``nitp-train`` checkpoint.
+
+        ``state_dict`` (optional) is a full state dict of this wrapper (``model.*`` / ``head.*``),
+        e.g. gathered from FSDP; other keyword arguments go to the LM's ``save_pretrained``.
+        """
+        out = Path(save_directory)
+        sd = self.state_dict() if state_dict is None else state_dict
+        lm_sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+        head_sd = {
+            k[len("head.") :]: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")
+        }
+        self.model.save_pretrained(
+            out,
+            state_dict=lm_sd if state_dict is not None else None,
+            is_main_process=is_main_process,
+            **kwargs,
+        )
+        if not is_main_process:
+            return
+        if head_sd:
+            from safetensors.torch import save
+
+            meta = {"format": "pt", "projector": self.nitp["projector"]}
+            atomic_write_bytes(out / HEAD_FILE, save(head_sd, metadata=meta))
+        atomic_write_json(out / META_FILE, self.meta())
+
+    def meta(self) -> dict:
+        """``nitp_meta.json`` fields (those ``nitp-train`` writes; step/tokens are unknown here)."""
+        n = self.nitp
+        return {
+            "step": None,
+            "tokens_seen": None,
+            "objective": "nitp",
+            "preset": None,
+            "target_layer": n["target_layer"],
+            "lambda": n["weight"],
+            "projector": n["projector"],
+            "shift": n["shift"],
+            "loss": n["loss"],
+            "stop_grad": n["stop_grad"],
+            "cos_reg_weight": 0.0,
+            "source": "nitp_train.dropin.wrap_model",
+        }
+
+    def load_head(self, path) -> None:
+        """Load the projector from ``path``'s ``nitp_head.safetensors`` (a folder, a run dir or the file)."""
+        from safetensors.torch import load_file
+
+        from nitp.runs import resolve_checkpoint
+
+        p = Path(path)
+        file = p if p.suffix == ".safetensors" else resolve_checkpoint(p) / HEAD_FILE
+        if not file.is_file():
+            raise UserError(f"{path}: no {HEAD_FILE} there; give a folder saved by wrap_model or nitp-train")
+        if self.head is None:
+            raise UserError(
+                f"{path}: has a projector but this wrapper has projector='none'; wrap with its projector"
+            )
+        try:
+            self.head.load_state_dict(load_file(file))
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+            raise UserError(
+                f"{file}: projector does not fit this model ({first}); use the head saved with this model"
+            ) from None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also accepts the plain LM's keys (a folder written by :meth:`save_pretrained`, as HF
+        ``Trainer`` reloads on resume): they go to the LM; the projector is then left as is."""
+        own = set(super().state_dict().keys())
+        if state_dict and not own.intersection(state_dict):
+            return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _fold_into_log_probs(out, nitp_sum: torch.Tensor) -> None:
+    """TRL's fused LM head (``fused_lm_head=True``): ``SFTTrainer`` recomputes its loss as
+    ``-log_probs.sum() / n`` (n = ``num_items_in_batch`` or the label count), ignoring ``out.loss``;
+    spreading ``-nitp_sum / n_labels`` over the supervised log-probs adds exactly
+    ``nitp_sum / n`` to that loss, the same total as ``out.loss``."""
+    mask = out.label_mask
+    out.log_probs = out.log_probs - mask * (nitp_sum / mask.sum().clamp(min=1))
+
+
+# ---------------------------------------------------------------------- pairs and documents
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document index of each token of packed rows: a new document starts where ``position_ids``
+    does not continue (p_t != p_{t-1} + 1, e.g. a restart at 0).
+
+    >>> document_ids(torch.tensor([[0, 1, 2, 0, 1, 0]])).tolist()
+    [[1, 1, 1, 2, 2, 3]]
+    """
+    pos = position_ids if position_ids.dim() == 2 else position_ids.reshape(1, -1)
+    restart = torch.ones_like(pos, dtype=torch.bool)
+    restart[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    return restart.long().cumsum(1)
+
+
+def nitp_pairs(
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift: int = 1,
+) -> torch.Tensor:
+    """Which pairs (h_t, z_{t+s}) the NITP loss uses: a bool mask [B, T - max(s, 1)] over t.
+
+    t is valid when it is a supervised CE position (``labels[t+1] != -100``), t and t+s are both
+    real tokens (``attention_mask``, when 2-D) and belong to the same document (no
+    ``position_ids`` restart in between).
+
+    >>> nitp_pairs(torch.tensor([[5, 6, 7, 8]]), position_ids=torch.tensor([[0, 1, 0, 1]])).tolist()
+    [[True, False, True]]
+    """
+    T = labels.shape[-1]
+    m = T - max(shift, 1)
+    valid = labels[..., 1:][..., :m] != IGNORE_INDEX
+    if attention_mask is not None and attention_mask.dim() == 2:
+        am = attention_mask.bool()
+        valid = valid & am[:, :m] & am[:, shift : shift + m]
+    if position_ids is not None and position_ids.dim() <= 2:
+        doc = document_ids(position_ids).to(valid.device)
+        valid = valid & (doc[:, :m] == doc[:, shift : shift + m])
+    return valid
+
+
+def _token_states(h: torch.Tensor, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real tokens' last hidden states [N, d] (detached) and a sequence id per row [N]."""
+    B, T = h.shape[:2]
+    seq = torch.arange(B, device=h.device)[:, None].expand(B, T) * (T + 1)
+    if position_ids is not None and position_ids.dim() <= 2:
+        seq = seq + document_ids(position_ids).to(h.device).expand(B, T)
+    keep = torch.ones(B, T, dtype=torch.bool, device=h.device)
+    if attention_mask is not None and attention_mask.dim() == 2:
+        keep = attention_mask.bool()
+    return h.detach()[keep], seq[keep]
+
+
+# ---------------------------------------------------------------------- logging statistics
+class NITPStats:
+    """Running sums since the last :meth:`read`: token-weighted CE and NITP means and the norms of
+    the two gradients at the last hidden state h.
+
+    The NITP share of the gradient is measured at h because that is where (with stop-gradient)
+    all of NITP's gradient enters the backbone: share = |g_NITP| / (|g_NTP| + |g_NITP|), with
+    g_NITP the gradient through the projector branch and g_NTP = g_total - g_NITP at h.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+
+    def _add(self, key, value) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+
+    def add(self, ntp_mean, n_ce, nitp_mean, n_pairs) -> None:
+        self._add("ntp_sum", ntp_mean * n_ce)
+        self._add("n_ce", n_ce)
+        self._add("nitp_sum", nitp_mean * n_pairs)
+        self._add("n_pairs", n_pairs)
+
+    def probe_gradients(self, h: torch.Tensor) -> torch.Tensor:
+        """Return h's NITP branch (an identity whose backward records g_NITP); hook h for g_total."""
+        record: dict[str, torch.Tensor] = {}
+
+        def total(grad):
+            g_nitp = record.pop("nitp", torch.zeros_like(grad))
+            self._add("grad_nitp", g_nitp.float().norm())
+            self._add("grad_ntp", (grad - g_nitp).float().norm())
+
+        h.register_hook(total)
+        return _GradProbe.apply(h, record)
+
+    def read(self) -> dict[str, float]:
+        """Means since the last read (then reset): ``loss_ntp``, ``loss_nitp``, ``nitp_grad_share``."""
+        s = {k: float(v) for k, v in self.sums.items()}
+        self.reset()
+        out = {}
+        if s.get("n_ce"):
+            out["loss_ntp"] = s["ntp_sum"] / s["n_ce"]
+        if s.get("n_pairs"):
+            out["loss_nitp"] = s["nitp_sum"] / s["n_pairs"]
+        if "grad_nitp" in s and s["grad_nitp"] + s["grad_ntp"] > 0:
+            out["grad_norm_h_ntp"], out["grad_norm_h_nitp"] = s["grad_ntp"], s["grad_nitp"]
+            out["nitp_grad_share"] = s["grad_nitp"] / (s["grad_nitp"] + s["grad_ntp"])
+        return out
+
+
+class _GradProbe(torch.autograd.Function):
+    """Identity forward; backward stores the incoming gradient (the NITP branch's) in ``record``."""
+
+    @staticmethod
+    def forward(ctx, x, record):
+        ctx.record = record
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.record["nitp"] = grad
+        return grad, None
+
+
+def unwrap(model) -> NITPWrapped | None:
+    """The :class:`NITPWrapped` inside DDP / accelerate / torch.compile wrappers, or None."""
+    seen = 0
+    while model is not None and not isinstance(model, NITPWrapped) and seen < 8:
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        seen += 1
+    return model if isinstance(model, NITPWrapped) else None
