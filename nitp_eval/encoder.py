@@ -36,7 +36,7 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 
 from nitp import layers as layers_lib
 from nitp.errors import UserError
-from nitp.loading import load_config, model_folder
+from nitp.loading import check_weights_readable, load_config, model_folder
 
 POOLINGS = ("mean", "last", "eos")
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
@@ -83,6 +83,7 @@ def preflight(model_path: str | Path, pooling: str, layer: int) -> EncoderSpec:
     check_pooling(pooling)
     folder = model_folder(model_path)
     check_tokenizer_files(folder)
+    check_weights_readable(folder)  # a truncated weight file: one line now, not a traceback later
     n_layers = int(load_config(folder).num_hidden_layers)
     return EncoderSpec(folder, pooling, layers_lib.check_layer(layer, n_layers, name="--layer"), n_layers)
 
