@@ -1,6 +1,6 @@
 """`nitp-eval mteb`: frozen hidden states as sentence embeddings, scored by mteb.
 
-Only parses arguments; the work is ``nitp_eval.embed.run_mteb`` (see docs/mteb.md).
+Only parses arguments; the work is ``nitp_eval.mteb_run.run_mteb`` (see docs/mteb.md).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 def mteb_command(
     checkpoints: List[Path] = typer.Argument(
         ...,
-        help="Checkpoint folders, run directories (latest checkpoint) or Hugging Face model folders.",
+        help="Checkpoint folders, run directories (latest checkpoint), Hugging Face model folders or .gguf files.",
         show_default=False,
     ),
     suite: str | None = typer.Option(
@@ -46,13 +46,30 @@ def mteb_command(
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", help="At most this many texts per forward pass."),
+    batch_tokens: int = typer.Option(
+        8192,  # encoder.DEFAULT_BATCH_TOKENS (not imported: --help stays instant)
+        "--batch-tokens",
+        help="At most this many padded tokens per forward pass (bounds memory).",
+    ),
+    max_length: int = typer.Option(
+        512,  # encoder.DEFAULT_MAX_LENGTH
+        "--max-length",
+        help="Token limit per text (MTEB's usual; also capped by the model's own).",
+    ),
+    save_encoder: Path | None = typer.Option(
+        None,
+        "--save-encoder",
+        help="Also save the SentenceTransformer to DIR (DIR/<name>-<hash8> for several checkpoints).",
+    ),
 ) -> None:
     """Score checkpoints' frozen, mean-pooled, L2-normalised hidden states on MTEB tasks.
 
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
     """
-    from .embed import format_table, missing_tasks, run_mteb
+    from .mteb_results import missing_tasks
+    from .mteb_run import run_mteb
+    from .mteb_table import format_table
 
     names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
     records = run_mteb(
@@ -66,6 +83,9 @@ def mteb_command(
         redo=redo,
         device=device,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
+        max_length=max_length,
+        save_encoder=save_encoder,
     )
     print(format_table(records))
     missing = sorted({t for r in records for t in missing_tasks(r)})

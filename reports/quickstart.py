@@ -96,7 +96,7 @@ def run_quickstart(
 
     from analysis.layers import geom_record
     from nitp_eval.bench import run_bench
-    from nitp_eval.embed import run_mteb
+    from nitp_eval.mteb_run import run_mteb
 
     ckpts = [str(runs["ntp"]), str(runs["nitp"])]
     log(

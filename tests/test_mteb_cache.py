@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import nitp_eval.embed as embed
-from nitp_eval.embed import run_mteb
+import nitp_eval.encoder as encoder_lib
+from nitp_eval.mteb_run import run_mteb
 
 TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
 
@@ -19,6 +19,7 @@ def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("mteb-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(path))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield path
 
 
@@ -44,7 +45,7 @@ def _forbid_encoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("encoded although the result was cached / recorded")
 
-    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", fail)
+    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", fail)
 
 
 def _revision_folders(cache_dir: Path) -> set[str]:
@@ -84,19 +85,19 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
         raise AssertionError("loaded the model although the record holds every task")
 
     with monkeypatch.context() as m:
-        m.setattr(embed, "HiddenStateEncoder", no_model)
+        m.setattr(encoder_lib, "HiddenStateEncoder", no_model)
         notes: list[str] = []
         again = run_mteb(a, tasks=TASKS, out=out, log=notes.append)[0]
     assert again == first and any("already recorded" in n for n in notes)
 
     calls = []
-    original = embed.HiddenStateEncoder.encode_texts
+    original = encoder_lib.HiddenStateEncoder.encode_texts
 
     def counting(self, texts, **kwargs):
         calls.append(len(texts))
         return original(self, texts, **kwargs)
 
-    monkeypatch.setattr(embed.HiddenStateEncoder, "encode_texts", counting)
+    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", counting)
     redone = run_mteb(a, tasks=TASKS, out=out, redo=True, log=lambda _: None)[0]
     assert calls, "--redo must recompute, not read mteb's cache"
     assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(
@@ -116,3 +117,63 @@ def test_same_weights_in_another_folder_share_the_key(two_checkpoints, tmp_path,
         rec["model"]["hash"]
         == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]
     )
+
+
+# ----------------------------------------------------------------------------- resumable runs
+RESUME_TASKS = ["WordSim353", "PangLeePolarity"]
+
+
+def _count_evaluated(monkeypatch, fail_on: str | None = None) -> list[str]:
+    """Wrap ``mteb.evaluate``: record which tasks it scores; raise (a killed run) on ``fail_on``."""
+    import mteb
+
+    seen: list[str] = []
+    real = mteb.evaluate
+
+    def evaluate(model, tasks, **kwargs):
+        names = [t.metadata.name for t in tasks]
+        seen.extend(names)
+        if fail_on in names:
+            raise KeyboardInterrupt(f"killed while scoring {fail_on}")
+        return real(model, tasks, **kwargs)
+
+    monkeypatch.setattr(mteb, "evaluate", evaluate)
+    return seen
+
+
+def test_a_killed_run_resumes_with_the_tasks_it_had_not_finished(two_checkpoints, tmp_path, monkeypatch):
+    _, b = two_checkpoints
+    out = tmp_path / "b.json"
+    monkeypatch.setenv("NITP_CACHE_DIR", str(tmp_path / "nitp-cache"))  # nothing cached before
+    with monkeypatch.context() as m:
+        seen = _count_evaluated(m, fail_on="PangLeePolarity")
+        with pytest.raises(KeyboardInterrupt):
+            run_mteb(b, tasks=RESUME_TASKS, out=out, log=lambda _: None)
+    assert seen == RESUME_TASKS and not out.exists()  # task 1 done, task 2 killed, no record
+
+    with monkeypatch.context() as m:
+        seen = _count_evaluated(m)
+        record = run_mteb(b, tasks=RESUME_TASKS, out=out, log=lambda _: None)[0]
+    assert seen == ["PangLeePolarity"]  # task 1 came from the per-task cache
+    assert set(record["scores"]["tasks"]) == set(RESUME_TASKS) and out.is_file()
+
+
+def test_a_failed_run_never_overwrites_a_good_record(two_checkpoints, tmp_path, monkeypatch):
+    import nitp_eval.mteb_run as mteb_run
+
+    a, _ = two_checkpoints
+    out = tmp_path / "a.json"
+    good = run_mteb(a, tasks=RESUME_TASKS, out=out, log=lambda _: None)[0]
+    before = out.read_text()
+
+    real = mteb_run._evaluate_task
+
+    def second_fails(encoder, task, *args):
+        return None if task.metadata.name == "PangLeePolarity" else real(encoder, task, *args)
+
+    monkeypatch.setattr(mteb_run, "_evaluate_task", second_fails)
+    notes: list[str] = []
+    partial = run_mteb(a, tasks=RESUME_TASKS, out=out, redo=True, log=notes.append)[0]
+    assert list(partial["scores"]["tasks"]) == ["WordSim353"]
+    assert out.read_text() == before and set(good["scores"]["tasks"]) == set(RESUME_TASKS)
+    assert any(n.startswith(f"kept {out}") for n in notes)

@@ -20,6 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 def mteb_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(tmp_path_factory.mktemp("mteb-cache")))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield
 
 
@@ -67,6 +68,8 @@ def test_two_models_show_deltas_and_wins(tiny_checkpoint, minilm_dir, tmp_path, 
         (["--tasks", "STS99"], "unknown MTEB task 'STS99'"),
         (["--suite", "papr"], "unknown suite 'papr'"),
         (["--data-dir", "/nonexistent/mirror", "--tasks", "STS12"], "no such directory"),
+        (["--max-length", "0"], "--max-length must be at least 1"),
+        (["--batch-tokens", "0"], "--batch-tokens and --batch-size must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(args, expected, tiny_checkpoint, tmp_path, monkeypatch, capsys):
@@ -106,3 +109,25 @@ def test_console_script_error_is_one_line_without_traceback(tiny_checkpoint):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown pooling 'cls' (choose one of: mean, last, eos)"
+
+
+@pytest.mark.slow
+def test_save_encoder_reloads_as_a_sentence_transformer(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from nitp_eval.encoder import HiddenStateEncoder
+
+    folder = tmp_path / "encoder"
+    args = ["--tasks", "WordSim353", "--layer", "2", "--pooling", "last", "--max-length", "64"]
+    code, _, _ = run_cli(
+        monkeypatch, capsys, tiny_checkpoint, *args, "--out", tmp_path / "r.json", "--save-encoder", folder
+    )
+    assert code == 0 and (folder / "modules.json").is_file()
+    texts = ["a cat sat on the mat", "the bank of the river", "word " * 100]
+    reloaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    assert reloaded.max_seq_length == 64
+    ours = HiddenStateEncoder(tiny_checkpoint, layer=2, pooling="last", max_length=64, device="cpu")
+    np.testing.assert_allclose(
+        reloaded.encode(texts, convert_to_numpy=True), ours.encode_texts(texts), rtol=0, atol=1e-6
+    )

@@ -1,4 +1,5 @@
-"""The hidden-state encoder: pooling, normalisation, layer numbering, sentence-transformers parity.
+"""The hidden-state encoder: pooling, normalisation, layer numbering, sentence-transformers parity,
+token-budget batching, and the saved SentenceTransformer reloading with the same embeddings.
 
 Real models only: the tiny Qwen2 checkpoint of the run fixture and the real all-MiniLM-L6-v2.
 """
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from nitp.errors import UserError
-from nitp_eval.embed import HiddenStateEncoder, pool_hidden_states
+from nitp_eval.encoder import HiddenStateEncoder, pool_hidden_states, save_encoder, token_batches
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -33,6 +34,17 @@ def tiny_encoder(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def minilm_encoder(minilm_dir):
     return HiddenStateEncoder(minilm_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_layer_encoder(tiny_checkpoint):
+    """An encoder with the layer-reading Transformer module (``--layer 1``); tests move its layer."""
+    return HiddenStateEncoder(tiny_checkpoint, layer=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def minilm_layer_encoder(minilm_dir):
+    return HiddenStateEncoder(minilm_dir, layer=1, device="cpu")
 
 
 # ----------------------------------------------------------------------------- pooling by hand
@@ -67,44 +79,47 @@ def _reference_hidden_states(encoder, texts):
     for i, seq in enumerate(ids):
         input_ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
     with torch.inference_mode():
-        out = encoder.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+        out = encoder.transformer.auto_model(
+            input_ids=input_ids, attention_mask=mask, output_hidden_states=True
+        )
     return input_ids, mask, out
 
 
 def _with_layer(encoder, layer):
-    encoder.layer = layer
+    encoder.transformer.layer = layer
     return encoder
 
 
-def test_decoder_layers_follow_the_project_numbering(tiny_encoder):
+def test_decoder_layers_follow_the_project_numbering(tiny_layer_encoder):
     """0 = embeddings, k = block k output, -1 = after the final norm (hidden_states[-1])."""
-    input_ids, mask, out = _reference_hidden_states(tiny_encoder, TEXTS[:4])
-    n = tiny_encoder.num_layers
+    enc = tiny_layer_encoder
+    input_ids, mask, out = _reference_hidden_states(enc, TEXTS[:4])
+    n = enc.spec.num_layers
     try:
         for k in range(n):  # transformers' hidden_states[k] is the input of block k+1
-            got = _with_layer(tiny_encoder, k).hidden_states(input_ids, mask)
+            got = _with_layer(enc, k).hidden_states(input_ids, mask)
             torch.testing.assert_close(got, out.hidden_states[k], rtol=0, atol=1e-6)
-        block_n = _with_layer(tiny_encoder, n).hidden_states(input_ids, mask)
-        last = _with_layer(tiny_encoder, -1).hidden_states(input_ids, mask)
+        block_n = _with_layer(enc, n).hidden_states(input_ids, mask)
+        last = _with_layer(enc, -1).hidden_states(input_ids, mask)
     finally:
-        tiny_encoder.layer = -1
+        enc.transformer.layer = 1
     torch.testing.assert_close(last, out.hidden_states[-1], rtol=0, atol=1e-6)
     # layer n is block n's output *before* the final norm: the norm of it is the last hidden state
     assert not torch.allclose(block_n, last, atol=1e-3)
-    torch.testing.assert_close(tiny_encoder.model.norm(block_n), last, rtol=0, atol=1e-5)
+    torch.testing.assert_close(enc.transformer.auto_model.norm(block_n), last, rtol=0, atol=1e-5)
 
 
-def test_encoder_layers_match_output_hidden_states(minilm_encoder):
-    input_ids, mask, out = _reference_hidden_states(minilm_encoder, TEXTS[:4])
+def test_encoder_layers_match_output_hidden_states(minilm_layer_encoder):
+    enc = minilm_layer_encoder
+    input_ids, mask, out = _reference_hidden_states(enc, TEXTS[:4])
     try:
-        for k in range(minilm_encoder.num_layers + 1):
-            got = _with_layer(minilm_encoder, k).hidden_states(input_ids, mask)
+        for k in range(enc.spec.num_layers + 1):
+            got = _with_layer(enc, k).hidden_states(input_ids, mask)
             torch.testing.assert_close(got, out.hidden_states[k], rtol=0, atol=1e-5)
+        last = _with_layer(enc, -1).hidden_states(input_ids, mask)
     finally:
-        minilm_encoder.layer = -1
-    torch.testing.assert_close(
-        minilm_encoder.hidden_states(input_ids, mask), out.hidden_states[-1], rtol=0, atol=1e-5
-    )
+        enc.transformer.layer = 1
+    torch.testing.assert_close(last, out.hidden_states[-1], rtol=0, atol=1e-5)
 
 
 def test_layer_out_of_range_is_a_user_error(tiny_checkpoint):
@@ -192,3 +207,61 @@ def test_model_without_tokenizer_is_a_user_error(copy_of_checkpoint):
 def test_unknown_pooling_is_a_user_error(tiny_checkpoint):
     with pytest.raises(UserError, match="unknown pooling 'max'"):
         HiddenStateEncoder(tiny_checkpoint, pooling="max")
+
+
+# ----------------------------------------------------------------------------- bounded memory
+def test_token_batches_fill_up_to_the_budget_longest_first():
+    assert token_batches([5, 1, 3, 3], batch_tokens=6, batch_size=32) == [[0], [2, 3], [1]]
+    assert token_batches([2, 2, 2], batch_tokens=100, batch_size=2) == [[0, 1], [2]]
+    assert token_batches([9], batch_tokens=4, batch_size=8) == [[0]]  # too long alone: its own batch
+    with pytest.raises(UserError, match="--batch-tokens"):
+        token_batches([1], batch_tokens=0, batch_size=1)
+
+
+def test_forward_passes_stay_within_the_token_budget(tiny_checkpoint, tiny_encoder):
+    budget = 40
+    enc = HiddenStateEncoder(tiny_checkpoint, device="cpu", batch_tokens=budget, max_length=16)
+    shapes = []
+    # sentence-transformers calls the model's forward directly: hook its token embedding instead
+    handle = enc.transformer.auto_model.get_input_embeddings().register_forward_pre_hook(
+        lambda _m, args: shapes.append(tuple(args[0].shape))
+    )
+    try:
+        emb = enc.encode_texts(TEXTS)
+    finally:
+        handle.remove()
+    assert len(shapes) > 1 and max(rows * width for rows, width in shapes) <= budget
+    assert max(width for _, width in shapes) <= 16  # --max-length truncates
+    assert all(len(ids) <= 16 for ids in enc.tokenize(TEXTS))
+    short = [t for t in TEXTS if len(tiny_encoder.tokenize([t])[0]) <= 16]  # untouched by truncation
+    np.testing.assert_allclose(enc.encode_texts(short), tiny_encoder.encode_texts(short), rtol=0, atol=1e-5)
+    assert emb.shape == (len(TEXTS), enc.hidden_size)
+
+
+def test_default_max_length_is_512_capped_by_the_model(tiny_encoder):
+    positions = tiny_encoder.transformer.auto_model.config.max_position_embeddings
+    assert tiny_encoder.max_length == min(512, positions)
+
+
+# ----------------------------------------------------------------------------- the saved SentenceTransformer
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling, layer", [("mean", -1), ("last", 2), ("eos", -1)])
+def test_saved_encoder_reloads_with_the_same_embeddings(pooling, layer, tiny_checkpoint, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    enc = HiddenStateEncoder(tiny_checkpoint, pooling=pooling, layer=layer, device="cpu")
+    folder = save_encoder(enc, tmp_path / "encoder")
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == [
+        "Transformer" if layer == -1 else "LayerTransformer",
+        "Pooling",
+        "Normalize",
+    ]
+    # the paper's setting reloads with plain sentence-transformers; a layer module needs trust
+    reloaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=layer != -1)
+    texts = [t for t in TEXTS if t.strip()]
+    np.testing.assert_allclose(
+        reloaded.encode(texts, convert_to_numpy=True), enc.encode_texts(texts), rtol=0, atol=1e-6
+    )
+    with pytest.raises(UserError, match="not empty"):
+        save_encoder(enc, folder)

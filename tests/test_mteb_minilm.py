@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nitp_eval.embed import run_mteb, summarise
 from nitp_eval.embed_data import apply_data_dir, resolve_tasks, suite_task_names
+from nitp_eval.mteb_results import summarise
+from nitp_eval.mteb_run import run_mteb
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 FIXTURE_TASKS = ["BIOSSES", "Banking77Classification", "SprintDuplicateQuestions", "AskUbuntuDupQuestions"]
@@ -25,6 +26,7 @@ OFFLINE = suite_task_names("offline") if os.environ.get("NITP_MTEB_FULL_CHECK") 
 def mteb_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(tmp_path_factory.mktemp("mteb-cache")))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield
 
 

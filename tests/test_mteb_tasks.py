@@ -11,8 +11,9 @@ import pytest
 
 from nitp.errors import UserError
 from nitp.records import read_record
-from nitp_eval.embed import missing_tasks, run_mteb
 from nitp_eval.embed_data import PAPER_GROUPS, PAPER_TASKS, apply_data_dir, mteb_dataset_repos, resolve_tasks
+from nitp_eval.mteb_results import missing_tasks
+from nitp_eval.mteb_run import run_mteb
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 FIXTURE_TASKS = {  # task -> (mteb type, main score, paper group)
@@ -27,6 +28,7 @@ FIXTURE_TASKS = {  # task -> (mteb type, main score, paper group)
 def mteb_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTEB_CACHE", str(tmp_path_factory.mktemp("mteb-cache")))
+        mp.setenv("NITP_CACHE_DIR", str(tmp_path_factory.mktemp("nitp-cache")))  # per-task score cache
         yield
 
 

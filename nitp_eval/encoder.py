@@ -1,0 +1,384 @@
+"""A checkpoint as a real ``SentenceTransformer``: the frozen-embedding encoder that mteb scores.
+
+The model is sentence-transformers' own module chain::
+
+    Transformer (or LayerTransformer for --layer k != -1)  ->  Pooling  ->  Normalize
+
+Pooling, for layer k's hidden states ``h`` [B, T, D] and attention mask ``m`` [B, T]::
+
+    mean:  e_b = sum_t m_bt h_bt / max(sum_t m_bt, 1e-9)         Pooling("mean")
+    last:  e_b = h_{b, n_b - 1}, n_b valid tokens                 Pooling("lasttoken")
+    eos:   the tokenizer appends EOS to every text, then as last  (tokenizer.add_eos_token)
+    then   e_b <- e_b / max(||e_b||_2, 1e-12)                     Normalize()
+
+Texts are truncated to ``max_length`` tokens (default 512, MTEB's usual; the paper states none),
+and also to the model's own limit. Encoding batches by a token budget: texts sorted by length,
+each batch filled while ``rows x longest row <= batch_tokens`` (and at most ``batch_size`` rows),
+so memory is bounded whatever the texts' lengths.
+
+Example
+-------
+>>> enc = HiddenStateEncoder("runs/tiny/checkpoints/step_000500", layer=2)  # doctest: +SKIP
+>>> enc.encode_texts(["a cat", "a dog"]).shape                            # doctest: +SKIP
+(2, 128)
+>>> enc.model.save("encoders/tiny-layer2")   # SentenceTransformer(dir, trust_remote_code=True)
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+
+from nitp import layers as layers_lib
+from nitp.errors import UserError
+from nitp.loading import check_weights_readable, load_config, model_folder
+
+POOLINGS = ("mean", "last", "eos")
+ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
+DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown pooling {pooling!r} (choose one of: {', '.join(POOLINGS)})")
+    return pooling
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """A local model folder must carry its tokenizer (``UserError`` naming the folder, else)."""
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        )
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A checked request for an encoder: a loadable folder, a known pooling, a layer in range."""
+
+    folder: Path
+    pooling: str
+    layer: int
+    num_layers: int
+
+
+def preflight(model_path: str | Path, pooling: str, layer: int) -> EncoderSpec:
+    """Cheap checks before any weights are loaded; the one place ``--layer`` is validated.
+
+    ``model_path``: checkpoint, run directory, Hugging Face folder or ``.gguf`` file (converted
+    once by ``nitp.loading.model_folder``).
+    """
+    check_pooling(pooling)
+    folder = model_folder(model_path)
+    check_tokenizer_files(folder)
+    check_weights_readable(folder)  # a truncated weight file: one line now, not a traceback later
+    n_layers = int(load_config(folder).num_hidden_layers)
+    return EncoderSpec(folder, pooling, layers_lib.check_layer(layer, n_layers, name="--layer"), n_layers)
+
+
+def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
+    """``UserError`` for a length limit, token budget or batch size below 1."""
+    if max_length < 1:
+        raise UserError(f"--max-length must be at least 1 (got {max_length})")
+    if batch_tokens < 1 or batch_size < 1:
+        raise UserError(
+            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
+        )
+
+
+def default_device(device: str | None = None) -> str:
+    """``device``, else cuda when available, else cpu."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pooling_modules(pooling: str, dim: int) -> list:
+    """``[Pooling, Normalize]`` of sentence-transformers for ``pooling`` (mean | last | eos)."""
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    return [Pooling(dim, ST_POOLING_MODE[check_pooling(pooling)]), Normalize()]
+
+
+def pool_hidden_states(hidden, mask, pooling: str = "mean"):
+    """Pool token states into one L2-normalised vector per text, with the encoder's own modules.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor [B, T, D]
+    mask : torch.Tensor [B, T], 1 for valid tokens (right padding)
+    pooling : "mean" | "last" | "eos" (the last valid token)
+
+    Returns
+    -------
+    torch.Tensor [B, D], unit L2 norm per row.
+    """
+    features = {"token_embeddings": hidden, "attention_mask": mask}
+    for module in pooling_modules(pooling, hidden.shape[-1]):
+        features = module(features)
+    return features["sentence_embedding"]
+
+
+def build_sentence_transformer(
+    spec: EncoderSpec,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    device: str | None = None,
+    log: Callable[[str], None] = _stderr,
+):
+    """The ``SentenceTransformer`` of a checked spec: bf16 on GPU, float32 on CPU, eval mode.
+
+    The token limit is the smallest of ``max_length``, sentence-transformers' ``max_seq_length``
+    (a folder's sentence_bert_config.json), the tokenizer's and the model's position limit.
+    """
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
+    from .st_layer import LayerTransformer
+
+    transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint load is noise in logs
+    check_sizes(max_length, 1, 1)
+    device = default_device(device)
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    cls, extra = (Transformer, {}) if spec.layer == -1 else (LayerTransformer, {"layer": spec.layer})
+    try:
+        transformer = cls.load(str(spec.folder), model_kwargs={"dtype": dtype}, init_defaults=extra)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{spec.folder}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    _prepare_tokenizer(transformer.tokenizer, spec, log)
+    transformer.max_seq_length = min(max_length, transformer.max_seq_length or max_length)
+    modules = [transformer, *pooling_modules(spec.pooling, transformer.get_embedding_dimension())]
+    return SentenceTransformer(modules=modules, device=device).eval()
+
+
+def _prepare_tokenizer(tok, spec: EncoderSpec, log) -> None:
+    """Right padding (pooling and causal models read valid tokens first), a pad token, EOS appending."""
+    tok.padding_side = "right"
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise UserError(
+                f"{spec.folder}: tokenizer has neither a pad nor an EOS token; set one "
+                "(tokenizer.pad_token = ...) and save it"
+            )
+        tok.pad_token = tok.eos_token
+        log(
+            f"note: {spec.folder}: tokenizer has no pad token; padding with EOS {tok.eos_token!r} "
+            "(padding is masked out, embeddings do not change)"
+        )
+    if spec.pooling == "eos":
+        if tok.eos_token_id is None:
+            raise UserError(
+                f"{spec.folder}: --pooling eos needs an EOS token and this tokenizer has none "
+                "(use --pooling mean or last)"
+            )
+        tok.add_eos_token = (
+            True  # a tokenizer post-processor: saved with the tokenizer, counted in truncation
+        )
+
+
+def token_batches(
+    lengths: Sequence[int], batch_tokens: int, batch_size: int, order: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches along ``order`` (default: longest first), each batch with
+    ``rows x longest row <= batch_tokens`` and at most ``batch_size`` rows.
+
+    A text longer than the budget gets a batch of its own. Example: lengths [5, 1, 3, 3] with a
+    budget of 6 tokens -> [[0], [2, 3], [1]].
+    """
+    check_sizes(1, batch_tokens, batch_size)
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * max(width, lengths[i]) <= batch_tokens
+        ):
+            batches[-1].append(i)
+            width = max(width, lengths[i])
+        else:
+            batches.append([i])
+            width = lengths[i]
+    return batches
+
+
+class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
+    """mteb's sentence-transformers wrapper around the checkpoint's ``SentenceTransformer``.
+
+    ``self.model`` is the ``SentenceTransformer`` (save it with ``self.model.save(dir)``).
+    Encoding batches texts by a token budget, runs each distinct text of a batch once and returns
+    float32 rows in the input order.
+
+    Parameters
+    ----------
+    model : a checkpoint / run dir / HF folder / .gguf path, or an ``EncoderSpec`` from ``preflight``
+    pooling, layer : see the module docstring (ignored when ``model`` is an ``EncoderSpec``)
+    device : "cpu", "cuda", "cuda:1", ...; None picks cuda when available
+    batch_size : at most this many texts per forward pass (mteb's ``encode_kwargs`` wins)
+    batch_tokens : at most this many padded tokens per forward pass
+    max_length : token limit per text (default 512)
+    name, revision : mteb's cache key of this model (``run_mteb`` passes the weights hash)
+    """
+
+    def __init__(
+        self,
+        model: str | Path | EncoderSpec,
+        *,
+        pooling: str = "mean",
+        layer: int = -1,
+        device: str | None = None,
+        batch_size: int = 32,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        name: str | None = None,
+        revision: str | None = None,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
+        spec = model if isinstance(model, EncoderSpec) else preflight(model, pooling, layer)
+        check_sizes(max_length, batch_tokens, batch_size)
+        self.spec, self.batch_size, self.batch_tokens = spec, int(batch_size), int(batch_tokens)
+        st_model = build_sentence_transformer(spec, max_length=max_length, device=device, log=log)
+        with warnings.catch_warnings():  # mteb's deprecation notes about its own defaults
+            warnings.simplefilter("ignore")
+            super().__init__(st_model)
+        self.mteb_model_meta = self._model_meta(name or f"nitp-local/{spec.folder.name}", revision)
+
+    # --- what tests, benchmarks and notebooks read --------------------------------------------
+    @property
+    def transformer(self):
+        return self.model[0]
+
+    @property
+    def tokenizer(self):
+        return self.transformer.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return int(self.transformer.max_seq_length)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def dtype(self):
+        return self.transformer.auto_model.dtype
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text as the model sees them (special tokens, EOS for eos, truncation)."""
+        return self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
+
+    def hidden_states(self, input_ids, attention_mask):
+        """Token states [B, T, D] of the encoder's layer for right-padded ids."""
+        import torch
+
+        with torch.inference_mode():
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            return self.transformer(features)["token_embeddings"]
+
+    # --- encoding --------------------------------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar=False):
+        """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows.
+
+        Batches follow sentence-transformers' own order (longest in characters first) and close
+        early when they would pass ``batch_tokens``; within a batch each distinct text is run once
+        (STS tasks repeat sentences). While the budget does not bind, every batch has the padded
+        width of ``SentenceTransformer.encode``'s batch, so the numbers are the same.
+        """
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        texts = [str(t) for t in texts]
+        lengths = [len(ids) for ids in self.tokenize(texts)]
+        # a text with no token at all becomes one BOS (else EOS) token: a defined embedding
+        filler = self.tokenizer.bos_token or self.tokenizer.eos_token or self.tokenizer.pad_token
+        model_texts = [t if n else filler for t, n in zip(texts, lengths)]
+        order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's sort
+        rows_per_batch = batch_size or self.batch_size
+        batches = token_batches([max(n, 1) for n in lengths], self.batch_tokens, rows_per_batch, order)
+        emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        for rows in tqdm(
+            batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False
+        ):
+            distinct = list(dict.fromkeys(model_texts[i] for i in rows))
+            vectors = self.model.encode(
+                distinct, batch_size=len(distinct), convert_to_numpy=True, show_progress_bar=False
+            ).astype(np.float32)
+            where = {t: k for k, t in enumerate(distinct)}
+            emb[rows] = vectors[[where[model_texts[i]] for i in rows]]
+        return emb
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
+        """mteb's encoder protocol: every text of the dataloader, embedded by ``encode_texts``."""
+        texts = [text for batch in inputs for text in batch["text"]]
+        show = kwargs.get("show_progress_bar", True) and sys.stderr.isatty()
+        return self.encode_texts(texts, batch_size=kwargs.get("batch_size"), show_progress_bar=show)
+
+    def _model_meta(self, name: str, revision: str | None):
+        from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+        return ModelMeta.create_empty(
+            overwrites=dict(
+                name=name,
+                revision=revision or "no_revision_available",
+                # part of mteb's cache path: other pooling / layer / precision / length never share scores
+                experiment_kwargs={
+                    "pooling": self.spec.pooling,
+                    "layer": self.spec.layer,
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                    "max_length": self.max_length,
+                },
+                similarity_fn_name=ScoringFunction.COSINE,
+                embed_dim=self.hidden_size,
+                n_parameters=sum(p.numel() for p in self.model.parameters()),
+                max_tokens=self.max_length,
+                framework=["PyTorch", "Sentence Transformers"],
+                open_weights=True,
+                reference=None,
+            )
+        )
+
+
+def save_encoder(encoder: HiddenStateEncoder, out: str | Path) -> Path:
+    """Save the encoder's ``SentenceTransformer`` to a new folder (written aside, then renamed).
+
+    ``SentenceTransformer(out)`` reloads it (``trust_remote_code=True`` for ``--layer k != -1``)
+    and gives the same embeddings.
+    """
+    import os
+    import shutil
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--save-encoder {out}: folder exists and is not empty; choose a new folder")
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        encoder.model.save(str(tmp))
+        if out.exists():
+            out.rmdir()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
