@@ -306,7 +306,8 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         width of ``SentenceTransformer.encode``'s batch, so the numbers are the same.
         """
         import numpy as np
-        from tqdm.auto import tqdm
+        from rich.console import Console
+        from rich.progress import track
 
         texts = [str(t) for t in texts]
         lengths = [len(ids) for ids in self.tokenize(texts)]
@@ -317,8 +318,12 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         rows_per_batch = batch_size or self.batch_size
         batches = token_batches([max(n, 1) for n in lengths], self.batch_tokens, rows_per_batch, order)
         emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
-        for rows in tqdm(
-            batches, desc="Encoding", disable=not show_progress_bar or len(batches) < 2, leave=False
+        for rows in track(
+            batches,
+            description="Encoding",
+            disable=not show_progress_bar or len(batches) < 2,
+            transient=True,
+            console=Console(stderr=True),
         ):
             distinct = list(dict.fromkeys(model_texts[i] for i in rows))
             vectors = self.model.encode(
