@@ -95,8 +95,11 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise UserError(
             f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {_first_line(e)})"
         ) from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # GgufConfig: the saved folder holds plain float32
+        del config.quantization_config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()

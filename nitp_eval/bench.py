@@ -37,7 +37,8 @@ from typing import Callable, Iterator
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
 from nitp.records import cache_dir, default_record_path, library_versions, make_record, write_record
-from nitp.runs import checkpoint_info, resolve_checkpoint
+from nitp.loading import model_folder
+from nitp.runs import checkpoint_info
 
 from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
 
@@ -88,7 +89,7 @@ def run_bench(
     if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
         num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
     _check_numbers(limit, num_fewshot, benchmarks)
-    ckpts = [resolve_checkpoint(c) for c in checkpoints]
+    ckpts = [model_folder(c) for c in checkpoints]  # a .gguf becomes its cached HF folder
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
     if out is not None and len(ckpts) > 1:

