@@ -36,8 +36,8 @@ from typing import Callable, Iterator
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
-from nitp.records import cache_dir, default_record_path, library_versions, make_record, write_record
 from nitp.loading import model_folder
+from nitp.records import cache_dir, default_record_path, library_versions, make_record, write_record
 from nitp.runs import checkpoint_info
 
 from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough

