@@ -73,3 +73,26 @@ def load_init_model(spec: dict[str, Any]):
     from nitp.loading import load_model
 
     return load_model(spec["init_from"], causal=True, dtype="float32").train()
+
+
+def validation_loss(model_path, prepared_dir, seq_len: int, batch_size: int, max_batches: int) -> float:
+    """Mean next-token cross-entropy (nats/token) of a model on a prepared folder's validation
+    windows, the same batches the trainer's ``val_loss`` uses: the "before" of a continued run.
+
+    Example: ``validation_loss(src_gguf, "RUN/data", 128, 2, 4)`` beside the run's final ``val_loss``.
+    """
+    import torch
+
+    from nitp.loading import load_model
+
+    from .data import TokenShards
+
+    model = load_model(model_path)
+    losses = []
+    with torch.no_grad():
+        for batch in TokenShards(prepared_dir).val_batches(seq_len, batch_size, max_batches):
+            x = torch.from_numpy(batch)
+            losses.append(float(model(input_ids=x, labels=x, use_cache=False).loss))
+    if not losses:
+        raise UserError(f"{prepared_dir}: fewer validation tokens than one batch of {batch_size} x {seq_len}")
+    return sum(losses) / len(losses)
