@@ -78,6 +78,9 @@ DEFINITIONS = {
     "anisotropy_within_sequences": "exact mean cosine over pairs i != j of the same sequence (chunk)",
     "anisotropy_sampled": "the paper's estimator of anisotropy_across_documents: mean cosine of randomly drawn pairs from different documents (seeded)",
     "massive_activation_share": "share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)",
+    "massive_dims": f"dimensions holding >= {100 * 0.05:.0f}% of the total variance each (at most 8), largest first: the massive-activation channels that can dominate the covariance",
+    "massive_dims_variance_share": "share of the total variance (trace of the covariance) held by massive_dims",
+    "effective_rank_covariance_without_massive_dims": "effective_rank_covariance of the covariance with the rows and columns of massive_dims removed (the rank of the remaining dimensions)",
     "cos_last_to_next": "mean cos(h_last[t], h_k[t+1]) before any projector",
     "ridge_r2": "held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]",
     "ridge_cos": "held-out mean cos(ridge prediction, h_k[t+1])",
@@ -451,7 +454,49 @@ def _core_metrics(
         "anisotropy_across_sequences": _num(units.anisotropy_across()),
     }
     out.update({k: _num(v) for k, v in norms.metrics().items()})
+    out.update(massive_dims_metrics(moments))
     return out
+
+
+MASSIVE_DIM_SHARE = 0.05  # a dimension holding this share of the variance or more dominates the spectrum
+MAX_MASSIVE_DIMS = 8
+
+
+def massive_dims_metrics(moments: Moments) -> dict:
+    """Dimensions that dominate the covariance, their variance share, and the rank without them.
+
+    With ``C`` the centred covariance [d, d] and ``v_j = C_jj`` the per-dimension variances,
+    a dimension j is *massive* when ``v_j / trace(C) >= 0.05`` (at most 8, largest first).
+    ``effective_rank_covariance_without_massive_dims`` is the covariance effective rank of
+    ``C`` with those rows and columns deleted. A few such dimensions (Sun et al. 2024's massive
+    activations) can make the covariance rank ~1 although the other d - m dimensions are spread.
+
+    Example: SmolLM2-135M's deep blocks, where the plain covariance rank is ~1.1.
+    """
+    import torch
+
+    empty = {"massive_dims": [], "massive_dims_variance_share": None}
+    if moments.count < 2:
+        return {**empty, "effective_rank_covariance_without_massive_dims": None}
+    cov = moments.m2 / moments.count
+    var = cov.diagonal()
+    total = float(var.sum())
+    if total <= 0:
+        return {**empty, "effective_rank_covariance_without_massive_dims": None}
+    share = var / total
+    order = torch.argsort(share, descending=True)[:MAX_MASSIVE_DIMS]
+    dims = [int(j) for j in order if float(share[j]) >= MASSIVE_DIM_SHARE]
+    keep = torch.ones(var.shape[0], dtype=torch.bool, device=var.device)
+    keep[dims] = False
+    rest = cov[keep][:, keep]
+    eig = np.sort(np.linalg.eigvalsh(rest.cpu().numpy()))[::-1]
+    return {
+        "massive_dims": dims,
+        "massive_dims_variance_share": float(share[dims].sum()) if dims else 0.0,
+        "effective_rank_covariance_without_massive_dims": _num(
+            spectrum_metrics(eig)["effective_rank_covariance"]
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------- paper depth rule

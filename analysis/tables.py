@@ -35,6 +35,9 @@ ANISOTROPY_METRICS = (
 )
 LAYER_METRICS = (
     "effective_rank_covariance",
+    "effective_rank_covariance_without_massive_dims",
+    "massive_dims",
+    "massive_dims_variance_share",
     "effective_rank_singular",
     "anisotropy",
     "anisotropy_across_documents",
@@ -61,6 +64,9 @@ SHORT = {
     "mean_norm": "mean_norm",
     "max_norm": "max_norm",
     "massive_activation_share": "massive",
+    "effective_rank_covariance_without_massive_dims": "erank_cov_wo_massive",
+    "massive_dims": "massive_dims",
+    "massive_dims_variance_share": "massive_var_share",
     "temporal_self_similarity": "temporal_cos",
     "cos_last_to_next": "cos_last_next",
     "ridge_r2": "ridge_R2",

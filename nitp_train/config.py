@@ -255,9 +255,14 @@ def resolve(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     check_schema(cfg)
     model = dict(cfg["model"])
-    preset = model.pop("preset", None) or "tiny-dense"
-    spec = resolve_preset(preset, model)
-    make_config(spec)  # validates every model field (unknown keys name the nearest)
+    if model.get("init_from"):  # continued pre-training of an existing model (init_from.py)
+        from .init_from import model_spec
+
+        preset, spec = "init_from", model_spec(model, cfg, DEFAULTS)
+    else:
+        preset = model.pop("preset", None) or "tiny-dense"
+        spec = resolve_preset(preset, model)
+        make_config(spec)  # validates every model field (unknown keys name the nearest)
     nitp, train, data = cfg["nitp"], cfg["train"], cfg["data"]
     n_layers = spec["num_hidden_layers"]
     if nitp["target_layer"] is None:

