@@ -67,7 +67,7 @@ def _emit(text: str) -> None:
 
 
 def _measure(checkpoints, layers, **kw) -> list[dict]:
-    from .layers import geom_records
+    from .measure import geom_records
 
     return geom_records(list(checkpoints), layers=layers, **kw)
 
@@ -255,8 +255,8 @@ def trajectory(
     progress: bool = PROGRESS,
 ):
     """Geometry of every checkpoint of a run over training steps (records go to RUN/results/geom/)."""
-    from .layers import run_target_layer
-    from .layers import trajectory as run_trajectory
+    from .measure import run_target_layer
+    from .measure import trajectory as run_trajectory
     from .tables import render, trajectory_rows
 
     _check_format(fmt)

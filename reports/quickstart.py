@@ -94,7 +94,7 @@ def run_quickstart(
     log(f"[2/5] training NTP and NITP ({cfg['model']['preset']}, {steps} steps each, same seed and data)")
     _train_side_by_side(runs, spec, overrides, steps, out, log)
 
-    from analysis.layers import geom_record
+    from analysis.measure import geom_record
     from nitp_eval.bench import run_bench
     from nitp_eval.mteb_run import run_mteb
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from analysis.hidden import LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers
-from analysis.layers import GeometryWarning, measure
+from analysis.layers import GeometryWarning
+from analysis.measure import measure
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs
 from nitp.layers import transformer_blocks

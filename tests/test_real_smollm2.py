@@ -42,7 +42,7 @@ def test_folder_logits_equal_the_gguf_model(smollm2_gguf, smol_folder):
 
 
 def test_geom_layers_names_the_massive_dimensions(smollm2_gguf, tmp_path):
-    from analysis.layers import geom_record
+    from analysis.measure import geom_record
 
     rec = geom_record(
         smollm2_gguf,
