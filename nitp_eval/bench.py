@@ -32,14 +32,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from nitp.console import text_table
 from nitp.errors import UserError
 from nitp.loading import check_weights_readable, load_tokenizer, model_folder, offline_hub
 from nitp.records import (
     RecordCache,
-    cache_dir,
     default_record_path,
     library_versions,
     make_record,
@@ -48,7 +47,17 @@ from nitp.records import (
 )
 from nitp.runs import checkpoint_info
 
-from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
+from .bench_plan import (
+    Plan,
+    check_numbers,
+    config_and_tokenizer_hash,
+    check_causal_lm,
+    plan_tasks,
+    select_benchmarks,
+    shots_for,
+    task_fingerprint,
+)
+from .tasks import Benchmark, friendly
 
 
 def run_bench(
@@ -96,7 +105,7 @@ def run_bench(
     benchmarks = select_benchmarks(tasks, suite)
     if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
         num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
-    _check_numbers(limit, num_fewshot, benchmarks)
+    check_numbers(limit, num_fewshot, benchmarks)
     ckpts = [model_folder(c) for c in checkpoints]  # a .gguf becomes its cached HF folder
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
@@ -135,165 +144,6 @@ def run_bench(
     return records
 
 
-# ----------------------------------------------------------------------------- choosing tasks
-def select_benchmarks(tasks=None, suite=None) -> list[Benchmark]:
-    """Friendly names resolved; other names kept as lm-eval pass-through (checked later)."""
-    if tasks and suite:
-        raise UserError("give either --tasks or --suite, not both")
-    if suite is None and not tasks:
-        suite = "offline"
-    if suite is not None:
-        if suite not in SUITES:
-            hint = nearest_names(suite, list(SUITES))
-            raise UserError(
-                f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}"
-                + (f" (did you mean {hint[0]}?)" if hint else "")
-            )
-        return [BENCHMARKS[n] for n in SUITES[suite]]
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    if not names:
-        raise UserError("--tasks is empty; give benchmark names such as mmlu_pro,c3")
-    chosen = [friendly(n) or passthrough(n) for n in names]
-    return list({b.name: b for b in chosen}.values())
-
-
-def _check_numbers(limit, num_fewshot, benchmarks) -> None:
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise UserError(f"--limit must be a whole number of documents, at least 1 (got {limit})")
-    shots = num_fewshot.values() if isinstance(num_fewshot, dict) else [num_fewshot]
-    for s in shots:
-        if s is not None and (not isinstance(s, int) or s < 0):
-            raise UserError(f"--num-fewshot must be 0 or more (got {s})")
-    if isinstance(num_fewshot, dict):
-        names = {b.name for b in benchmarks}
-        stray = [k for k in num_fewshot if k not in names]
-        if stray:
-            raise UserError(f"--num-fewshot names task {stray[0]!r}, which is not among the tasks run")
-
-
-def shots_for(b: Benchmark, num_fewshot) -> int | None:
-    if isinstance(num_fewshot, dict):
-        return num_fewshot.get(b.name, b.shots)
-    return b.shots if num_fewshot is None else num_fewshot
-
-
-def check_causal_lm(ckpt: Path) -> None:
-    """Raise ``UserError`` unless ``ckpt`` holds a causal language model (lm-eval's HFLM input)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        config = AutoConfig.from_pretrained(ckpt)
-    except Exception as e:  # noqa: BLE001 - unreadable config is bad input
-        raise UserError(
-            f"{ckpt}: config.json is not a Hugging Face model config ({type(e).__name__})"
-        ) from None
-    causal = {
-        c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in ((v,) if isinstance(v, str) else v)
-    }
-    archs = config.architectures or []
-    ok = (
-        any(a in causal or a.endswith("ForCausalLM") for a in archs)
-        if archs
-        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    )
-    if not ok:
-        kind = ", ".join(archs) or config.model_type
-        raise UserError(
-            f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM"
-        )
-
-
-# ----------------------------------------------------------------------------- plan
-class Plan:
-    """The TaskManager to use, plus the benchmarks that cannot run (name -> reason)."""
-
-    def __init__(self, task_manager, failed: dict[str, str], data_key: dict[str, str]):
-        self.task_manager = task_manager
-        self.failed = failed
-        self.data_key = data_key  # benchmark -> data source (part of the cache key)
-
-
-def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, log) -> Plan:
-    """Check names and data before any model is loaded; write overrides for a local mirror."""
-    from . import mirror
-    from .offline_tasks import prepare_offline_tasks
-
-    tm = mirror.task_manager()
-    for b in benchmarks:
-        if b.lm_eval_task not in tm.task_index:
-            hints = nearest_names(
-                b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks
-            )
-            raise UserError(
-                f"unknown task {b.name!r}"
-                + (
-                    f"; did you mean {', '.join(hints)}?"
-                    if hints
-                    else "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"
-                )
-            )
-    failed: dict[str, str] = {}
-    for b in benchmarks:
-        if b.unsafe and not allow_unsafe_code:
-            failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
-    data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise UserError(
-                f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)"
-            )
-        for b in benchmarks:
-            if b.name in failed or b.offline:
-                continue
-            bad = [
-                (n, r)
-                for n in mirror.data_needs(tm, [b.lm_eval_task])
-                if (r := mirror.missing_reason(root, n))
-            ]
-            if bad:
-                need, reason = bad[0]
-                failed[b.name] = (
-                    f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
-                    f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
-                )
-            else:
-                data_key[b.name] = str(root.resolve())
-        tm = mirror.task_manager(
-            _overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline])
-        )
-    for reason in failed.values():
-        log(f"error: {reason}")
-    return Plan(tm, failed, data_key)
-
-
-def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
-    """Override task files for every benchmark the mirror can serve (all known ones, plus the
-    requested pass-through tasks), in a folder named by its content: the same mirror then always
-    gives the same folder, and the TaskManager built over it is reused within the process."""
-    from . import mirror
-
-    names = {b.lm_eval_task for b in BENCHMARKS.values() if not b.offline} | {
-        b.lm_eval_task for b in benchmarks
-    }
-    needs = [
-        n
-        for name in sorted(names)
-        for n in mirror.data_needs(tm, [name])
-        if mirror.missing_reason(data_dir, n) is None
-    ]
-    needs = list({n.task: n for n in needs}.values())
-    digest = hashlib.sha256(
-        json.dumps([[n.task, n.repo, n.yaml_path] for n in needs] + [str(data_dir.resolve())]).encode()
-    ).hexdigest()[:16]
-    folder = cache_dir() / "overrides" / digest
-    if not (folder / ".complete").is_file():
-        mirror.write_overrides(needs, data_dir, folder)
-        (folder / ".complete").write_text("")
-    return folder
-
-
 # ----------------------------------------------------------------------------- one checkpoint
 def _bench_one(
     ckpt: Path,
@@ -318,7 +168,7 @@ def _bench_one(
     info = checkpoint_info(ckpt)
     ckpt = model_folder(ckpt)  # a .gguf file: its converted float32 folder
     device, batch_size, backend = _runtime(device, batch_size, backend)
-    model_files = _config_and_tokenizer_hash(ckpt)
+    model_files = config_and_tokenizer_hash(ckpt)
     cache = RecordCache("bench", info["hash"])
     scores: dict[str, dict] = {}
     failed = dict(plan.failed)
@@ -545,42 +395,6 @@ def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
         else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
     )
     return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
-
-
-def task_fingerprint(task_manager, lm_eval_task: str) -> str:
-    """sha256 of what defines a task's prompts and metrics: each leaf's YAML (includes merged) and
-    the Python files its ``!function`` entries point to. Part of the cache key, so editing a task
-    file re-evaluates it."""
-    from .mirror import leaf_tasks, task_config
-
-    h = hashlib.sha256()
-    for leaf in leaf_tasks(task_manager, lm_eval_task):
-        cfg = task_config(task_manager, leaf)
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-        for module in sorted({v.rsplit(".", 1)[0] + ".py" for v in _strings(cfg) if "/" in v and "." in v}):
-            if os.path.isfile(module):
-                h.update(Path(module).read_bytes())
-    return h.hexdigest()
-
-
-def _strings(obj) -> Iterator[str]:
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
-
-
-def _config_and_tokenizer_hash(ckpt: Path) -> str:
-    """sha256 of the small files besides the weights that change scores (config, tokenizer)."""
-    h = hashlib.sha256()
-    for f in sorted(Path(ckpt).iterdir()):
-        if f.is_file() and f.suffix in {".json", ".txt", ".model"} and f.name != "nitp_meta.json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
 
 
 def _tag(suite, benchmarks, limit, num_fewshot) -> str:

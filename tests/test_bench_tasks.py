@@ -35,7 +35,7 @@ def test_every_benchmark_is_an_lm_eval_task_or_group():
 
 def test_unknown_names_get_suggestions():
     from nitp.errors import UserError
-    from nitp_eval.bench import plan_tasks, select_benchmarks
+    from nitp_eval.bench_plan import plan_tasks, select_benchmarks
 
     with pytest.raises(UserError, match=r"unknown task 'gsm8kk'; did you mean gsm8k"):
         plan_tasks(select_benchmarks("gsm8kk"), None, False, lambda _: None)
