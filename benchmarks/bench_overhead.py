@@ -42,7 +42,8 @@ def main() -> None:
     args = p.parse_args()
 
     from nitp.runs import resolve_checkpoint
-    from nitp_eval.bench import _runtime, shots_for
+    from nitp_eval.bench import _runtime
+    from nitp_eval.bench_plan import shots_for
     from nitp_eval.offline_tasks import prepare_offline_tasks
     from nitp_eval.tasks import friendly, passthrough
 

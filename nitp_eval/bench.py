@@ -49,9 +49,9 @@ from nitp.runs import checkpoint_info
 
 from .bench_plan import (
     Plan,
+    check_causal_lm,
     check_numbers,
     config_and_tokenizer_hash,
-    check_causal_lm,
     plan_tasks,
     select_benchmarks,
     shots_for,
