@@ -15,10 +15,10 @@ from nitp.io import atomic_write_text
 from .hub_card import write_card
 from .mirror import (
     DataNeed,
-    pick_config,
     check,
     data_needs,
     missing_reason,
+    pick_config,
     readme_configs,
     repo_dir,
     split_names,
