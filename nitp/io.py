@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -64,3 +65,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``out``; rename it to ``out`` when the block
+    succeeds, leave nothing when it fails. ``out`` must be absent or empty (the caller checks).
+
+    >>> with atomic_folder("export") as tmp:                                # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
+    """
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
+from .io import atomic_folder
 from .records import cache_dir
 from .runs import is_gguf_file, resolve_checkpoint, weights_hash
 
@@ -103,18 +103,10 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "nitp_source.txt").write_text(f"converted from {gguf.resolve()}\n")
-        if out.exists():
-            out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -136,16 +128,21 @@ def load_config(path: str | os.PathLike):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 
 
+def check_tokenizer_files(folder: Path) -> None:
+    """A model folder must carry its tokenizer (``UserError`` naming the folder, else)."""
+    if not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        )
+
+
 def load_tokenizer(path: str | os.PathLike):
     """The model's own tokenizer; ``UserError`` when the folder carries none (never a guess)."""
     from transformers import AutoTokenizer
 
     folder = model_folder(path)
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(
-            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
-            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
-        )
+    check_tokenizer_files(folder)
     try:
         return AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001

@@ -36,11 +36,11 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 
 from nitp import layers as layers_lib
 from nitp.errors import UserError
-from nitp.loading import check_weights_readable, load_config, model_folder
+from nitp.io import atomic_folder
+from nitp.loading import check_tokenizer_files, check_weights_readable, load_config, model_folder
 
 POOLINGS = ("mean", "last", "eos")
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
 
@@ -53,15 +53,6 @@ def check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise UserError(f"unknown pooling {pooling!r} (choose one of: {', '.join(POOLINGS)})")
     return pooling
-
-
-def check_tokenizer_files(path: Path) -> None:
-    """A local model folder must carry its tokenizer (``UserError`` naming the folder, else)."""
-    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(
-            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
-            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
-        )
 
 
 @dataclass(frozen=True)
@@ -370,20 +361,10 @@ def save_encoder(encoder: HiddenStateEncoder, out: str | Path) -> Path:
     ``SentenceTransformer(out)`` reloads it (``trust_remote_code=True`` for ``--layer k != -1``)
     and gives the same embeddings.
     """
-    import os
-    import shutil
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--save-encoder {out}: folder exists and is not empty; choose a new folder")
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out) as tmp:
         encoder.model.save(str(tmp))
-        if out.exists():
-            out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
