@@ -50,18 +50,26 @@ def _final_weights(run_dir):
 
 
 def test_kill_and_resume_is_bit_for_bit(tmp_path):
+    """Killed three times at random moments (writes, rotation and steps alike), resumed each time."""
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     subprocess.run(_cmd(ref_dir), check=True, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(_cmd(cut_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not list_checkpoints(cut_dir) and time.time() < deadline:  # wait for the first checkpoint
-        time.sleep(0.05)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # then kill at an arbitrary moment
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = [c.name for c in list_checkpoints(cut_dir)]
-    assert killed_at and killed_at[-1] != f"step_{STEPS:06d}", "run finished before it was killed"
+    rng = random.Random(os.getpid())
+    kills = []
+    for attempt in range(3):
+        seen = len(list_checkpoints(cut_dir))
+        cmd = _cmd(cut_dir) + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while len(list_checkpoints(cut_dir)) <= seen and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # wait for a new checkpoint
+        time.sleep(rng.uniform(0.0, 1.0))  # then kill at an arbitrary moment
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append([c.name for c in list_checkpoints(cut_dir)][-1:])
+        for ck in list_checkpoints(cut_dir):  # every listed checkpoint is complete
+            assert (ck / "model.safetensors").is_file() and (ck / "trainer_state" / "state.json").is_file()
+    assert kills[0] and kills[0][-1] != f"step_{STEPS:06d}", "run finished before it was killed"
 
     resumed = subprocess.run(_cmd(cut_dir) + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
