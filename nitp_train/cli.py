@@ -132,6 +132,8 @@ def export(
     from nitp.loading import export_gguf
     from nitp.runs import is_gguf_file
 
+    if not gguf.exists():
+        raise UserError(f"{gguf}: no such file; give the path of a GGUF model file")
     if not is_gguf_file(gguf):
         raise UserError(f"{gguf}: not a .gguf file; give the path of a GGUF model file")
     print(export_gguf(gguf, out))

@@ -84,6 +84,7 @@ RESUMABLE_CHANGES = (
     "log",
     "checkpoint",
     "train.steps",
+    "train.grad_accum",  # derived from the global batch and the world size (resume reshards)
     "train.threads",
     "run_name",
     "data.workers",

@@ -8,6 +8,7 @@ AdamW step -> warmup-stable-decay schedule; log, measure geometry, validate, che
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import shutil
 import time
@@ -48,7 +49,7 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Pa
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
-    cfg, plan = apply_plan(cfg, d.world)
+    cfg, plan = apply_plan(_keep_global_batch(cfg, run_dir, resume), d.world)
     tc, lc = cfg["train"], cfg["log"]
     log(plan_summary(cfg, plan))
     if tc["threads"]:
@@ -222,6 +223,19 @@ def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
                 shutil.rmtree(path, ignore_errors=True)
         raise
     return shards, tokenizer
+
+
+def _keep_global_batch(cfg: dict, run_dir: Path, resume: bool) -> dict:
+    """On resume at another world size, keep the run's global batch (accumulation is re-derived)
+    unless the config states one itself."""
+    if not resume or cfg["train"]["global_batch"] is not None or not (run_dir / "config.yaml").is_file():
+        return cfg
+    saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
+    if saved is None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg["train"].update(global_batch=saved, grad_accum=None)
+    return cfg
 
 
 def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | None:

@@ -157,9 +157,10 @@ def test_mirror_check_lists_present_and_missing(cli, mirror, tmp_path):
     shutil.copytree(mirror / "dataset-org", partial / "dataset-org")
     code, out, _ = cli("mirror", "check", partial, "--tasks", "c3,gsm8k")
     assert code == 1
-    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
-    assert rows["c3"].split()[2:4] == ["2", "0"]
-    assert rows["gsm8k"].split()[2:4] == ["0", "1"] and "openai/gsm8k" in rows["gsm8k"]
+    cells = [[c.strip() for c in line.strip("│┃ ").split("│")] for line in out.splitlines() if "│" in line]
+    rows = {r[0]: r for r in cells if r[0]}
+    assert rows["c3"][2:4] == ["2", "0"]
+    assert rows["gsm8k"][2:4] == ["0", "1"] and "openai/gsm8k" in rows["gsm8k"][4]
 
 
 def test_mirror_export_needs_the_hub(cli, tmp_path, monkeypatch):
