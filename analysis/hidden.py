@@ -199,7 +199,7 @@ def _special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
 
 @functools.lru_cache(maxsize=4)
 def _documents(corpus: str) -> tuple[str, ...]:
-    from nitp_train.data import load_documents
+    from nitp_train.corpus import load_documents
 
     return tuple(load_documents(corpus))
 

@@ -54,7 +54,8 @@ def make_tokenizer(corpus: Path, out: Path, vocab: int = 32768) -> Path:
     if (out / "tokenizer.json").is_file():
         return out
     sys.path.insert(0, str(ROOT))
-    from nitp_train.data import iter_documents, train_tokenizer
+    from nitp_train.corpus import iter_documents
+    from nitp_train.data import train_tokenizer
 
     def sample():
         seen = 0

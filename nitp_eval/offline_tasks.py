@@ -185,9 +185,11 @@ def _source_fingerprint() -> str:
     """Sizes and modification times of the source data, plus the code that turns them into items."""
     from gensim.test.utils import datapath
 
+    import nitp_train.corpus
     import nitp_train.data
 
-    parts = [Path(__file__).read_bytes(), Path(nitp_train.data.__file__).read_bytes()]
+    files = (__file__, nitp_train.corpus.__file__, nitp_train.data.__file__)
+    parts = [Path(f).read_bytes() for f in files]
     for name in (
         "questions-words.txt",
         "pang_lee_polarity.cor",

@@ -53,7 +53,7 @@ def run_demo(
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from nitp_train.data import builtin_documents
+    from nitp_train.corpus import builtin_documents
     from nitp_train.dropin import wrap_model
     from nitp_train.dropin_hf import add_nitp_callback
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nitp.errors import UserError
+from nitp_train import corpus as corpora
 from nitp_train import data
 from nitp_train.data import TokenShards, prepare
 
@@ -50,7 +51,7 @@ def _expected(tok_dir):
     tok = AutoTokenizer.from_pretrained(tok_dir)
     out = {"train": ([], []), "val": ([], [])}
     for i, text in enumerate(TEXTS):
-        split = "val" if data.is_validation(i, 0.1, 3) else "train"
+        split = "val" if corpora.is_validation(i, 0.1, 3) else "train"
         ids, starts = out[split]
         starts.append(len(ids))
         ids += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -94,8 +95,8 @@ def test_formats_agree_parquet_gzip_and_folders(tmp_path, tok_dir):
 def test_a_txt_file_in_pieces_is_one_document(tmp_path, tok_dir, monkeypatch):
     text = "\n".join(TEXTS) + "\n"
     (tmp_path / "one.txt").write_text(text)
-    monkeypatch.setattr(data, "_line_blocks", lambda f, block_chars=500: _small_blocks(f, block_chars))
-    pieces = list(data.iter_pieces(str(tmp_path / "one.txt")))
+    monkeypatch.setattr(corpora, "_line_blocks", lambda f, block_chars=500: _small_blocks(f, block_chars))
+    pieces = list(corpora.iter_pieces(str(tmp_path / "one.txt")))
     assert len(pieces) > 5 and [p[0] for p in pieces] == [True] + [False] * (len(pieces) - 1)
     assert "".join(p[1] for p in pieces) == text
     out = prepare(_cfg(tmp_path / "one.txt", tok_dir, val_fraction=0.2), tmp_path / "prep")
@@ -171,6 +172,6 @@ def test_stale_tmp_of_a_killed_process_is_removed(tmp_path, tok_dir):
 
 def test_split_of_documents_matches_prepare():
     docs = [f"doc {i}" for i in range(200)]
-    train, val = data.split_documents(docs, 0.1, 3)
-    assert [d for d in docs if d in val] == [docs[i] for i in range(200) if data.is_validation(i, 0.1, 3)]
+    train, val = corpora.split_documents(docs, 0.1, 3)
+    assert [d for d in docs if d in val] == [docs[i] for i in range(200) if corpora.is_validation(i, 0.1, 3)]
     assert 5 <= len(val) <= 40 and len(train) + len(val) == 200
