@@ -1,8 +1,10 @@
-"""The plain-text table of `nitp-eval mteb`: main scores in percent, grouped like the paper."""
+"""The table `nitp-eval mteb` prints (rich): main scores in percent, grouped like the paper."""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+from nitp.console import text_table
 
 from .mteb_results import GROUP_ORDER
 
@@ -19,7 +21,7 @@ def model_labels(records: Sequence[dict]) -> list[str]:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """A plain-text table of main scores in percent, grouped like the paper.
+    """A rich table of main scores in percent, grouped like the paper.
 
     One column per record; with two or more, a delta column (last minus first) per task and
     group, and "wins k of n" (tasks where the last model beats the first).
@@ -35,35 +37,29 @@ def format_table(records: Sequence[dict]) -> str:
                 names.append(name)
                 info[name] = s
     compare = len(records) > 1
-    width = max([len(n) for n in names] + [len("Overall (00)"), 14])
-    cols = [max(len(lab), 7) for lab in labels]
-    header = (
-        f"{'task':<{width}}  "
-        + "  ".join(f"{lab:>{c}}" for lab, c in zip(labels, cols))
-        + ("    delta" if compare else "")
-    )
-    lines = [header, "-" * len(header)]
 
-    def row(label: str, values: list) -> str:
-        cells = "  ".join(
-            f"{(v * 100):>{c}.2f}" if v is not None else f"{'-':>{c}}" for v, c in zip(values, cols)
-        )
-        delta = ""
+    def row(label: str, values: list) -> list:
+        cells = [f"{v * 100:.2f}" if v is not None else "-" for v in values]
         if compare:
             a, b = values[0], values[-1]
-            delta = f"  {((b - a) * 100):>+7.2f}" if a is not None and b is not None else f"  {'-':>7}"
-        return f"{label:<{width}}  {cells}{delta}"
+            cells.append(f"{(b - a) * 100:+.2f}" if a is not None and b is not None else "-")
+        return [label, *cells]
 
+    rows, sections = [], []
     groups = sorted(
         {info[n]["group"] for n in names}, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g)
     )
     for g in groups:
         members = [n for n in names if info[n]["group"] == g]
-        for n in members:
-            lines.append(row(n, [r["scores"]["tasks"].get(n, {}).get("main_score") for r in records]))
-        lines.append(row(f"[{g} ({len(members)})]", [r["scores"]["groups"].get(g) for r in records]))
-        lines.append("")
-    lines.append(row(f"Overall ({len(names)})", [r["scores"].get("overall") for r in records]))
+        sections.append(len(rows))
+        rows += [
+            row(n, [r["scores"]["tasks"].get(n, {}).get("main_score") for r in records]) for n in members
+        ]
+        rows.append(row(f"[{g} ({len(members)})]", [r["scores"]["groups"].get(g) for r in records]))
+    sections.append(len(rows))
+    rows.append(row(f"Overall ({len(names)})", [r["scores"].get("overall") for r in records]))
+    columns = ["task", *labels] + (["delta"] if compare else [])
+    text = text_table(columns, rows, left=["task"], section_before=sections[1:])
     if compare:
         both = [
             n for n in names if n in records[0]["scores"]["tasks"] and n in records[-1]["scores"]["tasks"]
@@ -72,5 +68,5 @@ def format_table(records: Sequence[dict]) -> str:
             records[-1]["scores"]["tasks"][n]["main_score"] > records[0]["scores"]["tasks"][n]["main_score"]
             for n in both
         )
-        lines.append(f"{labels[-1]} wins {wins} of {len(both)} tasks against {labels[0]}")
-    return "\n".join(lines)
+        text += f"\n{labels[-1]} wins {wins} of {len(both)} tasks against {labels[0]}"
+    return text

@@ -52,7 +52,7 @@ def test_two_models_show_deltas_and_wins(tiny_checkpoint, minilm_dir, tmp_path, 
     assert code == 0
     recs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
     assert len(recs) == 2
-    assert "delta" in stdout.splitlines()[0]
+    assert "delta" in stdout.splitlines()[1]  # the header row under the table's top rule
     won = (
         recs[0]["scores"]["tasks"]["WordSim353"]["main_score"]
         != recs[1]["scores"]["tasks"]["WordSim353"]["main_score"]
