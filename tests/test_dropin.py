@@ -190,7 +190,8 @@ def test_save_pretrained_exports_plain_model_and_head_and_resumes(tmp_path):
 
 def test_torchtitan_term_equals_the_wrapper_and_filter_drops_the_head():
     """torchtitan's loss contract (shifted labels, sum / global_valid_tokens) on an HF model's blocks:
-    the NITP term equals wrap_model's on the same weights and batch (torchtitan is not installed here)."""
+    the NITP term equals wrap_model's on the same weights and batch (without torchtitan itself;
+    tests/test_dropin_titan.py runs torchtitan's own loss classes)."""
     from nitp_train.dropin_titan import NITPTerm, drop_nitp_head
 
     ids, mask, labels = padded_batch()
