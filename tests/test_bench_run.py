@@ -213,3 +213,35 @@ def test_offline_suite_matches_direct_lm_eval(tiny_checkpoint, tmp_path):
         direct["results"]["nitp_offline_sentiment"]["acc,none"]
         == record["scores"]["tasks"]["sentiment"]["value"]
     )
+
+
+def test_a_killed_run_resumes_with_the_benchmarks_it_had_not_finished(
+    paper_run, tiny_checkpoint, mirror, monkeypatch
+):
+    """Interrupted on its second benchmark (as by Ctrl-C or a kill), a rerun evaluates only that one."""
+    import nitp_eval.bench as bench
+
+    real_evaluate = bench.evaluate
+    seen: list[str] = []
+
+    def interrupted(lm, b, *args, **kwargs):
+        seen.append(b.name)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(lm, b, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(
+            [tiny_checkpoint], tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror, log=lambda _: None
+        )
+    assert seen == ["commonsense_qa", "arc_challenge"]
+    seen.clear()
+    monkeypatch.setattr(
+        bench, "evaluate", lambda lm, b, *a, **k: seen.append(b.name) or real_evaluate(lm, b, *a, **k)
+    )
+    [record] = bench.run_bench(
+        [tiny_checkpoint], tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror, log=lambda _: None
+    )
+    assert seen == ["arc_challenge"]  # commonsense_qa came from the cache
+    assert set(record["scores"]["tasks"]) == {"commonsense_qa", "arc_challenge"}
