@@ -152,4 +152,4 @@ def passthrough(lm_eval_task: str) -> Benchmark:
 
 def nearest_names(name: str, known: list[str], n: int = 3) -> list[str]:
     """Up to ``n`` known names closest to ``name`` (for 'did you mean' hints)."""
-    return difflib.get_close_matches(name.lower(), known, n=n, cutoff=0.6)
+    return difflib.get_close_matches(name.lower(), list(dict.fromkeys(known)), n=n, cutoff=0.6)
