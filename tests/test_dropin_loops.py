@@ -99,7 +99,7 @@ def test_nanogpt_recipe_from_the_doc(tmp_path, capsys):
     scope = {
         "model": model,
         "tokens": builtin_prepared_dir_tokens(),
-        "steps": 4,
+        "steps": 12,
         "block_size": 32,
         "batch_size": 4,
     }
@@ -107,7 +107,7 @@ def test_nanogpt_recipe_from_the_doc(tmp_path, capsys):
     exec(recipe("nanogpt"), scope)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     nitp = [float(line.split()[-1]) for line in printed]
-    assert len(nitp) == 4 and nitp[-1] < nitp[0]
+    assert len(nitp) == 12 and sum(nitp[-3:]) < sum(nitp[:3])  # the NITP loss goes down
     assert (tmp_path / "nanogpt" / "nitp_head.safetensors").is_file()
 
 
