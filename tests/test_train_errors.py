@@ -1,5 +1,8 @@
 """Bad input to nitp-train: one line naming the input and the fix, exit 2, nothing written."""
 
+import subprocess
+import sys
+
 import pytest
 
 from nitp_train.cli import main
@@ -212,3 +215,35 @@ def test_leftover_of_a_killed_preparation_is_cleaned_and_resume_of_nothing_says_
     assert "--resume: " in out and "holds no run yet; starting a new one" in out
     assert not stale.exists() and (run / "data" / "meta.json").is_file()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["step is text", "torn rng file"])
+def test_resume_from_a_damaged_trainer_state_is_one_line(damage, tmp_path):
+    from nitp.runs import list_checkpoints
+
+    run = make_tiny_run(tmp_path / "run", steps=2, extra=["log.geom_every=0"])
+    state = list_checkpoints(run)[-1] / "trainer_state"
+    if damage == "step is text":
+        (state / "state.json").write_text('{"step": "two", "tokens_seen": 0}')
+    else:
+        (state / "rng.pt").write_bytes((state / "rng.pt").read_bytes()[:100])
+    before = sorted(p.name for p in run.rglob("*"))
+    args = [
+        "run",
+        *tiny_cli_args(),
+        "--run-dir",
+        str(run),
+        "--steps",
+        "4",
+        "--set",
+        "log.geom_every=0",
+        "--resume",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nitp_train", *args], capture_output=True, text=True, timeout=300
+    )
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "step_000002/trainer_state: damaged or incomplete" in err and "move step_000002 aside" in err
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing written or removed
