@@ -11,6 +11,12 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback, non-zero exit."""
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters (for one-line errors)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn ``UserError`` (and failed file access) into one line on stderr and exit code 2."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import atomic_folder
 from .records import cache_dir
 from .runs import is_gguf_file, resolve_checkpoint, weights_hash
@@ -55,11 +55,6 @@ def offline_hub(enabled: bool = True) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else ""
-
-
 def model_folder(path: str | os.PathLike) -> Path:
     """The Hugging Face folder to load for ``path`` (a .gguf file is converted once, cached)."""
     p = resolve_checkpoint(path)
@@ -89,11 +84,11 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
     except ImportError as e:
         raise UserError(
-            f"{gguf}: reading GGUF needs the gguf package ({_first_line(e)}); pip install gguf"
+            f"{gguf}: reading GGUF needs the gguf package ({first_line(e)}); pip install gguf"
         ) from None
     except Exception as e:  # noqa: BLE001 - any parse failure is bad input
         raise UserError(
-            f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {_first_line(e)})"
+            f"{gguf}: not a GGUF causal LM transformers can read ({type(e).__name__}: {first_line(e)})"
         ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights are dequantised: a plain float32 model
@@ -119,7 +114,7 @@ def load_config(path: str | os.PathLike):
         config = AutoConfig.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001 - any parse failure is bad input
         raise UserError(
-            f"{folder}: config.json could not be read ({type(e).__name__}: {_first_line(e)}); "
+            f"{folder}: config.json could not be read ({type(e).__name__}: {first_line(e)}); "
             "is this a Hugging Face model folder?"
         ) from None
     return config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -169,7 +164,7 @@ def load_model(path: str | os.PathLike, *, causal: bool = True, dtype: str = "fl
         model, info = cls.from_pretrained(folder, dtype=getattr(torch, dtype), output_loading_info=True)
     except Exception as e:  # noqa: BLE001
         raise UserError(
-            f"{folder}: could not load the model weights ({type(e).__name__}: {_first_line(e)}); "
+            f"{folder}: could not load the model weights ({type(e).__name__}: {first_line(e)}); "
             "the weight file is damaged, incomplete or missing"
         ) from None
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]

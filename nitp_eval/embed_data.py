@@ -234,24 +234,3 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
         task.metadata = task.metadata.model_copy(update={"dataset": dataset})
         ready.append(task)
     return ready, problems
-
-
-def use_offline_hub() -> None:
-    """Never reach for the hub: local data only (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE).
-
-    The variables are read when ``datasets`` / ``huggingface_hub`` are imported, so modules
-    already imported get the flag set on their config as well.
-    """
-    import sys
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as hub_constants
-
-        hub_constants.HF_HUB_OFFLINE = True
-    if "datasets" in sys.modules:
-        import datasets.config as datasets_config
-
-        datasets_config.HF_HUB_OFFLINE = True
-        datasets_config.HF_DATASETS_OFFLINE = True

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nitp.errors import UserError
+from nitp.loading import offline_hub
 from nitp.records import RecordCache, library_versions, make_record, read_record, write_record
 from nitp.runs import checkpoint_info
 
 from . import encoder as encoder_lib
-from .embed_data import SUITES, apply_data_dir, export_hint, resolve_tasks, use_offline_hub
+from .embed_data import SUITES, apply_data_dir, export_hint, resolve_tasks
 from .mteb_results import (
     aggregate,
     is_recorded,
@@ -94,33 +95,33 @@ def run_mteb(
     infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
     specs = [encoder_lib.preflight(info["path"], pooling, layer) for info in infos]
     task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
-    if data_dir is not None:
-        use_offline_hub()
-
-    records = []
-    for info, spec in zip(infos, specs):
-        settings = {
-            "suite": suite,
-            "tasks": task_names,
-            "pooling": spec.pooling,
-            "layer": spec.layer,
-            "max_length": int(max_length),
-            "batch_size": int(batch_size),
-            "batch_tokens": int(batch_tokens),
-        }
-        path = record_path(info, out, len(infos) > 1, record_tag(suite, task_names, spec.pooling, spec.layer))
-        save_to = _save_dir(save_encoder, info, len(infos) > 1)
-        if not redo and save_to is None and is_recorded(path, info, settings):
-            log(f"{info['path']}: already recorded in {path} (--redo recomputes)")
-            records.append(read_record(path))
-            continue
-        record = _score_checkpoint(info, spec, settings, data_dir, redo, device, save_to, log)
-        if replaces_record(path, record):
-            write_record(path, record)
-            log(f"record: {path}")
-        elif record["scores"]["tasks"]:
-            log(f"kept {path}: it holds tasks this run could not score (see the errors above)")
-        records.append(record)
+    with offline_hub(data_dir is not None):  # local data: no hub retries
+        records = []
+        for info, spec in zip(infos, specs):
+            settings = {
+                "suite": suite,
+                "tasks": task_names,
+                "pooling": spec.pooling,
+                "layer": spec.layer,
+                "max_length": int(max_length),
+                "batch_size": int(batch_size),
+                "batch_tokens": int(batch_tokens),
+            }
+            path = record_path(
+                info, out, len(infos) > 1, record_tag(suite, task_names, spec.pooling, spec.layer)
+            )
+            save_to = _save_dir(save_encoder, info, len(infos) > 1)
+            if not redo and save_to is None and is_recorded(path, info, settings):
+                log(f"{info['path']}: already recorded in {path} (--redo recomputes)")
+                records.append(read_record(path))
+                continue
+            record = _score_checkpoint(info, spec, settings, data_dir, redo, device, save_to, log)
+            if replaces_record(path, record):
+                write_record(path, record)
+                log(f"record: {path}")
+            elif record["scores"]["tasks"]:
+                log(f"kept {path}: it holds tasks this run could not score (see the errors above)")
+            records.append(record)
     return records
 
 

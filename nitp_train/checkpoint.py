@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nitp.errors import UserError
+from nitp.errors import UserError, first_line
 from nitp.io import atomic_write_json, atomic_write_text
 from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
 
@@ -128,14 +128,9 @@ def load_trainer_state(ckpt: Path) -> dict:
         return _read_trainer_state(Path(ckpt) / "trainer_state")
     except Exception as e:  # noqa: BLE001 - any damage to these files is bad input for --resume
         raise UserError(
-            f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {_first_line(e)}); "
+            f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {first_line(e)}); "
             f"move {Path(ckpt).name} aside to resume from the checkpoint before it"
         ) from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:120] if text else ""
 
 
 def _read_trainer_state(st: Path) -> dict:
