@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def real_texts(n: int) -> list[str]:
-    from nitp_eval.mteb_offline import gensim_test_data, read_mini_newsgroups, read_pang_lee
+    from nitp_eval.data.offline_mteb import gensim_test_data, read_mini_newsgroups, read_pang_lee
 
     lee = [
         line
@@ -76,9 +76,9 @@ def measure_task(model: str, task_name: str, max_length: int, batch_tokens: int,
     """One task in this process: model load, ``mteb.evaluate`` (no cache), peak RSS (MB)."""
     import mteb
 
-    from nitp_eval.embed_data import resolve_tasks
-    from nitp_eval.encoder import HiddenStateEncoder
-    from nitp_eval.mteb_results import task_score
+    from nitp_eval.mteb.encoder import HiddenStateEncoder
+    from nitp_eval.mteb.results import task_score
+    from nitp_eval.mteb.tasks import resolve_tasks
 
     encoder = HiddenStateEncoder(
         model, device="cpu", max_length=max_length, batch_tokens=batch_tokens, batch_size=batch_size
@@ -123,8 +123,8 @@ def run_child(model: str, task: str, max_length: int, batch_tokens: int, batch_s
 
 
 def memory_report(args) -> None:
-    from nitp_eval.embed_data import suite_task_names
-    from nitp_eval.encoder import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+    from nitp_eval.mteb.encoder import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+    from nitp_eval.mteb.tasks import suite_task_names
 
     new = (DEFAULT_MAX_LENGTH, args.batch_tokens or DEFAULT_BATCH_TOKENS, args.batch_size)
     old = (10**6, 10**9, 32)  # the model's own limit, 32 texts per batch, no token budget
@@ -188,7 +188,7 @@ def throughput_report(args) -> None:
     import numpy as np
     import torch
 
-    from nitp_eval.encoder import HiddenStateEncoder
+    from nitp_eval.mteb.encoder import HiddenStateEncoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = real_texts(args.texts)

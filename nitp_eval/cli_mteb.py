@@ -1,6 +1,6 @@
 """`nitp-eval mteb`: frozen hidden states as sentence embeddings, scored by mteb.
 
-Only parses arguments; the work is ``nitp_eval.mteb_run.run_mteb`` (see docs/mteb.md).
+Only parses arguments; the work is ``nitp_eval.mteb.run.run_mteb`` (see docs/mteb.md).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def mteb_command(
 
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
     """
-    from .mteb_results import missing_tasks
-    from .mteb_run import run_mteb
-    from .mteb_table import format_table
+    from .mteb.results import missing_tasks
+    from .mteb.run import run_mteb
+    from .mteb.table import format_table
 
     names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
     records = run_mteb(

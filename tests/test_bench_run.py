@@ -108,7 +108,7 @@ def test_scores_equal_direct_lm_eval_calls(paper_run, tiny_checkpoint, mirror, t
     from lm_eval.tasks import TaskManager
 
     from nitp_eval.bench import run_bench
-    from nitp_eval.mirror import task_manager
+    from nitp_eval.data.mirror import task_manager
     from nitp_eval.tasks import TASKS_DIR
 
     [record] = run_bench(
@@ -158,7 +158,7 @@ def test_scores_equal_direct_lm_eval_calls(paper_run, tiny_checkpoint, mirror, t
 def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkeypatch):
     """Default shots (ARC 25, CSQA 7); a rerun is served from the cache without loading the model;
     --redo evaluates again and gets the same numbers."""
-    import nitp_eval.bench as bench
+    import nitp_eval.bench.run as bench
 
     loads = []
     real_load = bench.load_lm
@@ -190,7 +190,7 @@ def test_offline_suite_matches_direct_lm_eval(tiny_checkpoint, tmp_path):
     import lm_eval
 
     from nitp_eval.bench import run_bench
-    from nitp_eval.mirror import task_manager
+    from nitp_eval.data.mirror import task_manager
 
     [record] = run_bench(
         [tiny_checkpoint], suite="offline", limit=8, out=tmp_path / "offline.json", log=lambda _: None
@@ -219,7 +219,7 @@ def test_a_killed_run_resumes_with_the_benchmarks_it_had_not_finished(
     paper_run, tiny_checkpoint, mirror, monkeypatch
 ):
     """Interrupted on its second benchmark (as by Ctrl-C or a kill), a rerun evaluates only that one."""
-    import nitp_eval.bench as bench
+    import nitp_eval.bench.run as bench
 
     real_evaluate = bench.evaluate
     seen: list[str] = []

@@ -26,7 +26,7 @@ def test_friendly_names_and_aliases_resolve():
 
 
 def test_every_benchmark_is_an_lm_eval_task_or_group():
-    from nitp_eval.mirror import task_manager
+    from nitp_eval.data.mirror import task_manager
 
     index = task_manager().task_index
     missing = [b.lm_eval_task for b in BENCHMARKS.values() if b.lm_eval_task not in index]
@@ -35,7 +35,7 @@ def test_every_benchmark_is_an_lm_eval_task_or_group():
 
 def test_unknown_names_get_suggestions():
     from nitp.errors import UserError
-    from nitp_eval.bench_plan import plan_tasks, select_benchmarks
+    from nitp_eval.bench.plan import plan_tasks, select_benchmarks
 
     with pytest.raises(UserError, match=r"unknown task 'gsm8kk'; did you mean gsm8k"):
         plan_tasks(select_benchmarks("gsm8kk"), None, False, lambda _: None)
@@ -92,7 +92,7 @@ def test_lcbench_runs_the_generated_code_against_the_asserts():
 
 # ----------------------------------------------------------------------------- offline suite
 def test_analogy_items_are_well_formed():
-    from nitp_eval.offline_tasks import analogy_items
+    from nitp_eval.data.offline_bench import analogy_items
 
     items = analogy_items()
     assert len(items["test"]) == 14 * 40 and len(items["train"]) == 14 * 2
@@ -104,7 +104,7 @@ def test_analogy_items_are_well_formed():
 
 
 def test_next_word_items_end_in_a_word_of_held_out_text():
-    from nitp_eval.offline_tasks import VALIDATION_SPLIT, next_word_items
+    from nitp_eval.data.offline_bench import VALIDATION_SPLIT, next_word_items
     from nitp_train.data import validation_documents
 
     docs = validation_documents(VALIDATION_SPLIT)
@@ -118,7 +118,7 @@ def test_next_word_items_end_in_a_word_of_held_out_text():
 
 
 def test_sentiment_items_are_balanced_and_disjoint():
-    from nitp_eval.offline_tasks import sentiment_items
+    from nitp_eval.data.offline_bench import sentiment_items
 
     items = sentiment_items()
     assert sorted(r["label"] for r in items["train"]) == [0] * 5 + [1] * 5
@@ -147,7 +147,7 @@ def test_benchmarks_are_one_table_read_by_readme_help_and_reports():
 def test_suites_are_lm_eval_groups_with_the_tables_shots(suite):
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from nitp_eval.mirror import task_manager
+    from nitp_eval.data.mirror import task_manager
     from nitp_eval.tasks import TASKS_DIR, suite_group_yaml
 
     path = TASKS_DIR / "suites" / f"nitp_suite_{suite}.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import nitp_eval.encoder as encoder_lib
-from nitp_eval.mteb_run import run_mteb
+import nitp_eval.mteb.encoder as encoder_lib
+from nitp_eval.mteb.run import run_mteb
 
 TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
 
@@ -159,7 +159,7 @@ def test_a_killed_run_resumes_with_the_tasks_it_had_not_finished(two_checkpoints
 
 
 def test_a_failed_run_never_overwrites_a_good_record(two_checkpoints, tmp_path, monkeypatch):
-    import nitp_eval.mteb_run as mteb_run
+    import nitp_eval.mteb.run as mteb_run
 
     a, _ = two_checkpoints
     out = tmp_path / "a.json"

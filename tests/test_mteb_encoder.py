@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nitp.errors import UserError
-from nitp_eval.encoder import HiddenStateEncoder, pool_hidden_states, save_encoder, token_batches
+from nitp_eval.mteb.encoder import HiddenStateEncoder, pool_hidden_states, save_encoder, token_batches
 
 TEXTS = [
     "The cat sat on the mat.",

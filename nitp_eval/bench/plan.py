@@ -17,7 +17,7 @@ from typing import Iterator
 from nitp.errors import UserError
 from nitp.records import cache_dir
 
-from .tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
+from ..tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
 
 
 # ----------------------------------------------------------------------------- choosing tasks
@@ -101,8 +101,8 @@ class Plan:
 
 def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, log) -> Plan:
     """Check names and data before any model is loaded; write overrides for a local mirror."""
-    from . import mirror
-    from .offline_tasks import prepare_offline_tasks
+    from ..data import mirror
+    from ..data.offline_bench import prepare_offline_tasks
 
     tm = mirror.task_manager()
     for b in benchmarks:
@@ -157,7 +157,7 @@ def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
     """Override task files for every benchmark the mirror can serve (all known ones, plus the
     requested pass-through tasks), in a folder named by its content: the same mirror then always
     gives the same folder, and the TaskManager built over it is reused within the process."""
-    from . import mirror
+    from ..data import mirror
 
     names = {b.lm_eval_task for b in BENCHMARKS.values() if not b.offline} | {
         b.lm_eval_task for b in benchmarks
@@ -183,7 +183,7 @@ def task_fingerprint(task_manager, lm_eval_task: str) -> str:
     """sha256 of what defines a task's prompts and metrics: each leaf's YAML (includes merged) and
     the Python files its ``!function`` entries point to. Part of the cache key, so editing a task
     file re-evaluates it."""
-    from .mirror import leaf_tasks, task_config
+    from ..data.mirror import leaf_tasks, task_config
 
     h = hashlib.sha256()
     for leaf in leaf_tasks(task_manager, lm_eval_task):

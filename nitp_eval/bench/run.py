@@ -47,7 +47,8 @@ from nitp.records import (
 )
 from nitp.runs import checkpoint_info
 
-from .bench_plan import (
+from ..tasks import Benchmark, friendly
+from .plan import (
     Plan,
     check_causal_lm,
     check_numbers,
@@ -57,7 +58,6 @@ from .bench_plan import (
     shots_for,
     task_fingerprint,
 )
-from .tasks import Benchmark, friendly
 
 
 def run_bench(

@@ -15,7 +15,7 @@ A saved encoder with this module reloads with ``SentenceTransformer(DIR, trust_r
 
 Example
 -------
->>> from nitp_eval.st_layer import LayerTransformer                     # doctest: +SKIP
+>>> from nitp_eval.mteb.st_layer import LayerTransformer                     # doctest: +SKIP
 >>> module = LayerTransformer.load("runs/tiny/checkpoints/step_000500", init_defaults={"layer": 2})
 """
 
@@ -47,10 +47,8 @@ class LayerTransformer(Transformer):
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if self.layer == -1:
             return super().forward(features, **kwargs)
-        with layers_lib.capture(self.auto_model, [self.layer], stop_after=self.layer) as states:
-            try:
-                super().forward(features, **kwargs)
-            except layers_lib.StopForward:
-                pass
-        features["token_embeddings"] = states[self.layer]
+        states = layers_lib.run_until(
+            self.auto_model, self.layer, lambda: super(LayerTransformer, self).forward(features, **kwargs)
+        )
+        features["token_embeddings"] = states
         return features

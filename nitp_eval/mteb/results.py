@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from nitp.errors import UserError
 from nitp.records import default_record_path, read_record
 
-from .embed_data import PAPER_GROUPS, group_of
+from .tasks import PAPER_GROUPS, group_of
 
 GROUP_ORDER = list(PAPER_GROUPS)  # Classification, STS, Retrieval/dup
 

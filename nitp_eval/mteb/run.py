@@ -28,8 +28,7 @@ from nitp.records import RecordCache, library_versions, make_record, read_record
 from nitp.runs import checkpoint_info
 
 from . import encoder as encoder_lib
-from .embed_data import SUITES, apply_data_dir, export_hint, resolve_tasks
-from .mteb_results import (
+from .results import (
     aggregate,
     is_recorded,
     mteb_model_name,
@@ -38,6 +37,7 @@ from .mteb_results import (
     replaces_record,
     task_score,
 )
+from .tasks import SUITES, apply_data_dir, export_hint, resolve_tasks
 
 
 def run_mteb(
@@ -65,7 +65,7 @@ def run_mteb(
         model folders or ``.gguf`` files; one path or a list
     suite : "paper" (the 25 tasks) | "offline" (shipped data; the default when ``tasks`` is None)
     tasks : mteb task names (instead of a suite)
-    pooling, layer, max_length : see ``nitp_eval.encoder``
+    pooling, layer, max_length : see ``nitp_eval.mteb.encoder``
     out : record file (``.json``, one checkpoint) or directory; default ``RUN/results/mteb/...``
     data_dir : local mirror of the tasks' dataset repositories (``embed_data``); implies
         HF_HUB_OFFLINE. Tasks without a folder there are reported at once and skipped.

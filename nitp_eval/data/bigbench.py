@@ -25,7 +25,7 @@ were built from.
 
 Example
 -------
->>> from nitp_eval.bigbench import import_bigbench
+>>> from nitp_eval.data.bigbench import import_bigbench
 >>> rows = import_bigbench("/data/mirror", "bigbench-1.0.0.tar.gz")   # doctest: +SKIP
 >>> # nitp-eval bench MODEL --suite bigbench --data-dir /data/mirror
 """

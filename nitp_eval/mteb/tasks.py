@@ -7,7 +7,7 @@ Suites
              ``en``, the multilingual Amazon/MTOP/Massive tasks subset ``en``, STS17 ``en-en``.
              Groups as in the paper: Classification (10), STS (9), Retrieval/dup (6).
 ``offline``  custom mteb tasks over real labelled data that installed packages ship
-             (``nitp_eval.mteb_offline``); needs no download at all.
+             (``nitp_eval.data.offline_mteb``); needs no download at all.
 
 Air-gapped data (``--data-dir DIR``)
 ------------------------------------
@@ -97,7 +97,7 @@ def suite_task_names(suite: str) -> list[str]:
     if suite == "paper":
         return list(PAPER_TASKS)
     if suite == "offline":
-        from .mteb_offline import OFFLINE_TASKS
+        from ..data.offline_mteb import OFFLINE_TASKS
 
         return list(OFFLINE_TASKS)
     raise UserError(f"unknown suite {suite!r} (choose one of: {', '.join(SUITES)})")
@@ -107,7 +107,7 @@ def resolve_tasks(suite: str | None = None, tasks: Iterable[str] | None = None) 
     """Fresh mteb task objects for a suite or a list of names (names win when both are given).
 
     Paper tasks come from mteb's ``MTEB(eng, v1)`` benchmark (English scope); offline tasks from
-    ``nitp_eval.mteb_offline``; any other name from ``mteb.get_task``. Each call returns new
+    ``nitp_eval.data.offline_mteb``; any other name from ``mteb.get_task``. Each call returns new
     objects, so overriding one's dataset path never leaks into another run.
     Raises ``UserError`` for an unknown name, with mteb's closest match.
     """
@@ -121,7 +121,7 @@ def resolve_tasks(suite: str | None = None, tasks: Iterable[str] | None = None) 
 
 
 def _task(name: str) -> Any:
-    from .mteb_offline import OFFLINE_TASKS
+    from ..data.offline_mteb import OFFLINE_TASKS
 
     if name in OFFLINE_TASKS:
         return OFFLINE_TASKS[name]()
@@ -162,7 +162,7 @@ def _paper_benchmark_tasks() -> dict[str, Any]:
 
 def is_local_task(task: Any) -> bool:
     """True for tasks whose data ship with installed packages (the offline suite)."""
-    from .mteb_offline import OFFLINE_TASKS
+    from ..data.offline_mteb import OFFLINE_TASKS
 
     return task.metadata.name in OFFLINE_TASKS
 

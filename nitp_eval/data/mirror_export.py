@@ -1,5 +1,5 @@
 """`nitp-eval mirror export`: download what the benchmarks (and MTEB tasks) need into a local mirror,
-in the hub repository layout that ``nitp_eval.mirror`` reads (run on a machine with the hub)."""
+in the hub repository layout that ``nitp_eval.data.mirror`` reads (run on a machine with the hub)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def _download(url: str, dest: Path) -> None:
 
 def export_xiezhi(out: Path, configs: set) -> None:
     """Xiezhi's files from its GitHub repository, in the repository's own paths, plus a card."""
-    from .tasks.xiezhi import utils
+    from ..tasks.xiezhi import utils
 
     root = repo_dir(out, "MikeGu721/XiezhiBenchmark")
     for name in sorted(utils.FILES):
@@ -149,7 +149,7 @@ def export_lcbench(out: Path, configs: set) -> None:
     """LCBench's two JSON-lines files from OpenCompass's archive, plus a card."""
     import zipfile
 
-    from .tasks.lcbench import utils
+    from ..tasks.lcbench import utils
 
     root = repo_dir(out, "opencompass/LCBench2023")
     root.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from nitp.console import text_table
 
-from .mteb_results import GROUP_ORDER
+from .results import GROUP_ORDER
 
 
 def model_labels(records: Sequence[dict]) -> list[str]:

@@ -1,0 +1,42 @@
+"""Frozen hidden states as sentence embeddings, scored on MTEB (the paper's second evidence).
+
+One job per module:
+
+- ``encoder``   the checkpoint as a ``SentenceTransformer`` (Transformer -> Pooling -> Normalize)
+                and mteb's wrapper around it, token-budget batching
+- ``st_layer``  the ``Transformer`` module that emits layer k (``--layer``)
+- ``run``       ``run_mteb``: tasks scored one at a time, cached per task, records
+- ``results``   mteb results -> record scores, group averages, record paths
+- ``table``     the plain-text table
+- ``tasks``     suites, task scope, ``--data-dir`` mirrors
+
+The public names below load lazily (mteb and sentence-transformers take seconds to import).
+
+Example
+-------
+>>> from nitp_eval.mteb import run_mteb, format_table
+>>> print(format_table(run_mteb(["runs/ntp", "runs/nitp"], suite="offline")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "HiddenStateEncoder": "encoder",
+    "pool_hidden_states": "encoder",
+    "save_encoder": "encoder",
+    "aggregate": "results",
+    "missing_tasks": "results",
+    "summarise": "results",
+    "run_mteb": "run",
+    "format_table": "table",
+    "model_labels": "table",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
