@@ -23,8 +23,14 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm
 
 
 def num_layers(model) -> int:
-    """Number of transformer blocks L of a model (or of its text part, for multimodal configs)."""
-    config = model.config
+    """Number of transformer blocks L of a model (or of its text part, for multimodal configs).
+
+    Models without a Hugging Face ``config`` (torchtitan's ``Transformer``) are read from their
+    ``model_args.n_layers``.
+    """
+    config = getattr(model, "config", None)
+    if config is None and hasattr(model, "model_args"):
+        return int(model.model_args.n_layers)
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
     return int(config.num_hidden_layers)
@@ -60,21 +66,23 @@ def check_layer(layer, n_layers: int, *, allow_last: bool = True, name: str = "l
 
 
 def transformer_blocks(model):
-    """The ``nn.ModuleList`` of the model's L blocks (Qwen2/Llama: ``model.layers``; BERT:
-    ``encoder.layer``): the shallowest ModuleList of that length."""
+    """The model's L blocks in order (Qwen2/Llama: ``model.layers``; BERT: ``encoder.layer``;
+    torchtitan: the ``nn.ModuleDict`` ``layers``): the shallowest ModuleList or ModuleDict of that
+    length (a ModuleDict's values in their order, as an ``nn.ModuleList`` view)."""
     import torch
 
     n = num_layers(model)
     found = [
         (name.count("."), name, m)
         for name, m in model.named_modules()
-        if isinstance(m, torch.nn.ModuleList) and len(m) == n
+        if isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)) and len(m) == n
     ]
     if not found:
         raise UserError(
             f"{type(model).__name__}: cannot find its {n} transformer blocks (no ModuleList of that length)"
         )
-    return min(found, key=lambda t: (t[0], t[1]))[2]
+    blocks = min(found, key=lambda t: (t[0], t[1]))[2]
+    return torch.nn.ModuleList(blocks.values()) if isinstance(blocks, torch.nn.ModuleDict) else blocks
 
 
 def final_norm(model):

@@ -15,10 +15,13 @@ accumulator               state                                        gives
 ``UnitSums``              sum of unit vectors (+ per-group folds)      exact anisotropy
 ``NormStats``             sum / max of norms, log-grid histograms      norms, massive acts
 ``MeanValue``             sum, count                                   mean cosines
+``HSICMoments``           n, means, C, traces, sum ||a||^2 ||b||^2     debiased CKA, Procrustes
 ========================  ===========================================  ==================
 
 Derived from them: ``linear_cka`` (two representations of the same tokens) and ``RidgeSolver``
 (ridge maps with the strength chosen by GCV, from ``Moments`` + ``CrossMoments`` alone).
+``HSICMoments`` gives ``cka_from_hsic`` / ``debiased_linear_cka``, ``procrustes_distance`` and the
+layer-by-layer ``similarity_map`` of two models (or of one model with itself).
 
 Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
 
@@ -705,3 +708,300 @@ class RidgeSolver:
             "ridge": ridge,
             "gcv": gcv,
         }
+
+
+# ----------------------------------------------------------------------------- similarity
+class HSICMoments:
+    """Paired rows ``(a_i, b_i)``: every sum that linear CKA (biased and debiased) and the
+    orthogonal Procrustes distance need, in one pass, float64, mergeable.
+
+    With rows centred at the running means, ``a_i = x_i - mean_a`` and ``b_i = y_i - mean_b``:
+
+    ==============  ==========================  =======  =========================================
+    state           definition                  shape    used by
+    ==============  ==========================  =======  =========================================
+    ``cross``       ``sum_i a_i b_i^T``          [da,db]  ``||X_c^T Y_c||_F^2``, Procrustes (nuclear)
+    ``trace_a/b``   ``sum_i ||a_i||^2``          scalar   ``tr K``, Frobenius normalisation
+    ``quartic``     ``sum_i ||a_i||^2 ||b_i||^2``  scalar   ``sum_i K_ii L_ii`` (debiasing)
+    ``sq_a_b``      ``sum_i ||a_i||^2 b_i``      [db]     merge only (re-centring ``quartic``)
+    ``sq_b_a``      ``sum_i ||b_i||^2 a_i``      [da]     merge only
+    ==============  ==========================  =======  =========================================
+
+    ``quartic`` depends on the means, which are not known until the end of the stream. It is
+    still exact in one pass: each chunk is centred at its own mean, and a state centred at
+    ``m`` is re-centred at ``m + delta`` (``a' = a - delta_a``, ``b' = b - delta_b``, using
+    ``sum_i a_i = sum_i b_i = 0``) by::
+
+        quartic' = quartic - 2 delta_b . sq_a_b - 2 delta_a . sq_b_a + 4 delta_a^T cross delta_b
+                   + ||delta_b||^2 trace_a + ||delta_a||^2 trace_b + n ||delta_a||^2 ||delta_b||^2
+        sq_a_b'  = sq_a_b - trace_a delta_b - 2 cross^T delta_a - n ||delta_a||^2 delta_b
+        sq_b_a'  = sq_b_a - trace_b delta_a - 2 cross delta_b - n ||delta_b||^2 delta_a
+        cross'   = cross + n delta_a delta_b^T;   trace_a' = trace_a + n ||delta_a||^2
+
+    Merging two states re-centres both at the pooled mean and adds them (Chan et al. 1979 for
+    the second moments; the same idea carried to the fourth-order terms). No raw
+    ``E[x x^T]``-style moment is ever formed, so a large common offset costs no digits. The
+    state of one layer with itself is ``HSICMoments().update(x, x)`` (``cross`` is then the
+    scatter ``M2`` of ``Moments``). Cost per row: ``2 da db`` flops, as ``CrossMoments``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(500, 6))
+    >>> s = HSICMoments().update(x[:200], x[:200]).merge(HSICMoments().update(x[200:], x[200:]))
+    >>> c = x - x.mean(0)
+    >>> bool(np.isclose(s.quartic, ((c * c).sum(1) ** 2).sum()))
+    True
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean_a = self.mean_b = self.cross = None
+        self.trace_a = self.trace_b = self.quartic = 0.0
+        self.sq_a_b = self.sq_b_a = None
+
+    def update(self, a, b) -> HSICMoments:
+        """Add paired rows ``a`` [N, da] and ``b`` [N, db] (row i of both: the same token)."""
+        a, b = as_rows(a), as_rows(b)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
+        for ca, cb in zip(_chunks(a), _chunks(b)):
+            if ca.shape[0]:
+                self._merge_state(_chunk_hsic_state(ca, cb.to(ca.device)))
+        return self
+
+    def _state(self) -> dict:
+        return {k: getattr(self, k) for k in _HSIC_FIELDS}
+
+    def _merge_state(self, other: dict) -> None:
+        if other["count"] == 0:
+            return
+        if self.count == 0:
+            for key, value in other.items():
+                setattr(self, key, value.clone() if hasattr(value, "clone") else value)
+            return
+        n_a, n_b = self.count, other["count"]
+        n = n_a + n_b
+        mean_a = self.mean_a + (other["mean_a"] - self.mean_a) * (n_b / n)
+        mean_b = self.mean_b + (other["mean_b"] - self.mean_b) * (n_b / n)
+        with small_eig_threads(self.cross):  # matrix-vector products: threads only spin here
+            mine = _recentred(self._state(), mean_a, mean_b)
+            theirs = _recentred(other, mean_a, mean_b)
+        for key in ("cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a"):
+            setattr(self, key, mine[key] + theirs[key])
+        self.mean_a, self.mean_b, self.count = mean_a, mean_b, n
+
+    def merge(self, other: HSICMoments) -> HSICMoments:
+        """Add ``other``'s rows to this state (in place); returns self."""
+        if other.count:
+            self._merge_state(other._state())
+        return self
+
+    def hsic(self, debiased: bool = False) -> float:
+        """Linear HSIC of the two representations (see ``linear_hsic``)."""
+        return linear_hsic(self, debiased)
+
+    def transposed(self) -> HSICMoments:
+        """The state of the pairs ``(b_i, a_i)`` (a view sharing tensors; no arithmetic)."""
+        new = HSICMoments()
+        new.count, new.mean_a, new.mean_b = self.count, self.mean_b, self.mean_a
+        new.cross = None if self.cross is None else self.cross.T
+        new.trace_a, new.trace_b, new.quartic = self.trace_b, self.trace_a, self.quartic
+        new.sq_a_b, new.sq_b_a = self.sq_b_a, self.sq_a_b
+        return new
+
+
+_HSIC_FIELDS = ("count", "mean_a", "mean_b", "cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a")
+
+
+def _chunk_hsic_state(ca, cb) -> dict:
+    """The ``HSICMoments`` state of one float64 chunk, centred at the chunk's own means."""
+    mean_a, mean_b = ca.mean(0), cb.mean(0)
+    a, b = ca - mean_a, cb - mean_b
+    ra, rb = (a * a).sum(1), (b * b).sum(1)
+    cross = a.T @ b
+    with small_eig_threads(cross):  # matrix-vector products: threads only spin here
+        sq_a_b, sq_b_a = b.T @ ra, a.T @ rb
+    return {
+        "count": int(a.shape[0]),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "cross": cross,
+        "trace_a": float(ra.sum()),
+        "trace_b": float(rb.sum()),
+        "quartic": float(ra @ rb),
+        "sq_a_b": sq_a_b,
+        "sq_b_a": sq_b_a,
+    }
+
+
+def _recentred(state: dict, mean_a, mean_b) -> dict:
+    """A state centred at its own means, re-expressed around ``mean_a``, ``mean_b``."""
+    n = state["count"]
+    da, db = mean_a - state["mean_a"], mean_b - state["mean_b"]
+    cross, ta, tb = state["cross"], state["trace_a"], state["trace_b"]
+    da2, db2 = float(da @ da), float(db @ db)
+    quartic = (
+        state["quartic"]
+        - 2 * float(db @ state["sq_a_b"])
+        - 2 * float(da @ state["sq_b_a"])
+        + 4 * float(da @ (cross @ db))
+        + db2 * ta
+        + da2 * tb
+        + n * da2 * db2
+    )
+    return {
+        "cross": cross + n * (da[:, None] * db[None, :]),
+        "trace_a": ta + n * da2,
+        "trace_b": tb + n * db2,
+        "quartic": quartic,
+        "sq_a_b": state["sq_a_b"] - ta * db - 2 * (cross.T @ da) - n * da2 * db,
+        "sq_b_a": state["sq_b_a"] - tb * da - 2 * (cross @ db) - n * db2 * da,
+    }
+
+
+def linear_hsic(xy: HSICMoments, debiased: bool = False) -> float:
+    """Linear-kernel HSIC of two representations of the same n tokens, from ``HSICMoments``.
+
+    With centred X [n, dx], Y [n, dy], ``K = X X^T``, ``L = Y Y^T`` and row norms
+    ``r_x = diag K``, ``r_y = diag L``:
+
+    * biased (Gretton et al. 2005): ``tr(K H L H) / (n - 1)^2 = ||X^T Y||_F^2 / (n - 1)^2``;
+    * debiased (Song et al. 2012, the unbiased U-statistic; Kornblith et al. 2019's "debiased
+      CKA" uses it): with ``K~``, ``L~`` the Gram matrices with zeroed diagonals,
+      ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2 / (n-2) 1^T K~ L~ 1] / (n (n-3))``,
+      which for centred linear kernels (``K 1 = 0``) is
+      ``[||X^T Y||_F^2 - n / (n-2) r_x . r_y + ||X||_F^2 ||Y||_F^2 / ((n-1)(n-2))] / (n (n-3))``.
+      It is translation invariant, so it equals the formula on the raw Gram matrices.
+
+    The debiased value needs n >= 4 (nan otherwise) and may be negative.
+    """
+    import torch
+
+    n = xy.count
+    xty = float(torch.linalg.matrix_norm(xy.cross) ** 2) if n else math.nan
+    if not debiased:
+        return xty / (n - 1) ** 2 if n >= 2 else math.nan
+    if n < 4:
+        return math.nan
+    num = xty - n / (n - 2) * xy.quartic + xy.trace_a * xy.trace_b / ((n - 1) * (n - 2))
+    return num / (n * (n - 3))
+
+
+def cka_from_hsic(xx: HSICMoments, yy: HSICMoments, xy: HSICMoments, debiased: bool = False) -> float:
+    """Linear CKA ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``, biased or debiased.
+
+    ``xx`` = ``HSICMoments().update(x, x)``, ``yy`` likewise, ``xy`` = ``update(x, y)``, all over
+    the same tokens. Biased, it equals ``linear_cka`` (1 for ``Y = X R`` with R orthogonal, and
+    inflated towards 1 for unrelated representations when n is not >> width); debiased, it uses
+    the unbiased HSIC and is near 0 for independent representations at any n. nan when a
+    self-HSIC is not positive (a constant representation, or n < 4 for the debiased one).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(40, 100)), rng.normal(size=(40, 100))
+    >>> s = [HSICMoments().update(p, q) for p, q in ((x, x), (y, y), (x, y))]
+    >>> cka_from_hsic(*s) > 0.5, abs(cka_from_hsic(*s, debiased=True)) < 0.1
+    (True, True)
+    """
+    den = linear_hsic(xx, debiased) * linear_hsic(yy, debiased)
+    return linear_hsic(xy, debiased) / math.sqrt(den) if den > 0 else math.nan
+
+
+def debiased_linear_cka(xx: HSICMoments, yy: HSICMoments, xy: HSICMoments) -> float:
+    """Debiased linear CKA (Kornblith et al. 2019, unbiased HSIC of Song et al. 2012)."""
+    return cka_from_hsic(xx, yy, xy, debiased=True)
+
+
+def _procrustes_from(cross, trace_x: float, trace_y: float) -> float:
+    import torch
+
+    if trace_x <= 0 or trace_y <= 0:
+        return math.nan
+    nuclear = float(torch.linalg.svdvals(cross).sum())
+    return max(0.0, 2.0 - 2.0 * nuclear / math.sqrt(trace_x * trace_y))
+
+
+def procrustes_distance(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -> float:
+    """Orthogonal Procrustes distance of two representations of the same tokens.
+
+    With X, Y centred and scaled to unit Frobenius norm (zero-padded to a common width),
+    ``d^2 = min_{R orthogonal} ||X R - Y||_F^2 = 2 - 2 ||X^T Y||_*`` (nuclear norm; Schoenemann
+    1966; the "Procrustes" of Ding et al. 2021). Returned is ``d^2`` in [0, 2]: 0 = the same up to
+    rotation, translation and isotropic scaling. From the streamed cross scatter
+    ``C = X_c^T Y_c`` and the traces of both scatters: ``2 - 2 ||C||_* / sqrt(tr M2_x tr M2_y)``.
+    Cost: one SVD of the [dx, dy] cross scatter (values only).
+    """
+    import torch
+
+    return _procrustes_from(
+        cross_xy.cross, float(torch.trace(moments_x.m2)), float(torch.trace(moments_y.m2))
+    )
+
+
+SIMILARITY_MEASURES = ("cka", "cka_debiased", "procrustes")
+
+
+def similarity_map_from_moments(self_a: list, self_b: list, cross: list) -> dict:
+    """Layer-by-layer similarity maps of two models from streamed ``HSICMoments``.
+
+    Parameters
+    ----------
+    self_a : list of HSICMoments, one per layer i of model A (``update(h_i, h_i)``)
+    self_b : list of HSICMoments, one per layer j of model B
+    cross : list of lists, ``cross[i][j]`` = HSICMoments of ``update(h_i^A, h_j^B)``, same tokens
+
+    Returns
+    -------
+    dict with ``"cka"``, ``"cka_debiased"`` and ``"procrustes"`` (squared distance), each a
+    float64 numpy array [len(self_a), len(self_b)] (row i = layer i of A).
+    """
+    import numpy as np
+
+    shape = (len(self_a), len(self_b))
+    if len(cross) != shape[0] or any(len(row) != shape[1] for row in cross):
+        raise ValueError(f"cross must be a {shape[0]} x {shape[1]} nested list of HSICMoments")
+    out = {name: np.full(shape, np.nan) for name in SIMILARITY_MEASURES}
+    for i, xx in enumerate(self_a):
+        for j, yy in enumerate(self_b):
+            xy = cross[i][j]
+            out["cka"][i, j] = cka_from_hsic(xx, yy, xy)
+            out["cka_debiased"][i, j] = cka_from_hsic(xx, yy, xy, debiased=True)
+            out["procrustes"][i, j] = _procrustes_from(xy.cross, xx.trace_a, yy.trace_a)
+    return out
+
+
+def similarity_map(states_a: list, states_b: list | None = None) -> dict:
+    """Similarity maps (linear CKA, debiased linear CKA, Procrustes) of in-memory layer states.
+
+    ``states_a[i]`` [N, d_i] and ``states_b[j]`` [N, d_j] are hidden states of the same N tokens
+    (row t of every array: token t). ``states_b=None`` compares model A with itself (the
+    block-structure picture; its diagonal is 1 / 1 / 0). Float64 inside, via the streaming
+    accumulators fed one batch. See ``similarity_map_from_moments`` for the output.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> h = np.random.default_rng(0).normal(size=(200, 8))
+    >>> maps = similarity_map([h, h @ np.linalg.qr(np.random.default_rng(1).normal(size=(8, 8)))[0]])
+    >>> bool(np.allclose(maps["cka"], 1)), bool(np.allclose(maps["procrustes"], 0, atol=1e-9))
+    (True, True)
+    """
+    same = states_b is None
+    states_b = states_a if same else states_b
+    counts = {as_rows(s).shape[0] for s in list(states_a) + list(states_b)}
+    if len(counts) != 1:
+        raise ValueError(f"every layer must hold the same tokens; got row counts {sorted(counts)}")
+    self_a = [HSICMoments().update(s, s) for s in states_a]
+    self_b = self_a if same else [HSICMoments().update(s, s) for s in states_b]
+    cross = [[None] * len(states_b) for _ in states_a]
+    for i, a in enumerate(states_a):
+        for j, b in enumerate(states_b):
+            if not same:
+                cross[i][j] = HSICMoments().update(a, b)
+            elif j >= i:  # a model against itself: the map is symmetric, compute i <= j once
+                cross[i][j] = self_a[i] if i == j else HSICMoments().update(a, b)
+                cross[j][i] = cross[i][j].transposed()
+    return similarity_map_from_moments(self_a, self_b, cross)

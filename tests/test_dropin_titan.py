@@ -45,7 +45,7 @@ def torchtitan_loss():
 @pytest.mark.slow
 def test_nitp_loss_is_torchtitans_ce_plus_weighted_nitp_and_equals_the_wrapper(torchtitan_loss):
     from nitp_train.dropin import wrap_model
-    from nitp_train.dropin_titan import NITPTerm, drop_nitp_head, nitp_loss_class
+    from nitp_train.dropin.titan import NITPTerm, drop_nitp_head, nitp_loss_class
 
     NITPLoss = nitp_loss_class()
     assert issubclass(NITPLoss, torchtitan_loss.BaseLoss)
@@ -53,7 +53,7 @@ def test_nitp_loss_is_torchtitans_ce_plus_weighted_nitp_and_equals_the_wrapper(t
     wrapped = wrap_model(tiny_llama(), target_layer=2, weight=0.7)
     model = copy.deepcopy(wrapped.model)
     term = NITPTerm(32)
-    term.attach(model, model.model.norm, model.model.layers[1])
+    term.attach(model, 2)
     term.head.load_state_dict(wrapped.head.state_dict())
     loss_fn = NITPLoss(NITPLoss.Config(weight=0.7), term=term)
 
@@ -71,3 +71,42 @@ def test_nitp_loss_is_torchtitans_ce_plus_weighted_nitp_and_equals_the_wrapper(t
     total.backward()
     assert term.head.down.weight.grad is not None and term.head.down.weight.grad.abs().sum() > 0
     assert set(drop_nitp_head(model.state_dict())) == set(wrapped.model.state_dict())
+
+
+class _TitanLayout(torch.nn.Module):
+    """torchtitan's ``Transformer`` layout: ``model_args.n_layers``, blocks in a ModuleDict, ``norm``."""
+
+    def __init__(self, dim=16, n_layers=3, vocab=50):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.model_args = SimpleNamespace(n_layers=n_layers, dim=dim)
+        self.tok_embeddings = torch.nn.Embedding(vocab, dim)
+        self.layers = torch.nn.ModuleDict({str(i): torch.nn.Linear(dim, dim) for i in range(n_layers)})
+        self.norm = torch.nn.LayerNorm(dim)
+        self.output = torch.nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens):
+        h = self.tok_embeddings(tokens)
+        for block in self.layers.values():
+            h = torch.tanh(block(h))
+        return self.output(self.norm(h))
+
+
+def test_term_reads_torchtitans_layout_through_nitp_layers():
+    """Blocks in a ModuleDict and no HF config: z is block k's output, h the final norm's."""
+    from nitp_train.dropin.titan import NITPTerm
+
+    torch.manual_seed(0)
+    model = _TitanLayout()
+    term = NITPTerm(16)
+    term.attach(model, 2)
+    tokens = torch.randint(0, 50, (2, 7))
+    seen = {}
+    model.layers["1"].register_forward_hook(lambda _m, _a, out: seen.setdefault("block2", out))
+    model(tokens)
+    torch.testing.assert_close(term.captured["target"], seen["block2"])
+    assert term.captured["last"].shape == (2, 7, 16)
+    labels = torch.cat([tokens[:, 1:], torch.full((2, 1), -100)], 1)  # torchtitan's shifted labels
+    total, pairs = term(labels)
+    assert int(pairs) == 2 * 6 and total.requires_grad  # t = 0..5 of 7 tokens: each has a next token
