@@ -40,9 +40,10 @@ import numpy as np
 
 from nitp import layers as layers_lib
 from nitp.errors import UserError
-from nitp.loading import load_config, load_tokenizer, model_folder
+from nitp.loading import check_memory, load_config, load_tokenizer, model_folder
 from nitp.loading import load_model as load_backbone
 from nitp.runs import resolve_checkpoint
+from nitp.runtime import pick_device, pick_dtype
 
 
 # ----------------------------------------------------------------------------- models
@@ -64,22 +65,18 @@ class LoadedModel:
         return layers_lib.layer_name(self.model, k)
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_model(
     checkpoint: str | os.PathLike, device: str | None = None, dtype: str | None = None
 ) -> LoadedModel:
     """Load the backbone (``AutoModel``: no LM head) and tokenizer of anything ``nitp.loading``
-    accepts. ``dtype`` defaults to bfloat16 on GPU and float32 on CPU."""
-    device = device or default_device()
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    accepts. ``device`` and ``dtype`` are chosen by ``nitp.runtime`` (cuda when visible;
+    bfloat16 on a bf16 GPU, else float32); the model must fit in that device's memory."""
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
     path = model_folder(checkpoint)
     config = load_config(path)
     tokenizer = load_tokenizer(path)
+    check_memory(path, device=device, dtype=dtype)
     model = load_backbone(path, causal=False, dtype=dtype, device=device)
     return LoadedModel(
         model=model,

@@ -43,7 +43,7 @@ import numpy as np
 
 from nitp.errors import UserError
 from nitp.geometry import spectrum_metrics
-from nitp.layers import default_target_layer
+from nitp.layers import TARGET_DEPTH, default_target_layer
 from nitp.streaming import (
     CrossMoments,
     MeanTrace,
@@ -58,7 +58,6 @@ from nitp.streaming import (
 DEFAULT_TOKENS = 50_000
 DEFAULT_RIDGE = None  # None: strength chosen by GCV on the fit pairs
 DEFAULT_PAIRS = 4096
-PAPER_DEPTH = 0.21  # the paper's best targets: 4/17, 5/24, 6/28, 3/16 -> round(0.21 L)
 TRIVIAL_TEMPORAL = 0.9  # normalised temporal excess above which a target is near-trivial
 MIN_ERANK = 2.0  # below this a target layer has collapsed
 
@@ -522,7 +521,7 @@ def paper_depth_rule(rows: list[dict], n_layers: int, trained_target: int | None
     5
     """
     layer = default_target_layer(n_layers)
-    rule = f"round({PAPER_DEPTH} x {n_layers}) = {layer}, the paper's depth rule (best targets 4/17, 5/24, 6/28, 3/16)"
+    rule = f"round({TARGET_DEPTH} x {n_layers}) = {layer}, the paper's depth rule (best targets 4/17, 5/24, 6/28, 3/16)"
     row = next((r for r in rows if r["layer"] == layer), None)
     notes = [] if row is None else _layer_warnings(row)
     if row is None:

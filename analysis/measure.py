@@ -22,8 +22,18 @@ import numpy as np
 
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs
-from nitp.records import RecordCache, default_record_path, library_versions, make_record, write_record
+from nitp.loading import check_model_files
+from nitp.records import (
+    RecordCache,
+    check_output,
+    default_record_path,
+    library_versions,
+    make_record,
+    model_identity,
+    write_record,
+)
 from nitp.runs import checkpoint_info, resolve_checkpoint
+from nitp.runtime import pick_device, pick_dtype
 
 from .layers import (
     CORE_KEYS,
@@ -258,12 +268,21 @@ def geom_record(
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
     ckpt = resolve_checkpoint(checkpoint)
     layers = parse_layers(layers)
-    info = checkpoint_info(ckpt)
+    if write:
+        check_output(out)  # an unwritable --out fails before the measurement
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    for model in (ckpt, reference):  # config, tokenizer, weights, memory: before any cache lookup
+        if model is not None:
+            check_model_files(model, device=device, dtype=dtype)
+    info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
     path = (
         Path(out)
         if out
         else default_record_path(info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed))
     )
+    if write:
+        check_output(path)
     wanted = {
         "corpus": corpus,
         "n_tokens": n_tokens,
@@ -277,11 +296,11 @@ def geom_record(
     if seq_len is not None:
         wanted["seq_len"] = seq_len
     wanted["layers"] = sorted(int(k) for k in layers) if layers is not None else None
-    wanted["reference"] = checkpoint_info(reference)["hash"] if reference is not None else None
+    wanted["reference"] = model_identity(reference)["key"] if reference is not None else None
     wanted["spectrum"] = spectrum
 
     def compute() -> dict:
-        model, settings, scores = measure(
+        _, settings, scores = measure(
             ckpt,
             corpus=corpus,
             n_tokens=n_tokens,
@@ -299,14 +318,27 @@ def geom_record(
             spectrum=spectrum,
             progress=progress,
         )
-        return make_record("geom", model, settings, scores, library_versions())
+        return make_record("geom", info, settings, scores, library_versions())
 
-    # the one record cache (nitp.records): same weights + same settings -> no recomputation
-    record, cached = RecordCache("geom", info["hash"]).find_or_compute("layers", wanted, compute, redo=redo)
-    if write and not (cached and path.is_file()):
+    # the one record cache (nitp.records): same model key + same settings -> no recomputation
+    record, cached = RecordCache("geom", info["key"]).find_or_compute("layers", wanted, compute, redo=redo)
+    if cached:  # measured on a folder with the same weights, config and tokenizer: name this one
+        record["model"] = info
+    if write and not (cached and path.is_file() and _names_model(path, info)):
         write_record(path, record)
     record["_path"] = str(path)
     return record
+
+
+def _names_model(path: Path, info: dict) -> bool:
+    """The record at ``path`` is of this folder with this model key (else it is rewritten)."""
+    from nitp.records import read_record
+
+    try:
+        model = read_record(path).get("model", {})
+    except UserError:
+        return False
+    return model.get("path") == info["path"] and model.get("key") == info["key"]
 
 
 def check_sizes(**sizes) -> None:
@@ -352,6 +384,8 @@ def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> lis
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise UserError(f"{run_dir}: run directory has no complete checkpoint yet")
+    for ck in ckpts:  # a checkpoint without its tokenizer (or with broken files) fails before any work
+        check_model_files(ck)
     records, prev = [], None
     for ck in ckpts:
         records.append(geom_record(ck, layers=layers, reference=prev if stability else None, **kwargs))

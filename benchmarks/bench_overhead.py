@@ -42,8 +42,8 @@ def main() -> None:
     args = p.parse_args()
 
     from nitp.runs import resolve_checkpoint
-    from nitp_eval.bench.run import _runtime
     from nitp_eval.bench.plan import shots_for
+    from nitp_eval.bench.run import _runtime
     from nitp_eval.data.offline_bench import prepare_offline_tasks
     from nitp_eval.tasks import friendly, passthrough
 

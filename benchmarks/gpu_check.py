@@ -16,12 +16,20 @@ random (seeded), which is all a speed / memory measurement needs. Prints one tab
 - nitp-geom's cost over a bare forward: ``analysis.hidden.LayerCapture`` of the last hidden
   state plus its streaming float64 moments, against the same backbone's plain forward.
 
+``--sweep`` runs instead one NITP training-step timing per combination of micro-batch size x
+next-token loss implementation (``train.loss_impl``) x ``torch.compile`` mode
+(``train.compile_mode``; ``eager`` = no compile), each with fused AdamW on CUDA, and prints one
+row per combination: tokens/s, MFU, peak memory, first (compiling) step; a combination that
+fails (e.g. out of memory) records its error and the sweep goes on.
+
 MFU = training FLOPs per token (``nitp_train.flops``) x tokens/s / peak bf16 FLOP/s of the GPU.
 
 Examples::
 
     bash benchmarks/gpu_check.sh                          # the GPU check (one H100: about 5 min)
     python benchmarks/gpu_check.py --smoke                # CPU, tiny-dense, under 2 min
+    bash benchmarks/gpu_check.sh --sweep                  # GPU: B x loss impl x compile mode
+    python benchmarks/gpu_check.py --sweep --smoke        # CPU: the sweep's structure, seconds
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ from nitp_train.models import build_model, resolve_preset
 
 FULL = dict(preset="dense-0.5b", seq_len=2048, batch_size=8, dtype="bf16", compile=True, device="cuda")
 SMOKE = dict(preset="tiny-dense", seq_len=64, batch_size=2, dtype="fp32", compile=False, device="cpu")
+SWEEP_LOSS_IMPLS = ("plain", "chunked", "chunked_gif", "liger")
+SWEEP_COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SWEEP_FULL = dict(batch_sizes="8,16", loss_impls="plain,chunked,chunked_gif", compile_modes="default")
+SWEEP_SMOKE = dict(batch_sizes="1,2", loss_impls="plain,chunked,chunked_gif", compile_modes="eager")
 # modules a bare GPU machine lacks: importing any of them would make the check fail there
 # (pandas is there, and torch / transformers may import it themselves)
 ABSENT_THERE = ("datasets", "gensim", "lm_eval", "mteb", "sentence_transformers")
@@ -62,6 +74,12 @@ def parse(argv=None):
     p.add_argument("--loss-chunk", type=int, help="positions per chunk of the chunked loss")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--sweep", action="store_true", help="micro-batch x loss impl x compile mode instead")
+    p.add_argument("--sweep-batch-sizes", help="comma-separated micro-batch sizes (default 8,16; smoke 1,2)")
+    p.add_argument("--sweep-loss-impls", help=f"comma-separated, of {', '.join(SWEEP_LOSS_IMPLS)}")
+    p.add_argument(
+        "--sweep-compile-modes", help=f"comma-separated, of {', '.join(SWEEP_COMPILE_MODES)} (smoke: eager)"
+    )
     args = p.parse_args(argv)
     size = dict(SMOKE if args.smoke else FULL)
     for key in ("preset", "seq_len", "batch_size"):
@@ -71,6 +89,9 @@ def parse(argv=None):
     size["steps"] = args.steps or (3 if args.smoke else 12)
     size["loss_chunk"] = args.loss_chunk or (16 if args.smoke else 512)
     size["mem_batch_size"] = max(1, size["batch_size"] // 2)  # eager steps (memory, FSDP2) keep headroom
+    if args.sweep:
+        size["sweep"] = sweep_grid(args)
+        size["steps"] = args.steps or (1 if args.smoke else 8)
     if size["device"] == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device; use --smoke for the CPU check")
     return args, size
@@ -98,10 +119,13 @@ def nitp_cfg(spec: dict) -> dict:
     }
 
 
-def make_objective(spec: dict, objective: str, device: torch.device, loss_chunk: int = 0, wrap=None):
+def make_objective(
+    spec: dict, objective: str, device: torch.device, loss_chunk: int = 0, wrap=None, loss_impl: str = "auto"
+):
     """Objective + AdamW (made after ``wrap``, e.g. FSDP2's sharding, which replaces the parameters)."""
     model = build_model(spec, seed=0)
-    obj = NITPObjective(model, objective, nitp_cfg(spec), loss_chunk=loss_chunk).to(device)
+    obj = NITPObjective(model, objective, nitp_cfg(spec), loss_chunk=loss_chunk, loss_impl=loss_impl)
+    obj = obj.to(device)
     if wrap is not None:
         wrap(obj)
     opt = torch.optim.AdamW(
@@ -188,14 +212,15 @@ def loss_memory(spec: dict, size: dict, device: torch.device, res: dict) -> None
         random_batch(spec, {**size, "batch_size": size["mem_batch_size"]}, device),
     )
     obj, _opt = make_objective(spec, "ntp", device)
-    for name, chunk, ckpt in (
-        ("plain", 0, False),
-        ("chunked", size["loss_chunk"], False),
-        ("chunked_ac", size["loss_chunk"], True),
+    for name, impl, chunk, ckpt in (
+        ("plain", "plain", 0, False),
+        ("chunked", "chunked", size["loss_chunk"], False),
+        ("chunked_gif", "chunked_gif", size["loss_chunk"], False),
+        ("chunked_ac", "chunked", size["loss_chunk"], True),
     ):
         if ckpt:
             enable_activation_checkpointing(obj.model)
-        obj.loss_chunk = chunk
+        obj.loss_impl, obj.loss_chunk = impl, chunk
         obj.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -289,6 +314,104 @@ def geometry_overhead(spec: dict, size: dict, device: torch.device, res: dict) -
     res["geom_ratio"] = res["geom_s"] / res["forward_s"]
 
 
+# ----------------------------------------------------------------------------- sweep
+def sweep_grid(args) -> list[tuple[int, str, str]]:
+    """``(micro-batch, loss impl, compile mode)`` of every combination the ``--sweep-*`` lists give."""
+    base = SWEEP_SMOKE if args.smoke else SWEEP_FULL
+    lists = {
+        "batch_sizes": args.sweep_batch_sizes or base["batch_sizes"],
+        "loss_impls": args.sweep_loss_impls or base["loss_impls"],
+        "compile_modes": args.sweep_compile_modes or base["compile_modes"],
+    }
+    parts = {k: [x.strip() for x in v.split(",") if x.strip()] for k, v in lists.items()}
+    for key, allowed in (("loss_impls", SWEEP_LOSS_IMPLS), ("compile_modes", SWEEP_COMPILE_MODES)):
+        bad = [x for x in parts[key] if x not in allowed]
+        if bad:
+            sys.exit(f"gpu_check: --sweep-{key.replace('_', '-')} {bad[0]!r}: use {', '.join(allowed)}")
+    if not all(b.isdigit() and int(b) > 0 for b in parts["batch_sizes"]):
+        sys.exit(
+            f"gpu_check: --sweep-batch-sizes {lists['batch_sizes']!r}: give positive integers, e.g. 8,16"
+        )
+    return [
+        (int(b), impl, mode)
+        for b in parts["batch_sizes"]
+        for impl in parts["loss_impls"]
+        for mode in parts["compile_modes"]
+    ]
+
+
+def sweep(spec: dict, size: dict, device: torch.device, res: dict) -> None:
+    """One NITP step timing per ``size["sweep"]`` combination, into ``res["sweep"]`` (a list of rows)."""
+    res["sweep"] = []
+    config = build_model_config(spec)
+    flops = training_flops_per_token(config, size["seq_len"]) + nitp_flops_per_token(config.hidden_size)
+    res["flops_per_token"], res["peak_flops"] = flops, peak_flops(device)
+    for batch_size, impl, mode in size["sweep"]:
+        row = {"batch_size": batch_size, "loss_impl": impl, "compile_mode": mode}
+        try:
+            row.update(sweep_point(spec, {**size, "batch_size": batch_size}, device, impl, mode))
+            if res["peak_flops"]:
+                row["mfu"] = flops * row["tokens_per_s"] / res["peak_flops"]
+        except Exception as e:  # out of memory, a missing package: this point only
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        res["sweep"].append(row)
+        print(f"[sweep] {json.dumps(row)}", file=sys.stderr, flush=True)
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if res["sweep"] and all("error" in r for r in res["sweep"]):
+        raise RuntimeError("every sweep point failed: " + res["sweep"][0]["error"])
+
+
+def sweep_point(spec: dict, size: dict, device: torch.device, impl: str, mode: str) -> dict:
+    """Median NITP step time of ``size["steps"]`` steps after one (compiling) warm-up step."""
+    chunk = 0 if impl in ("plain", "liger") else size["loss_chunk"]
+    obj, opt = make_objective(spec, "nitp", device, loss_chunk=chunk, loss_impl=impl)
+    res = {"attn_implementation": str(getattr(obj.model.config, "_attn_implementation", None))}
+    fwd = obj if mode == "eager" else torch.compile(obj, mode=mode)
+    x, amp = random_batch(spec, size, device), autocast(size, device)
+    step = functools.partial(train_step, fwd, [p for p in obj.parameters() if p.requires_grad], opt, x, amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    res["first_step_s"] = timed(step, device)
+    times = [timed(step, device) for _ in range(size["steps"])]
+    res["step_s"] = statistics.median(times)
+    res["tokens_per_s"] = size["batch_size"] * size["seq_len"] / res["step_s"]
+    if device.type == "cuda":
+        res["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return res
+
+
+def sweep_table(res: dict, size: dict) -> str:
+    """One line per sweep point: B, loss impl, compile mode, tokens/s, MFU, peak memory, first step."""
+    head = (
+        f"gpu_check --sweep: {size['preset']}, T={size['seq_len']}, {size['dtype']}, NITP, "
+        f"loss_chunk {size['loss_chunk']}, {size['steps']} timed steps per point, device "
+        f"{res.get('device_name')}, torch {torch.__version__}; MFU: flops_per_token "
+        f"{_f(res.get('flops_per_token'), '.4g')} / peak {_f(res.get('peak_flops'), '.4g')} "
+        "(causal attention not halved)"
+    )
+    lines = [
+        head,
+        "| B | loss impl | compile mode | tokens/s | MFU | peak GiB | first step s | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res.get("sweep", []):
+        cells = (
+            str(r["batch_size"]),
+            r["loss_impl"],
+            r["compile_mode"],
+            _f(r.get("tokens_per_s"), ",.0f"),
+            _f(r.get("mfu"), ".1%"),
+            _f(r.get("peak_gib"), ".2f"),
+            _f(r.get("first_step_s"), ".1f"),
+            r.get("error", ""),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"error in {k}: {v}" for k, v in res.get("errors", {}).items()]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- table
 def _f(v, fmt):
     return "n/a" if v is None else format(v, fmt)
@@ -319,6 +442,7 @@ def table(res: dict, size: dict) -> str:
         ),
         (f"peak mem B={size['mem_batch_size']}, plain loss (GiB)", _f(get("peak_gib_plain"), ".2f"), "", ""),
         (f"peak mem, chunked {size['loss_chunk']} (GiB)", _f(get("peak_gib_chunked"), ".2f"), "", ""),
+        ("peak mem, chunked_gif (GiB)", _f(get("peak_gib_chunked_gif"), ".2f"), "", ""),
         ("peak mem, chunked + act. ckpt (GiB)", _f(get("peak_gib_chunked_ac"), ".2f"), "", ""),
         ("  chunked / plain", _f(get("memory_ratio_chunked"), ".3f"), "", ""),
         (
@@ -377,12 +501,17 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     t_start = time.perf_counter()
-    for name, section in (
-        ("throughput", throughput),
-        ("loss_memory", loss_memory),
-        ("fsdp_smoke", fsdp_smoke),
-        ("geometry", geometry_overhead),
-    ):
+    sections = (
+        [("sweep", sweep)]
+        if "sweep" in size
+        else [
+            ("throughput", throughput),
+            ("loss_memory", loss_memory),
+            ("fsdp_smoke", fsdp_smoke),
+            ("geometry", geometry_overhead),
+        ]
+    )
+    for name, section in sections:
         t0 = time.perf_counter()
         try:
             section(spec, size, device, res)
@@ -399,7 +528,7 @@ def main(argv=None) -> dict:
     if present:
         res["errors"]["imports"] = f"imported {present}: a bare GPU machine lacks them"
     res["total_s"] = time.perf_counter() - t_start
-    print(table(res, size))
+    print(sweep_table(res, size) if "sweep" in size else table(res, size))
     print(f"total {res['total_s']:.0f} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

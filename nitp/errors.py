@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import signal
 import sys
+import threading
 from typing import Iterator
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback, non-zero exit."""
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM received inside :func:`user_errors`: unwinds the stack, so
+    ``finally`` blocks and the complete-or-absent writes clean up, and the boundary exits with
+    ``128 + signum``. Not a ``KeyboardInterrupt``: the CLI framework (typer turns those into a
+    silent exit 130) and ``except Exception`` blocks let it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_INTERRUPT_HINT = ["rerun the same command to continue"]
+
+
+def on_interrupt(hint: str) -> None:
+    """What the one interrupt line tells the user to do next (set by the command that runs).
+
+    >>> on_interrupt("the run keeps its last complete checkpoint; rerun with --resume to continue")
+    """
+    _INTERRUPT_HINT[0] = hint
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:
@@ -17,21 +42,61 @@ def first_line(e: BaseException, limit: int = 160) -> str:
     return text.splitlines()[0][:limit] if text else ""
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for a failed file access, naming the file when the error carries one.
+
+    >>> os_error_line(OSError(28, "No space left on device"))
+    'cannot write: No space left on device (ENOSPC); free space on the output disk or choose another folder'
+    """
+    reason = e.strerror or first_line(e) or type(e).__name__
+    code = errno.errorcode.get(e.errno or 0)
+    fix = {
+        errno.ENOSPC: "free space on the output disk or choose another folder",
+        errno.EDQUOT: "free space on the output disk or choose another folder",
+        errno.EROFS: "the file system is read-only; choose another folder",
+        errno.EACCES: "check its permissions or choose another folder",
+        errno.EPERM: "check its permissions or choose another folder",
+    }.get(e.errno, "check the path, its permissions and free space")
+    what = f"cannot access {e.filename}" if e.filename else "cannot write"
+    return f"{what}: {reason}{f' ({code})' if code else ''}; {fix}"
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn ``UserError`` (and failed file access) into one line on stderr and exit code 2."""
+def _signals_unwind() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The CLI boundary: ``UserError`` and failed file access become one line on stderr and
+    exit code 2; Ctrl-C (SIGINT) and SIGTERM one line and exit code 130 / 143.
+
+    >>> with user_errors():                                                  # doctest: +SKIP
+    ...     app()
+    """
+    try:
+        with _signals_unwind():
+            yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as e:  # permissions, disk full, a file where a folder should be
-        where = e.filename or "a file"
-        print(
-            f"error: cannot access {where}: {e.strerror or e}; check the path, its permissions and free space",
-            file=sys.stderr,
-        )
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name}): {_INTERRUPT_HINT[0]}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None

@@ -3,22 +3,104 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+FOREIGN_TMP_AGE_S = 24 * 3600  # a temporary of another host is stale after this long untouched
+
+
+def _owner_tag() -> str:
+    """``HOST-PID``: names every temporary this process writes, so a later start can tell a
+    leftover of a dead process from a live writer's file."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?P<host>[^.]+)-(?P<pid>\d+)(?:\.[a-z0-9_]+)?\.tmp$")
+
+
+def is_stale_temp(tmp: Path) -> bool:
+    """Whether the temporary ``tmp`` (``.NAME.HOST-PID[.XXXX].tmp``) was left by a dead writer.
+
+    Same host: its process is gone. Another host (a shared disk): untouched for
+    ``FOREIGN_TMP_AGE_S``. A ``.tmp`` name without that tag (written by an older version) is
+    stale once untouched for ``FOREIGN_TMP_AGE_S`` too.
+
+    >>> is_stale_temp(Path(".latest.nohost-999999999.k2j1.tmp"))   # doctest: +SKIP
+    False
+    """
+    m = _TEMP_RE.match(tmp.name)
+    if m and m["host"] == _owner_tag().rpartition("-")[0]:
+        return not pid_alive(int(m["pid"]))
+    try:
+        return time.time() - tmp.lstat().st_mtime > FOREIGN_TMP_AGE_S
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``path`` (``.NAME.*.tmp`` beside it) that dead writers left
+    (killed during :func:`atomic_write_bytes` or :func:`atomic_folder`); returns them.
+
+    >>> remove_stale_temps("runs/a/checkpoints/latest")                     # doctest: +SKIP
+    [PosixPath('runs/a/checkpoints/.latest.host-4242.k2j1.tmp')]
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = f"{glob.escape('.' + path.name)}.*.tmp"
+    return _remove([t for t in path.parent.glob(pattern) if is_stale_temp(t)])
+
+
+def remove_stale_temps_in(folder: str | os.PathLike, everything: bool = False) -> list[Path]:
+    """The stale temporaries (``.*.tmp``, see :func:`is_stale_temp`) directly in ``folder``;
+    ``everything=True`` removes every ``.*.tmp`` (for a folder its owner holds locked)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return _remove([t for t in folder.glob(".*.tmp") if everything or is_stale_temp(t)])
+
+
+def _remove(paths: list[Path]) -> list[Path]:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return paths
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary is ``.NAME.HOST-PID.XXXX.tmp``; leftovers of killed writers of the same
+    ``path`` are removed first (:func:`remove_stale_temps`), so none outlives the next write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -76,7 +158,8 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     ...     model.save_pretrained(tmp)
     """
     out = Path(out)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    tmp = out.parent / f".{out.name}.{_owner_tag()}.tmp"
+    remove_stale_temps(out)  # folders of killed earlier attempts
     shutil.rmtree(tmp, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

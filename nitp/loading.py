@@ -18,7 +18,7 @@ from typing import Iterator
 from .errors import UserError, first_line
 from .io import atomic_folder
 from .records import cache_dir
-from .runs import is_gguf_file, resolve_checkpoint, weights_hash
+from .runs import is_gguf_file, resolve_checkpoint, weight_files, weights_hash
 
 OFFLINE_FLAGS = (
     ("datasets.config", "HF_DATASETS_OFFLINE"),
@@ -78,6 +78,7 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
     gguf, out = Path(gguf), Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder")
+    _check_writable(out.parent)  # a read-only place fails now, not after the conversion
     kwargs = {"gguf_file": gguf.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
@@ -98,11 +99,25 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    with atomic_folder(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "nitp_source.txt").write_text(f"converted from {gguf.resolve()}\n")
+    try:
+        with atomic_folder(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "nitp_source.txt").write_text(f"converted from {gguf.resolve()}\n")
+    except Exception as e:  # noqa: BLE001 - a full disk (SafetensorError) or a read-only folder
+        raise UserError(
+            f"--out {out}: could not be written ({type(e).__name__}: {first_line(e, 100)}); "
+            "free disk space, check its permissions or choose another folder"
+        ) from None
     return out
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a hidden folder in ``folder``: ``OSError`` naming it when that fails."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".nitp-write-check."))
 
 
 def load_config(path: str | os.PathLike):
@@ -132,17 +147,29 @@ def check_tokenizer_files(folder: Path) -> None:
         )
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """The model's own tokenizer; ``UserError`` when the folder carries none (never a guess)."""
+def load_tokenizer(path: str | os.PathLike, *, tokenizer_source: bool = False):
+    """The model's own tokenizer; ``UserError`` when the folder carries none (never a guess).
+
+    ``path`` is anything :func:`model_folder` takes. With ``tokenizer_source=True`` (a data
+    config's ``tokenizer:``) it may also be a folder holding only tokenizer files, or a hub name
+    (read from the local hub cache when offline).
+    """
     from transformers import AutoTokenizer
 
-    folder = model_folder(path)
-    check_tokenizer_files(folder)
+    p = Path(path).expanduser()
+    if tokenizer_source and not (p / "config.json").is_file() and not is_gguf_file(p):
+        folder = p if p.exists() else str(path)
+        if p.is_dir():
+            check_tokenizer_files(p)
+    else:
+        folder = model_folder(path)
+        check_tokenizer_files(folder)
     try:
         return AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
         raise UserError(
-            f"{folder}: no usable tokenizer files ({type(e).__name__}); save the tokenizer beside the weights"
+            f"{folder}: no usable tokenizer ({type(e).__name__}: {first_line(e, 120)}); "
+            "save the tokenizer beside the weights (tokenizer.save_pretrained)"
         ) from None
 
 
@@ -196,3 +223,97 @@ def check_weights_readable(path: str | os.PathLike) -> None:
             raise UserError(
                 f"{f}: damaged or truncated weight file ({type(e).__name__}); re-save or re-download the model"
             ) from None
+
+
+# ----------------------------------------------------------------------------- before loading
+def check_model_files(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None) -> Path:
+    """Everything about a model folder that can fail, checked before any cache lookup or load.
+
+    Its config.json parses, its tokenizer loads (a missing or garbage tokenizer is one line here,
+    never a cached score of another model), every weight file opens, and its parameters fit in
+    the memory of ``device`` (:func:`check_memory`). Returns the Hugging Face folder to load.
+    """
+    folder = model_folder(path)
+    load_config(folder)
+    load_tokenizer(folder)
+    check_memory(folder, device=device, dtype=dtype)  # from the headers only: before opening the weights
+    check_weights_readable(folder)
+    return folder
+
+
+SAFETENSORS_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2}
+
+
+def parameter_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
+    """Bytes the model's parameters take once loaded in ``dtype`` (None: as stored), read from the
+    safetensors headers without loading a tensor (other weight formats: their file sizes).
+
+    ``bytes = sum over tensors of numel x itemsize(dtype)``; e.g. 135M parameters in bfloat16 ->
+    270 MB.
+    """
+    import json
+    import struct
+
+    import torch
+
+    itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size() if dtype else None
+    total = 0
+    for f in weight_files(Path(path)):
+        if f.suffix != ".safetensors":
+            total += f.stat().st_size
+            continue
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            numel = 1
+            for d in t["shape"]:
+                numel *= int(d)
+            total += numel * (itemsize or SAFETENSORS_ITEMSIZE.get(t["dtype"], 1))
+    return total
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Free bytes where the model will live: the GPU's free memory for cuda devices, else the
+    machine's available memory (psutil, else /proc/meminfo MemAvailable); None when unknown."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        return int(torch.cuda.mem_get_info(index)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def check_memory(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None) -> None:
+    """``UserError`` naming the model, its size and the free memory when its parameters alone
+    exceed the memory available on ``device`` (checked before anything is allocated)."""
+    import struct
+
+    folder = Path(path)
+    try:
+        need = parameter_bytes(folder, dtype)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return  # a damaged header: check_weights_readable names the file
+    free = available_memory(device)
+    if free is not None and need > free:
+        where = "GPU memory" if str(device).startswith("cuda") else "memory"
+        raise UserError(
+            f"{folder}: the model's parameters need {_gib(need)} ({dtype or 'as stored'}) but only "
+            f"{_gib(free)} of {where} is available on {device}; free memory, use a smaller dtype or a larger machine"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

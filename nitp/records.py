@@ -7,8 +7,11 @@ Record::
      "versions": {...}, "scores": {...}}
 
 The cache stores one JSON value per *unit* of work (a benchmark, an MTEB task, a layer) under
-``cache_dir()/<kind>/<weights hash>/<unit>-<settings digest>.json``, so a killed evaluation
-resumes from its finished units and two checkpoints never share a result.
+``cache_dir()/<kind>/<model key>/<unit>-<settings digest>.json``, so a killed evaluation
+resumes from its finished units and two models never share a result. The model key
+(:func:`model_identity`) covers the weights *and* the files beside them that change scores
+(config.json, generation_config.json, the tokenizer files): the same weights with another
+tokenizer or config are another model.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable
 
 from .errors import UserError
 from .io import atomic_write_json, json_default
+from .runs import checkpoint_info, resolve_checkpoint
 
 RECORD_SCHEMA = "nitp.record/1"
 
@@ -77,7 +81,56 @@ def default_record_path(model: dict, kind: str, tag: str) -> Path:
 def write_record(path: str | os.PathLike, record: dict) -> Path:
     if record.get("schema") != RECORD_SCHEMA or "kind" not in record:
         raise ValueError("not a nitp result record (use make_record)")
-    return atomic_write_json(path, record)
+    return _write_json(path, record)
+
+
+def _write_json(path: str | os.PathLike, value: Any) -> Path:
+    """``atomic_write_json``; an OSError without a file name (disk full, file too large) gets ``path``."""
+    try:
+        return atomic_write_json(path, value)
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+def check_output(path: str | os.PathLike | None, option: str = "--out", folder: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written later.
+
+    ``path`` is a file to write (``folder=False``) or a folder to create or fill (``folder=True``).
+    Checked: it is not the wrong kind of thing (a folder where a file goes, a file where a folder
+    goes), no parent is a file, and the nearest existing folder accepts a new file (a probe file
+    is created and removed: this also catches read-only mounts and root-owned folders).
+    ``UserError`` naming ``option`` and the path; None is accepted (no output asked for).
+
+    >>> check_output("results/x.json")                                      # doctest: +SKIP
+    """
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir() and not folder:
+        raise UserError(f"{option} {path}: is a folder; give a file name (e.g. {p / 'record.json'})")
+    if p.exists() and not p.is_dir() and folder:
+        raise UserError(f"{option} {path}: is a file; give a folder")
+    existing = p if p.is_dir() else p.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is a file, so nothing can be created under it")
+    _probe_writable(existing, option, path)
+
+
+def _probe_writable(folder: Path, option: str, path) -> None:
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".nitp-probe-")
+    except OSError as e:
+        raise UserError(
+            f"{option} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable place"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def read_record(path: str | os.PathLike) -> dict:
@@ -95,6 +148,52 @@ def read_record(path: str | os.PathLike) -> dict:
     return rec
 
 
+# files beside the weights that never change a score: training metadata, provenance, the marker
+IGNORED_MODEL_FILES = {"nitp_meta.json", "nitp_source.txt", "COMPLETE", "README.md", "trainer_state.json"}
+MODEL_FILE_SUFFIXES = {".json", ".txt", ".model", ".jinja", ".tiktoken", ".py"}
+
+
+def model_files_hash(folder: str | os.PathLike) -> str:
+    """sha256 over the small files beside the weights that change scores (names + bytes).
+
+    That is config.json, generation_config.json, every tokenizer file (tokenizer.json,
+    tokenizer_config.json, vocab / merges, special tokens, chat template) and sentence-transformers
+    settings; the weight files, the projector and :data:`IGNORED_MODEL_FILES` are left out.
+    A ``.gguf`` file carries its config and tokenizer inside its weights: the hash of nothing.
+    """
+    h = hashlib.sha256()
+    root = Path(folder)
+    files = sorted(root.rglob("*")) if root.is_dir() else []
+    for f in files:
+        rel = f.relative_to(root)
+        if (
+            f.is_file()
+            and f.suffix in MODEL_FILE_SUFFIXES
+            and f.name not in IGNORED_MODEL_FILES
+            and not any(part.startswith(".") or part == "trainer_state" for part in rel.parts)
+        ):
+            h.update(rel.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def model_identity(path: str | os.PathLike) -> dict:
+    """What a record says about a model, and the key its cached results live under.
+
+    ``runs.checkpoint_info`` of the folder asked for (its path, run, step, objective, weights
+    ``hash``), plus ``files_hash`` (:func:`model_files_hash`) and
+    ``key = sha256(weights hash + files hash)``: the one model key of the record cache (bench,
+    mteb, geom) and of mteb's result cache (its revision).
+
+    >>> model_identity("runs/tiny/checkpoints/step_000008")["key"][:8]      # doctest: +SKIP
+    '3f09c2aa'
+    """
+    info = checkpoint_info(path)
+    ckpt = resolve_checkpoint(path)
+    info["files_hash"] = model_files_hash(ckpt)
+    info["key"] = hashlib.sha256(f"{info['hash']}:{info['files_hash']}".encode()).hexdigest()
+    return info
+
+
 def settings_digest(settings: dict) -> str:
     """A short, order-independent digest of a JSON-able settings dict."""
     blob = json.dumps(settings, sort_keys=True, default=json_default)
@@ -102,9 +201,11 @@ def settings_digest(settings: dict) -> str:
 
 
 class RecordCache:
-    """Find-or-compute of one unit of work (a task, a layer), keyed by weights hash + settings.
+    """Find-or-compute of one unit of work (a task, a layer), keyed by model key + settings.
 
-    >>> cache = RecordCache("bench", model_hash="ab12...")                # doctest: +SKIP
+    ``model_hash`` is ``model_identity(path)["key"]`` (weights, config and tokenizer files).
+
+    >>> cache = RecordCache("bench", model_identity(ckpt)["key"])         # doctest: +SKIP
     >>> value, cached = cache.find_or_compute("arc_challenge", {"shots": 25}, run_task)  # doctest: +SKIP
     """
 
@@ -135,7 +236,7 @@ class RecordCache:
             "settings": settings,
             "value": value,
         }
-        return atomic_write_json(self.path(unit, settings), entry)
+        return _write_json(self.path(unit, settings), entry)
 
     def find_or_compute(
         self, unit: str, settings: dict, compute: Callable[[], Any], redo: bool = False

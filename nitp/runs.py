@@ -14,13 +14,14 @@ A checkpoint of a run counts only when its ``COMPLETE`` marker exists; folders b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import UserError
 
@@ -178,3 +179,75 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
         info["objective"] = cfg.get("objective")
         info["preset"] = (cfg.get("model") or {}).get("preset")
     return info
+
+
+# ----------------------------------------------------------------------------- run lock
+def lock_path(run_dir: str | os.PathLike) -> Path:
+    """``PARENT/.RUN.lock``: beside the run directory, so it can be held before the run exists."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, what: str = "nitp-train") -> Iterator[Path]:
+    """Hold the run directory exclusively for the block: a second holder is refused in one line.
+
+    The lock is ``fcntl.flock`` on :func:`lock_path` (taken without waiting); the file names its
+    holder (pid, host, start time) and is removed when the block ends. A killed holder's lock
+    is released by the kernel with its process, and the next start takes it over. Parent
+    folders it had to create are removed again when they are still empty.
+
+    >>> with run_lock("runs/tiny"):                                         # doctest: +SKIP
+    ...     train(cfg, "runs/tiny")
+    """
+    path = lock_path(run_dir)
+    made = _missing_parents(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path, run_dir, what)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still held: a waiter that locked the old file retries
+        os.close(fd)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _acquire(path: Path, run_dir, what: str) -> int:
+    """Lock ``path`` (retrying when the file was replaced while we waited); write the holder."""
+    import datetime
+    import fcntl
+    import socket
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{run_dir}: in use by {holder}; wait for it to finish or choose another --run-dir"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file as we locked it: take the new one
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{what} pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+    return fd
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing

@@ -1,10 +1,15 @@
 """nitp: nitp_train.
 
-``from nitp_train import wrap_model`` gives the NITP drop-in wrapper (``nitp_train.dropin``);
-it is imported on first use so that ``nitp-train --help`` stays instant.
+``from nitp_train import wrap_model`` gives the NITP drop-in wrapper (the ``nitp_train.dropin``
+package); it is imported on first use so that ``nitp-train --help`` stays instant.
 """
 
-_LAZY = {"wrap_model": "nitp_train.dropin", "NITPWrapped": "nitp_train.dropin"}
+_LAZY = {
+    "wrap_model": "nitp_train.dropin",
+    "NITPWrapped": "nitp_train.dropin",
+    "unwrap": "nitp_train.dropin",
+    "add_nitp_callback": "nitp_train.dropin",
+}
 
 
 def __getattr__(name):

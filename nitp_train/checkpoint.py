@@ -10,6 +10,11 @@ FSDP2 runs keep the optimizer (and a copy of the model) sharded: every rank writ
 to ``trainer_state/distributed/`` with ``torch.distributed.checkpoint`` (no ``optimizer.pt``),
 which a resume at any world size reads back; the model folder beside it is still the full,
 consolidated Hugging Face export.
+
+Nothing in ``trainer_state/`` is unpickled: ``optimizer.pt``, ``scheduler.pt`` and ``rng.pt``
+hold only tensors and plain containers and are read with ``torch.load(weights_only=True)``
+(the numpy and Python RNG states are stored as lists of ints); ``state.json`` carries
+``trainer_state_format`` and checkpoints of older versions (pickled RNG state) are refused.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import numpy as np
 import torch
 
 from nitp.errors import UserError, first_line
-from nitp.io import atomic_write_json, atomic_write_text
+from nitp.io import atomic_write_json, atomic_write_text, remove_stale_temps_in
 from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
 
 SHARDED_DIR = "distributed"  # inside trainer_state/: torch.distributed.checkpoint files of all ranks
+STATE_FORMAT = 2  # 2: no pickle in trainer_state/ (1, unmarked: pickled numpy / Python RNG state)
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
@@ -61,11 +67,36 @@ def save(
     ``sharded=True``: the ranks already wrote the optimizer into ``start()``'s staging folder
     (``save_sharded``); ``optim_sd`` is then ``None`` and the folder is completed, not replaced.
     """
-    from safetensors.torch import save_file
-
     ckdir = Path(run_dir) / "checkpoints"
     final = ckdir / checkpoint_name(step)
-    tmp = staging_dir(run_dir, step) if sharded else start(run_dir, step)
+    tmp = staging_dir(run_dir, step)
+    try:
+        if not sharded:
+            start(run_dir, step)
+        _write_staging(tmp, final, model_sd, optim_sd, scheduler, model, tokenizer, meta, state)
+        if final.exists():  # same step written by an earlier, interrupted attempt
+            remove_checkpoint(final)
+        os.replace(tmp, final)
+        atomic_write_text(ckdir / "latest", final.name)
+        for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+            remove_checkpoint(old)
+    except Exception as e:  # noqa: BLE001 - a full disk or lost permission: one line, no half folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = [p.name for p in list_checkpoints(run_dir)]
+        raise UserError(
+            f"checkpoint {final.name} could not be written to {ckdir} ({type(e).__name__}: {first_line(e)}); "
+            f"free disk space or fix permissions, then rerun with --resume "
+            f"(last complete checkpoint: {done[-1] if done else 'none'})"
+        ) from None
+    except BaseException:  # Ctrl-C / SIGTERM while writing: complete-or-absent
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_staging(tmp: Path, final: Path, model_sd, optim_sd, scheduler, model, tokenizer, meta, state):
+    """Every file of a checkpoint into its staging folder; ``COMPLETE`` last."""
+    from safetensors.torch import save_file
 
     lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
     head_sd = {
@@ -85,27 +116,44 @@ def save(
     if optim_sd is not None:
         torch.save(optim_sd, st / "optimizer.pt")
     torch.save(scheduler.state_dict(), st / "scheduler.pt")
-    torch.save(
-        {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        st / "rng.pt",
-    )
-    atomic_write_json(st / "state.json", state)
-    atomic_write_text(
-        tmp / COMPLETE_MARKER, f"{final.name}\n"
-    )  # last file: readers trust only marked folders
+    torch.save(rng_state(), st / "rng.pt")
+    atomic_write_json(st / "state.json", {**state, "trainer_state_format": STATE_FORMAT})
+    atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
 
-    if final.exists():  # same step written by an earlier, interrupted attempt
-        remove_checkpoint(final)
-    os.replace(tmp, final)
-    atomic_write_text(ckdir / "latest", final.name)
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        remove_checkpoint(old)
-    return final
+
+def rng_state() -> dict:
+    """Every RNG the trainer draws from, as tensors and lists of ints (loadable without pickle).
+
+    ``{"torch": ByteTensor, "cuda": [ByteTensor] | None, "numpy": {"bit_generator": "MT19937",
+    "state": {"key": [624 ints], "pos": int}, "has_gauss": int, "gauss": float},
+    "python": [version, [625 ints], gauss_next]}``.
+
+    >>> set_rng_state(rng_state())  # a no-op round trip
+    """
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"] = {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np_state,
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(rng["torch"])
+    np_state = dict(rng["numpy"])
+    np_state["state"] = {
+        "key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+        "pos": np_state["state"]["pos"],
+    }
+    np.random.set_state(np_state)
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -126,6 +174,8 @@ def load_trainer_state(ckpt: Path) -> dict:
     """
     try:
         return _read_trainer_state(Path(ckpt) / "trainer_state")
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - any damage to these files is bad input for --resume
         raise UserError(
             f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {first_line(e)}); "
@@ -138,32 +188,111 @@ def _read_trainer_state(st: Path) -> dict:
     for key in ("step", "tokens_seen", "next_batch"):
         if key in state and (not isinstance(state[key], int) or state[key] < 0):
             raise ValueError(f"state.json {key}={state[key]!r} is not a count")
-    rng = torch.load(st / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    check_state_format(st, state)
     full = st / "optimizer.pt"
-    return {
-        "optimizer": torch.load(full, weights_only=False) if full.is_file() else None,
+    saved = {
+        "optimizer": load_plain(full) if full.is_file() else None,
         "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
-        "scheduler": torch.load(st / "scheduler.pt", weights_only=False),
+        "scheduler": load_plain(st / "scheduler.pt"),
         "state": state,
     }
+    set_rng_state(load_plain(st / "rng.pt"))  # last: a refused file leaves the RNGs untouched
+    return saved
+
+
+def check_state_format(st: Path, state: dict) -> None:
+    """Refuse trainer state of older versions (pickled RNG state) without reading it."""
+    if state.get("trainer_state_format") != STATE_FORMAT:
+        raise UserError(
+            f"{st}: written by an older nitp with pickled trainer state, which nitp no longer unpickles; "
+            f"re-train, or load {st.parent.name} as a model (model.init_from) to continue without its optimizer"
+        )
+
+
+def load_plain(path: Path):
+    """``torch.load`` of tensors and plain containers only; anything needing unpickling is refused."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e):
+            raise
+        raise UserError(
+            f"{path}: holds Python objects beyond tensors and plain values (it would need unpickling, "
+            "which could run code; nitp never does); the file was tampered with or not written by nitp: "
+            "re-train or resume from a checkpoint you trust"
+        ) from None
 
 
 def load_head(ckpt: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     path = Path(ckpt) / "nitp_head.safetensors"
-    return load_file(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file is bad input for --resume
+        raise UserError(_damaged(path, e)) from None
+
+
+def _damaged(path: Path, e: BaseException) -> str:
+    ckpt = path.parent if path.parent.name != "trainer_state" else path.parent.parent
+    return (
+        f"{path}: damaged ({type(e).__name__}: {first_line(e, 100)}); "
+        f"move {ckpt.name} aside to resume from the checkpoint before it"
+    )
+
+
+def verify(ckpt: Path) -> None:
+    """Before a resume loads anything: the checkpoint's JSON files parse and its safetensors
+    files are whole (header and data length); :func:`load_trainer_state` checks the rest.
+
+    Raises ``UserError`` naming the damaged file and the fix (move the checkpoint aside).
+    """
+    ckpt = Path(ckpt)
+    for name in ("config.json", "nitp_meta.json", "tokenizer.json", "tokenizer_config.json"):
+        path = ckpt / name
+        if path.is_file() or name == "config.json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise UserError(_damaged(path, e)) from None
+    for path in sorted(ckpt.glob("*.safetensors")):
+        _check_safetensors(path)
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file holds every byte it promises (a truncated copy fails)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if path.stat().st_size < 8 + n + end:
+            raise ValueError(f"{path.stat().st_size} bytes, the header promises {8 + n + end}")
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, MemoryError) as e:
+        raise UserError(_damaged(path, e)) from None
 
 
 def clean_partial(run_dir: Path) -> None:
     """Remove half-written (``.step_N.tmp``) and half-deleted (``.step_N.del``) checkpoint
-    folders left by a killed run."""
+    folders and the temporaries of atomic writes (``.NAME.*.tmp``) left by a killed run."""
     ckdir = Path(run_dir) / "checkpoints"
     if ckdir.is_dir():
         for p in [*ckdir.glob(".step_*.tmp"), *ckdir.glob(".step_*.del")]:
             shutil.rmtree(p, ignore_errors=True)
+    for folder in (Path(run_dir), ckdir):  # .latest.*.tmp, .config.yaml.*.tmp, ... of killed writes
+        remove_stale_temps_in(folder, everything=True)  # the caller holds the run lock
+
+
+def verify_resume(run_dir: Path, resume: bool) -> None:
+    """On ``--resume`` of a run with checkpoints, :func:`verify` the one it will resume from."""
+    from nitp.runs import resolve_checkpoint
+
+    run_dir = Path(run_dir)
+    if resume and (run_dir / "config.yaml").is_file() and list_checkpoints(run_dir):
+        verify(resolve_checkpoint(run_dir))

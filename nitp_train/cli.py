@@ -12,7 +12,7 @@ from typing import List
 
 import typer
 
-from nitp.errors import user_errors
+from nitp.errors import on_interrupt, user_errors
 
 app = typer.Typer(
     help="Pre-train Hugging Face causal LMs with NTP or NITP.",
@@ -68,6 +68,7 @@ def run(
         raise UserError(f"--world-size {world_size}: only plans a --dry-run; launch with torchrun to train")
     from .trainer import train
 
+    on_interrupt("the run keeps its last complete checkpoint; rerun with --resume to continue")
     train(cfg, run_dir or Path("runs") / cfg["run_name"], resume=resume)
 
 
@@ -104,8 +105,8 @@ def prepare(
     batch_docs: int = typer.Option(256, help="Documents per encode_batch call."),
 ):
     """Tokenize a corpus into memory-mapped shards, streaming and resumable (point data.prepared_dir at OUT to share it)."""
+    from .config_model import check_value
     from .data import prepare as prepare_data
-    from .schema import check_value
 
     settings = {
         "corpus": corpus,
@@ -119,6 +120,7 @@ def prepare(
     }
     for key, value in settings.items():
         check_value(f"data.{key}", value)
+    on_interrupt("the preparation keeps its committed progress; rerun the same command to continue")
     prepare_data({**settings, "seq_len": 2}, out)
 
 
@@ -136,6 +138,7 @@ def export(
         raise UserError(f"{gguf}: no such file; give the path of a GGUF model file")
     if not is_gguf_file(gguf):
         raise UserError(f"{gguf}: not a .gguf file; give the path of a GGUF model file")
+    on_interrupt(f"nothing was written to {out}; rerun the same command")
     print(export_gguf(gguf, out))
 
 

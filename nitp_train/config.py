@@ -7,7 +7,6 @@ in ``config.yaml``; see docs/contracts.md for the schema and configs/ for exampl
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import re
 from pathlib import Path
@@ -18,65 +17,9 @@ import yaml
 from nitp.errors import UserError
 from nitp.layers import check_layer
 
+from .config_model import DEFAULT_PRESET, DEFAULTS, TARGET_WORDS, check_model, validate
 from .models import make_config, resolve_preset
-from .schema import check_schema
 
-DEFAULTS: dict[str, Any] = {
-    "run_name": None,
-    "seed": 0,
-    "objective": "nitp",  # ntp | nitp
-    "model": {"preset": "tiny-dense"},  # + any preset / transformers config field
-    "nitp": {
-        "target_layer": None,  # null -> the preset's (paper: ~20% of depth); or middle | deep
-        "lambda": None,  # null -> the preset's (paper: 1.0, 0.8 at 3B/9B, 0.6 at 45B)
-        "shift": 1,  # 1 = next token (NITP); 0 = same position
-        "loss": "cosine",  # cosine | mse | smooth_l1 | kl
-        "stop_grad": True,
-        "projector": "swiglu",  # swiglu | linear | none
-        "start_step": 0,
-    },
-    # baseline regulariser: "hidden" = mean pairwise cosine of final hidden states (the NITP paper's
-    # baseline); "embedding" = Gao et al. (2019), mean pairwise cosine of the output embedding rows
-    "cos_reg": {"weight": 0.0, "kind": "hidden"},
-    "data": {
-        "corpus": "builtin",  # builtin | file or folder (.txt/.jsonl/.parquet) | HF dataset name
-        "text_field": "text",
-        "tokenizer": None,  # null -> byte-level BPE trained on the corpus
-        "vocab_size": None,  # null -> model.vocab_size
-        "seq_len": 256,
-        "val_fraction": 0.05,
-        "seed": 0,
-        "prepared_dir": None,  # null -> RUN/data
-        "workers": None,  # tokenizer processes; null -> one per CPU core (at most 8)
-        "batch_docs": 256,  # documents per encode_batch call
-    },
-    "train": {
-        "steps": None,  # give steps or tokens; both null -> 300 steps
-        "tokens": None,  # token budget: steps = ceil(tokens / (global_batch x seq_len))
-        "global_batch": None,  # sequences per optimizer step; null -> batch_size x grad_accum x world
-        "batch_size": 16,  # sequences per micro-batch per process
-        "grad_accum": None,  # null -> global_batch / (batch_size x world)
-        "lr": None,  # null -> the preset's
-        "warmup_steps": 30,  # paper: 2000
-        "warmup_start_ratio": 0.0,  # lr at step 0 = this x lr (a linear ramp from 0)
-        "decay_ratio": 0.2,  # paper: last 20% of steps
-        "decay_type": "cosine",  # decay shape: linear | cosine | 1-sqrt
-        "min_lr_ratio": 0.1,  # floor at the end of the decay = this x lr
-        "weight_decay": 0.1,
-        "betas": [0.9, 0.95],
-        "eps": 1.0e-8,
-        "grad_clip": 1.0,
-        "device": "auto",  # auto | cpu | cuda
-        "dtype": "auto",  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
-        "compile": False,
-        "parallel": "ddp",  # ddp | fsdp (under torchrun)
-        "threads": None,  # torch CPU threads; null -> torch's default
-        "loss_chunk": 0,  # > 0: next-token CE in chunks of N positions (no [B, T, V] float32 logits)
-        "activation_checkpointing": False,  # recompute each block in backward (HF gradient checkpointing)
-    },
-    "log": {"every": 10, "geom_every": 50, "eval_every": 100, "eval_batches": 8},
-    "checkpoint": {"every": 100, "keep_last": 3},
-}
 DEFAULT_STEPS = 300
 
 # Settings that may change when a run is resumed (they do not change the trajectory).
@@ -104,30 +47,20 @@ RECIPES: dict[str, str] = {
     "moe-9b-a1b": "paper-moe-9b-a1b-nitp.yaml",
     "moe-45b-a5.5b": "paper-moe-45b-a5.5b-nitp.yaml",
 }
-# Depth-relative target layers an ablation can name (the paper's "middle" and "deep" targets).
-TARGET_WORDS = {"middle": 0.5, "deep": 0.75}
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` over ``base``: sections merge key by key, ``model`` field by field; every other
+    value replaces (the types are checked once, on the merged result: :func:`validate`)."""
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
         key = str(key)
-        path = f"{where}{key}"
-        if key not in base and where != "model.":
-            near = difflib.get_close_matches(key, list(base), n=1)
-            raise UserError(
-                f"unknown config key {path!r}" + (f" (did you mean {where}{near[0]}?)" if near else "")
-            )
-        if isinstance(base.get(key), dict) and key != "model":
-            if not isinstance(value, dict):
-                raise UserError(f"config key {path!r} must be a mapping")
-            out[key] = _merge(base[key], value, f"{path}.")
-        elif key == "model":
-            if not isinstance(value or {}, dict):
-                raise UserError(
-                    f"config key 'model'={value!r}: must be a mapping, e.g. model: {{preset: tiny-dense}}"
-                )
-            out[key] = {**base[key], **{str(k): _coerce_number(v) for k, v in (value or {}).items()}}
+        if key == "model" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **{str(k): _coerce_number(v) for k, v in value.items()}}
+        elif key == "model" and value is None:
+            continue  # "model:" with nothing under it
+        elif isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = _merge(out[key], value)
         else:
             out[key] = _coerce_number(value)
     return out
@@ -252,18 +185,36 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def resolve(cfg: dict) -> dict:
-    """Expand the preset, fill preset-dependent nulls, and validate; returns a new dict."""
-    cfg = copy.deepcopy(cfg)
-    check_schema(cfg)
+    """Type-check ``cfg`` (:func:`nitp_train.config_model.validate`), expand the preset, fill the
+    preset-dependent nulls, and check the rules across keys; returns a new plain dict.
+
+    A preset's recipe fills what the config leaves null: ``nitp.target_layer``, ``nitp.lambda``,
+    ``train.lr``, and for a preset with a token budget (the paper's sizes) ``train.global_batch``
+    and, when neither ``train.steps`` nor ``train.tokens`` is given, ``train.tokens``.
+    """
+    cfg = validate(cfg)
+    check_model(cfg["model"])
     model = dict(cfg["model"])
     if model.get("init_from"):  # continued pre-training of an existing model (init_from.py)
-        from .init_from import model_spec
+        from .init_from import fill_cpt_defaults, model_spec
 
-        preset, spec = "init_from", model_spec(model, cfg, DEFAULTS)
+        preset, spec = "init_from", model_spec(model)
     else:
-        preset = model.pop("preset", None) or "tiny-dense"
+        preset = model.pop("preset", None) or DEFAULT_PRESET
         spec = resolve_preset(preset, model)
         make_config(spec)  # validates every model field (unknown keys name the nearest)
+    _fill_from_recipe(cfg, spec)
+    if preset == "init_from":
+        fill_cpt_defaults(cfg, spec)
+    cfg["model"] = {"preset": preset, **spec}
+    if cfg["run_name"] is None:
+        cfg["run_name"] = f"{preset}-{cfg['objective']}"
+    _validate(cfg)
+    return cfg
+
+
+def _fill_from_recipe(cfg: dict, spec: dict) -> None:
+    """The nulls of ``cfg`` that the preset's recipe (``spec``) or a general default fills."""
     nitp, train, data = cfg["nitp"], cfg["train"], cfg["data"]
     n_layers = spec["num_hidden_layers"]
     if nitp["target_layer"] is None:
@@ -276,17 +227,18 @@ def resolve(cfg: dict) -> dict:
         train["lr"] = spec.get("lr", 1e-3)
     if data["vocab_size"] is None:
         data["vocab_size"] = spec["vocab_size"]
+    has_budget = spec.get("tokens") is not None
+    if has_budget and train["global_batch"] is None:
+        train["global_batch"] = spec["global_batch"]
     if train["steps"] is None and train["tokens"] is None:
-        train["steps"] = DEFAULT_STEPS
-    cfg["model"] = {"preset": preset, **spec}
-    if cfg["run_name"] is None:
-        cfg["run_name"] = f"{preset}-{cfg['objective']}"
-    _validate(cfg)
-    return cfg
+        if has_budget:
+            train["tokens"] = spec["tokens"]
+        else:
+            train["steps"] = DEFAULT_STEPS
 
 
 def _validate(cfg: dict) -> None:
-    """Rules across keys (each key's own type and range: ``nitp_train.schema.SCHEMA``)."""
+    """Rules across keys (each key's own type and range: ``nitp_train.config_model.Config``)."""
     nitp, train, data, model = cfg["nitp"], cfg["train"], cfg["data"], cfg["model"]
     nitp["target_layer"] = check_layer(
         nitp["target_layer"], model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"

@@ -146,7 +146,15 @@ def _file_documents(path: Path, text_field: str) -> Iterator[Iterator[str]]:
                     if line.strip():
                         yield _split_long(_json_text(line, text_field, path, i))
             else:
-                yield _line_blocks(f)
+                yield _utf8_only(_line_blocks(f), path)
+    except UnicodeDecodeError:
+        raise UserError(f"corpus {path}: not UTF-8 text (convert it to UTF-8)") from None
+
+
+def _utf8_only(blocks: Iterator[str], path: Path) -> Iterator[str]:
+    """``blocks``, with a decoding error (met while the caller reads them) as one line."""
+    try:
+        yield from blocks
     except UnicodeDecodeError:
         raise UserError(f"corpus {path}: not UTF-8 text (convert it to UTF-8)") from None
 
@@ -167,7 +175,7 @@ def _split_long(text: str, limit: int = PIECE_CHARS) -> list[str]:
 
 def _line_blocks(f, block_chars: int = PIECE_CHARS) -> Iterator[str]:
     block, size = [], 0
-    for line in f:
+    for line in iter(lambda: f.readline(block_chars), ""):  # a huge line comes in bounded parts
         block.append(line)
         size += len(line)
         if size >= block_chars:

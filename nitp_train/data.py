@@ -31,6 +31,7 @@ import numpy as np
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
 
+from .config_model import data_defaults
 from .corpus import PIECE_CHARS, is_validation, iter_documents, iter_pieces, load_documents, split_documents
 
 SPECIAL_TOKENS = {
@@ -61,15 +62,14 @@ def train_tokenizer(docs: list[str], vocab_size: int):
 
 
 def load_tokenizer(name_or_path: str):
-    """A Hugging Face tokenizer folder or hub name; pad/eos are filled in when missing."""
-    from transformers import AutoTokenizer
+    """A tokenizer folder, model folder or hub name (read by the one ``nitp.loading.load_tokenizer``);
+    pad/eos are filled in when missing."""
+    from nitp.loading import load_tokenizer as load_model_tokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(
-            f"tokenizer {name_or_path}: could not be loaded ({type(e).__name__}); give a tokenizer folder or null to train one"
-        ) from None
+        tok = load_model_tokenizer(name_or_path, tokenizer_source=True)
+    except UserError as e:
+        raise UserError(f"tokenizer {e}; give a tokenizer folder or null to train one") from None
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": SPECIAL_TOKENS["eos_token"]})
     if tok.pad_token is None:
@@ -78,14 +78,9 @@ def load_tokenizer(name_or_path: str):
 
 
 # ----------------------------------------------------------------------------- shards
-FINGERPRINT_DEFAULTS = {
-    "corpus": "builtin",
-    "text_field": "text",
-    "tokenizer": None,
-    "vocab_size": 4096,
-    "val_fraction": 0.05,
-    "seed": 0,
-}
+# the data settings that determine a prepared folder's content, with the config's defaults
+FINGERPRINT_KEYS = ("corpus", "text_field", "tokenizer", "vocab_size", "val_fraction", "seed")
+FINGERPRINT_DEFAULTS = {k: v for k, v in data_defaults().items() if k in FINGERPRINT_KEYS}
 FORMAT = 2  # 2: streamed, hash-split documents, doc-start index files
 TOKENIZER_SAMPLE_CHARS = 64 << 20  # a trained BPE sees at most this much training text
 FLUSH_TOKENS = 8 << 20  # progress is committed (resumable) at least every this many tokens
@@ -355,7 +350,7 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         gc.freeze()  # forked workers' garbage collection then leaves the parent's pages shared
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_file, eos))
+        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(tok_file, eos))
         gc.unfreeze()
         with pool:
             pending: collections.deque = collections.deque()
@@ -372,6 +367,15 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
 
 
 _WORKER: dict = {}
+
+
+def _init_pool_worker(tokenizer_file: str, eos: int) -> None:
+    """A pool worker leaves Ctrl-C and SIGTERM to the main process (which reports and cleans up)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(tokenizer_file, eos)
 
 
 def _init_worker(tokenizer_file: str, eos: int) -> None:
@@ -477,6 +481,33 @@ class TokenShards:
         self, seq_len: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, int64 array [batch_size, seq_len])`` from batch ``start`` on, forever."""
+        for i, windows in self._batch_windows(seq_len, batch_size, seed, start, rank, world):
+            yield i, self._window_tokens(windows, seq_len)
+
+    def document_batches(
+        self, seq_len: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """:meth:`batches` plus each token's document index: ``(index, tokens, documents)``, both
+        int64 ``[batch_size, seq_len]``, the same windows in the same order.
+
+        ``documents[r, j]`` = the number of the document (in train.bin order) holding token j of
+        window r, ``searchsorted(doc_starts, offset, "right") - 1``; the EOS ending a document
+        belongs to it. The trainer gives them to the NITP pair rule only (no pair crosses a
+        boundary); the model's attention and positions are not changed.
+
+        Example: documents starting at 0 and 5, seq_len 4, window 1 (tokens 4..7) -> [0, 1, 1, 1].
+        """
+        starts = self.doc_starts("train").astype(np.int64)
+        offsets = np.arange(seq_len, dtype=np.int64)
+        for i, windows in self._batch_windows(seq_len, batch_size, seed, start, rank, world):
+            tokens = self._window_tokens(windows, seq_len)
+            positions = windows.astype(np.int64)[:, None] * seq_len + offsets
+            yield i, tokens, np.searchsorted(starts, positions, side="right") - 1
+
+    def _batch_windows(
+        self, seq_len: int, batch_size: int, seed: int, start: int, rank: int, world: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, sorted window numbers [batch_size])`` of this rank's batches, forever."""
         n_windows = len(self.train) // seq_len
         per_step = batch_size * world
         if n_windows < per_step:
@@ -491,9 +522,11 @@ class TokenShards:
             perm = np.random.default_rng([seed, epoch]).permutation(n_windows)
             while j < steps_per_epoch:
                 lo = (j * world + rank) * batch_size
-                idx = np.sort(perm[lo : lo + batch_size])
-                yield i, np.stack([self.train[w * seq_len : (w + 1) * seq_len] for w in idx]).astype(np.int64)
+                yield i, np.sort(perm[lo : lo + batch_size])
                 i, j = i + 1, j + 1
+
+    def _window_tokens(self, windows: np.ndarray, seq_len: int) -> np.ndarray:
+        return np.stack([self.train[w * seq_len : (w + 1) * seq_len] for w in windows]).astype(np.int64)
 
     def val_batches(
         self, seq_len: int, batch_size: int, max_batches: int, rank: int = 0, world: int = 1

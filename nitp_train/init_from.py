@@ -33,9 +33,8 @@ CPT_DECAY_TYPE = "linear"
 SPEC_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
 
 
-def model_spec(model_cfg: dict[str, Any], cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The resolved ``model`` section for ``model.init_from``; fills the data and schedule defaults
-    of continued pre-training into ``cfg`` in place (only values still at their defaults).
+def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved ``model`` section for ``model.init_from``.
 
     Returns ``{"init_from": <model folder>, "source": PATH, "model_type", "num_hidden_layers",
     "hidden_size", "vocab_size", "max_position_embeddings", "target_layer", "lambda", "lr"}``.
@@ -58,14 +57,25 @@ def model_spec(model_cfg: dict[str, Any], cfg: dict[str, Any], defaults: dict[st
     spec["target_layer"] = default_target_layer(int(spec["num_hidden_layers"]))
     spec["lambda"] = 1.0
     spec["lr"] = CPT_LR
+    return spec
+
+
+def fill_cpt_defaults(cfg: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The data and schedule defaults of continued pre-training, filled into ``cfg`` in place where
+    it keeps the general defaults: the source's tokenizer, warm-up = max(1, round(0.02 x steps))
+    (with a step count; a token budget keeps ``train.warmup_steps``), linear decay.
+
+    Example: 50 steps -> ``train.warmup_steps`` 1, ``train.decay_type`` "linear".
+    """
+    from .config_model import DEFAULTS
+
     data, train = cfg["data"], cfg["train"]
     if data["tokenizer"] is None:
-        data["tokenizer"] = str(folder)
-    if train["warmup_steps"] == defaults["train"]["warmup_steps"]:
+        data["tokenizer"] = spec["init_from"]
+    if train["warmup_steps"] == DEFAULTS["train"]["warmup_steps"] and train["steps"] is not None:
         train["warmup_steps"] = max(1, round(CPT_WARMUP_FRACTION * train["steps"]))
-    if train["decay_type"] == defaults["train"]["decay_type"]:
+    if train["decay_type"] == DEFAULTS["train"]["decay_type"]:
         train["decay_type"] = CPT_DECAY_TYPE
-    return spec
 
 
 def load_init_model(spec: dict[str, Any]):

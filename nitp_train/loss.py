@@ -12,9 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nitp.errors import UserError
 from nitp.layers import register_layer_hook
 
-LOSS_KINDS = ("cosine", "mse", "smooth_l1", "kl")
+from .objective import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.loss.LOSS_KINDS
+from .objective import nitp_pairs, nitp_sum
+
 PROJECTORS = ("swiglu", "linear", "none")
 # cos_reg.kind: "hidden" = the NITP paper's baseline (final hidden states of the batch);
 # "embedding" = Gao et al. (2019)'s regulariser of the output word-embedding matrix rows
@@ -29,6 +32,7 @@ def nitp_loss(
     shift: int = 1,
     kind: str = "cosine",
     stop_grad: bool = True,
+    document_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Mean loss between projected last hidden states and shifted target hidden states.
 
@@ -36,8 +40,9 @@ def nitp_loss(
         L = \frac{1}{|V|} \sum_{(b,t) \in V} \ell\big(P(h_{b,t}),\ \mathrm{sg}(z_{b,t+s})\big),
         \qquad \ell_\text{cosine}(p, z) = 1 - \frac{p \cdot z}{\lVert p\rVert \lVert z\rVert}
 
-    where V holds the positions t whose own and shifted positions t+s are both valid (so
-    padding and the last s positions of each sequence are excluded).
+    where V is :func:`nitp_train.objective.nitp_pairs`'s rule: t predicts a real next token,
+    t and t+s are real tokens of the same document (so padding and the last max(s, 1) positions
+    of each row are excluded). ``= sum / count`` of :func:`nitp_train.objective.nitp_sum`.
 
     Parameters
     ----------
@@ -56,6 +61,8 @@ def nitp_loss(
         over the feature axis.
     stop_grad : bool
         Detach z (the paper's setting); ``False`` is the co-adaptation ablation.
+    document_ids : Tensor [B, T] or None
+        Per-token document index of packed rows; no pair crosses a change. ``None`` = one document.
 
     Returns
     -------
@@ -67,33 +74,15 @@ def nitp_loss(
     >>> float(nitp_loss(h, z))   # cos(h_0, z_1) = 0  -> 1 - 0
     1.0
     """
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
-    T = last_hidden.shape[1]
-    pred, tgt = last_hidden[:, : T - shift], target_hidden[:, shift:]
-    if stop_grad:
-        tgt = tgt.detach()
-    if attention_mask is not None:
-        valid = attention_mask[:, : T - shift].bool() & attention_mask[:, shift:].bool()
-        pred, tgt = pred[valid], tgt[valid]  # [N, d]
-    else:
-        pred, tgt = pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1, tgt.shape[-1])
-    if pred.shape[0] == 0:
-        return last_hidden.sum() * 0.0
-    if head is not None:
-        pred = head(pred)
-    pred, tgt = pred.float(), tgt.float()
-    if kind == "cosine":
-        per_pos = 1.0 - F.cosine_similarity(pred, tgt, dim=-1, eps=1e-8)
-    elif kind == "mse":
-        per_pos = (pred - tgt).pow(2).mean(-1)
-    elif kind == "smooth_l1":
-        per_pos = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1)
-    else:  # kl
-        per_pos = F.kl_div(
-            F.log_softmax(pred, -1), F.log_softmax(tgt, -1), log_target=True, reduction="none"
-        ).sum(-1)
-    return per_pos.mean()
+    pairs = nitp_pairs(
+        last_hidden.shape[:2],
+        shift,
+        attention_mask=attention_mask,
+        document_ids=document_ids,
+        device=last_hidden.device,
+    )
+    total, count = nitp_sum(last_hidden, target_hidden, pairs, head, shift, kind, stop_grad)
+    return total / count.clamp(min=1)
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
@@ -148,6 +137,158 @@ def chunked_next_token_ce(
             _chunk_ce_sum, hidden[:, part], lm_head, labels[:, part], use_reentrant=False
         )
     return total / (labels != -100).sum().clamp(min=1)
+
+
+LOSS_IMPLS = ("auto", "plain", "chunked", "chunked_gif", "liger")
+DEFAULT_LOSS_CHUNK = 1024  # positions per chunk when loss_impl names a chunked kind and loss_chunk is 0
+
+
+def resolve_loss_impl(loss_impl: str, loss_chunk: int) -> tuple[str, int]:
+    """``(implementation, chunk size)`` from ``train.loss_impl`` and ``train.loss_chunk``.
+
+    ``auto`` keeps the behaviour from before ``loss_impl`` existed: ``plain`` when
+    ``loss_chunk == 0``, else ``chunked``. A chunked kind with ``loss_chunk == 0`` uses
+    ``DEFAULT_LOSS_CHUNK`` positions; ``plain`` with ``loss_chunk > 0`` is a contradiction.
+
+    Examples
+    --------
+    >>> resolve_loss_impl("auto", 0), resolve_loss_impl("auto", 512), resolve_loss_impl("chunked_gif", 0)
+    (('plain', 0), ('chunked', 512), ('chunked_gif', 1024))
+    """
+    if loss_impl not in LOSS_IMPLS:
+        raise UserError(f"train.loss_impl={loss_impl!r}: use one of {', '.join(LOSS_IMPLS)}")
+    if loss_impl == "auto":
+        return ("chunked", loss_chunk) if loss_chunk > 0 else ("plain", 0)
+    if loss_impl == "plain" and loss_chunk > 0:
+        raise UserError(
+            f"train.loss_impl=plain with train.loss_chunk={loss_chunk}: set loss_chunk to 0 or loss_impl to chunked"
+        )
+    if loss_impl in ("chunked", "chunked_gif") and loss_chunk == 0:
+        return loss_impl, DEFAULT_LOSS_CHUNK
+    return loss_impl, loss_chunk
+
+
+class _LinearCrossEntropyGIF(torch.autograd.Function):
+    """Chunked linear + cross-entropy whose gradients are computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk, need_grads):
+        count = (labels != -100).sum().clamp(min=1)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_h = torch.zeros_like(hidden) if need_grads else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grads else None
+        grad_b = None if bias is None or not need_grads else torch.zeros_like(bias, dtype=torch.float32)
+        for start in range(0, hidden.shape[1], chunk):
+            part = slice(start, start + chunk)
+            h = hidden[:, part].reshape(-1, hidden.shape[-1])
+            ce_sum, grad_logits = _chunk_ce_and_logit_grad(
+                h, weight, bias, labels[:, part].reshape(-1), count
+            )
+            total = total + ce_sum
+            if need_grads:
+                g = grad_logits.to(h.dtype)
+                grad_h[:, part] = (g @ weight.to(h.dtype)).view_as(grad_h[:, part])
+                grad_w += (g.t() @ h).float()
+                if grad_b is not None:
+                    grad_b += grad_logits.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        if grad_h is None:
+            raise RuntimeError("chunked_gif loss: backward of a forward run without gradients")
+        w_dtype, b_dtype = ctx.dtypes
+        grad_h = grad_h * grad_output.to(grad_h.dtype)
+        grad_w = (grad_w * grad_output).to(w_dtype)
+        grad_b = None if grad_b is None else (grad_b * grad_output).to(b_dtype)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def _chunk_ce_and_logit_grad(h, weight, bias, labels, count):
+    r"""Summed CE of one chunk and its gradient w.r.t. the logits, ``(softmax - onehot) / count``.
+
+    ``h`` [n, d], ``labels`` [n] (-100 = no label: zero gradient row); the float32 logits [n, V]
+    are overwritten in place by the gradient, so one [n, V] buffer is alive at a time.
+    """
+    logits = F.linear(h, weight, bias).float()
+    valid = labels != -100
+    safe = labels.clamp(min=0)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)
+    ce_sum = ((lse - picked) * valid).sum()
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad.scatter_add_(1, safe[:, None], -valid[:, None].to(grad.dtype))
+    grad.mul_((valid.to(grad.dtype) / count)[:, None])
+    return ce_sum, grad
+
+
+def chunked_gif_next_token_ce(
+    hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    r"""Mean next-token CE in chunks, gradients computed in the forward pass (no recompute).
+
+    .. math::
+        L = \frac{1}{N} \sum_{(b,t):\ y_{b,t} \ne -100} -\log \mathrm{softmax}(W h_{b,t} + b)_{y_{b,t}},
+        \qquad \frac{\partial L}{\partial \ell_{b,t}} = \frac{\mathrm{softmax}(\ell_{b,t}) - e_{y_{b,t}}}{N}
+
+    For each chunk of ``chunk`` positions along T the float32 logits [B, chunk, V] are computed
+    once, reduced to the CE sum and turned in place into the gradient above, from which
+    :math:`\partial L / \partial h = g W` and :math:`\partial L / \partial W \mathrel{+}= g^\top h`
+    are accumulated; then the chunk is freed. Backward only scales the stored gradients
+    [B, T, d] and [V, d] (float32) by the incoming gradient, so the LM head matmul runs 3 times
+    per token (2 V d FLOPs each) instead of 4 for :func:`chunked_next_token_ce` (checkpointed:
+    forward, recomputed forward, two backward matmuls). As in torchtitan's / Liger's fused linear
+    cross-entropy. Tied embeddings work: the gradient reaches the shared weight through autograd.
+    Equal to ``F.cross_entropy(lm_head(hidden).float(), labels)`` and its gradients within
+    float32 rounding (``tests/test_train_loss_chunked.py``).
+
+    Parameters
+    ----------
+    hidden : Tensor [B, T, d]
+        Final-norm output at the predicting positions (already shifted: ``h[:, :-1]``).
+    lm_head : Module
+        The model's output embedding, an ``nn.Linear``-like module with ``weight`` [V, d] (and
+        ``bias`` [V] or ``None``).
+    labels : Tensor [B, T] (int64)
+        Next-token ids; -100 marks positions left out of the mean.
+    chunk : int
+        Positions per chunk along T (> 0).
+
+    Returns
+    -------
+    Tensor, scalar float32: the mean over positions with a label.
+
+    Examples
+    --------
+    >>> head = nn.Linear(4, 10, bias=False); h = torch.randn(2, 6, 4); y = torch.randint(0, 10, (2, 6))
+    >>> plain = F.cross_entropy(head(h).reshape(-1, 10), y.reshape(-1))
+    >>> bool(torch.allclose(chunked_gif_next_token_ce(h, head, y, chunk=4), plain, atol=1e-6))
+    True
+    """
+    bias = getattr(lm_head, "bias", None)
+    tensors = [hidden, lm_head.weight] + ([bias] if bias is not None else [])
+    need_grads = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return _LinearCrossEntropyGIF.apply(hidden, lm_head.weight, bias, labels, chunk, need_grads)
+
+
+def liger_next_token_ce(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE by Liger Kernel's fused linear cross-entropy (``pip install liger-kernel``).
+
+    Same formula and shapes as :func:`chunked_gif_next_token_ce` (``hidden`` [B, T, d], ``labels``
+    [B, T]), computed by ``liger_kernel``'s Triton kernel (CUDA only).
+    """
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        raise UserError(
+            "train.loss_impl=liger needs the liger-kernel package: pip install liger-kernel, or use loss_impl chunked_gif"
+        ) from None
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    bias = getattr(lm_head, "bias", None)
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=-100)(lm_head.weight, flat, labels.reshape(-1), bias)
 
 
 def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
@@ -249,8 +390,11 @@ class NITPObjective(nn.Module):
         cos_reg_weight: float = 0.0,
         cos_reg_kind: str = "hidden",
         loss_chunk: int = 0,
+        cross_documents: bool = False,
+        loss_impl: str = "auto",
     ):
         super().__init__()
+        self.cross_documents = bool(cross_documents)  # True: NITP pairs may cross documents
         self.model = model
         self.objective = objective
         self.cfg = dict(nitp_cfg)
@@ -258,7 +402,8 @@ class NITPObjective(nn.Module):
         if cos_reg_kind not in COS_REG_KINDS:
             raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {cos_reg_kind!r}")
         self.cos_reg_kind = cos_reg_kind
-        self.loss_chunk = int(loss_chunk)  # > 0: chunked CE over the captured h, no [B, T, V] logits
+        # plain: the model's logits; else a chunked CE over the captured h, no [B, T, V] logits
+        self.loss_impl, self.loss_chunk = resolve_loss_impl(loss_impl, int(loss_chunk))
         d = model.config.hidden_size
         self.head = make_head(self.cfg["projector"], d, d) if objective == "nitp" else None
         self._captured: dict[str, torch.Tensor] = {}
@@ -279,34 +424,30 @@ class NITPObjective(nn.Module):
         attention_mask: torch.Tensor | None = None,
         nitp_weight: float = 1.0,
         keep_last_hidden: bool = False,
+        document_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Every loss term of one micro-batch ``input_ids`` [B, T] (one forward pass).
+
+        ``document_ids`` [B, T] (optional) marks the documents packed in each row: it enters the
+        NITP pair rule only (no pair crosses a document boundary), not the model's attention or
+        positions. ``loss_nitp`` is the mean over the micro-batch's pairs.
+        """
         self._captured.clear()
         labels = input_ids[:, 1:]
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
-        # chunked: the LM head runs on the last position only (keeps MoE aux loss etc. in one call)
-        keep = {"logits_to_keep": 1} if self.loss_chunk > 0 else {}
+        # not plain: the LM head runs on the last position only (keeps MoE aux loss etc. in one call)
+        keep = {"logits_to_keep": 1} if self.loss_impl != "plain" else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep)
         h = self._captured.pop("last")
-        if self.loss_chunk > 0:
-            loss_ntp = chunked_next_token_ce(
-                h[:, :-1], self.model.get_output_embeddings(), labels, self.loss_chunk
-            )
-        else:
-            logits = out.logits[:, :-1].float()
-            loss_ntp = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-            )
-        losses = {"loss_ntp": loss_ntp}
+        losses = {"loss_ntp": self._next_token_ce(out, h, labels)}
         total = losses["loss_ntp"]
         if getattr(out, "aux_loss", None) is not None:
             losses["aux_loss"] = out.aux_loss
             total = total + self.model.config.router_aux_loss_coef * out.aux_loss
         if self.objective == "nitp":
             z = self._captured.pop("target")
-            losses["loss_nitp"] = nitp_loss(
-                h, z, self.head, attention_mask, self.cfg["shift"], self.cfg["loss"], self.cfg["stop_grad"]
-            )
+            losses["loss_nitp"] = self._nitp_mean(h, z, attention_mask, document_ids)
             total = total + nitp_weight * losses["loss_nitp"]
         if self.cos_reg_weight > 0:
             flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])
@@ -318,3 +459,29 @@ class NITPObjective(nn.Module):
             losses["last_hidden"] = h.detach()
         self._captured.clear()
         return losses
+
+    def _next_token_ce(self, out, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token CE of ``labels`` [B, T-1] by ``self.loss_impl`` (``h`` [B, T, d])."""
+        head = self.model.get_output_embeddings()
+        if self.loss_impl == "chunked":
+            return chunked_next_token_ce(h[:, :-1], head, labels, self.loss_chunk)
+        if self.loss_impl == "chunked_gif":
+            return chunked_gif_next_token_ce(h[:, :-1], head, labels, self.loss_chunk)
+        if self.loss_impl == "liger":
+            return liger_next_token_ce(h[:, :-1], head, labels)
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    def _nitp_mean(self, h, z, attention_mask, document_ids) -> torch.Tensor:
+        """Mean NITP loss over this micro-batch's pairs (``nitp_train.objective``)."""
+        c = self.cfg
+        pairs = nitp_pairs(
+            h.shape[:2],
+            c["shift"],
+            attention_mask=attention_mask,
+            document_ids=document_ids,
+            cross_documents=self.cross_documents,
+            device=h.device,
+        )
+        total, count = nitp_sum(h, z, pairs, self.head, c["shift"], c["loss"], c["stop_grad"])
+        return total / count.clamp(min=1)

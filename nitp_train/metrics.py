@@ -12,17 +12,49 @@ from pathlib import Path
 
 from nitp.io import atomic_write_text, read_jsonl
 
-# peak dense bf16 FLOP/s by GPU name fragment, for MFU
+# peak dense (no 2:4 sparsity) bf16 tensor-core FLOP/s by GPU name fragment, for MFU; first match wins
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
+def peak_flops_for_name(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the GPU called ``name`` (``torch.cuda.get_device_name``), or None.
+
+    The table ``PEAK_BF16`` is matched by name fragment, in order: H100 and H200 (SXM) are both
+    989e12 (the same Hopper tensor cores; H200 differs in memory only), A100 312e12, L40S 362e12,
+    A10G 125e12, RTX 4090 165e12. These are the dense figures of the vendor's sheets, not the
+    2x "with sparsity" ones.
+
+    Examples
+    --------
+    >>> peak_flops_for_name("NVIDIA H200"), peak_flops_for_name("NVIDIA H100 80GB HBM3")
+    (989000000000000.0, 989000000000000.0)
+    >>> peak_flops_for_name("Tesla T4") is None
+    True
+    """
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
 def peak_flops(device) -> float | None:
+    r"""Peak FLOP/s of ``device`` for MFU: :func:`peak_flops_for_name`, None off CUDA or when unknown.
+
+    MFU as the trainer logs it (``mfu`` in ``metrics.jsonl``, with ``flops_per_token`` and
+    ``peak_flops`` on the first train line of each start):
+
+    .. math::
+        \mathrm{MFU} = \frac{F_\text{token} \cdot \text{tokens/s}}{\text{world} \cdot P_\text{bf16}}
+
+    where :math:`F_\text{token}` is ``nitp_train.flops.training_flops_per_token`` (6 x the
+    active matmul parameters + 12 L T h d_head attention scores, + the NITP projector for NITP
+    runs). The attention term counts the full T x T score and value matmuls: causal masking is
+    **not** halved (as nanochat and torchtitan count it), so MFU is comparable with theirs and
+    overstates the useful work a little.
+    Recomputation (activation checkpointing, the ``chunked`` loss) is not counted either.
+    """
     import torch
 
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return peak_flops_for_name(torch.cuda.get_device_name(device))
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -96,20 +96,28 @@ def shard(module: torch.nn.Module) -> torch.nn.Module:
     (needs an initialised process group; world size 1 works too)."""
     from torch.distributed.fsdp import fully_shard
 
-    for block in transformer_blocks(unwrap(module).model):  # the same blocks nitp.layers hooks
+    for block in transformer_blocks(inner_module(module).model):  # the same blocks nitp.layers hooks
         fully_shard(block)
     fully_shard(module)
     return module
 
 
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)  # DDP keeps the wrapped module in .module; FSDP2 shards in place
+def inner_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / accelerate (``.module``) and ``torch.compile`` (``._orig_mod``)
+    wrappers, however nested; FSDP2 shards in place (the module itself)."""
+    for _ in range(8):
+        inner = getattr(module, "module", None)
+        inner = inner if inner is not None else getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+    return module
 
 
 def full_state_dicts(wrapped: torch.nn.Module, optimizer, d: Dist, mode: str):
     """(model state dict, optimizer state dict), full and on CPU, for saving on rank 0."""
     if not d.enabled or mode == "ddp":
-        return unwrap(wrapped).state_dict(), optimizer.state_dict()
+        return inner_module(wrapped).state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -120,7 +128,7 @@ def load_full_state_dicts(
     wrapped: torch.nn.Module, optimizer, model_sd, optim_sd, d: Dist, mode: str
 ) -> None:
     if not d.enabled or mode == "ddp":
-        unwrap(wrapped).load_state_dict(model_sd)
+        inner_module(wrapped).load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -171,7 +179,7 @@ def load_sharded(wrapped: torch.nn.Module, optimizer, path) -> None:
 def full_model_state_dict(wrapped: torch.nn.Module, d: Dist, mode: str) -> dict:
     """The full model state dict on CPU (gathered from the FSDP2 shards; optimizer left sharded)."""
     if not d.enabled or mode == "ddp":
-        return unwrap(wrapped).state_dict()
+        return inner_module(wrapped).state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

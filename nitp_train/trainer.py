@@ -3,16 +3,22 @@
 Reads top to bottom: set up processes and data, build (or resume) the model and its projector,
 then loop: micro-batches -> one forward pass computing every loss term -> backward -> clip ->
 AdamW step -> warmup-stable-decay schedule; log, measure geometry, validate, checkpoint.
+:func:`_build_state` builds a :class:`TrainState`, :func:`_train_step` runs one optimizer step on
+it and :func:`_after_step` does what follows (log, evaluate, save). NITP runs pass each token's
+document id to the pair rule (``TokenShards.document_batches``): no NITP pair crosses a document.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -25,7 +31,7 @@ from . import checkpoint as ckpt_io
 from . import parallel
 from .config import RESUMABLE_CHANGES, apply_plan, config_diff, plan_summary
 from .data import TokenShards, prepare
-from .loss import NITPObjective
+from .loss import NITPObjective, resolve_loss_impl
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
 
@@ -38,87 +44,92 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Pa
     """
     from transformers.utils import logging as hf_logging
 
+    from nitp.runs import run_lock
+
+    from .memory import check_fits
+
     hf_logging.disable_progress_bar()
     run_dir = Path(run_dir)
     d = parallel.setup(cfg["train"]["device"])
     log = log if d.is_main else (lambda *a, **k: None)
-    try:
-        return _train(cfg, run_dir, resume, d, log)
+    try:  # rank 0 holds the run directory from before its checks until the run ends
+        with run_lock(run_dir) if d.is_main else contextlib.nullcontext():
+            if d.is_main:
+                ckpt_io.verify_resume(run_dir, resume)
+            check_fits(cfg["model"], d.device, d.world, sharded=cfg["train"]["parallel"] == "fsdp")
+            return _train(cfg, run_dir, resume, d, log)
     finally:
         parallel.teardown(d)
 
 
+@dataclass
+class TrainState:
+    """Everything one training step and what follows it need, built once by :func:`_build_state`.
+
+    ``step`` / ``tokens_seen`` count finished optimizer steps; ``sums`` / ``n_sums`` accumulate
+    the loss terms of the current logging interval, timed from ``t0``.
+    """
+
+    cfg: dict
+    run_dir: Path
+    d: parallel.Dist
+    objective: NITPObjective
+    wrapped: torch.nn.Module  # DDP / FSDP around the objective
+    forward: torch.nn.Module  # wrapped, or torch.compile(wrapped)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    tokenizer: object
+    shards: TokenShards
+    batches: Iterator
+    amp: object
+    mlog: MetricsLog
+    geom: GeometrySample
+    tokens_per_step: int
+    flops_per_token: float
+    peak: float | None
+    run_facts: dict = field(default_factory=dict)  # logged once, on the first train line of this start
+    step: int = 0
+    tokens_seen: int = 0
+    last_good: str | None = None
+    sums: dict = field(default_factory=dict)
+    n_sums: int = 0
+    t0: float = 0.0
+
+
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
+    st = _build_state(cfg, run_dir, resume, d, log)
+    try:
+        st.t0 = time.perf_counter()
+        while st.step < st.cfg["train"]["steps"]:
+            want_geom, grad_norm = _train_step(st)
+            _after_step(st, want_geom, grad_norm)
+    finally:
+        st.mlog.close()
+    log(f"done: {st.step} steps, {st.tokens_seen:,} tokens -> {run_dir}")
+    return run_dir
+
+
+def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
+    """Plan, data, model + objective (fresh or resumed), optimizer, schedule, logs: the state at
+    the run's current step. The run directory appears only once all of it succeeded."""
     cfg, plan = apply_plan(_keep_global_batch(cfg, run_dir, resume), d.world)
     tc, lc = cfg["train"], cfg["log"]
     log(plan_summary(cfg, plan))
+    _check_speed_switches(tc, d.device)
     if tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))
     last_ckpt = _check_run_dir(cfg, run_dir, resume, log)
     shards, tokenizer = _prepared_data(cfg, run_dir, d, log)
-
-    # ---- model + objective (+ projector), fresh or from the last checkpoint
-    torch.manual_seed(cfg["seed"])
-    if last_ckpt is not None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(last_ckpt, dtype=torch.float32)
-    elif cfg["model"].get("init_from"):  # continued pre-training (init_from.py)
-        from .init_from import load_init_model
-
-        model = load_init_model(cfg["model"])
-    else:
-        model = build_model(cfg["model"], seed=cfg["seed"])
-    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if tc.get("activation_checkpointing"):
-        parallel.enable_activation_checkpointing(model)
-    objective = NITPObjective(
-        model,
-        cfg["objective"],
-        cfg["nitp"],
-        cfg["cos_reg"]["weight"],
-        cfg["cos_reg"].get("kind", "hidden"),
-        loss_chunk=tc.get("loss_chunk", 0),
-    )
-    if last_ckpt is not None and objective.head is not None:
-        objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
-    objective.to(d.device)
-    counts = count_parameters(model)
-    log(
-        f"{cfg['model']['preset']} ({cfg['objective']}): {counts['total']:,} parameters, {counts['active']:,} active"
-        + (
-            f", projector {sum(p.numel() for p in objective.head.parameters()):,} (training only)"
-            if objective.head
-            else ""
-        )
-    )
-
+    model, objective = _build_objective(cfg, last_ckpt, tokenizer, d, log)
     wrapped = parallel.wrap(objective, d, tc["parallel"])
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
     step, tokens_seen = 0, 0
     if last_ckpt is not None:
-        saved = ckpt_io.load_trainer_state(last_ckpt)
-        if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
-            parallel.load_sharded(wrapped, optimizer, saved["sharded"])
-        else:
-            parallel.load_full_state_dicts(
-                wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
-            )
-        scheduler.load_state_dict(saved["scheduler"])
-        # the restored optimizer carries the lr of the old schedule; a resume that changes
-        # train.steps (allowed) must take the next step at the new schedule's lr
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(scheduler.last_epoch)
-        step, tokens_seen = saved["state"]["step"], saved["state"]["tokens_seen"]
+        step, tokens_seen = _restore_training(last_ckpt, wrapped, objective, optimizer, scheduler, d, tc)
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
-    forward = torch.compile(wrapped) if tc["compile"] else wrapped
-
-    amp = _autocast(d.device, tc["dtype"])
     seq, bsz, accum = cfg["data"]["seq_len"], tc["batch_size"], tc["grad_accum"]
-    tokens_per_step = seq * bsz * accum * d.world
-    batches = shards.batches(seq, bsz, cfg["seed"], start=step * accum, rank=d.rank, world=d.world)
+    forward = _compiled(wrapped, tc)
     flops_per_token, peak = _flops_per_token(cfg, model), peak_flops(d.device)
     metrics_path = run_dir / "metrics.jsonl"
     if d.is_main:  # the run directory appears only once everything above succeeded
@@ -126,72 +137,176 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
         ckpt_io.clean_partial(run_dir)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         truncate_after(metrics_path, step)
-    mlog = MetricsLog(metrics_path, tc["steps"], step, enabled=d.is_main, title=cfg["run_name"])
-    geom = GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"])
-    last_good = last_ckpt.name if last_ckpt is not None else None
+    return TrainState(
+        cfg=cfg,
+        run_dir=run_dir,
+        d=d,
+        objective=objective,
+        wrapped=wrapped,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        tokenizer=tokenizer,
+        shards=shards,
+        batches=_training_batches(cfg, shards, start=step * accum, d=d),
+        amp=_autocast(d.device, tc["dtype"]),
+        mlog=MetricsLog(metrics_path, tc["steps"], step, enabled=d.is_main, title=cfg["run_name"]),
+        geom=GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"]),
+        tokens_per_step=seq * bsz * accum * d.world,
+        flops_per_token=flops_per_token,
+        peak=peak,
+        run_facts=_run_facts(tc, model, objective, optimizer),
+        step=step,
+        tokens_seen=tokens_seen,
+        last_good=last_ckpt.name if last_ckpt is not None else None,
+    )
 
-    try:
-        t0, sums, n_sums = time.perf_counter(), {}, 0
-        while step < tc["steps"]:
-            want_geom = lc["geom_every"] > 0 and (step + 1) % lc["geom_every"] == 0
-            sample_geom = geom.collecting(step + 1)  # this step's tokens enter the next measurement
-            nitp_weight = cfg["nitp"]["lambda"] * float(step >= cfg["nitp"]["start_step"])
-            for micro in range(accum):
-                _, batch = next(batches)
-                x = torch.from_numpy(batch).to(d.device, non_blocking=True)
-                sync = (
-                    contextlib.nullcontext()
-                    if (micro == accum - 1 or not hasattr(wrapped, "no_sync"))
-                    else wrapped.no_sync()
-                )
-                with sync, amp:
-                    out = forward(x, nitp_weight=nitp_weight, keep_last_hidden=sample_geom)
-                    (out["loss_total"] / accum).backward()
-                if sample_geom:
-                    geom.add(out.pop("last_hidden"), step + 1, micro)
-                for k, v in out.items():
-                    if k.startswith(("loss", "aux")):
-                        sums[k] = sums.get(k, 0.0) + v.detach()
-                n_sums += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), tc["grad_clip"])
-            if not torch.isfinite(sums["loss_total"]):
-                raise UserError(
-                    f"loss became {float(sums['loss_total'])} at step {step + 1}; last good checkpoint: {last_good or 'none'} (lower train.lr or check the data)"
-                )
-            if step < cfg["nitp"]["start_step"]:
-                _hold_projector(optimizer)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            mlog.advance(step)
 
-            row = {}
-            if step % lc["every"] == 0 or step == tc["steps"] or want_geom:
-                dt = time.perf_counter() - t0
-                row = {k: float(v) / n_sums for k, v in sums.items()}
-                row = parallel.all_mean(d, row)
-                tps = tokens_per_step * n_sums / accum / max(dt, 1e-9)
-                row.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), tokens_per_s=tps)
-                if peak and flops_per_token:
-                    row["mfu"] = flops_per_token * tps / d.world / peak
-                sums, n_sums = {}, 0
-            if want_geom:
-                row.update(geom.result(d))
-            if lc["eval_every"] > 0 and (step % lc["eval_every"] == 0 or step == tc["steps"]):
-                row.update(_validate(wrapped, shards, cfg, d, amp))
-            if row:
-                mlog.write({"step": step, "tokens": tokens_seen, **row})
-            if step % cfg["checkpoint"]["every"] == 0 or step == tc["steps"]:
-                _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d)
-                last_good = checkpoint_name(step)
-            if not sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
-                t0 = time.perf_counter()
-    finally:
-        mlog.close()
-    log(f"done: {step} steps, {tokens_seen:,} tokens -> {run_dir}")
-    return run_dir
+def _build_objective(cfg: dict, last_ckpt: Path | None, tokenizer, d: parallel.Dist, log):
+    """``(model, NITPObjective)`` on ``d.device``: from the last checkpoint, ``model.init_from``
+    (continued pre-training) or a fresh preset, seeded by ``cfg["seed"]``."""
+    tc = cfg["train"]
+    torch.manual_seed(cfg["seed"])
+    if last_ckpt is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(last_ckpt, dtype=torch.float32)
+    elif cfg["model"].get("init_from"):  # an optional model key (init_from.py), not a default
+        from .init_from import load_init_model
+
+        model = load_init_model(cfg["model"])
+    else:
+        model = build_model(cfg["model"], seed=cfg["seed"])
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if tc["activation_checkpointing"]:
+        parallel.enable_activation_checkpointing(model)
+    objective = NITPObjective(
+        model,
+        cfg["objective"],
+        cfg["nitp"],
+        cfg["cos_reg"]["weight"],
+        cfg["cos_reg"]["kind"],
+        loss_chunk=tc["loss_chunk"],
+        loss_impl=tc["loss_impl"],
+    )
+    if last_ckpt is not None and objective.head is not None:
+        objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
+    objective.to(d.device)
+    counts = count_parameters(model)
+    head = objective.head
+    log(
+        f"{cfg['model']['preset']} ({cfg['objective']}): {counts['total']:,} parameters, {counts['active']:,} active"
+        + (f", projector {sum(p.numel() for p in head.parameters()):,} (training only)" if head else "")
+    )
+    return model, objective
+
+
+def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler, d, tc) -> tuple[int, int]:
+    """Load weights, optimizer and schedule of ``last_ckpt``; returns ``(step, tokens_seen)``."""
+    saved = ckpt_io.load_trainer_state(last_ckpt)
+    if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
+        parallel.load_sharded(wrapped, optimizer, saved["sharded"])
+    else:
+        parallel.load_full_state_dicts(
+            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
+        )
+    scheduler.load_state_dict(saved["scheduler"])
+    # the restored optimizer carries the lr of the old schedule; a resume that changes
+    # train.steps (allowed) must take the next step at the new schedule's lr
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    return saved["state"]["step"], saved["state"]["tokens_seen"]
+
+
+def _training_batches(cfg: dict, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
+    """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on.
+
+    NITP runs get each token's document (``TokenShards.document_batches``) for the pair rule:
+    no NITP pair crosses a document boundary of the packed windows. NTP runs need none.
+    """
+    seq, bsz = cfg["data"]["seq_len"], cfg["train"]["batch_size"]
+    where = dict(start=start, rank=d.rank, world=d.world)
+    if cfg["objective"] != "nitp":
+        return ((tokens, None) for _, tokens in shards.batches(seq, bsz, cfg["seed"], **where))
+    return ((tokens, docs) for _, tokens, docs in shards.document_batches(seq, bsz, cfg["seed"], **where))
+
+
+def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
+    """One optimizer step (all micro-batches, clip, AdamW, schedule); returns
+    ``(whether geometry is measured after it, the gradient norm before clipping)``."""
+    cfg, lc, d = st.cfg, st.cfg["log"], st.d
+    accum = cfg["train"]["grad_accum"]
+    want_geom = lc["geom_every"] > 0 and (st.step + 1) % lc["geom_every"] == 0
+    sample_geom = st.geom.collecting(st.step + 1)  # this step's tokens enter the next measurement
+    nitp_weight = cfg["nitp"]["lambda"] * float(st.step >= cfg["nitp"]["start_step"])
+    for micro in range(accum):
+        tokens, docs = next(st.batches)
+        x = torch.from_numpy(tokens).to(d.device, non_blocking=True)
+        documents = torch.from_numpy(docs).to(d.device, non_blocking=True) if docs is not None else None
+        last = micro == accum - 1 or not hasattr(st.wrapped, "no_sync")
+        sync = contextlib.nullcontext() if last else st.wrapped.no_sync()
+        with sync, st.amp:
+            out = st.forward(x, nitp_weight=nitp_weight, keep_last_hidden=sample_geom, document_ids=documents)
+            (out["loss_total"] / accum).backward()
+        if sample_geom:
+            st.geom.add(out.pop("last_hidden"), st.step + 1, micro)
+        for k, v in out.items():
+            if k.startswith(("loss", "aux")):
+                st.sums[k] = st.sums.get(k, 0.0) + v.detach()
+        st.n_sums += 1
+    grad_norm = torch.nn.utils.clip_grad_norm_(st.objective.parameters(), cfg["train"]["grad_clip"])
+    if not torch.isfinite(st.sums["loss_total"]):
+        raise UserError(
+            f"loss became {float(st.sums['loss_total'])} at step {st.step + 1}; last good checkpoint: {st.last_good or 'none'} (lower train.lr or check the data)"
+        )
+    if st.step < cfg["nitp"]["start_step"]:
+        _hold_projector(st.optimizer)
+    st.optimizer.step()
+    st.scheduler.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    st.step += 1
+    st.tokens_seen += st.tokens_per_step
+    st.mlog.advance(st.step)
+    return want_geom, grad_norm
+
+
+def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> None:
+    """Log the interval's means, measure geometry, validate and checkpoint when due."""
+    cfg, lc, d, steps = st.cfg, st.cfg["log"], st.d, st.cfg["train"]["steps"]
+    row = {}
+    if st.step % lc["every"] == 0 or st.step == steps or want_geom:
+        row = _interval_means(st, grad_norm)
+    if want_geom:
+        row.update(st.geom.result(d))
+    if lc["eval_every"] > 0 and (st.step % lc["eval_every"] == 0 or st.step == steps):
+        row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
+    if row:
+        st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
+    if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps:
+        _save(st)
+        st.last_good = checkpoint_name(st.step)
+    if not st.sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
+        st.t0 = time.perf_counter()
+
+
+def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
+    """The logging interval's mean loss terms (over ranks), lr, gradient norm, throughput, MFU;
+    starts the next interval."""
+    dt = time.perf_counter() - st.t0
+    row = {k: float(v) / st.n_sums for k, v in st.sums.items()}
+    row = parallel.all_mean(st.d, row)
+    tps = st.tokens_per_step * st.n_sums / st.cfg["train"]["grad_accum"] / max(dt, 1e-9)
+    row.update(lr=st.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), tokens_per_s=tps)
+    if st.peak and st.flops_per_token:
+        row["mfu"] = st.flops_per_token * tps / st.d.world / st.peak
+    if st.run_facts:  # the first train line of this start: how the numbers above were obtained
+        row.update(st.run_facts)
+        if "mfu" in row:  # MFU's convention (nitp_train.metrics.peak_flops)
+            row.update(flops_per_token=st.flops_per_token, peak_flops=st.peak)
+        st.run_facts = {}
+    st.sums, st.n_sums = {}, 0
+    return row
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -281,7 +396,51 @@ def _make_optimizer(objective: torch.nn.Module, tc: dict) -> torch.optim.Optimiz
             {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"])
+    fused = _use_fused_adamw(tc.get("fused_adamw", "auto"), [p for g in groups for p in g["params"]])
+    return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"], fused=fused)
+
+
+def _use_fused_adamw(setting, params: list) -> bool:
+    """``train.fused_adamw``: ``auto`` = fused when every parameter is on CUDA; ``True`` there only.
+
+    Example: ``_use_fused_adamw("auto", [torch.zeros(1)])`` is ``False`` (a CPU parameter).
+    """
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    if setting is True and not on_cuda:
+        where = sorted({p.device.type for p in params}) or ["no parameters"]
+        raise UserError(
+            f"train.fused_adamw=true needs every parameter on CUDA (found {', '.join(where)}): set train.fused_adamw to auto or false"
+        )
+    return on_cuda if setting == "auto" else bool(setting)
+
+
+def _check_speed_switches(tc: dict, device: torch.device) -> None:
+    """Fail before any work on switches that cannot apply: ``loss_impl`` vs ``loss_chunk``,
+    ``fused_adamw: true`` off CUDA."""
+    resolve_loss_impl(tc["loss_impl"], tc["loss_chunk"])
+    if tc["fused_adamw"] is True and device.type != "cuda":
+        raise UserError(
+            f"train.fused_adamw=true needs a CUDA device (training on {device.type}): set train.fused_adamw to auto or false"
+        )
+
+
+def _compiled(wrapped: torch.nn.Module, tc: dict) -> torch.nn.Module:
+    """``torch.compile(wrapped, mode=train.compile_mode)`` when ``train.compile``, else ``wrapped``."""
+    if not tc["compile"]:
+        return wrapped
+    return torch.compile(wrapped, mode=tc.get("compile_mode", "default"))
+
+
+def _run_facts(tc: dict, model, objective: NITPObjective, optimizer) -> dict:
+    """The switches behind the throughput of this start, logged once in ``metrics.jsonl``:
+    attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
+    loss implementation, compile mode, fused AdamW."""
+    return {
+        "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
+        "loss_impl": objective.loss_impl,
+        "compile_mode": tc["compile_mode"] if tc["compile"] else "off",
+        "fused_adamw": any(bool(g.get("fused")) for g in optimizer.param_groups),
+    }
 
 
 def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
@@ -293,37 +452,46 @@ def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
                 p.grad = None
 
 
-def lr_factor(step: int, steps: int, warmup: int, decay: int, tc: dict) -> float:
-    """Warmup-stable-decay multiplier of the lr used by update ``step`` (0-based).
-
-    Warm-up: ``s + (1 - s) * step / warmup`` with s = train.warmup_start_ratio (0: a linear ramp
-    from 0, the paper's); stable: 1 until ``steps - decay``; decay over the last ``decay`` steps
-    with p = (step - (steps - decay)) / decay to the floor f = train.min_lr_ratio:
-    ``f + (1 - f) * shape(p)``, shape = 1 - p (linear), (1 + cos(pi p)) / 2 (cosine) or
-    1 - sqrt(p) (1-sqrt). The floor is reached at ``step == steps``.
-
-    Example: steps 100, warmup 10, decay 20, s 0, f 0.1 -> 0.0 at 0, 1.0 at 10..80, 0.1 at 100.
-    """
-    start, floor = tc["warmup_start_ratio"], tc["min_lr_ratio"]
-    if step < warmup:
-        return start + (1.0 - start) * step / warmup
-    decay_start = steps - decay
-    if decay <= 0 or step < decay_start:
-        return 1.0
-    p = min(1.0, (step - decay_start) / decay)
-    shape = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * p)), "1-sqrt": 1.0 - math.sqrt(p)}
-    return floor + (1.0 - floor) * shape[tc["decay_type"]]
-
-
 def _make_scheduler(optimizer, tc: dict):
-    """A ``LambdaLR`` of :func:`lr_factor` (its state is the step counter, saved with checkpoints)."""
-    import functools
+    r"""The warmup-stable-decay schedule: transformers' ``get_wsd_schedule`` (a ``LambdaLR``; its
+    state is the step counter, saved with checkpoints).
+
+    Multiplier of the lr used by update ``step`` (0-based), with W warmup steps, D = round(
+    train.decay_ratio x steps) decay steps, s = train.warmup_start_ratio, f = train.min_lr_ratio:
+
+    .. math::
+        m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\ 1 & t < S - D \\
+               f + (1 - f)\, \mathrm{shape}((t - S + D) / D) & \text{after} \end{cases}
+
+    shape(p) = 1 - p (linear), (1 + cos(pi p)) / 2 (cosine) or 1 - sqrt(p) (1-sqrt); the floor f
+    is reached at ``t == steps``; D = 0 keeps 1 to the end. Example: steps 100, W 10, D 20, s 0,
+    f 0.1 -> 0.0 at 0, 1.0 at 10..80, 0.1 at 100.
+
+    ``get_wsd_schedule`` has every shape but starts its warmup at ``min_lr_ratio``: when s != f
+    (the default: s = 0, f = 0.1) the warmup part comes from a second ``get_wsd_schedule`` with
+    ``min_lr_ratio = s`` (:func:`_wsd_multiplier` picks the part), the only code of our own.
+    """
+    from transformers.optimization import get_wsd_schedule
 
     steps = tc["steps"]
     warmup = min(tc["warmup_steps"], steps)
     decay = min(int(round(tc["decay_ratio"] * steps)), steps - warmup)
-    factor = functools.partial(lr_factor, steps=steps, warmup=warmup, decay=decay, tc=dict(tc))
+    start, floor = tc["warmup_start_ratio"], tc["min_lr_ratio"]
+    wsd = dict(num_warmup_steps=warmup, num_decay_steps=decay, decay_type=tc["decay_type"])
+    # no decay: stay at 1 to the end (and beyond) instead of dropping to the floor at t = steps
+    stable = steps - warmup - decay if decay > 0 else steps + 1
+    if start == floor or warmup == 0:
+        return get_wsd_schedule(optimizer, num_stable_steps=stable, min_lr_ratio=floor, **wsd)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only lends its lambdas
+    warm = get_wsd_schedule(probe, num_stable_steps=stable, min_lr_ratio=start, **wsd).lr_lambdas[0]
+    rest = get_wsd_schedule(probe, num_stable_steps=stable, min_lr_ratio=floor, **wsd).lr_lambdas[0]
+    factor = functools.partial(_wsd_multiplier, warmup=warmup, warm=warm, rest=rest)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _wsd_multiplier(step: int, warmup: int, warm, rest) -> float:
+    """``warm(step)`` during the warmup (it ramps from warmup_start_ratio), ``rest(step)`` after."""
+    return warm(step) if step < warmup else rest(step)
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -356,36 +524,20 @@ def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) ->
     return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
 
 
-def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, scheduler, tokenizer, d) -> None:
-    sharded = cfg["train"]["parallel"] == "fsdp" and d.enabled
+def _save(st: TrainState) -> None:
+    """Checkpoint ``step_N`` of the state: model (HF folder), projector, optimizer, schedule, cursor."""
+    cfg, d, step, run_dir = st.cfg, st.d, st.step, st.run_dir
+    mode = cfg["train"]["parallel"]
+    sharded = mode == "fsdp" and d.enabled
     if sharded:  # each rank writes its own optimizer / model shards; only the model is gathered
         staging = ckpt_io.start(run_dir, step) if d.is_main else ckpt_io.staging_dir(run_dir, step)
         parallel.barrier(d)
-        parallel.save_sharded(wrapped, optimizer, staging / "trainer_state" / ckpt_io.SHARDED_DIR)
-        model_sd, optim_sd = parallel.full_model_state_dict(wrapped, d, "fsdp"), None
+        parallel.save_sharded(st.wrapped, st.optimizer, staging / "trainer_state" / ckpt_io.SHARDED_DIR)
+        model_sd, optim_sd = parallel.full_model_state_dict(st.wrapped, d, "fsdp"), None
     else:
-        model_sd, optim_sd = parallel.full_state_dicts(wrapped, optimizer, d, cfg["train"]["parallel"])
-    checksums = parallel.gather_checksums(d, objective) if cfg["train"]["parallel"] == "ddp" else []
+        model_sd, optim_sd = parallel.full_state_dicts(st.wrapped, st.optimizer, d, mode)
+    checksums = parallel.gather_checksums(d, st.objective) if mode == "ddp" else []
     if d.is_main:
-        nitp = cfg["nitp"] if cfg["objective"] == "nitp" else {}
-        meta = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "objective": cfg["objective"],
-            "preset": cfg["model"]["preset"],
-            "target_layer": nitp.get("target_layer"),
-            "lambda": nitp.get("lambda"),
-            "projector": nitp.get("projector"),
-            "cos_reg_weight": cfg["cos_reg"]["weight"],
-            "cos_reg_kind": cfg["cos_reg"].get("kind", "hidden"),
-        }
-        state = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "next_batch": step * cfg["train"]["grad_accum"],
-            "world_size": d.world,
-            "rank_param_checksums": checksums,
-        }
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
         ckpt_io.save(
@@ -393,12 +545,40 @@ def _save(run_dir, step, tokens_seen, cfg, wrapped, objective, optimizer, schedu
             step,
             model_sd,
             optim_sd,
-            scheduler,
-            objective.model,
-            tokenizer,
-            meta,
-            state,
+            st.scheduler,
+            st.objective.model,
+            st.tokenizer,
+            _checkpoint_meta(cfg, step, st.tokens_seen),
+            _cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
             cfg["checkpoint"]["keep_last"],
             sharded=sharded,
         )
     parallel.barrier(d)
+
+
+def _checkpoint_meta(cfg: dict, step: int, tokens_seen: int) -> dict:
+    """``nitp_meta.json``: what the checkpoint is (objective, NITP settings) for the other tools."""
+    is_nitp = cfg["objective"] == "nitp"
+    nitp = cfg["nitp"]
+    return {
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "objective": cfg["objective"],
+        "preset": cfg["model"]["preset"],
+        "target_layer": nitp["target_layer"] if is_nitp else None,
+        "lambda": nitp["lambda"] if is_nitp else None,
+        "projector": nitp["projector"] if is_nitp else None,
+        "cos_reg_weight": cfg["cos_reg"]["weight"],
+        "cos_reg_kind": cfg["cos_reg"]["kind"],
+    }
+
+
+def _cursor_state(cfg: dict, step: int, tokens_seen: int, world: int, checksums: list) -> dict:
+    """Where the run stands: steps, tokens, the next micro-batch index, world size, rank checksums."""
+    return {
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "next_batch": step * cfg["train"]["grad_accum"],
+        "world_size": world,
+        "rank_param_checksums": checksums,
+    }

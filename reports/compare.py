@@ -4,7 +4,11 @@
 
     DIR/report.md            every table inline, figures linked, notes on what was kept apart
     DIR/tables/<name>.md|.tex|.csv
-    DIR/figures/<name>.png|.pdf
+    DIR/tables/<name>.stats.csv   every tested Δ: delta, ci_low, ci_high, p, p_holm, n, test
+    DIR/figures/<name>.png|.pdf   (forest-<table>: the Δs of a table with their intervals)
+
+Every Δ carries its paired statistics (:mod:`reports.paired`, :mod:`reports.seeds`); bold marks
+only significant ones; each compared pair gets a one-line verdict under its table.
 
 It reads run directories (config.yaml, metrics.jsonl, RUN/results/**.json) and result
 records, never recomputes what a record holds, and never averages records of different
@@ -47,6 +51,7 @@ class Report:
     written: set[Path] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
 
     def table(self, heading: str, table: Table) -> None:
         base = self.out_dir / "tables" / table.name
@@ -56,7 +61,14 @@ class Report:
             (".csv", table.to_csv()),
         ):
             self.written.add(atomic_write_text(base.with_suffix(suffix), text))
-        links = f"<sub>tables/{table.name}: [md](tables/{table.name}.md) · [tex](tables/{table.name}.tex) · [csv](tables/{table.name}.csv)</sub>"
+        links = f"<sub>tables/{table.name}: [md](tables/{table.name}.md) · [tex](tables/{table.name}.tex) · [csv](tables/{table.name}.csv)"
+        if table.tested():
+            self.written.add(
+                atomic_write_text(base.with_name(f"{table.name}.stats.csv"), table.to_stats_csv())
+            )
+            links += f" · [statistics](tables/{table.name}.stats.csv)"
+        links += "</sub>"
+        self.tables.append(table)
         self._add(heading, table.to_markdown() + "\n" + links)
 
     def figure(self, heading: str, paths: list[Path], caption: str) -> None:
@@ -113,6 +125,7 @@ def compare(
             )
     _tables(report, study, layout, groups, per_task)
     _figures(report, study, layout, groups)
+    _forests(report)
     for line in report.skipped + report.notes:
         log(line)
     path = atomic_write_text(out / "report.md", render(report, study, layout))
@@ -140,6 +153,10 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
     if per_task:
         for t in T.mteb_task_tables(layout, groups["mteb"]):
             report.table("MTEB (frozen representations)", t)
+    from .seeds import seed_tables
+
+    for t in seed_tables(layout, study.models, groups["bench"], groups["mteb"]):
+        report.table("Seeds", t)
     lm = T.lm_table(layout)
     if lm is not None:
         report.table("Language modelling", lm)
@@ -171,6 +188,22 @@ def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None
         )
 
     jobs.append(("training geometry", geometry))
+
+    from .seeds import seed_sets
+
+    sets = seed_sets(study.models)
+    if sets:
+
+        def seed_geometry():
+            paths = F.plot_seed_geometry(sets, figs / "training_geometry_seeds")
+            report.figure(
+                "Training dynamics",
+                paths,
+                "Effective rank and mean cosine of the last hidden states over seeds "
+                "(line = mean over seeds, band = min-max across seeds).",
+            )
+
+        jobs.append(("seed bands", seed_geometry))
 
     for i, group in enumerate(groups["bench"]):
 
@@ -218,6 +251,35 @@ def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None
             report.skipped.append(f"figure skipped: {e}")
 
 
+FOREST_TABLES = ("bench", "mteb")
+
+
+def _forests(report: Report) -> None:
+    """A forest plot of every bench / MTEB table's Δs that have an interval."""
+    from . import figures as F
+
+    for table in list(report.tables):
+        if not table.name.startswith(FOREST_TABLES) or table.name.startswith("mteb-tasks"):
+            continue
+        rows = F.forest_rows(table)
+        if not rows:
+            report.skipped.append(f"forest plot of {table.name} skipped: no Δ with an interval.")
+            continue
+        units = "points (%)" if table.name.startswith("bench") else "points of the main score (%)"
+        paths = F.plot_forest(
+            rows,
+            f"Δ (NITP − NTP), 95% intervals: {table.title}",
+            f"Δ in {units}",
+            report.out_dir / "figures" / f"forest-{table.name}",
+        )
+        heading = "Benchmarks" if table.name.startswith("bench") else "MTEB (frozen representations)"
+        report.figure(
+            heading,
+            paths,
+            f"Δ with its 95% interval per column of {table.name}; filled = significant (p < 0.05 after Holm), dashed line = no difference.",
+        )
+
+
 def models_table(study: Study, layout: Layout) -> Table:
     """Who is who: label, objective, size, step, tokens, role in the comparison, source."""
     roles = {}
@@ -260,8 +322,9 @@ def render(report: Report, study: Study, layout: Layout) -> str:
         f"Generated by `nitp-report compare` on {now} from {len(study.sources)} input(s): "
         + ", ".join(f"`{s}`" for s in study.sources)
         + ".",
-        "Scores are percentages (records hold fractions); best value per column and model size in bold; "
-        "Δ = NITP reference − NTP baseline of the same size; — = not measured.",
+        "Scores are percentages (records hold fractions); Δ = NITP reference − NTP baseline of the same size, "
+        "shown as Δ [95% interval] p n; bold only where the interval excludes 0 and p < 0.05 (Holm-adjusted "
+        "within the table); [n/a] = no interval, the table's notes say why; — = not measured.",
         "",
     ]
     for heading, blocks in report.sections:

@@ -11,6 +11,10 @@ plot_nitp_loss              NITP loss vs step, phases I/II/III detected       Fi
                             (:mod:`reports.phases`) and marked
 plot_layer_profiles         per-layer erank, anisotropy, next-token           --
                             predictability; NITP target layer marked
+plot_forest                 Δ per benchmark / MTEB group with its 95%         --
+                            interval, zero line; filled = significant
+plot_seed_geometry          erank and mean cosine vs step over seeds: mean,   Fig. 1a/b
+                            min-max band across seeds
 ==========================  ================================================  ==========
 
 Every ``plot_*`` function writes ``<stem>.png`` and ``<stem>.pdf`` atomically and returns their
@@ -30,6 +34,7 @@ Example
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -426,5 +431,109 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                 ax.set_xticks(layers)  # every layer of a small model
             else:
                 ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend_below(fig, axes)
+        return fig
+
+
+# ----------------------------------------------------------------------------- forest plot
+@dataclass(frozen=True)
+class ForestRow:
+    """One Δ with its interval, in the table's units (``significant``: drawn filled)."""
+
+    label: str
+    delta: float
+    low: float
+    high: float
+    significant: bool
+
+
+def forest_rows(table) -> list[ForestRow]:
+    """The tested cells of a :class:`~reports.formats.Table` that have an interval."""
+    out = []
+    for row, j, t in table.tested():
+        r = t.result
+        if r is None or r.ci_low is None or r.ci_high is None:
+            continue
+        label = table.columns[j] if row.kind == "delta" else row.label
+        if row.kind == "delta" and sum(1 for x in table.rows if x.kind == "delta" and x.tests) > 1:
+            label = f"{label} ({row.label})"
+        out.append(
+            ForestRow(label, t.scale * r.delta, t.scale * r.ci_low, t.scale * r.ci_high, t.significant)
+        )
+    return out
+
+
+def plot_forest(rows: list[ForestRow], title: str, xlabel: str, stem: Path) -> list[Path]:
+    """Deltas with their 95% intervals, one line per benchmark / task group, and a zero line."""
+    with _rc():
+        return save_figure(draw_forest(rows, title, xlabel), stem)
+
+
+def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
+    """The figure of :func:`plot_forest`: filled markers where the interval excludes 0 (and p passes)."""
+    if not rows:
+        raise NothingToPlot(f"{title}: no Δ with an interval (records without per-item results?)")
+    with _rc():
+        fig = _new_figure(2, 0.9 + 0.28 * len(rows))
+        ax = fig.subplots()
+        ys = np.arange(len(rows))[::-1]
+        for y, r in zip(ys, rows):
+            colour = OBJECTIVE_COLOURS["nitp"] if r.significant else "0.35"
+            ax.plot([r.low, r.high], [y, y], color=colour, lw=1.6)
+            ax.plot(
+                [r.delta],
+                [y],
+                marker="o",
+                ms=5,
+                color=colour,
+                markerfacecolor=colour if r.significant else "white",
+            )
+        ax.axvline(0.0, color="0.2", lw=0.9, ls="--")
+        ax.set_yticks(ys, [_wrap(r.label, 40) for r in rows])
+        ax.set(title=_wrap(title, 70), xlabel=xlabel)
+        ax.grid(axis="y", visible=False)
+        return fig
+
+
+# ----------------------------------------------------------------------------- seed bands
+def plot_seed_geometry(sets, stem: Path) -> list[Path]:
+    """Effective rank and mean cosine vs step, one band (min-max over seeds) per seed set."""
+    with _rc():
+        return save_figure(draw_seed_geometry(sets), stem)
+
+
+def draw_seed_geometry(sets):
+    """The figure of :func:`plot_seed_geometry`: mean over seeds, shaded min-max across them.
+
+    ``sets``: :class:`reports.seeds.SeedSet` list; steps every seed logged are used.
+    """
+    panels = [
+        ("erank", "(a) Effective rank over seeds", "effective rank (covariance)"),
+        ("mean_cos", "(b) Mean cosine over seeds", "mean pairwise cosine"),
+    ]
+    curves = {}
+    for s in sets:
+        for key, *_ in panels:
+            series = [dict(zip(*_series(m, key))) for m in s.models]
+            steps = sorted(set.intersection(*(set(x) for x in series))) if series else []
+            if steps:
+                values = np.array([[x[st] for st in steps] for x in series])
+                curves[(s.label, key)] = (np.asarray(steps), values)
+    if not curves:
+        raise NothingToPlot("no seed set logged erank / mean_cos at common steps (train with log.geom_every)")
+    colours = {s.label: OBJECTIVE_COLOURS.get(s.role, OBJECTIVE_COLOURS["other"]) for s in sets}
+    with _rc():
+        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
+        axes = fig.subplots(1, 2)
+        for ax, (key, title, ylabel) in zip(axes, panels):
+            for s in sets:
+                if (s.label, key) not in curves:
+                    continue
+                steps, values = curves[(s.label, key)]
+                ax.plot(steps, values.mean(axis=0), color=colours[s.label], lw=1.6, label=s.label)
+                ax.fill_between(
+                    steps, values.min(axis=0), values.max(axis=0), color=colours[s.label], alpha=0.2, lw=0
+                )
+            ax.set(title=title, xlabel="training step", ylabel=ylabel)
         _legend_below(fig, axes)
         return fig

@@ -2,9 +2,16 @@
 
 Tables hold numbers, not strings: formatting happens at rendering time, so the CSV keeps full
 precision while Markdown and LaTeX show the paper's two decimals. A missing value (``None``)
-is shown as "—" (never 0) and is an empty cell in the CSV. Best values are bolded per column
-within a block (one model size), following each column's direction (higher or lower is
-better); ties are all bold; a column with fewer than two values has no bold.
+is shown as "—" (never 0) and is an empty cell in the CSV.
+
+Emphasis: with ``emphasis="tested"`` (every table of ``nitp-report compare``) a cell is bold only
+when its test says so: a cell carrying a :class:`reports.paired.Tested` whose interval excludes 0
+and whose (Holm-adjusted) p is below 0.05 is bold, and so is the better model's value of that
+column in its block; nothing else is. Such a cell shows ``Δ [low, high] p=… n=…``; without a
+result it shows ``Δ [n/a]`` and the reason goes to the table's notes. :meth:`Table.to_stats_csv`
+gives every tested cell as one row of numbers. ``emphasis="best"`` bolds the best value per
+column within a block (one model size) instead, following each column's direction; ties are all
+bold; a column with fewer than two values has no bold.
 
 Example
 -------
@@ -37,6 +44,9 @@ class Row:
     kind: str = "model"  # "model" rows compete for bold; "delta" rows are signed
     block: int = 0  # rows of one block (model size) are compared with each other
     bold: list[bool] = field(default_factory=list)
+    tests: dict[int, Any] = field(default_factory=dict)  # column -> reports.paired.Tested
+    hand_bold: set[int] = field(default_factory=set)  # columns bold whatever the tests say
+    pair: tuple[Row, Row] | None = None  # a delta row's (new, base) rows
 
 
 @dataclass
@@ -56,6 +66,8 @@ class Table:
     label_header: str = "model"
     notes: list[str] = field(default_factory=list)
     signed: set[int] = field(default_factory=set)  # columns of differences: always with a sign
+    emphasis: str = "best"  # "best": best value per column; "tested": only significant tests
+    verdicts: list[str] = field(default_factory=list)  # one line per comparison, under the table
     rows: list[Row] = field(default_factory=list)
     _block: int = 0
 
@@ -72,20 +84,61 @@ class Table:
         self.rows.append(row)
         return row
 
-    def add_delta(self, label: str, new: Row, base: Row, columns: list[int] | None = None) -> Row:
-        """``new - base`` per numeric column (only ``columns`` when given); missing stays missing."""
+    def add_delta(
+        self,
+        label: str,
+        new: Row,
+        base: Row,
+        columns: list[int] | None = None,
+        tests: dict[int, Any] | None = None,
+    ) -> Row:
+        """``new - base`` per numeric column (only ``columns`` when given); missing stays missing.
+
+        ``tests``: column -> :class:`reports.paired.Tested` of that difference (shown in the cell).
+        """
         keep = set(range(len(self.columns)) if columns is None else columns)
         values = [
             (a - b) if i in keep and _is_num(a) and _is_num(b) else None
             for i, (a, b) in enumerate(zip(new.values, base.values))
         ]
-        return self.add(label, values, kind="delta")
+        row = self.add(label, values, kind="delta")
+        row.tests = {j: t for j, t in (tests or {}).items() if values[j] is not None}
+        row.pair = (new, base)
+        return row
+
+    def tested(self) -> list[tuple[Row, int, Any]]:
+        """Every (row, column, Tested) of the table, in row order."""
+        return [(r, j, t) for r in self.rows for j, t in sorted(r.tests.items())]
 
     def column(self, name: str) -> list[Any]:
         i = self.columns.index(name)
         return [r.values[i] for r in self.rows]
 
     # --------------------------------------------------------------- bold
+    def mark(self) -> None:
+        """Set the bold cells: :meth:`mark_tested` or :meth:`mark_best` (``emphasis``)."""
+        if self.emphasis == "tested":
+            self.mark_tested()
+        else:
+            self.mark_best()
+
+    def mark_tested(self) -> None:
+        """Bold a tested cell whose test is significant, and the better model's value beside it.
+
+        Columns in ``row.hand_bold`` are bold too (a builder that tested them itself).
+        """
+        direction = self.higher_is_better or [True] * len(self.columns)
+        for row in self.rows:
+            row.bold = [j in row.hand_bold for j in range(len(self.columns))]
+        for row, j, test in self.tested():
+            if not test.significant:
+                continue
+            row.bold[j] = True
+            if row.pair is not None and direction[j] is not None:
+                new, base = row.pair
+                better = (row.values[j] > 0) == bool(direction[j])
+                (new if better else base).bold[j] = True
+
     def mark_best(self) -> None:
         """Bold the best model value per column within each block (ties: all)."""
         direction = self.higher_is_better or [True] * len(self.columns)
@@ -112,7 +165,13 @@ class Table:
         return bool(values) and all(isinstance(v, str) for v in values)
 
     def cell(self, row: Row, j: int) -> str:
-        """The value as shown: fixed decimals, a sign on deltas, "—" when missing."""
+        """The value as shown: fixed decimals, a sign on deltas, "—" when missing; a tested cell
+        adds its interval, p and n: ``+0.67 [-3.33, +4.67] p=0.85 n=150``."""
+        text = self._number(row, j)
+        test = row.tests.get(j)
+        return text if test is None or text == MISSING else f"{text} {stat_text(test, self._digits(j))}"
+
+    def _number(self, row: Row, j: int) -> str:
         v = row.values[j]
         if v is None:
             return MISSING
@@ -131,8 +190,8 @@ class Table:
 
     # --------------------------------------------------------------- renderings
     def to_markdown(self) -> str:
-        if not any(r.bold for r in self.rows):
-            self.mark_best()
+        if not any(r.bold for r in self.rows) or self.emphasis == "tested":
+            self.mark()
         head = [self.label_header, *self.columns]
         align = [":---" if self._is_text(j) else "---:" for j in range(len(self.columns))]
         lines = [
@@ -146,13 +205,13 @@ class Table:
             cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
             label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
             lines.append("| " + " | ".join([label, *cells]) + " |")
-        lines += [""] + [f"{_md(n)}  " for n in self.notes]
+        lines += [""] + [f"{_md(v)}  " for v in self.verdicts] + [f"{_md(n)}  " for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_latex(self) -> str:
         """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-        if not any(r.bold for r in self.rows):
-            self.mark_best()
+        if not any(r.bold for r in self.rows) or self.emphasis == "tested":
+            self.mark()
         spec = "l" + "".join("l" if self._is_text(j) else "r" for j in range(len(self.columns)))
         wide = self._width_pt() > TEXT_WIDTH_PT
         out = [
@@ -182,8 +241,12 @@ class Table:
             out.append(" & ".join([label, *cells]) + " \\\\")
             previous = r
         out += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else "")]
-        if self.notes:
-            out.append("\\par\\smallskip{\\footnotesize " + " ".join(tex_escape(n) for n in self.notes) + "}")
+        if self.notes or self.verdicts:
+            out.append(
+                "\\par\\smallskip{\\footnotesize "
+                + " ".join(tex_escape(n) for n in self.verdicts + self.notes)
+                + "}"
+            )
         out.append("\\end{table}")
         return "\n".join(out) + "\n"
 
@@ -207,6 +270,72 @@ class Table:
                 ]
             )
         return buf.getvalue()
+
+    STATS_COLUMNS = ("row", "column", "delta", "ci_low", "ci_high", "p", "p_holm", "n", "units", "test")
+    STATS_COLUMNS += ("significant", "note")
+
+    def to_stats_csv(self) -> str:
+        """One line per tested cell, in the table's units: ``row, column, delta, ci_low,
+        ci_high, p, p_holm, n, units, test, significant, note`` (empty = not available; ``note``
+        = why there is no interval, or what was paired)."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.STATS_COLUMNS)
+        for row, j, t in self.tested():
+            r = t.result
+            scaled = [
+                None if r is None or getattr(r, k, None) is None else round(t.scale * getattr(r, k), 10)
+                for k in ("delta", "ci_low", "ci_high")
+            ]
+            if r is None:
+                scaled[0] = row.values[j]
+            fields = [
+                None if r is None else getattr(r, "p_value", None),
+                None if r is None else getattr(r, "p_holm", None),
+                None if r is None else r.n,
+                None if r is None else getattr(r, "units", ""),
+                None if r is None else r.test,
+                str(t.significant).lower(),
+                t.reason or t.note,
+            ]
+            w.writerow(["" if v is None else v for v in [row.label, self.columns[j], *scaled, *fields]])
+        return buf.getvalue()
+
+
+def stat_text(test: Any, digits: int | str = 2) -> str:
+    """``[low, high] p=… n=…`` of a :class:`reports.paired.Tested` in table units (``[n/a]``
+    without a result). The p shown is Holm-adjusted ("p_Holm") when the table adjusted it.
+
+    Example
+    -------
+    >>> from reports.stats import GroupMean
+    >>> from reports.paired import Tested
+    >>> stat_text(Tested(GroupMean(5, 0.004, -0.011, 0.019, 0.95, "BCa")))
+    '[-1.10, +1.90] n=5 tasks'
+    """
+    r = test.result
+    if r is None:
+        return "[n/a]"
+    d = digits if isinstance(digits, int) else 2
+    if r.ci_low is None or r.ci_high is None:
+        interval = "[no interval]"
+    else:
+        interval = f"[{test.scale * r.ci_low:+.{d}f}, {test.scale * r.ci_high:+.{d}f}]"
+    p_holm, p = getattr(r, "p_holm", None), getattr(r, "p_value", None)
+    p_part = ""
+    if p_holm is not None:
+        p_part = " " + _p_text(p_holm, "p_Holm")
+    elif p is not None:
+        p_part = " " + _p_text(p, "p")
+    units = getattr(r, "units", "items")
+    n_part = f" n={r.n:,}" + ("" if units == "items" else f" {units}")
+    return interval + p_part + n_part
+
+
+def _p_text(p: float, name: str) -> str:
+    from .stats import format_p
+
+    return format_p(p).replace("p ", f"{name}", 1).replace(" ", "")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -16,7 +16,12 @@ ablation_tables   one per knob: settings x headline scores                   Tab
 cost_table        sizes x parameters, FLOPs, overhead, measured time ratio   §Cost
 ================  =========================================================  ==============
 
-Scores in records are fractions (0..1); tables show percentages with two decimals.
+Scores in records are fractions (0..1); tables show percentages with two decimals. Every Δ
+cell carries its statistics (:mod:`reports.paired`): bench deltas are paired item by item
+(McNemar exact / paired permutation, paired bootstrap interval), MTEB group deltas over tasks
+(bootstrap interval, sign test), validation CE over batches; the p-values of one table are
+Holm-adjusted together; bold marks only significant cells; a verdict line per comparison goes
+under the table.
 
 Example
 -------
@@ -32,6 +37,7 @@ from typing import Any
 
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
+from . import paired as P
 from .formats import Table
 from .grouping import KNOBS, Layout, SettingsGroup, SizeBlock, config_value
 from .inputs import Model
@@ -41,6 +47,7 @@ from .inputs import Model
 BENCH_HEADERS = {name: BENCHMARKS[name].header for name in SUITES["paper"]}
 MTEB_GROUPS = ["Classification", "STS", "Retrieval/dup"]
 DELTA = "Δ (NITP − NTP)"
+VERDICT_PAIR = "NITP − NTP"
 
 
 def pct(value: Any) -> float | None:
@@ -63,9 +70,16 @@ def row_label(model: Model, record: dict | None) -> str:
 
 
 def _add_block(
-    table: Table, block: SizeBlock, rows: dict[str, Any], delta_columns: list[int] | None = None
-) -> None:
-    """Rows of one size block (baseline, reference, others) and their Δ row."""
+    table: Table,
+    block: SizeBlock,
+    rows: dict[str, Any],
+    delta_columns: list[int] | None = None,
+    tests: dict[int, P.Tested] | None = None,
+):
+    """Rows of one size block (baseline, reference, others) and their Δ row (returned, or None).
+
+    ``tests``: column -> the statistics of that Δ cell (:mod:`reports.paired`).
+    """
     added = {}
     table.new_block()
     for model in block.main:
@@ -73,7 +87,87 @@ def _add_block(
             label, values = rows[model.key]
             added[model.key] = table.add(label, values)
     if block.baseline and block.reference and block.baseline.key in added and block.reference.key in added:
-        table.add_delta(DELTA, added[block.reference.key], added[block.baseline.key], delta_columns)
+        return table.add_delta(
+            DELTA, added[block.reference.key], added[block.baseline.key], delta_columns, tests
+        )
+    return None
+
+
+def _pair_records(group: SettingsGroup, block: SizeBlock) -> tuple[dict, dict] | None:
+    """(NTP baseline's, NITP reference's) newest records of the group, when both exist."""
+    if not (block.baseline and block.reference):
+        return None
+    a, b = group.latest(block.baseline), group.latest(block.reference)
+    return (a, b) if a is not None and b is not None else None
+
+
+def _block_prefix(layout: Layout, block: SizeBlock) -> str:
+    return f"{block.size}: " if len(layout.blocks) > 1 else ""
+
+
+def finish_tests(table: Table, method: str) -> None:
+    """Holm over the table's tests, the reasons for missing intervals and the method as notes."""
+    cells = table.tested()
+    if not cells:
+        return
+    adjusted = P.holm_family([t for _, _, t in cells])
+    for (row, j, _), t in zip(cells, adjusted):
+        row.tests[j] = t
+    n_tests = sum(1 for t in adjusted if getattr(t.result, "p_holm", None) is not None)
+    holm = f" p_Holm: Holm-adjusted over the {n_tests} tests of this table." if n_tests else ""
+    table.notes.append(
+        " ".join(x for x in ("Δ cells: Δ [95% interval] p n.", method, holm.strip(), BOLD_RULE) if x)
+    )
+    reasons: dict[str, list[str]] = {}
+    for _row, j, t in cells:
+        if t.reason:
+            reasons.setdefault(t.reason, []).append(table.columns[j])
+    for reason, where in reasons.items():
+        table.notes.append(f"n/a ({', '.join(dict.fromkeys(where))}): {reason}.")
+    for note in dict.fromkeys(t.note for _, _, t in cells if t.note):
+        table.notes.append(f"{note}.")
+
+
+def verdict_line(what: str, test: P.Tested, names: tuple[str, str], value: float | None) -> str:
+    """The one-line conclusion under a table (:func:`reports.stats.verdict`), or why there is none."""
+    from .stats import verdict
+
+    digits = 2 if test.scale == 100 else 4
+    if test.result is None:
+        shown = "" if value is None else f" {value:+.{digits}f}"
+        return f"{what}:{shown} [n/a]: no interval ({test.reason})"
+    return verdict(
+        what,
+        test.result,
+        names=names,
+        scale=test.scale,
+        digits=digits,
+        higher_is_better=test.higher_is_better,
+    )
+
+
+def _names(block: SizeBlock) -> tuple[str, str]:
+    return (block.baseline.label, block.reference.label)
+
+
+BOLD_RULE = "Bold: only where the interval excludes 0 and p < 0.05; nothing else is emphasised."
+BENCH_METHOD = (
+    "Paired by item (subtask, doc_id): exact McNemar test on 0/1 items, paired permutation test "
+    "otherwise; paired bootstrap interval (BCa); Avg.: every item weighted 1/(tasks × its task's items), "
+    "so the weighted mean is the suite average (permutation test)."
+)
+GEOM_NA = (
+    "a geom record holds one number per model and statistic, so a Δ has no interval "
+    "(several seeds give one: nitp-report compare groups runs that differ only in seed)"
+)
+PER_TASK_NA = (
+    "MTEB records hold one score per task, no per-item results, so a task's Δ has no interval "
+    "(the MTEB table tests the group means and counts the tasks with a sign test)"
+)
+MTEB_METHOD = (
+    "Mean of the per-task deltas with a bootstrap interval over tasks (too narrow below ~10 tasks; "
+    "MTEB records hold one score per task, no per-item results); n = tasks; sign test in the verdict."
+)
 
 
 def _steps_note(table: Table) -> None:
@@ -101,7 +195,9 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             f"bench{_suffix(i)}",
             f"Benchmarks ({group.description}); scores in %",
             [BENCH_HEADERS.get(t, t) for t in tasks] + ["Avg."],
+            emphasis="tested",
         )
+        pending = []
         for block in layout.blocks:
             rows = {}
             for model in block.main:
@@ -110,9 +206,21 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                     scores = rec["scores"]
                     values = [pct((scores.get("tasks", {}).get(t) or {}).get("value")) for t in tasks]
                     rows[model.key] = (row_label(model, rec), values + [pct(scores.get("average"))])
-            _add_block(table, block, rows)
+            pair = _pair_records(group, block)
+            delta = _add_block(table, block, rows, tests=bench_tests(*pair, tasks) if pair else None)
+            if delta is not None and pair:
+                pending.append((delta, block))
         if not table.rows:
             continue
+        finish_tests(table, BENCH_METHOD)
+        for delta, block in pending:
+            if len(tasks) in delta.tests:
+                what = (
+                    f"{_block_prefix(layout, block)}{VERDICT_PAIR} on the average of {len(tasks)} benchmarks"
+                )
+                table.verdicts.append(
+                    verdict_line(what, delta.tests[len(tasks)], _names(block), delta.values[-1])
+                )
         table.notes.append(
             "Metrics: "
             + "; ".join(_task_metric(group, t) for t in tasks)
@@ -121,6 +229,13 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
         _steps_note(table)
         tables.append(table)
     return tables
+
+
+def bench_tests(record_a: dict, record_b: dict, tasks: list[str]) -> dict[int, P.Tested]:
+    """Column -> paired test of every task column and of Avg. (the last column)."""
+    tests = {j: P.bench_task(record_a, record_b, t) for j, t in enumerate(tasks)}
+    tests[len(tasks)] = P.bench_average(record_a, record_b)
+    return tests
 
 
 def _task_metric(group: SettingsGroup, task: str) -> str:
@@ -165,7 +280,9 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             f"mteb{_suffix(i)}",
             f"MTEB, frozen representations ({group.description}); main scores in %",
             [f"{g} ({counts[g]})" for g in names] + [f"Overall ({len(tasks)})"],
+            emphasis="tested",
         )
+        pending = []
         for block in layout.blocks:
             rows = {}
             for model in block.main:
@@ -176,18 +293,41 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                         pct(scores.get("overall"))
                     ]
                     rows[model.key] = (row_label(model, rec), values)
-            _add_block(table, block, rows)
+            pair = _pair_records(group, block)
+            tests, sign = P.mteb_groups(*pair, names) if pair else ({}, None)
+            columns = {j: tests[g] for j, g in enumerate([*names, "Overall"]) if g in tests}
+            delta = _add_block(table, block, rows, tests=columns)
+            if delta is not None and pair:
+                pending.append((delta, block, sign))
             if block.baseline and block.reference:
                 note = wins_note(group, block.baseline, block.reference)
                 if note:
-                    table.notes.append((f"{block.size}: " if len(layout.blocks) > 1 else "") + note)
+                    table.notes.append(_block_prefix(layout, block) + note)
         if table.rows:
             table.notes.append(
                 "Group and overall scores are the record's macro averages over the tasks present."
             )
+            finish_tests(table, MTEB_METHOD)
+            for delta, block, sign in pending:
+                test = delta.tests.get(len(names))
+                if test is not None:
+                    what = f"{_block_prefix(layout, block)}{VERDICT_PAIR} on MTEB overall"
+                    table.verdicts.append(
+                        verdict_line(what, test, _names(block), delta.values[-1]) + sign_text(sign)
+                    )
             _steps_note(table)
             tables.append(table)
     return tables
+
+
+def sign_text(sign) -> str:
+    """``"; sign test: NITP better on 4 of 5 tasks (1 tied), p = 0.38"`` (empty without one)."""
+    if sign is None:
+        return ""
+    from .stats import format_p
+
+    ties = f", {sign.ties} tied" if sign.ties else ""
+    return f"; sign test: NITP better on {sign.wins} of {sign.n} tasks{ties}, {format_p(sign.p_value)}"
 
 
 def task_deltas(group: SettingsGroup, base: Model, new: Model) -> dict[str, float]:
@@ -236,6 +376,7 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
             higher_is_better=[None] * len(columns),
             label_header="task",
             signed=set(range(len(models), len(columns))),
+            emphasis="tested",
         )
         tasks = _mteb_tasks(group)
         deltas = [task_deltas(group, b, n) for b, n in pairs]
@@ -249,7 +390,11 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
                     pct((group.latest(m)["scores"]["tasks"].get(task) or {}).get("main_score"))
                     for m in models
                 ]
-                table.add(f"{task} ({g})", values + [d.get(task) for d in deltas])
+                row = table.add(f"{task} ({g})", values + [d.get(task) for d in deltas])
+                row.tests = {
+                    len(models) + k: P.untested(PER_TASK_NA) for k, d in enumerate(deltas) if task in d
+                }
+        finish_tests(table, "")
         tables.append(table)
     return tables
 
@@ -268,7 +413,9 @@ def lm_table(layout: Layout) -> Table | None:
         ["step", "tokens", "val CE (nats/token)", "val ppl"],
         higher_is_better=[None, None, False, False],
         decimals=[0, 0, 4, 2],
+        emphasis="tested",
     )
+    pending = []
     for block in layout.blocks:
         rows = {}
         for model in block.main:
@@ -278,11 +425,27 @@ def lm_table(layout: Layout) -> Table | None:
                     model.label,
                     [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")],
                 )
-        _add_block(table, block, rows, delta_columns=[2, 3])
+        tests = None
+        if block.baseline and block.reference and block.baseline.key in rows and block.reference.key in rows:
+            ce = P.validation_ce(last_validation(block.baseline), last_validation(block.reference))
+            tests = {2: ce, 3: P.untested(PPL_NA, scale=1.0, higher_is_better=False)}
+        delta = _add_block(table, block, rows, delta_columns=[2, 3], tests=tests)
+        if delta is not None and tests:
+            pending.append((delta, block))
     if not table.rows:
         return None
     table.notes.append("From each run's last validation line in metrics.jsonl (val_loss, val_ppl).")
+    finish_tests(
+        table,
+        "Validation CE paired by validation batch: paired permutation test, paired bootstrap interval (nats/token).",
+    )
+    for delta, block in pending:
+        what = f"{_block_prefix(layout, block)}{VERDICT_PAIR} on validation CE (nats/token)"
+        table.verdicts.append(verdict_line(what, delta.tests[2], _names(block), delta.values[2]))
     return table
+
+
+PPL_NA = "perplexity = exp(CE): its Δ is judged by the CE interval"
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -320,6 +483,7 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             ["step"] + [c[1] for c in GEOM_COLUMNS],
             higher_is_better=[None] + [c[2] for c in GEOM_COLUMNS],
             decimals=[0] + [c[3] for c in GEOM_COLUMNS],
+            emphasis="tested",
         )
         for block in layout.blocks:
             rows = {}
@@ -331,9 +495,11 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                         row_label(model, rec),
                         [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS],
                     )
-            _add_block(table, block, rows, delta_columns=list(range(1, len(GEOM_COLUMNS) + 1)))
+            columns = list(range(1, len(GEOM_COLUMNS) + 1))
+            _add_block(table, block, rows, columns, {j: P.untested(GEOM_NA, scale=1.0) for j in columns})
         if not table.rows:
             continue
+        finish_tests(table, "")
         table.notes.append(
             "Effective rank = exp(entropy) of the normalised eigenvalues of the covariance (the paper's); "
             "the singular-value variant (Roy & Vetterli) is a different number. "
@@ -372,6 +538,7 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         higher_is_better=[None] * len(present),
         decimals=3,
         label_header="layer",
+        emphasis="tested",
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
     scores = record["scores"]
@@ -459,6 +626,7 @@ def _ablation_table(
         decimals=[columns[j][2] for j in keep] + [2] * (len(cols) - len(keep)),
         label_header="setting",
         signed=set(range(len(keep), len(cols))),
+        emphasis="tested",
     )
     base_row = grid[0] if block.baseline else None
     for (model, label), values in zip(rows, grid):
@@ -466,11 +634,35 @@ def _ablation_table(
         if len(cols) > len(keep):
             a, b = values[headline], base_row[headline]
             shown.append(None if a is None or b is None or model is block.baseline else a - b)
-        table.add(label, shown)
+        row = table.add(label, shown)
+        if len(cols) > len(keep) and shown[-1] is not None:
+            row.tests = {
+                len(cols) - 1: _ablation_test(block.baseline, model, columns[headline][0], bench, mteb)
+            }
     table.notes.append("Rows: " + "; ".join(f"{label} = {m.label}" for m, label in rows) + ".")
     if bench:
         table.notes.append(f"Benchmarks: {bench[0].description}.")
+    finish_tests(table, ABLATION_METHOD)
     return table
+
+
+ABLATION_METHOD = (
+    "Δ vs NTP: the row's model − the NTP baseline, tested like the Avg. of the benchmark table "
+    "(items paired, weighted to the suite average) or like MTEB overall (bootstrap over tasks)."
+)
+
+
+def _ablation_test(
+    base: Model, model: Model, headline: str, bench: list[SettingsGroup], mteb: list[SettingsGroup]
+) -> P.Tested:
+    """The paired test of a variant's headline score against the NTP baseline's."""
+    groups = bench if headline == "Avg." else mteb
+    a, b = groups[0].latest(base), groups[0].latest(model)
+    if a is None or b is None:
+        return P.untested("the baseline or the variant has no record of these settings")
+    if headline == "Avg.":
+        return P.bench_average(a, b)
+    return P.mteb_groups(a, b, [])[0]["Overall"]
 
 
 def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
@@ -500,6 +692,7 @@ def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
         higher_is_better=[None] * len(columns),
         decimals=[0, 0, 2, 2, 2, ".3g", ".3g", 2, 3, 3],
         label_header="size",
+        emphasis="tested",
     )
     flops_missing = False
     for block in layout.blocks:

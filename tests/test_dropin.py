@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nitp.errors import UserError
-from nitp_train.dropin import document_ids, nitp_pairs, wrap_model
+from nitp_train.dropin import wrap_model
 from nitp_train.loss import NITPObjective
+from nitp_train.objective import documents_from_positions, nitp_pairs
 
 
 def tiny_llama(seed: int = 0, vocab: int = 97):
@@ -46,12 +47,13 @@ def grads(module) -> dict[str, torch.Tensor]:
 def test_pairs_exclude_padding_unsupervised_targets_and_document_boundaries():
     labels = torch.tensor([[-100, 5, 6, 7, 8, 9]])  # position 0 unsupervised (e.g. a prompt)
     pos = torch.tensor([[0, 1, 2, 0, 1, 2]])  # two packed documents
-    assert document_ids(pos).tolist() == [[1, 1, 1, 2, 2, 2]]
-    assert nitp_pairs(labels, shift=1).all()
-    assert nitp_pairs(labels, position_ids=pos).tolist() == [[True, True, False, True, True]]
+    assert documents_from_positions(pos).tolist() == [[1, 1, 1, 2, 2, 2]]
+    assert nitp_pairs((1, 6), labels=labels).all()
+    assert nitp_pairs((1, 6), labels=labels, position_ids=pos).tolist() == [[True, True, False, True, True]]
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
-    assert nitp_pairs(labels, mask, pos).tolist() == [[True, True, False, True, False]]
-    assert nitp_pairs(torch.tensor([[-100, -100, 5]])).tolist() == [[False, True]]
+    got = nitp_pairs((1, 6), labels=labels, attention_mask=mask, position_ids=pos)
+    assert got.tolist() == [[True, True, False, True, False]]
+    assert nitp_pairs((1, 3), labels=torch.tensor([[-100, -100, 5]])).tolist() == [[False, True]]
 
 
 def test_default_target_layer_and_bad_settings():
@@ -62,11 +64,32 @@ def test_default_target_layer_and_bad_settings():
         (dict(target_layer=-1), "out of range"),
         (dict(loss="l2"), "loss 'l2'"),
         (dict(projector="mlp"), "projector 'mlp'"),
-        (dict(shift=-1), "shift -1"),
+        (dict(shift=-1), "shift=-1: use 1 or 0"),
+        (dict(shift=2), "shift=2: use 1 or 0"),
         (dict(weight=-0.5), "weight -0.5"),
     ]:
         with pytest.raises(UserError, match=match):
             wrap_model(tiny_llama(), **bad)
+
+
+def test_wrap_model_refuses_wrapped_non_causal_and_non_finite_inputs():
+    wrapped = wrap_model(tiny_llama())
+    with pytest.raises(UserError, match="already wrapped"):
+        wrap_model(wrapped)
+    with pytest.raises(UserError, match="already wrapped"):
+        wrap_model(torch.compile(wrapped))  # found through torch.compile's ._orig_mod (not compiled)
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    bert = BertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=50
+    )
+    for encoder in (BertModel(bert), BertForMaskedLM(bert)):
+        with pytest.raises(UserError, match="not a causal LM"):
+            wrap_model(encoder)
+    for weight in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match="finite"):
+            wrap_model(tiny_llama(), weight=weight)
+    assert wrap_model(wrapped.model).model is wrapped.model  # rewrapping the inner LM is fine
 
 
 def test_loss_and_gradients_equal_nitp_train_objective():
@@ -192,13 +215,13 @@ def test_torchtitan_term_equals_the_wrapper_and_filter_drops_the_head():
     """torchtitan's loss contract (shifted labels, sum / global_valid_tokens) on an HF model's blocks:
     the NITP term equals wrap_model's on the same weights and batch (without torchtitan itself;
     tests/test_dropin_titan.py runs torchtitan's own loss classes)."""
-    from nitp_train.dropin_titan import NITPTerm, drop_nitp_head
+    from nitp_train.dropin.titan import NITPTerm, drop_nitp_head
 
     ids, mask, labels = padded_batch()
     wrapped = wrap_model(tiny_llama(), target_layer=2)
     model = copy.deepcopy(wrapped.model)
     term = NITPTerm(32)
-    term.attach(model, model.model.norm, model.model.layers[1])
+    term.attach(model, 2)
     term.head.load_state_dict(wrapped.head.state_dict())
     n_items = (labels[:, 1:] != -100).sum()
     want = wrapped(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items)

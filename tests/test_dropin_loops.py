@@ -34,7 +34,7 @@ def test_trainer_run_logs_both_losses_saves_plain_folder_and_resumes(tmp_path, t
     from transformers import AutoModelForCausalLM
 
     from nitp_train.dropin import wrap_model
-    from nitp_train.dropin_demo import run_demo
+    from nitp_train.dropin.demo import run_demo
 
     model, tok = tiny_model_and_tokenizer()
     plain_keys = set(model.state_dict())
@@ -68,7 +68,7 @@ def test_trainer_run_logs_both_losses_saves_plain_folder_and_resumes(tmp_path, t
         t = result["trainer"]
         t.model = t.model_wrapped = again
         t.args.max_steps = steps + 1
-        from nitp_train.dropin_hf import NITPCallback
+        from nitp_train.dropin.hf import NITPCallback
 
         cb = next(c for c in t.callback_handler.callbacks if isinstance(c, NITPCallback))
         t._load_from_checkpoint(str(tmp_path / f"checkpoint-{steps}"))

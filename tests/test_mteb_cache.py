@@ -57,8 +57,8 @@ def test_two_checkpoints_never_share_cached_scores(two_checkpoints, cache_dir, t
     first = run_mteb([a, b], tasks=TASKS, out=tmp_path / "first", log=lambda _: None)
     score_a, score_b = (r["scores"]["tasks"]["WordSim353"]["main_score"] for r in first)
     assert score_a != score_b
-    hashes = {r["model"]["hash"] for r in first}
-    assert len(hashes) == 2 and hashes <= _revision_folders(cache_dir)  # one mteb revision per checkpoint
+    keys = {r["model"]["key"] for r in first}  # weights + config + tokenizer (nitp.records.model_identity)
+    assert len(keys) == 2 and keys <= _revision_folders(cache_dir)  # one mteb revision per checkpoint
 
     # new records, same cache: each checkpoint gets its own scores back without encoding anything
     _forbid_encoding(monkeypatch)
@@ -113,6 +113,7 @@ def test_same_weights_in_another_folder_share_the_key(two_checkpoints, tmp_path,
     shutil.copytree(a, twin)
     _forbid_encoding(monkeypatch)  # identical weights -> identical hash -> mteb's cache answers
     rec = run_mteb(twin, tasks=TASKS, out=tmp_path / "y.json", log=lambda _: None)[0]
+    assert rec["model"]["path"] == str(twin.resolve())  # the folder asked for, not the cached one
     assert (
         rec["model"]["hash"]
         == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]

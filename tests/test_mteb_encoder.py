@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from nitp.errors import UserError
-from nitp_eval.mteb.encoder import HiddenStateEncoder, pool_hidden_states, save_encoder, token_batches
+from nitp_eval.mteb.encoder import (
+    HiddenStateEncoder,
+    pool_hidden_states,
+    preflight,
+    save_encoder,
+    token_batches,
+)
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -214,8 +220,8 @@ def test_token_batches_fill_up_to_the_budget_longest_first():
     assert token_batches([5, 1, 3, 3], batch_tokens=6, batch_size=32) == [[0], [2, 3], [1]]
     assert token_batches([2, 2, 2], batch_tokens=100, batch_size=2) == [[0, 1], [2]]
     assert token_batches([9], batch_tokens=4, batch_size=8) == [[0]]  # too long alone: its own batch
-    with pytest.raises(UserError, match="--batch-tokens"):
-        token_batches([1], batch_tokens=0, batch_size=1)
+    with pytest.raises(UserError, match="--batch-tokens"):  # checked once, before any model loads
+        preflight("no-model-needed", batch_tokens=0)
 
 
 def test_forward_passes_stay_within_the_token_budget(tiny_checkpoint, tiny_encoder):

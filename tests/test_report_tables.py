@@ -86,12 +86,18 @@ def test_bench_table_numbers_bold_delta_and_missing(layout_and_groups):
     assert nitp[2] is None and nitp[4] == pytest.approx(30.30)  # the failed task is missing, never 0
     delta = got["Δ (NITP − NTP)"]
     assert delta[0] == pytest.approx(2.0) and delta[2] is None and delta[4] == pytest.approx(8.19)
+    # records without per-item results: every Δ shows "[n/a]", nothing is bold, the notes say why
+    md = table.to_markdown()
+    assert not any(any(r.bold) for r in table.rows)
+    assert "| NITP tiny-dense @600 (tiny-nitp) | 31.00 | 32.00 | — | 28.00 | 30.30 |" in md
+    assert "| *Δ (NITP − NTP)* | +2.00 [n/a] | +0.00 [n/a] | — | +2.00 [n/a] | +8.19 [n/a] |" in md
+    assert "n/a (ARC-C, CSQA, analogies_mc): no per-item results" in md
+    assert "n/a (Avg.): the averages are over different tasks (gsm8k in one record only)" in md
+    assert "NITP − NTP on the average of 4 benchmarks: +8.19 [n/a]: no interval" in md
+    # the old emphasis, on request: best value per column
     marks = bold(table)
     assert marks["NTP tiny-dense @600"] == ["CSQA"]  # the tie: both bold
     assert marks["NITP tiny-dense @600 (tiny-nitp)"] == ["ARC-C", "CSQA", "analogies_mc", "Avg."]
-    md = table.to_markdown()
-    assert "| NITP tiny-dense @600 (tiny-nitp) | **31.00** | **32.00** | — | **28.00** | **30.30** |" in md
-    assert "| *Δ (NITP − NTP)* | +2.00 | +0.00 | — | +2.00 | +8.19 |" in md
     assert "ARC-C acc_norm, 0-shot" in md
     # only the main models: ablation variants have their own tables
     assert not any("k2" in label or "shift0" in label for label in got)
@@ -132,8 +138,15 @@ def test_mteb_groups_overall_delta_and_wins(layout_and_groups):
     assert "NITP wins 4 of 5 tasks (losses: SimLex999 −1.00)." in table.notes
     (per_task,) = T.mteb_task_tables(layout, groups["mteb"])
     assert rows(per_task)["SimLex999 (STS)"] == pytest.approx([12.0, 11.0, -1.0])
-    assert "| SimLex999 (STS) | 12.00 | 11.00 | -1.00 |" in per_task.to_markdown()
-    assert "| WordSim353 (STS) | 31.00 | 33.00 | +2.00 |" in per_task.to_markdown()
+    assert "| SimLex999 (STS) | 12.00 | 11.00 | -1.00 [n/a] |" in per_task.to_markdown()
+    assert "| WordSim353 (STS) | 31.00 | 33.00 | +2.00 [n/a] |" in per_task.to_markdown()
+    # groups of fewer than 5 tasks: no interval; Overall (5 tasks): bootstrap over tasks + sign test
+    delta = next(r for r in table.rows if r.kind == "delta")
+    assert delta.tests[0].result is None and delta.tests[2].result.n == 5
+    (verdict,) = table.verdicts
+    assert (
+        verdict.startswith("NITP − NTP on MTEB overall: +1.40 [") and "NITP better on 4 of 5 tasks" in verdict
+    )
 
 
 # ----------------------------------------------------------------------------- LM, geometry

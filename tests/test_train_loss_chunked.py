@@ -1,38 +1,56 @@
-"""Chunked next-token CE equals the plain loss and its gradients; NITP hooks and MoE aux loss still work."""
+"""Chunked next-token CE (checkpointed and gradient-in-forward) equals the plain loss and its
+gradients; NITP hooks and MoE aux loss still work."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nitp_train.loss import NITPObjective, chunked_next_token_ce
+from nitp.errors import UserError
+from nitp_train.loss import (
+    NITPObjective,
+    chunked_gif_next_token_ce,
+    chunked_next_token_ce,
+    resolve_loss_impl,
+)
 from nitp_train.models import build_model, resolve_preset
 from nitp_train.parallel import enable_activation_checkpointing
 
 NITP_CFG = {"target_layer": 1, "shift": 1, "loss": "cosine", "stop_grad": True, "projector": "swiglu"}
 
 
-def test_chunked_ce_matches_plain_loss_and_gradients():
+@pytest.mark.parametrize("impl", [chunked_next_token_ce, chunked_gif_next_token_ce])
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_ce_matches_plain_loss_and_gradients(impl, bias):
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=False)
+    head = torch.nn.Linear(16, 50, bias=bias)
     h = torch.randn(3, 37, 16, requires_grad=True)
     labels = torch.randint(0, 50, (3, 37))
     labels[1, 30:] = -100  # padding is left out of the mean
     plain = F.cross_entropy(head(h).float().reshape(-1, 50), labels.reshape(-1), ignore_index=-100)
     plain_grads = torch.autograd.grad(plain, [h, head.weight])
-    chunked = chunked_next_token_ce(h, head, labels, chunk=8)  # 8 does not divide 37
-    chunked_grads = torch.autograd.grad(chunked, [h, head.weight])
+    chunked = impl(h, head, labels, chunk=8)  # 8 does not divide 37
+    chunked_grads = torch.autograd.grad(chunked * 1.0, [h, head.weight])
     torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-6)
     for a, b in zip(chunked_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def _losses_and_grads(preset: str, objective: str, loss_chunk: int, checkpointing: bool = False):
-    spec = resolve_preset(preset)
+def _losses_and_grads(
+    preset: str,
+    objective: str,
+    loss_chunk: int,
+    checkpointing: bool = False,
+    loss_impl: str = "auto",
+    tied: bool = True,
+):
+    spec = {**resolve_preset(preset), "tie_word_embeddings": tied}
     model = build_model(spec, seed=0)
     if checkpointing:
         enable_activation_checkpointing(model)
     torch.manual_seed(1)
-    obj = NITPObjective(model, objective, NITP_CFG, cos_reg_weight=0.1, loss_chunk=loss_chunk).train()
+    obj = NITPObjective(
+        model, objective, NITP_CFG, cos_reg_weight=0.1, loss_chunk=loss_chunk, loss_impl=loss_impl
+    ).train()
     ids = torch.randint(0, spec["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[1, 19:] = 0
@@ -62,3 +80,61 @@ def test_activation_checkpointing_keeps_losses_and_gradients():
     torch.testing.assert_close(ckpt["loss_total"], plain["loss_total"], rtol=1e-5, atol=1e-6)
     for n in plain_grads:
         torch.testing.assert_close(ckpt_grads[n], plain_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_gif_loss_scales_its_stored_gradients_by_the_incoming_gradient():
+    torch.manual_seed(3)
+    head = torch.nn.Linear(8, 30, bias=False)
+    h = torch.randn(2, 9, 8, requires_grad=True)
+    labels = torch.randint(0, 30, (2, 9))
+    labels[0, :4] = -100
+    plain = F.cross_entropy(head(h).reshape(-1, 30), labels.reshape(-1), ignore_index=-100)
+    want = torch.autograd.grad(2.5 * plain, [h, head.weight])
+    got = torch.autograd.grad(2.5 * chunked_gif_next_token_ce(h, head, labels, chunk=4), [h, head.weight])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert torch.all(got[0][0, :4] == 0)  # unlabelled positions get no gradient
+    with torch.no_grad():  # validation: the value only
+        torch.testing.assert_close(chunked_gif_next_token_ce(h, head, labels, chunk=4), plain.detach())
+
+
+@pytest.mark.parametrize("preset", ["tiny-dense", "tiny-moe"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_objective_with_gif_loss_equals_plain_and_checkpointed_chunked(preset, tied):
+    plain, plain_grads = _losses_and_grads(preset, "nitp", loss_chunk=0, tied=tied)
+    runs = {
+        impl: _losses_and_grads(preset, "nitp", loss_chunk=7, loss_impl=impl, tied=tied)
+        for impl in ("chunked", "chunked_gif")
+    }
+    for impl, (losses, grads) in runs.items():
+        assert set(losses) == set(plain) and "loss_nitp" in losses
+        assert ("aux_loss" in losses) == (preset == "tiny-moe")
+        for k in plain:
+            torch.testing.assert_close(losses[k], plain[k], rtol=1e-5, atol=1e-6, msg=f"{impl} {k}")
+        assert set(grads) == set(plain_grads)
+        assert any("lm_head" in n for n in grads) == (not tied)
+        for n in plain_grads:
+            torch.testing.assert_close(grads[n], plain_grads[n], rtol=1e-4, atol=1e-6, msg=f"{impl} {n}")
+
+
+def test_loss_impl_and_loss_chunk_resolve_or_fail_in_one_line():
+    assert resolve_loss_impl("auto", 0) == ("plain", 0)
+    assert resolve_loss_impl("auto", 64) == ("chunked", 64)
+    assert resolve_loss_impl("chunked_gif", 64) == ("chunked_gif", 64)
+    assert resolve_loss_impl("chunked", 0)[1] > 0
+    with pytest.raises(UserError, match="loss_impl=plain with train.loss_chunk=64"):
+        resolve_loss_impl("plain", 64)
+
+
+def test_liger_without_the_package_is_a_one_line_error():
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("liger-kernel is installed")
+    model = build_model(resolve_preset("tiny-dense"), seed=0)
+    obj = NITPObjective(model, "ntp", NITP_CFG, loss_chunk=0, loss_impl="liger")
+    with pytest.raises(UserError, match="liger-kernel") as e:
+        obj(torch.randint(0, 100, (1, 8)))
+    assert "\n" not in str(e.value)

@@ -91,16 +91,33 @@ def check_causal_lm(ckpt: Path) -> None:
 
 # ----------------------------------------------------------------------------- plan
 class Plan:
-    """The TaskManager to use, plus the benchmarks that cannot run (name -> reason)."""
+    """The TaskManager to use, plus the benchmarks that cannot run (name -> reason); ``no_data``
+    names those of them whose data the local mirror lacks."""
 
-    def __init__(self, task_manager, failed: dict[str, str], data_key: dict[str, str]):
+    def __init__(
+        self, task_manager, failed: dict[str, str], data_key: dict[str, str], no_data: frozenset = frozenset()
+    ):
         self.task_manager = task_manager
         self.failed = failed
         self.data_key = data_key  # benchmark -> data source (part of the cache key)
+        self.no_data = no_data
+
+
+def check_data_dir(data_dir) -> None:
+    """``--data-dir`` must be an existing folder (checked before anything else runs)."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(data_dir).expanduser().exists() else "no such folder"
+        raise UserError(
+            f"--data-dir {data_dir}: {what} (create a mirror with `nitp-eval mirror export` or `mirror import`)"
+        )
 
 
 def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, log) -> Plan:
-    """Check names and data before any model is loaded; write overrides for a local mirror."""
+    """Check names and data before any model is loaded; write overrides for a local mirror.
+
+    The benchmarks that cannot run are logged, unless the mirror lacks every one of them (then
+    the caller fails with one line: nothing can run).
+    """
     from ..data import mirror
     from ..data.offline_bench import prepare_offline_tasks
 
@@ -123,12 +140,10 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
         if b.unsafe and not allow_unsafe_code:
             failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
     data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
+    no_data = set()
     if data_dir is not None:
+        check_data_dir(data_dir)
         root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise UserError(
-                f"--data-dir {data_dir}: no such folder (create it with `nitp-eval mirror export`)"
-            )
         for b in benchmarks:
             if b.name in failed or b.offline:
                 continue
@@ -139,6 +154,7 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
             ]
             if bad:
                 need, reason = bad[0]
+                no_data.add(b.name)
                 failed[b.name] = (
                     f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
                     f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
@@ -148,9 +164,10 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
         tm = mirror.task_manager(
             _overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline])
         )
-    for reason in failed.values():
-        log(f"error: {reason}")
-    return Plan(tm, failed, data_key)
+    if len(no_data) < len(benchmarks):
+        for reason in failed.values():
+            log(f"error: {reason}")
+    return Plan(tm, failed, data_key, frozenset(no_data))
 
 
 def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
@@ -204,12 +221,3 @@ def _strings(obj) -> Iterator[str]:
     elif isinstance(obj, list):
         for v in obj:
             yield from _strings(v)
-
-
-def config_and_tokenizer_hash(ckpt: Path) -> str:
-    """sha256 of the small files besides the weights that change scores (config, tokenizer)."""
-    h = hashlib.sha256()
-    for f in sorted(Path(ckpt).iterdir()):
-        if f.is_file() and f.suffix in {".json", ".txt", ".model"} and f.name != "nitp_meta.json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()

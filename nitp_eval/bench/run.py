@@ -8,12 +8,14 @@ with ``data_dir``, override files pointing every task at a local mirror (``mirro
 Per checkpoint one result record (docs/contracts.md, ``kind: "bench"``)::
 
     scores = {"tasks": {name: {"metric", "value", "stderr", "n", "n_total", "shots", "version",
-                               "lm_eval_task"[, "filter"]}},
+                               "lm_eval_task"[, "filter"],
+                               "items": {leaf: {"doc_id": [...], metric: [...]}}}},
               "average": arithmetic mean of the tasks' values (as the paper averages benchmarks),
               ["failed": {name: one-line reason}]}
 
-Values are fractions (0..1) as lm-eval reports them. Each finished task is also cached under
-``cache_dir()/bench/<model hash>/`` keyed by (weights hash, config and tokenizer files, task
+Values are fractions (0..1) as lm-eval reports them; ``items`` are lm-eval's per-sample scores
+(``log_samples``), so two records pair item by item (``reports.paired``). Each finished task is also cached under
+``cache_dir()/bench/<model key>/`` keyed by (``nitp.records.model_identity``: weights, config and tokenizer files; task
 and its task files, shots, limit, data source, backend, generation cap, lm-eval version): a rerun only evaluates
 what is missing; ``redo=True`` evaluates everything again.
 
@@ -35,24 +37,25 @@ from pathlib import Path
 from typing import Callable
 
 from nitp.console import text_table
-from nitp.errors import UserError
-from nitp.loading import check_weights_readable, load_tokenizer, model_folder, offline_hub
+from nitp.errors import UserError, on_interrupt
+from nitp.loading import check_model_files, load_tokenizer, model_folder, offline_hub
 from nitp.records import (
     RecordCache,
+    check_output,
     default_record_path,
     library_versions,
     make_record,
+    model_identity,
     read_record,
     write_record,
 )
-from nitp.runs import checkpoint_info
 
 from ..tasks import Benchmark, friendly
 from .plan import (
     Plan,
     check_causal_lm,
+    check_data_dir,
     check_numbers,
-    config_and_tokenizer_hash,
     plan_tasks,
     select_benchmarks,
     shots_for,
@@ -106,6 +109,8 @@ def run_bench(
     if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
         num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
     check_numbers(limit, num_fewshot, benchmarks)
+    check_data_dir(data_dir)
+    check_output(out)  # an unwritable --out fails now, not after the evaluation
     ckpts = [model_folder(c) for c in checkpoints]  # a .gguf becomes its cached HF folder
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
@@ -113,13 +118,16 @@ def run_bench(
         raise UserError(
             f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each"
         )
+    device, batch_size, backend = _runtime(device, batch_size, backend)
     for ckpt in ckpts:  # cheap checks before any task runs: one line each, no traceback from lm-eval
-        folder = model_folder(ckpt)
-        check_causal_lm(folder)
-        check_weights_readable(folder)
-        load_tokenizer(folder)
+        check_causal_lm(model_folder(ckpt))
+        check_model_files(ckpt, device=device)  # tokenizer, weights, memory: before any cache lookup
     with offline_hub(data_dir is not None):
         plan = plan_tasks(benchmarks, data_dir, allow_unsafe_code, log)
+        if len(plan.no_data) == len(benchmarks):  # the mirror has none of them: one line, no record touched
+            reason = next(iter(plan.failed.values()))
+            more = f" (nor for the other {len(benchmarks) - 1} task(s))" if len(benchmarks) > 1 else ""
+            raise UserError(reason + more)
         records = []
         for ckpt in ckpts:
             records.append(
@@ -165,11 +173,19 @@ def _bench_one(
 ) -> dict:
     import lm_eval
 
-    info = checkpoint_info(ckpt)
+    info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
     ckpt = model_folder(ckpt)  # a .gguf file: its converted float32 folder
-    device, batch_size, backend = _runtime(device, batch_size, backend)
-    model_files = config_and_tokenizer_hash(ckpt)
-    cache = RecordCache("bench", info["hash"])
+    cache = RecordCache("bench", info["key"])
+    path = (
+        Path(out)
+        if out is not None
+        else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
+    )
+    check_output(path)  # before any task runs
+    on_interrupt(
+        f"the tasks finished so far are cached in {cache.root} and no record was written; "
+        "rerun the same command to resume from them"
+    )
     scores: dict[str, dict] = {}
     failed = dict(plan.failed)
     lm = None
@@ -177,8 +193,7 @@ def _bench_one(
     for i, b in enumerate(todo, 1):
         shots = shots_for(b, num_fewshot)
         key = {
-            "model": info["hash"],
-            "model_files": model_files,
+            "model": info["key"],
             "lm_eval_task": b.lm_eval_task,
             "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task),
             "shots": shots,
@@ -189,6 +204,8 @@ def _bench_one(
             "lm_eval": lm_eval.__version__,
         }
         cached = None if redo else cache.get(b.name, key)
+        if cached is not None and not _has_items(cached):
+            cached = None  # cached before records kept per-item results: evaluate again
         if cached is not None:
             scores[b.name] = cached
             log(f"[{i}/{len(todo)}] {b.name}: cached ({cache.path(b.name, key)})")
@@ -240,11 +257,6 @@ def _bench_one(
         "bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm")
     )
     if _is_main_process():
-        path = (
-            Path(out)
-            if out is not None
-            else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
-        )
         if _would_clobber(path, record):
             log(
                 f"record not written: the good record at {path} is kept (this run failed: {', '.join(failed)})"
@@ -287,10 +299,9 @@ def _lm_eval_seeds() -> dict:
 def _runtime(device, batch_size, backend) -> tuple[str, int | str, str]:
     import importlib.util
 
-    import torch
+    from nitp.runtime import pick_device
 
-    gpu = torch.cuda.is_available()
-    device = device or ("cuda" if gpu else "cpu")
+    device = pick_device(device)
     if batch_size is None:
         batch_size = "auto" if device.startswith("cuda") else 8
     elif isinstance(batch_size, str) and batch_size != "auto" and not batch_size.startswith("auto:"):
@@ -343,7 +354,7 @@ def evaluate(
             num_fewshot=shots,
             limit=limit,
             task_manager=task_manager,
-            log_samples=False,
+            log_samples=True,  # per-item results: paired tests between records
             confirm_run_unsafe_code=allow_unsafe_code,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
         )
@@ -377,7 +388,45 @@ def extract_score(results: dict, b: Benchmark) -> dict:
     }
     if filt != "none":
         score["filter"] = filt
+    score.update(extract_items(results, leaves, metric, filt))
     return score
+
+
+def extract_items(results: dict, leaves: list[str], metric: str, filt: str) -> dict:
+    """Per-item scores from lm-eval's logged samples: ``{"items": {leaf: {"doc_id", metric}}}``.
+
+    One entry per leaf (sub)task, its documents in lm-eval's order: ``doc_id[i]`` (lm-eval's
+    document index) and ``metric[i]`` (the item's value of the record's metric under its filter,
+    e.g. acc 0/1). Two records of the same task and settings pair by ``(leaf, doc_id)``. When
+    lm-eval logged no samples, or the metric is not a number per item (corpus-level metrics such
+    as BLEU or perplexity), ``{"items_unavailable": reason}`` instead.
+
+    Example
+    -------
+    >>> extract_items({"samples": {"t": [{"doc_id": 0, "filter": "none", "acc": 1.0}]}}, ["t"], "acc", "none")
+    {'items': {'t': {'doc_id': [0], 'acc': [1]}}}
+    """
+    samples = results.get("samples") or {}
+    items: dict[str, dict] = {}
+    for leaf in leaves:
+        rows = [x for x in samples.get(leaf, []) if x.get("filter", filt) == filt]
+        values = [x.get(metric) for x in rows]
+        if not rows or not all(_is_number(v) for v in values):
+            what = "no samples" if not rows else f"{metric} is not a number per item"
+            return {"items_unavailable": f"{leaf}: lm-eval logged {what}"}
+        items[leaf] = {
+            "doc_id": [x["doc_id"] for x in rows],
+            metric: [int(v) if float(v).is_integer() else float(v) for v in values],
+        }
+    return {"items": items}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _has_items(score: dict) -> bool:
+    return "items" in score or "items_unavailable" in score
 
 
 def _leaves(results: dict, name: str) -> list[str]:

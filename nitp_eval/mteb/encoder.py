@@ -14,7 +14,8 @@ Pooling, for layer k's hidden states ``h`` [B, T, D] and attention mask ``m`` [B
 Texts are truncated to ``max_length`` tokens (default 512, MTEB's usual; the paper states none),
 and also to the model's own limit. Encoding batches by a token budget: texts sorted by length,
 each batch filled while ``rows x longest row <= batch_tokens`` (and at most ``batch_size`` rows),
-so memory is bounded whatever the texts' lengths.
+so memory is bounded whatever the texts' lengths. Every text is tokenized once: the token ids
+that size the batches are padded into the features the model runs on.
 
 Example
 -------
@@ -37,7 +38,8 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 from nitp import layers as layers_lib
 from nitp.errors import UserError
 from nitp.io import atomic_folder
-from nitp.loading import check_tokenizer_files, check_weights_readable, load_config, model_folder
+from nitp.loading import check_model_files, load_config
+from nitp.runtime import pick_device, pick_dtype
 
 POOLINGS = ("mean", "last", "eos")
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
@@ -57,26 +59,47 @@ def check_pooling(pooling: str) -> str:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """A checked request for an encoder: a loadable folder, a known pooling, a layer in range."""
+    """A checked request for an encoder: a loadable folder, a known pooling, a layer in range,
+    sizes of at least 1, and the device and dtype it runs in (chosen once, here)."""
 
     folder: Path
     pooling: str
     layer: int
     num_layers: int
+    max_length: int = DEFAULT_MAX_LENGTH
+    batch_size: int = 32
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
-def preflight(model_path: str | Path, pooling: str, layer: int) -> EncoderSpec:
-    """Cheap checks before any weights are loaded; the one place ``--layer`` is validated.
+def preflight(
+    model_path: str | Path,
+    pooling: str = "mean",
+    layer: int = -1,
+    *,
+    device: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 32,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> EncoderSpec:
+    """Every check before any weights are loaded; the one place pooling, ``--layer``, the sizes,
+    the device and the dtype (bfloat16 on a bf16 GPU, else float32) are checked and chosen.
 
     ``model_path``: checkpoint, run directory, Hugging Face folder or ``.gguf`` file (converted
-    once by ``nitp.loading.model_folder``).
+    once by ``nitp.loading.model_folder``). Its tokenizer is loaded and its weight files opened
+    (a garbage or missing file is one line now), and its parameters must fit in memory.
     """
     check_pooling(pooling)
-    folder = model_folder(model_path)
-    check_tokenizer_files(folder)
-    check_weights_readable(folder)  # a truncated weight file: one line now, not a traceback later
+    check_sizes(max_length, batch_tokens, batch_size)
+    device = pick_device(device)
+    dtype = pick_dtype(device)
+    folder = check_model_files(model_path, device=device, dtype=dtype)
     n_layers = int(load_config(folder).num_hidden_layers)
-    return EncoderSpec(folder, pooling, layers_lib.check_layer(layer, n_layers, name="--layer"), n_layers)
+    layer = layers_lib.check_layer(layer, n_layers, name="--layer")
+    return EncoderSpec(
+        folder, pooling, layer, n_layers, int(max_length), int(batch_size), int(batch_tokens), device, dtype
+    )
 
 
 def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
@@ -87,13 +110,6 @@ def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
         raise UserError(
             f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
         )
-
-
-def default_device(device: str | None = None) -> str:
-    """``device``, else cuda when available, else cpu."""
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pooling_modules(pooling: str, dim: int) -> list:
@@ -122,14 +138,8 @@ def pool_hidden_states(hidden, mask, pooling: str = "mean"):
     return features["sentence_embedding"]
 
 
-def build_sentence_transformer(
-    spec: EncoderSpec,
-    *,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    device: str | None = None,
-    log: Callable[[str], None] = _stderr,
-):
-    """The ``SentenceTransformer`` of a checked spec: bf16 on GPU, float32 on CPU, eval mode.
+def build_sentence_transformer(spec: EncoderSpec, *, log: Callable[[str], None] = _stderr):
+    """The ``SentenceTransformer`` of a checked spec, on its device in its dtype, eval mode.
 
     The token limit is the smallest of ``max_length``, sentence-transformers' ``max_seq_length``
     (a folder's sentence_bert_config.json), the tokenizer's and the model's position limit.
@@ -142,9 +152,7 @@ def build_sentence_transformer(
     from .st_layer import LayerTransformer
 
     transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint load is noise in logs
-    check_sizes(max_length, 1, 1)
-    device = default_device(device)
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    dtype = getattr(torch, spec.dtype)
     cls, extra = (Transformer, {}) if spec.layer == -1 else (LayerTransformer, {"layer": spec.layer})
     try:
         transformer = cls.load(str(spec.folder), model_kwargs={"dtype": dtype}, init_defaults=extra)
@@ -153,9 +161,9 @@ def build_sentence_transformer(
             f"{spec.folder}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
     _prepare_tokenizer(transformer.tokenizer, spec, log)
-    transformer.max_seq_length = min(max_length, transformer.max_seq_length or max_length)
+    transformer.max_seq_length = min(spec.max_length, transformer.max_seq_length or spec.max_length)
     modules = [transformer, *pooling_modules(spec.pooling, transformer.get_embedding_dimension())]
-    return SentenceTransformer(modules=modules, device=device).eval()
+    return SentenceTransformer(modules=modules, device=spec.device).eval()
 
 
 def _prepare_tokenizer(tok, spec: EncoderSpec, log) -> None:
@@ -190,9 +198,8 @@ def token_batches(
     ``rows x longest row <= batch_tokens`` and at most ``batch_size`` rows.
 
     A text longer than the budget gets a batch of its own. Example: lengths [5, 1, 3, 3] with a
-    budget of 6 tokens -> [[0], [2, 3], [1]].
+    budget of 6 tokens -> [[0], [2, 3], [1]]. The sizes are checked once, by :func:`preflight`.
     """
-    check_sizes(1, batch_tokens, batch_size)
     if order is None:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -221,12 +228,12 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
     Parameters
     ----------
     model : a checkpoint / run dir / HF folder / .gguf path, or an ``EncoderSpec`` from ``preflight``
-    pooling, layer : see the module docstring (ignored when ``model`` is an ``EncoderSpec``)
-    device : "cpu", "cuda", "cuda:1", ...; None picks cuda when available
-    batch_size : at most this many texts per forward pass (mteb's ``encode_kwargs`` wins)
-    batch_tokens : at most this many padded tokens per forward pass
-    max_length : token limit per text (default 512)
-    name, revision : mteb's cache key of this model (``run_mteb`` passes the weights hash)
+    pooling, layer, device, batch_size, batch_tokens, max_length : passed to :func:`preflight`
+        (ignored when ``model`` is an ``EncoderSpec``, which holds them):
+        device "cpu", "cuda", "cuda:1", ... (None picks cuda when available); at most
+        ``batch_size`` texts (mteb's ``encode_kwargs`` wins) and ``batch_tokens`` padded tokens
+        per forward pass; ``max_length`` tokens per text (default 512)
+    name, revision : mteb's cache key of this model (``run_mteb`` passes the model key)
     """
 
     def __init__(
@@ -243,13 +250,23 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         revision: str | None = None,
         log: Callable[[str], None] = _stderr,
     ) -> None:
-        spec = model if isinstance(model, EncoderSpec) else preflight(model, pooling, layer)
-        check_sizes(max_length, batch_tokens, batch_size)
-        self.spec, self.batch_size, self.batch_tokens = spec, int(batch_size), int(batch_tokens)
-        st_model = build_sentence_transformer(spec, max_length=max_length, device=device, log=log)
+        if not isinstance(model, EncoderSpec):
+            model = preflight(
+                model,
+                pooling,
+                layer,
+                device=device,
+                max_length=max_length,
+                batch_size=batch_size,
+                batch_tokens=batch_tokens,
+            )
+        spec = model
+        self.spec, self.batch_size, self.batch_tokens = spec, spec.batch_size, spec.batch_tokens
+        st_model = build_sentence_transformer(spec, log=log)
         with warnings.catch_warnings():  # mteb's deprecation notes about its own defaults
             warnings.simplefilter("ignore")
             super().__init__(st_model)
+        self._features_match = self._own_features_match_sentence_transformers()
         self.mteb_model_meta = self._model_meta(name or f"nitp-local/{spec.folder.name}", revision)
 
     # --- what tests, benchmarks and notebooks read --------------------------------------------
@@ -275,9 +292,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text as the model sees them (special tokens, EOS for eos, truncation)."""
-        return self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)[
-            "input_ids"
-        ]
+        return self._encode_ids([str(t) for t in texts])["input_ids"]
 
     def hidden_states(self, input_ids, attention_mask):
         """Token states [B, T, D] of the encoder's layer for right-padded ids."""
@@ -288,26 +303,61 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
             return self.transformer(features)["token_embeddings"]
 
     # --- encoding --------------------------------------------------------------------------------
+    def _features(self, encodings: list[dict]) -> dict:
+        """Right-padded model features of already tokenized texts (what ``preprocess`` gives)."""
+        features = dict(self.tokenizer.pad(encodings, padding=True, return_tensors="pt"))
+        features["modality"] = "text"
+        return features
+
+    def _own_features_match_sentence_transformers(self) -> bool:
+        """Whether padding our token ids gives exactly sentence-transformers' own features.
+
+        Checked once per encoder on texts that exercise stripping, case, truncation and padding;
+        when they differ (a chat-template or packed-input model), encoding falls back to
+        ``SentenceTransformer.encode`` per batch, which tokenizes again.
+        """
+        import torch
+
+        probe = ["  A Mixed-case text.  ", "x", "word " * (self.max_length + 8)]
+        theirs = self.model.preprocess(probe)
+        ours = self._features(_per_text(self._encode_ids(probe)))
+        if set(theirs) != set(ours):
+            return False
+        return all(
+            torch.equal(theirs[k], ours[k]) if isinstance(theirs[k], torch.Tensor) else theirs[k] == ours[k]
+            for k in theirs
+        )
+
+    def _encode_ids(self, texts: Sequence[str]) -> dict:
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+
     def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar=False):
         """Embed texts. Returns a float32 numpy array [len(texts), hidden_size], unit rows.
 
-        Batches follow sentence-transformers' own order (longest in characters first) and close
-        early when they would pass ``batch_tokens``; within a batch each distinct text is run once
-        (STS tasks repeat sentences). While the budget does not bind, every batch has the padded
-        width of ``SentenceTransformer.encode``'s batch, so the numbers are the same.
+        Each text is tokenized once; its token count sizes the batches and its ids, padded per
+        batch, are the model's input. Batches follow sentence-transformers' own order (longest
+        in characters first) and close early when they would pass ``batch_tokens``; within a
+        batch each distinct text is run once (STS tasks repeat sentences). While the budget does
+        not bind, every batch has the padded width of ``SentenceTransformer.encode``'s batch, so
+        the numbers are the same.
         """
         import numpy as np
         from rich.console import Console
         from rich.progress import track
 
         texts = [str(t) for t in texts]
-        lengths = [len(ids) for ids in self.tokenize(texts)]
+        encodings = _per_text(self._encode_ids(texts))
         # a text with no token at all becomes one BOS (else EOS) token: a defined embedding
         filler = self.tokenizer.bos_token or self.tokenizer.eos_token or self.tokenizer.pad_token
-        model_texts = [t if n else filler for t, n in zip(texts, lengths)]
+        empty = [i for i, e in enumerate(encodings) if not e["input_ids"]]
+        if empty:
+            [filler_encoding] = _per_text(self._encode_ids([filler]))
+            for i in empty:
+                encodings[i], texts[i] = filler_encoding, filler
+        lengths = [len(e["input_ids"]) for e in encodings]
         order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's sort
         rows_per_batch = batch_size or self.batch_size
-        batches = token_batches([max(n, 1) for n in lengths], self.batch_tokens, rows_per_batch, order)
+        batches = token_batches(lengths, self.batch_tokens, rows_per_batch, order)
         emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         for rows in track(
             batches,
@@ -316,13 +366,28 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
             transient=True,
             console=Console(stderr=True),
         ):
-            distinct = list(dict.fromkeys(model_texts[i] for i in rows))
-            vectors = self.model.encode(
-                distinct, batch_size=len(distinct), convert_to_numpy=True, show_progress_bar=False
-            ).astype(np.float32)
-            where = {t: k for k, t in enumerate(distinct)}
-            emb[rows] = vectors[[where[model_texts[i]] for i in rows]]
+            first = {}  # distinct text -> the row that stands for it
+            for i in rows:
+                first.setdefault(texts[i], i)
+            vectors = self._embed([encodings[i] for i in first.values()], list(first))
+            where = {t: k for k, t in enumerate(first)}
+            emb[rows] = vectors[[where[texts[i]] for i in rows]]
         return emb
+
+    def _embed(self, encodings: list[dict], texts: list[str]):
+        """float32 sentence embeddings [len(texts), hidden_size] of one batch."""
+        import numpy as np
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        if not self._features_match:
+            return self.model.encode(
+                texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
+            ).astype(np.float32)
+        with torch.inference_mode():
+            features = batch_to_device(self._features(encodings), self.model.device)
+            out = self.model(features)["sentence_embedding"]
+        return out.float().cpu().numpy()
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         """mteb's encoder protocol: every text of the dataloader, embedded by ``encode_texts``."""
@@ -353,6 +418,12 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
                 reference=None,
             )
         )
+
+
+def _per_text(batch_encoding) -> list[dict]:
+    """One ``{input_ids, attention_mask, ...}`` dict per text of a tokenizer's unpadded output."""
+    keys = list(batch_encoding.keys())
+    return [dict(zip(keys, values)) for values in zip(*(batch_encoding[k] for k in keys))]
 
 
 def save_encoder(encoder: HiddenStateEncoder, out: str | Path) -> Path:

@@ -76,7 +76,8 @@ def record_tag(suite: str | None, task_names: Sequence[str], pooling: str, layer
 
 
 def is_recorded(path: Path, info: dict, settings: dict) -> bool:
-    """A record at ``path`` already holds every task of these settings for these weights."""
+    """A record at ``path`` already holds every task of these settings for this model (same
+    weights, config and tokenizer: ``model_identity`` key) at this folder."""
     if not path.is_file():
         return False
     try:
@@ -86,7 +87,8 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
     s = rec.get("settings", {})
     return (
         rec.get("kind") == "mteb"
-        and rec.get("model", {}).get("hash") == info["hash"]
+        and rec.get("model", {}).get("key") == info["key"]
+        and rec.get("model", {}).get("path") == info["path"]
         and s.get("pooling") == settings["pooling"]
         and s.get("layer") == settings["layer"]
         and s.get("max_length") == settings["max_length"]
@@ -119,13 +121,13 @@ def record_path(info: dict, out: str | Path | None, several: bool, tag: str) -> 
 def replaces_record(path: Path, record: dict) -> bool:
     """Whether ``record`` may be written at ``path``: it scores at least one task, and no task that a
     readable record of the same weights there already scores (a failed run never overwrites a good
-    record; a torn or foreign file is replaced)."""
+    record; a torn or foreign file is replaced). Same model = same ``model_identity`` key."""
     if not record["scores"]["tasks"]:
         return False
     try:
         old = read_record(path)
     except UserError:
         return True
-    if old.get("kind") != "mteb" or old.get("model", {}).get("hash") != record["model"]["hash"]:
+    if old.get("kind") != "mteb" or old.get("model", {}).get("key") != record["model"]["key"]:
         return True
     return set(old.get("scores", {}).get("tasks", {})) <= set(record["scores"]["tasks"])

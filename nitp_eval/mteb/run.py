@@ -1,12 +1,14 @@
 """`run_mteb`: score checkpoints' frozen embeddings with ``mteb.evaluate``, resumably.
 
 Each checkpoint becomes a ``SentenceTransformer`` (``encoder.HiddenStateEncoder``) and each task
-is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", weights
-hash)`` (unit = task name; settings = pooling, layer, dtype, max_length and the task's data
-and scope), so a killed run, rerun, computes only the tasks it had not finished. mteb's own
-result cache (``$MTEB_CACHE``) is also kept, keyed by model name, revision = weights hash, and
-pooling / layer / dtype / max_length. A record is written only when the run scored at least
-every task that a record of the same weights at that path already holds.
+is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", model
+key)`` (``nitp.records.model_identity``: weights, config and tokenizer files; unit = task name;
+settings = pooling, layer, dtype, max_length and the task's data and scope), so a killed run,
+rerun, computes only the tasks it had not finished. mteb's own result cache (``$MTEB_CACHE``) is
+also kept, keyed by model name, revision = the same model key, and pooling / layer / dtype /
+max_length. A record is written only when the run scored at least every task that a record of
+the same model at that path already holds. Checkpoints, tasks, sizes, device and dtype are all
+checked (and chosen) once, before any model loads.
 
 Example
 -------
@@ -22,10 +24,17 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nitp.errors import UserError
+from nitp.errors import UserError, on_interrupt
 from nitp.loading import offline_hub
-from nitp.records import RecordCache, library_versions, make_record, read_record, write_record
-from nitp.runs import checkpoint_info
+from nitp.records import (
+    RecordCache,
+    check_output,
+    library_versions,
+    make_record,
+    model_identity,
+    read_record,
+    write_record,
+)
 
 from . import encoder as encoder_lib
 from .results import (
@@ -91,9 +100,23 @@ def run_mteb(
             f"--data-dir {data_dir}: no such directory "
             f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
         )
-    encoder_lib.check_sizes(max_length, batch_tokens, batch_size)  # bad sizes fail before any work
-    infos = [checkpoint_info(p) for p in paths]  # bad paths fail before any work
-    specs = [encoder_lib.preflight(info["path"], pooling, layer) for info in infos]
+    if out is not None:
+        check_output(out, folder=Path(out).suffix != ".json")
+    if save_encoder is not None:
+        _check_save_encoder(save_encoder)
+    specs = [  # bad paths, tokenizers, weights, sizes, device: one line before any work
+        encoder_lib.preflight(
+            p,
+            pooling,
+            layer,
+            device=device,
+            max_length=max_length,
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+        )
+        for p in paths
+    ]
+    infos = [model_identity(p) for p in paths]
     task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
     with offline_hub(data_dir is not None):  # local data: no hub retries
         records = []
@@ -111,11 +134,12 @@ def run_mteb(
                 info, out, len(infos) > 1, record_tag(suite, task_names, spec.pooling, spec.layer)
             )
             save_to = _save_dir(save_encoder, info, len(infos) > 1)
+            check_output(path)
             if not redo and save_to is None and is_recorded(path, info, settings):
                 log(f"{info['path']}: already recorded in {path} (--redo recomputes)")
                 records.append(read_record(path))
                 continue
-            record = _score_checkpoint(info, spec, settings, data_dir, redo, device, save_to, log)
+            record = _score_checkpoint(info, spec, settings, data_dir, redo, save_to, log)
             if replaces_record(path, record):
                 write_record(path, record)
                 log(f"record: {path}")
@@ -123,6 +147,14 @@ def run_mteb(
                 log(f"kept {path}: it holds tasks this run could not score (see the errors above)")
             records.append(record)
     return records
+
+
+def _check_save_encoder(save_encoder) -> None:
+    """``--save-encoder`` must be a new or empty folder in a writable place (checked first)."""
+    target = Path(save_encoder).expanduser()
+    check_output(target, "--save-encoder", folder=True)
+    if target.is_dir() and any(target.iterdir()):
+        raise UserError(f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder")
 
 
 def _save_dir(save_encoder, info: dict, several: bool) -> Path | None:
@@ -144,24 +176,19 @@ def task_cache_settings(task, settings: dict, dtype: str) -> dict:
     }
 
 
-def _score_checkpoint(info, spec, settings, data_dir, redo, device, save_to, log) -> dict:
+def _score_checkpoint(info, spec, settings, data_dir, redo, save_to, log) -> dict:
     task_objs = _tasks_with_data(settings, data_dir, log)
-    device = encoder_lib.default_device(device)
-    dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    cache = RecordCache("mteb", info["hash"])
-    keys = {t.metadata.name: task_cache_settings(t, settings, dtype) for t in task_objs}
+    cache = RecordCache("mteb", info["key"])
+    on_interrupt(
+        f"the tasks finished so far are cached in {cache.root} and no record was written; "
+        "rerun the same command to resume from them"
+    )
+    keys = {t.metadata.name: task_cache_settings(t, settings, spec.dtype) for t in task_objs}
     done = {} if redo else {n: v for n, k in keys.items() if (v := cache.get(n, k)) is not None}
     todo = [t for t in task_objs if t.metadata.name not in done]
     if todo or save_to is not None:
         encoder = encoder_lib.HiddenStateEncoder(
-            spec,
-            device=device,
-            batch_size=settings["batch_size"],
-            batch_tokens=settings["batch_tokens"],
-            max_length=settings["max_length"],
-            name=mteb_model_name(info),
-            revision=info["hash"],
-            log=log,
+            spec, name=mteb_model_name(info), revision=info["key"], log=log
         )
         try:
             if save_to is not None:

@@ -57,20 +57,84 @@ def extract_code(generation: str) -> str:
     return code
 
 
-def passes(program: str, timeout_s: float = TIMEOUT_S) -> bool:
-    """Run ``program`` in an isolated Python subprocess; True when it exits with status 0."""
+MEMORY_LIMIT_BYTES = 1 << 30  # address space of the test program
+CPU_LIMIT_S = 10  # CPU seconds of the test program (a busy loop stops even when wall time is slow)
+MAX_PROCESSES = 64  # RLIMIT_NPROC: a fork bomb stops here (counts the user's processes)
+MAX_FILE_BYTES = 16 << 20  # largest file the program may write
+
+
+# Runs first in the child (before the program, with no threads to race, unlike preexec_fn):
+# memory, CPU time, file size, no core files and, for an unprivileged user, a cap on processes.
+# Hard limits equal soft ones, so the program cannot raise them again (root aside).
+_SANDBOX = """
+import os, resource, sys
+mem, cpu, fsize, nproc = (int(a) for a in sys.argv[1:5])
+for lim, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, fsize),
+                   (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(lim, (value, value))
+if os.geteuid() != 0:
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+program = sys.argv[5]
+del os, resource, sys, mem, cpu, fsize, nproc, lim, value
+exec(compile(program, "<program>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def _process_cap() -> int:
+    """RLIMIT_NPROC for the program: this user's processes now plus ``MAX_PROCESSES``."""
+    uid = os.getuid()
+    try:
+        mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and os.stat(f"/proc/{p}").st_uid == uid)
+    except OSError:
+        mine = 0
+    return mine + MAX_PROCESSES
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the program's whole process group (its children and grandchildren too)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def passes(
+    program: str,
+    timeout_s: float = TIMEOUT_S,
+    memory_bytes: int = MEMORY_LIMIT_BYTES,
+    cpu_s: int = CPU_LIMIT_S,
+) -> bool:
+    """Run ``program`` in an isolated Python subprocess; True when it exits with status 0.
+
+    The program runs in a new session (its own process group) in an empty temporary folder,
+    with an empty environment and resource limits (``memory_bytes`` of address space, ``cpu_s``
+    CPU seconds, 16 MiB files, no core dumps); at ``timeout_s`` wall-clock seconds, or when it
+    ends, the whole group is killed, so no forked child outlives the check.
+
+    >>> passes("assert 1 + 1 == 2"), passes("assert 1 + 1 == 3")             # doctest: +SKIP
+    (True, False)
+    """
+    limits = (memory_bytes, cpu_s, MAX_FILE_BYTES, _process_cap())
     with tempfile.TemporaryDirectory(prefix="nitp-lcbench-") as work:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _SANDBOX, *map(str, limits), program],
+            cwd=work,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", "")},
+            start_new_session=True,
+        )
         try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", program],
-                cwd=work,
-                capture_output=True,
-                timeout=timeout_s,
-                env={"PATH": os.environ.get("PATH", "")},
-            )
+            code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return False
-    return done.returncode == 0
+            code = None
+        finally:
+            _kill_group(proc)  # also a finished program's leftover children
+            proc.wait()
+    return code == 0
 
 
 def process_results(doc, results):

@@ -15,7 +15,8 @@ It also routes the trainer's saving (``checkpoint-N`` folders and ``trainer.save
 model that is not a ``PreTrainedModel`` as one raw state dict, which neither loads with
 ``from_pretrained`` nor survives tied embeddings.
 
-This module imports transformers at import time; ``nitp_train.dropin`` does not.
+This module imports transformers at import time; ``nitp_train.dropin`` imports it on first use of
+``add_nitp_callback``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import types
 
 from transformers import TrainerCallback
 
-from nitp_train.dropin import HEAD_FILE, unwrap
+from nitp_train.dropin.core import HEAD_FILE, unwrap
 
 
 def add_nitp_callback(trainer, geometry_every: int = 50) -> NITPCallback:

@@ -5,10 +5,11 @@ The wrapper's ``forward`` has the causal LM's signature and returns its usual ou
     loss = L_NTP + weight * L_NITP,   L_NITP = mean over valid pairs of 1 - cos(P(h_t), sg[z_{t+s}])
 
 plus ``loss_ntp`` and ``loss_nitp`` (per-pair mean). The terms are the ones ``nitp-train`` trains
-(``nitp_train.loss.nitp_loss`` and ``make_head``; layers numbered as in ``nitp.layers``), and
+(the pair rule and sum of ``nitp_train.objective``, ``make_head``; layers numbered as in
+``nitp.layers``), and
 ``save_pretrained`` writes the checkpoint layout ``nitp-train`` writes: the plain model (same keys
 as unwrapped) plus the projector in ``nitp_head.safetensors``. Hooks into HF ``Trainer`` / TRL are in
-``nitp_train.dropin_hf``; torchtitan pieces in ``nitp_train.dropin_titan``.
+``nitp_train.dropin.hf``; torchtitan pieces in ``nitp_train.dropin.titan``.
 
 Example
 -------
@@ -21,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -30,11 +32,13 @@ import torch.nn as nn
 from nitp.errors import UserError
 from nitp.io import atomic_write_bytes, atomic_write_json
 from nitp.layers import check_layer, default_target_layer, num_layers, register_layer_hook
-from nitp_train.loss import LOSS_KINDS, PROJECTORS, make_head, nitp_loss
+from nitp_train.config_model import check_shift
+from nitp_train.loss import LOSS_KINDS, PROJECTORS, make_head
+from nitp_train.objective import IGNORE_INDEX, documents_from_positions, nitp_pairs, nitp_sum
+from nitp_train.parallel import inner_module
 
 HEAD_FILE = "nitp_head.safetensors"
 META_FILE = "nitp_meta.json"
-IGNORE_INDEX = -100
 
 
 def wrap_model(
@@ -46,6 +50,7 @@ def wrap_model(
     projector: str = "swiglu",
     stop_grad: bool = True,
     head_from: str | os.PathLike | None = None,
+    cross_documents: bool = False,
 ) -> NITPWrapped:
     """Add the NITP objective to a Hugging Face causal LM without changing how it is trained.
 
@@ -55,17 +60,20 @@ def wrap_model(
         Trained as is; its weights are shared, not copied.
     target_layer : int or None
         k of z = output of block k (0 = embeddings; ``nitp.layers`` numbering). ``None`` =
-        round(0.21 L), the paper's depth rule (5 for L = 24, 6 for 28).
+        ``nitp.layers.default_target_layer(L)``, the paper's depth rule (5 for L = 24, 6 for 28).
     weight : float
         lambda in L = L_NTP + lambda L_NITP (paper: 1.0; 0.8 / 0.6 at the largest sizes).
     shift : int
-        s: h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation.
+        s: h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation (the only two, as in the config).
     loss, projector, stop_grad
         As in ``nitp-train`` (``nitp_train.loss``): ``cosine`` / ``swiglu`` (12 d^2 params) / True
         are the paper's settings.
     head_from : path or None
         A folder (checkpoint, run directory or exported model) holding ``nitp_head.safetensors``:
         resume the projector from it.
+    cross_documents : bool
+        False (default): no NITP pair crosses a document boundary of packed rows
+        (``nitp_train.objective.nitp_pairs``); True: the every-position variant.
 
     Returns
     -------
@@ -73,10 +81,7 @@ def wrap_model(
         An ``nn.Module`` (``.model`` = the LM, ``.head`` = the projector) that reads every other
         attribute (``config``, ``generation_config``, ...) from the LM.
     """
-    if not hasattr(model, "config"):
-        raise UserError(
-            f"{type(model).__name__}: not a Hugging Face model (no .config); wrap a ...ForCausalLM"
-        )
+    _check_wrappable(model)
     n = num_layers(model)
     k = (
         default_target_layer(n)
@@ -87,14 +92,40 @@ def wrap_model(
         raise UserError(f"loss {loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
     if projector not in PROJECTORS:
         raise UserError(f"projector {projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
-    if not isinstance(shift, int) or shift < 0:
-        raise UserError(f"shift {shift!r}: must be an integer >= 0; use 1 (NITP) or 0 (same position)")
-    if float(weight) < 0:
-        raise UserError(f"weight {weight!r}: must be >= 0; use 1.0 (the paper's lambda)")
-    wrapped = NITPWrapped(model, k, float(weight), shift, loss, projector, bool(stop_grad))
+    shift = check_shift(shift, "shift")  # the config's rule: 1 (NITP) or 0 (same position)
+    if not math.isfinite(float(weight)) or float(weight) < 0:
+        raise UserError(f"weight {weight!r}: must be a finite number >= 0; use 1.0 (the paper's lambda)")
+    wrapped = NITPWrapped(
+        model, k, float(weight), shift, loss, projector, bool(stop_grad), bool(cross_documents)
+    )
     if head_from is not None:
         wrapped.load_head(head_from)
     return wrapped
+
+
+def _check_wrappable(model) -> None:
+    """One-line UserError unless ``model`` is a bare Hugging Face causal LM.
+
+    Causal = it has an LM head (``get_output_embeddings()``), can generate (``can_generate()``:
+    False for encoders such as BERT's masked LM) and is not an encoder-decoder.
+    """
+    name = type(model).__name__
+    if unwrap(model) is not None:
+        raise UserError(f"{name}: already wrapped by wrap_model; pass it as is (or its .model to rewrap)")
+    if not hasattr(model, "config"):
+        raise UserError(f"{name}: not a Hugging Face model (no .config); wrap a ...ForCausalLM")
+    causal = (
+        callable(getattr(model, "get_output_embeddings", None))
+        and model.get_output_embeddings() is not None
+        and callable(getattr(model, "can_generate", None))
+        and model.can_generate()
+        and not getattr(model.config, "is_encoder_decoder", False)
+    )
+    if not causal:
+        raise UserError(
+            f"{name}: not a causal LM (no LM head, or an encoder / encoder-decoder); "
+            "wrap a ...ForCausalLM (AutoModelForCausalLM)"
+        )
 
 
 class NITPWrapped(nn.Module):
@@ -107,7 +138,7 @@ class NITPWrapped(nn.Module):
     # HF Trainer: pass num_items_in_batch to forward and trust the loss to be normalised by it
     accepts_loss_kwargs = True
 
-    def __init__(self, model, target_layer, weight, shift, loss, projector, stop_grad):
+    def __init__(self, model, target_layer, weight, shift, loss, projector, stop_grad, cross_documents=False):
         super().__init__()
         self.model = model
         d = model.config.get_text_config().hidden_size
@@ -123,6 +154,7 @@ class NITPWrapped(nn.Module):
             loss=loss,
             projector=projector,
             stop_grad=stop_grad,
+            cross_documents=cross_documents,
         )
         self.stats = NITPStats()
         self.geometry_wanted = False  # set by a callback for the next forward: keep h for erank
@@ -154,6 +186,7 @@ class NITPWrapped(nn.Module):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        document_ids: torch.Tensor | None = None,
         **kwargs,
     ):
         r"""The LM's forward; with ``labels`` the loss becomes L_NTP + weight * L_NITP.
@@ -164,8 +197,10 @@ class NITPWrapped(nn.Module):
         targets in the whole accumulated batch, as HF ``Trainer`` counts them) the CE is the
         model's own ``sum / num_items_in_batch`` and the NITP term is its per-pair *sum* divided
         by the same count, so summing micro-batches gives the mean over the full batch. NITP pairs
-        are the CE's supervised positions t (labels[t+1] != -100), minus pairs that cross a
-        document boundary (a ``position_ids`` restart) or touch padding.
+        follow ``nitp_train.objective.nitp_pairs``: the CE's supervised positions t
+        (labels[t+1] != -100), minus pairs that touch padding or ignored labels or cross a document
+        boundary (``document_ids`` [B, T] when given, which enters the pair rule only, else a
+        ``position_ids`` restart).
 
         Returns
         -------
@@ -193,32 +228,38 @@ class NITPWrapped(nn.Module):
             self._capturing = False
         h, z = self._captured.pop("last"), self._captured.pop("target")
         self._captured.clear()
-        valid = nitp_pairs(labels, attention_mask, position_ids, self.nitp["shift"])
         if self.training and torch.is_grad_enabled() and h.requires_grad:
             h = self.stats.probe_gradients(h)
-        mean, n_pairs = self._nitp_mean(h, z, valid)
-        scale = n_pairs / num_items_in_batch if num_items_in_batch is not None else 1.0
+        total, n_pairs = self._nitp_sum(h, z, labels, attention_mask, position_ids, document_ids)
+        mean = total / n_pairs.clamp(min=1)
         ntp = out.loss
-        out.loss = ntp + self.nitp["weight"] * mean * scale
+        nitp = total / num_items_in_batch if num_items_in_batch is not None else mean
+        out.loss = ntp + self.nitp["weight"] * nitp
         if kwargs.get("fused_lm_head"):
-            _fold_into_log_probs(out, self.nitp["weight"] * mean * n_pairs)
+            _fold_into_log_probs(out, self.nitp["weight"] * total)
         out["loss_ntp"], out["loss_nitp"] = ntp, mean
         if self.training:
             n_ce = (labels[..., 1:] != IGNORE_INDEX).sum()
             ntp_mean = ntp * num_items_in_batch / n_ce.clamp(min=1) if num_items_in_batch is not None else ntp
             self.stats.add(ntp_mean, n_ce, mean, n_pairs)
             if self.geometry_wanted:
-                self.geometry_sample = _token_states(h, attention_mask, position_ids)
+                self.geometry_sample = _token_states(h, attention_mask, position_ids, document_ids)
                 self.geometry_wanted = False
         return out
 
-    def _nitp_mean(self, h, z, valid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-pair mean of the NITP loss over ``valid`` pairs, and their count (a [] tensor)."""
-        s, m = self.nitp["shift"], valid.shape[1]
-        pred, tgt = h[:, :m][valid], z[:, s : s + m][valid]  # [N, d] each, pairs already matched
-        # nitp_loss with shift 0 on one row of N matched pairs: the same loss / projector / stop-grad
-        mean = nitp_loss(pred[None], tgt[None], self.head, None, 0, self.nitp["loss"], self.nitp["stop_grad"])
-        return mean, valid.sum()
+    def _nitp_sum(self, h, z, labels, attention_mask, position_ids, document_ids):
+        """``(sum, count)`` of the NITP loss over this batch's pairs (``nitp_train.objective``)."""
+        n = self.nitp
+        pairs = nitp_pairs(
+            labels.shape,
+            n["shift"],
+            labels=labels,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            document_ids=document_ids,
+            cross_documents=n["cross_documents"],
+        )
+        return nitp_sum(h, z, pairs, self.head, n["shift"], n["loss"], n["stop_grad"])
 
     # ------------------------------------------------------------------ export / resume
     def save_pretrained(
@@ -310,53 +351,20 @@ def _fold_into_log_probs(out, nitp_sum: torch.Tensor) -> None:
     out.log_probs = out.log_probs - mask * (nitp_sum / mask.sum().clamp(min=1))
 
 
-# ---------------------------------------------------------------------- pairs and documents
-def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """Document index of each token of packed rows: a new document starts where ``position_ids``
-    does not continue (p_t != p_{t-1} + 1, e.g. a restart at 0).
-
-    >>> document_ids(torch.tensor([[0, 1, 2, 0, 1, 0]])).tolist()
-    [[1, 1, 1, 2, 2, 3]]
-    """
-    pos = position_ids if position_ids.dim() == 2 else position_ids.reshape(1, -1)
-    restart = torch.ones_like(pos, dtype=torch.bool)
-    restart[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    return restart.long().cumsum(1)
-
-
-def nitp_pairs(
-    labels: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-    shift: int = 1,
-) -> torch.Tensor:
-    """Which pairs (h_t, z_{t+s}) the NITP loss uses: a bool mask [B, T - max(s, 1)] over t.
-
-    t is valid when it is a supervised CE position (``labels[t+1] != -100``), t and t+s are both
-    real tokens (``attention_mask``, when 2-D) and belong to the same document (no
-    ``position_ids`` restart in between).
-
-    >>> nitp_pairs(torch.tensor([[5, 6, 7, 8]]), position_ids=torch.tensor([[0, 1, 0, 1]])).tolist()
-    [[True, False, True]]
-    """
-    T = labels.shape[-1]
-    m = T - max(shift, 1)
-    valid = labels[..., 1:][..., :m] != IGNORE_INDEX
-    if attention_mask is not None and attention_mask.dim() == 2:
-        am = attention_mask.bool()
-        valid = valid & am[:, :m] & am[:, shift : shift + m]
-    if position_ids is not None and position_ids.dim() <= 2:
-        doc = document_ids(position_ids).to(valid.device)
-        valid = valid & (doc[:, :m] == doc[:, shift : shift + m])
-    return valid
-
-
-def _token_states(h: torch.Tensor, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+# ---------------------------------------------------------------------- token states
+def _token_states(
+    h: torch.Tensor, attention_mask, position_ids, document_ids=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Real tokens' last hidden states [N, d] (detached) and a sequence id per row [N]."""
     B, T = h.shape[:2]
-    seq = torch.arange(B, device=h.device)[:, None].expand(B, T) * (T + 1)
-    if position_ids is not None and position_ids.dim() <= 2:
-        seq = seq + document_ids(position_ids).to(h.device).expand(B, T)
+    rows = torch.arange(B, device=h.device)[:, None].expand(B, T)
+    docs = document_ids
+    if docs is None and position_ids is not None and position_ids.dim() <= 2:
+        docs = documents_from_positions(position_ids)
+    seq = rows
+    if docs is not None:  # one id per (row, document)
+        both = torch.stack([rows, docs.to(h.device).reshape(-1, T).expand(B, T)], -1).reshape(-1, 2)
+        seq = torch.unique(both, dim=0, return_inverse=True)[1].reshape(B, T)
     keep = torch.ones(B, T, dtype=torch.bool, device=h.device)
     if attention_mask is not None and attention_mask.dim() == 2:
         keep = attention_mask.bool()
@@ -431,8 +439,5 @@ class _GradProbe(torch.autograd.Function):
 
 def unwrap(model) -> NITPWrapped | None:
     """The :class:`NITPWrapped` inside DDP / accelerate / torch.compile wrappers, or None."""
-    seen = 0
-    while model is not None and not isinstance(model, NITPWrapped) and seen < 8:
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        seen += 1
-    return model if isinstance(model, NITPWrapped) else None
+    inner = inner_module(model) if isinstance(model, nn.Module) else model
+    return inner if isinstance(inner, NITPWrapped) else None

@@ -3,7 +3,7 @@
 It is the recipe of docs/dropin.md run end to end on real text (the built-in corpus of
 ``nitp_train.data``), used by the tests and for the SmolLM2-135M numbers in that doc::
 
-    python -m nitp_train.dropin_demo MODEL_DIR_OR_GGUF OUT_DIR --steps 20 [--trainer sft]
+    python -m nitp_train.dropin.demo MODEL_DIR_OR_GGUF OUT_DIR --steps 20 [--trainer sft]
 
 ``OUT_DIR/final`` is the exported model (plain HF folder + ``nitp_head.safetensors``);
 ``OUT_DIR/log_history.json`` the Trainer's log lines with the NITP callback's numbers.
@@ -55,7 +55,7 @@ def run_demo(
 
     from nitp_train.corpus import builtin_documents
     from nitp_train.dropin import wrap_model
-    from nitp_train.dropin_hf import add_nitp_callback
+    from nitp_train.dropin.hf import add_nitp_callback
 
     out_dir = Path(out_dir)
     if tokenizer.pad_token is None:

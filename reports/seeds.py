@@ -1,0 +1,228 @@
+"""Runs that differ only in their seed, summarised together: mean ± sd, 95% interval, paired Δ.
+
+A *seed set* is the runs of one block (size) whose resolved configs are equal except ``seed``
+and ``run_name`` (same objective, knobs, data, steps). For the NTP baseline's set and the NITP
+reference's set, :func:`seed_tables` writes one table per bench / MTEB settings group:
+
+=========================  ==================================================================
+row                        columns
+=========================  ==================================================================
+``<metric>: NTP (k seeds)`` mean, sd (ddof = 1), Student-t 95% interval of the mean, seeds
+``<metric>: Δ by seed``    mean of per-seed NITP − NTP, its t interval, paired t-test p,
+                           Holm-adjusted p over the Δ rows of the table, seeds paired
+=========================  ==================================================================
+
+(:func:`reports.stats.seed_summary`, :func:`reports.stats.paired_by_seed`, :func:`~reports.stats.with_holm`).
+
+Example
+-------
+>>> [s.label for s in seed_sets(study.models)]                    # doctest: +SKIP
+['NTP tiny-dense (3 seeds)', 'NITP tiny-dense (3 seeds)']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from . import stats
+from .formats import Table
+from .grouping import Layout, SettingsGroup
+from .inputs import OBJECTIVE_NAMES, Model
+
+IGNORED_KEYS = {"seed", "run_name"}
+
+
+@dataclass
+class SeedSet:
+    """Runs equal in everything but the seed; ``models`` in seed order."""
+
+    role: str
+    models: list[Model]
+
+    @property
+    def label(self) -> str:
+        preset = self.models[0].preset or ""
+        return f"{OBJECTIVE_NAMES.get(self.role, self.role)} {preset} ({len(self.models)} seeds)".replace(
+            "  ", " "
+        )
+
+    def by_seed(self, value: Callable[[Model], float | None]) -> dict[str, float]:
+        """``{seed: value(model)}`` of the runs that have a value."""
+        out = {}
+        for m in self.models:
+            v = value(m)
+            if v is not None:
+                out[str(seed_of(m))] = float(v)
+        return out
+
+
+def seed_of(model: Model):
+    return (model.config or {}).get("seed")
+
+
+def _signature(model: Model) -> str:
+    cfg = {k: v for k, v in (model.config or {}).items() if k not in IGNORED_KEYS}
+    return model.role + json.dumps(cfg, sort_keys=True, default=str)
+
+
+def seed_sets(models: list[Model]) -> list[SeedSet]:
+    """Sets of at least two runs with distinct seeds and otherwise equal configs."""
+    sets: dict[str, list[Model]] = {}
+    for m in models:
+        if m.config is not None and seed_of(m) is not None:
+            sets.setdefault(_signature(m), []).append(m)
+    out = []
+    for members in sets.values():
+        by_seed = {str(seed_of(m)): m for m in members}
+        if len(by_seed) >= 2:
+            out.append(SeedSet(members[0].role, sorted(by_seed.values(), key=lambda m: str(seed_of(m)))))
+    return out
+
+
+def set_of(model: Model | None, sets: list[SeedSet]) -> SeedSet | None:
+    return next((s for s in sets if model is not None and model in s.models), None)
+
+
+COLUMNS = ["mean", "sd", "95% CI low", "95% CI high", "p", "p_Holm", "seeds"]
+
+
+def seed_table(
+    name: str,
+    title: str,
+    metrics: list[tuple[str, Callable[[Model], float | None]]],
+    base: SeedSet,
+    new: SeedSet,
+) -> Table:
+    """Per metric: each set's mean ± sd [t interval] and the Δ paired by seed (values in %)."""
+    table = Table(
+        name,
+        title,
+        COLUMNS,
+        higher_is_better=[None] * len(COLUMNS),
+        decimals=[2, 2, 2, 2, 3, 3, 0],
+        label_header="metric",
+        emphasis="tested",
+    )
+    deltas = []
+    for label, value in metrics:
+        table.new_block()
+        a, b = base.by_seed(value), new.by_seed(value)
+        for s, values in ((base, a), (new, b)):
+            if values:
+                m = stats.seed_summary(values)
+                table.add(
+                    f"{label}: {s.label}",
+                    [100 * m.mean, _pct(m.sd), _pct(m.ci_low), _pct(m.ci_high), None, None, m.n],
+                )
+        if len(set(a) & set(b)) >= 2:
+            deltas.append((label, stats.paired_by_seed(a, b)))
+    adjusted = stats.with_holm([c for _, c in deltas]) if len(deltas) > 1 else [c for _, c in deltas]
+    for (label, _), c in zip(deltas, adjusted):
+        row = _insert_delta(table, label, c)
+        if c.significant and (c.p_holm if c.p_holm is not None else c.p_value) < 1 - c.confidence:
+            row.hand_bold = {0}
+    table.notes.append(
+        "Mean, sd (ddof = 1) and Student-t 95% interval of the mean over seeds; Δ: NITP − NTP paired by "
+        "seed (paired t-test; p_Holm over the Δ rows of this table). Bold: only a Δ whose interval "
+        "excludes 0 with p < 0.05."
+    )
+    table.notes.append(
+        f"{base.label}: "
+        + ", ".join(m.label for m in base.models)
+        + f". {new.label}: "
+        + ", ".join(m.label for m in new.models)
+        + "."
+    )
+    headline = next(
+        (c for label, c in zip([x for x, _ in deltas], adjusted) if label == metrics[-1][0]), None
+    )
+    if headline is not None:
+        table.verdicts.append(
+            stats.verdict(
+                f"NITP − NTP on {metrics[-1][0]}, paired by seed", headline, names=("NTP", "NITP"), digits=2
+            )
+        )
+    return table
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def _insert_delta(table: Table, label: str, c) -> object:
+    """The Δ row right after the metric's rows (same block)."""
+    values = [100 * c.delta, None, 100 * c.ci_low, 100 * c.ci_high, c.p_value, c.p_holm, c.n]
+    row = table.add(f"{label}: Δ NITP − NTP by seed", values, kind="delta")
+    table.rows.remove(row)
+    last = max(i for i, r in enumerate(table.rows) if r.label.startswith(f"{label}: "))
+    row.block = table.rows[last].block
+    table.rows.insert(last + 1, row)
+    return row
+
+
+def seed_tables(
+    layout: Layout, study_models: list[Model], bench: list[SettingsGroup], mteb: list[SettingsGroup]
+) -> list[Table]:
+    """One seed table per bench and MTEB settings group and block with NTP and NITP seed sets."""
+    from .tables import BENCH_HEADERS, bench_tasks, mteb_group_names
+
+    sets = seed_sets(study_models)
+    tables = []
+    for block in layout.blocks:
+        base, new = set_of(block.baseline, sets), set_of(block.reference, sets)
+        if base is None or new is None:
+            continue
+        suffix = f" ({block.size})" if len(layout.blocks) > 1 else ""
+        for i, group in enumerate(bench):
+            metrics = [
+                (BENCH_HEADERS.get(t, t), lambda m, g=group, t=t: _task_value(g, m, t))
+                for t in bench_tasks(group)
+            ] + [("Avg.", lambda m, g=group: (g.latest(m) or {}).get("scores", {}).get("average"))]
+            tables.append(
+                seed_table(
+                    f"bench-seeds{_suffix(i)}{_slug(suffix)}",
+                    f"Benchmarks over seeds ({group.description}){suffix}; in %",
+                    metrics,
+                    base,
+                    new,
+                )
+            )
+        for i, group in enumerate(mteb):
+            metrics = [
+                (
+                    g,
+                    lambda m, grp=group, g=g: (
+                        (grp.latest(m) or {}).get("scores", {}).get("groups", {}).get(g)
+                    ),
+                )
+                for g in mteb_group_names(group)
+            ] + [
+                ("MTEB overall", lambda m, grp=group: (grp.latest(m) or {}).get("scores", {}).get("overall"))
+            ]
+            tables.append(
+                seed_table(
+                    f"mteb-seeds{_suffix(i)}{_slug(suffix)}",
+                    f"MTEB over seeds ({group.description}){suffix}; in %",
+                    metrics,
+                    base,
+                    new,
+                )
+            )
+    return [t for t in tables if t.rows]
+
+
+def _task_value(group: SettingsGroup, model: Model, task: str) -> float | None:
+    rec = group.latest(model)
+    return None if rec is None else (rec["scores"].get("tasks", {}).get(task) or {}).get("value")
+
+
+def _suffix(i: int) -> str:
+    return "" if i == 0 else f"-{i + 1}"
+
+
+def _slug(text: str) -> str:
+    from .tables import slug
+
+    return f"-{slug(text)}" if text else ""
