@@ -1,7 +1,7 @@
 """`nitp-geom`: effective rank, anisotropy and per-layer NITP target statistics of checkpoints.
 
-Commands: ``rank CKPT...``, ``anisotropy CKPT...``, ``layers CKPT...``, ``trajectory RUN_DIR``,
-``flops PRESET|CONFIG``. Each measurement writes a ``kind: "geom"`` result record (``--out``, else
+Commands: ``rank CKPT...``, ``anisotropy CKPT...``, ``layers CKPT...``, ``compare A [B]``,
+``diff-erank CKPT``, ``trajectory RUN_DIR``, ``flops PRESET|CONFIG``. Each measurement writes a ``kind: "geom"`` result record (``--out``, else
 ``RUN/results/geom/`` or ``./results/geom/``) and skips checkpoints already recorded with the same
 settings (``--redo`` to recompute). Layer numbering: 0 = embeddings, k = block k, -1 = last
 hidden state (final-norm output; the last block's output for encoders).
@@ -193,6 +193,21 @@ def layers(
         False, "--spectrum", help="Store every layer's covariance eigenvalues in the record."
     ),
     metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric names for the table."),
+    id_tokens: int = typer.Option(
+        2000,
+        "--id-tokens",
+        help="Token states per layer (seeded sample, duplicates dropped) for the TwoNN / GRIDE intrinsic dimension; 0 skips it.",
+    ),
+    entropy_sequences: int = typer.Option(
+        16,
+        "--entropy-sequences",
+        help="Sequences (the first of the sample) for the prompt entropy; 0 skips it.",
+    ),
+    lens: bool = typer.Option(
+        True,
+        "--lens/--no-lens",
+        help="Logit-lens next-token CE per layer (final norm + LM head, every token).",
+    ),
     corpus: str = CORPUS,
     tokens: int = TOKENS,
     batch_size: int = BATCH,
@@ -216,6 +231,9 @@ def layers(
         reference=reference,
         ridge=ridge,
         spectrum=spectrum,
+        id_tokens=id_tokens,
+        entropy_sequences=entropy_sequences,
+        lens=lens,
         **_settings(
             corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
         ),
@@ -229,6 +247,148 @@ def layers(
         for lab, rec in zip(unique_labels(records), records):
             r = rec["scores"].get("paper_depth_rule") or rec["scores"].get("recommendation") or {}
             _emit(f"{lab}: NITP target layer by the paper's depth rule: {r.get('layer')} — {r.get('reason')}")
+
+
+@app.command()
+def compare(
+    model_a: str = typer.Argument(
+        ..., help="Checkpoint, run directory, HF folder or GGUF file (rows of the map)."
+    ),
+    model_b: str | None = typer.Argument(
+        None, help="A second model with the same tokenizer (columns) [default: A against itself]."
+    ),
+    layers_: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers (both models) or 'all' [default: all]."
+    ),
+    self_maps: bool = typer.Option(
+        True,
+        "--self/--no-self",
+        help="With two models, also each model against itself (the block structure).",
+    ),
+    figure: Path | None = typer.Option(
+        None, "--figure", help="Heatmap of the maps: PATH.png and PATH.pdf (matplotlib)."
+    ),
+    measure: str = typer.Option(
+        "cka_debiased", "--measure", help="Map in the text table: cka_debiased, cka or procrustes."
+    ),
+    corpus: str = CORPUS,
+    tokens: int = typer.Option(
+        8192, "--tokens", "-n", help="Tokens in the corpus sample (the same for both)."
+    ),
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    exclude_first: bool = EXCLUDE_FIRST,
+    seed: int = SEED,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Record path (.json)."),
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
+):
+    """Layer i of A x layer j of B: debiased linear CKA, linear CKA, orthogonal Procrustes distance (one pass, same tokens)."""
+    from .similarity import MAPS, compare_record, diagonal_rows, matrix_rows, plot_similarity, similarity_rows
+    from .tables import render, unique_labels
+
+    _check_format(fmt)
+    if measure not in ("cka_debiased", "cka", "procrustes"):
+        raise UserError(f"--measure {measure}: use cka_debiased, cka or procrustes")
+    if figure is not None:
+        from nitp.records import check_output
+
+        check_output(figure, "--figure")
+    record = compare_record(
+        model_a,
+        model_b,
+        layers=_layers_arg(layers_, None),
+        self_maps=self_maps,
+        corpus=corpus,
+        n_tokens=tokens,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device,
+        dtype=dtype,
+        exclude_first=exclude_first,
+        seed=seed,
+        out=out,
+        redo=redo,
+        progress=progress,
+    )
+    sim = record["scores"]["similarity"]
+    labels = _compare_labels(record, unique_labels)
+    if figure is not None:
+        written = plot_similarity(record, figure, labels)
+        print(f"figure: {', '.join(map(str, written))}", file=sys.stderr)
+    if fmt != "table":
+        _emit(render(similarity_rows(record), fmt, None, [record]))
+        return
+    names = {
+        "a_vs_b": f"{labels[0]} (rows) x {labels[1]}",
+        "a_vs_a": f"{labels[0]} x itself",
+        "b_vs_b": f"{labels[1]} x itself",
+    }
+    for name in (m for m in MAPS if m in sim):
+        _emit(render(matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
+    _emit(
+        render(
+            diagonal_rows(record), "table", f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
+        )
+    )
+    _emit(f"{sim['n_tokens']:,} tokens; record: {record['_path']}")
+
+
+def _compare_labels(record: dict, unique_labels) -> tuple[str, str]:
+    b = record["settings"].get("model_b")
+    if b is None:
+        lab = unique_labels([record])[0]
+        return lab, lab
+    labs = unique_labels([record, {"model": b}])
+    return labs[0], labs[1]
+
+
+@app.command("diff-erank")
+def diff_erank_cmd(
+    checkpoint: str = typer.Argument(..., help="Checkpoint, run directory, HF folder or GGUF file."),
+    layers_: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the paper's last layer]."
+    ),
+    init_seed: int = typer.Option(0, "--init-seed", help="Seed of the random initialisation (from_config)."),
+    corpus: str = CORPUS,
+    tokens: int = typer.Option(4096, "--tokens", "-n", help="Tokens in the corpus sample."),
+    batch_size: int = BATCH,
+    seq_len: int | None = SEQ_LEN,
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    seed: int = SEED,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Record path (.json)."),
+    fmt: str = FORMAT,
+    redo: bool = REDO,
+    progress: bool = PROGRESS,
+):
+    """Diff-eRank (Wei et al. 2024): eRank of a random-init copy minus the trained model's. Positive = training LOWERED the rank (the opposite of 'higher rank is better')."""
+    from .diffrank import LABEL, diff_erank_record
+    from .tables import render, unique_labels
+
+    _check_format(fmt)
+    record = diff_erank_record(
+        checkpoint,
+        layers=layers_,
+        init_seed=init_seed,
+        corpus=corpus,
+        n_tokens=tokens,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        out=out,
+        redo=redo,
+        progress=progress,
+    )
+    rows = record["scores"]["diff_erank"]["layers"]
+    _emit(render(rows, fmt, f"Diff-eRank of {unique_labels([record])[0]}", [record]))
+    if fmt == "table":
+        _emit(LABEL)
 
 
 @app.command()

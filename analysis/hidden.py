@@ -60,24 +60,36 @@ class LoadedModel:
     device: str
     dtype: str
     max_positions: int | None
+    lm_head: object = None  # the LM head (nn.Linear, [V, d]) when loaded with ``lm_head=True``
+
+    @property
+    def final_norm(self):
+        """The final norm module (None for encoders): the logit lens reads layers through it."""
+        return layers_lib.final_norm(self.model)
 
     def layer_name(self, k: int) -> str:
         return layers_lib.layer_name(self.model, k)
 
 
 def load_model(
-    checkpoint: str | os.PathLike, device: str | None = None, dtype: str | None = None
+    checkpoint: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | None = None,
+    lm_head: bool = False,
 ) -> LoadedModel:
     """Load the backbone (``AutoModel``: no LM head) and tokenizer of anything ``nitp.loading``
     accepts. ``device`` and ``dtype`` are chosen by ``nitp.runtime`` (cuda when visible;
-    bfloat16 on a bf16 GPU, else float32); the model must fit in that device's memory."""
+    bfloat16 on a bf16 GPU, else float32); the model must fit in that device's memory.
+
+    ``lm_head=True`` loads the causal LM and keeps its head beside the backbone (for the logit
+    lens); models without one (encoders) load as a backbone with ``lm_head = None``."""
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     path = model_folder(checkpoint)
     config = load_config(path)
     tokenizer = load_tokenizer(path)
     check_memory(path, device=device, dtype=dtype)
-    model = load_backbone(path, causal=False, dtype=dtype, device=device)
+    model, head = _backbone_and_head(path, config, dtype, device, lm_head)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -88,7 +100,21 @@ def load_model(
         device=device,
         dtype=dtype,
         max_positions=getattr(config, "max_position_embeddings", None),
+        lm_head=head,
     )
+
+
+def _backbone_and_head(path, config, dtype: str, device: str, lm_head: bool):
+    """``(backbone, head or None)``: the causal LM split in two when a head is wanted and exists."""
+    if not lm_head or not _is_causal(config):
+        return load_backbone(path, causal=False, dtype=dtype, device=device), None
+    causal = load_backbone(path, causal=True, dtype=dtype, device=device)
+    return causal.base_model, causal.get_output_embeddings()
+
+
+def _is_causal(config) -> bool:
+    """The config names a causal-LM architecture (``*ForCausalLM``; encoders such as BertModel do not)."""
+    return any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
 
 
 def parse_layers(layers) -> list[int] | None:

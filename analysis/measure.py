@@ -35,6 +35,13 @@ from nitp.records import (
 from nitp.runs import checkpoint_info, resolve_checkpoint
 from nitp.runtime import pick_device, pick_dtype
 
+from .depth import (
+    DEFAULT_ENTROPY_SEQUENCES,
+    DEFAULT_ID_TOKENS,
+    DEPTH_DEFINITIONS,
+    DEPTH_VERSION,
+    DepthMeasures,
+)
 from .layers import (
     CORE_KEYS,
     DEFAULT_PAIRS,
@@ -68,8 +75,15 @@ def measure(
     n_pairs: int = DEFAULT_PAIRS,
     spectrum: bool = False,
     progress: bool = True,
+    id_tokens: int = DEFAULT_ID_TOKENS,
+    entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
+    lens: bool = True,
 ) -> tuple[dict, dict, dict]:
-    """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``."""
+    """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``.
+
+    The depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
+    ``id_tokens`` sampled token states, prompt entropy on the first ``entropy_sequences``
+    sequences, dataset entropy, curvature, alpha-ReQ and (``lens``) the logit-lens CE."""
     from .hidden import (
         batch_plan,
         corpus_sample,
@@ -80,7 +94,8 @@ def measure(
     )
 
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
-    loaded = load_model(checkpoint, device=device, dtype=dtype)
+    check_counts(id_tokens=id_tokens, entropy_sequences=entropy_sequences)
+    loaded = load_model(checkpoint, device=device, dtype=dtype, lm_head=lens)
     layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
     refs = []
     if reference is not None:
@@ -111,15 +126,27 @@ def measure(
     stats = LayerStatistics(
         layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path), documents=sample.documents
     )
+    depth = DepthMeasures(
+        stats.layers,
+        n_reported,
+        id_tokens,
+        entropy_sequences,
+        exclude_first,
+        loaded.final_norm,
+        loaded.lm_head,
+        seed,
+    )
     n_batches = len(batch_plan(sample, batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
         for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, batch_size, refs):
             ref_states = ref_batches[0].states if ref_batches else None
             stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
+            depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
             advance()
     rows = []
     for k in stats.layers:
         row = stats.layer_result(k, spectrum=spectrum)
+        row.update(depth.layer_result(k, stats.acc[k].moments(exclude_first).eigenvalues()))
         row["name"] = loaded.layer_name(k)
         rows.append(row)
     last = next(r for r in rows if r["layer"] == -1)
@@ -149,7 +176,7 @@ def measure(
         "paper_depth_rule": rule,
         "recommended_target_layer": rule["layer"],  # old name of paper_depth_rule_layer, kept for readers
         "paper_measures": PAPER_MEASURES,
-        "definitions": DEFINITIONS,
+        "definitions": {**DEFINITIONS, **DEPTH_DEFINITIONS},
     }
     settings = {
         "corpus": corpus,
@@ -167,8 +194,17 @@ def measure(
         "dtype": loaded.dtype,
         "reference": checkpoint_info(refs[0].path) if refs else None,
         "sample": sample.describe(),
+        "depth": depth.settings(),
     }
     return checkpoint_info(loaded.path), settings, scores
+
+
+def batch_input_ids(sample, batch):
+    """The ``input_ids`` [B, T] of a batch, rebuilt from the sample (padding where ``mask`` is False)."""
+    from .hidden import padded
+
+    seqs = [sample.sequences[int(i)] for i in batch.seq_ids]
+    return padded(seqs, 0, batch.mask.device)[0]
 
 
 class _progress:
@@ -244,6 +280,9 @@ def geom_record(
     redo: bool = False,
     progress: bool = True,
     write: bool = True,
+    id_tokens: int = DEFAULT_ID_TOKENS,
+    entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
+    lens: bool = True,
 ) -> dict:
     """Measure a checkpoint and write its ``kind: "geom"`` record (docs/contracts.md).
 
@@ -257,6 +296,8 @@ def geom_record(
     out : record path; default ``nitp.records.default_record_path(model, "geom", tag)``.
     reference : another checkpoint with the same tokenizer: adds ``cka_vs_reference``.
     redo : recompute even when an equal record (same weights, same settings) exists.
+    id_tokens, entropy_sequences, lens : the depth measures' samples and the logit lens
+        (``analysis.depth``); they are part of the cached settings.
 
     Returns
     -------
@@ -266,6 +307,7 @@ def geom_record(
     from .hidden import parse_layers
 
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
+    check_counts(id_tokens=id_tokens, entropy_sequences=entropy_sequences)
     ckpt = resolve_checkpoint(checkpoint)
     layers = parse_layers(layers)
     if write:
@@ -298,6 +340,13 @@ def geom_record(
     wanted["layers"] = sorted(int(k) for k in layers) if layers is not None else None
     wanted["reference"] = model_identity(reference)["key"] if reference is not None else None
     wanted["spectrum"] = spectrum
+    # records made before the depth measures (no "depth" key) have another digest: measured again
+    wanted["depth"] = {
+        "version": DEPTH_VERSION,
+        "id_tokens": id_tokens,
+        "entropy_sequences": entropy_sequences,
+        "lens": lens,
+    }
 
     def compute() -> dict:
         _, settings, scores = measure(
@@ -317,6 +366,9 @@ def geom_record(
             n_pairs=n_pairs,
             spectrum=spectrum,
             progress=progress,
+            id_tokens=id_tokens,
+            entropy_sequences=entropy_sequences,
+            lens=lens,
         )
         return make_record("geom", info, settings, scores, library_versions())
 
@@ -350,6 +402,13 @@ def check_sizes(**sizes) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
             raise UserError(f"{option} {value!r}: must be a whole number of at least 1")
+
+
+def check_counts(**counts) -> None:
+    """Sample sizes that may be 0 (= skip that measure): whole numbers >= 0, else ``UserError``."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: must be a whole number >= 0 (0 skips it)")
 
 
 def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:

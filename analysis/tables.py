@@ -47,6 +47,13 @@ LAYER_METRICS = (
     "ridge_r2",
     "ridge_cos",
     "cka_vs_reference",
+    "intrinsic_dimension_twonn",
+    "intrinsic_dimension_gride",
+    "alpha_req",
+    "prompt_entropy",
+    "dataset_entropy",
+    "curvature",
+    "logit_lens_ce",
 )
 SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_documents", "ridge_r2")
 SHORT = {
@@ -73,6 +80,13 @@ SHORT = {
     "ridge_cos": "ridge_cos",
     "cka_vs_reference": "CKA_ref",
     "n_tokens": "tokens",
+    "intrinsic_dimension_twonn": "ID_twonn",
+    "intrinsic_dimension_gride": "ID_gride",
+    "alpha_req": "alpha_ReQ",
+    "prompt_entropy": "prompt_H",
+    "dataset_entropy": "dataset_H",
+    "curvature": "curvature",
+    "logit_lens_ce": "lens_CE",
 }
 
 

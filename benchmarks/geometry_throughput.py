@@ -11,6 +11,12 @@
    at least 10x faster, with memory flat in N. The forward pass is shared and left out of both
    sides; memory is the bytes each side holds (accumulator state vs stored activations), the
    peak process RSS is printed too.
+3. **The depth measures vs a bare forward** (``analysis.depth``, ``analysis.similarity``,
+   ``analysis.diffrank``), each alone over the same tokens, hooks and finalisation included:
+   intrinsic dimension (TwoNN + GRIDE on the sampled token states), information flow (prompt /
+   dataset entropy, curvature), alpha-ReQ, the logit lens (decoders only: final norm + LM head
+   over the whole vocabulary, chunked), the all-layer self-similarity map (debiased CKA +
+   Procrustes, ``compare A``) and Diff-eRank (a random copy's forward + per-sequence entropies).
 
 Usage::
 
@@ -170,6 +176,101 @@ def versus_naive(loaded, sample, batch_size: int) -> dict:
     }
 
 
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def depth_seconds(loaded, sample, batch_size: int, part: str) -> float:
+    """One depth measure alone, over every layer: forward with hooks + updates + final numbers."""
+    from analysis.depth import DepthMeasures
+    from analysis.hidden import iter_hidden_states, resolve_layers
+    from analysis.measure import batch_input_ids
+    from nitp.streaming import Moments
+
+    layers = resolve_layers(None, loaded.n_layers)
+    n = int(sample.lengths.sum())
+    on = {
+        "intrinsic dimension": dict(id_tokens=2000, entropy_sequences=0),
+        "entropies + curvature": dict(id_tokens=0, entropy_sequences=16),
+        "logit lens": dict(id_tokens=0, entropy_sequences=0),
+        "alpha-ReQ": dict(id_tokens=0, entropy_sequences=0),
+    }[part]
+    head = loaded.lm_head if part == "logit lens" else None
+    depth = DepthMeasures(layers, n, final_norm=loaded.final_norm, lm_head=head, **on)
+    moments = {k: Moments() for k in layers} if part == "alpha-ReQ" else None
+
+    def run():
+        for batch, _ in iter_hidden_states(loaded, sample, layers, batch_size):
+            if moments is not None:
+                for k in layers:
+                    moments[k].update(batch.states[k][batch.mask])
+            else:
+                depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
+        for k in layers:
+            depth.layer_result(k, moments[k].eigenvalues() if moments is not None else None)
+
+    return _timed(run, loaded.device)
+
+
+def similarity_seconds(loaded, sample, batch_size: int) -> float:
+    """``compare A``: the all-layer self-similarity map (HSICMoments of every layer pair)."""
+    from analysis.hidden import resolve_layers
+    from analysis.similarity import SimilarityStreams, _paired_rows
+
+    layers = resolve_layers(None, loaded.n_layers)
+    streams = SimilarityStreams(layers, None)
+
+    def run():
+        for rows_a, _ in _paired_rows(loaded, None, layers, None, sample, batch_size, False):
+            streams.update(rows_a, None)
+        streams.maps()
+
+    return _timed(run, loaded.device)
+
+
+def diff_erank_seconds(loaded, sample, batch_size: int) -> float:
+    """Diff-eRank of the last layer: the trained and a random copy's passes + entropies."""
+    from analysis.diffrank import _sequence_entropies, random_copy
+
+    def run():
+        rand = random_copy(loaded, 0)
+        for model in (loaded, rand):
+            _sequence_entropies(model, sample, [-1], batch_size, {-1: []})
+
+    return _timed(run, loaded.device)
+
+
+def depth_report(loaded, tokens: int, seq_len: int, batch_size: int) -> None:
+    """Section [3]: each depth measure's time as a ratio to a bare forward on the same tokens,
+    the bare forward timed right before each measure (side by side, so load drift cancels)."""
+    from analysis.hidden import corpus_sample
+
+    sample = corpus_sample(loaded.tokenizer, "builtin", tokens, seq_len, seed=0)
+    bare_forward_seconds(loaded, sample, batch_size)  # warm-up
+    print(
+        f"\n[3] depth measures, {sample.n_tokens:,} tokens, all {loaded.n_layers + 2} layers (forward included)"
+    )
+    parts = {
+        "intrinsic dimension": lambda: depth_seconds(loaded, sample, batch_size, "intrinsic dimension"),
+        "entropies + curvature": lambda: depth_seconds(loaded, sample, batch_size, "entropies + curvature"),
+        "alpha-ReQ (+ moments)": lambda: depth_seconds(loaded, sample, batch_size, "alpha-ReQ"),
+        "self-similarity map": lambda: similarity_seconds(loaded, sample, batch_size),
+        "Diff-eRank (last layer)": lambda: diff_erank_seconds(loaded, sample, batch_size),
+    }
+    if loaded.lm_head is not None:
+        parts["logit lens"] = lambda: depth_seconds(loaded, sample, batch_size, "logit lens")
+    else:
+        print("    logit lens: skipped (no LM head: an encoder)")
+    for name, run in parts.items():
+        bare = bare_forward_seconds(loaded, sample, batch_size)
+        t = run()
+        print(f"    {name:<24} {t:8.2f} s   bare forward {bare:6.2f} s   ratio {t / bare:7.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -180,18 +281,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--forward-tokens", type=int, default=50_000, help="tokens for the overhead ratio")
     ap.add_argument("--tokens", default="50000,100000,200000", help="token counts for the naive comparison")
+    ap.add_argument("--depth-tokens", type=int, default=8192, help="tokens for the depth-measure ratios [3]")
+    ap.add_argument("--only-depth", action="store_true", help="run section [3] only")
     args = ap.parse_args()
 
     import torch
 
     from analysis.hidden import corpus_sample, load_model
 
-    loaded = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
+    loaded = load_model(args.checkpoint or _default_checkpoint(), device=args.device, lm_head=True)
     name = loaded.path.name if args.checkpoint else "all-MiniLM-L6-v2"
     print(
         f"model {name}: {loaded.n_layers} layers, d={loaded.hidden_size}, device {loaded.device} ({loaded.dtype}), "
         f"torch threads {torch.get_num_threads()}"
     )
+    if args.only_depth:
+        depth_report(loaded, args.depth_tokens, args.seq_len, args.batch_size)
+        return
 
     sample = corpus_sample(loaded.tokenizer, "builtin", args.forward_tokens, args.seq_len, seed=0)
     bare_forward_seconds(
@@ -227,6 +333,7 @@ def main() -> None:
             f" {r['values_s']:9.2f} {r['values_s'] / r['ours_s']:8.1f}x"
             f" {r['ours_bytes'] / 2**20:8.1f} {r['naive_bytes'] / 2**20:9.1f} {r['max_rel_diff']:13.1e}"
         )
+    depth_report(loaded, args.depth_tokens, args.seq_len, args.batch_size)
     print(f"\npeak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MB")
 
 

@@ -18,9 +18,21 @@ random (seeded), which is all a speed / memory measurement needs. Prints one tab
 
 ``--sweep`` runs instead one NITP training-step timing per combination of micro-batch size x
 next-token loss implementation (``train.loss_impl``) x ``torch.compile`` mode
-(``train.compile_mode``; ``eager`` = no compile), each with fused AdamW on CUDA, and prints one
-row per combination: tokens/s, MFU, peak memory, first (compiling) step; a combination that
-fails (e.g. out of memory) records its error and the sweep goes on.
+(``train.compile_mode``; ``eager`` = no compile), each with fused AdamW on CUDA and ``--accum``
+micro-batches per timed optimizer step (gradient accumulation, as the recipes run), and prints
+one row per combination: tokens/s, MFU, peak memory, first (compiling) step; a combination that
+fails (e.g. out of memory) records its error and the sweep goes on. Then, at the best setting
+(most tokens/s): the compile check (``torch._dynamo.explain`` graph / graph-break count, a
+``fullgraph=True`` compile of the training forward + backward, recompiles over the trainer's call
+pattern), the NITP / NTP step-time ratio over ``--ratio-pairs`` interleaved pairs of optimizer
+steps with a 95% normal interval over the paired log-ratios (numpy; scipy is absent on the GPU
+machine), and, with ``--write-overlay PATH``, the best setting as a config overlay YAML.
+``--time-budget SECONDS`` skips the sweep points (and shortens the ratio) that would not fit.
+
+``--study`` trains the single-GPU study (``configs/studies/gpu-single.yaml``, smoke: the
+``quickstart`` study) through ``reports.study.run_study``, training only (the evaluators need
+lm-eval / mteb, absent there), its ``train.steps`` trimmed to what fits the remaining budget at
+the lower of 20% MFU and the MFU the sweep measured.
 
 MFU = training FLOPs per token (``nitp_train.flops``) x tokens/s / peak bf16 FLOP/s of the GPU.
 
@@ -30,12 +42,15 @@ Examples::
     python benchmarks/gpu_check.py --smoke                # CPU, tiny-dense, under 2 min
     bash benchmarks/gpu_check.sh --sweep                  # GPU: B x loss impl x compile mode
     python benchmarks/gpu_check.py --sweep --smoke        # CPU: the sweep's structure, seconds
+    bash benchmarks/gpu_check.sh --sweep --time-budget 420 --write-overlay "$OUT/best.yaml"
+    bash benchmarks/gpu_check.sh --study --time-budget 480   # the gpu-single study, trimmed
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -59,6 +74,13 @@ SWEEP_LOSS_IMPLS = ("plain", "chunked", "chunked_gif", "liger")
 SWEEP_COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SWEEP_FULL = dict(batch_sizes="8,16", loss_impls="plain,chunked,chunked_gif", compile_modes="default")
 SWEEP_SMOKE = dict(batch_sizes="1,2", loss_impls="plain,chunked,chunked_gif", compile_modes="eager")
+# an a-priori cost of one sweep point before any was measured (GPU: ~50 s compile + timed steps)
+POINT_GUESS_S = {"cuda": 90.0, "cpu": 2.0}
+RESERVE_GUESS_S = {"cuda": 200.0, "cpu": 3.0}  # compile check + ratio, before any point was timed
+CHECK_GUESS_S = {"cuda": 30.0, "cpu": 2.0}  # the compile check (dynamo tracing, backend eager)
+STUDY = {"cuda": "gpu-single", "cpu": "quickstart"}
+STUDY_MFU_GUESS = 0.20  # the study trains uncompiled (its recipe): at most this, or the sweep's if lower
+STUDY_START_S = 60.0  # per cell: model build, data check, compile, checkpoint
 # modules a bare GPU machine lacks: importing any of them would make the check fail there
 # (pandas is there, and torch / transformers may import it themselves)
 ABSENT_THERE = ("datasets", "gensim", "lm_eval", "mteb", "sentence_transformers")
@@ -80,6 +102,14 @@ def parse(argv=None):
     p.add_argument(
         "--sweep-compile-modes", help=f"comma-separated, of {', '.join(SWEEP_COMPILE_MODES)} (smoke: eager)"
     )
+    p.add_argument("--accum", type=int, help="micro-batches per timed optimizer step (default 4; smoke 1)")
+    p.add_argument("--warmup", type=int, help="untimed optimizer steps per point (default 2; smoke 1)")
+    p.add_argument("--ratio-pairs", type=int, help="interleaved NTP/NITP step pairs (default 40; smoke 3)")
+    p.add_argument("--write-overlay", metavar="PATH", help="write the best sweep setting as a config overlay")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="skip what would not fit in this")
+    p.add_argument("--study", action="store_true", help="train the single-GPU study (training only)")
+    p.add_argument("--study-name", help="a study file or shipped name (default gpu-single; smoke quickstart)")
+    p.add_argument("--study-out", help="the study's folder (default runs/gpu-check-study)")
     args = p.parse_args(argv)
     size = dict(SMOKE if args.smoke else FULL)
     for key in ("preset", "seq_len", "batch_size"):
@@ -89,12 +119,28 @@ def parse(argv=None):
     size["steps"] = args.steps or (3 if args.smoke else 12)
     size["loss_chunk"] = args.loss_chunk or (16 if args.smoke else 512)
     size["mem_batch_size"] = max(1, size["batch_size"] // 2)  # eager steps (memory, FSDP2) keep headroom
+    size["accum"] = _positive(args.accum, "--accum", 1 if args.smoke else 4)
+    size["warmup"] = _positive(args.warmup, "--warmup", 1 if args.smoke else 2)
+    size["ratio_pairs"] = _positive(args.ratio_pairs, "--ratio-pairs", 3 if args.smoke else 40)
+    if args.time_budget is not None and not args.time_budget > 0:
+        sys.exit(f"gpu_check: --time-budget {args.time_budget}: give a positive number of seconds")
+    size["time_budget"] = args.time_budget
     if args.sweep:
         size["sweep"] = sweep_grid(args)
-        size["steps"] = args.steps or (1 if args.smoke else 8)
+        size["steps"] = args.steps or (1 if args.smoke else 30)
+    if args.study:
+        size["study"] = args.study_name or STUDY[size["device"]]
     if size["device"] == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device; use --smoke for the CPU check")
     return args, size
+
+
+def _positive(value, flag: str, default: int) -> int:
+    if value is None:
+        return default
+    if value < 1:
+        sys.exit(f"gpu_check: {flag} {value}: give a positive integer")
+    return value
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -134,10 +180,14 @@ def make_objective(
     return obj, opt
 
 
-def train_step(forward, params, opt, x, amp) -> float:
-    with amp:
-        loss = forward(x)["loss_total"]
-    loss.backward()
+def train_step(forward, params, opt, batches, amp) -> float:
+    """One optimizer step over ``batches`` (a tensor, or a list of micro-batches: gradient
+    accumulation, each loss divided by their number), clip, AdamW; returns the last loss."""
+    batches = [batches] if isinstance(batches, torch.Tensor) else batches
+    for x in batches:
+        with amp:
+            loss = forward(x)["loss_total"]
+        (loss / len(batches)).backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -341,45 +391,288 @@ def sweep_grid(args) -> list[tuple[int, str, str]]:
 
 
 def sweep(spec: dict, size: dict, device: torch.device, res: dict) -> None:
-    """One NITP step timing per ``size["sweep"]`` combination, into ``res["sweep"]`` (a list of rows)."""
+    """One NITP step timing per ``size["sweep"]`` combination, into ``res["sweep"]`` (a list of rows);
+    a point that would overrun ``size["time_budget"]`` (less a reserve for the sections after it)
+    is recorded as skipped."""
     res["sweep"] = []
     config = build_model_config(spec)
     flops = training_flops_per_token(config, size["seq_len"]) + nitp_flops_per_token(config.hidden_size)
     res["flops_per_token"], res["peak_flops"] = flops, peak_flops(device)
+    point_s = POINT_GUESS_S[device.type]
     for batch_size, impl, mode in size["sweep"]:
         row = {"batch_size": batch_size, "loss_impl": impl, "compile_mode": mode}
-        try:
-            row.update(sweep_point(spec, {**size, "batch_size": batch_size}, device, impl, mode))
-            if res["peak_flops"]:
-                row["mfu"] = flops * row["tokens_per_s"] / res["peak_flops"]
-        except Exception as e:  # out of memory, a missing package: this point only
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        left, need = seconds_left(size), point_s + reserve_s(res["sweep"], size, device)
+        if res["sweep"] and left is not None and left < need:  # the first point always runs
+            row["skipped"] = f"time budget ({left:.0f} s left, this point + what follows ~{need:.0f} s)"
+        else:
+            t0 = time.perf_counter()
+            try:
+                row.update(sweep_point(spec, {**size, "batch_size": batch_size}, device, impl, mode))
+                if res["peak_flops"]:
+                    row["mfu"] = flops * row["tokens_per_s"] / res["peak_flops"]
+            except Exception as e:  # out of memory, a missing package: this point only
+                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            point_s = max(point_s if res["sweep"] else 0.0, time.perf_counter() - t0)
         res["sweep"].append(row)
         print(f"[sweep] {json.dumps(row)}", file=sys.stderr, flush=True)
-        torch._dynamo.reset()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if res["sweep"] and all("error" in r for r in res["sweep"]):
-        raise RuntimeError("every sweep point failed: " + res["sweep"][0]["error"])
+        release(device)
+    timed_rows = [r for r in res["sweep"] if "tokens_per_s" in r]
+    if res["sweep"] and not timed_rows:
+        first = res["sweep"][0]
+        raise RuntimeError("no sweep point was timed: " + first.get("error", first.get("skipped", "")))
+    res["best"] = max(timed_rows, key=lambda r: r["tokens_per_s"]) if timed_rows else None
+
+
+def reserve_s(rows: list[dict], size: dict, device: torch.device) -> float:
+    """Seconds the sections after the sweep need: the compile check, two compiles and the
+    interleaved pairs of the ratio, from the points timed so far (none yet: a guess)."""
+    timed_rows = [r for r in rows if "tokens_per_s" in r]
+    if not timed_rows:
+        return RESERVE_GUESS_S[device.type]
+    best = max(timed_rows, key=lambda r: r["tokens_per_s"])
+    compile_s = max(r["first_step_s"] for r in timed_rows)
+    steps = 2 * (size["ratio_pairs"] + size["warmup"])
+    return CHECK_GUESS_S[device.type] + 2 * compile_s + steps * best["step_s"]
+
+
+def seconds_left(size: dict) -> float | None:
+    """Seconds of ``--time-budget`` left (None: no budget)."""
+    if size.get("time_budget") is None:
+        return None
+    return size["time_budget"] - (time.perf_counter() - size["t_start"])
+
+
+def release(device: torch.device) -> None:
+    """Drop compiled graphs and cached GPU memory between measurements."""
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def micro_batches(spec: dict, size: dict, device: torch.device) -> list[torch.Tensor]:
+    """``size["accum"]`` random micro-batches of ``size["batch_size"]`` x ``size["seq_len"]``."""
+    return [random_batch(spec, size, device, seed=i) for i in range(size["accum"])]
 
 
 def sweep_point(spec: dict, size: dict, device: torch.device, impl: str, mode: str) -> dict:
-    """Median NITP step time of ``size["steps"]`` steps after one (compiling) warm-up step."""
-    chunk = 0 if impl in ("plain", "liger") else size["loss_chunk"]
-    obj, opt = make_objective(spec, "nitp", device, loss_chunk=chunk, loss_impl=impl)
+    """Median optimizer-step time (``accum`` micro-batches each) of ``size["steps"]`` steps after
+    ``size["warmup"]`` untimed ones (the first compiles)."""
+    obj, opt = make_objective(spec, "nitp", device, loss_chunk=loss_chunk_for(impl, size), loss_impl=impl)
     res = {"attn_implementation": str(getattr(obj.model.config, "_attn_implementation", None))}
     fwd = obj if mode == "eager" else torch.compile(obj, mode=mode)
-    x, amp = random_batch(spec, size, device), autocast(size, device)
-    step = functools.partial(train_step, fwd, [p for p in obj.parameters() if p.requires_grad], opt, x, amp)
+    xs, amp = micro_batches(spec, size, device), autocast(size, device)
+    step = functools.partial(train_step, fwd, [p for p in obj.parameters() if p.requires_grad], opt, xs, amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     res["first_step_s"] = timed(step, device)
+    for _ in range(size["warmup"] - 1):
+        timed(step, device)
     times = [timed(step, device) for _ in range(size["steps"])]
     res["step_s"] = statistics.median(times)
-    res["tokens_per_s"] = size["batch_size"] * size["seq_len"] / res["step_s"]
+    res["tokens_per_s"] = size["accum"] * size["batch_size"] * size["seq_len"] / res["step_s"]
     if device.type == "cuda":
         res["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return res
+
+
+def loss_chunk_for(impl: str, size: dict) -> int:
+    return 0 if impl in ("plain", "liger") else size["loss_chunk"]
+
+
+# ----------------------------------------------------------------------------- at the best setting
+def best_setting(res: dict, size: dict) -> dict:
+    """The best sweep row, or (no sweep) the check's own size with chunked_gif / default compile."""
+    if res.get("best"):
+        return res["best"]
+    mode = "default" if size["compile"] else "eager"
+    return {"batch_size": size["batch_size"], "loss_impl": "chunked_gif", "compile_mode": mode}
+
+
+def graph_check(spec: dict, size: dict, device: torch.device, res: dict) -> None:
+    """Graph breaks (``torch._dynamo.explain``), a ``fullgraph=True`` compile of the NITP training
+    forward + backward, and the recompiles over the trainer's call pattern (``nitp_weight`` 0 before
+    ``nitp.start_step`` then lambda; ``keep_last_hidden`` on geometry steps). Dynamo only (backend
+    ``eager``): graph breaks are decided there, not by inductor, and no second compile is paid."""
+    from torch._dynamo.utils import counters
+
+    best = best_setting(res, size)
+    impl = best["loss_impl"]
+    obj, _opt = make_objective(spec, "nitp", device, loss_chunk=loss_chunk_for(impl, size), loss_impl=impl)
+    # two rows are enough to see the breaks (one would let dynamo specialise on size 1) and keep
+    # the eager backward of the fullgraph check far from the memory the best B needs
+    x = random_batch(spec, {**size, "batch_size": min(2, best["batch_size"])}, device)
+    docs, amp = torch.zeros_like(x), autocast(size, device)
+    out = {"loss_impl": impl}
+    with amp:
+        explained = torch._dynamo.explain(obj)(x, nitp_weight=1.0, document_ids=docs)
+    out["graphs"], out["graph_breaks"] = explained.graph_count, explained.graph_break_count
+    reasons = dict.fromkeys(str(b.reason).splitlines()[0][:160] for b in explained.break_reasons)
+    out["break_reasons"] = list(reasons)[:3]
+    release(device)
+    try:
+        with amp:
+            full = torch.compile(obj, backend="eager", fullgraph=True)
+            full(x, nitp_weight=1.0, document_ids=docs)["loss_total"].backward()
+        out["fullgraph"] = "ok"
+    except Exception as e:
+        out["fullgraph"] = f"fails: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    release(device)
+    counters.clear()
+    compiled = torch.compile(obj, backend="eager")
+    calls = [(0.0, False), (1.0, False), (1.0, True), (1.0, False)]
+    graphs = []
+    for weight, keep in calls:
+        with amp:
+            compiled(x, nitp_weight=weight, keep_last_hidden=keep, document_ids=docs)["loss_total"].backward()
+        graphs.append(int(counters["stats"]["unique_graphs"]))
+    out["recompiles"] = graphs[-1] - graphs[0]
+    out["recompile_calls"] = "nitp_weight 0 -> 1, keep_last_hidden off -> on -> off"
+    res["compile_check"] = out
+    release(device)
+
+
+def paired_ratio(t_ntp: list[float], t_nitp: list[float], level: float = 0.95) -> dict:
+    r"""NITP / NTP step-time ratio from paired step times, with a normal interval.
+
+    With :math:`d_i = \log(t^{nitp}_i / t^{ntp}_i)` over :math:`n` pairs, mean :math:`\bar d`
+    and standard deviation :math:`s`, the ratio is :math:`e^{\bar d}` and its interval
+    :math:`e^{\bar d \pm z s / \sqrt n}`, :math:`z` the ``(1 + level) / 2`` normal quantile
+    (``statistics.NormalDist``; numpy only: scipy is absent on the GPU machine). Inputs: two
+    lists of n >= 2 seconds. Example: ``paired_ratio([1.0, 1.0], [1.02, 1.02])["ratio"]`` is 1.02.
+    """
+    import numpy as np
+
+    d = np.log(np.asarray(t_nitp, dtype=float) / np.asarray(t_ntp, dtype=float))
+    z = statistics.NormalDist().inv_cdf((1 + level) / 2)
+    half = z * float(d.std(ddof=1)) / math.sqrt(len(d))
+    mean = float(d.mean())
+    return {
+        "ratio": math.exp(mean),
+        "lo": math.exp(mean - half),
+        "hi": math.exp(mean + half),
+        "half_width": math.exp(half) - 1.0,
+        "pairs": len(d),
+        "level": level,
+    }
+
+
+def nitp_ratio(spec: dict, size: dict, device: torch.device, res: dict) -> None:
+    """NTP and NITP optimizer steps at the best setting, interleaved (NTP, NITP, then NITP, NTP, ...
+    so drift hits both alike): the paired ratio, its interval and the FLOPs prediction."""
+    best = best_setting(res, size)
+    impl, mode = best["loss_impl"], best["compile_mode"]
+    sized = {**size, "batch_size": best["batch_size"]}
+    xs, amp = micro_batches(spec, sized, device), autocast(size, device)
+    steps = {}
+    for objective in ("ntp", "nitp"):
+        obj, opt = make_objective(
+            spec, objective, device, loss_chunk=loss_chunk_for(impl, size), loss_impl=impl
+        )
+        fwd = obj if mode == "eager" else torch.compile(obj, mode=mode)
+        params = [p for p in obj.parameters() if p.requires_grad]
+        steps[objective] = functools.partial(train_step, fwd, params, opt, xs, amp)
+        for _ in range(size["warmup"]):
+            timed(steps[objective], device)
+    pairs = size["ratio_pairs"]
+    if best.get("step_s") and seconds_left(size) is not None:  # what fits of the budget
+        pairs = max(2, min(pairs, int(seconds_left(size) * 0.5 / (2 * best["step_s"]))))
+    times = {"ntp": [], "nitp": []}
+    for i in range(pairs):
+        for objective in ("ntp", "nitp") if i % 2 == 0 else ("nitp", "ntp"):
+            times[objective].append(timed(steps[objective], device))
+    config = build_model_config(spec)
+    base = training_flops_per_token(config, size["seq_len"])
+    out = {"setting": {k: best[k] for k in ("batch_size", "loss_impl", "compile_mode")}}
+    out.update(paired_ratio(times["ntp"], times["nitp"]))
+    out["predicted"] = 1.0 + nitp_flops_per_token(config.hidden_size) / base
+    out["overhead_vs_predicted"] = (out["ratio"] - 1.0) / (out["predicted"] - 1.0)
+    out["ntp_step_s"], out["nitp_step_s"] = statistics.median(times["ntp"]), statistics.median(times["nitp"])
+    res["ratio"] = out
+    steps.clear()
+    release(device)
+
+
+def overlay_text(best: dict, size: dict, res: dict) -> str:
+    """The best setting as a config overlay (``configs/ablations``-style: ``overlay: true`` + keys)."""
+    import yaml
+
+    mode = best["compile_mode"]
+    train = {
+        "batch_size": best["batch_size"],
+        "loss_impl": best["loss_impl"],
+        "loss_chunk": loss_chunk_for(best["loss_impl"], size),
+        "compile": mode != "eager",
+        "compile_mode": "default" if mode == "eager" else mode,
+        "fused_adamw": "auto",
+    }
+    mfu = "n/a" if best.get("mfu") is None else f"{best['mfu']:.1%}"
+    head = (
+        f"# The fastest of {len(res.get('sweep', []))} sweep points of benchmarks/gpu_check.py --sweep\n"
+        f"# ({size['preset']}, T={size['seq_len']}, {size['dtype']}, accum {size['accum']}, device "
+        f"{res.get('device_name')}, torch {torch.__version__}): {best['tokens_per_s']:,.0f} tokens/s, MFU {mfu}.\n"
+        f"# Use: nitp-train run THIS_FILE --preset {size['preset']} (the preset's recipe + these keys).\n"
+    )
+    return head + yaml.safe_dump({"overlay": True, "train": train}, sort_keys=False)
+
+
+def write_overlay(spec: dict, size: dict, device: torch.device, res: dict) -> None:
+    from nitp.io import atomic_write_text
+
+    if not res.get("best"):
+        raise RuntimeError("no timed sweep point to write as the overlay")
+    atomic_write_text(size["write_overlay"], overlay_text(res["best"], size, res))
+    res["overlay"] = str(size["write_overlay"])
+
+
+# ----------------------------------------------------------------------------- the study
+def study_steps(configured: int, per_step_s: float | None, cells: int, seconds: float | None) -> int:
+    """``train.steps`` per cell that fit ``seconds`` (None: no budget, or no estimate: ``configured``).
+
+    steps = min(configured, floor((seconds / cells - STUDY_START_S) / per_step_s)), at least 1.
+    Example: ``study_steps(600, 0.5, 2, 400.0)`` is 280.
+    """
+    if seconds is None or per_step_s is None:
+        return configured
+    return max(1, min(configured, int((seconds / cells - STUDY_START_S) / per_step_s)))
+
+
+def study(spec: dict, size: dict, device: torch.device, res: dict) -> None:
+    """Train the study's cells (``reports.study.run_study``, no evaluation), ``train.steps`` trimmed
+    to the budget left; each cell's last throughput line into ``res["study"]``."""
+    from nitp.io import read_jsonl
+    from nitp_train.flops import training_flops_per_token as flops_at
+    from reports.study import EvalPlan, cell_configs, cells, load_study, run_study
+
+    study_spec = load_study(size["study"])
+    out = Path(size["study_out"])
+    first = next(iter(cell_configs(study_spec, out).values()))
+    tc = first["train"]
+    tokens_per_step = first["data"]["seq_len"] * (
+        tc["global_batch"] or tc["batch_size"] * (tc["grad_accum"] or 1)
+    )
+    mfu = min((res.get("best") or {}).get("mfu") or STUDY_MFU_GUESS, STUDY_MFU_GUESS)
+    per_step = None
+    if peak_flops(device):
+        per_step = flops_at(build_model_config(first["model"]), first["data"]["seq_len"]) * tokens_per_step
+        per_step /= peak_flops(device) * mfu
+    n_cells = len(cells(study_spec))
+    steps = study_steps(first["train"]["steps"], per_step, n_cells, seconds_left(size))
+    if device.type == "cpu":
+        steps = min(steps, 2)  # smoke: the plumbing, not the study
+    extra = (f"train.steps={steps}", "checkpoint.every=100000", f"train.device={device.type}")
+    study_spec = dataclasses.replace(
+        study_spec,
+        set=(*study_spec.set, *extra),
+        side_by_side=1,
+        eval=EvalPlan(checkpoints="last", bench=[], mteb=None, geom=None, report=False),
+    )
+    run_study(study_spec, out, log=lambda m: print(f"[study] {m}", file=sys.stderr, flush=True))
+    rows = {}
+    for c in cells(study_spec):
+        lines = [r for r in read_jsonl(out / c.name / "metrics.jsonl") if "tokens_per_s" in r]
+        last = lines[-1] if lines else {}
+        rows[c.name] = {k: last.get(k) for k in ("step", "loss_total", "tokens_per_s", "mfu")}
+    res["study"] = {"name": study_spec.name, "out": str(out), "steps": steps, "cells": rows}
 
 
 def sweep_table(res: dict, size: dict) -> str:
@@ -405,11 +698,50 @@ def sweep_table(res: dict, size: dict) -> str:
             _f(r.get("mfu"), ".1%"),
             _f(r.get("peak_gib"), ".2f"),
             _f(r.get("first_step_s"), ".1f"),
-            r.get("error", ""),
+            r.get("error", r.get("skipped", "")),
         )
         lines.append("| " + " | ".join(cells) + " |")
+    lines += after_sweep_lines(res)
     lines += [f"error in {k}: {v}" for k, v in res.get("errors", {}).items()]
     return "\n".join(lines)
+
+
+def after_sweep_lines(res: dict) -> list[str]:
+    """The best setting, the compile check, the NITP / NTP ratio, the overlay and the study, one line each."""
+    lines = []
+    if res.get("best"):
+        b = res["best"]
+        lines.append(
+            f"best: B={b['batch_size']} loss_impl={b['loss_impl']} compile_mode={b['compile_mode']}: "
+            f"{b['tokens_per_s']:,.0f} tokens/s, MFU {_f(b.get('mfu'), '.1%')}"
+        )
+    if res.get("compile_check"):
+        c = res["compile_check"]
+        lines.append(
+            f"compile check ({c['loss_impl']}): {c['graphs']} graphs, {c['graph_breaks']} graph breaks "
+            f"{c['break_reasons']}; fullgraph=True: {c['fullgraph']}; recompiles over "
+            f"{c['recompile_calls']}: {c['recompiles']}"
+        )
+    if res.get("ratio"):
+        r = res["ratio"]
+        resolved = "resolves" if r["half_width"] <= 0.005 else "does NOT resolve"
+        lines.append(
+            f"NITP / NTP step time at the best setting: {r['ratio']:.4f} ({r['level']:.0%} normal interval "
+            f"{r['lo']:.4f}-{r['hi']:.4f}, +-{r['half_width']:.2%}, {resolved} 0.5%; {r['pairs']} interleaved "
+            f"pairs, numpy); FLOPs prediction {r['predicted']:.4f}; overhead / predicted "
+            f"{r['overhead_vs_predicted']:.2f} (target <= 1.1)"
+        )
+    if res.get("overlay"):
+        lines.append(f"overlay written: {res['overlay']}")
+    if res.get("study"):
+        st = res["study"]
+        cells = "; ".join(
+            f"{name}: step {r['step']}, loss {_f(r['loss_total'], '.3f')}, {_f(r['tokens_per_s'], ',.0f')} "
+            f"tokens/s, MFU {_f(r['mfu'], '.1%')}"
+            for name, r in st["cells"].items()
+        )
+        lines.append(f"study {st['name']} ({st['steps']} steps per cell, {st['out']}): {cells}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- table
@@ -492,6 +824,26 @@ def table(res: dict, size: dict) -> str:
     return "\n".join(lines)
 
 
+def chosen_sections(size: dict) -> list:
+    """``--sweep``: the sweep, then the compile check, the ratio and the overlay at its best setting;
+    ``--study`` (alone or after those): the study; neither: the check's four sections."""
+    if "sweep" not in size and "study" not in size:
+        return [
+            ("throughput", throughput),
+            ("loss_memory", loss_memory),
+            ("fsdp_smoke", fsdp_smoke),
+            ("geometry", geometry_overhead),
+        ]
+    sections = []
+    if "sweep" in size:
+        sections += [("sweep", sweep), ("compile_check", graph_check), ("nitp_ratio", nitp_ratio)]
+        if size["write_overlay"]:
+            sections.append(("overlay", write_overlay))
+    if "study" in size:
+        sections.append(("study", study))
+    return sections
+
+
 def main(argv=None) -> dict:
     args, size = parse(argv)
     device = torch.device(size["device"])
@@ -500,17 +852,10 @@ def main(argv=None) -> dict:
     res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    t_start = time.perf_counter()
-    sections = (
-        [("sweep", sweep)]
-        if "sweep" in size
-        else [
-            ("throughput", throughput),
-            ("loss_memory", loss_memory),
-            ("fsdp_smoke", fsdp_smoke),
-            ("geometry", geometry_overhead),
-        ]
-    )
+    t_start = size["t_start"] = time.perf_counter()
+    size["write_overlay"] = args.write_overlay
+    size["study_out"] = args.study_out or "runs/gpu-check-study"  # checkpoints: not under $OUT
+    sections = chosen_sections(size)
     for name, section in sections:
         t0 = time.perf_counter()
         try:
@@ -524,11 +869,13 @@ def main(argv=None) -> dict:
             file=sys.stderr,
             flush=True,
         )
-    present = [m for m in ABSENT_THERE if m in sys.modules]
+    # the smoke study reads the built-in corpus (gensim); the GPU study reads its prepared tokens
+    absent = [m for m in ABSENT_THERE if not (m == "gensim" and "study" in size and device.type == "cpu")]
+    present = [m for m in absent if m in sys.modules]
     if present:
         res["errors"]["imports"] = f"imported {present}: a bare GPU machine lacks them"
     res["total_s"] = time.perf_counter() - t_start
-    print(sweep_table(res, size) if "sweep" in size else table(res, size))
+    print(sweep_table(res, size) if "sweep" in size or "study" in size else table(res, size))
     print(f"total {res['total_s']:.0f} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,11 @@ def model_folder(path: str | os.PathLike) -> Path:
         return p
     folder = cache_dir() / "gguf" / f"v2-{weights_hash(p)[:16]}"
     if not (folder / "config.json").is_file():
-        export_gguf(p, folder)
+        try:
+            export_gguf(p, folder)
+        except UserError:
+            if not (folder / "config.json").is_file():  # not another process converting it first
+                raise
     return folder
 
 

@@ -27,10 +27,19 @@ def mteb_command(
     pooling: str = typer.Option(
         "mean", "--pooling", help="mean | last | eos: how token states become one vector."
     ),
-    layer: int = typer.Option(
-        -1,
+    layer: int | None = typer.Option(
+        None,
         "--layer",
-        help="-1 = last hidden state (after the final norm), 0 = embeddings, k = output of block k.",
+        help="-1 = last hidden state (after the final norm; default), 0 = embeddings, k = output of block k.",
+        show_default=False,
+    ),
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="Layer sweep instead of --layer: all | 0,3,-1. One forward pass per batch, one record per layer.",
+    ),
+    figure: Path | None = typer.Option(
+        None, "--figure", help="With --layers: score-by-depth figure, written as PATH.png and PATH.pdf."
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Record file (.json, one checkpoint) or directory. Default: RUN/results/mteb/."
@@ -66,11 +75,19 @@ def mteb_command(
     """Score checkpoints' frozen, mean-pooled, L2-normalised hidden states on MTEB tasks.
 
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
+    Layer sweep: nitp-eval mteb runs/nitp --layers all --figure figures/mteb-layers
     """
+    from nitp.errors import UserError
+    from nitp.records import check_output
+
     from .mteb.results import missing_tasks
     from .mteb.run import run_mteb
-    from .mteb.table import format_table
+    from .mteb.table import format_layer_table, format_table
 
+    if figure is not None:
+        if layers is None:
+            raise UserError("--figure draws a layer sweep: use it with --layers (e.g. --layers all)")
+        check_output(figure, "--figure")
     names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
     records = run_mteb(
         checkpoints,
@@ -78,6 +95,7 @@ def mteb_command(
         tasks=names,
         pooling=pooling,
         layer=layer,
+        layers=layers,
         out=out,
         data_dir=data_dir,
         redo=redo,
@@ -87,7 +105,12 @@ def mteb_command(
         max_length=max_length,
         save_encoder=save_encoder,
     )
-    print(format_table(records))
+    print(format_table(records) if layers is None else format_layer_table(records))
+    if figure is not None:
+        from .mteb.figure import plot_layer_sweep
+
+        png, pdf = plot_layer_sweep(records, figure)
+        print(f"figure: {png} and {pdf}", file=sys.stderr)
     missing = sorted({t for r in records for t in missing_tasks(r)})
     if missing:
         print(

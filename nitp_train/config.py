@@ -26,6 +26,7 @@ DEFAULT_STEPS = 300
 RESUMABLE_CHANGES = (
     "log",
     "checkpoint",
+    "eval",  # evaluation during training leaves the trajectory bit for bit as it is
     "train.steps",
     "train.grad_accum",  # derived from the global batch and the world size (resume reshards)
     "train.threads",

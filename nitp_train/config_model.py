@@ -28,6 +28,7 @@ from nitp.errors import UserError
 
 from .loss import COS_REG_KINDS, LOSS_IMPLS, LOSS_KINDS, PROJECTORS
 from .models import PRESETS
+from .trackers import TRACKERS
 
 BIG = 10**12  # counts beyond this are typos (1e12 steps, sequences, ...)
 DEFAULT_PRESET = "tiny-dense"
@@ -99,6 +100,25 @@ def _two_fractions(value: Any) -> list:
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0 for v in value):
         _fail("both must be numbers from 0.0 to below 1.0")
     return value
+
+
+def _names(value: Any, choices: tuple[str, ...] = ()) -> list:
+    if not isinstance(value, list):
+        _fail("must be a list of names, e.g. [a, b]")
+    for v in value:
+        if not isinstance(v, str) or not v.strip():
+            _fail("every entry must be a non-empty name")
+        if choices and v not in choices:
+            _fail(f"{v!r} is not one of {', '.join(choices)}")
+    if len(set(value)) < len(value):
+        _fail("names a tracker or task twice")
+    return value
+
+
+def Names(*choices: str) -> Any:
+    """A list of distinct names (``[]`` allowed); with ``choices``, each one of them."""
+    need = f"must be a list of {', '.join(choices)}" if choices else "must be a list of names"
+    return Annotated[list[str], PlainValidator(lambda v: _names(v, choices)), Need(need)]
 
 
 Text = Annotated[str, PlainValidator(_text), Need("must be a non-empty text")]
@@ -208,6 +228,11 @@ class Train(_Section):
     dtype: Choice("auto", "bf16", "fp32") = Field(
         "auto", description="auto = bf16 autocast on GPU, fp32 on CPU"
     )
+    param_dtype: Choice("fp32", "bf16") = Field(
+        "fp32",
+        description="bf16 = FSDP2 MixedPrecisionPolicy: bf16 parameters in forward/backward, float32 "
+        "shards, gradient reduction and AdamW state (needs train.parallel: fsdp under torchrun)",
+    )
     compile: Bool = Field(False, description="torch.compile the model")
     compile_mode: Choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs") = Field(
         "default", description="torch.compile mode (with train.compile: true)"
@@ -235,6 +260,28 @@ class Log(_Section):
     geom_every: Int(0, BIG) = Field(50, description="steps between geometry statistics (0 = never)")
     eval_every: Int(0, BIG) = Field(100, description="steps between validation losses (0 = never)")
     eval_batches: Int(1, BIG) = Field(8, description="validation batches per evaluation")
+    trackers: Names(*TRACKERS) = Field(
+        default_factory=list,
+        description="experiment trackers fed every metrics line: any of tensorboard, trackio, wandb, "
+        "mlflow (offline stores under RUN/; nitp_train/trackers.py)",
+    )
+
+
+class Eval(_Section):
+    """Evaluation during training: a small plan run on the in-memory model (rank 0), RNG untouched."""
+
+    every: Int(0, BIG) = Field(0, description="steps between in-training evaluations (0 = never)")
+    bench: Names() = Field(
+        default_factory=lambda: ["next_word"],
+        description="nitp-eval bench tasks scored on the in-memory model ([] = none)",
+    )
+    limit: Int(1, BIG, null=True) = Field(
+        32, description="documents per bench task (lm-eval --limit); null = all"
+    )
+    mteb: Names() = Field(
+        default_factory=list, description="nitp-eval mteb tasks scored in the loop ([] = none)"
+    )
+    geom: Bool = Field(False, description="nitp-geom layer statistics of the model in the loop")
 
 
 class Checkpoint(_Section):
@@ -262,6 +309,7 @@ class Config(_Section):
     train: Train = Field(default_factory=Train)
     log: Log = Field(default_factory=Log)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    eval: Eval = Field(default_factory=Eval)
 
 
 DEFAULTS: dict[str, Any] = Config().model_dump(by_alias=True)

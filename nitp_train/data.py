@@ -18,6 +18,7 @@ resume is ``i`` (the cursor).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -29,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_json
+from nitp.io import atomic_write_json, pid_alive
 
 from .config_model import data_defaults
 from .corpus import PIECE_CHARS, is_validation, iter_documents, iter_pieces, load_documents, split_documents
@@ -155,18 +156,8 @@ def _remove_stale_tmp(out: Path) -> None:
         return
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         pid = tmp.name[len(out.name) + 2 : -4]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
@@ -350,7 +341,8 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         gc.freeze()  # forked workers' garbage collection then leaves the parent's pages shared
-        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(tok_file, eos))
+        with _worker_signals():  # workers are born with them: a SIGTERM before their initializer kills
+            pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(tok_file, eos))
         gc.unfreeze()
         with pool:
             pending: collections.deque = collections.deque()
@@ -367,6 +359,21 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
 
 
 _WORKER: dict = {}
+
+
+@contextlib.contextmanager
+def _worker_signals():
+    """While workers are forked: Ctrl-C ignored (the main process reports it), SIGTERM the default
+    (``Pool.terminate`` must end a worker at once; the CLI's handler would unwind it and can hang the
+    pool's join). The parent's own handlers are restored right after."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def _init_pool_worker(tokenizer_file: str, eos: int) -> None:

@@ -280,15 +280,21 @@ def liger_next_token_ce(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.
     Same formula and shapes as :func:`chunked_gif_next_token_ce` (``hidden`` [B, T, d], ``labels``
     [B, T]), computed by ``liger_kernel``'s Triton kernel (CUDA only).
     """
+    liger_loss = require_liger()
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    bias = getattr(lm_head, "bias", None)
+    return liger_loss(ignore_index=-100)(lm_head.weight, flat, labels.reshape(-1), bias)
+
+
+def require_liger():
+    """Liger Kernel's ``LigerFusedLinearCrossEntropyLoss`` class, or a one-line ``UserError``."""
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     except ImportError:
         raise UserError(
             "train.loss_impl=liger needs the liger-kernel package: pip install liger-kernel, or use loss_impl chunked_gif"
         ) from None
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    bias = getattr(lm_head, "bias", None)
-    return LigerFusedLinearCrossEntropyLoss(ignore_index=-100)(lm_head.weight, flat, labels.reshape(-1), bias)
+    return LigerFusedLinearCrossEntropyLoss
 
 
 def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,11 @@ def _fmt(key: str, v: float) -> str:
 
 
 class MetricsLog:
-    """Appends metric lines (rank 0 only) and shows progress."""
+    """Appends metric lines (rank 0 only), sends them to the experiment trackers, shows progress.
+
+    ``trackers``: a :class:`nitp_train.trackers.Trackers` (or ``None``); it gets every line written
+    and is closed with the log.
+    """
 
     SHOWN = (
         "loss_total",
@@ -88,9 +92,15 @@ class MetricsLog:
     )
 
     def __init__(
-        self, path: Path, total_steps: int, start_step: int, enabled: bool = True, title: str = "train"
+        self,
+        path: Path,
+        total_steps: int,
+        start_step: int,
+        enabled: bool = True,
+        title: str = "train",
+        trackers=None,
     ):
-        self.path, self.enabled = Path(path), enabled
+        self.path, self.enabled, self.trackers = Path(path), enabled, trackers
         self.file = open(self.path, "a") if enabled else None
         self.progress = None
         if enabled and sys.stderr.isatty():
@@ -113,6 +123,8 @@ class MetricsLog:
         row = {k: (float(v) if isinstance(v, float) else v) for k, v in row.items() if v is not None}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        if self.trackers is not None:
+            self.trackers.log(row)
         shown = "  ".join(
             f"{k}={_fmt(k, row[k])}"
             for k in self.SHOWN
@@ -132,6 +144,8 @@ class MetricsLog:
             self.progress.stop()
         if self.file is not None:
             self.file.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 # ----------------------------------------------------------------------------- in-loop geometry

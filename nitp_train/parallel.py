@@ -33,7 +33,9 @@ class Dist:
 
 def setup(device: str = "auto") -> Dist:
     """Initialise the process group when launched by torchrun; pick the device."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    from nitp.runtime import pick_device
+
+    use_cuda = pick_device(None if device == "auto" else device, "train.device").startswith("cuda")
     if "RANK" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
     rank, world, local = (
@@ -80,25 +82,44 @@ def gather_checksums(d: Dist, module: torch.nn.Module) -> list[float]:
     return [float(x) for x in out]
 
 
-def wrap(module: torch.nn.Module, d: Dist, mode: str) -> torch.nn.Module:
-    """DDP, or FSDP2 (``fully_shard`` each decoder block, then the root)."""
+def wrap(module: torch.nn.Module, d: Dist, mode: str, param_dtype: str = "fp32") -> torch.nn.Module:
+    """DDP, or FSDP2 (``fully_shard`` each decoder block, then the root) with ``param_dtype``
+    (``train.param_dtype``; ``bf16`` needs FSDP2: ``nitp_train.trainer`` refuses it otherwise)."""
     if not d.enabled:
         return module
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-    return shard(module)
+    return shard(module, param_dtype)
 
 
-def shard(module: torch.nn.Module) -> torch.nn.Module:
+def mixed_precision_policy(param_dtype: str):
+    """FSDP2's ``MixedPrecisionPolicy`` for ``train.param_dtype``, or ``None`` for ``fp32``.
+
+    ``bf16``: the blocks all-gather and compute with bfloat16 parameters, gradients are reduced
+    in float32 (``reduce_dtype``) into the float32 shards, which stay the master copy that AdamW
+    (float32 moments) updates. Example: ``mixed_precision_policy("bf16").param_dtype`` is
+    ``torch.bfloat16``.
+    """
+    if param_dtype == "fp32":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def shard(module: torch.nn.Module, param_dtype: str = "fp32") -> torch.nn.Module:
     """FSDP2 in place: ``fully_shard`` each decoder block of ``module.model``, then the root
-    (needs an initialised process group; world size 1 works too)."""
+    (needs an initialised process group; world size 1 works too), with
+    :func:`mixed_precision_policy` of ``param_dtype``."""
     from torch.distributed.fsdp import fully_shard
 
+    policy = mixed_precision_policy(param_dtype)
+    kwargs = {} if policy is None else {"mp_policy": policy}
     for block in transformer_blocks(inner_module(module).model):  # the same blocks nitp.layers hooks
-        fully_shard(block)
-    fully_shard(module)
+        fully_shard(block, **kwargs)
+    fully_shard(module, **kwargs)
     return module
 
 
@@ -156,23 +177,28 @@ def save_sharded(wrapped: torch.nn.Module, optimizer, path) -> None:
     """Each rank writes its own shards of the model and optimizer state to ``path`` (a folder)
     with ``torch.distributed.checkpoint``; collective under a process group, plain otherwise.
     Nothing is gathered: the files hold every shard plus the global shapes, so ``load_sharded``
-    can read them back at another world size."""
-    import torch.distributed.checkpoint as dcp
+    can read them back at another world size. The metadata is JSON, never a pickle
+    (``nitp_train.dcp_json``)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from .dcp_json import save_state
+
     model_sd, optim_sd = get_state_dict(wrapped, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
+    save_state({"model": model_sd, "optimizer": optim_sd}, path)
 
 
 def load_sharded(wrapped: torch.nn.Module, optimizer, path) -> None:
     """Load what ``save_sharded`` wrote into ``wrapped`` / ``optimizer``, resharding to this
-    run's world size (FSDP2 shards, DDP replicas or a single process alike)."""
-    import torch.distributed.checkpoint as dcp
+    run's world size (FSDP2 shards, DDP replicas or a single process alike). Nothing is
+    unpickled: JSON metadata, non-tensor items and tensors through ``torch.load(weights_only=True)``;
+    a ``.metadata`` that is not nitp's JSON is a one-line ``UserError``."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from .dcp_json import load_state
 
     model_sd, optim_sd = get_state_dict(wrapped, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    load_state(state, path)
     set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

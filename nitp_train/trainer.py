@@ -31,9 +31,11 @@ from . import checkpoint as ckpt_io
 from . import parallel
 from .config import RESUMABLE_CHANGES, apply_plan, config_diff, plan_summary
 from .data import TokenShards, prepare
-from .loss import NITPObjective, resolve_loss_impl
+from .evaluators import evaluate_in_loop, load_evaluators
+from .loss import NITPObjective, require_liger, resolve_loss_impl
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
+from .trackers import require as require_tracker
 
 
 def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Path:
@@ -88,6 +90,7 @@ class TrainState:
     flops_per_token: float
     peak: float | None
     run_facts: dict = field(default_factory=dict)  # logged once, on the first train line of this start
+    evaluators: list = field(default_factory=list)  # eval.every: step callbacks (nitp_train.evaluators)
     step: int = 0
     tokens_seen: int = 0
     last_good: str | None = None
@@ -116,12 +119,16 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
     tc, lc = cfg["train"], cfg["log"]
     log(plan_summary(cfg, plan))
     _check_speed_switches(tc, d.device)
+    _check_param_dtype(tc, d)
+    evaluators = load_evaluators(cfg) if d.is_main else []
+    for name in lc["trackers"]:
+        require_tracker(name)
     if tc["threads"]:
         torch.set_num_threads(int(tc["threads"]))
     last_ckpt = _check_run_dir(cfg, run_dir, resume, log)
     shards, tokenizer = _prepared_data(cfg, run_dir, d, log)
     model, objective = _build_objective(cfg, last_ckpt, tokenizer, d, log)
-    wrapped = parallel.wrap(objective, d, tc["parallel"])
+    wrapped = parallel.wrap(objective, d, tc["parallel"], tc.get("param_dtype", "fp32"))
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
     step, tokens_seen = 0, 0
@@ -150,12 +157,20 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
         shards=shards,
         batches=_training_batches(cfg, shards, start=step * accum, d=d),
         amp=_autocast(d.device, tc["dtype"]),
-        mlog=MetricsLog(metrics_path, tc["steps"], step, enabled=d.is_main, title=cfg["run_name"]),
+        mlog=MetricsLog(
+            metrics_path,
+            tc["steps"],
+            step,
+            enabled=d.is_main,
+            title=cfg["run_name"],
+            trackers=_open_trackers(cfg, run_dir, d, step if resume else None),
+        ),
         geom=GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"]),
         tokens_per_step=seq * bsz * accum * d.world,
         flops_per_token=flops_per_token,
         peak=peak,
         run_facts=_run_facts(tc, model, objective, optimizer),
+        evaluators=evaluators,
         step=step,
         tokens_seen=tokens_seen,
         last_good=last_ckpt.name if last_ckpt is not None else None,
@@ -272,7 +287,7 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
 
 
 def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> None:
-    """Log the interval's means, measure geometry, validate and checkpoint when due."""
+    """Log the interval's means, measure geometry, validate, evaluate (``eval.every``) and checkpoint when due."""
     cfg, lc, d, steps = st.cfg, st.cfg["log"], st.d, st.cfg["train"]["steps"]
     row = {}
     if st.step % lc["every"] == 0 or st.step == steps or want_geom:
@@ -281,6 +296,12 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
         row.update(st.geom.result(d))
     if lc["eval_every"] > 0 and (st.step % lc["eval_every"] == 0 or st.step == steps):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
+    every = cfg["eval"]["every"]
+    if every > 0 and (st.step % every == 0 or st.step == steps):
+        modules = (st.objective, st.wrapped)
+        row.update(
+            evaluate_in_loop(st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, d)
+        )
     if row:
         st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
     if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps:
@@ -310,6 +331,15 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- pieces
+def _open_trackers(cfg: dict, run_dir: Path, d: parallel.Dist, resume_step: int | None):
+    """``log.trackers`` opened on rank 0 (``None`` when there are none, or on other ranks)."""
+    if not (d.is_main and cfg["log"]["trackers"]):
+        return None
+    from .trackers import Trackers
+
+    return Trackers(run_dir, cfg["log"]["trackers"], cfg["run_name"], cfg, resume_step)
+
+
 def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
     """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
 
@@ -415,12 +445,26 @@ def _use_fused_adamw(setting, params: list) -> bool:
 
 
 def _check_speed_switches(tc: dict, device: torch.device) -> None:
-    """Fail before any work on switches that cannot apply: ``loss_impl`` vs ``loss_chunk``,
-    ``fused_adamw: true`` off CUDA."""
-    resolve_loss_impl(tc["loss_impl"], tc["loss_chunk"])
+    """Fail before any work on switches that cannot apply: ``loss_impl`` vs ``loss_chunk``, ``liger``
+    without its package, ``fused_adamw: true`` off CUDA."""
+    if resolve_loss_impl(tc["loss_impl"], tc["loss_chunk"])[0] == "liger":
+        require_liger()
     if tc["fused_adamw"] is True and device.type != "cuda":
         raise UserError(
             f"train.fused_adamw=true needs a CUDA device (training on {device.type}): set train.fused_adamw to auto or false"
+        )
+
+
+def _check_param_dtype(tc: dict, d: parallel.Dist) -> None:
+    """``train.param_dtype: bf16`` is FSDP2's ``MixedPrecisionPolicy`` (``parallel.mixed_precision_policy``):
+    float32 shards as the master copy, bf16 for the gathered parameters. A single process or DDP
+    has no such master copy (bf16 parameters there would be the only copy, and AdamW would update
+    bf16 weights), and bf16 autocast (``train.dtype``) already runs its matmuls in bf16: refused."""
+    if tc.get("param_dtype", "fp32") == "bf16" and not (tc["parallel"] == "fsdp" and d.enabled):
+        where = "a single process" if not d.enabled else f"train.parallel={tc['parallel']}"
+        raise UserError(
+            f"train.param_dtype=bf16 needs train.parallel=fsdp under torchrun (this run: {where}): "
+            "set train.param_dtype=fp32 (bf16 autocast via train.dtype still applies) or launch with torchrun and train.parallel=fsdp"
         )
 
 
@@ -495,7 +539,9 @@ def _wsd_multiplier(step: int, warmup: int, warm, rest) -> float:
 
 
 def _autocast(device: torch.device, dtype: str):
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
+    from nitp.runtime import use_bf16
+
+    if dtype == "bf16" or (dtype == "auto" and use_bf16(str(device))):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -509,19 +555,24 @@ def _flops_per_token(cfg: dict, model) -> float:
 
 @torch.no_grad()
 def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) -> dict:
+    """Mean next-token CE over the fixed validation batches; on one process also each batch's CE
+    (``val_loss_batches``: the same batches in every run of the same data, so two runs pair by batch)."""
     wrapped.eval()
-    total, n = 0.0, 0
+    losses = []
     for batch in shards.val_batches(
         cfg["data"]["seq_len"], cfg["train"]["batch_size"], cfg["log"]["eval_batches"], d.rank, d.world
     ):
         with amp:
             out = wrapped(torch.from_numpy(batch).to(d.device), nitp_weight=0.0)
-        total, n = total + float(out["loss_ntp"]), n + 1
+        losses.append(float(out["loss_ntp"]))
     wrapped.train()
-    if n == 0:
+    if not losses:
         return {}
-    val = parallel.all_mean(d, {"val_loss": total / n})["val_loss"]
-    return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+    val = parallel.all_mean(d, {"val_loss": sum(losses) / len(losses)})["val_loss"]
+    row = {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+    if d.world == 1:
+        row["val_loss_batches"] = losses
+    return row
 
 
 def _save(st: TrainState) -> None:

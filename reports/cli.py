@@ -3,6 +3,7 @@
 nitp-report compare runs/tiny-ntp runs/tiny-nitp --out reports/quickstart
 nitp-report compare runs/*/ results/mteb/*.json --out out --label tiny-nitp="NITP (k=1)"
 nitp-report phases runs/tiny-nitp
+nitp-report track runs/tiny-nitp --to tensorboard          # replay metrics.jsonl into a tracker
 nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
 """
 
@@ -95,6 +96,22 @@ def quickstart(
         seeds=seeds,
         log=lambda m: typer.echo(m, err=True),
     )
+
+
+@app.command()
+def track(
+    run: Path = typer.Argument(..., help="A run directory (reads metrics.jsonl and config.yaml)."),
+    to: str = typer.Option(
+        "tensorboard", "--to", help="Comma-separated trackers: tensorboard, trackio, wandb, mlflow."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder of the replayed tracker runs [default: RUN/replay]."
+    ),
+) -> None:
+    """Replay a run's metrics.jsonl into experiment trackers (e.g. tensorboard --logdir RUN/replay/tensorboard)."""
+    from reports.track import parse_trackers, replay
+
+    typer.echo(str(replay(run, parse_trackers(to), out)))
 
 
 def main() -> None:

@@ -124,6 +124,7 @@ def compare(
                 "they are kept in separate tables and never averaged together."
             )
     _tables(report, study, layout, groups, per_task)
+    _where_tables(report, study, layout, groups)
     _figures(report, study, layout, groups)
     _forests(report)
     for line in report.skipped + report.notes:
@@ -167,6 +168,30 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
     cost = T.cost_table(layout, study.speed)
     if cost is not None:
         report.table("Cost", cost)
+
+
+WHERE = "Where they differ (by depth)"
+
+
+def where_they_differ(study: Study, layout: Layout, groups: dict) -> tuple[list, list, list]:
+    """(MTEB sweeps, geometry depth profiles, CKA maps) the records hold (``reports.depth``);
+    all empty, and no section, unless there is an MTEB sweep, a CKA map or a depth statistic
+    beyond the effective rank (which the Geometry section already draws)."""
+    from .depth import geom_depth_profiles, mteb_depth_profiles, similarity_maps
+
+    mteb = mteb_depth_profiles(layout.main, groups["mteb"])
+    geom = geom_depth_profiles(layout.main, groups["geom"])
+    maps = similarity_maps(layout.main, groups["geom"])
+    beyond_rank = any(not d.what.startswith("effective rank") for d in geom)
+    return (mteb, geom, maps) if mteb or maps or beyond_rank else ([], [], [])
+
+
+def _where_tables(report: Report, study: Study, layout: Layout, groups: dict) -> None:
+    from . import tables as T
+
+    mteb, _geom, maps = where_they_differ(study, layout, groups)
+    for t in T.depth_mteb_tables(mteb) + T.similarity_tables(maps):
+        report.table(WHERE, t)
 
 
 def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None:
@@ -244,11 +269,47 @@ def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None
 
         jobs.append(("per-layer curves", layers))
 
+    jobs += _where_figures(report, study, layout, groups)
     for _name, job in track(jobs, description="figures", transient=True, console=Console(stderr=True)):
         try:
             job()
         except F.NothingToPlot as e:
             report.skipped.append(f"figure skipped: {e}")
+
+
+def _where_figures(report: Report, study: Study, layout: Layout, groups: dict) -> list:
+    """The jobs that draw the depth profiles and the CKA maps (none when there is nothing to show)."""
+    from . import figures as F
+    from .seeds import seed_sets
+
+    mteb, geom, maps = where_they_differ(study, layout, groups)
+    figs = report.out_dir / "figures"
+    jobs = []
+    if mteb or geom:
+
+        def profiles():
+            paths = F.plot_depth_profiles(mteb, geom, seed_sets(layout.main), figs / "depth_profiles")
+            report.figure(
+                WHERE,
+                paths,
+                "By depth, both objectives: MTEB overall score per layer (nitp-eval mteb --layers) and the "
+                "per-layer geometry the records hold; dotted: the last hidden state (the only layer the "
+                "paper scores); bands: min-max across seeds.",
+            )
+
+        jobs.append(("depth profiles", profiles))
+    if maps:
+
+        def similarity():
+            paths = F.plot_similarity_maps(maps, figs / "similarity_maps")
+            report.figure(
+                WHERE,
+                paths,
+                "CKA of layer i with layer j (1 = the same representation up to rotation and scale).",
+            )
+
+        jobs.append(("CKA maps", similarity))
+    return jobs
 
 
 FOREST_TABLES = ("bench", "mteb")

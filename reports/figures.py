@@ -537,3 +537,143 @@ def draw_seed_geometry(sets):
             ax.set(title=title, xlabel="training step", ylabel=ylabel)
         _legend_below(fig, axes)
         return fig
+
+
+# ----------------------------------------------------------------------------- where they differ
+def _depth_lines(
+    depth, sets
+) -> list[tuple[Model, str, list[int], list[float], list[float] | None, list[float] | None]]:
+    """(style model, label, x, y, band low, band high) per line of a ``reports.depth.DepthSet``:
+    one line per model, or one per seed set (mean over seeds, min-max band) when its runs are all there."""
+    profiles = depth.by_model
+    lines, used = [], set()
+    for s in sets:
+        members = [profiles[m.key] for m in s.models if m.key in profiles]
+        if len(members) < 2:
+            continue
+        used.update(p.model.key for p in members)
+        xs = sorted(set.intersection(*(set(map(p.position, p.points)) for p in members)))
+        values = [[next(v for k, v in p.points.items() if p.position(k) == x) for p in members] for x in xs]
+        lines.append(
+            (
+                members[0].model,
+                s.label,
+                xs,
+                [float(np.mean(v)) for v in values],
+                [min(v) for v in values],
+                [max(v) for v in values],
+            )
+        )
+    for p in profiles.values():
+        if p.model.key not in used:
+            ordered = sorted(p.points, key=p.position)
+            lines.append(
+                (
+                    p.model,
+                    p.model.label,
+                    [p.position(k) for k in ordered],
+                    [p.points[k] for k in ordered],
+                    None,
+                    None,
+                )
+            )
+    return lines
+
+
+def plot_depth_profiles(mteb_sets, geom_sets, sets, stem: Path) -> list[Path]:
+    """Where NTP and NITP differ, by depth: MTEB overall score per layer (``nitp-eval mteb
+    --layers``) and the per-layer geometry statistics the geom records hold; seed bands
+    (min-max across seeds, line = mean) when a study has several seeds."""
+    with _rc():
+        return save_figure(draw_depth_profiles(mteb_sets, geom_sets, sets), stem)
+
+
+def draw_depth_profiles(mteb_sets, geom_sets, sets):
+    """The figure of :func:`plot_depth_profiles`: one panel per statistic, x = layer, last marked."""
+    panels = [(f"MTEB overall ({d.description})", "main score (%)", d, 100.0) for d in mteb_sets[:1]]
+    panels += [(d.what, d.what, d, 1.0) for d in geom_sets]
+    if not panels:
+        raise NothingToPlot(
+            "no per-layer MTEB records (nitp-eval mteb --layers) or per-layer geometry to draw"
+        )
+    styles = line_styles(
+        sorted(
+            {
+                p.model.key: p.model for d in [*mteb_sets[:1], *geom_sets] for p in d.by_model.values()
+            }.values(),
+            key=lambda m: m.key,
+        )
+    )
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    with _rc():
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(min(PANEL_WIDTH * cols, 7.0), PANEL_HEIGHT * rows + 0.6), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, (title, ylabel, depth, scale) in zip(axes, panels):
+            last = max(p.position(-1) for p in depth.by_model.values())
+            for model, label, xs, ys, lo, hi in _depth_lines(depth, sets):
+                ax.plot(
+                    xs, [scale * y for y in ys], marker="o", ms=3, lw=1.5, label=label, **styles[model.key]
+                )
+                if lo is not None:
+                    ax.fill_between(
+                        xs,
+                        [scale * y for y in lo],
+                        [scale * y for y in hi],
+                        color=styles[model.key]["color"],
+                        alpha=0.2,
+                        lw=0,
+                    )
+            ax.axvline(last, color="0.4", ls=":", lw=1.2, label="last hidden state (after the final norm)")
+            ax.set(
+                title=_wrap(title, 40),
+                xlabel="layer (0 = embeddings)",
+                ylabel=_wrap(ylabel, 32),
+            )
+            ticks = sorted({x for _, _, xs, *_ in _depth_lines(depth, sets) for x in xs})
+            if len(ticks) <= 12:
+                ax.set_xticks(ticks, ["last" if t == last else str(t) for t in ticks])
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        _legend_below(fig, axes[: len(panels)])
+        return fig
+
+
+def plot_similarity_maps(maps, stem: Path) -> list[Path]:
+    """Heatmaps of CKA (layer i x layer j) from geom records' ``similarity`` sections."""
+    with _rc():
+        return save_figure(draw_similarity_maps(maps), stem)
+
+
+def draw_similarity_maps(maps):
+    """The figure of :func:`plot_similarity_maps`: one heatmap per map, colour scale 0..1."""
+    if not maps:
+        raise NothingToPlot("no geom record holds a similarity (CKA) section")
+    with _rc():
+        fig = _new_figure(len(maps), PANEL_HEIGHT + 0.6)
+        axes = np.atleast_1d(fig.subplots(1, len(maps)))
+        image = None
+        for ax, m in zip(axes, maps):
+            image = ax.imshow(
+                np.asarray(m.matrix, dtype=float),
+                origin="lower",
+                vmin=0.0,
+                vmax=1.0,
+                cmap="viridis",
+                aspect="auto",
+            )
+            names = lambda layers: ["last" if k == -1 else str(k) for k in layers]  # noqa: E731
+            if len(m.cols) <= 16:
+                ax.set_xticks(range(len(m.cols)), names(m.cols))
+            if len(m.rows) <= 16:
+                ax.set_yticks(range(len(m.rows)), names(m.rows))
+            ax.set(
+                title=_wrap(f"{m.model.label} vs {m.reference}", 40),
+                xlabel=f"layer j ({m.reference})",
+                ylabel="layer i",
+            )
+            ax.grid(False)
+        fig.colorbar(image, ax=list(axes), label=maps[0].what.replace("_", " "), shrink=0.8)
+        return fig

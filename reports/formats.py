@@ -66,6 +66,7 @@ class Table:
     label_header: str = "model"
     notes: list[str] = field(default_factory=list)
     signed: set[int] = field(default_factory=set)  # columns of differences: always with a sign
+    unsigned: set[int] = field(default_factory=set)  # columns never signed, even on delta rows (p, n)
     emphasis: str = "best"  # "best": best value per column; "tested": only significant tests
     verdicts: list[str] = field(default_factory=list)  # one line per comparison, under the table
     rows: list[Row] = field(default_factory=list)
@@ -171,6 +172,9 @@ class Table:
         test = row.tests.get(j)
         return text if test is None or text == MISSING else f"{text} {stat_text(test, self._digits(j))}"
 
+    def _signed(self, row: Row, j: int) -> bool:
+        return j in self.signed or (row.kind == "delta" and j not in self.unsigned)
+
     def _number(self, row: Row, j: int) -> str:
         v = row.values[j]
         if v is None:
@@ -179,10 +183,10 @@ class Table:
             return v
         d = self._digits(j)
         if isinstance(d, str):
-            return format(v, ("+" if row.kind == "delta" or j in self.signed else "") + d)
+            return format(v, ("+" if self._signed(row, j) else "") + d)
         return (
             f"{v:+.{d}f}"
-            if row.kind == "delta" or j in self.signed
+            if self._signed(row, j)
             else f"{v:,.{d}f}"
             if abs(v) >= 1e4
             else f"{v:.{d}f}"

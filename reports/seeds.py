@@ -104,6 +104,7 @@ def seed_table(
         decimals=[2, 2, 2, 2, 3, 3, 0],
         label_header="metric",
         emphasis="tested",
+        unsigned={4, 5, 6},  # p, p_Holm and the seed count carry no sign
     )
     deltas = []
     for label, value in metrics:

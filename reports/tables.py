@@ -470,6 +470,14 @@ LAYER_COLUMNS = {
     "ridge_cos": "ridge cos (held-out)",
     "cka_vs_reference": "CKA vs reference",
     "mean_norm": "mean norm",
+    # analysis.depth (issue 22): present only in records that measured them
+    "intrinsic_dimension_twonn": "ID (TwoNN)",
+    "intrinsic_dimension_gride": "ID (GRIDE)",
+    "alpha_req": "alpha-ReQ",
+    "prompt_entropy": "prompt entropy",
+    "dataset_entropy": "dataset entropy",
+    "curvature": "curvature",
+    "logit_lens_ce": "logit-lens CE",
 }
 
 
@@ -794,3 +802,59 @@ def _benchmark_time_ratio(speed_records: list[dict], block: SizeBlock) -> float 
             if isinstance(ratio, (int, float)):
                 return float(ratio)
     return None
+
+
+# ----------------------------------------------------------------------------- where they differ
+def _depth_label(layer: int) -> str:
+    return "last" if layer == -1 else ("0 (embeddings)" if layer == 0 else str(layer))
+
+
+def depth_mteb_tables(depth_sets) -> list[Table]:
+    """MTEB overall score (%) by layer, one column per model, from ``reports.depth`` sweeps.
+
+    Rows: every layer any model was scored at, by depth (0 = embeddings, k = block k, last =
+    after the final norm); the best layer of each model is bold; "—" = not scored.
+    """
+    from .depth import Profile
+
+    tables = []
+    for i, depth in enumerate(depth_sets):
+        profiles: list[Profile] = list(depth.by_model.values())
+        layers = sorted({k for p in profiles for k in p.points}, key=lambda k: (k == -1, k))
+        table = Table(
+            f"depth-mteb{_suffix(i)}",
+            f"MTEB overall score by layer ({depth.description})",
+            [p.model.label for p in profiles],
+            higher_is_better=[True] * len(profiles),
+            decimals=2,
+            label_header="layer",
+        )
+        for k in layers:
+            table.add(_depth_label(k), [pct(p.points.get(k)) for p in profiles])
+        best = [
+            f"{p.model.label}: {_depth_label(max(p.points, key=p.points.get))}" for p in profiles if p.points
+        ]
+        table.notes.append(
+            "Each layer scored on the same tasks (nitp-eval mteb --layers); the paper scores only the last "
+            "layer. Best layer per model: " + "; ".join(best) + "."
+        )
+        tables.append(table)
+    return tables
+
+
+def similarity_tables(maps) -> list[Table]:
+    """Each CKA map of ``reports.depth.similarity_maps`` as a table: layer i (rows) x layer j."""
+    tables = []
+    for m in maps:
+        table = Table(
+            f"similarity-{slug(m.model.label)}",
+            f"{m.what.replace('_', ' ')}: {m.model.label} layer i (rows) x layer j of {m.reference}",
+            [_depth_label(j) if isinstance(j, int) else str(j) for j in m.cols],
+            higher_is_better=[None] * len(m.cols),
+            decimals=3,
+            label_header="layer",
+        )
+        for i, row in zip(m.rows, m.matrix):
+            table.add(_depth_label(i) if isinstance(i, int) else str(i), list(row))
+        tables.append(table)
+    return tables

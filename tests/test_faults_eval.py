@@ -306,7 +306,8 @@ def _interrupt_after_first_unit(proc: subprocess.Popen, kind: str, sig: int, tim
 
 def _interrupt_line(err: str) -> str:
     """The one line the CLI boundary prints for a signal (progress bars may write around it)."""
-    [line] = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+    # a bar cut short by the signal has no newline: the line may follow it on the same row
+    [line] = [ln[ln.index("interrupted (") :] for ln in err.splitlines() if "interrupted (" in ln]
     assert "rerun the same command to resume" in line and "no record was written" in line
     return line
 

@@ -138,3 +138,20 @@ def test_liger_without_the_package_is_a_one_line_error():
     with pytest.raises(UserError, match="liger-kernel") as e:
         obj(torch.randint(0, 100, (1, 8)))
     assert "\n" not in str(e.value)
+
+
+def test_gif_loss_under_bf16_autocast_matches_the_checkpointed_one():
+    torch.manual_seed(4)
+    head = torch.nn.Linear(32, 200, bias=False)
+    h = torch.randn(2, 33, 32, requires_grad=True)
+    labels = torch.randint(0, 200, (2, 33))
+    labels[0, :5] = -100
+    results = []
+    for impl in (chunked_next_token_ce, chunked_gif_next_token_ce):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = impl(h, head, labels, chunk=8)
+        assert loss.dtype == torch.float32
+        results.append((loss, *torch.autograd.grad(loss, [h, head.weight])))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)

@@ -20,7 +20,7 @@ from nitp.runs import COMPLETE_MARKER, list_checkpoints
 from tests.helpers import builtin_prepared_dir, tiny_cli_args
 
 
-def _run(run_dir: Path, steps: int, nproc: int = 2, resume: bool = False) -> None:
+def _run(run_dir: Path, steps: int, nproc: int = 2, resume: bool = False, sets: tuple = ()) -> None:
     launcher = (
         [shutil.which("torchrun", path=str(Path(sys.executable).parent)), "--nproc_per_node", str(nproc)]
         if nproc > 1
@@ -45,6 +45,7 @@ def _run(run_dir: Path, steps: int, nproc: int = 2, resume: bool = False) -> Non
         "--set",
         "train.parallel=fsdp",
         *(["--resume"] if resume else []),
+        *[arg for kv in sets for arg in ("--set", kv)],
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -115,3 +116,128 @@ def test_fsdp_sharded_checkpoints_resume_bitwise_and_reshard(tmp_path):
     rows = read_jsonl(one / "metrics.jsonl")
     assert rows[-1]["step"] == 4 and all(torch.isfinite(torch.tensor(r["loss_total"])) for r in rows)
     assert list_checkpoints(one)[-1].name == "step_000004"
+
+    # bf16 parameters (FSDP2 MixedPrecisionPolicy) with 2 processes: trains, exports float32 weights
+    bf16 = tmp_path / "bf16"
+    _run(bf16, steps=2, sets=("train.param_dtype=bf16",))
+    rows = read_jsonl(bf16 / "metrics.jsonl")
+    assert rows[-1]["step"] == 2 and all(torch.isfinite(torch.tensor(r["loss_total"])) for r in rows)
+    assert {v.dtype for v in _weights(list_checkpoints(bf16)[-1]).values()} == {torch.float32}
+
+
+# ----------------------------------------------------------------------------- nothing is unpickled
+def _tiny_objective_and_adamw():
+    from nitp_train.loss import NITPObjective
+    from nitp_train.models import build_model, resolve_preset
+
+    objective = NITPObjective(build_model(resolve_preset("tiny-dense"), seed=0), "ntp", {})
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)
+    objective(torch.randint(0, 100, (1, 16)))["loss_total"].backward()
+    optimizer.step()
+    return objective, optimizer
+
+
+class _Payload:
+    """Unpickling this touches ``marker``: the proof that a file was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_sharded_metadata_is_json_and_round_trips_weights_and_adam_state(tmp_path):
+    import json
+
+    from nitp_train.parallel import load_sharded, save_sharded
+
+    objective, optimizer = _tiny_objective_and_adamw()
+    saved = {k: v.clone() for k, v in objective.state_dict().items()}
+    save_sharded(objective, optimizer, tmp_path / "dcp")
+    meta = json.loads((tmp_path / "dcp" / ".metadata").read_text())  # JSON, not a pickle
+    kinds = {v["kind"] for v in meta["state_dict_metadata"].values()}
+    assert kinds == {"tensor", "bytes"}  # the optimizer's hyper-parameters are byte items
+    with torch.no_grad():
+        for p in objective.parameters():
+            p.add_(1.0)
+    optimizer.param_groups[0]["lr"] = 0.5
+    optimizer.state[next(iter(objective.parameters()))]["exp_avg"].zero_()
+    load_sharded(objective, optimizer, tmp_path / "dcp")
+    assert all(torch.equal(saved[k], v) for k, v in objective.state_dict().items())
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    assert optimizer.state[next(iter(objective.parameters()))]["exp_avg"].abs().sum() > 0
+
+
+def test_a_pickled_metadata_file_is_refused_in_one_line_and_never_run(tmp_path):
+    import pickle
+
+    from nitp.errors import UserError
+    from nitp_train.parallel import load_sharded, save_sharded
+
+    objective, optimizer = _tiny_objective_and_adamw()
+    save_sharded(objective, optimizer, tmp_path / "dcp")
+    marker = tmp_path / "PWNED"
+    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(UserError) as err:
+        load_sharded(objective, optimizer, tmp_path / "dcp")
+    assert len(str(err.value).splitlines()) == 1 and ".metadata" in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_pickled_byte_item_is_refused_in_one_line_and_never_run(tmp_path):
+    from nitp.errors import UserError
+    from nitp_train.dcp_json import load_state, save_state
+
+    marker = tmp_path / "PWNED"
+    save_state({"evil": _Payload(marker), "w": torch.ones(2)}, tmp_path / "dcp")
+    with pytest.raises(UserError) as err:
+        load_state({"evil": None, "w": torch.zeros(2)}, tmp_path / "dcp")
+    assert len(str(err.value).splitlines()) == 1 and "evil" in str(err.value)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- train.param_dtype
+def test_param_dtype_bf16_computes_in_bf16_and_keeps_float32_master_state(tmp_path):
+    import torch.distributed as dist
+
+    from nitp_train.parallel import mixed_precision_policy, shard
+
+    assert mixed_precision_policy("fp32") is None
+    policy = mixed_precision_policy("bf16")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        objective, _ = _tiny_objective_and_adamw()
+        objective.zero_grad(set_to_none=True)
+        shard(objective, "bf16")
+        block = objective.model.model.layers[0]
+        seen = []
+        block.mlp.down_proj.register_forward_pre_hook(lambda m, _i: seen.append(m.weight.dtype))
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)
+        objective(torch.randint(0, 100, (2, 16)))["loss_total"].backward()
+        optimizer.step()
+        assert seen == [torch.bfloat16]  # the gathered parameters the matmuls use
+        assert {p.dtype for p in objective.parameters()} == {torch.float32}  # the sharded master copy
+        assert {p.grad.dtype for p in objective.parameters() if p.grad is not None} == {torch.float32}
+        assert {s["exp_avg"].dtype for s in optimizer.state.values()} == {torch.float32}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_param_dtype_bf16_outside_fsdp_is_a_one_line_error():
+    from nitp.errors import UserError
+    from nitp_train.config_model import DEFAULTS
+    from nitp_train.parallel import Dist
+    from nitp_train.trainer import _check_param_dtype
+
+    train = DEFAULTS["train"]
+    assert train["param_dtype"] == "fp32"
+    for d, mode in ((Dist(), "fsdp"), (Dist(world=2), "ddp"), (Dist(), "ddp")):
+        with pytest.raises(UserError, match="train.param_dtype=bf16 needs train.parallel=fsdp") as err:
+            _check_param_dtype({**train, "param_dtype": "bf16", "parallel": mode}, d)
+        assert "\n" not in str(err.value)
+    _check_param_dtype({**train, "param_dtype": "bf16", "parallel": "fsdp"}, Dist(world=2))
+    _check_param_dtype({**train, "param_dtype": "fp32", "parallel": "ddp"}, Dist())

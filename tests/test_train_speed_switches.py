@@ -1,5 +1,6 @@
 """The trainer's throughput switches: fused AdamW, torch.compile's mode, the facts logged with MFU."""
 
+import importlib.util
 import time
 from types import SimpleNamespace
 
@@ -45,6 +46,9 @@ def test_loss_impl_contradiction_fails_before_any_work():
     with pytest.raises(UserError, match="loss_impl=plain with train.loss_chunk=32"):
         trainer._check_speed_switches(_train_cfg(loss_impl="plain", loss_chunk=32), torch.device("cpu"))
     trainer._check_speed_switches(_train_cfg(loss_impl="chunked_gif", loss_chunk=32), torch.device("cpu"))
+    if importlib.util.find_spec("liger_kernel") is None:
+        with pytest.raises(UserError, match="loss_impl=liger needs the liger-kernel package"):
+            trainer._check_speed_switches(_train_cfg(loss_impl="liger"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])

@@ -5,6 +5,8 @@ One job per module:
 - ``encoder``   the checkpoint as a ``SentenceTransformer`` (Transformer -> Pooling -> Normalize)
                 and mteb's wrapper around it, token-budget batching
 - ``st_layer``  the ``Transformer`` module that emits layer k (``--layer``)
+- ``sweep``     the layer sweep (``--layers``): one pass, one mteb encoder per layer
+- ``figure``    the sweep's score-by-depth figure
 - ``run``       ``run_mteb``: tasks scored one at a time, cached per task, records
 - ``results``   mteb results -> record scores, group averages, record paths
 - ``table``     the plain-text table
@@ -31,6 +33,10 @@ _PUBLIC = {
     "summarise": "results",
     "run_mteb": "run",
     "format_table": "table",
+    "format_layer_table": "table",
+    "LayerSweep": "sweep",
+    "parse_layers": "sweep",
+    "plot_layer_sweep": "figure",
     "model_labels": "table",
 }
 __all__ = sorted(_PUBLIC)

@@ -341,10 +341,11 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         not bind, every batch has the padded width of ``SentenceTransformer.encode``'s batch, so
         the numbers are the same.
         """
-        import numpy as np
-        from rich.console import Console
-        from rich.progress import track
+        texts, encodings = self._tokenized(texts)
+        return self._encode_batches(texts, encodings, batch_size, show_progress_bar, self._embed)[0]
 
+    def _tokenized(self, texts: Sequence[str]) -> tuple[list[str], list[dict]]:
+        """Texts as strings and their token ids; a text with no token becomes the filler token."""
         texts = [str(t) for t in texts]
         encodings = _per_text(self._encode_ids(texts))
         # a text with no token at all becomes one BOS (else EOS) token: a defined embedding
@@ -354,11 +355,19 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
             [filler_encoding] = _per_text(self._encode_ids([filler]))
             for i in empty:
                 encodings[i], texts[i] = filler_encoding, filler
+        return texts, encodings
+
+    def _encode_batches(self, texts, encodings, batch_size, show_progress_bar, embed):
+        """``embed(encodings, texts)`` -> [n_out, n, D] per batch, gathered into [n_out, N, D] float32."""
+        import numpy as np
+        from rich.console import Console
+        from rich.progress import track
+
         lengths = [len(e["input_ids"]) for e in encodings]
         order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's sort
         rows_per_batch = batch_size or self.batch_size
         batches = token_batches(lengths, self.batch_tokens, rows_per_batch, order)
-        emb = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        emb = None
         for rows in track(
             batches,
             description="Encoding",
@@ -369,13 +378,15 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
             first = {}  # distinct text -> the row that stands for it
             for i in rows:
                 first.setdefault(texts[i], i)
-            vectors = self._embed([encodings[i] for i in first.values()], list(first))
+            vectors = embed([encodings[i] for i in first.values()], list(first))
+            if emb is None:
+                emb = np.zeros((vectors.shape[0], len(texts), self.hidden_size), dtype=np.float32)
             where = {t: k for k, t in enumerate(first)}
-            emb[rows] = vectors[[where[texts[i]] for i in rows]]
-        return emb
+            emb[:, rows] = vectors[:, [where[texts[i]] for i in rows]]
+        return emb if emb is not None else np.zeros((1, 0, self.hidden_size), dtype=np.float32)
 
     def _embed(self, encodings: list[dict], texts: list[str]):
-        """float32 sentence embeddings [len(texts), hidden_size] of one batch."""
+        """float32 sentence embeddings [1, len(texts), hidden_size] of one batch."""
         import numpy as np
         import torch
         from sentence_transformers.util import batch_to_device
@@ -383,11 +394,55 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         if not self._features_match:
             return self.model.encode(
                 texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
-            ).astype(np.float32)
+            ).astype(np.float32)[None]
         with torch.inference_mode():
             features = batch_to_device(self._features(encodings), self.model.device)
             out = self.model(features)["sentence_embedding"]
-        return out.float().cpu().numpy()
+        return out.float().cpu().numpy()[None]
+
+    def encode_layers(
+        self, texts: Sequence[str], layers: Sequence[int], *, batch_size=None, show_progress_bar=False
+    ):
+        """Embed texts at several layers with one forward pass per batch: float32 [len(layers), N, D].
+
+        Row ``j`` equals ``HiddenStateEncoder(..., layer=layers[j]).encode_texts(texts)``: the same
+        token ids, batches and padded widths; each layer's token states (``nitp.layers.capture``;
+        layer -1 is the transformer's own output) go through this encoder's Pooling and Normalize.
+        Needs an encoder built for layer -1 (the whole forward pass runs).
+
+        >>> enc.encode_layers(["a cat", "a dog"], [0, 2, -1]).shape   # doctest: +SKIP
+        (3, 2, 128)
+        """
+        if self.spec.layer != -1:
+            raise ValueError("encode_layers needs an encoder of layer -1 (the full forward pass)")
+        texts, encodings = self._tokenized(texts)
+        embed = lambda batch, batch_texts: self._embed_layers(batch, batch_texts, list(layers))  # noqa: E731
+        return self._encode_batches(texts, encodings, batch_size, show_progress_bar, embed)
+
+    def _embed_layers(self, encodings: list[dict], texts: list[str], layers: list[int]):
+        """float32 sentence embeddings [len(layers), len(texts), hidden_size] of one batch, one pass."""
+        import numpy as np
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        if self._features_match:
+            features = self._features(encodings)
+        else:  # the model's own tokenization, as SentenceTransformer.encode would run it
+            features = dict(self.model.preprocess(texts))
+        features = batch_to_device(features, self.model.device)
+        inner = [k for k in layers if k != -1]
+        with torch.inference_mode(), layers_lib.capture(self.transformer.auto_model, inner) as states:
+            out = self.transformer(dict(features))
+            states[-1] = out["token_embeddings"]
+            pooled = [self._pool(states[k], out) for k in layers]
+        return np.stack(pooled).astype(np.float32)
+
+    def _pool(self, token_states, features: dict):
+        """This encoder's Pooling and Normalize modules applied to one layer's token states."""
+        features = {**features, "token_embeddings": token_states}
+        for module in list(self.model)[1:]:
+            features = module(features)
+        return features["sentence_embedding"].float().cpu().numpy()
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         """mteb's encoder protocol: every text of the dataloader, embedded by ``encode_texts``."""

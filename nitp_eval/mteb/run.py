@@ -46,6 +46,7 @@ from .results import (
     replaces_record,
     task_score,
 )
+from .sweep import LayerSweep, parse_layers
 from .tasks import SUITES, apply_data_dir, export_hint, resolve_tasks
 
 
@@ -55,7 +56,8 @@ def run_mteb(
     suite: str | None = None,
     tasks: Sequence[str] | None = None,
     pooling: str = "mean",
-    layer: int = -1,
+    layer: int | None = None,
+    layers: str | Sequence[int] | None = None,
     out: str | Path | None = None,
     data_dir: str | Path | None = None,
     redo: bool = False,
@@ -74,7 +76,10 @@ def run_mteb(
         model folders or ``.gguf`` files; one path or a list
     suite : "paper" (the 25 tasks) | "offline" (shipped data; the default when ``tasks`` is None)
     tasks : mteb task names (instead of a suite)
-    pooling, layer, max_length : see ``nitp_eval.mteb.encoder``
+    pooling, layer, max_length : see ``nitp_eval.mteb.encoder`` (layer default -1, the last)
+    layers : the layer sweep instead of ``layer``: ``"all"``, ``"0,3,-1"`` or a list of ints
+        (``nitp_eval.mteb.sweep``): one forward pass per batch for every layer, one record per
+        layer (``settings.layer = k``), each equal to a ``layer=k`` run's
     out : record file (``.json``, one checkpoint) or directory; default ``RUN/results/mteb/...``
     data_dir : local mirror of the tasks' dataset repositories (``embed_data``); implies
         HF_HUB_OFFLINE. Tasks without a folder there are reported at once and skipped.
@@ -85,7 +90,8 @@ def run_mteb(
 
     Returns
     -------
-    list of records (dicts, docs/contracts.md ``mteb``), in the order of ``checkpoints``.
+    list of records (dicts, docs/contracts.md ``mteb``), in the order of ``checkpoints`` (and,
+    for a sweep, of each checkpoint's layers by depth).
     Tasks that could not run are absent from ``scores["tasks"]`` (see ``missing_tasks``) and are
     retried on rerun.
     """
@@ -100,6 +106,13 @@ def run_mteb(
             f"--data-dir {data_dir}: no such directory "
             f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
         )
+    if layer is not None and layers is not None:
+        raise UserError(
+            "--layer and --layers are mutually exclusive: give one (--layers all scores every layer)"
+        )
+    if layers is not None and save_encoder is not None:
+        raise UserError("--save-encoder saves one layer's encoder: use it with --layer k, not --layers")
+    layer = -1 if layer is None else layer
     if out is not None:
         check_output(out, folder=Path(out).suffix != ".json")
     if save_encoder is not None:
@@ -116,37 +129,69 @@ def run_mteb(
         )
         for p in paths
     ]
-    infos = [model_identity(p) for p in paths]
+    wanted = [[s.layer] if layers is None else _sweep_layers(layers, s.num_layers, out) for s in specs]
+    infos = [{**model_identity(p), "num_layers": s.num_layers} for p, s in zip(paths, specs)]
     task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
+    options = dict(
+        sweep=layers is not None,
+        suite=suite,
+        task_names=task_names,
+        out=out,
+        several=len(infos) > 1,
+        data_dir=data_dir,
+        redo=redo,
+        save_encoder=save_encoder,
+        sizes=(int(max_length), int(batch_size), int(batch_tokens)),
+        log=log,
+    )
     with offline_hub(data_dir is not None):  # local data: no hub retries
-        records = []
-        for info, spec in zip(infos, specs):
-            settings = {
-                "suite": suite,
-                "tasks": task_names,
-                "pooling": spec.pooling,
-                "layer": spec.layer,
-                "max_length": int(max_length),
-                "batch_size": int(batch_size),
-                "batch_tokens": int(batch_tokens),
-            }
-            path = record_path(
-                info, out, len(infos) > 1, record_tag(suite, task_names, spec.pooling, spec.layer)
-            )
-            save_to = _save_dir(save_encoder, info, len(infos) > 1)
-            check_output(path)
-            if not redo and save_to is None and is_recorded(path, info, settings):
-                log(f"{info['path']}: already recorded in {path} (--redo recomputes)")
-                records.append(read_record(path))
-                continue
-            record = _score_checkpoint(info, spec, settings, data_dir, redo, save_to, log)
-            if replaces_record(path, record):
-                write_record(path, record)
-                log(f"record: {path}")
+        return [
+            r for info, spec, ks in zip(infos, specs, wanted) for r in _records(info, spec, ks, **options)
+        ]
+
+
+def _sweep_layers(layers, num_layers: int, out) -> list[int]:
+    wanted = parse_layers(layers, num_layers)
+    if out is not None and Path(out).suffix == ".json" and len(wanted) > 1:
+        raise UserError(f"--out {out}: one file for several layers; give a directory instead")
+    return wanted
+
+
+def _records(
+    info, spec, wanted, *, sweep, suite, task_names, out, several, data_dir, redo, save_encoder, sizes, log
+) -> list[dict]:
+    """The records of one checkpoint's layers: read where recorded, else scored, then written."""
+    max_length, batch_size, batch_tokens = sizes
+    settings, paths = {}, {}
+    for k in wanted:
+        settings[k] = {
+            "suite": suite,
+            "tasks": task_names,
+            "pooling": spec.pooling,
+            "layer": k,
+            "max_length": max_length,
+            "batch_size": batch_size,
+            "batch_tokens": batch_tokens,
+        }
+        paths[k] = record_path(info, out, several, record_tag(suite, task_names, spec.pooling, k))
+        check_output(paths[k])
+    save_to = _save_dir(save_encoder, info, several)
+    found = {}
+    for k in wanted:
+        if not redo and save_to is None and is_recorded(paths[k], info, settings[k]):
+            log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
+            found[k] = read_record(paths[k])
+    todo = {k: settings[k] for k in wanted if k not in found}
+    if todo:
+        scored = _score_checkpoint(info, spec, todo, sweep, data_dir, redo, save_to, log)
+        for k, record in scored.items():
+            if replaces_record(paths[k], record):
+                write_record(paths[k], record)
+                log(f"record: {paths[k]}")
             elif record["scores"]["tasks"]:
-                log(f"kept {path}: it holds tasks this run could not score (see the errors above)")
-            records.append(record)
-    return records
+                log(f"kept {paths[k]}: it holds tasks this run could not score (see the errors above)")
+            found[k] = record
+    return [found[k] for k in wanted]
 
 
 def _check_save_encoder(save_encoder) -> None:
@@ -176,34 +221,61 @@ def task_cache_settings(task, settings: dict, dtype: str) -> dict:
     }
 
 
-def _score_checkpoint(info, spec, settings, data_dir, redo, save_to, log) -> dict:
-    task_objs = _tasks_with_data(settings, data_dir, log)
+def _score_checkpoint(info, spec, settings_by_layer, sweep, data_dir, redo, save_to, log) -> dict[int, dict]:
+    """One record per layer of ``settings_by_layer``; each task is scored (and cached) per layer,
+    and with ``sweep`` every layer's embeddings come from one pass over the task's texts."""
+    first = next(iter(settings_by_layer.values()))
+    task_objs = _tasks_with_data(first, data_dir, log)
     cache = RecordCache("mteb", info["key"])
     on_interrupt(
         f"the tasks finished so far are cached in {cache.root} and no record was written; "
         "rerun the same command to resume from them"
     )
-    keys = {t.metadata.name: task_cache_settings(t, settings, spec.dtype) for t in task_objs}
-    done = {} if redo else {n: v for n, k in keys.items() if (v := cache.get(n, k)) is not None}
-    todo = [t for t in task_objs if t.metadata.name not in done]
-    if todo or save_to is not None:
-        encoder = encoder_lib.HiddenStateEncoder(
-            spec, name=mteb_model_name(info), revision=info["key"], log=log
-        )
+    keys = {
+        (k, t.metadata.name): task_cache_settings(t, s, spec.dtype)
+        for k, s in settings_by_layer.items()
+        for t in task_objs
+    }
+    done = {} if redo else {u: v for u, key in keys.items() if (v := cache.get(u[1], key)) is not None}
+    todo = {
+        t.metadata.name: [k for k in settings_by_layer if (k, t.metadata.name) not in done] for t in task_objs
+    }
+    if any(todo.values()) or save_to is not None:
+        encoders, shared = _encoders(info, spec, list(settings_by_layer), sweep, log)
         try:
             if save_to is not None:
-                log(f"encoder: {encoder_lib.save_encoder(encoder, save_to)}")
-            for task in todo:  # one at a time: each finished task is cached before the next starts
-                entry = _evaluate_task(encoder, task, redo, data_dir, log)
-                if entry is not None:
-                    cache.put(task.metadata.name, keys[task.metadata.name], entry)
-                    done[task.metadata.name] = entry
+                log(f"encoder: {encoder_lib.save_encoder(encoders[spec.layer], save_to)}")
+            for task in task_objs:  # one at a time: each finished task is cached before the next starts
+                name = task.metadata.name
+                for k in todo[name]:
+                    entry = _evaluate_task(encoders[k], task, redo, data_dir, log)
+                    if entry is not None:
+                        cache.put(name, keys[(k, name)], entry)
+                        done[(k, name)] = entry
+                if shared is not None:
+                    shared.clear()
         finally:
-            del encoder
+            del encoders, shared
             _free_memory()
-    scores = {t.metadata.name: done[t.metadata.name] for t in task_objs if t.metadata.name in done}
     versions = library_versions("mteb", "sentence-transformers", "datasets")
-    return make_record("mteb", info, settings, {"tasks": scores, **aggregate(scores)}, versions=versions)
+    records = {}
+    for k, settings in settings_by_layer.items():
+        scores = {
+            t.metadata.name: done[(k, t.metadata.name)] for t in task_objs if (k, t.metadata.name) in done
+        }
+        records[k] = make_record(
+            "mteb", info, settings, {"tasks": scores, **aggregate(scores)}, versions=versions
+        )
+    return records
+
+
+def _encoders(info, spec, layers: list[int], sweep: bool, log):
+    """``({layer: mteb encoder}, LayerSweep or None)``: one encoder, or a sweep's views."""
+    name, revision = mteb_model_name(info), info["key"]
+    if not sweep:
+        return {spec.layer: encoder_lib.HiddenStateEncoder(spec, name=name, revision=revision, log=log)}, None
+    shared = LayerSweep(spec, layers, log=log)
+    return dict(zip(layers, shared.views(name=name, revision=revision))), shared
 
 
 def _tasks_with_data(settings: dict, data_dir, log) -> list:

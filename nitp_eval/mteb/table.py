@@ -20,15 +20,18 @@ def model_labels(records: Sequence[dict]) -> list[str]:
     return labels
 
 
-def format_table(records: Sequence[dict]) -> str:
+def format_table(
+    records: Sequence[dict], labels: Sequence[str] | None = None, compare: bool | None = None
+) -> str:
     """A rich table of main scores in percent, grouped like the paper.
 
-    One column per record; with two or more, a delta column (last minus first) per task and
-    group, and "wins k of n" (tasks where the last model beats the first).
+    One column per record (``labels``, default :func:`model_labels`); with two or more (or
+    ``compare``), a delta column (last minus first) per task and group, and "wins k of n"
+    (tasks where the last model beats the first).
     """
     if not records:
         return "(no results)"
-    labels = model_labels(records)
+    labels = list(labels) if labels is not None else model_labels(records)
     names: list[str] = []
     info: dict[str, dict] = {}
     for r in records:
@@ -36,7 +39,7 @@ def format_table(records: Sequence[dict]) -> str:
             if name not in info:
                 names.append(name)
                 info[name] = s
-    compare = len(records) > 1
+    compare = len(records) > 1 if compare is None else compare
 
     def row(label: str, values: list) -> list:
         cells = [f"{v * 100:.2f}" if v is not None else "-" for v in values]
@@ -70,3 +73,44 @@ def format_table(records: Sequence[dict]) -> str:
         )
         text += f"\n{labels[-1]} wins {wins} of {len(both)} tasks against {labels[0]}"
     return text
+
+
+def layer_label(layer: int) -> str:
+    """Column label of a layer: ``L0`` (embeddings), ``L3`` (block 3), ``last`` (-1)."""
+    return "last" if layer == -1 else f"L{layer}"
+
+
+def sweep_groups(records: Sequence[dict]) -> list[list[dict]]:
+    """Records of a layer sweep grouped by model (first-seen order), each group by depth."""
+    from .sweep import depth_order
+
+    by_model: dict[str, list[dict]] = {}
+    for r in records:
+        by_model.setdefault(r["model"]["key"] + str(r["model"].get("path")), []).append(r)
+    return [sorted(g, key=lambda r: depth_order(r["settings"]["layer"])) for g in by_model.values()]
+
+
+def format_layer_table(records: Sequence[dict]) -> str:
+    """Tasks x layers (main scores in %) per model of a layer sweep, and its best layer.
+
+    One table per model: rows as in :func:`format_table` (tasks, group averages, overall),
+    one column per layer in depth order (L0 = embeddings, Lk = block k, last = after the final
+    norm), then a line naming the layer with the best overall score.
+    """
+    if not records:
+        return "(no results)"
+    texts = []
+    for group in sweep_groups(records):
+        table = format_table(group, [layer_label(r["settings"]["layer"]) for r in group], compare=False)
+        scored = [r for r in group if r["scores"].get("overall") is not None]
+        best = max(scored, key=lambda r: r["scores"]["overall"], default=None)
+        head = (
+            f"{model_labels(group[:1])[0]}: MTEB score by layer ({group[0]['settings']['pooling']} pooling)"
+        )
+        tail = (
+            f"best layer: {layer_label(best['settings']['layer'])} (overall {best['scores']['overall'] * 100:.2f})"
+            if best
+            else "no layer scored"
+        )
+        texts.append(f"{head}\n{table}\n{tail}")
+    return "\n\n".join(texts)

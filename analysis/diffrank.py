@@ -1,0 +1,221 @@
+"""``nitp-geom diff-erank``: Diff-eRank (Wei et al. 2024) of a trained model against a random copy.
+
+For each sequence s of a fixed corpus sample and each requested layer, the token states are
+centred and each row scaled to unit norm; ``H_s`` is the von Neumann entropy (nats) of their
+trace-1 covariance (``nitp.geometry.normalized_covariance_entropy``). A model's eRank on the data
+is ``exp(mean_s H_s)`` (``dataset_erank``), and
+
+    diff_erank = eRank(randomly initialised copy) - eRank(trained model)
+
+with the copy built from the same config by transformers' ``AutoModel.from_config`` under
+``torch.manual_seed(init_seed)``. Positive = training reduced the rank ("removed noise": the
+paper reads larger as better). **This rewards the opposite direction from the NITP paper's
+"higher rank is better"**: it is reported under its own name, never as a rank. The paper uses
+the last layer (-1 here); other layers are measured with ``--layers``. Cost: two forward passes
+and one ``min(T, d)``-sized eigendecomposition per sequence and layer.
+
+Example
+-------
+>>> from analysis.diffrank import diff_erank_record
+>>> rec = diff_erank_record("runs/smol-nitp", n_tokens=4096)               # doctest: +SKIP
+>>> rec["scores"]["diff_erank"]["layers"][-1]["diff_erank"]                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+from nitp.loading import check_model_files
+from nitp.records import (
+    RecordCache,
+    check_output,
+    default_record_path,
+    library_versions,
+    make_record,
+    model_identity,
+    write_record,
+)
+from nitp.runs import resolve_checkpoint
+from nitp.runtime import pick_device, pick_dtype
+
+LABEL = (
+    "Diff-eRank = eRank(random init) - eRank(trained), Wei et al. 2024: POSITIVE when training "
+    "lowered the rank; it rewards the opposite direction from 'higher rank is better'"
+)
+
+
+def random_copy(loaded, init_seed: int = 0):
+    """A ``LoadedModel`` of the same config with seeded random weights (``AutoModel.from_config``)."""
+    import torch
+    from transformers import AutoModel
+
+    from nitp.loading import load_config, model_folder
+
+    config = load_config(model_folder(loaded.path))
+    with _seeded(init_seed):
+        model = AutoModel.from_config(config)
+    model = model.to(device=loaded.device, dtype=getattr(torch, loaded.dtype)).eval()
+    return dataclasses.replace(loaded, model=model, lm_head=None)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def diff_erank(
+    checkpoint,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = 4096,
+    layers=None,
+    seed: int = 0,
+    init_seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """Per layer: eRank of the trained model and of its random copy, and their difference.
+
+    Returns ``(settings, scores)``; ``scores["diff_erank"]["layers"]`` holds one dict per layer
+    with ``erank_trained``, ``erank_random``, ``diff_erank`` and ``n_sequences``.
+    """
+    from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
+    from .measure import _progress
+
+    trained = load_model(checkpoint, device=device, dtype=dtype)
+    rand = random_copy(trained, init_seed)
+    layer_list = resolve_layers(_wanted_layers(layers), trained.n_layers, where=str(trained.path))
+    sample = corpus_sample(trained.tokenizer, corpus, n_tokens, default_seq_len(trained, seq_len), seed, 0.0)
+    entropies = {name: {k: [] for k in layer_list} for name in ("trained", "random")}
+    with _progress(progress, f"diff-erank {trained.path.name} (trained, random)", 2) as advance:
+        for name, model in (("trained", trained), ("random", rand)):
+            _sequence_entropies(model, sample, layer_list, batch_size, entropies[name])
+            advance()
+    rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
+    scores = {"diff_erank": {"label": LABEL, "layers": rows}}
+    settings = {
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "layers": layer_list,
+        "seed": seed,
+        "init_seed": init_seed,
+        "seq_len": sample.seq_len,
+        "batch_size": batch_size,
+        "device": trained.device,
+        "dtype": trained.dtype,
+        "sample": sample.describe(),
+    }
+    return settings, scores
+
+
+def _wanted_layers(layers):
+    """None -> ``[-1]`` (the paper's last layer); "all" and lists pass through to ``resolve_layers``."""
+    return [-1] if layers is None else layers
+
+
+def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: dict) -> None:
+    """Append each sequence's normalised covariance entropy, per layer, to ``out[k]``."""
+    from nitp.geometry import normalized_covariance_entropy
+
+    from .hidden import LayerCapture, padded
+
+    pad = model.tokenizer.pad_token_id
+    with LayerCapture(model, layers) as cap:
+        for lo in range(0, len(sample.sequences), batch_size):
+            seqs = sample.sequences[lo : lo + batch_size]
+            ids, attn = padded(seqs, 0 if pad is None else int(pad), model.device)
+            states = cap.run(ids, attn)
+            for k in layers:
+                for b, s in enumerate(seqs):
+                    if len(s) >= 2:
+                        out[k].append(normalized_covariance_entropy(states[k][b, : len(s)]))
+
+
+def _layer_row(k: int, name: str, entropies: dict) -> dict:
+    from nitp.geometry import dataset_erank
+    from nitp.geometry import diff_erank as difference
+
+    trained = dataset_erank(entropies["trained"][k])
+    rand = dataset_erank(entropies["random"][k])
+    return {
+        "layer": k,
+        "name": name,
+        "erank_trained": trained,
+        "erank_random": rand,
+        "diff_erank": difference(rand, trained),
+        "n_sequences": len(entropies["trained"][k]),
+    }
+
+
+def diff_erank_record(
+    checkpoint,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = 4096,
+    layers=None,
+    seed: int = 0,
+    init_seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    out=None,
+    redo: bool = False,
+    progress: bool = True,
+) -> dict:
+    """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section."""
+    from .hidden import parse_layers
+    from .measure import check_sizes, record_tag
+
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
+    layers = _wanted_layers(layers)
+    check_output(out)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    check_model_files(checkpoint, device=device, dtype=dtype)
+    info = model_identity(resolve_checkpoint(checkpoint))
+    tag = f"diff-erank-init{init_seed}-" + record_tag(corpus, n_tokens, parse_layers(layers), False, seed)
+    path = Path(out) if out else default_record_path(info, "geom", tag)
+    check_output(path)
+    wanted = {
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "layers": "all" if parse_layers(layers) is None else sorted(parse_layers(layers)),
+        "seed": seed,
+        "init_seed": init_seed,
+        "seq_len": seq_len,
+    }
+
+    def compute() -> dict:
+        settings, scores = diff_erank(
+            checkpoint,
+            corpus=corpus,
+            n_tokens=n_tokens,
+            layers=layers,
+            seed=seed,
+            init_seed=init_seed,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            progress=progress,
+        )
+        return make_record("geom", info, settings, scores, library_versions())
+
+    record, cached = RecordCache("geom", info["key"]).find_or_compute(
+        "diff-erank", wanted, compute, redo=redo
+    )
+    if cached:
+        record["model"] = info
+    write_record(path, record)
+    record["_path"] = str(path)
+    return record

@@ -1,0 +1,444 @@
+"""``nitp-geom compare``: layer-by-layer similarity maps of two models (or one with itself).
+
+One pass over a fixed corpus sample runs both models on the same tokens; for every pair
+(layer i of A, layer j of B) a ``nitp.streaming.HSICMoments`` accumulates the cross sums
+(float64, memory flat in the number of tokens: one [d_A, d_B] matrix per pair). From them:
+
+* ``cka`` — linear CKA ``||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (centred; biased HSIC);
+* ``cka_debiased`` — the same with the unbiased HSIC (Song et al. 2012; Kornblith et al. 2019),
+  near 0 for unrelated representations even when tokens are not >> width;
+* ``procrustes`` — squared orthogonal Procrustes distance ``2 - 2 ||X^T Y||_*`` of the centred,
+  unit-Frobenius representations, in [0, 2] (Ding et al. 2021).
+
+``a_vs_b`` is the cross map; ``a_vs_a`` and ``b_vs_b`` each model against itself (symmetric;
+diagonal 1 / 1 / 0): the block structure. ``compare A`` alone gives ``a_vs_a`` only. Cost per
+token: ``2 d_A d_B`` flops per layer pair (so ``(L+2)^2`` pairs for all layers), memory
+``8 d_A d_B`` bytes per pair; ``--layers`` picks fewer.
+
+Example
+-------
+>>> from analysis.similarity import compare_record
+>>> rec = compare_record("runs/smol-ntp", "runs/smol-nitp", n_tokens=4096)   # doctest: +SKIP
+>>> rec["scores"]["similarity"]["a_vs_b"]["cka_debiased"][0][0]              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from nitp.errors import UserError
+from nitp.loading import available_memory, check_model_files
+from nitp.records import (
+    RecordCache,
+    check_output,
+    default_record_path,
+    library_versions,
+    make_record,
+    model_identity,
+    write_record,
+)
+from nitp.runs import checkpoint_info, resolve_checkpoint
+from nitp.runtime import pick_device, pick_dtype
+
+MAPS = ("a_vs_b", "a_vs_a", "b_vs_b")
+MEMORY_SHARE = 0.5  # the pair states may take at most this share of the available memory
+
+
+class SimilarityStreams:
+    """The ``HSICMoments`` of every layer pair of A x B (and of A x A, B x B) over batches.
+
+    ``layers_a``, ``layers_b``: the layers of each model; ``b_layers=None`` compares A with itself.
+    """
+
+    def __init__(self, layers_a: list[int], layers_b: list[int] | None, self_maps: bool = True):
+        from nitp.streaming import HSICMoments
+
+        self.layers_a, self.layers_b = layers_a, layers_b
+        self.self_a = [HSICMoments() for _ in layers_a]
+        self.self_b = [HSICMoments() for _ in layers_b] if layers_b is not None else None
+        self.cross = [[HSICMoments() for _ in layers_b] for _ in layers_a] if layers_b is not None else None
+        self.self_maps = self_maps or layers_b is None
+        self.upper_a = self._upper(layers_a) if self.self_maps else None
+        self.upper_b = self._upper(layers_b) if self.self_maps and layers_b is not None else None
+
+    @staticmethod
+    def _upper(layers: list[int]) -> dict:
+        from nitp.streaming import HSICMoments
+
+        n = len(layers)
+        return {(i, j): HSICMoments() for i in range(n) for j in range(i + 1, n)}
+
+    def update(self, rows_a: list, rows_b: list | None) -> None:
+        """Add one batch: ``rows_a[i]`` [N, d_A] of layer i of A, ``rows_b[j]`` the same tokens in B."""
+        for s, x in zip(self.self_a, rows_a):
+            s.update(x, x)
+        if rows_b is not None:
+            for s, y in zip(self.self_b, rows_b):
+                s.update(y, y)
+            for i, x in enumerate(rows_a):
+                for j, y in enumerate(rows_b):
+                    self.cross[i][j].update(x, y)
+        for upper, rows in ((self.upper_a, rows_a), (self.upper_b, rows_b)):
+            for (i, j), s in (upper or {}).items():
+                s.update(rows[i], rows[j])
+
+    def maps(self) -> dict:
+        """``{map name: {measure: nested list}}`` (``nitp.streaming.similarity_map_from_moments``)."""
+        from nitp.streaming import similarity_map_from_moments
+
+        out = {}
+        if self.cross is not None:
+            out["a_vs_b"] = similarity_map_from_moments(self.self_a, self.self_b, self.cross)
+        if self.upper_a is not None:
+            out["a_vs_a"] = similarity_map_from_moments(
+                self.self_a, self.self_a, _square(self.self_a, self.upper_a)
+            )
+        if self.upper_b is not None:
+            out["b_vs_b"] = similarity_map_from_moments(
+                self.self_b, self.self_b, _square(self.self_b, self.upper_b)
+            )
+        return {name: {m: _json_matrix(v) for m, v in maps.items()} for name, maps in out.items()}
+
+
+def _square(diagonal: list, upper: dict) -> list:
+    """The full symmetric grid of pair states from the diagonal and the upper triangle."""
+    n = len(diagonal)
+    grid = [[None] * n for _ in range(n)]
+    for i in range(n):
+        grid[i][i] = diagonal[i]
+    for (i, j), s in upper.items():
+        grid[i][j], grid[j][i] = s, s.transposed()
+    return grid
+
+
+def _json_matrix(a: np.ndarray) -> list:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
+
+
+def pair_state_bytes(dims_a: list[int], dims_b: list[int] | None, self_maps: bool) -> int:
+    """Bytes of the float64 pair states: ``8 d_i d_j`` (+ vectors) per accumulated pair."""
+    pairs = []
+    if dims_b is not None:
+        pairs += [(a, b) for a in dims_a for b in dims_b]
+    for dims in (dims_a, dims_b) if (self_maps or dims_b is None) else ():
+        if dims is not None:
+            pairs += [(d, d) for d in dims] + [(d, d) for i, d in enumerate(dims) for _ in dims[i + 1 :]]
+    return int(sum(8 * (a * b + 2 * (a + b)) for a, b in pairs))
+
+
+def compare(
+    model_a,
+    model_b=None,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = 8192,
+    layers=None,
+    exclude_first: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    self_maps: bool = True,
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """Stream the similarity maps of A x B (and A x A, B x B); returns ``(settings, scores)``.
+
+    Parameters
+    ----------
+    model_a, model_b : checkpoints, run directories, HF folders or GGUF files (same tokenizer);
+        ``model_b=None`` compares A with itself
+    layers : None for all (0..L and -1) or a list, applied to both models (each checked)
+    self_maps : with two models, also compute each against itself
+    """
+    from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
+    from .measure import _progress
+
+    a = load_model(model_a, device=device, dtype=dtype)
+    b = load_model(model_b, device=a.device, dtype=a.dtype) if model_b is not None else None
+    if b is not None and b.tokenizer.get_vocab() != a.tokenizer.get_vocab():
+        raise UserError(
+            f"{model_b}: its tokenizer differs from {a.path}'s, so the token sets differ; "
+            "compare models of one family (the same tokenizer)"
+        )
+    layers_a = resolve_layers(layers, a.n_layers, where=str(a.path))
+    layers_b = resolve_layers(layers, b.n_layers, where=str(b.path)) if b is not None else None
+    _check_memory(a, b, layers_a, layers_b, self_maps)
+    sample = corpus_sample(a.tokenizer, corpus, n_tokens, default_seq_len(a, seq_len), seed, 0.0)
+    streams = SimilarityStreams(layers_a, layers_b, self_maps)
+    n_batches = -(-len(sample.sequences) // batch_size)
+    with _progress(progress, f"compare {a.path.name}", n_batches) as advance:
+        for rows_a, rows_b in _paired_rows(a, b, layers_a, layers_b, sample, batch_size, exclude_first):
+            streams.update(rows_a, rows_b)
+            advance()
+    n = int(streams.self_a[0].count)
+    scores = {
+        "similarity": {
+            "layers_a": layers_a,
+            "layers_b": layers_b if b is not None else layers_a,
+            "names_a": [a.layer_name(k) for k in layers_a],
+            "names_b": [b.layer_name(k) for k in layers_b] if b is not None else None,
+            "n_tokens": n,
+            "model_b": checkpoint_info(b.path) if b is not None else None,
+            **streams.maps(),
+        },
+        "definitions": {
+            "cka": "linear CKA, biased HSIC (Kornblith et al. 2019)",
+            "cka_debiased": "linear CKA with the unbiased HSIC (Song et al. 2012); ~0 for unrelated representations",
+            "procrustes": "squared orthogonal Procrustes distance 2 - 2 ||X^T Y||_* of centred unit-Frobenius X, Y, in [0, 2]",
+        },
+    }
+    settings = {
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "layers": layers_a,
+        "exclude_first": exclude_first,
+        "seed": seed,
+        "seq_len": sample.seq_len,
+        "batch_size": batch_size,
+        "self_maps": streams.self_maps,
+        "device": a.device,
+        "dtype": a.dtype,
+        "sample": sample.describe(),
+    }
+    return settings, scores
+
+
+def _check_memory(a, b, layers_a, layers_b, self_maps: bool) -> None:
+    need = pair_state_bytes(
+        [a.hidden_size] * len(layers_a), [b.hidden_size] * len(layers_b) if b is not None else None, self_maps
+    )
+    free = available_memory("cpu" if not str(a.device).startswith("cuda") else a.device)
+    if free is not None and need > MEMORY_SHARE * free:
+        raise UserError(
+            f"compare: the layer-pair states need {need / 2**30:.1f} GiB, more than half of the "
+            f"{free / 2**30:.1f} GiB available; give fewer --layers (e.g. every third layer) or --no-self"
+        )
+
+
+def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_first: bool):
+    """Per batch: ``([rows of layer i of A], [rows of layer j of B] or None)``, real tokens only."""
+    import torch
+
+    from .hidden import LayerCapture, padded
+
+    pad = a.tokenizer.pad_token_id
+    pad = 0 if pad is None else int(pad)
+    with contextlib.ExitStack() as stack:
+        cap_a = stack.enter_context(LayerCapture(a, layers_a))
+        cap_b = stack.enter_context(LayerCapture(b, layers_b)) if b is not None else None
+        for lo in range(0, len(sample.sequences), batch_size):
+            ids, attn = padded(sample.sequences[lo : lo + batch_size], pad, a.device)
+            keep = attn.bool()
+            if exclude_first:
+                keep[:, 0] = False
+            states_a = cap_a.run(ids, attn)
+            rows_a = [states_a[k][keep] for k in layers_a]
+            rows_b = None
+            if cap_b is not None:
+                states_b = cap_b.run(ids.to(b.device), attn.to(b.device))
+                rows_b = [states_b[k][keep.to(b.device)] for k in layers_b]
+            if rows_a[0].shape[0]:
+                yield rows_a, rows_b
+            del states_a, ids, attn, keep
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def compare_tag(
+    info_b: dict | None, corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int
+) -> str:
+    """The settings part of a compare record's default file name (names B and its weights)."""
+    from .measure import record_tag
+
+    other = (
+        "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
+    )
+    return f"compare-{other}-{record_tag(corpus, n_tokens, layers, exclude_first, seed)}"
+
+
+def compare_record(
+    model_a,
+    model_b=None,
+    *,
+    corpus: str = "builtin",
+    n_tokens: int = 8192,
+    layers=None,
+    exclude_first: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    self_maps: bool = True,
+    out=None,
+    redo: bool = False,
+    progress: bool = True,
+) -> dict:
+    """``compare`` wrapped in the record cache: a ``kind: "geom"`` record with a ``similarity``
+    section, cached under A's model key with B's key in the settings (same weights of both and
+    same settings are never measured twice). ``record["_path"]`` is where it was written."""
+    from .hidden import parse_layers
+    from .measure import check_sizes
+
+    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
+    layers = parse_layers(layers)
+    check_output(out)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    for model in (model_a, model_b):
+        if model is not None:
+            check_model_files(model, device=device, dtype=dtype)
+    info_a = model_identity(resolve_checkpoint(model_a))
+    info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
+    tag = compare_tag(info_b, corpus, n_tokens, layers, exclude_first, seed)
+    path = Path(out) if out else default_record_path(info_a, "geom", tag)
+    check_output(path)
+    wanted = {
+        "other": info_b["key"] if info_b is not None else None,
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "layers": sorted(int(k) for k in layers) if layers is not None else None,
+        "exclude_first": exclude_first,
+        "seed": seed,
+        "seq_len": seq_len,
+        "self_maps": self_maps,
+    }
+
+    def compute() -> dict:
+        settings, scores = compare(
+            model_a,
+            model_b,
+            corpus=corpus,
+            n_tokens=n_tokens,
+            layers=layers,
+            exclude_first=exclude_first,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            self_maps=self_maps,
+            progress=progress,
+        )
+        settings["model_b"] = info_b
+        return make_record("geom", info_a, settings, scores, library_versions())
+
+    record, cached = RecordCache("geom", info_a["key"]).find_or_compute("compare", wanted, compute, redo=redo)
+    if cached:
+        record["model"] = info_a
+    write_record(path, record)
+    record["_path"] = str(path)
+    return record
+
+
+# ----------------------------------------------------------------------------- table and figure
+def similarity_rows(record: dict) -> list[dict]:
+    """CSV form: one row per (map, layer of A-side, layer of B-side) with the three measures."""
+    sim = record["scores"]["similarity"]
+    rows = []
+    for name in MAPS:
+        if name not in sim:
+            continue
+        left = sim["layers_b"] if name == "b_vs_b" else sim["layers_a"]
+        right = sim["layers_a"] if name == "a_vs_a" else sim["layers_b"]
+        m = sim[name]
+        for i, li in enumerate(left):
+            for j, lj in enumerate(right):
+                rows.append(
+                    {
+                        "map": name,
+                        "layer_row": li,
+                        "layer_col": lj,
+                        "cka": m["cka"][i][j],
+                        "cka_debiased": m["cka_debiased"][i][j],
+                        "procrustes": m["procrustes"][i][j],
+                    }
+                )
+    return rows
+
+
+def matrix_rows(record: dict, name: str, measure: str = "cka_debiased") -> list[dict]:
+    """Table form: one row per layer of the row model, one column per layer of the column model."""
+    sim = record["scores"]["similarity"]
+    left = sim["layers_b"] if name == "b_vs_b" else sim["layers_a"]
+    right = sim["layers_a"] if name == "a_vs_a" else sim["layers_b"]
+    m = sim[name][measure]
+    return [{"layer": li, **{f"L{lj}": m[i][j] for j, lj in enumerate(right)}} for i, li in enumerate(left)]
+
+
+def diagonal_rows(record: dict) -> list[dict]:
+    """Layer k of A against layer k of B: the three measures (the per-depth summary of a_vs_b)."""
+    sim = record["scores"]["similarity"]
+    m = sim.get("a_vs_b") or sim["a_vs_a"]
+    index_b = {k: j for j, k in enumerate(sim["layers_b"])}
+    rows = []
+    for i, k in enumerate(sim["layers_a"]):
+        j = index_b.get(k)
+        if j is not None:
+            rows.append(
+                {"layer": k, **{meas: m[meas][i][j] for meas in ("cka", "cka_debiased", "procrustes")}}
+            )
+    return rows
+
+
+def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
+    """Heatmaps of debiased CKA (and Procrustes for A x B) of the record's maps; PNG and PDF.
+
+    ``path`` names the figure; its stem gets both ``.png`` and ``.pdf``. Returns the files.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nitp.io import atomic_write_bytes
+
+    sim = record["scores"]["similarity"]
+    panels = _panels(sim, labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (title, matrix, rows, cols, cmap, vmax) in zip(axes[0], panels, strict=True):
+        img = ax.imshow(np.array(matrix, dtype=float), origin="lower", cmap=cmap, vmin=0.0, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        _ticks(ax, rows, cols)
+        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"layer similarity on {sim['n_tokens']:,} tokens", fontsize=10)
+    fig.tight_layout()
+    stem = Path(path).with_suffix("")
+    written = []
+    for ext in (".png", ".pdf"):
+        target = stem.with_name(stem.name + ext)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=130, format=ext[1:])
+        written.append(atomic_write_bytes(target, buf.getvalue()))
+    plt.close(fig)
+    return written
+
+
+def _panels(sim: dict, labels: tuple[str, str]) -> list:
+    a, b = labels
+    la, lb = sim["layers_a"], sim["layers_b"]
+    panels = []
+    if "a_vs_b" in sim:
+        panels.append(
+            (f"debiased CKA: {a} (rows) x {b}", sim["a_vs_b"]["cka_debiased"], la, lb, "viridis", 1.0)
+        )
+        panels.append((f"Procrustes d^2: {a} x {b}", sim["a_vs_b"]["procrustes"], la, lb, "magma_r", 2.0))
+    if "a_vs_a" in sim:
+        panels.append((f"debiased CKA: {a} x itself", sim["a_vs_a"]["cka_debiased"], la, la, "viridis", 1.0))
+    if "b_vs_b" in sim:
+        panels.append((f"debiased CKA: {b} x itself", sim["b_vs_b"]["cka_debiased"], lb, lb, "viridis", 1.0))
+    return panels
+
+
+def _ticks(ax, rows: list[int], cols: list[int]) -> None:
+    step = max(1, len(cols) // 8)
+    ax.set_xticks(range(0, len(cols), step), [str(k) for k in cols[::step]], fontsize=7)
+    step = max(1, len(rows) // 8)
+    ax.set_yticks(range(0, len(rows), step), [str(k) for k in rows[::step]], fontsize=7)
+    ax.set_xlabel("layer", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)

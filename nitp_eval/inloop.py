@@ -1,0 +1,206 @@
+"""The evaluators of ``eval.every`` (entry points ``nitp.evaluators`` in pyproject.toml).
+
+Each factory takes the resolved training config and returns an evaluator, or ``None`` when its
+part of ``cfg["eval"]`` is empty; ``nitp_train.evaluators`` calls them on rank 0 with the model in
+eval mode and the RNG state saved and restored around them.
+
+* :func:`bench` -- ``eval.bench`` tasks with ``eval.limit`` documents each, scored by lm-eval on
+  the in-memory model (``HFLM(pretrained=model, tokenizer=...)``, the same ``simple_evaluate``
+  call as ``nitp-eval bench``); metrics ``eval/bench/<task>`` and ``eval/bench/average``;
+* :func:`mteb` -- ``eval.mteb`` tasks (``nitp-eval mteb``) and :func:`geom` -- ``nitp-geom``
+  layer statistics: both read a model folder, so the model is saved to a temporary folder
+  ``RUN/inloop/step_N`` (removed afterwards); metrics ``eval/mteb/<task>``,
+  ``eval/geom/<metric>`` (the last layer's).
+
+Every evaluator also writes an ordinary result record for the step, named as the checkpoint of
+that step would be: ``RUN/results/<kind>/step_N-inloop-<tag>.json`` (``model.in_loop: true``), so
+``nitp-report`` draws benchmark trajectories without evaluating every checkpoint again.
+
+Example
+-------
+>>> evaluator = bench({"eval": {"bench": ["next_word"], "limit": 8}, "run_name": "r"})  # doctest: +SKIP
+>>> evaluator.evaluate(model, tokenizer, 50, Path("runs/r"))                           # doctest: +SKIP
+{'eval/bench/next_word': 0.25, 'eval/bench/average': 0.25}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nitp.records import library_versions, make_record, safe_name, write_record
+from nitp.runs import checkpoint_name
+
+GEOM_TOKENS = 4096  # tokens of the in-loop nitp-geom sample
+GEOM_METRICS = ("erank", "anisotropy", "intrinsic_dim")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def model_info(model, run_dir: Path, step: int, cfg: dict) -> dict:
+    """The ``model`` block of an in-loop record: the checkpoint this step has (or would have)
+    and a sha256 of the in-memory weights (``hash``; it differs from a file hash)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    path = Path(run_dir).resolve() / "checkpoints" / checkpoint_name(step)
+    weights = digest.hexdigest()
+    return {
+        "path": str(path),
+        "run": str(Path(run_dir).resolve()),
+        "name": Path(run_dir).name,
+        "step": step,
+        "objective": cfg.get("objective"),
+        "preset": (cfg.get("model") or {}).get("preset"),
+        "tokens_seen": None,
+        "hash": weights,
+        "key": weights,
+        "in_loop": True,
+    }
+
+
+def _record_path(run_dir: Path, kind: str, step: int, tag: str) -> Path:
+    return Path(run_dir) / "results" / kind / f"{checkpoint_name(step)}-inloop-{safe_name(tag)}.json"
+
+
+# ----------------------------------------------------------------------------- bench
+@dataclass
+class BenchEvaluator:
+    """lm-eval on the in-memory model: ``tasks`` with ``limit`` documents each."""
+
+    cfg: dict
+    tasks: list
+    limit: int | None
+
+    def __post_init__(self):
+        from .bench.plan import plan_tasks, select_benchmarks
+
+        self.benchmarks = select_benchmarks(self.tasks, None)
+        self.plan = plan_tasks(self.benchmarks, None, False, _log)
+
+    def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
+        from lm_eval.models.huggingface import HFLM
+
+        from .bench.plan import shots_for
+        from .bench.run import evaluate, extract_score
+
+        device = str(next(model.parameters()).device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=8)
+        scores, failed = {}, dict(self.plan.failed)
+        for b in self.benchmarks:
+            if b.name in failed:
+                continue
+            shots = shots_for(b, None)
+            results = evaluate(lm, b, self.plan.task_manager, shots=shots, limit=self.limit)
+            scores[b.name] = extract_score(results, b)
+        values = [s["value"] for s in scores.values()]
+        out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
+        if failed:
+            out_scores["failed"] = failed
+        settings = {
+            "suite": None,
+            "tasks": [b.name for b in self.benchmarks],
+            "lm_eval_tasks": {b.name: b.lm_eval_task for b in self.benchmarks},
+            "limit": self.limit,
+            "num_fewshot": {b.name: shots_for(b, None) for b in self.benchmarks},
+            "batch_size": 8,
+            "device": device,
+            "backend": "hf",
+            "in_loop": True,
+        }
+        info = model_info(model, run_dir, step, self.cfg)
+        record = make_record("bench", info, settings, out_scores, versions=library_versions("lm_eval"))
+        tag = "-".join(b.name for b in self.benchmarks) + (f"-limit{self.limit}" if self.limit else "")
+        write_record(_record_path(run_dir, "bench", step, tag), record)
+        row = {f"eval/bench/{name}": s["value"] for name, s in scores.items()}
+        if values:
+            row["eval/bench/average"] = out_scores["average"]
+        return row
+
+
+def bench(cfg: dict) -> BenchEvaluator | None:
+    """Entry point ``bench``: the ``eval.bench`` tasks (``None`` when empty)."""
+    ec = cfg["eval"]
+    return BenchEvaluator(cfg, list(ec["bench"]), ec["limit"]) if ec["bench"] else None
+
+
+# ----------------------------------------------------------------------------- through a folder
+def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Path:
+    """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then renamed)."""
+    import os
+
+    root = Path(run_dir) / "inloop"
+    final, tmp = root / checkpoint_name(step), root / f".tmp-{checkpoint_name(step)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _as_step(record: dict, model, run_dir: Path, step: int, cfg: dict) -> dict:
+    """A record measured on the temporary folder, renamed to the checkpoint of ``step``."""
+    record["model"] = {**record["model"], **model_info(model, run_dir, step, cfg)}
+    return record
+
+
+@dataclass
+class GeomEvaluator:
+    """nitp-geom layer statistics (``GEOM_TOKENS`` tokens of the built-in corpus)."""
+
+    cfg: dict
+
+    def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
+        from analysis.measure import geom_record
+
+        folder = saved_folder(model, tokenizer, run_dir, step)
+        try:
+            device = str(next(model.parameters()).device)
+            record = geom_record(
+                folder, n_tokens=GEOM_TOKENS, device=device, dtype="float32", progress=False, write=False
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        record = _as_step(record, model, run_dir, step, self.cfg)
+        write_record(_record_path(run_dir, "geom", step, f"builtin-{GEOM_TOKENS}"), record)
+        last = next((r for r in record["scores"].get("layers", []) if r.get("layer") == -1), {})
+        return {f"eval/geom/{m}": last[m] for m in GEOM_METRICS if isinstance(last.get(m), (int, float))}
+
+
+def geom(cfg: dict) -> GeomEvaluator | None:
+    """Entry point ``geom``: on when ``eval.geom`` is true."""
+    return GeomEvaluator(cfg) if cfg["eval"]["geom"] else None
+
+
+@dataclass
+class MtebEvaluator:
+    """nitp-eval mteb on the ``eval.mteb`` tasks (mean pooling of the last layer)."""
+
+    cfg: dict
+    tasks: list
+
+    def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
+        from .mteb.run import run_mteb
+
+        folder = saved_folder(model, tokenizer, run_dir, step)
+        out = _record_path(run_dir, "mteb", step, "-".join(self.tasks))
+        try:
+            device = str(next(model.parameters()).device)
+            [record] = run_mteb([folder], tasks=self.tasks, out=out, device=device, log=_log)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        write_record(out, _as_step(record, model, run_dir, step, self.cfg))
+        tasks = record["scores"].get("tasks", {})
+        return {f"eval/mteb/{t}": s["main_score"] for t, s in tasks.items() if "main_score" in s}
+
+
+def mteb(cfg: dict) -> MtebEvaluator | None:
+    """Entry point ``mteb``: the ``eval.mteb`` tasks (``None`` when empty)."""
+    return MtebEvaluator(cfg, list(cfg["eval"]["mteb"])) if cfg["eval"]["mteb"] else None

@@ -1,0 +1,127 @@
+"""The MTEB layer sweep (``--layers all | 0,3,-1``): every layer scored from one pass over the texts.
+
+mteb scores one model per ``mteb.evaluate`` call, so each layer gets its own encoder
+(:class:`LayerView`, with the cache key of ``--layer k``), and all of them serve embeddings from
+one :class:`LayerSweep`. The first view asked for a text list runs it once through the full
+model, capturing every requested layer in the same forward pass per batch
+(``HiddenStateEncoder.encode_layers``); the other views find the list in the sweep's cache::
+
+    cache[sha256(texts, batch size)] = float32 [n_layers, N, D]     (cleared after each task)
+
+Each layer's vectors are exactly those of ``--layer k`` (same token ids, batches, padded widths,
+pooling and normalisation), so its scores equal a single-layer run's. Memory: one task's texts x
+layers x D x 4 bytes (SmolLM2-135M, all 32 layers, 10,000 texts: 0.7 GB).
+
+Example
+-------
+>>> sweep = LayerSweep(spec, [0, 2, -1])                         # doctest: +SKIP
+>>> views = sweep.views(name="nitp-local/tiny", revision=key)   # doctest: +SKIP
+>>> [v.spec.layer for v in views]                               # doctest: +SKIP
+[0, 2, -1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable, Sequence
+
+from nitp import layers as layers_lib
+from nitp.errors import UserError
+
+from . import encoder as encoder_lib
+
+
+def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
+    """``--layers`` -> checked layer numbers in depth order (0..L, then -1), without repeats.
+
+    ``"all"`` is every layer: 0 (embeddings), 1..L (block outputs) and -1 (the last hidden state,
+    after the final norm). A list is comma-separated integers, each checked by
+    ``nitp.layers.check_layer``.
+
+    >>> parse_layers("all", 3)
+    [0, 1, 2, 3, -1]
+    >>> parse_layers("-1,2,0,2", 4)
+    [0, 2, -1]
+    """
+    if isinstance(text, str):
+        if text.strip().lower() == "all":
+            return [*range(num_layers + 1), -1]
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise UserError("--layers: give `all` or comma-separated layer numbers, e.g. --layers 0,3,-1")
+    else:
+        items = list(text)
+    try:
+        numbers = [int(t) for t in items]
+    except ValueError:
+        raise UserError(
+            f"--layers {text!r}: give `all` or comma-separated integers, e.g. --layers 0,3,-1"
+        ) from None
+    checked = {layers_lib.check_layer(k, num_layers, name="--layers") for k in numbers}
+    return sorted(checked, key=depth_order)
+
+
+def depth_order(layer: int) -> float:
+    """Sort key of a layer number by depth: 0, 1, ..., L, then -1 (after the final norm)."""
+    return float("inf") if layer == -1 else float(layer)
+
+
+class LayerSweep:
+    """One full-depth encoder and the per-task cache of every requested layer's embeddings.
+
+    Parameters
+    ----------
+    spec : an ``EncoderSpec`` from ``encoder.preflight`` (its layer is ignored: the full pass runs)
+    layers : layer numbers from :func:`parse_layers`
+    """
+
+    def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = encoder_lib._stderr):
+        self.layers = list(layers)
+        self.encoder = encoder_lib.HiddenStateEncoder(dataclasses.replace(spec, layer=-1), log=log)
+        self._cache: dict[str, object] = {}
+        self.passes = 0  # text lists run through the model (what the cache saved shows in tests)
+
+    def embeddings(self, texts: Sequence[str], layer: int, batch_size: int | None, show: bool = False):
+        """float32 [N, D] of ``layer`` for ``texts``; one pass over texts not seen since :meth:`clear`."""
+        key = _texts_key(texts, batch_size)
+        if key not in self._cache:
+            self._cache[key] = self.encoder.encode_layers(
+                texts, self.layers, batch_size=batch_size, show_progress_bar=show
+            )
+            self.passes += 1
+        return self._cache[key][self.layers.index(layer)]
+
+    def clear(self) -> None:
+        """Forget the cached embeddings (after each task: memory stays one task's worth)."""
+        self._cache.clear()
+
+    def views(self, *, name: str, revision: str) -> list[LayerView]:
+        """One mteb encoder per layer, in the order of ``self.layers``."""
+        return [LayerView(self, k, name=name, revision=revision) for k in self.layers]
+
+
+class LayerView(encoder_lib.HiddenStateEncoder):
+    """The encoder of one layer of a :class:`LayerSweep`, for ``mteb.evaluate``.
+
+    It shares the sweep's model and differs from ``HiddenStateEncoder(..., layer=k)`` only in
+    where its vectors come from; its mteb model meta (name, revision, experiment kwargs) is that
+    of ``--layer k``, so mteb's result cache is shared with single-layer runs.
+    """
+
+    def __init__(self, sweep: LayerSweep, layer: int, *, name: str, revision: str) -> None:
+        self.__dict__.update(sweep.encoder.__dict__)  # the model, prompts and sizes, not a copy
+        self.sweep = sweep
+        self.spec = dataclasses.replace(sweep.encoder.spec, layer=layer)
+        self.mteb_model_meta = self._model_meta(name, revision)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar=False):
+        """This layer's embeddings [len(texts), hidden_size] from the sweep's shared pass."""
+        return self.sweep.embeddings(texts, self.spec.layer, batch_size or self.batch_size, show_progress_bar)
+
+
+def _texts_key(texts: Sequence[str], batch_size: int | None) -> str:
+    digest = hashlib.sha256(f"{batch_size}|{len(texts)}".encode())
+    for text in texts:
+        digest.update(b"\x00" + str(text).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()

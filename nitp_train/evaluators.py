@@ -1,0 +1,104 @@
+"""Evaluation during training (``eval.every``): step callbacks found through entry points.
+
+nitp_train may not import nitp_eval or analysis (the package order, docs/architecture.md), so the
+evaluators are plugins: each entry point of the group ``nitp.evaluators`` (pyproject.toml; nitp's
+own are ``bench``, ``mteb`` and ``geom`` in ``nitp_eval/inloop.py``) is a factory
+``factory(cfg) -> Evaluator | None`` (``None``: that part of ``cfg["eval"]`` is empty). An
+:class:`Evaluator` scores the in-memory model and returns flat metrics (``eval/bench/<task>``, ...)
+for ``metrics.jsonl`` and the trackers; it may also write ordinary result records.
+
+:func:`evaluate_in_loop` runs them on rank 0 (the others wait at a barrier) with the model in
+eval mode and every random generator (python, numpy, torch CPU and CUDA) saved before and restored
+after, so the run stays bit for bit the run without evaluation.
+
+Example
+-------
+>>> import random
+>>> before = random.getstate()
+>>> with preserved_rng():
+...     _ = random.random()
+>>> random.getstate() == before
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Protocol
+
+from nitp.errors import UserError
+
+GROUP = "nitp.evaluators"
+
+
+class Evaluator(Protocol):
+    """A step callback: score ``model`` (a transformers causal LM in eval mode) at ``step``."""
+
+    def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict: ...
+
+
+def load_evaluators(cfg: dict) -> list:
+    """The evaluators the resolved ``cfg["eval"]`` asks for, from the ``nitp.evaluators`` entry points."""
+    from importlib.metadata import entry_points
+
+    if cfg["eval"]["every"] <= 0:
+        return []
+    if cfg["train"]["parallel"] == "fsdp":
+        raise UserError(
+            "eval.every with train.parallel=fsdp: the model is sharded, evaluate the checkpoints with "
+            "nitp-eval instead, or set eval.every=0"
+        )
+    found = sorted(entry_points(group=GROUP), key=lambda e: e.name)
+    if not found:
+        raise UserError(
+            f"eval.every={cfg['eval']['every']}: no evaluators installed (entry points {GROUP}); "
+            "reinstall nitp (pip install -e .) or set eval.every=0"
+        )
+    made = [e.load()(cfg) for e in found]
+    return [m for m in made if m is not None]
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Save python, numpy, torch (CPU and every CUDA device) RNG states; restore them on exit."""
+    import numpy as np
+    import torch
+
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def evaluate_in_loop(evaluators: list, model, modules, tokenizer, step: int, run_dir: Path, d) -> dict:
+    """Run every evaluator on rank 0 (others wait); ``eval/seconds`` is the time it took.
+
+    ``modules`` (the trained objective, its wrappers) are put back in training mode afterwards.
+    """
+    import torch
+
+    from . import parallel
+
+    out: dict = {}
+    if d.is_main and evaluators:
+        start = time.perf_counter()
+        with preserved_rng(), torch.no_grad():
+            model.eval()
+            try:
+                for evaluator in evaluators:
+                    out.update(evaluator.evaluate(model, tokenizer, step, Path(run_dir)))
+            finally:
+                for module in modules:
+                    module.train()
+        out["eval/seconds"] = time.perf_counter() - start
+    parallel.barrier(d)
+    return out

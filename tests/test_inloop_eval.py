@@ -1,0 +1,77 @@
+"""Evaluation during training (eval.every): plugins found through entry points, RNG and weights
+untouched (the run is bit for bit the run without it), and the in-loop numbers equal
+`nitp-eval bench` on the checkpoint of the same step."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from nitp.errors import UserError
+from nitp_train.evaluators import load_evaluators, preserved_rng
+from tests.helpers import make_tiny_run, tiny_config
+
+EVAL = ["eval.every=4", "eval.bench=[sentiment]", "eval.limit=6"]
+
+
+def test_preserved_rng_restores_every_generator():
+    before = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with preserved_rng():
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        random.random(), np.random.rand(), torch.rand(3)
+    after = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    assert after[:2] == expected[:2] and torch.equal(after[2], expected[2]) and after != before
+
+
+def test_the_evaluators_come_from_the_entry_points_and_follow_the_plan():
+    assert load_evaluators(tiny_config(extra=["eval.every=0"])) == []
+    made = load_evaluators(tiny_config(extra=["eval.every=5", "eval.bench=[next_word]", "eval.geom=true"]))
+    assert sorted(type(e).__name__ for e in made) == ["BenchEvaluator", "GeomEvaluator"]
+    assert [
+        type(e).__name__ for e in load_evaluators(tiny_config(extra=["eval.every=5", "eval.bench=[]"]))
+    ] == []
+    with pytest.raises(UserError, match="train.parallel=fsdp"):
+        load_evaluators(tiny_config(extra=["eval.every=5", "train.parallel=fsdp"]))
+
+
+def test_an_unknown_bench_task_fails_before_training(tmp_path):
+    with pytest.raises(UserError, match="nope"):
+        make_tiny_run(tmp_path / "run", extra=["eval.every=4", "eval.bench=[nitp_no_such_task_nope]"])
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_in_loop_eval_leaves_the_run_bit_for_bit_and_equals_nitp_eval_bench(tmp_path):
+    from safetensors.torch import load_file
+
+    from nitp_eval.bench.run import run_bench
+
+    plain = make_tiny_run(tmp_path / "plain", steps=8, extra=["checkpoint.every=4"])
+    evald = make_tiny_run(tmp_path / "eval", steps=8, extra=["checkpoint.every=4", *EVAL])
+    for step in ("step_000004", "step_000008"):
+        a = load_file(plain / "checkpoints" / step / "model.safetensors")
+        b = load_file(evald / "checkpoints" / step / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
+    rows = [json.loads(line) for line in (evald / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["eval/bench/sentiment"] for r in rows if "eval/bench/sentiment" in r}
+    assert sorted(logged) == [4, 8]
+    plain_rows = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("loss_total") for r in rows] == [r.get("loss_total") for r in plain_rows]
+    record = json.loads((evald / "results/bench/step_000004-inloop-sentiment-limit6.json").read_text())
+    assert record["kind"] == "bench" and record["model"]["step"] == 4
+    [offline] = run_bench(
+        [evald / "checkpoints" / "step_000004"],
+        tasks="sentiment",
+        limit=6,
+        device="cpu",
+        redo=True,
+        out=tmp_path / "offline.json",
+    )
+    ours, theirs = record["scores"]["tasks"]["sentiment"], offline["scores"]["tasks"]["sentiment"]
+    assert ours["value"] == theirs["value"] == logged[4]
+    assert ours["items"] == theirs["items"]  # item by item, not only the mean
