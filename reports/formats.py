@@ -184,13 +184,7 @@ class Table:
         d = self._digits(j)
         if isinstance(d, str):
             return format(v, ("+" if self._signed(row, j) else "") + d)
-        return (
-            f"{v:+.{d}f}"
-            if self._signed(row, j)
-            else f"{v:,.{d}f}"
-            if abs(v) >= 1e4
-            else f"{v:.{d}f}"
-        )
+        return f"{v:+.{d}f}" if self._signed(row, j) else f"{v:,.{d}f}" if abs(v) >= 1e4 else f"{v:.{d}f}"
 
     # --------------------------------------------------------------- renderings
     def to_markdown(self) -> str:
