@@ -66,6 +66,11 @@ def _emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+# rank / anisotropy / trajectory show the anchors only: skip the costly depth measures (intrinsic
+# dimension, logit lens) that `nitp-geom layers` adds (up to ~10x a forward on real models)
+ANCHORS_ONLY = {"lens": False, "id_tokens": 0}
+
+
 def _measure(checkpoints, layers, **kw) -> list[dict]:
     from .measure import geom_records
 
@@ -96,7 +101,7 @@ def _metric_table(metrics, title: str, checkpoints, layers: str | None, fmt: str
 
     _check_format(fmt)
     lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, lay, **settings)
+    records = _measure(checkpoints, lay, **ANCHORS_ONLY, **settings)
     shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
     _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
 
@@ -426,6 +431,7 @@ def trajectory(
         run_dir,
         layers=lay,
         stability=stability,
+        **ANCHORS_ONLY,
         **_settings(
             corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, None, redo, progress
         ),
