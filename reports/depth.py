@@ -156,6 +156,17 @@ def similarity_maps(models: list[Model], groups: list[SettingsGroup]) -> list[Si
 
 
 def _similarity_map(model: Model, section: dict) -> SimilarityMap | None:
+    """The map of a ``nitp-geom compare`` record (``a_vs_b``, else ``a_vs_a``: a dict of matrices
+    beside ``layers_a`` / ``layers_b``), or of a flat section holding a matrix itself."""
+    for name in ("a_vs_b", "a_vs_a"):
+        if isinstance(section.get(name), dict):
+            inner = dict(section[name])
+            inner["layers_a"] = section.get("layers_a")
+            inner["layers_b"] = section.get("layers_a" if name == "a_vs_a" else "layers_b")
+            other = section.get("model_b") if isinstance(section.get("model_b"), dict) else {}
+            b_name = other.get("name") or other.get("path") or "model B"
+            inner["reference"] = "itself" if name == "a_vs_a" else b_name
+            return _similarity_map(model, inner)
     key = next((k for k in SIMILARITY_KEYS if isinstance(section.get(k), list) and section[k]), None)
     if key is None:
         return None

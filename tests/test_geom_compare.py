@@ -146,3 +146,20 @@ def test_bad_options_are_one_line_errors(args, expected):
     )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_the_report_draws_the_map_of_a_real_compare_record(tiny_checkpoint, tiny_ntp_run, tmp_path):
+    """nitp-report reads the record nitp-geom compare writes (a_vs_b beside layers_a / layers_b)."""
+    from nitp.runs import resolve_checkpoint
+    from reports.depth import similarity_maps
+    from reports.grouping import arrange, settings_groups
+    from reports.inputs import load_inputs
+
+    ntp = resolve_checkpoint(tiny_ntp_run)
+    out = tmp_path / "ab.json"
+    invoke("compare", tiny_checkpoint, ntp, *FAST, "--no-self", "--out", out)
+    rec = json.loads(out.read_text())
+    study = load_inputs([out])
+    [found] = similarity_maps(arrange(study).main, settings_groups(study.models, "geom"))
+    assert found.matrix == rec["scores"]["similarity"]["a_vs_b"]["cka_debiased"]
+    assert found.rows == rec["scores"]["similarity"]["layers_a"] and found.reference != "itself"
