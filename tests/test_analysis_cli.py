@@ -98,6 +98,7 @@ def test_layers_on_minilm_explains_its_last_state(minilm_dir, tmp_path):
     assert rec["scores"]["summary"]["n_tokens"] == 1500 - rec["settings"]["sample"]["n_sequences"]
 
 
+@pytest.mark.slow  # subprocesses with limits / a run: keeps the fast subset under a minute
 def test_trajectory_over_a_run_with_stability(two_checkpoint_run):
     rows = list(csv.DictReader(io.StringIO(invoke("trajectory", two_checkpoint_run, *FAST, "-f", "csv"))))
     assert [int(r["step"]) for r in rows] == [2, 4]

@@ -25,6 +25,7 @@ def test_friendly_names_and_aliases_resolve():
     assert len(SUITES["paper"]) == 13 and set(SUITES["mission"]) <= set(SUITES["paper"])
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_every_benchmark_is_an_lm_eval_task_or_group():
     from nitp_eval.data.mirror import task_manager
 

@@ -444,6 +444,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")  # a zombie waiting for init to reap it runs nothing
 
 
+@pytest.mark.slow  # subprocesses with limits / a run: keeps the fast subset under a minute
 def test_lcbench_timeout_kills_forked_grandchildren(tmp_path):
     from nitp_eval.tasks.lcbench.utils import passes
 
@@ -465,6 +466,7 @@ time.sleep(600)
     assert _gone(pid), f"grandchild {pid} survived the timeout"
 
 
+@pytest.mark.slow  # subprocesses with limits / a run: keeps the fast subset under a minute
 def test_lcbench_memory_and_cpu_limits(tmp_path):
     from nitp_eval.tasks.lcbench.utils import passes
 

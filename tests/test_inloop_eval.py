@@ -28,6 +28,7 @@ def test_preserved_rng_restores_every_generator():
     assert after[:2] == expected[:2] and torch.equal(after[2], expected[2]) and after != before
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_the_evaluators_come_from_the_entry_points_and_follow_the_plan():
     assert load_evaluators(tiny_config(extra=["eval.every=0"])) == []
     made = load_evaluators(tiny_config(extra=["eval.every=5", "eval.bench=[next_word]", "eval.geom=true"]))

@@ -184,6 +184,7 @@ def test_bad_sources_are_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_lm_eval_builds_docs_and_targets_with_its_own_tasks(imported, tmp_path):
     """lm-eval's bigbench_<task>_multiple_choice YAMLs, unchanged, read the mirror via --data-dir."""
     from lm_eval.tasks import get_task_dict

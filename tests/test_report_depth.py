@@ -95,6 +95,7 @@ def test_no_section_without_per_layer_records(studies, tmp_path):
     assert SECTION not in text and "depth_profiles" not in text
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_section_with_mteb_by_depth_profiles_and_cka_map(studies, tmp_path):
     _, swept, (ntp_scores, nitp_scores) = studies
     out = tmp_path / "report"
@@ -141,3 +142,30 @@ def test_depth_figures_draw_what_is_present_without_overlaps(studies):
     assert text_problems(F.draw_similarity_maps(maps)) == []
     with pytest.raises(F.NothingToPlot):
         F.draw_depth_profiles([], [], [])
+
+
+def test_depth_profiles_of_several_seeds_are_their_mean_with_a_min_max_band():
+    """Two seeds of one objective: one line (the mean by layer) with the min-max band; a model
+    without a seed set keeps its own line, without a band."""
+    from reports.depth import DepthSet, Profile
+    from reports.inputs import Model
+    from reports.seeds import SeedSet
+
+    def model(name, seed, objective="nitp"):
+        return Model(f"run:{name}", name, config={"seed": seed}, objective=objective, preset="tiny-dense")
+
+    a, b, other = model("nitp-s0", 0), model("nitp-s1", 1), model("ntp-s0", 0, "ntp")
+    depth = DepthSet("prompt entropy", "builtin")
+    depth.by_model = {
+        a.key: Profile(a, {0: 0.2, 2: 0.6, -1: 0.9}, 3),
+        b.key: Profile(b, {0: 0.4, 2: 0.2, -1: 0.7}, 3),
+        other.key: Profile(other, {0: 0.5, -1: 0.5}, 3),
+    }
+    lines = F._depth_lines(depth, [SeedSet("nitp", [a, b])])
+    by_label = {label: (xs, ys, lo, hi) for _m, label, xs, ys, lo, hi in lines}
+    xs, ys, lo, hi = by_label["NITP tiny-dense (2 seeds)"]
+    assert xs == [0, 2, 4]  # layer -1 drawn after block L = 3
+    assert ys == pytest.approx([0.3, 0.4, 0.8]) and lo == [0.2, 0.2, 0.7] and hi == [0.4, 0.6, 0.9]
+    assert by_label[other.label][2:] == (None, None)
+    fig = F.draw_depth_profiles([], [depth], [SeedSet("nitp", [a, b])])
+    assert len(fig.axes[0].collections) == 1  # exactly one band: the seed set's

@@ -212,6 +212,7 @@ def test_mteb_sign_test_and_group_interval(tmp_path):
     ].result.delta == pytest.approx(np.mean(deltas))
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_compare_writes_stats_csv_forest_plot_and_seed_table(tmp_path):
     runs = []
     for seed in (0, 1, 2):

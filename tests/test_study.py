@@ -132,6 +132,7 @@ def test_dry_run_lists_every_cell_with_its_plan(tmp_path):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
 def test_cli_dry_run_and_one_line_error(tmp_path):
     study = write_study(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
