@@ -117,7 +117,7 @@ class Trackers:
         path = self.run_dir / STATE_FILE
         state = json.loads(path.read_text()) if resume_step is not None and path.is_file() else {}
         state.setdefault("run_name", run_name)
-        self.adapters = [_ADAPTERS[n](self.run_dir, state, config, resume_step) for n in names]
+        self.adapters = [_start(n, self.run_dir, state, config, resume_step) for n in names]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
@@ -131,6 +131,19 @@ class Trackers:
         for adapter in self.adapters:
             adapter.close()
         self.adapters = []
+
+
+def _start(name: str, run_dir: Path, state: dict, config: dict, resume_step):
+    """Open one tracker; a failure of the tracker library is one line naming it, not a traceback."""
+    from nitp.errors import first_line
+
+    try:
+        return _ADAPTERS[name](run_dir, state, config, resume_step)
+    except Exception as e:  # noqa: BLE001 - any library error becomes the one-line message
+        raise UserError(
+            f"log.trackers: {name} could not start ({type(e).__name__}: {first_line(e, 160)}); "
+            f"fix its settings or drop {name} from log.trackers"
+        ) from None
 
 
 class _TensorBoard:
@@ -192,7 +205,7 @@ class _Wandb:
         import wandb
 
         saved = state.get("wandb")
-        run_id = saved["id"] if saved else wandb.util.generate_id()
+        run_id = saved["id"] if saved else uuid.uuid4().hex[:8]
         mode = os.environ.get("WANDB_MODE", "offline")
         state["wandb"] = {"id": run_id, "project": "nitp", "mode": mode}
         self.run = wandb.init(
@@ -214,6 +227,8 @@ class _Wandb:
 
 class _Mlflow:
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
+        # the local file store is what works with no server; mlflow >= 3.x asks for this opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
         saved = state.get("mlflow")

@@ -164,3 +164,44 @@ def test_nitp_report_track_replays_metrics_jsonl_into_tensorboard(tmp_path, monk
     assert [s for s, _ in got["val/val_loss"]] == [r["step"] for r in rows if "val_loss" in r]
     code, _, err = run_main(main, "nitp-report", ["track", run, "--to", "neptune"], monkeypatch, capsys)
     assert code == 2 and err.strip().startswith("error: --to: unknown tracker 'neptune'")
+
+
+def _two_starts(tmp_path, name: str) -> dict:
+    """Steps 1-3, then a resume from step 3 logging 4-5, through the real library (in-process)."""
+    run = Trackers(tmp_path, [name], "t", CONFIG)
+    for step in (1, 2, 3):
+        run.log({"step": step, "loss_ntp": float(step)})
+    run.close()
+    first = json.loads((tmp_path / STATE_FILE).read_text())[name]
+    run = Trackers(tmp_path, [name], "t", CONFIG, resume_step=3)
+    for step in (4, 5):
+        run.log({"step": step, "loss_ntp": float(step)})
+    run.close()
+    assert json.loads((tmp_path / STATE_FILE).read_text())[name] == first  # the same tracker run
+    return first
+
+
+def test_mlflow_file_store_holds_the_steps_and_a_resume_continues_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = _two_starts(tmp_path, "mlflow")
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    assert state["tracking_uri"] == (tmp_path / "mlruns").resolve().as_uri()  # offline: a file store in RUN/
+    history = client.get_metric_history(state["run_id"], "train/loss_ntp")
+    assert [(m.step, m.value) for m in history] == [(s, float(s)) for s in range(1, 6)]
+    run = client.get_run(state["run_id"])
+    assert run.data.params["train.lr"] == "0.001" and run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_wandb_offline_run_keeps_its_id_across_a_resume(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    state = _two_starts(tmp_path, "wandb")
+    assert state["mode"] == "offline"
+    runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{state['id']}"))
+    assert runs and all((r / f"run-{state['id']}.wandb").stat().st_size > 0 for r in runs)
+    assert not list((tmp_path / "wandb").glob("run-*"))  # nothing synced online
