@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import sys
@@ -35,7 +36,12 @@ from nitp.records import library_versions, make_record, safe_name, write_record
 from nitp.runs import checkpoint_name
 
 GEOM_TOKENS = 4096  # tokens of the in-loop nitp-geom sample
-GEOM_METRICS = ("erank", "anisotropy", "intrinsic_dim")
+# tracker name -> the geom record field of the last layer
+GEOM_METRICS = {
+    "erank": "effective_rank_covariance",
+    "anisotropy": "anisotropy",
+    "intrinsic_dim": "intrinsic_dimension_twonn",
+}
 
 
 def _log(msg: str) -> None:
@@ -145,6 +151,13 @@ def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Path:
     return final
 
 
+def remove_saved(folder: Path) -> None:
+    """Remove a :func:`saved_folder` and, once empty, ``RUN/inloop`` itself (nothing stays behind)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
+
+
 def _as_step(record: dict, model, run_dir: Path, step: int, cfg: dict) -> dict:
     """A record measured on the temporary folder, renamed to the checkpoint of ``step``."""
     record["model"] = {**record["model"], **model_info(model, run_dir, step, cfg)}
@@ -167,11 +180,15 @@ class GeomEvaluator:
                 folder, n_tokens=GEOM_TOKENS, device=device, dtype="float32", progress=False, write=False
             )
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_saved(folder)
         record = _as_step(record, model, run_dir, step, self.cfg)
         write_record(_record_path(run_dir, "geom", step, f"builtin-{GEOM_TOKENS}"), record)
         last = next((r for r in record["scores"].get("layers", []) if r.get("layer") == -1), {})
-        return {f"eval/geom/{m}": last[m] for m in GEOM_METRICS if isinstance(last.get(m), (int, float))}
+        return {
+            f"eval/geom/{name}": last[key]
+            for name, key in GEOM_METRICS.items()
+            if isinstance(last.get(key), (int, float))
+        }
 
 
 def geom(cfg: dict) -> GeomEvaluator | None:
@@ -195,7 +212,7 @@ class MtebEvaluator:
             device = str(next(model.parameters()).device)
             [record] = run_mteb([folder], tasks=self.tasks, out=out, device=device, log=_log)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_saved(folder)
         write_record(out, _as_step(record, model, run_dir, step, self.cfg))
         tasks = record["scores"].get("tasks", {})
         return {f"eval/mteb/{t}": s["main_score"] for t, s in tasks.items() if "main_score" in s}

@@ -76,3 +76,39 @@ def test_in_loop_eval_leaves_the_run_bit_for_bit_and_equals_nitp_eval_bench(tmp_
     ours, theirs = record["scores"]["tasks"]["sentiment"], offline["scores"]["tasks"]["sentiment"]
     assert ours["value"] == theirs["value"] == logged[4]
     assert ours["items"] == theirs["items"]  # item by item, not only the mean
+
+
+@pytest.mark.slow
+def test_in_loop_mteb_and_geometry_write_records_and_metrics(tmp_path, monkeypatch):
+    """eval.mteb and eval.geom: step records beside the checkpoint's, the last layer's erank,
+    anisotropy and intrinsic dimension in metrics.jsonl, and no temporary folder left behind."""
+    import json
+
+    from nitp_train.config import load_config
+    from nitp_train.trainer import train
+
+    monkeypatch.setenv("NITP_CACHE_DIR", str(tmp_path / "cache"))
+    sets = [
+        "train.steps=4",
+        "eval.every=4",
+        "eval.bench=[]",
+        "eval.mteb=[WordSim353]",
+        "eval.geom=true",
+        "checkpoint.every=4",
+        "data.seq_len=64",
+        "train.batch_size=4",
+        "log.geom_every=0",
+    ]
+    run = train(load_config("configs/tiny-nitp.yaml", sets), tmp_path / "run", log=lambda *a, **k: None)
+    [line] = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval/seconds" in x]
+    assert line["step"] == 4 and {
+        "eval/geom/erank",
+        "eval/geom/anisotropy",
+        "eval/geom/intrinsic_dim",
+    } <= set(line)
+    assert "eval/mteb/WordSim353" in line
+    geom = json.loads(next((run / "results" / "geom").glob("step_000004-inloop-*.json")).read_text())
+    last = next(r for r in geom["scores"]["layers"] if r["layer"] == -1)
+    assert line["eval/geom/erank"] == last["effective_rank_covariance"]
+    assert geom["model"]["step"] == 4 and next((run / "results" / "mteb").glob("step_000004-inloop-*.json"))
+    assert not (run / "inloop").exists()
