@@ -2,6 +2,7 @@
 
 nitp-report compare runs/tiny-ntp runs/tiny-nitp --out reports/quickstart
 nitp-report compare runs/*/ results/mteb/*.json --out out --label tiny-nitp="NITP (k=1)"
+nitp-report compare results/bench/base.json results/bench/cpt.json --out out --baseline base
 nitp-report phases runs/tiny-nitp
 nitp-report track runs/tiny-nitp --to tensorboard          # replay metrics.jsonl into a tracker
 nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
@@ -34,6 +35,13 @@ def compare(
         None, "--label", help="Rename a model: NAME=NEW (NAME = run name or default label); repeatable."
     ),
     per_task: bool = typer.Option(False, "--per-task", help="Also write the MTEB per-task table."),
+    baseline: str | None = typer.Option(
+        None,
+        "--baseline",
+        help="Compare every model with this one (label, run name or run directory): deltas, paired tests, "
+        "ledger and power for any pair or set of checkpoints [default: NTP vs NITP; the first input when "
+        "no input is labelled NTP/NITP].",
+    ),
 ) -> None:
     """Compare runs: DIR/report.md (tables inline, figures linked) + DIR/tables/ + DIR/figures/."""
     from reports.compare import compare as build
@@ -44,6 +52,7 @@ def compare(
         out,
         parse_labels(label),
         per_task=per_task,
+        baseline=baseline,
         log=lambda msg: typer.echo(f"note: {msg}", err=True),
     )
     typer.echo(str(path))

@@ -12,9 +12,10 @@ only significant ones; each compared pair gets a one-line verdict under its tabl
 
 It reads run directories (config.yaml, metrics.jsonl, RUN/results/**.json) and result
 records, never recomputes what a record holds, and never averages records of different
-settings together (each settings group gets its own table, and the report says so). Files
-are written atomically and ``report.md`` last, so an interrupted call leaves the previous
-report intact; a rerun rewrites everything and removes tables and figures it no longer makes.
+settings together (each settings group gets its own table, and the report says so). The
+whole folder is built beside ``DIR`` and swapped in at the end (:mod:`reports.outdir`), so an
+interrupted call or a full disk leaves the previous report exactly as it was, and a rerun never
+leaves a stale table or figure behind.
 
 Example
 -------
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nitp.errors import UserError
 from nitp.io import atomic_write_text
 
 from .formats import Table
@@ -39,7 +39,6 @@ from .grouping import KNOBS, Layout, arrange, settings_groups
 from .inputs import Study, load_inputs
 
 KNOWN_KINDS = {"bench", "mteb", "geom", "speed"}
-OUTPUT_SUFFIXES = {".md", ".tex", ".csv", ".png", ".pdf"}
 
 
 @dataclass
@@ -52,6 +51,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    conclusion: str = ""  # the paragraph report.md opens with (reports.ledger.conclusion)
 
     def table(self, heading: str, table: Table) -> None:
         base = self.out_dir / "tables" / table.name
@@ -90,6 +90,7 @@ def compare(
     labels: dict[str, str] | None = None,
     *,
     per_task: bool = False,
+    baseline: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Build the report of ``inputs`` (run dirs, record files, folders of records) in ``out_dir``.
@@ -100,21 +101,30 @@ def compare(
     out_dir : where ``report.md``, ``tables/`` and ``figures/`` go (created)
     labels : renames, ``{"run name or default label": "new label"}``
     per_task : also write the MTEB per-task table
+    baseline : compare every model with this one (label, run name or run directory) instead of
+        NTP baseline vs NITP reference; default: the first input when no input is labelled NTP/NITP
     log : receives one line per skipped figure or note (default: ignore)
 
     Returns
     -------
     Path of ``report.md``.
     """
+    from .outdir import check_report_folder, staged_report
+
     log = log or (lambda _msg: None)
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(
-            f"--out {out_dir}: exists and is not a directory (give a folder for report.md, tables/, figures/)"
-        )
+    check_report_folder(out)  # before any work: a run directory or a foreign folder is refused
     study = load_inputs(list(inputs), labels)
-    layout = arrange(study)
-    report = Report(out_dir=out, notes=list(layout.notes))
+    layout = arrange(study, baseline)
+    with staged_report(out) as stage:  # the whole folder is swapped in at the end, or nothing
+        report = Report(out_dir=stage, notes=list(layout.notes))
+        _build(report, study, layout, per_task, log)
+        atomic_write_text(stage / "report.md", render(report, study, layout))
+    return out / "report.md"
+
+
+def _build(report: Report, study: Study, layout: Layout, per_task: bool, log: Callable[[str], None]) -> None:
+    """Every table, figure and note of the report, written under ``report.out_dir``."""
     _check_kinds(study, report)
     groups = {kind: settings_groups(study.models, kind) for kind in ("bench", "mteb", "geom")}
     for kind, gs in groups.items():
@@ -124,14 +134,12 @@ def compare(
                 "they are kept in separate tables and never averaged together."
             )
     _tables(report, study, layout, groups, per_task)
+    _ledger(report, study, layout, groups)
     _where_tables(report, study, layout, groups)
     _figures(report, study, layout, groups)
     _forests(report)
     for line in report.skipped + report.notes:
         log(line)
-    path = atomic_write_text(out / "report.md", render(report, study, layout))
-    _remove_stale(out, report.written)
-    return path
 
 
 def _check_kinds(study: Study, report: Report) -> None:
@@ -168,6 +176,32 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
     cost = T.cost_table(layout, study.speed)
     if cost is not None:
         report.table("Cost", cost)
+
+
+LEDGER = "Claim ledger"
+
+
+def _ledger(report: Report, study: Study, layout: Layout, groups: dict) -> None:
+    """The paper's claims beside this comparison's numbers (reports.ledger), the regime reached
+    and the power of each comparison: the report's first section, and its opening paragraph."""
+    from . import ledger as L
+
+    tables = list(report.tables)
+    geom = groups["geom"][0] if groups["geom"] else None
+    ledgers = {}
+    for i, pair in enumerate(layout.pairs):
+        entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
+        ledgers[pair.name] = entries
+        name = "ledger" if i == 0 else f"ledger-{i + 1}"
+        report.table(LEDGER, L.ledger_table(name, f"The paper's claims: {pair.name}", entries))
+    runs = [m for m in layout.main if m.config is not None]
+    if runs:
+        report.table(LEDGER, L.regime_table(runs))
+    power = L.power_table(tables)
+    if power is not None:
+        report.table(LEDGER, power)
+    report.conclusion = L.conclusion(layout, tables, ledgers, layout.main)
+    report.sections.sort(key=lambda s: s[0] != LEDGER)  # first, right under the conclusion
 
 
 WHERE = "Where they differ (by depth)"
@@ -377,17 +411,25 @@ def models_table(study: Study, layout: Layout) -> Table:
 
 def render(report: Report, study: Study, layout: Layout) -> str:
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    any_pair = any(b.compared is not None for b in layout.blocks)
+    delta_rule = (
+        f"each model − the baseline {layout.blocks[0].baseline.label}"
+        if any_pair
+        else "NITP reference − NTP baseline of the same size"
+    )
     lines = [
-        "# NTP vs NITP report",
+        "# NTP vs NITP report" if not any_pair else "# Comparison report",
         "",
         f"Generated by `nitp-report compare` on {now} from {len(study.sources)} input(s): "
         + ", ".join(f"`{s}`" for s in study.sources)
         + ".",
-        "Scores are percentages (records hold fractions); Δ = NITP reference − NTP baseline of the same size, "
+        f"Scores are percentages (records hold fractions); Δ = {delta_rule}, "
         "shown as Δ [95% interval] p n; bold only where the interval excludes 0 and p < 0.05 (Holm-adjusted "
         "within the table); [n/a] = no interval, the table's notes say why; — = not measured.",
         "",
     ]
+    if report.conclusion:
+        lines[2:2] = [f"**Conclusion.** {report.conclusion}", ""]
     for heading, blocks in report.sections:
         lines += [f"## {heading}", ""]
         for block in blocks:
@@ -395,14 +437,3 @@ def render(report: Report, study: Study, layout: Layout) -> str:
     if report.notes or report.skipped:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes + report.skipped] + [""]
     return "\n".join(lines)
-
-
-def _remove_stale(out: Path, written: set[Path]) -> None:
-    """Delete tables and figures a previous compare wrote that this one did not."""
-    keep = {p.resolve() for p in written}
-    for sub in ("tables", "figures"):
-        folder = out / sub
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if f.is_file() and f.suffix in OUTPUT_SUFFIXES and f.resolve() not in keep:
-                    f.unlink()

@@ -69,6 +69,9 @@ class Table:
     unsigned: set[int] = field(default_factory=set)  # columns never signed, even on delta rows (p, n)
     emphasis: str = "best"  # "best": best value per column; "tested": only significant tests
     verdicts: list[str] = field(default_factory=list)  # one line per comparison, under the table
+    power: list[str] = field(default_factory=list)  # what each comparison's n can detect (reports.power)
+    # (what, pair, Tested, Δ value or row, extra) per comparison, for the claim ledger
+    findings: list[tuple] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     _block: int = 0
 
@@ -203,7 +206,7 @@ class Table:
             cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
             label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
             lines.append("| " + " | ".join([label, *cells]) + " |")
-        lines += [""] + [f"{_md(v)}  " for v in self.verdicts] + [f"{_md(n)}  " for n in self.notes]
+        lines += [""] + [f"{_md(v)}  " for v in self.verdicts + self.power] + [f"{_md(n)}  " for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_latex(self) -> str:
@@ -242,7 +245,7 @@ class Table:
         if self.notes or self.verdicts:
             out.append(
                 "\\par\\smallskip{\\footnotesize "
-                + " ".join(tex_escape(n) for n in self.verdicts + self.notes)
+                + " ".join(tex_escape(n) for n in self.verdicts + self.power + self.notes)
                 + "}"
             )
         out.append("\\end{table}")
@@ -291,10 +294,10 @@ class Table:
                 None if r is None else getattr(r, "p_value", None),
                 None if r is None else getattr(r, "p_holm", None),
                 None if r is None else r.n,
-                None if r is None else getattr(r, "units", ""),
+                None if r is None else getattr(t, "unit", None) or getattr(r, "units", ""),
                 None if r is None else r.test,
                 str(t.significant).lower(),
-                t.reason or t.note,
+                "; ".join(x for x in (t.reason or t.note, getattr(t, "flag", None)) if x) or None,
             ]
             w.writerow(["" if v is None else v for v in [row.label, self.columns[j], *scaled, *fields]])
         return buf.getvalue()
@@ -315,8 +318,11 @@ def stat_text(test: Any, digits: int | str = 2) -> str:
     if r is None:
         return "[n/a]"
     d = digits if isinstance(digits, int) else 2
+    flag = getattr(test, "flag", None)
     if r.ci_low is None or r.ci_high is None:
         interval = "[no interval]"
+    elif getattr(r, "interval", None) == "exact" and flag:  # zero width: say why, not [+0.00, +0.00]
+        interval, flag = f"[{flag.split('; ')[0]}]", "; ".join(flag.split("; ")[1:]) or None
     else:
         interval = f"[{test.scale * r.ci_low:+.{d}f}, {test.scale * r.ci_high:+.{d}f}]"
     p_holm, p = getattr(r, "p_holm", None), getattr(r, "p_value", None)
@@ -325,9 +331,9 @@ def stat_text(test: Any, digits: int | str = 2) -> str:
         p_part = " " + _p_text(p_holm, "p_Holm")
     elif p is not None:
         p_part = " " + _p_text(p, "p")
-    units = getattr(r, "units", "items")
+    units = getattr(test, "unit", None) or getattr(r, "units", "items")
     n_part = f" n={r.n:,}" + ("" if units == "items" else f" {units}")
-    return interval + p_part + n_part
+    return interval + p_part + n_part + (f" ({flag})" if flag else "")
 
 
 def _p_text(p: float, name: str) -> str:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from .inputs import Model, Study
+from .inputs import Model, Study, find_model
 
 # Settings that do not change a score (batching, where data or the device live).
 SETTINGS_IGNORED = {"batch_size", "device", "data_dir", "out", "redo"}
@@ -141,20 +142,57 @@ def _short(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- size blocks
+@dataclass(eq=False)
+class Pair:
+    """One compared pair: Δ = ``new`` − ``base``; iterates as ``(base, new)``."""
+
+    base: Model
+    new: Model
+
+    @property
+    def objectives(self) -> bool:
+        """The NTP baseline against the NITP reference (claims about the objectives need seeds)."""
+        return self.base.role == "ntp" and self.new.role == "nitp"
+
+    @property
+    def name(self) -> str:
+        """``"NITP − NTP"`` for the objective pair, else ``"<new label> − <base label>"``."""
+        return "NITP − NTP" if self.objectives else f"{self.new.label} − {self.base.label}"
+
+    @property
+    def delta_label(self) -> str:
+        return f"Δ ({self.name})"
+
+    def __iter__(self):
+        return iter((self.base, self.new))
+
+
 @dataclass
 class SizeBlock:
-    """Models of one size: the NTP baseline, the NITP reference, ablations and the rest."""
+    """Models of one size: the NTP baseline, the NITP reference, ablations and the rest.
+
+    ``compared``: set when the comparison is against a chosen baseline (``--baseline``, or no
+    objective labels): every model in it gets a Δ against ``baseline``.
+    """
 
     size: str
     baseline: Model | None = None
     reference: Model | None = None
     others: list[Model] = field(default_factory=list)
     ablations: dict[str, list[Model]] = field(default_factory=dict)  # knob -> variants
+    compared: list[Model] | None = None
 
     @property
     def main(self) -> list[Model]:
         """Models of the main tables: baseline, reference, then anything not an ablation."""
         return [m for m in (self.baseline, self.reference) if m is not None] + self.others
+
+    @cached_property  # one Pair object per comparison, so tables and the ledger share it
+    def pairs(self) -> list[Pair]:
+        """The pairs that get a Δ: each compared model vs the baseline, else baseline vs reference."""
+        if self.compared is not None and self.baseline is not None:
+            return [Pair(self.baseline, m) for m in self.compared]
+        return [Pair(self.baseline, self.reference)] if self.baseline and self.reference else []
 
 
 @dataclass
@@ -167,9 +205,9 @@ class Layout:
         return [m for b in self.blocks for m in b.main]
 
     @property
-    def pairs(self) -> list[tuple[Model, Model]]:
-        """(NTP baseline, NITP reference) of every block that has both."""
-        return [(b.baseline, b.reference) for b in self.blocks if b.baseline and b.reference]
+    def pairs(self) -> list[Pair]:
+        """Every compared pair of every block (NTP baseline, NITP reference by default)."""
+        return [p for b in self.blocks for p in b.pairs]
 
 
 def config_value(model: Model, dotted: str) -> Any:
@@ -206,9 +244,23 @@ def _size_of(model: Model) -> str:
     )
 
 
-def arrange(study: Study) -> Layout:
-    """Size blocks with baseline, reference, ablations and others (see module doc)."""
+def arrange(study: Study, baseline: str | None = None) -> Layout:
+    """Size blocks with baseline, reference, ablations and others (see module doc).
+
+    ``baseline`` (a model's label, run name or run directory): compare every model with that one
+    instead (any pair or set of checkpoints). Without it, inputs none of which is labelled NTP or
+    NITP are compared with the first input.
+    """
     from nitp_train.models import PRESETS
+
+    if baseline is not None:
+        return _against(study, find_model(study.models, baseline, "--baseline"), [])
+    if len(study.models) >= 2 and all(m.role == "other" for m in study.models):
+        note = (
+            f"No input is labelled NTP or NITP: every model is compared with the first input, "
+            f"{study.models[0].label} (--baseline NAME picks another)."
+        )
+        return _against(study, study.models[0], [note])
 
     by_size: dict[str, list[Model]] = {}
     for m in study.models:
@@ -230,6 +282,13 @@ def arrange(study: Study) -> Layout:
         shown = preset if presets.count(preset) == 1 else size.replace("|", " ")  # dims only when needed
         layout.blocks.append(_arrange_block(shown, by_size[size], layout.notes))
     return layout
+
+
+def _against(study: Study, base: Model, notes: list[str]) -> Layout:
+    """One block: ``base`` and every other model, each compared with it."""
+    others = [m for m in study.models if m is not base]
+    block = SizeBlock(size="all models", baseline=base, others=others, compared=list(others))
+    return Layout(blocks=[block], notes=[*notes, f"Baseline of every Δ: {base.label}."])
 
 
 def _arrange_block(size: str, models: list[Model], notes: list[str]) -> SizeBlock:

@@ -29,7 +29,7 @@ from typing import Any
 from nitp.errors import UserError
 from nitp.io import read_jsonl
 from nitp.records import read_record
-from nitp.runs import read_run_config
+from nitp.runs import is_model_dir, read_run_config, run_dir_of
 
 OBJECTIVE_NAMES = {"ntp": "NTP", "nitp": "NITP", "cos_reg": "NTP+cos-reg"}
 
@@ -110,8 +110,10 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
             model = _run_model(path, models)
             for rec_path in sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []:
                 _add_record(rec_path, models, seen_records, speed, owner=model)
+        elif path.is_dir() and is_model_dir(path):
+            raise UserError(_checkpoint_hint(raw, path))
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+            found = [p for p in sorted(path.rglob("*.json")) if _may_be_record(p, path)]
             if not found:
                 raise UserError(
                     f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)"
@@ -120,11 +122,37 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
                 _add_record(rec_path, models, seen_records, speed)
         elif path.suffix == ".json":
             _add_record(path, models, seen_records, speed)
+        elif path.suffix.lower() == ".gguf":
+            raise UserError(_checkpoint_hint(raw, path))
         else:
             raise UserError(f"{raw}: not a run directory or a result record (.json)")
     study.models = list(models.values())
     assign_labels(study.models, labels or {})
     return study
+
+
+def _checkpoint_hint(raw, path: Path) -> str:
+    """The one line for a model checkpoint given where a run or a record is expected."""
+    run = run_dir_of(path) if path.is_dir() else None
+    instead = f"give its run directory ({run}) or " if run else ""
+    return (
+        f"{raw}: a model checkpoint, not a run directory or a result record; {instead}score it first "
+        f"(nitp-eval bench {raw}, nitp-eval mteb {raw}) and compare the records those write"
+    )
+
+
+def _may_be_record(path: Path, root: Path) -> bool:
+    """A JSON file below a scanned folder that may be a record: not hidden, not a model folder's
+    own files (config.json, tokenizer.json beside the weights), not a run's tracker state."""
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        return False
+    return not is_model_dir(path.parent) and path.name != "trackers.json"
+
+
+NOT_A_RECORD_HINT = (
+    "; give a run directory or a record that nitp-eval / nitp-geom wrote (a checkpoint is scored first: "
+    "nitp-eval bench CKPT)"
+)
 
 
 def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
@@ -159,12 +187,20 @@ def _add_record(
     if resolved in seen:
         return
     seen.add(resolved)
-    record = read_record(path)
+    try:
+        record = read_record(path)
+    except UserError as e:
+        if "not a nitp result record" not in str(e):
+            raise
+        raise UserError(f"{e}{NOT_A_RECORD_HINT}") from None
     for part in ("model", "settings", "scores"):
         if not isinstance(record.get(part), dict):
             raise UserError(
                 f"{path}: result record without a {part!r} object; re-run the command that wrote it"
             )
+    from .paired import check_record
+
+    check_record(record, path)
     record["_path"] = str(path)
     if record.get("kind") == "speed":  # a side-by-side benchmark of a preset, not a model's score
         speed.append(record)
@@ -226,6 +262,18 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
     clash = next((x for x in labels if labels.count(x) > 1), None)
     if clash:
         raise UserError(f"two models would share the label {clash!r}; give each its own --label")
+
+
+def find_model(models: list[Model], name: str, option: str = "--baseline") -> Model:
+    """The model named ``name``: its label, run name, default label or run directory."""
+    for model in models:
+        names = {model.label, model.name, default_label(model), model.key}
+        if model.run_dir is not None:
+            names |= {str(model.run_dir), str(model.run_dir.resolve()), model.run_dir.name}
+        if name in names or name.rstrip("/") in names:
+            return model
+    known = ", ".join(dict.fromkeys(m.label for m in models))
+    raise UserError(f"{option} {name}: no model of that name (known: {known})")
 
 
 def parse_labels(pairs: list[str] | None) -> dict[str, str]:

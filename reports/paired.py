@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from nitp.errors import UserError
+
 from . import stats
 
 # Fewer tasks than this in an MTEB group: no interval over tasks (a bootstrap over 2-4 values
@@ -57,6 +59,13 @@ class Tested:
     scale: float = 100.0
     higher_is_better: bool = True
     note: str | None = None
+    units: str | None = None  # unit of replication when not the result's own (e.g. "batches")
+    flag: str | None = None  # what the numbers cannot say (both at chance, identical answers)
+
+    @property
+    def unit(self) -> str:
+        """items / batches / tasks / seeds: what n counts."""
+        return self.units or getattr(self.result, "units", "items")
 
     @property
     def significant(self) -> bool:
@@ -104,6 +113,115 @@ def item_scores(score: dict) -> dict[tuple[str, int], float] | str:
     return out
 
 
+# Metrics that score each item right (1) or wrong (0); lm-eval averages them into the task value.
+BINARY_METRICS = {"acc", "acc_norm", "exact_match"}
+TOLERANCE = 1e-6  # lm-eval's mean of the same floats, re-read from JSON
+NO_ITEMS_REASON = "the record scored no items of this task"
+
+
+def check_record(record: dict, path) -> None:
+    """Refuse, in one ``UserError`` line, a record whose numbers contradict themselves.
+
+    bench: every value and the average are numbers (or null); a task's per-item scores are numbers,
+    0 or 1 for accuracy metrics, and their mean is the task's value (pooled over items, or the
+    mean of the subtasks' means, as lm-eval aggregates groups); with items for every task the
+    average is the mean of the task values. A task that scored zero items is shown "—" and the
+    average beside it too (a mean that counts an unscored task is stale). mteb: the overall score
+    is the mean of the tasks' main scores.
+    """
+    scores = record["scores"]
+    if record.get("kind") == "bench":
+        for task, score in (scores.get("tasks") or {}).items():
+            if not isinstance(score, dict):
+                raise UserError(f"{path}: task {task} is not an object; re-run nitp-eval bench")
+            _number(score.get("value"), path, f"task {task}: value")
+            _check_items(score, path, task)
+        _number(scores.get("average"), path, "average")
+        _check_average(scores, path)
+    elif record.get("kind") == "mteb":
+        _check_mteb(scores, path)
+
+
+def _number(value, path, what: str) -> None:
+    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok or (value is not None and not np.isfinite(value)):
+        raise UserError(
+            f"{path}: {what} is {value!r}, not a number; re-run the command that wrote the record"
+        )
+
+
+def _check_items(score: dict, path, task: str) -> None:
+    items, metric = score.get("items"), score.get("metric")
+    if not isinstance(items, dict):
+        return
+    columns = [col.get(metric) for col in items.values() if isinstance(col, dict)]
+    leaves = [np.asarray(c, dtype=object) for c in columns if isinstance(c, list)]
+    values = np.concatenate(leaves) if leaves else np.zeros(0)
+    if len(values) == 0:
+        score.pop("items")
+        score["value"] = None
+        score["items_unavailable"] = NO_ITEMS_REASON
+        return
+    for v in values:
+        _number(v, path, f"task {task}: an item's {metric}")
+    if metric in BINARY_METRICS and not np.all((values == 0) | (values == 1)):
+        bad = next(v for v in values if v not in (0, 1))
+        raise UserError(
+            f"{path}: task {task}: {metric} items must be 0 or 1 (an answer is right or wrong), found {bad!r}; "
+            "the record is damaged or edited, re-run nitp-eval bench"
+        )
+    _check_value(score, [np.asarray(c, dtype=float) for c in leaves if len(c)], path, task)
+
+
+def _check_value(score: dict, leaves: list[np.ndarray], path, task: str) -> None:
+    value = score.get("value")
+    if value is None:
+        return
+    pooled = float(np.mean(np.concatenate(leaves)))
+    by_leaf = float(np.mean([np.mean(x) for x in leaves]))
+    if min(abs(value - pooled), abs(value - by_leaf)) > TOLERANCE:
+        n = sum(len(x) for x in leaves)
+        raise UserError(
+            f"{path}: task {task}: value {value:.6g} disagrees with the mean of its {n} items ({pooled:.6g}); "
+            "the record is damaged or edited, re-run nitp-eval bench"
+        )
+
+
+def _check_average(scores: dict, path) -> None:
+    tasks = scores.get("tasks") or {}
+    if any(s.get("items_unavailable") == NO_ITEMS_REASON for s in tasks.values()):
+        unscored = [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]
+        scores["average"] = None
+        scores["average_note"] = f"average not shown: it counts {', '.join(unscored)}, scored on no items"
+        return
+    values = [s.get("value") for s in tasks.values()]
+    average = scores.get("average")
+    if average is None or not values or any(v is None for v in values):
+        return
+    if all("items" in s for s in tasks.values()) and abs(average - float(np.mean(values))) > TOLERANCE:
+        raise UserError(
+            f"{path}: average {average:.6g} is not the mean of its {len(values)} task values "
+            f"({float(np.mean(values)):.6g}); the record is damaged or edited, re-run nitp-eval bench"
+        )
+
+
+def _check_mteb(scores: dict, path) -> None:
+    tasks = scores.get("tasks") or {}
+    for task, info in tasks.items():
+        _number((info or {}).get("main_score"), path, f"task {task}: main_score")
+    for group, value in (scores.get("groups") or {}).items():
+        _number(value, path, f"group {group}")
+    overall = scores.get("overall")
+    _number(overall, path, "overall")
+    mains = [(info or {}).get("main_score") for info in tasks.values()]
+    mains = [m for m in mains if m is not None]
+    if overall is not None and mains and abs(overall - float(np.mean(mains))) > TOLERANCE:
+        raise UserError(
+            f"{path}: overall {overall:.6g} is not the mean of its {len(mains)} tasks' main scores "
+            f"({float(np.mean(mains)):.6g}); the record is damaged or edited, re-run nitp-eval mteb"
+        )
+
+
 def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, str | None] | str:
     """The two tasks' items on their common (subtask, doc_id), in a's order, or why not."""
     if a.get("metric") != b.get("metric"):
@@ -143,7 +261,72 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
     if isinstance(paired, str):
         return untested(paired)
     x, y, note = paired
-    return Tested(stats.paired_difference(x, y), note=note)
+    result = stats.paired_difference(x, y)
+    flags = [f for f in (identical_flag(result), chance_flag(task, x, y, a.get("metric"))) if f]
+    return Tested(result, note=note, flag="; ".join(flags) or None)
+
+
+# Guessing's accuracy per benchmark (1 / choices) where every item has the same number of choices;
+# 0 for generated answers (exact match, last word, code). Others (mixed choice counts) are not judged.
+CHANCE = {
+    "mmlu": 0.25,
+    "mmlu_pro": 0.10,
+    "ceval": 0.25,
+    "xiezhi": 0.25,
+    "lambada": 0.0,
+    "bbh": 0.0,
+    "arc_challenge": 0.25,
+    "commonsense_qa": 0.20,
+    "balanced_copa": 0.5,
+    "gsm8k": 0.0,
+    "lcbench": 0.0,
+    "analogies": 0.25,
+    "next_word": 0.0,
+    "sentiment": 0.5,
+    "lt_csqa": 0.20,
+    "lt_piqa": 0.5,
+    "lt_siqa": 1 / 3,
+    "lt_openbookqa": 0.25,
+    "lt_boolq": 0.5,
+    "lt_mmlu": 0.25,
+    **{f"bb_{t}": 0.5 for t in ("causal_judgment", "navigate", "sports_understanding", "snarks")},
+    **{f"bb_{t}": 0.5 for t in ("anachronisms", "implicatures")},
+}
+FLOOR = 0.05  # a generation task whose 95% upper bound of accuracy is below 5 % is at the floor
+
+
+def at_chance(task: str, scores: np.ndarray, metric: str | None = None) -> bool:
+    """One model's 0/1 answers are not distinguishable from guessing (two-sided binomial test
+    against 1 / choices, p >= 0.05), or, for generated answers, its accuracy's Clopper-Pearson
+    95% upper bound is below 5 %. Unknown tasks and non-0/1 scores are never judged."""
+    chance = CHANCE.get(task)
+    if chance is None or metric not in BINARY_METRICS or not np.all((scores == 0) | (scores == 1)):
+        return False
+    k, n = int(scores.sum()), len(scores)
+    if chance == 0:
+        from statsmodels.stats.proportion import proportion_confint
+
+        return bool(proportion_confint(k, n, alpha=0.05, method="beta")[1] < FLOOR)
+    from scipy.stats import binomtest
+
+    return bool(binomtest(k, n, chance).pvalue >= 0.05)
+
+
+def chance_flag(task: str, x: np.ndarray, y: np.ndarray, metric: str | None) -> str | None:
+    """ "both at chance" when neither model beats guessing on this task (:func:`at_chance`)."""
+    if at_chance(task, x, metric) and at_chance(task, y, metric):
+        chance = CHANCE[task]
+        return "both at the floor" if chance == 0 else f"both at chance ({100 * chance:.0f} %)"
+    return None
+
+
+def identical_flag(result) -> str | None:
+    """Zero-width intervals: every item has the same difference (identical answers when it is 0)."""
+    if getattr(result, "interval", None) != "exact":
+        return None
+    if result.delta == 0:
+        return f"identical answers on all {result.n:,} items"
+    return f"every item differs by the same {result.delta:+.3g}"
 
 
 def bench_average(record_a: dict, record_b: dict) -> Tested:
@@ -211,22 +394,95 @@ NO_VAL_BATCHES = (
 )
 
 
-def validation_ce(line_a: dict, line_b: dict) -> Tested:
+# What must agree before two runs' validation batches pair: batch i must hold the same tokens.
+VAL_SETUP = ("data", "data.seq_len", "log.eval_batches", "train.batch_size")
+
+
+def validation_setup(config: dict | None, skip_data: bool = False) -> dict[str, Any] | None:
+    """The settings that fix a run's validation batches: the data (the prepared folder's
+    fingerprint, else the fingerprint of the data settings; ``skip_data``: not computed),
+    ``seq_len``, ``eval_batches``, ``batch_size``; None without a run config."""
+    if not config:
+        return None
+    data = config.get("data") or {}
+    return {
+        "data": None if skip_data else _data_fingerprint(data),
+        "data.seq_len": data.get("seq_len"),
+        "log.eval_batches": (config.get("log") or {}).get("eval_batches"),
+        "train.batch_size": (config.get("train") or {}).get("batch_size"),
+    }
+
+
+def _data_keys(config: dict) -> dict:
+    """The data settings, less how windows are cut (seq_len is compared on its own)."""
+    return {k: v for k, v in (config.get("data") or {}).items() if k != "seq_len"}
+
+
+def _data_fingerprint(data: dict) -> str:
+    import json
+    from pathlib import Path
+
+    meta = Path(str(data.get("prepared_dir") or "")) / "meta.json"
+    if data.get("prepared_dir") and meta.is_file():
+        try:
+            return str(json.loads(meta.read_text())["fingerprint"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    from nitp_train.data import data_fingerprint
+
+    return data_fingerprint(data)
+
+
+def validation_mismatch(config_a: dict | None, config_b: dict | None) -> str | None:
+    """Why two runs' validation batches do not pair (None when they do)."""
+    if not config_a or not config_b:
+        return "not paired: a model without a run config, so its validation batches are unknown"
+    same_data = _data_keys(config_a) == _data_keys(config_b)  # equal settings: no fingerprint needed
+    a, b = validation_setup(config_a, same_data), validation_setup(config_b, same_data)
+    differ = [k for k in VAL_SETUP if a[k] != b[k]]
+    if not differ:
+        return None
+    shown = "; ".join(
+        "different data (corpus, tokenizer or split)" if k == "data" else f"{k} {a[k]} vs {b[k]}"
+        for k in differ
+    )
+    return f"not paired: the runs validate on different batches ({shown}); compare them at matched settings"
+
+
+def validation_ce(
+    line_a: dict, line_b: dict, config_a: dict | None = None, config_b: dict | None = None
+) -> Tested:
     """``b - a`` of validation CE paired by validation batch (same batches in both runs).
 
-    Needs ``val_loss_batches`` (one mean CE per validation batch) in both validation lines;
-    a paired permutation test and paired bootstrap interval over batches. Lower is better.
+    Needs ``val_loss_batches`` (one mean CE per validation batch) in both validation lines and
+    runs whose batches hold the same tokens (:func:`validation_mismatch`: same data, seq_len,
+    eval_batches, batch_size); a paired permutation test and paired bootstrap interval over
+    batches. Lower is better. The unit is the batch: it says whether these two checkpoints
+    differ on this validation set, not whether the objectives do (that needs seeds).
     """
+    na = dict(scale=1.0, higher_is_better=False)
     a, b = line_a.get(VAL_BATCHES_KEY), line_b.get(VAL_BATCHES_KEY)
+    mismatch = validation_mismatch(config_a, config_b) if (config_a or config_b) else None
+    if mismatch:
+        return untested(mismatch, **na)
     if not isinstance(a, list) or not isinstance(b, list):
-        return untested(NO_VAL_BATCHES, scale=1.0, higher_is_better=False)
+        return untested(NO_VAL_BATCHES, **na)
     if len(a) != len(b) or len(a) < 2:
         return untested(
-            f"validation CE: {len(a)} and {len(b)} batches do not pair (same log.eval_batches?)",
-            scale=1.0,
-            higher_is_better=False,
+            f"validation CE: {len(a)} and {len(b)} batches do not pair (same log.eval_batches?)", **na
         )
-    return Tested(stats.paired_difference(a, b, kind="continuous"), scale=1.0, higher_is_better=False)
+    result = stats.paired_difference(a, b, kind="continuous")
+    return Tested(result, units="batches", flag=permutation_floor(result), **na)
+
+
+def permutation_floor(result) -> str | None:
+    """A note when p sits at the smallest value an exact paired permutation over n pairs can give."""
+    if getattr(result, "test", None) != "paired-permutation" or result.n > 16:
+        return None
+    floor = 2.0 / 2**result.n
+    if result.p_value <= floor * 1.0001:
+        return f"p = {floor:.3g} is the smallest p {result.n} pairs can give"
+    return None
 
 
 # ----------------------------------------------------------------------------- families

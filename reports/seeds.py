@@ -94,6 +94,8 @@ def seed_table(
     metrics: list[tuple[str, Callable[[Model], float | None]]],
     base: SeedSet,
     new: SeedSet,
+    pair=None,
+    what: str = "",
 ) -> Table:
     """Per metric: each set's mean ± sd [t interval] and the Δ paired by seed (values in %)."""
     table = Table(
@@ -144,7 +146,16 @@ def seed_table(
             stats.verdict(
                 f"NITP − NTP on {metrics[-1][0]}, paired by seed", headline, names=("NTP", "NITP"), digits=2
             )
+            + f" (a claim about the objectives at this size, over {headline.n} seeds)"
         )
+        from .paired import Tested
+        from .power import power_sentence
+
+        tested = Tested(headline, units="seeds")
+        line = power_sentence(tested, what)
+        table.power += [line] if line else []
+        if pair is not None:
+            table.findings.append((f"{what} seeds", pair, tested, 100 * headline.delta, None))
     return table
 
 
@@ -176,6 +187,7 @@ def seed_tables(
         if base is None or new is None:
             continue
         suffix = f" ({block.size})" if len(layout.blocks) > 1 else ""
+        pair = next((p for p in block.pairs if p.base is block.baseline and p.new is block.reference), None)
         for i, group in enumerate(bench):
             metrics = [
                 (BENCH_HEADERS.get(t, t), lambda m, g=group, t=t: _task_value(g, m, t))
@@ -188,6 +200,8 @@ def seed_tables(
                     metrics,
                     base,
                     new,
+                    pair,
+                    "bench average",
                 )
             )
         for i, group in enumerate(mteb):
@@ -209,6 +223,8 @@ def seed_tables(
                     metrics,
                     base,
                     new,
+                    pair,
+                    "mteb overall",
                 )
             )
     return [t for t in tables if t.rows]

@@ -102,6 +102,7 @@ class Comparison(_Record):
     n10: int | None = None
     p_holm: float | None = None
     significant_holm: bool | None = None
+    sd_diff: float | None = None  # sample sd (ddof = 1) of the per-item differences (for power)
     units = "items"
 
     @property
@@ -133,6 +134,7 @@ class SeedComparison(_Record):
     test: str = "paired-t"
     p_holm: float | None = None
     significant_holm: bool | None = None
+    sd_diff: float | None = None  # sample sd of the per-seed differences (for power)
     units = "seeds"
 
     @property
@@ -167,6 +169,7 @@ class GroupMean(_Record):
     interval: str
     p_value: float | None = None
     test: str = "bootstrap"
+    sd_diff: float | None = None  # sample sd of the per-task deltas (for power)
     units = "tasks"
 
     @property
@@ -461,6 +464,7 @@ def paired_difference(
         interval=used,
         n01=n01,
         n10=n10,
+        sd_diff=float(np.std(b - a, ddof=1)),
     )
 
 
@@ -582,6 +586,7 @@ def paired_by_seed(
         losses=int(np.sum(d < 0)),
         ties=int(np.sum(d == 0)),
         unpaired=unpaired,
+        sd_diff=float(np.std(d, ddof=1)),
     )
 
 
@@ -646,7 +651,7 @@ def group_mean_interval(
     if len(d) == 1:
         return GroupMean(1, mean, None, None, confidence, "none")
     if np.ptp(d) == 0:
-        return GroupMean(len(d), mean, mean, mean, confidence, "exact")
+        return GroupMean(len(d), mean, mean, mean, confidence, "exact", sd_diff=0.0)
     low, high, used = _bootstrap_mean_ci(
         d,
         confidence=confidence,
@@ -654,7 +659,7 @@ def group_mean_interval(
         seed=seed,
         method="BCa",
     )
-    return GroupMean(len(d), mean, low, high, confidence, used)
+    return GroupMean(len(d), mean, low, high, confidence, used, sd_diff=float(np.std(d, ddof=1)))
 
 
 # ---------------------------------------------------------------------- multiple comparisons

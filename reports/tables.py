@@ -39,7 +39,7 @@ from nitp_eval.tasks import BENCHMARKS, SUITES
 
 from . import paired as P
 from .formats import Table
-from .grouping import KNOBS, Layout, SettingsGroup, SizeBlock, config_value
+from .grouping import KNOBS, Layout, Pair, SettingsGroup, SizeBlock, config_value
 from .inputs import Model
 
 # The paper's column order and short headers (Table 1), from nitp_eval's benchmark table;
@@ -47,7 +47,6 @@ from .inputs import Model
 BENCH_HEADERS = {name: BENCHMARKS[name].header for name in SUITES["paper"]}
 MTEB_GROUPS = ["Classification", "STS", "Retrieval/dup"]
 DELTA = "Δ (NITP − NTP)"
-VERDICT_PAIR = "NITP − NTP"
 
 
 def pct(value: Any) -> float | None:
@@ -74,11 +73,12 @@ def _add_block(
     block: SizeBlock,
     rows: dict[str, Any],
     delta_columns: list[int] | None = None,
-    tests: dict[int, P.Tested] | None = None,
-):
-    """Rows of one size block (baseline, reference, others) and their Δ row (returned, or None).
+    tests: list[dict[int, P.Tested] | None] | None = None,
+) -> list[tuple[Any, Pair]]:
+    """Rows of one size block (baseline, reference, others) and a Δ row per compared pair.
 
-    ``tests``: column -> the statistics of that Δ cell (:mod:`reports.paired`).
+    ``tests``: per pair of ``block.pairs``, column -> the statistics of that Δ cell
+    (:mod:`reports.paired`). Returns ``(Δ row, pair)`` for every pair whose two rows exist.
     """
     added = {}
     table.new_block()
@@ -86,18 +86,20 @@ def _add_block(
         if model.key in rows:
             label, values = rows[model.key]
             added[model.key] = table.add(label, values)
-    if block.baseline and block.reference and block.baseline.key in added and block.reference.key in added:
-        return table.add_delta(
-            DELTA, added[block.reference.key], added[block.baseline.key], delta_columns, tests
-        )
-    return None
+    out = []
+    for i, pair in enumerate(block.pairs):
+        if pair.base.key in added and pair.new.key in added:
+            cells = (tests or [None] * len(block.pairs))[i]
+            row = table.add_delta(
+                pair.delta_label, added[pair.new.key], added[pair.base.key], delta_columns, cells
+            )
+            out.append((row, pair))
+    return out
 
 
-def _pair_records(group: SettingsGroup, block: SizeBlock) -> tuple[dict, dict] | None:
-    """(NTP baseline's, NITP reference's) newest records of the group, when both exist."""
-    if not (block.baseline and block.reference):
-        return None
-    a, b = group.latest(block.baseline), group.latest(block.reference)
+def _pair_records(group: SettingsGroup, pair: Pair) -> tuple[dict, dict] | None:
+    """(base's, new's) newest records of the group, when both exist."""
+    a, b = group.latest(pair.base), group.latest(pair.new)
     return (a, b) if a is not None and b is not None else None
 
 
@@ -128,26 +130,38 @@ def finish_tests(table: Table, method: str) -> None:
         table.notes.append(f"{note}.")
 
 
-def verdict_line(what: str, test: P.Tested, names: tuple[str, str], value: float | None) -> str:
-    """The one-line conclusion under a table (:func:`reports.stats.verdict`), or why there is none."""
+def verdict_line(what: str, test: P.Tested, pair: Pair, value: float | None, extra: str = "") -> str:
+    """The one-line conclusion under a table (:func:`reports.stats.verdict`), or why there is none,
+    with its unit of replication, what it cannot claim and any flag (chance level, identical
+    answers, a p at the permutation floor)."""
     from .stats import verdict
 
     digits = 2 if test.scale == 100 else 4
     if test.result is None:
         shown = "" if value is None else f" {value:+.{digits}f}"
-        return f"{what}:{shown} [n/a]: no interval ({test.reason})"
-    return verdict(
+        return f"{what}:{shown} [n/a]: no interval ({test.reason}){extra}"
+    line = verdict(
         what,
         test.result,
-        names=names,
+        names=(pair.base.label, pair.new.label),
         scale=test.scale,
         digits=digits,
         higher_is_better=test.higher_is_better,
+        units=test.unit,
     )
+    flag = f"; flagged: {test.flag}" if test.flag else ""
+    return line + extra + flag + scope(test.unit, pair)
 
 
-def _names(block: SizeBlock) -> tuple[str, str]:
-    return (block.baseline.label, block.reference.label)
+def scope(unit: str, pair: Pair) -> str:
+    """What a test over ``unit`` can claim about ``pair`` (empty for seeds)."""
+    if unit == "seeds":
+        return ""
+    what = "these two checkpoints" if pair.objectives else "these checkpoints"
+    claim = f". Unit: {unit}; it says whether {what} differ on these {unit}"
+    if pair.objectives:
+        claim += ", not whether the objectives do (that needs several seeds of each)"
+    return claim + "."
 
 
 BOLD_RULE = "Bold: only where the interval excludes 0 and p < 0.05; nothing else is emphasised."
@@ -206,29 +220,68 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                     scores = rec["scores"]
                     values = [pct((scores.get("tasks", {}).get(t) or {}).get("value")) for t in tasks]
                     rows[model.key] = (row_label(model, rec), values + [pct(scores.get("average"))])
-            pair = _pair_records(group, block)
-            delta = _add_block(table, block, rows, tests=bench_tests(*pair, tasks) if pair else None)
-            if delta is not None and pair:
-                pending.append((delta, block))
+                    table.notes += _record_notes(row_label(model, rec), scores, tasks)
+            tests = [
+                bench_tests(*recs, tasks) if (recs := _pair_records(group, p)) else None for p in block.pairs
+            ]
+            pending += [(row, pair, block) for row, pair in _add_block(table, block, rows, tests=tests)]
         if not table.rows:
             continue
         finish_tests(table, BENCH_METHOD)
-        for delta, block in pending:
+        for delta, pair, block in pending:
             if len(tasks) in delta.tests:
-                what = (
-                    f"{_block_prefix(layout, block)}{VERDICT_PAIR} on the average of {len(tasks)} benchmarks"
-                )
-                table.verdicts.append(
-                    verdict_line(what, delta.tests[len(tasks)], _names(block), delta.values[-1])
-                )
+                what = f"{_block_prefix(layout, block)}{pair.name} on the average of {len(tasks)} benchmarks"
+                test = delta.tests[len(tasks)]
+                table.verdicts.append(verdict_line(what, test, pair, delta.values[-1]))
+                table.findings.append(("bench average", pair, test, delta.values[-1], group))
+                _power_line(table, test, "bench average")
         table.notes.append(
             "Metrics: "
             + "; ".join(_task_metric(group, t) for t in tasks)
             + ". Avg. is the record's suite average."
         )
+        _flags_note(table)
         _steps_note(table)
         tables.append(table)
     return tables
+
+
+def _record_notes(label: str, scores: dict, tasks: list[str]) -> list[str]:
+    """Why a model's cell is "—" although its record has the task: no items were scored."""
+    empty = [
+        t
+        for t in tasks
+        if (scores.get("tasks", {}).get(t) or {}).get("items_unavailable") == P.NO_ITEMS_REASON
+    ]
+    notes = (
+        [f"{label}: {', '.join(empty)}: {P.NO_ITEMS_REASON} (no items; shown —, never 0)."] if empty else []
+    )
+    return notes + ([f"{label}: {scores['average_note']}."] if scores.get("average_note") else [])
+
+
+def _power_line(table: Table, test: P.Tested, what: str) -> None:
+    """The power sentence of a tested comparison (:mod:`reports.power`) under its verdict."""
+    from .power import power_sentence
+
+    line = power_sentence(test, what)
+    if line:
+        table.power.append(line)
+
+
+def _flags_note(table: Table) -> None:
+    """Say once what the flags in Δ cells mean."""
+    flags = " ".join(t.flag or "" for _, _, t in table.tested())
+    if "chance" in flags or "floor" in flags:
+        table.notes.append(
+            "both at chance / at the floor: neither model's accuracy differs from guessing (binomial test "
+            "against 1 / choices, p ≥ 0.05; generated answers: 95% upper bound below 5 %), so the Δ there "
+            "compares noise, not the models."
+        )
+    if "identical answers" in flags:
+        table.notes.append(
+            "identical answers: both models gave the same answer on every item, so there is no interval "
+            "to speak of (not an effect measured as exactly 0)."
+        )
 
 
 def bench_tests(record_a: dict, record_b: dict, tasks: list[str]) -> dict[int, P.Tested]:
@@ -293,14 +346,16 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                         pct(scores.get("overall"))
                     ]
                     rows[model.key] = (row_label(model, rec), values)
-            pair = _pair_records(group, block)
-            tests, sign = P.mteb_groups(*pair, names) if pair else ({}, None)
-            columns = {j: tests[g] for j, g in enumerate([*names, "Overall"]) if g in tests}
-            delta = _add_block(table, block, rows, tests=columns)
-            if delta is not None and pair:
-                pending.append((delta, block, sign))
-            if block.baseline and block.reference:
-                note = wins_note(group, block.baseline, block.reference)
+            tested = [
+                P.mteb_groups(*recs, names) if (recs := _pair_records(group, p)) else ({}, None)
+                for p in block.pairs
+            ]
+            columns = [{j: t[g] for j, g in enumerate([*names, "Overall"]) if g in t} for t, _ in tested]
+            signs = {id(p): sign for p, (_, sign) in zip(block.pairs, tested)}
+            for row, pair in _add_block(table, block, rows, tests=columns):
+                pending.append((row, pair, block, signs[id(pair)]))
+            for pair in block.pairs:
+                note = wins_note(group, pair.base, pair.new, _winner(pair))
                 if note:
                     table.notes.append(_block_prefix(layout, block) + note)
         if table.rows:
@@ -308,26 +363,34 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                 "Group and overall scores are the record's macro averages over the tasks present."
             )
             finish_tests(table, MTEB_METHOD)
-            for delta, block, sign in pending:
+            for delta, pair, block, sign in pending:
                 test = delta.tests.get(len(names))
                 if test is not None:
-                    what = f"{_block_prefix(layout, block)}{VERDICT_PAIR} on MTEB overall"
+                    what = f"{_block_prefix(layout, block)}{pair.name} on MTEB overall"
                     table.verdicts.append(
-                        verdict_line(what, test, _names(block), delta.values[-1]) + sign_text(sign)
+                        verdict_line(what, test, pair, delta.values[-1], extra=sign_text(sign, _winner(pair)))
                     )
+                    table.findings.append(("mteb overall", pair, test, delta.values[-1], sign))
+                    _power_line(table, test, "mteb overall")
+                    _power_line(table, P.Tested(sign, units="tasks"), "mteb sign")
             _steps_note(table)
             tables.append(table)
     return tables
 
 
-def sign_text(sign) -> str:
+def _winner(pair: Pair) -> str:
+    """Who "wins" a task in notes: "NITP" for the objective pair, else the compared model's label."""
+    return "NITP" if pair.objectives else pair.new.label
+
+
+def sign_text(sign, who: str = "NITP") -> str:
     """``"; sign test: NITP better on 4 of 5 tasks (1 tied), p = 0.38"`` (empty without one)."""
     if sign is None:
         return ""
     from .stats import format_p
 
     ties = f", {sign.ties} tied" if sign.ties else ""
-    return f"; sign test: NITP better on {sign.wins} of {sign.n} tasks{ties}, {format_p(sign.p_value)}"
+    return f"; sign test: {who} better on {sign.wins} of {sign.n} tasks{ties}, {format_p(sign.p_value)}"
 
 
 def task_deltas(group: SettingsGroup, base: Model, new: Model) -> dict[str, float]:
@@ -343,7 +406,7 @@ def task_deltas(group: SettingsGroup, base: Model, new: Model) -> dict[str, floa
     }
 
 
-def wins_note(group: SettingsGroup, base: Model, new: Model) -> str | None:
+def wins_note(group: SettingsGroup, base: Model, new: Model, who: str = "NITP") -> str | None:
     """``"NITP wins 23 of 25 tasks (losses: AskUbuntuDupQuestions −0.15, ...)"``."""
     deltas = task_deltas(group, base, new)
     if not deltas:
@@ -353,7 +416,7 @@ def wins_note(group: SettingsGroup, base: Model, new: Model) -> str | None:
         f"{t} {d:+.2f}".replace("-", "−") for t, d in sorted(deltas.items(), key=lambda kv: kv[1]) if d < 0
     ]
     ties = sum(d == 0 for d in deltas.values())
-    text = f"NITP wins {wins} of {len(deltas)} tasks"
+    text = f"{who} wins {wins} of {len(deltas)} tasks"
     extra = ([f"losses: {', '.join(losses)}"] if losses else []) + ([f"{ties} tied"] if ties else [])
     return text + (f" ({'; '.join(extra)})" if extra else "") + "."
 
@@ -365,9 +428,9 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
         models = [m for m in layout.main if group.latest(m) is not None]
         if not models:
             continue
-        pairs = [(b, n) for b, n in layout.pairs if b in models and n in models]
+        pairs = [p for p in layout.pairs if p.base in models and p.new in models]
         columns = [m.label for m in models] + [
-            DELTA if len(pairs) == 1 else f"Δ {b.preset}" for b, _ in pairs
+            p.delta_label if len(pairs) == 1 or not p.objectives else f"Δ {p.base.preset}" for p in pairs
         ]
         table = Table(
             f"mteb-tasks{_suffix(i)}",
@@ -425,24 +488,34 @@ def lm_table(layout: Layout) -> Table | None:
                     model.label,
                     [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")],
                 )
-        tests = None
-        if block.baseline and block.reference and block.baseline.key in rows and block.reference.key in rows:
-            ce = P.validation_ce(last_validation(block.baseline), last_validation(block.reference))
-            tests = {2: ce, 3: P.untested(PPL_NA, scale=1.0, higher_is_better=False)}
-        delta = _add_block(table, block, rows, delta_columns=[2, 3], tests=tests)
-        if delta is not None and tests:
-            pending.append((delta, block))
+        tests = [
+            _ce_tests(pair) if {pair.base.key, pair.new.key} <= set(rows) else None for pair in block.pairs
+        ]
+        pending += [(row, pair, block) for row, pair in _add_block(table, block, rows, [2, 3], tests)]
     if not table.rows:
         return None
     table.notes.append("From each run's last validation line in metrics.jsonl (val_loss, val_ppl).")
     finish_tests(
         table,
-        "Validation CE paired by validation batch: paired permutation test, paired bootstrap interval (nats/token).",
+        "Validation CE paired by validation batch (only between runs with the same data, seq_len, "
+        "eval_batches and batch_size): paired permutation test, paired bootstrap interval (nats/token).",
     )
-    for delta, block in pending:
-        what = f"{_block_prefix(layout, block)}{VERDICT_PAIR} on validation CE (nats/token)"
-        table.verdicts.append(verdict_line(what, delta.tests[2], _names(block), delta.values[2]))
+    for delta, pair, block in pending:
+        what = f"{_block_prefix(layout, block)}{pair.name} on validation CE (nats/token)"
+        test = delta.tests[2]
+        steps = (delta.pair[1].values[0], delta.pair[0].values[0])
+        extra = f" (at steps {steps[0]} and {steps[1]})" if steps[0] != steps[1] else ""
+        table.verdicts.append(verdict_line(what, test, pair, delta.values[2], extra=extra))
+        table.findings.append(("validation CE", pair, test, delta.values[2], None))
+        _power_line(table, test, "validation CE")
     return table
+
+
+def _ce_tests(pair: Pair) -> dict[int, P.Tested]:
+    ce = P.validation_ce(
+        last_validation(pair.base), last_validation(pair.new), pair.base.config, pair.new.config
+    )
+    return {2: ce, 3: P.untested(PPL_NA, scale=1.0, higher_is_better=False)}
 
 
 PPL_NA = "perplexity = exp(CE): its Δ is judged by the CE interval"
@@ -504,7 +577,9 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                         [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS],
                     )
             columns = list(range(1, len(GEOM_COLUMNS) + 1))
-            _add_block(table, block, rows, columns, {j: P.untested(GEOM_NA, scale=1.0) for j in columns})
+            na = {j: P.untested(GEOM_NA, scale=1.0) for j in columns}
+            for row, pair in _add_block(table, block, rows, columns, [na] * len(block.pairs)):
+                table.findings.append(("geometry", pair, None, row, group))
         if not table.rows:
             continue
         finish_tests(table, "")

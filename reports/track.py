@@ -13,6 +13,7 @@ PosixPath('runs/tiny-nitp/replay')   # tensorboard --logdir runs/tiny-nitp/repla
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,51 @@ def parse_trackers(text: str) -> list[str]:
     return names
 
 
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+
+
+def _run_above(path: Path) -> Path | None:
+    """The nearest folder at or above ``path`` (resolved) that is a run directory, or None."""
+    for folder in [path, *path.parents]:
+        if any((folder / m).exists() for m in RUN_MARKERS):
+            return folder
+    return None
+
+
+def check_replay_folder(run_dir: Path, out: Path, name: str) -> None:
+    """Refuse an ``out`` whose tracker files belong to someone else: the run itself, another run
+    directory or anything inside one, or a folder holding the replay of another run (a replay
+    deletes ``OUT/tensorboard`` and rewrites ``OUT/trackers.json``)."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run:
+        raise UserError(
+            f"--out {out}: choose a folder other than the run itself (its live trackers live there)"
+        )
+    owner = _run_above(target)
+    if owner is not None and owner != run:
+        raise UserError(
+            f"--out {out}: is inside another run directory ({owner}); a replay would replace its tracker "
+            f"files. Give a folder of its own (default: {run_dir / 'replay'})"
+        )
+    from nitp_train.trackers import STATE_FILE
+
+    state = out / STATE_FILE
+    if state.is_file():
+        try:
+            previous = json.loads(state.read_text()).get("run_name")
+        except (ValueError, AttributeError):
+            previous = None
+        if previous != name:
+            raise UserError(
+                f"--out {out}: holds the tracker state of {previous or 'another run'!s}, not of {name}; "
+                "give a new folder"
+            )
+    elif (out / "tensorboard").exists():
+        raise UserError(
+            f"--out {out}: holds a tensorboard/ folder that is not a replay of {name}; give a new folder"
+        )
+
+
 def replay(run_dir, trackers: list[str], out=None) -> Path:
     """Send every line of ``RUN/metrics.jsonl`` to new runs of ``trackers`` stored in ``out``."""
     from nitp_train.trackers import Trackers
@@ -43,12 +89,9 @@ def replay(run_dir, trackers: list[str], out=None) -> Path:
         raise UserError(f"{run_dir}: no metrics.jsonl (not a run directory of nitp-train)")
     cfg = read_run_config(run_dir)
     out = Path(out) if out is not None else run_dir / "replay"
-    if out.resolve() == run_dir.resolve():
-        raise UserError(
-            f"--out {out}: choose a folder other than the run itself (its live trackers live there)"
-        )
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # a replay replaces an earlier one
     name = cfg.get("run_name") or run_dir.name
+    check_replay_folder(run_dir, out, name)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # a replay of this run replaces the last one
     sink = Trackers(out, trackers, name, cfg)
     try:
         for row in read_jsonl(metrics):

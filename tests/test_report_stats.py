@@ -114,7 +114,9 @@ def test_bold_only_when_the_interval_excludes_zero(two_runs, tmp_path):
     assert nitp_row.bold[0] and not nitp_row.bold[1]  # the better model's value beside it
     assert "**" not in next(line for line in md.splitlines() if line.startswith("| NTP"))
     sentiment_cell = md.split("| *Δ (NITP − NTP)* |")[1].split("|")[1]
-    assert "**" not in sentiment_cell and "[+0.00, +0.00]" in sentiment_cell  # exact interval at 0
+    # identical answers: flagged, not printed as a zero-width interval "[+0.00, +0.00]"
+    assert "**" not in sentiment_cell and "[identical answers on all 400 items]" in sentiment_cell
+    assert "[+0.00, +0.00]" not in sentiment_cell
 
 
 def test_holm_is_applied_within_the_table(two_runs):
@@ -150,7 +152,9 @@ def test_verdict_line_and_stats_csv(two_runs):
     table = bench_table(two_runs)
     (line,) = table.verdicts
     assert line.startswith("NITP − NTP on the average of 1 benchmarks: +0.67 [")
-    assert line.endswith("no detectable difference at n = 150 items")
+    assert "no detectable difference at n = 150 items." in line
+    # the unit of replication and what one seed pair cannot claim
+    assert line.endswith("not whether the objectives do (that needs several seeds of each).")
     assert line in table.to_markdown()
     rows = list(csv.DictReader(io.StringIO(table.to_stats_csv())))
     assert list(rows[0]) == [
