@@ -46,13 +46,13 @@ import itertools
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from nitp import shell
 from nitp.errors import UserError
 from nitp.io import atomic_write_json, atomic_write_text, json_default
 from nitp.runs import checkpoint_step, list_checkpoints, resolve_checkpoint
@@ -705,9 +705,18 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
 
 # ----------------------------------------------------------------------------- cluster scripts
 def cell_command(spec: StudySpec, out: str | os.PathLike, cell: str | None = None) -> str:
-    """``nitp-study STUDY.yaml --out OUT [--cell NAME]``, with absolute paths."""
-    args = ["nitp-study", str(spec.path), "--out", str(Path(out).resolve())]
-    return shlex.join(args + (["--cell", cell] if cell else []))
+    """``nitp-study STUDY.yaml --out OUT [--cell NAME]``, with absolute paths, every word quoted.
+
+    Raises a one-line ``UserError`` when a path or name holds a control character (a newline
+    would end the line and run the rest as a command).
+    """
+    words = [
+        "nitp-study",
+        shell.quote(spec.path, "study file"),
+        "--out",
+        shell.quote(Path(out).resolve(), "--out"),
+    ]
+    return " ".join(words + (["--cell", shell.quote(cell, "--cell")] if cell else []))
 
 
 def emit_commands(spec: StudySpec, out: str | os.PathLike) -> Path:
@@ -721,37 +730,44 @@ def emit_slurm(spec: StudySpec, out: str | os.PathLike, nodes: int = 1, gpus_per
 
     The rendezvous comes from SLURM's own variables (first host of ``SLURM_JOB_NODELIST``,
     ``SLURM_NNODES``); run outside sbatch, the script stops at once with the missing variable.
+    Every value, in comments and ``#SBATCH`` lines too, goes through :mod:`nitp.shell` before
+    anything is written.
     """
     _positive(nodes, "--nodes")
     _positive(gpus_per_node, "--gpus-per-node")
     out = Path(out).resolve()
     names = [c.name for c in cells(spec)]
-    (out / "logs").mkdir(parents=True, exist_ok=True)  # SLURM opens --output before the script runs
-    study = shlex.quote(str(spec.path))
+    q = shell.quote
+    study, out_q, cells_q = q(spec.path, "study file"), q(out, "--out"), shell.join(names, "cell name")
+    # sbatch expands %A, %a, %j... in --output: a literal % in the folder is written %%
+    log_path = shell.sbatch_quote(f"{str(out).replace('%', '%%')}/logs/slurm-%A_%a.out", "--out")
+    job = shell.sbatch_quote(f"nitp-{spec.name}", "study name")
+    last = len(names) - 1
     need = "run this script with sbatch ({} is not set)"
     text = f"""#!/bin/bash
-# Study {spec.name}: {len(names)} cells, one SLURM array task each (written by nitp-study --emit slurm).
-#   sbatch {shlex.quote(str(out / "study.sbatch"))}
+# Study {q(spec.name, "study name")}: {len(names)} cells, one SLURM array task each (written by nitp-study --emit slurm).
+#   sbatch {q(out / "study.sbatch", "--out")}
 # When every task has finished, evaluate what is left and write the report:
 #   {cell_command(spec, out)}
-#SBATCH --job-name=nitp-{spec.name}
-#SBATCH --array=0-{len(names) - 1}
-#SBATCH --nodes={nodes}
+#SBATCH --job-name={job}
+#SBATCH --array=0-{last}
+#SBATCH --nodes={q(nodes)}
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node={gpus_per_node}
-#SBATCH --output={out}/logs/slurm-%A_%a.out
+#SBATCH --gpus-per-node={q(gpus_per_node)}
+#SBATCH --output={log_path}
 set -eu  # no pipefail: head closing the pipe must not fail the hostnames pipeline
 : "${{SLURM_ARRAY_TASK_ID:?{need.format("SLURM_ARRAY_TASK_ID")}}}"
 : "${{SLURM_JOB_NODELIST:?{need.format("SLURM_JOB_NODELIST")}}}"
 : "${{SLURM_NNODES:?{need.format("SLURM_NNODES")}}}"
-CELLS=({" ".join(shlex.quote(n) for n in names)})
-CELL="${{CELLS[$SLURM_ARRAY_TASK_ID]:?SLURM_ARRAY_TASK_ID is outside 0..{len(names) - 1}}}"
+CELLS=({cells_q})
+CELL="${{CELLS[$SLURM_ARRAY_TASK_ID]:?SLURM_ARRAY_TASK_ID is outside 0..{last}}}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 : "${{MASTER_ADDR:?scontrol gave no host name for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST}}"
 MASTER_PORT="${{MASTER_PORT:-$((29500 + SLURM_ARRAY_TASK_ID % 1000))}}"
 export MASTER_ADDR MASTER_PORT
-srun --ntasks-per-node=1 torchrun --nnodes "$SLURM_NNODES" --nproc_per_node "${{GPUS_PER_NODE:-{gpus_per_node}}}" \\
+srun --ntasks-per-node=1 torchrun --nnodes "$SLURM_NNODES" --nproc_per_node "${{GPUS_PER_NODE:-{q(gpus_per_node)}}}" \\
   --rdzv_id "${{SLURM_ARRAY_JOB_ID:-0}}_$SLURM_ARRAY_TASK_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \\
-  -m reports.study_cli {study} --out {shlex.quote(str(out))} --cell "$CELL"
+  -m reports.study_cli {study} --out {out_q} --cell "$CELL"
 """
+    (out / "logs").mkdir(parents=True, exist_ok=True)  # SLURM opens --output before the script runs
     return atomic_write_text(out / "study.sbatch", text)
