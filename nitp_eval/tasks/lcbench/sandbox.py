@@ -111,6 +111,15 @@ def _fail(message: str) -> None:
     os._exit(SETUP_FAILED)
 
 
+def _child(step: str, fn, *args) -> None:
+    """Run ``fn`` in a forked child and never return: an unexpected error is one ``MARK`` line."""
+    try:
+        fn(*args)
+    except BaseException as e:  # noqa: BLE001 - a forked child must not unwind into its parent's code
+        _fail(f"{step}: {e}")
+    os._exit(SETUP_FAILED)
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
@@ -142,7 +151,7 @@ def launch(root: str, read_only: list[str], argv: list[str]) -> int:
     if pid == 0:
         os.close(ready_r)
         os.close(go_w)
-        _holder(ready_w, go_r, root, read_only, run_ids, argv)
+        _child("namespaces", _holder, ready_w, go_r, root, read_only, run_ids, argv)
     os.close(ready_w)
     os.close(go_r)
     if os.read(ready_r, 1) == b"1":  # else the holder failed and said why
@@ -173,7 +182,7 @@ def _holder(
         _fail(str(e))
     pid = os.fork()
     if pid == 0:
-        _init(root, read_only, run_ids, argv)
+        _child("init", _init, root, read_only, run_ids, argv)
     os._exit(_exit_code(os.waitpid(pid, 0)[1]))
 
 
@@ -189,7 +198,7 @@ def _init(root: str, read_only: list[str], run_ids: tuple[int, int], argv: list[
         _fail(f"building the sandbox's root: {e}")
     pid = os.fork()
     if pid == 0:
-        _program(run_ids, argv)
+        _child("program", _program, run_ids, argv)
     while True:  # reap every orphan until the program itself ends
         done, status = os.waitpid(-1, 0)
         if done == pid:
@@ -314,4 +323,8 @@ def _program(run_ids: tuple[int, int], argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(launch(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]))
+    try:
+        code = launch(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:])
+    except Exception as e:  # noqa: BLE001 - any failure of the launcher is a sandbox failure, in one line
+        _fail(f"launcher: {e}")
+    sys.exit(code)
