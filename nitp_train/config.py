@@ -39,6 +39,7 @@ RESUMABLE_CHANGES = (
 RECIPES: dict[str, str] = {
     "tiny-dense": "tiny-nitp.yaml",
     "tiny-moe": "tiny-moe-nitp.yaml",
+    "micro-64": "micro-nitp.yaml",
     "small-dense": "small-nitp.yaml",
     "dense-0.5b": "paper-dense-0.5b-nitp.yaml",
     "dense-2b": "paper-dense-2b-nitp.yaml",
@@ -79,7 +80,13 @@ def parse_override(item: str) -> dict:
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected key=value (e.g. nitp.lambda=0.5)")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(
+            f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); "
+            f"quote it (--set '{key.strip()}=\"...\"') or close its brackets"
+        ) from None
     tree: dict = {}
     node = tree
     parts = key.strip().split(".")
@@ -87,6 +94,13 @@ def parse_override(item: str) -> dict:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return tree
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """What is wrong, in one line: ``while parsing a flow sequence: expected ',' or ']'...``."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = ": ".join(str(p) for p in parts if p) or str(e)
+    return text.strip().splitlines()[0]
 
 
 def configs_dir() -> Path:

@@ -258,6 +258,16 @@ class Log(_Section):
 
     every: Int(1, BIG) = Field(10, description="steps between train lines")
     geom_every: Int(0, BIG) = Field(50, description="steps between geometry statistics (0 = never)")
+    geom_batch: Choice("val", "train") = Field(
+        "val",
+        description="val = the same held-out validation tokens at every measurement and in every run "
+        "of the data (curves compare across steps, seeds, objectives); train = a sample of the step's batch",
+    )
+    probe_every: Int(0, BIG) = Field(
+        0,
+        description="steps between gradient probes on the held-out batch: CE vs lambda x NITP gradient "
+        "norms, ratio and cosine per block (nitp_train/probe.py); 0 = never",
+    )
     eval_every: Int(0, BIG) = Field(100, description="steps between validation losses (0 = never)")
     eval_batches: Int(1, BIG) = Field(8, description="validation batches per evaluation")
     trackers: Names(*TRACKERS) = Field(

@@ -69,6 +69,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=3e-3,
         global_batch=16,
     ),
+    # --- micro CPU presets: past 30 tokens per parameter in minutes (docs/regime.md) -----------
+    "micro-64": dict(
+        arch="dense",
+        description="micro dense, d 64 x 4 layers, 2,048-token vocabulary: 30 tokens/parameter on one CPU core in ~15 min",
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=192,
+        vocab_size=2048,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        target_layer=1,
+        **{"lambda": 1.0},
+        lr=3e-3,
+        global_batch=16,
+    ),
     "small-dense": dict(
         arch="dense",
         description="~30M dense for a one-GPU study",

@@ -39,14 +39,15 @@ from nitp.io import atomic_write_text
 TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 STATE_FILE = "trackers.json"
 _PACKAGE = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
-_GEOMETRY = ("erank", "mean_cos", "geom_tokens", "geom_sequences", "geom_steps", "anisotropy")
+_GEOMETRY = ("erank", "mean_cos", "geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
 
 
 def tracker_name(key: str) -> str:
     """The stable tracker name of a ``metrics.jsonl`` field: ``<group>/<key>``.
 
-    Groups: ``geometry`` (in-loop erank, mean_cos, ...), ``val`` (``val_*``), ``progress``
-    (``tokens``), ``train`` (everything else); keys holding a ``/`` (``eval/...``) are kept.
+    Groups: ``geometry`` (in-loop erank, mean_cos, ...), ``val`` (``val_*``), ``probe`` (the
+    gradient probe's ``probe_*``), ``progress`` (``tokens``), ``train``
+    (everything else); keys holding a ``/`` (``eval/...``) are kept.
     """
     if "/" in key:
         return key
@@ -54,6 +55,8 @@ def tracker_name(key: str) -> str:
         return f"geometry/{key}"
     if key.startswith("val_"):
         return f"val/{key}"
+    if key.startswith("probe_"):
+        return f"probe/{key}"
     if key == "tokens":
         return "progress/tokens"
     return f"train/{key}"

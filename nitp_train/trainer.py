@@ -89,6 +89,7 @@ class TrainState:
     tokens_per_step: int
     flops_per_token: float
     peak: float | None
+    heldout: tuple | None = None  # (tokens, document ids) of the fixed held-out batch (nitp_train.probe)
     run_facts: dict = field(default_factory=dict)  # logged once, on the first train line of this start
     evaluators: list = field(default_factory=list)  # eval.every: step callbacks (nitp_train.evaluators)
     step: int = 0
@@ -171,6 +172,7 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
         peak=peak,
         run_facts=_run_facts(tc, model, objective, optimizer),
         evaluators=evaluators,
+        heldout=_heldout(cfg, shards, d),
         step=step,
         tokens_seen=tokens_seen,
         last_good=last_ckpt.name if last_ckpt is not None else None,
@@ -253,7 +255,8 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     cfg, lc, d = st.cfg, st.cfg["log"], st.d
     accum = cfg["train"]["grad_accum"]
     want_geom = lc["geom_every"] > 0 and (st.step + 1) % lc["geom_every"] == 0
-    sample_geom = st.geom.collecting(st.step + 1)  # this step's tokens enter the next measurement
+    # geom_batch=train: this step's tokens enter the next measurement
+    sample_geom = lc["geom_batch"] == "train" and st.geom.collecting(st.step + 1)
     nitp_weight = cfg["nitp"]["lambda"] * float(st.step >= cfg["nitp"]["start_step"])
     for micro in range(accum):
         tokens, docs = next(st.batches)
@@ -293,20 +296,27 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     if st.step % lc["every"] == 0 or st.step == steps or want_geom:
         row = _interval_means(st, grad_norm)
     if want_geom:
-        row.update(st.geom.result(d))
+        row.update(_heldout_geometry(st) if lc["geom_batch"] == "val" else st.geom.result(d))
+    if lc["probe_every"] > 0 and (st.step % lc["probe_every"] == 0 or st.step == steps) and d.is_main:
+        row.update(_probe(st))
     if lc["eval_every"] > 0 and (st.step % lc["eval_every"] == 0 or st.step == steps):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
-    every = cfg["eval"]["every"]
-    if every > 0 and (st.step % every == 0 or st.step == steps):
-        modules = (st.objective, st.wrapped)
-        row.update(
-            evaluate_in_loop(st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, d)
-        )
-    if row:
-        st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
+    # the checkpoint comes first: an evaluator's or a tracker's failure below never costs training state
     if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps:
         _save(st)
         st.last_good = checkpoint_name(st.step)
+    every = cfg["eval"]["every"]
+    try:
+        if every > 0 and (st.step % every == 0 or st.step == steps):
+            modules = (st.objective, st.wrapped)
+            row.update(
+                evaluate_in_loop(
+                    st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, d
+                )
+            )
+    finally:  # the line of this step is written even when an evaluator failed
+        if row:
+            st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
     if not st.sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
         st.t0 = time.perf_counter()
 
@@ -331,6 +341,39 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- pieces
+def _heldout(cfg: dict, shards: TokenShards, d: parallel.Dist) -> tuple | None:
+    """The fixed held-out batch of ``log.geom_batch: val`` and ``log.probe_every`` (else None)."""
+    lc = cfg["log"]
+    if not ((lc["geom_every"] > 0 and lc["geom_batch"] == "val") or lc["probe_every"] > 0):
+        return None
+    if lc["probe_every"] > 0 and cfg["train"]["parallel"] == "fsdp" and d.enabled:
+        raise UserError(
+            "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
+            "set log.probe_every=0 or train.parallel=ddp"
+        )
+    from .probe import heldout_batch
+
+    return heldout_batch(shards, cfg["data"]["seq_len"])
+
+
+def _heldout_geometry(st: TrainState) -> dict:
+    """Geometry of the fixed held-out batch (every rank runs it: a collective under FSDP)."""
+    from .probe import heldout_geometry
+
+    return heldout_geometry(
+        st.wrapped, st.objective, st.heldout, st.d.device, st.amp, st.cfg["train"]["batch_size"]
+    )
+
+
+def _probe(st: TrainState) -> dict:
+    """The gradient probe on the held-out batch at the current NITP weight (rank 0, bare model)."""
+    from .probe import gradient_probe
+
+    nitp = st.cfg["nitp"]
+    weight = nitp["lambda"] * float(st.step >= nitp["start_step"]) if st.cfg["objective"] == "nitp" else 0.0
+    return gradient_probe(st.objective, st.heldout, st.d.device, weight)
+
+
 def _open_trackers(cfg: dict, run_dir: Path, d: parallel.Dist, resume_step: int | None):
     """``log.trackers`` opened on rank 0 (``None`` when there are none, or on other ranks)."""
     if not (d.is_main and cfg["log"]["trackers"]):

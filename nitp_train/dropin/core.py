@@ -36,6 +36,7 @@ from nitp_train.config_model import check_shift
 from nitp_train.loss import LOSS_KINDS, PROJECTORS, make_head
 from nitp_train.objective import IGNORE_INDEX, documents_from_positions, nitp_pairs, nitp_sum
 from nitp_train.parallel import inner_module
+from nitp_train.probe import grad_share
 
 HEAD_FILE = "nitp_head.safetensors"
 META_FILE = "nitp_meta.json"
@@ -419,7 +420,7 @@ class NITPStats:
             out["loss_nitp"] = s["nitp_sum"] / s["n_pairs"]
         if "grad_nitp" in s and s["grad_nitp"] + s["grad_ntp"] > 0:
             out["grad_norm_h_ntp"], out["grad_norm_h_nitp"] = s["grad_ntp"], s["grad_nitp"]
-            out["nitp_grad_share"] = s["grad_nitp"] / (s["grad_nitp"] + s["grad_ntp"])
+            out["nitp_grad_share"] = grad_share(s["grad_ntp"], s["grad_nitp"])
         return out
 
 
