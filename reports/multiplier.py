@@ -304,6 +304,8 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
     from nitp.runs import list_checkpoints
     from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
 
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such directory; give nitp-train run directories")
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml); give nitp-train run directories")
     if not (run_dir / "metrics.jsonl").is_file():

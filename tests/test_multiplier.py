@@ -211,6 +211,8 @@ def test_figure_text_fits_and_files_are_written(tmp_path):
 def test_reader_rejects_what_is_not_a_ladder(tmp_path):
     with pytest.raises(UserError, match="no run directories"):
         M.read_ladder([])
+    with pytest.raises(UserError, match="no such directory"):
+        M.read_ladder([tmp_path / "absent"])
     with pytest.raises(UserError, match="not a run directory"):
         M.read_ladder([tmp_path])
     (tmp_path / "config.yaml").write_text("objective: ntp\n")
