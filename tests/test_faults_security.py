@@ -334,7 +334,10 @@ def test_killing_the_evaluating_process_ends_the_sandbox(sandbox, tmp_path):
     runner.write_text(
         f"from nitp_eval.tasks.lcbench.utils import passes\npasses({program!r}, timeout_s=60)\n"
     )
-    outer = subprocess.Popen([sys.executable, str(runner)], cwd=ROOT)
+    # TMPDIR: the killed runner cannot remove its temporary folder; keep it in tmp_path
+    outer = subprocess.Popen(
+        [sys.executable, str(runner)], cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}
+    )
     try:
         deadline = time.monotonic() + 30
         # launcher, holder, init (their command lines carry the program), the program, its child
