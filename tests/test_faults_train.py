@@ -445,8 +445,11 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.slow  # subprocesses with limits / a run: keeps the fast subset under a minute
-def test_lcbench_timeout_kills_forked_grandchildren(tmp_path):
+def test_lcbench_timeout_kills_forked_grandchildren(tmp_path, monkeypatch):
+    """The opt-out path's group kill (the sandboxed path: tests/test_faults_security.py)."""
     from nitp_eval.tasks.lcbench.utils import passes
+
+    monkeypatch.setenv("NITP_UNSAFE_NO_SANDBOX", "1")  # the grandchild writes its pid into tmp_path
 
     pid_file = tmp_path / "grandchild.pid"
     program = f"""
