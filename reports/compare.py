@@ -322,14 +322,9 @@ def _where_figures(report: Report, study: Study, layout: Layout, groups: dict) -
     if mteb or geom:
 
         def profiles():
-            paths = F.plot_depth_profiles(mteb, geom, seed_sets(layout.main), figs / "depth_profiles")
-            report.figure(
-                WHERE,
-                paths,
-                "By depth, both objectives: MTEB overall score per layer (nitp-eval mteb --layers) and the "
-                "per-layer geometry the records hold; dotted: the last hidden state (the only layer the "
-                "paper scores); bands: min-max across seeds.",
-            )
+            sets = seed_sets(layout.main)
+            paths = F.plot_depth_profiles(mteb, geom, sets, figs / "depth_profiles")
+            report.figure(WHERE, paths, F.depth_caption(mteb, geom, sets))
 
         jobs.append(("depth profiles", profiles))
     if maps:
@@ -363,7 +358,7 @@ def _forests(report: Report) -> None:
         units = "points (%)" if table.name.startswith("bench") else "points of the main score (%)"
         paths = F.plot_forest(
             rows,
-            f"Δ (NITP − NTP), 95% intervals: {table.title}",
+            f"{_delta_name(table)}, 95% intervals: {table.title}",
             f"Δ in {units}",
             report.out_dir / "figures" / f"forest-{table.name}",
         )
@@ -375,10 +370,20 @@ def _forests(report: Report) -> None:
         )
 
 
+def _delta_name(table: Table) -> str:
+    """The Δ rows' label when the table has one kind (``Δ (NITP − NTP)``), else ``Δ``."""
+    labels = {r.label for r in table.rows if r.kind == "delta"}
+    return labels.pop() if len(labels) == 1 else "Δ"
+
+
 def models_table(study: Study, layout: Layout) -> Table:
     """Who is who: label, objective, size, step, tokens, role in the comparison, source."""
     roles = {}
     for block in layout.blocks:
+        if block.compared is not None and block.baseline:  # --baseline, or no objective labels
+            roles[block.baseline.key] = "baseline"
+            roles.update({m.key: f"compared with {block.baseline.label}" for m in block.compared})
+            continue
         if block.baseline:
             roles[block.baseline.key] = "NTP baseline"
         if block.reference:

@@ -168,9 +168,15 @@ def draw_training_geometry(models: list[Model]):
                 if not len(steps):
                     continue
                 mean, spread = rolling(values)
+                low, high = VALID_RANGE.get(key, (-np.inf, np.inf))
                 ax.plot(steps, mean, label=m.label, lw=1.6, **styles[m.key])
                 ax.fill_between(
-                    steps, mean - spread, mean + spread, color=styles[m.key]["color"], alpha=0.18, lw=0
+                    steps,
+                    np.clip(mean - spread, low, high),  # an effective rank below 0 does not exist
+                    np.clip(mean + spread, low, high),
+                    color=styles[m.key]["color"],
+                    alpha=0.18,
+                    lw=0,
                 )
             ax.set(title=title, xlabel="training step", ylabel=ylabel)
         _legend_below(fig, axes)
@@ -247,6 +253,30 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
 
 def _wrap(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _fill(text: str, width: int = 60) -> str:
+    """``text`` broken into lines of at most ``width`` characters (nothing left out)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=True)) or text
+
+
+def min_span(ax, values, rel: float = 0.1) -> None:
+    """Keep the y axis at least ``rel`` x |largest value| tall, centred on the data, so a flat
+    statistic (curvature 2.00-2.06) is not magnified into a steep-looking curve of noise."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return
+    lo, hi = float(v.min()), float(v.max())
+    span = rel * max(abs(lo), abs(hi))
+    if span > 0 and hi - lo < span:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - 0.6 * span, mid + 0.6 * span)
+
+
+# Valid ranges of the logged statistics: bands (± rolling sd) are clipped to them.
+VALID_RANGE = {"erank": (0.0, np.inf), "mean_cos": (-1.0, 1.0)}
 
 
 # ----------------------------------------------------------------------------- Figure 5
@@ -426,6 +456,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             for r in recommended:
                 ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"paper depth rule, round(0.21 L) = {r}")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
+            min_span(ax, [flat[key] for _, rows, _ in data.values() for _, flat in rows if key in flat])
             layers = sorted({k for _, rows, _ in data.values() for k, _ in rows})
             if len(layers) <= 16:
                 ax.set_xticks(layers)  # every layer of a small model
@@ -489,8 +520,8 @@ def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
                 markerfacecolor=colour if r.significant else "white",
             )
         ax.axvline(0.0, color="0.2", lw=0.9, ls="--")
-        ax.set_yticks(ys, [_wrap(r.label, 40) for r in rows])
-        ax.set(title=_wrap(title, 70), xlabel=xlabel)
+        ax.set_yticks(ys, [_fill(r.label, 40) for r in rows])
+        ax.set(title=_fill(title, 60), xlabel=xlabel)  # wrapped, never cut: the title names the settings
         ax.grid(axis="y", visible=False)
         return fig
 
@@ -580,6 +611,25 @@ def _depth_lines(
     return lines
 
 
+def depth_caption(mteb_sets, geom_sets, sets) -> str:
+    """The caption of :func:`plot_depth_profiles`, naming only what is drawn."""
+    shown = [d for d in [*mteb_sets[:1], *geom_sets]]
+    roles = {p.model.role for d in shown for p in d.by_model.values()}
+    who = "both objectives" if {"ntp", "nitp"} <= roles else "each model"
+    what = (["MTEB overall score per layer (nitp-eval mteb --layers)"] if mteb_sets else []) + [
+        d.what for d in geom_sets
+    ]
+    bands = any(lo is not None for d in shown for *_, lo, _hi in _depth_lines(d, sets))
+    return (
+        f"By depth, {who}: {'; '.join(what)}. Dotted: the last hidden state (the only layer the paper scores)"
+        + (
+            "; line = mean over seeds, band = min-max across seeds."
+            if bands
+            else "; one run per line (no seed bands)."
+        )
+    )
+
+
 def plot_depth_profiles(mteb_sets, geom_sets, sets, stem: Path) -> list[Path]:
     """Where NTP and NITP differ, by depth: MTEB overall score per layer (``nitp-eval mteb
     --layers``) and the per-layer geometry statistics the geom records hold; seed bands
@@ -626,6 +676,12 @@ def draw_depth_profiles(mteb_sets, geom_sets, sets):
                         alpha=0.2,
                         lw=0,
                     )
+            drawn = [
+                scale * y
+                for *_, ys, lo, hi in _depth_lines(depth, sets)
+                for y in (ys + (lo or []) + (hi or []))
+            ]
+            min_span(ax, drawn)
             ax.axvline(last, color="0.4", ls=":", lw=1.2, label="last hidden state (after the final norm)")
             ax.set(
                 title=_wrap(title, 40),

@@ -206,7 +206,9 @@ class Table:
             cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
             label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
             lines.append("| " + " | ".join([label, *cells]) + " |")
-        lines += [""] + [f"{_md(v)}  " for v in self.verdicts + self.power] + [f"{_md(n)}  " for n in self.notes]
+        lines += (
+            [""] + [f"{_md(v)}  " for v in self.verdicts + self.power] + [f"{_md(n)}  " for n in self.notes]
+        )
         return "\n".join(lines).rstrip() + "\n"
 
     def to_latex(self) -> str:

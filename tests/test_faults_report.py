@@ -344,6 +344,6 @@ def test_identical_answers_and_chance_are_flagged(two_runs):
     assert delta.tests[1].flag == "identical answers on all 200 items"
     md = table.to_markdown()
     assert "(both at chance (25 %))" in md and "[identical answers on all 200 items]" in md
-    assert "[+0.00, +0.00]" not in md and any("compares noise" in n for n in table.notes)
+    assert "[+0.00, +0.00]" not in md and any("the Δ compares noise" in n for n in table.notes)
     assert P.at_chance("lt_piqa", np.array([1, 0] * 50), "acc_norm")
     assert not P.at_chance("lt_piqa", np.array([1] * 90 + [0] * 10), "acc_norm")
