@@ -20,7 +20,7 @@ accumulator               state                                        gives
 
 Derived from them: ``linear_cka`` (two representations of the same tokens) and ``RidgeSolver``
 (ridge maps with the strength chosen by GCV, from ``Moments`` + ``CrossMoments`` alone).
-``HSICMoments`` gives ``cka_from_hsic`` / ``debiased_linear_cka``, ``procrustes_distance`` and the
+``HSICMoments`` gives ``cka_from_hsic`` (plain or debiased), ``procrustes_distance`` and the
 layer-by-layer ``similarity_map`` of two models (or of one model with itself).
 
 Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
@@ -797,10 +797,6 @@ class HSICMoments:
             self._merge_state(other._state())
         return self
 
-    def hsic(self, debiased: bool = False) -> float:
-        """Linear HSIC of the two representations (see ``linear_hsic``)."""
-        return linear_hsic(self, debiased)
-
     def transposed(self) -> HSICMoments:
         """The state of the pairs ``(b_i, a_i)`` (a view sharing tensors; no arithmetic)."""
         new = HSICMoments()
@@ -908,11 +904,6 @@ def cka_from_hsic(xx: HSICMoments, yy: HSICMoments, xy: HSICMoments, debiased: b
     """
     den = linear_hsic(xx, debiased) * linear_hsic(yy, debiased)
     return linear_hsic(xy, debiased) / math.sqrt(den) if den > 0 else math.nan
-
-
-def debiased_linear_cka(xx: HSICMoments, yy: HSICMoments, xy: HSICMoments) -> float:
-    """Debiased linear CKA (Kornblith et al. 2019, unbiased HSIC of Song et al. 2012)."""
-    return cka_from_hsic(xx, yy, xy, debiased=True)
 
 
 def _procrustes_from(cross, trace_x: float, trace_y: float) -> float:

@@ -317,7 +317,3 @@ OFFLINE_TASKS: dict[str, type] = {
     cls.metadata.name: cls
     for cls in (WordSim353, SimLex999, LeeDocumentSimilarity, PangLeePolarity, MiniNewsgroups)
 }
-OFFLINE_GROUPS = {
-    "STS": ["WordSim353", "SimLex999", "LeeDocumentSimilarity"],
-    "Classification": ["PangLeePolarity", "MiniNewsgroups"],
-}

@@ -127,9 +127,6 @@ def suite_group_yaml(suite: str) -> str:
     return "\n".join(lines)
 
 
-GROUP_SUITES = ("mission", "paper")
-
-
 def markdown_table() -> str:
     """The README's benchmark table, from the table (tests keep the README equal to it)."""
     lines = ["| name (alias) | lm-eval task | shots | metric |", "|---|---|---|---|"]
