@@ -209,3 +209,10 @@ def full_model_state_dict(wrapped: torch.nn.Module, d: Dist, mode: str) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def all_max(d: Dist, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of ``t`` over ranks, in place (unchanged in a single process)."""
+    if d.enabled and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t

@@ -98,6 +98,7 @@ class TrainState:
     sums: dict = field(default_factory=dict)
     n_sums: int = 0
     t0: float = 0.0
+    nonfinite: torch.Tensor | None = None  # [kind, -first step] of non-finite losses (_flag_nonfinite)
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
@@ -274,10 +275,9 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
                 st.sums[k] = st.sums.get(k, 0.0) + v.detach()
         st.n_sums += 1
     grad_norm = torch.nn.utils.clip_grad_norm_(st.objective.parameters(), cfg["train"]["grad_clip"])
-    if not torch.isfinite(st.sums["loss_total"]):
-        raise UserError(
-            f"loss became {float(st.sums['loss_total'])} at step {st.step + 1}; last good checkpoint: {st.last_good or 'none'} (lower train.lr or check the data)"
-        )
+    _flag_nonfinite(st, grad_norm)
+    if _read_after(st, st.step + 1):  # before this step's update: a saved checkpoint is never poisoned
+        _stop_if_nonfinite(st)
     if st.step < cfg["nitp"]["start_step"]:
         _hold_projector(st.optimizer)
     st.optimizer.step()
@@ -287,6 +287,55 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     st.tokens_seen += st.tokens_per_step
     st.mlog.advance(st.step)
     return want_geom, grad_norm
+
+
+_NONFINITE = {
+    4: "loss became nan",
+    3: "loss became inf",
+    2: "loss became -inf",
+    1: "gradient norm became nan or inf",
+}
+
+
+def _flag_nonfinite(st: TrainState, grad_norm: torch.Tensor) -> None:
+    """Fold this step into ``st.nonfinite`` on the device, without a host sync.
+
+    ``[kind, -step]``: kind 0 = finite, 1 = gradient norm non-finite, 2/3/4 = loss -inf/inf/nan;
+    an elementwise max keeps the worst kind and the earliest bad step (across steps and ranks).
+    """
+    loss = st.sums["loss_total"]  # the interval's sum: non-finite once any step of it was
+    local = getattr(grad_norm, "to_local", None)  # FSDP2: a DTensor; any rank's shard suffices
+    finite_norm = torch.isfinite(local() if local else grad_norm).to(loss.device)
+    kind = torch.where(
+        torch.isfinite(loss),
+        (~finite_norm).to(torch.float64),
+        torch.where(torch.isnan(loss), 4.0, torch.where(loss > 0, 3.0, 2.0)).to(torch.float64),
+    )
+    step = torch.where(kind > 0, -float(st.step + 1), -math.inf)
+    now = torch.stack([kind, step.to(torch.float64)])
+    st.nonfinite = now if st.nonfinite is None else torch.maximum(st.nonfinite, now)
+
+
+def _read_after(st: TrainState, step: int) -> bool:
+    """Whether :func:`_after_step` reads the model or the losses after ``step`` (log, geometry,
+    probe, validation, checkpoint, evaluation, last step): the non-finite check must come first."""
+    cfg, lc = st.cfg, st.cfg["log"]
+    intervals = (lc["every"], lc["geom_every"], lc["probe_every"], lc["eval_every"])
+    intervals += (cfg["checkpoint"]["every"], cfg["eval"]["every"])
+    return step == cfg["train"]["steps"] or any(n > 0 and step % n == 0 for n in intervals)
+
+
+def _stop_if_nonfinite(st: TrainState) -> None:
+    """Raise the one-line error on every rank when any rank saw a non-finite step since the last
+    check (one all-reduce and one host sync, at steps that sync anyway)."""
+    kind, neg_step = parallel.all_max(st.d, st.nonfinite.clone()).tolist()
+    if kind > 0:
+        first, now = int(-neg_step), st.step + 1
+        where = f"at step {first}" + (f" (found at step {now})" if now != first else "")
+        raise UserError(
+            f"{_NONFINITE[int(kind)]} {where}; last good checkpoint: {st.last_good or 'none'} "
+            "(lower train.lr or check the data)"
+        )
 
 
 def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> None:
