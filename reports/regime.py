@@ -1,0 +1,400 @@
+"""The regime report (docs/regime.md): does NTP's rank collapse, and what NITP does to it and why.
+
+``regime_report(run_dirs, out)`` reads training runs (``config.yaml``, ``metrics.jsonl``, the last
+checkpoint's ``model.safetensors``) and writes ``OUT/report.md``, ``OUT/regime.json`` and
+``OUT/figures/*.png``:
+
+* **the regime reached**: parameters, tokens per parameter, steps, warm-up, per run;
+* **the premise**: the held-out effective rank's peak after warm-up (step, value), its final value
+  and drop, the mean cosine at both, per run. "Collapse" = final rank below 90% of the peak while
+  the mean cosine rose from the peak on (the paper's Figure 1 shape);
+* **curves** per group (NTP, NITP at each lambda): mean over seeds with a min-max band, of
+  erank, mean_cos, validation CE and L_NITP, and the gradient probe (ratio and cosine per block);
+* **matched step and matched CE** (:mod:`reports.matched`): each NITP group minus NTP, paired by
+  seed, mean with a t interval over seeds (n stated), and the share of the matched-step difference
+  that disappears at equal validation CE ("less trained").
+
+Example
+-------
+>>> regime_report(sorted(Path("runs/regime").glob("n*-s*")), "runs/regime/regime")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nitp.io import atomic_write_json, atomic_write_text, read_jsonl
+
+from .matched import Curves, paired_over_seeds, read_curves
+
+COLLAPSE_DROP = 0.10  # final rank at least 10% below the post-warm-up peak
+PROBE_BLOCKS = 4
+
+
+@dataclass
+class Run:
+    """One training run as the regime report reads it."""
+
+    path: Path
+    objective: str
+    lam: float | None
+    seed: int
+    params: int
+    steps: int
+    warmup: int
+    tokens: int
+    hidden: int
+    layers: int
+    rows: dict = field(repr=False, default_factory=dict)  # step -> merged metrics row
+    curves: Curves | None = field(repr=False, default=None)
+
+    @property
+    def group(self) -> str:
+        return "NTP" if self.objective == "ntp" else f"NITP λ={self.lam:g}"
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        pts = [(s, r[key]) for s, r in sorted(self.rows.items()) if isinstance(r.get(key), (int, float))]
+        if not pts:
+            return np.array([]), np.array([])
+        s, v = zip(*pts)
+        return np.asarray(s, dtype=float), np.asarray(v, dtype=float)
+
+
+def load_run(path: str | Path) -> Run:
+    """A :class:`Run` from a run directory (its latest checkpoint counts the parameters)."""
+    import yaml
+    from safetensors import safe_open
+
+    from nitp.runs import resolve_checkpoint
+
+    path = Path(path)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    with safe_open(resolve_checkpoint(path) / "model.safetensors", "pt") as f:
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    rows: dict[int, dict] = {}
+    for row in read_jsonl(path / "metrics.jsonl"):
+        rows.setdefault(int(row["step"]), {}).update(row)
+    last = rows[max(rows)] if rows else {}
+    model = json.loads((resolve_checkpoint(path) / "config.json").read_text())
+    return Run(
+        path=path,
+        objective=cfg["objective"],
+        lam=cfg["nitp"]["lambda"] if cfg["objective"] == "nitp" else None,
+        seed=int(cfg["seed"]),
+        params=int(params),
+        steps=int(cfg["train"]["steps"]),
+        warmup=int(cfg["train"]["warmup_steps"]),
+        tokens=int(last.get("tokens", 0)),
+        hidden=int(model["hidden_size"]),
+        layers=int(model["num_hidden_layers"]),
+        rows=rows,
+        curves=read_curves(path),
+    )
+
+
+# ----------------------------------------------------------------------------- the premise
+def premise(run: Run) -> dict:
+    """Peak of the held-out erank after warm-up, final value, drop, mean cosine at both."""
+    s, r = run.series("erank")
+    _, c = run.series("mean_cos")
+    after = s >= run.warmup
+    if not after.any():
+        return {}
+    i = int(np.flatnonzero(after)[np.argmax(r[after])])
+    peak, final = float(r[i]), float(r[-1])
+    drop = 1.0 - final / peak if peak > 0 else 0.0
+    cos_peak, cos_final = float(c[i]), float(c[-1])
+    return {
+        "peak_step": int(s[i]),
+        "peak_rank": peak,
+        "final_rank": final,
+        "drop": drop,
+        "cos_at_peak": cos_peak,
+        "final_cos": cos_final,
+        "cos_min_after_warmup": float(c[after].min()),
+        "collapse": bool(drop >= COLLAPSE_DROP and cos_final > cos_peak),
+        "final_ce": float(run.curves.final_ce) if run.curves and run.curves.ce else math.nan,
+    }
+
+
+def premise_table(runs: list[Run]) -> str:
+    head = (
+        "| run | d x L | params | tokens/param | steps (warm-up) | rank peak: step, value | final rank "
+        "| drop | mean cos at peak -> final | val CE | collapse |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for run in runs:
+        p = premise(run)
+        if not p:
+            continue
+        lines.append(
+            f"| {run.path.name} | {run.hidden} x {run.layers} | {run.params:,} | {run.tokens / run.params:.1f} "
+            f"| {run.steps:,} ({run.warmup}) | {p['peak_step']:,}, {p['peak_rank']:.2f} | {p['final_rank']:.2f} "
+            f"| {100 * p['drop']:.1f}% | {p['cos_at_peak']:.3f} -> {p['final_cos']:.3f} | {p['final_ce']:.4f} "
+            f"| {'yes' if p['collapse'] else 'no'} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- matched comparisons
+def _groups(runs: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (r.objective != "ntp", -(r.lam or 0), r.seed)):
+        out.setdefault(run.group, []).append(run)
+    return out
+
+
+def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None = None) -> list[dict]:
+    """Each NITP group minus NTP, paired by seed, at matched step and matched CE."""
+    groups = _groups(runs)
+    base = {r.seed: r for r in groups.get("NTP", [])}
+    out = []
+    for name, members in groups.items():
+        if name == "NTP":
+            continue
+        pairs = [(base[r.seed].curves, r.curves) for r in members if r.seed in base]
+        warm = after if after is not None else max(r.warmup for r in members)
+        for key in keys:
+            row = paired_over_seeds(pairs, key, after=warm)
+            if row:
+                out.append({"group": name, **row})
+        ce = np.array([r.curves.final_ce - base[r.seed].curves.final_ce for r in members if r.seed in base])
+        if ce.size:
+            out.append(
+                {"group": name, "key": "val_loss (final)", "n": int(ce.size), **_mean_ci(ce, "delta_step")}
+            )
+    return out
+
+
+def _mean_ci(x: np.ndarray, name: str) -> dict:
+    from scipy import stats
+
+    ci = None
+    if x.size >= 2 and np.ptp(x) > 0:
+        ci = tuple(float(v) for v in stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x)))
+    return {name: float(x.mean()), f"{name}_ci": ci}
+
+
+def _fmt(v, ci) -> str:
+    if v is None:
+        return "–"
+    text = f"{v:+.3f}"
+    return text + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else " (no interval: n < 2 or no spread)")
+
+
+def _explained(d_step: float | None, d_ce: float | None) -> str:
+    """1 - Δ_CE / Δ_step as a percentage, when both have one sign (else the signs are named)."""
+    if d_step is None or d_ce is None or d_step == 0:
+        return "–"
+    if d_ce != 0 and (d_ce > 0) != (d_step > 0):
+        return "sign flips"
+    return f"{100 * (1 - d_ce / d_step):.0f}%"
+
+
+def probe_table(runs: list[Run]) -> str:
+    """The gradient probe of each NITP run at its first probe after warm-up, mid-run and the end."""
+    head = (
+        "| run | step | ‖∇λ·NITP‖ / ‖∇CE‖ | cos(∇CE, ∇λ·NITP) | block 1 ratio | block 1 cos | NITP share at h |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for run in runs:
+        s, ratio = run.series("probe_ratio")
+        if not s.size:
+            continue
+        after = s[s >= run.warmup]
+        picks = sorted({int(after[0]), int(after[len(after) // 2]), int(after[-1])}) if after.size else []
+        for step in picks:
+            r = run.rows[step]
+            lines.append(
+                f"| {run.path.name} | {step:,} | {r['probe_ratio']:.3f} | {r['probe_cos']:+.3f} "
+                f"| {r.get('probe_ratio_block1', math.nan):.3f} | {r.get('probe_cos_block1', math.nan):+.3f} "
+                f"| {r.get('nitp_grad_share', math.nan):.3f} |"
+            )
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
+def markdown_sections(run_dirs: list[str | Path]) -> list[tuple[str, str]]:
+    """``(heading, markdown)`` of the matched-CE table and the probe table, for ``nitp-report compare``
+    (runs without validation or geometry curves give nothing)."""
+    runs = []
+    for path in run_dirs:
+        try:
+            runs.append(load_run(path))
+        except (OSError, KeyError, ValueError):
+            continue
+    if not any(r.objective == "ntp" for r in runs) or not any(r.objective == "nitp" for r in runs):
+        return []
+    out = []
+    rows = matched_rows(runs)
+    if rows:
+        note = (
+            "NITP − NTP, paired by seed, mean with a 95% t interval over seeds (n = seed pairs): at the last "
+            "step both measured, and at matched validation CE (the final CE of the run that ends higher; the "
+            "other run is read where it first reached it). The last column is the share of the matched-step "
+            "difference that is 'less trained'.\n\n"
+        )
+        out.append(("Geometry at matched step and matched validation CE", note + matched_table(rows)))
+    probe = probe_table([r for r in runs if r.objective == "nitp"])
+    if probe:
+        note = (
+            "Gradients of CE and of λ·NITP on the fixed held-out batch (log.probe_every; "
+            "nitp_train/probe.py): norm ratio and cosine over the backbone and in block 1.\n\n"
+        )
+        out.append(("Gradient probe", note + probe))
+    return out
+
+
+def matched_table(rows: list[dict]) -> str:
+    head = (
+        "| NITP group − NTP | metric | n seeds | Δ at matched step | Δ at matched validation CE | share explained by CE |\n"
+        "|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        at_ce = _fmt(r.get("delta_ce"), r.get("delta_ce_ci")) if "delta_ce" in r else "–"
+        share = _explained(r.get("delta_step"), r.get("delta_ce"))
+        lines.append(
+            f"| {r['group']} | {r['key']} | {r['n']} | {_fmt(r['delta_step'], r.get('delta_step_ci'))} | {at_ce} | {share} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+def _band(ax, runs: list[Run], key: str, label: str, color) -> None:
+    series = [r.series(key) for r in runs]
+    series = [(s, v) for s, v in series if s.size]
+    if not series:
+        return
+    grid = np.unique(np.concatenate([s for s, _ in series]))
+    vals = np.array([np.interp(grid, s, v, left=np.nan, right=np.nan) for s, v in series])
+    ax.plot(grid, np.nanmean(vals, axis=0), color=color, label=f"{label} (n={len(series)})", lw=1.3)
+    if len(series) > 1:
+        ax.fill_between(grid, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0), color=color, alpha=0.2, lw=0)
+
+
+def curves_figure(runs: list[Run], out: Path, keys: list[tuple[str, str]], name: str, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(runs)
+    cols = 3 if len(keys) > 4 else 2
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    warm = max(r.warmup for r in runs)
+    for ax, (key, label) in zip(axes.flat, keys):
+        for (gname, members), color in zip(groups.items(), colors):
+            _band(ax, members, key, gname, color)
+        ax.axvline(warm, color="grey", lw=0.6, ls=":")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path = out / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+GEOMETRY_PANELS = [
+    ("erank", "effective rank, held-out batch (covariance)"),
+    ("mean_cos", "mean cosine across sequences, held-out batch"),
+    ("val_loss", "validation CE (nats/token)"),
+    ("loss_nitp", "L_NITP (training, 1 − cos)"),
+    ("proj_erank", "effective rank of the projector output P(h)"),
+]
+
+
+def probe_panels(runs: list[Run]) -> list[tuple[str, str]]:
+    layers = max(r.layers for r in runs)
+    keys = [("nitp_grad_share", "NITP share of the gradient at h")]
+    for k in range(1, min(layers, PROBE_BLOCKS) + 1):
+        keys.append((f"probe_ratio_block{k}", f"‖∇ λ·NITP‖ / ‖∇ CE‖, block {k}"))
+    for k in range(1, min(layers, PROBE_BLOCKS) + 1):
+        keys.append((f"probe_cos_block{k}", f"cos(∇ CE, ∇ λ·NITP), block {k}"))
+    return keys
+
+
+# ----------------------------------------------------------------------------- the report
+def regime_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write OUT/report.md, OUT/regime.json and the figures; returns the report's path."""
+    out = Path(out)
+    runs = [load_run(p) for p in run_dirs]
+    if not runs:
+        from nitp.errors import UserError
+
+        raise UserError("regime report: no run directories given; pass the runs of a regime study")
+    geom = curves_figure(
+        runs,
+        out,
+        GEOMETRY_PANELS,
+        "geometry",
+        "Held-out geometry and losses (mean, band = min-max over seeds)",
+    )
+    nitp_runs = [r for r in runs if r.objective == "nitp"]
+    probe = curves_figure(
+        nitp_runs or runs,
+        out,
+        probe_panels(runs),
+        "probe",
+        "Gradient probe on the held-out batch (mean, band = min-max over seeds)",
+    )
+    matched = matched_rows(runs)
+    record = {
+        "runs": [
+            {
+                "run": r.path.name,
+                "group": r.group,
+                "seed": r.seed,
+                "params": r.params,
+                "tokens": r.tokens,
+                "steps": r.steps,
+                "warmup": r.warmup,
+                **premise(r),
+            }
+            for r in runs
+        ],
+        "matched": matched,
+    }
+    atomic_write_json(out / "regime.json", record)
+    text = "\n".join(
+        [
+            "# Regime report",
+            "",
+            "## The premise: does the held-out effective rank peak and fall after warm-up?",
+            "",
+            premise_table(runs),
+            "## NITP − NTP at matched step and at matched validation CE",
+            "",
+            "The last column: 1 − Δ(matched CE) / Δ(matched step), the share of the difference at equal steps "
+            "that is 'less trained'.",
+            "",
+            "Paired by seed; mean with a 95% t interval over seeds (n = seed pairs). Matched CE = the final "
+            "validation CE of the run that ends higher; the other run is read where it first reached it.",
+            "",
+            matched_table(matched),
+            f"![geometry]({geom.relative_to(out).as_posix()})",
+            "",
+            f"![probe]({probe.relative_to(out).as_posix()})",
+            "",
+            "## Gradient probe at three steps",
+            "",
+            probe_table(nitp_runs),
+        ]
+    )
+    return atomic_write_text(out / "report.md", text)
