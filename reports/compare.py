@@ -169,6 +169,7 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
     lm = T.lm_table(layout)
     if lm is not None:
         report.table("Language modelling", lm)
+    # <- matched validation CE (reports/matched.py) goes here, one call, under "Language modelling"
     for t in T.geometry_tables(layout, groups["geom"]):
         report.table("Geometry", t)
     for t in T.ablation_tables(layout, groups["bench"], groups["mteb"]):

@@ -214,14 +214,16 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
         ax = fig.subplots()
         for m, pts in curves.values():
             ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3.5, lw=1.6, label=m.label, **styles[m.key])
-        deltas = []
-        for base, new in pairs:
+        deltas, names = [], []
+        for pair in pairs:
+            base, new = pair
             if base.key in curves and new.key in curves:
                 a, b = dict(map(tuple, curves[base.key][1])), dict(map(tuple, curves[new.key][1]))
                 common = sorted(set(a) & set(b))
                 if common:
                     step = common[-1]
                     deltas.append((step, a[step], b[step]))
+                    names.append(getattr(pair, "name", "NITP − NTP"))
         for step, lo, hi in deltas:
             ax.annotate(
                 "",
@@ -245,7 +247,7 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
         title = f"Average benchmark score ({_wrap(group.description)})"
         if len(deltas) == 1:
             step, lo, hi = deltas[0]
-            title += f"\nfinal Δ (NITP − NTP) = {hi - lo:+.2f} points at step {int(step)}"
+            title += f"\nfinal Δ ({_wrap(names[0], 40)}) = {hi - lo:+.2f} points at step {int(step)}"
         ax.set(title=title, xlabel="training step", ylabel="average score (%)")
         _legend_below(fig, ax)
         return fig
