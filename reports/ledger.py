@@ -404,7 +404,7 @@ def regime_table(models: list[Model]) -> Table:
         "Regime reached (tokens per active parameter, steps) beside the paper's",
         ["tokens", "active params (M)", "tokens / active param", "steps", "warm-up steps"],
         higher_is_better=[None] * 5,
-        decimals=[0, 2, 1, 0, 0],
+        decimals=[0, 2, ".2g", 0, 0],
     )
     for m in models:
         r = regime(m)
@@ -439,9 +439,9 @@ def regime_sentence(models: list[Model]) -> str:
     tpp = [r["tokens_per_param"] for _, r in runs if r["tokens_per_param"]]
     steps = [r["steps"] for _, r in runs if r["steps"]]
     reach = (
-        f"{min(tpp):.1f}-{max(tpp):.1f}"
+        f"{min(tpp):.2g}-{max(tpp):.2g}"
         if tpp and min(tpp) != max(tpp)
-        else (f"{tpp[0]:.1f}" if tpp else "?")
+        else (f"{tpp[0]:.2g}" if tpp else "?")
     )
     below = tpp and max(tpp) < PAPER_TOKENS_PER_PARAM[0]
     where = (

@@ -39,7 +39,7 @@ PAPER_EFFECTS = {
     "bench average": (0.027, "+2.7 points (benchmark average, 9B-A1B MoE)"),
     "mteb overall": (0.023, "+2.3 points (MTEB overall, 3B MoE)"),
     "mteb sign": (23 / 25, "23 of 25 tasks won"),
-    "validation CE": (0.002, "0.002 nats (the paper's 'equal within')"),
+    "validation CE": (0.002, "0.002 nats ('equal within')"),
 }
 
 
