@@ -6,6 +6,8 @@ nitp-report compare results/bench/base.json results/bench/cpt.json --out out --b
 nitp-report phases runs/tiny-nitp
 nitp-report track runs/tiny-nitp --to tensorboard          # replay metrics.jsonl into a tracker
 nitp-report quickstart --out runs/quickstart          # the whole study, tiny, on CPU
+nitp-report regime runs/regime/n*-s* --out runs/regime/regime   # NTP's rank collapse, matched CE, the probe
+nitp-report multiplier runs/ladder-cpu/* --out out/ladder       # compute multiplier of NITP over NTP
 """
 
 from __future__ import annotations
@@ -121,6 +123,40 @@ def track(
     from reports.track import parse_trackers, replay
 
     typer.echo(str(replay(run, parse_trackers(to), out)))
+
+
+@app.command()
+def regime(
+    runs: List[Path] = typer.Argument(..., help="Run directories of a regime study (NTP and NITP, seeds)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: report.md, regime.json, figures/."),
+) -> None:
+    """Does NTP's held-out rank peak and fall; NITP vs NTP at matched step and matched validation CE; the gradient probe."""
+    from reports.regime import regime_report
+
+    typer.echo(str(regime_report(runs, out)))
+
+
+@app.command()
+def multiplier(
+    runs: List[Path] = typer.Argument(
+        ..., help="Run directories of a size ladder: NTP and NITP runs, several sizes and seeds."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: multiplier.md, .json, .png, .pdf, multiplier_ladder.csv."
+    ),
+    resamples: int = typer.Option(2000, "--resamples", min=0, help="Bootstrap resamples (0: no interval)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Level of every interval."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap's resampling."),
+) -> None:
+    """Compute multiplier of NITP over NTP from a size ladder: fit, bootstrap interval, per-size ratios, verdict."""
+    from reports.multiplier import multiplier_report
+
+    def note(message: str) -> None:
+        typer.echo(f"note: {message}", err=True)
+
+    typer.echo(
+        str(multiplier_report(runs, out, n_resamples=resamples, confidence=confidence, seed=seed, log=note))
+    )
 
 
 def main() -> None:

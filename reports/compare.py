@@ -169,7 +169,10 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
     lm = T.lm_table(layout)
     if lm is not None:
         report.table("Language modelling", lm)
-    # <- matched validation CE (reports/matched.py) goes here, one call, under "Language modelling"
+    from .regime import markdown_sections  # geometry at matched validation CE, the gradient probe
+
+    for heading, block in markdown_sections([m.run_dir for m in study.models if m.run_dir is not None]):
+        report._add(heading, block)
     for t in T.geometry_tables(layout, groups["geom"]):
         report.table("Geometry", t)
     for t in T.ablation_tables(layout, groups["bench"], groups["mteb"]):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp.errors import UserError
 from nitp.io import atomic_write_json, atomic_write_text, read_jsonl
 
 from .matched import Curves, paired_over_seeds, read_curves
@@ -50,6 +51,7 @@ class Run:
     tokens: int
     hidden: int
     layers: int
+    geom_batch: str | None = None  # id of the held-out batch its geometry was measured on
     rows: dict = field(repr=False, default_factory=dict)  # step -> merged metrics row
     curves: Curves | None = field(repr=False, default=None)
 
@@ -92,6 +94,9 @@ def load_run(path: str | Path) -> Run:
         tokens=int(last.get("tokens", 0)),
         hidden=int(model["hidden_size"]),
         layers=int(model["num_hidden_layers"]),
+        geom_batch=next(
+            (r["geom_batch"] for _, r in sorted(rows.items(), reverse=True) if "geom_batch" in r), None
+        ),
         rows=rows,
         curves=read_curves(path),
     )
@@ -158,7 +163,11 @@ def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None 
     for name, members in groups.items():
         if name == "NTP":
             continue
-        pairs = [(base[r.seed].curves, r.curves) for r in members if r.seed in base]
+        # pairs measured on the same held-out tokens only (geom_batch: train samples differ per run)
+        same = [
+            r for r in members if r.seed in base and r.geom_batch and r.geom_batch == base[r.seed].geom_batch
+        ]
+        pairs = [(base[r.seed].curves, r.curves) for r in same]
         warm = after if after is not None else max(r.warmup for r in members)
         for key in keys:
             row = paired_over_seeds(pairs, key, after=warm)
@@ -227,7 +236,7 @@ def markdown_sections(run_dirs: list[str | Path]) -> list[tuple[str, str]]:
     for path in run_dirs:
         try:
             runs.append(load_run(path))
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, TypeError, UserError):  # not a (finished) training run
             continue
     if not any(r.objective == "ntp" for r in runs) or not any(r.objective == "nitp" for r in runs):
         return []
@@ -336,8 +345,6 @@ def regime_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     runs = [load_run(p) for p in run_dirs]
     if not runs:
-        from nitp.errors import UserError
-
         raise UserError("regime report: no run directories given; pass the runs of a regime study")
     geom = curves_figure(
         runs,
