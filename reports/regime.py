@@ -163,10 +163,8 @@ def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None 
     for name, members in groups.items():
         if name == "NTP":
             continue
-        # pairs measured on the same held-out tokens only (geom_batch: train samples differ per run)
-        same = [
-            r for r in members if r.seed in base and r.geom_batch and r.geom_batch == base[r.seed].geom_batch
-        ]
+        # pairs measured on the same held-out tokens only (when both runs logged the batch's id)
+        same = [r for r in members if r.seed in base and _same_batch(r, base[r.seed])]
         pairs = [(base[r.seed].curves, r.curves) for r in same]
         warm = after if after is not None else max(r.warmup for r in members)
         for key in keys:
@@ -179,6 +177,10 @@ def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None 
                 {"group": name, "key": "val_loss (final)", "n": int(ce.size), **_mean_ci(ce, "delta_step")}
             )
     return out
+
+
+def _same_batch(a: Run, b: Run) -> bool:
+    return a.geom_batch is None or b.geom_batch is None or a.geom_batch == b.geom_batch
 
 
 def _mean_ci(x: np.ndarray, name: str) -> dict:
