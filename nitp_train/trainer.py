@@ -382,8 +382,10 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
         row["mfu"] = st.flops_per_token * tps / st.d.world / st.peak
     if st.run_facts:  # the first train line of this start: how the numbers above were obtained
         row.update(st.run_facts)
+        # training FLOPs per token (NITP's projector included) on every device: a size ladder's compute
+        row["flops_per_token"] = st.flops_per_token
         if "mfu" in row:  # MFU's convention (nitp_train.metrics.peak_flops)
-            row.update(flops_per_token=st.flops_per_token, peak_flops=st.peak)
+            row["peak_flops"] = st.peak
         st.run_facts = {}
     st.sums, st.n_sums = {}, 0
     return row
@@ -568,10 +570,11 @@ def _compiled(wrapped: torch.nn.Module, tc: dict) -> torch.nn.Module:
 
 
 def _run_facts(tc: dict, model, objective: NITPObjective, optimizer) -> dict:
-    """The switches behind the throughput of this start, logged once in ``metrics.jsonl``:
-    attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
+    """The facts behind the throughput of this start, logged once in ``metrics.jsonl``: the
+    model's parameters (``count_parameters``' total), attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
     loss implementation, compile mode, fused AdamW."""
     return {
+        "parameters": count_parameters(model)["total"],
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
         "loss_impl": objective.loss_impl,
         "compile_mode": tc["compile_mode"] if tc["compile"] else "off",
