@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
+from nitp.cachekey import device_kind
 from nitp.loading import check_model_files
 from nitp.records import (
     RecordCache,
@@ -98,7 +99,10 @@ def diff_erank(
     entropies = {name: {k: [] for k in layer_list} for name in ("trained", "random")}
     with _progress(progress, f"diff-erank {trained.path.name} (trained, random)", 2) as advance:
         for name, model in (("trained", trained), ("random", rand)):
-            _sequence_entropies(model, sample, layer_list, batch_size, entropies[name])
+            where = str(trained.path) + (
+                "" if name == "trained" else f" (its random copy, --init-seed {init_seed})"
+            )
+            _sequence_entropies(model, sample, layer_list, batch_size, entropies[name], where)
             advance()
     rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
     scores = {"diff_erank": {"label": LABEL, "layers": rows}}
@@ -122,11 +126,12 @@ def _wanted_layers(layers):
     return [-1] if layers is None else layers
 
 
-def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: dict) -> None:
-    """Append each sequence's normalised covariance entropy, per layer, to ``out[k]``."""
+def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: dict, where: str) -> None:
+    """Append each sequence's normalised covariance entropy, per layer, to ``out[k]``; NaN/inf
+    states are one ``UserError`` naming ``where`` (the model) and the layer."""
     from nitp.geometry import normalized_covariance_entropy
 
-    from .hidden import LayerCapture, padded
+    from .hidden import LayerCapture, check_finite, padded
 
     pad = model.tokenizer.pad_token_id
     with LayerCapture(model, layers) as cap:
@@ -135,6 +140,7 @@ def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: 
             ids, attn = padded(seqs, 0 if pad is None else int(pad), model.device)
             states = cap.run(ids, attn)
             for k in layers:
+                check_finite(states[k][attn.bool()], where, k)
                 for b, s in enumerate(seqs):
                     if len(s) >= 2:
                         out[k].append(normalized_covariance_entropy(states[k][b, : len(s)]))
@@ -173,8 +179,9 @@ def diff_erank_record(
     progress: bool = True,
 ) -> dict:
     """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section."""
+    arguments = dict(locals())  # every argument: the cache key (analysis.measure.geom_cache_key)
     from .hidden import parse_layers
-    from .measure import check_sizes, record_tag
+    from .measure import check_sizes, geom_cache_key, record_tag
 
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
     layers = _wanted_layers(layers)
@@ -183,17 +190,18 @@ def diff_erank_record(
     dtype = pick_dtype(device, dtype)
     check_model_files(checkpoint, device=device, dtype=dtype)
     info = model_identity(resolve_checkpoint(checkpoint))
-    tag = f"diff-erank-init{init_seed}-" + record_tag(corpus, n_tokens, parse_layers(layers), False, seed)
+    tag = f"diff-erank-init{init_seed}-" + record_tag(
+        corpus, n_tokens, parse_layers(layers), False, seed, dtype
+    )
     path = Path(out) if out else default_record_path(info, "geom", tag)
     check_output(path)
-    wanted = {
-        "corpus": corpus,
-        "n_tokens": n_tokens,
-        "layers": "all" if parse_layers(layers) is None else sorted(parse_layers(layers)),
-        "seed": seed,
-        "init_seed": init_seed,
-        "seq_len": seq_len,
-    }
+    wanted = geom_cache_key(
+        arguments,
+        checkpoint=resolve_checkpoint(checkpoint),
+        device=device_kind(device),
+        dtype=dtype,
+        layers="all" if parse_layers(layers) is None else sorted(parse_layers(layers)),
+    )
 
     def compute() -> dict:
         settings, scores = diff_erank(

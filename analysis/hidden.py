@@ -221,7 +221,7 @@ def _special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _documents(corpus: str) -> tuple[str, ...]:
+def _documents(corpus: str, _identity: str) -> tuple[str, ...]:
     from nitp_train.corpus import load_documents
 
     return tuple(load_documents(corpus))
@@ -230,9 +230,14 @@ def _documents(corpus: str) -> tuple[str, ...]:
 def load_corpus(corpus: str) -> list[str]:
     """Documents of ``builtin`` or a local file/folder (or a hub dataset name, when online).
 
-    Cached per process: a trajectory over many checkpoints reads the corpus once.
+    Cached per process by the corpus's contents (``nitp.cachekey.input_identity``): a trajectory
+    over many checkpoints reads the corpus once, and a file rewritten in place is read again.
     """
-    return list(_documents(str(corpus)))
+    import json
+
+    from nitp.cachekey import input_identity
+
+    return list(_documents(str(corpus), json.dumps(input_identity(str(corpus)))))
 
 
 def corpus_sample(
@@ -331,6 +336,20 @@ def default_seq_len(loaded: LoadedModel, wanted: int | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- batches
+def check_finite(rows, where: str, layer: int) -> None:
+    """``UserError`` naming the model and the layer when token states ``rows`` [N, d] hold NaN or
+    inf (broken weights, or a dtype that overflows): every measure downstream would fail obscurely
+    (an SVD that does not converge, a NaN entropy)."""
+    import torch
+
+    bad = int((~torch.isfinite(rows).all(dim=-1)).sum())
+    if bad:
+        raise UserError(
+            f"{where}: layer {layer} has NaN/inf activations on {bad} of {rows.shape[0]} tokens of a batch; "
+            "the weights are broken or the dtype overflows (try --dtype float32)"
+        )
+
+
 @dataclass
 class Batch:
     states: dict  # {layer: tensor [B, T, d]} on the model's device

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp.cachekey import cache_key, device_kind
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs
 from nitp.loading import check_model_files
@@ -250,13 +251,17 @@ COMPARED_SETTINGS = (
 )
 
 
-def record_tag(corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int) -> str:
-    """The settings part of a record's default file name."""
+def record_tag(
+    corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int, dtype: str | None = None
+) -> str:
+    """The settings part of a record's default file name (a dtype other than float32 included,
+    so a bfloat16 record never replaces the float32 one)."""
     corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
     layer_part = (
         "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
     )
-    return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}"
+    precision = f"-{dtype}" if dtype not in (None, "float32") else ""
+    return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}{precision}"
 
 
 def geom_record(
@@ -304,6 +309,7 @@ def geom_record(
     The record (a dict); ``record["path"]`` is not stored, the file location is returned by
     ``record_path`` of the same arguments.
     """
+    arguments = dict(locals())  # every argument: the cache key holds all but NOT_KEYED
     from .hidden import parse_layers
 
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
@@ -321,32 +327,22 @@ def geom_record(
     path = (
         Path(out)
         if out
-        else default_record_path(info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed))
+        else default_record_path(
+            info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed, dtype)
+        )
     )
     if write:
         check_output(path)
-    wanted = {
-        "corpus": corpus,
-        "n_tokens": n_tokens,
-        "exclude_first": exclude_first,
-        "seed": seed,
-        "ridge": ridge,
-        "heldout_fraction": heldout_fraction,
-        "n_pairs": n_pairs,
-        "pairs_across": PAIRS_ACROSS,  # records made before documents were tracked are measured again
-    }
-    if seq_len is not None:
-        wanted["seq_len"] = seq_len
-    wanted["layers"] = sorted(int(k) for k in layers) if layers is not None else None
-    wanted["reference"] = model_identity(reference)["key"] if reference is not None else None
-    wanted["spectrum"] = spectrum
-    # records made before the depth measures (no "depth" key) have another digest: measured again
-    wanted["depth"] = {
-        "version": DEPTH_VERSION,
-        "id_tokens": id_tokens,
-        "entropy_sequences": entropy_sequences,
-        "lens": lens,
-    }
+    wanted = geom_cache_key(
+        arguments,
+        checkpoint=ckpt,
+        device=device_kind(device),
+        dtype=dtype,
+        layers=sorted(int(k) for k in layers) if layers is not None else None,
+        # code versions: records of older measuring code are measured again
+        pairs_across=PAIRS_ACROSS,
+        depth_version=DEPTH_VERSION,
+    )
 
     def compute() -> dict:
         _, settings, scores = measure(
@@ -376,21 +372,46 @@ def geom_record(
     record, cached = RecordCache("geom", info["key"]).find_or_compute("layers", wanted, compute, redo=redo)
     if cached:  # measured on a folder with the same weights, config and tokenizer: name this one
         record["model"] = info
-    if write and not (cached and path.is_file() and _names_model(path, info)):
+    if write and not (cached and path.is_file() and _names_model(path, info, record)):
         write_record(path, record)
     record["_path"] = str(path)
     return record
 
 
-def _names_model(path: Path, info: dict) -> bool:
-    """The record at ``path`` is of this folder with this model key (else it is rewritten)."""
+NOT_KEYED = ("out", "redo", "progress", "write")  # arguments that never change a geom result
+
+
+def geom_cache_key(arguments: dict, **normalised) -> dict:
+    """The record cache's key of a ``nitp-geom`` computation (``nitp.cachekey.cache_key``):
+    every argument but :data:`NOT_KEYED`, ``normalised`` ones (the dtype and device picked, the
+    layers parsed) replacing what the user gave, the corpus by its contents, other models by
+    their model key. Used by ``layers`` / ``rank`` / ``anisotropy``, ``compare`` and ``diff-erank``."""
+    merged = {**arguments, **normalised}
+    return cache_key(
+        merged,
+        files=("corpus",),
+        models=tuple(k for k in ("checkpoint", "reference", "model_a", "model_b") if k in merged),
+        ignore=tuple(k for k in NOT_KEYED if k in merged),
+    )
+
+
+def _names_model(path: Path, info: dict, record: dict) -> bool:
+    """The record at ``path`` is this very record of this folder (else it is rewritten): same
+    model path and key, same settings and the same creation (a record of other settings at the
+    same default path, e.g. another dtype, is replaced)."""
     from nitp.records import read_record
 
     try:
-        model = read_record(path).get("model", {})
+        old = read_record(path)
     except UserError:
         return False
-    return model.get("path") == info["path"] and model.get("key") == info["key"]
+    model = old.get("model", {})
+    return (
+        model.get("path") == info["path"]
+        and model.get("key") == info["key"]
+        and old.get("created") == record.get("created")
+        and old.get("settings") == record.get("settings")
+    )
 
 
 def check_sizes(**sizes) -> None:
@@ -462,13 +483,21 @@ def _trained_target(checkpoint) -> int | None:
 
 def run_target_layer(run_dir) -> int | None:
     """The NITP target layer a run was trained with (config.yaml), if any."""
+    import yaml
+
     from nitp.runs import read_run_config
 
+    path = Path(run_dir) / "config.yaml"
     try:
         cfg = read_run_config(run_dir)
-    except (OSError, ValueError):
+    except (OSError, ValueError, yaml.YAMLError):
         return None
-    if cfg.get("objective") != "nitp":
+    if not isinstance(cfg, dict) or cfg.get("objective") != "nitp":
         return None
-    k = (cfg.get("nitp") or {}).get("target_layer")
-    return int(k) if k is not None else None
+    k = (cfg.get("nitp") or {}).get("target_layer") if isinstance(cfg.get("nitp"), dict) else None
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise UserError(
+            f"{path}: nitp.target_layer={k!r} is not a layer number (the trainer writes the resolved "
+            "number); restore the run's config.yaml"
+        )
+    return k

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp.cachekey import device_kind
 from nitp.errors import UserError
 from nitp.loading import available_memory, check_model_files
 from nitp.records import (
@@ -224,7 +225,7 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
     """Per batch: ``([rows of layer i of A], [rows of layer j of B] or None)``, real tokens only."""
     import torch
 
-    from .hidden import LayerCapture, padded
+    from .hidden import LayerCapture, check_finite, padded
 
     pad = a.tokenizer.pad_token_id
     pad = 0 if pad is None else int(pad)
@@ -238,10 +239,14 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
                 keep[:, 0] = False
             states_a = cap_a.run(ids, attn)
             rows_a = [states_a[k][keep] for k in layers_a]
+            for k, rows in zip(layers_a, rows_a):
+                check_finite(rows, str(a.path), k)
             rows_b = None
             if cap_b is not None:
                 states_b = cap_b.run(ids.to(b.device), attn.to(b.device))
                 rows_b = [states_b[k][keep.to(b.device)] for k in layers_b]
+                for k, rows in zip(layers_b, rows_b):
+                    check_finite(rows, str(b.path), k)
             if rows_a[0].shape[0]:
                 yield rows_a, rows_b
             del states_a, ids, attn, keep
@@ -249,7 +254,13 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
 
 
 def compare_tag(
-    info_b: dict | None, corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int
+    info_b: dict | None,
+    corpus: str,
+    n_tokens: int,
+    layers,
+    exclude_first: bool,
+    seed: int,
+    dtype: str | None = None,
 ) -> str:
     """The settings part of a compare record's default file name (names B and its weights)."""
     from .measure import record_tag
@@ -257,7 +268,7 @@ def compare_tag(
     other = (
         "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
     )
-    return f"compare-{other}-{record_tag(corpus, n_tokens, layers, exclude_first, seed)}"
+    return f"compare-{other}-{record_tag(corpus, n_tokens, layers, exclude_first, seed, dtype)}"
 
 
 def compare_record(
@@ -281,8 +292,9 @@ def compare_record(
     """``compare`` wrapped in the record cache: a ``kind: "geom"`` record with a ``similarity``
     section, cached under A's model key with B's key in the settings (same weights of both and
     same settings are never measured twice). ``record["_path"]`` is where it was written."""
+    arguments = dict(locals())  # every argument: the cache key (analysis.measure.geom_cache_key)
     from .hidden import parse_layers
-    from .measure import check_sizes
+    from .measure import check_sizes, geom_cache_key
 
     check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
     layers = parse_layers(layers)
@@ -294,19 +306,15 @@ def compare_record(
             check_model_files(model, device=device, dtype=dtype)
     info_a = model_identity(resolve_checkpoint(model_a))
     info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
-    tag = compare_tag(info_b, corpus, n_tokens, layers, exclude_first, seed)
+    tag = compare_tag(info_b, corpus, n_tokens, layers, exclude_first, seed, dtype)
     path = Path(out) if out else default_record_path(info_a, "geom", tag)
     check_output(path)
-    wanted = {
-        "other": info_b["key"] if info_b is not None else None,
-        "corpus": corpus,
-        "n_tokens": n_tokens,
-        "layers": sorted(int(k) for k in layers) if layers is not None else None,
-        "exclude_first": exclude_first,
-        "seed": seed,
-        "seq_len": seq_len,
-        "self_maps": self_maps,
-    }
+    wanted = geom_cache_key(
+        arguments,
+        device=device_kind(device),
+        dtype=dtype,
+        layers=sorted(int(k) for k in layers) if layers is not None else None,
+    )
 
     def compute() -> dict:
         settings, scores = compare(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -17,12 +19,31 @@ from typing import Any, Iterator
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FOREIGN_TMP_AGE_S = 24 * 3600  # a temporary of another host is stale after this long untouched
+LONG_NAME_BYTES = 128  # names longer than this are shortened in hidden temporary / lock names
 
 
 def _owner_tag() -> str:
     """``HOST-PID``: names every temporary this process writes, so a later start can tell a
     leftover of a dead process from a live writer's file."""
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def hidden_name(name: str, suffix: str = "") -> str:
+    """``.NAME<suffix>``, the hidden name of a temporary or lock beside ``NAME``, always within
+    NAME_MAX: a name longer than :data:`LONG_NAME_BYTES` bytes (UTF-8) is cut to 64 bytes plus
+    ``~`` and 16 hex digits of its sha256, so every valid file name keeps a valid, unique,
+    stable hidden name (``.<255-byte name>.lock`` would be 261 bytes: ENAMETOOLONG).
+
+    >>> hidden_name("latest", ".lock")
+    '.latest.lock'
+    >>> len(hidden_name("x" * 255, ".lock"))
+    87
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > LONG_NAME_BYTES:
+        head = raw[:64].decode("utf-8", "ignore")  # never half a character
+        name = f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
+    return f".{name}{suffix}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -68,7 +89,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    pattern = f"{glob.escape('.' + path.name)}.*.tmp"
+    pattern = f"{glob.escape(hidden_name(path.name))}.*.tmp"
     return _remove([t for t in path.parent.glob(pattern) if is_stale_temp(t)])
 
 
@@ -94,13 +115,21 @@ def _remove(paths: list[Path]) -> list[Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
-    The temporary is ``.NAME.HOST-PID.XXXX.tmp``; leftovers of killed writers of the same
-    ``path`` are removed first (:func:`remove_stale_temps`), so none outlives the next write.
+    The temporary is ``.NAME.HOST-PID.XXXX.tmp`` (a long NAME shortened: :func:`hidden_name`);
+    leftovers of killed writers of the same ``path`` are removed first
+    (:func:`remove_stale_temps`), so none outlives the next write. An ``OSError`` that names no
+    file (a full disk: ENOSPC at write or fsync) is raised again naming ``path``.
     """
     path = Path(path)
+    with _naming(path):
+        return _write_bytes(path, data)
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp")
+    prefix = f"{hidden_name(path.name)}.{_owner_tag()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -113,6 +142,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An ``OSError`` naming no file (ENOSPC, EFBIG, EIO from a write) or only our temporary
+    gets ``path``: the file the user asked for, not ``.NAME.HOST-PID.XXXX.tmp``."""
+    try:
+        yield
+    except OSError as e:
+        ours = e.filename and Path(os.fsdecode(e.filename)).name.startswith(hidden_name(path.name) + ".")
+        if e.filename and not ours:
+            raise
+        code = e.errno or errno.EIO
+        raise OSError(code, e.strerror or os.strerror(code), str(path)) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -149,6 +192,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """``PARENT/.NAME.HOST-PID.tmp``: this process's temporary beside ``path`` (a stale one is
+    removed by :func:`remove_stale_temps`)."""
+    path = Path(path)
+    return path.parent / f"{hidden_name(path.name)}.{_owner_tag()}.tmp"
+
+
+def discard_folder(path: str | os.PathLike) -> None:
+    """Delete a folder complete-or-absent: renamed to a temporary first (one atomic step: readers
+    see the whole folder or none), then removed; a killed deletion leaves only a stale temporary
+    that the next write beside it removes."""
+    path = Path(path)
+    remove_stale_temps(path)
+    if not path.exists():
+        return
+    trash = temp_path(path)
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``out``; rename it to ``out`` when the block
@@ -158,15 +222,16 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     ...     model.save_pretrained(tmp)
     """
     out = Path(out)
-    tmp = out.parent / f".{out.name}.{_owner_tag()}.tmp"
+    tmp = temp_path(out)
     remove_stale_temps(out)  # folders of killed earlier attempts
     shutil.rmtree(tmp, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp.mkdir()
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        with _naming(out):  # a full disk while the block writes: the error names ``out``
+            tmp.mkdir()
+            yield tmp
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

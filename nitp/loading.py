@@ -58,6 +58,7 @@ def offline_hub(enabled: bool = True) -> Iterator[None]:
 def model_folder(path: str | os.PathLike) -> Path:
     """The Hugging Face folder to load for ``path`` (a .gguf file is converted once, cached)."""
     p = resolve_checkpoint(path)
+    check_utf8_path(p)
     if not is_gguf_file(p):
         return p
     folder = cache_dir() / "gguf" / f"v2-{weights_hash(p)[:16]}"
@@ -68,6 +69,20 @@ def model_folder(path: str | os.PathLike) -> Path:
             if not (folder / "config.json").is_file():  # not another process converting it first
                 raise
     return folder
+
+
+def check_utf8_path(path: Path) -> None:
+    """``UserError`` when ``path`` holds bytes that are not UTF-8 (safetensors and the tokenizers
+    cannot open it: without this the weights would be called damaged)."""
+    text = str(Path(path).absolute())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise UserError(
+            f"{shown}: the path holds bytes that are not UTF-8, which safetensors and the tokenizers "
+            "cannot open; rename the folder (or a parent) to a UTF-8 name"
+        ) from None
 
 
 def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -169,12 +184,40 @@ def load_tokenizer(path: str | os.PathLike, *, tokenizer_source: bool = False):
         folder = model_folder(path)
         check_tokenizer_files(folder)
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
         raise UserError(
             f"{folder}: no usable tokenizer ({type(e).__name__}: {first_line(e, 120)}); "
             "save the tokenizer beside the weights (tokenizer.save_pretrained)"
         ) from None
+    check_vocabulary(tokenizer, folder)
+    return tokenizer
+
+
+VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "merges.txt")
+
+
+def check_vocabulary(tokenizer, folder) -> None:
+    """``UserError`` naming ``folder`` and the missing file when the tokenizer turns plain text into
+    no tokens (e.g. ``tokenizer.json`` gone but ``tokenizer_config.json`` left: transformers then
+    builds a tokenizer of its special tokens only, and every tool would see 0 tokens)."""
+    try:
+        ids = tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot tokenize is as unusable
+        ids = []
+    if ids:
+        return
+    present = [f for f in VOCABULARY_FILES if isinstance(folder, Path) and (folder / f).is_file()]
+    why = (
+        f"its vocabulary file is missing (no {' / '.join(VOCABULARY_FILES[:3])}; only "
+        f"{', '.join(f for f in TOKENIZER_FILES if (Path(folder) / f).is_file()) or 'nothing'} is there)"
+        if not present
+        else f"its vocabulary ({', '.join(present)}) gives no token for plain text"
+    )
+    raise UserError(
+        f"{folder}: the tokenizer turns text into no tokens: {why}; copy tokenizer.json from the run's "
+        "checkpoint or save the tokenizer again (tokenizer.save_pretrained)"
+    )
 
 
 def load_model(path: str | os.PathLike, *, causal: bool = True, dtype: str = "float32", device: str = "cpu"):

@@ -85,13 +85,8 @@ def write_record(path: str | os.PathLike, record: dict) -> Path:
 
 
 def _write_json(path: str | os.PathLike, value: Any) -> Path:
-    """``atomic_write_json``; an OSError without a file name (disk full, file too large) gets ``path``."""
-    try:
-        return atomic_write_json(path, value)
-    except OSError as e:
-        if e.filename:
-            raise
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    """``atomic_write_json`` (an OSError without a file name, a full disk, names ``path`` there)."""
+    return atomic_write_json(path, value)
 
 
 def check_output(path: str | os.PathLike | None, option: str = "--out", folder: bool = False) -> None:
@@ -200,10 +195,17 @@ def settings_digest(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists, paths as text)."""
+    return json.loads(json.dumps(value, default=json_default))
+
+
 class RecordCache:
     """Find-or-compute of one unit of work (a task, a layer), keyed by model key + settings.
 
-    ``model_hash`` is ``model_identity(path)["key"]`` (weights, config and tokenizer files).
+    ``model_hash`` is ``model_identity(path)["key"]`` (weights, config and tokenizer files);
+    ``settings`` come from ``nitp.cachekey.cache_key`` (every input, files by contents). An entry
+    is served only when its stored settings equal the asked ones, not merely their digest.
 
     >>> cache = RecordCache("bench", model_identity(ckpt)["key"])         # doctest: +SKIP
     >>> value, cached = cache.find_or_compute("arc_challenge", {"shots": 25}, run_task)  # doctest: +SKIP
@@ -225,6 +227,8 @@ class RecordCache:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
         if not isinstance(entry, dict) or entry.get("model_hash") != self.model_hash:
+            return None
+        if entry.get("settings") != _as_json(settings):  # the whole key, not only its digest
             return None
         return entry.get("value")
 

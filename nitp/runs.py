@@ -88,11 +88,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 "use another checkpoint or the run directory"
             )
         return p
-    latest = checkpoints_dir(p) / "latest"
-    if latest.is_file():
-        target = checkpoints_dir(p) / latest.read_text().strip()
-        if is_complete(target):
-            return target
+    target = _latest_named(p)
+    if target is not None and is_complete(target):
+        return target
     ckpts = list_checkpoints(p)
     if ckpts:
         return ckpts[-1]
@@ -101,6 +99,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             f"{path}: run directory has no complete checkpoint yet (train longer or check RUN/checkpoints/)"
         )
     raise UserError(f"{path}: not a model folder (no config.json) nor a run directory (no checkpoints/)")
+
+
+def _latest_named(run_dir: Path) -> Path | None:
+    """The checkpoint ``RUN/checkpoints/latest`` names, when it names one (``step_N``) readably; a
+    damaged pointer (other bytes, ``../x``) counts as absent: the newest complete one is used."""
+    latest = checkpoints_dir(run_dir) / "latest"
+    try:
+        name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return checkpoints_dir(run_dir) / name if CHECKPOINT_RE.match(name) else None
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
@@ -170,7 +179,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
     }
     meta = ckpt / "nitp_meta.json"
     if meta.is_file():
-        m = json.loads(meta.read_text())
+        m = read_meta(meta)
         for k in ("step", "objective", "preset", "tokens_seen"):
             if m.get(k) is not None:
                 info[k] = m[k]
@@ -181,11 +190,41 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
     return info
 
 
+META_TYPES = {"step": int, "tokens_seen": int, "objective": str, "preset": str}
+
+
+def read_meta(path: Path) -> dict:
+    """A checkpoint's ``nitp_meta.json``, its values checked (``UserError`` naming the file and
+    the key: a hand-edited ``"step": "x"`` must not reach a record or a table)."""
+    fix = "restore it from the run or delete it (it only names the step, objective and tokens)"
+    try:
+        meta = json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object; {fix}")
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise UserError(
+                f"{path}: {key}={value!r} is not {'a whole number' if kind is int else 'a text'}; {fix}"
+            )
+    return meta
+
+
 # ----------------------------------------------------------------------------- run lock
 def lock_path(run_dir: str | os.PathLike) -> Path:
-    """``PARENT/.RUN.lock``: beside the run directory, so it can be held before the run exists."""
-    run_dir = Path(run_dir).expanduser().absolute()
-    return run_dir.parent / f".{run_dir.name}.lock"
+    """``PARENT/.RUN.lock`` beside the run directory's *resolved* path, so it can be held before
+    the run exists and every name of one folder (a symlink, ``..``, a symlinked parent) takes
+    the same lock. A long RUN name is shortened (``nitp.io.hidden_name``): never past NAME_MAX."""
+    from .io import hidden_name
+
+    given = run_dir
+    try:
+        run_dir = Path(run_dir).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{given}: cannot be resolved ({e}); give a real folder") from None
+    return run_dir.parent / hidden_name(run_dir.name, ".lock")
 
 
 @contextlib.contextmanager

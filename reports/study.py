@@ -29,6 +29,11 @@ A cell's name joins the values of the axes that vary (one-valued axes and ``over
 left out): ``seed`` -> ``s1``, ``objective`` and ``overlay`` -> the value, any other key ->
 ``<last part>-<value>``, e.g. ``shift-0-nitp-s0`` or ``lambda-0.5-nitp-s1``.
 
+The file is typed (``reports.study_schema``, pydantic): a bad value is one line before anything
+trains. A rerun reuses a cell's run only when the run's ``config.yaml`` equals the cell's resolved
+config (:func:`changed_keys`); otherwise it is refused, or retrained with ``--retrain-changed``.
+``OUT`` is one study's folder: another study's, a run directory or a file is refused.
+
 Example
 -------
 >>> spec = load_study("quickstart")                              # doctest: +SKIP
@@ -57,11 +62,6 @@ from nitp.errors import UserError
 from nitp.io import atomic_write_json, atomic_write_text, json_default
 from nitp.runs import checkpoint_step, list_checkpoints, resolve_checkpoint
 
-TOP_KEYS = ("name", "description", "config", "preset", "set", "axes", "include", "side_by_side", "eval")
-EVAL_KEYS = ("checkpoints", "bench", "mteb", "geom", "report")
-BENCH_KEYS = ("suite", "tasks", "limit", "data_dir")
-MTEB_KEYS = ("suite", "tasks", "pooling", "layer")
-GEOM_KEYS = ("corpus", "tokens", "layers")
 OVERLAY = "overlay"  # the axis whose values are overlay files, not config values
 NO_OVERLAY = (None, "none")
 MANIFEST = "study.json"
@@ -121,10 +121,13 @@ def study_path(path: str | os.PathLike) -> Path:
 
 
 def load_study(path: str | os.PathLike) -> StudySpec:
-    """Read and check a study file: every key, every axis value and every cell's config.
+    """Read and check a study file: every key (typed: ``reports.study_schema``), every axis value
+    and every cell's config.
 
     Raises a one-line ``UserError`` naming the key and the fix (with "did you mean" for typos).
     """
+    from .study_schema import validate_study
+
     p = study_path(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -133,26 +136,39 @@ def load_study(path: str | os.PathLike) -> StudySpec:
     if not isinstance(data, dict):
         raise UserError(f"study {p}: expected a mapping at the top level (name:, axes:, eval:)")
     where = f"study {p}"
-    _check_keys(data, TOP_KEYS, where)
+    v = validate_study(data, where)
+    if v["name"] is None:
+        v["name"] = validate_study({"name": p.stem}, f"{where}: the file's stem (give name:)")["name"]
     spec = StudySpec(
-        name=_safe_name(str(data.get("name") or p.stem), f"{where}: name"),
+        name=v["name"],
         path=p.resolve(),
-        config=data.get("config"),
-        preset=data.get("preset"),
-        set=tuple(_string_list(data.get("set"), f"{where}: set")),
-        axes=_axes(data.get("axes"), where),
-        include=tuple(_include(data.get("include"), where)),
-        side_by_side=_positive(data.get("side_by_side", 1), f"{where}: side_by_side"),
-        eval=_eval_plan(data.get("eval"), where),
-        description=str(data.get("description") or ""),
+        config=v["config"],
+        preset=v["preset"],
+        set=tuple(v["set"]),
+        axes=v["axes"],
+        include=tuple(v["include"]),
+        side_by_side=v["side_by_side"],
+        eval=EvalPlan(**v["eval"]),
+        description=v["description"],
     )
     check_study(spec)
     return spec
 
 
 def check_study(spec: StudySpec) -> None:
-    """Resolve every cell's config once (unknown keys and bad values surface here, not mid-study)."""
+    """Check the evaluation plan's types and resolve every cell's config once (unknown keys and
+    bad values surface here, not mid-study; also for a spec changed with ``dataclasses.replace``)."""
+    from .study_schema import validate_eval
+
     where = f"study {spec.path}"
+    validate_eval(dataclasses.asdict(spec.eval), where)
+    if spec.eval.mteb and spec.eval.mteb.get("tasks"):  # names mteb does not know: before training
+        from nitp_eval.mteb.tasks import resolve_tasks
+
+        try:
+            resolve_tasks(None, spec.eval.mteb["tasks"])
+        except UserError as e:
+            raise UserError(f"{where}: eval.mteb.tasks: {e}") from None
     for key, values in spec.axes.items():
         for value in values if key != OVERLAY else ():
             try:
@@ -166,107 +182,18 @@ def check_study(spec: StudySpec) -> None:
             raise UserError(f"{where}: cell {cell.name}: {e}") from None
 
 
-def _check_keys(data: dict, allowed: tuple, where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean {near[0]}?" if near else f"use one of {', '.join(allowed)}"
-            raise UserError(f"{where}: unknown key {key!r} ({hint})")
-
-
-def _string_list(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
-        raise UserError(f"{where}: expected a list of key=value strings, e.g. [train.steps=500]")
-    return value
-
-
 def _positive(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{where}={value!r}: must be a whole number of at least 1")
     return value
 
 
-def _axes(value: Any, where: str) -> dict[str, list]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: axes must be a mapping of key: [values], e.g. axes: {{seed: [0, 1]}}")
-    axes = {}
-    for key, values in value.items():
-        if not isinstance(values, list):
-            raise UserError(f"{where}: axis {key!r} must be a list of values, e.g. {key}: [{values!r}]")
-        if not values:
-            raise UserError(f"{where}: axis {key!r} is empty; give it at least one value or remove it")
-        repeated = [v for i, v in enumerate(values) if _text(v) in map(_text, values[:i])]
-        if repeated:
-            raise UserError(f"{where}: axis {key!r} repeats {repeated[0]!r}; make its values distinct")
-        axes[str(key)] = values
-    return axes
-
-
-def _include(value: Any, where: str) -> list[dict]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, dict) and v for v in value):
-        raise UserError(f"{where}: include must be a list of mappings, e.g. include: [{{objective: ntp}}]")
-    return [{str(k): v for k, v in entry.items()} for entry in value]
-
-
-def _eval_plan(value: Any, where: str) -> EvalPlan:
-    value = value or {}
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: eval must be a mapping (checkpoints:, bench:, mteb:, geom:, report:)")
-    _check_keys(value, EVAL_KEYS, f"{where}: eval")
-    checkpoints = value.get("checkpoints", "last")
-    if checkpoints not in ("last", "all"):
-        raise UserError(f"{where}: eval.checkpoints={checkpoints!r}: use last or all")
-    bench = value.get("bench") or []
-    bench = [bench] if isinstance(bench, dict) else bench
-    if not isinstance(bench, list):
-        raise UserError(f"{where}: eval.bench must be a mapping or a list of them, e.g. {{suite: offline}}")
-    for entry in bench:
-        _section(entry, BENCH_KEYS, f"{where}: eval.bench")
-        _check_bench(entry, f"{where}: eval.bench")
-    mteb = _section(value.get("mteb"), MTEB_KEYS, f"{where}: eval.mteb")
-    geom = _section(value.get("geom"), GEOM_KEYS, f"{where}: eval.geom")
-    if geom is not None and geom.get("tokens") is not None:
-        _positive(geom["tokens"], f"{where}: eval.geom.tokens")
-    return EvalPlan(checkpoints, bench, mteb, geom, bool(value.get("report", True)))
-
-
-def _section(value: Any, keys: tuple, where: str) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise UserError(f"{where} must be a mapping with keys {', '.join(keys)}")
-    _check_keys(value, keys, where)
-    return value
-
-
-def _check_bench(entry: dict, where: str) -> None:
-    from nitp_eval.bench.plan import select_benchmarks
-
-    try:
-        select_benchmarks(entry.get("tasks"), entry.get("suite"))
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    if entry.get("limit") is not None:
-        _positive(entry["limit"], f"{where}.limit")
-
-
-def _safe_name(name: str, where: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"{where}={name!r}: use letters, digits, '.', '_' and '-' only")
-    return name
-
-
 # ----------------------------------------------------------------------------- cells
 def cells(spec: StudySpec) -> list[Cell]:
     """The cartesian product of the axes (then each ``include`` entry), as named cells.
 
-    Raises ``UserError`` when two cells get the same name (a repeated axis value).
+    Distinct values always give distinct names (:func:`_cell_names`); ``UserError`` when two
+    cells are the very same (an ``include`` entry repeating a cell of the axes).
     """
     combos = [dict(zip(spec.axes, values)) for values in itertools.product(*spec.axes.values())]
     for entry in spec.include:
@@ -274,19 +201,45 @@ def cells(spec: StudySpec) -> list[Cell]:
         combos += [{**dict(zip(rest, vs)), **entry} for vs in itertools.product(*rest.values())]
     keys = list(dict.fromkeys([*spec.axes, *(k for e in spec.include for k in e)]))
     combos = [{k: c[k] for k in keys if k in c} for c in combos]  # the axes' order, in names too
-    varying = [k for k in keys if len({_text(c.get(k)) for c in combos}) > 1]
-    out, seen = [], {}
+    names = _cell_names(spec, keys, combos)
+    seen: dict[str, dict] = {}
+    for name, combo in zip(names, combos):
+        same = seen.setdefault(_identity(combo), combo)
+        if same is not combo:
+            raise UserError(
+                f"study {spec.path}: two cells are named {name!r} ({same} and {combo}): the same "
+                "settings twice; remove the include entry that repeats a cell"
+            )
+    return [_cell(spec, name, combo) for name, combo in zip(names, combos)]
+
+
+def _cell_names(spec: StudySpec, keys: list[str], combos: list[dict]) -> list[str]:
+    """Each cell's folder name: the varying axes' :func:`_name_part` joined by ``-``; names that
+    still coincide for distinct values (``1`` and ``"1"``, two overlays ``a/x.yaml`` and
+    ``b/x.yaml``) get 6 hex digits of the cell's settings; at most 200 bytes (NAME_MAX)."""
+    varying = [k for k in keys if len({_identity(c.get(k)) for c in combos}) > 1]
+    names = []
     for combo in combos:
         name = "-".join(p for p in (_name_part(k, combo.get(k)) for k in varying if k in combo) if p)
-        name = name or spec.name
-        if name in seen:
-            raise UserError(
-                f"study {spec.path}: two cells are named {name!r} ({seen[name]} and {combo}); "
-                "make the values of each axis distinct"
-            )
-        seen[name] = combo
-        out.append(_cell(spec, name, combo))
-    return out
+        names.append(name or spec.name)
+    counts: dict[str, set] = {}
+    for name, combo in zip(names, combos):
+        counts.setdefault(name, set()).add(_identity(combo))
+    names = [n if len(counts[n]) == 1 else f"{n}-{_digest(_identity(c))}" for n, c in zip(names, combos)]
+    return [
+        n if len(n.encode()) <= 200 else f"{n.encode()[:180].decode('utf-8', 'ignore')}-{_digest(n)}"
+        for n in names
+    ]
+
+
+def _identity(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _digest(text: str, n: int = 6) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
 def _cell(spec: StudySpec, name: str, combo: dict) -> Cell:
@@ -296,14 +249,23 @@ def _cell(spec: StudySpec, name: str, combo: dict) -> Cell:
 
 
 def _name_part(key: str, value: Any) -> str:
+    """``s1``, ``nitp``, ``shift-0``, ``lambda-0.5``; a value with characters a folder name should
+    not hold (unicode, '/', spaces) keeps its safe part plus 6 hex digits of the value."""
     if key == OVERLAY:
-        return "" if value in NO_OVERLAY else re.sub(r"\.ya?ml$", "", Path(str(value)).name)
+        return "" if value in NO_OVERLAY else _safe_part(re.sub(r"\.ya?ml$", "", Path(str(value)).name))
     text = _text(value)
     if key == "seed":
-        text = f"s{text}"
-    elif key != "objective":
-        text = f"{key.rsplit('.', 1)[-1]}-{text}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+        return _safe_part(f"s{text}")
+    if key == "objective":
+        return _safe_part(text)
+    return f"{_safe_part(key.rsplit('.', 1)[-1])}-{_safe_part(text)}"
+
+
+def _safe_part(text: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if safe == text and safe not in (".", ".."):
+        return safe
+    return f"{safe}-{_digest(text)}" if safe.strip(".") else _digest(text)
 
 
 def _text(value: Any) -> str:
@@ -418,10 +380,13 @@ def _marker(out: Path, cell: str) -> Path:
 
 
 def _eval_key(spec: StudySpec, run_dir: Path) -> dict:
-    """What an evaluation covered: the plan and the checkpoints (a new checkpoint re-evaluates)."""
+    """What an evaluation covered: the plan and the checkpoints by name and weights hash (a new
+    checkpoint, or a retrained one under the same name, re-evaluates)."""
+    from nitp.runs import weights_hash
+
     return {
         "plan": dataclasses.asdict(spec.eval),
-        "checkpoints": [c.name for c in _eval_checkpoints(spec, run_dir)],
+        "checkpoints": [[c.name, weights_hash(c)] for c in _eval_checkpoints(spec, run_dir)],
     }
 
 
@@ -444,13 +409,55 @@ def _is_evaluated(spec: StudySpec, out: Path, cell: str) -> bool:
 
 
 def cell_status(spec: StudySpec, out: Path, cell: Cell, cfg: dict) -> dict:
-    """``pending`` | ``training`` (some checkpoints) | ``trained`` | ``evaluated``, read from disk."""
+    """``pending`` | ``training`` (some checkpoints) | ``trained`` | ``evaluated``, read from disk;
+    ``changed`` when the cell's run was trained with another config (:func:`changed_keys`)."""
     run_dir, steps = out / cell.name, final_step(cfg)
     step = last_step(run_dir)
     status = "pending" if step == 0 else "training" if step < steps else "trained"
-    if status == "trained" and _is_evaluated(spec, out, cell.name):
+    if changed_keys(cfg, run_dir):
+        status = "changed"
+    elif status == "trained" and _is_evaluated(spec, out, cell.name):
         status = "evaluated"
     return {"status": status, "step": step, "steps": steps}
+
+
+def changed_keys(cfg: dict, run_dir: Path) -> list[tuple[str, Any, Any]]:
+    """``(key, the run's value, the study's value)`` for every key where a cell's resolved config
+    differs from its run's ``config.yaml`` (empty when the run does not exist yet).
+
+    Bookkeeping keys (``nitp_train.config.RESUMABLE_CHANGES``: logging, checkpoints, in-training
+    evaluation, threads, names) and what the batch plan derives (``grad_accum``; ``global_batch`` and
+    ``steps`` when the study leaves them to the plan) never count; ``train.steps`` does: a cell
+    trained for other steps had another schedule. ``data.prepared_dir`` neither (the data
+    settings decide the tokens), nor ``nitp.*`` between two NTP configs.
+    """
+    from nitp.runs import read_run_config
+    from nitp_train.config import RESUMABLE_CHANGES, config_diff
+
+    if not (run_dir / "config.yaml").is_file():
+        return []
+    try:
+        saved = read_run_config(run_dir)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(
+            f"{run_dir / 'config.yaml'}: cannot be read ({type(e).__name__}); "
+            f"delete the cell's folder {run_dir} to train it again"
+        ) from None
+    ignored = [k for k in RESUMABLE_CHANGES if k != "train.steps"] + ["train.grad_accum", "data.prepared_dir"]
+    ignored += [f"train.{k}" for k in ("global_batch", "steps") if cfg["train"][k] is None]
+    if cfg["objective"] == "ntp" == (saved or {}).get("objective"):
+        ignored.append("nitp")  # an NTP run builds no projector and no target hook: inert settings
+    return [
+        (key, _dotted_get(saved, key), _dotted_get(cfg, key))
+        for key in config_diff(saved if isinstance(saved, dict) else {}, cfg)
+        if not any(key == k or key.startswith(k + ".") for k in ignored)
+    ]
+
+
+def _dotted_get(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def write_manifest(spec: StudySpec, out: Path, cfgs: dict, report: Path | None = None) -> Path:
@@ -515,9 +522,9 @@ def describe_eval(plan: EvalPlan) -> str:
     if plan.mteb is not None:
         parts.append(f"mteb {plan.mteb.get('suite') or plan.mteb.get('tasks') or 'offline'}")
     if plan.geom is not None:
-        parts.append(
-            f"geom {plan.geom.get('corpus', 'builtin')} {plan.geom.get('tokens', 'default'):,} tokens"
-        )
+        tokens = plan.geom.get("tokens")
+        amount = f"{tokens:,}" if isinstance(tokens, int) else "the default number of"
+        parts.append(f"geom {plan.geom.get('corpus', 'builtin')} {amount} tokens")
     parts.append("every checkpoint" if plan.checkpoints == "all" else "last checkpoint")
     if plan.report:
         parts.append("report")
@@ -531,22 +538,31 @@ def run_study(
     cell: str | None = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    retrain_changed: bool = False,
 ) -> Path | None:
     """Train every cell (or only ``cell``), evaluate them, and write the report.
 
     Resumable: finished cells are skipped, a half-trained cell resumes from its last checkpoint
     (bit for bit, ``nitp_train.trainer.train(resume=True)``), evaluators reuse their records.
+    A cell whose run was trained with another config (the study file changed) is refused in one
+    line, or with ``retrain_changed`` deleted and trained again; never reused. ``OUT`` holding
+    another study, a run directory or a file is refused (:func:`check_out`).
     Under torchrun every rank trains; only rank 0 evaluates and reports. ``dry_run`` only logs
     :func:`plan_lines`. Returns ``OUT/report/report.md`` (or ``OUT`` without a report; None when
     dry).
     """
+    from nitp.errors import on_interrupt
+
     out = Path(out)
+    check_out(spec, out)
     if dry_run:
         for line in plan_lines(spec, out):
             log(line)
         return None
+    on_interrupt("finished cells and the last checkpoint of each are kept; rerun the same command to resume")
     cfgs = cell_configs(spec, out)
     chosen = [pick_cell(spec, cell)] if cell else cells(spec)
+    _check_changed(spec, out, chosen, cfgs, retrain_changed, log)
     if _is_main():
         write_manifest(spec, out, cfgs)
     _train_cells(spec, out, chosen, cfgs, log)
@@ -565,6 +581,62 @@ def run_study(
         )
         write_manifest(spec, out, cfgs, report)
     return report or out
+
+
+def check_out(spec: StudySpec, out: Path) -> None:
+    """``OUT`` must be a folder (or absent) in a writable place, not a run directory, and not the
+    folder of another study (its ``study.json`` names the study); one ``UserError`` line else."""
+    from nitp.records import check_output
+
+    check_output(out, "--out", folder=True)
+    if (out / "config.yaml").is_file() or (out / "checkpoints").is_dir():
+        raise UserError(f"--out {out}: is a run directory, not a study folder; choose another --out")
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+        name, file = old["study"], old.get("file")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"--out {out}: its {MANIFEST} is damaged; choose another --out, or delete {manifest} "
+            "if the folder holds this study"
+        ) from None
+    if name != spec.name:
+        raise UserError(
+            f"--out {out}: holds study {name!r} ({file}), not {spec.name!r}; choose another --out "
+            f"(e.g. runs/{spec.name})"
+        )
+
+
+def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, retrain: bool, log) -> None:
+    """Cells whose run has another config: refused (first one named), or with ``retrain`` their
+    run folders deleted (complete-or-absent, under the run lock) so they train again."""
+    changed = {c.name: diff for c in chosen if (diff := changed_keys(cfgs[c.name], out / c.name))}
+    if not changed:
+        return
+    name, diff = next(iter(changed.items()))
+    shown = ", ".join(f"{k}: {_text(a)} -> {_text(b)}" for k, a, b in diff[:4])
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    if not retrain:
+        others = f" (and {len(changed) - 1} more cells)" if len(changed) > 1 else ""
+        raise UserError(
+            f"cell {name}{others}: {out / name} was trained with another config ({shown}{more}); "
+            "rerun with --retrain-changed to train it again, or choose another --out"
+        )
+    if _world_size() > 1:
+        raise UserError(
+            f"cell {name}: --retrain-changed deletes runs: run it once without torchrun "
+            f"(nitp-study ... --retrain-changed --dry-run lists them), or delete {out / name}"
+        )
+    from nitp.io import discard_folder
+    from nitp.runs import run_lock
+
+    for name, diff in changed.items():
+        log(f"{name}: config changed ({', '.join(k for k, _, _ in diff)}); training it again")
+        with run_lock(out / name, "nitp-study --retrain-changed"):
+            discard_folder(out / name)
+        _marker(out, name).unlink(missing_ok=True)
 
 
 def _train_cells(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, log) -> None:
@@ -595,59 +667,166 @@ def _train_cells(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, log
 
 
 def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict, log) -> None:
-    """``side_by_side`` trainings at once, each in a process of its own (log: ``OUT/logs/CELL.log``)."""
+    """``side_by_side`` trainings at once, each in a worker process of its own (log:
+    ``OUT/logs/CELL.log``); the next cell starts when one finishes.
+
+    Workers live in this process's process group and die with it: the kernel kills them when
+    this process dies (``PR_SET_PDEATHSIG``, even after a SIGKILL), and a SIGTERM / SIGINT here
+    stops them at once (:func:`_stop_workers`). Their runs stay complete-or-absent (the trainer's
+    checkpoints are atomic) and resume on the next start. A failed cell does not stop the others;
+    the first failure is raised once all have ended.
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    n = min(spec.side_by_side, len(todo))
-    log(f"training {len(todo)} cells, {n} side by side (logs: {out / 'logs'})")
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = {
-            c.name: pool.submit(_train_logged, cfgs[c.name], out / c.name, out / "logs" / f"{c.name}.log")
-            for c in todo
-        }
-        _show_progress(out, {c.name: final_step(cfgs[c.name]) for c in todo}, jobs)
-        for name, job in jobs.items():
-            try:
-                job.result()
-            except UserError as e:
-                raise UserError(f"training {name} failed ({e}); see {out / 'logs' / f'{name}.log'}") from None
-            log(f"{name}: trained ({out / name})")
-    write_manifest(spec, out, cfgs)
-
-
-def _train_logged(cfg: dict, run_dir: Path, logfile: Path) -> None:
-    """One training with its output in ``logfile`` (the body of a side-by-side process)."""
-    from nitp_train.trainer import train
-
-    with open(logfile, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        train(cfg, run_dir, resume=True, log=lambda m: print(m, flush=True))
-
-
-def _show_progress(out: Path, steps: dict[str, int], jobs: dict) -> None:
-    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl)."""
-    import sys
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    n = min(spec.side_by_side, len(todo))
+    log(f"training {len(todo)} cells, {n} side by side (logs: {logs})")
+    ctx = multiprocessing.get_context("spawn")
+    pending, running, failed = list(todo), {}, {}
+    try:
+        with _ProgressBars(out, {c.name: final_step(cfgs[c.name]) for c in todo}) as bars:
+            while pending or running:
+                while pending and len(running) < n:
+                    c = pending.pop(0)
+                    args = (os.getpid(), cfgs[c.name], out / c.name, logs / f"{c.name}.log")
+                    running[c.name] = ctx.Process(
+                        target=_train_worker, args=args, name=f"nitp-study {c.name}"
+                    )
+                    running[c.name].start()
+                for name, proc in list(running.items()):
+                    if proc.exitcode is None:
+                        continue
+                    proc.join()
+                    del running[name]
+                    if proc.exitcode == 0:
+                        log(f"{name}: trained ({out / name})")
+                    else:
+                        failed[name] = _failure(proc.exitcode, logs / f"{name}.log")
+                        log(f"{name}: failed ({failed[name]})")
+                bars.update()
+                time.sleep(0.25)
+    except BaseException:  # SIGTERM / SIGINT (nitp.errors.Interrupted), or anything else: no orphans
+        _stop_workers(list(running.values()))
+        raise
+    write_manifest(spec, out, cfgs)
+    if failed:
+        name, why = next(iter(failed.items()))
+        raise UserError(f"training {name} failed ({why}); see {logs / f'{name}.log'}")
 
-    from nitp.io import read_jsonl
 
-    columns = (TextColumn("  {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty()) as bar:
-        tasks = {name: bar.add_task("", total=total, name=name) for name, total in steps.items()}
-        while not all(job.done() for job in jobs.values()):
-            for name, task in tasks.items():
-                path = out / name / "metrics.jsonl"
-                last = (
-                    next((r for r in reversed(read_jsonl(path)) if "loss_ntp" in r), None)
-                    if path.is_file()
-                    else None
-                )
-                if last:
-                    bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
-            time.sleep(1.0)
+def _train_worker(parent: int, cfg: dict, run_dir: Path, logfile: Path) -> None:
+    """One training with its output in ``logfile`` (the body of a side-by-side worker).
+
+    Exit codes: 0 trained, 2 bad input (the ``error:`` line is the log's last), 1 a crash (its
+    traceback in the log), killed by a signal when the study stopped it.
+    """
+    import signal
+    import sys
+    import traceback
+
+    _die_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the study stops its workers itself (SIGTERM, which
+    # ends a worker at once), so a worker prints no KeyboardInterrupt traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = 0
+    with open(logfile, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            from nitp_train.trainer import train
+
+            train(cfg, run_dir, resume=True, log=lambda m: print(m, flush=True))
+        except UserError as e:
+            print(f"error: {e}", flush=True)
+            code = 2
+        except Exception:  # noqa: BLE001 - the traceback goes to the cell's log, not the terminal
+            traceback.print_exc()
+            code = 1
+    sys.exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``
+    through ctypes; elsewhere nothing), and exit at once when the parent is already gone."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call above: nothing would kill us
+        os._exit(1)
+
+
+def _stop_workers(procs: list, grace_s: float = 10.0) -> None:
+    """SIGTERM every worker (a training dies at once: its checkpoints are atomic), SIGKILL what is
+    still alive after ``grace_s``, and reap them all."""
+    import time
+
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
+            proc.join(5.0)
+
+
+def _failure(exitcode: int, logfile: Path) -> str:
+    """Why a worker failed, in a few words: its ``error:`` line, else its exit code."""
+    import signal
+
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    lines = logfile.read_text(errors="replace").splitlines() if logfile.is_file() else []
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    return errors[-1] if errors else f"exit code {exitcode}, a crash"
+
+
+class _ProgressBars:
+    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl)."""
+
+    def __init__(self, out: Path, steps: dict[str, int]):
+        self.out, self.steps = out, steps
+        self.bar, self.tasks = None, {}
+
+    def __enter__(self) -> _ProgressBars:
+        import sys
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (
+            TextColumn("  {task.fields[name]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        self.bar = Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty())
+        self.bar.__enter__()
+        self.tasks = {
+            name: self.bar.add_task("", total=total, name=name) for name, total in self.steps.items()
+        }
+        return self
+
+    def update(self) -> None:
+        from nitp.io import read_jsonl
+
+        for name, task in self.tasks.items():
+            path = self.out / name / "metrics.jsonl"
+            rows = read_jsonl(path) if path.is_file() else []
+            last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
+            if last:
+                self.bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
 
 
 def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) -> None:

@@ -3,6 +3,7 @@
 nitp-study quickstart --out runs/qs                      # a shipped study (configs/studies/)
 nitp-study my-study.yaml --dry-run                      # every cell with its plan line
 nitp-study my-study.yaml --cell nitp-s1                 # one cell (a job-array task)
+nitp-study my-study.yaml --retrain-changed              # after editing set:/axes:, retrain what changed
 nitp-study my-study.yaml --emit slurm --gpus-per-node 8 # OUT/study.sbatch: a SLURM array of torchrun jobs
 torchrun --nproc_per_node 8 -m reports.study_cli my-study.yaml --cell nitp-s1
 """
@@ -40,6 +41,12 @@ def study(
         "--emit",
         help="slurm: write OUT/study.sbatch (an array of torchrun jobs); commands: OUT/commands.txt.",
     ),
+    retrain_changed: bool = typer.Option(
+        False,
+        "--retrain-changed",
+        help="Delete and train again the cells whose run was trained with another config (the study "
+        "file changed); without it such cells are refused.",
+    ),
     nodes: int = typer.Option(1, "--nodes", help="Nodes per cell (--emit slurm)."),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node (--emit slurm)."),
 ) -> None:
@@ -57,7 +64,14 @@ def study(
         else:
             typer.echo(emit_commands(spec, out).read_text(), nl=False)
         return
-    result = run_study(spec, out, cell=cell, dry_run=dry_run, log=lambda m: typer.echo(m, err=not dry_run))
+    result = run_study(
+        spec,
+        out,
+        cell=cell,
+        dry_run=dry_run,
+        log=lambda m: typer.echo(m, err=not dry_run),
+        retrain_changed=retrain_changed,
+    )
     if result is not None:
         typer.echo(str(result))
 

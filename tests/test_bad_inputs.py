@@ -57,6 +57,8 @@ CASES = [
     (T, [*RUN, "--set", "model.hidden_size=abc"], "hidden_size"),
     (T, [*RUN, "--set", "data.corpus={tmp}/no-such-corpus.txt"], "no-such-corpus"),
     (T, [*RUN, "--set", "data.prepared_dir={tmp}/a-file.txt"], "prepared_dir"),
+    (T, [*RUN, "--set", "a=[unclosed"], "the value is not valid YAML"),
+    (T, [*RUN, "--set", "nitp.lambda=[1"], "the value is not valid YAML"),
     (T, ["export", "{tmp}/no-such.gguf", "--out", "{out}/exported"], "no such file"),
     # --- nitp-eval
     (E, ["bench", "{tmp}/no-such-model"], "no such file or directory"),
@@ -77,6 +79,7 @@ CASES = [
     (E, ["mteb", "{ckpt}", "--batch-size", "0"], "--batch-size"),
     (E, ["mteb", "{tmp}/truncated"], "damaged or truncated"),
     (E, ["mirror", "check", "{tmp}/no-such-dir"], "no-such-dir"),
+    (E, ["bench", "{tmp}/no-vocab"], "tokenizer.json"),
     # --- nitp-geom
     (G, ["rank", "{tmp}/no-such-model"], "no such file or directory"),
     (G, ["rank", "{ckpt}", "-f", "xml"], "--format xml"),
@@ -90,6 +93,9 @@ CASES = [
     (G, ["flops", "moe-9b"], "did you mean"),
     (G, ["flops", "{tmp}/no-such.yaml"], "no such"),
     (G, ["trajectory", "{tmp}/no-such-run"], "not a run directory"),
+    (G, ["rank", "{tmp}/no-vocab", "--tokens", "300"], "the tokenizer turns text into no tokens"),
+    (G, ["compare", "{tmp}/nan-weights", "{ckpt}", "--tokens", "300"], "nan-weights: layer"),
+    (G, ["diff-erank", "{tmp}/nan-weights", "--tokens", "300"], "nan-weights: layer"),
     # --- nitp-report
     (R, ["compare", "{tmp}/no-such-run", "--out", "{out}/report"], "no-such-run"),
     (R, ["compare", "{tmp}/bad-record.json", "--out", "{out}/report"], "not valid JSON"),
@@ -111,7 +117,8 @@ def _main(script: str):
 @pytest.fixture(scope="module")
 def broken_inputs(tmp_path_factory, tiny_checkpoint):
     """Broken files in the real formats: a truncated safetensors model, a model without tokenizer,
-    an invalid YAML, a top-level list, a torn record, a JSON that is not a record, a plain file."""
+    one without tokenizer.json (its tokenizer_config.json left), one with NaN weights, an invalid
+    YAML, a top-level list, a torn record, a JSON that is not a record, a plain file."""
     tmp = tmp_path_factory.mktemp("bad")
     truncated = tmp / "truncated"
     shutil.copytree(tiny_checkpoint, truncated)
@@ -121,12 +128,29 @@ def broken_inputs(tmp_path_factory, tiny_checkpoint):
     no_tok.mkdir()
     for f in ("config.json", "model.safetensors"):
         shutil.copy(tiny_checkpoint / f, no_tok / f)
+    no_vocab = tmp / "no-vocab"  # tokenizer_config.json without tokenizer.json
+    shutil.copytree(tiny_checkpoint, no_vocab)
+    (no_vocab / "tokenizer.json").unlink()
+    _nan_weights(tiny_checkpoint, tmp / "nan-weights")
     (tmp / "bad.yaml").write_text("train: {lr: [1, 2\n")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
     (tmp / "bad-record.json").write_text('{"schema": "nitp.record/1", "kind": ')
     (tmp / "not-a-record.json").write_text('{"hello": 1}\n')
     (tmp / "a-file.txt").write_text("a plain file\n")
     return tmp
+
+
+def _nan_weights(ckpt, out):
+    """A copy of ``ckpt`` whose first block's MLP weights are NaN."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ckpt, out)
+    weights = load_file(out / "model.safetensors")
+    for name in weights:
+        if "layers.0.mlp" in name:
+            weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def _snapshot(*folders) -> dict:

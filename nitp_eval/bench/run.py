@@ -49,6 +49,7 @@ from nitp.records import (
     read_record,
     write_record,
 )
+from nitp.runs import resolve_checkpoint
 
 from ..tasks import Benchmark, friendly
 from .plan import (
@@ -111,7 +112,8 @@ def run_bench(
     check_numbers(limit, num_fewshot, benchmarks)
     check_data_dir(data_dir)
     check_output(out)  # an unwritable --out fails now, not after the evaluation
-    ckpts = [model_folder(c) for c in checkpoints]  # a .gguf becomes its cached HF folder
+    # a .gguf stays itself here (the record is named after it); _bench_one loads its converted folder
+    ckpts = [resolve_checkpoint(c) for c in checkpoints]
     if not ckpts:
         raise UserError("no checkpoint given (give a checkpoint, a run directory or --all-checkpoints RUN)")
     if out is not None and len(ckpts) > 1:
@@ -171,8 +173,6 @@ def _bench_one(
     suite,
     log,
 ) -> dict:
-    import lm_eval
-
     info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
     ckpt = model_folder(ckpt)  # a .gguf file: its converted float32 folder
     cache = RecordCache("bench", info["key"])
@@ -192,17 +192,17 @@ def _bench_one(
     todo = [b for b in benchmarks if b.name not in failed]
     for i, b in enumerate(todo, 1):
         shots = shots_for(b, num_fewshot)
-        key = {
-            "model": info["key"],
-            "lm_eval_task": b.lm_eval_task,
-            "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task),
-            "shots": shots,
-            "limit": limit,
-            "data": plan.data_key[b.name],
-            "backend": backend,
-            "max_gen_toks": max_gen_toks,
-            "lm_eval": lm_eval.__version__,
-        }
+        key = bench_cache_key(
+            info,
+            b,
+            plan,
+            shots=shots,
+            limit=limit,
+            device=device,
+            batch_size=batch_size,
+            backend=backend,
+            max_gen_toks=max_gen_toks,
+        )
         cached = None if redo else cache.get(b.name, key)
         if cached is not None and not _has_items(cached):
             cached = None  # cached before records kept per-item results: evaluate again
@@ -253,6 +253,10 @@ def _bench_one(
         "seed": _lm_eval_seeds(),
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
     }
+    if failed and not scores:  # a record of failures only would read as a result: none is written
+        raise UserError(
+            f"{info['path']}: none of the {len(failed)} task(s) ran (reasons above); no record written"
+        )
     record = make_record(
         "bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm")
     )
@@ -266,6 +270,30 @@ def _bench_one(
         record["path"] = str(path)
         log(f"record: {path}")
     return record
+
+
+def bench_cache_key(info: dict, b: Benchmark, plan: Plan, **settings) -> dict:
+    """The cache key of one benchmark's score (``nitp.cachekey.cache_key``): the model key, the
+    task and its task files, the data by contents (the offline suite's folder or the ``--data-dir``
+    mirror; ``hub`` for the hub), every setting (shots, limit, device kind, batch size, backend,
+    generation cap) and the lm-eval version."""
+    import lm_eval
+
+    from nitp.cachekey import cache_key, device_kind
+
+    data = plan.data_key[b.name]
+    return cache_key(
+        {
+            "model": info["key"],
+            "lm_eval_task": b.lm_eval_task,
+            "task_files": task_fingerprint(plan.task_manager, b.lm_eval_task),
+            "data": data,
+            **settings,
+            "device": device_kind(settings.get("device")),
+            "lm_eval": lm_eval.__version__,
+        },
+        files=("data",) if data != "hub" else (),
+    )
 
 
 def _would_clobber(path: Path, record: dict) -> bool:
@@ -347,7 +375,7 @@ def evaluate(
     from lm_eval import simple_evaluate
 
     # lm-eval prints progress notes to stdout; keep stdout for the result table
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), _quiet_git():
         return simple_evaluate(
             model=lm,
             tasks=[b.lm_eval_task],
@@ -358,6 +386,31 @@ def evaluate(
             confirm_run_unsafe_code=allow_unsafe_code,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
         )
+
+
+@contextlib.contextmanager
+def _quiet_git():
+    """lm-eval records ``git describe`` of the working folder in its results; outside a git
+    checkout git prints "fatal: not a git repository" once per task. Within the block the same
+    call runs with git's stderr discarded (lm-eval's own fallback kept)."""
+    import subprocess
+
+    from lm_eval import evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def describe():
+        try:
+            out = subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL)
+            return out.strip().decode()
+        except (subprocess.CalledProcessError, OSError):
+            return get_commit_from_path(os.getcwd())
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = describe
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
 
 
 def extract_score(results: dict, b: Benchmark) -> dict:

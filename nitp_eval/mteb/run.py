@@ -33,6 +33,7 @@ from nitp.records import (
     make_record,
     model_identity,
     read_record,
+    settings_digest,
     write_record,
 )
 
@@ -176,15 +177,21 @@ def _records(
         paths[k] = record_path(info, out, several, record_tag(suite, task_names, spec.pooling, k))
         check_output(paths[k])
     save_to = _save_dir(save_encoder, info, several)
+    task_objs = _tasks_with_data(settings[wanted[0]], data_dir, log)
+    keys = {
+        (k, t.metadata.name): task_cache_settings(t, settings[k], spec) for k in wanted for t in task_objs
+    }
+    inputs = {k: settings_digest({u[1]: key for u, key in keys.items() if u[0] == k}) for k in wanted}
     found = {}
     for k in wanted:
-        if not redo and save_to is None and is_recorded(paths[k], info, settings[k]):
+        if not redo and save_to is None and _is_recorded(paths[k], info, settings[k], inputs[k]):
             log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
             found[k] = read_record(paths[k])
     todo = {k: settings[k] for k in wanted if k not in found}
     if todo:
-        scored = _score_checkpoint(info, spec, todo, sweep, data_dir, redo, save_to, log)
+        scored = _score_checkpoint(info, spec, todo, sweep, data_dir, redo, save_to, log, (task_objs, keys))
         for k, record in scored.items():
+            record["inputs"] = inputs[k]  # the digest of every task's cache key: what is_recorded checks
             if replaces_record(paths[k], record):
                 write_record(paths[k], record)
                 log(f"record: {paths[k]}")
@@ -208,34 +215,60 @@ def _save_dir(save_encoder, info: dict, several: bool) -> Path | None:
     return Path(save_encoder) / f"{info['name']}-{info['hash'][:8]}" if several else Path(save_encoder)
 
 
-def task_cache_settings(task, settings: dict, dtype: str) -> dict:
-    """What a cached task score depends on: the embedding settings and the task's data and scope."""
-    return {
-        "pooling": settings["pooling"],
-        "layer": settings["layer"],
-        "max_length": settings["max_length"],
-        "dtype": dtype,
-        "dataset": dict(task.metadata.dataset),
-        "splits": list(task.eval_splits),
-        "subsets": list(task.hf_subsets or []),
-    }
+def task_cache_settings(task, settings: dict, spec) -> dict:
+    """What a cached task score depends on (``nitp.cachekey.cache_key``): the embedding settings
+    (pooling, layer, lengths, batch sizes, dtype, device kind), the task's scope, its dataset
+    (a local ``--data-dir`` folder by contents) and the mteb version."""
+    from importlib import metadata
+
+    from nitp.cachekey import cache_key, device_kind
+
+    dataset = dict(task.metadata.dataset)
+    local = dataset.get("path")
+    local = local if isinstance(local, str) and Path(local).expanduser().exists() else None
+    return cache_key(
+        {
+            "pooling": settings["pooling"],
+            "layer": settings["layer"],
+            "max_length": settings["max_length"],
+            "batch_size": settings["batch_size"],
+            "batch_tokens": settings["batch_tokens"],
+            "dtype": spec.dtype,
+            "device": device_kind(spec.device),
+            "dataset": dataset,
+            "data": local,
+            "splits": list(task.eval_splits),
+            "subsets": list(task.hf_subsets or []),
+            "mteb": metadata.version("mteb"),
+        },
+        files=("data",),
+    )
 
 
-def _score_checkpoint(info, spec, settings_by_layer, sweep, data_dir, redo, save_to, log) -> dict[int, dict]:
+def _is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
+    """``results.is_recorded`` and the record was made from these very inputs (the digest of every
+    task's cache key: data contents, dtype, device kind, batch sizes, versions)."""
+    if not is_recorded(path, info, settings):
+        return False
+    try:
+        return read_record(path).get("inputs") == inputs
+    except UserError:
+        return False
+
+
+def _score_checkpoint(
+    info, spec, settings_by_layer, sweep, data_dir, redo, save_to, log, tasks
+) -> dict[int, dict]:
     """One record per layer of ``settings_by_layer``; each task is scored (and cached) per layer,
-    and with ``sweep`` every layer's embeddings come from one pass over the task's texts."""
-    first = next(iter(settings_by_layer.values()))
-    task_objs = _tasks_with_data(first, data_dir, log)
+    and with ``sweep`` every layer's embeddings come from one pass over the task's texts.
+    ``tasks``: the task objects (data applied) and their cache keys per (layer, task name)."""
+    task_objs, all_keys = tasks
     cache = RecordCache("mteb", info["key"])
     on_interrupt(
         f"the tasks finished so far are cached in {cache.root} and no record was written; "
         "rerun the same command to resume from them"
     )
-    keys = {
-        (k, t.metadata.name): task_cache_settings(t, s, spec.dtype)
-        for k, s in settings_by_layer.items()
-        for t in task_objs
-    }
+    keys = {u: key for u, key in all_keys.items() if u[0] in settings_by_layer}
     done = {} if redo else {u: v for u, key in keys.items() if (v := cache.get(u[1], key)) is not None}
     todo = {
         t.metadata.name: [k for k in settings_by_layer if (k, t.metadata.name) not in done] for t in task_objs
@@ -304,7 +337,9 @@ def _evaluate_task(encoder, task, redo: bool, data_dir, log) -> dict | None:
             [task],
             encode_kwargs={"batch_size": encoder.batch_size},
             cache=mteb.ResultCache(),
-            overwrite_strategy="always" if redo else "only-missing",
+            # mteb's own cache is keyed on less than ours (not the data's contents): written for
+            # mteb's tools, never read; nitp's RecordCache is the one that answers
+            overwrite_strategy="always",
             raise_error=False,
         )
     for failure in result.exceptions:
