@@ -13,7 +13,7 @@ import typer
 
 from nitp.errors import UserError
 
-from .tasks import help_text
+from .tasks import SUITES, help_text
 
 BENCH_HELP = (
     "Score checkpoints on benchmarks with lm-evaluation-harness; one result record per checkpoint.\n\n"
@@ -38,7 +38,7 @@ def bench(
         None, "--tasks", "-t", help="Comma-separated benchmark or lm-eval task names."
     ),
     suite: str | None = typer.Option(
-        None, "--suite", "-s", help="mission | paper | offline (default when no --tasks)."
+        None, "--suite", "-s", help=f"{' | '.join(SUITES)} (offline is the default when no --tasks)."
     ),
     all_checkpoints: Path | None = typer.Option(
         None, "--all-checkpoints", help="Score every checkpoint of this run directory."
@@ -119,7 +119,9 @@ def mirror_export(
     tasks: str | None = typer.Option(
         None, "--tasks", "-t", help="Comma-separated benchmark, lm-eval or MTEB task names."
     ),
-    suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
+    suite: str | None = typer.Option(
+        None, "--suite", "-s", help=f"{' | '.join(SUITES)} (instead of --tasks)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Mirror folder (created; reruns complete it)."),
 ) -> None:
     from .data import mirror_export
@@ -132,7 +134,9 @@ def mirror_export(
 def mirror_check(
     data_dir: Path = typer.Argument(..., help="Mirror folder."),
     tasks: str | None = typer.Option(None, "--tasks", "-t", help="Tasks to check (default: the paper's 13)."),
-    suite: str | None = typer.Option(None, "--suite", "-s", help="mission | paper (instead of --tasks)."),
+    suite: str | None = typer.Option(
+        None, "--suite", "-s", help=f"{' | '.join(SUITES)} (instead of --tasks)."
+    ),
 ) -> None:
     from .data import mirror
 
@@ -180,8 +184,6 @@ def mirror_import(
 
 
 def _names(tasks: str | None, suite: str | None) -> list[str]:
-    from .tasks import SUITES
-
     if tasks and suite:
         raise UserError("give either --tasks or --suite, not both")
     if suite:
@@ -190,7 +192,7 @@ def _names(tasks: str | None, suite: str | None) -> list[str]:
         return list(SUITES[suite])
     names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     if not names:
-        raise UserError("give --tasks a,b or --suite mission|paper")
+        raise UserError(f"give --tasks a,b or --suite {'|'.join(SUITES)}")
     return names
 
 

@@ -25,10 +25,12 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -120,20 +122,68 @@ class Trackers:
         path = self.run_dir / STATE_FILE
         state = json.loads(path.read_text()) if resume_step is not None and path.is_file() else {}
         state.setdefault("run_name", run_name)
-        self.adapters = [_start(n, self.run_dir, state, config, resume_step) for n in names]
+        self.names = list(names)
+        self._threads: dict[int, str] = {}  # ident of each thread a tracker started -> its name
+        self._thread_error: tuple[str, BaseException] | None = None
+        self._reported = False
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_failed
+        self.adapters = []
+        for n in self.names:
+            with self._watch(n, "start"):
+                self.adapters.append(_start(n, self.run_dir, state, config, resume_step))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
     def log(self, row: dict) -> None:
         values = scalars(row)
         if values and "step" in row:
-            for adapter in self.adapters:
-                adapter.log(values, int(row["step"]))
+            for name, adapter in zip(self.names, self.adapters):
+                with self._watch(name, f"log step {row['step']}"):
+                    adapter.log(values, int(row["step"]))
 
     def close(self) -> None:
-        for adapter in self.adapters:
-            adapter.close()
-        self.adapters = []
+        try:
+            for name, adapter in zip(self.names, self.adapters):
+                with self._watch(name, "close"):
+                    adapter.close()
+        finally:
+            self.adapters = []
+            if threading.excepthook == self._thread_failed:
+                threading.excepthook = self._previous_hook
+
+    @contextlib.contextmanager
+    def _watch(self, name: str, what: str):
+        """Any error of tracker ``name`` in the block, or of a thread it started (a writer thread on
+        a full disk), is one ``UserError`` naming it; the threads it starts are remembered."""
+        from nitp.errors import first_line
+
+        before = {t.ident for t in threading.enumerate()}
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any library error becomes the one-line message
+            self._thread_error = self._thread_error or (name, e)
+        finally:
+            self._threads.update({t.ident: name for t in threading.enumerate() if t.ident not in before})
+        if self._thread_error is not None and not self._reported:
+            self._reported = True  # once: close() after the error closes the others quietly
+            failed, e = self._thread_error
+            raise UserError(
+                f"log.trackers: {failed} failed ({what}; {type(e).__name__}: {first_line(e, 160)}); "
+                f"free disk space or fix its folder in {self.run_dir}, or drop {failed} from log.trackers "
+                "(metrics.jsonl keeps every step)"
+            )
+
+    def _thread_failed(self, args) -> None:
+        """``threading.excepthook``: a tracker thread's error is kept for the one-line message (no
+        traceback); other threads' go to the previous hook."""
+        name = self._threads.get(getattr(args.thread, "ident", None))
+        if name is None:
+            self._previous_hook(args)
+        elif self._thread_error is None:
+            self._thread_error = (name, args.exc_value)
 
 
 def _start(name: str, run_dir: Path, state: dict, config: dict, resume_step):

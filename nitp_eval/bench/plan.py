@@ -8,6 +8,7 @@ fingerprints are part of every cached result's key, so an edited task file is ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nitp.errors import UserError
+from nitp.io import atomic_write_json
 from nitp.records import cache_dir
 
 from ..tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
@@ -39,7 +41,51 @@ def select_benchmarks(tasks=None, suite=None) -> list[Benchmark]:
     if not names:
         raise UserError("--tasks is empty; give benchmark names such as mmlu_pro,c3")
     chosen = [friendly(n) or passthrough(n) for n in names]
+    known = known_task_names()
+    for b in chosen:  # a typo fails now, not after lm-eval's index is built (seconds)
+        if known is not None and b.metric is None and b.name not in known:
+            raise UserError(unknown_task_message(b.name, known))
     return list({b.name: b for b in chosen}.values())
+
+
+def unknown_task_message(name: str, lm_eval_tasks) -> str:
+    """One line for a task name that is neither in the benchmark table nor lm-eval's, with hints."""
+    table = list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases]
+    hints = nearest_names(name, table) or nearest_names(name, sorted(lm_eval_tasks))
+    return f"unknown task {name!r}" + (
+        f"; did you mean {', '.join(hints)}?"
+        if hints
+        else "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"
+    )
+
+
+def _task_names_file() -> Path:
+    """Where the names of lm-eval's task index are kept, keyed by the lm-eval version and nitp's
+    task files (a new or edited task file gives a new file)."""
+    from importlib import metadata
+
+    from ..tasks import TASKS_DIR
+
+    h = hashlib.sha256(metadata.version("lm_eval").encode())
+    for f in sorted(TASKS_DIR.rglob("*.yaml")):
+        h.update(f"{f}:{f.stat().st_mtime_ns}".encode())
+    return cache_dir() / "lm-eval-task-names" / f"{h.hexdigest()[:16]}.json"
+
+
+def known_task_names() -> set[str] | None:
+    """lm-eval's task, group and tag names as its index last listed them (None: not listed yet)."""
+    try:
+        return set(json.loads(_task_names_file().read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def remember_task_names(task_manager) -> None:
+    """Keep the index's names (:func:`known_task_names`): later typos fail before the index is built."""
+    path = _task_names_file()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, sorted(task_manager.all_tasks))
 
 
 def check_numbers(limit, num_fewshot, benchmarks) -> None:
@@ -67,6 +113,7 @@ def check_causal_lm(ckpt: Path) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    check_safe_weights(ckpt)
     try:
         config = AutoConfig.from_pretrained(ckpt)
     except Exception as e:  # noqa: BLE001 - unreadable config is bad input
@@ -86,6 +133,22 @@ def check_causal_lm(ckpt: Path) -> None:
         kind = ", ".join(archs) or config.model_type
         raise UserError(
             f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM"
+        )
+
+
+def check_safe_weights(folder) -> None:
+    """``UserError`` for a model folder whose weights are only pickled (``pytorch_model.bin``,
+    ``*.pt``): loading them unpickles a user's file, which nitp never does."""
+    from nitp.runs import weight_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # a .gguf file: no pickle
+    files = weight_files(folder)
+    if files and not any(f.suffix in (".safetensors", ".gguf") for f in files):
+        raise UserError(
+            f"{folder}: the weights are pickled ({files[0].name}) and nitp never unpickles a model's files; "
+            "convert them to safetensors (model.save_pretrained(folder) with transformers) and retry"
         )
 
 
@@ -122,25 +185,28 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     from ..data.offline_bench import prepare_offline_tasks
 
     tm = mirror.task_manager()
+    remember_task_names(tm)
     for b in benchmarks:
         if b.lm_eval_task not in tm.task_index:
-            hints = nearest_names(
-                b.name, list(BENCHMARKS) + [a for x in BENCHMARKS.values() for a in x.aliases] + tm.all_tasks
-            )
-            raise UserError(
-                f"unknown task {b.name!r}"
-                + (
-                    f"; did you mean {', '.join(hints)}?"
-                    if hints
-                    else "; give a benchmark name (see `nitp-eval bench --help`) or an lm-eval task name"
-                )
-            )
+            raise UserError(unknown_task_message(b.name, tm.all_tasks))
     failed: dict[str, str] = {}
     for b in benchmarks:
         if b.unsafe and not allow_unsafe_code:
             failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
     data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
     no_data = set()
+    if data_dir is None and hub_offline():  # no hub, no mirror: fail now, before the model loads
+        for b in benchmarks:
+            if b.name in failed or b.offline:
+                continue
+            absent = [n.repo for n in mirror.data_needs(tm, [b.lm_eval_task]) if not in_hub_cache(n.repo)]
+            if absent:
+                no_data.add(b.name)
+                failed[b.name] = (
+                    f"{b.name}: its data ({absent[0]}) is not in the local Hugging Face cache and the hub is "
+                    f"off (HF_HUB_OFFLINE=1); run `{mirror.export_hint([b.name], 'DIR')}` on a machine with "
+                    "the hub and pass --data-dir DIR"
+                )
     if data_dir is not None:
         check_data_dir(data_dir)
         root = Path(data_dir).expanduser()
@@ -168,6 +234,24 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
         for reason in failed.values():
             log(f"error: {reason}")
     return Plan(tm, failed, data_key, frozenset(no_data))
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def in_hub_cache(repo: str) -> bool:
+    """Whether a dataset repository was downloaded before (the hub's or the datasets' cache), so
+    that it loads with the hub off."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+    return hub.is_dir() or (Path(datasets.config.HF_DATASETS_CACHE) / repo.replace("/", "___")).is_dir()
 
 
 def _overrides(tm, data_dir: Path, benchmarks: list[Benchmark]) -> Path:
