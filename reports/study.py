@@ -92,6 +92,7 @@ class StudySpec:
     side_by_side: int = 1
     eval: EvalPlan = EvalPlan()
     description: str = ""
+    compute_matched: bool = False  # NTP cells get NITP's training FLOPs (more steps)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def load_study(path: str | os.PathLike) -> StudySpec:
         side_by_side=v["side_by_side"],
         eval=EvalPlan(**v["eval"]),
         description=v["description"],
+        compute_matched=v["compute_matched"],
     )
     check_study(spec)
     return spec
@@ -327,7 +329,30 @@ def cell_config(spec: StudySpec, cell: Cell, data_dir: Path | None = None) -> di
     cfg = _load(spec, [*overlay, *cell.overrides, *extra])
     if data_dir is not None and cfg["data"]["prepared_dir"] is None:
         cfg["data"]["prepared_dir"] = str(data_dir)
+    if spec.compute_matched and cfg["objective"] == "ntp":
+        _match_compute(cfg, cell)
     return cfg
+
+
+def _match_compute(cfg: dict, cell: Cell) -> None:
+    """``compute_matched: true``: the NTP cell trains for NITP's FLOPs at its size, i.e.
+    ``ceil(steps x (1 + nitp_extra / ntp_flops_per_token))`` steps (or that many more tokens),
+    beside the paper's equal-token comparison."""
+    import math
+
+    from nitp_train.flops import model_compute
+
+    c = model_compute(cfg["model"], cfg["data"]["seq_len"])
+    factor = 1.0 + c["nitp_extra_flops_per_token"] / c["ntp_flops_per_token"]
+    train = cfg["train"]
+    if train["steps"] is not None:
+        train["steps"] = math.ceil(train["steps"] * factor)
+    elif train["tokens"] is not None:
+        train["tokens"] = float(math.ceil(train["tokens"] * factor))
+    else:
+        raise UserError(
+            f"cell {cell.name}: compute_matched needs train.steps or train.tokens; set one in the study's set:"
+        )
 
 
 def cell_configs(spec: StudySpec, out: str | os.PathLike) -> dict[str, dict]:
@@ -507,10 +532,26 @@ def plan_lines(spec: StudySpec, out: str | os.PathLike) -> list[str]:
         state = cell_status(spec, out, cell, cfg)
         settings = ", ".join(f"{k}={_text(v)}" for k, v in cell.settings.items()) or "base config"
         progress = f"{state['status']} {state['step']}/{state['steps']}"
-        plan = plan_summary(*apply_plan(cfg, _world_size()))
-        lines.append(f"{cell.name:<{width}}  [{progress}]  {settings} | {plan}")
+        resolved, batch_plan = apply_plan(cfg, _world_size())
+        plan = plan_summary(resolved, batch_plan)
+        lines.append(f"{cell.name:<{width}}  [{progress}]  {settings} | {plan} | {_compute_text(resolved)}")
     lines.append(f"evaluation: {describe_eval(spec.eval)}")
     return lines
+
+
+def _compute_text(cfg: dict) -> str:
+    """``328,768 params, 2.36 MFLOPs/token (NITP +12.5%), 29.9 tokens/param, 2.32e13 FLOPs``."""
+    from nitp_train.flops import model_compute
+
+    c = model_compute(cfg["model"], cfg["data"]["seq_len"])
+    nitp = cfg["objective"] == "nitp"
+    per_token = c["ntp_flops_per_token"] + (c["nitp_extra_flops_per_token"] if nitp else 0.0)
+    tokens = cfg["train"]["steps"] * cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
+    extra = f" (NITP +{100 * c['nitp_extra_flops_per_token'] / c['ntp_flops_per_token']:.1f}%)" if nitp else ""
+    return (
+        f"{c['parameters']:,} params, {per_token / 1e6:.3g} MFLOPs/token{extra}, "
+        f"{tokens / c['parameters']:.3g} tokens/param, {per_token * tokens:.3g} FLOPs"
+    )
 
 
 def describe_eval(plan: EvalPlan) -> str:

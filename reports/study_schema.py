@@ -252,6 +252,8 @@ class StudyFile(_Section):
     axes: Axes = Field(default_factory=dict)
     include: Include = Field(default_factory=list)
     side_by_side: Int(1, 1024) = 1
+    # True: NTP cells train for NITP's FLOPs (steps x (1 + NITP's overhead at their size))
+    compute_matched: Bool = False
     eval: EvalSection = Field(default_factory=EvalSection)
 
     @field_validator("eval", mode="before")

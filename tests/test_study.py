@@ -2,6 +2,7 @@
 2-objective x 2-seed tiny study end to end on CPU that survives a SIGKILL and resumes bit for bit."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -111,7 +112,16 @@ def test_cell_names_and_overrides(tmp_path):
 
 
 def test_shipped_studies_load():
-    sizes = {"quickstart": 2, "quickstart-small": 2, "ablations-small-dense": 28, "gpu-single": 2}
+    sizes = {
+        "quickstart": 2,
+        "quickstart-small": 2,
+        "ablations-small-dense": 28,
+        "gpu-single": 2,
+        "regime": 8,
+        "gpu-regime": 6,
+        "ladder-cpu": 16,
+        "ladder-gpu": 16,
+    }
     for name, n in sizes.items():
         assert len(cells(load_study(name))) == n, name
     names = [c.name for c in cells(load_study("ablations-small-dense"))]
@@ -130,6 +140,31 @@ def test_dry_run_lists_every_cell_with_its_plan(tmp_path):
     assert lines[0] == f"study tiny: 4 cells -> {tmp_path / 'out'}"
     assert lines[-1].startswith("evaluation:")
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    # each cell's size and compute: tiny-dense at 4 x 32 tokens x 24 steps
+    from nitp_train.flops import model_compute
+    from nitp_train.models import resolve_preset
+
+    c = model_compute(resolve_preset("tiny-dense"), 32)
+    tpp = 24 * 4 * 32 / c["parameters"]
+    assert all(
+        f"{c['parameters']:,} params" in line and f"{tpp:.3g} tokens/param" in line for line in cell_lines
+    )
+    assert sum("(NITP +" in line for line in cell_lines) == 2
+
+
+def test_compute_matched_gives_ntp_nitps_flops(tmp_path):
+    from nitp_train.flops import model_compute
+    from nitp_train.models import resolve_preset
+    from reports.study import cell_config
+
+    spec = load_study(write_study(tmp_path, compute_matched=True))
+    by_name = {c.name: c for c in cells(spec)}
+    c = model_compute(resolve_preset("tiny-dense"), 32)
+    ntp, nitp = cell_config(spec, by_name["ntp-s0"]), cell_config(spec, by_name["nitp-s0"])
+    assert nitp["train"]["steps"] == 24
+    want = 24 * (1 + c["nitp_extra_flops_per_token"] / c["ntp_flops_per_token"])
+    assert ntp["train"]["steps"] == math.ceil(want) > 24
+    one_line_error(write_study(tmp_path, compute_matched="maybe"), "compute_matched", "true or false")
 
 
 @pytest.mark.slow  # lm-eval / subprocess heavy: keeps the fast subset under a minute
