@@ -29,9 +29,11 @@ FORMATS = ("table", "json", "csv")
 
 # shared options -------------------------------------------------------------------------------
 CORPUS = typer.Option(
-    "builtin",
+    "auto",
     "--corpus",
-    help="builtin (English text shipped by gensim) or a .txt/.jsonl/.parquet file or folder.",
+    help="auto (the held-out documents of the runs' own data when every model is a run of one "
+    "prepared corpus, else builtin), builtin (English text shipped by gensim) or a "
+    ".txt/.jsonl/.parquet file or folder.",
 )
 TOKENS = typer.Option(
     50_000, "--tokens", "-n", help="Tokens in the corpus sample (the same sample for every checkpoint)."
@@ -72,8 +74,10 @@ ANCHORS_ONLY = {"lens": False, "id_tokens": 0}
 
 
 def _measure(checkpoints, layers, **kw) -> list[dict]:
+    from .hidden import resolve_corpus
     from .measure import geom_records
 
+    kw["corpus"] = resolve_corpus(kw["corpus"], checkpoints, kw["n_tokens"])
     return geom_records(list(checkpoints), layers=layers, **kw)
 
 
@@ -302,12 +306,14 @@ def compare(
         from nitp.records import check_output
 
         check_output(figure, "--figure")
+    from .hidden import resolve_corpus
+
     record = compare_record(
         model_a,
         model_b,
         layers=_layers_arg(layers_, None),
         self_maps=self_maps,
-        corpus=corpus,
+        corpus=resolve_corpus(corpus, [m for m in (model_a, model_b) if m is not None], tokens),
         n_tokens=tokens,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -375,11 +381,13 @@ def diff_erank_cmd(
     from .tables import render, unique_labels
 
     _check_format(fmt)
+    from .hidden import resolve_corpus
+
     record = diff_erank_record(
         checkpoint,
         layers=layers_,
         init_seed=init_seed,
-        corpus=corpus,
+        corpus=resolve_corpus(corpus, [checkpoint], tokens),
         n_tokens=tokens,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -427,13 +435,25 @@ def trajectory(
     _check_format(fmt)
     target = run_target_layer(run_dir) if (run_dir / "config.yaml").is_file() else None
     lay = _layers_arg(layers_, [-1] + ([target] if target is not None else []))
+    from .hidden import resolve_corpus
+
     records = run_trajectory(
         run_dir,
         layers=lay,
         stability=stability,
         **ANCHORS_ONLY,
         **_settings(
-            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, None, redo, progress
+            resolve_corpus(corpus, [run_dir], tokens),
+            tokens,
+            batch_size,
+            seq_len,
+            device,
+            dtype,
+            exclude_first,
+            seed,
+            None,
+            redo,
+            progress,
         ),
     )
     shown_target = target if (lay is None or (target is not None and target in lay)) else None

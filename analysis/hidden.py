@@ -227,6 +227,47 @@ def _documents(corpus: str, _identity: str) -> tuple[str, ...]:
     return tuple(load_documents(corpus))
 
 
+def resolve_corpus(corpus: str, models, n_tokens: int | None = None) -> str:
+    """``--corpus auto`` (the default): the held-out documents of the run the models were trained
+    on (``nitp_train.data.validation_text`` of its prepared data), when every model is a run
+    directory or a checkpoint of one, all share that data and it holds ``n_tokens`` (with 10%
+    to spare); ``builtin`` otherwise (with a note when only the size was short). Any other value
+    is returned as given."""
+    if corpus != "auto":
+        return corpus
+    from nitp.runs import read_run_config, run_dir_of
+
+    found = set()
+    for model in models:
+        path = Path(model)
+        run = (
+            path if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir() else run_dir_of(path)
+        )
+        if run is None:
+            return "builtin"
+        data = read_run_config(run).get("data") or {}
+        prepared = Path(data.get("prepared_dir") or run / "data")
+        if not (prepared / "val.bin").is_file():
+            return "builtin"
+        found.add(prepared.resolve())
+    if len(found) != 1:
+        return "builtin"
+    prepared = found.pop()
+    held_out = (prepared / "val.bin").stat().st_size // 2  # uint16 tokens of the run's tokenizer
+    if n_tokens is not None and held_out < 1.1 * n_tokens:
+        import sys
+
+        print(
+            f"note: --corpus auto: the runs' held-out split has {held_out:,} tokens, fewer than --tokens "
+            f"{n_tokens:,} needs; measuring on builtin (lower --tokens to use the held-out documents)",
+            file=sys.stderr,
+        )
+        return "builtin"
+    from nitp_train.data import validation_text
+
+    return str(validation_text(prepared))
+
+
 def load_corpus(corpus: str) -> list[str]:
     """Documents of ``builtin`` or a local file/folder (or a hub dataset name, when online).
 

@@ -257,6 +257,10 @@ def record_tag(
     """The settings part of a record's default file name (a dtype other than float32 included,
     so a bfloat16 record never replaces the float32 one)."""
     corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
+    if corpus_name == "val_documents.jsonl" or corpus_name.startswith("nitp-val-"):
+        corpus_name = (
+            "heldout"  # --corpus auto: the run's held-out documents (analysis.hidden.resolve_corpus)
+        )
     layer_part = (
         "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
     )

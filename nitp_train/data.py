@@ -450,6 +450,44 @@ def validation_documents(data_cfg: dict) -> list[str]:
     return split_documents(docs, data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0))[1]
 
 
+VALIDATION_TEXT = "val_documents.jsonl"
+
+
+def validation_text(prepared_dir: str | os.PathLike) -> Path:
+    """``PREPARED/val_documents.jsonl``: the held-out documents of a prepared folder as text
+    (``{"text": ...}`` per line), decoded once from ``val.bin`` / ``val.idx`` with its tokenizer
+    (byte-level BPE decodes losslessly) and written atomically; the file is reused afterwards."""
+    import json
+
+    from nitp.io import atomic_write_text
+
+    shards = TokenShards(prepared_dir)
+    path = shards.dir / VALIDATION_TEXT
+    if path.is_file():
+        return path
+    tokenizer = shards.tokenizer()
+    starts = [int(x) for x in shards.doc_starts("val")] + [len(shards.val)]
+    lines = []
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        text = tokenizer.decode(np.asarray(shards.val[lo:hi]).tolist(), skip_special_tokens=True).strip()
+        if text:
+            lines.append(json.dumps({"text": text}) + "\n")
+    try:
+        return atomic_write_text(path, "".join(lines))
+    except OSError:  # a read-only prepared folder: keep the text beside the other temporary files
+        import tempfile
+
+        fallback = Path(tempfile.gettempdir()) / f"nitp-val-{_folder_key(shards.dir)}.jsonl"
+        return atomic_write_text(fallback, "".join(lines))
+
+
+def _folder_key(folder: Path) -> str:
+    import hashlib
+
+    meta = (folder / "meta.json").read_bytes() if (folder / "meta.json").is_file() else b""
+    return hashlib.sha256(str(folder.resolve()).encode() + meta).hexdigest()[:16]
+
+
 class TokenShards:
     """Read-only view of a prepared data folder."""
 

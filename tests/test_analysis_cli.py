@@ -106,8 +106,8 @@ def test_trajectory_over_a_run_with_stability(two_checkpoint_run):
     assert "L1_ridge_R2" in rows[0]  # the run's NITP target layer (tiny: 1)
     written = sorted(p.name for p in (two_checkpoint_run / "results" / "geom").glob("*.json"))
     assert written == [
-        "step_000002-builtin-1500-layers_last_1-seed0.json",
-        "step_000004-builtin-1500-layers_last_1-seed0.json",
+        "step_000002-heldout-1500-layers_last_1-seed0.json",  # --corpus auto: the run's held-out documents
+        "step_000004-heldout-1500-layers_last_1-seed0.json",
     ]
 
 

@@ -133,6 +133,16 @@ def test_heldout_geometry_same_tokens_in_every_run_and_probe_changes_nothing(tmp
     assert (tmp_path / "regime" / "figures" / "geometry.png").stat().st_size > 10_000
     heads = [h for h, _ in markdown_sections([a, b])]
     assert heads == ["Geometry at matched step and matched validation CE", "Gradient probe"]
+    # nitp-geom's --corpus auto: the runs' own held-out documents, decoded from their prepared data
+    from analysis.hidden import resolve_corpus
+    from nitp.runs import read_run_config
+    from nitp_train.data import validation_documents
+
+    path = resolve_corpus("auto", [a, b / "checkpoints" / "step_000004"])
+    texts = [json.loads(line)["text"] for line in open(path)]
+    want = [d.strip() for d in validation_documents(read_run_config(a)["data"]) if d.strip()]
+    assert texts == want
+    assert resolve_corpus("auto", [a, tmp_path]) == "builtin" and resolve_corpus("x.txt", [a]) == "x.txt"
     wa = load_file(a / "checkpoints" / "step_000004" / "model.safetensors")
     wc = load_file(c / "checkpoints" / "step_000004" / "model.safetensors")
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
