@@ -112,3 +112,21 @@ def test_in_loop_mteb_and_geometry_write_records_and_metrics(tmp_path, monkeypat
     assert line["eval/geom/erank"] == last["effective_rank_covariance"]
     assert geom["model"]["step"] == 4 and next((run / "results" / "mteb").glob("step_000004-inloop-*.json"))
     assert not (run / "inloop").exists()
+
+
+@pytest.mark.slow  # trains a tiny model and runs lm-eval once
+def test_an_evaluator_failure_never_costs_the_checkpoint_of_its_step(tmp_path):
+    """The checkpoint of a step is written before that step's in-training evaluation: an
+    evaluator that cannot write its results stops the run with the checkpoint on disk and the
+    step's metrics line written."""
+    from nitp.runs import list_checkpoints
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results").write_text("a file where the evaluator's folder goes")
+    with pytest.raises(UserError) as e:
+        make_tiny_run(run, steps=4, extra=[*EVAL, "checkpoint.every=4"])
+    assert "\n" not in str(e.value) and "step 4" in str(e.value) and "--resume" in str(e.value)
+    assert [p.name for p in list_checkpoints(run)] == ["step_000004"]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4
