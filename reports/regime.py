@@ -262,6 +262,30 @@ def markdown_sections(run_dirs: list[str | Path]) -> list[tuple[str, str]]:
     return out
 
 
+def sign_summary(runs: list[Run], key: str = "erank", sign: int = 1) -> str:
+    """How many NITP runs end above (sign=1) / below (-1) the NTP run of their seed on ``key``,
+    with an exact two-sided sign test (``scipy.stats.binomtest``) and its caveat."""
+    from scipy.stats import binomtest
+
+    base = {r.seed: r for r in runs if r.objective == "ntp"}
+    deltas = []
+    for r in runs:
+        if r.objective == "nitp" and r.seed in base:
+            a, b = base[r.seed].series(key)[1], r.series(key)[1]
+            if a.size and b.size:
+                deltas.append(float(b[-1] - a[-1]))
+    if not deltas:
+        return ""
+    wins = sum(1 for x in deltas if sign * x > 0)
+    p = binomtest(wins, len(deltas), 0.5).pvalue
+    word = "higher" if sign > 0 else "lower"
+    return (
+        f"{wins} of {len(deltas)} NITP runs end with a {word} final {key} than the NTP run of their seed "
+        f"(exact sign test over runs, two-sided p = {p:.3g}); the runs share {len(base)} NTP baselines, so "
+        f"the unit of replication for a claim about the objectives is the seed (n = {len(base)})."
+    )
+
+
 def matched_table(rows: list[dict]) -> str:
     head = (
         "| NITP group − NTP | metric | n seeds | Δ at matched step | Δ at matched validation CE | share explained by CE |\n"
@@ -397,6 +421,11 @@ def regime_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             "validation CE of the run that ends higher; the other run is read where it first reached it.",
             "",
             matched_table(matched),
+            "",
+            sign_summary(runs, "erank", 1),
+            "",
+            sign_summary(runs, "val_loss", -1),
+            "",
             f"![geometry]({geom.relative_to(out).as_posix()})",
             "",
             f"![probe]({probe.relative_to(out).as_posix()})",
