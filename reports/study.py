@@ -547,7 +547,9 @@ def _compute_text(cfg: dict) -> str:
     nitp = cfg["objective"] == "nitp"
     per_token = c["ntp_flops_per_token"] + (c["nitp_extra_flops_per_token"] if nitp else 0.0)
     tokens = cfg["train"]["steps"] * cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
-    extra = f" (NITP +{100 * c['nitp_extra_flops_per_token'] / c['ntp_flops_per_token']:.1f}%)" if nitp else ""
+    extra = (
+        f" (NITP +{100 * c['nitp_extra_flops_per_token'] / c['ntp_flops_per_token']:.1f}%)" if nitp else ""
+    )
     return (
         f"{c['parameters']:,} params, {per_token / 1e6:.3g} MFLOPs/token{extra}, "
         f"{tokens / c['parameters']:.3g} tokens/param, {per_token * tokens:.3g} FLOPs"
