@@ -197,7 +197,10 @@ def _ledger(report: Report, study: Study, layout: Layout, groups: dict) -> None:
         entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
         ledgers[pair.name] = entries
         name = "ledger" if i == 0 else f"ledger-{i + 1}"
-        report.table(LEDGER, L.ledger_table(name, f"The paper's claims: {pair.name}", entries))
+        title = f"The paper's claims: {pair.name}"
+        if len(layout.pairs) > 1:  # several sizes or pairs: say which one each table is
+            title += f" ({pair.new.label} vs {pair.base.label})"
+        report.table(LEDGER, L.ledger_table(name, title, entries))
     runs = [m for m in layout.main if m.config is not None]
     if runs:
         report.table(LEDGER, L.regime_table(runs))

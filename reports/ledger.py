@@ -440,7 +440,7 @@ def regime_sentence(models: list[Model]) -> str:
     steps = [r["steps"] for _, r in runs if r["steps"]]
     reach = (
         f"{min(tpp):.2g}-{max(tpp):.2g}"
-        if tpp and min(tpp) != max(tpp)
+        if tpp and f"{min(tpp):.2g}" != f"{max(tpp):.2g}"
         else (f"{tpp[0]:.2g}" if tpp else "?")
     )
     below = tpp and max(tpp) < 0.95 * PAPER_TOKENS_PER_PARAM[0]  # 29.9 of a 30 target is there
