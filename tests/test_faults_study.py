@@ -41,6 +41,15 @@ TINY_SET = [
     "checkpoint.every=4",
     "checkpoint.keep_last=2",
 ]
+
+
+def trained_set(*extra: str) -> list[str]:
+    """TINY_SET on the built-in corpus tokenized once per machine (no tokenizer training per study)."""
+    from tests.helpers import builtin_prepared_dir
+
+    return [*TINY_SET, "data.seq_len=64", f"data.prepared_dir={builtin_prepared_dir()}", *extra]
+
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -340,10 +349,10 @@ def test_a_full_disk_names_the_file_being_written(full_disk):
 @pytest.mark.slow
 def test_changed_set_is_refused_then_retrained_and_another_study_is_refused(tmp_path):
     out = tmp_path / "out"
-    spec = load_study(write_study(tmp_path, side_by_side=2))
+    spec = load_study(write_study(tmp_path, set=trained_set(), side_by_side=2))
     run_study(spec, out, log=lambda _: None)
     first = {c: list_checkpoints(out / c)[-1] for c in ("ntp", "nitp")}
-    changed = load_study(write_study(tmp_path, set=[*TINY_SET, "nitp.lambda=0.5"], side_by_side=2))
+    changed = load_study(write_study(tmp_path, set=trained_set("nitp.lambda=0.5"), side_by_side=2))
     one_line_error(
         lambda: run_study(changed, out, log=lambda _: None), "cell nitp: ", "nitp.lambda: 1.0 -> 0.5"
     )
@@ -368,7 +377,7 @@ def test_a_cell_in_use_elsewhere_fails_in_one_line_naming_the_cell_and_its_log(t
     from nitp.runs import run_lock
 
     out = tmp_path / "out"
-    study = write_study(tmp_path, side_by_side=2)
+    study = write_study(tmp_path, set=trained_set(), side_by_side=2)
     cmd = [sys.executable, "-m", "reports.study_cli", str(study), "--out", str(out)]
     with run_lock(out / "ntp", "another nitp-study"), run_lock(out / "nitp", "another nitp-study"):
         run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
@@ -407,7 +416,7 @@ def _alive(procs: list) -> list:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_side_by_side_workers_die_with_the_study_and_the_rerun_resumes(sig, tmp_path):
     steps = ["train.steps=100", "checkpoint.every=4", "log.every=1"]
-    study = write_study(tmp_path, set=[*TINY_SET, *steps], side_by_side=2)
+    study = write_study(tmp_path, set=trained_set(*steps), side_by_side=2)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "reports.study_cli", str(study), "--out", str(out)]
     proc = subprocess.Popen(
@@ -421,6 +430,7 @@ def test_side_by_side_workers_die_with_the_study_and_the_rerun_resumes(sig, tmp_
             time.sleep(0.05)
         workers = _workers(proc.pid)
         assert len(workers) == 2 and proc.poll() is None, "the workers were not training"
+        assert all(list_checkpoints(out / c) for c in ("ntp", "nitp")), "no checkpoint in 500 s"
         os.kill(proc.pid, sig)
         proc.wait(timeout=60)
     finally:
