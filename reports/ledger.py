@@ -265,6 +265,8 @@ def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
         train, extra = predicted_flops(spec, ((model.config or {}).get("data") or {}).get("seq_len"))
         if train and extra:
             flops.value = f"{100 * extra / train:.2f} % predicted at {model.preset}"
+            from .tables import overhead_reason
+
             flops.why += f"; at this size {overhead_reason(spec, train)}"
     time = Entry("NITP wall-clock overhead", "~1.8 % (9B MoE, 5k steps)")
     ratio = _time_ratio(pair, speed)
@@ -274,19 +276,6 @@ def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
     else:
         time.verdict, time.why = "not measured", "no throughput of both runs"
     return [flops, time]
-
-
-def overhead_reason(spec: dict, train_flops: float) -> str:
-    """Why NITP costs more at small sizes: the projector's 72 d² FLOPs per token against ~6 N."""
-    from nitp_train.models import count_parameters_from_spec
-
-    d = int(spec["hidden_size"])
-    active = count_parameters_from_spec(spec)["active"]
-    return (
-        f"the projector (12 d² = {12 * d * d / 1e6:.2f} M parameters, 72 d² = {72 * d * d:.3g} FLOPs per token) "
-        f"is large next to a {active / 1e6:.2f} M-parameter model ({train_flops:.3g} FLOPs per token); at 9B-A1B "
-        "(d = 1280, ~1B active) the same projector is ~2 % of the model's FLOPs"
-    )
 
 
 def _time_ratio(pair: Pair, speed: list[dict]) -> tuple[float, str] | None:
