@@ -100,8 +100,8 @@ def test_lcbench_needs_the_unsafe_code_flag(cli, tiny_checkpoint, mirror, tmp_pa
     code, _, err = cli(
         "bench", tiny_checkpoint, "--tasks", "lcbench", "--data-dir", mirror, "--out", tmp_path / "r.json"
     )
-    assert code == 1
-    assert "--allow-unsafe-code" in err
+    assert code == 2  # the only task could not run: one line, no record written
+    assert "--allow-unsafe-code" in err and not (tmp_path / "r.json").exists()
 
 
 # ----------------------------------------------------------------------------- checkpoints
