@@ -254,6 +254,17 @@ def _build_root(root: str, read_only: list[str], run_ids: tuple[int, int]) -> No
         raise SetupError(f"pivot_root: unknown system call number on {machine}")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    # the private /tmp first: a Python installation under the host's /tmp (a venv there) is bound
+    # inside it below, read-only, instead of being hidden by it
+    os.mkdir(root + "/tmp")
+    uid, gid = run_ids
+    _mount(
+        "tmpfs",
+        root + "/tmp",
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"size={TMP_BYTES},mode=0700,uid={uid},gid={gid}",
+    )
     bound = []
     for path in _binds(read_only):
         dst = root + path
@@ -280,15 +291,6 @@ def _build_root(root: str, read_only: list[str], run_ids: tuple[int, int]) -> No
     os.symlink("/proc/self/fd/2", f"{root}/dev/stderr")
     os.mkdir(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this PID namespace's
-    os.mkdir(root + "/tmp")
-    uid, gid = run_ids
-    _mount(
-        "tmpfs",
-        root + "/tmp",
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        f"size={TMP_BYTES},mode=0700,uid={uid},gid={gid}",
-    )
     _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(root)  # pivot_root(".", "."): the old root lands on top of the new one; detach it
     _call(_libc.syscall(SYS_PIVOT_ROOT[machine], b".", b"."), "pivot_root")
