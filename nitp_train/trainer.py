@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_text
+from nitp.io import atomic_write_text, read_jsonl
 from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint
 
 from . import checkpoint as ckpt_io
@@ -95,6 +95,7 @@ class TrainState:
     step: int = 0
     tokens_seen: int = 0
     last_good: str | None = None
+    pending_line: dict | None = None  # the resumed checkpoint's metrics line (_finish_interrupted_step)
     sums: dict = field(default_factory=dict)
     n_sums: int = 0
     t0: float = 0.0
@@ -104,6 +105,8 @@ class TrainState:
 def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
     st = _build_state(cfg, run_dir, resume, d, log)
     try:
+        if st.step > 0:
+            _finish_interrupted_step(st, st.pending_line)
         st.t0 = time.perf_counter()
         while st.step < st.cfg["train"]["steps"]:
             want_geom, grad_norm = _train_step(st)
@@ -133,9 +136,11 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
     wrapped = parallel.wrap(objective, d, tc["parallel"], tc.get("param_dtype", "fp32"))
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
-    step, tokens_seen = 0, 0
+    step, tokens_seen, pending_line = 0, 0, None
     if last_ckpt is not None:
-        step, tokens_seen = _restore_training(last_ckpt, wrapped, objective, optimizer, scheduler, d, tc)
+        step, tokens_seen, pending_line = _restore_training(
+            last_ckpt, wrapped, objective, optimizer, scheduler, d, tc
+        )
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     seq, bsz, accum = cfg["data"]["seq_len"], tc["batch_size"], tc["grad_accum"]
     forward = _compiled(wrapped, tc)
@@ -177,6 +182,7 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
         step=step,
         tokens_seen=tokens_seen,
         last_good=last_ckpt.name if last_ckpt is not None else None,
+        pending_line=pending_line,
     )
 
 
@@ -220,8 +226,9 @@ def _build_objective(cfg: dict, last_ckpt: Path | None, tokenizer, d: parallel.D
     return model, objective
 
 
-def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler, d, tc) -> tuple[int, int]:
-    """Load weights, optimizer and schedule of ``last_ckpt``; returns ``(step, tokens_seen)``."""
+def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler, d, tc) -> tuple:
+    """Load weights, optimizer and schedule of ``last_ckpt``; returns ``(step, tokens_seen,
+    pending_line)``, the last being the step's metrics line as saved (None in older checkpoints)."""
     saved = ckpt_io.load_trainer_state(last_ckpt)
     if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
         parallel.load_sharded(wrapped, optimizer, saved["sharded"])
@@ -234,7 +241,8 @@ def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler,
     # train.steps (allowed) must take the next step at the new schedule's lr
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
-    return saved["state"]["step"], saved["state"]["tokens_seen"]
+    state = saved["state"]
+    return state["step"], state["tokens_seen"], state.get("pending_line")
 
 
 def _training_batches(cfg: dict, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
@@ -350,24 +358,40 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
         row.update(_probe(st))
     if lc["eval_every"] > 0 and (st.step % lc["eval_every"] == 0 or st.step == steps):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
-    # the checkpoint comes first: an evaluator's or a tracker's failure below never costs training state
+    # the checkpoint comes first: an evaluator's or a tracker's failure below never costs training
+    # state; it carries this step's line, which a resume writes if the run died before it did
     if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps:
-        _save(st)
+        _save(st, pending_line=row)
         st.last_good = checkpoint_name(st.step)
-    every = cfg["eval"]["every"]
+    _evaluate_and_log(st, row)
+    if not st.sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
+        st.t0 = time.perf_counter()
+
+
+def _evaluate_and_log(st: TrainState, row: dict) -> None:
+    """Run the in-loop evaluators when due (``eval.every``), then write the step's metrics line."""
+    every, steps = st.cfg["eval"]["every"], st.cfg["train"]["steps"]
     try:
         if every > 0 and (st.step % every == 0 or st.step == steps):
             modules = (st.objective, st.wrapped)
             row.update(
                 evaluate_in_loop(
-                    st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, d
+                    st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, st.d
                 )
             )
     finally:  # the line of this step is written even when an evaluator failed
         if row:
             st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
-    if not st.sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
-        st.t0 = time.perf_counter()
+
+
+def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
+    """A run killed between its checkpoint and that step's metrics line (evaluation runs in
+    between) lost the line: write it from the checkpoint and run the evaluators it missed."""
+    path = st.run_dir / "metrics.jsonl"
+    logged = st.d.is_main and path.is_file() and any(r.get("step") == st.step for r in read_jsonl(path))
+    missing = pending_line is not None and st.d.is_main and not logged
+    if bool(parallel.all_max(st.d, torch.tensor(float(missing), device=st.d.device)).item()):
+        _evaluate_and_log(st, dict(pending_line or {}))
 
 
 def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
@@ -670,8 +694,9 @@ def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) ->
     return row
 
 
-def _save(st: TrainState) -> None:
-    """Checkpoint ``step_N`` of the state: model (HF folder), projector, optimizer, schedule, cursor."""
+def _save(st: TrainState, pending_line: dict) -> None:
+    """Checkpoint ``step_N`` of the state: model (HF folder), projector, optimizer, schedule, cursor,
+    and the step's metrics line before evaluation (``pending_line``)."""
     cfg, d, step, run_dir = st.cfg, st.d, st.step, st.run_dir
     mode = cfg["train"]["parallel"]
     sharded = mode == "fsdp" and d.enabled
@@ -695,7 +720,7 @@ def _save(st: TrainState) -> None:
             st.objective.model,
             st.tokenizer,
             _checkpoint_meta(cfg, step, st.tokens_seen),
-            _cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
+            {**_cursor_state(cfg, step, st.tokens_seen, d.world, checksums), "pending_line": pending_line},
             cfg["checkpoint"]["keep_last"],
             sharded=sharded,
         )

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from nitp.errors import UserError
 from reports import multiplier as M
@@ -277,8 +278,10 @@ def test_report_of_real_runs_and_its_bad_inputs(tiny_run, tiny_ntp_run, tmp_path
     with pytest.raises(UserError, match="given twice"):
         M.read_ladder([tiny_ntp_run, tiny_ntp_run])
     cfg = (twin / "config.yaml").read_text()
-    (twin / "config.yaml").write_text(cfg.replace("seq_len: 64", "seq_len: 128"))
-    with pytest.raises(UserError, match=r"validated on other data .*data.seq_len 128 vs 64"):
+    other = yaml.safe_load(cfg)  # a data key that leaves the compute alone (seq_len would change FLOPs)
+    other["data"]["text_field"] = "body"
+    (twin / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(UserError, match=r"validated on other data .*data.text_field 'body' vs 'text'"):
         M.read_ladder([tiny_ntp_run, twin])
     (twin / "config.yaml").write_text(cfg)
     with open(twin / "metrics.jsonl", "a") as f:

@@ -66,6 +66,7 @@ def test_first_train_line_states_backend_and_mfu_convention(objective):
     opt = trainer._make_optimizer(objective, _train_cfg())
     facts = trainer._run_facts(_train_cfg(), objective.model, objective, opt)
     assert facts == {
+        "parameters": sum(p.numel() for p in objective.model.parameters()),
         "attn_implementation": objective.model.config._attn_implementation,
         "loss_impl": "plain",
         "compile_mode": "off",
@@ -90,10 +91,15 @@ def test_first_train_line_states_backend_and_mfu_convention(objective):
     assert first["attn_implementation"] == facts["attn_implementation"]
     st.sums, st.n_sums = {"loss_total": torch.tensor(1.0)}, 1
     second = trainer._interval_means(st, torch.tensor(1.0))
-    assert "mfu" in second and not {"flops_per_token", "peak_flops", "attn_implementation"} & set(second)
+    assert "mfu" in second and not {
+        "flops_per_token",
+        "peak_flops",
+        "attn_implementation",
+        "parameters",
+    } & set(second)
 
 
-def test_cpu_lines_have_no_mfu_convention_keys(objective):
+def test_cpu_lines_state_flops_per_token_but_no_mfu_convention(objective):
     st = SimpleNamespace(
         t0=time.perf_counter(),
         sums={"loss_total": torch.tensor(2.0)},
@@ -107,7 +113,9 @@ def test_cpu_lines_have_no_mfu_convention_keys(objective):
         run_facts={"loss_impl": "plain"},
     )
     row = trainer._interval_means(st, torch.tensor(1.0))
-    assert row["loss_impl"] == "plain" and not {"mfu", "flops_per_token", "peak_flops"} & set(row)
+    # a size ladder reads a CPU run's compute from its first line; MFU needs a known peak
+    assert row["loss_impl"] == "plain" and row["flops_per_token"] == 6e6
+    assert not {"mfu", "peak_flops"} & set(row)
 
 
 @pytest.mark.parametrize(
