@@ -273,14 +273,29 @@ def check_weights_readable(path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- before loading
+def check_safe_weights(folder) -> None:
+    """``UserError`` for a model folder whose weights are only pickled (``pytorch_model.bin``,
+    ``*.pt``): loading them unpickles a user's file, which nitp never does."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # a .gguf file: no pickle
+    files = weight_files(folder)
+    if files and not any(f.suffix in (".safetensors", ".gguf") for f in files):
+        raise UserError(
+            f"{folder}: the weights are pickled ({files[0].name}) and nitp never unpickles a model's files; "
+            "convert them to safetensors (model.save_pretrained(folder) with transformers) and retry"
+        )
+
+
 def check_model_files(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None) -> Path:
     """Everything about a model folder that can fail, checked before any cache lookup or load.
 
-    Its config.json parses, its tokenizer loads (a missing or garbage tokenizer is one line here,
+    Its weights are not only pickled (:func:`check_safe_weights`), its config.json parses, its tokenizer loads (a missing or garbage tokenizer is one line here,
     never a cached score of another model), every weight file opens, and its parameters fit in
     the memory of ``device`` (:func:`check_memory`). Returns the Hugging Face folder to load.
     """
     folder = model_folder(path)
+    check_safe_weights(folder)  # before anything opens a pickled file
     load_config(folder)
     load_tokenizer(folder)
     check_memory(folder, device=device, dtype=dtype)  # from the headers only: before opening the weights

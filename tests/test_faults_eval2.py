@@ -64,11 +64,14 @@ def _pickled_model(folder: Path) -> Path:
 
 
 def test_pickled_weights_are_refused_by_bench_before_anything_loads_them(tmp_path):
-    from nitp_eval.bench.plan import check_causal_lm, check_safe_weights
+    from nitp.loading import check_model_files, check_safe_weights
+    from nitp_eval.bench.plan import check_causal_lm
 
     folder = _pickled_model(tmp_path / "m")
     with pytest.raises(UserError, match=r"the weights are pickled \(pytorch_model.bin\).*safetensors"):
         check_causal_lm(folder)
+    with pytest.raises(UserError, match=r"the weights are pickled"):  # nitp-geom's and mteb's check
+        check_model_files(folder)
     (folder / "model.safetensors").write_bytes(b"")  # a safetensors copy beside it is what loads
     check_safe_weights(folder)
     assert not (folder / "ran").exists()

@@ -458,3 +458,22 @@ def test_side_by_side_workers_die_with_the_study_and_the_rerun_resumes(sig, tmp_
     for c in ("ntp", "nitp"):
         assert list_checkpoints(out / c)[-1].name == "step_000100"
         assert f"resumed from {killed_at[c]}" in (out / "logs" / f"{c}.log").read_text()
+
+
+def test_quickstart_refuses_a_model_trained_with_other_steps_unless_told_to_retrain(tmp_path, monkeypatch):
+    """``nitp-report quickstart --steps`` changed after a first run: the cell is refused in one
+    line naming --retrain-changed; with it, the switch reaches the study."""
+    from reports import study as study_lib
+    from reports.quickstart import quickstart_spec, run_quickstart
+
+    out = tmp_path / "qs"
+    _fake_run(out, quickstart_spec("tiny", steps=8, device="cpu"), "nitp", **{"train.steps": 16})
+    one_line_error(
+        lambda: run_quickstart(out, steps=8, device="cpu", log=lambda _: None),
+        "cell nitp: ",
+        "--retrain-changed",
+    )
+    seen = []
+    monkeypatch.setattr(study_lib, "run_study", lambda *a, **kw: seen.append(kw["retrain_changed"]) or out)
+    run_quickstart(out, steps=8, device="cpu", log=lambda _: None, retrain_changed=True)
+    assert seen == [True]

@@ -175,3 +175,22 @@ def test_split_of_documents_matches_prepare():
     train, val = corpora.split_documents(docs, 0.1, 3)
     assert [d for d in docs if d in val] == [docs[i] for i in range(200) if corpora.is_validation(i, 0.1, 3)]
     assert 5 <= len(val) <= 40 and len(train) + len(val) == 200
+
+
+def test_a_long_valid_folder_name_and_a_symlink_share_one_lock(tmp_path, tok_dir, monkeypatch):
+    """The lock and partial folder beside a 250-byte name stay within NAME_MAX; the lock is taken
+    on the resolved folder, so a symlink to it waits on the same lock as the folder's own path."""
+    import fcntl
+
+    corpus = _write_jsonl(tmp_path / "c.jsonl", TEXTS)
+    cfg = _cfg(corpus, tok_dir, workers=0)
+    real = tmp_path / ("p" * 250)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)  # dangling until prepared
+    locks, flock = [], fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", lambda f, op: locks.append(f.name) or flock(f, op))
+    prepare(cfg, tmp_path / "link", log=lambda *_: None)
+    assert (real / "train.bin").is_file() and (tmp_path / "link").is_symlink()
+    (real / "meta.json").rename(real / "meta.moved")  # not reusable: the second call prepares again
+    prepare(cfg, real, log=lambda *_: None)
+    assert locks == [str(tmp_path / data.hidden_name(real.name, ".lock"))] * 2
+    assert len(locks[0].rsplit("/", 1)[1].encode()) <= 255

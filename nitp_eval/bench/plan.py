@@ -17,6 +17,7 @@ from typing import Iterator
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
+from nitp.loading import check_safe_weights
 from nitp.records import cache_dir
 
 from ..tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
@@ -133,22 +134,6 @@ def check_causal_lm(ckpt: Path) -> None:
         kind = ", ".join(archs) or config.model_type
         raise UserError(
             f"{ckpt}: {kind} is not a causal language model; bench scores checkpoints that load with AutoModelForCausalLM"
-        )
-
-
-def check_safe_weights(folder) -> None:
-    """``UserError`` for a model folder whose weights are only pickled (``pytorch_model.bin``,
-    ``*.pt``): loading them unpickles a user's file, which nitp never does."""
-    from nitp.runs import weight_files
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return  # a .gguf file: no pickle
-    files = weight_files(folder)
-    if files and not any(f.suffix in (".safetensors", ".gguf") for f in files):
-        raise UserError(
-            f"{folder}: the weights are pickled ({files[0].name}) and nitp never unpickles a model's files; "
-            "convert them to safetensors (model.save_pretrained(folder) with transformers) and retry"
         )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 
+POOLINGS = ("mean", "last", "eos")  # here, not in encoder: a study file checks them without importing mteb
 _PUBLIC = {
     "HiddenStateEncoder": "encoder",
     "pool_hidden_states": "encoder",

@@ -39,12 +39,10 @@ from nitp import layers as layers_lib
 from nitp.errors import UserError
 from nitp.io import atomic_folder
 from nitp.loading import check_model_files, load_config
-from nitp.runs import resolve_checkpoint
 from nitp.runtime import pick_device, pick_dtype
 
-from ..bench.plan import check_safe_weights
+from . import POOLINGS
 
-POOLINGS = ("mean", "last", "eos")
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
 DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
@@ -97,7 +95,6 @@ def preflight(
     check_sizes(max_length, batch_tokens, batch_size)
     device = pick_device(device)
     dtype = pick_dtype(device)
-    check_safe_weights(resolve_checkpoint(model_path))  # before anything opens a pickled file
     folder = check_model_files(model_path, device=device, dtype=dtype)
     n_layers = int(load_config(folder).num_hidden_layers)
     layer = layers_lib.check_layer(layer, n_layers, name="--layer")
