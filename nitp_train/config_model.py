@@ -269,6 +269,11 @@ class Log(_Section):
         "norms, ratio and cosine per block (nitp_train/probe.py); 0 = never",
     )
     eval_every: Int(0, BIG) = Field(100, description="steps between validation losses (0 = never)")
+    eval_points: Int(0, BIG) = Field(
+        0,
+        description="also validate at this many log-spaced steps from 1 to train.steps (a size ladder's "
+        "(compute, loss) points even on log compute; nitp_train.trainer.log_spaced_steps); 0 = none",
+    )
     eval_batches: Int(1, BIG) = Field(8, description="validation batches per evaluation")
     trackers: Names(*TRACKERS) = Field(
         default_factory=list,

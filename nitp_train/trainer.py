@@ -330,6 +330,8 @@ def _read_after(st: TrainState, step: int) -> bool:
     cfg, lc = st.cfg, st.cfg["log"]
     intervals = (lc["every"], lc["geom_every"], lc["probe_every"], lc["eval_every"])
     intervals += (cfg["checkpoint"]["every"], cfg["eval"]["every"])
+    if step in _log_spaced(cfg["train"]["steps"], lc["eval_points"]):
+        return True
     return step == cfg["train"]["steps"] or any(n > 0 and step % n == 0 for n in intervals)
 
 
@@ -356,7 +358,7 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
         row.update(_heldout_geometry(st) if lc["geom_batch"] == "val" else st.geom.result(d))
     if lc["probe_every"] > 0 and (st.step % lc["probe_every"] == 0 or st.step == steps) and d.is_main:
         row.update(_probe(st))
-    if lc["eval_every"] > 0 and (st.step % lc["eval_every"] == 0 or st.step == steps):
+    if validation_due(st.step, steps, lc["eval_every"], lc["eval_points"]):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
     # the checkpoint comes first: an evaluator's or a tracker's failure below never costs training
     # state; it carries this step's line, which a resume writes if the run died before it did
@@ -366,6 +368,33 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     _evaluate_and_log(st, row)
     if not st.sums:  # a logging interval ended: time the next one from here (eval and saving excluded)
         st.t0 = time.perf_counter()
+
+
+def log_spaced_steps(steps: int, points: int) -> set[int]:
+    """``points`` steps spread evenly on a log scale from 1 to ``steps`` (rounded, duplicates
+    merged, so early on fewer than ``points``), ``steps`` included.
+
+    >>> sorted(log_spaced_steps(1000, 4))
+    [1, 10, 100, 1000]
+    """
+    import numpy as np
+
+    if points <= 0:
+        return set()
+    return {int(s) for s in np.unique(np.round(np.geomspace(1, steps, points)))}
+
+
+@functools.lru_cache(maxsize=8)
+def _log_spaced(steps: int, points: int) -> frozenset[int]:
+    return frozenset(log_spaced_steps(steps, points))
+
+
+def validation_due(step: int, steps: int, every: int, points: int) -> bool:
+    """Validate at every ``every``-th step (0: never), at the log-spaced ``points`` and at the last
+    step whenever either is on."""
+    if every <= 0 and points <= 0:
+        return False
+    return step == steps or (every > 0 and step % every == 0) or step in _log_spaced(steps, points)
 
 
 def _evaluate_and_log(st: TrainState, row: dict) -> None:

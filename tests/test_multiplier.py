@@ -292,3 +292,21 @@ def test_report_of_real_runs_and_its_bad_inputs(tiny_run, tiny_ntp_run, tmp_path
     with pytest.raises(UserError, match="--confidence"):
         M.multiplier_report([tiny_ntp_run, tiny_run], out, confidence=95)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_log_spaced_validation_gives_a_ladder_points_even_on_log_compute(tmp_path):
+    """``log.eval_points``: val_loss at steps spread evenly on a log scale (beside eval_every), so
+    a short run of a ladder still gives its early (compute, loss) points."""
+    from nitp.io import read_jsonl
+    from nitp_train.trainer import log_spaced_steps, validation_due
+    from tests.helpers import make_tiny_run
+
+    assert sorted(log_spaced_steps(1000, 4)) == [1, 10, 100, 1000]
+    assert sorted(log_spaced_steps(8, 20)) == list(range(1, 9))  # more points than steps: every step
+    assert log_spaced_steps(8, 0) == set() and not validation_due(3, 8, 0, 0)
+    assert validation_due(8, 8, 0, 3) and validation_due(6, 8, 3, 0) and not validation_due(5, 8, 3, 2)
+    run = make_tiny_run(
+        tmp_path / "run", "ntp", steps=16, extra=["log.eval_every=0", "log.eval_points=5", "log.geom_every=0"]
+    )
+    validated = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r]
+    assert validated == [1, 2, 4, 8, 16]

@@ -94,7 +94,13 @@ def test_bad_config_value_is_one_line_and_writes_nothing(text, key, tmp_path, ca
 
 def test_every_key_has_a_description_and_a_default():
     keys = dict(leaf_fields())
-    assert len(keys) == 63 and "nitp.lambda" in keys and "log.probe_every" in keys and "train.betas" in keys
+    assert (
+        len(keys) == 64
+        and "nitp.lambda" in keys
+        and "log.probe_every" in keys
+        and "log.eval_points" in keys
+        and "train.betas" in keys
+    )
     for key, field in keys.items():
         assert field.description and len(field.description) > 8, key
         assert not field.is_required(), key
