@@ -24,7 +24,10 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
+docs: $(BIN)/.installed  # the generated tables and maps that tests keep equal to their sources
+	$(BIN)/python tools/make_docs.py
+
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-.PHONY: install demo test test-fast
+.PHONY: install demo docs test test-fast

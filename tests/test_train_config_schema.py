@@ -203,9 +203,7 @@ def test_paper_recipe_numbers_live_only_in_the_presets():
 def test_the_key_table_in_the_docs_is_generated_from_the_model():
     text = (ROOT / "docs" / "contracts.md").read_text(encoding="utf-8")
     table = text.split("<!-- config-keys:start -->\n")[1].split("<!-- config-keys:end -->")[0]
-    assert table == keys_table(), (
-        "docs/contracts.md key table is stale: paste keys_table() between the markers"
-    )
+    assert table == keys_table(), "docs/contracts.md key table is stale: run `make docs`"
 
 
 FUZZED = ["train.lr", "train.steps", "data.seq_len", "nitp.lambda", "nitp.start_step", "log.every"]
