@@ -252,21 +252,29 @@ def flops_for_preset(name: str, seq_len: int | None = None, overrides: dict | No
     return rep
 
 
+def parameter_count(config) -> int:
+    """Total parameters of the causal LM a transformers ``config`` describes, counted on the meta
+    device (no memory, no weights): ``count_parameters(model)["total"]``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .models import count_parameters
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return int(count_parameters(model)["total"])
+
+
 def model_compute(model_spec: dict, seq_len: int) -> dict[str, float]:
     """``parameters`` (total, counted on the meta device: no memory), ``ntp_flops_per_token``
     (:func:`training_flops_per_token`) and ``nitp_extra_flops_per_token`` of a resolved
     ``cfg["model"]`` (a preset name and its fields), e.g. for a study's dry run or compute matching.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .models import count_parameters, make_config
+    from .models import make_config
 
     config = make_config(model_spec)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
     return {
-        "parameters": count_parameters(model)["total"],
+        "parameters": parameter_count(config),
         "ntp_flops_per_token": training_flops_per_token(config, seq_len),
         "nitp_extra_flops_per_token": nitp_flops_per_token(config.hidden_size),
     }

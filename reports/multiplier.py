@@ -386,17 +386,12 @@ _PARAMS: dict[str, int] = {}
 
 
 def _param_count(config) -> int:
-    """Total parameters of the model ``config`` describes (built on the meta device: no memory)."""
+    """``nitp_train.flops.parameter_count``, once per distinct config (a ladder repeats sizes)."""
     key = config.to_json_string()
     if key not in _PARAMS:
-        import torch
-        from transformers import AutoModelForCausalLM
+        from nitp_train.flops import parameter_count
 
-        from nitp_train.models import count_parameters
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        _PARAMS[key] = int(count_parameters(model)["total"])
+        _PARAMS[key] = parameter_count(config)
     return _PARAMS[key]
 
 
