@@ -324,6 +324,7 @@ def parameter_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
         if f.suffix != ".safetensors":
             total += f.stat().st_size
             continue
+        # not safetensors.safe_open: it maps the whole file, which fails for a model larger than memory
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
@@ -337,25 +338,30 @@ def parameter_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
     return total
 
 
-def available_memory(device: str = "cpu") -> int | None:
-    """Free bytes where the model will live: the GPU's free memory for cuda devices, else the
-    machine's available memory (psutil, else /proc/meminfo MemAvailable); None when unknown."""
+def available_memory(device="cpu") -> int:
+    """Free bytes a new allocation can use on ``device`` (a string or ``torch.device``): the GPU's
+    free memory for cuda devices, else the machine's available memory (psutil) capped by this
+    process's cgroup limit."""
     if str(device).startswith("cuda"):
         import torch
 
-        index = torch.device(device).index or 0
-        return int(torch.cuda.mem_get_info(index)[0])
-    try:
-        import psutil
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil  # a dependency of accelerate
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+    host, room = int(psutil.virtual_memory().available), _cgroup_room()
+    return host if room is None else min(host, room)
+
+
+def _cgroup_room() -> int | None:
+    """``memory.max - memory.current`` of this process's cgroup (v2), when it has a limit."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((root / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_memory(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None) -> None:
@@ -369,7 +375,7 @@ def check_memory(path: str | os.PathLike, *, device: str = "cpu", dtype: str | N
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return  # a damaged header: check_weights_readable names the file
     free = available_memory(device)
-    if free is not None and need > free:
+    if need > free:
         where = "GPU memory" if str(device).startswith("cuda") else "memory"
         raise UserError(
             f"{folder}: the model's parameters need {_gib(need)} ({dtype or 'as stored'}) but only "

@@ -239,6 +239,7 @@ def run_lock(run_dir: str | os.PathLike, what: str = "nitp-train") -> Iterator[P
     >>> with run_lock("runs/tiny"):                                         # doctest: +SKIP
     ...     train(cfg, "runs/tiny")
     """
+    # not filelock: it keeps the lock file after release (a run must leave none) and cannot name the holder
     path = lock_path(run_dir)
     made = _missing_parents(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)

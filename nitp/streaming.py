@@ -637,12 +637,22 @@ def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -
 
     ``CKA = ||X_c^T Y_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` with column-centred X, Y
     ([N, dx], [N, dy]); 1 = the same geometry up to rotation and isotropic scaling, 0 = unrelated.
+    The biased :func:`cka_from_hsic` (same :func:`_cka`), from the ``Moments`` / ``CrossMoments``
+    that nitp-geom streams anyway (``HSICMoments`` adds state only the debiased CKA needs).
     """
     import torch
 
-    num = float(torch.linalg.matrix_norm(cross_xy.cross) ** 2)
-    den = float(torch.linalg.matrix_norm(moments_x.m2)) * float(torch.linalg.matrix_norm(moments_y.m2))
-    return num / den if den > 0 else math.nan
+    def hsic(scatter) -> float:  # biased HSIC x (n - 1)^2, which cancels in the ratio
+        return float(torch.linalg.matrix_norm(scatter) ** 2)
+
+    return _cka(hsic(cross_xy.cross), hsic(moments_x.m2), hsic(moments_y.m2))
+
+
+def _cka(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
+    """``HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y))``: the one CKA formula of :func:`linear_cka` and
+    :func:`cka_from_hsic`; nan when a self-HSIC is not positive."""
+    den = hsic_xx * hsic_yy
+    return hsic_xy / math.sqrt(den) if den > 0 else math.nan
 
 
 RIDGE_GRID = tuple(10.0 ** (e / 4) for e in range(-24, 13))  # 1e-6 .. 1e3, 4 per decade
@@ -902,8 +912,7 @@ def cka_from_hsic(xx: HSICMoments, yy: HSICMoments, xy: HSICMoments, debiased: b
     >>> cka_from_hsic(*s) > 0.5, abs(cka_from_hsic(*s, debiased=True)) < 0.1
     (True, True)
     """
-    den = linear_hsic(xx, debiased) * linear_hsic(yy, debiased)
-    return linear_hsic(xy, debiased) / math.sqrt(den) if den > 0 else math.nan
+    return _cka(linear_hsic(xy, debiased), linear_hsic(xx, debiased), linear_hsic(yy, debiased))
 
 
 def _procrustes_from(cross, trace_x: float, trace_y: float) -> float:

@@ -9,9 +9,9 @@ instead of failing deep inside an allocation minutes later.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from nitp.errors import UserError
+from nitp.loading import available_memory
 
 BYTES_PER_PARAMETER = 4 + 4 + 8  # fp32 weights + fp32 gradients + AdamW exp_avg and exp_avg_sq
 
@@ -23,45 +23,6 @@ def training_bytes(parameters: int, world: int = 1, sharded: bool = False) -> in
     16000000
     """
     return BYTES_PER_PARAMETER * parameters // (world if sharded else 1)
-
-
-def available_bytes(device) -> int | None:
-    """Memory a new allocation can use on ``device``: free GPU memory, or the host's
-    ``MemAvailable`` capped by a cgroup limit; None when unknown."""
-    if getattr(device, "type", str(device)) == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    host = _meminfo_available()
-    limit = _cgroup_room()
-    known = [b for b in (host, limit) if b is not None]
-    return min(known) if known else None
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_room() -> int | None:
-    """``memory.max - memory.current`` of this process's cgroup (v2), when it has a limit."""
-    root = Path("/sys/fs/cgroup")
-    try:
-        limit = (root / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((root / "memory.current").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def check_fits(model_cfg: dict, device, world: int = 1, sharded: bool = False) -> None:
@@ -80,8 +41,8 @@ def check_fits(model_cfg: dict, device, world: int = 1, sharded: bool = False) -
     need = training_bytes(params, world, sharded and world > 1)
     if getattr(device, "type", str(device)) != "cuda":
         need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    have = available_bytes(device)
-    if have is None or need <= have:
+    have = available_memory(device)
+    if need <= have:
         return
     raise UserError(
         f"model too big for memory: {params / 1e6:,.0f}M parameters need at least {need / 2**30:.1f} GiB to train "

@@ -190,6 +190,7 @@ class Table:
         return f"{v:+.{d}f}" if self._signed(row, j) else f"{v:,.{d}f}" if abs(v) >= 1e4 else f"{v:.{d}f}"
 
     # --------------------------------------------------------------- renderings
+    # not pandas: its Markdown pads cells, its LaTeX lacks block rules, its CSV turns gapped ints into 150.0
     def to_markdown(self) -> str:
         if not any(r.bold for r in self.rows) or self.emphasis == "tested":
             self.mark()

@@ -19,13 +19,14 @@ monotone or merely noisy curve. Method:
 3. A difference between smoothed points i and j counts only when it exceeds both
    ``z * sigma * sqrt(1/n_i + 1/n_j)`` (n = points averaged) and ``min_prominence`` x the
    curve's range -- so noise never makes a phase, whatever the loss scale.
-4. The hump is the point j maximising ``min(s_j - min s[:j], s_j - min s[j:])``; its rise and
-   fall must both count, the drop from the start to the lowest point before it (the initial
-   minimum) must count, and it must be wide: above half its height over at least a factor 1.5
-   in steps (noise bumps are narrow). With no hump, a short run still in phase II gives the
-   initial minimum alone: the global minimum, with a counting drop before it, a counting,
-   sustained rise to the last point after it, and a trough of at least 3 points below half
-   that rise (a dip of one or two outliers is no minimum).
+4. The hump is the point j maximising ``min(s_j - min s[:j], s_j - min s[j:])`` (its
+   prominence, ``scipy.signal.peak_prominences``); its rise and fall must both count, the drop
+   from the start to the lowest point before it (the initial minimum) must count, and it must
+   be wide: above half its height over at least a factor 1.5 in steps (noise bumps are
+   narrow). With no hump, a short run still in phase II gives the initial minimum alone: the
+   global minimum, with a counting drop before it, a counting, sustained rise to the last
+   point after it, and a trough of at least 3 points below half that rise (a dip of one or two
+   outliers is no minimum).
 5. Convergence (phase III settles) is the first step after the hump from which the smoothed
    curve stays at or below ``min + settle x (peak - min)``, with min the initial minimum and
    peak the hump: a fixed level once the hump is found, so it does not move when the run is
@@ -49,6 +50,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import median_filter
+from scipy.signal import find_peaks, peak_prominences
+from scipy.stats import median_abs_deviation
 
 
 @dataclass(frozen=True)
@@ -113,12 +117,11 @@ def log_window_mean(
 
 
 def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
-    """Median of each point and its neighbours (``width`` points; near the ends, the
+    """Median of each point and its neighbours (``width`` points, odd; near the ends, the
     symmetric window that fits): removes isolated spikes (a bad batch) while keeping steps
     and edges where they are."""
     n, half = len(values), width // 2
-    padded = np.pad(values, half, mode="edge")
-    med = np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
+    med = median_filter(values, size=width, mode="nearest")  # the interior; ends redone below
     for i in [*range(min(half, n)), *range(max(n - half, 0), n)]:
         r = min(i, n - 1 - i)
         med[i] = np.median(values[i - r : i + r + 1])
@@ -128,12 +131,13 @@ def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
 def noise_scale(residuals: np.ndarray) -> float:
     """A standard deviation that also respects heavy tails.
 
-    The larger of 1.4826 x median |r| (Gaussian core) and the 99th percentile of |r| / 2.576
-    (what a Gaussian with the observed tail would need): equal for Gaussian noise, larger when
-    bursts of outliers are more frequent than a Gaussian allows.
+    The larger of 1.4826 x median |r| (Gaussian core; the MAD about 0, not about the median)
+    and the 99th percentile of |r| / 2.576 (what a Gaussian with the observed tail would need):
+    equal for Gaussian noise, larger when bursts of outliers are more frequent than a Gaussian
+    allows.
     """
-    r = np.abs(residuals)
-    return max(1.4826 * float(np.median(r)), float(np.quantile(r, 0.99)) / 2.576)
+    core = median_abs_deviation(residuals, center=lambda r, axis: 0.0, scale="normal")
+    return max(float(core), float(np.quantile(np.abs(residuals), 0.99)) / 2.576)
 
 
 def robust_smooth(
@@ -210,19 +214,15 @@ def detect_phases(
         diff = s[j] - s[i]
         return bool(diff > floor and diff > z * sigma * np.sqrt(1.0 / n[i] + 1.0 / n[j]))
 
-    before, after = _prefix_argmin(s), _prefix_argmin(s[::-1])[::-1]
-    after = len(s) - 1 - after
-    score = np.minimum(s - s[before], s - s[after])
-    peak = int(np.argmax(score))
     point = lambda i: PhasePoint(float(steps[i]), float(s[i]))  # noqa: E731
-    low = int(before[peak])
+    peak, prominence, low, after = _most_prominent_peak(s)
     if (
-        score[peak] > 0
+        prominence > 0
         and counts(low, peak)
-        and counts(after[peak], peak)
+        and counts(after, peak)
         and low > 0
         and counts(low, 0)
-        and _wide(s, steps, peak, s[peak] - score[peak] / 2)
+        and _wide(s, steps, peak, s[peak] - prominence / 2)
     ):
         converged = _converged(s, peak, s[low] + settle * (s[peak] - s[low]), point)
         return NitpPhases(point(low), point(peak), converged, sigma, steps, s)
@@ -264,10 +264,20 @@ def _wide(
     return bool((1 + steps[last]) / (1 + steps[first]) >= factor and last - first + 1 >= points)
 
 
-def _prefix_argmin(s: np.ndarray) -> np.ndarray:
-    """For each i, the index of min(s[:i+1]) (the latest on ties)."""
-    running = np.minimum.accumulate(s)
-    return np.maximum.accumulate(np.where(s == running, np.arange(len(s)), 0))
+def _most_prominent_peak(s: np.ndarray) -> tuple[int, float, int, int]:
+    """``(peak, prominence, left base, right base)`` of the most prominent local maximum of
+    ``s`` (the first point of a flat top); ``(0, 0.0, 0, 0)`` when ``s`` has none.
+
+    The prominence is ``min(s_j - min s[:j], s_j - min s[j:])`` at that peak (scipy takes each
+    side's minimum only up to a higher point, which gives the same value at the best peak).
+    """
+    _, flat = find_peaks(s, plateau_size=1)
+    tops = flat["left_edges"]
+    if not len(tops):
+        return 0, 0.0, 0, 0
+    prominences, left_bases, right_bases = peak_prominences(s, tops)
+    best = int(np.argmax(prominences))
+    return int(tops[best]), float(prominences[best]), int(left_bases[best]), int(right_bases[best])
 
 
 def _converged(s: np.ndarray, peak: int, level: float, point) -> PhasePoint | None:
