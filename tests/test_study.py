@@ -119,7 +119,7 @@ def test_shipped_studies_load():
         "gpu-single": 2,
         "regime": 8,
         "gpu-regime": 6,
-        "ladder-cpu": 16,
+        "ladder-cpu": 12,
         "ladder-gpu": 16,
     }
     for name, n in sizes.items():
