@@ -9,6 +9,7 @@ hidden state (final-norm output; the last block's output for encoders).
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import List
 import typer
 
 from nitp.errors import UserError, user_errors
+
+from .settings import CompareSettings, DiffErankSettings, GeomSettings
 
 app = typer.Typer(
     help="Geometry of hidden states: effective rank, anisotropy, per-layer NITP target statistics, FLOPs.",
@@ -27,7 +30,7 @@ app = typer.Typer(
 
 FORMATS = ("table", "json", "csv")
 
-# shared options -------------------------------------------------------------------------------
+# shared options (defaults from the settings dataclasses of analysis.settings) ---------------
 CORPUS = typer.Option(
     "auto",
     "--corpus",
@@ -36,26 +39,93 @@ CORPUS = typer.Option(
     ".txt/.jsonl/.parquet file or folder.",
 )
 TOKENS = typer.Option(
-    50_000, "--tokens", "-n", help="Tokens in the corpus sample (the same sample for every checkpoint)."
+    GeomSettings.n_tokens,
+    "--tokens",
+    "-n",
+    help="Tokens in the corpus sample (the same sample for every checkpoint).",
 )
-BATCH = typer.Option(8, "--batch-size", "-b", help="Sequences per forward pass.")
-SEQ_LEN = typer.Option(None, "--seq-len", help="Tokens per sequence [default: 512, capped by the model].")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available].")
+BATCH = typer.Option(GeomSettings.batch_size, "--batch-size", "-b", help="Sequences per forward pass.")
+SEQ_LEN = typer.Option(
+    GeomSettings.seq_len, "--seq-len", help="Tokens per sequence [default: 512, capped by the model]."
+)
+DEVICE = typer.Option(
+    GeomSettings.device, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available]."
+)
 DTYPE = typer.Option(
-    None, "--dtype", help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64."
+    GeomSettings.dtype,
+    "--dtype",
+    help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.",
 )
 EXCLUDE_FIRST = typer.Option(
-    False,
+    GeomSettings.exclude_first,
     "--exclude-first",
     help="Report metrics without the first position of each sequence (BOS / attention sink).",
 )
-SEED = typer.Option(0, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator.")
+SEED = typer.Option(
+    GeomSettings.seed, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator."
+)
 OUT = typer.Option(
     None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
 )
+ONE_OUT = typer.Option(None, "--out", "-o", help="Record path (.json).")
 FORMAT = typer.Option("table", "--format", "-f", help="table, json (the full records) or csv.")
 REDO = typer.Option(False, "--redo", help="Recompute even when an equal record exists.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
+
+SHARED = {  # parameter: (type, option): what every measuring command takes, in --help order
+    "corpus": (str, CORPUS),
+    "tokens": (int, TOKENS),
+    "batch_size": (int, BATCH),
+    "seq_len": (int | None, SEQ_LEN),
+    "device": (str | None, DEVICE),
+    "dtype": (str | None, DTYPE),
+    "exclude_first": (bool, EXCLUDE_FIRST),
+    "seed": (int, SEED),
+    "out": (Path | None, OUT),
+    "fmt": (str, FORMAT),
+    "redo": (bool, REDO),
+    "progress": (bool, PROGRESS),
+}
+
+
+def shared_options(*, leave_out: tuple[str, ...] = (), **replaced):
+    """Decorator: a command's ``**shared`` becomes the :data:`SHARED` options (``replaced`` ones
+    by another option, ``leave_out`` ones dropped), after its own. Typer reads a command's
+    options from ``inspect.signature``, so the command gets them by name in ``shared``."""
+
+    def add(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=replaced.get(name, option), annotation=kind
+            )
+            for name, (kind, option) in SHARED.items()
+            if name not in leave_out
+        ]
+        command.__signature__ = signature.replace(parameters=own + added)
+        return command
+
+    return add
+
+
+def _settings(settings_class, shared: dict, models, **fields):
+    """One settings object of the shared options (``--corpus auto`` resolved for ``models``)
+    and a command's own ``fields``."""
+    from .hidden import resolve_corpus
+
+    sample = ("batch_size", "seq_len", "device", "dtype", "exclude_first", "seed")
+    return settings_class(
+        corpus=resolve_corpus(shared["corpus"], models, shared["tokens"]),
+        n_tokens=shared["tokens"],
+        **{name: shared[name] for name in sample if name in shared},
+        **fields,
+    )
+
+
+def _run_options(shared: dict) -> dict:
+    """The options that never change a result: where the record goes, ``--redo``, the bar."""
+    return {name: shared[name] for name in ("out", "redo", "progress") if name in shared}
 
 
 def _check_format(fmt: str) -> str:
@@ -73,50 +143,32 @@ def _emit(text: str) -> None:
 ANCHORS_ONLY = {"lens": False, "id_tokens": 0}
 
 
-def _measure(checkpoints, layers, **kw) -> list[dict]:
-    from .hidden import resolve_corpus
+def _measure(checkpoints, shared: dict, reference=None, **fields) -> list[dict]:
     from .measure import geom_records
 
-    kw["corpus"] = resolve_corpus(kw["corpus"], checkpoints, kw["n_tokens"])
-    return geom_records(list(checkpoints), layers=layers, **kw)
+    settings = _settings(GeomSettings, shared, checkpoints, **fields)
+    return geom_records(list(checkpoints), settings, reference=reference, **_run_options(shared))
 
 
-def _settings(
-    corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
-) -> dict:
-    return dict(
-        corpus=corpus,
-        n_tokens=tokens,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        device=device,
-        dtype=dtype,
-        exclude_first=exclude_first,
-        seed=seed,
-        out=out,
-        redo=redo,
-        progress=progress,
-    )
-
-
-def _metric_table(metrics, title: str, checkpoints, layers: str | None, fmt: str, settings: dict) -> None:
+def _metric_table(metrics, title: str, checkpoints, layers: str | None, shared: dict) -> None:
     """Measure (or reuse the records of) each checkpoint and print ``metrics`` side by side."""
     from .tables import metric_rows, render
 
-    _check_format(fmt)
+    fmt = _check_format(shared["fmt"])
     lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, lay, **ANCHORS_ONLY, **settings)
+    records = _measure(checkpoints, shared, layers=lay, **ANCHORS_ONLY)
     shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
     _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
 
 
 def _layers_arg(layers: str | None, default):
-    from .hidden import parse_layers
+    from .settings import parse_layers
 
     return default if layers is None else parse_layers(layers)
 
 
 @app.command()
+@shared_options()
 def rank(
     checkpoints: List[str] = typer.Argument(
         ..., help="Checkpoints, run directories (latest checkpoint) or HF model folders."
@@ -124,69 +176,31 @@ def rank(
     layers: str | None = typer.Option(
         None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the last hidden state]."
     ),
-    corpus: str = CORPUS,
-    tokens: int = TOKENS,
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    exclude_first: bool = EXCLUDE_FIRST,
-    seed: int = SEED,
-    out: Path | None = OUT,
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    **shared,
 ):
     """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
     from .tables import RANK_METRICS
 
-    _metric_table(
-        RANK_METRICS,
-        "effective rank",
-        checkpoints,
-        layers,
-        fmt,
-        _settings(
-            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
-        ),
-    )
+    _metric_table(RANK_METRICS, "effective rank", checkpoints, layers, shared)
 
 
 @app.command()
+@shared_options()
 def anisotropy(
     checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
     layers: str | None = typer.Option(
         None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1]."
     ),
-    corpus: str = CORPUS,
-    tokens: int = TOKENS,
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    exclude_first: bool = EXCLUDE_FIRST,
-    seed: int = SEED,
-    out: Path | None = OUT,
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    **shared,
 ):
     """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
     from .tables import ANISOTROPY_METRICS
 
-    _metric_table(
-        ANISOTROPY_METRICS,
-        "anisotropy (mean cosine)",
-        checkpoints,
-        layers,
-        fmt,
-        _settings(
-            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
-        ),
-    )
+    _metric_table(ANISOTROPY_METRICS, "anisotropy (mean cosine)", checkpoints, layers, shared)
 
 
 @app.command()
+@shared_options()
 def layers(
     checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
     layers_: str | None = typer.Option(
@@ -196,56 +210,43 @@ def layers(
         None, "--reference", "-r", help="Checkpoint to compare each layer with (linear CKA); same tokenizer."
     ),
     ridge: float | None = typer.Option(
-        None, "--ridge", help="Fixed ridge strength (x trace/d) [default: chosen by GCV]."
+        GeomSettings.ridge, "--ridge", help="Fixed ridge strength (x trace/d) [default: chosen by GCV]."
     ),
     spectrum: bool = typer.Option(
-        False, "--spectrum", help="Store every layer's covariance eigenvalues in the record."
+        GeomSettings.spectrum, "--spectrum", help="Store every layer's covariance eigenvalues in the record."
     ),
     metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metric names for the table."),
     id_tokens: int = typer.Option(
-        2000,
+        GeomSettings.id_tokens,
         "--id-tokens",
         help="Token states per layer (seeded sample, duplicates dropped) for the TwoNN / GRIDE intrinsic dimension; 0 skips it.",
     ),
     entropy_sequences: int = typer.Option(
-        16,
+        GeomSettings.entropy_sequences,
         "--entropy-sequences",
         help="Sequences (the first of the sample) for the prompt entropy; 0 skips it.",
     ),
     lens: bool = typer.Option(
-        True,
+        GeomSettings.lens,
         "--lens/--no-lens",
         help="Logit-lens next-token CE per layer (final norm + LM head, every token).",
     ),
-    corpus: str = CORPUS,
-    tokens: int = TOKENS,
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    exclude_first: bool = EXCLUDE_FIRST,
-    seed: int = SEED,
-    out: Path | None = OUT,
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    **shared,
 ):
     """Per-layer table: geometry + NITP target statistics, and the paper's depth rule for the target layer (round(0.21 L))."""
     from .tables import layer_rows, layer_rows_long, render
 
-    _check_format(fmt)
+    fmt = _check_format(shared["fmt"])
     records = _measure(
         checkpoints,
-        _layers_arg(layers_, None),
+        shared,
         reference=reference,
+        layers=_layers_arg(layers_, None),
         ridge=ridge,
         spectrum=spectrum,
         id_tokens=id_tokens,
         entropy_sequences=entropy_sequences,
         lens=lens,
-        **_settings(
-            corpus, tokens, batch_size, seq_len, device, dtype, exclude_first, seed, out, redo, progress
-        ),
     )
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else None
     rows = layer_rows_long(records) if fmt == "csv" else layer_rows(records, chosen)
@@ -259,6 +260,12 @@ def layers(
 
 
 @app.command()
+@shared_options(
+    tokens=typer.Option(
+        CompareSettings.n_tokens, "--tokens", "-n", help="Tokens in the corpus sample (the same for both)."
+    ),
+    out=ONE_OUT,
+)
 def compare(
     model_a: str = typer.Argument(
         ..., help="Checkpoint, run directory, HF folder or GGUF file (rows of the map)."
@@ -270,7 +277,7 @@ def compare(
         None, "--layers", "-l", help="Comma-separated layers (both models) or 'all' [default: all]."
     ),
     self_maps: bool = typer.Option(
-        True,
+        CompareSettings.self_maps,
         "--self/--no-self",
         help="With two models, also each model against itself (the block structure).",
     ),
@@ -280,51 +287,24 @@ def compare(
     measure: str = typer.Option(
         "cka_debiased", "--measure", help="Map in the text table: cka_debiased, cka or procrustes."
     ),
-    corpus: str = CORPUS,
-    tokens: int = typer.Option(
-        8192, "--tokens", "-n", help="Tokens in the corpus sample (the same for both)."
-    ),
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    exclude_first: bool = EXCLUDE_FIRST,
-    seed: int = SEED,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Record path (.json)."),
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    **shared,
 ):
     """Layer i of A x layer j of B: debiased linear CKA, linear CKA, orthogonal Procrustes distance (one pass, same tokens)."""
     from .similarity import MAPS, compare_record, diagonal_rows, matrix_rows, plot_similarity, similarity_rows
     from .tables import render, unique_labels
 
-    _check_format(fmt)
+    fmt = _check_format(shared["fmt"])
     if measure not in ("cka_debiased", "cka", "procrustes"):
         raise UserError(f"--measure {measure}: use cka_debiased, cka or procrustes")
     if figure is not None:
         from nitp.records import check_output
 
         check_output(figure, "--figure")
-    from .hidden import resolve_corpus
-
-    record = compare_record(
-        model_a,
-        model_b,
-        layers=_layers_arg(layers_, None),
-        self_maps=self_maps,
-        corpus=resolve_corpus(corpus, [m for m in (model_a, model_b) if m is not None], tokens),
-        n_tokens=tokens,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        device=device,
-        dtype=dtype,
-        exclude_first=exclude_first,
-        seed=seed,
-        out=out,
-        redo=redo,
-        progress=progress,
+    models = [m for m in (model_a, model_b) if m is not None]
+    settings = _settings(
+        CompareSettings, shared, models, layers=_layers_arg(layers_, None), self_maps=self_maps
     )
+    record = compare_record(model_a, model_b, settings, **_run_options(shared))
     sim = record["scores"]["similarity"]
     labels = _compare_labels(record, unique_labels)
     if figure is not None:
@@ -358,46 +338,29 @@ def _compare_labels(record: dict, unique_labels) -> tuple[str, str]:
 
 
 @app.command("diff-erank")
+@shared_options(
+    tokens=typer.Option(DiffErankSettings.n_tokens, "--tokens", "-n", help="Tokens in the corpus sample."),
+    out=ONE_OUT,
+    leave_out=("exclude_first",),
+)
 def diff_erank_cmd(
     checkpoint: str = typer.Argument(..., help="Checkpoint, run directory, HF folder or GGUF file."),
     layers_: str | None = typer.Option(
         None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the paper's last layer]."
     ),
-    init_seed: int = typer.Option(0, "--init-seed", help="Seed of the random initialisation (from_config)."),
-    corpus: str = CORPUS,
-    tokens: int = typer.Option(4096, "--tokens", "-n", help="Tokens in the corpus sample."),
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    seed: int = SEED,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Record path (.json)."),
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    init_seed: int = typer.Option(
+        DiffErankSettings.init_seed, "--init-seed", help="Seed of the random initialisation (from_config)."
+    ),
+    **shared,
 ):
     """Diff-eRank (Wei et al. 2024): eRank of a random-init copy minus the trained model's. Positive = training LOWERED the rank (the opposite of 'higher rank is better')."""
     from .diffrank import LABEL, diff_erank_record
     from .tables import render, unique_labels
 
-    _check_format(fmt)
-    from .hidden import resolve_corpus
-
-    record = diff_erank_record(
-        checkpoint,
-        layers=layers_,
-        init_seed=init_seed,
-        corpus=resolve_corpus(corpus, [checkpoint], tokens),
-        n_tokens=tokens,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        out=out,
-        redo=redo,
-        progress=progress,
-    )
+    fmt = _check_format(shared["fmt"])
+    layers = _layers_arg(layers_, DiffErankSettings.layers)
+    settings = _settings(DiffErankSettings, shared, [checkpoint], layers=layers, init_seed=init_seed)
+    record = diff_erank_record(checkpoint, settings, **_run_options(shared))
     rows = record["scores"]["diff_erank"]["layers"]
     _emit(render(rows, fmt, f"Diff-eRank of {unique_labels([record])[0]}", [record]))
     if fmt == "table":
@@ -405,6 +368,7 @@ def diff_erank_cmd(
 
 
 @app.command()
+@shared_options(leave_out=("out",))
 def trajectory(
     run_dir: Path = typer.Argument(
         ..., help="A run directory of nitp-train (every checkpoint, oldest first)."
@@ -415,47 +379,18 @@ def trajectory(
     stability: bool = typer.Option(
         True, "--stability/--no-stability", help="Linear CKA with the previous checkpoint (runs both models)."
     ),
-    corpus: str = CORPUS,
-    tokens: int = TOKENS,
-    batch_size: int = BATCH,
-    seq_len: int | None = SEQ_LEN,
-    device: str | None = DEVICE,
-    dtype: str | None = DTYPE,
-    exclude_first: bool = EXCLUDE_FIRST,
-    seed: int = SEED,
-    fmt: str = FORMAT,
-    redo: bool = REDO,
-    progress: bool = PROGRESS,
+    **shared,
 ):
     """Geometry of every checkpoint of a run over training steps (records go to RUN/results/geom/)."""
     from .measure import run_target_layer
     from .measure import trajectory as run_trajectory
     from .tables import render, trajectory_rows
 
-    _check_format(fmt)
+    fmt = _check_format(shared["fmt"])
     target = run_target_layer(run_dir) if (run_dir / "config.yaml").is_file() else None
     lay = _layers_arg(layers_, [-1] + ([target] if target is not None else []))
-    from .hidden import resolve_corpus
-
-    records = run_trajectory(
-        run_dir,
-        layers=lay,
-        stability=stability,
-        **ANCHORS_ONLY,
-        **_settings(
-            resolve_corpus(corpus, [run_dir], tokens),
-            tokens,
-            batch_size,
-            seq_len,
-            device,
-            dtype,
-            exclude_first,
-            seed,
-            None,
-            redo,
-            progress,
-        ),
-    )
+    settings = _settings(GeomSettings, shared, [run_dir], layers=lay, **ANCHORS_ONLY)
+    records = run_trajectory(run_dir, settings, stability=stability, **_run_options(shared))
     shown_target = target if (lay is None or (target is not None and target in lay)) else None
     _emit(render(trajectory_rows(records, shown_target), fmt, f"trajectory of {run_dir}", records))
 

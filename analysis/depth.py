@@ -24,7 +24,8 @@ curvature (the logit lens keeps every position: each predicts the next token).
 Example
 -------
 >>> from analysis.measure import geom_record
->>> rec = geom_record("runs/tiny-nitp", n_tokens=4096)                      # doctest: +SKIP
+>>> from analysis.settings import GeomSettings
+>>> rec = geom_record("runs/tiny-nitp", GeomSettings(n_tokens=4096))        # doctest: +SKIP
 >>> [r["logit_lens_ce"] for r in rec["scores"]["layers"]]                   # doctest: +SKIP
 """
 
@@ -39,8 +40,8 @@ from nitp.errors import UserError
 from nitp.geometry import ALPHA_REQ_FIT_RANGE, alpha_req, curvature, dataset_entropy, prompt_entropy
 from nitp.streaming import MeanValue
 
-DEFAULT_ID_TOKENS = 2000  # token states per layer for the intrinsic dimension (O(n^2 d))
-DEFAULT_ENTROPY_SEQUENCES = 16  # sequences whose token Gram matrix gives the prompt entropy
+from .settings import DEFAULT_ENTROPY_SEQUENCES, DEFAULT_ID_TOKENS
+
 DEPTH_VERSION = 1  # part of the record settings: records made before these measures are redone
 
 DEPTH_DEFINITIONS = {

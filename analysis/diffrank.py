@@ -17,7 +17,8 @@ and one ``min(T, d)``-sized eigendecomposition per sequence and layer.
 Example
 -------
 >>> from analysis.diffrank import diff_erank_record
->>> rec = diff_erank_record("runs/smol-nitp", n_tokens=4096)               # doctest: +SKIP
+>>> from analysis.settings import DiffErankSettings
+>>> rec = diff_erank_record("runs/smol-nitp", DiffErankSettings(n_tokens=4096))  # doctest: +SKIP
 >>> rec["scores"]["diff_erank"]["layers"][-1]["diff_erank"]                 # doctest: +SKIP
 """
 
@@ -27,7 +28,6 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from nitp.cachekey import device_kind
 from nitp.loading import check_model_files
 from nitp.records import (
     RecordCache,
@@ -39,7 +39,8 @@ from nitp.records import (
     write_record,
 )
 from nitp.runs import resolve_checkpoint
-from nitp.runtime import pick_device, pick_dtype
+
+from .settings import DiffErankSettings
 
 LABEL = (
     "Diff-eRank = eRank(random init) - eRank(trained), Wei et al. 2024: POSITIVE when training "
@@ -71,59 +72,47 @@ def _seeded(seed: int):
 
 
 def diff_erank(
-    checkpoint,
-    *,
-    corpus: str = "builtin",
-    n_tokens: int = 4096,
-    layers=None,
-    seed: int = 0,
-    init_seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    progress: bool = True,
+    checkpoint, settings: DiffErankSettings = DiffErankSettings(), *, progress: bool = True
 ) -> tuple[dict, dict]:
     """Per layer: eRank of the trained model and of its random copy, and their difference.
 
+    ``settings``: the sample, layers and ``init_seed`` (:class:`~analysis.settings.DiffErankSettings`).
     Returns ``(settings, scores)``; ``scores["diff_erank"]["layers"]`` holds one dict per layer
     with ``erank_trained``, ``erank_random``, ``diff_erank`` and ``n_sequences``.
     """
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
     from .measure import _progress
 
-    trained = load_model(checkpoint, device=device, dtype=dtype)
-    rand = random_copy(trained, init_seed)
-    layer_list = resolve_layers(_wanted_layers(layers), trained.n_layers, where=str(trained.path))
-    sample = corpus_sample(trained.tokenizer, corpus, n_tokens, default_seq_len(trained, seq_len), seed, 0.0)
+    s = settings
+    trained = load_model(checkpoint, device=s.device, dtype=s.dtype)
+    rand = random_copy(trained, s.init_seed)
+    layer_list = resolve_layers(s.layers, trained.n_layers, where=str(trained.path))
+    sample = corpus_sample(
+        trained.tokenizer, s.corpus, s.n_tokens, default_seq_len(trained, s.seq_len), s.seed, 0.0
+    )
     entropies = {name: {k: [] for k in layer_list} for name in ("trained", "random")}
     with _progress(progress, f"diff-erank {trained.path.name} (trained, random)", 2) as advance:
         for name, model in (("trained", trained), ("random", rand)):
             where = str(trained.path) + (
-                "" if name == "trained" else f" (its random copy, --init-seed {init_seed})"
+                "" if name == "trained" else f" (its random copy, --init-seed {s.init_seed})"
             )
-            _sequence_entropies(model, sample, layer_list, batch_size, entropies[name], where)
+            _sequence_entropies(model, sample, layer_list, s.batch_size, entropies[name], where)
             advance()
     rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
     scores = {"diff_erank": {"label": LABEL, "layers": rows}}
-    settings = {
-        "corpus": corpus,
-        "n_tokens": n_tokens,
+    recorded = {
+        "corpus": s.corpus,
+        "n_tokens": s.n_tokens,
         "layers": layer_list,
-        "seed": seed,
-        "init_seed": init_seed,
+        "seed": s.seed,
+        "init_seed": s.init_seed,
         "seq_len": sample.seq_len,
-        "batch_size": batch_size,
+        "batch_size": s.batch_size,
         "device": trained.device,
         "dtype": trained.dtype,
         "sample": sample.describe(),
     }
-    return settings, scores
-
-
-def _wanted_layers(layers):
-    """None -> ``[-1]`` (the paper's last layer); "all" and lists pass through to ``resolve_layers``."""
-    return [-1] if layers is None else layers
+    return recorded, scores
 
 
 def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: dict, where: str) -> None:
@@ -164,60 +153,29 @@ def _layer_row(k: int, name: str, entropies: dict) -> dict:
 
 def diff_erank_record(
     checkpoint,
+    settings: DiffErankSettings = DiffErankSettings(),
     *,
-    corpus: str = "builtin",
-    n_tokens: int = 4096,
-    layers=None,
-    seed: int = 0,
-    init_seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
     out=None,
     redo: bool = False,
     progress: bool = True,
 ) -> dict:
-    """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section."""
-    arguments = dict(locals())  # every argument: the cache key (analysis.measure.geom_cache_key)
-    from .hidden import parse_layers
-    from .measure import check_sizes, geom_cache_key, record_tag
+    """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section;
+    ``record["_path"]`` is where it was written."""
+    from .measure import geom_cache_key, record_tag
 
-    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
-    layers = _wanted_layers(layers)
     check_output(out)
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
-    check_model_files(checkpoint, device=device, dtype=dtype)
-    info = model_identity(resolve_checkpoint(checkpoint))
-    tag = f"diff-erank-init{init_seed}-" + record_tag(
-        corpus, n_tokens, parse_layers(layers), False, seed, dtype
-    )
+    settings = settings.resolved()
+    check_model_files(checkpoint, device=settings.device, dtype=settings.dtype)
+    ckpt = resolve_checkpoint(checkpoint)
+    info = model_identity(ckpt)
+    tag = f"diff-erank-init{settings.init_seed}-" + record_tag(settings)
     path = Path(out) if out else default_record_path(info, "geom", tag)
     check_output(path)
-    wanted = geom_cache_key(
-        arguments,
-        checkpoint=resolve_checkpoint(checkpoint),
-        device=device_kind(device),
-        dtype=dtype,
-        layers="all" if parse_layers(layers) is None else sorted(parse_layers(layers)),
-    )
+    wanted = geom_cache_key(settings, checkpoint=ckpt)
 
     def compute() -> dict:
-        settings, scores = diff_erank(
-            checkpoint,
-            corpus=corpus,
-            n_tokens=n_tokens,
-            layers=layers,
-            seed=seed,
-            init_seed=init_seed,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            progress=progress,
-        )
-        return make_record("geom", info, settings, scores, library_versions())
+        recorded, scores = diff_erank(checkpoint, settings, progress=progress)
+        return make_record("geom", info, recorded, scores, library_versions())
 
     record, cached = RecordCache("geom", info["key"]).find_or_compute(
         "diff-erank", wanted, compute, redo=redo

@@ -45,6 +45,8 @@ from nitp.loading import load_model as load_backbone
 from nitp.runs import resolve_checkpoint
 from nitp.runtime import pick_device, pick_dtype
 
+from .settings import parse_layers
+
 
 # ----------------------------------------------------------------------------- models
 @dataclass
@@ -115,20 +117,6 @@ def _backbone_and_head(path, config, dtype: str, device: str, lm_head: bool):
 def _is_causal(config) -> bool:
     """The config names a causal-LM architecture (``*ForCausalLM``; encoders such as BertModel do not)."""
     return any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
-
-
-def parse_layers(layers) -> list[int] | None:
-    """None / "all" -> None (every layer); "0,2,-1" or a list of ints -> list of ints."""
-    if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
-        return None
-    if isinstance(layers, str):
-        try:
-            return [int(v) for v in layers.replace(" ", "").split(",") if v]
-        except ValueError:
-            raise UserError(
-                f"--layers {layers!r}: give comma-separated integers (0 = embeddings, -1 = last hidden state) or 'all'"
-            ) from None
-    return [int(k) for k in layers]
 
 
 def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]:

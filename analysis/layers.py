@@ -55,9 +55,6 @@ from nitp.streaming import (
     linear_cka,
 )
 
-DEFAULT_TOKENS = 50_000
-DEFAULT_RIDGE = None  # None: strength chosen by GCV on the fit pairs
-DEFAULT_PAIRS = 4096
 TRIVIAL_TEMPORAL = 0.9  # normalised temporal excess above which a target is near-trivial
 MIN_ERANK = 2.0  # below this a target layer has collapsed
 

@@ -9,12 +9,14 @@ trajectory resumes from the checkpoints already measured).
 Example
 -------
 >>> from analysis.measure import geom_record
->>> rec = geom_record("runs/tiny-nitp", n_tokens=20_000)                  # doctest: +SKIP
+>>> from analysis.settings import GeomSettings
+>>> rec = geom_record("runs/tiny-nitp", GeomSettings(n_tokens=20_000))    # doctest: +SKIP
 >>> rec["scores"]["paper_measures"]                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -34,20 +36,10 @@ from nitp.records import (
     write_record,
 )
 from nitp.runs import checkpoint_info, resolve_checkpoint
-from nitp.runtime import pick_device, pick_dtype
 
-from .depth import (
-    DEFAULT_ENTROPY_SEQUENCES,
-    DEFAULT_ID_TOKENS,
-    DEPTH_DEFINITIONS,
-    DEPTH_VERSION,
-    DepthMeasures,
-)
+from .depth import DEPTH_DEFINITIONS, DEPTH_VERSION, DepthMeasures
 from .layers import (
     CORE_KEYS,
-    DEFAULT_PAIRS,
-    DEFAULT_RIDGE,
-    DEFAULT_TOKENS,
     DEFINITIONS,
     PAIRS_ACROSS,
     PAPER_MEASURES,
@@ -56,33 +48,17 @@ from .layers import (
     _num,
     paper_depth_rule,
 )
+from .settings import GeomSettings
 
 
 def measure(
-    checkpoint,
-    *,
-    corpus: str = "builtin",
-    n_tokens: int = DEFAULT_TOKENS,
-    layers=None,
-    exclude_first: bool = False,
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    reference=None,
-    ridge: float | None = DEFAULT_RIDGE,
-    heldout_fraction: float = 0.2,
-    n_pairs: int = DEFAULT_PAIRS,
-    spectrum: bool = False,
-    progress: bool = True,
-    id_tokens: int = DEFAULT_ID_TOKENS,
-    entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
-    lens: bool = True,
+    checkpoint, settings: GeomSettings = GeomSettings(), *, reference=None, progress: bool = True
 ) -> tuple[dict, dict, dict]:
     """Stream the statistics of one checkpoint; returns ``(model_info, settings, scores)``.
 
-    The depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
+    ``settings``: the sample, layers and statistics (:class:`~analysis.settings.GeomSettings`);
+    ``reference``: another checkpoint with the same tokenizer (adds ``cka_vs_reference``). The
+    depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
     ``id_tokens`` sampled token states, prompt entropy on the first ``entropy_sequences``
     sequences, dataset entropy, curvature, alpha-ReQ and (``lens``) the logit-lens CE."""
     from .hidden import (
@@ -94,10 +70,9 @@ def measure(
         resolve_layers,
     )
 
-    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
-    check_counts(id_tokens=id_tokens, entropy_sequences=entropy_sequences)
-    loaded = load_model(checkpoint, device=device, dtype=dtype, lm_head=lens)
-    layer_list = resolve_layers(layers, loaded.n_layers, where=str(loaded.path))
+    s = settings
+    loaded = load_model(checkpoint, device=s.device, dtype=s.dtype, lm_head=s.lens)
+    layer_list = resolve_layers(s.layers, loaded.n_layers, where=str(loaded.path))
     refs = []
     if reference is not None:
         ref = load_model(reference, device=loaded.device, dtype=loaded.dtype)
@@ -108,10 +83,10 @@ def measure(
             )
         refs.append(ref)
     sample = corpus_sample(
-        loaded.tokenizer, corpus, n_tokens, default_seq_len(loaded, seq_len), seed, heldout_fraction
+        loaded.tokenizer, s.corpus, s.n_tokens, default_seq_len(loaded, s.seq_len), s.seed, s.heldout_fraction
     )
     lengths = sample.lengths
-    reported = lengths - (1 if exclude_first else 0)
+    reported = lengths - (1 if s.exclude_first else 0)
     n_reported = int(reported.sum())
     if n_reported <= loaded.hidden_size:
         warnings.warn(
@@ -122,32 +97,32 @@ def measure(
         )
     pair_sample = None
     doc_of_token = np.repeat(np.asarray(sample.documents, dtype=np.int64), reported)
-    if n_pairs and len(np.unique(doc_of_token)) >= 2:  # the paper's pairs: from different documents
-        pair_sample = sample_pairs(n_reported, n_pairs, doc_of_token, seed)
+    if s.n_pairs and len(np.unique(doc_of_token)) >= 2:  # the paper's pairs: from different documents
+        pair_sample = sample_pairs(n_reported, s.n_pairs, doc_of_token, s.seed)
     stats = LayerStatistics(
-        layer_list, exclude_first, ridge, pair_sample, where=str(loaded.path), documents=sample.documents
+        layer_list, s.exclude_first, s.ridge, pair_sample, where=str(loaded.path), documents=sample.documents
     )
     depth = DepthMeasures(
         stats.layers,
         n_reported,
-        id_tokens,
-        entropy_sequences,
-        exclude_first,
+        s.id_tokens,
+        s.entropy_sequences,
+        s.exclude_first,
         loaded.final_norm,
         loaded.lm_head,
-        seed,
+        s.seed,
     )
-    n_batches = len(batch_plan(sample, batch_size))
+    n_batches = len(batch_plan(sample, s.batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
-        for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, batch_size, refs):
+        for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, s.batch_size, refs):
             ref_states = ref_batches[0].states if ref_batches else None
             stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
             depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
             advance()
     rows = []
     for k in stats.layers:
-        row = stats.layer_result(k, spectrum=spectrum)
-        row.update(depth.layer_result(k, stats.acc[k].moments(exclude_first).eigenvalues()))
+        row = stats.layer_result(k, spectrum=s.spectrum)
+        row.update(depth.layer_result(k, stats.acc[k].moments(s.exclude_first).eigenvalues()))
         row["name"] = loaded.layer_name(k)
         rows.append(row)
     last = next(r for r in rows if r["layer"] == -1)
@@ -155,7 +130,7 @@ def measure(
     summary.update(
         {
             "anisotropy_sampled": _num(stats.anisotropy_sampled()),
-            "n_pairs_sampled": n_pairs if pair_sample is not None else 0,
+            "n_pairs_sampled": s.n_pairs if pair_sample is not None else 0,
             "n_tokens": last["n_tokens"],
             "n_sequences": len(sample.sequences),
             "n_documents": len(set(sample.documents)),
@@ -179,17 +154,17 @@ def measure(
         "paper_measures": PAPER_MEASURES,
         "definitions": {**DEFINITIONS, **DEPTH_DEFINITIONS},
     }
-    settings = {
-        "corpus": corpus,
-        "n_tokens": n_tokens,
+    recorded = {
+        "corpus": s.corpus,
+        "n_tokens": s.n_tokens,
         "layers": layer_list,
-        "exclude_first": exclude_first,
-        "seed": seed,
+        "exclude_first": s.exclude_first,
+        "seed": s.seed,
         "seq_len": sample.seq_len,
-        "batch_size": batch_size,
-        "ridge": ridge,
-        "heldout_fraction": heldout_fraction,
-        "n_pairs": n_pairs,
+        "batch_size": s.batch_size,
+        "ridge": s.ridge,
+        "heldout_fraction": s.heldout_fraction,
+        "n_pairs": s.n_pairs,
         "pairs_across": PAIRS_ACROSS,
         "device": loaded.device,
         "dtype": loaded.dtype,
@@ -197,7 +172,7 @@ def measure(
         "sample": sample.describe(),
         "depth": depth.settings(),
     }
-    return checkpoint_info(loaded.path), settings, scores
+    return checkpoint_info(loaded.path), recorded, scores
 
 
 def batch_input_ids(sample, batch):
@@ -251,126 +226,72 @@ COMPARED_SETTINGS = (
 )
 
 
-def record_tag(
-    corpus: str, n_tokens: int, layers, exclude_first: bool, seed: int, dtype: str | None = None
-) -> str:
+def record_tag(settings) -> str:
     """The settings part of a record's default file name (a dtype other than float32 included,
     so a bfloat16 record never replaces the float32 one)."""
+    corpus = settings.corpus
     corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
     if corpus_name == "val_documents.jsonl" or corpus_name.startswith("nitp-val-"):
         corpus_name = (
             "heldout"  # --corpus auto: the run's held-out documents (analysis.hidden.resolve_corpus)
         )
+    layers = settings.layers
     layer_part = (
         "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
     )
-    precision = f"-{dtype}" if dtype not in (None, "float32") else ""
-    return f"{corpus_name}-{n_tokens}-{layer_part}{'-nofirst' if exclude_first else ''}-seed{seed}{precision}"
+    precision = f"-{settings.dtype}" if settings.dtype not in (None, "float32") else ""
+    first = "-nofirst" if settings.exclude_first else ""
+    return f"{corpus_name}-{settings.n_tokens}-{layer_part}{first}-seed{settings.seed}{precision}"
 
 
 def geom_record(
     checkpoint,
+    settings: GeomSettings = GeomSettings(),
     *,
-    corpus: str = "builtin",
-    n_tokens: int = DEFAULT_TOKENS,
-    layers=None,
-    exclude_first: bool = False,
-    seed: int = 0,
-    device: str | None = None,
-    out=None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
     reference=None,
-    ridge: float | None = DEFAULT_RIDGE,
-    heldout_fraction: float = 0.2,
-    n_pairs: int = DEFAULT_PAIRS,
-    spectrum: bool = False,
+    out=None,
     redo: bool = False,
     progress: bool = True,
     write: bool = True,
-    id_tokens: int = DEFAULT_ID_TOKENS,
-    entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
-    lens: bool = True,
 ) -> dict:
     """Measure a checkpoint and write its ``kind: "geom"`` record (docs/contracts.md).
 
     Parameters
     ----------
     checkpoint : checkpoint folder, run directory (its latest checkpoint) or HF model folder.
-    corpus : "builtin" (English text the gensim wheel ships) or a .txt/.jsonl/.parquet path.
-    n_tokens : tokens in the sample (all real tokens, special ones included).
-    layers : None for all (0..L and -1) or a list such as ``[0, 4, -1]``.
-    exclude_first : report metrics without the first position of each sequence.
-    out : record path; default ``nitp.records.default_record_path(model, "geom", tag)``.
+    settings : corpus, tokens, layers, device, dtype, ... (:class:`~analysis.settings.GeomSettings`);
+        every field is part of the cache key.
     reference : another checkpoint with the same tokenizer: adds ``cka_vs_reference``.
+    out : record path; default ``nitp.records.default_record_path(model, "geom", tag)``.
     redo : recompute even when an equal record (same weights, same settings) exists.
-    id_tokens, entropy_sequences, lens : the depth measures' samples and the logit lens
-        (``analysis.depth``); they are part of the cached settings.
+    write : write the record file (False: only the record cache).
 
     Returns
     -------
-    The record (a dict); ``record["path"]`` is not stored, the file location is returned by
-    ``record_path`` of the same arguments.
-    """
-    arguments = dict(locals())  # every argument: the cache key holds all but NOT_KEYED
-    from .hidden import parse_layers
+    The record (a dict); ``record["_path"]`` (not stored) is where it was written.
 
-    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len, n_pairs=n_pairs)
-    check_counts(id_tokens=id_tokens, entropy_sequences=entropy_sequences)
+    Example
+    -------
+    >>> geom_record("runs/tiny-nitp", GeomSettings(n_tokens=4096, layers=[-1]))  # doctest: +SKIP
+    """
     ckpt = resolve_checkpoint(checkpoint)
-    layers = parse_layers(layers)
     if write:
         check_output(out)  # an unwritable --out fails before the measurement
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
+    settings = settings.resolved()
     for model in (ckpt, reference):  # config, tokenizer, weights, memory: before any cache lookup
         if model is not None:
-            check_model_files(model, device=device, dtype=dtype)
+            check_model_files(model, device=settings.device, dtype=settings.dtype)
     info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
-    path = (
-        Path(out)
-        if out
-        else default_record_path(
-            info, "geom", record_tag(corpus, n_tokens, layers, exclude_first, seed, dtype)
-        )
-    )
+    path = Path(out) if out else default_record_path(info, "geom", record_tag(settings))
     if write:
         check_output(path)
-    wanted = geom_cache_key(
-        arguments,
-        checkpoint=ckpt,
-        device=device_kind(device),
-        dtype=dtype,
-        layers=sorted(int(k) for k in layers) if layers is not None else None,
-        # code versions: records of older measuring code are measured again
-        pairs_across=PAIRS_ACROSS,
-        depth_version=DEPTH_VERSION,
-    )
+    # code versions: records of older measuring code are measured again
+    versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION}
+    wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
 
     def compute() -> dict:
-        _, settings, scores = measure(
-            ckpt,
-            corpus=corpus,
-            n_tokens=n_tokens,
-            layers=layers,
-            exclude_first=exclude_first,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            reference=reference,
-            ridge=ridge,
-            heldout_fraction=heldout_fraction,
-            n_pairs=n_pairs,
-            spectrum=spectrum,
-            progress=progress,
-            id_tokens=id_tokens,
-            entropy_sequences=entropy_sequences,
-            lens=lens,
-        )
-        return make_record("geom", info, settings, scores, library_versions())
+        _, recorded, scores = measure(ckpt, settings, reference=reference, progress=progress)
+        return make_record("geom", info, recorded, scores, library_versions())
 
     # the one record cache (nitp.records): same model key + same settings -> no recomputation
     record, cached = RecordCache("geom", info["key"]).find_or_compute("layers", wanted, compute, redo=redo)
@@ -382,20 +303,25 @@ def geom_record(
     return record
 
 
-NOT_KEYED = ("out", "redo", "progress", "write")  # arguments that never change a geom result
+# the record functions' arguments besides the models and the settings: none changes a result
+# (tests hold every other argument of geom_record, compare_record and diff_erank_record to that)
+NOT_KEYED = ("out", "redo", "progress", "write")
+MODEL_INPUTS = ("checkpoint", "reference", "model_a", "model_b")  # keyed by their model key
 
 
-def geom_cache_key(arguments: dict, **normalised) -> dict:
+def geom_cache_key(settings, **inputs) -> dict:
     """The record cache's key of a ``nitp-geom`` computation (``nitp.cachekey.cache_key``):
-    every argument but :data:`NOT_KEYED`, ``normalised`` ones (the dtype and device picked, the
-    layers parsed) replacing what the user gave, the corpus by its contents, other models by
-    their model key. Used by ``layers`` / ``rank`` / ``anisotropy``, ``compare`` and ``diff-erank``."""
-    merged = {**arguments, **normalised}
+    every field of ``settings`` (``dataclasses.asdict``: a new field is keyed by itself), the
+    device by its kind and the layers sorted, the corpus by its contents; ``inputs`` adds the
+    models (:data:`MODEL_INPUTS`, by their model key) and code versions. Used by ``layers`` /
+    ``rank`` / ``anisotropy``, ``compare`` and ``diff-erank``."""
+    fields = dataclasses.asdict(settings)
+    fields["device"] = device_kind(settings.device)
+    fields["layers"] = None if settings.layers is None else sorted(settings.layers)
     return cache_key(
-        merged,
+        {**fields, **inputs},
         files=("corpus",),
-        models=tuple(k for k in ("checkpoint", "reference", "model_a", "model_b") if k in merged),
-        ignore=tuple(k for k in NOT_KEYED if k in merged),
+        models=tuple(k for k in MODEL_INPUTS if k in inputs),
     )
 
 
@@ -418,26 +344,11 @@ def _names_model(path: Path, info: dict, record: dict) -> bool:
     )
 
 
-def check_sizes(**sizes) -> None:
-    """Counts the user gives (``--batch-size``, ``--tokens``, ``--seq-len``, ``--pairs``) are
-    positive integers; ``UserError`` naming the option otherwise. None means "the default"."""
-    for name, value in sizes.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
-            raise UserError(f"{option} {value!r}: must be a whole number of at least 1")
-
-
-def check_counts(**counts) -> None:
-    """Sample sizes that may be 0 (= skip that measure): whole numbers >= 0, else ``UserError``."""
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"--{name.replace('_', '-')} {value!r}: must be a whole number >= 0 (0 skips it)")
-
-
-def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:
-    """``geom_record`` for several checkpoints; ``out`` is then a folder (one file each)."""
+def geom_records(
+    checkpoints: list, settings: GeomSettings = GeomSettings(), *, out=None, **options
+) -> list[dict]:
+    """``geom_record`` for several checkpoints; ``out`` is then a folder (one file each);
+    ``options``: ``geom_record``'s (``reference``, ``redo``, ``progress``, ``write``)."""
     records = []
     for ck in checkpoints:
         target = None
@@ -448,12 +359,14 @@ def geom_records(checkpoints: list, *, out=None, **kwargs) -> list[dict]:
                 info = checkpoint_info(ck)
                 stem = f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}"
                 target = Path(out) / f"{stem}.json"
-        records.append(geom_record(ck, out=target, **kwargs))
+        records.append(geom_record(ck, settings, out=target, **options))
     return records
 
 
-def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> list[dict]:
-    """A record for every checkpoint of a run, oldest first.
+def trajectory(
+    run_dir, settings: GeomSettings = GeomSettings(), *, stability: bool = True, **options
+) -> list[dict]:
+    """A record for every checkpoint of a run, oldest first (``options``: ``geom_record``'s).
 
     With ``stability``, each checkpoint after the first is measured against the previous one as
     reference (``cka_vs_reference`` = linear CKA between consecutive checkpoints).
@@ -472,7 +385,7 @@ def trajectory(run_dir, *, layers=None, stability: bool = True, **kwargs) -> lis
         check_model_files(ck)
     records, prev = [], None
     for ck in ckpts:
-        records.append(geom_record(ck, layers=layers, reference=prev if stability else None, **kwargs))
+        records.append(geom_record(ck, settings, reference=prev if stability else None, **options))
         prev = ck
     return records
 

@@ -17,8 +17,9 @@ token: ``2 d_A d_B`` flops per layer pair (so ``(L+2)^2`` pairs for all layers),
 
 Example
 -------
+>>> from analysis.settings import CompareSettings
 >>> from analysis.similarity import compare_record
->>> rec = compare_record("runs/smol-ntp", "runs/smol-nitp", n_tokens=4096)   # doctest: +SKIP
+>>> rec = compare_record("runs/smol-ntp", "runs/smol-nitp", CompareSettings(n_tokens=4096))  # doctest: +SKIP
 >>> rec["scores"]["similarity"]["a_vs_b"]["cka_debiased"][0][0]              # doctest: +SKIP
 """
 
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nitp.cachekey import device_kind
 from nitp.errors import UserError
 from nitp.loading import available_memory, check_model_files
 from nitp.records import (
@@ -43,7 +43,8 @@ from nitp.records import (
     write_record,
 )
 from nitp.runs import checkpoint_info, resolve_checkpoint
-from nitp.runtime import pick_device, pick_dtype
+
+from .settings import CompareSettings
 
 MAPS = ("a_vs_b", "a_vs_a", "b_vs_b")
 MEMORY_SHARE = 0.5  # the pair states may take at most this share of the available memory
@@ -132,20 +133,7 @@ def pair_state_bytes(dims_a: list[int], dims_b: list[int] | None, self_maps: boo
 
 
 def compare(
-    model_a,
-    model_b=None,
-    *,
-    corpus: str = "builtin",
-    n_tokens: int = 8192,
-    layers=None,
-    exclude_first: bool = False,
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    self_maps: bool = True,
-    progress: bool = True,
+    model_a, model_b=None, settings: CompareSettings = CompareSettings(), *, progress: bool = True
 ) -> tuple[dict, dict]:
     """Stream the similarity maps of A x B (and A x A, B x B); returns ``(settings, scores)``.
 
@@ -153,27 +141,29 @@ def compare(
     ----------
     model_a, model_b : checkpoints, run directories, HF folders or GGUF files (same tokenizer);
         ``model_b=None`` compares A with itself
-    layers : None for all (0..L and -1) or a list, applied to both models (each checked)
-    self_maps : with two models, also compute each against itself
+    settings : the sample and run (:class:`~analysis.settings.CompareSettings`); its ``layers``
+        (None for all: 0..L and -1) apply to both models (each checked); with two models,
+        ``self_maps`` also computes each against itself
     """
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
     from .measure import _progress
 
-    a = load_model(model_a, device=device, dtype=dtype)
+    s = settings
+    a = load_model(model_a, device=s.device, dtype=s.dtype)
     b = load_model(model_b, device=a.device, dtype=a.dtype) if model_b is not None else None
     if b is not None and b.tokenizer.get_vocab() != a.tokenizer.get_vocab():
         raise UserError(
             f"{model_b}: its tokenizer differs from {a.path}'s, so the token sets differ; "
             "compare models of one family (the same tokenizer)"
         )
-    layers_a = resolve_layers(layers, a.n_layers, where=str(a.path))
-    layers_b = resolve_layers(layers, b.n_layers, where=str(b.path)) if b is not None else None
-    _check_memory(a, b, layers_a, layers_b, self_maps)
-    sample = corpus_sample(a.tokenizer, corpus, n_tokens, default_seq_len(a, seq_len), seed, 0.0)
-    streams = SimilarityStreams(layers_a, layers_b, self_maps)
-    n_batches = -(-len(sample.sequences) // batch_size)
+    layers_a = resolve_layers(s.layers, a.n_layers, where=str(a.path))
+    layers_b = resolve_layers(s.layers, b.n_layers, where=str(b.path)) if b is not None else None
+    _check_memory(a, b, layers_a, layers_b, s.self_maps)
+    sample = corpus_sample(a.tokenizer, s.corpus, s.n_tokens, default_seq_len(a, s.seq_len), s.seed, 0.0)
+    streams = SimilarityStreams(layers_a, layers_b, s.self_maps)
+    n_batches = -(-len(sample.sequences) // s.batch_size)
     with _progress(progress, f"compare {a.path.name}", n_batches) as advance:
-        for rows_a, rows_b in _paired_rows(a, b, layers_a, layers_b, sample, batch_size, exclude_first):
+        for rows_a, rows_b in _paired_rows(a, b, layers_a, layers_b, sample, s.batch_size, s.exclude_first):
             streams.update(rows_a, rows_b)
             advance()
     n = int(streams.self_a[0].count)
@@ -193,20 +183,20 @@ def compare(
             "procrustes": "squared orthogonal Procrustes distance 2 - 2 ||X^T Y||_* of centred unit-Frobenius X, Y, in [0, 2]",
         },
     }
-    settings = {
-        "corpus": corpus,
-        "n_tokens": n_tokens,
+    recorded = {
+        "corpus": s.corpus,
+        "n_tokens": s.n_tokens,
         "layers": layers_a,
-        "exclude_first": exclude_first,
-        "seed": seed,
+        "exclude_first": s.exclude_first,
+        "seed": s.seed,
         "seq_len": sample.seq_len,
-        "batch_size": batch_size,
+        "batch_size": s.batch_size,
         "self_maps": streams.self_maps,
         "device": a.device,
         "dtype": a.dtype,
         "sample": sample.describe(),
     }
-    return settings, scores
+    return recorded, scores
 
 
 def _check_memory(a, b, layers_a, layers_b, self_maps: bool) -> None:
@@ -253,38 +243,21 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
-def compare_tag(
-    info_b: dict | None,
-    corpus: str,
-    n_tokens: int,
-    layers,
-    exclude_first: bool,
-    seed: int,
-    dtype: str | None = None,
-) -> str:
+def compare_tag(info_b: dict | None, settings: CompareSettings) -> str:
     """The settings part of a compare record's default file name (names B and its weights)."""
     from .measure import record_tag
 
     other = (
         "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
     )
-    return f"compare-{other}-{record_tag(corpus, n_tokens, layers, exclude_first, seed, dtype)}"
+    return f"compare-{other}-{record_tag(settings)}"
 
 
 def compare_record(
     model_a,
     model_b=None,
+    settings: CompareSettings = CompareSettings(),
     *,
-    corpus: str = "builtin",
-    n_tokens: int = 8192,
-    layers=None,
-    exclude_first: bool = False,
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    self_maps: bool = True,
     out=None,
     redo: bool = False,
     progress: bool = True,
@@ -292,48 +265,23 @@ def compare_record(
     """``compare`` wrapped in the record cache: a ``kind: "geom"`` record with a ``similarity``
     section, cached under A's model key with B's key in the settings (same weights of both and
     same settings are never measured twice). ``record["_path"]`` is where it was written."""
-    arguments = dict(locals())  # every argument: the cache key (analysis.measure.geom_cache_key)
-    from .hidden import parse_layers
-    from .measure import check_sizes, geom_cache_key
+    from .measure import geom_cache_key
 
-    check_sizes(batch_size=batch_size, n_tokens=n_tokens, seq_len=seq_len)
-    layers = parse_layers(layers)
     check_output(out)
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
+    settings = settings.resolved()
     for model in (model_a, model_b):
         if model is not None:
-            check_model_files(model, device=device, dtype=dtype)
+            check_model_files(model, device=settings.device, dtype=settings.dtype)
     info_a = model_identity(resolve_checkpoint(model_a))
     info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
-    tag = compare_tag(info_b, corpus, n_tokens, layers, exclude_first, seed, dtype)
-    path = Path(out) if out else default_record_path(info_a, "geom", tag)
+    path = Path(out) if out else default_record_path(info_a, "geom", compare_tag(info_b, settings))
     check_output(path)
-    wanted = geom_cache_key(
-        arguments,
-        device=device_kind(device),
-        dtype=dtype,
-        layers=sorted(int(k) for k in layers) if layers is not None else None,
-    )
+    wanted = geom_cache_key(settings, model_a=model_a, model_b=model_b)
 
     def compute() -> dict:
-        settings, scores = compare(
-            model_a,
-            model_b,
-            corpus=corpus,
-            n_tokens=n_tokens,
-            layers=layers,
-            exclude_first=exclude_first,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            self_maps=self_maps,
-            progress=progress,
-        )
-        settings["model_b"] = info_b
-        return make_record("geom", info_a, settings, scores, library_versions())
+        recorded, scores = compare(model_a, model_b, settings, progress=progress)
+        recorded["model_b"] = info_b
+        return make_record("geom", info_a, recorded, scores, library_versions())
 
     record, cached = RecordCache("geom", info_a["key"]).find_or_compute("compare", wanted, compute, redo=redo)
     if cached:

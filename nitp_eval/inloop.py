@@ -172,13 +172,13 @@ class GeomEvaluator:
 
     def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
         from analysis.measure import geom_record
+        from analysis.settings import GeomSettings
 
         folder = saved_folder(model, tokenizer, run_dir, step)
         try:
             device = str(next(model.parameters()).device)
-            record = geom_record(
-                folder, n_tokens=GEOM_TOKENS, device=device, dtype="float32", progress=False, write=False
-            )
+            settings = GeomSettings(n_tokens=GEOM_TOKENS, device=device, dtype="float32")
+            record = geom_record(folder, settings, progress=False, write=False)
         finally:
             remove_saved(folder)
         record = _as_step(record, model, run_dir, step, self.cfg)

@@ -910,18 +910,15 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
         )
     if plan.geom is not None:
         from analysis.measure import geom_record
+        from analysis.settings import GeomSettings
 
         g = plan.geom
         for ck in ckpts:
             kw = {"n_tokens": g["tokens"]} if g.get("tokens") else {}
-            geom_record(
-                ck,
-                corpus=g.get("corpus", "builtin"),
-                layers=g.get("layers"),
-                device=device,
-                progress=False,
-                **kw,
+            settings = GeomSettings(
+                corpus=g.get("corpus", "builtin"), layers=g.get("layers"), device=device, **kw
             )
+            geom_record(ck, settings, progress=False)
     atomic_write_json(_marker(out, cell.name), _eval_key(spec, run_dir))
 
 

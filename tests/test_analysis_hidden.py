@@ -16,12 +16,13 @@ import torch
 from analysis.hidden import LayerCapture, batch_plan, corpus_sample, load_model, padded, resolve_layers
 from analysis.layers import GeometryWarning
 from analysis.measure import measure
+from analysis.settings import GeomSettings
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs
 from nitp.layers import transformer_blocks
 from tests.test_analysis_geometry import brute_pair_cos, brute_spectrum
 
-SMALL = dict(n_tokens=1200, seq_len=64, batch_size=4, n_pairs=500, progress=False)
+SMALL = dict(n_tokens=1200, seq_len=64, batch_size=4, n_pairs=500)
 
 
 def _output_hidden_states(loaded, sample, batch_size):
@@ -113,7 +114,7 @@ def test_streamed_layer_statistics_equal_brute_force_on_real_states(tiny_checkpo
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
 
-    _, settings, scores = measure(tiny_checkpoint, **SMALL)
+    _, settings, scores = measure(tiny_checkpoint, GeomSettings(**SMALL), progress=False)
     loaded = load_model(tiny_checkpoint, device="cpu")
     sample = corpus_sample(loaded.tokenizer, "builtin", 1200, 64, 0)
     assert sample.sha256 == settings["sample"]["token_ids_sha256"]
@@ -186,7 +187,10 @@ def test_reference_cka_is_one_against_itself_and_exclude_first_drops_one_token_p
     tiny_checkpoint, tmp_path
 ):
     _, settings, scores = measure(
-        tiny_checkpoint, layers=[1, -1], reference=tiny_checkpoint, exclude_first=True, **SMALL
+        tiny_checkpoint,
+        GeomSettings(layers=[1, -1], exclude_first=True, **SMALL),
+        reference=tiny_checkpoint,
+        progress=False,
     )
     n_seq = settings["sample"]["n_sequences"]
     for row in scores["layers"]:
@@ -196,7 +200,7 @@ def test_reference_cka_is_one_against_itself_and_exclude_first_drops_one_token_p
 
 
 def test_minilm_statistics_define_the_last_state_as_the_last_block(minilm_dir):
-    _, _, scores = measure(minilm_dir, layers=[5, 6, -1], **SMALL)
+    _, _, scores = measure(minilm_dir, GeomSettings(layers=[5, 6, -1], **SMALL), progress=False)
     rows = {r["layer"]: r for r in scores["layers"]}
     assert scores["summary"]["has_final_norm"] is False
     assert "no final norm" in rows[-1]["name"]
@@ -220,7 +224,7 @@ def test_nan_activations_name_the_first_broken_layer(tiny_checkpoint, tmp_path):
     weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")  # block 2
     save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UserError, match="layer 2 has NaN/inf activations"):
-        measure(ck, **SMALL)
+        measure(ck, GeomSettings(**SMALL), progress=False)
 
 
 def test_unreadable_weights_and_folders_that_are_not_models(tiny_checkpoint, tmp_path):
@@ -237,5 +241,7 @@ def test_unreadable_weights_and_folders_that_are_not_models(tiny_checkpoint, tmp
 def test_fewer_tokens_than_dimensions_warns(tiny_checkpoint):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        measure(tiny_checkpoint, layers=[-1], n_tokens=100, seq_len=64, batch_size=4, progress=False)
+        measure(
+            tiny_checkpoint, GeomSettings(layers=[-1], n_tokens=100, seq_len=64, batch_size=4), progress=False
+        )
     assert any(issubclass(w.category, GeometryWarning) and "capped" in str(w.message) for w in caught)

@@ -8,6 +8,7 @@ trained checkpoint are slow (they load a real model).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -101,20 +102,19 @@ OTHER_VALUE = {  # a second value of each argument (None-able arguments get a re
 
 @pytest.mark.parametrize("function", _geom_functions(), ids=lambda f: f.__name__)
 def test_every_argument_of_a_geom_record_is_a_key_part(function):
-    """Each argument that can change a result changes the cache key on its own (the models are
-    keyed by their identity: None here, checked end to end below); the rest is NOT_KEYED."""
+    """Each argument that can change a result (every field of its settings) changes the cache key
+    on its own (the models are keyed by their identity: None here, checked end to end below); the
+    rest is NOT_KEYED."""
     from analysis.measure import NOT_KEYED, geom_cache_key
 
     params = inspect.signature(function).parameters
-    base = {name: (None if p.default is inspect.Parameter.empty else p.default) for name, p in params.items()}
+    base = params["settings"].default
     base_digest = settings_digest(geom_cache_key(base))
     models = {"checkpoint", "reference", "model_a", "model_b"}
-    for name in params:
-        if name in NOT_KEYED or name in models:
-            continue
-        changed = settings_digest(geom_cache_key({**base, name: OTHER_VALUE[name]}))
+    for name in (f.name for f in dataclasses.fields(base)):
+        changed = settings_digest(geom_cache_key(dataclasses.replace(base, **{name: OTHER_VALUE[name]})))
         assert changed != base_digest, f"{function.__name__}: {name} is not part of the cache key"
-    assert {n for n in params if n not in models} - set(OTHER_VALUE) <= set(NOT_KEYED)
+    assert {n for n in params if n not in models | {"settings"}} <= set(NOT_KEYED)
 
 
 def test_a_cache_entry_is_served_only_for_equal_settings(tmp_path):
@@ -149,26 +149,32 @@ def _corpus(path: Path, word: str) -> Path:
 
 def test_corpus_contents_dtype_and_reference_are_measured_again(tiny_checkpoint, tiny_ntp_run, tmp_path):
     from analysis.measure import geom_record
+    from analysis.settings import GeomSettings
 
-    kw = dict(n_tokens=300, layers=[-1], lens=False, id_tokens=0, progress=False)
+    kw = dict(n_tokens=300, layers=[-1], lens=False, id_tokens=0)
     corpus = _corpus(tmp_path / "c.txt", "the cat")
-    first = geom_record(tiny_checkpoint, corpus=str(corpus), **kw)
+    first = geom_record(tiny_checkpoint, GeomSettings(corpus=str(corpus), **kw), progress=False)
     _corpus(corpus, "quantum zebra")  # new contents at the same path
-    second = geom_record(tiny_checkpoint, corpus=str(corpus), **kw)
+    second = geom_record(tiny_checkpoint, GeomSettings(corpus=str(corpus), **kw), progress=False)
     assert second["created"] >= first["created"]
     assert first["scores"]["summary"] != second["scores"]["summary"]
     assert second["settings"]["sample"]["token_ids_sha256"] != first["settings"]["sample"]["token_ids_sha256"]
-    assert geom_record(tiny_checkpoint, corpus=str(corpus), **kw)["created"] == second["created"]  # served
+    served = geom_record(tiny_checkpoint, GeomSettings(corpus=str(corpus), **kw), progress=False)
+    assert served["created"] == second["created"]  # served
 
-    bf16 = geom_record(tiny_checkpoint, corpus=str(corpus), dtype="bfloat16", **kw)
+    bf16 = geom_record(
+        tiny_checkpoint, GeomSettings(corpus=str(corpus), dtype="bfloat16", **kw), progress=False
+    )
     assert bf16["settings"]["dtype"] == "bfloat16" and bf16["_path"] != second["_path"]
     assert Path(bf16["_path"]).name.endswith("-bfloat16.json")
-    again = geom_record(tiny_checkpoint, corpus=str(corpus), **kw)  # float32 served, its file kept
+    # float32 served, its file kept
+    again = geom_record(tiny_checkpoint, GeomSettings(corpus=str(corpus), **kw), progress=False)
     assert again["settings"]["dtype"] == "float32"
     assert json.loads(Path(again["_path"]).read_text())["settings"]["dtype"] == "float32"
 
-    ref = geom_record(tiny_checkpoint, corpus=str(corpus), reference=tiny_checkpoint, **kw)
-    other = geom_record(tiny_checkpoint, corpus=str(corpus), reference=tiny_ntp_run, **kw)
+    settings = GeomSettings(corpus=str(corpus), **kw)
+    ref = geom_record(tiny_checkpoint, settings, reference=tiny_checkpoint, progress=False)
+    other = geom_record(tiny_checkpoint, settings, reference=tiny_ntp_run, progress=False)
     assert ref["settings"]["reference"]["hash"] != other["settings"]["reference"]["hash"]
 
 

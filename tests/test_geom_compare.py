@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -71,8 +72,10 @@ def test_layers_has_depth_columns_and_the_lens_matches_the_model_loss(tiny_check
 
     from analysis.hidden import corpus_sample, load_model
     from analysis.measure import geom_record
+    from analysis.settings import GeomSettings
 
-    rec = geom_record(tiny_checkpoint, n_tokens=600, seq_len=64, batch_size=4, progress=False, write=False)
+    small = GeomSettings(n_tokens=600, seq_len=64, batch_size=4)
+    rec = geom_record(tiny_checkpoint, small, progress=False, write=False)
     rows = {r["layer"]: r for r in rec["scores"]["layers"]}
     for r in rows.values():
         assert r["intrinsic_dimension_twonn"] > 0 and r["intrinsic_dimension_gride"] > 0
@@ -94,14 +97,7 @@ def test_layers_has_depth_columns_and_the_lens_matches_the_model_loss(tiny_check
             n += len(seq) - 1
     assert rows[-1]["logit_lens_ce"] == pytest.approx(nll / n, rel=1e-4)
     no_lens = geom_record(
-        tiny_checkpoint,
-        n_tokens=600,
-        seq_len=64,
-        batch_size=4,
-        progress=False,
-        write=False,
-        lens=False,
-        id_tokens=0,
+        tiny_checkpoint, dataclasses.replace(small, lens=False, id_tokens=0), progress=False, write=False
     )
     assert no_lens["created"] != rec["created"]  # other settings: another record, not the cached one
     assert all(

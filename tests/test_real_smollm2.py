@@ -43,13 +43,11 @@ def test_folder_logits_equal_the_gguf_model(smollm2_gguf, smol_folder):
 
 def test_geom_layers_names_the_massive_dimensions(smollm2_gguf, tmp_path):
     from analysis.measure import geom_record
+    from analysis.settings import GeomSettings
 
     rec = geom_record(
         smollm2_gguf,
-        layers="0,6,20,-1",
-        n_tokens=1024,
-        seq_len=128,
-        batch_size=4,
+        GeomSettings(layers="0,6,20,-1", n_tokens=1024, seq_len=128, batch_size=4),
         out=tmp_path / "geom.json",
         progress=False,
     )
