@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nitp.errors import UserError
-from nitp.layers import register_layer_hook
 
+from .nitp_module import PROJECTORS as PROJECTORS  # re-exported: nitp_train.loss.PROJECTORS
+from .nitp_module import LayerCapture, NITPModule, NITPSettings
+from .nitp_module import SwiGLUHead as SwiGLUHead
+from .nitp_module import make_head as make_head
 from .objective import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.loss.LOSS_KINDS
 from .objective import nitp_pairs, nitp_sum
 
-PROJECTORS = ("swiglu", "linear", "none")
 # cos_reg.kind: "hidden" = the NITP paper's baseline (final hidden states of the batch);
 # "embedding" = Gao et al. (2019)'s regulariser of the output word-embedding matrix rows
 COS_REG_KINDS = ("hidden", "embedding")
@@ -357,34 +359,13 @@ def cos_regulariser(kind: str, last_hidden: torch.Tensor, output_embeddings: tor
     raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {kind!r}")
 
 
-class SwiGLUHead(nn.Module):
-    """The paper's projector: down(silu(gate(x)) * up(x)), d -> 4d -> d, 12 d^2 parameters."""
-
-    def __init__(self, d_in: int, d_out: int, expansion: int = 4):
-        super().__init__()
-        self.gate = nn.Linear(d_in, expansion * d_in, bias=False)
-        self.up = nn.Linear(d_in, expansion * d_in, bias=False)
-        self.down = nn.Linear(expansion * d_in, d_out, bias=False)
-
-    def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-def make_head(kind: str, d_in: int, d_out: int) -> nn.Module | None:
-    if kind == "swiglu":
-        return SwiGLUHead(d_in, d_out)
-    if kind == "linear":
-        return nn.Linear(d_in, d_out, bias=False)
-    if kind == "none":
-        return None
-    raise ValueError(f"projector must be one of {PROJECTORS}, got {kind!r}")
-
-
 class NITPObjective(nn.Module):
     """Causal LM + projector; ``forward(input_ids)`` returns every loss term in one forward pass.
 
-    Two forward hooks capture the final-norm output (h) and the target layer's output (z) while
-    the model computes its logits; nothing else is kept. Wrapping this module (not the bare LM)
+    The :class:`nitp_train.nitp_module.NITPModule` (``.nitp_module``; ``None`` for NTP) holds the
+    settings, the projector (``.head``) and the two forward hooks that capture the final-norm
+    output (h) and the target layer's output (z) while the model computes its logits; nothing
+    else is kept. Wrapping this module (not the bare LM)
     in DDP/FSDP keeps the projector's gradients synchronised.
     """
 
@@ -411,18 +392,12 @@ class NITPObjective(nn.Module):
         # plain: the model's logits; else a chunked CE over the captured h, no [B, T, V] logits
         self.loss_impl, self.loss_chunk = resolve_loss_impl(loss_impl, int(loss_chunk))
         d = model.config.hidden_size
-        self.head = make_head(self.cfg["projector"], d, d) if objective == "nitp" else None
-        self._captured: dict[str, torch.Tensor] = {}
-        # h = layer -1 (final-norm output), z = layer k (nitp.layers numbering), same forward pass
-        register_layer_hook(model, -1, self._capture("last"))
-        if objective == "nitp":
-            register_layer_hook(model, self.cfg["target_layer"], self._capture("target"))
-
-    def _capture(self, name):
-        def store(tensor):
-            self._captured[name] = tensor
-
-        return store
+        nitp = objective == "nitp"
+        settings = NITPSettings.from_config(self.cfg, cross_documents) if nitp else None
+        self.nitp_module = NITPModule(settings, d) if nitp else None
+        self.head = self.nitp_module.head if nitp else None
+        # h = layer -1 (final-norm output; the CE and cos_reg read it too), z = layer k, one pass
+        self._capture = self.nitp_module.attach(model) if nitp else LayerCapture(model, {"last": -1})
 
     def forward(
         self,
@@ -438,22 +413,26 @@ class NITPObjective(nn.Module):
         NITP pair rule only (no pair crosses a document boundary), not the model's attention or
         positions. ``loss_nitp`` is the mean over the micro-batch's pairs.
         """
-        self._captured.clear()
+        self._capture.take()  # drop what a recomputation (activation checkpointing) stored
         labels = input_ids[:, 1:]
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
         # not plain: the LM head runs on the last position only (keeps MoE aux loss etc. in one call)
         keep = {"logits_to_keep": 1} if self.loss_impl != "plain" else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep)
-        h = self._captured.pop("last")
+        captured = self._capture.take()
+        h = captured["last"]
         losses = {"loss_ntp": self._next_token_ce(out, h, labels)}
         total = losses["loss_ntp"]
         if getattr(out, "aux_loss", None) is not None:
             losses["aux_loss"] = out.aux_loss
             total = total + self.model.config.router_aux_loss_coef * out.aux_loss
         if self.objective == "nitp":
-            z = self._captured.pop("target")
-            losses["loss_nitp"] = self._nitp_mean(h, z, attention_mask, document_ids)
+            z = captured["target"]
+            pair_sum, pairs = self.nitp_module.term(
+                h, z, attention_mask=attention_mask, document_ids=document_ids
+            )
+            losses["loss_nitp"] = pair_sum / pairs.clamp(min=1)  # mean over the micro-batch's pairs
             total = total + nitp_weight * losses["loss_nitp"]
         if self.cos_reg_weight > 0:
             flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])
@@ -463,7 +442,6 @@ class NITPObjective(nn.Module):
         losses["loss_total"] = total
         if keep_last_hidden:
             losses["last_hidden"] = h.detach()
-        self._captured.clear()
         return losses
 
     def _next_token_ce(self, out, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -477,17 +455,3 @@ class NITPObjective(nn.Module):
             return liger_next_token_ce(h[:, :-1], head, labels)
         logits = out.logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-    def _nitp_mean(self, h, z, attention_mask, document_ids) -> torch.Tensor:
-        """Mean NITP loss over this micro-batch's pairs (``nitp_train.objective``)."""
-        c = self.cfg
-        pairs = nitp_pairs(
-            h.shape[:2],
-            c["shift"],
-            attention_mask=attention_mask,
-            document_ids=document_ids,
-            cross_documents=self.cross_documents,
-            device=h.device,
-        )
-        total, count = nitp_sum(h, z, pairs, self.head, c["shift"], c["loss"], c["stop_grad"])
-        return total / count.clamp(min=1)

@@ -1,6 +1,7 @@
 """The NITP term, defined once: which (t, t+s) pairs count, and the loss summed over them.
 
-Every integration calls these two functions and adds only its own normalisation:
+Every integration calls these two functions through one :class:`nitp_train.nitp_module.NITPModule`
+(settings, projector, hooks) and adds only its own normalisation:
 
 - ``nitp-train`` (:class:`nitp_train.loss.NITPObjective`): ``sum / count`` of the micro-batch;
 - ``wrap_model`` (:class:`nitp_train.dropin.NITPWrapped`): ``sum / num_items_in_batch`` (HF ``Trainer``);

@@ -4,10 +4,9 @@ The wrapper's ``forward`` has the causal LM's signature and returns its usual ou
 
     loss = L_NTP + weight * L_NITP,   L_NITP = mean over valid pairs of 1 - cos(P(h_t), sg[z_{t+s}])
 
-plus ``loss_ntp`` and ``loss_nitp`` (per-pair mean). The terms are the ones ``nitp-train`` trains
-(the pair rule and sum of ``nitp_train.objective``, ``make_head``; layers numbered as in
-``nitp.layers``), and
-``save_pretrained`` writes the checkpoint layout ``nitp-train`` writes: the plain model (same keys
+plus ``loss_ntp`` and ``loss_nitp`` (per-pair mean). The term is the one ``nitp-train`` trains
+(``nitp_train.nitp_module.NITPModule``: settings, projector, hooks; the pair rule and sum of
+``nitp_train.objective``; layers numbered as in ``nitp.layers``), and ``save_pretrained`` writes the checkpoint layout ``nitp-train`` writes: the plain model (same keys
 as unwrapped) plus the projector in ``nitp_head.safetensors``. Hooks into HF ``Trainer`` / TRL are in
 ``nitp_train.dropin.hf``; torchtitan pieces in ``nitp_train.dropin.titan``.
 
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,10 +31,10 @@ import torch.nn as nn
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_bytes, atomic_write_json
-from nitp.layers import check_layer, default_target_layer, num_layers, register_layer_hook
+from nitp.layers import check_layer, default_target_layer, num_layers
 from nitp_train.config_model import check_shift
-from nitp_train.loss import LOSS_KINDS, PROJECTORS, make_head
-from nitp_train.objective import IGNORE_INDEX, documents_from_positions, nitp_pairs, nitp_sum
+from nitp_train.nitp_module import PROJECTORS, NITPModule, NITPSettings
+from nitp_train.objective import IGNORE_INDEX, LOSS_KINDS, documents_from_positions
 from nitp_train.parallel import inner_module
 from nitp_train.probe import grad_share
 
@@ -142,35 +142,16 @@ class NITPWrapped(nn.Module):
     def __init__(self, model, target_layer, weight, shift, loss, projector, stop_grad, cross_documents=False):
         super().__init__()
         self.model = model
+        settings = NITPSettings(target_layer, shift, loss, projector, stop_grad, cross_documents)
         d = model.config.get_text_config().hidden_size
-        head = make_head(projector, d, d)
-        if head is not None:
-            ref = model.get_input_embeddings().weight
-            head = head.to(device=ref.device, dtype=ref.dtype)
-        self.head = head
-        self.nitp = dict(
-            target_layer=target_layer,
-            weight=weight,
-            shift=shift,
-            loss=loss,
-            projector=projector,
-            stop_grad=stop_grad,
-            cross_documents=cross_documents,
-        )
+        self.nitp_module = NITPModule(settings, d, like=model.get_input_embeddings().weight)
+        self.head = self.nitp_module.head
+        self.nitp = dict(asdict(settings), weight=weight)
         self.stats = NITPStats()
         self.geometry_wanted = False  # set by a callback for the next forward: keep h for erank
         self.geometry_sample: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._captured: dict[str, torch.Tensor] = {}
-        self._capturing = False
-        register_layer_hook(model, -1, self._store("last"))
-        register_layer_hook(model, target_layer, self._store("target"))
-
-    def _store(self, name):
-        def store(tensor):
-            if self._capturing:  # not during gradient-checkpoint recomputation or plain inference
-                self._captured[name] = tensor
-
-        return store
+        # gated: nothing kept during gradient-checkpoint recomputation or plain inference
+        self._capture = self.nitp_module.attach(model, gated=True)
 
     def __getattr__(self, name):
         try:
@@ -215,9 +196,7 @@ class NITPWrapped(nn.Module):
         if num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
         kwargs.setdefault("use_cache", False)
-        self._captured.clear()
-        self._capturing = True
-        try:
+        with self._capture.during():
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -225,13 +204,18 @@ class NITPWrapped(nn.Module):
                 labels=labels,
                 **kwargs,
             )
-        finally:
-            self._capturing = False
-        h, z = self._captured.pop("last"), self._captured.pop("target")
-        self._captured.clear()
+        captured = self._capture.take()
+        h, z = captured["last"], captured["target"]
         if self.training and torch.is_grad_enabled() and h.requires_grad:
             h = self.stats.probe_gradients(h)
-        total, n_pairs = self._nitp_sum(h, z, labels, attention_mask, position_ids, document_ids)
+        total, n_pairs = self.nitp_module.term(
+            h,
+            z,
+            labels=labels,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            document_ids=document_ids,
+        )
         mean = total / n_pairs.clamp(min=1)
         ntp = out.loss
         nitp = total / num_items_in_batch if num_items_in_batch is not None else mean
@@ -247,20 +231,6 @@ class NITPWrapped(nn.Module):
                 self.geometry_sample = _token_states(h, attention_mask, position_ids, document_ids)
                 self.geometry_wanted = False
         return out
-
-    def _nitp_sum(self, h, z, labels, attention_mask, position_ids, document_ids):
-        """``(sum, count)`` of the NITP loss over this batch's pairs (``nitp_train.objective``)."""
-        n = self.nitp
-        pairs = nitp_pairs(
-            labels.shape,
-            n["shift"],
-            labels=labels,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            document_ids=document_ids,
-            cross_documents=n["cross_documents"],
-        )
-        return nitp_sum(h, z, pairs, self.head, n["shift"], n["loss"], n["stop_grad"])
 
     # ------------------------------------------------------------------ export / resume
     def save_pretrained(

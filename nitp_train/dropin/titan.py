@@ -8,8 +8,9 @@ documents. The logits alone carry no hidden states, so :class:`NITPTerm` hooks t
 ``nitp.layers.register_layer_hook`` (h = layer -1, the final norm; z = layer k, same forward pass)
 and the projector is registered on the model as ``nitp_head`` (so FSDP shards it and the optimizer
 sees it); :func:`drop_nitp_head` is the state-dict filter that keeps it out of the exported model.
-The pairs and the sum are ``nitp_train.objective``'s (the rule ``nitp-train`` and ``wrap_model``
-use); only the normalisation, ``sum / global_valid_tokens``, is torchtitan's.
+Settings, projector, hooks, pairs and sum are ``nitp_train.nitp_module.NITPModule``'s (the one
+``nitp-train`` and ``wrap_model`` use); only the normalisation, ``sum / global_valid_tokens``,
+and the label layout are torchtitan's.
 
 ``NITPTerm`` imports nothing from torchtitan (tested here on CPU); :func:`nitp_loss_class`
 builds the ``BaseLoss`` subclass when torchtitan is installed.
@@ -20,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from nitp.layers import check_layer, num_layers, register_layer_hook
-from nitp_train.loss import make_head
-from nitp_train.objective import IGNORE_INDEX, nitp_pairs, nitp_sum
+from nitp.layers import check_layer, num_layers
+from nitp_train.nitp_module import NITPModule, NITPSettings
+from nitp_train.objective import IGNORE_INDEX
 
 HEAD_PREFIX = "nitp_head."
 
@@ -46,10 +47,21 @@ class NITPTerm:
         shift: int = 1,
         cross_documents: bool = False,
     ):
-        self.dim, self.projector, self.kind, self.stop_grad = dim, projector, loss, stop_grad
-        self.shift, self.cross_documents = shift, cross_documents
-        self.captured: dict[str, torch.Tensor] = {}
-        self.head: nn.Module | None = None
+        self.dim = dim
+        self.options = dict(
+            shift=shift, loss=loss, projector=projector, stop_grad=stop_grad, cross_documents=cross_documents
+        )
+        self.module: NITPModule | None = None  # built by attach, which knows the target layer
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The projector (``model.nitp_head`` once attached; ``None`` before, or with ``projector='none'``)."""
+        return self.module.head if self.module is not None else None
+
+    @property
+    def captured(self) -> dict[str, torch.Tensor]:
+        """h (``last``) and z (``target``) of the latest forward pass, until the term reads them."""
+        return self.module.capture.tensors if self.module is not None else {}
 
     def attach(self, model: nn.Module, target_layer: int) -> nn.Module:
         """Hook ``model``'s final norm (h) and layer ``target_layer`` (z, ``nitp.layers`` numbering)
@@ -59,19 +71,10 @@ class NITPTerm:
         ``Transformer`` (blocks in the ``nn.ModuleDict`` ``layers``, depth ``model_args.n_layers``).
         """
         k = check_layer(target_layer, num_layers(model), allow_last=False, name="target_layer")
-        register_layer_hook(model, -1, self._store("last"))
-        register_layer_hook(model, k, self._store("target"))
-        ref = next(model.parameters())
-        head = make_head(self.projector, self.dim, self.dim)
-        self.head = head.to(device=ref.device, dtype=ref.dtype) if head is not None else None
-        model.nitp_head = self.head
+        self.module = NITPModule(NITPSettings(k, **self.options), self.dim, like=next(model.parameters()))
+        self.module.attach(model)
+        model.nitp_head = self.module.head
         return model
-
-    def _store(self, name):
-        def store(tensor):
-            self.captured[name] = tensor
-
-        return store
 
     def __call__(
         self,
@@ -79,16 +82,14 @@ class NITPTerm:
         positions: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, z = self.captured.pop("last"), self.captured.pop("target")
-        pairs = nitp_pairs(
-            labels.shape,
-            self.shift,
+        captured = self.module.capture.take()
+        return self.module.term(
+            captured["last"],
+            captured["target"],
             labels=unshifted_labels(labels),
             position_ids=positions,
             document_ids=document_ids,
-            cross_documents=self.cross_documents,
         )
-        return nitp_sum(h, z, pairs, self.head, self.shift, self.kind, self.stop_grad)
 
 
 def unshifted_labels(shifted: torch.Tensor) -> torch.Tensor:
