@@ -456,8 +456,11 @@ def power_table(tables: list[Table]) -> Table | None:
         higher_is_better=[None] * 6,
         decimals=0,
     )
+    pairs = {(pair.base.label, pair.new.label): pair.name for t in tables for _, pair, *_ in t.findings}
+    shared = len(set(pairs.values())) < len(pairs)  # several pairs named NITP − NTP (sizes, seeds)
     for t in tables:
         for what, pair, test, _value, extra in t.findings:
+            label = f"{pair.new.label} − {pair.base.label}" if shared else pair.name
             rows = [(what, test)] + (
                 [("mteb sign", Tested(extra, units="tasks"))] if what == "mteb overall" and extra else []
             )
@@ -468,7 +471,7 @@ def power_table(tables: list[Table]) -> Table | None:
                 scale = getattr(tested, "scale", 100.0)
                 mde = _mde_text(p, scale)
                 table.add(
-                    f"{name} ({pair.name})",
+                    f"{name} ({label})",
                     [
                         p.unit,
                         p.n,

@@ -79,6 +79,30 @@ def test_power_of_a_tested_comparison():
     assert "at n = 400 items" in line and "the paper's +2.7 points" in line
 
 
+def test_power_rows_name_their_models_when_several_pairs_share_a_name():
+    """A ladder compares NITP − NTP at every size: each power row must say which pair it is."""
+    from types import SimpleNamespace as NS
+
+    from reports.paired import Tested
+    from reports.tables import Table
+
+    def pair(size, objectives=True):
+        base, new = NS(label=f"NTP {size}"), NS(label=f"NITP {size}")
+        return NS(base=base, new=new, name="NITP − NTP" if objectives else f"{new.label} − {base.label}")
+
+    def table(*pairs):
+        t = Table("bench", "t", ["x"], higher_is_better=[None], decimals=0)
+        for i, p in enumerate(pairs):
+            a = scores(i, 300, 0.5)
+            t.findings.append(("bench average", p, Tested(stats.paired_difference(a, 1 - a)), 0.0, None))
+        return t
+
+    rows = [r.label for r in L.power_table([table(pair("d16"), pair("d32"))]).rows]
+    assert rows == ["bench average (NITP d16 − NTP d16)", "bench average (NITP d32 − NTP d32)"]
+    rows = [r.label for r in L.power_table([table(pair("d16")), table(pair("d16"))]).rows]
+    assert rows == ["bench average (NITP − NTP)"] * 2  # one pair in two tables: the short name
+
+
 # ----------------------------------------------------------------------------- ledger verdicts
 def test_directional_and_equivalence_verdicts():
     up = stats.GroupMean(8, 0.02, 0.01, 0.03, 0.95, "BCa")
