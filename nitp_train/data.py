@@ -127,8 +127,10 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
                 if out.exists():  # an empty or partial folder from an interrupted older run
                     shutil.rmtree(out)
                 os.replace(partial, out)
-            except Exception:
+            except Exception as e:
                 shutil.rmtree(partial, ignore_errors=True)  # bad input: leave nothing behind
+                if isinstance(e, OSError) and e.filename is None:  # a write (full disk): name the folder
+                    e.filename = str(out)
                 raise
         finally:
             lock_path.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
     Returns ``{"init_from": <model folder>, "source": PATH, "model_type", "num_hidden_layers",
     "hidden_size", "vocab_size", "max_position_embeddings", "target_layer", "lambda", "lr"}``.
     """
-    from nitp.loading import load_config, model_folder
+    from nitp.loading import check_safe_weights, load_config, model_folder
 
     source = model_cfg["init_from"]
     extra = sorted(k for k in model_cfg if k not in ("init_from", "preset"))
@@ -49,6 +49,7 @@ def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
             "model's); remove it"
         )
     folder = model_folder(source)
+    check_safe_weights(folder)  # at config time: before the corpus is prepared, never unpickled
     config = load_config(folder)
     spec: dict[str, Any] = {"init_from": str(folder), "source": str(source)}
     spec.update({k: getattr(config, k, None) for k in SPEC_FIELDS})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import shutil
 import time
@@ -360,9 +361,10 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
         row.update(_probe(st))
     if validation_due(st.step, steps, lc["eval_every"], lc["eval_points"]):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
-    # the checkpoint comes first: an evaluator's or a tracker's failure below never costs training
-    # state; it carries this step's line, which a resume writes if the run died before it did
-    if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps:
+    # the checkpoint comes first, at every evaluated step too: an evaluator's or a tracker's failure
+    # below never costs training state; it carries this step's line, which a resume writes if the
+    # run died before it did
+    if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps or _eval_due(st):
         _save(st, pending_line=row)
         st.last_good = checkpoint_name(st.step)
     _evaluate_and_log(st, row)
@@ -397,30 +399,50 @@ def validation_due(step: int, steps: int, every: int, points: int) -> bool:
     return step == steps or (every > 0 and step % every == 0) or step in _log_spaced(steps, points)
 
 
+def _eval_due(st: TrainState) -> bool:
+    every = st.cfg["eval"]["every"]
+    return every > 0 and (st.step % every == 0 or st.step == st.cfg["train"]["steps"])
+
+
+def _evaluate(st: TrainState) -> dict:
+    """The in-loop evaluators' results at this step (rank 0; the others wait)."""
+    modules = (st.objective, st.wrapped)
+    return evaluate_in_loop(
+        st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, st.d
+    )
+
+
 def _evaluate_and_log(st: TrainState, row: dict) -> None:
     """Run the in-loop evaluators when due (``eval.every``), then write the step's metrics line."""
-    every, steps = st.cfg["eval"]["every"], st.cfg["train"]["steps"]
     try:
-        if every > 0 and (st.step % every == 0 or st.step == steps):
-            modules = (st.objective, st.wrapped)
-            row.update(
-                evaluate_in_loop(
-                    st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, st.d
-                )
-            )
+        if _eval_due(st):
+            row.update(_evaluate(st))
     finally:  # the line of this step is written even when an evaluator failed
         if row:
             st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
 
 
 def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
-    """A run killed between its checkpoint and that step's metrics line (evaluation runs in
-    between) lost the line: write it from the checkpoint and run the evaluators it missed."""
+    """Finish the resumed checkpoint's step. A run killed between its checkpoint and that step's
+    metrics line lost the line: write it from the checkpoint and run the evaluators. A run stopped
+    by an evaluator's failure wrote the line without its results: evaluate now and add them."""
     path = st.run_dir / "metrics.jsonl"
-    logged = st.d.is_main and path.is_file() and any(r.get("step") == st.step for r in read_jsonl(path))
-    missing = pending_line is not None and st.d.is_main and not logged
-    if bool(parallel.all_max(st.d, torch.tensor(float(missing), device=st.d.device)).item()):
+    rows = read_jsonl(path) if st.d.is_main and path.is_file() else []
+    at = [i for i, r in enumerate(rows) if r.get("step") == st.step]
+    no_line = st.d.is_main and pending_line is not None and not at
+    no_eval = bool(at) and _eval_due(st) and bool(st.evaluators) and "eval/seconds" not in rows[at[-1]]
+    todo = parallel.all_max(st.d, torch.tensor([float(no_line), float(no_eval)], device=st.d.device))
+    if todo[0].item():
         _evaluate_and_log(st, dict(pending_line or {}))
+    elif todo[1].item():
+        results = _evaluate(st)
+        if st.d.is_main:  # the step's line gets the results in place; the trackers get only them
+            rows[at[-1]] = {**rows[at[-1]], **results}
+            st.mlog.file.close()  # the rewrite is a new file: append to it, not to the old one
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+            st.mlog.file = open(path, "a")
+            if st.mlog.trackers is not None:
+                st.mlog.trackers.log({"step": st.step, "tokens": st.tokens_seen, **results})
 
 
 def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:

@@ -72,6 +72,10 @@ def test_pickled_weights_are_refused_by_bench_before_anything_loads_them(tmp_pat
         check_causal_lm(folder)
     with pytest.raises(UserError, match=r"the weights are pickled"):  # nitp-geom's and mteb's check
         check_model_files(folder)
+    from nitp_train.config import load_config
+
+    with pytest.raises(UserError, match=r"the weights are pickled"):  # model.init_from: at config time
+        load_config(None, [f"model.init_from={folder}"])
     (folder / "model.safetensors").write_bytes(b"")  # a safetensors copy beside it is what loads
     check_safe_weights(folder)
     assert not (folder / "ran").exists()

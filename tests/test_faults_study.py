@@ -345,6 +345,21 @@ def test_a_full_disk_names_the_file_being_written(full_disk):
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # nothing half-written
 
 
+def test_prepare_on_a_full_disk_names_its_folder_and_leaves_nothing(full_disk, tmp_path, monkeypatch, capsys):
+    from nitp_train.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 4000)
+    out = full_disk / "prep"
+    args = ["prepare", out, "--corpus", corpus, "--vocab-size", 300, "--workers", 0]
+    code, _, err = run_main(main, "nitp-train", args, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot access {out}: No space left on device"), (
+        err
+    )
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
 # ----------------------------------------------------------------------------- trained studies
 @pytest.mark.slow
 def test_changed_set_is_refused_then_retrained_and_another_study_is_refused(tmp_path):

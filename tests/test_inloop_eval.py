@@ -116,17 +116,29 @@ def test_in_loop_mteb_and_geometry_write_records_and_metrics(tmp_path, monkeypat
 
 @pytest.mark.slow  # trains a tiny model and runs lm-eval once
 def test_an_evaluator_failure_never_costs_the_checkpoint_of_its_step(tmp_path):
-    """The checkpoint of a step is written before that step's in-training evaluation: an
-    evaluator that cannot write its results stops the run with the checkpoint on disk and the
-    step's metrics line written."""
+    """The checkpoint of a step is written before that step's in-training evaluation (an evaluated
+    step is always a checkpoint step): an evaluator that cannot write its results stops the run
+    with the checkpoint on disk and the step's metrics line written; once fixed, ``--resume``
+    evaluates that step before training on, and adds the results to its line."""
     from nitp.runs import list_checkpoints
+    from nitp_train.trainer import train
+    from tests.helpers import tiny_config
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "results").write_text("a file where the evaluator's folder goes")
+    extra = [*EVAL, "checkpoint.every=100", "log.every=2"]
     with pytest.raises(UserError) as e:
-        make_tiny_run(run, steps=4, extra=[*EVAL, "checkpoint.every=4"])
+        make_tiny_run(run, steps=8, extra=extra)
     assert "\n" not in str(e.value) and "step 4" in str(e.value) and "--resume" in str(e.value)
     assert [p.name for p in list_checkpoints(run)] == ["step_000004"]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4
+    (run / "results").unlink()  # the fix
+    train(tiny_config("nitp", "tiny-dense", 8, extra), run, resume=True, log=lambda *_: None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]  # each step once, the resumed one included
+    for step in (4, 8):
+        row = rows[[r["step"] for r in rows].index(step)]
+        assert "loss_total" in row and "eval/bench/sentiment" in row, row
+        assert next((run / "results" / "bench").glob(f"step_{step:06d}-inloop-*.json"))
