@@ -179,9 +179,9 @@ def rank(
     **shared,
 ):
     """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
-    from .tables import RANK_METRICS
+    from .tables import rank_metrics
 
-    _metric_table(RANK_METRICS, "effective rank", checkpoints, layers, shared)
+    _metric_table(rank_metrics(), "effective rank", checkpoints, layers, shared)
 
 
 @app.command()
@@ -194,9 +194,9 @@ def anisotropy(
     **shared,
 ):
     """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
-    from .tables import ANISOTROPY_METRICS
+    from .tables import anisotropy_metrics
 
-    _metric_table(ANISOTROPY_METRICS, "anisotropy (mean cosine)", checkpoints, layers, shared)
+    _metric_table(anisotropy_metrics(), "anisotropy (mean cosine)", checkpoints, layers, shared)
 
 
 @app.command()

@@ -44,16 +44,6 @@ from .settings import DEFAULT_ENTROPY_SEQUENCES, DEFAULT_ID_TOKENS
 
 DEPTH_VERSION = 1  # part of the record settings: records made before these measures are redone
 
-DEPTH_DEFINITIONS = {
-    "intrinsic_dimension_twonn": "TwoNN intrinsic dimension (Facco et al. 2017; scikit-dimension) of a seeded sample of token states (id_n_used rows, duplicates dropped)",
-    "intrinsic_dimension_gride": "GRIDE intrinsic dimension (Denti et al. 2022, n1 = 4; scikit-dimension) of the same sample",
-    "alpha_req": "alpha-ReQ (Agrawal et al. 2022): minus the slope of log lambda_k vs log k over ranks alpha_req_fit_range of the covariance spectrum, 1/k-weighted",
-    "prompt_entropy": "mean over sampled sequences of the normalised von Neumann entropy of the token Gram matrix of one sequence (Skean et al. 2025), in [0, 1]",
-    "dataset_entropy": "normalised von Neumann entropy of the Gram matrix of mean-pooled sequence vectors (Skean et al. 2025), in [0, 1]",
-    "curvature": "mean angle (radians) between successive token-difference vectors of a sequence, averaged over sequences (Hosseini & Fedorenko 2023)",
-    "logit_lens_ce": "next-token cross-entropy (nats) of the layer through the final norm and the LM head (logit lens, nostalgebraist 2020)",
-}
-
 
 @dataclass
 class DepthAccumulators:

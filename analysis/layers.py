@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from nitp import metrics_registry as registry
 from nitp.errors import UserError
 from nitp.geometry import spectrum_metrics
 from nitp.layers import TARGET_DEPTH, default_target_layer
@@ -58,45 +59,22 @@ from nitp.streaming import (
 TRIVIAL_TEMPORAL = 0.9  # normalised temporal excess above which a target is near-trivial
 MIN_ERANK = 2.0  # below this a target layer has collapsed
 
-DEFINITIONS = {
-    "effective_rank_covariance": "exp(entropy of p = lambda / sum lambda), lambda = eigenvalues of the centred covariance (the NITP paper's measure)",
-    "effective_rank_singular": "exp(entropy of p = sigma / sum sigma), sigma = singular values of the centred data (Roy & Vetterli 2007); never smaller than the covariance one",
-    "participation_ratio": "(sum lambda)^2 / sum lambda^2",
-    "stable_rank": "sum lambda / lambda_max (centred data)",
-    "top_eigenvalue_share": "lambda_max / sum lambda",
-    "anisotropy": "exact mean cosine over all token pairs i != j",
-    "anisotropy_across_documents": "exact mean cosine over pairs of tokens from different source documents (the paper's anisotropy: pairs 'across different sentences')",
-    "anisotropy_within_documents": "exact mean cosine over pairs i != j from the same source document",
-    "anisotropy_across_sequences": "exact mean cosine over pairs from different sequences (model inputs: chunks of at most seq_len tokens; two chunks of one document count as different)",
-    "anisotropy_within_sequences": "exact mean cosine over pairs i != j of the same sequence (chunk)",
-    "anisotropy_sampled": "the paper's estimator of anisotropy_across_documents: mean cosine of randomly drawn pairs from different documents (seeded)",
-    "massive_activation_share": "share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)",
-    "massive_dims": f"dimensions holding >= {100 * 0.05:.0f}% of the total variance each (at most 8), largest first: the massive-activation channels that can dominate the covariance",
-    "massive_dims_variance_share": "share of the total variance (trace of the covariance) held by massive_dims",
-    "effective_rank_covariance_without_massive_dims": "effective_rank_covariance of the covariance with the rows and columns of massive_dims removed (the rank of the remaining dimensions)",
-    "cos_last_to_next": "mean cos(h_last[t], h_k[t+1]) before any projector",
-    "ridge_r2": "held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]",
-    "ridge_cos": "held-out mean cos(ridge prediction, h_k[t+1])",
-    "temporal_self_similarity": "mean cos(h_k[t], h_k[t+1])",
-    "cka_vs_reference": "linear CKA of the layer between this checkpoint and the reference, same tokens",
+# terms every geom record defines besides its metrics (nitp.metrics_registry defines those)
+TERMS = {
     "last_hidden_state": "decoders: final-norm output (fed to the LM head); encoders: output of the last block",
 }
+SUMMARY_GROUPS = ("spectrum", "anisotropy", "norms")  # registry groups a record's summary repeats
 
-CORE_KEYS = (
-    "effective_rank_covariance",
-    "effective_rank_singular",
-    "participation_ratio",
-    "stable_rank",
-    "top_eigenvalue_share",
-    "anisotropy",
-    "anisotropy_across_documents",
-    "anisotropy_within_documents",
-    "anisotropy_within_sequences",
-    "anisotropy_across_sequences",
-    "mean_norm",
-    "max_norm",
-    "massive_activation_share",
-)
+
+def summary_metrics(row: dict) -> dict:
+    """The metrics of a layer's row that a record's ``summary`` repeats (the last hidden state's):
+    those of the registry groups :data:`SUMMARY_GROUPS`, in the row's order."""
+    return {k: v for k, v in row.items() if (m := registry.find(k)) is not None and m.group in SUMMARY_GROUPS}
+
+
+def record_definitions() -> dict[str, str]:
+    """A geom record's ``scores.definitions``: every registered metric's, then :data:`TERMS`."""
+    return {**registry.definitions(), **TERMS}
 
 
 # which stored number is the paper's measure (saved in every record's scores)
@@ -436,7 +414,7 @@ def _core_metrics(
     if moments.count >= 2:
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:
-        spec = {k: None for k in CORE_KEYS[:5]}
+        spec = dict.fromkeys(registry.names(group="spectrum"))
     out = {
         "n_tokens": moments.count,
         **spec,

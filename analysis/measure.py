@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp import metrics_registry as registry
 from nitp.cachekey import cache_key, device_kind
 from nitp.errors import UserError
 from nitp.geometry import sample_pairs
@@ -37,16 +38,16 @@ from nitp.records import (
 )
 from nitp.runs import checkpoint_info, resolve_checkpoint
 
-from .depth import DEPTH_DEFINITIONS, DEPTH_VERSION, DepthMeasures
+from .depth import DEPTH_VERSION, DepthMeasures
 from .layers import (
-    CORE_KEYS,
-    DEFINITIONS,
     PAIRS_ACROSS,
     PAPER_MEASURES,
     GeometryWarning,
     LayerStatistics,
     _num,
     paper_depth_rule,
+    record_definitions,
+    summary_metrics,
 )
 from .settings import GeomSettings
 
@@ -126,7 +127,7 @@ def measure(
         row["name"] = loaded.layer_name(k)
         rows.append(row)
     last = next(r for r in rows if r["layer"] == -1)
-    summary = {key: last.get(key) for key in CORE_KEYS}
+    summary = summary_metrics(last)
     summary.update(
         {
             "anisotropy_sampled": _num(stats.anisotropy_sampled()),
@@ -152,7 +153,7 @@ def measure(
         "paper_depth_rule": rule,
         "recommended_target_layer": rule["layer"],  # old name of paper_depth_rule_layer, kept for readers
         "paper_measures": PAPER_MEASURES,
-        "definitions": {**DEFINITIONS, **DEPTH_DEFINITIONS},
+        "definitions": record_definitions(),
     }
     recorded = {
         "corpus": s.corpus,
@@ -286,7 +287,7 @@ def geom_record(
     if write:
         check_output(path)
     # code versions: records of older measuring code are measured again
-    versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION}
+    versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION, **spectral_version()}
     wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
 
     def compute() -> dict:
@@ -301,6 +302,24 @@ def geom_record(
         write_record(path, record)
     record["_path"] = str(path)
     return record
+
+
+# the spectral metrics of the records cached before the metric registry (their cache key names none)
+FIRST_SPECTRUM = (
+    "effective_rank_covariance",
+    "effective_rank_singular",
+    "participation_ratio",
+    "stable_rank",
+    "top_eigenvalue_share",
+)
+
+
+def spectral_version() -> dict:
+    """The cache key's part for the registry's spectral metrics: nothing for the first five (so
+    records cached before the registry are still served), their names for any other set, so a
+    record cached without a metric registered since is measured again."""
+    spectral = registry.names(group="spectrum")
+    return {} if spectral == FIRST_SPECTRUM else {"spectral_metrics": list(spectral)}
 
 
 # the record functions' arguments besides the models and the settings: none changes a result

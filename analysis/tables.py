@@ -2,7 +2,8 @@
 
 A *row* is a flat dict; ``render`` prints a list of rows as a rich table (stdout), CSV or JSON.
 Several checkpoints are shown side by side: one column per checkpoint (``rank``, ``anisotropy``)
-or one column group per checkpoint (``layers``).
+or one column group per checkpoint (``layers``). Which metrics each table shows, in which order and
+under which header, is the ``geom_*`` views of :mod:`nitp.metrics_registry`.
 """
 
 from __future__ import annotations
@@ -13,81 +14,25 @@ import json
 import math
 from typing import Any
 
-RANK_METRICS = (
-    "effective_rank_covariance",
-    "effective_rank_singular",
-    "participation_ratio",
-    "stable_rank",
-    "top_eigenvalue_share",
-    "n_tokens",
-)
-ANISOTROPY_METRICS = (
-    "anisotropy_across_documents",
-    "anisotropy_sampled",
-    "anisotropy_within_documents",
-    "anisotropy_across_sequences",
-    "anisotropy_within_sequences",
-    "anisotropy",
-    "mean_norm",
-    "max_norm",
-    "massive_activation_share",
-    "n_tokens",
-)
-LAYER_METRICS = (
-    "effective_rank_covariance",
-    "effective_rank_covariance_without_massive_dims",
-    "massive_dims",
-    "massive_dims_variance_share",
-    "effective_rank_singular",
-    "anisotropy",
-    "anisotropy_across_documents",
-    "mean_norm",
-    "temporal_self_similarity",
-    "cos_last_to_next",
-    "ridge_r2",
-    "ridge_cos",
-    "cka_vs_reference",
-    "intrinsic_dimension_twonn",
-    "intrinsic_dimension_gride",
-    "alpha_req",
-    "prompt_entropy",
-    "dataset_entropy",
-    "curvature",
-    "logit_lens_ce",
-)
-SIDE_BY_SIDE_LAYER_METRICS = ("effective_rank_covariance", "anisotropy_across_documents", "ridge_r2")
-SHORT = {
-    "effective_rank_covariance": "erank_cov",
-    "effective_rank_singular": "erank_sv",
-    "participation_ratio": "PR",
-    "stable_rank": "stable_rank",
-    "top_eigenvalue_share": "top_share",
-    "anisotropy": "aniso_all_pairs",
-    "anisotropy_across_documents": "aniso_across_docs",
-    "anisotropy_within_documents": "aniso_within_docs",
-    "anisotropy_across_sequences": "aniso_across_seqs",
-    "anisotropy_within_sequences": "aniso_within_seqs",
-    "anisotropy_sampled": "aniso_sampled_docs",
-    "mean_norm": "mean_norm",
-    "max_norm": "max_norm",
-    "massive_activation_share": "massive",
-    "effective_rank_covariance_without_massive_dims": "erank_cov_wo_massive",
-    "massive_dims": "massive_dims",
-    "massive_dims_variance_share": "massive_var_share",
-    "temporal_self_similarity": "temporal_cos",
-    "cos_last_to_next": "cos_last_next",
-    "ridge_r2": "ridge_R2",
-    "ridge_cos": "ridge_cos",
-    "cka_vs_reference": "CKA_ref",
-    "n_tokens": "tokens",
-    "intrinsic_dimension_twonn": "ID_twonn",
-    "intrinsic_dimension_gride": "ID_gride",
-    "alpha_req": "alpha_ReQ",
-    "prompt_entropy": "prompt_H",
-    "dataset_entropy": "dataset_H",
-    "curvature": "curvature",
-    "logit_lens_ce": "lens_CE",
-}
+from nitp import metrics_registry as registry
+
+COUNTS = {"n_tokens": "tokens"}  # columns that are counts, not metrics (nitp.metrics_registry)
+
+
+def rank_metrics() -> tuple[str, ...]:
+    """``nitp-geom rank``: the registry's ``geom_rank`` view, then the token count."""
+    return registry.names(view="geom_rank") + ("n_tokens",)
+
+
+def anisotropy_metrics() -> tuple[str, ...]:
+    """``nitp-geom anisotropy``: the registry's ``geom_anisotropy`` view, then the token count."""
+    return registry.names(view="geom_anisotropy") + ("n_tokens",)
+
+
+def short_name(key: str) -> str:
+    """The column header of record field ``key``: the registry's ``short`` (other keys as they are)."""
+    m = registry.find(key)
+    return m.short if m is not None else COUNTS.get(key, key)
 
 
 def label_of(record: dict) -> str:
@@ -136,14 +81,15 @@ def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> l
     """``layers``: one row per layer; one checkpoint gives every metric, several a column group each."""
     if len(records) == 1:
         rec = records[0]
-        metrics = metrics or tuple(m for m in LAYER_METRICS if any(m in r for r in rec["scores"]["layers"]))
+        shown = registry.names(view="geom_layers")
+        metrics = metrics or tuple(m for m in shown if any(m in r for r in rec["scores"]["layers"]))
         rows = []
         for r in rec["scores"]["layers"]:
             row = {"layer": r["layer"], "name": r.get("name", "")}
-            row.update({SHORT.get(m, m): r.get(m) for m in metrics})
+            row.update({short_name(m): r.get(m) for m in metrics})
             rows.append(row)
         return rows
-    metrics = metrics or SIDE_BY_SIDE_LAYER_METRICS
+    metrics = metrics or registry.names(view="geom_side_by_side")
     labels = unique_labels(records)
     all_layers = sorted({k for rec in records for k in _layer_rows(rec)}, key=lambda k: (k == -1, k))
     rows = []
@@ -151,7 +97,7 @@ def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> l
         row: dict[str, Any] = {"layer": k}
         for lab, rec in zip(labels, records):
             r = _layer_rows(rec).get(k, {})
-            row.update({f"{SHORT.get(m, m)}[{lab}]": r.get(m) for m in metrics})
+            row.update({f"{short_name(m)}[{lab}]": r.get(m) for m in metrics})
         rows.append(row)
     return rows
 
@@ -174,17 +120,9 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
     for rec in records:
         s = rec["scores"]["summary"]
         last = _layer_rows(rec).get(-1, {})
-        row = {
-            "step": rec["model"].get("step"),
-            "tokens_seen": rec["model"].get("tokens_seen"),
-            "erank_cov": s.get("effective_rank_covariance"),
-            "erank_sv": s.get("effective_rank_singular"),
-            "aniso_all_pairs": s.get("anisotropy"),
-            "aniso_across_docs": s.get("anisotropy_across_documents"),
-            "aniso_across_seqs": s.get("anisotropy_across_sequences"),
-            "aniso_sampled_docs": s.get("anisotropy_sampled"),
-            "CKA_prev": last.get("cka_vs_reference"),
-        }
+        row = {"step": rec["model"].get("step"), "tokens_seen": rec["model"].get("tokens_seen")}
+        row.update({m.short: s.get(m.name) for m in registry.metrics(view="geom_trajectory")})
+        row["CKA_prev"] = last.get("cka_vs_reference")
         if target_layer is not None:
             t = _layer_rows(rec).get(target_layer, {})
             row.update(

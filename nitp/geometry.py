@@ -43,36 +43,23 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics_registry as registry
 from .streaming import Moments, NormStats, UnitSums, as_rows
 
 SPECTRA = ("covariance", "singular")
 
 
 # ----------------------------------------------------------------------------- spectra
-def _entropy_rank(weights: np.ndarray) -> float:
-    """exp of the Shannon entropy of ``weights / sum(weights)`` (0 log 0 = 0)."""
-    total = float(weights.sum())
-    if total <= 0:
-        return 0.0
-    p = weights[weights > 0] / total
-    return float(math.exp(-float(np.sum(p * np.log(p)))))
-
-
 def spectrum_metrics(eigenvalues: np.ndarray, include_spectrum: bool = False) -> dict[str, Any]:
-    """Every spectral metric from covariance eigenvalues (descending, non-negative).
+    """Every spectral metric of the registry from covariance eigenvalues (non-negative).
 
-    Returns ``effective_rank_covariance``, ``effective_rank_singular``, ``participation_ratio``,
-    ``stable_rank``, ``top_eigenvalue_share`` and, when asked, ``spectrum`` (the eigenvalues).
+    Returns ``{name: f(lambda)}`` for each ``nitp.metrics_registry`` row of group ``spectrum``
+    (``effective_rank_covariance``, ``effective_rank_singular``, ``participation_ratio``,
+    ``stable_rank``, ``top_eigenvalue_share``, and any registered since), in registry order,
+    and, when asked, ``spectrum`` (the eigenvalues).
     """
     lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
-    total = float(lam.sum())
-    out: dict[str, Any] = {
-        "effective_rank_covariance": _entropy_rank(lam),
-        "effective_rank_singular": _entropy_rank(np.sqrt(lam)),
-        "participation_ratio": total**2 / float(np.sum(lam**2)) if total > 0 else 0.0,
-        "stable_rank": total / float(lam.max()) if total > 0 else 0.0,
-        "top_eigenvalue_share": float(lam.max()) / total if total > 0 else 0.0,
-    }
+    out: dict[str, Any] = {m.name: float(m.of_spectrum(lam)) for m in registry.metrics(group="spectrum")}
     if include_spectrum:
         out["spectrum"] = lam.tolist()
     return out
@@ -127,6 +114,31 @@ def top_eigenvalue_share(x) -> float:
 def spectral_summary(x, include_spectrum: bool = False) -> dict[str, Any]:
     """All spectral metrics of ``x`` at once (one eigendecomposition)."""
     return spectrum_metrics(covariance_eigenvalues(x), include_spectrum)
+
+
+def logged_geometry(x, groups) -> dict[str, float]:
+    """What the trainer logs of a sample of hidden states: each registry row with ``logged_as``.
+
+    ``x`` [N, d] (numpy or torch, any device), ``groups`` [N] the sequence of each row. Spectral
+    rows come from one eigendecomposition (skipped below 2 rows), the others from ``of_rows``
+    (skipped when undefined, e.g. ``mean_cos`` without two sequences). Today: ``erank`` =
+    ``effective_rank(x)`` and ``mean_cos`` = ``anisotropy(x, groups)``.
+
+    >>> x = np.random.default_rng(0).normal(size=(512, 8))
+    >>> sorted(logged_geometry(x, np.arange(512) // 64))
+    ['erank', 'mean_cos']
+    """
+    t = as_rows(x)
+    lam = np.clip(Moments().update(t).eigenvalues(), 0.0, None) if t.shape[0] >= 2 else None
+    out = {}
+    for m in registry.logged():
+        if m.of_spectrum is not None:
+            value = math.nan if lam is None else m.of_spectrum(lam)
+        else:
+            value = m.of_rows(t, groups)
+        if not math.isnan(value):
+            out[m.logged_as] = float(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- anisotropy

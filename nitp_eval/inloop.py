@@ -32,16 +32,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from nitp import metrics_registry as registry
 from nitp.records import library_versions, make_record, safe_name, write_record
 from nitp.runs import checkpoint_name
 
 GEOM_TOKENS = 4096  # tokens of the in-loop nitp-geom sample
-# tracker name -> the geom record field of the last layer
-GEOM_METRICS = {
-    "erank": "effective_rank_covariance",
-    "anisotropy": "anisotropy",
-    "intrinsic_dim": "intrinsic_dimension_twonn",
-}
 
 
 def _log(msg: str) -> None:
@@ -184,10 +179,10 @@ class GeomEvaluator:
         record = _as_step(record, model, run_dir, step, self.cfg)
         write_record(_record_path(run_dir, "geom", step, f"builtin-{GEOM_TOKENS}"), record)
         last = next((r for r in record["scores"].get("layers", []) if r.get("layer") == -1), {})
-        return {
-            f"eval/geom/{name}": last[key]
-            for name, key in GEOM_METRICS.items()
-            if isinstance(last.get(key), (int, float))
+        return {  # the registry rows with eval_as: erank, anisotropy, intrinsic_dim
+            f"eval/geom/{m.eval_as}": last[m.name]
+            for m in registry.metrics()
+            if m.eval_as and isinstance(last.get(m.name), (int, float))
         }
 
 

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nitp import metrics_registry as registry
 from nitp.io import atomic_write_text, read_jsonl
 
 # peak dense (no 2:4 sparsity) bf16 tensor-core FLOP/s by GPU name fragment, for MFU; first match wins
@@ -64,6 +65,22 @@ def truncate_after(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def shown_keys() -> tuple[str, ...]:
+    """The fields of a metrics line the progress shows: losses, the geometry the trainer logs
+    (``nitp.metrics_registry`` rows with ``logged_as``: ``erank``, ``mean_cos``), speed."""
+    geometry = tuple(m.logged_as for m in registry.logged())
+    return (
+        "loss_total",
+        "loss_ntp",
+        "loss_nitp",
+        "aux_loss",
+        "val_loss",
+        *geometry,
+        "geom_sequences",
+        "tokens_per_s",
+    )
+
+
 def _fmt(key: str, v: float) -> str:
     if key == "lr":
         return f"{v:.2e}"
@@ -78,18 +95,6 @@ class MetricsLog:
     ``trackers``: a :class:`nitp_train.trackers.Trackers` (or ``None``); it gets every line written
     and is closed with the log.
     """
-
-    SHOWN = (
-        "loss_total",
-        "loss_ntp",
-        "loss_nitp",
-        "aux_loss",
-        "val_loss",
-        "erank",
-        "mean_cos",
-        "geom_sequences",
-        "tokens_per_s",
-    )
 
     def __init__(
         self,
@@ -127,7 +132,7 @@ class MetricsLog:
             self.trackers.log(row)
         shown = "  ".join(
             f"{k}={_fmt(k, row[k])}"
-            for k in self.SHOWN
+            for k in shown_keys()
             if k in row and isinstance(row[k], float) and math.isfinite(row[k])
         )
         if self.progress is not None:
@@ -164,12 +169,14 @@ class GeometrySample:
     of the steps just before it (``window_steps``). Each sequence gives ``per_sequence`` random
     positions (all of them when they fit), at most ``GEOM_TOKENS`` tokens in all.
 
-    ``result()`` then reports, on the gathered sample (rows x [n, d], sequence of each row g):
+    ``result()`` then reports, on the gathered sample (rows x [n, d], sequence of each row g),
+    ``nitp.geometry.logged_geometry(x, g)``: every registry row with ``logged_as``, today
 
     * ``erank`` -- ``nitp.geometry.effective_rank(x)`` (covariance spectrum, the paper's);
     * ``mean_cos`` -- ``nitp.geometry.anisotropy(x, groups=g)``: exact mean cosine over the pairs
       from different sequences;
-    * ``geom_tokens``, ``geom_sequences``, ``geom_steps`` -- what the two figures were taken on.
+
+    and ``geom_tokens``, ``geom_sequences``, ``geom_steps`` -- what the figures were taken on.
 
     Example
     -------
@@ -224,7 +231,7 @@ class GeometrySample:
 
     def result(self, d=None) -> dict:
         """Gather the sample from every rank (a collective: call it on all ranks), measure, clear."""
-        from nitp.geometry import anisotropy, effective_rank
+        from nitp.geometry import logged_geometry
 
         if not self.rows:
             return {}
@@ -236,10 +243,7 @@ class GeometrySample:
             "geom_sequences": int(g.unique().numel()),
             "geom_steps": n_steps,
         }
-        if x.shape[0] >= 2:
-            out["erank"] = float(effective_rank(x))
-        if out["geom_sequences"] >= 2:
-            out["mean_cos"] = float(anisotropy(x, groups=g))
+        out.update(logged_geometry(x, g))  # each metric skipped where undefined (< 2 rows / sequences)
         return out
 
 

@@ -86,13 +86,14 @@ def _sample_rows(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def heldout_geometry(
     forward, objective, batch: tuple[np.ndarray, np.ndarray], device, amp, micro: int
 ) -> dict:
-    """``erank``, ``mean_cos`` (and ``proj_erank`` for NITP: the projector output P(h)) of the last
-    hidden states of the held-out ``batch``, run through ``forward`` in chunks of ``micro`` rows.
+    """``erank``, ``mean_cos`` (``nitp.geometry.logged_geometry``: every registry row the trainer
+    logs) and ``proj_erank`` for NITP (the projector output P(h)) of the last hidden states of the
+    held-out ``batch``, run through ``forward`` in chunks of ``micro`` rows.
 
     ``forward`` is the (possibly DDP / FSDP wrapped) objective: every rank calls this (a collective
     under FSDP) on the same batch; ``objective`` is the bare :class:`NITPObjective`.
     """
-    from nitp.geometry import anisotropy, effective_rank
+    from nitp.geometry import effective_rank, logged_geometry
 
     tokens = torch.from_numpy(batch[0])
     was_training = forward.training
@@ -107,8 +108,7 @@ def heldout_geometry(
         forward.train(was_training)
     x, groups = _sample_rows(torch.cat(parts))
     out = {
-        "erank": float(effective_rank(x)),
-        "mean_cos": float(anisotropy(x, groups=groups.numpy())),
+        **logged_geometry(x, groups.numpy()),
         "geom_tokens": int(x.shape[0]),
         "geom_sequences": int(tokens.shape[0]),
         "geom_batch": batch_id(batch),

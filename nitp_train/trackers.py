@@ -35,13 +35,22 @@ import time
 import uuid
 from pathlib import Path
 
+from nitp import metrics_registry as registry
 from nitp.errors import UserError
 from nitp.io import atomic_write_text
 
 TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 STATE_FILE = "trackers.json"
 _PACKAGE = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
-_GEOMETRY = ("erank", "mean_cos", "geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
+# besides the registry's logged metrics: what a geometry sample was taken on, the drop-in's name for
+# its cosine across sequences (nitp_train.dropin.hf) and the projector output's rank (probe)
+_GEOMETRY_OTHERS = ("geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
+
+
+def geometry_keys() -> frozenset[str]:
+    """The ``metrics.jsonl`` fields under ``geometry/``: every ``nitp.metrics_registry`` row's
+    ``logged_as`` (``erank``, ``mean_cos``, ...) and the sample's own fields."""
+    return frozenset(m.logged_as for m in registry.logged()) | frozenset(_GEOMETRY_OTHERS)
 
 
 def tracker_name(key: str) -> str:
@@ -53,7 +62,7 @@ def tracker_name(key: str) -> str:
     """
     if "/" in key:
         return key
-    if key in _GEOMETRY:
+    if key in geometry_keys():
         return f"geometry/{key}"
     if key.startswith("val_"):
         return f"val/{key}"

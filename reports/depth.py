@@ -5,7 +5,7 @@
   per layer.
 * **Geometry by depth**: the per-layer rows of ``geom`` records (``nitp-geom layers``):
   effective rank, intrinsic dimension, alpha-ReQ, prompt / dataset entropy, curvature,
-  logit-lens CE — whichever the records hold.
+  logit-lens CE (the ``report_depth`` view of ``nitp.metrics_registry``) — whichever the records hold.
 * **Similarity maps**: a geom record's ``scores.similarity`` (``{"layers_a": [...],
   "layers_b": [...], "cka" | "cka_debiased" | "linear_cka": [[...]]}``: CKA of layer i of A with
   layer j of B).
@@ -25,20 +25,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from nitp import metrics_registry as registry
+
 from .grouping import SettingsGroup
 from .inputs import Model
 
-# (statistic, short name, axis label) in display order; analysis.layers / analysis.depth names
-GEOM_DEPTH_STATISTICS = [
-    ("effective_rank_covariance", "erank", "effective rank (covariance)"),
-    ("intrinsic_dimension_twonn", "ID (TwoNN)", "intrinsic dimension (TwoNN)"),
-    ("intrinsic_dimension_gride", "ID (GRIDE)", "intrinsic dimension (GRIDE)"),
-    ("alpha_req", "alpha-ReQ", "alpha-ReQ (spectrum decay)"),
-    ("prompt_entropy", "prompt entropy", "prompt entropy (normalised)"),
-    ("dataset_entropy", "dataset entropy", "dataset entropy (normalised)"),
-    ("curvature", "curvature", "curvature (radians)"),
-    ("logit_lens_ce", "logit-lens CE", "logit-lens CE (nats/token)"),
-]
 SIMILARITY_KEYS = ("cka_debiased", "cka", "linear_cka")
 
 
@@ -108,9 +99,10 @@ def _describe(settings: dict) -> str:
 def geom_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> list[DepthSet]:
     """Per-layer geometry statistics present in the geom records (first group holding each)."""
     out = []
-    for key, _short, label in GEOM_DEPTH_STATISTICS:
+    for metric in registry.metrics(view="report_depth"):  # in display order, titled by their labels
+        key = metric.name
         for group in groups:
-            depth = DepthSet(label, group.description)
+            depth = DepthSet(metric.label, group.description)
             for model in models:
                 rec = group.latest(model)
                 rows = (rec or {}).get("scores", {}).get("layers") or []

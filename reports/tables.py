@@ -35,6 +35,7 @@ import re
 import statistics
 from typing import Any
 
+from nitp import metrics_registry as registry
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
 from . import paired as P
@@ -522,48 +523,40 @@ PPL_NA = "perplexity = exp(CE): its Δ is judged by the CE interval"
 
 
 # ----------------------------------------------------------------------------- geometry
-GEOM_COLUMNS = [
-    ("effective_rank_covariance", "erank (covariance)", True, 2),
-    ("effective_rank_singular", "erank (singular values)", True, 2),
-    # anisotropy variants (analysis.layers.DEFINITIONS): across documents is the paper's measure
-    ("anisotropy_across_documents", "anisotropy across documents (paper's)", False, 4),
-    ("anisotropy_across_sequences", "anisotropy across sequences (chunks)", False, 4),
-    ("anisotropy", "anisotropy (all pairs)", False, 4),
-]
-# Per-layer columns in display order (analysis.layers names); absent ones are left out.
-LAYER_COLUMNS = {
-    "effective_rank_covariance": "erank (cov)",
-    "effective_rank_singular": "erank (sv)",
-    "anisotropy_across_documents": "aniso (across docs)",
-    "anisotropy_across_sequences": "aniso (across seqs)",
-    "anisotropy": "aniso (all pairs)",
-    "temporal_self_similarity": "cos(h_k[t], h_k[t+1])",
-    "cos_last_to_next": "cos(h_last[t], h_k[t+1])",
-    "ridge_r2": "ridge R² (held-out)",
-    "ridge_cos": "ridge cos (held-out)",
-    "cka_vs_reference": "CKA vs reference",
-    "mean_norm": "mean norm",
-    # analysis.depth (issue 22): present only in records that measured them
-    "intrinsic_dimension_twonn": "ID (TwoNN)",
-    "intrinsic_dimension_gride": "ID (GRIDE)",
-    "alpha_req": "alpha-ReQ",
-    "prompt_entropy": "prompt entropy",
-    "dataset_entropy": "dataset entropy",
-    "curvature": "curvature",
-    "logit_lens_ce": "logit-lens CE",
-}
+def geom_columns() -> list[tuple[str, str, bool | None, int]]:
+    """The summary table's columns: ``(statistic, header, higher_is_better, decimals)`` of the
+    registry's ``report_summary`` view (across documents is the paper's anisotropy)."""
+    return [
+        (m.name, m.summary_header, m.higher_is_better, m.decimals)
+        for m in registry.metrics(view="report_summary")
+    ]
+
+
+def layer_columns() -> dict[str, str]:
+    """Per-layer columns in display order, ``{statistic: header}``: the registry's
+    ``report_layers`` view (absent ones are left out of a table)."""
+    return {m.name: m.header for m in registry.metrics(view="report_layers")}
+
+
+def __getattr__(name: str):
+    """``GEOM_COLUMNS`` and ``LAYER_COLUMNS``, read from the registry when asked (PEP 562)."""
+    if name == "GEOM_COLUMNS":
+        return geom_columns()
+    if name == "LAYER_COLUMNS":
+        return layer_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
     """Last-hidden-state effective ranks and anisotropy per model, then per-layer tables."""
-    tables = []
+    tables, columns_of = [], geom_columns()
     for i, group in enumerate(groups):
         table = Table(
             f"geometry{_suffix(i)}",
             f"Geometry of the last hidden state ({group.description})",
-            ["step"] + [c[1] for c in GEOM_COLUMNS],
-            higher_is_better=[None] + [c[2] for c in GEOM_COLUMNS],
-            decimals=[0] + [c[3] for c in GEOM_COLUMNS],
+            ["step"] + [c[1] for c in columns_of],
+            higher_is_better=[None] + [c[2] for c in columns_of],
+            decimals=[0] + [c[3] for c in columns_of],
             emphasis="tested",
         )
         for block in layout.blocks:
@@ -574,9 +567,9 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                     summary = rec["scores"].get("summary", {})
                     rows[model.key] = (
                         row_label(model, rec),
-                        [rec["model"].get("step")] + [summary.get(c[0]) for c in GEOM_COLUMNS],
+                        [rec["model"].get("step")] + [summary.get(c[0]) for c in columns_of],
                     )
-            columns = list(range(1, len(GEOM_COLUMNS) + 1))
+            columns = list(range(1, len(columns_of) + 1))
             na = {j: P.untested(GEOM_NA, scale=1.0) for j in columns}
             for row, pair in _add_block(table, block, rows, columns, [na] * len(block.pairs)):
                 table.findings.append(("geometry", pair, None, row, group))
@@ -600,11 +593,11 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
 def layer_table(model: Model, record: dict, name: str) -> Table:
     """The per-layer table of a geom record (``nitp-geom layers``), NITP target marked.
 
-    Columns: the statistics of ``LAYER_COLUMNS`` the record holds; a record without any of
+    Columns: the statistics of :func:`layer_columns` the record holds; a record without any of
     them shows its top-level numeric statistics instead.
     """
     layers = record["scores"]["layers"]
-    present = [k for k in LAYER_COLUMNS if any(isinstance(x.get(k), (int, float)) for x in layers)]
+    present = [k for k in layer_columns() if any(isinstance(x.get(k), (int, float)) for x in layers)]
     if not present:
         present = list(
             dict.fromkeys(
@@ -617,7 +610,7 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
     table = Table(
         name,
         f"Per-layer statistics: {model.label}",
-        [LAYER_COLUMNS.get(k, k.replace("_", " ")) for k in present],
+        [_layer_header(k) for k in present],
         higher_is_better=[None] * len(present),
         decimals=3,
         label_header="layer",
@@ -638,6 +631,12 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         "ridge = linear map from h_last[t] to h_k[t+1] scored on held-out tokens."
     )
     return table
+
+
+def _layer_header(key: str) -> str:
+    """A per-layer column's header: the registry's ``header`` (the name with spaces for others)."""
+    m = registry.find(key)
+    return m.header if m is not None else key.replace("_", " ")
 
 
 # ----------------------------------------------------------------------------- ablations

@@ -3,6 +3,7 @@
 - README.md's benchmark table      <- nitp_eval/tasks/benchmarks.yaml (``markdown_table``)
 - nitp_eval/tasks/suites/*.yaml    <- the same table (``suite_group_yaml``)
 - docs/contracts.md's key table    <- the config model (``keys_table``)
+- docs/geometry.md's metric table  <- the metric registry (``nitp.metrics_registry.markdown_table``)
 - docs/architecture.md's folder map <- the tree (``tests.test_architecture.folder_map``)
 
 Run it after changing any of those sources (the tests name this command when one is stale).
@@ -36,6 +37,19 @@ def _write_if_changed(path: Path, text: str) -> None:
         print(f"wrote {path.relative_to(ROOT)}")
 
 
+GEOMETRY_DOC = ROOT / "docs" / "geometry.md"
+METRICS_START, METRICS_END = "<!-- metrics:start -->\n", "<!-- metrics:end -->"
+
+
+def metric_table_in(text: str) -> str:
+    """``text`` (docs/geometry.md) with the registry's metric table between its markers."""
+    from nitp.metrics_registry import markdown_table
+
+    head, rest = text.split(METRICS_START)
+    _, tail = rest.split(METRICS_END)
+    return f"{head}{METRICS_START}{markdown_table()}{METRICS_END}{tail}"
+
+
 def main() -> None:
     from nitp_eval.tasks import TASKS_DIR, markdown_table, suite_group_yaml
     from nitp_train.config_model import keys_table
@@ -51,6 +65,7 @@ def main() -> None:
     _write_if_changed(
         contracts, f"{head}<!-- config-keys:start -->\n{keys_table()}<!-- config-keys:end -->{tail}"
     )
+    _write_if_changed(GEOMETRY_DOC, metric_table_in(GEOMETRY_DOC.read_text(encoding="utf-8")))
     head, _, tail = arch._map_in_doc()
     _write_if_changed(arch.MAP_DOC, head + arch.folder_map() + tail)
 
