@@ -134,6 +134,7 @@ class Trackers:
         self.names = list(names)
         self._threads: dict[int, str] = {}  # ident of each thread a tracker started -> its name
         self._thread_error: tuple[str, BaseException] | None = None
+        self._watching: tuple[str, set] | None = None  # the tracker in a _watch block, threads before it
         self._reported = False
         self._previous_hook = threading.excepthook
         threading.excepthook = self._thread_failed
@@ -158,7 +159,11 @@ class Trackers:
                     adapter.close()
         finally:
             self.adapters = []
-            if threading.excepthook == self._thread_failed:
+            for t in threading.enumerate():  # a writer thread may still be failing: let it end first
+                if t.ident in self._threads and t is not threading.current_thread():
+                    t.join(timeout=5)
+            alive = any(t.ident in self._threads for t in threading.enumerate())
+            if threading.excepthook == self._thread_failed and not alive:
                 threading.excepthook = self._previous_hook
 
     @contextlib.contextmanager
@@ -168,6 +173,7 @@ class Trackers:
         from nitp.errors import first_line
 
         before = {t.ident for t in threading.enumerate()}
+        self._watching = (name, before)
         try:
             yield
         except UserError:
@@ -175,6 +181,7 @@ class Trackers:
         except Exception as e:  # noqa: BLE001 - any library error becomes the one-line message
             self._thread_error = self._thread_error or (name, e)
         finally:
+            self._watching = None
             self._threads.update({t.ident: name for t in threading.enumerate() if t.ident not in before})
         if self._thread_error is not None and not self._reported:
             self._reported = True  # once: close() after the error closes the others quietly
@@ -188,7 +195,10 @@ class Trackers:
     def _thread_failed(self, args) -> None:
         """``threading.excepthook``: a tracker thread's error is kept for the one-line message (no
         traceback); other threads' go to the previous hook."""
-        name = self._threads.get(getattr(args.thread, "ident", None))
+        ident = getattr(args.thread, "ident", None)
+        name = self._threads.get(ident)
+        if name is None and self._watching is not None and ident not in self._watching[1]:
+            name = self._watching[0]  # started in the block now running (a writer failing at start)
         if name is None:
             self._previous_hook(args)
         elif self._thread_error is None:

@@ -13,12 +13,13 @@ PosixPath('runs/tiny-nitp/replay')   # tensorboard --logdir runs/tiny-nitp/repla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 from nitp.errors import UserError
-from nitp.io import read_jsonl
+from nitp.io import hidden_name, read_jsonl
 from nitp.runs import read_run_config
 
 
@@ -91,11 +92,35 @@ def replay(run_dir, trackers: list[str], out=None) -> Path:
     out = Path(out) if out is not None else run_dir / "replay"
     name = cfg.get("run_name") or run_dir.name
     check_replay_folder(run_dir, out, name)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # a replay of this run replaces the last one
-    sink = Trackers(out, trackers, name, cfg)
-    try:
-        for row in read_jsonl(metrics):
-            sink.log(row)
-    finally:
-        sink.close()
+    with _replaced_on_success(out):
+        sink = Trackers(out, trackers, name, cfg)
+        try:
+            for row in read_jsonl(metrics):
+                sink.log(row)
+        finally:
+            sink.close()
     return out
+
+
+@contextlib.contextmanager
+def _replaced_on_success(out: Path):
+    """A replay of this run replaces the last one, or, failing (a full disk), leaves ``out`` as it
+    was: the old TensorBoard folder waits aside until the new one is complete, and whatever the
+    failed replay created is removed."""
+    old, aside = out / "tensorboard", out / hidden_name("tensorboard", ".previous")
+    shutil.rmtree(aside, ignore_errors=True)
+    if old.exists():
+        old.rename(aside)
+    existed = out.exists()
+    before = set(out.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        for p in set(out.iterdir()) - before if out.exists() else ():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if aside.exists():
+            aside.rename(old)
+        elif not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

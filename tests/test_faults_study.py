@@ -345,6 +345,41 @@ def test_a_full_disk_names_the_file_being_written(full_disk):
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # nothing half-written
 
 
+TRACKER_STARTS = """
+import sys
+from nitp.errors import UserError
+from nitp_train.trackers import Trackers
+try:
+    Trackers(sys.argv[1], ["tensorboard"], "r", {"a": "x" * 100000}).close()
+except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.slow  # imports torch's tensorboard writer in a subprocess
+def test_a_tracker_failing_at_start_on_a_full_disk_is_one_line(full_disk):
+    run = subprocess.run(
+        [sys.executable, "-c", TRACKER_STARTS, str(full_disk / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "Exception in thread" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("error: log.trackers: tensorboard") and "No space left" in line, line
+
+
+def test_track_into_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tiny_ntp_run, monkeypatch, capsys):
+    from reports.cli import main
+
+    out = full_disk / "replay"
+    code, _, err = run_main(main, "nitp-report", ["track", tiny_ntp_run, "--out", out], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err and "Exception in thread" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: log.trackers: tensorboard"), err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no half-written replay
+
+
 def test_prepare_on_a_full_disk_names_its_folder_and_leaves_nothing(full_disk, tmp_path, monkeypatch, capsys):
     from nitp_train.cli import main
 
