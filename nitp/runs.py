@@ -244,15 +244,39 @@ def run_lock(run_dir: str | os.PathLike, what: str = "nitp-train") -> Iterator[P
     made = _missing_parents(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, run_dir, what)
+    folder_fd = None
     try:
+        folder_fd = _lock_folder(run_dir, path)
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # while still held: a waiter that locked the old file retries
         os.close(fd)
+        if folder_fd is not None:
+            os.close(folder_fd)
         for folder in made:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _lock_folder(run_dir, path: Path) -> int | None:
+    """``flock`` on an existing run folder itself: a second path to the same folder (a bind mount,
+    a hard-linked parent) has another lock file beside it but the same folder inode."""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a new run: its folder does not exist yet
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"{run_dir}: in use by another process through another path to the same folder (a bind "
+            "mount?); wait for it to finish or choose another --run-dir"
+        ) from None
+    return fd
 
 
 def _acquire(path: Path, run_dir, what: str) -> int:

@@ -277,6 +277,25 @@ def test_the_lock_follows_symlinks_and_dotdot(tmp_path):
     one_line_error(lambda: lock_path(loop), f"{loop}: cannot be resolved")
 
 
+def test_the_lock_holds_through_a_bind_mount_of_the_run_folder(tmp_path):
+    """A bind mount is a second path whose resolved lock file differs: the folder itself is locked too."""
+    from nitp.runs import lock_path, run_lock
+
+    real, bind = tmp_path / "a" / "real", tmp_path / "b" / "bind"
+    real.mkdir(parents=True), bind.mkdir(parents=True)
+    done = subprocess.run(["mount", "--bind", str(real), str(bind)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()[:100]}")
+    try:
+        assert lock_path(bind) != lock_path(real)
+        with run_lock(real):
+            one_line_error(lambda: run_lock(bind).__enter__(), f"{bind}: in use by another process", "bind")
+        with run_lock(bind):  # released: the other path works again
+            pass
+    finally:
+        subprocess.run(["umount", "-l", str(bind)], check=False)
+
+
 def test_a_second_trainer_through_a_symlink_is_refused(tmp_path, monkeypatch, capsys):
     from nitp.runs import run_lock
     from nitp_train.cli import main
