@@ -607,7 +607,13 @@ def run_study(
     chosen = [pick_cell(spec, cell)] if cell else cells(spec)
     _check_changed(spec, out, chosen, cfgs, retrain_changed, log)
     if _is_main():
-        write_manifest(spec, out, cfgs)
+        new = not out.exists()
+        try:
+            write_manifest(spec, out, cfgs)
+        except OSError:  # a full disk before anything was written: no empty OUT left behind
+            if new and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
     _train_cells(spec, out, chosen, cfgs, log)
     if not _is_main():
         return None

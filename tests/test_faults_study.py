@@ -399,6 +399,13 @@ def test_track_into_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tiny_n
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no half-written replay
 
 
+def test_a_study_on_a_full_disk_leaves_no_empty_out(full_disk, tmp_path):
+    spec = load_study(write_study(tmp_path))
+    with pytest.raises(OSError):
+        run_study(spec, full_disk / "study", log=lambda _: None)
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
 def test_prepare_on_a_full_disk_names_its_folder_and_leaves_nothing(full_disk, tmp_path, monkeypatch, capsys):
     from nitp_train.cli import main
 
