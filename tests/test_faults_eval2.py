@@ -30,7 +30,10 @@ def test_a_mistyped_task_name_fails_from_the_remembered_index_with_a_hint(tmp_pa
     from nitp_eval.bench.plan import known_task_names, remember_task_names, select_benchmarks
 
     monkeypatch.setenv("NITP_CACHE_DIR", str(tmp_path))
-    assert known_task_names() is None  # never listed: the full index decides (plan_tasks)
+    shipped = known_task_names()  # never listed here: the names shipped for this lm-eval version
+    assert shipped is not None and {"hellaswag", "leaderboard_mmlu_pro", "nitp_c3"} <= shipped
+    with pytest.raises(UserError, match=r"unknown task 'anlogies'; did you mean analogies\?"):
+        select_benchmarks("anlogies")  # a new user's first typo: no index built
     remember_task_names(_Index(["hellaswag", "leaderboard_mmlu_pro", "arc_easy"]))
     with pytest.raises(UserError, match=r"unknown task 'hellaswg'; did you mean hellaswag\?"):
         select_benchmarks("hellaswg,c3")
@@ -38,6 +41,22 @@ def test_a_mistyped_task_name_fails_from_the_remembered_index_with_a_hint(tmp_pa
         select_benchmarks("mmlu_pr")
     names = [b.name for b in select_benchmarks("hellaswag,mmlu-pro,arc_easy")]
     assert names == ["hellaswag", "mmlu_pro", "arc_easy"]
+
+
+@pytest.mark.slow  # builds lm-eval's whole task index (tens of seconds)
+def test_the_shipped_task_names_are_lm_evals_index():
+    """`make docs` lists lm-eval's index into the package; for the installed lm-eval it must be
+    exactly the index (another version: the shipped names are not used at all)."""
+    import gzip
+    import json
+
+    from nitp_eval.bench.plan import SHIPPED_TASK_NAMES, list_lm_eval_task_names
+
+    shipped = json.loads(gzip.decompress(SHIPPED_TASK_NAMES.read_bytes()))
+    listed = list_lm_eval_task_names()
+    if shipped["lm_eval"] != listed["lm_eval"]:
+        pytest.skip(f"names shipped for lm-eval {shipped['lm_eval']}, {listed['lm_eval']} installed")
+    assert shipped == listed, "run `make docs`"
 
 
 def test_suite_help_lists_every_suite_of_the_table():

@@ -5,6 +5,7 @@
 - docs/contracts.md's key table    <- the config model (``keys_table``)
 - docs/geometry.md's metric table  <- the metric registry (``nitp.metrics_registry.markdown_table``)
 - docs/architecture.md's folder map <- the tree (``tests.test_architecture.folder_map``)
+- nitp_eval/tasks/lm_eval_task_names.json.gz <- lm-eval's task index, for the installed lm-eval
 
 Run it after changing any of those sources (the tests name this command when one is stale).
 """
@@ -50,6 +51,21 @@ def metric_table_in(text: str) -> str:
     return f"{head}{METRICS_START}{markdown_table()}{METRICS_END}{tail}"
 
 
+def _write_task_names() -> None:
+    """The shipped names of lm-eval's task index, listed again only for another lm-eval version
+    (listing takes tens of seconds)."""
+    import gzip
+    import json
+
+    from nitp.io import atomic_write_bytes
+    from nitp_eval.bench.plan import SHIPPED_TASK_NAMES, list_lm_eval_task_names, shipped_task_names
+
+    if shipped_task_names() is None:
+        listed = json.dumps(list_lm_eval_task_names()).encode()
+        atomic_write_bytes(SHIPPED_TASK_NAMES, gzip.compress(listed, 9, mtime=0))
+        print(f"wrote {SHIPPED_TASK_NAMES.relative_to(ROOT)}")
+
+
 def main() -> None:
     from nitp_eval.tasks import TASKS_DIR, markdown_table, suite_group_yaml
     from nitp_train.config_model import keys_table
@@ -66,6 +82,7 @@ def main() -> None:
         contracts, f"{head}<!-- config-keys:start -->\n{keys_table()}<!-- config-keys:end -->{tail}"
     )
     _write_if_changed(GEOMETRY_DOC, metric_table_in(GEOMETRY_DOC.read_text(encoding="utf-8")))
+    _write_task_names()
     head, _, tail = arch._map_in_doc()
     _write_if_changed(arch.MAP_DOC, head + arch.folder_map() + tail)
 
