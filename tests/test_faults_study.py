@@ -77,6 +77,20 @@ def one_line_error(call, *fragments: str) -> str:
     return message
 
 
+def test_unparsable_overlay_names_and_files_are_one_line(tmp_path):
+    from reports.study import cell_configs
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("nitp:\n  lambda: [unclosed\n")
+    for overlay, expected in (
+        ("[unclosed", "overlay '[unclosed': no such file (shipped: "),
+        (str(broken), f"config {broken}: invalid YAML"),
+    ):
+        study = write_study(tmp_path, axes={"overlay": [overlay], "objective": ["ntp"]})
+        one_line_error(lambda s=study: cell_configs(load_study(s), tmp_path / "out"), expected)
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- the typed study file
 BAD_STUDIES = [
     ({"eval": {"mteb": {"suite": "offline", "pooling": "max"}}}, "eval.mteb.pooling='max': use one of mean"),

@@ -205,3 +205,21 @@ def test_wandb_offline_run_keeps_its_id_across_a_resume(tmp_path, monkeypatch):
     runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{state['id']}"))
     assert runs and all((r / f"run-{state['id']}.wandb").stat().st_size > 0 for r in runs)
     assert not list((tmp_path / "wandb").glob("run-*"))  # nothing synced online
+
+
+def test_a_deleted_mlflow_store_on_resume_is_one_line_naming_mlflow(tmp_path, monkeypatch):
+    """The MLflow file store deleted between two starts: the resume's first use of it fails in one
+    line naming the tracker and the fix (the trainer has checkpointed before it logs)."""
+    pytest.importorskip("mlflow")
+    import shutil
+
+    from nitp.errors import UserError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _two_starts(tmp_path, "mlflow")
+    shutil.rmtree(tmp_path / "mlruns")
+    with pytest.raises(UserError) as e:
+        run = Trackers(tmp_path, ["mlflow"], "t", CONFIG, resume_step=5)
+        run.log({"step": 6, "loss_ntp": 6.0})
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("log.trackers: mlflow") and "drop mlflow" in message
