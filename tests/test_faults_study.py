@@ -567,3 +567,44 @@ def test_quickstart_refuses_a_model_trained_with_other_steps_unless_told_to_retr
     monkeypatch.setattr(study_lib, "run_study", lambda *a, **kw: seen.append(kw["retrain_changed"]) or out)
     run_quickstart(out, steps=8, device="cpu", log=lambda _: None, retrain_changed=True)
     assert seen == [True]
+
+
+TIMING_KEYS = {"tokens_per_s", "mfu", "eval/seconds"}
+
+
+@pytest.mark.slow  # two studies of two tiny cells each, side by side, with a geom evaluation
+def test_the_same_study_twice_gives_bit_identical_weights_metrics_and_records(tmp_path):
+    """Reproducibility on one machine: the same command twice (cells side by side, as make demo
+    runs them) writes the same weights, the same metrics lines (timings aside) and the same scores."""
+    import hashlib
+
+    from nitp.io import read_jsonl
+
+    spec = load_study(
+        write_study(
+            tmp_path,
+            set=trained_set("log.eval_every=4", "log.geom_every=4"),
+            side_by_side=2,
+            eval={"report": False, "geom": {"corpus": "builtin", "tokens": 2048}},
+        )
+    )
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        run_study(spec, out, log=lambda _: None)
+
+    def digest(out: Path, cell: str) -> tuple:
+        ckpt = list_checkpoints(out / cell)[-1]
+        weights = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+        lines = [
+            {k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in read_jsonl(out / cell / "metrics.jsonl")
+        ]
+        [record] = (out / cell / "results" / "geom").glob("*.json")
+        scores = json.loads(record.read_text())["scores"]
+        return weights, lines, scores
+
+    for cell in ("ntp", "nitp"):
+        first, second = digest(outs[0], cell), digest(outs[1], cell)
+        assert first[0] == second[0], f"{cell}: weights differ"
+        assert first[1] == second[1] and any("val_loss" in r for r in first[1])
+        assert first[2] == second[2]
