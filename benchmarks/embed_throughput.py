@@ -123,7 +123,7 @@ def run_child(model: str, task: str, max_length: int, batch_tokens: int, batch_s
 
 
 def memory_report(args) -> None:
-    from nitp_eval.mteb.encoder import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+    from nitp_eval.mteb.settings import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_LENGTH
     from nitp_eval.mteb.tasks import suite_task_names
 
     new = (DEFAULT_MAX_LENGTH, args.batch_tokens or DEFAULT_BATCH_TOKENS, args.batch_size)

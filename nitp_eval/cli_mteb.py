@@ -11,6 +11,8 @@ from typing import List
 
 import typer
 
+from .mteb.settings import MtebSettings  # no mteb import: --help stays instant
+
 
 def mteb_command(
     checkpoints: List[Path] = typer.Argument(
@@ -19,22 +21,24 @@ def mteb_command(
         show_default=False,
     ),
     suite: str | None = typer.Option(
-        None, "--suite", help="paper (the paper's 25 English tasks) | offline (shipped data; default)."
+        MtebSettings.suite,
+        "--suite",
+        help="paper (the paper's 25 English tasks) | offline (shipped data; default).",
     ),
     tasks: List[str] | None = typer.Option(
         None, "--tasks", help="mteb task names instead of a suite (repeat or comma-separate)."
     ),
     pooling: str = typer.Option(
-        "mean", "--pooling", help="mean | last | eos: how token states become one vector."
+        MtebSettings.pooling, "--pooling", help="mean | last | eos: how token states become one vector."
     ),
     layer: int | None = typer.Option(
-        None,
+        MtebSettings.layer,
         "--layer",
         help="-1 = last hidden state (after the final norm; default), 0 = embeddings, k = output of block k.",
         show_default=False,
     ),
     layers: str | None = typer.Option(
-        None,
+        MtebSettings.layers,
         "--layers",
         help="Layer sweep instead of --layer: all | 0,3,-1. One forward pass per batch, one record per layer.",
     ),
@@ -45,7 +49,7 @@ def mteb_command(
         None, "--out", help="Record file (.json, one checkpoint) or directory. Default: RUN/results/mteb/."
     ),
     data_dir: Path | None = typer.Option(
-        None,
+        MtebSettings.data_dir,
         "--data-dir",
         help="Local mirror of the tasks' datasets (hub layout, see `nitp-eval mirror export`); implies HF_HUB_OFFLINE.",
     ),
@@ -53,16 +57,18 @@ def mteb_command(
         False, "--redo", help="Recompute what the record and mteb's cache already hold."
     ),
     device: str | None = typer.Option(
-        None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)."
+        MtebSettings.device, "--device", help="cpu | cuda | cuda:N (default: cuda when available)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="At most this many texts per forward pass."),
+    batch_size: int = typer.Option(
+        MtebSettings.batch_size, "--batch-size", help="At most this many texts per forward pass."
+    ),
     batch_tokens: int = typer.Option(
-        8192,  # encoder.DEFAULT_BATCH_TOKENS (not imported: --help stays instant)
+        MtebSettings.batch_tokens,
         "--batch-tokens",
         help="At most this many padded tokens per forward pass (bounds memory).",
     ),
     max_length: int = typer.Option(
-        512,  # encoder.DEFAULT_MAX_LENGTH
+        MtebSettings.max_length,
         "--max-length",
         help="Token limit per text (MTEB's usual; also capped by the model's own).",
     ),
@@ -89,22 +95,19 @@ def mteb_command(
             raise UserError("--figure draws a layer sweep: use it with --layers (e.g. --layers all)")
         check_output(figure, "--figure")
     names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
-    records = run_mteb(
-        checkpoints,
+    settings = MtebSettings(
         suite=suite,
         tasks=names,
         pooling=pooling,
         layer=layer,
         layers=layers,
-        out=out,
         data_dir=data_dir,
-        redo=redo,
         device=device,
         batch_size=batch_size,
         batch_tokens=batch_tokens,
         max_length=max_length,
-        save_encoder=save_encoder,
     )
+    records = run_mteb(checkpoints, settings, out=out, redo=redo, save_encoder=save_encoder)
     print(format_table(records) if layers is None else format_layer_table(records))
     if figure is not None:
         from .mteb.figure import plot_layer_sweep

@@ -200,12 +200,13 @@ class MtebEvaluator:
 
     def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
         from .mteb.run import run_mteb
+        from .mteb.settings import MtebSettings
 
         folder = saved_folder(model, tokenizer, run_dir, step)
         out = _record_path(run_dir, "mteb", step, "-".join(self.tasks))
         try:
             device = str(next(model.parameters()).device)
-            [record] = run_mteb([folder], tasks=self.tasks, out=out, device=device, log=_log)
+            [record] = run_mteb([folder], MtebSettings(tasks=self.tasks, device=device), out=out, log=_log)
         finally:
             remove_saved(folder)
         write_record(out, _as_step(record, model, run_dir, step, self.cfg))

@@ -903,17 +903,17 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
         )
     if plan.mteb is not None:
         from nitp_eval.mteb.run import run_mteb
+        from nitp_eval.mteb.settings import MtebSettings
 
         m = plan.mteb
-        run_mteb(
-            ckpts,
+        settings = MtebSettings(
             suite=m.get("suite") or ("offline" if not m.get("tasks") else None),
             tasks=m.get("tasks"),
             pooling=m.get("pooling", "mean"),
             layer=m.get("layer", -1),
             device=device,
-            log=log,
         )
+        run_mteb(ckpts, settings, log=log)
     if plan.geom is not None:
         from analysis.measure import geom_record
         from analysis.settings import GeomSettings

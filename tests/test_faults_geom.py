@@ -302,16 +302,18 @@ def test_mteb_task_key_holds_the_local_data_contents_and_every_setting(tmp_path)
     (data / "test.jsonl").write_text('{"a": 1}\n')
     task.metadata = task.metadata.model_copy(update={"dataset": {**task.metadata.dataset, "path": str(data)}})
     settings = {"pooling": "mean", "layer": -1, "max_length": 128, "batch_size": 8, "batch_tokens": 1024}
-    spec = EncoderSpec(folder=tmp_path, pooling="mean", layer=-1, num_layers=2)
-    key = settings_digest(task_cache_settings(task, settings, spec))
+    spec = EncoderSpec(folder=tmp_path, num_layers=2, **settings)
+    key = settings_digest(task_cache_settings(task, spec))
     (data / "test.jsonl").write_text('{"a": 2}\n')  # the mirror's contents change at the same path
-    assert settings_digest(task_cache_settings(task, settings, spec)) != key
-    key = settings_digest(task_cache_settings(task, settings, spec))
+    assert settings_digest(task_cache_settings(task, spec)) != key
+    key = settings_digest(task_cache_settings(task, spec))
     for name, value in (("batch_size", 9), ("batch_tokens", 2048), ("max_length", 64), ("layer", 0)):
-        assert settings_digest(task_cache_settings(task, {**settings, name: value}, spec)) != key, name
+        assert (
+            settings_digest(task_cache_settings(task, dataclasses.replace(spec, **{name: value}))) != key
+        ), name
     for name, value in (("dtype", "bfloat16"), ("device", "cuda")):
         other = EncoderSpec(**{**spec.__dict__, name: value})
-        assert settings_digest(task_cache_settings(task, settings, other)) != key, name
+        assert settings_digest(task_cache_settings(task, other)) != key, name
 
 
 @pytest.mark.slow  # imports mteb (seconds)

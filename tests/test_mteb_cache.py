@@ -10,6 +10,7 @@ import pytest
 
 import nitp_eval.mteb.encoder as encoder_lib
 from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.settings import MtebSettings
 
 TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
 
@@ -54,7 +55,7 @@ def _revision_folders(cache_dir: Path) -> set[str]:
 
 def test_two_checkpoints_never_share_cached_scores(two_checkpoints, cache_dir, tmp_path, monkeypatch):
     a, b = two_checkpoints
-    first = run_mteb([a, b], tasks=TASKS, out=tmp_path / "first", log=lambda _: None)
+    first = run_mteb([a, b], MtebSettings(tasks=TASKS), out=tmp_path / "first", log=lambda _: None)
     score_a, score_b = (r["scores"]["tasks"]["WordSim353"]["main_score"] for r in first)
     assert score_a != score_b
     keys = {r["model"]["key"] for r in first}  # weights + config + tokenizer (nitp.records.model_identity)
@@ -62,15 +63,15 @@ def test_two_checkpoints_never_share_cached_scores(two_checkpoints, cache_dir, t
 
     # new records, same cache: each checkpoint gets its own scores back without encoding anything
     _forbid_encoding(monkeypatch)
-    again = run_mteb([b, a], tasks=TASKS, out=tmp_path / "second", log=lambda _: None)
+    again = run_mteb([b, a], MtebSettings(tasks=TASKS), out=tmp_path / "second", log=lambda _: None)
     assert [r["scores"]["tasks"]["WordSim353"]["main_score"] for r in again] == [score_b, score_a]
 
 
 def test_pooling_and_layer_have_their_own_cache_entries(two_checkpoints, tmp_path):
     a, _ = two_checkpoints
-    mean = run_mteb(a, tasks=TASKS, out=tmp_path, log=lambda _: None)[0]
-    last = run_mteb(a, tasks=TASKS, pooling="last", out=tmp_path, log=lambda _: None)[0]
-    layer1 = run_mteb(a, tasks=TASKS, layer=1, out=tmp_path, log=lambda _: None)[0]
+    mean = run_mteb(a, MtebSettings(tasks=TASKS), out=tmp_path, log=lambda _: None)[0]
+    last = run_mteb(a, MtebSettings(tasks=TASKS, pooling="last"), out=tmp_path, log=lambda _: None)[0]
+    layer1 = run_mteb(a, MtebSettings(tasks=TASKS, layer=1), out=tmp_path, log=lambda _: None)[0]
     values = [r["scores"]["tasks"]["WordSim353"]["main_score"] for r in (mean, last, layer1)]
     assert len(set(values)) == 3
     assert len(list(tmp_path.glob("*.json"))) == 3  # three settings, three record files
@@ -79,7 +80,7 @@ def test_pooling_and_layer_have_their_own_cache_entries(two_checkpoints, tmp_pat
 def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_path, monkeypatch):
     a, _ = two_checkpoints
     out = tmp_path / "a.json"
-    first = run_mteb(a, tasks=TASKS, out=out, log=lambda _: None)[0]
+    first = run_mteb(a, MtebSettings(tasks=TASKS), out=out, log=lambda _: None)[0]
 
     def no_model(*args, **kwargs):
         raise AssertionError("loaded the model although the record holds every task")
@@ -87,7 +88,7 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
     with monkeypatch.context() as m:
         m.setattr(encoder_lib, "HiddenStateEncoder", no_model)
         notes: list[str] = []
-        again = run_mteb(a, tasks=TASKS, out=out, log=notes.append)[0]
+        again = run_mteb(a, MtebSettings(tasks=TASKS), out=out, log=notes.append)[0]
     assert again == first and any("already recorded" in n for n in notes)
 
     calls = []
@@ -98,7 +99,7 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
         return original(self, texts, **kwargs)
 
     monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", counting)
-    redone = run_mteb(a, tasks=TASKS, out=out, redo=True, log=lambda _: None)[0]
+    redone = run_mteb(a, MtebSettings(tasks=TASKS), out=out, redo=True, log=lambda _: None)[0]
     assert calls, "--redo must recompute, not read mteb's cache"
     assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(
         first["scores"]["tasks"]["WordSim353"]["main_score"], abs=1e-6
@@ -108,15 +109,17 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
 
 def test_same_weights_in_another_folder_share_the_key(two_checkpoints, tmp_path, monkeypatch):
     a, _ = two_checkpoints
-    run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)
+    run_mteb(a, MtebSettings(tasks=TASKS), out=tmp_path / "x.json", log=lambda _: None)
     twin = tmp_path / "twin"
     shutil.copytree(a, twin)
     _forbid_encoding(monkeypatch)  # identical weights -> identical hash -> mteb's cache answers
-    rec = run_mteb(twin, tasks=TASKS, out=tmp_path / "y.json", log=lambda _: None)[0]
+    rec = run_mteb(twin, MtebSettings(tasks=TASKS), out=tmp_path / "y.json", log=lambda _: None)[0]
     assert rec["model"]["path"] == str(twin.resolve())  # the folder asked for, not the cached one
     assert (
         rec["model"]["hash"]
-        == run_mteb(a, tasks=TASKS, out=tmp_path / "x.json", log=lambda _: None)[0]["model"]["hash"]
+        == run_mteb(a, MtebSettings(tasks=TASKS), out=tmp_path / "x.json", log=lambda _: None)[0]["model"][
+            "hash"
+        ]
     )
 
 
@@ -149,12 +152,12 @@ def test_a_killed_run_resumes_with_the_tasks_it_had_not_finished(two_checkpoints
     with monkeypatch.context() as m:
         seen = _count_evaluated(m, fail_on="PangLeePolarity")
         with pytest.raises(KeyboardInterrupt):
-            run_mteb(b, tasks=RESUME_TASKS, out=out, log=lambda _: None)
+            run_mteb(b, MtebSettings(tasks=RESUME_TASKS), out=out, log=lambda _: None)
     assert seen == RESUME_TASKS and not out.exists()  # task 1 done, task 2 killed, no record
 
     with monkeypatch.context() as m:
         seen = _count_evaluated(m)
-        record = run_mteb(b, tasks=RESUME_TASKS, out=out, log=lambda _: None)[0]
+        record = run_mteb(b, MtebSettings(tasks=RESUME_TASKS), out=out, log=lambda _: None)[0]
     assert seen == ["PangLeePolarity"]  # task 1 came from the per-task cache
     assert set(record["scores"]["tasks"]) == set(RESUME_TASKS) and out.is_file()
 
@@ -164,7 +167,7 @@ def test_a_failed_run_never_overwrites_a_good_record(two_checkpoints, tmp_path, 
 
     a, _ = two_checkpoints
     out = tmp_path / "a.json"
-    good = run_mteb(a, tasks=RESUME_TASKS, out=out, log=lambda _: None)[0]
+    good = run_mteb(a, MtebSettings(tasks=RESUME_TASKS), out=out, log=lambda _: None)[0]
     before = out.read_text()
 
     real = mteb_run._evaluate_task
@@ -174,7 +177,7 @@ def test_a_failed_run_never_overwrites_a_good_record(two_checkpoints, tmp_path, 
 
     monkeypatch.setattr(mteb_run, "_evaluate_task", second_fails)
     notes: list[str] = []
-    partial = run_mteb(a, tasks=RESUME_TASKS, out=out, redo=True, log=notes.append)[0]
+    partial = run_mteb(a, MtebSettings(tasks=RESUME_TASKS), out=out, redo=True, log=notes.append)[0]
     assert list(partial["scores"]["tasks"]) == ["WordSim353"]
     assert out.read_text() == before and set(good["scores"]["tasks"]) == set(RESUME_TASKS)
     assert any(n.startswith(f"kept {out}") for n in notes)

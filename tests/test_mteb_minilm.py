@@ -15,6 +15,7 @@ import pytest
 
 from nitp_eval.mteb.results import summarise
 from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.settings import MtebSettings
 from nitp_eval.mteb.tasks import apply_data_dir, resolve_tasks, suite_task_names
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
@@ -47,7 +48,10 @@ def _sentence_transformer_scores(minilm_dir, names):
 def test_minilm_scores_equal_mteb_on_the_plain_sentence_transformer(minilm_dir, tmp_path):
     names = FIXTURE_TASKS + OFFLINE
     ours = run_mteb(
-        minilm_dir, tasks=names, data_dir=FIXTURES, out=tmp_path / "minilm.json", log=lambda _: None
+        minilm_dir,
+        MtebSettings(tasks=names, data_dir=FIXTURES),
+        out=tmp_path / "minilm.json",
+        log=lambda _: None,
     )[0]["scores"]
     reference = _sentence_transformer_scores(minilm_dir, names)
     assert set(ours["tasks"]) == set(names) == set(reference["tasks"])

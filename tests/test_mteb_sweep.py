@@ -11,6 +11,7 @@ from nitp.errors import UserError
 from nitp_eval.cli import main
 from nitp_eval.mteb import encoder as encoder_lib
 from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.settings import MtebSettings
 from nitp_eval.mteb.sweep import LayerView, parse_layers
 from tests.helpers import run_main
 
@@ -50,7 +51,9 @@ def test_sweep_scores_equal_single_layer_runs_with_one_pass(tiny_checkpoint, tmp
     singles = {}
     for k in LAYERS:
         _fresh_caches(monkeypatch, tmp_path, f"single{k}")
-        [rec] = run_mteb(tiny_checkpoint, tasks=TASKS, layer=k, out=tmp_path / "single", log=lambda _: None)
+        [rec] = run_mteb(
+            tiny_checkpoint, MtebSettings(tasks=TASKS, layer=k), out=tmp_path / "single", log=lambda _: None
+        )
         singles[k] = _main_scores(rec)
 
     passes, views = [], []
@@ -67,7 +70,10 @@ def test_sweep_scores_equal_single_layer_runs_with_one_pass(tiny_checkpoint, tmp
     )
     _fresh_caches(monkeypatch, tmp_path, "sweep")
     records = run_mteb(
-        tiny_checkpoint, tasks=TASKS, layers="0,2,-1", out=tmp_path / "sweep", log=lambda _: None
+        tiny_checkpoint,
+        MtebSettings(tasks=TASKS, layers="0,2,-1"),
+        out=tmp_path / "sweep",
+        log=lambda _: None,
     )
     assert [r["settings"]["layer"] for r in records] == LAYERS
     for rec in records:
@@ -82,13 +88,17 @@ def test_sweep_scores_equal_single_layer_runs_with_one_pass(tiny_checkpoint, tmp
 
 def test_rerun_of_a_sweep_reads_the_records(tiny_checkpoint, tmp_path, monkeypatch):
     _fresh_caches(monkeypatch, tmp_path, "a")
-    first = run_mteb(tiny_checkpoint, tasks=TASKS[:1], layers="0,-1", out=tmp_path, log=lambda _: None)
+    first = run_mteb(
+        tiny_checkpoint, MtebSettings(tasks=TASKS[:1], layers="0,-1"), out=tmp_path, log=lambda _: None
+    )
 
     def fail(*args, **kwargs):
         raise AssertionError("encoded although every layer was recorded")
 
     monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_layers", fail)
-    again = run_mteb(tiny_checkpoint, tasks=TASKS[:1], layers="0,-1", out=tmp_path, log=lambda _: None)
+    again = run_mteb(
+        tiny_checkpoint, MtebSettings(tasks=TASKS[:1], layers="0,-1"), out=tmp_path, log=lambda _: None
+    )
     assert [_main_scores(r) for r in again] == [_main_scores(r) for r in first]
 
 

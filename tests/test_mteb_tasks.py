@@ -13,6 +13,7 @@ from nitp.errors import UserError
 from nitp.records import read_record
 from nitp_eval.mteb.results import missing_tasks
 from nitp_eval.mteb.run import run_mteb
+from nitp_eval.mteb.settings import MtebSettings
 from nitp_eval.mteb.tasks import PAPER_GROUPS, PAPER_TASKS, apply_data_dir, mteb_dataset_repos, resolve_tasks
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mteb"
@@ -107,7 +108,10 @@ def fixture_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("records") / "fixture.json"
     log: list[str] = []
     records = run_mteb(
-        tiny_checkpoint, tasks=list(FIXTURE_TASKS) + ["STS12"], data_dir=FIXTURES, out=out, log=log.append
+        tiny_checkpoint,
+        MtebSettings(tasks=[*FIXTURE_TASKS, "STS12"], data_dir=FIXTURES),
+        out=out,
+        log=log.append,
     )
     return records[0], out, log
 
@@ -152,5 +156,8 @@ def test_record_follows_the_contract(fixture_run, tiny_checkpoint):
 def test_data_dir_without_any_task_data_fails_at_once(tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match=r"none of the 1 tasks has data there.*mirror export --tasks STS12"):
         run_mteb(
-            tiny_checkpoint, tasks=["STS12"], data_dir=tmp_path, out=tmp_path / "r.json", log=lambda _: None
+            tiny_checkpoint,
+            MtebSettings(tasks=["STS12"], data_dir=tmp_path),
+            out=tmp_path / "r.json",
+            log=lambda _: None,
         )

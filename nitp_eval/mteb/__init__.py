@@ -2,6 +2,7 @@
 
 One job per module:
 
+- ``settings``  ``MtebSettings``: every option that changes a score (no mteb import)
 - ``encoder``   the checkpoint as a ``SentenceTransformer`` (Transformer -> Pooling -> Normalize)
                 and mteb's wrapper around it, token-budget batching
 - ``st_layer``  the ``Transformer`` module that emits layer k (``--layer``)
@@ -16,8 +17,8 @@ The public names below load lazily (mteb and sentence-transformers take seconds 
 
 Example
 -------
->>> from nitp_eval.mteb import run_mteb, format_table
->>> print(format_table(run_mteb(["runs/ntp", "runs/nitp"], suite="offline")))  # doctest: +SKIP
+>>> from nitp_eval.mteb import MtebSettings, run_mteb, format_table
+>>> print(format_table(run_mteb(["runs/ntp", "runs/nitp"], MtebSettings(suite="offline"))))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _PUBLIC = {
     "missing_tasks": "results",
     "summarise": "results",
     "run_mteb": "run",
+    "MtebSettings": "settings",
+    "EmbedSettings": "settings",
     "format_table": "table",
     "format_layer_table": "table",
     "LayerSweep": "sweep",

@@ -27,6 +27,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -41,76 +42,49 @@ from nitp.io import atomic_folder
 from nitp.loading import check_model_files, load_config
 from nitp.runtime import pick_device, pick_dtype
 
-from . import POOLINGS
+from .settings import EmbedSettings, check_pooling, embedding_fields
 
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
-DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
-DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def check_pooling(pooling: str) -> str:
-    if pooling not in POOLINGS:
-        raise UserError(f"unknown pooling {pooling!r} (choose one of: {', '.join(POOLINGS)})")
-    return pooling
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """A checked request for an encoder: a loadable folder, a known pooling, a layer in range,
-    sizes of at least 1, and the device and dtype it runs in (chosen once, here)."""
+@dataclass(frozen=True, kw_only=True)
+class EncoderSpec(EmbedSettings):
+    """:class:`~nitp_eval.mteb.settings.EmbedSettings` checked against a model: a loadable
+    folder, a layer in range (of ``num_layers`` blocks), and the device and dtype it runs in
+    (chosen once, by :func:`preflight`)."""
 
     folder: Path
-    pooling: str
-    layer: int
     num_layers: int
-    max_length: int = DEFAULT_MAX_LENGTH
-    batch_size: int = 32
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    layer: int = -1
     device: str = "cpu"
     dtype: str = "float32"
 
 
-def preflight(
-    model_path: str | Path,
-    pooling: str = "mean",
-    layer: int = -1,
-    *,
-    device: str | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    batch_size: int = 32,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-) -> EncoderSpec:
-    """Every check before any weights are loaded; the one place pooling, ``--layer``, the sizes,
-    the device and the dtype (bfloat16 on a bf16 GPU, else float32) are checked and chosen.
+def preflight(model_path: str | Path, settings: EmbedSettings | None = None, **fields) -> EncoderSpec:
+    """Every check before any weights are loaded; the one place ``--layer``, the device and the
+    dtype (bfloat16 on a bf16 GPU, else float32, unless ``settings.dtype``) are checked and chosen.
 
     ``model_path``: checkpoint, run directory, Hugging Face folder or ``.gguf`` file (converted
     once by ``nitp.loading.model_folder``). Its tokenizer is loaded and its weight files opened
     (a garbage or missing file is one line now), and its parameters must fit in memory.
+    ``settings``: pooling, layer, sizes, device, dtype (an ``MtebSettings`` too); ``fields``:
+    those of ``EmbedSettings`` instead of (or replacing some of) ``settings``.
+
+    >>> preflight("runs/tiny", pooling="last", layer=2).layer   # doctest: +SKIP
+    2
     """
-    check_pooling(pooling)
-    check_sizes(max_length, batch_tokens, batch_size)
-    device = pick_device(device)
-    dtype = pick_dtype(device)
+    settings = dataclasses.replace(settings or EmbedSettings(), **fields)  # checks pooling, sizes
+    device = pick_device(settings.device)
+    dtype = pick_dtype(device, settings.dtype)
     folder = check_model_files(model_path, device=device, dtype=dtype)
     n_layers = int(load_config(folder).num_hidden_layers)
-    layer = layers_lib.check_layer(layer, n_layers, name="--layer")
-    return EncoderSpec(
-        folder, pooling, layer, n_layers, int(max_length), int(batch_size), int(batch_tokens), device, dtype
-    )
-
-
-def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
-    """``UserError`` for a length limit, token budget or batch size below 1."""
-    if max_length < 1:
-        raise UserError(f"--max-length must be at least 1 (got {max_length})")
-    if batch_tokens < 1 or batch_size < 1:
-        raise UserError(
-            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
-        )
+    layer = layers_lib.check_layer(-1 if settings.layer is None else settings.layer, n_layers, name="--layer")
+    checked = {"layer": layer, "device": device, "dtype": dtype}
+    return EncoderSpec(**{**embedding_fields(settings), **checked}, folder=folder, num_layers=n_layers)
 
 
 def pooling_modules(pooling: str, dim: int) -> list:
@@ -229,38 +203,25 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
     Parameters
     ----------
     model : a checkpoint / run dir / HF folder / .gguf path, or an ``EncoderSpec`` from ``preflight``
-    pooling, layer, device, batch_size, batch_tokens, max_length : passed to :func:`preflight`
-        (ignored when ``model`` is an ``EncoderSpec``, which holds them):
-        device "cpu", "cuda", "cuda:1", ... (None picks cuda when available); at most
-        ``batch_size`` texts (mteb's ``encode_kwargs`` wins) and ``batch_tokens`` padded tokens
-        per forward pass; ``max_length`` tokens per text (default 512)
+    settings, fields : passed to :func:`preflight` (ignored when ``model`` is an ``EncoderSpec``,
+        which holds them): ``EmbedSettings`` and/or its fields, e.g. ``layer=2, device="cpu"``;
+        at most ``batch_size`` texts (mteb's ``encode_kwargs`` wins) and ``batch_tokens`` padded
+        tokens per forward pass; ``max_length`` tokens per text (default 512)
     name, revision : mteb's cache key of this model (``run_mteb`` passes the model key)
     """
 
     def __init__(
         self,
         model: str | Path | EncoderSpec,
+        settings: EmbedSettings | None = None,
         *,
-        pooling: str = "mean",
-        layer: int = -1,
-        device: str | None = None,
-        batch_size: int = 32,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        max_length: int = DEFAULT_MAX_LENGTH,
         name: str | None = None,
         revision: str | None = None,
         log: Callable[[str], None] = _stderr,
+        **fields,
     ) -> None:
         if not isinstance(model, EncoderSpec):
-            model = preflight(
-                model,
-                pooling,
-                layer,
-                device=device,
-                max_length=max_length,
-                batch_size=batch_size,
-                batch_tokens=batch_tokens,
-            )
+            model = preflight(model, settings, **fields)
         spec = model
         self.spec, self.batch_size, self.batch_tokens = spec, spec.batch_size, spec.batch_tokens
         st_model = build_sentence_transformer(spec, log=log)

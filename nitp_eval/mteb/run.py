@@ -3,7 +3,7 @@
 Each checkpoint becomes a ``SentenceTransformer`` (``encoder.HiddenStateEncoder``) and each task
 is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", model
 key)`` (``nitp.records.model_identity``: weights, config and tokenizer files; unit = task name;
-settings = pooling, layer, dtype, max_length and the task's data and scope), so a killed run,
+settings = ``MtebSettings``'s embedding fields and the task's data and scope), so a killed run,
 rerun, computes only the tasks it had not finished. mteb's own result cache (``$MTEB_CACHE``) is
 also kept, keyed by model name, revision = the same model key, and pooling / layer / dtype /
 max_length. A record is written only when the run scored at least every task that a record of
@@ -12,17 +12,19 @@ checked (and chosen) once, before any model loads.
 
 Example
 -------
->>> records = run_mteb(["runs/ntp", "runs/nitp"], suite="offline")          # doctest: +SKIP
+>>> records = run_mteb(["runs/ntp", "runs/nitp"], MtebSettings(suite="offline"))  # doctest: +SKIP
 >>> print(format_table(records))                                            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from nitp.errors import UserError, on_interrupt
 from nitp.loading import offline_hub
@@ -47,25 +49,17 @@ from .results import (
     replaces_record,
     task_score,
 )
+from .settings import MtebSettings, embedding_fields
 from .sweep import LayerSweep, parse_layers
-from .tasks import SUITES, apply_data_dir, export_hint, resolve_tasks
+from .tasks import apply_data_dir, export_hint, resolve_tasks
 
 
 def run_mteb(
     checkpoints,
+    settings: MtebSettings = MtebSettings(),
     *,
-    suite: str | None = None,
-    tasks: Sequence[str] | None = None,
-    pooling: str = "mean",
-    layer: int | None = None,
-    layers: str | Sequence[int] | None = None,
     out: str | Path | None = None,
-    data_dir: str | Path | None = None,
     redo: bool = False,
-    device: str | None = None,
-    batch_size: int = 32,
-    batch_tokens: int = encoder_lib.DEFAULT_BATCH_TOKENS,
-    max_length: int = encoder_lib.DEFAULT_MAX_LENGTH,
     save_encoder: str | Path | None = None,
     log: Callable[[str], None] = encoder_lib._stderr,
 ) -> list[dict]:
@@ -75,17 +69,13 @@ def run_mteb(
     ----------
     checkpoints : checkpoint folders, run directories (their latest checkpoint), Hugging Face
         model folders or ``.gguf`` files; one path or a list
-    suite : "paper" (the 25 tasks) | "offline" (shipped data; the default when ``tasks`` is None)
-    tasks : mteb task names (instead of a suite)
-    pooling, layer, max_length : see ``nitp_eval.mteb.encoder`` (layer default -1, the last)
-    layers : the layer sweep instead of ``layer``: ``"all"``, ``"0,3,-1"`` or a list of ints
-        (``nitp_eval.mteb.sweep``): one forward pass per batch for every layer, one record per
-        layer (``settings.layer = k``), each equal to a ``layer=k`` run's
+    settings : suite or tasks, pooling, layer or layer sweep, sizes, device, dtype, data mirror
+        (:class:`~nitp_eval.mteb.settings.MtebSettings`). A sweep (``settings.layers``) makes one
+        forward pass per batch for every layer and one record per layer (``settings.layer = k``),
+        each equal to a ``layer=k`` run's. With ``data_dir`` (implies HF_HUB_OFFLINE), tasks
+        without a folder there are reported at once and skipped.
     out : record file (``.json``, one checkpoint) or directory; default ``RUN/results/mteb/...``
-    data_dir : local mirror of the tasks' dataset repositories (``embed_data``); implies
-        HF_HUB_OFFLINE. Tasks without a folder there are reported at once and skipped.
     redo : recompute even what the record and the caches hold
-    device, batch_size, batch_tokens : where, and how many texts / padded tokens per forward pass
     save_encoder : also save each checkpoint's ``SentenceTransformer`` there (``DIR``, or
         ``DIR/<name>-<hash8>`` for several checkpoints)
 
@@ -96,59 +86,61 @@ def run_mteb(
     Tasks that could not run are absent from ``scores["tasks"]`` (see ``missing_tasks``) and are
     retried on rerun.
     """
-    if suite is not None and suite not in SUITES:
-        raise UserError(f"unknown suite {suite!r} (choose one of: {', '.join(SUITES)})")
-    suite = None if tasks else (suite or "offline")
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths:
         raise UserError("no checkpoint given")
+    data_dir = settings.data_dir
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise UserError(
             f"--data-dir {data_dir}: no such directory "
             f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
         )
-    if layer is not None and layers is not None:
-        raise UserError(
-            "--layer and --layers are mutually exclusive: give one (--layers all scores every layer)"
-        )
-    if layers is not None and save_encoder is not None:
+    if settings.layers is not None and save_encoder is not None:
         raise UserError("--save-encoder saves one layer's encoder: use it with --layer k, not --layers")
-    layer = -1 if layer is None else layer
     if out is not None:
         check_output(out, folder=Path(out).suffix != ".json")
     if save_encoder is not None:
         _check_save_encoder(save_encoder)
-    specs = [  # bad paths, tokenizers, weights, sizes, device: one line before any work
-        encoder_lib.preflight(
-            p,
-            pooling,
-            layer,
-            device=device,
-            max_length=max_length,
-            batch_size=batch_size,
-            batch_tokens=batch_tokens,
-        )
-        for p in paths
+    # bad paths, tokenizers, weights, sizes, device: one line before any work
+    specs = [encoder_lib.preflight(p, settings) for p in paths]
+    wanted = [
+        [s.layer] if settings.layers is None else _sweep_layers(settings.layers, s.num_layers, out)
+        for s in specs
     ]
-    wanted = [[s.layer] if layers is None else _sweep_layers(layers, s.num_layers, out) for s in specs]
     infos = [{**model_identity(p), "num_layers": s.num_layers} for p, s in zip(paths, specs)]
-    task_names = [t.metadata.name for t in resolve_tasks(suite, tasks)]  # unknown names fail here
-    options = dict(
-        sweep=layers is not None,
-        suite=suite,
-        task_names=task_names,
-        out=out,
-        several=len(infos) > 1,
-        data_dir=data_dir,
-        redo=redo,
-        save_encoder=save_encoder,
-        sizes=(int(max_length), int(batch_size), int(batch_tokens)),
-        log=log,
-    )
+    task_names = [
+        t.metadata.name for t in resolve_tasks(settings.suite, settings.tasks)
+    ]  # unknown names fail here
+    job = _Job(settings, task_names, out, len(infos) > 1, redo, save_encoder, log)
     with offline_hub(data_dir is not None):  # local data: no hub retries
-        return [
-            r for info, spec, ks in zip(infos, specs, wanted) for r in _records(info, spec, ks, **options)
-        ]
+        return [r for info, spec, ks in zip(infos, specs, wanted) for r in _records(info, spec, ks, job)]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one ``run_mteb`` call shares across its checkpoints: the settings, the resolved
+    task names, and the arguments that change no score."""
+
+    settings: MtebSettings
+    task_names: list[str]
+    out: str | Path | None
+    several: bool  # several checkpoints: one record (and saved encoder) per checkpoint in a folder
+    redo: bool
+    save_encoder: str | Path | None
+    log: Callable[[str], None]
+
+    def record_settings(self, layer: int) -> dict:
+        """The record's ``settings`` of one layer (docs/contracts.md ``mteb``)."""
+        s = self.settings
+        return {
+            "suite": s.suite,
+            "tasks": self.task_names,
+            "pooling": s.pooling,
+            "layer": layer,
+            "max_length": s.max_length,
+            "batch_size": s.batch_size,
+            "batch_tokens": s.batch_tokens,
+        }
 
 
 def _sweep_layers(layers, num_layers: int, out) -> list[int]:
@@ -158,45 +150,37 @@ def _sweep_layers(layers, num_layers: int, out) -> list[int]:
     return wanted
 
 
-def _records(
-    info, spec, wanted, *, sweep, suite, task_names, out, several, data_dir, redo, save_encoder, sizes, log
-) -> list[dict]:
+def _records(info, spec, wanted, job: _Job) -> list[dict]:
     """The records of one checkpoint's layers: read where recorded, else scored, then written."""
-    max_length, batch_size, batch_tokens = sizes
     settings, paths = {}, {}
     for k in wanted:
-        settings[k] = {
-            "suite": suite,
-            "tasks": task_names,
-            "pooling": spec.pooling,
-            "layer": k,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "batch_tokens": batch_tokens,
-        }
-        paths[k] = record_path(info, out, several, record_tag(suite, task_names, spec.pooling, k))
+        settings[k] = job.record_settings(k)
+        tag = record_tag(job.settings.suite, job.task_names, spec.pooling, k)
+        paths[k] = record_path(info, job.out, job.several, tag)
         check_output(paths[k])
-    save_to = _save_dir(save_encoder, info, several)
-    task_objs = _tasks_with_data(settings[wanted[0]], data_dir, log)
+    save_to = _save_dir(job.save_encoder, info, job.several)
+    task_objs = _tasks_with_data(job.settings, job.task_names, job.log)
     keys = {
-        (k, t.metadata.name): task_cache_settings(t, settings[k], spec) for k in wanted for t in task_objs
+        (k, t.metadata.name): task_cache_settings(t, dataclasses.replace(spec, layer=k))
+        for k in wanted
+        for t in task_objs
     }
     inputs = {k: settings_digest({u[1]: key for u, key in keys.items() if u[0] == k}) for k in wanted}
     found = {}
     for k in wanted:
-        if not redo and save_to is None and _is_recorded(paths[k], info, settings[k], inputs[k]):
-            log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
+        if not job.redo and save_to is None and _is_recorded(paths[k], info, settings[k], inputs[k]):
+            job.log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
             found[k] = read_record(paths[k])
     todo = {k: settings[k] for k in wanted if k not in found}
     if todo:
-        scored = _score_checkpoint(info, spec, todo, sweep, data_dir, redo, save_to, log, (task_objs, keys))
+        scored = _score_checkpoint(info, spec, todo, job, save_to, (task_objs, keys))
         for k, record in scored.items():
             record["inputs"] = inputs[k]  # the digest of every task's cache key: what is_recorded checks
             if replaces_record(paths[k], record):
                 write_record(paths[k], record)
-                log(f"record: {paths[k]}")
+                job.log(f"record: {paths[k]}")
             elif record["scores"]["tasks"]:
-                log(f"kept {paths[k]}: it holds tasks this run could not score (see the errors above)")
+                job.log(f"kept {paths[k]}: it holds tasks this run could not score (see the errors above)")
             found[k] = record
     return [found[k] for k in wanted]
 
@@ -215,10 +199,11 @@ def _save_dir(save_encoder, info: dict, several: bool) -> Path | None:
     return Path(save_encoder) / f"{info['name']}-{info['hash'][:8]}" if several else Path(save_encoder)
 
 
-def task_cache_settings(task, settings: dict, spec) -> dict:
-    """What a cached task score depends on (``nitp.cachekey.cache_key``): the embedding settings
-    (pooling, layer, lengths, batch sizes, dtype, device kind), the task's scope, its dataset
-    (a local ``--data-dir`` folder by contents) and the mteb version."""
+def task_cache_settings(task, spec) -> dict:
+    """What a cached task score depends on (``nitp.cachekey.cache_key``): every embedding setting
+    of ``spec`` (``settings.embedding_fields``: pooling, layer, lengths, batch sizes, dtype; the
+    device by kind), the task's scope, its dataset (a local ``--data-dir`` folder by contents)
+    and the mteb version. ``spec``: an ``encoder.EncoderSpec`` (its layer = the scored layer)."""
     from importlib import metadata
 
     from nitp.cachekey import cache_key, device_kind
@@ -228,12 +213,7 @@ def task_cache_settings(task, settings: dict, spec) -> dict:
     local = local if isinstance(local, str) and Path(local).expanduser().exists() else None
     return cache_key(
         {
-            "pooling": settings["pooling"],
-            "layer": settings["layer"],
-            "max_length": settings["max_length"],
-            "batch_size": settings["batch_size"],
-            "batch_tokens": settings["batch_tokens"],
-            "dtype": spec.dtype,
+            **embedding_fields(spec),
             "device": device_kind(spec.device),
             "dataset": dataset,
             "data": local,
@@ -256,13 +236,13 @@ def _is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
         return False
 
 
-def _score_checkpoint(
-    info, spec, settings_by_layer, sweep, data_dir, redo, save_to, log, tasks
-) -> dict[int, dict]:
+def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) -> dict[int, dict]:
     """One record per layer of ``settings_by_layer``; each task is scored (and cached) per layer,
-    and with ``sweep`` every layer's embeddings come from one pass over the task's texts.
+    and with a sweep every layer's embeddings come from one pass over the task's texts.
     ``tasks``: the task objects (data applied) and their cache keys per (layer, task name)."""
     task_objs, all_keys = tasks
+    redo, log = job.redo, job.log
+    sweep = job.settings.layers is not None
     cache = RecordCache("mteb", info["key"])
     on_interrupt(
         f"the tasks finished so far are cached in {cache.root} and no record was written; "
@@ -281,7 +261,7 @@ def _score_checkpoint(
             for task in task_objs:  # one at a time: each finished task is cached before the next starts
                 name = task.metadata.name
                 for k in todo[name]:
-                    entry = _evaluate_task(encoders[k], task, redo, data_dir, log)
+                    entry = _evaluate_task(encoders[k], task, redo, job.settings.data_dir, log)
                     if entry is not None:
                         cache.put(name, keys[(k, name)], entry)
                         done[(k, name)] = entry
@@ -311,17 +291,18 @@ def _encoders(info, spec, layers: list[int], sweep: bool, log):
     return dict(zip(layers, shared.views(name=name, revision=revision))), shared
 
 
-def _tasks_with_data(settings: dict, data_dir, log) -> list:
-    task_objs = resolve_tasks(settings["suite"], None if settings["suite"] else settings["tasks"])
+def _tasks_with_data(settings: MtebSettings, task_names: list[str], log) -> list:
+    task_objs = resolve_tasks(settings.suite, settings.tasks)
+    data_dir = settings.data_dir
     if data_dir is None:
         return task_objs
     task_objs, problems = apply_data_dir(task_objs, data_dir)
     for line in problems:
         log(f"error: {line}")
     if not task_objs:
-        names = ",".join(settings["tasks"])
+        names = ",".join(task_names)
         raise UserError(
-            f"--data-dir {data_dir}: none of the {len(settings['tasks'])} tasks has data there; "
+            f"--data-dir {data_dir}: none of the {len(task_names)} tasks has data there; "
             f"export them with `nitp-eval mirror export --tasks {names} --out {data_dir}`"
         )
     return task_objs

@@ -40,6 +40,8 @@ from typing import Any, Iterable
 
 from nitp.errors import UserError
 
+from .settings import SUITES
+
 # The paper's 25 tasks and their groups (PAPER_NOTES.md, "Frozen-representation test on MTEB").
 PAPER_GROUPS: dict[str, list[str]] = {
     "Classification": [
@@ -66,7 +68,6 @@ PAPER_GROUPS: dict[str, list[str]] = {
 }
 PAPER_TASKS: list[str] = [name for names in PAPER_GROUPS.values() for name in names]
 PAPER_BENCHMARK = "MTEB(eng, v1)"  # mteb's benchmark that fixes the paper tasks' English scope
-SUITES = ("paper", "offline")
 
 # Task types -> the paper's group names (for tasks outside the paper suite).
 TYPE_GROUPS = {

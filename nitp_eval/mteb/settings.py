@@ -1,0 +1,115 @@
+"""The settings of an MTEB run: every input but the checkpoints that changes its scores.
+
+Each field is defined (type, default, check) once here: ``run_mteb`` takes the settings whole,
+``nitp-eval mteb`` reads its option defaults from them, and a task's cache key is
+``dataclasses.asdict`` of the embedding part (``nitp_eval.mteb.run.task_cache_settings``), so a
+new embedding field is part of the key by itself.
+
+* :class:`EmbedSettings` — how a checkpoint becomes an encoder: pooling, layer, sizes, device,
+  dtype (``encoder.preflight`` checks the model against them; ``encoder.EncoderSpec`` extends
+  them with the checked folder);
+* :class:`MtebSettings` — adds what is scored: the suite or tasks, the layer sweep, the local
+  data mirror.
+
+A bad value is one ``UserError`` naming the option when the settings are made. This module
+imports no mteb, torch or sentence-transformers: the CLI's ``--help`` reads the defaults here.
+
+Example
+-------
+>>> MtebSettings(tasks=["STS12"], pooling="last").suite is None
+True
+>>> MtebSettings(batch_tokens=0)
+Traceback (most recent call last):
+nitp.errors.UserError: --batch-tokens and --batch-size must be at least 1 (got 0, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from nitp.errors import UserError
+
+from . import POOLINGS
+
+DEFAULT_MAX_LENGTH = 512  # MTEB's usual limit; the paper states none
+DEFAULT_BATCH_TOKENS = 8192  # padded tokens per forward pass (SmolLM2-135M: peak RSS < 2 GB)
+SUITES = ("paper", "offline")  # tasks.SUITES's names (that module imports mteb)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How token states become one vector per text, and how the model runs.
+
+    ``pooling``: mean | last | eos. ``layer``: -1 (None) = last hidden state, 0 = embeddings,
+    k = block k. ``max_length``: tokens per text; ``batch_size`` / ``batch_tokens``: at most
+    that many texts / padded tokens per forward pass. ``device`` / ``dtype`` None: chosen by
+    ``nitp.runtime`` (a GPU when visible; bfloat16 on a bf16 GPU, else float32).
+    """
+
+    pooling: str = "mean"
+    layer: int | None = None
+    max_length: int = DEFAULT_MAX_LENGTH
+    batch_size: int = 32
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self):
+        check_pooling(self.pooling)
+        check_sizes(self.max_length, self.batch_tokens, self.batch_size)
+        for name in ("max_length", "batch_size", "batch_tokens"):  # numpy ints, "64": plain ints
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class MtebSettings(EmbedSettings):
+    """:class:`EmbedSettings` plus what is scored.
+
+    ``suite``: "paper" | "offline" (the default when ``tasks`` is empty). ``tasks``: mteb task
+    names instead (kept as a tuple). ``layers``: a layer sweep instead of ``layer`` (``"all"``,
+    ``"0,3,-1"`` or ints; ``nitp_eval.mteb.sweep``). ``data_dir``: local mirror of the tasks'
+    datasets (implies HF_HUB_OFFLINE).
+    """
+
+    suite: str | None = None
+    tasks: tuple[str, ...] | None = None
+    layers: str | tuple[int, ...] | None = None
+    data_dir: str | Path | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.suite is not None and self.suite not in SUITES:
+            raise UserError(f"unknown suite {self.suite!r} (choose one of: {', '.join(SUITES)})")
+        if self.layer is not None and self.layers is not None:
+            raise UserError(
+                "--layer and --layers are mutually exclusive: give one (--layers all scores every layer)"
+            )
+        tasks = tuple(self.tasks) if self.tasks else None
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "suite", None if tasks else (self.suite or "offline"))
+        if self.layers is not None and not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(int(k) for k in self.layers))
+
+
+def embedding_fields(settings: EmbedSettings) -> dict:
+    """The :class:`EmbedSettings` fields of ``settings`` (or of a subclass: ``MtebSettings``,
+    ``encoder.EncoderSpec``) as a dict, in their order; what a task's cache key holds of them."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(EmbedSettings)}
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown pooling {pooling!r} (choose one of: {', '.join(POOLINGS)})")
+    return pooling
+
+
+def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
+    """``UserError`` for a length limit, token budget or batch size below 1."""
+    if max_length < 1:
+        raise UserError(f"--max-length must be at least 1 (got {max_length})")
+    if batch_tokens < 1 or batch_size < 1:
+        raise UserError(
+            f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
+        )
