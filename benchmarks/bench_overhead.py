@@ -43,13 +43,14 @@ def main() -> None:
 
     from nitp.runs import resolve_checkpoint
     from nitp_eval.bench.plan import shots_for
-    from nitp_eval.bench.run import _runtime
+    from nitp_eval.bench.settings import BenchSettings
     from nitp_eval.data.offline_bench import prepare_offline_tasks
     from nitp_eval.tasks import friendly, passthrough
 
     ckpt = resolve_checkpoint(args.checkpoint)
     b = friendly(args.task) or passthrough(args.task)
-    device, batch_size, _ = _runtime(args.device, args.batch_size, "hf")
+    settings = BenchSettings(device=args.device, batch_size=args.batch_size, backend="hf").resolved()
+    device, batch_size = settings.device, settings.batch_size
     shots = shots_for(b, None)
     work = Path(tempfile.mkdtemp(prefix="nitp-bench-overhead-"))
     env = dict(os.environ, NITP_CACHE_DIR=str(work / "cache"))

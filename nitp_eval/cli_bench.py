@@ -1,6 +1,7 @@
 """`nitp-eval bench` (lm-eval benchmarks) and `nitp-eval mirror export|check|import` (air-gapped data).
 
-Only argument parsing here; the work is in ``bench.py`` and ``mirror.py``.
+Only argument parsing here (option defaults from ``bench.settings.BenchSettings``); the work is
+in ``bench/run.py`` and ``data/mirror*.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import typer
 
 from nitp.errors import UserError
 
+from .bench.settings import BenchSettings
 from .tasks import SUITES, help_text
 
 BENCH_HELP = (
@@ -35,43 +37,50 @@ def bench(
         help="Checkpoint folder(s), run directory(ies) (= latest checkpoint) or Hugging Face model folder(s).",
     ),
     tasks: str | None = typer.Option(
-        None, "--tasks", "-t", help="Comma-separated benchmark or lm-eval task names."
+        BenchSettings.tasks, "--tasks", "-t", help="Comma-separated benchmark or lm-eval task names."
     ),
     suite: str | None = typer.Option(
-        None, "--suite", "-s", help=f"{' | '.join(SUITES)} (offline is the default when no --tasks)."
+        BenchSettings.suite,
+        "--suite",
+        "-s",
+        help=f"{' | '.join(SUITES)} (offline is the default when no --tasks).",
     ),
     all_checkpoints: Path | None = typer.Option(
         None, "--all-checkpoints", help="Score every checkpoint of this run directory."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", help="Score only the first N documents of every (sub)task."
+        BenchSettings.limit, "--limit", help="Score only the first N documents of every (sub)task."
     ),
     num_fewshot: int | None = typer.Option(
-        None, "--num-fewshot", help="Shots for every task (default: per benchmark)."
+        BenchSettings.num_fewshot, "--num-fewshot", help="Shots for every task (default: per benchmark)."
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the record to exactly this file (one checkpoint)."
     ),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Local mirror from `nitp-eval mirror export`; no network used."
+        BenchSettings.data_dir,
+        "--data-dir",
+        help="Local mirror from `nitp-eval mirror export`; no network used.",
     ),
     redo: bool = typer.Option(False, "--redo", help="Evaluate again even when a cached result exists."),
     device: str | None = typer.Option(
-        None, "--device", help="cuda, cuda:1, cpu (default: cuda when available)."
+        BenchSettings.device, "--device", help="cuda, cuda:1, cpu (default: cuda when available)."
     ),
     batch_size: str | None = typer.Option(
-        None, "--batch-size", help="Number or 'auto' (default: auto on GPU, 8 on CPU)."
+        BenchSettings.batch_size, "--batch-size", help="Number or 'auto' (default: auto on GPU, 8 on CPU)."
     ),
     backend: str = typer.Option(
-        "auto", "--backend", help="hf | vllm | auto (vLLM when installed and on GPU)."
+        BenchSettings.backend, "--backend", help="hf | vllm | auto (vLLM when installed and on GPU)."
     ),
     allow_unsafe_code: bool = typer.Option(
-        False,
+        BenchSettings.allow_unsafe_code,
         "--allow-unsafe-code",
         help="Let LCBench execute model-written code (in a subprocess with a timeout).",
     ),
     max_gen_toks: int | None = typer.Option(
-        None, "--max-gen-toks", help="Cap generated tokens of generation tasks (smoke tests)."
+        BenchSettings.max_gen_toks,
+        "--max-gen-toks",
+        help="Cap generated tokens of generation tasks (smoke tests).",
     ),
 ) -> None:
     from nitp.runs import list_checkpoints
@@ -86,21 +95,19 @@ def bench(
                 f"--all-checkpoints {all_checkpoints}: no complete checkpoint in {all_checkpoints}/checkpoints/"
             )
         ckpts += found
-    records = run_bench(
-        ckpts,
+    settings = BenchSettings(
         tasks=tasks,
         suite=suite,
         limit=limit,
         num_fewshot=num_fewshot,
-        out=out,
         data_dir=data_dir,
-        redo=redo,
         device=device,
         batch_size=batch_size,
         backend=backend,
         allow_unsafe_code=allow_unsafe_code,
         max_gen_toks=max_gen_toks,
     )
+    records = run_bench(ckpts, settings, out=out, redo=redo)
     for record in records:
         print(format_table(record))
     failed = sorted({name for r in records for name in r["scores"].get("failed", {})})

@@ -891,15 +891,17 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
     ckpts = [str(c) for c in _eval_checkpoints(spec, run_dir)]
     log(f"{cell.name}: evaluating {len(ckpts)} checkpoint(s): {describe_eval(plan)}")
     for b in plan.bench:
-        from nitp_eval.bench import run_bench
+        from nitp_eval.bench import BenchSettings, run_bench
 
         run_bench(
             ckpts,
-            suite=b.get("suite"),
-            tasks=b.get("tasks"),
-            limit=b.get("limit"),
-            data_dir=b.get("data_dir"),
-            device=device,
+            BenchSettings(
+                suite=b.get("suite"),
+                tasks=b.get("tasks"),
+                limit=b.get("limit"),
+                data_dir=b.get("data_dir"),
+                device=device,
+            ),
         )
     if plan.mteb is not None:
         from nitp_eval.mteb.run import run_mteb

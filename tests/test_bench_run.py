@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from nitp_eval.bench.settings import BenchSettings
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
 # leaves (lm-eval subtasks) per benchmark: with limit=1 each scores one document
@@ -58,12 +59,9 @@ def paper_run(tiny_checkpoint, mirror, tmp_path_factory):
     # zero-shot keeps the prompts (and the test) short; default shots are covered by the rerun test
     [record] = run_bench(
         [tiny_checkpoint],
-        suite="paper",
-        limit=1,
-        num_fewshot=0,
-        data_dir=mirror,
-        allow_unsafe_code=True,
-        max_gen_toks=2,
+        BenchSettings(
+            suite="paper", limit=1, num_fewshot=0, data_dir=mirror, allow_unsafe_code=True, max_gen_toks=2
+        ),
         out=out,
         log=logs.append,
     )
@@ -113,11 +111,7 @@ def test_scores_equal_direct_lm_eval_calls(paper_run, tiny_checkpoint, mirror, t
 
     [record] = run_bench(
         [tiny_checkpoint],
-        tasks="arc,c3,gsm8k",
-        limit=3,
-        num_fewshot=0,
-        data_dir=mirror,
-        max_gen_toks=2,
+        BenchSettings(tasks="arc,c3,gsm8k", limit=3, num_fewshot=0, data_dir=mirror, max_gen_toks=2),
         out=tmp_path / "r.json",
         log=lambda _: None,
     )
@@ -164,7 +158,7 @@ def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkey
     real_load = bench.load_lm
     monkeypatch.setattr(bench, "load_lm", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     [first] = bench.run_bench(
-        [tiny_checkpoint], tasks="arc,csqa", limit=2, data_dir=mirror, log=lambda _: None
+        [tiny_checkpoint], BenchSettings(tasks="arc,csqa", limit=2, data_dir=mirror), log=lambda _: None
     )
     assert {n: s["shots"] for n, s in first["scores"]["tasks"].items()} == {
         "arc_challenge": 25,
@@ -173,13 +167,18 @@ def test_default_shots_cache_and_redo(paper_run, tiny_checkpoint, mirror, monkey
     assert loads == [1]
     logs: list[str] = []
     [again] = bench.run_bench(
-        [tiny_checkpoint], tasks="arc_challenge,commonsense_qa", limit=2, data_dir=mirror, log=logs.append
+        [tiny_checkpoint],
+        BenchSettings(tasks="arc_challenge,commonsense_qa", limit=2, data_dir=mirror),
+        log=logs.append,
     )
     assert loads == [1], "cached tasks must not load the model"
     assert sum("cached" in line for line in logs) == 2
     assert again["scores"] == first["scores"]
     [redone] = bench.run_bench(
-        [tiny_checkpoint], tasks="csqa", limit=2, data_dir=mirror, redo=True, log=lambda _: None
+        [tiny_checkpoint],
+        BenchSettings(tasks="csqa", limit=2, data_dir=mirror),
+        redo=True,
+        log=lambda _: None,
     )
     assert loads == [1, 1]
     assert redone["scores"]["tasks"]["commonsense_qa"] == first["scores"]["tasks"]["commonsense_qa"]
@@ -193,7 +192,10 @@ def test_offline_suite_matches_direct_lm_eval(tiny_checkpoint, tmp_path):
     from nitp_eval.data.mirror import task_manager
 
     [record] = run_bench(
-        [tiny_checkpoint], suite="offline", limit=8, out=tmp_path / "offline.json", log=lambda _: None
+        [tiny_checkpoint],
+        BenchSettings(suite="offline", limit=8),
+        out=tmp_path / "offline.json",
+        log=lambda _: None,
     )
     assert list(record["scores"]["tasks"]) == ["analogies", "next_word", "sentiment"]
     assert record["scores"]["tasks"]["analogies"]["n_total"] == 560
@@ -233,7 +235,9 @@ def test_a_killed_run_resumes_with_the_benchmarks_it_had_not_finished(
     monkeypatch.setattr(bench, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         bench.run_bench(
-            [tiny_checkpoint], tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror, log=lambda _: None
+            [tiny_checkpoint],
+            BenchSettings(tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror),
+            log=lambda _: None,
         )
     assert seen == ["commonsense_qa", "arc_challenge"]
     seen.clear()
@@ -241,7 +245,9 @@ def test_a_killed_run_resumes_with_the_benchmarks_it_had_not_finished(
         bench, "evaluate", lambda lm, b, *a, **k: seen.append(b.name) or real_evaluate(lm, b, *a, **k)
     )
     [record] = bench.run_bench(
-        [tiny_checkpoint], tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror, log=lambda _: None
+        [tiny_checkpoint],
+        BenchSettings(tasks="csqa,arc", limit=2, num_fewshot=1, data_dir=mirror),
+        log=lambda _: None,
     )
     assert seen == ["arc_challenge"]  # commonsense_qa came from the cache
     assert set(record["scores"]["tasks"]) == {"commonsense_qa", "arc_challenge"}

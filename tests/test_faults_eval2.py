@@ -138,7 +138,7 @@ def test_lm_eval_git_hash_outside_a_checkout_prints_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_tasks_without_the_hub_fail_before_the_model_loads_and_write_nothing(tmp_path, monkeypatch):
-    from nitp_eval.bench import run_bench
+    from nitp_eval.bench import BenchSettings, run_bench
 
     ckpt = _tiny_causal_lm(tmp_path / "model")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
@@ -147,7 +147,7 @@ def test_tasks_without_the_hub_fail_before_the_model_loads_and_write_nothing(tmp
     monkeypatch.chdir(tmp_path)
     logged = []
     with pytest.raises(UserError, match=r"^mmlu_pro: its data .* is not in the local Hugging Face cache"):
-        run_bench([ckpt], tasks="mmlu_pro,c3", device="cpu", log=logged.append)
+        run_bench([ckpt], BenchSettings(tasks="mmlu_pro,c3", device="cpu"), log=logged.append)
     assert not [line for line in logged if "lm-eval" in line]  # no task started
     assert not list(tmp_path.rglob("*mmlu_pro*.json"))
 

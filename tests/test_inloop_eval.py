@@ -51,6 +51,7 @@ def test_in_loop_eval_leaves_the_run_bit_for_bit_and_equals_nitp_eval_bench(tmp_
     from safetensors.torch import load_file
 
     from nitp_eval.bench.run import run_bench
+    from nitp_eval.bench.settings import BenchSettings
 
     plain = make_tiny_run(tmp_path / "plain", steps=8, extra=["checkpoint.every=4"])
     evald = make_tiny_run(tmp_path / "eval", steps=8, extra=["checkpoint.every=4", *EVAL])
@@ -67,9 +68,7 @@ def test_in_loop_eval_leaves_the_run_bit_for_bit_and_equals_nitp_eval_bench(tmp_
     assert record["kind"] == "bench" and record["model"]["step"] == 4
     [offline] = run_bench(
         [evald / "checkpoints" / "step_000004"],
-        tasks="sentiment",
-        limit=6,
-        device="cpu",
+        BenchSettings(tasks="sentiment", limit=6, device="cpu"),
         redo=True,
         out=tmp_path / "offline.json",
     )

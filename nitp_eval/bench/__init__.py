@@ -1,13 +1,14 @@
-"""Benchmarks with lm-evaluation-harness: what to run (``plan``) and running it (``run``).
+"""Benchmarks with lm-evaluation-harness: what to run (``plan``), how (``settings``) and running it (``run``).
 
 Example
 -------
->>> from nitp_eval.bench import run_bench, format_table
->>> print(format_table(run_bench(["runs/tiny-nitp"], suite="offline")))  # doctest: +SKIP
+>>> from nitp_eval.bench import BenchSettings, format_table, run_bench
+>>> print(format_table(run_bench(["runs/tiny-nitp"], BenchSettings(suite="offline"))))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from .run import format_table, run_bench
+from .settings import BenchSettings
 
-__all__ = ["format_table", "run_bench"]
+__all__ = ["BenchSettings", "format_table", "run_bench"]

@@ -21,8 +21,8 @@ what is missing; ``redo=True`` evaluates everything again.
 
 Example
 -------
->>> from nitp_eval.bench import run_bench
->>> [record] = run_bench(["runs/quickstart/nitp"], suite="offline")        # doctest: +SKIP
+>>> from nitp_eval.bench import BenchSettings, run_bench
+>>> [record] = run_bench(["runs/quickstart/nitp"], BenchSettings(suite="offline"))  # doctest: +SKIP
 >>> record["scores"]["average"]                                            # doctest: +SKIP
 """
 
@@ -51,7 +51,7 @@ from nitp.records import (
 )
 from nitp.runs import resolve_checkpoint
 
-from ..tasks import Benchmark, friendly
+from ..tasks import Benchmark
 from .plan import (
     Plan,
     check_causal_lm,
@@ -62,23 +62,15 @@ from .plan import (
     shots_for,
     task_fingerprint,
 )
+from .settings import BenchSettings, keyed_settings
 
 
 def run_bench(
     checkpoints,
+    settings: BenchSettings = BenchSettings(),
     *,
-    tasks=None,
-    suite=None,
-    limit=None,
-    num_fewshot=None,
     out=None,
-    data_dir=None,
-    redo=False,
-    device=None,
-    batch_size=None,
-    backend: str = "auto",
-    allow_unsafe_code: bool = False,
-    max_gen_toks: int | None = None,
+    redo: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Score each checkpoint on the chosen benchmarks; write and return one record per checkpoint.
@@ -87,30 +79,20 @@ def run_bench(
     ----------
     checkpoints : checkpoint folders, run directories (their latest checkpoint) or Hugging Face
         model folders of causal language models.
-    tasks : friendly names / lm-eval task names, as a list or a comma-separated string.
-    suite : ``mission`` (the user's five), ``paper`` (the 13) or ``offline``; default ``offline``
-        when neither ``tasks`` nor ``suite`` is given.
-    limit : score only the first ``limit`` documents of every (sub)task (>= 1).
-    num_fewshot : shots for every task (int >= 0) or ``{name: shots}``; default per benchmark.
+    settings : tasks or suite, limit, shots, data mirror, device, batch size, backend, ...
+        (:class:`~nitp_eval.bench.settings.BenchSettings`; default: the offline suite).
     out : record path (one checkpoint only); default ``default_record_path(model, "bench", tag)``.
-    data_dir : local mirror (``nitp-eval mirror export``); forces HF_HUB_OFFLINE/HF_DATASETS_OFFLINE.
     redo : evaluate again even where a cached result exists.
-    device, batch_size : lm-eval model settings; default ``cuda`` + ``auto`` when a GPU is
-        visible, else ``cpu`` + 8.
-    backend : ``hf``, ``vllm`` or ``auto`` (vLLM when installed and a GPU is visible).
-    allow_unsafe_code : let tasks execute model-written code (LCBench).
-    max_gen_toks : cap on generated tokens for generation tasks (smoke tests).
+    log : where progress lines go (default: stderr).
 
     Returns
     -------
     list of result records, in the order of ``checkpoints``.
     """
     log = log or _stderr
-    benchmarks = select_benchmarks(tasks, suite)
-    if isinstance(num_fewshot, dict):  # accept aliases as keys ("arc" for arc_challenge)
-        num_fewshot = {getattr(friendly(k), "name", k): v for k, v in num_fewshot.items()}
-    check_numbers(limit, num_fewshot, benchmarks)
-    check_data_dir(data_dir)
+    benchmarks = select_benchmarks(settings.tasks, settings.suite)
+    check_numbers(settings.limit, settings.num_fewshot, benchmarks)
+    check_data_dir(settings.data_dir)
     check_output(out)  # an unwritable --out fails now, not after the evaluation
     # a .gguf stays itself here (the record is named after it); _bench_one loads its converted folder
     ckpts = [resolve_checkpoint(c) for c in checkpoints]
@@ -120,67 +102,28 @@ def run_bench(
         raise UserError(
             f"--out names one file but {len(ckpts)} checkpoints were given; omit --out to get one record each"
         )
-    device, batch_size, backend = _runtime(device, batch_size, backend)
+    settings = settings.resolved()
     for ckpt in ckpts:  # cheap checks before any task runs: one line each, no traceback from lm-eval
         check_causal_lm(model_folder(ckpt))
-        check_model_files(ckpt, device=device)  # tokenizer, weights, memory: before any cache lookup
-    with offline_hub(data_dir is not None):
-        plan = plan_tasks(benchmarks, data_dir, allow_unsafe_code, log)
+        check_model_files(ckpt, device=settings.device)  # tokenizer, weights, memory: before any cache lookup
+    with offline_hub(settings.data_dir is not None):
+        plan = plan_tasks(benchmarks, settings.data_dir, settings.allow_unsafe_code, log)
         if len(plan.no_data) == len(benchmarks):  # the mirror has none of them: one line, no record touched
             reason = next(iter(plan.failed.values()))
             more = f" (nor for the other {len(benchmarks) - 1} task(s))" if len(benchmarks) > 1 else ""
             raise UserError(reason + more)
-        records = []
-        for ckpt in ckpts:
-            records.append(
-                _bench_one(
-                    ckpt,
-                    plan,
-                    benchmarks,
-                    limit=limit,
-                    num_fewshot=num_fewshot,
-                    out=out,
-                    redo=redo,
-                    device=device,
-                    batch_size=batch_size,
-                    backend=backend,
-                    allow_unsafe_code=allow_unsafe_code,
-                    max_gen_toks=max_gen_toks,
-                    data_dir=data_dir,
-                    suite=suite,
-                    log=log,
-                )
-            )
-    return records
+        return [_bench_one(ckpt, plan, benchmarks, settings, out=out, redo=redo, log=log) for ckpt in ckpts]
 
 
 # ----------------------------------------------------------------------------- one checkpoint
 def _bench_one(
-    ckpt: Path,
-    plan: Plan,
-    benchmarks: list[Benchmark],
-    *,
-    limit,
-    num_fewshot,
-    out,
-    redo,
-    device,
-    batch_size,
-    backend,
-    allow_unsafe_code,
-    max_gen_toks,
-    data_dir,
-    suite,
-    log,
+    ckpt: Path, plan: Plan, benchmarks: list[Benchmark], settings: BenchSettings, *, out, redo, log
 ) -> dict:
+    s = settings
     info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
     ckpt = model_folder(ckpt)  # a .gguf file: its converted float32 folder
     cache = RecordCache("bench", info["key"])
-    path = (
-        Path(out)
-        if out is not None
-        else default_record_path(info, "bench", _tag(suite, benchmarks, limit, num_fewshot))
-    )
+    path = Path(out) if out is not None else default_record_path(info, "bench", _tag(s, benchmarks))
     check_output(path)  # before any task runs
     on_interrupt(
         f"the tasks finished so far are cached in {cache.root} and no record was written; "
@@ -191,18 +134,8 @@ def _bench_one(
     lm = None
     todo = [b for b in benchmarks if b.name not in failed]
     for i, b in enumerate(todo, 1):
-        shots = shots_for(b, num_fewshot)
-        key = bench_cache_key(
-            info,
-            b,
-            plan,
-            shots=shots,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            backend=backend,
-            max_gen_toks=max_gen_toks,
-        )
+        shots = shots_for(b, s.num_fewshot)
+        key = bench_cache_key(info, b, plan, **keyed_settings(s, shots))
         cached = None if redo else cache.get(b.name, key)
         if cached is not None and not _has_items(cached):
             cached = None  # cached before records kept per-item results: evaluate again
@@ -215,16 +148,16 @@ def _bench_one(
             + ("" if shots is None else f", {shots}-shot")
         )
         if lm is None:
-            lm = load_lm(ckpt, device=device, batch_size=batch_size, backend=backend, log=log)
+            lm = load_lm(ckpt, device=s.device, batch_size=s.batch_size, backend=s.backend, log=log)
         try:
             results = evaluate(
                 lm,
                 b,
                 plan.task_manager,
                 shots=shots,
-                limit=limit,
-                allow_unsafe_code=allow_unsafe_code,
-                max_gen_toks=max_gen_toks,
+                limit=s.limit,
+                allow_unsafe_code=s.allow_unsafe_code,
+                max_gen_toks=s.max_gen_toks,
             )
             if results is None:  # a non-zero rank under data parallelism: rank 0 records
                 continue
@@ -232,33 +165,20 @@ def _bench_one(
         except Exception as e:  # noqa: BLE001 - one task failing must not stop the others
             if os.environ.get("NITP_DEBUG"):
                 raise
-            failed[b.name] = e.args[0] if isinstance(e, UserError) else _task_error(b, e, data_dir)
+            failed[b.name] = e.args[0] if isinstance(e, UserError) else _task_error(b, e, s.data_dir)
             log(f"error: {failed[b.name]}")
             continue
         cache.put(b.name, key, scores[b.name])  # a killed run resumes from the finished tasks
-    values = [s["value"] for s in scores.values()]
-    out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
-    if failed:
-        out_scores["failed"] = failed
-    settings = {
-        "suite": suite,
-        "tasks": [b.name for b in benchmarks],
-        "lm_eval_tasks": {b.name: b.lm_eval_task for b in benchmarks},
-        "limit": limit,
-        "num_fewshot": {b.name: shots_for(b, num_fewshot) for b in benchmarks},
-        "batch_size": batch_size,
-        "device": device,
-        "backend": backend,
-        "max_gen_toks": max_gen_toks,
-        "seed": _lm_eval_seeds(),
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-    }
     if failed and not scores:  # a record of failures only would read as a result: none is written
         raise UserError(
             f"{info['path']}: none of the {len(failed)} task(s) ran (reasons above); no record written"
         )
     record = make_record(
-        "bench", info, settings, out_scores, versions=library_versions("lm_eval", "datasets", "vllm")
+        "bench",
+        info,
+        _record_settings(s, benchmarks),
+        _record_scores(scores, failed),
+        versions=library_versions("lm_eval", "datasets", "vllm"),
     )
     if _is_main_process():
         if _would_clobber(path, record):
@@ -270,6 +190,32 @@ def _bench_one(
         record["path"] = str(path)
         log(f"record: {path}")
     return record
+
+
+def _record_scores(scores: dict, failed: dict) -> dict:
+    """The record's ``scores``: the tasks, their mean and (if any) the failures."""
+    values = [s["value"] for s in scores.values()]
+    out = {"tasks": scores, "average": sum(values) / len(values) if values else None}
+    if failed:
+        out["failed"] = failed
+    return out
+
+
+def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
+    """The record's ``settings`` (docs/contracts.md): the resolved settings, shots per task."""
+    return {
+        "suite": s.suite,
+        "tasks": [b.name for b in benchmarks],
+        "lm_eval_tasks": {b.name: b.lm_eval_task for b in benchmarks},
+        "limit": s.limit,
+        "num_fewshot": {b.name: shots_for(b, s.num_fewshot) for b in benchmarks},
+        "batch_size": s.batch_size,
+        "device": s.device,
+        "backend": s.backend,
+        "max_gen_toks": s.max_gen_toks,
+        "seed": _lm_eval_seeds(),
+        "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
+    }
 
 
 def bench_cache_key(info: dict, b: Benchmark, plan: Plan, **settings) -> dict:
@@ -322,31 +268,6 @@ def _lm_eval_seeds() -> dict:
         "fewshot": "fewshot_random_seed",
     }
     return {k: params[p].default for k, p in names.items()}
-
-
-def _runtime(device, batch_size, backend) -> tuple[str, int | str, str]:
-    import importlib.util
-
-    from nitp.runtime import pick_device
-
-    device = pick_device(device)
-    if batch_size is None:
-        batch_size = "auto" if device.startswith("cuda") else 8
-    elif isinstance(batch_size, str) and batch_size != "auto" and not batch_size.startswith("auto:"):
-        try:
-            batch_size = int(batch_size)
-        except ValueError:
-            raise UserError(f"--batch-size must be a number or 'auto' (got {batch_size!r})") from None
-    if isinstance(batch_size, int) and batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    if backend not in ("auto", "hf", "vllm"):
-        raise UserError(f"--backend must be auto, hf or vllm (got {backend!r})")
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    if backend == "vllm" and not has_vllm:
-        raise UserError("--backend vllm: vLLM is not installed (pip install vllm), or use --backend hf")
-    if backend == "auto":
-        backend = "vllm" if has_vllm and device.startswith("cuda") else "hf"
-    return device, batch_size, backend
 
 
 def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
@@ -499,7 +420,8 @@ def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
 
 
-def _tag(suite, benchmarks, limit, num_fewshot) -> str:
+def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
+    suite, limit, num_fewshot = settings.suite, settings.limit, settings.num_fewshot
     tag = suite or "-".join(b.name for b in benchmarks)
     if len(tag) > 60:
         tag = tag[:40] + "-" + hashlib.sha256(tag.encode()).hexdigest()[:8]
