@@ -293,9 +293,12 @@ def _cached_units(kind: str) -> list[Path]:
     return sorted((cache_dir() / kind).glob("*/*.json"))
 
 
-def _interrupt_after_first_unit(proc: subprocess.Popen, kind: str, sig: int, timeout: float = 240) -> str:
+def _interrupt_after_first_unit(
+    proc: subprocess.Popen, kind: str, sig: int, timeout: float = 240, before: frozenset = frozenset()
+) -> str:
+    """Send ``sig`` once the process cached its first unit (one not in ``before``)."""
     deadline = time.monotonic() + timeout
-    while not _cached_units(kind):
+    while not set(_cached_units(kind)) - before:
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "no unit was cached in time"
         time.sleep(0.2)
@@ -317,14 +320,21 @@ def test_ctrl_c_during_bench_keeps_the_finished_tasks_and_the_rerun_resumes(
 ):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt, ignore=shutil.ignore_patterns("trainer_state"))
-    _edit_json(ckpt / "generation_config.json", nitp_fault_test=1)  # a model no other test cached
     out = tmp_path / "r.json"
-    proc = _start(["bench", ckpt, "--limit", "2", "--out", out])
-    err = _interrupt_after_first_unit(proc, "bench", signal.SIGINT)
+    # the signal must come while tasks are left: if the tiny tasks all finished first (a fast
+    # machine), try again with more documents per task, as another model no other run cached
+    for attempt, limit in enumerate(("2", "8", "32")):
+        _edit_json(ckpt / "generation_config.json", nitp_fault_test=f"1-{attempt}")
+        before = frozenset(_cached_units("bench"))
+        proc = _start(["bench", ckpt, "--limit", limit, "--out", out])
+        err = _interrupt_after_first_unit(proc, "bench", signal.SIGINT, before=before)
+        if proc.returncode != 0:
+            break
+        out.unlink()
     assert proc.returncode == 130, err[-1500:]
     assert _interrupt_line(err).startswith("interrupted (SIGINT): the tasks finished so far are cached in")
     assert "Traceback" not in err and not out.exists()  # complete or absent
-    code, _, err = _cli(E, ["bench", ckpt, "--limit", "2", "--out", out], monkeypatch, capsys)
+    code, _, err = _cli(E, ["bench", ckpt, "--limit", limit, "--out", out], monkeypatch, capsys)
     assert code == 0, err
     assert ": cached (" in err  # the rerun started from the finished task
     assert len(json.loads(out.read_text())["scores"]["tasks"]) == 3
