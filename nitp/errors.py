@@ -61,7 +61,11 @@ def os_error_line(e: OSError) -> str:
     return f"{what}: {reason}{f' ({code})' if code else ''}; {fix}"
 
 
+_received: list[int] = []  # the signals of this boundary, raised or not
+
+
 def _raise_interrupted(signum, _frame):
+    _received.append(signum)  # raised inside a finalizer, Python prints and ignores it: the boundary checks
     raise Interrupted(signum)
 
 
@@ -71,9 +75,17 @@ def _signals_unwind() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        try:
+            yield
+        except SystemExit as e:
+            if _received and not e.code:  # a success exit after a signal the stack never saw
+                raise Interrupted(_received[-1]) from None
+            raise
+        if _received:
+            raise Interrupted(_received[-1])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
