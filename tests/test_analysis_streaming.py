@@ -194,6 +194,7 @@ def _ddp_worker(rank: int, world: int, port: int, x: np.ndarray, groups: np.ndar
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_all_reduce_across_ranks_equals_one_process():
     import socket
 

@@ -104,6 +104,7 @@ def test_analogy_items_are_well_formed():
     assert first == analogy_items()["test"][0]  # deterministic
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_next_word_items_end_in_a_word_of_held_out_text():
     from nitp_eval.data.offline_bench import VALIDATION_SPLIT, next_word_items
     from nitp_train.data import validation_documents
@@ -144,6 +145,7 @@ def test_benchmarks_are_one_table_read_by_readme_help_and_reports():
     assert BENCH_HEADERS["mmlu_pro"] == "M-Pro" and BENCH_HEADERS["lambada"] == "LAMB."
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 @pytest.mark.parametrize("suite", ["mission", "paper"])
 def test_suites_are_lm_eval_groups_with_the_tables_shots(suite):
     from lm_eval.tasks._yaml_loader import load_yaml

@@ -40,6 +40,7 @@ def test_the_evaluators_come_from_the_entry_points_and_follow_the_plan():
         load_evaluators(tiny_config(extra=["eval.every=5", "train.parallel=fsdp"]))
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_an_unknown_bench_task_fails_before_training(tmp_path):
     with pytest.raises(UserError, match="nope"):
         make_tiny_run(tmp_path / "run", extra=["eval.every=4", "eval.bench=[nitp_no_such_task_nope]"])

@@ -34,6 +34,7 @@ def mteb_cache(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- paper suite scope
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_paper_suite_is_the_25_tasks_with_english_test_scope():
     tasks = resolve_tasks("paper")
     assert [t.metadata.name for t in tasks] == PAPER_TASKS and len(tasks) == 25
@@ -65,6 +66,7 @@ def test_dataset_repos_for_the_mirror():
     assert all(len(r["revision"]) == 40 for r in repos.values())
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_unknown_task_names_the_closest_match():
     with pytest.raises(UserError, match=r"unknown MTEB task 'STSBenchmarks'.*did you mean 'STSBenchmark'"):
         resolve_tasks(tasks=["STSBenchmarks"])

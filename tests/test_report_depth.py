@@ -89,6 +89,7 @@ def studies(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_no_section_without_per_layer_records(studies, tmp_path):
     plain, _, _ = studies
     text = compare(plain, tmp_path / "report").read_text()

@@ -119,6 +119,7 @@ def test_bold_only_when_the_interval_excludes_zero(two_runs, tmp_path):
     assert "[+0.00, +0.00]" not in sentiment_cell
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_holm_is_applied_within_the_table(two_runs):
     ntp, nitp = two_runs
     base = {t: scores(10 + i, 200, 0.5) for i, t in enumerate(["t1", "t2", "t3"])}

@@ -167,6 +167,7 @@ def test_sign_test_is_the_binomial_enumeration():
     assert sign_test([0.0, 0.0]).p_value == 1.0
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_holm_is_the_step_down_by_hand():
     # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> max(0.06, 0.04)
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])

@@ -196,6 +196,7 @@ def test_mlflow_file_store_holds_the_steps_and_a_resume_continues_the_same_run(t
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.slow  # seconds: out of the fast subset
 def test_wandb_offline_run_keeps_its_id_across_a_resume(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
