@@ -164,6 +164,8 @@ class Metric:
             raise ValueError(f"metric {self.name}: logged_as needs of_spectrum or of_rows")
 
 
+DEPTH_VIEWS = ("geom_layers", "report_layers", "report_depth")  # the per-layer tables and figure
+
 _ROWS: list[Metric] = [
     Metric(
         "effective_rank_covariance",
@@ -384,7 +386,7 @@ _ROWS: list[Metric] = [
         "TwoNN intrinsic dimension (Facco et al. 2017; scikit-dimension) of a seeded sample of token states (id_n_used rows, duplicates dropped)",
         "ID_twonn",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         header="ID (TwoNN)",
         label="intrinsic dimension (TwoNN)",
         decimals=2,
@@ -395,7 +397,7 @@ _ROWS: list[Metric] = [
         "GRIDE intrinsic dimension (Denti et al. 2022, n1 = 4; scikit-dimension) of the same sample",
         "ID_gride",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         header="ID (GRIDE)",
         label="intrinsic dimension (GRIDE)",
         decimals=2,
@@ -405,7 +407,7 @@ _ROWS: list[Metric] = [
         "alpha-ReQ (Agrawal et al. 2022): minus the slope of log lambda_k vs log k over ranks alpha_req_fit_range of the covariance spectrum, 1/k-weighted",
         "alpha_ReQ",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         header="alpha-ReQ",
         label="alpha-ReQ (spectrum decay)",
         decimals=3,
@@ -415,7 +417,7 @@ _ROWS: list[Metric] = [
         "mean over sampled sequences of the normalised von Neumann entropy of the token Gram matrix of one sequence (Skean et al. 2025), in [0, 1]",
         "prompt_H",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         label="prompt entropy (normalised)",
     ),
     Metric(
@@ -423,7 +425,7 @@ _ROWS: list[Metric] = [
         "normalised von Neumann entropy of the Gram matrix of mean-pooled sequence vectors (Skean et al. 2025), in [0, 1]",
         "dataset_H",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         label="dataset entropy (normalised)",
     ),
     Metric(
@@ -431,7 +433,7 @@ _ROWS: list[Metric] = [
         "mean angle (radians) between successive token-difference vectors of a sequence, averaged over sequences (Hosseini & Fedorenko 2023)",
         "curvature",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         label="curvature (radians)",
     ),
     Metric(
@@ -439,7 +441,7 @@ _ROWS: list[Metric] = [
         "next-token cross-entropy (nats) of the layer through the final norm and the LM head (logit lens, nostalgebraist 2020)",
         "lens_CE",
         "depth",
-        views=("geom_layers", "report_layers", "report_depth"),
+        views=DEPTH_VIEWS,
         header="logit-lens CE",
         label="logit-lens CE (nats/token)",
     ),
