@@ -62,11 +62,34 @@ def os_error_line(e: OSError) -> str:
 
 
 _received: list[int] = []  # the signals of this boundary, raised or not
+_swallowed: list[int] = []  # those raised inside a finalizer, where Python ignores exceptions
 
 
 def _raise_interrupted(signum, _frame):
-    _received.append(signum)  # raised inside a finalizer, Python prints and ignores it: the boundary checks
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def _note_swallowed(unraisable) -> None:
+    """``sys.unraisablehook`` while a boundary runs: an :class:`Interrupted` raised inside a
+    finalizer or weakref callback (Python prints and ignores it) is kept, not printed, and raised
+    again at the next publish (:func:`raise_if_interrupted`)."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        _swallowed.append(unraisable.exc_value.signum)
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def raise_if_interrupted() -> None:
+    """Raise the :class:`Interrupted` of a signal that a finalizer swallowed, once.
+
+    Every complete-or-absent write calls this before its rename, so nothing is published after
+    Ctrl-C or SIGTERM even when the signal landed where Python could not raise it.
+    """
+    if _swallowed:
+        signum = _swallowed[-1]
+        _swallowed.clear()
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -76,7 +99,9 @@ def _signals_unwind() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _swallowed.clear()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _note_swallowed
     try:
         try:
             yield
@@ -87,6 +112,7 @@ def _signals_unwind() -> Iterator[None]:
         if _received:
             raise Interrupted(_received[-1])
     finally:
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from nitp.errors import raise_if_interrupted
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FOREIGN_TMP_AGE_S = 24 * 3600  # a temporary of another host is stale after this long untouched
@@ -136,6 +138,7 @@ def _write_bytes(path: Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        raise_if_interrupted()  # a signal a finalizer swallowed: publish nothing after it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -230,6 +233,7 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
         with _naming(out):  # a full disk while the block writes: the error names ``out``
             tmp.mkdir()
             yield tmp
+            raise_if_interrupted()
             if out.exists():
                 out.rmdir()
             os.replace(tmp, out)

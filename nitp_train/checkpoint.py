@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nitp.errors import UserError, first_line
+from nitp.errors import UserError, first_line, raise_if_interrupted
 from nitp.io import atomic_write_json, atomic_write_text, remove_stale_temps_in
 from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
 
@@ -74,6 +74,7 @@ def save(
         if not sharded:
             start(run_dir, step)
         _write_staging(tmp, final, model_sd, optim_sd, scheduler, model, tokenizer, meta, state)
+        raise_if_interrupted()  # a signal a finalizer swallowed: no checkpoint after it
         if final.exists():  # same step written by an earlier, interrupted attempt
             remove_checkpoint(final)
         os.replace(tmp, final)

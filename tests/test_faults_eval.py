@@ -359,3 +359,33 @@ def test_sigterm_during_mteb_keeps_the_finished_task_and_the_rerun_resumes(
     assert code == 0, err
     assert first.stat().st_mtime_ns == kept  # not computed again
     assert len(json.loads(out.read_text())["scores"]["tasks"]) == 3
+
+
+SWALLOWED_SNIPPET = """
+import signal, sys, weakref
+from nitp.errors import user_errors
+from nitp.io import atomic_write_text
+
+class Held:
+    pass
+
+def on_collect(_ref):  # a weakref callback: Python prints and ignores what it raises
+    signal.raise_signal(signal.SIGINT)
+    sum(range(1000))  # the handler runs here and raises Interrupted
+
+with user_errors():
+    held = Held()
+    ref = weakref.ref(held, on_collect)
+    del held
+    print("still running", flush=True)
+    atomic_write_text(sys.argv[1], "a result published after the signal")
+"""
+
+
+def test_a_signal_swallowed_by_a_finalizer_still_stops_the_next_write(tmp_path):
+    out = tmp_path / "r.txt"
+    run = subprocess.run([sys.executable, "-c", SWALLOWED_SNIPPET, out], capture_output=True, text=True)
+    assert run.stdout == "still running\n"  # Python swallowed the Interrupted the handler raised
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.startswith("interrupted (SIGINT):") and "Traceback" not in run.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing published, no temporary left
