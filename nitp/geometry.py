@@ -473,11 +473,10 @@ def logit_lens_ce(
     final_norm,
     lm_head_weight,
     labels,
-    chunk: int = 8192,
+    *,
     lm_head_bias=None,
     ignore_index: int = -100,
-    row_chunk: int = 4096,
-    dtype=None,
+    **chunking,
 ) -> dict:
     """Next-token cross-entropy of one layer's states read through the final norm and LM head.
 
@@ -495,9 +494,11 @@ def logit_lens_ce(
         already normed)
     lm_head_weight : tensor [V, d]
     labels : int tensor [B, T]
-    chunk : vocabulary rows per step
     lm_head_bias : optional tensor [V]
-    dtype : compute dtype (default float32; float64 for exact comparisons)
+    **chunking
+        How it is computed (:func:`_lens_nll_sum`): ``chunk`` vocabulary rows per step (8192),
+        ``row_chunk`` positions per step (4096), ``dtype`` (default float32; float64 for exact
+        comparisons).
 
     Returns
     -------
@@ -511,19 +512,26 @@ def logit_lens_ce(
     >>> abs(logit_lens_ce(h, None, w, y, chunk=7)["ce"] - float(ref)) < 1e-5
     True
     """
+    states, targets = _lens_inputs(hidden, lm_head_weight, labels, ignore_index)
+    total = _lens_nll_sum(states, targets, final_norm, (lm_head_weight, lm_head_bias), **chunking)
+    n = int(targets.shape[0])
+    return {"ce": total / n if n else math.nan, "nll_sum": total, "n_tokens": n}
+
+
+def _lens_nll_sum(states, targets, final_norm, head, chunk: int = 8192, row_chunk: int = 4096, dtype=None):
+    """Sum over rows of the lens NLL of ``states`` [M, d] (``head`` = (weight, bias or None)),
+    ``row_chunk`` rows and ``chunk`` vocabulary rows at a time, in ``dtype`` (float32 default)."""
     import torch
 
-    states, targets = _lens_inputs(hidden, lm_head_weight, labels, ignore_index)
     dtype = dtype or torch.float32
     total = torch.zeros((), dtype=torch.float64, device=states.device)
     with torch.no_grad():
         for start in range(0, states.shape[0], row_chunk):
             h = states[start : start + row_chunk]
             h = (final_norm(h) if final_norm is not None else h).to(dtype)
-            nll = _chunked_nll(h, targets[start : start + row_chunk], lm_head_weight, lm_head_bias, chunk)
+            nll = _chunked_nll(h, targets[start : start + row_chunk], *head, chunk)
             total += nll.sum().to(torch.float64)
-    n = int(targets.shape[0])
-    return {"ce": float(total) / n if n else math.nan, "nll_sum": float(total), "n_tokens": n}
+    return float(total)
 
 
 def _lens_inputs(hidden, weight, labels, ignore_index: int):

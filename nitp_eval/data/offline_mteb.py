@@ -147,38 +147,30 @@ def alternate_split(rows: list[tuple[str, int]]) -> tuple[list[tuple[str, int]],
 
 
 # ----------------------------------------------------------------------------- task classes
-def _metadata_for(
-    name: str,
-    *,
-    description: str,
-    reference: str,
-    file: str,
-    type: str,
-    main_score: str,
-    domains: list,
-    subtypes: list,
-    date: tuple[str, str],
-    bibtex: str,
-) -> TaskMetadata:
+_MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy"}  # mteb's own for each type
+
+
+def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
+    """The ``TaskMetadata`` of an offline task read from gensim's test file ``file``.
+
+    ``described``: what differs per task, in ``TaskMetadata``'s own fields (``name``,
+    ``description``, ``reference``, ``date``, ``domains``, ``task_subtypes``, ``bibtex_citation``);
+    the rest follows from ``type`` or is the same for every task (English test split, found text).
+    """
+    described.setdefault("task_subtypes", [])
     return TaskMetadata(
-        name=name,
-        description=description,
-        reference=reference,
         dataset={"path": f"gensim/test/test_data/{file}", "revision": _data_revision()},
         type=type,
         category="t2c" if type == "Classification" else "t2t",
+        main_score=_MAIN_SCORES[type],
         modalities=["text"],
         eval_splits=["test"],
         eval_langs=["eng-Latn"],
-        main_score=main_score,
-        date=date,
-        domains=domains,
-        task_subtypes=subtypes,
         license="not specified",
         annotations_creators="human-annotated",
         dialect=[],
         sample_creation="found",
-        bibtex_citation=bibtex,
+        **described,
     )
 
 
@@ -223,16 +215,14 @@ class _LocalClassification(AbsTaskClassification):
 class WordSim353(_LocalSTS):
     min_score, max_score = 0, 10
     metadata = _metadata_for(
-        "WordSim353",
+        name="WordSim353",
         description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
         reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
         file="wordsim353.tsv",
         type="STS",
-        main_score="cosine_spearman",
         domains=["Written"],
-        subtypes=[],
         date=("2001-01-01", "2002-12-31"),
-        bibtex="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
+        bibtex_citation="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
     )
 
     def pairs(self) -> list[tuple[str, str, float]]:
@@ -242,16 +232,14 @@ class WordSim353(_LocalSTS):
 class SimLex999(_LocalSTS):
     min_score, max_score = 0, 10
     metadata = _metadata_for(
-        "SimLex999",
+        name="SimLex999",
         description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
         reference="https://fh295.github.io/simlex.html",
         file="simlex999.txt",
         type="STS",
-        main_score="cosine_spearman",
         domains=["Written"],
-        subtypes=[],
         date=("2014-01-01", "2015-12-31"),
-        bibtex="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
+        bibtex_citation="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
     )
 
     def pairs(self) -> list[tuple[str, str, float]]:
@@ -261,16 +249,14 @@ class SimLex999(_LocalSTS):
 class LeeDocumentSimilarity(_LocalSTS):
     min_score, max_score = 0, 1
     metadata = _metadata_for(
-        "LeeDocumentSimilarity",
+        name="LeeDocumentSimilarity",
         description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
         reference="https://escholarship.org/uc/item/48g155nq",
         file="lee.cor",
         type="STS",
-        main_score="cosine_spearman",
         domains=["News", "Written"],
-        subtypes=[],
         date=("2005-01-01", "2005-12-31"),
-        bibtex="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
+        bibtex_citation="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
     )
 
     def pairs(self) -> list[tuple[str, str, float]]:
@@ -279,16 +265,15 @@ class LeeDocumentSimilarity(_LocalSTS):
 
 class PangLeePolarity(_LocalClassification):
     metadata = _metadata_for(
-        "PangLeePolarity",
+        name="PangLeePolarity",
         description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
         reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
         file="pang_lee_polarity.cor",
         type="Classification",
-        main_score="accuracy",
         domains=["Reviews", "Written"],
-        subtypes=["Sentiment/Hate speech"],
+        task_subtypes=["Sentiment/Hate speech"],
         date=("2005-01-01", "2005-12-31"),
-        bibtex="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
+        bibtex_citation="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
     )
 
     def rows(self) -> list[tuple[str, int]]:
@@ -297,16 +282,15 @@ class PangLeePolarity(_LocalClassification):
 
 class MiniNewsgroups(_LocalClassification):
     metadata = _metadata_for(
-        "MiniNewsgroups",
+        name="MiniNewsgroups",
         description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
         reference="http://qwone.com/~jason/20Newsgroups/",
         file="mini_newsgroup",
         type="Classification",
-        main_score="accuracy",
         domains=["Social", "Written"],
-        subtypes=["Topic classification"],
+        task_subtypes=["Topic classification"],
         date=("1993-01-01", "1993-12-31"),
-        bibtex="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
+        bibtex_citation="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
     )
 
     def rows(self) -> list[tuple[str, int]]:

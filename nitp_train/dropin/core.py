@@ -21,6 +21,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict
@@ -46,12 +47,10 @@ def wrap_model(
     model: nn.Module,
     target_layer: int | None = None,
     weight: float = 1.0,
-    shift: int = 1,
-    loss: str = "cosine",
-    projector: str = "swiglu",
-    stop_grad: bool = True,
+    *,
+    settings: NITPSettings | None = None,
     head_from: str | os.PathLike | None = None,
-    cross_documents: bool = False,
+    **overrides,
 ) -> NITPWrapped:
     """Add the NITP objective to a Hugging Face causal LM without changing how it is trained.
 
@@ -61,20 +60,25 @@ def wrap_model(
         Trained as is; its weights are shared, not copied.
     target_layer : int or None
         k of z = output of block k (0 = embeddings; ``nitp.layers`` numbering). ``None`` =
+        ``settings.target_layer`` when ``settings`` is given, else
         ``nitp.layers.default_target_layer(L)``, the paper's depth rule (5 for L = 24, 6 for 28).
     weight : float
         lambda in L = L_NTP + lambda L_NITP (paper: 1.0; 0.8 / 0.6 at the largest sizes).
-    shift : int
-        s: h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation (the only two, as in the config).
-    loss, projector, stop_grad
-        As in ``nitp-train`` (``nitp_train.loss``): ``cosine`` / ``swiglu`` (12 d^2 params) / True
-        are the paper's settings.
+    settings : NITPSettings or None
+        The NITP term whole (``nitp_train.nitp_module.NITPSettings``, as ``nitp-train`` builds it);
+        ``None``: its defaults. The keywords below override its fields.
     head_from : path or None
         A folder (checkpoint, run directory or exported model) holding ``nitp_head.safetensors``:
         resume the projector from it.
-    cross_documents : bool
-        False (default): no NITP pair crosses a document boundary of packed rows
-        (``nitp_train.objective.nitp_pairs``); True: the every-position variant.
+    **overrides
+        Fields of :class:`NITPSettings` (an unknown name is a ``TypeError``):
+
+        - ``shift`` (1): s, h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation (the
+          only two, as in the config);
+        - ``loss`` / ``projector`` / ``stop_grad`` (``cosine`` / ``swiglu``, 12 d^2 params /
+          True): as in ``nitp-train`` (``nitp_train.loss``), the paper's settings;
+        - ``cross_documents`` (False): no NITP pair crosses a document boundary of packed rows
+          (``nitp_train.objective.nitp_pairs``); True: the every-position variant.
 
     Returns
     -------
@@ -84,21 +88,27 @@ def wrap_model(
     """
     _check_wrappable(model)
     n = num_layers(model)
+    if target_layer is None and settings is not None:
+        target_layer = settings.target_layer
     k = (
         default_target_layer(n)
         if target_layer is None
         else check_layer(target_layer, n, allow_last=False, name="target_layer")
     )
-    if loss not in LOSS_KINDS:
-        raise UserError(f"loss {loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
-    if projector not in PROJECTORS:
-        raise UserError(f"projector {projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
-    shift = check_shift(shift, "shift")  # the config's rule: 1 (NITP) or 0 (same position)
+    settings = dataclasses.replace(settings or NITPSettings(k), target_layer=k, **overrides)
+    if settings.loss not in LOSS_KINDS:
+        raise UserError(f"loss {settings.loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
+    if settings.projector not in PROJECTORS:
+        raise UserError(f"projector {settings.projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
+    settings = dataclasses.replace(
+        settings,
+        shift=check_shift(settings.shift, "shift"),  # the config's rule: 1 (NITP) or 0 (same position)
+        stop_grad=bool(settings.stop_grad),
+        cross_documents=bool(settings.cross_documents),
+    )
     if not math.isfinite(float(weight)) or float(weight) < 0:
         raise UserError(f"weight {weight!r}: must be a finite number >= 0; use 1.0 (the paper's lambda)")
-    wrapped = NITPWrapped(
-        model, k, float(weight), shift, loss, projector, bool(stop_grad), bool(cross_documents)
-    )
+    wrapped = NITPWrapped(model, settings, float(weight))
     if head_from is not None:
         wrapped.load_head(head_from)
     return wrapped
@@ -139,10 +149,9 @@ class NITPWrapped(nn.Module):
     # HF Trainer: pass num_items_in_batch to forward and trust the loss to be normalised by it
     accepts_loss_kwargs = True
 
-    def __init__(self, model, target_layer, weight, shift, loss, projector, stop_grad, cross_documents=False):
+    def __init__(self, model, settings: NITPSettings, weight: float = 1.0):
         super().__init__()
         self.model = model
-        settings = NITPSettings(target_layer, shift, loss, projector, stop_grad, cross_documents)
         d = model.config.get_text_config().hidden_size
         self.nitp_module = NITPModule(settings, d, like=model.get_input_embeddings().weight)
         self.head = self.nitp_module.head

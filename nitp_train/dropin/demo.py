@@ -12,7 +12,9 @@ It is the recipe of docs/dropin.md run end to end on real text (the built-in cor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from nitp.io import atomic_write_json
@@ -30,25 +32,38 @@ def token_rows(tokenizer, texts: list[str], seq_len: int, n_rows: int) -> list[l
     return [r[: seq_len - (seq_len // 4) * (i % 4 == 3)] for i, r in enumerate(rows)]
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """How the demo trains: ``steps`` optimizer steps of ``batch_size`` x ``grad_accum`` rows of
+    ``seq_len`` tokens at a constant ``lr``, through HF ``Trainer`` (``trainer="hf"``) or TRL
+    ``SFTTrainer`` (``"sft"``, packed, padding-free); the NITP callback measures the geometry every
+    ``geometry_every`` steps; ``seed`` is the Trainer's."""
+
+    steps: int = 20
+    seq_len: int = 128
+    batch_size: int = 4
+    grad_accum: int = 2
+    lr: float = 1e-4
+    trainer: str = "hf"
+    geometry_every: int = 5
+    seed: int = 0
+
+
 def run_demo(
     model,
     tokenizer,
     out_dir: str | Path,
-    steps: int = 20,
-    seq_len: int = 128,
-    batch_size: int = 4,
-    grad_accum: int = 2,
-    lr: float = 1e-4,
-    trainer: str = "hf",
-    geometry_every: int = 5,
-    seed: int = 0,
+    settings: DemoSettings | None = None,
+    *,
     texts: list[str] | None = None,
-    **wrap_kwargs,
+    wrap: dict | None = None,
+    **overrides,
 ) -> dict:
-    """Train ``model`` for ``steps`` optimizer steps with NITP through HF ``Trainer`` (``"hf"``) or
-    TRL ``SFTTrainer`` (``"sft"``, packed, padding-free); export to ``out_dir/final``.
+    """Train ``model`` with NITP as ``settings`` say (fields of :class:`DemoSettings` given as
+    keywords override it); export to ``out_dir/final``. ``texts``: the documents (default: the
+    built-in corpus); ``wrap``: keywords of ``wrap_model``.
 
-    Returns ``{"log_history": [...], "export": path, "wrapped": NITPWrapped}``.
+    Returns ``{"log_history": [...], "export": path, "wrapped": NITPWrapped, "trainer": Trainer}``.
     """
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
@@ -57,42 +72,43 @@ def run_demo(
     from nitp_train.dropin import wrap_model
     from nitp_train.dropin.hf import add_nitp_callback
 
+    demo = dataclasses.replace(settings or DemoSettings(), **overrides)
     out_dir = Path(out_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts = texts if texts is not None else builtin_documents()
-    n_rows = steps * batch_size * grad_accum
-    wrapped = wrap_model(model, **wrap_kwargs)
+    n_rows = demo.steps * demo.batch_size * demo.grad_accum
+    wrapped = wrap_model(model, **(wrap or {}))
     common = dict(
         output_dir=str(out_dir),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=lr,
+        max_steps=demo.steps,
+        per_device_train_batch_size=demo.batch_size,
+        gradient_accumulation_steps=demo.grad_accum,
+        learning_rate=demo.lr,
         lr_scheduler_type="constant",
         logging_steps=1,
-        save_steps=steps,
+        save_steps=demo.steps,
         save_total_limit=1,
         report_to=[],
-        seed=seed,
+        seed=demo.seed,
         use_cpu=True,
         disable_tqdm=True,
     )
-    if trainer == "hf":
-        data = Dataset.from_dict({"input_ids": token_rows(tokenizer, texts, seq_len, n_rows)})
+    if demo.trainer == "hf":
+        data = Dataset.from_dict({"input_ids": token_rows(tokenizer, texts, demo.seq_len, n_rows)})
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
         t = Trainer(
             model=wrapped, args=TrainingArguments(**common), train_dataset=data, data_collator=collator
         )
-    elif trainer == "sft":
+    elif demo.trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 
         data = Dataset.from_dict({"text": texts[: max(n_rows, 8)]})
-        args = SFTConfig(**common, max_length=seq_len, packing=True, dataset_num_proc=None)
+        args = SFTConfig(**common, max_length=demo.seq_len, packing=True, dataset_num_proc=None)
         t = SFTTrainer(model=wrapped, args=args, train_dataset=data, processing_class=tokenizer)
     else:
-        raise ValueError(f"trainer must be 'hf' or 'sft', got {trainer!r}")
-    add_nitp_callback(t, geometry_every=geometry_every)
+        raise ValueError(f"trainer must be 'hf' or 'sft', got {demo.trainer!r}")
+    add_nitp_callback(t, geometry_every=demo.geometry_every)
     t.train()
     export = out_dir / "final"
     wrapped.save_pretrained(export)
@@ -118,13 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="HF model folder, checkpoint, run dir or .gguf file")
     p.add_argument("out_dir")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--trainer", choices=("hf", "sft"), default="hf")
-    p.add_argument("--geometry-every", type=int, default=5)
+    p.add_argument("--steps", type=int, default=DemoSettings.steps)
+    p.add_argument("--seq-len", type=int, default=DemoSettings.seq_len)
+    p.add_argument("--batch-size", type=int, default=DemoSettings.batch_size)
+    p.add_argument("--grad-accum", type=int, default=DemoSettings.grad_accum)
+    p.add_argument("--lr", type=float, default=DemoSettings.lr)
+    p.add_argument("--trainer", choices=("hf", "sft"), default=DemoSettings.trainer)
+    p.add_argument("--geometry-every", type=int, default=DemoSettings.geometry_every)
     a = p.parse_args(argv)
 
     import torch
@@ -136,18 +152,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         model = drop_gguf_marker(load_model(a.model, dtype="float32"))
         tokenizer = load_tokenizer(a.model)
-        result = run_demo(
-            model,
-            tokenizer,
-            a.out_dir,
-            a.steps,
-            a.seq_len,
-            a.batch_size,
-            a.grad_accum,
-            a.lr,
-            a.trainer,
-            a.geometry_every,
+        settings = DemoSettings(
+            steps=a.steps,
+            seq_len=a.seq_len,
+            batch_size=a.batch_size,
+            grad_accum=a.grad_accum,
+            lr=a.lr,
+            trainer=a.trainer,
+            geometry_every=a.geometry_every,
         )
+        result = run_demo(model, tokenizer, a.out_dir, settings)
         keys = ("step", "loss", "loss_ntp", "loss_nitp", "nitp_grad_share", "erank", "anisotropy")
         for line in result["log_history"]:
             if "loss" in line:
