@@ -72,6 +72,25 @@ def test_default_target_layer_and_bad_settings():
             wrap_model(tiny_llama(), **bad)
 
 
+def test_wrap_model_takes_nitp_settings_and_keywords_override_them():
+    from nitp_train.nitp_module import NITPSettings
+
+    settings = NITPSettings(target_layer=2, projector="linear", cross_documents=True)
+    got = wrap_model(tiny_llama(), settings=settings, weight=0.5, shift=0).nitp
+    assert got == dict(
+        target_layer=2,
+        shift=0,
+        loss="cosine",
+        projector="linear",
+        stop_grad=True,
+        cross_documents=True,
+        weight=0.5,
+    )
+    assert wrap_model(tiny_llama(), 3, settings=settings).nitp["target_layer"] == 3
+    with pytest.raises(TypeError, match="lam"):
+        wrap_model(tiny_llama(), lam=0.5)
+
+
 def test_wrap_model_refuses_wrapped_non_causal_and_non_finite_inputs():
     wrapped = wrap_model(tiny_llama())
     with pytest.raises(UserError, match="already wrapped"):
