@@ -151,7 +151,6 @@ def measure(
         "layers": reported_rows,
         "paper_depth_rule_layer": rule["layer"],
         "paper_depth_rule": rule,
-        "recommended_target_layer": rule["layer"],  # old name of paper_depth_rule_layer, kept for readers
         "paper_measures": PAPER_MEASURES,
         "definitions": record_definitions(),
     }
@@ -212,19 +211,6 @@ class _progress:
     def __exit__(self, *exc):
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
-
-COMPARED_SETTINGS = (
-    "corpus",
-    "n_tokens",
-    "layers",
-    "exclude_first",
-    "seed",
-    "seq_len",
-    "ridge",
-    "heldout_fraction",
-    "n_pairs",
-)
 
 
 def record_tag(settings) -> str:

@@ -230,20 +230,6 @@ def norm_stats(x) -> dict[str, float]:
     return NormStats().update(x).metrics()
 
 
-def positions_mask(lengths, exclude_first: bool):
-    """Boolean mask over concatenated sequences of the given lengths, False at each first position.
-
-    Helper for "every metric with and without the first position of each sequence": the
-    first token (BOS / attention sink) often dominates norms and directions.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    mask = np.ones(int(lengths.sum()), dtype=bool)
-    if exclude_first:
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        mask[starts[lengths > 0]] = False
-    return mask
-
-
 # ----------------------------------------------------------------------------- spectrum shape
 ALPHA_REQ_FIT_RANGE = (6, 100)  # 1-based ranks k; reptrix's default np.arange(5, 100) (0-based)
 

@@ -413,7 +413,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             data[m.key] = (
                 m,
                 rows,
-                rec["scores"].get("paper_depth_rule_layer", rec["scores"].get("recommended_target_layer")),
+                rec["scores"].get("paper_depth_rule_layer"),
             )
     if not data:
         raise NothingToPlot(

@@ -47,7 +47,6 @@ from .inputs import Model
 # other task names pass through.
 BENCH_HEADERS = {name: BENCHMARKS[name].header for name in SUITES["paper"]}
 MTEB_GROUPS = ["Classification", "STS", "Retrieval/dup"]
-DELTA = "Δ (NITP − NTP)"
 
 
 def pct(value: Any) -> float | None:
@@ -618,7 +617,7 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
     scores = record["scores"]
-    depth_rule = scores.get("paper_depth_rule_layer", scores.get("recommended_target_layer"))
+    depth_rule = scores.get("paper_depth_rule_layer")
     for layer in layers:
         k = layer.get("layer")
         marks = (["NITP target"] if target is not None and k == target else []) + (

@@ -195,9 +195,3 @@ def test_norm_stats_and_massive_activations():
     assert G.norm_stats(small)["massive_activation_share"] == 0.0
     small[0, 0] = 150.0
     assert G.norm_stats(small)["massive_activation_share"] == pytest.approx(1 / 200)
-
-
-def test_positions_mask_drops_each_first_position():
-    m = G.positions_mask([3, 1, 2], exclude_first=True)
-    assert m.tolist() == [False, True, True, False, False, True]
-    assert G.positions_mask([3, 1, 2], exclude_first=False).all()
