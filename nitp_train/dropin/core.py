@@ -13,7 +13,8 @@ as unwrapped) plus the projector in ``nitp_head.safetensors``. Hooks into HF ``T
 Example
 -------
 >>> from transformers import AutoModelForCausalLM                      # doctest: +SKIP
->>> model = wrap_model(AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M"))
+>>> lm = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")  # doctest: +SKIP
+>>> model = wrap_model(lm)                                             # doctest: +SKIP
 >>> out = model(input_ids=ids, attention_mask=mask, labels=labels)     # doctest: +SKIP
 >>> out.loss.backward(); out.loss_ntp, out.loss_nitp                   # doctest: +SKIP
 >>> model.save_pretrained("exported")                                  # doctest: +SKIP
