@@ -17,7 +17,16 @@ import yaml
 from nitp.errors import UserError
 from nitp.layers import check_layer
 
-from .config_model import DEFAULT_PRESET, DEFAULTS, TARGET_WORDS, check_model, validate
+from .config_model import (
+    DEFAULT_PRESET,
+    DEFAULTS,
+    TARGET_WORDS,
+    Config,
+    as_config,
+    check_model,
+    upgrade_legacy_keys,
+    validate,
+)
 from .models import make_config, resolve_preset
 
 DEFAULT_STEPS = 300
@@ -270,65 +279,67 @@ def _validate(cfg: dict) -> None:
         )
 
 
-def apply_plan(cfg: dict, world_size: int = 1) -> tuple[dict, dict]:
+def apply_plan(cfg: Config | dict, world_size: int = 1) -> tuple[Config | dict, dict]:
     """Resolve the batch and step plan of ``cfg`` for ``world_size`` processes.
 
     grad_accum = global_batch / (batch_size x world_size); steps = ceil(tokens / (global_batch x
     seq_len)) when a token budget is given. Returns ``(cfg with train.global_batch, grad_accum
-    and steps filled in, plan)``; ``plan`` holds the numbers :func:`plan_summary` prints.
+    and steps filled in, plan)``, the config of the kind given (a :class:`Config` or a dict; a dict
+    is validated first); ``plan`` holds the numbers :func:`plan_summary` prints.
 
     Example: global_batch 512, batch_size 1, 8 processes, seq_len 8192, tokens 200e9 ->
     grad_accum 64, 4,194,304 tokens/step, 47,684 steps.
     """
-    cfg = copy.deepcopy(cfg)
-    tc, seq = cfg["train"], cfg["data"]["seq_len"]
-    micro = tc["batch_size"] * world_size
-    if tc["global_batch"] is None:
-        tc["grad_accum"] = tc["grad_accum"] or 1
-        tc["global_batch"] = micro * tc["grad_accum"]
-    elif tc["global_batch"] % micro:
+    typed = as_config(cfg)
+    tc, seq = typed.train.model_copy(), typed.data.seq_len
+    micro = tc.batch_size * world_size
+    if tc.global_batch is None:
+        tc.grad_accum = tc.grad_accum or 1
+        tc.global_batch = micro * tc.grad_accum
+    elif tc.global_batch % micro:
         raise UserError(
-            f"train.global_batch={tc['global_batch']}: not a multiple of train.batch_size={tc['batch_size']} x "
+            f"train.global_batch={tc.global_batch}: not a multiple of train.batch_size={tc.batch_size} x "
             f"{world_size} processes = {micro}; choose a batch_size (or process count) that divides it"
         )
-    elif tc["grad_accum"] not in (None, tc["global_batch"] // micro):
+    elif tc.grad_accum not in (None, tc.global_batch // micro):
         raise UserError(
-            f"train.grad_accum={tc['grad_accum']}: global_batch {tc['global_batch']} / (batch_size "
-            f"{tc['batch_size']} x {world_size} processes) needs {tc['global_batch'] // micro}; set it to null"
+            f"train.grad_accum={tc.grad_accum}: global_batch {tc.global_batch} / (batch_size "
+            f"{tc.batch_size} x {world_size} processes) needs {tc.global_batch // micro}; set it to null"
         )
     else:
-        tc["grad_accum"] = tc["global_batch"] // micro
-    tokens_per_step = tc["global_batch"] * seq
-    if tc["tokens"] is not None:
-        tc["steps"] = max(1, math.ceil(tc["tokens"] / tokens_per_step))
-    warmup = min(tc["warmup_steps"], tc["steps"])
-    decay = min(int(round(tc["decay_ratio"] * tc["steps"])), tc["steps"] - warmup)
+        tc.grad_accum = tc.global_batch // micro
+    tokens_per_step = tc.global_batch * seq
+    if tc.tokens is not None:
+        tc.steps = max(1, math.ceil(tc.tokens / tokens_per_step))
+    warmup = min(tc.warmup_steps, tc.steps)
+    decay = min(int(round(tc.decay_ratio * tc.steps)), tc.steps - warmup)
     plan = {
         "world_size": world_size,
-        "global_batch": tc["global_batch"],
-        "batch_size": tc["batch_size"],
-        "grad_accum": tc["grad_accum"],
+        "global_batch": tc.global_batch,
+        "batch_size": tc.batch_size,
+        "grad_accum": tc.grad_accum,
         "seq_len": seq,
         "tokens_per_step": tokens_per_step,
-        "steps": tc["steps"],
-        "tokens": tokens_per_step * tc["steps"],
+        "steps": tc.steps,
+        "tokens": tokens_per_step * tc.steps,
         "warmup_steps": warmup,
         "decay_steps": decay,
-        "stable_steps": tc["steps"] - warmup - decay,
+        "stable_steps": tc.steps - warmup - decay,
     }
-    return cfg, plan
+    planned = typed.model_copy(update={"train": tc})
+    return (planned if isinstance(cfg, Config) else planned.model_dump(by_alias=True)), plan
 
 
-def plan_summary(cfg: dict, plan: dict) -> str:
+def plan_summary(cfg: Config | dict, plan: dict) -> str:
     """One line: ``global batch 512 x 8192 = 4.19M tokens/step, 47,684 steps = 200B tokens; ...``."""
-    tc = cfg["train"]
+    tc = as_config(cfg).train
     return (
         f"global batch {plan['global_batch']:,} x {plan['seq_len']:,} = {_count(plan['tokens_per_step'])} "
         f"tokens/step, {plan['steps']:,} steps = {_count(plan['tokens'])} tokens "
         f"(micro-batch {plan['batch_size']} x {plan['world_size']} processes x {plan['grad_accum']} "
-        f"accumulation); lr {tc['lr']:g}: warm-up {plan['warmup_steps']:,} steps from "
-        f"{tc['warmup_start_ratio']:g} x lr, stable {plan['stable_steps']:,}, {tc['decay_type']} decay "
-        f"{plan['decay_steps']:,} steps to {tc['min_lr_ratio']:g} x lr"
+        f"accumulation); lr {tc.lr:g}: warm-up {plan['warmup_steps']:,} steps from "
+        f"{tc.warmup_start_ratio:g} x lr, stable {plan['stable_steps']:,}, {tc.decay_type} decay "
+        f"{plan['decay_steps']:,} steps to {tc.min_lr_ratio:g} x lr"
     )
 
 
@@ -341,7 +352,10 @@ def _count(n: float) -> str:
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
+    """Dotted keys whose values differ between two resolved configs (a deprecated key counts as the
+    key it maps to: an older run's ``train.loss_chunk: 0, loss_impl: auto`` equals ``loss_impl: plain``)."""
+    if not prefix:
+        a, b = _upgraded(a), _upgraded(b)
     keys = set(a) | set(b)
     diffs = []
     for k in sorted(keys):
@@ -352,3 +366,11 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(path)
     return diffs
+
+
+def _upgraded(cfg: dict) -> dict:
+    """``cfg`` with its deprecated keys mapped, silently (as it is when they cannot be mapped)."""
+    try:
+        return upgrade_legacy_keys(cfg, note=False)
+    except UserError:
+        return cfg

@@ -7,9 +7,13 @@ captured with a forward hook; P is a projector used only in training (SwiGLU d -
 
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel
 from torch.utils.checkpoint import checkpoint
 
 from nitp.errors import UserError
@@ -141,33 +145,71 @@ def chunked_next_token_ce(
     return total / (labels != -100).sum().clamp(min=1)
 
 
-LOSS_IMPLS = ("auto", "plain", "chunked", "chunked_gif", "liger")
-DEFAULT_LOSS_CHUNK = 1024  # positions per chunk when loss_impl names a chunked kind and loss_chunk is 0
+LOSS_IMPLS = ("plain", "chunked", "chunked_gif", "liger")
+CHUNKED_IMPLS = ("chunked", "chunked_gif")  # the kinds that take a chunk size: ``chunked:512``
+DEFAULT_LOSS_CHUNK = 1024  # positions per chunk when a chunked kind names no size
+MAX_LOSS_CHUNK = 1 << 24
+LOSS_IMPL_NEED = (
+    "use plain, chunked, chunked_gif or liger; a chunked kind may name its positions per chunk, "
+    "e.g. chunked:512"
+)
 
 
-def resolve_loss_impl(loss_impl: str, loss_chunk: int) -> tuple[str, int]:
-    """``(implementation, chunk size)`` from ``train.loss_impl`` and ``train.loss_chunk``.
+def parse_loss_impl(text: str) -> tuple[str, int]:
+    """``(implementation, chunk size)`` of a ``train.loss_impl`` value (chunk 0 for plain, liger).
 
-    ``auto`` keeps the behaviour from before ``loss_impl`` existed: ``plain`` when
-    ``loss_chunk == 0``, else ``chunked``. A chunked kind with ``loss_chunk == 0`` uses
-    ``DEFAULT_LOSS_CHUNK`` positions; ``plain`` with ``loss_chunk > 0`` is a contradiction.
+    Raises a one-line ``UserError`` for anything else.
+
+    Examples
+    --------
+    >>> parse_loss_impl("plain"), parse_loss_impl("chunked"), parse_loss_impl("chunked_gif:512")
+    (('plain', 0), ('chunked', 1024), ('chunked_gif', 512))
+    """
+    impl, _, size = str(text).partition(":")
+    if impl not in LOSS_IMPLS or (size and impl not in CHUNKED_IMPLS):
+        raise UserError(f"train.loss_impl={text!r}: {LOSS_IMPL_NEED}")
+    if not size:
+        return impl, DEFAULT_LOSS_CHUNK if impl in CHUNKED_IMPLS else 0
+    if not re.fullmatch(r"[1-9][0-9]*", size) or int(size) > MAX_LOSS_CHUNK:
+        raise UserError(
+            f"train.loss_impl={text!r}: the chunk size must be an integer from 1 to {MAX_LOSS_CHUNK:,}"
+        )
+    return impl, int(size)
+
+
+def resolve_loss_impl(loss_impl: str, loss_chunk: int = 0) -> tuple[str, int]:
+    """``(implementation, chunk size)`` of ``train.loss_impl``, with the deprecated ``loss_chunk``.
+
+    ``loss_chunk`` is the knob from before the chunk size was part of ``loss_impl``: ``auto``
+    (its old default) is ``plain`` when ``loss_chunk == 0``, else ``chunked``; a chunked kind takes
+    it as its size. A pair that disagrees (``plain`` or ``liger`` with a chunk size, two different
+    sizes) is a one-line ``UserError``.
 
     Examples
     --------
     >>> resolve_loss_impl("auto", 0), resolve_loss_impl("auto", 512), resolve_loss_impl("chunked_gif", 0)
     (('plain', 0), ('chunked', 512), ('chunked_gif', 1024))
     """
-    if loss_impl not in LOSS_IMPLS:
-        raise UserError(f"train.loss_impl={loss_impl!r}: use one of {', '.join(LOSS_IMPLS)}")
     if loss_impl == "auto":
         return ("chunked", loss_chunk) if loss_chunk > 0 else ("plain", 0)
-    if loss_impl == "plain" and loss_chunk > 0:
+    impl, chunk = parse_loss_impl(loss_impl)
+    if loss_chunk == 0 or (impl in CHUNKED_IMPLS and ":" not in loss_impl):
+        return (impl, loss_chunk or chunk)
+    if impl not in CHUNKED_IMPLS:
         raise UserError(
-            f"train.loss_impl=plain with train.loss_chunk={loss_chunk}: set loss_chunk to 0 or loss_impl to chunked"
+            f"train.loss_impl={loss_impl} with train.loss_chunk={loss_chunk}: set loss_chunk to 0 or loss_impl to chunked"
         )
-    if loss_impl in ("chunked", "chunked_gif") and loss_chunk == 0:
-        return loss_impl, DEFAULT_LOSS_CHUNK
-    return loss_impl, loss_chunk
+    if chunk != loss_chunk:
+        raise UserError(
+            f"train.loss_impl={loss_impl} with train.loss_chunk={loss_chunk}: two chunk sizes; "
+            f"remove train.loss_chunk (deprecated)"
+        )
+    return impl, chunk
+
+
+def loss_impl_text(impl: str, chunk: int) -> str:
+    """The ``train.loss_impl`` value of ``(implementation, chunk size)``: ``chunked:512``, ``plain``."""
+    return f"{impl}:{chunk}" if impl in CHUNKED_IMPLS else impl
 
 
 class _LinearCrossEntropyGIF(torch.autograd.Function):
@@ -373,7 +415,7 @@ class NITPObjective(nn.Module):
         self,
         model: nn.Module,
         objective: str,
-        nitp_cfg: dict,
+        nitp_cfg: Mapping | BaseModel,
         cos_reg_weight: float = 0.0,
         cos_reg_kind: str = "hidden",
         loss_chunk: int = 0,
@@ -384,7 +426,8 @@ class NITPObjective(nn.Module):
         self.cross_documents = bool(cross_documents)  # True: NITP pairs may cross documents
         self.model = model
         self.objective = objective
-        self.cfg = dict(nitp_cfg)
+        # the ``nitp:`` section: a validated ``config_model.Nitp`` or a mapping of its keys
+        self.cfg = nitp_cfg.model_dump(by_alias=True) if isinstance(nitp_cfg, BaseModel) else dict(nitp_cfg)
         self.cos_reg_weight = float(cos_reg_weight)
         if cos_reg_kind not in COS_REG_KINDS:
             raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {cos_reg_kind!r}")
