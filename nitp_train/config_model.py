@@ -27,7 +27,15 @@ from pydantic_core import PydanticCustomError
 
 from nitp.errors import UserError
 
-from .loss import COS_REG_KINDS, LOSS_IMPL_NEED, LOSS_KINDS, PROJECTORS, parse_loss_impl
+from .choices import (
+    COS_REG_KINDS,
+    LOSS_IMPL_NEED,
+    LOSS_KINDS,
+    PROJECTORS,
+    loss_impl_text,
+    parse_loss_impl,
+    resolve_loss_impl,
+)
 from .models import PRESETS
 from .trackers import TRACKERS
 
@@ -426,8 +434,6 @@ def upgrade_legacy_keys(cfg: Any, note: bool = True) -> Any:
             "use train.loss_impl=chunked:N); fix it in the config or with --set train.loss_impl=..."
         )
     if isinstance(impl, str):
-        from .loss import loss_impl_text, resolve_loss_impl
-
         train["loss_impl"] = (
             loss_impl_text(*resolve_loss_impl(impl, chunk)) if chunk or impl == "auto" else impl
         )
