@@ -762,19 +762,19 @@ def _save(st: TrainState, pending_line: dict) -> None:
     if d.is_main:
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
-        ckpt_io.save(
-            run_dir,
-            step,
-            model_sd,
-            optim_sd,
-            st.scheduler,
-            st.objective.model,
-            st.tokenizer,
-            _checkpoint_meta(cfg, step, st.tokens_seen),
-            {**_cursor_state(cfg, step, st.tokens_seen, d.world, checksums), "pending_line": pending_line},
-            cfg.checkpoint.keep_last,
-            sharded=sharded,
+        contents = ckpt_io.Contents(
+            model_sd=model_sd,
+            optim_sd=optim_sd,
+            scheduler=st.scheduler,
+            model=st.objective.model,
+            tokenizer=st.tokenizer,
+            meta=_checkpoint_meta(cfg, step, st.tokens_seen),
+            state={
+                **_cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
+                "pending_line": pending_line,
+            },
         )
+        ckpt_io.save(run_dir, step, contents, cfg.checkpoint.keep_last, sharded=sharded)
     parallel.barrier(d)
 
 
