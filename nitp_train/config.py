@@ -25,7 +25,6 @@ from .config_model import (
     as_config,
     check_model,
     upgrade_legacy_keys,
-    validate,
 )
 from .models import make_config, resolve_preset
 
@@ -209,16 +208,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def resolve(cfg: dict) -> dict:
-    """Type-check ``cfg`` (:func:`nitp_train.config_model.validate`), expand the preset, fill the
+    """Type-check ``cfg`` (:func:`nitp_train.config_model.as_config`), expand the preset, fill the
     preset-dependent nulls, and check the rules across keys; returns a new plain dict.
 
     A preset's recipe fills what the config leaves null: ``nitp.target_layer``, ``nitp.lambda``,
     ``train.lr``, and for a preset with a token budget (the paper's sizes) ``train.global_batch``
     and, when neither ``train.steps`` nor ``train.tokens`` is given, ``train.tokens``.
     """
-    cfg = validate(cfg)
-    check_model(cfg["model"])
-    model = dict(cfg["model"])
+    typed = as_config(cfg).model_copy(deep=True)
+    check_model(typed.model)
+    model = dict(typed.model)
     if model.get("init_from"):  # continued pre-training of an existing model (init_from.py)
         from .init_from import fill_cpt_defaults, model_spec
 
@@ -227,54 +226,54 @@ def resolve(cfg: dict) -> dict:
         preset = model.pop("preset", None) or DEFAULT_PRESET
         spec = resolve_preset(preset, model)
         make_config(spec)  # validates every model field (unknown keys name the nearest)
-    _fill_from_recipe(cfg, spec)
+    _fill_from_recipe(typed, spec)
     if preset == "init_from":
-        fill_cpt_defaults(cfg, spec)
-    cfg["model"] = {"preset": preset, **spec}
-    if cfg["run_name"] is None:
-        cfg["run_name"] = f"{preset}-{cfg['objective']}"
-    _validate(cfg)
-    return cfg
+        fill_cpt_defaults(typed, spec)
+    typed.model = {"preset": preset, **spec}
+    if typed.run_name is None:
+        typed.run_name = f"{preset}-{typed.objective}"
+    _validate(typed)
+    return typed.model_dump(by_alias=True)
 
 
-def _fill_from_recipe(cfg: dict, spec: dict) -> None:
+def _fill_from_recipe(cfg: Config, spec: dict) -> None:
     """The nulls of ``cfg`` that the preset's recipe (``spec``) or a general default fills."""
-    nitp, train, data = cfg["nitp"], cfg["train"], cfg["data"]
+    nitp, train, data = cfg.nitp, cfg.train, cfg.data
     n_layers = spec["num_hidden_layers"]
-    if nitp["target_layer"] is None:
-        nitp["target_layer"] = spec.get("target_layer", 1)
-    elif nitp["target_layer"] in TARGET_WORDS:
-        nitp["target_layer"] = max(1, min(n_layers - 1, round(TARGET_WORDS[nitp["target_layer"]] * n_layers)))
-    if nitp["lambda"] is None:
-        nitp["lambda"] = spec.get("lambda", 1.0)
-    if train["lr"] is None:
-        train["lr"] = spec.get("lr", 1e-3)
-    if data["vocab_size"] is None:
-        data["vocab_size"] = spec["vocab_size"]
+    if nitp.target_layer is None:
+        nitp.target_layer = spec.get("target_layer", 1)
+    elif nitp.target_layer in TARGET_WORDS:
+        nitp.target_layer = max(1, min(n_layers - 1, round(TARGET_WORDS[nitp.target_layer] * n_layers)))
+    if nitp.lambda_ is None:
+        nitp.lambda_ = spec.get("lambda", 1.0)
+    if train.lr is None:
+        train.lr = spec.get("lr", 1e-3)
+    if data.vocab_size is None:
+        data.vocab_size = spec["vocab_size"]
     has_budget = spec.get("tokens") is not None
-    if has_budget and train["global_batch"] is None:
-        train["global_batch"] = spec["global_batch"]
-    if train["steps"] is None and train["tokens"] is None:
+    if has_budget and train.global_batch is None:
+        train.global_batch = spec["global_batch"]
+    if train.steps is None and train.tokens is None:
         if has_budget:
-            train["tokens"] = spec["tokens"]
+            train.tokens = spec["tokens"]
         else:
-            train["steps"] = DEFAULT_STEPS
+            train.steps = DEFAULT_STEPS
 
 
-def _validate(cfg: dict) -> None:
+def _validate(cfg: Config) -> None:
     """Rules across keys (each key's own type and range: ``nitp_train.config_model.Config``)."""
-    nitp, train, data, model = cfg["nitp"], cfg["train"], cfg["data"], cfg["model"]
-    nitp["target_layer"] = check_layer(
-        nitp["target_layer"], model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"
+    nitp, train, data, model = cfg.nitp, cfg.train, cfg.data, cfg.model
+    nitp.target_layer = check_layer(
+        nitp.target_layer, model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"
     )
-    if data["seq_len"] > model["max_position_embeddings"]:
+    if data.seq_len > model["max_position_embeddings"]:
         raise UserError(
-            f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings="
+            f"data.seq_len={data.seq_len} exceeds the model's max_position_embeddings="
             f"{model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"
         )
-    if train["steps"] is not None and train["tokens"] is not None:
+    if train.steps is not None and train.tokens is not None:
         raise UserError(
-            f"train.steps={train['steps']} and train.tokens={train['tokens']:g} are both given: "
+            f"train.steps={train.steps} and train.tokens={train.tokens:g} are both given: "
             "give one (set the other to null)"
         )
 
