@@ -147,9 +147,10 @@ def load_config(
     ``load_config("configs/ablations/shift-0.yaml", preset="moe-9b-a1b")`` is the paper's 9B
     recipe with ``nitp.shift: 0``.
     """
-    cfg = copy.deepcopy(DEFAULTS)
-    # left to validation: a deprecated train.loss_chunk is read against the config's own loss_impl
-    del cfg["train"]["loss_impl"]
+    # train.loss_impl is left to validation: a deprecated train.loss_chunk is read against the
+    # config's own loss_impl, not the default's
+    train = {k: v for k, v in DEFAULTS["train"].items() if k != "loss_impl"}
+    cfg = copy.deepcopy({**DEFAULTS, "train": train})
     if path is not None:
         chain = _read_chain(config_path(path))
         if chain and chain[0].pop("overlay", False):
