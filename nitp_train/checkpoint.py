@@ -23,7 +23,9 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,23 +51,30 @@ def start(run_dir: Path, step: int) -> Path:
     return tmp
 
 
-def save(
-    run_dir: Path,
-    step: int,
-    model_sd: dict,
-    optim_sd: dict,
-    scheduler,
-    model,
-    tokenizer,
-    meta: dict,
-    state: dict,
-    keep_last: int,
-    sharded: bool = False,
-) -> Path:
-    """Write checkpoint ``step`` of a run (call on rank 0 only).
+@dataclass(frozen=True)
+class Contents:
+    """What one checkpoint holds, gathered on rank 0 (:func:`save` writes it).
+
+    ``model_sd``: the objective's full state dict (``model.*`` = the LM, ``head.*`` = the projector);
+    ``optim_sd``: the optimizer's, ``None`` when the ranks wrote it as shards; ``model`` and
+    ``tokenizer``: what ``save_pretrained`` is called on; ``meta``: ``nitp_meta.json``;
+    ``state``: ``trainer_state/state.json`` (step, tokens, data cursor, ...).
+    """
+
+    model_sd: dict
+    optim_sd: dict | None
+    scheduler: Any
+    model: Any
+    tokenizer: Any
+    meta: dict
+    state: dict
+
+
+def save(run_dir: Path, step: int, contents: Contents, keep_last: int, sharded: bool = False) -> Path:
+    """Write checkpoint ``step`` of a run (call on rank 0 only); keep the last ``keep_last`` (0: all).
 
     ``sharded=True``: the ranks already wrote the optimizer into ``start()``'s staging folder
-    (``save_sharded``); ``optim_sd`` is then ``None`` and the folder is completed, not replaced.
+    (``save_sharded``); ``contents.optim_sd`` is then ``None`` and the folder is completed, not replaced.
     """
     ckdir = Path(run_dir) / "checkpoints"
     final = ckdir / checkpoint_name(step)
@@ -73,7 +82,7 @@ def save(
     try:
         if not sharded:
             start(run_dir, step)
-        _write_staging(tmp, final, model_sd, optim_sd, scheduler, model, tokenizer, meta, state)
+        _write_staging(tmp, final, contents)
         raise_if_interrupted()  # a signal a finalizer swallowed: no checkpoint after it
         if final.exists():  # same step written by an earlier, interrupted attempt
             remove_checkpoint(final)
@@ -95,16 +104,17 @@ def save(
     return final
 
 
-def _write_staging(tmp: Path, final: Path, model_sd, optim_sd, scheduler, model, tokenizer, meta, state):
+def _write_staging(tmp: Path, final: Path, contents: Contents) -> None:
     """Every file of a checkpoint into its staging folder; ``COMPLETE`` last."""
     from safetensors.torch import save_file
 
+    model_sd, meta = contents.model_sd, contents.meta
     lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
     head_sd = {
         k[len("head.") :]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")
     }
-    model.save_pretrained(tmp, state_dict=lm_sd)
-    tokenizer.save_pretrained(tmp)
+    contents.model.save_pretrained(tmp, state_dict=lm_sd)
+    contents.tokenizer.save_pretrained(tmp)
     if head_sd:
         save_file(
             head_sd,
@@ -114,11 +124,11 @@ def _write_staging(tmp: Path, final: Path, model_sd, optim_sd, scheduler, model,
     atomic_write_json(tmp / "nitp_meta.json", meta)
 
     st = tmp / "trainer_state"
-    if optim_sd is not None:
-        torch.save(optim_sd, st / "optimizer.pt")
-    torch.save(scheduler.state_dict(), st / "scheduler.pt")
+    if contents.optim_sd is not None:
+        torch.save(contents.optim_sd, st / "optimizer.pt")
+    torch.save(contents.scheduler.state_dict(), st / "scheduler.pt")
     torch.save(rng_state(), st / "rng.pt")
-    atomic_write_json(st / "state.json", {**state, "trainer_state_format": STATE_FORMAT})
+    atomic_write_json(st / "state.json", {**contents.state, "trainer_state_format": STATE_FORMAT})
     atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
 
 

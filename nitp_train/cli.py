@@ -8,11 +8,14 @@ Multi-process: ``torchrun --nproc_per_node N -m nitp_train run CONFIG.yaml`` (DD
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import typer
 
 from nitp.errors import on_interrupt, user_errors
+
+if TYPE_CHECKING:
+    from .config_model import Config
 
 app = typer.Typer(
     help="Pre-train Hugging Face causal LMs with NTP or NITP.",
@@ -54,13 +57,14 @@ def run(
     from nitp.errors import UserError
 
     from .config import load_config
+    from .config_model import as_config
 
     overrides = list(set_)
     if steps is not None:
         overrides += [f"train.steps={steps}", "train.tokens=null"]
     if objective is not None:
         overrides.append(f"objective={objective}")
-    cfg = load_config(config, overrides, preset=preset)
+    cfg = as_config(load_config(config, overrides, preset=preset))
     if dry_run:
         _dry_run(cfg, world_size or 1)
         return
@@ -69,10 +73,10 @@ def run(
     from .trainer import train
 
     on_interrupt("the run keeps its last complete checkpoint; rerun with --resume to continue")
-    train(cfg, run_dir or Path("runs") / cfg["run_name"], resume=resume)
+    train(cfg, run_dir or Path("runs") / cfg.run_name, resume=resume)
 
 
-def _dry_run(cfg: dict, world_size: int) -> None:
+def _dry_run(cfg: Config, world_size: int) -> None:
     import sys
 
     import yaml
@@ -81,7 +85,7 @@ def _dry_run(cfg: dict, world_size: int) -> None:
 
     cfg, plan = apply_plan(cfg, world_size)
     print(plan_summary(cfg, plan), file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
 
 
 @app.command()

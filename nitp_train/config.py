@@ -17,7 +17,15 @@ import yaml
 from nitp.errors import UserError
 from nitp.layers import check_layer
 
-from .config_model import DEFAULT_PRESET, DEFAULTS, TARGET_WORDS, check_model, validate
+from .config_model import (
+    DEFAULT_PRESET,
+    DEFAULTS,
+    TARGET_WORDS,
+    Config,
+    as_config,
+    check_model,
+    upgrade_legacy_keys,
+)
 from .models import make_config, resolve_preset
 
 DEFAULT_STEPS = 300
@@ -139,7 +147,10 @@ def load_config(
     ``load_config("configs/ablations/shift-0.yaml", preset="moe-9b-a1b")`` is the paper's 9B
     recipe with ``nitp.shift: 0``.
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    # train.loss_impl is left to validation: a deprecated train.loss_chunk is read against the
+    # config's own loss_impl, not the default's
+    train = {k: v for k, v in DEFAULTS["train"].items() if k != "loss_impl"}
+    cfg = copy.deepcopy({**DEFAULTS, "train": train})
     if path is not None:
         chain = _read_chain(config_path(path))
         if chain and chain[0].pop("overlay", False):
@@ -200,16 +211,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def resolve(cfg: dict) -> dict:
-    """Type-check ``cfg`` (:func:`nitp_train.config_model.validate`), expand the preset, fill the
+    """Type-check ``cfg`` (:func:`nitp_train.config_model.as_config`), expand the preset, fill the
     preset-dependent nulls, and check the rules across keys; returns a new plain dict.
 
     A preset's recipe fills what the config leaves null: ``nitp.target_layer``, ``nitp.lambda``,
     ``train.lr``, and for a preset with a token budget (the paper's sizes) ``train.global_batch``
     and, when neither ``train.steps`` nor ``train.tokens`` is given, ``train.tokens``.
     """
-    cfg = validate(cfg)
-    check_model(cfg["model"])
-    model = dict(cfg["model"])
+    typed = as_config(cfg).model_copy(deep=True)
+    check_model(typed.model)
+    model = dict(typed.model)
     if model.get("init_from"):  # continued pre-training of an existing model (init_from.py)
         from .init_from import fill_cpt_defaults, model_spec
 
@@ -218,117 +229,119 @@ def resolve(cfg: dict) -> dict:
         preset = model.pop("preset", None) or DEFAULT_PRESET
         spec = resolve_preset(preset, model)
         make_config(spec)  # validates every model field (unknown keys name the nearest)
-    _fill_from_recipe(cfg, spec)
+    _fill_from_recipe(typed, spec)
     if preset == "init_from":
-        fill_cpt_defaults(cfg, spec)
-    cfg["model"] = {"preset": preset, **spec}
-    if cfg["run_name"] is None:
-        cfg["run_name"] = f"{preset}-{cfg['objective']}"
-    _validate(cfg)
-    return cfg
+        fill_cpt_defaults(typed, spec)
+    typed.model = {"preset": preset, **spec}
+    if typed.run_name is None:
+        typed.run_name = f"{preset}-{typed.objective}"
+    _validate(typed)
+    return typed.model_dump(by_alias=True)
 
 
-def _fill_from_recipe(cfg: dict, spec: dict) -> None:
+def _fill_from_recipe(cfg: Config, spec: dict) -> None:
     """The nulls of ``cfg`` that the preset's recipe (``spec``) or a general default fills."""
-    nitp, train, data = cfg["nitp"], cfg["train"], cfg["data"]
+    nitp, train, data = cfg.nitp, cfg.train, cfg.data
     n_layers = spec["num_hidden_layers"]
-    if nitp["target_layer"] is None:
-        nitp["target_layer"] = spec.get("target_layer", 1)
-    elif nitp["target_layer"] in TARGET_WORDS:
-        nitp["target_layer"] = max(1, min(n_layers - 1, round(TARGET_WORDS[nitp["target_layer"]] * n_layers)))
-    if nitp["lambda"] is None:
-        nitp["lambda"] = spec.get("lambda", 1.0)
-    if train["lr"] is None:
-        train["lr"] = spec.get("lr", 1e-3)
-    if data["vocab_size"] is None:
-        data["vocab_size"] = spec["vocab_size"]
+    if nitp.target_layer is None:
+        nitp.target_layer = spec.get("target_layer", 1)
+    elif nitp.target_layer in TARGET_WORDS:
+        nitp.target_layer = max(1, min(n_layers - 1, round(TARGET_WORDS[nitp.target_layer] * n_layers)))
+    if nitp.lambda_ is None:
+        nitp.lambda_ = spec.get("lambda", 1.0)
+    if train.lr is None:
+        train.lr = spec.get("lr", 1e-3)
+    if data.vocab_size is None:
+        data.vocab_size = spec["vocab_size"]
     has_budget = spec.get("tokens") is not None
-    if has_budget and train["global_batch"] is None:
-        train["global_batch"] = spec["global_batch"]
-    if train["steps"] is None and train["tokens"] is None:
+    if has_budget and train.global_batch is None:
+        train.global_batch = spec["global_batch"]
+    if train.steps is None and train.tokens is None:
         if has_budget:
-            train["tokens"] = spec["tokens"]
+            train.tokens = spec["tokens"]
         else:
-            train["steps"] = DEFAULT_STEPS
+            train.steps = DEFAULT_STEPS
 
 
-def _validate(cfg: dict) -> None:
+def _validate(cfg: Config) -> None:
     """Rules across keys (each key's own type and range: ``nitp_train.config_model.Config``)."""
-    nitp, train, data, model = cfg["nitp"], cfg["train"], cfg["data"], cfg["model"]
-    nitp["target_layer"] = check_layer(
-        nitp["target_layer"], model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"
+    nitp, train, data, model = cfg.nitp, cfg.train, cfg.data, cfg.model
+    nitp.target_layer = check_layer(
+        nitp.target_layer, model["num_hidden_layers"], allow_last=False, name="nitp.target_layer"
     )
-    if data["seq_len"] > model["max_position_embeddings"]:
+    if data.seq_len > model["max_position_embeddings"]:
         raise UserError(
-            f"data.seq_len={data['seq_len']} exceeds the model's max_position_embeddings="
+            f"data.seq_len={data.seq_len} exceeds the model's max_position_embeddings="
             f"{model['max_position_embeddings']}: lower data.seq_len or set model.max_position_embeddings"
         )
-    if train["steps"] is not None and train["tokens"] is not None:
+    if train.steps is not None and train.tokens is not None:
         raise UserError(
-            f"train.steps={train['steps']} and train.tokens={train['tokens']:g} are both given: "
+            f"train.steps={train.steps} and train.tokens={train.tokens:g} are both given: "
             "give one (set the other to null)"
         )
 
 
-def apply_plan(cfg: dict, world_size: int = 1) -> tuple[dict, dict]:
+def apply_plan(cfg: Config | dict, world_size: int = 1) -> tuple[Config | dict, dict]:
     """Resolve the batch and step plan of ``cfg`` for ``world_size`` processes.
 
     grad_accum = global_batch / (batch_size x world_size); steps = ceil(tokens / (global_batch x
     seq_len)) when a token budget is given. Returns ``(cfg with train.global_batch, grad_accum
-    and steps filled in, plan)``; ``plan`` holds the numbers :func:`plan_summary` prints.
+    and steps filled in, plan)``, the config of the kind given (a :class:`Config` or a dict; a dict
+    is validated first); ``plan`` holds the numbers :func:`plan_summary` prints.
 
     Example: global_batch 512, batch_size 1, 8 processes, seq_len 8192, tokens 200e9 ->
     grad_accum 64, 4,194,304 tokens/step, 47,684 steps.
     """
-    cfg = copy.deepcopy(cfg)
-    tc, seq = cfg["train"], cfg["data"]["seq_len"]
-    micro = tc["batch_size"] * world_size
-    if tc["global_batch"] is None:
-        tc["grad_accum"] = tc["grad_accum"] or 1
-        tc["global_batch"] = micro * tc["grad_accum"]
-    elif tc["global_batch"] % micro:
+    typed = as_config(cfg)
+    tc, seq = typed.train.model_copy(), typed.data.seq_len
+    micro = tc.batch_size * world_size
+    if tc.global_batch is None:
+        tc.grad_accum = tc.grad_accum or 1
+        tc.global_batch = micro * tc.grad_accum
+    elif tc.global_batch % micro:
         raise UserError(
-            f"train.global_batch={tc['global_batch']}: not a multiple of train.batch_size={tc['batch_size']} x "
+            f"train.global_batch={tc.global_batch}: not a multiple of train.batch_size={tc.batch_size} x "
             f"{world_size} processes = {micro}; choose a batch_size (or process count) that divides it"
         )
-    elif tc["grad_accum"] not in (None, tc["global_batch"] // micro):
+    elif tc.grad_accum not in (None, tc.global_batch // micro):
         raise UserError(
-            f"train.grad_accum={tc['grad_accum']}: global_batch {tc['global_batch']} / (batch_size "
-            f"{tc['batch_size']} x {world_size} processes) needs {tc['global_batch'] // micro}; set it to null"
+            f"train.grad_accum={tc.grad_accum}: global_batch {tc.global_batch} / (batch_size "
+            f"{tc.batch_size} x {world_size} processes) needs {tc.global_batch // micro}; set it to null"
         )
     else:
-        tc["grad_accum"] = tc["global_batch"] // micro
-    tokens_per_step = tc["global_batch"] * seq
-    if tc["tokens"] is not None:
-        tc["steps"] = max(1, math.ceil(tc["tokens"] / tokens_per_step))
-    warmup = min(tc["warmup_steps"], tc["steps"])
-    decay = min(int(round(tc["decay_ratio"] * tc["steps"])), tc["steps"] - warmup)
+        tc.grad_accum = tc.global_batch // micro
+    tokens_per_step = tc.global_batch * seq
+    if tc.tokens is not None:
+        tc.steps = max(1, math.ceil(tc.tokens / tokens_per_step))
+    warmup = min(tc.warmup_steps, tc.steps)
+    decay = min(int(round(tc.decay_ratio * tc.steps)), tc.steps - warmup)
     plan = {
         "world_size": world_size,
-        "global_batch": tc["global_batch"],
-        "batch_size": tc["batch_size"],
-        "grad_accum": tc["grad_accum"],
+        "global_batch": tc.global_batch,
+        "batch_size": tc.batch_size,
+        "grad_accum": tc.grad_accum,
         "seq_len": seq,
         "tokens_per_step": tokens_per_step,
-        "steps": tc["steps"],
-        "tokens": tokens_per_step * tc["steps"],
+        "steps": tc.steps,
+        "tokens": tokens_per_step * tc.steps,
         "warmup_steps": warmup,
         "decay_steps": decay,
-        "stable_steps": tc["steps"] - warmup - decay,
+        "stable_steps": tc.steps - warmup - decay,
     }
-    return cfg, plan
+    planned = typed.model_copy(update={"train": tc})
+    return (planned if isinstance(cfg, Config) else planned.model_dump(by_alias=True)), plan
 
 
-def plan_summary(cfg: dict, plan: dict) -> str:
+def plan_summary(cfg: Config | dict, plan: dict) -> str:
     """One line: ``global batch 512 x 8192 = 4.19M tokens/step, 47,684 steps = 200B tokens; ...``."""
-    tc = cfg["train"]
+    tc = as_config(cfg).train
     return (
         f"global batch {plan['global_batch']:,} x {plan['seq_len']:,} = {_count(plan['tokens_per_step'])} "
         f"tokens/step, {plan['steps']:,} steps = {_count(plan['tokens'])} tokens "
         f"(micro-batch {plan['batch_size']} x {plan['world_size']} processes x {plan['grad_accum']} "
-        f"accumulation); lr {tc['lr']:g}: warm-up {plan['warmup_steps']:,} steps from "
-        f"{tc['warmup_start_ratio']:g} x lr, stable {plan['stable_steps']:,}, {tc['decay_type']} decay "
-        f"{plan['decay_steps']:,} steps to {tc['min_lr_ratio']:g} x lr"
+        f"accumulation); lr {tc.lr:g}: warm-up {plan['warmup_steps']:,} steps from "
+        f"{tc.warmup_start_ratio:g} x lr, stable {plan['stable_steps']:,}, {tc.decay_type} decay "
+        f"{plan['decay_steps']:,} steps to {tc.min_lr_ratio:g} x lr"
     )
 
 
@@ -341,7 +354,10 @@ def _count(n: float) -> str:
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
+    """Dotted keys whose values differ between two resolved configs (a deprecated key counts as the
+    key it maps to: an older run's ``train.loss_chunk: 0, loss_impl: auto`` equals ``loss_impl: plain``)."""
+    if not prefix:
+        a, b = _upgraded(a), _upgraded(b)
     keys = set(a) | set(b)
     diffs = []
     for k in sorted(keys):
@@ -352,3 +368,11 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(path)
     return diffs
+
+
+def _upgraded(cfg: dict) -> dict:
+    """``cfg`` with its deprecated keys mapped, silently (as it is when they cannot be mapped)."""
+    try:
+        return upgrade_legacy_keys(cfg, note=False)
+    except UserError:
+        return cfg

@@ -17,6 +17,7 @@ nitp.errors.UserError: train.lr='fast': must be a number > 0; fix it in the conf
 """
 
 import difflib
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, Union
 
@@ -26,7 +27,15 @@ from pydantic_core import PydanticCustomError
 
 from nitp.errors import UserError
 
-from .loss import COS_REG_KINDS, LOSS_IMPLS, LOSS_KINDS, PROJECTORS
+from .choices import (
+    COS_REG_KINDS,
+    LOSS_IMPL_NEED,
+    LOSS_KINDS,
+    PROJECTORS,
+    loss_impl_text,
+    parse_loss_impl,
+    resolve_loss_impl,
+)
 from .models import PRESETS
 from .trackers import TRACKERS
 
@@ -121,7 +130,16 @@ def Names(*choices: str) -> Any:
     return Annotated[list[str], PlainValidator(lambda v: _names(v, choices)), Need(need)]
 
 
+def _loss_impl(value: Any) -> str:
+    try:
+        parse_loss_impl(_text(value))
+    except UserError:
+        _fail(LOSS_IMPL_NEED)
+    return value
+
+
 Text = Annotated[str, PlainValidator(_text), Need("must be a non-empty text")]
+LossImpl = Annotated[str, PlainValidator(_loss_impl), Need(LOSS_IMPL_NEED)]
 FolderName = Annotated[str, PlainValidator(lambda v: _text(v, folder=True)), Need("must be a folder name")]
 OptionalText = Annotated[Text | None, Need("must be a non-empty text")]
 Bool = Annotated[bool, Field(strict=True), Need("must be true or false")]
@@ -140,6 +158,12 @@ def check_shift(value: Any, name: str = "shift") -> int:
     return value
 
 
+def knob(label: str, rank: int) -> dict[str, Any]:
+    """Field metadata of an ablation knob: its name in report tables and its place among the knobs
+    (``reports.grouping.KNOBS`` reads both: :func:`ablation_knobs`)."""
+    return {"knob": label, "knob_rank": rank}
+
+
 # ----------------------------------------------------------------------------- sections
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -149,22 +173,49 @@ class Nitp(_Section):
     """The NITP term: lambda x loss(P(h_t), sg[z_{t+shift}]) with z read at ``target_layer``."""
 
     target_layer: Int(0, 10_000, null=True, words=tuple(TARGET_WORDS)) = Field(
-        None, description="layer k whose hidden state is the target; null = the preset's; or middle | deep"
+        None,
+        description="layer k whose hidden state is the target; null = the preset's; or middle | deep",
+        json_schema_extra=knob("target layer", 0),
     )
     lambda_: Num(0.0, 1e6, null=True) = Field(
-        None, alias="lambda", description="weight of the NITP term; null = the preset's (paper: 1.0 to 0.6)"
+        None,
+        alias="lambda",
+        description="weight of the NITP term; null = the preset's (paper: 1.0 to 0.6)",
+        json_schema_extra=knob("λ", 6),
     )
-    shift: Choice(*SHIFTS) = Field(1, description="target offset: 1 = next token (NITP), 0 = same position")
-    loss: Choice(*LOSS_KINDS) = Field("cosine", description="distance between prediction and target")
-    stop_grad: Bool = Field(True, description="no gradient through the target hidden state")
-    projector: Choice(*PROJECTORS) = Field("swiglu", description="throw-away head mapping h_t to the target")
-    start_step: Int(0, BIG) = Field(0, description="optimizer step at which the NITP term switches on")
+    shift: Choice(*SHIFTS) = Field(
+        1,
+        description="target offset: 1 = next token (NITP), 0 = same position",
+        json_schema_extra=knob("temporal shift", 1),
+    )
+    loss: Choice(*LOSS_KINDS) = Field(
+        "cosine", description="distance between prediction and target", json_schema_extra=knob("NITP loss", 2)
+    )
+    stop_grad: Bool = Field(
+        True,
+        description="no gradient through the target hidden state",
+        json_schema_extra=knob("stop-gradient", 3),
+    )
+    projector: Choice(*PROJECTORS) = Field(
+        "swiglu",
+        description="throw-away head mapping h_t to the target",
+        json_schema_extra=knob("projector", 4),
+    )
+    start_step: Int(0, BIG) = Field(
+        0,
+        description="optimizer step at which the NITP term switches on",
+        json_schema_extra=knob("start step", 5),
+    )
 
 
 class CosReg(_Section):
     """The baseline regulariser: weight x mean pairwise cosine."""
 
-    weight: Num(0.0, 1e6) = Field(0.0, description="weight of the regulariser; 0 = off")
+    weight: Num(0.0, 1e6) = Field(
+        0.0,
+        description="weight of the regulariser; 0 = off",
+        json_schema_extra=knob("cosine regulariser weight", 7),
+    )
     kind: Choice(*COS_REG_KINDS) = Field(
         "hidden",
         description="hidden = final hidden states (the NITP paper's baseline); embedding = output "
@@ -242,13 +293,12 @@ class Train(_Section):
     )
     parallel: Choice("ddp", "fsdp") = Field("ddp", description="data parallelism under torchrun")
     threads: Int(1, 4096, null=True) = Field(None, description="torch CPU threads; null = torch's default")
-    loss_chunk: Int(0, 1 << 24) = Field(
-        0, description="> 0: next-token CE in chunks of N positions (no [B, T, V] float32 logits)"
-    )
-    loss_impl: Choice(*LOSS_IMPLS) = Field(
-        "auto",
-        description="next-token CE: auto = plain if loss_chunk is 0 else chunked; chunked = recomputed "
-        "per chunk in backward; chunked_gif = gradients in the forward pass; liger = liger-kernel",
+    loss_impl: LossImpl = Field(
+        "plain",
+        description="next-token CE: plain = the model's logits; chunked[:N] = N positions at a time "
+        "(default 1024; no [B, T, V] float32 logits), recomputed in backward; chunked_gif[:N] = "
+        "gradients in the forward pass; liger = liger-kernel. The deprecated train.loss_chunk: N "
+        "reads as chunked:N",
     )
     activation_checkpointing: Bool = Field(False, description="recompute each block in the backward pass")
 
@@ -341,12 +391,59 @@ def validate(cfg: dict) -> dict:
 
     Raises one ``UserError`` line for the first bad key (an unknown key before a bad value).
     """
+    return as_config(cfg).model_dump(by_alias=True)
+
+
+def as_config(cfg: Config | dict) -> Config:
+    """``cfg`` as a :class:`Config`: a ``Config`` as it is, a dict validated (:func:`validate`'s
+    one-line errors; deprecated keys mapped by :func:`upgrade_legacy_keys`)."""
+    if isinstance(cfg, Config):
+        return cfg
+    cfg = upgrade_legacy_keys(cfg)
     try:
-        return Config.model_validate(cfg).model_dump(by_alias=True)
+        return Config.model_validate(cfg)
     except ValidationError as e:
         errors = e.errors()
         first = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
         raise UserError(_one_line(first, cfg)) from None
+
+
+def section(name: str, value: BaseModel | dict) -> Any:
+    """The config section ``name`` (``"train"``, ...) as its model: a model as it is, a dict
+    validated as that section of a whole config (the same one-line errors)."""
+    return value if isinstance(value, BaseModel) else getattr(as_config({name: value}), name)
+
+
+def upgrade_legacy_keys(cfg: Any, note: bool = True) -> Any:
+    """``cfg`` with the deprecated ``train.loss_chunk`` folded into ``train.loss_impl`` (a new dict;
+    ``cfg`` itself is left as it is).
+
+    ``loss_chunk: N > 0`` reads as ``loss_impl: chunked:N`` (with ``note``, one line on stderr says
+    so); ``loss_chunk: 0`` and ``loss_impl: auto`` (the old defaults, in every ``config.yaml`` of
+    older runs) read as ``plain``, silently. A pair that disagrees is a one-line ``UserError``
+    (:func:`nitp_train.loss.resolve_loss_impl`).
+    """
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    if not isinstance(train, dict) or ("loss_chunk" not in train and train.get("loss_impl") != "auto"):
+        return cfg
+    train = dict(train)
+    chunk, impl = train.pop("loss_chunk", 0), train.get("loss_impl", "auto")
+    if not (isinstance(chunk, int) and not isinstance(chunk, bool) and 0 <= chunk <= 1 << 24):
+        raise UserError(
+            f"train.loss_chunk={_show(chunk)}: must be an integer from 0 to 16,777,216 (deprecated: "
+            "use train.loss_impl=chunked:N); fix it in the config or with --set train.loss_impl=..."
+        )
+    if isinstance(impl, str):
+        train["loss_impl"] = (
+            loss_impl_text(*resolve_loss_impl(impl, chunk)) if chunk or impl == "auto" else impl
+        )
+        if note and chunk:
+            print(
+                f"note: train.loss_chunk is deprecated: read as train.loss_impl={train['loss_impl']}; "
+                "write that instead",
+                file=sys.stderr,
+            )
+    return {**cfg, "train": train}
 
 
 def check_value(key: str, value: Any) -> None:
@@ -455,6 +552,22 @@ def _same_kind(want: Any, value: Any) -> tuple[bool, str]:
     if isinstance(want, list):
         return isinstance(value, list), "a list"
     return isinstance(value, str) and bool(value.strip()), "a non-empty text"
+
+
+def ablation_knobs() -> dict[str, tuple[str, Any]]:
+    """``{dotted key: (table label, default)}`` of the ablation knobs (fields marked with
+    :func:`knob`), in their rank order; the default is ``None`` where the preset fills it."""
+    marked = [
+        (
+            f.json_schema_extra["knob_rank"],
+            key,
+            f.json_schema_extra["knob"],
+            f.get_default(call_default_factory=True),
+        )
+        for key, f in leaf_fields()
+        if isinstance(f.json_schema_extra, dict) and "knob" in f.json_schema_extra
+    ]
+    return {key: (label, default) for _, key, label, default in sorted(marked)}
 
 
 # ----------------------------------------------------------------------------- documentation

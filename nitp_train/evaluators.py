@@ -3,7 +3,8 @@
 nitp_train may not import nitp_eval or analysis (the package order, docs/architecture.md), so the
 evaluators are plugins: each entry point of the group ``nitp.evaluators`` (pyproject.toml; nitp's
 own are ``bench``, ``mteb`` and ``geom`` in ``nitp_eval/inloop.py``) is a factory
-``factory(cfg) -> Evaluator | None`` (``None``: that part of ``cfg["eval"]`` is empty). An
+``factory(cfg) -> Evaluator | None`` (``cfg``: the resolved config as a plain dict; ``None``: its
+``eval`` part names nothing for that factory). An
 :class:`Evaluator` scores the in-memory model and returns flat metrics (``eval/bench/<task>``, ...)
 for ``metrics.jsonl`` and the trackers; it may also write ordinary result records.
 
@@ -31,6 +32,8 @@ from typing import Protocol
 
 from nitp.errors import UserError
 
+from .config_model import Config, as_config
+
 GROUP = "nitp.evaluators"
 
 
@@ -40,13 +43,15 @@ class Evaluator(Protocol):
     def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict: ...
 
 
-def load_evaluators(cfg: dict) -> list:
-    """The evaluators the resolved ``cfg["eval"]`` asks for, from the ``nitp.evaluators`` entry points."""
+def load_evaluators(cfg: Config | dict) -> list:
+    """The evaluators the resolved ``cfg.eval`` asks for, from the ``nitp.evaluators`` entry points
+    (each factory gets the config as a plain dict)."""
     from importlib.metadata import entry_points
 
-    if cfg["eval"]["every"] <= 0:
+    cfg = as_config(cfg)
+    if cfg.eval.every <= 0:
         return []
-    if cfg["train"]["parallel"] == "fsdp":
+    if cfg.train.parallel == "fsdp":
         raise UserError(
             "eval.every with train.parallel=fsdp: the model is sharded, evaluate the checkpoints with "
             "nitp-eval instead, or set eval.every=0"
@@ -54,10 +59,11 @@ def load_evaluators(cfg: dict) -> list:
     found = sorted(entry_points(group=GROUP), key=lambda e: e.name)
     if not found:
         raise UserError(
-            f"eval.every={cfg['eval']['every']}: no evaluators installed (entry points {GROUP}); "
+            f"eval.every={cfg.eval.every}: no evaluators installed (entry points {GROUP}); "
             "reinstall nitp (pip install -e .) or set eval.every=0"
         )
-    made = [e.load()(cfg) for e in found]
+    plain = cfg.model_dump(by_alias=True)
+    made = [e.load()(plain) for e in found]
     return [m for m in made if m is not None]
 
 

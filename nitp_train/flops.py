@@ -268,7 +268,7 @@ def parameter_count(config) -> int:
 def model_compute(model_spec: dict, seq_len: int) -> dict[str, float]:
     """``parameters`` (total, counted on the meta device: no memory), ``ntp_flops_per_token``
     (:func:`training_flops_per_token`) and ``nitp_extra_flops_per_token`` of a resolved
-    ``cfg["model"]`` (a preset name and its fields), e.g. for a study's dry run or compute matching.
+    ``model`` section (a preset name and its fields), e.g. for a study's dry run or compute matching.
     """
     from .models import make_config
 

@@ -20,10 +20,13 @@ Example
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nitp.errors import UserError
 from nitp.layers import default_target_layer
+
+if TYPE_CHECKING:
+    from .config_model import Config
 
 CPT_LR = 1.0e-4
 CPT_WARMUP_FRACTION = 0.02
@@ -61,7 +64,7 @@ def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def fill_cpt_defaults(cfg: dict[str, Any], spec: dict[str, Any]) -> None:
+def fill_cpt_defaults(cfg: Config, spec: dict[str, Any]) -> None:
     """The data and schedule defaults of continued pre-training, filled into ``cfg`` in place where
     it keeps the general defaults: the source's tokenizer, warm-up = max(1, round(0.02 x steps))
     (with a step count; a token budget keeps ``train.warmup_steps``), linear decay.
@@ -70,13 +73,13 @@ def fill_cpt_defaults(cfg: dict[str, Any], spec: dict[str, Any]) -> None:
     """
     from .config_model import DEFAULTS
 
-    data, train = cfg["data"], cfg["train"]
-    if data["tokenizer"] is None:
-        data["tokenizer"] = spec["init_from"]
-    if train["warmup_steps"] == DEFAULTS["train"]["warmup_steps"] and train["steps"] is not None:
-        train["warmup_steps"] = max(1, round(CPT_WARMUP_FRACTION * train["steps"]))
-    if train["decay_type"] == DEFAULTS["train"]["decay_type"]:
-        train["decay_type"] = CPT_DECAY_TYPE
+    data, train = cfg.data, cfg.train
+    if data.tokenizer is None:
+        data.tokenizer = spec["init_from"]
+    if train.warmup_steps == DEFAULTS["train"]["warmup_steps"] and train.steps is not None:
+        train.warmup_steps = max(1, round(CPT_WARMUP_FRACTION * train.steps))
+    if train.decay_type == DEFAULTS["train"]["decay_type"]:
+        train.decay_type = CPT_DECAY_TYPE
 
 
 def load_init_model(spec: dict[str, Any]):

@@ -7,23 +7,26 @@ captured with a forward hook; P is a projector used only in training (SwiGLU d -
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel
 from torch.utils.checkpoint import checkpoint
 
 from nitp.errors import UserError
 
+from .choices import COS_REG_KINDS as COS_REG_KINDS  # re-exported: nitp_train.loss.COS_REG_KINDS
+from .choices import LOSS_IMPLS as LOSS_IMPLS
+from .choices import parse_loss_impl as parse_loss_impl
+from .choices import resolve_loss_impl
 from .nitp_module import PROJECTORS as PROJECTORS  # re-exported: nitp_train.loss.PROJECTORS
 from .nitp_module import LayerCapture, NITPModule, NITPSettings
 from .nitp_module import SwiGLUHead as SwiGLUHead
 from .nitp_module import make_head as make_head
 from .objective import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.loss.LOSS_KINDS
 from .objective import nitp_pairs, nitp_sum
-
-# cos_reg.kind: "hidden" = the NITP paper's baseline (final hidden states of the batch);
-# "embedding" = Gao et al. (2019)'s regulariser of the output word-embedding matrix rows
-COS_REG_KINDS = ("hidden", "embedding")
 
 
 def nitp_loss(
@@ -139,35 +142,6 @@ def chunked_next_token_ce(
             _chunk_ce_sum, hidden[:, part], lm_head, labels[:, part], use_reentrant=False
         )
     return total / (labels != -100).sum().clamp(min=1)
-
-
-LOSS_IMPLS = ("auto", "plain", "chunked", "chunked_gif", "liger")
-DEFAULT_LOSS_CHUNK = 1024  # positions per chunk when loss_impl names a chunked kind and loss_chunk is 0
-
-
-def resolve_loss_impl(loss_impl: str, loss_chunk: int) -> tuple[str, int]:
-    """``(implementation, chunk size)`` from ``train.loss_impl`` and ``train.loss_chunk``.
-
-    ``auto`` keeps the behaviour from before ``loss_impl`` existed: ``plain`` when
-    ``loss_chunk == 0``, else ``chunked``. A chunked kind with ``loss_chunk == 0`` uses
-    ``DEFAULT_LOSS_CHUNK`` positions; ``plain`` with ``loss_chunk > 0`` is a contradiction.
-
-    Examples
-    --------
-    >>> resolve_loss_impl("auto", 0), resolve_loss_impl("auto", 512), resolve_loss_impl("chunked_gif", 0)
-    (('plain', 0), ('chunked', 512), ('chunked_gif', 1024))
-    """
-    if loss_impl not in LOSS_IMPLS:
-        raise UserError(f"train.loss_impl={loss_impl!r}: use one of {', '.join(LOSS_IMPLS)}")
-    if loss_impl == "auto":
-        return ("chunked", loss_chunk) if loss_chunk > 0 else ("plain", 0)
-    if loss_impl == "plain" and loss_chunk > 0:
-        raise UserError(
-            f"train.loss_impl=plain with train.loss_chunk={loss_chunk}: set loss_chunk to 0 or loss_impl to chunked"
-        )
-    if loss_impl in ("chunked", "chunked_gif") and loss_chunk == 0:
-        return loss_impl, DEFAULT_LOSS_CHUNK
-    return loss_impl, loss_chunk
 
 
 class _LinearCrossEntropyGIF(torch.autograd.Function):
@@ -373,7 +347,7 @@ class NITPObjective(nn.Module):
         self,
         model: nn.Module,
         objective: str,
-        nitp_cfg: dict,
+        nitp_cfg: Mapping | BaseModel,
         cos_reg_weight: float = 0.0,
         cos_reg_kind: str = "hidden",
         loss_chunk: int = 0,
@@ -384,7 +358,8 @@ class NITPObjective(nn.Module):
         self.cross_documents = bool(cross_documents)  # True: NITP pairs may cross documents
         self.model = model
         self.objective = objective
-        self.cfg = dict(nitp_cfg)
+        # the ``nitp:`` section: a validated ``config_model.Nitp`` or a mapping of its keys
+        self.cfg = nitp_cfg.model_dump(by_alias=True) if isinstance(nitp_cfg, BaseModel) else dict(nitp_cfg)
         self.cos_reg_weight = float(cos_reg_weight)
         if cos_reg_kind not in COS_REG_KINDS:
             raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {cos_reg_kind!r}")

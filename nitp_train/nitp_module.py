@@ -21,9 +21,8 @@ import torch.nn.functional as F
 
 from nitp.layers import register_layer_hook
 
+from .choices import PROJECTORS as PROJECTORS  # re-exported: nitp_train.nitp_module.PROJECTORS
 from .objective import nitp_pairs, nitp_sum
-
-PROJECTORS = ("swiglu", "linear", "none")
 
 
 class SwiGLUHead(nn.Module):

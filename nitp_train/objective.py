@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LOSS_KINDS = ("cosine", "mse", "smooth_l1", "kl")
+from .choices import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.objective.LOSS_KINDS
+
 IGNORE_INDEX = -100
 
 

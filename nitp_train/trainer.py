@@ -11,7 +11,6 @@ document id to the pair rule (``TokenShards.document_batches``): no NITP pair cr
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import math
@@ -31,16 +30,18 @@ from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolv
 from . import checkpoint as ckpt_io
 from . import parallel
 from .config import RESUMABLE_CHANGES, apply_plan, config_diff, plan_summary
+from .config_model import Config, Train, as_config, section
 from .data import TokenShards, prepare
 from .evaluators import evaluate_in_loop, load_evaluators
-from .loss import NITPObjective, require_liger, resolve_loss_impl
+from .loss import NITPObjective, parse_loss_impl, require_liger
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
 from .trackers import require as require_tracker
 
 
-def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Path:
-    """Train per the resolved ``cfg`` into ``run_dir``; returns the run directory.
+def train(cfg: Config | dict, run_dir: str | Path, resume: bool = False, log=print) -> Path:
+    """Train per the resolved ``cfg`` (a :class:`Config`, or its dict, e.g. from ``load_config``)
+    into ``run_dir``; returns the run directory.
 
     ``resume=True`` continues from the run's latest checkpoint: same weights, optimizer,
     schedule, RNG and data cursor, so the result equals an uninterrupted run.
@@ -52,14 +53,14 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> Pa
     from .memory import check_fits
 
     hf_logging.disable_progress_bar()
-    run_dir = Path(run_dir)
-    d = parallel.setup(cfg["train"]["device"])
+    cfg, run_dir = as_config(cfg), Path(run_dir)
+    d = parallel.setup(cfg.train.device)
     log = log if d.is_main else (lambda *a, **k: None)
     try:  # rank 0 holds the run directory from before its checks until the run ends
         with run_lock(run_dir) if d.is_main else contextlib.nullcontext():
             if d.is_main:
                 ckpt_io.verify_resume(run_dir, resume)
-            check_fits(cfg["model"], d.device, d.world, sharded=cfg["train"]["parallel"] == "fsdp")
+            check_fits(cfg.model, d.device, d.world, sharded=cfg.train.parallel == "fsdp")
             return _train(cfg, run_dir, resume, d, log)
     finally:
         parallel.teardown(d)
@@ -73,7 +74,7 @@ class TrainState:
     the loss terms of the current logging interval, timed from ``t0``.
     """
 
-    cfg: dict
+    cfg: Config
     run_dir: Path
     d: parallel.Dist
     objective: NITPObjective
@@ -103,13 +104,13 @@ class TrainState:
     nonfinite: torch.Tensor | None = None  # [kind, -first step] of non-finite losses (_flag_nonfinite)
 
 
-def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
+def _train(cfg: Config, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
     st = _build_state(cfg, run_dir, resume, d, log)
     try:
         if st.step > 0:
             _finish_interrupted_step(st, st.pending_line)
         st.t0 = time.perf_counter()
-        while st.step < st.cfg["train"]["steps"]:
+        while st.step < st.cfg.train.steps:
             want_geom, grad_norm = _train_step(st)
             _after_step(st, want_geom, grad_norm)
     finally:
@@ -118,23 +119,23 @@ def _train(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Pat
     return run_dir
 
 
-def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
+def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
     """Plan, data, model + objective (fresh or resumed), optimizer, schedule, logs: the state at
     the run's current step. The run directory appears only once all of it succeeded."""
-    cfg, plan = apply_plan(_keep_global_batch(cfg, run_dir, resume), d.world)
-    tc, lc = cfg["train"], cfg["log"]
+    cfg, plan = apply_plan(_keep_global_batch(as_config(cfg), run_dir, resume), d.world)
+    tc, lc = cfg.train, cfg.log
     log(plan_summary(cfg, plan))
     _check_speed_switches(tc, d.device)
     _check_param_dtype(tc, d)
     evaluators = load_evaluators(cfg) if d.is_main else []
-    for name in lc["trackers"]:
+    for name in lc.trackers:
         require_tracker(name)
-    if tc["threads"]:
-        torch.set_num_threads(int(tc["threads"]))
+    if tc.threads:
+        torch.set_num_threads(int(tc.threads))
     last_ckpt = _check_run_dir(cfg, run_dir, resume, log)
     shards, tokenizer = _prepared_data(cfg, run_dir, d, log)
     model, objective = _build_objective(cfg, last_ckpt, tokenizer, d, log)
-    wrapped = parallel.wrap(objective, d, tc["parallel"], tc.get("param_dtype", "fp32"))
+    wrapped = parallel.wrap(objective, d, tc.parallel, tc.param_dtype)
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
     step, tokens_seen, pending_line = 0, 0, None
@@ -143,14 +144,16 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
             last_ckpt, wrapped, objective, optimizer, scheduler, d, tc
         )
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
-    seq, bsz, accum = cfg["data"]["seq_len"], tc["batch_size"], tc["grad_accum"]
+    seq, bsz, accum = cfg.data.seq_len, tc.batch_size, tc.grad_accum
     forward = _compiled(wrapped, tc)
     flops_per_token, peak = _flops_per_token(cfg, model), peak_flops(d.device)
     metrics_path = run_dir / "metrics.jsonl"
     if d.is_main:  # the run directory appears only once everything above succeeded
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.clean_partial(run_dir)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(
+            run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False)
+        )
         truncate_after(metrics_path, step)
     return TrainState(
         cfg=cfg,
@@ -164,16 +167,16 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
         tokenizer=tokenizer,
         shards=shards,
         batches=_training_batches(cfg, shards, start=step * accum, d=d),
-        amp=_autocast(d.device, tc["dtype"]),
+        amp=_autocast(d.device, tc.dtype),
         mlog=MetricsLog(
             metrics_path,
-            tc["steps"],
+            tc.steps,
             step,
             enabled=d.is_main,
-            title=cfg["run_name"],
+            title=cfg.run_name,
             trackers=_open_trackers(cfg, run_dir, d, step if resume else None),
         ),
-        geom=GeometrySample(seq, bsz * accum, d.world, lc["geom_every"], d.rank, cfg["seed"]),
+        geom=GeometrySample(seq, bsz * accum, d.world, lc.geom_every, d.rank, cfg.seed),
         tokens_per_step=seq * bsz * accum * d.world,
         flops_per_token=flops_per_token,
         peak=peak,
@@ -187,33 +190,27 @@ def _build_state(cfg: dict, run_dir: Path, resume: bool, d: parallel.Dist, log) 
     )
 
 
-def _build_objective(cfg: dict, last_ckpt: Path | None, tokenizer, d: parallel.Dist, log):
+def _build_objective(cfg: Config, last_ckpt: Path | None, tokenizer, d: parallel.Dist, log):
     """``(model, NITPObjective)`` on ``d.device``: from the last checkpoint, ``model.init_from``
-    (continued pre-training) or a fresh preset, seeded by ``cfg["seed"]``."""
-    tc = cfg["train"]
-    torch.manual_seed(cfg["seed"])
+    (continued pre-training) or a fresh preset, seeded by ``cfg.seed``."""
+    tc = cfg.train
+    torch.manual_seed(cfg.seed)
     if last_ckpt is not None:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(last_ckpt, dtype=torch.float32)
-    elif cfg["model"].get("init_from"):  # an optional model key (init_from.py), not a default
+    elif cfg.model.get("init_from"):  # an optional model key (init_from.py), not a default
         from .init_from import load_init_model
 
-        model = load_init_model(cfg["model"])
+        model = load_init_model(cfg.model)
     else:
-        model = build_model(cfg["model"], seed=cfg["seed"])
+        model = build_model(cfg.model, seed=cfg.seed)
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    if tc["activation_checkpointing"]:
+    if tc.activation_checkpointing:
         parallel.enable_activation_checkpointing(model)
     objective = NITPObjective(
-        model,
-        cfg["objective"],
-        cfg["nitp"],
-        cfg["cos_reg"]["weight"],
-        cfg["cos_reg"]["kind"],
-        loss_chunk=tc["loss_chunk"],
-        loss_impl=tc["loss_impl"],
+        model, cfg.objective, cfg.nitp, cfg.cos_reg.weight, cfg.cos_reg.kind, loss_impl=tc.loss_impl
     )
     if last_ckpt is not None and objective.head is not None:
         objective.head.load_state_dict(ckpt_io.load_head(last_ckpt))
@@ -221,7 +218,7 @@ def _build_objective(cfg: dict, last_ckpt: Path | None, tokenizer, d: parallel.D
     counts = count_parameters(model)
     head = objective.head
     log(
-        f"{cfg['model']['preset']} ({cfg['objective']}): {counts['total']:,} parameters, {counts['active']:,} active"
+        f"{cfg.model['preset']} ({cfg.objective}): {counts['total']:,} parameters, {counts['active']:,} active"
         + (f", projector {sum(p.numel() for p in head.parameters()):,} (training only)" if head else "")
     )
     return model, objective
@@ -235,7 +232,7 @@ def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler,
         parallel.load_sharded(wrapped, optimizer, saved["sharded"])
     else:
         parallel.load_full_state_dicts(
-            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc["parallel"]
+            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc.parallel
         )
     scheduler.load_state_dict(saved["scheduler"])
     # the restored optimizer carries the lr of the old schedule; a resume that changes
@@ -246,28 +243,28 @@ def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler,
     return state["step"], state["tokens_seen"], state.get("pending_line")
 
 
-def _training_batches(cfg: dict, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
+def _training_batches(cfg: Config, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
     """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on.
 
     NITP runs get each token's document (``TokenShards.document_batches``) for the pair rule:
     no NITP pair crosses a document boundary of the packed windows. NTP runs need none.
     """
-    seq, bsz = cfg["data"]["seq_len"], cfg["train"]["batch_size"]
+    seq, bsz = cfg.data.seq_len, cfg.train.batch_size
     where = dict(start=start, rank=d.rank, world=d.world)
-    if cfg["objective"] != "nitp":
-        return ((tokens, None) for _, tokens in shards.batches(seq, bsz, cfg["seed"], **where))
-    return ((tokens, docs) for _, tokens, docs in shards.document_batches(seq, bsz, cfg["seed"], **where))
+    if cfg.objective != "nitp":
+        return ((tokens, None) for _, tokens in shards.batches(seq, bsz, cfg.seed, **where))
+    return ((tokens, docs) for _, tokens, docs in shards.document_batches(seq, bsz, cfg.seed, **where))
 
 
 def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     """One optimizer step (all micro-batches, clip, AdamW, schedule); returns
     ``(whether geometry is measured after it, the gradient norm before clipping)``."""
-    cfg, lc, d = st.cfg, st.cfg["log"], st.d
-    accum = cfg["train"]["grad_accum"]
-    want_geom = lc["geom_every"] > 0 and (st.step + 1) % lc["geom_every"] == 0
+    cfg, lc, d = st.cfg, st.cfg.log, st.d
+    accum = cfg.train.grad_accum
+    want_geom = lc.geom_every > 0 and (st.step + 1) % lc.geom_every == 0
     # geom_batch=train: this step's tokens enter the next measurement
-    sample_geom = lc["geom_batch"] == "train" and st.geom.collecting(st.step + 1)
-    nitp_weight = cfg["nitp"]["lambda"] * float(st.step >= cfg["nitp"]["start_step"])
+    sample_geom = lc.geom_batch == "train" and st.geom.collecting(st.step + 1)
+    nitp_weight = cfg.nitp.lambda_ * float(st.step >= cfg.nitp.start_step)
     for micro in range(accum):
         tokens, docs = next(st.batches)
         x = torch.from_numpy(tokens).to(d.device, non_blocking=True)
@@ -283,11 +280,11 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
             if k.startswith(("loss", "aux")):
                 st.sums[k] = st.sums.get(k, 0.0) + v.detach()
         st.n_sums += 1
-    grad_norm = torch.nn.utils.clip_grad_norm_(st.objective.parameters(), cfg["train"]["grad_clip"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(st.objective.parameters(), cfg.train.grad_clip)
     _flag_nonfinite(st, grad_norm)
     if _read_after(st, st.step + 1):  # before this step's update: a saved checkpoint is never poisoned
         _stop_if_nonfinite(st)
-    if st.step < cfg["nitp"]["start_step"]:
+    if st.step < cfg.nitp.start_step:
         _hold_projector(st.optimizer)
     st.optimizer.step()
     st.scheduler.step()
@@ -328,12 +325,12 @@ def _flag_nonfinite(st: TrainState, grad_norm: torch.Tensor) -> None:
 def _read_after(st: TrainState, step: int) -> bool:
     """Whether :func:`_after_step` reads the model or the losses after ``step`` (log, geometry,
     probe, validation, checkpoint, evaluation, last step): the non-finite check must come first."""
-    cfg, lc = st.cfg, st.cfg["log"]
-    intervals = (lc["every"], lc["geom_every"], lc["probe_every"], lc["eval_every"])
-    intervals += (cfg["checkpoint"]["every"], cfg["eval"]["every"])
-    if step in _log_spaced(cfg["train"]["steps"], lc["eval_points"]):
+    cfg, lc = st.cfg, st.cfg.log
+    intervals = (lc.every, lc.geom_every, lc.probe_every, lc.eval_every)
+    intervals += (cfg.checkpoint.every, cfg.eval.every)
+    if step in _log_spaced(cfg.train.steps, lc.eval_points):
         return True
-    return step == cfg["train"]["steps"] or any(n > 0 and step % n == 0 for n in intervals)
+    return step == cfg.train.steps or any(n > 0 and step % n == 0 for n in intervals)
 
 
 def _stop_if_nonfinite(st: TrainState) -> None:
@@ -351,20 +348,20 @@ def _stop_if_nonfinite(st: TrainState) -> None:
 
 def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> None:
     """Log the interval's means, measure geometry, validate, evaluate (``eval.every``) and checkpoint when due."""
-    cfg, lc, d, steps = st.cfg, st.cfg["log"], st.d, st.cfg["train"]["steps"]
+    cfg, lc, d, steps = st.cfg, st.cfg.log, st.d, st.cfg.train.steps
     row = {}
-    if st.step % lc["every"] == 0 or st.step == steps or want_geom:
+    if st.step % lc.every == 0 or st.step == steps or want_geom:
         row = _interval_means(st, grad_norm)
     if want_geom:
-        row.update(_heldout_geometry(st) if lc["geom_batch"] == "val" else st.geom.result(d))
-    if lc["probe_every"] > 0 and (st.step % lc["probe_every"] == 0 or st.step == steps) and d.is_main:
+        row.update(_heldout_geometry(st) if lc.geom_batch == "val" else st.geom.result(d))
+    if lc.probe_every > 0 and (st.step % lc.probe_every == 0 or st.step == steps) and d.is_main:
         row.update(_probe(st))
-    if validation_due(st.step, steps, lc["eval_every"], lc["eval_points"]):
+    if validation_due(st.step, steps, lc.eval_every, lc.eval_points):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
     # the checkpoint comes first, at every evaluated step too: an evaluator's or a tracker's failure
     # below never costs training state; it carries this step's line, which a resume writes if the
     # run died before it did
-    if st.step % cfg["checkpoint"]["every"] == 0 or st.step == steps or _eval_due(st):
+    if st.step % cfg.checkpoint.every == 0 or st.step == steps or _eval_due(st):
         _save(st, pending_line=row)
         st.last_good = checkpoint_name(st.step)
     _evaluate_and_log(st, row)
@@ -400,8 +397,8 @@ def validation_due(step: int, steps: int, every: int, points: int) -> bool:
 
 
 def _eval_due(st: TrainState) -> bool:
-    every = st.cfg["eval"]["every"]
-    return every > 0 and (st.step % every == 0 or st.step == st.cfg["train"]["steps"])
+    every = st.cfg.eval.every
+    return every > 0 and (st.step % every == 0 or st.step == st.cfg.train.steps)
 
 
 def _evaluate(st: TrainState) -> dict:
@@ -451,7 +448,7 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
     dt = time.perf_counter() - st.t0
     row = {k: float(v) / st.n_sums for k, v in st.sums.items()}
     row = parallel.all_mean(st.d, row)
-    tps = st.tokens_per_step * st.n_sums / st.cfg["train"]["grad_accum"] / max(dt, 1e-9)
+    tps = st.tokens_per_step * st.n_sums / st.cfg.train.grad_accum / max(dt, 1e-9)
     row.update(lr=st.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), tokens_per_s=tps)
     if st.peak and st.flops_per_token:
         row["mfu"] = st.flops_per_token * tps / st.d.world / st.peak
@@ -467,19 +464,19 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _heldout(cfg: dict, shards: TokenShards, d: parallel.Dist) -> tuple | None:
+def _heldout(cfg: Config, shards: TokenShards, d: parallel.Dist) -> tuple | None:
     """The fixed held-out batch of ``log.geom_batch: val`` and ``log.probe_every`` (else None)."""
-    lc = cfg["log"]
-    if not ((lc["geom_every"] > 0 and lc["geom_batch"] == "val") or lc["probe_every"] > 0):
+    lc = cfg.log
+    if not ((lc.geom_every > 0 and lc.geom_batch == "val") or lc.probe_every > 0):
         return None
-    if lc["probe_every"] > 0 and cfg["train"]["parallel"] == "fsdp" and d.enabled:
+    if lc.probe_every > 0 and cfg.train.parallel == "fsdp" and d.enabled:
         raise UserError(
             "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
             "set log.probe_every=0 or train.parallel=ddp"
         )
     from .probe import heldout_batch
 
-    return heldout_batch(shards, cfg["data"]["seq_len"])
+    return heldout_batch(shards, cfg.data.seq_len)
 
 
 def _heldout_geometry(st: TrainState) -> dict:
@@ -487,7 +484,7 @@ def _heldout_geometry(st: TrainState) -> dict:
     from .probe import heldout_geometry
 
     return heldout_geometry(
-        st.wrapped, st.objective, st.heldout, st.d.device, st.amp, st.cfg["train"]["batch_size"]
+        st.wrapped, st.objective, st.heldout, st.d.device, st.amp, st.cfg.train.batch_size
     )
 
 
@@ -495,37 +492,37 @@ def _probe(st: TrainState) -> dict:
     """The gradient probe on the held-out batch at the current NITP weight (rank 0, bare model)."""
     from .probe import gradient_probe
 
-    nitp = st.cfg["nitp"]
-    weight = nitp["lambda"] * float(st.step >= nitp["start_step"]) if st.cfg["objective"] == "nitp" else 0.0
+    nitp = st.cfg.nitp
+    weight = nitp.lambda_ * float(st.step >= nitp.start_step) if st.cfg.objective == "nitp" else 0.0
     return gradient_probe(st.objective, st.heldout, st.d.device, weight)
 
 
-def _open_trackers(cfg: dict, run_dir: Path, d: parallel.Dist, resume_step: int | None):
+def _open_trackers(cfg: Config, run_dir: Path, d: parallel.Dist, resume_step: int | None):
     """``log.trackers`` opened on rank 0 (``None`` when there are none, or on other ranks)."""
-    if not (d.is_main and cfg["log"]["trackers"]):
+    if not (d.is_main and cfg.log.trackers):
         return None
     from .trackers import Trackers
 
-    return Trackers(run_dir, cfg["log"]["trackers"], cfg["run_name"], cfg, resume_step)
+    return Trackers(run_dir, cfg.log.trackers, cfg.run_name, cfg.model_dump(by_alias=True), resume_step)
 
 
-def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
+def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
     """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
 
     A failed check removes the folders this start created (the run directory, a new
     prepared_dir), so a corrected rerun starts clean; an interrupted preparation keeps its
     partial state beside the prepared folder and resumes at the next start.
     """
-    prepared = Path(cfg["data"]["prepared_dir"] or run_dir / "data")
+    prepared = Path(cfg.data.prepared_dir or run_dir / "data")
     created = [p for p in (run_dir, prepared) if not p.exists()] if d.is_main else []
     try:
         if d.is_main:
-            prepare(cfg["data"], prepared, log=log)
+            prepare(cfg.data.model_dump(), prepared, log=log)
         parallel.barrier(d)
         shards = TokenShards(prepared)
-        shards.check_fits(cfg["data"]["seq_len"], cfg["train"]["batch_size"], d.world)
+        shards.check_fits(cfg.data.seq_len, cfg.train.batch_size, d.world)
         tokenizer = shards.tokenizer()
-        vocab = cfg["model"]["vocab_size"]
+        vocab = cfg.model["vocab_size"]
         if len(tokenizer) > vocab:
             raise UserError(
                 f"tokenizer has {len(tokenizer)} tokens but model.vocab_size={vocab}: "
@@ -539,20 +536,19 @@ def _prepared_data(cfg: dict, run_dir: Path, d: parallel.Dist, log):
     return shards, tokenizer
 
 
-def _keep_global_batch(cfg: dict, run_dir: Path, resume: bool) -> dict:
+def _keep_global_batch(cfg: Config, run_dir: Path, resume: bool) -> Config:
     """On resume at another world size, keep the run's global batch (accumulation is re-derived)
     unless the config states one itself."""
-    if not resume or cfg["train"]["global_batch"] is not None or not (run_dir / "config.yaml").is_file():
+    if not resume or cfg.train.global_batch is not None or not (run_dir / "config.yaml").is_file():
         return cfg
     saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
     if saved is None:
         return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg["train"].update(global_batch=saved, grad_accum=None)
-    return cfg
+    train = cfg.train.model_copy(update={"global_batch": saved, "grad_accum": None})
+    return cfg.model_copy(update={"train": train})
 
 
-def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | None:
+def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, log=print) -> Path | None:
     """Refuse to overwrite a run; on resume, check the config and return the last checkpoint."""
     exists = (run_dir / "config.yaml").is_file()
     if not resume:
@@ -566,7 +562,7 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | 
         return None
     changed = [
         k
-        for k in config_diff(read_run_config(run_dir), cfg)
+        for k in config_diff(read_run_config(run_dir), cfg.model_dump(by_alias=True))
         if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)
     ]
     if changed:
@@ -579,24 +575,26 @@ def _check_run_dir(cfg: dict, run_dir: Path, resume: bool, log=print) -> Path | 
     return resolve_checkpoint(run_dir)
 
 
-def _make_optimizer(objective: torch.nn.Module, tc: dict) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not norms, biases, or other vectors).
+def _make_optimizer(objective: torch.nn.Module, tc: Train) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not norms, biases, or other vectors). ``tc``: the
+    ``train`` section (a dict is validated).
 
     The projector has groups of its own (``name: projector``) so that :func:`_hold_projector`
     can keep it out of the update until ``nitp.start_step``.
     """
+    tc = section("train", tc)
     head = getattr(objective, "head", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     groups = []
     for name, is_head in (("model", False), ("projector", True)):
         params = [p for p in objective.parameters() if p.requires_grad and (id(p) in head_ids) == is_head]
         groups += [
-            {"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": tc["weight_decay"]},
+            {"name": name, "params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
             {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    fused = _use_fused_adamw(tc.get("fused_adamw", "auto"), [p for g in groups for p in g["params"]])
-    return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"], fused=fused)
+    fused = _use_fused_adamw(tc.fused_adamw, [p for g in groups for p in g["params"]])
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, fused=fused)
 
 
 def _use_fused_adamw(setting, params: list) -> bool:
@@ -613,38 +611,38 @@ def _use_fused_adamw(setting, params: list) -> bool:
     return on_cuda if setting == "auto" else bool(setting)
 
 
-def _check_speed_switches(tc: dict, device: torch.device) -> None:
-    """Fail before any work on switches that cannot apply: ``loss_impl`` vs ``loss_chunk``, ``liger``
-    without its package, ``fused_adamw: true`` off CUDA."""
-    if resolve_loss_impl(tc["loss_impl"], tc["loss_chunk"])[0] == "liger":
+def _check_speed_switches(tc: Train, device: torch.device) -> None:
+    """Fail before any work on switches that cannot apply: ``liger`` without its package,
+    ``fused_adamw: true`` off CUDA."""
+    if parse_loss_impl(tc.loss_impl)[0] == "liger":
         require_liger()
-    if tc["fused_adamw"] is True and device.type != "cuda":
+    if tc.fused_adamw is True and device.type != "cuda":
         raise UserError(
             f"train.fused_adamw=true needs a CUDA device (training on {device.type}): set train.fused_adamw to auto or false"
         )
 
 
-def _check_param_dtype(tc: dict, d: parallel.Dist) -> None:
+def _check_param_dtype(tc: Train, d: parallel.Dist) -> None:
     """``train.param_dtype: bf16`` is FSDP2's ``MixedPrecisionPolicy`` (``parallel.mixed_precision_policy``):
     float32 shards as the master copy, bf16 for the gathered parameters. A single process or DDP
     has no such master copy (bf16 parameters there would be the only copy, and AdamW would update
     bf16 weights), and bf16 autocast (``train.dtype``) already runs its matmuls in bf16: refused."""
-    if tc.get("param_dtype", "fp32") == "bf16" and not (tc["parallel"] == "fsdp" and d.enabled):
-        where = "a single process" if not d.enabled else f"train.parallel={tc['parallel']}"
+    if tc.param_dtype == "bf16" and not (tc.parallel == "fsdp" and d.enabled):
+        where = "a single process" if not d.enabled else f"train.parallel={tc.parallel}"
         raise UserError(
             f"train.param_dtype=bf16 needs train.parallel=fsdp under torchrun (this run: {where}): "
             "set train.param_dtype=fp32 (bf16 autocast via train.dtype still applies) or launch with torchrun and train.parallel=fsdp"
         )
 
 
-def _compiled(wrapped: torch.nn.Module, tc: dict) -> torch.nn.Module:
+def _compiled(wrapped: torch.nn.Module, tc: Train) -> torch.nn.Module:
     """``torch.compile(wrapped, mode=train.compile_mode)`` when ``train.compile``, else ``wrapped``."""
-    if not tc["compile"]:
+    if not tc.compile:
         return wrapped
-    return torch.compile(wrapped, mode=tc.get("compile_mode", "default"))
+    return torch.compile(wrapped, mode=tc.compile_mode)
 
 
-def _run_facts(tc: dict, model, objective: NITPObjective, optimizer) -> dict:
+def _run_facts(tc: Train, model, objective: NITPObjective, optimizer) -> dict:
     """The facts behind the throughput of this start, logged once in ``metrics.jsonl``: the
     model's parameters (``count_parameters``' total), attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
     loss implementation, compile mode, fused AdamW."""
@@ -652,7 +650,7 @@ def _run_facts(tc: dict, model, objective: NITPObjective, optimizer) -> dict:
         "parameters": count_parameters(model)["total"],
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
         "loss_impl": objective.loss_impl,
-        "compile_mode": tc["compile_mode"] if tc["compile"] else "off",
+        "compile_mode": tc.compile_mode if tc.compile else "off",
         "fused_adamw": any(bool(g.get("fused")) for g in optimizer.param_groups),
     }
 
@@ -666,7 +664,7 @@ def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
                 p.grad = None
 
 
-def _make_scheduler(optimizer, tc: dict):
+def _make_scheduler(optimizer, tc: Train):
     r"""The warmup-stable-decay schedule: transformers' ``get_wsd_schedule`` (a ``LambdaLR``; its
     state is the step counter, saved with checkpoints).
 
@@ -687,11 +685,12 @@ def _make_scheduler(optimizer, tc: dict):
     """
     from transformers.optimization import get_wsd_schedule
 
-    steps = tc["steps"]
-    warmup = min(tc["warmup_steps"], steps)
-    decay = min(int(round(tc["decay_ratio"] * steps)), steps - warmup)
-    start, floor = tc["warmup_start_ratio"], tc["min_lr_ratio"]
-    wsd = dict(num_warmup_steps=warmup, num_decay_steps=decay, decay_type=tc["decay_type"])
+    tc = section("train", tc)  # a dict is validated
+    steps = tc.steps
+    warmup = min(tc.warmup_steps, steps)
+    decay = min(int(round(tc.decay_ratio * steps)), steps - warmup)
+    start, floor = tc.warmup_start_ratio, tc.min_lr_ratio
+    wsd = dict(num_warmup_steps=warmup, num_decay_steps=decay, decay_type=tc.decay_type)
     # no decay: stay at 1 to the end (and beyond) instead of dropping to the floor at t = steps
     stable = steps - warmup - decay if decay > 0 else steps + 1
     if start == floor or warmup == 0:
@@ -716,21 +715,22 @@ def _autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def _flops_per_token(cfg: dict, model) -> float:
+def _flops_per_token(cfg: Config | dict, model) -> float:
     from .flops import nitp_flops_per_token, training_flops_per_token
 
-    f = training_flops_per_token(model.config, cfg["data"]["seq_len"])
-    return f + (nitp_flops_per_token(model.config.hidden_size) if cfg["objective"] == "nitp" else 0.0)
+    cfg = as_config(cfg)
+    f = training_flops_per_token(model.config, cfg.data.seq_len)
+    return f + (nitp_flops_per_token(model.config.hidden_size) if cfg.objective == "nitp" else 0.0)
 
 
 @torch.no_grad()
-def _validate(wrapped, shards: TokenShards, cfg: dict, d: parallel.Dist, amp) -> dict:
+def _validate(wrapped, shards: TokenShards, cfg: Config, d: parallel.Dist, amp) -> dict:
     """Mean next-token CE over the fixed validation batches; on one process also each batch's CE
     (``val_loss_batches``: the same batches in every run of the same data, so two runs pair by batch)."""
     wrapped.eval()
     losses = []
     for batch in shards.val_batches(
-        cfg["data"]["seq_len"], cfg["train"]["batch_size"], cfg["log"]["eval_batches"], d.rank, d.world
+        cfg.data.seq_len, cfg.train.batch_size, cfg.log.eval_batches, d.rank, d.world
     ):
         with amp:
             out = wrapped(torch.from_numpy(batch).to(d.device), nitp_weight=0.0)
@@ -749,7 +749,7 @@ def _save(st: TrainState, pending_line: dict) -> None:
     """Checkpoint ``step_N`` of the state: model (HF folder), projector, optimizer, schedule, cursor,
     and the step's metrics line before evaluation (``pending_line``)."""
     cfg, d, step, run_dir = st.cfg, st.d, st.step, st.run_dir
-    mode = cfg["train"]["parallel"]
+    mode = cfg.train.parallel
     sharded = mode == "fsdp" and d.enabled
     if sharded:  # each rank writes its own optimizer / model shards; only the model is gathered
         staging = ckpt_io.start(run_dir, step) if d.is_main else ckpt_io.staging_dir(run_dir, step)
@@ -762,45 +762,45 @@ def _save(st: TrainState, pending_line: dict) -> None:
     if d.is_main:
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
-        ckpt_io.save(
-            run_dir,
-            step,
-            model_sd,
-            optim_sd,
-            st.scheduler,
-            st.objective.model,
-            st.tokenizer,
-            _checkpoint_meta(cfg, step, st.tokens_seen),
-            {**_cursor_state(cfg, step, st.tokens_seen, d.world, checksums), "pending_line": pending_line},
-            cfg["checkpoint"]["keep_last"],
-            sharded=sharded,
+        contents = ckpt_io.Contents(
+            model_sd=model_sd,
+            optim_sd=optim_sd,
+            scheduler=st.scheduler,
+            model=st.objective.model,
+            tokenizer=st.tokenizer,
+            meta=_checkpoint_meta(cfg, step, st.tokens_seen),
+            state={
+                **_cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
+                "pending_line": pending_line,
+            },
         )
+        ckpt_io.save(run_dir, step, contents, cfg.checkpoint.keep_last, sharded=sharded)
     parallel.barrier(d)
 
 
-def _checkpoint_meta(cfg: dict, step: int, tokens_seen: int) -> dict:
+def _checkpoint_meta(cfg: Config, step: int, tokens_seen: int) -> dict:
     """``nitp_meta.json``: what the checkpoint is (objective, NITP settings) for the other tools."""
-    is_nitp = cfg["objective"] == "nitp"
-    nitp = cfg["nitp"]
+    is_nitp = cfg.objective == "nitp"
+    nitp = cfg.nitp
     return {
         "step": step,
         "tokens_seen": tokens_seen,
-        "objective": cfg["objective"],
-        "preset": cfg["model"]["preset"],
-        "target_layer": nitp["target_layer"] if is_nitp else None,
-        "lambda": nitp["lambda"] if is_nitp else None,
-        "projector": nitp["projector"] if is_nitp else None,
-        "cos_reg_weight": cfg["cos_reg"]["weight"],
-        "cos_reg_kind": cfg["cos_reg"]["kind"],
+        "objective": cfg.objective,
+        "preset": cfg.model["preset"],
+        "target_layer": nitp.target_layer if is_nitp else None,
+        "lambda": nitp.lambda_ if is_nitp else None,
+        "projector": nitp.projector if is_nitp else None,
+        "cos_reg_weight": cfg.cos_reg.weight,
+        "cos_reg_kind": cfg.cos_reg.kind,
     }
 
 
-def _cursor_state(cfg: dict, step: int, tokens_seen: int, world: int, checksums: list) -> dict:
+def _cursor_state(cfg: Config, step: int, tokens_seen: int, world: int, checksums: list) -> dict:
     """Where the run stands: steps, tokens, the next micro-batch index, world size, rank checksums."""
     return {
         "step": step,
         "tokens_seen": tokens_seen,
-        "next_batch": step * cfg["train"]["grad_accum"],
+        "next_batch": step * cfg.train.grad_accum,
         "world_size": world,
         "rank_param_checksums": checksums,
     }

@@ -27,30 +27,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from nitp_train.config_model import ablation_knobs
+
 from .inputs import Model, Study, find_model
 
 # Settings that do not change a score (batching, where data or the device live).
 SETTINGS_IGNORED = {"batch_size", "device", "data_dir", "out", "redo"}
 
-# The knobs of the paper's ablations (docs/contracts.md) and their names in tables.
-KNOBS = {
-    "nitp.target_layer": "target layer",
-    "nitp.shift": "temporal shift",
-    "nitp.loss": "NITP loss",
-    "nitp.stop_grad": "stop-gradient",
-    "nitp.projector": "projector",
-    "nitp.start_step": "start step",
-    "nitp.lambda": "λ",
-    "cos_reg.weight": "cosine regulariser weight",
-}
-KNOB_DEFAULTS = {
-    "nitp.shift": 1,
-    "nitp.loss": "cosine",
-    "nitp.stop_grad": True,
-    "nitp.projector": "swiglu",
-    "nitp.start_step": 0,
-    "cos_reg.weight": 0.0,
-}
+# The knobs of the paper's ablations (docs/contracts.md), their names in tables and their defaults
+# where the config model has one (target layer and λ come from the preset): all read from the
+# fields of nitp_train.config_model marked with knob(label, rank).
+KNOBS = {key: label for key, (label, _) in ablation_knobs().items()}
+KNOB_DEFAULTS = {key: default for key, (_, default) in ablation_knobs().items() if default is not None}
 # An ablation must agree with its reference on these (else it is a different study).
 STUDY_KEYS = (
     "seed",

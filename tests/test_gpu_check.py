@@ -138,7 +138,7 @@ def test_the_best_setting_is_written_as_a_loadable_overlay(tmp_path):
     cfg = load_config(path, [], preset="tiny-dense")
     assert (cfg["train"]["batch_size"], cfg["train"]["loss_impl"], cfg["train"]["fused_adamw"]) == (
         4,
-        "chunked_gif",
+        "chunked_gif:16",  # the overlay's loss_impl + (deprecated) loss_chunk, as one knob
         "auto",
     )
 

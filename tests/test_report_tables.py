@@ -326,3 +326,28 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path, study_runs):
         load_inputs([study_runs["ntp"], study_runs["nitp"]], {"tiny-nitp": "NTP tiny-dense @600"})
     with pytest.raises(UserError, match="NAME=NEW_LABEL"):
         parse_labels(["no-equals-sign"])
+
+
+def test_knobs_and_their_defaults_come_from_the_config_model():
+    from reports.grouping import KNOB_DEFAULTS, KNOBS
+
+    # the names, values and order of the tables before they were read from nitp_train.config_model
+    assert list(KNOBS.items()) == [
+        ("nitp.target_layer", "target layer"),
+        ("nitp.shift", "temporal shift"),
+        ("nitp.loss", "NITP loss"),
+        ("nitp.stop_grad", "stop-gradient"),
+        ("nitp.projector", "projector"),
+        ("nitp.start_step", "start step"),
+        ("nitp.lambda", "λ"),
+        ("cos_reg.weight", "cosine regulariser weight"),
+    ]
+    assert list(KNOB_DEFAULTS.items()) == [
+        ("nitp.shift", 1),
+        ("nitp.loss", "cosine"),
+        ("nitp.stop_grad", True),
+        ("nitp.projector", "swiglu"),
+        ("nitp.start_step", 0),
+        ("cos_reg.weight", 0.0),
+    ]
+    assert all(type(v) is type(w) for v, w in zip(KNOB_DEFAULTS.values(), (1, "", True, "", 0, 0.0)))

@@ -155,3 +155,52 @@ def test_gif_loss_under_bf16_autocast_matches_the_checkpointed_one():
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_loss_impl_names_the_chunk_size_in_one_knob():
+    from nitp_train.loss import parse_loss_impl
+
+    assert parse_loss_impl("plain") == ("plain", 0) and parse_loss_impl("liger") == ("liger", 0)
+    assert parse_loss_impl("chunked") == ("chunked", 1024)
+    assert parse_loss_impl("chunked_gif:512") == ("chunked_gif", 512)
+    for bad in ("auto", "chunked:0", "chunked:x", "plain:8", "liger:8", "chunked:99999999"):
+        with pytest.raises(UserError, match="train.loss_impl=") as e:
+            parse_loss_impl(bad)
+        assert "\n" not in str(e.value)
+    model = build_model(resolve_preset("tiny-dense"), seed=0)
+    obj = NITPObjective(model, "ntp", NITP_CFG, loss_impl="chunked:7")
+    assert (obj.loss_impl, obj.loss_chunk) == ("chunked", 7)
+
+
+def test_a_config_with_the_old_loss_chunk_key_loads_and_means_the_same(capsys):
+    from nitp_train.config import config_diff, load_config
+
+    def train(*sets):
+        return load_config("tiny-nitp", list(sets))["train"]
+
+    assert train("train.loss_chunk=512")["loss_impl"] == "chunked:512"
+    note = capsys.readouterr().err.strip().splitlines()
+    assert note == [
+        "note: train.loss_chunk is deprecated: read as train.loss_impl=chunked:512; write that instead"
+    ]
+    assert "loss_chunk" not in train("train.loss_chunk=0")
+    assert train("train.loss_chunk=0", "train.loss_impl=auto")["loss_impl"] == "plain"
+    assert train("train.loss_impl=chunked_gif", "train.loss_chunk=64")["loss_impl"] == "chunked_gif:64"
+    assert train("train.loss_impl=chunked:64", "train.loss_chunk=64")["loss_impl"] == "chunked:64"
+    assert capsys.readouterr().err.count("\n") == 2  # one line per config that sets loss_chunk > 0
+    for sets, problem in (
+        (["train.loss_impl=plain", "train.loss_chunk=64"], "loss_impl=plain with train.loss_chunk=64"),
+        (["train.loss_impl=liger", "train.loss_chunk=64"], "loss_impl=liger with train.loss_chunk=64"),
+        (["train.loss_impl=chunked:32", "train.loss_chunk=64"], "two chunk sizes"),
+        (["train.loss_chunk=-1"], "train.loss_chunk=-1: must be an integer"),
+    ):
+        with pytest.raises(UserError, match=problem) as e:
+            load_config("tiny-nitp", sets)
+        assert "\n" not in str(e.value)
+    # an older run's config.yaml (loss_chunk 0, loss_impl auto) equals today's: resume and studies go on
+    new = load_config("tiny-nitp")
+    old = {**new, "train": {**new["train"], "loss_chunk": 0, "loss_impl": "auto"}}
+    assert config_diff(old, new) == [] and config_diff(new, old) == []
+    chunked = {**new, "train": {**new["train"], "loss_chunk": 256, "loss_impl": "auto"}}
+    assert config_diff(chunked, load_config("tiny-nitp", ["train.loss_impl=chunked:256"])) == []
+    assert capsys.readouterr().err == ""  # comparing is silent

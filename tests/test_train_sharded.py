@@ -229,7 +229,7 @@ def test_param_dtype_bf16_computes_in_bf16_and_keeps_float32_master_state(tmp_pa
 
 def test_param_dtype_bf16_outside_fsdp_is_a_one_line_error():
     from nitp.errors import UserError
-    from nitp_train.config_model import DEFAULTS
+    from nitp_train.config_model import DEFAULTS, Train
     from nitp_train.parallel import Dist
     from nitp_train.trainer import _check_param_dtype
 
@@ -237,7 +237,7 @@ def test_param_dtype_bf16_outside_fsdp_is_a_one_line_error():
     assert train["param_dtype"] == "fp32"
     for d, mode in ((Dist(), "fsdp"), (Dist(world=2), "ddp"), (Dist(), "ddp")):
         with pytest.raises(UserError, match="train.param_dtype=bf16 needs train.parallel=fsdp") as err:
-            _check_param_dtype({**train, "param_dtype": "bf16", "parallel": mode}, d)
+            _check_param_dtype(Train(**{**train, "param_dtype": "bf16", "parallel": mode}), d)
         assert "\n" not in str(err.value)
-    _check_param_dtype({**train, "param_dtype": "bf16", "parallel": "fsdp"}, Dist(world=2))
-    _check_param_dtype({**train, "param_dtype": "fp32", "parallel": "ddp"}, Dist())
+    _check_param_dtype(Train(**{**train, "param_dtype": "bf16", "parallel": "fsdp"}), Dist(world=2))
+    _check_param_dtype(Train(**{**train, "param_dtype": "fp32", "parallel": "ddp"}), Dist())

@@ -9,7 +9,7 @@ import torch
 
 from nitp.errors import UserError
 from nitp_train import trainer
-from nitp_train.config_model import DEFAULTS
+from nitp_train.config_model import DEFAULTS, Train, section
 from nitp_train.loss import NITPObjective
 from nitp_train.metrics import PEAK_BF16, peak_flops, peak_flops_for_name
 from nitp_train.models import build_model, resolve_preset
@@ -18,8 +18,8 @@ from nitp_train.parallel import Dist
 NITP_CFG = {"target_layer": 1, "shift": 1, "loss": "cosine", "stop_grad": True, "projector": "swiglu"}
 
 
-def _train_cfg(**changes) -> dict:
-    return {**DEFAULTS["train"], "lr": 1e-3, **changes}
+def _train_cfg(**changes) -> Train:
+    return section("train", {**DEFAULTS["train"], "lr": 1e-3, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_first_train_line_states_backend_and_mfu_convention(objective):
         n_sums=1,
         d=Dist(),
         tokens_per_step=1000,
-        cfg={"train": {"grad_accum": 1}},
+        cfg=SimpleNamespace(train=SimpleNamespace(grad_accum=1)),
         scheduler=SimpleNamespace(get_last_lr=lambda: [1e-3]),
         flops_per_token=6e6,
         peak=989e12,  # as if on an H100
@@ -106,7 +106,7 @@ def test_cpu_lines_state_flops_per_token_but_no_mfu_convention(objective):
         n_sums=1,
         d=Dist(),
         tokens_per_step=10,
-        cfg={"train": {"grad_accum": 1}},
+        cfg=SimpleNamespace(train=SimpleNamespace(grad_accum=1)),
         scheduler=SimpleNamespace(get_last_lr=lambda: [1e-3]),
         flops_per_token=6e6,
         peak=None,
