@@ -9,7 +9,7 @@ random (seeded), which is all a speed / memory measurement needs. Prints one tab
   objectives alternating step by step so machine noise hits both alike;
 - the NITP / NTP step-time ratio against the FLOPs prediction
   ``1 + (72 d^2 + 18 d) / training_flops_per_token`` (target: measured overhead <= 1.1x predicted);
-- peak GPU memory of one NTP step with the plain loss, the chunked loss (``train.loss_chunk``)
+- peak GPU memory of one NTP step with the plain loss, the chunked loss (``train.loss_impl: chunked:N``)
   and chunked + activation checkpointing;
 - an FSDP2 step on a world-size-1 process group, with a sharded ``torch.distributed.checkpoint``
   save and load of model + optimizer;
@@ -63,6 +63,7 @@ from pathlib import Path
 
 import torch
 
+from nitp_train.choices import loss_impl_text
 from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
 from nitp_train.loss import NITPObjective
 from nitp_train.metrics import peak_flops
@@ -599,8 +600,7 @@ def overlay_text(best: dict, size: dict, res: dict) -> str:
     mode = best["compile_mode"]
     train = {
         "batch_size": best["batch_size"],
-        "loss_impl": best["loss_impl"],
-        "loss_chunk": loss_chunk_for(best["loss_impl"], size),
+        "loss_impl": loss_impl_text(best["loss_impl"], loss_chunk_for(best["loss_impl"], size)),
         "compile": mode != "eager",
         "compile_mode": "default" if mode == "eager" else mode,
         "fused_adamw": "auto",

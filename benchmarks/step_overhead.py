@@ -79,8 +79,9 @@ class Bare:
         tc = cfg["train"]
         if self.nitp:  # the trainer's loss, called directly: the loss itself is not overhead
             cos = cfg["cos_reg"]
-            loss_cfg = dict(loss_chunk=tc["loss_chunk"], loss_impl=tc["loss_impl"])
-            model = NITPObjective(model, "nitp", cfg["nitp"], cos["weight"], cos["kind"], **loss_cfg)
+            model = NITPObjective(
+                model, "nitp", cfg["nitp"], cos["weight"], cos["kind"], loss_impl=tc["loss_impl"]
+            )
         self.module = model.to(device)
         self.forward = torch.compile(self.module) if compile_ else self.module
         self.opt = _make_optimizer(self.module, tc)
@@ -128,7 +129,7 @@ def compare(args, objective: str, prepared: Path, work: Path) -> dict:
     cfg = config(args, objective, prepared)
     d = parallel.setup(cfg["train"]["device"])
     st = _build_state(cfg, work / f"run-{objective}", False, d, log=lambda *a, **k: None)
-    bare = Bare(st.cfg, st.shards, d.device, st.amp, args.compile)
+    bare = Bare(st.cfg.model_dump(by_alias=True), st.shards, d.device, st.amp, args.compile)
     sides = {"trainer": lambda: trainer_step(st), "bare": bare.step}
     sync = torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
     wall, cpu = {s: [] for s in sides}, {s: [] for s in sides}
