@@ -133,12 +133,12 @@ def test_the_best_setting_is_written_as_a_loadable_overlay(tmp_path):
     path = tmp_path / "best.yaml"
     path.write_text(text)
     keys = overlay_keys(path)
-    assert keys["train.loss_impl"] == "chunked_gif" and keys["train.compile"] is True
-    assert keys["train.compile_mode"] == "max-autotune-no-cudagraphs" and keys["train.loss_chunk"] == 16
+    assert keys["train.loss_impl"] == "chunked_gif:16" and keys["train.compile"] is True
+    assert keys["train.compile_mode"] == "max-autotune-no-cudagraphs" and "train.loss_chunk" not in keys
     cfg = load_config(path, [], preset="tiny-dense")
     assert (cfg["train"]["batch_size"], cfg["train"]["loss_impl"], cfg["train"]["fused_adamw"]) == (
         4,
-        "chunked_gif:16",  # the overlay's loss_impl + (deprecated) loss_chunk, as one knob
+        "chunked_gif:16",  # the implementation and its chunk size, one knob
         "auto",
     )
 
