@@ -406,17 +406,10 @@ def models_table(study: Study, layout: Layout) -> Table:
         decimals=0,
     )
     for m in study.models:
-        tokens = max(
-            [x["tokens"] for x in m.metrics if isinstance(x.get("tokens"), int)]
-            + [
-                r["model"]["tokens_seen"] for r in m.records if isinstance(r["model"].get("tokens_seen"), int)
-            ],
-            default=None,
-        )
         source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
         table.add(
             m.label,
-            [m.objective or "—", m.preset or "—", m.step, tokens, roles.get(m.key, "shown as is"), source],
+            [m.objective or "—", m.preset or "—", m.step, m.tokens, roles.get(m.key, "shown as is"), source],
         )
     return table
 
