@@ -627,12 +627,7 @@ def _strata(runs: Sequence[LadderRun]) -> tuple[list[np.ndarray], str]:
 
 
 def bootstrap_fits(
-    runs: Sequence[LadderRun],
-    point: LawFit,
-    n_resamples: int,
-    confidence: float,
-    method: str,
-    seed: int,
+    runs: Sequence[LadderRun], point: LawFit, n_resamples: int, confidence: float, method: str, seed: int
 ) -> tuple[Any | None, str, list[str]]:
     """``scipy.stats.bootstrap`` of (k, alpha, E, A) over runs; ``(result or None, unit, notes)``.
 
