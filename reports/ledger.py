@@ -338,13 +338,8 @@ def claim_entries(pair: Pair, tables: list[Table], models: list[Model], geom_gro
 
 
 def ledger_table(name: str, title: str, entries: list[Entry]) -> Table:
-    table = Table(
-        name,
-        title,
-        ["paper", "this study", "n", "verdict", "why"],
-        higher_is_better=[None] * 5,
-        label_header="claim",
-    )
+    columns = ["paper", "this study", "n", "verdict", "why"]
+    table = Table(name, title, columns, higher_is_better=[None] * len(columns), label_header="claim")
     for e in entries:
         table.add(e.claim, [e.paper, e.value, e.n, e.verdict, e.why])
     table.notes.append(
