@@ -50,6 +50,7 @@ from typing import Any
 
 CHUNK_ROWS = 8192  # rows converted to float64 at a time (bounds the float64 copy)
 HIST_SHIFT = 18  # NormStats bins: float32 bits >> 18 = 32 bins per octave (2.2 %)
+N_BINS = 1 << (31 - HIST_SHIFT)
 
 
 def as_rows(x: Any):
@@ -101,23 +102,6 @@ def small_eig_threads(matrix):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def torch_sq_norm(t):
-    """Sum of squares of all entries (one fused pass)."""
-    import torch
-
-    return torch.linalg.vector_norm(t) ** 2
-
-
-def _collective_device(group=None):
-    """Where a fresh tensor must live for the process group's backend (NCCL needs CUDA)."""
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- moments
@@ -227,6 +211,8 @@ class CrossMoments:
         self.trace_b = 0.0
 
     def update(self, a, b) -> CrossMoments:
+        import torch
+
         a, b = as_rows(a), as_rows(b)
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
@@ -235,7 +221,7 @@ class CrossMoments:
                 continue
             ma, mb = ca.mean(0), cb.mean(0)
             cb = cb - mb
-            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ cb, float(torch_sq_norm(cb)))
+            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ cb, float(torch.linalg.vector_norm(cb) ** 2))
         return self
 
     def _merge_parts(self, n_b, ma, mb, c, trace_b) -> None:
@@ -480,10 +466,6 @@ def _log_bin(values):
     return values.to(torch.float32).view(torch.int32) >> HIST_SHIFT
 
 
-def _n_bins() -> int:
-    return 1 << (31 - HIST_SHIFT)
-
-
 def _bin_centre(index: int) -> float:
     """Middle of a bin's value range (0 for the bin of zeros)."""
     import struct
@@ -526,8 +508,8 @@ class NormStats:
         if rows.shape[0] == 0:
             return self
         absval = rows.abs().to(torch.float32)  # binning at 2.2 % needs no float64
-        tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=_n_bins())
-        abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=_n_bins())
+        tok_hist = torch.bincount(_log_bin(absval.amax(1)), minlength=N_BINS)
+        abs_hist = torch.bincount(_log_bin(absval).reshape(-1), minlength=N_BINS)
         self.count += int(rows.shape[0])
         self.norm_sum += float(norms.sum())
         self.norm_max = max(self.norm_max, float(norms.max()))
@@ -619,10 +601,11 @@ class MeanValue:
 
     def all_reduce_(self, group=None) -> MeanValue:
         import torch
+        import torch.distributed as dist
 
-        t = torch.tensor(
-            [self.total, float(self.count)], dtype=torch.float64, device=_collective_device(group)
-        )
+        nccl = dist.get_backend(group) == "nccl"  # NCCL reduces CUDA tensors only
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        t = torch.tensor([self.total, float(self.count)], dtype=torch.float64, device=device)
         _dist_sum(t, group)
         self.total, self.count = float(t[0]), int(round(float(t[1])))
         return self

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nitp import metrics_registry as registry
+from nitp.io import atomic_folder
 from nitp.records import library_versions, make_record, safe_name, write_record
 from nitp.runs import checkpoint_name
 
@@ -89,7 +90,7 @@ class BenchEvaluator:
         from lm_eval.models.huggingface import HFLM
 
         from .bench.plan import shots_for
-        from .bench.run import evaluate, extract_score
+        from .bench.run import evaluate, extract_score, record_scores
 
         device = str(next(model.parameters()).device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=8)
@@ -100,10 +101,7 @@ class BenchEvaluator:
             shots = shots_for(b, None)
             results = evaluate(lm, b, self.plan.task_manager, shots=shots, limit=self.limit)
             scores[b.name] = extract_score(results, b)
-        values = [s["value"] for s in scores.values()]
-        out_scores = {"tasks": scores, "average": sum(values) / len(values) if values else None}
-        if failed:
-            out_scores["failed"] = failed
+        out_scores = record_scores(scores, failed)
         settings = {
             "suite": None,
             "tasks": [b.name for b in self.benchmarks],
@@ -120,7 +118,7 @@ class BenchEvaluator:
         tag = "-".join(b.name for b in self.benchmarks) + (f"-limit{self.limit}" if self.limit else "")
         write_record(_record_path(run_dir, "bench", step, tag), record)
         row = {f"eval/bench/{name}": s["value"] for name, s in scores.items()}
-        if values:
+        if scores:
             row["eval/bench/average"] = out_scores["average"]
         return row
 
@@ -134,15 +132,11 @@ def bench(cfg: dict) -> BenchEvaluator | None:
 # ----------------------------------------------------------------------------- through a folder
 def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Path:
     """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then renamed)."""
-    import os
-
-    root = Path(run_dir) / "inloop"
-    final, tmp = root / checkpoint_name(step), root / f".tmp-{checkpoint_name(step)}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    final = Path(run_dir) / "inloop" / checkpoint_name(step)
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_folder(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return final
 
 

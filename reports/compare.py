@@ -53,7 +53,9 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     conclusion: str = ""  # the paragraph report.md opens with (reports.ledger.conclusion)
 
-    def table(self, heading: str, table: Table) -> None:
+    def table(self, heading: str, table: Table | None) -> None:
+        if table is None:  # a builder with nothing to show
+            return
         base = self.out_dir / "tables" / table.name
         for suffix, text in (
             (".md", table.to_markdown()),
@@ -166,9 +168,7 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
 
     for t in seed_tables(layout, study.models, groups["bench"], groups["mteb"]):
         report.table("Seeds", t)
-    lm = T.lm_table(layout)
-    if lm is not None:
-        report.table("Language modelling", lm)
+    report.table("Language modelling", T.lm_table(layout))
     from .regime import markdown_sections  # geometry at matched validation CE, the gradient probe
 
     for heading, block in markdown_sections([m.run_dir for m in study.models if m.run_dir is not None]):
@@ -177,9 +177,7 @@ def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task
         report.table("Geometry", t)
     for t in T.ablation_tables(layout, groups["bench"], groups["mteb"]):
         report.table("Ablations", t)
-    cost = T.cost_table(layout, study.speed)
-    if cost is not None:
-        report.table("Cost", cost)
+    report.table("Cost", T.cost_table(layout, study.speed))
 
 
 LEDGER = "Claim ledger"
@@ -204,9 +202,7 @@ def _ledger(report: Report, study: Study, layout: Layout, groups: dict) -> None:
     runs = [m for m in layout.main if m.config is not None]
     if runs:
         report.table(LEDGER, L.regime_table(runs))
-    power = L.power_table(tables)
-    if power is not None:
-        report.table(LEDGER, power)
+    report.table(LEDGER, L.power_table(tables))
     report.conclusion = L.conclusion(layout, tables, ledgers, layout.main)
     report.sections.sort(key=lambda s: s[0] != LEDGER)  # first, right under the conclusion
 
@@ -406,17 +402,10 @@ def models_table(study: Study, layout: Layout) -> Table:
         decimals=0,
     )
     for m in study.models:
-        tokens = max(
-            [x["tokens"] for x in m.metrics if isinstance(x.get("tokens"), int)]
-            + [
-                r["model"]["tokens_seen"] for r in m.records if isinstance(r["model"].get("tokens_seen"), int)
-            ],
-            default=None,
-        )
         source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
         table.add(
             m.label,
-            [m.objective or "—", m.preset or "—", m.step, tokens, roles.get(m.key, "shown as is"), source],
+            [m.objective or "—", m.preset or "—", m.step, m.tokens, roles.get(m.key, "shown as is"), source],
         )
     return table
 

@@ -62,6 +62,12 @@ class Model:
         steps = [s for s in steps if isinstance(s, int)]
         return max(steps) if steps else None
 
+    @property
+    def tokens(self) -> int | None:
+        """The most tokens anything in the inputs knows the model saw (metrics or records)."""
+        seen = [m.get("tokens") for m in self.metrics] + [r["model"].get("tokens_seen") for r in self.records]
+        return max([t for t in seen if isinstance(t, int)], default=None)
+
     def records_of(self, kind: str) -> list[dict]:
         return [r for r in self.records if r.get("kind") == kind]
 

@@ -26,7 +26,7 @@ from . import stats
 from .formats import Table
 from .grouping import Layout, Pair
 from .inputs import Model
-from .paired import Tested
+from .paired import Tested, passes_test
 
 CONSISTENT, CONTRADICTED, INCONCLUSIVE = "consistent", "contradicted", "inconclusive at this n"
 PAPER_TOKENS_PER_PARAM = (30, 50)  # tokens per active parameter where NTP and NITP separate
@@ -51,9 +51,7 @@ def directional(result: Any, sign: int) -> str:
     """consistent / contradicted / inconclusive of an effect claimed to have ``sign`` (+1 / -1)."""
     if result is None or result.ci_low is None or result.ci_high is None:
         return INCONCLUSIVE
-    p = getattr(result, "p_holm", None)
-    p = getattr(result, "p_value", None) if p is None else p
-    tested = p is None or p < 1 - result.confidence
+    tested = passes_test(result)
     if tested and sign * result.ci_low > 0 and sign * result.ci_high > 0:
         return CONSISTENT
     if tested and sign * result.ci_low < 0 and sign * result.ci_high < 0:
@@ -189,29 +187,27 @@ def _tested_claim(claim, paper, test: Tested | None, pair: Pair, judge, scale, d
     return entry
 
 
+def _test_of(tables, what: str, pair: Pair) -> Tested | None:
+    found = _finding(tables, what, pair)
+    return found[2] if found else None
+
+
 def _seed_or(tables, what: str, seed_what: str, pair: Pair) -> Tested | None:
     """The seed-level test of a claim when the report has one, else the items/batches/tasks one."""
     seeded = _finding(tables, seed_what, pair)
-    if seeded is not None:
-        return seeded[2]
-    found = _finding(tables, what, pair)
-    return found[2] if found else None
+    return seeded[2] if seeded is not None else _test_of(tables, what, pair)
 
 
 def _val_ce_test(tables, pair: Pair, models: list[Model]) -> Tested | None:
     from .tables import last_validation
 
     seeds = _by_seed_test(pair, models, lambda m: (last_validation(m) or {}).get("val_loss"))
-    if seeds is not None:
-        return seeds
-    found = _finding(tables, "validation CE", pair)
-    return found[2] if found else None
+    return seeds if seeds is not None else _test_of(tables, "validation CE", pair)
 
 
 def _mteb_entry(tables, pair: Pair) -> Entry:
     found = _finding(tables, "mteb overall", pair)
-    seeded = _finding(tables, "mteb overall seeds", pair)
-    test = seeded[2] if seeded else (found[2] if found else None)
+    test = _seed_or(tables, "mteb overall", "mteb overall seeds", pair)
     sign = found[4] if found else None
     extra = f"; wins {sign.wins} of {sign.n + sign.ties}" if sign is not None else ""
 
@@ -342,13 +338,8 @@ def claim_entries(pair: Pair, tables: list[Table], models: list[Model], geom_gro
 
 
 def ledger_table(name: str, title: str, entries: list[Entry]) -> Table:
-    table = Table(
-        name,
-        title,
-        ["paper", "this study", "n", "verdict", "why"],
-        higher_is_better=[None] * 5,
-        label_header="claim",
-    )
+    columns = ["paper", "this study", "n", "verdict", "why"]
+    table = Table(name, title, columns, higher_is_better=[None] * len(columns), label_header="claim")
     for e in entries:
         table.add(e.claim, [e.paper, e.value, e.n, e.verdict, e.why])
     table.notes.append(
@@ -365,10 +356,7 @@ def regime(model: Model) -> dict[str, Any]:
     """Tokens seen, active parameters, tokens per active parameter, steps and warm-up of a run."""
     from .tables import model_spec
 
-    tokens = max([m["tokens"] for m in model.metrics if isinstance(m.get("tokens"), int)], default=None)
-    if tokens is None:
-        seen = [r["model"].get("tokens_seen") for r in model.records]
-        tokens = max([t for t in seen if isinstance(t, int)], default=None)
+    tokens = model.tokens
     active = None
     if model.preset and model.config is not None:
         spec = model_spec(model)[0]

@@ -123,18 +123,20 @@ def matched(a: Curves, b: Curves, key: str, after: int = 0) -> dict | None:
 def paired_over_seeds(pairs: list[tuple[Curves, Curves]], key: str, after: int = 0) -> dict | None:
     """Mean B - A over seed pairs at matched step and at matched CE, each with a t interval
     (``scipy.stats``; n = seed pairs; no interval for n < 2)."""
-    from scipy import stats
-
     rows = [r for r in (matched(a, b, key, after) for a, b in pairs) if r is not None]
     if not rows:
         return None
     out = {"key": key, "n": len(rows)}
     for what in ("delta_step", "delta_ce"):
-        x = np.array([r[what] for r in rows], dtype=float)
-        out[what] = float(x.mean())
-        if len(x) >= 2 and np.ptp(x) > 0:
-            lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-            out[f"{what}_ci"] = (float(lo), float(hi))
-        else:
-            out[f"{what}_ci"] = None
+        out.update(mean_ci(np.array([r[what] for r in rows], dtype=float), what))
     return out
+
+
+def mean_ci(x: np.ndarray, name: str) -> dict:
+    """``{name: mean, name_ci: its 95% t interval}`` (the interval None for n < 2 or no spread)."""
+    from scipy import stats
+
+    ci = None
+    if x.size >= 2 and np.ptp(x) > 0:
+        ci = tuple(float(v) for v in stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x)))
+    return {name: float(x.mean()), f"{name}_ci": ci}

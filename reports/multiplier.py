@@ -43,6 +43,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -50,6 +51,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from nitp.errors import UserError
+
+from .formats import Table
 
 BASELINE, METHOD = "ntp", "nitp"
 OBJECTIVE_NAMES = {BASELINE: "NTP", METHOD: "NITP"}
@@ -236,23 +239,20 @@ class MultiplierResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> MultiplierResult:
+        estimates = {
+            name: Estimate(*(_nan_if_none(d[name][f]) for f in ("value", "low", "high")))
+            for name in ESTIMATES
+        }
         return cls(
-            runs=[LadderRun.from_dict(r) for r in d["runs"]],
             **{
-                name: Estimate(*(_nan_if_none(d[name][f]) for f in ("value", "low", "high")))
-                for name in ESTIMATES
-            },
-            confidence=d["confidence"],
-            n_resamples=d["n_resamples"],
-            interval_method=d["interval_method"],
-            resample_unit=d["resample_unit"],
-            frontier=d["frontier"],
-            curves=d["curves"],
-            ratios=[SizeRatio(**r) for r in d["ratios"]],
-            trend=Trend(**d["trend"]) if d.get("trend") else None,
-            verdicts=[SizeVerdict(**v) for v in d["verdicts"]],
-            verdict=d["verdict"],
-            notes=list(d.get("notes") or []),
+                **d,
+                **estimates,
+                "runs": [LadderRun.from_dict(r) for r in d["runs"]],
+                "ratios": [SizeRatio(**r) for r in d["ratios"]],
+                "trend": Trend(**d["trend"]) if d.get("trend") else None,
+                "verdicts": [SizeVerdict(**v) for v in d["verdicts"]],
+                "notes": list(d.get("notes") or []),
+            }
         )
 
 
@@ -627,12 +627,7 @@ def _strata(runs: Sequence[LadderRun]) -> tuple[list[np.ndarray], str]:
 
 
 def bootstrap_fits(
-    runs: Sequence[LadderRun],
-    point: LawFit,
-    n_resamples: int,
-    confidence: float,
-    method: str,
-    seed: int,
+    runs: Sequence[LadderRun], point: LawFit, n_resamples: int, confidence: float, method: str, seed: int
 ) -> tuple[Any | None, str, list[str]]:
     """``scipy.stats.bootstrap`` of (k, alpha, E, A) over runs; ``(result or None, unit, notes)``.
 
@@ -889,9 +884,7 @@ def _fit_notes(fit: LawFit, front: dict, runs: Sequence[LadderRun]) -> list[str]
     n_points = sum(len(front[o]["loss"]) for o in OBJECTIVE_NAMES)
     if n_points < 8:
         notes.append(f"{n_points} frontier points for 4 parameters: the fit is barely determined")
-    cells: dict[tuple, int] = {}
-    for r in runs:
-        cells[(r.objective, r.size)] = cells.get((r.objective, r.size), 0) + 1
+    cells = Counter((r.objective, r.size) for r in runs)
     if min(cells.values()) == 2:
         notes.append(
             "2 seeds in some (objective, size): the interval is somewhat optimistic "
@@ -975,8 +968,6 @@ def plot_multiplier(result: MultiplierResult, stem: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- tables
 def ladder_table(result: MultiplierResult):
     """One row per run: size, params, objective, seed, tokens, tokens/param, FLOPs spent, final CE."""
-    from .formats import Table
-
     t = Table(
         "multiplier_ladder",
         "Ladder: final validation CE per objective and seed",
@@ -1007,8 +998,6 @@ def ladder_table(result: MultiplierResult):
 
 
 def fit_table(result: MultiplierResult):
-    from .formats import Table
-
     c = f"{result.confidence:.0%}"
     t = Table(
         "multiplier_fit",
@@ -1033,8 +1022,6 @@ def fit_table(result: MultiplierResult):
 
 
 def ratio_table(result: MultiplierResult):
-    from .formats import Table
-
     t = Table(
         "multiplier_ratios",
         "Per size: NTP compute reaching NITP's CE / NITP's compute",
@@ -1059,8 +1046,6 @@ def ratio_table(result: MultiplierResult):
 
 
 def verdict_table(result: MultiplierResult):
-    from .formats import Table
-
     t = Table(
         "multiplier_verdict",
         "Does NITP pay for its extra FLOPs? (k's interval vs 1 + overhead)",

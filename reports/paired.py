@@ -81,8 +81,11 @@ def is_significant(result: Any | None) -> bool:
     >>> is_significant(stats.GroupMean(5, 0.01, 0.002, 0.02, 0.95, "BCa"))
     True
     """
-    if result is None or not result.significant:
-        return False
+    return result is not None and result.significant and passes_test(result)
+
+
+def passes_test(result: Any) -> bool:
+    """``p_holm`` (else ``p_value``) is below 1 - confidence, or there is no test (a GroupMean)."""
     p = getattr(result, "p_holm", None)
     p = getattr(result, "p_value", None) if p is None else p
     return p is None or p < 1 - result.confidence

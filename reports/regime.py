@@ -31,7 +31,7 @@ import numpy as np
 from nitp.errors import UserError
 from nitp.io import atomic_write_json, atomic_write_text, read_jsonl
 
-from .matched import Curves, paired_over_seeds, read_curves
+from .matched import Curves, mean_ci, paired_over_seeds, read_curves
 
 COLLAPSE_DROP = 0.10  # final rank at least 10% below the post-warm-up peak
 PROBE_BLOCKS = 4
@@ -174,22 +174,13 @@ def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None 
         ce = np.array([r.curves.final_ce - base[r.seed].curves.final_ce for r in members if r.seed in base])
         if ce.size:
             out.append(
-                {"group": name, "key": "val_loss (final)", "n": int(ce.size), **_mean_ci(ce, "delta_step")}
+                {"group": name, "key": "val_loss (final)", "n": int(ce.size), **mean_ci(ce, "delta_step")}
             )
     return out
 
 
 def _same_batch(a: Run, b: Run) -> bool:
     return a.geom_batch is None or b.geom_batch is None or a.geom_batch == b.geom_batch
-
-
-def _mean_ci(x: np.ndarray, name: str) -> dict:
-    from scipy import stats
-
-    ci = None
-    if x.size >= 2 and np.ptp(x) > 0:
-        ci = tuple(float(v) for v in stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x)))
-    return {name: float(x.mean()), f"{name}_ci": ci}
 
 
 def _fmt(v, ci) -> str:

@@ -178,9 +178,8 @@ def seed_tables(
     layout: Layout, study_models: list[Model], bench: list[SettingsGroup], mteb: list[SettingsGroup]
 ) -> list[Table]:
     """One seed table per bench and MTEB settings group and block with NTP and NITP seed sets."""
-    from .tables import BENCH_HEADERS, bench_tasks, mteb_group_names
-
     sets = seed_sets(study_models)
+    kinds = (("bench", bench, "Benchmarks", "bench average"), ("mteb", mteb, "MTEB", "mteb overall"))
     tables = []
     for block in layout.blocks:
         base, new = set_of(block.baseline, sets), set_of(block.reference, sets)
@@ -188,51 +187,42 @@ def seed_tables(
             continue
         suffix = f" ({block.size})" if len(layout.blocks) > 1 else ""
         pair = next((p for p in block.pairs if p.base is block.baseline and p.new is block.reference), None)
-        for i, group in enumerate(bench):
-            metrics = [
-                (BENCH_HEADERS.get(t, t), lambda m, g=group, t=t: _task_value(g, m, t))
-                for t in bench_tasks(group)
-            ] + [("Avg.", lambda m, g=group: (g.latest(m) or {}).get("scores", {}).get("average"))]
-            tables.append(
-                seed_table(
-                    f"bench-seeds{_suffix(i)}{_slug(suffix)}",
-                    f"Benchmarks over seeds ({group.description}){suffix}; in %",
-                    metrics,
-                    base,
-                    new,
-                    pair,
-                    "bench average",
+        for kind, groups, title, what in kinds:
+            for i, group in enumerate(groups):
+                tables.append(
+                    seed_table(
+                        f"{kind}-seeds{_suffix(i)}{_slug(suffix)}",
+                        f"{title} over seeds ({group.description}){suffix}; in %",
+                        _seed_metrics(kind, group),
+                        base,
+                        new,
+                        pair,
+                        what,
+                    )
                 )
-            )
-        for i, group in enumerate(mteb):
-            metrics = [
-                (
-                    g,
-                    lambda m, grp=group, g=g: (
-                        (grp.latest(m) or {}).get("scores", {}).get("groups", {}).get(g)
-                    ),
-                )
-                for g in mteb_group_names(group)
-            ] + [
-                ("MTEB overall", lambda m, grp=group: (grp.latest(m) or {}).get("scores", {}).get("overall"))
-            ]
-            tables.append(
-                seed_table(
-                    f"mteb-seeds{_suffix(i)}{_slug(suffix)}",
-                    f"MTEB over seeds ({group.description}){suffix}; in %",
-                    metrics,
-                    base,
-                    new,
-                    pair,
-                    "mteb overall",
-                )
-            )
     return [t for t in tables if t.rows]
 
 
-def _task_value(group: SettingsGroup, model: Model, task: str) -> float | None:
-    rec = group.latest(model)
-    return None if rec is None else (rec["scores"].get("tasks", {}).get(task) or {}).get("value")
+def _seed_metrics(kind: str, group: SettingsGroup) -> list[tuple[str, Callable[[Model], float | None]]]:
+    """The rows of a seed table: each task and the average (bench), or each group and overall (MTEB)."""
+    from .tables import BENCH_HEADERS, bench_tasks, mteb_group_names
+
+    if kind == "bench":
+        return [
+            (
+                BENCH_HEADERS.get(t, t),
+                lambda m, t=t: (_scores(group, m).get("tasks", {}).get(t) or {}).get("value"),
+            )
+            for t in bench_tasks(group)
+        ] + [("Avg.", lambda m: _scores(group, m).get("average"))]
+    return [
+        (g, lambda m, g=g: _scores(group, m).get("groups", {}).get(g)) for g in mteb_group_names(group)
+    ] + [("MTEB overall", lambda m: _scores(group, m).get("overall"))]
+
+
+def _scores(group: SettingsGroup, model: Model) -> dict:
+    """The ``scores`` of the model's latest record in ``group`` (empty without one)."""
+    return (group.latest(model) or {}).get("scores", {})
 
 
 def _suffix(i: int) -> str:

@@ -140,19 +140,8 @@ def load_study(path: str | os.PathLike) -> StudySpec:
     v = validate_study(data, where)
     if v["name"] is None:
         v["name"] = validate_study({"name": p.stem}, f"{where}: the file's stem (give name:)")["name"]
-    spec = StudySpec(
-        name=v["name"],
-        path=p.resolve(),
-        config=v["config"],
-        preset=v["preset"],
-        set=tuple(v["set"]),
-        axes=v["axes"],
-        include=tuple(v["include"]),
-        side_by_side=v["side_by_side"],
-        eval=EvalPlan(**v["eval"]),
-        description=v["description"],
-        compute_matched=v["compute_matched"],
-    )
+    typed = {"set": tuple(v["set"]), "include": tuple(v["include"]), "eval": EvalPlan(**v["eval"])}
+    spec = StudySpec(**{**v, **typed}, path=p.resolve())
     check_study(spec)
     return spec
 

@@ -278,8 +278,7 @@ def validate_study(data: dict, where: str) -> dict:
 
 def validate_eval(data: dict, where: str) -> dict:
     """An evaluation plan (the ``eval`` section, e.g. of a changed ``StudySpec``) checked alone."""
-    out = _validated(EvalSection, data, where, prefix=("eval",))
-    return out
+    return _validated(EvalSection, data, where, prefix=("eval",))
 
 
 def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = ()) -> dict:

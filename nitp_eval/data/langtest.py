@@ -48,7 +48,7 @@ from typing import Callable
 import yaml
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_text
+from nitp.io import atomic_write_bytes, atomic_write_text
 from nitp.records import cache_dir
 
 from .hub_card import write_card
@@ -383,11 +383,7 @@ def write_parquet(rows: list[dict], root: Path, stem: str, schema=None) -> str:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
     data = buf.getvalue()
     rel = f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    path = atomic_write_bytes(root / rel, data)
     for old in path.parent.glob(f"{Path(stem).name}-*.parquet"):
         if old != path:
             old.unlink()

@@ -161,9 +161,8 @@ def _prepare_tokenizer(tok, spec: EncoderSpec, log) -> None:
                 f"{spec.folder}: --pooling eos needs an EOS token and this tokenizer has none "
                 "(use --pooling mean or last)"
             )
-        tok.add_eos_token = (
-            True  # a tokenizer post-processor: saved with the tokenizer, counted in truncation
-        )
+        # a tokenizer post-processor: saved with the tokenizer, counted in truncation
+        tok.add_eos_token = True
 
 
 def token_batches(
@@ -349,18 +348,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
 
     def _embed(self, encodings: list[dict], texts: list[str]):
         """float32 sentence embeddings [1, len(texts), hidden_size] of one batch."""
-        import numpy as np
-        import torch
-        from sentence_transformers.util import batch_to_device
-
-        if not self._features_match:
-            return self.model.encode(
-                texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
-            ).astype(np.float32)[None]
-        with torch.inference_mode():
-            features = batch_to_device(self._features(encodings), self.model.device)
-            out = self.model(features)["sentence_embedding"]
-        return out.float().cpu().numpy()[None]
+        return self._embed_layers(encodings, texts, [-1])
 
     def encode_layers(
         self, texts: Sequence[str], layers: Sequence[int], *, batch_size=None, show_progress_bar=False

@@ -66,16 +66,8 @@ def draw_layer_sweep(records: Sequence[dict]):
     for ax, group in zip(axes, groups):
         num_layers = _num_layers(group)
         for name, (xs, ys) in sweep_series(group).items():
-            overall = name == "overall"
-            ax.plot(
-                xs,
-                ys,
-                marker="o",
-                ms=3,
-                lw=2.2 if overall else 1.2,
-                color="k" if overall else None,
-                label=name,
-            )
+            width, colour = (2.2, "k") if name == "overall" else (1.2, None)  # the overall mean stands out
+            ax.plot(xs, ys, marker="o", ms=3, lw=width, color=colour, label=name)
         last = depth_position(-1, num_layers)
         ax.axvline(last, color="0.4", ls=":", lw=1.2, label="last hidden state (the paper's)")
         ticks = sorted({depth_position(r["settings"]["layer"], num_layers) for r in group})

@@ -108,9 +108,8 @@ def run_mteb(
         for s in specs
     ]
     infos = [{**model_identity(p), "num_layers": s.num_layers} for p, s in zip(paths, specs)]
-    task_names = [
-        t.metadata.name for t in resolve_tasks(settings.suite, settings.tasks)
-    ]  # unknown names fail here
+    # unknown names fail here
+    task_names = [t.metadata.name for t in resolve_tasks(settings.suite, settings.tasks)]
     job = _Job(settings, task_names, out, len(infos) > 1, redo, save_encoder, log)
     with offline_hub(data_dir is not None):  # local data: no hub retries
         return [r for info, spec, ks in zip(infos, specs, wanted) for r in _records(info, spec, ks, job)]

@@ -32,13 +32,11 @@ def format_table(
     if not records:
         return "(no results)"
     labels = list(labels) if labels is not None else model_labels(records)
-    names: list[str] = []
-    info: dict[str, dict] = {}
+    info: dict[str, dict] = {}  # each task's entry in the first record that scored it
     for r in records:
         for name, s in r["scores"]["tasks"].items():
-            if name not in info:
-                names.append(name)
-                info[name] = s
+            info.setdefault(name, s)
+    names = list(info)
     compare = len(records) > 1 if compare is None else compare
 
     def row(label: str, values: list) -> list:
@@ -64,13 +62,9 @@ def format_table(
     columns = ["task", *labels] + (["delta"] if compare else [])
     text = text_table(columns, rows, left=["task"], section_before=sections[1:])
     if compare:
-        both = [
-            n for n in names if n in records[0]["scores"]["tasks"] and n in records[-1]["scores"]["tasks"]
-        ]
-        wins = sum(
-            records[-1]["scores"]["tasks"][n]["main_score"] > records[0]["scores"]["tasks"][n]["main_score"]
-            for n in both
-        )
+        first, last = records[0]["scores"]["tasks"], records[-1]["scores"]["tasks"]
+        both = [n for n in names if n in first and n in last]
+        wins = sum(last[n]["main_score"] > first[n]["main_score"] for n in both)
         text += f"\n{labels[-1]} wins {wins} of {len(both)} tasks against {labels[0]}"
     return text
 

