@@ -27,7 +27,7 @@ test: $(BIN)/.installed
 docs: $(BIN)/.installed  # the generated tables and maps that tests keep equal to their sources
 	$(BIN)/python tools/make_docs.py
 
-test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test-fast: $(BIN)/.installed  # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 .PHONY: install demo docs test test-fast

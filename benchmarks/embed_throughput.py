@@ -76,7 +76,7 @@ def measure_task(model: str, task_name: str, max_length: int, batch_tokens: int,
     """One task in this process: model load, ``mteb.evaluate`` (no cache), peak RSS (MB)."""
     import mteb
 
-    from nitp_eval.mteb.encoder import HiddenStateEncoder
+    from nitp_eval.mteb.hidden_encoder import HiddenStateEncoder
     from nitp_eval.mteb.results import task_score
     from nitp_eval.mteb.tasks import resolve_tasks
 
@@ -188,7 +188,7 @@ def throughput_report(args) -> None:
     import numpy as np
     import torch
 
-    from nitp_eval.mteb.encoder import HiddenStateEncoder
+    from nitp_eval.mteb.hidden_encoder import HiddenStateEncoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = real_texts(args.texts)

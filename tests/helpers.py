@@ -79,3 +79,11 @@ def run_main(main, prog: str, args, monkeypatch, capsys) -> tuple[int, str, str]
         code = e.code if isinstance(e.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def hidden_encoder():
+    """The module ``nitp_eval.mteb.hidden_encoder``, imported when a test runs, not when pytest
+    collects: it imports mteb (seconds), which the fast subset does not need."""
+    import nitp_eval.mteb.hidden_encoder as module
+
+    return module

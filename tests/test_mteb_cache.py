@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import nitp_eval.mteb.encoder as encoder_lib
 from nitp_eval.mteb.run import run_mteb
 from nitp_eval.mteb.settings import MtebSettings
+from tests.helpers import hidden_encoder
 
 TASKS = ["WordSim353"]  # 706 one-word texts: quick, and the scores move with the weights
 
@@ -46,7 +46,7 @@ def _forbid_encoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("encoded although the result was cached / recorded")
 
-    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", fail)
+    monkeypatch.setattr(hidden_encoder().HiddenStateEncoder, "encode_texts", fail)
 
 
 def _revision_folders(cache_dir: Path) -> set[str]:
@@ -86,19 +86,19 @@ def test_rerun_skips_what_is_recorded_and_redo_recomputes(two_checkpoints, tmp_p
         raise AssertionError("loaded the model although the record holds every task")
 
     with monkeypatch.context() as m:
-        m.setattr(encoder_lib, "HiddenStateEncoder", no_model)
+        m.setattr(hidden_encoder(), "HiddenStateEncoder", no_model)
         notes: list[str] = []
         again = run_mteb(a, MtebSettings(tasks=TASKS), out=out, log=notes.append)[0]
     assert again == first and any("already recorded" in n for n in notes)
 
     calls = []
-    original = encoder_lib.HiddenStateEncoder.encode_texts
+    original = hidden_encoder().HiddenStateEncoder.encode_texts
 
     def counting(self, texts, **kwargs):
         calls.append(len(texts))
         return original(self, texts, **kwargs)
 
-    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_texts", counting)
+    monkeypatch.setattr(hidden_encoder().HiddenStateEncoder, "encode_texts", counting)
     redone = run_mteb(a, MtebSettings(tasks=TASKS), out=out, redo=True, log=lambda _: None)[0]
     assert calls, "--redo must recompute, not read mteb's cache"
     assert redone["scores"]["tasks"]["WordSim353"]["main_score"] == pytest.approx(

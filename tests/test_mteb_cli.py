@@ -116,7 +116,7 @@ def test_save_encoder_reloads_as_a_sentence_transformer(tiny_checkpoint, tmp_pat
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from nitp_eval.mteb.encoder import HiddenStateEncoder
+    from nitp_eval.mteb.hidden_encoder import HiddenStateEncoder
 
     folder = tmp_path / "encoder"
     args = ["--tasks", "WordSim353", "--layer", "2", "--pooling", "last", "--max-length", "64"]

@@ -15,12 +15,12 @@ import torch
 
 from nitp.errors import UserError
 from nitp_eval.mteb.encoder import (
-    HiddenStateEncoder,
     pool_hidden_states,
     preflight,
     save_encoder,
     token_batches,
 )
+from tests.helpers import hidden_encoder
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -34,23 +34,23 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tiny_checkpoint):
-    return HiddenStateEncoder(tiny_checkpoint, device="cpu")
+    return hidden_encoder().HiddenStateEncoder(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def minilm_encoder(minilm_dir):
-    return HiddenStateEncoder(minilm_dir, device="cpu")
+    return hidden_encoder().HiddenStateEncoder(minilm_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def tiny_layer_encoder(tiny_checkpoint):
     """An encoder with the layer-reading Transformer module (``--layer 1``); tests move its layer."""
-    return HiddenStateEncoder(tiny_checkpoint, layer=1, device="cpu")
+    return hidden_encoder().HiddenStateEncoder(tiny_checkpoint, layer=1, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def minilm_layer_encoder(minilm_dir):
-    return HiddenStateEncoder(minilm_dir, layer=1, device="cpu")
+    return hidden_encoder().HiddenStateEncoder(minilm_dir, layer=1, device="cpu")
 
 
 # ----------------------------------------------------------------------------- pooling by hand
@@ -130,9 +130,9 @@ def test_encoder_layers_match_output_hidden_states(minilm_layer_encoder):
 
 def test_layer_out_of_range_is_a_user_error(tiny_checkpoint):
     with pytest.raises(UserError, match=r"--layer 5 is out of range.*0\.\.4"):
-        HiddenStateEncoder(tiny_checkpoint, layer=5)
+        hidden_encoder().HiddenStateEncoder(tiny_checkpoint, layer=5)
     with pytest.raises(UserError, match="out of range"):
-        HiddenStateEncoder(tiny_checkpoint, layer=-2)
+        hidden_encoder().HiddenStateEncoder(tiny_checkpoint, layer=-2)
 
 
 # ----------------------------------------------------------------------------- parity with sentence-transformers
@@ -176,10 +176,10 @@ def test_empty_texts_are_encoded(tiny_encoder, minilm_encoder):
 
 
 def test_eos_pooling_reads_the_appended_eos(tiny_checkpoint):
-    enc = HiddenStateEncoder(tiny_checkpoint, pooling="eos")
+    enc = hidden_encoder().HiddenStateEncoder(tiny_checkpoint, pooling="eos")
     ids = enc.tokenize(["a cat", ""])
     assert all(seq[-1] == enc.tokenizer.eos_token_id for seq in ids)
-    last = HiddenStateEncoder(tiny_checkpoint, pooling="last")
+    last = hidden_encoder().HiddenStateEncoder(tiny_checkpoint, pooling="last")
     eos_text = "a cat" + enc.tokenizer.eos_token
     np.testing.assert_allclose(enc.encode_texts(["a cat"]), last.encode_texts([eos_text]), atol=1e-6)
 
@@ -197,7 +197,7 @@ def test_tokenizer_without_pad_token_pads_with_eos_and_says_so(copy_of_checkpoin
     cfg["pad_token"] = None  # explicit: Qwen2Tokenizer would otherwise default it to EOS itself
     cfg_path.write_text(json.dumps(cfg))
     notes = []
-    enc = HiddenStateEncoder(copy_of_checkpoint, log=notes.append)
+    enc = hidden_encoder().HiddenStateEncoder(copy_of_checkpoint, log=notes.append)
     assert enc.tokenizer.pad_token == enc.tokenizer.eos_token
     assert any("no pad token" in n and "EOS" in n for n in notes)
     assert np.isfinite(enc.encode_texts(["short", "a much longer sentence than that"])).all()
@@ -207,12 +207,12 @@ def test_model_without_tokenizer_is_a_user_error(copy_of_checkpoint):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (copy_of_checkpoint / f).unlink()
     with pytest.raises(UserError, match="no tokenizer files"):
-        HiddenStateEncoder(copy_of_checkpoint)
+        hidden_encoder().HiddenStateEncoder(copy_of_checkpoint)
 
 
 def test_unknown_pooling_is_a_user_error(tiny_checkpoint):
     with pytest.raises(UserError, match="unknown pooling 'max'"):
-        HiddenStateEncoder(tiny_checkpoint, pooling="max")
+        hidden_encoder().HiddenStateEncoder(tiny_checkpoint, pooling="max")
 
 
 # ----------------------------------------------------------------------------- bounded memory
@@ -226,7 +226,9 @@ def test_token_batches_fill_up_to_the_budget_longest_first():
 
 def test_forward_passes_stay_within_the_token_budget(tiny_checkpoint, tiny_encoder):
     budget = 40
-    enc = HiddenStateEncoder(tiny_checkpoint, device="cpu", batch_tokens=budget, max_length=16)
+    enc = hidden_encoder().HiddenStateEncoder(
+        tiny_checkpoint, device="cpu", batch_tokens=budget, max_length=16
+    )
     shapes = []
     # sentence-transformers calls the model's forward directly: hook its token embedding instead
     handle = enc.transformer.auto_model.get_input_embeddings().register_forward_pre_hook(
@@ -255,7 +257,7 @@ def test_default_max_length_is_512_capped_by_the_model(tiny_encoder):
 def test_saved_encoder_reloads_with_the_same_embeddings(pooling, layer, tiny_checkpoint, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    enc = HiddenStateEncoder(tiny_checkpoint, pooling=pooling, layer=layer, device="cpu")
+    enc = hidden_encoder().HiddenStateEncoder(tiny_checkpoint, pooling=pooling, layer=layer, device="cpu")
     folder = save_encoder(enc, tmp_path / "encoder")
     modules = json.loads((folder / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[1] for m in modules] == [

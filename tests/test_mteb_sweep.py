@@ -9,11 +9,9 @@ import pytest
 
 from nitp.errors import UserError
 from nitp_eval.cli import main
-from nitp_eval.mteb import encoder as encoder_lib
 from nitp_eval.mteb.run import run_mteb
-from nitp_eval.mteb.settings import MtebSettings
-from nitp_eval.mteb.sweep import LayerView, parse_layers
-from tests.helpers import run_main
+from nitp_eval.mteb.settings import MtebSettings, parse_layers
+from tests.helpers import hidden_encoder, run_main
 
 TASKS = ["WordSim353", "PangLeePolarity"]  # an STS and a classification task: two groups
 LAYERS = [0, 2, -1]
@@ -39,10 +37,12 @@ def test_parse_layers():
 
 def test_encode_layers_equals_each_single_layer_encoder(tiny_checkpoint):
     texts = ["a cat sat on the mat", "x", "", "a dog " * 40, "a cat sat on the mat"]
-    full = encoder_lib.HiddenStateEncoder(tiny_checkpoint, device="cpu", log=lambda _: None)
+    full = hidden_encoder().HiddenStateEncoder(tiny_checkpoint, device="cpu", log=lambda _: None)
     swept = full.encode_layers(texts, LAYERS, batch_size=2)
     for j, k in enumerate(LAYERS):
-        single = encoder_lib.HiddenStateEncoder(tiny_checkpoint, layer=k, device="cpu", log=lambda _: None)
+        single = hidden_encoder().HiddenStateEncoder(
+            tiny_checkpoint, layer=k, device="cpu", log=lambda _: None
+        )
         np.testing.assert_array_equal(swept[j], single.encode_texts(texts, batch_size=2))
     assert not np.allclose(swept[0], swept[-1])  # the layers do differ
 
@@ -56,10 +56,12 @@ def test_sweep_scores_equal_single_layer_runs_with_one_pass(tiny_checkpoint, tmp
         )
         singles[k] = _main_scores(rec)
 
+    from nitp_eval.mteb.sweep import LayerView
+
     passes, views = [], []
-    real_layers, real_view = encoder_lib.HiddenStateEncoder.encode_layers, LayerView.encode_texts
+    real_layers, real_view = hidden_encoder().HiddenStateEncoder.encode_layers, LayerView.encode_texts
     monkeypatch.setattr(
-        encoder_lib.HiddenStateEncoder,
+        hidden_encoder().HiddenStateEncoder,
         "encode_layers",
         lambda self, texts, *a, **kw: passes.append(len(texts)) or real_layers(self, texts, *a, **kw),
     )
@@ -95,7 +97,7 @@ def test_rerun_of_a_sweep_reads_the_records(tiny_checkpoint, tmp_path, monkeypat
     def fail(*args, **kwargs):
         raise AssertionError("encoded although every layer was recorded")
 
-    monkeypatch.setattr(encoder_lib.HiddenStateEncoder, "encode_layers", fail)
+    monkeypatch.setattr(hidden_encoder().HiddenStateEncoder, "encode_layers", fail)
     again = run_mteb(
         tiny_checkpoint, MtebSettings(tasks=TASKS[:1], layers="0,-1"), out=tmp_path, log=lambda _: None
     )

@@ -59,6 +59,7 @@ def test_paper_suite_is_the_25_tasks_with_english_test_scope():
     assert len(type(by_name["STS17"]).metadata.hf_subsets) > 1
 
 
+@pytest.mark.slow  # seconds (mteb builds every paper task): out of the fast subset
 def test_dataset_repos_for_the_mirror():
     repos = {r["task"]: r for r in mteb_dataset_repos(PAPER_TASKS + ["WordSim353"])}
     assert set(repos) == set(PAPER_TASKS)  # offline tasks ship their data: no repository
@@ -72,6 +73,7 @@ def test_unknown_task_names_the_closest_match():
         resolve_tasks(tasks=["STSBenchmarks"])
 
 
+@pytest.mark.slow  # seconds (imports mteb): out of the fast subset
 def test_data_dir_override_points_the_task_at_its_folder_only():
     tasks = resolve_tasks(tasks=["BIOSSES", "STS12", "WordSim353"])
     ready, problems = apply_data_dir(tasks, FIXTURES)

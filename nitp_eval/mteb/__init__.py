@@ -27,7 +27,7 @@ import importlib
 
 POOLINGS = ("mean", "last", "eos")  # here, not in encoder: a study file checks them without importing mteb
 _PUBLIC = {
-    "HiddenStateEncoder": "encoder",
+    "HiddenStateEncoder": "hidden_encoder",
     "pool_hidden_states": "encoder",
     "save_encoder": "encoder",
     "aggregate": "results",
@@ -39,7 +39,7 @@ _PUBLIC = {
     "format_table": "table",
     "format_layer_table": "table",
     "LayerSweep": "sweep",
-    "parse_layers": "sweep",
+    "parse_layers": "settings",
     "plot_layer_sweep": "figure",
     "model_labels": "table",
 }

@@ -1,6 +1,6 @@
 """`run_mteb`: score checkpoints' frozen embeddings with ``mteb.evaluate``, resumably.
 
-Each checkpoint becomes a ``SentenceTransformer`` (``encoder.HiddenStateEncoder``) and each task
+Each checkpoint becomes a ``SentenceTransformer`` (``hidden_encoder.HiddenStateEncoder``) and each task
 is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", model
 key)`` (``nitp.records.model_identity``: weights, config and tokenizer files; unit = task name;
 settings = ``MtebSettings``'s embedding fields and the task's data and scope), so a killed run,
@@ -49,8 +49,7 @@ from .results import (
     replaces_record,
     task_score,
 )
-from .settings import MtebSettings, embedding_fields
-from .sweep import LayerSweep, parse_layers
+from .settings import MtebSettings, embedding_fields, parse_layers
 from .tasks import apply_data_dir, export_hint, resolve_tasks
 
 
@@ -283,9 +282,15 @@ def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) 
 
 def _encoders(info, spec, layers: list[int], sweep: bool, log):
     """``({layer: mteb encoder}, LayerSweep or None)``: one encoder, or a sweep's views."""
+    from . import hidden_encoder  # imports mteb (seconds): only when a run encodes
+
     name, revision = mteb_model_name(info), info["key"]
     if not sweep:
-        return {spec.layer: encoder_lib.HiddenStateEncoder(spec, name=name, revision=revision, log=log)}, None
+        return {
+            spec.layer: hidden_encoder.HiddenStateEncoder(spec, name=name, revision=revision, log=log)
+        }, None
+    from .sweep import LayerSweep
+
     shared = LayerSweep(spec, layers, log=log)
     return dict(zip(layers, shared.views(name=name, revision=revision))), shared
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+from nitp import layers as layers_lib
 from nitp.errors import UserError
 
 from . import POOLINGS
@@ -113,3 +115,38 @@ def check_sizes(max_length: int, batch_tokens: int, batch_size: int) -> None:
         raise UserError(
             f"--batch-tokens and --batch-size must be at least 1 (got {batch_tokens}, {batch_size})"
         )
+
+
+def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
+    """``--layers`` -> checked layer numbers in depth order (0..L, then -1), without repeats.
+
+    ``"all"`` is every layer: 0 (embeddings), 1..L (block outputs) and -1 (the last hidden state,
+    after the final norm). A list is comma-separated integers, each checked by
+    ``nitp.layers.check_layer``.
+
+    >>> parse_layers("all", 3)
+    [0, 1, 2, 3, -1]
+    >>> parse_layers("-1,2,0,2", 4)
+    [0, 2, -1]
+    """
+    if isinstance(text, str):
+        if text.strip().lower() == "all":
+            return [*range(num_layers + 1), -1]
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise UserError("--layers: give `all` or comma-separated layer numbers, e.g. --layers 0,3,-1")
+    else:
+        items = list(text)
+    try:
+        numbers = [int(t) for t in items]
+    except ValueError:
+        raise UserError(
+            f"--layers {text!r}: give `all` or comma-separated integers, e.g. --layers 0,3,-1"
+        ) from None
+    checked = {layers_lib.check_layer(k, num_layers, name="--layers") for k in numbers}
+    return sorted(checked, key=depth_order)
+
+
+def depth_order(layer: int) -> float:
+    """Sort key of a layer number by depth: 0, 1, ..., L, then -1 (after the final norm)."""
+    return float("inf") if layer == -1 else float(layer)

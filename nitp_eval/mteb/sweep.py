@@ -26,45 +26,9 @@ import dataclasses
 import hashlib
 from typing import Callable, Sequence
 
-from nitp import layers as layers_lib
-from nitp.errors import UserError
-
 from . import encoder as encoder_lib
-
-
-def parse_layers(text: str | Sequence[int], num_layers: int) -> list[int]:
-    """``--layers`` -> checked layer numbers in depth order (0..L, then -1), without repeats.
-
-    ``"all"`` is every layer: 0 (embeddings), 1..L (block outputs) and -1 (the last hidden state,
-    after the final norm). A list is comma-separated integers, each checked by
-    ``nitp.layers.check_layer``.
-
-    >>> parse_layers("all", 3)
-    [0, 1, 2, 3, -1]
-    >>> parse_layers("-1,2,0,2", 4)
-    [0, 2, -1]
-    """
-    if isinstance(text, str):
-        if text.strip().lower() == "all":
-            return [*range(num_layers + 1), -1]
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise UserError("--layers: give `all` or comma-separated layer numbers, e.g. --layers 0,3,-1")
-    else:
-        items = list(text)
-    try:
-        numbers = [int(t) for t in items]
-    except ValueError:
-        raise UserError(
-            f"--layers {text!r}: give `all` or comma-separated integers, e.g. --layers 0,3,-1"
-        ) from None
-    checked = {layers_lib.check_layer(k, num_layers, name="--layers") for k in numbers}
-    return sorted(checked, key=depth_order)
-
-
-def depth_order(layer: int) -> float:
-    """Sort key of a layer number by depth: 0, 1, ..., L, then -1 (after the final norm)."""
-    return float("inf") if layer == -1 else float(layer)
+from .hidden_encoder import HiddenStateEncoder
+from .settings import depth_order, parse_layers  # noqa: F401 - the sweep's layer list, also read from here
 
 
 class LayerSweep:
@@ -78,7 +42,7 @@ class LayerSweep:
 
     def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = encoder_lib._stderr):
         self.layers = list(layers)
-        self.encoder = encoder_lib.HiddenStateEncoder(dataclasses.replace(spec, layer=-1), log=log)
+        self.encoder = HiddenStateEncoder(dataclasses.replace(spec, layer=-1), log=log)
         self._cache: dict[str, object] = {}
         self.passes = 0  # text lists run through the model (what the cache saved shows in tests)
 
@@ -101,7 +65,7 @@ class LayerSweep:
         return [LayerView(self, k, name=name, revision=revision) for k in self.layers]
 
 
-class LayerView(encoder_lib.HiddenStateEncoder):
+class LayerView(HiddenStateEncoder):
     """The encoder of one layer of a :class:`LayerSweep`, for ``mteb.evaluate``.
 
     It shares the sweep's model and differs from ``HiddenStateEncoder(..., layer=k)`` only in

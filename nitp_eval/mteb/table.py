@@ -76,7 +76,7 @@ def layer_label(layer: int) -> str:
 
 def sweep_groups(records: Sequence[dict]) -> list[list[dict]]:
     """Records of a layer sweep grouped by model (first-seen order), each group by depth."""
-    from .sweep import depth_order
+    from .settings import depth_order
 
     by_model: dict[str, list[dict]] = {}
     for r in records:
