@@ -327,8 +327,8 @@ class Log(_Section):
     eval_batches: Int(1, BIG) = Field(8, description="validation batches per evaluation")
     trackers: Names(*TRACKERS) = Field(
         default_factory=list,
-        description="experiment trackers fed every metrics line: any of tensorboard, trackio, wandb, "
-        "mlflow (offline stores under RUN/; nitp_train/trackers.py)",
+        description=f"experiment trackers fed every metrics line: any of {', '.join(TRACKERS)} "
+        "(offline stores under RUN/; nitp_train/trackers.py)",
     )
 
 

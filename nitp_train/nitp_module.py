@@ -12,6 +12,7 @@ optimizer states and exported folders already hold.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,15 +66,10 @@ class NITPSettings:
 
     @classmethod
     def from_config(cls, nitp: dict, cross_documents: bool = False) -> NITPSettings:
-        """From the ``nitp:`` section of a training config (``cross_documents`` is no config key)."""
-        return cls(
-            nitp["target_layer"],
-            nitp["shift"],
-            nitp["loss"],
-            nitp["projector"],
-            nitp["stop_grad"],
-            bool(cross_documents),
-        )
+        """From the ``nitp:`` section of a training config: every field of the same name
+        (``cross_documents`` is no config key)."""
+        named = {f.name: nitp[f.name] for f in dataclasses.fields(cls) if f.name != "cross_documents"}
+        return cls(**named, cross_documents=bool(cross_documents))
 
 
 class LayerCapture:

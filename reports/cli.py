@@ -18,6 +18,7 @@ from typing import List
 import typer
 
 from nitp.errors import user_errors
+from nitp_train.trackers import TRACKERS
 
 app = typer.Typer(
     help="Paper-style NTP vs NITP tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) from runs and result records.",
@@ -119,9 +120,7 @@ def quickstart(
 @app.command()
 def track(
     run: Path = typer.Argument(..., help="A run directory (reads metrics.jsonl and config.yaml)."),
-    to: str = typer.Option(
-        "tensorboard", "--to", help="Comma-separated trackers: tensorboard, trackio, wandb, mlflow."
-    ),
+    to: str = typer.Option("tensorboard", "--to", help=f"Comma-separated trackers: {', '.join(TRACKERS)}."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Folder of the replayed tracker runs [default: RUN/replay]."
     ),

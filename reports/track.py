@@ -25,11 +25,11 @@ from nitp.runs import read_run_config
 
 def parse_trackers(text: str) -> list[str]:
     """``"tensorboard,trackio"`` -> ``["tensorboard", "trackio"]``, each checked (``UserError``)."""
-    from nitp_train.trackers import require
+    from nitp_train.trackers import TRACKERS, require
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise UserError("--to is empty; give tensorboard, trackio, wandb and/or mlflow, comma-separated")
+        raise UserError(f"--to is empty; give any of {', '.join(TRACKERS)}, comma-separated")
     for name in names:
         require(name, where="--to")
     return names
