@@ -645,6 +645,19 @@ def check_out(spec: StudySpec, out: Path) -> None:
             f"--out {out}: holds study {name!r} ({file}), not {spec.name!r}; choose another --out "
             f"(e.g. runs/{spec.name})"
         )
+    first = _read_bytes(Path(file)) if file and Path(file) != spec.path else None
+    if first is not None and first != _read_bytes(spec.path):  # a moved file (gone) is the same study
+        raise UserError(  # another file of the same name: it would replace the study's manifest
+            f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
+            f"another --out, or delete {manifest} if this file replaces that one"
+        )
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # moved or deleted
+        return None
 
 
 def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, retrain: bool, log) -> None:

@@ -201,6 +201,23 @@ def test_out_that_is_a_file_a_run_or_another_study_is_one_line(tmp_path):
     one_line_error(lambda: run_study(spec, other, dry_run=True), "study.json is damaged")
 
 
+def test_a_study_of_the_same_name_from_another_file_is_refused_unless_the_first_is_gone(tmp_path):
+    spec = load_study(write_study(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    first = write_study(tmp_path / "elsewhere")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"study": "tiny", "file": str(first)}))
+    run_study(spec, out, dry_run=True)  # the same bytes in another place: the same study
+    first.write_text(first.read_text() + "description: another study of the same name\n")
+    one_line_error(
+        lambda: run_study(spec, out, dry_run=True),
+        f"--out {out}: holds study 'tiny' of {first}, and {spec.path} is another file",
+    )
+    first.unlink()  # moved away: this file carries the study on
+    run_study(spec, out, dry_run=True)
+
+
 def test_a_cell_trained_with_another_config_is_refused_then_retrained(tmp_path):
     from reports.study import _check_changed, cell_configs
 
