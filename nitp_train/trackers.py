@@ -188,8 +188,9 @@ class Trackers:
             failed, e = self._thread_error
             raise UserError(
                 f"log.trackers: {failed} failed ({what}; {type(e).__name__}: {first_line(e, 160)}); "
-                f"free disk space or fix its folder in {self.run_dir}, or drop {failed} from log.trackers "
-                "(metrics.jsonl keeps every step)"
+                f"check its store under {self.run_dir} (free space, permissions; a deleted store: remove "
+                f"the {failed!r} entry of {STATE_FILE} there to start a new tracker run), or drop "
+                f"{failed} from log.trackers (metrics.jsonl keeps every step)"
             )
 
     def _thread_failed(self, args) -> None:

@@ -224,3 +224,4 @@ def test_a_deleted_mlflow_store_on_resume_is_one_line_naming_mlflow(tmp_path, mo
         run.log({"step": 6, "loss_ntp": 6.0})
     message = str(e.value)
     assert "\n" not in message and message.startswith("log.trackers: mlflow") and "drop mlflow" in message
+    assert "a deleted store: remove the 'mlflow' entry of trackers.json" in message
