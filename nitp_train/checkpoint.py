@@ -119,7 +119,7 @@ def _write_staging(tmp: Path, final: Path, contents: Contents) -> None:
         save_file(
             head_sd,
             tmp / "nitp_head.safetensors",
-            metadata={"format": "pt", "projector": meta.get("projector", "")},
+            metadata={"format": "pt"},  # one key: safetensors orders several differently per process
         )
     atomic_write_json(tmp / "nitp_meta.json", meta)
 

@@ -270,8 +270,9 @@ class NITPWrapped(nn.Module):
         if head_sd:
             from safetensors.torch import save
 
-            meta = {"format": "pt", "projector": self.nitp["projector"]}
-            atomic_write_bytes(out / HEAD_FILE, save(head_sd, metadata=meta))
+            # one metadata key: safetensors orders several differently per process (the projector
+            # is in nitp_meta.json), and the same weights must give the same bytes
+            atomic_write_bytes(out / HEAD_FILE, save(head_sd, metadata={"format": "pt"}))
         atomic_write_json(out / META_FILE, self.meta())
 
     def meta(self) -> dict:
