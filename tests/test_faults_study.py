@@ -130,6 +130,7 @@ def test_a_date_axis_value_is_refused_not_a_traceback(tmp_path):
     one_line_error(lambda: load_study(path), "axis 'run_name' value datetime.date(2024, 1, 1)", "quote dates")
 
 
+@pytest.mark.slow  # seconds (a study plan with a geom evaluation): out of the fast subset
 def test_geom_without_tokens_is_planned_and_described(tmp_path):
     spec = load_study(write_study(tmp_path, eval={"geom": {"corpus": "builtin"}, "report": False}))
     lines: list[str] = []

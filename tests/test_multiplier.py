@@ -294,6 +294,7 @@ def test_report_of_real_runs_and_its_bad_inputs(tiny_run, tiny_ntp_run, tmp_path
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+@pytest.mark.slow  # seconds (trains a tiny run): out of the fast subset
 def test_log_spaced_validation_gives_a_ladder_points_even_on_log_compute(tmp_path):
     """``log.eval_points``: val_loss at steps spread evenly on a log scale (beside eval_every), so
     a short run of a ladder still gives its early (compute, loss) points."""
