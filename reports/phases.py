@@ -50,8 +50,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import median_filter
-from scipy.signal import find_peaks, peak_prominences
 from scipy.stats import median_abs_deviation
 
 
@@ -120,6 +118,8 @@ def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
     """Median of each point and its neighbours (``width`` points, odd; near the ends, the
     symmetric window that fits): removes isolated spikes (a bad batch) while keeping steps
     and edges where they are."""
+    from scipy.ndimage import median_filter  # imported here: `nitp-report --help` loads this module
+
     n, half = len(values), width // 2
     med = median_filter(values, size=width, mode="nearest")  # the interior; ends redone below
     for i in [*range(min(half, n)), *range(max(n - half, 0), n)]:
@@ -271,6 +271,8 @@ def _most_prominent_peak(s: np.ndarray) -> tuple[int, float, int, int]:
     The prominence is ``min(s_j - min s[:j], s_j - min s[j:])`` at that peak (scipy takes each
     side's minimum only up to a higher point, which gives the same value at the best peak).
     """
+    from scipy.signal import find_peaks, peak_prominences
+
     _, flat = find_peaks(s, plateau_size=1)
     tops = flat["left_edges"]
     if not len(tops):
