@@ -70,16 +70,6 @@ def _raise_interrupted(signum, _frame):
     raise Interrupted(signum)
 
 
-def _note_swallowed(unraisable) -> None:
-    """``sys.unraisablehook`` while a boundary runs: an :class:`Interrupted` raised inside a
-    finalizer or weakref callback (Python prints and ignores it) is kept, not printed, and raised
-    again at the next publish (:func:`raise_if_interrupted`)."""
-    if isinstance(unraisable.exc_value, Interrupted):
-        _swallowed.append(unraisable.exc_value.signum)
-    else:
-        sys.__unraisablehook__(unraisable)
-
-
 def raise_if_interrupted() -> None:
     """Raise the :class:`Interrupted` of a signal that a finalizer swallowed, once.
 
@@ -101,7 +91,18 @@ def _signals_unwind() -> Iterator[None]:
     _received.clear()
     _swallowed.clear()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous_hook, sys.unraisablehook = sys.unraisablehook, _note_swallowed
+    previous_hook = sys.unraisablehook
+
+    def keep_interrupts(unraisable) -> None:
+        """An :class:`Interrupted` raised inside a finalizer or weakref callback (Python prints and
+        ignores it) is kept, not printed, and raised again at the next publish
+        (:func:`raise_if_interrupted`); anything else goes to the hook that was there."""
+        if isinstance(unraisable.exc_value, Interrupted):
+            _swallowed.append(unraisable.exc_value.signum)
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = keep_interrupts
     try:
         try:
             yield

@@ -73,7 +73,8 @@ def resolve_loss_impl(loss_impl: str, loss_chunk: int = 0) -> tuple[str, int]:
         return (impl, loss_chunk or chunk)
     if impl not in CHUNKED_IMPLS:
         raise UserError(
-            f"train.loss_impl={loss_impl} with train.loss_chunk={loss_chunk}: set loss_chunk to 0 or loss_impl to chunked"
+            f"train.loss_impl={loss_impl} with train.loss_chunk={loss_chunk}: remove train.loss_chunk "
+            f"(deprecated), or write train.loss_impl=chunked:{loss_chunk}"
         )
     if chunk != loss_chunk:
         raise UserError(

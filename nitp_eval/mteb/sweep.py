@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 
 from . import encoder as encoder_lib
 from .hidden_encoder import HiddenStateEncoder
-from .settings import depth_order, parse_layers  # noqa: F401 - the sweep's layer list, also read from here
 
 
 class LayerSweep:
@@ -37,7 +36,7 @@ class LayerSweep:
     Parameters
     ----------
     spec : an ``EncoderSpec`` from ``encoder.preflight`` (its layer is ignored: the full pass runs)
-    layers : layer numbers from :func:`parse_layers`
+    layers : layer numbers from :func:`nitp_eval.mteb.settings.parse_layers`
     """
 
     def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = encoder_lib._stderr):
