@@ -40,6 +40,7 @@ PosixPath('out/ladder/multiplier.md')
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import warnings
@@ -65,6 +66,7 @@ CURVE_POINTS = 80
 ESTIMATES = ("k", "alpha", "E", "A")
 METHODS = ("percentile", "basic")  # not BCa: its jackknife leaves out one of 2 seeds of a cell
 SEEDS_UNIT = "seeds within each (objective, size), n - 1 of n drawn"
+_PARAMS: dict[str, int] = {}  # model config (JSON) -> nitp_train.flops.parameter_count
 
 
 # ----------------------------------------------------------------------------- data
@@ -235,14 +237,11 @@ class MultiplierResult:
         """Plain JSON types; a missing value (no interval, no trend) is None, never NaN."""
         d = dataclasses.asdict(self)
         d["runs"] = [{**dataclasses.asdict(r), "flops_per_token": r.flops_per_token} for r in self.runs]
-        return _finite_or_none(d)
+        return json.loads(json.dumps(d), parse_constant=lambda _: None)  # NaN -> None
 
     @classmethod
     def from_dict(cls, d: dict) -> MultiplierResult:
-        estimates = {
-            name: Estimate(*(_nan_if_none(d[name][f]) for f in ("value", "low", "high")))
-            for name in ESTIMATES
-        }
+        estimates = {n: Estimate(*(math.nan if v is None else v for v in d[n].values())) for n in ESTIMATES}
         return cls(
             **{
                 **d,
@@ -254,20 +253,6 @@ class MultiplierResult:
                 "notes": list(d.get("notes") or []),
             }
         )
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else float(value)
 
 
 # ----------------------------------------------------------------------------- reading run directories
@@ -284,25 +269,41 @@ def read_ladder(run_dirs: Iterable[str | os.PathLike], skip_warmup: bool = True)
         raise UserError("no run directories given (give the NTP and NITP runs of the ladder)")
     seen: dict[Path, Path] = {}
     for p in paths:
-        if p.resolve() in seen:
+        if seen.setdefault(p.resolve(), p) is not p:
             raise UserError(f"{p}: given twice (as {seen[p.resolve()]}); give each run directory once")
-        seen[p.resolve()] = p
-    runs, data = [], []
-    for p in paths:
-        run, data_key = read_run(p, skip_warmup)
-        runs.append(run)
-        data.append((p, data_key))
-    _check_same_data(data)
-    _name_sizes(runs)
-    _check_unique(runs)
-    return runs
+    runs, data = zip(*(read_run(p, skip_warmup) for p in paths))
+    for path, d in zip(paths, data):
+        k = next((k for k in data[0] if data[0][k] != d[k]), None)
+        if k is not None:
+            raise UserError(
+                f"{path}: validated on other data than {paths[0]} (data.{k} {d[k]!r} vs {data[0][k]!r}); "
+                "give runs validated on one corpus, tokenizer and sequence length"
+            )
+    # d{hidden}-L{layers}, plus the parameter count where two architectures share it
+    params: dict[str, set[int]] = {}
+    for r in runs:
+        params.setdefault(r.size, set()).add(r.params)
+    for r in runs:
+        if len(params[r.size]) > 1:
+            r.size = f"{r.size}-{r.params / 1e6:.3g}M"
+    by_key: dict[tuple, LadderRun] = {}
+    for r in runs:
+        first = by_key.setdefault((r.objective, r.size, r.seed), r)
+        if first is not r:
+            raise UserError(
+                f"{r.path or r.run}: same objective, size and seed as {first.path or first.run} "
+                f"({OBJECTIVE_NAMES[r.objective]}, {r.size}, seed {r.seed}); give one run per objective, size and seed"
+            )
+    return list(runs)
 
 
 def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
     """One run directory: ``(LadderRun, the data fields that fix what its CE measures)``."""
+    import yaml
+
     from nitp.io import read_jsonl
-    from nitp.runs import list_checkpoints
-    from nitp_train.flops import nitp_flops_per_token, training_flops_per_token
+    from nitp.runs import list_checkpoints, read_run_config
+    from nitp_train.flops import nitp_flops_per_token, parameter_count, training_flops_per_token
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such directory; give nitp-train run directories")
@@ -310,7 +311,12 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
         raise UserError(f"{run_dir}: not a run directory (no config.yaml); give nitp-train run directories")
     if not (run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl (not trained yet); train it or leave it out")
-    cfg = _run_config(run_dir)
+    try:
+        cfg = read_run_config(run_dir)
+    except yaml.YAMLError as e:
+        raise UserError(f"{run_dir}/config.yaml: not valid YAML ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{run_dir}/config.yaml: not a nitp-train config (a mapping is expected)")
     objective = cfg.get("objective")
     if objective not in OBJECTIVE_NAMES:
         raise UserError(
@@ -327,20 +333,30 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
             f"{run_dir}: no complete checkpoint, so its model config (and FLOPs) is unknown; "
             "train it to its first checkpoint or leave it out"
         )
-    config = _model_config(ckpts[-1])
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(ckpts[-1])
+    except Exception as e:  # noqa: BLE001 - any unreadable config is the user's file
+        raise UserError(
+            f"{ckpts[-1]}/config.json: not a readable Hugging Face config ({type(e).__name__})"
+        ) from None
     seq_len = int((cfg.get("data") or {}).get("seq_len") or 0)
     try:
         backbone = float(training_flops_per_token(config, seq_len))
     except UserError as e:
         raise UserError(f"{run_dir}: {e}") from None
     extra = float(nitp_flops_per_token(int(config.hidden_size)))
+    key = config.to_json_string()
+    if key not in _PARAMS:  # counted once per distinct config (a ladder repeats sizes)
+        _PARAMS[key] = parameter_count(config)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     run = LadderRun(
         run=run_dir.name,
         objective=objective,
         seed=int(cfg.get("seed") or 0),
         size=f"d{config.hidden_size}-L{config.num_hidden_layers}",
-        params=_param_count(config),
+        params=_PARAMS[key],
         backbone_flops_per_token=backbone,
         nitp_flops_per_token=extra,
         points=[],
@@ -353,46 +369,15 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
             f"{run_dir}: no val_loss in metrics.jsonl (log.eval_every is 0, or no validation yet); "
             "train with log.eval_every > 0"
         )
-    _check_logged_flops(rows, run, run_dir)
+    # the trainer logs flops_per_token on GPU: it must be the count used here
+    for r in rows:
+        value = r.get("flops_per_token")
+        if isinstance(value, (int, float)) and not math.isclose(value, run.flops_per_token, rel_tol=1e-6):
+            raise UserError(
+                f"{run_dir}: metrics.jsonl logs flops_per_token {float(value):.6g} but nitp_train.flops gives "
+                f"{run.flops_per_token:.6g} for its checkpoint's config; was the run trained by another version?"
+            )
     return run, {k: (cfg.get("data") or {}).get(k) for k in DATA_KEYS}
-
-
-def _run_config(run_dir: Path) -> dict:
-    import yaml
-
-    from nitp.runs import read_run_config
-
-    try:
-        cfg = read_run_config(run_dir)
-    except yaml.YAMLError as e:
-        raise UserError(f"{run_dir}/config.yaml: not valid YAML ({type(e).__name__})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{run_dir}/config.yaml: not a nitp-train config (a mapping is expected)")
-    return cfg
-
-
-def _model_config(ckpt: Path):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(ckpt)
-    except Exception as e:  # noqa: BLE001 - any unreadable config is the user's file
-        raise UserError(
-            f"{ckpt}/config.json: not a readable Hugging Face config ({type(e).__name__})"
-        ) from None
-
-
-_PARAMS: dict[str, int] = {}
-
-
-def _param_count(config) -> int:
-    """``nitp_train.flops.parameter_count``, once per distinct config (a ladder repeats sizes)."""
-    key = config.to_json_string()
-    if key not in _PARAMS:
-        from nitp_train.flops import parameter_count
-
-        _PARAMS[key] = parameter_count(config)
-    return _PARAMS[key]
 
 
 def _validation_points(rows: list[dict], run: LadderRun) -> list[Point]:
@@ -412,55 +397,10 @@ def _validation_points(rows: list[dict], run: LadderRun) -> list[Point]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _check_logged_flops(rows: list[dict], run: LadderRun, run_dir: Path) -> None:
-    """The trainer logs ``flops_per_token`` on GPU: it must be the count used here."""
-    logged = {float(r["flops_per_token"]) for r in rows if isinstance(r.get("flops_per_token"), (int, float))}
-    for value in logged:
-        if not math.isclose(value, run.flops_per_token, rel_tol=1e-6):
-            raise UserError(
-                f"{run_dir}: metrics.jsonl logs flops_per_token {value:.6g} but nitp_train.flops gives "
-                f"{run.flops_per_token:.6g} for its checkpoint's config; was the run trained by another version?"
-            )
-
-
-def _check_same_data(data: list[tuple[Path, dict]]) -> None:
-    first_path, first = data[0]
-    for path, d in data[1:]:
-        diff = [k for k in first if first[k] != d[k]]
-        if diff:
-            k = diff[0]
-            raise UserError(
-                f"{path}: validated on other data than {first_path} (data.{k} {d[k]!r} vs {first[k]!r}); "
-                "give runs validated on one corpus, tokenizer and sequence length"
-            )
-
-
-def _name_sizes(runs: list[LadderRun]) -> None:
-    """``d{hidden}-L{layers}``, plus the parameter count where two architectures share it."""
-    params: dict[str, set[int]] = {}
-    for r in runs:
-        params.setdefault(r.size, set()).add(r.params)
-    for r in runs:
-        if len(params[r.size]) > 1:
-            r.size = f"{r.size}-{r.params / 1e6:.3g}M"
-
-
-def _check_unique(runs: list[LadderRun]) -> None:
-    seen: dict[tuple, LadderRun] = {}
-    for r in runs:
-        key = (r.objective, r.size, r.seed)
-        if key in seen:
-            raise UserError(
-                f"{r.path or r.run}: same objective, size and seed as {seen[key].path or seen[key].run} "
-                f"({OBJECTIVE_NAMES[r.objective]}, {r.size}, seed {r.seed}); give one run per objective, size and seed"
-            )
-        seen[key] = r
-
-
 # ----------------------------------------------------------------------------- the law and its fit
 def law(compute: np.ndarray, E: float, A: float, alpha: float, k: float = 1.0) -> np.ndarray:
     """``E + A (k C)^(-alpha)``, evaluated in logs (C spans many decades)."""
-    return E + np.exp(math.log(A) - alpha * (np.log(k) + np.log(compute)))
+    return E + np.exp(np.log(A) - alpha * (np.log(k) + np.log(compute)))
 
 
 def _predict_log(theta: np.ndarray, x: np.ndarray, g: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -506,30 +446,19 @@ def fit_law(
     top = math.log(float(loss.min()))
     lower = [top - 12.0, -40.0, ALPHA_BOUNDS[0], math.log(K_BOUNDS[0])]
     upper = [top, 40.0, ALPHA_BOUNDS[1], math.log(K_BOUNDS[1])]
-    starts = []
     if start is not None:
-        log_a = math.log(start.A) - start.alpha * x0
-        starts.append([math.log(start.E), log_a, start.alpha, math.log(start.k)])
+        starts = [[math.log(start.E), math.log(start.A) - start.alpha * x0, start.alpha, math.log(start.k)]]
     else:
-        for alpha in (0.05, 0.2, 0.5):
-            for frac in (0.5, 0.9):
-                e = frac * float(loss.min())
-                starts.append([math.log(e), math.log(max(float(loss.mean()) - e, 1e-9)), alpha, 0.0])
-    best = None
-    for theta0 in starts:
-        theta0 = np.clip(theta0, np.add(lower, 1e-9), np.subtract(upper, 1e-9))
-        res = least_squares(
-            _residuals, theta0, jac=_jacobian, bounds=(lower, upper), args=(x, g, log_loss), x_scale="jac"
-        )
-        if best is None or res.cost < best.cost:
-            best = res
+        es = [f * float(loss.min()) for f in (0.5, 0.9)]
+        starts = [
+            [math.log(e), math.log(max(loss.mean() - e, 1e-9)), a, 0.0] for a in (0.05, 0.2, 0.5) for e in es
+        ]
+    inside = np.add(lower, 1e-9), np.subtract(upper, 1e-9)
+    opts = dict(jac=_jacobian, bounds=(lower, upper), args=(x, g, log_loss), x_scale="jac")
+    best = min((least_squares(_residuals, np.clip(t, *inside), **opts) for t in starts), key=lambda r: r.cost)
     log_e, log_a, alpha, log_k = best.x
     return LawFit(
-        E=math.exp(log_e),
-        A=math.exp(log_a + alpha * x0),
-        alpha=float(alpha),
-        k=math.exp(log_k),
-        cost=float(best.cost),
+        math.exp(log_e), math.exp(log_a + alpha * x0), float(alpha), math.exp(log_k), float(best.cost)
     )
 
 
@@ -555,21 +484,15 @@ def mean_curve(runs: Sequence[LadderRun], skip_warmup: bool = False) -> tuple[np
 
     The runs are seeds of one objective and size: same steps, same compute per step.
     """
-    steps, comp, loss = [], [], []
-    for r in runs:
-        for p in r.points:
-            if not (skip_warmup and p.step <= r.warmup_steps):
-                steps.append(p.step)
-                comp.append(p.backbone_compute)
-                loss.append(p.loss)
-    if not steps:
-        return np.zeros(0), np.zeros(0)
-    uniq, inverse = np.unique(np.asarray(steps), return_inverse=True)
-    count = np.bincount(inverse)
-    return (
-        np.bincount(inverse, weights=np.asarray(comp)) / count,
-        np.bincount(inverse, weights=np.asarray(loss)) / count,
-    )
+    pts = [
+        (p.step, p.backbone_compute, p.loss)
+        for r in runs
+        for p in r.points
+        if not (skip_warmup and p.step <= r.warmup_steps)
+    ]
+    steps, comp, loss = np.asarray(pts, dtype=float).reshape(-1, 3).T
+    _, inverse, count = np.unique(steps, return_inverse=True, return_counts=True)
+    return np.bincount(inverse, weights=comp) / count, np.bincount(inverse, weights=loss) / count
 
 
 def frontier(runs: Sequence[LadderRun]) -> dict[str, dict[str, list]]:
@@ -577,20 +500,16 @@ def frontier(runs: Sequence[LadderRun]) -> dict[str, dict[str, list]]:
     the Pareto points over all sizes. ``{objective: {"compute", "loss", "size"}}``."""
     out = {}
     for obj in OBJECTIVE_NAMES:
-        comp, loss, size = [], [], []
-        for s, group in _by_size([r for r in runs if r.objective == obj]).items():
-            c, l_ = mean_curve(group, skip_warmup=True)
-            comp += list(c)
-            loss += list(l_)
-            size += [s] * len(c)
-        comp_a, loss_a = np.asarray(comp), np.asarray(loss)
-        keep = pareto_frontier(comp_a, loss_a) if len(comp) else np.zeros(0, dtype=bool)
-        order = np.argsort(comp_a[keep])
-        out[obj] = {
-            "compute": comp_a[keep][order].tolist(),
-            "loss": loss_a[keep][order].tolist(),
-            "size": list(np.asarray(size, dtype=object)[keep][order]),
+        curves = {
+            s: mean_curve(g, skip_warmup=True)
+            for s, g in _by_size(r for r in runs if r.objective == obj).items()
         }
+        comp = np.concatenate([[], *(c for c, _ in curves.values())])
+        loss = np.concatenate([[], *(l_ for _, l_ in curves.values())])
+        size = np.array([s for s, (c, _) in curves.items() for _ in c], dtype=object)
+        keep = np.flatnonzero(pareto_frontier(comp, loss))
+        keep = keep[np.argsort(comp[keep])]
+        out[obj] = {"compute": comp[keep].tolist(), "loss": loss[keep].tolist(), "size": size[keep].tolist()}
     return out
 
 
@@ -683,10 +602,8 @@ def _bands(result, fit: LawFit, runs: Sequence[LadderRun], confidence: float) ->
             ks, alphas, es, as_ = result.bootstrap_distribution
             ok = np.isfinite(ks)
             if ok.any():
-                kk = ks[ok] if obj == METHOD else np.ones(ok.sum())
-                pred = es[ok, None] + np.exp(
-                    np.log(as_[ok, None]) - alphas[ok, None] * (np.log(kk)[:, None] + np.log(grid)[None])
-                )
+                kk = ks[ok, None] if obj == METHOD else 1.0
+                pred = law(grid, es[ok, None], as_[ok, None], alphas[ok, None], kk)
                 tail = 100 * (1 - confidence) / 2
                 curve["low"] = np.percentile(pred, tail, axis=0).tolist()
                 curve["high"] = np.percentile(pred, 100 - tail, axis=0).tolist()
