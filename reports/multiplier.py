@@ -229,10 +229,6 @@ class MultiplierResult:
     verdict: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def fit(self) -> LawFit:
-        return LawFit(self.E.value, self.A.value, self.alpha.value, self.k.value)
-
     def to_dict(self) -> dict:
         """Plain JSON types; a missing value (no interval, no trend) is None, never NaN."""
         d = dataclasses.asdict(self)
@@ -520,6 +516,11 @@ def _by_size(runs: Iterable[LadderRun]) -> dict[str, list[LadderRun]]:
     return out
 
 
+def _sizes(runs: Iterable[LadderRun]) -> list[tuple[str, list[LadderRun]]]:
+    """``(size, its runs)`` from the smallest size up."""
+    return sorted(_by_size(runs).items(), key=lambda kv: kv[1][0].params)
+
+
 def fit_frontier(runs: Sequence[LadderRun], start: LawFit | None = None) -> tuple[LawFit, dict]:
     """The shared-law fit on the frontier of ``runs``: ``(LawFit, frontier)``."""
     front = frontier(runs)
@@ -635,8 +636,7 @@ def crossing_compute(compute: np.ndarray, loss: np.ndarray, target: float) -> tu
 def size_ratios(runs: Sequence[LadderRun]) -> list[SizeRatio]:
     """The non-parametric multiplier at each size that has both objectives (seeds averaged per step)."""
     out = []
-    sizes = _by_size(runs)
-    for size, group in sorted(sizes.items(), key=lambda kv: kv[1][0].params):
+    for size, group in _sizes(runs):
         ntp = [r for r in group if r.objective == BASELINE]
         nitp = [r for r in group if r.objective == METHOD]
         if not (ntp and nitp):
@@ -649,19 +649,9 @@ def size_ratios(runs: Sequence[LadderRun]) -> list[SizeRatio]:
             reverse, rbound = crossing_compute(c_nitp, l_nitp, l_ntp[-1])
             ratio, via = c_ntp[-1] / reverse, "NITP curve"
             bound = {"": "", "upper": "lower", "lower": "upper"}[rbound]
-        overhead = group[0].overhead
+        o, l0, l1 = group[0].overhead, float(l_ntp[-1]), float(l_nitp[-1])
         out.append(
-            SizeRatio(
-                size=size,
-                params=group[0].params,
-                overhead=overhead,
-                ntp_final_loss=float(l_ntp[-1]),
-                nitp_final_loss=float(l_nitp[-1]),
-                ratio=float(ratio),
-                net_ratio=float(ratio / (1 + overhead)),
-                via=via,
-                bound=bound,
-            )
+            SizeRatio(size, group[0].params, o, l0, l1, float(ratio), float(ratio / (1 + o)), via, bound)
         )
     return out
 
@@ -674,15 +664,8 @@ def ratio_trend(ratios: Sequence[SizeRatio], confidence: float = 0.95) -> Trend 
     if len(exact) < 3:
         return None
     fit = stats.linregress(np.log([r.params for r in exact]), np.log([r.ratio for r in exact]))
-    half = stats.t.ppf(0.5 + confidence / 2, len(exact) - 2) * fit.stderr
-    return Trend(
-        slope=float(fit.slope),
-        low=float(fit.slope - half),
-        high=float(fit.slope + half),
-        pvalue=float(fit.pvalue),
-        n=len(exact),
-        confidence=confidence,
-    )
+    slope, half = float(fit.slope), float(stats.t.ppf(0.5 + confidence / 2, len(exact) - 2) * fit.stderr)
+    return Trend(slope, slope - half, slope + half, float(fit.pvalue), len(exact), confidence)
 
 
 def pays_for_itself(low: float, high: float, overhead: float) -> str:
@@ -752,22 +735,17 @@ def fit_multiplier(
         boot, unit, notes = bootstrap_fits(runs, fit, n_resamples, confidence, method, seed)
     else:
         boot, unit, notes = None, "none", ["no bootstrap asked for (0 resamples): no interval"]
-    estimates = [Estimate(v) for v in (fit.k, fit.alpha, fit.E, fit.A)]
+    values = (fit.k, fit.alpha, fit.E, fit.A)
     if boot is not None and not notes:
         ci = boot.confidence_interval
-        estimates = [
-            Estimate(v, float(lo), float(hi))
-            for v, lo, hi in zip((fit.k, fit.alpha, fit.E, fit.A), ci.low, ci.high)
-        ]
-    k, alpha, E, A = estimates
+        k, alpha, E, A = (Estimate(v, float(lo), float(hi)) for v, lo, hi in zip(values, ci.low, ci.high))
+    else:
+        k, alpha, E, A = (Estimate(v) for v in values)
     notes += _fit_notes(fit, front, runs)
     ratios = size_ratios(runs)
-    per_size = {}
-    for r in runs:
-        per_size.setdefault(r.size, (r.params, r.overhead))
     verdicts = [
-        SizeVerdict(size=s, params=p, overhead=o, verdict=pays_for_itself(k.low, k.high, o))
-        for s, (p, o) in sorted(per_size.items(), key=lambda kv: kv[1][0])
+        SizeVerdict(s, g[0].params, g[0].overhead, pays_for_itself(k.low, k.high, g[0].overhead))
+        for s, g in _sizes(runs)
     ]
     return MultiplierResult(
         runs=runs,
@@ -831,17 +809,9 @@ def draw_multiplier(result: MultiplierResult):
         ax = fig.add_subplot()
         for obj, name in OBJECTIVE_NAMES.items():
             colour = OBJECTIVE_COLOURS[obj]
-            pts = [p for r in result.runs if r.objective == obj for p in r.points]
-            ax.scatter(
-                [p.backbone_compute for p in pts],
-                [p.loss for p in pts],
-                s=10,
-                facecolors="none",
-                edgecolors=colour,
-                linewidths=0.6,
-                alpha=0.6,
-                label=f"{name} validations",
-            )
+            pts = [(p.backbone_compute, p.loss) for r in result.runs if r.objective == obj for p in r.points]
+            hollow = dict(facecolors="none", edgecolors=colour, linewidths=0.6, alpha=0.6)
+            ax.scatter(*zip(*pts), s=10, **hollow, label=f"{name} validations")
             front = result.frontier[obj]
             ax.scatter(front["compute"], front["loss"], s=14, color=colour, label=f"{name} frontier")
             curve = result.curves[obj]
@@ -894,20 +864,8 @@ def ladder_table(result: MultiplierResult):
         label_header="run",
     )
     for r in sorted(result.runs, key=lambda r: (r.params, r.objective, r.seed)):
-        f = r.final
-        t.add(
-            r.run,
-            [
-                r.size,
-                r.params,
-                OBJECTIVE_NAMES[r.objective],
-                str(r.seed),
-                f.tokens,
-                f.tokens / r.params,
-                f.compute,
-                f.loss,
-            ],
-        )
+        f, name = r.final, OBJECTIVE_NAMES[r.objective]
+        t.add(r.run, [r.size, r.params, name, str(r.seed), f.tokens, f.tokens / r.params, f.compute, f.loss])
     t.notes.append(
         "FLOPs = tokens × training FLOPs per token of nitp_train.flops (NITP's extra included for NITP runs)."
     )
@@ -1042,6 +1000,6 @@ def multiplier_report(
     save_figure(fig, out / "multiplier")
     atomic_write_json(out / "multiplier.json", result.to_dict())
     atomic_write_text(out / "multiplier_ladder.csv", table)
-    for note in result.notes:
-        (log or (lambda _m: None))(note)
+    for note in result.notes if log else []:
+        log(note)
     return atomic_write_text(out / "multiplier.md", markdown)
