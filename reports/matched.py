@@ -44,11 +44,17 @@ class Curves:
         return float(self.ce[-1])
 
 
-def read_curves(run_dir: str | Path, keys: tuple[str, ...] = GEOMETRY_KEYS) -> Curves:
-    """The ``val_loss`` curve and the ``keys`` curves of ``RUN/metrics.jsonl`` (a rerun's lines win)."""
-    rows = {}
+def read_rows(run_dir: str | Path) -> dict[int, dict]:
+    """``RUN/metrics.jsonl`` as step -> its lines merged (a rerun's lines win)."""
+    rows: dict[int, dict] = {}
     for row in read_jsonl(Path(run_dir) / "metrics.jsonl"):
         rows.setdefault(int(row["step"]), {}).update(row)
+    return rows
+
+
+def read_curves(run_dir: str | Path, keys: tuple[str, ...] = GEOMETRY_KEYS) -> Curves:
+    """The ``val_loss`` curve and the ``keys`` curves of ``RUN/metrics.jsonl`` (a rerun's lines win)."""
+    rows = read_rows(run_dir)
     steps = sorted(rows)
     ce = [(s, rows[s]["val_loss"]) for s in steps if "val_loss" in rows[s]]
     metrics = {}

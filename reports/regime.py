@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_json, atomic_write_text, read_jsonl
+from nitp.io import atomic_write_json, atomic_write_text
 
-from .matched import Curves, mean_ci, paired_over_seeds, read_curves
+from .matched import Curves, mean_ci, paired_over_seeds, read_curves, read_rows
 
 COLLAPSE_DROP = 0.10  # final rank at least 10% below the post-warm-up peak
 PROBE_BLOCKS = 4
@@ -76,13 +76,12 @@ def load_run(path: str | Path) -> Run:
 
     path = Path(path)
     cfg = yaml.safe_load((path / "config.yaml").read_text())
-    with safe_open(resolve_checkpoint(path) / "model.safetensors", "pt") as f:
+    ckpt = resolve_checkpoint(path)
+    with safe_open(ckpt / "model.safetensors", "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    rows: dict[int, dict] = {}
-    for row in read_jsonl(path / "metrics.jsonl"):
-        rows.setdefault(int(row["step"]), {}).update(row)
+    rows = read_rows(path)
     last = rows[max(rows)] if rows else {}
-    model = json.loads((resolve_checkpoint(path) / "config.json").read_text())
+    model = json.loads((ckpt / "config.json").read_text())
     return Run(
         path=path,
         objective=cfg["objective"],
@@ -347,13 +346,12 @@ GEOMETRY_PANELS = [
 
 
 def probe_panels(runs: list[Run]) -> list[tuple[str, str]]:
-    layers = max(r.layers for r in runs)
-    keys = [("nitp_grad_share", "NITP share of the gradient at h")]
-    for k in range(1, min(layers, PROBE_BLOCKS) + 1):
-        keys.append((f"probe_ratio_block{k}", f"‖∇ λ·NITP‖ / ‖∇ CE‖, block {k}"))
-    for k in range(1, min(layers, PROBE_BLOCKS) + 1):
-        keys.append((f"probe_cos_block{k}", f"cos(∇ CE, ∇ λ·NITP), block {k}"))
-    return keys
+    blocks = range(1, min(max(r.layers for r in runs), PROBE_BLOCKS) + 1)
+    return [
+        ("nitp_grad_share", "NITP share of the gradient at h"),
+        *((f"probe_ratio_block{k}", f"‖∇ λ·NITP‖ / ‖∇ CE‖, block {k}") for k in blocks),
+        *((f"probe_cos_block{k}", f"cos(∇ CE, ∇ λ·NITP), block {k}") for k in blocks),
+    ]
 
 
 # ----------------------------------------------------------------------------- the report
@@ -379,51 +377,36 @@ def regime_report(run_dirs: list[str | Path], out: str | Path) -> Path:
         "Gradient probe on the held-out batch (mean, band = min-max over seeds)",
     )
     matched = matched_rows(runs)
-    record = {
-        "runs": [
-            {
-                "run": r.path.name,
-                "group": r.group,
-                "seed": r.seed,
-                "params": r.params,
-                "tokens": r.tokens,
-                "steps": r.steps,
-                "warmup": r.warmup,
-                **premise(r),
-            }
-            for r in runs
-        ],
-        "matched": matched,
-    }
-    atomic_write_json(out / "regime.json", record)
-    text = "\n".join(
-        [
-            "# Regime report",
-            "",
-            "## The premise: does the held-out effective rank peak and fall after warm-up?",
-            "",
-            premise_table(runs),
-            "## NITP − NTP at matched step and at matched validation CE",
-            "",
-            "The last column: 1 − Δ(matched CE) / Δ(matched step), the share of the difference at equal steps "
-            "that is 'less trained'.",
-            "",
-            "Paired by seed; mean with a 95% t interval over seeds (n = seed pairs). Matched CE = the final "
-            "validation CE of the run that ends higher; the other run is read where it first reached it.",
-            "",
-            matched_table(matched),
-            "",
-            sign_summary(runs, "erank", 1),
-            "",
-            sign_summary(runs, "val_loss", -1),
-            "",
-            f"![geometry]({geom.relative_to(out).as_posix()})",
-            "",
-            f"![probe]({probe.relative_to(out).as_posix()})",
-            "",
-            "## Gradient probe at three steps",
-            "",
-            probe_table(nitp_runs),
-        ]
-    )
+    fields = ("seed", "params", "tokens", "steps", "warmup")
+    record = [
+        {"run": r.path.name, "group": r.group, **{k: getattr(r, k) for k in fields}, **premise(r)}
+        for r in runs
+    ]
+    atomic_write_json(out / "regime.json", {"runs": record, "matched": matched})
+    text = f"""# Regime report
+
+## The premise: does the held-out effective rank peak and fall after warm-up?
+
+{premise_table(runs)}
+## NITP − NTP at matched step and at matched validation CE
+
+The last column: 1 − Δ(matched CE) / Δ(matched step), the share of the difference at equal steps \
+that is 'less trained'.
+
+Paired by seed; mean with a 95% t interval over seeds (n = seed pairs). Matched CE = the final \
+validation CE of the run that ends higher; the other run is read where it first reached it.
+
+{matched_table(matched)}
+
+{sign_summary(runs, "erank", 1)}
+
+{sign_summary(runs, "val_loss", -1)}
+
+![geometry]({geom.relative_to(out).as_posix()})
+
+![probe]({probe.relative_to(out).as_posix()})
+
+## Gradient probe at three steps
+
+{probe_table(nitp_runs)}"""
     return atomic_write_text(out / "report.md", text)
