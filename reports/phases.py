@@ -234,19 +234,16 @@ def detect_phases(
         and counts(low, 0)
         and counts(low, last)
         and _wide(s, steps, last, mid, factor=1.2)
-        and _run_length(s <= mid, low) >= 3
+        and np.ptp(_span(s <= mid, low)) + 1 >= 3  # points in the trough: 3 or more, not a dip
     ):
         return NitpPhases(point(low), None, None, sigma, steps, s)
     return NitpPhases(None, None, None, sigma, steps, s)
 
 
-def _run_length(mask: np.ndarray, at: int) -> int:
-    """Length of the run of True in ``mask`` that contains index ``at`` (a trough, not a dip)."""
-    left = np.nonzero(~mask[:at])[0]
-    right = np.nonzero(~mask[at:])[0]
-    start = left[-1] + 1 if len(left) else 0
-    end = at + right[0] if len(right) else len(mask)
-    return int(end - start)
+def _span(mask: np.ndarray, at: int) -> tuple[int, int]:
+    """``(first, last)``: the run of True in ``mask`` that holds index ``at`` (a trough, a hump)."""
+    left, right = np.flatnonzero(~mask[:at]), np.flatnonzero(~mask[at:])
+    return (left[-1] + 1 if len(left) else 0), (at + right[0] - 1 if len(right) else len(mask) - 1)
 
 
 def _wide(
@@ -256,11 +253,7 @@ def _wide(
     at least ``points`` logged points? A real hump lasts from tens to thousands of steps; a
     noise bump is narrow.
     """
-    below = np.nonzero(s <= level)[0]
-    left = below[below < top]
-    right = below[below > top]
-    first = left[-1] + 1 if len(left) else 0
-    last = right[0] - 1 if len(right) else len(s) - 1
+    first, last = _span(s > level, top)  # s[top] is above level at every call
     return bool((1 + steps[last]) / (1 + steps[first]) >= factor and last - first + 1 >= points)
 
 
@@ -289,17 +282,13 @@ def _converged(s: np.ndarray, peak: int, level: float, point) -> PhasePoint | No
     return point(first_inside) if first_inside < len(s) - 1 else None
 
 
-def nitp_start_step(config: dict | None) -> int:
-    """``nitp.start_step`` of a resolved run config (0 when absent): where the phases start."""
-    try:
-        return int(((config or {}).get("nitp") or {}).get("start_step") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def run_phases(metrics: list[dict], config: dict | None) -> NitpPhases:
     """:func:`detect_phases` of a run's logged ``loss_nitp`` (metrics.jsonl lines), from its
-    first NITP step (``nitp.start_step`` of its config)."""
+    first NITP step (``nitp.start_step`` of its config; 0 when absent or not a number)."""
     rows = [(m["step"], m["loss_nitp"]) for m in metrics if isinstance(m.get("loss_nitp"), (int, float))]
     steps, values = (list(v) for v in zip(*rows)) if rows else ([], [])
-    return detect_phases(steps, values, start_step=nitp_start_step(config))
+    try:
+        start = int(((config or {}).get("nitp") or {}).get("start_step") or 0)
+    except (TypeError, ValueError):
+        start = 0
+    return detect_phases(steps, values, start_step=start)
