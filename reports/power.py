@@ -65,6 +65,12 @@ def _z(p: float) -> float:
     return float(norm.ppf(p))
 
 
+def _connor(delta: float, psi: float, alpha: float, power: float) -> float:
+    """Connor's n of :func:`mcnemar_n`, unrounded."""
+    za, zb = _z(1 - alpha / 2), _z(power)
+    return (za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta**2, 0.0))) ** 2 / delta**2
+
+
 def mcnemar_n(delta: float, discordance: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
     """Items needed for McNemar's test to detect an accuracy difference ``delta`` (Connor 1987):
     ``n = (z_{1-a/2} sqrt(psi) + z_{power} sqrt(psi - delta^2))^2 / delta^2``, ``psi`` the
@@ -73,9 +79,7 @@ def mcnemar_n(delta: float, discordance: float, alpha: float = ALPHA, power: flo
     delta = abs(delta)
     if delta <= 0 or discordance <= 0 or delta >= discordance:
         return None
-    za, zb = _z(1 - alpha / 2), _z(power)
-    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta**2)) ** 2 / delta**2
-    return math.ceil(n)
+    return math.ceil(_connor(delta, discordance, alpha, power))
 
 
 def mcnemar_mde(n: int, discordance: float, alpha: float = ALPHA, power: float = POWER) -> float | None:
@@ -85,11 +89,9 @@ def mcnemar_mde(n: int, discordance: float, alpha: float = ALPHA, power: float =
 
     if n < 2 or discordance <= 0:
         return None
-    za, zb = _z(1 - alpha / 2), _z(power)
 
     def gap(delta: float) -> float:
-        need = (za * math.sqrt(discordance) + zb * math.sqrt(max(discordance - delta**2, 0.0))) ** 2
-        return need / delta**2 - n
+        return _connor(delta, discordance, alpha, power) - n
 
     top = discordance * (1 - 1e-9)
     if gap(top) > 0:  # even a difference as large as the disagreement is not detectable
@@ -159,45 +161,22 @@ def power_of(test: Any, what: str) -> Power | None:
         return None
     unit = getattr(test, "unit", None) or getattr(r, "units", "items")
     effect, paper = PAPER_EFFECTS.get(what, (None, None))
+    n, note = r.n, ""
     if r.__class__.__name__ == "SignTest":
-        return Power(
-            what,
-            "tasks",
-            r.n,
-            "sign test (exact binomial)",
-            f"{r.wins} of {r.n} won",
-            sign_mde(r.n),
-            paper,
-            sign_n(effect) if effect else None,
-        )
-    n = r.n
-    if getattr(r, "n01", None) is not None:  # 0/1 items: McNemar on the observed discordance
+        unit, method, spread = "tasks", "sign test (exact binomial)", f"{r.wins} of {r.n} won"
+        mde, need = sign_mde(n), sign_n(effect) if effect else None
+    elif getattr(r, "n01", None) is not None:  # 0/1 items: McNemar on the observed discordance
         psi = (r.n01 + r.n10) / n
+        method, spread = "McNemar (Connor 1987)", f"discordance {100 * psi:.1f} %"
+        mde, need = mcnemar_mde(n, psi), mcnemar_n(effect, psi) if effect else None
         note = "" if psi else "no discordant item: the models answered alike everywhere"
-        return Power(
-            what,
-            unit,
-            n,
-            "McNemar (Connor 1987)",
-            f"discordance {100 * psi:.1f} %",
-            mcnemar_mde(n, psi),
-            paper,
-            mcnemar_n(effect, psi) if effect else None,
-            note,
-        )
-    sd = getattr(r, "sd_diff", None)
-    note = "" if sd else "no spread between units: power is undefined"
-    return Power(
-        what,
-        unit,
-        n,
-        "paired t (statsmodels TTestPower)",
-        f"sd of differences {test.scale * sd:.3g}" if sd else "no spread",
-        t_mde(n, sd) if sd else None,
-        paper,
-        t_n(effect, sd) if effect and sd else None,
-        note,
-    )
+    else:
+        sd = getattr(r, "sd_diff", None)
+        method = "paired t (statsmodels TTestPower)"
+        spread = f"sd of differences {test.scale * sd:.3g}" if sd else "no spread"
+        mde, need = (t_mde(n, sd), t_n(effect, sd) if effect else None) if sd else (None, None)
+        note = "" if sd else "no spread between units: power is undefined"
+    return Power(what, unit, n, method, spread, mde, paper, need, note)
 
 
 def describe(p: Power, scale: float = 100.0) -> str:
