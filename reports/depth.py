@@ -55,12 +55,10 @@ class DepthSet:
     groups: dict[str, dict[str, Profile]] = field(default_factory=dict)  # MTEB group -> model -> profile
 
 
-def _num_layers(records: list[dict], layers: list[int]) -> int:
-    for r in records:
-        known = r.get("model", {}).get("num_layers") or r.get("scores", {}).get("num_layers")
-        if isinstance(known, int):
-            return known
-    return max([0, *layers])
+def _num_layers(rec: dict, layers) -> int:
+    """L as the record states it, else the deepest layer it holds."""
+    known = rec.get("model", {}).get("num_layers") or rec.get("scores", {}).get("num_layers")
+    return known if isinstance(known, int) else max([0, *layers])
 
 
 def mteb_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> list[DepthSet]:
@@ -73,7 +71,10 @@ def mteb_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> lis
             continue
         rest = {k: v for k, v in group.settings.items() if k != "layer"}
         key = json.dumps(rest, sort_keys=True, default=str)
-        depth = sweeps.setdefault(key, DepthSet("MTEB overall", _describe(rest)))
+        tasks = rest.get("suite") or f"{len(rest.get('tasks') or [])} tasks"
+        depth = sweeps.setdefault(
+            key, DepthSet("MTEB overall", f"{tasks}, {rest.get('pooling', 'mean')} pooling")
+        )
         for model in models:
             rec = group.latest(model)
             if rec is None or rec["scores"].get("overall") is None:
@@ -88,12 +89,7 @@ def mteb_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> lis
 def _add_point(profiles: dict[str, Profile], model: Model, layer: int, value: float, rec: dict) -> None:
     profile = profiles.setdefault(model.key, Profile(model, {}, 0))
     profile.points[layer] = float(value)
-    profile.num_layers = max(profile.num_layers, _num_layers([rec], list(profile.points)))
-
-
-def _describe(settings: dict) -> str:
-    tasks = settings.get("suite") or f"{len(settings.get('tasks') or [])} tasks"
-    return f"{tasks}, {settings.get('pooling', 'mean')} pooling"
+    profile.num_layers = max(profile.num_layers, _num_layers(rec, profile.points))
 
 
 def geom_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> list[DepthSet]:
@@ -112,7 +108,7 @@ def geom_depth_profiles(models: list[Model], groups: list[SettingsGroup]) -> lis
                     if isinstance(r.get("layer"), int) and _is_number(r.get(key))
                 }
                 if points:
-                    depth.by_model[model.key] = Profile(model, points, _num_layers([rec], list(points)))
+                    depth.by_model[model.key] = Profile(model, points, _num_layers(rec, points))
             if any(len(p.points) >= 2 for p in depth.by_model.values()):
                 out.append(depth)
                 break

@@ -131,13 +131,7 @@ def seed_table(
         "seed (paired t-test; p_Holm over the Δ rows of this table). Bold: only a Δ whose interval "
         "excludes 0 with p < 0.05."
     )
-    table.notes.append(
-        f"{base.label}: "
-        + ", ".join(m.label for m in base.models)
-        + f". {new.label}: "
-        + ", ".join(m.label for m in new.models)
-        + "."
-    )
+    table.notes.append(" ".join(f"{s.label}: {', '.join(m.label for m in s.models)}." for s in (base, new)))
     headline = next(
         (c for label, c in zip([x for x, _ in deltas], adjusted) if label == metrics[-1][0]), None
     )
@@ -178,6 +172,8 @@ def seed_tables(
     layout: Layout, study_models: list[Model], bench: list[SettingsGroup], mteb: list[SettingsGroup]
 ) -> list[Table]:
     """One seed table per bench and MTEB settings group and block with NTP and NITP seed sets."""
+    from .tables import slug
+
     sets = seed_sets(study_models)
     kinds = (("bench", bench, "Benchmarks", "bench average"), ("mteb", mteb, "MTEB", "mteb overall"))
     tables = []
@@ -186,12 +182,13 @@ def seed_tables(
         if base is None or new is None:
             continue
         suffix = f" ({block.size})" if len(layout.blocks) > 1 else ""
+        slug_ = f"-{slug(suffix)}" if suffix else ""
         pair = next((p for p in block.pairs if p.base is block.baseline and p.new is block.reference), None)
         for kind, groups, title, what in kinds:
             for i, group in enumerate(groups):
                 tables.append(
                     seed_table(
-                        f"{kind}-seeds{_suffix(i)}{_slug(suffix)}",
+                        f"{kind}-seeds{f'-{i + 1}' if i else ''}{slug_}",
                         f"{title} over seeds ({group.description}){suffix}; in %",
                         _seed_metrics(kind, group),
                         base,
@@ -223,13 +220,3 @@ def _seed_metrics(kind: str, group: SettingsGroup) -> list[tuple[str, Callable[[
 def _scores(group: SettingsGroup, model: Model) -> dict:
     """The ``scores`` of the model's latest record in ``group`` (empty without one)."""
     return (group.latest(model) or {}).get("scores", {})
-
-
-def _suffix(i: int) -> str:
-    return "" if i == 0 else f"-{i + 1}"
-
-
-def _slug(text: str) -> str:
-    from .tables import slug
-
-    return f"-{slug(text)}" if text else ""
