@@ -359,7 +359,14 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
         warmup_steps=int((cfg.get("train") or {}).get("warmup_steps") or 0) if skip_warmup else 0,
         path=str(run_dir),
     )
-    run.points = _validation_points(rows, run)
+    # one point per validated step (the last line of a step wins: a resumed run rewrites it)
+    by_step, fpt = {}, run.flops_per_token
+    for r in rows:
+        loss, tokens, step = r.get("val_loss"), r.get("tokens"), r.get("step")
+        numbers = isinstance(loss, (int, float)) and isinstance(tokens, int) and isinstance(step, int)
+        if numbers and math.isfinite(loss) and tokens > 0:
+            by_step[int(step)] = Point(int(step), tokens, tokens * fpt, tokens * backbone, float(loss))
+    run.points = [by_step[s] for s in sorted(by_step)]
     if not run.points:
         raise UserError(
             f"{run_dir}: no val_loss in metrics.jsonl (log.eval_every is 0, or no validation yet); "
@@ -374,23 +381,6 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
                 f"{run.flops_per_token:.6g} for its checkpoint's config; was the run trained by another version?"
             )
     return run, {k: (cfg.get("data") or {}).get(k) for k in DATA_KEYS}
-
-
-def _validation_points(rows: list[dict], run: LadderRun) -> list[Point]:
-    """One point per validated step (the last line of a step wins: a resumed run rewrites it)."""
-    by_step = {}
-    for r in rows:
-        loss, tokens, step = r.get("val_loss"), r.get("tokens"), r.get("step")
-        numbers = isinstance(loss, (int, float)) and isinstance(tokens, int) and isinstance(step, int)
-        if numbers and math.isfinite(loss) and tokens > 0:
-            by_step[int(step)] = Point(
-                step=int(step),
-                tokens=tokens,
-                compute=tokens * run.flops_per_token,
-                backbone_compute=tokens * run.backbone_flops_per_token,
-                loss=float(loss),
-            )
-    return [by_step[s] for s in sorted(by_step)]
 
 
 # ----------------------------------------------------------------------------- the law and its fit
@@ -671,12 +661,8 @@ def ratio_trend(ratios: Sequence[SizeRatio], confidence: float = 0.95) -> Trend 
 def pays_for_itself(low: float, high: float, overhead: float) -> str:
     """ "yes" when the interval of k lies above 1 + overhead, "no" when below, else undetermined."""
     threshold = 1.0 + overhead
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return UNDETERMINED
-    if low > threshold:
-        return YES
-    if high < threshold:
-        return NO
+    if math.isfinite(low) and math.isfinite(high) and (low > threshold or high < threshold):
+        return YES if low > threshold else NO
     return UNDETERMINED
 
 
@@ -833,14 +819,10 @@ def draw_multiplier(result: MultiplierResult):
             rf"Fit $L = E + A\,(kC)^{{-\alpha}}$: $\alpha$ = {result.alpha.value:.3g}, "
             f"E = {result.E.value:.3g}; {band}"
         )
-        handles, labels = ax.get_legend_handles_labels()
+        h, lab = ax.get_legend_handles_labels()
         order = [0, 3, 1, 4, 2, 5]  # columns: validations, frontier, fit; rows: NTP, NITP
         fig.legend(
-            [handles[i] for i in order],
-            [labels[i] for i in order],
-            loc="outside lower center",
-            ncol=3,
-            fontsize=7,
+            [h[i] for i in order], [lab[i] for i in order], loc="outside lower center", ncol=3, fontsize=7
         )
     return fig
 

@@ -305,16 +305,15 @@ def _band(ax, runs: list[Run], key: str, label: str, color) -> None:
 
 
 def curves_figure(runs: list[Run], out: Path, keys: list[tuple[str, str]], name: str, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot state (reports/figures.py)
 
     groups = _groups(runs)
     cols = 3 if len(keys) > 4 else 2
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(4.6 * cols, 3.3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = colormaps["tab10"].colors
     warm = max(r.warmup for r in runs)
     for ax, (key, label) in zip(axes.flat, keys):
         for (gname, members), color in zip(groups.items(), colors):
@@ -332,7 +331,6 @@ def curves_figure(runs: list[Run], out: Path, keys: list[tuple[str, str]], name:
     path = out / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
