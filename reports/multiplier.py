@@ -103,9 +103,7 @@ class LadderRun:
 
     @property
     def flops_per_token(self) -> float:
-        return self.backbone_flops_per_token + (
-            self.nitp_flops_per_token if self.objective == METHOD else 0.0
-        )
+        return self.backbone_flops_per_token + (self.objective == METHOD) * self.nitp_flops_per_token
 
     @property
     def overhead(self) -> float:
@@ -337,9 +335,9 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
         raise UserError(
             f"{ckpts[-1]}/config.json: not a readable Hugging Face config ({type(e).__name__})"
         ) from None
-    seq_len = int((cfg.get("data") or {}).get("seq_len") or 0)
+    data = cfg.get("data") or {}
     try:
-        backbone = float(training_flops_per_token(config, seq_len))
+        backbone = float(training_flops_per_token(config, int(data.get("seq_len") or 0)))
     except UserError as e:
         raise UserError(f"{run_dir}: {e}") from None
     extra = float(nitp_flops_per_token(int(config.hidden_size)))
@@ -380,7 +378,7 @@ def read_run(run_dir: Path, skip_warmup: bool = True) -> tuple[LadderRun, dict]:
                 f"{run_dir}: metrics.jsonl logs flops_per_token {float(value):.6g} but nitp_train.flops gives "
                 f"{run.flops_per_token:.6g} for its checkpoint's config; was the run trained by another version?"
             )
-    return run, {k: (cfg.get("data") or {}).get(k) for k in DATA_KEYS}
+    return run, {k: data.get(k) for k in DATA_KEYS}
 
 
 # ----------------------------------------------------------------------------- the law and its fit
@@ -669,13 +667,10 @@ def pays_for_itself(low: float, high: float, overhead: float) -> str:
 def _headline(k: Estimate, verdicts: list[SizeVerdict], confidence: float) -> str:
     top = max(verdicts, key=lambda v: v.params)
     threshold = 1 + top.overhead
-    interval = (
-        f"[{k.low:.3g}, {k.high:.3g}] ({confidence:.0%})"
-        if math.isfinite(k.low) and math.isfinite(k.high)
-        else "(no interval)"
-    )
+    finite = math.isfinite(k.low) and math.isfinite(k.high)
+    interval = f"[{k.low:.3g}, {k.high:.3g}] ({confidence:.0%})" if finite else "(no interval)"
     where = {YES: "lies above", NO: "lies below", UNDETERMINED: "contains"}[top.verdict]
-    if top.verdict == UNDETERMINED and "no interval" in interval:
+    if top.verdict == UNDETERMINED and not finite:
         where = "cannot be compared with"
     return (
         f"pays for itself at {top.size} (overhead {top.overhead:.1%}): {top.verdict}; "
@@ -867,13 +862,10 @@ def fit_table(result: MultiplierResult):
     for name, est in (("k_NITP", result.k), ("alpha", result.alpha), ("E", result.E), ("A", result.A)):
         t.add(name, [est.value, est.low, est.high])
     n = {o: len(result.frontier[o]["loss"]) for o in OBJECTIVE_NAMES}
+    boot = f"{result.interval_method} bootstrap, {result.n_resamples} resamples of {result.resample_unit}."
     t.notes.append(
         f"C = NTP-equivalent training FLOPs; frontier points: {n[BASELINE]} NTP, {n[METHOD]} NITP; "
-        + (
-            f"{result.interval_method} bootstrap, {result.n_resamples} resamples of {result.resample_unit}."
-            if result.n_resamples
-            else "no bootstrap."
-        )
+        f"{boot if result.n_resamples else 'no bootstrap.'}"
     )
     return t
 
@@ -920,25 +912,21 @@ def render_markdown(result: MultiplierResult) -> str:
     """The report: headline verdict, then the ladder, fit, per-size and verdict tables, then notes."""
     per_obj = {o: sorted({r.seed for r in result.runs if r.objective == o}) for o in OBJECTIVE_NAMES}
     sizes = sorted({(r.params, r.size) for r in result.runs})
-    lines = [
-        "# Compute multiplier of NITP over NTP",
-        "",
-        f"**{result.verdict[0].upper()}{result.verdict[1:]}.**",
-        "",
-        f"Ladder: {_count(len(sizes), 'size')} ({', '.join(s for _, s in sizes)}), "
-        f"{_count(len(per_obj[BASELINE]), 'NTP seed')}, {_count(len(per_obj[METHOD]), 'NITP seed')}, "
-        f"{_count(len(result.runs), 'run')}. "
-        "k > 1 means NITP reaches a loss with 1/k of NTP's compute; it pays for its extra FLOPs "
-        "where k exceeds 1 + overhead. See docs/multiplier.md for the method.",
-        "",
-        "![loss vs compute](multiplier.png)",
-        "",
-    ]
+    text = f"""# Compute multiplier of NITP over NTP
+
+**{result.verdict[0].upper()}{result.verdict[1:]}.**
+
+Ladder: {_count(len(sizes), "size")} ({", ".join(s for _, s in sizes)}), \
+{_count(len(per_obj[BASELINE]), "NTP seed")}, {_count(len(per_obj[METHOD]), "NITP seed")}, \
+{_count(len(result.runs), "run")}. k > 1 means NITP reaches a loss with 1/k of NTP's compute; it pays \
+for its extra FLOPs where k exceeds 1 + overhead. See docs/multiplier.md for the method.
+
+![loss vs compute](multiplier.png)
+"""
     for table in (ladder_table(result), fit_table(result), ratio_table(result), verdict_table(result)):
-        lines += [table.to_markdown(), ""]
-    if result.notes:
-        lines += ["**Notes**", ""] + [f"- {n}" for n in result.notes] + [""]
-    return "\n".join(lines)
+        text += f"\n{table.to_markdown()}\n"
+    notes = "".join(f"\n- {n}" for n in result.notes)
+    return text + (f"\n**Notes**\n{notes}\n" if notes else "")
 
 
 def _count(n: int, noun: str) -> str:
