@@ -108,10 +108,12 @@ def seed_table(
         emphasis="tested",
         unsigned={4, 5, 6},  # p, p_Holm and the seed count carry no sign
     )
-    deltas = []
-    for label, value in metrics:
+    by_metric = [(label, base.by_seed(value), new.by_seed(value)) for label, value in metrics]
+    deltas = {label: stats.paired_by_seed(a, b) for label, a, b in by_metric if len(set(a) & set(b)) >= 2}
+    if len(deltas) > 1:  # Holm over the Δ rows of this table
+        deltas = dict(zip(deltas, stats.with_holm(list(deltas.values()))))
+    for label, a, b in by_metric:
         table.new_block()
-        a, b = base.by_seed(value), new.by_seed(value)
         for s, values in ((base, a), (new, b)):
             if values:
                 m = stats.seed_summary(values)
@@ -119,22 +121,18 @@ def seed_table(
                     f"{label}: {s.label}",
                     [100 * m.mean, _pct(m.sd), _pct(m.ci_low), _pct(m.ci_high), None, None, m.n],
                 )
-        if len(set(a) & set(b)) >= 2:
-            deltas.append((label, stats.paired_by_seed(a, b)))
-    adjusted = stats.with_holm([c for _, c in deltas]) if len(deltas) > 1 else [c for _, c in deltas]
-    for (label, _), c in zip(deltas, adjusted):
-        row = _insert_delta(table, label, c)
-        if c.significant and (c.p_holm if c.p_holm is not None else c.p_value) < 1 - c.confidence:
-            row.hand_bold = {0}
+        if (c := deltas.get(label)) is not None:
+            values = [100 * c.delta, None, 100 * c.ci_low, 100 * c.ci_high, c.p_value, c.p_holm, c.n]
+            row = table.add(f"{label}: Δ NITP − NTP by seed", values, kind="delta")
+            if c.significant and (c.p_holm if c.p_holm is not None else c.p_value) < 1 - c.confidence:
+                row.hand_bold = {0}
     table.notes.append(
         "Mean, sd (ddof = 1) and Student-t 95% interval of the mean over seeds; Δ: NITP − NTP paired by "
         "seed (paired t-test; p_Holm over the Δ rows of this table). Bold: only a Δ whose interval "
         "excludes 0 with p < 0.05."
     )
     table.notes.append(" ".join(f"{s.label}: {', '.join(m.label for m in s.models)}." for s in (base, new)))
-    headline = next(
-        (c for label, c in zip([x for x, _ in deltas], adjusted) if label == metrics[-1][0]), None
-    )
+    headline = deltas.get(metrics[-1][0])
     if headline is not None:
         table.verdicts.append(
             stats.verdict(
@@ -155,17 +153,6 @@ def seed_table(
 
 def _pct(v: float | None) -> float | None:
     return None if v is None else 100 * v
-
-
-def _insert_delta(table: Table, label: str, c) -> object:
-    """The Δ row right after the metric's rows (same block)."""
-    values = [100 * c.delta, None, 100 * c.ci_low, 100 * c.ci_high, c.p_value, c.p_holm, c.n]
-    row = table.add(f"{label}: Δ NITP − NTP by seed", values, kind="delta")
-    table.rows.remove(row)
-    last = max(i for i, r in enumerate(table.rows) if r.label.startswith(f"{label}: "))
-    row.block = table.rows[last].block
-    table.rows.insert(last + 1, row)
-    return row
 
 
 def seed_tables(
