@@ -274,11 +274,9 @@ def read_ladder(run_dirs: Iterable[str | os.PathLike], skip_warmup: bool = True)
                 "give runs validated on one corpus, tokenizer and sequence length"
             )
     # d{hidden}-L{layers}, plus the parameter count where two architectures share it
-    params: dict[str, set[int]] = {}
+    archs = Counter(size for size, _ in {(r.size, r.params) for r in runs})
     for r in runs:
-        params.setdefault(r.size, set()).add(r.params)
-    for r in runs:
-        if len(params[r.size]) > 1:
+        if archs[r.size] > 1:
             r.size = f"{r.size}-{r.params / 1e6:.3g}M"
     by_key: dict[tuple, LadderRun] = {}
     for r in runs:
@@ -608,11 +606,9 @@ def crossing_compute(compute: np.ndarray, loss: np.ndarray, target: float) -> tu
     Returns ``(compute, "")``, or ``(last compute, "lower")`` when it never gets down to ``target``
     (it would need more), or ``(first compute, "upper")`` when its first point is already below.
     """
-    compute, loss = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    keep = pareto_frontier(compute, loss)
+    keep = np.flatnonzero(pareto_frontier(compute, loss))
+    keep = keep[np.argsort(compute[keep])]
     c, l_ = compute[keep], loss[keep]
-    order = np.argsort(c)
-    c, l_ = c[order], l_[order]
     if target < l_[-1]:
         return float(c[-1]), "lower"
     if target > l_[0]:

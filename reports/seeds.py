@@ -50,12 +50,7 @@ class SeedSet:
 
     def by_seed(self, value: Callable[[Model], float | None]) -> dict[str, float]:
         """``{seed: value(model)}`` of the runs that have a value."""
-        out = {}
-        for m in self.models:
-            v = value(m)
-            if v is not None:
-                out[str(seed_of(m))] = float(v)
-        return out
+        return {str(seed_of(m)): float(v) for m in self.models if (v := value(m)) is not None}
 
 
 def seed_of(model: Model):
