@@ -199,8 +199,6 @@ def describe(p: Power, scale: float = 100.0) -> str:
 def power_sentence(test: Any, what: str) -> str | None:
     """One line for under a table: ``"Power (McNemar ...): at n = ..."``, or None without a result."""
     p = power_of(test, what)
-    return (
-        None
-        if p is None
-        else f"Power ({p.method}, two-sided 5 %): {describe(p, getattr(test, 'scale', 100.0))}."
-    )
+    if p is None:
+        return None
+    return f"Power ({p.method}, two-sided 5 %): {describe(p, getattr(test, 'scale', 100.0))}."
