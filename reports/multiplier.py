@@ -116,11 +116,8 @@ class LadderRun:
 
     @classmethod
     def from_dict(cls, d: dict) -> LadderRun:
-        fields_ = {f.name for f in dataclasses.fields(cls)}
-        return cls(
-            **{k: v for k, v in d.items() if k in fields_ and k != "points"},
-            points=[Point(**p) for p in d["points"]],
-        )
+        fields_ = {f.name for f in dataclasses.fields(cls)} - {"points"}
+        return cls(**{k: d[k] for k in fields_ & d.keys()}, points=[Point(**p) for p in d["points"]])
 
 
 @dataclass(frozen=True)
@@ -568,13 +565,9 @@ def bootstrap_fits(
             paired=False,
             rng=np.random.default_rng(seed),
         )
-    notes = []
     failed = int(np.isnan(res.bootstrap_distribution[0]).sum())
-    if failed:
-        notes.append(
-            f"{failed} of {n_resamples} bootstrap resamples could not be fitted; the interval is not given"
-        )
-    return res, unit, notes
+    note = f"{failed} of {n_resamples} bootstrap resamples could not be fitted; the interval is not given"
+    return res, unit, [note] if failed else []
 
 
 def _bands(result, fit: LawFit, runs: Sequence[LadderRun], confidence: float) -> dict:
@@ -718,34 +711,6 @@ def fit_multiplier(
         k, alpha, E, A = (Estimate(v, float(lo), float(hi)) for v, lo, hi in zip(values, ci.low, ci.high))
     else:
         k, alpha, E, A = (Estimate(v) for v in values)
-    notes += _fit_notes(fit, front, runs)
-    ratios = size_ratios(runs)
-    verdicts = [
-        SizeVerdict(s, g[0].params, g[0].overhead, pays_for_itself(k.low, k.high, g[0].overhead))
-        for s, g in _sizes(runs)
-    ]
-    return MultiplierResult(
-        runs=runs,
-        k=k,
-        alpha=alpha,
-        E=E,
-        A=A,
-        confidence=confidence,
-        n_resamples=n_resamples if boot is not None else 0,
-        interval_method=method if boot is not None else "none",
-        resample_unit=unit,
-        frontier=front,
-        curves=_bands(boot if boot is not None and not notes else None, fit, runs, confidence),
-        ratios=ratios,
-        trend=ratio_trend(ratios, confidence),
-        verdicts=verdicts,
-        verdict=_headline(k, verdicts, confidence),
-        notes=notes,
-    )
-
-
-def _fit_notes(fit: LawFit, front: dict, runs: Sequence[LadderRun]) -> list[str]:
-    notes = []
     for obj in OBJECTIVE_NAMES:
         sizes = sorted(set(front[obj]["size"]))
         if len(sizes) < 2:
@@ -769,7 +734,29 @@ def _fit_notes(fit: LawFit, front: dict, runs: Sequence[LadderRun]) -> list[str]
             )
     if any(r.warmup_steps for r in runs):
         notes.append("validation points within each run's warm-up are left out of the frontier")
-    return notes
+    ratios = size_ratios(runs)
+    verdicts = [
+        SizeVerdict(s, g[0].params, g[0].overhead, pays_for_itself(k.low, k.high, g[0].overhead))
+        for s, g in _sizes(runs)
+    ]
+    return MultiplierResult(
+        runs=runs,
+        k=k,
+        alpha=alpha,
+        E=E,
+        A=A,
+        confidence=confidence,
+        n_resamples=n_resamples if boot is not None else 0,
+        interval_method=method if boot is not None else "none",
+        resample_unit=unit,
+        frontier=front,
+        curves=_bands(boot if boot is not None and not notes else None, fit, runs, confidence),
+        ratios=ratios,
+        trend=ratio_trend(ratios, confidence),
+        verdicts=verdicts,
+        verdict=_headline(k, verdicts, confidence),
+        notes=notes,
+    )
 
 
 # ----------------------------------------------------------------------------- figure

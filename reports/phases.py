@@ -76,20 +76,18 @@ class NitpPhases:
         return self.initial_min is not None and self.hump_peak is not None
 
     def describe(self) -> str:
-        if self.initial_min is None:
+        low, hump, end = self.initial_min, self.hump_peak, self.converged
+        if low is None:
             return "no NITP-loss phases detected (flat, monotone or noisy curve)"
-        parts = [f"phase I ends at step {self.initial_min.step:g} (minimum {self.initial_min.value:.4g})"]
-        if self.hump_peak is None:
-            return parts[0] + "; the loss is rising since (phase II, no hump peak yet)"
-        parts.append(
-            f"phase II ends at the hump peak, step {self.hump_peak.step:g} ({self.hump_peak.value:.4g})"
-        )
-        parts.append(
-            f"phase III settles from step {self.converged.step:g} ({self.converged.value:.4g})"
-            if self.converged
+        first = f"phase I ends at step {low.step:g} (minimum {low.value:.4g})"
+        if hump is None:
+            return first + "; the loss is rising since (phase II, no hump peak yet)"
+        third = (
+            f"phase III settles from step {end.step:g} ({end.value:.4g})"
+            if end
             else "phase III has not settled yet"
         )
-        return "; ".join(parts)
+        return f"{first}; phase II ends at the hump peak, step {hump.step:g} ({hump.value:.4g}); {third}"
 
 
 def log_window_mean(
@@ -129,13 +127,8 @@ def running_median(values: np.ndarray, width: int = 5) -> np.ndarray:
 
 
 def noise_scale(residuals: np.ndarray) -> float:
-    """A standard deviation that also respects heavy tails.
-
-    The larger of 1.4826 x median |r| (Gaussian core; the MAD about 0, not about the median)
-    and the 99th percentile of |r| / 2.576 (what a Gaussian with the observed tail would need):
-    equal for Gaussian noise, larger when bursts of outliers are more frequent than a Gaussian
-    allows.
-    """
+    """A standard deviation that also respects heavy tails: the larger of 1.4826 x median |r| (the
+    MAD about 0) and the 99th percentile of |r| / 2.576 (equal for Gaussian noise)."""
     core = median_abs_deviation(residuals, center=lambda r, axis: 0.0, scale="normal")
     return max(float(core), float(np.quantile(np.abs(residuals), 0.99)) / 2.576)
 

@@ -123,12 +123,12 @@ def premise(run: Run) -> dict:
     }
 
 
+def _markdown_table(header: str, lines: list[str]) -> str:
+    """``header``: the cells of the first row joined by " | "."""
+    return f"| {header} |\n|{'---|' * (header.count(' | ') + 1)}\n" + "\n".join(lines) + "\n"
+
+
 def premise_table(runs: list[Run]) -> str:
-    head = (
-        "| run | d x L | params | tokens/param | steps (warm-up) | rank peak: step, value | final rank "
-        "| drop | mean cos at peak -> final | val CE | collapse |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
     lines = []
     for run in runs:
         p = premise(run)
@@ -140,7 +140,11 @@ def premise_table(runs: list[Run]) -> str:
             f"| {100 * p['drop']:.1f}% | {p['cos_at_peak']:.3f} -> {p['final_cos']:.3f} | {p['final_ce']:.4f} "
             f"| {'yes' if p['collapse'] else 'no'} |"
         )
-    return head + "\n".join(lines) + "\n"
+    return _markdown_table(
+        "run | d x L | params | tokens/param | steps (warm-up) | rank peak: step, value | final rank | drop "
+        "| mean cos at peak -> final | val CE | collapse",
+        lines,
+    )
 
 
 # ----------------------------------------------------------------------------- matched comparisons
@@ -193,10 +197,6 @@ def _explained(d_step: float | None, d_ce: float | None) -> str:
 
 def probe_table(runs: list[Run]) -> str:
     """The gradient probe of each NITP run at its first probe after warm-up, mid-run and the end."""
-    head = (
-        "| run | step | ‖∇λ·NITP‖ / ‖∇CE‖ | cos(∇CE, ∇λ·NITP) | block 1 ratio | block 1 cos | NITP share at h |\n"
-        "|---|---|---|---|---|---|---|\n"
-    )
     lines = []
     for run in runs:
         s, ratio = run.series("probe_ratio")
@@ -211,7 +211,10 @@ def probe_table(runs: list[Run]) -> str:
                 f"| {r.get('probe_ratio_block1', math.nan):.3f} | {r.get('probe_cos_block1', math.nan):+.3f} "
                 f"| {r.get('nitp_grad_share', math.nan):.3f} |"
             )
-    return head + "\n".join(lines) + "\n" if lines else ""
+    header = (
+        "run | step | ‖∇λ·NITP‖ / ‖∇CE‖ | cos(∇CE, ∇λ·NITP) | block 1 ratio | block 1 cos | NITP share at h"
+    )
+    return _markdown_table(header, lines) if lines else ""
 
 
 def markdown_sections(run_dirs: list[str | Path]) -> list[tuple[str, str]]:
@@ -270,10 +273,6 @@ def sign_summary(runs: list[Run], key: str = "erank", sign: int = 1) -> str:
 
 
 def matched_table(rows: list[dict]) -> str:
-    head = (
-        "| NITP group − NTP | metric | n seeds | Δ at matched step | Δ at matched validation CE | share explained by CE |\n"
-        "|---|---|---|---|---|---|\n"
-    )
     lines = []
     for r in rows:
         at_ce = _fmt(r.get("delta_ce"), r.get("delta_ce_ci")) if "delta_ce" in r else "–"
@@ -281,7 +280,8 @@ def matched_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['group']} | {r['key']} | {r['n']} | {_fmt(r['delta_step'], r.get('delta_step_ci'))} | {at_ce} | {share} |"
         )
-    return head + "\n".join(lines) + "\n"
+    header = "NITP group − NTP | metric | n seeds | Δ at matched step | Δ at matched validation CE | share explained by CE"
+    return _markdown_table(header, lines)
 
 
 # ----------------------------------------------------------------------------- figures
