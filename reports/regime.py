@@ -352,21 +352,11 @@ def regime_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     runs = [load_run(p) for p in run_dirs]
     if not runs:
         raise UserError("regime report: no run directories given; pass the runs of a regime study")
-    geom = curves_figure(
-        runs,
-        out,
-        GEOMETRY_PANELS,
-        "geometry",
-        "Held-out geometry and losses (mean, band = min-max over seeds)",
-    )
+    band = "(mean, band = min-max over seeds)"
+    geom = curves_figure(runs, out, GEOMETRY_PANELS, "geometry", f"Held-out geometry and losses {band}")
     nitp_runs = [r for r in runs if r.objective == "nitp"]
-    probe = curves_figure(
-        nitp_runs or runs,
-        out,
-        probe_panels(runs),
-        "probe",
-        "Gradient probe on the held-out batch (mean, band = min-max over seeds)",
-    )
+    title = f"Gradient probe on the held-out batch {band}"
+    probe = curves_figure(nitp_runs or runs, out, probe_panels(runs), "probe", title)
     matched = matched_rows(runs)
     fields = ("seed", "params", "tokens", "steps", "warmup")
     record = [

@@ -127,13 +127,13 @@ def seed_table(
         "excludes 0 with p < 0.05."
     )
     table.notes.append(" ".join(f"{s.label}: {', '.join(m.label for m in s.models)}." for s in (base, new)))
-    headline = deltas.get(metrics[-1][0])
-    if headline is not None:
+    last = metrics[-1][0]
+    if (headline := deltas.get(last)) is not None:
+        verdict = stats.verdict(
+            f"NITP − NTP on {last}, paired by seed", headline, names=("NTP", "NITP"), digits=2
+        )
         table.verdicts.append(
-            stats.verdict(
-                f"NITP − NTP on {metrics[-1][0]}, paired by seed", headline, names=("NTP", "NITP"), digits=2
-            )
-            + f" (a claim about the objectives at this size, over {headline.n} seeds)"
+            f"{verdict} (a claim about the objectives at this size, over {headline.n} seeds)"
         )
         from .paired import Tested
         from .power import power_sentence
@@ -168,17 +168,9 @@ def seed_tables(
         pair = next((p for p in block.pairs if p.base is block.baseline and p.new is block.reference), None)
         for kind, groups, title, what in kinds:
             for i, group in enumerate(groups):
-                tables.append(
-                    seed_table(
-                        f"{kind}-seeds{f'-{i + 1}' if i else ''}{slug_}",
-                        f"{title} over seeds ({group.description}){suffix}; in %",
-                        _seed_metrics(kind, group),
-                        base,
-                        new,
-                        pair,
-                        what,
-                    )
-                )
+                name = f"{kind}-seeds{f'-{i + 1}' if i else ''}{slug_}"
+                heading = f"{title} over seeds ({group.description}){suffix}; in %"
+                tables.append(seed_table(name, heading, _seed_metrics(kind, group), base, new, pair, what))
     return [t for t in tables if t.rows]
 
 
