@@ -105,70 +105,104 @@ def small_eig_threads(matrix):
 
 
 # ----------------------------------------------------------------------------- moments
-class Moments:
+class _Centred:
+    """Count, means and sums of centred rows, merged exactly: the core of ``Moments``,
+    ``CrossMoments`` and ``MeanTrace``.
+
+    A subclass names its mean fields (``_means``) and sum fields (``_sums``, with their value
+    before any row), and gives ``_chunk_sums`` (the sums of rows centred at their own means) and
+    ``_spread`` (the sums of one row at offsets ``deltas`` from the means: ``outer(delta, delta)``
+    for a scatter, ``delta . delta`` for its trace). A merge adds ``n_a n_b / n spread(mean_b -
+    mean_a)`` (the rule of the module docstring), ``all_reduce_`` ``n_r spread(mean_r - mean)``.
+    """
+
+    _means: tuple[str, ...] = ("mean",)
+    _sums: dict[str, Any] = {}
+
+    def __init__(self):
+        self.count = 0
+        vars(self).update(dict.fromkeys(self._means), **self._sums)  # means: float64 [d], None before a row
+
+    def _state(self) -> list:
+        return [getattr(self, k) for k in (*self._means, *self._sums)]
+
+    def _update(self, *arrays):
+        rows = [as_rows(x) for x in arrays]
+        if rows[0].shape[0] != rows[-1].shape[0]:
+            raise ValueError(f"paired rows differ in number: {rows[0].shape[0]} vs {rows[-1].shape[0]}")
+        for chunks in zip(*map(_chunks, rows)):
+            if chunks[0].shape[0]:
+                means = [c.mean(0) for c in chunks]
+                sums = self._chunk_sums(*(c - m for c, m in zip(chunks, means)))
+                self._merge_parts(chunks[0].shape[0], [*means, *sums])
+        return self
+
+    def _merge_parts(self, n_b: int, state: list) -> None:
+        """Add the state (means, then sums) of ``n_b > 0`` rows."""
+        if self.count == 0:
+            self.count = n_b
+            for k, v in zip((*self._means, *self._sums), state):
+                setattr(self, k, v.clone() if hasattr(v, "clone") else v)
+            return
+        n_a, n, m = self.count, self.count + n_b, len(self._means)
+        mine = self._state()
+        deltas = [b.to(a.device) - a for a, b in zip(mine[:m], state[:m])]
+        for k, a, b, s in zip(self._sums, mine[m:], state[m:], self._spread(*deltas)):
+            setattr(self, k, a + (b.to(a.device) if hasattr(b, "to") else b) + s * (n_a * n_b / n))
+        for a, d in zip(mine[:m], deltas):
+            a.add_(d, alpha=n_b / n)
+        self.count = n
+
+    def merge(self, other):
+        """Add ``other``'s rows to this state (in place); returns self."""
+        if other.count:
+            self._merge_parts(other.count, other._state())
+        return self
+
+    def copy(self):
+        new = type(self)()
+        if self.count:
+            new._merge_parts(self.count, self._state())
+        return new
+
+    def all_reduce_(self, group=None):
+        """Merge the states of all DDP ranks (exact; every rank ends with the total).
+
+        mean = sum_r n_r mean_r / n;  sums = sum_r [sums_r + n_r spread(mean_r - mean)], e.g.
+        M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T]. Every rank must have seen at
+        least one row (the dimension must be known).
+        """
+        import torch
+
+        m, mine = len(self._means), self._state()
+        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=mine[0].device)
+        n = _dist_sum(n_r.clone(), group)
+        means = [_dist_sum(a * n_r, group) / n for a in mine[:m]]
+        spread = self._spread(*(a - b for a, b in zip(mine, means)))
+        for k, a, s in zip(self._sums, mine[m:], spread):
+            total = _dist_sum(a + s * n_r, group)  # a tensor, for a float sum too
+            setattr(self, k, total if torch.is_tensor(a) else float(total))
+        vars(self).update(zip(self._means, means), count=int(round(float(n))))
+        return self
+
+
+class Moments(_Centred):
     """Count, mean and centred second moment (scatter) of row vectors, float64.
 
     ``M2 = sum_i (x_i - mean)(x_i - mean)^T``, shape [d, d]; the covariance is ``M2 / n``
     (population normalisation — effective ranks and shares do not depend on it).
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean = None  # torch float64 [d]
-        self.m2 = None  # torch float64 [d, d]
+    _sums = {"m2": None}  # float64 [d, d]
 
     def update(self, x) -> Moments:
-        for c in _chunks(as_rows(x)):
-            if c.shape[0] == 0:
-                continue
-            mean = c.mean(0)
-            centred = c - mean
-            self._merge_parts(c.shape[0], mean, centred.T @ centred)
-        return self
+        return self._update(x)
 
-    def _merge_parts(self, n_b: int, mean_b, m2_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean, self.m2 = n_b, mean_b.clone(), m2_b.clone()
-            return
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b.to(self.mean.device) - self.mean
-        self.m2.add_(m2_b.to(self.m2.device)).addr_(delta, delta, alpha=n_a * n_b / n)
-        self.mean.add_(delta, alpha=n_b / n)
-        self.count = n
+    def _chunk_sums(self, c):
+        return (c.T @ c,)
 
-    def merge(self, other: Moments) -> Moments:
-        """Add ``other``'s rows to this state (in place); returns self."""
-        if other.count:
-            self._merge_parts(other.count, other.mean, other.m2)
-        return self
-
-    def copy(self) -> Moments:
-        new = Moments()
-        if self.count:
-            new.count, new.mean, new.m2 = self.count, self.mean.clone(), self.m2.clone()
-        return new
-
-    def all_reduce_(self, group=None) -> Moments:
-        """Merge the states of all DDP ranks (exact; every rank ends with the total).
-
-        mean = sum_r n_r mean_r / n;  M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T].
-        Every rank must have seen at least one row (the dimension must be known).
-        """
-        import torch
-
-        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean.device)
-        n = _dist_sum(n_r.clone(), group)
-        mean = _dist_sum(self.mean * n_r, group) / n
-        delta = self.mean - mean
-        self.m2 = _dist_sum(self.m2 + torch.outer(delta, delta) * n_r, group)
-        self.mean, self.count = mean, int(round(float(n)))
-        return self
-
-    @property
-    def dim(self) -> int | None:
-        return None if self.mean is None else int(self.mean.shape[0])
+    def _spread(self, delta):
+        return (delta[:, None] * delta[None, :],)
 
     def covariance(self):
         """The empirical covariance ``M2 / n`` as a float64 numpy array [d, d]."""
@@ -197,7 +231,7 @@ class Moments:
         return lam
 
 
-class CrossMoments:
+class CrossMoments(_Centred):
     """Paired rows ``(a_i, b_i)``: count, both means and the centred cross scatter.
 
     ``C = sum_i (a_i - mean_a)(b_i - mean_b)^T``, shape [da, db]. Merge rule as ``Moments``
@@ -205,95 +239,35 @@ class CrossMoments:
     ``MeanTrace`` of b), which a ridge fit of b on a needs for its residuals.
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean_a = self.mean_b = self.cross = None
-        self.trace_b = 0.0
+    _means = ("mean_a", "mean_b")
+    _sums = {"cross": None, "trace_b": 0.0}
 
     def update(self, a, b) -> CrossMoments:
-        import torch
+        return self._update(a, b)
 
-        a, b = as_rows(a), as_rows(b)
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
-        for ca, cb in zip(_chunks(a), _chunks(b)):
-            if ca.shape[0] == 0:
-                continue
-            ma, mb = ca.mean(0), cb.mean(0)
-            cb = cb - mb
-            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ cb, float(torch.linalg.vector_norm(cb) ** 2))
-        return self
+    def _chunk_sums(self, a, b):
+        return a.T @ b, float((b * b).sum())
 
-    def _merge_parts(self, n_b, ma, mb, c, trace_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean_a, self.mean_b, self.cross = n_b, ma.clone(), mb.clone(), c.clone()
-            self.trace_b = trace_b
-            return
-        n_a, n = self.count, self.count + n_b
-        da, db = ma - self.mean_a, mb - self.mean_b
-        self.cross.add_(c).addr_(da, db, alpha=n_a * n_b / n)
-        self.trace_b += trace_b + float(db @ db) * n_a * n_b / n
-        self.mean_a.add_(da, alpha=n_b / n)
-        self.mean_b.add_(db, alpha=n_b / n)
-        self.count = n
-
-    def merge(self, other: CrossMoments) -> CrossMoments:
-        if other.count:
-            self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross, other.trace_b)
-        return self
-
-    def all_reduce_(self, group=None) -> CrossMoments:
-        import torch
-
-        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean_a.device)
-        n = _dist_sum(n_r.clone(), group)
-        ma = _dist_sum(self.mean_a * n_r, group) / n
-        mb = _dist_sum(self.mean_b * n_r, group) / n
-        db = self.mean_b - mb
-        self.cross = _dist_sum(self.cross + torch.outer(self.mean_a - ma, db) * n_r, group)
-        tb = torch.tensor([self.trace_b + float(db @ db) * self.count], dtype=torch.float64, device=ma.device)
-        self.trace_b = float(_dist_sum(tb, group)[0])
-        self.mean_a, self.mean_b, self.count = ma, mb, int(round(float(n)))
-        return self
+    def _spread(self, da, db):
+        return da[:, None] * db[None, :], float(db @ db)
 
 
-class MeanTrace:
+class MeanTrace(_Centred):
     """Count, mean and the trace of the centred scatter (sum of squared distances to the mean).
 
     The vector analogue of Welford's variance: ``trace = sum_i ||x_i - mean||^2``.
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean = None
-        self.trace = 0.0
+    _sums = {"trace": 0.0}
 
     def update(self, x) -> MeanTrace:
-        for c in _chunks(as_rows(x)):
-            if c.shape[0] == 0:
-                continue
-            mean = c.mean(0)
-            self._merge_parts(c.shape[0], mean, float(((c - mean) ** 2).sum()))
-        return self
+        return self._update(x)
 
-    def _merge_parts(self, n_b, mean_b, trace_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean, self.trace = n_b, mean_b.clone(), trace_b
-            return
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b - self.mean
-        self.trace += trace_b + float(delta @ delta) * n_a * n_b / n
-        self.mean.add_(delta, alpha=n_b / n)
-        self.count = n
+    def _chunk_sums(self, c):
+        return (float((c * c).sum()),)
 
-    def merge(self, other: MeanTrace) -> MeanTrace:
-        if other.count:
-            self._merge_parts(other.count, other.mean, other.trace)
-        return self
+    def _spread(self, delta):
+        return (float(delta @ delta),)
 
 
 # ----------------------------------------------------------------------------- anisotropy
