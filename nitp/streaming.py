@@ -107,13 +107,15 @@ def small_eig_threads(matrix):
 # ----------------------------------------------------------------------------- moments
 class _Centred:
     """Count, means and sums of centred rows, merged exactly: the core of ``Moments``,
-    ``CrossMoments`` and ``MeanTrace``.
+    ``CrossMoments``, ``MeanTrace`` and ``HSICMoments``.
 
     A subclass names its mean fields (``_means``) and sum fields (``_sums``, with their value
     before any row), and gives ``_chunk_sums`` (the sums of rows centred at their own means) and
-    ``_spread`` (the sums of one row at offsets ``deltas`` from the means: ``outer(delta, delta)``
-    for a scatter, ``delta . delta`` for its trace). A merge adds ``n_a n_b / n spread(mean_b -
-    mean_a)`` (the rule of the module docstring), ``all_reduce_`` ``n_r spread(mean_r - mean)``.
+    ``_recentre`` (a state's sums around other means). Second-order sums recentre by
+    ``_spread``, the sums of one row at the offsets ``deltas`` of the means (``outer(delta, delta)``
+    for a scatter, ``delta . delta`` for its trace): ``sums' = sums + n spread(deltas)``. A merge
+    recentres both states at the pooled means and adds them (for a scatter, the rule of the module
+    docstring); ``all_reduce_`` does the same across DDP ranks.
     """
 
     _means: tuple[str, ...] = ("mean",)
@@ -132,10 +134,16 @@ class _Centred:
             raise ValueError(f"paired rows differ in number: {rows[0].shape[0]} vs {rows[-1].shape[0]}")
         for chunks in zip(*map(_chunks, rows)):
             if chunks[0].shape[0]:
+                chunks = [c.to(chunks[0].device) for c in chunks]
                 means = [c.mean(0) for c in chunks]
                 sums = self._chunk_sums(*(c - m for c, m in zip(chunks, means)))
                 self._merge_parts(chunks[0].shape[0], [*means, *sums])
         return self
+
+    def _recentre(self, n, state: list, means: list) -> list:
+        """The sums of ``state`` (``n`` rows, centred at its own means) centred at ``means``."""
+        spread = self._spread(*(b - a for a, b in zip(means, state)))
+        return [s + n * t for s, t in zip(state[len(self._means) :], spread)]
 
     def _merge_parts(self, n_b: int, state: list) -> None:
         """Add the state (means, then sums) of ``n_b > 0`` rows."""
@@ -144,14 +152,13 @@ class _Centred:
             for k, v in zip((*self._means, *self._sums), state):
                 setattr(self, k, v.clone() if hasattr(v, "clone") else v)
             return
-        n_a, n, m = self.count, self.count + n_b, len(self._means)
-        mine = self._state()
-        deltas = [b.to(a.device) - a for a, b in zip(mine[:m], state[:m])]
-        for k, a, b, s in zip(self._sums, mine[m:], state[m:], self._spread(*deltas)):
-            setattr(self, k, a + (b.to(a.device) if hasattr(b, "to") else b) + s * (n_a * n_b / n))
-        for a, d in zip(mine[:m], deltas):
-            a.add_(d, alpha=n_b / n)
-        self.count = n
+        mine, n = self._state(), self.count + n_b
+        state = [v.to(mine[0].device) if hasattr(v, "to") else v for v in state]
+        means = [a + (b - a) * (n_b / n) for a, b in zip(mine, state[: len(self._means)])]
+        ours, theirs = self._recentre(self.count, mine, means), self._recentre(n_b, state, means)
+        for k, a, b in zip(self._sums, ours, theirs):
+            setattr(self, k, a + b)
+        vars(self).update(zip(self._means, means), count=n)
 
     def merge(self, other):
         """Add ``other``'s rows to this state (in place); returns self."""
@@ -168,19 +175,18 @@ class _Centred:
     def all_reduce_(self, group=None):
         """Merge the states of all DDP ranks (exact; every rank ends with the total).
 
-        mean = sum_r n_r mean_r / n;  sums = sum_r [sums_r + n_r spread(mean_r - mean)], e.g.
+        mean = sum_r n_r mean_r / n; every rank's sums recentred at it and summed, e.g.
         M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T]. Every rank must have seen at
         least one row (the dimension must be known).
         """
         import torch
 
-        m, mine = len(self._means), self._state()
+        mine = self._state()
         n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=mine[0].device)
         n = _dist_sum(n_r.clone(), group)
-        means = [_dist_sum(a * n_r, group) / n for a in mine[:m]]
-        spread = self._spread(*(a - b for a, b in zip(mine, means)))
-        for k, a, s in zip(self._sums, mine[m:], spread):
-            total = _dist_sum(a + s * n_r, group)  # a tensor, for a float sum too
+        means = [_dist_sum(a * n_r, group) / n for a in mine[: len(self._means)]]
+        for k, a, s in zip(self._sums, mine[len(self._means) :], self._recentre(n_r, mine, means)):
+            total = _dist_sum(s, group)  # a tensor (n_r is one), for a float sum too
             setattr(self, k, total if torch.is_tensor(a) else float(total))
         vars(self).update(zip(self._means, means), count=int(round(float(n))))
         return self
@@ -678,7 +684,7 @@ class RidgeSolver:
 
 
 # ----------------------------------------------------------------------------- similarity
-class HSICMoments:
+class HSICMoments(_Centred):
     """Paired rows ``(a_i, b_i)``: every sum that linear CKA (biased and debiased) and the
     orthogonal Procrustes distance need, in one pass, float64, mergeable.
 
@@ -721,48 +727,38 @@ class HSICMoments:
     True
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean_a = self.mean_b = self.cross = None
-        self.trace_a = self.trace_b = self.quartic = 0.0
-        self.sq_a_b = self.sq_b_a = None
+    _means = ("mean_a", "mean_b")
+    _sums = {"cross": None, "trace_a": 0.0, "trace_b": 0.0, "quartic": 0.0, "sq_a_b": None, "sq_b_a": None}
 
     def update(self, a, b) -> HSICMoments:
         """Add paired rows ``a`` [N, da] and ``b`` [N, db] (row i of both: the same token)."""
-        a, b = as_rows(a), as_rows(b)
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
-        for ca, cb in zip(_chunks(a), _chunks(b)):
-            if ca.shape[0]:
-                self._merge_state(_chunk_hsic_state(ca, cb.to(ca.device)))
-        return self
+        return self._update(a, b)
 
-    def _state(self) -> dict:
-        return {k: getattr(self, k) for k in _HSIC_FIELDS}
+    def _chunk_sums(self, a, b):
+        ra, rb = (a * a).sum(1), (b * b).sum(1)
+        cross = a.T @ b
+        with small_eig_threads(cross):  # matrix-vector products: threads only spin here
+            sq_a_b, sq_b_a = b.T @ ra, a.T @ rb
+        return cross, float(ra.sum()), float(rb.sum()), float(ra @ rb), sq_a_b, sq_b_a
 
-    def _merge_state(self, other: dict) -> None:
-        if other["count"] == 0:
-            return
-        if self.count == 0:
-            for key, value in other.items():
-                setattr(self, key, value.clone() if hasattr(value, "clone") else value)
-            return
-        n_a, n_b = self.count, other["count"]
-        n = n_a + n_b
-        mean_a = self.mean_a + (other["mean_a"] - self.mean_a) * (n_b / n)
-        mean_b = self.mean_b + (other["mean_b"] - self.mean_b) * (n_b / n)
-        with small_eig_threads(self.cross):  # matrix-vector products: threads only spin here
-            mine = _recentred(self._state(), mean_a, mean_b)
-            theirs = _recentred(other, mean_a, mean_b)
-        for key in ("cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a"):
-            setattr(self, key, mine[key] + theirs[key])
-        self.mean_a, self.mean_b, self.count = mean_a, mean_b, n
-
-    def merge(self, other: HSICMoments) -> HSICMoments:
-        """Add ``other``'s rows to this state (in place); returns self."""
-        if other.count:
-            self._merge_state(other._state())
-        return self
+    def _recentre(self, n, state: list, means: list) -> list:
+        """The re-centring of the class docstring, from ``state``'s means to ``means``."""
+        mean_a, mean_b, cross, ta, tb, quartic, sq_a_b, sq_b_a = state
+        da, db = means[0] - mean_a, means[1] - mean_b
+        da2, db2 = float(da @ da), float(db @ db)
+        with small_eig_threads(cross):  # matrix-vector products: threads only spin here
+            quartic = (
+                quartic
+                - 2 * float(db @ sq_a_b)
+                - 2 * float(da @ sq_b_a)
+                + 4 * float(da @ (cross @ db))
+                + db2 * ta
+                + da2 * tb
+                + n * da2 * db2
+            )
+            sq_a_b = sq_a_b - ta * db - 2 * (cross.T @ da) - n * da2 * db
+            sq_b_a = sq_b_a - tb * da - 2 * (cross @ db) - n * db2 * da
+        return [cross + n * (da[:, None] * db[None, :]), ta + n * da2, tb + n * db2, quartic, sq_a_b, sq_b_a]
 
     def transposed(self) -> HSICMoments:
         """The state of the pairs ``(b_i, a_i)`` (a view sharing tensors; no arithmetic)."""
@@ -772,55 +768,6 @@ class HSICMoments:
         new.trace_a, new.trace_b, new.quartic = self.trace_b, self.trace_a, self.quartic
         new.sq_a_b, new.sq_b_a = self.sq_b_a, self.sq_a_b
         return new
-
-
-_HSIC_FIELDS = ("count", "mean_a", "mean_b", "cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a")
-
-
-def _chunk_hsic_state(ca, cb) -> dict:
-    """The ``HSICMoments`` state of one float64 chunk, centred at the chunk's own means."""
-    mean_a, mean_b = ca.mean(0), cb.mean(0)
-    a, b = ca - mean_a, cb - mean_b
-    ra, rb = (a * a).sum(1), (b * b).sum(1)
-    cross = a.T @ b
-    with small_eig_threads(cross):  # matrix-vector products: threads only spin here
-        sq_a_b, sq_b_a = b.T @ ra, a.T @ rb
-    return {
-        "count": int(a.shape[0]),
-        "mean_a": mean_a,
-        "mean_b": mean_b,
-        "cross": cross,
-        "trace_a": float(ra.sum()),
-        "trace_b": float(rb.sum()),
-        "quartic": float(ra @ rb),
-        "sq_a_b": sq_a_b,
-        "sq_b_a": sq_b_a,
-    }
-
-
-def _recentred(state: dict, mean_a, mean_b) -> dict:
-    """A state centred at its own means, re-expressed around ``mean_a``, ``mean_b``."""
-    n = state["count"]
-    da, db = mean_a - state["mean_a"], mean_b - state["mean_b"]
-    cross, ta, tb = state["cross"], state["trace_a"], state["trace_b"]
-    da2, db2 = float(da @ da), float(db @ db)
-    quartic = (
-        state["quartic"]
-        - 2 * float(db @ state["sq_a_b"])
-        - 2 * float(da @ state["sq_b_a"])
-        + 4 * float(da @ (cross @ db))
-        + db2 * ta
-        + da2 * tb
-        + n * da2 * db2
-    )
-    return {
-        "cross": cross + n * (da[:, None] * db[None, :]),
-        "trace_a": ta + n * da2,
-        "trace_b": tb + n * db2,
-        "quartic": quartic,
-        "sq_a_b": state["sq_a_b"] - ta * db - 2 * (cross.T @ da) - n * da2 * db,
-        "sq_b_a": state["sq_b_a"] - tb * da - 2 * (cross @ db) - n * db2 * da,
-    }
 
 
 def linear_hsic(xy: HSICMoments, debiased: bool = False) -> float:
