@@ -77,6 +77,11 @@ def _chunks(t):
         yield t[start : start + CHUNK_ROWS].to(torch.float64)
 
 
+def _plus(total, t):
+    """``total + t`` on ``total``'s device, a new tensor; ``t`` itself (copied) when ``total`` is None."""
+    return t.clone() if total is None else total + t.to(total.device)
+
+
 def _dist_sum(t, group=None):
     import torch.distributed as dist
 
@@ -279,13 +284,11 @@ class MeanTrace(_Centred):
 # ----------------------------------------------------------------------------- anisotropy
 def _group_tensor(groups, n: int):
     """Group ids as a CPU int64 tensor [n] (or None)."""
-    import numpy as np
     import torch
 
     if groups is None:
         return None
-    g = groups.detach().cpu() if torch.is_tensor(groups) else torch.from_numpy(np.asarray(groups))
-    g = g.reshape(-1).to(torch.int64)
+    g = torch.as_tensor(groups).detach().cpu().reshape(-1).to(torch.int64)
     if g.shape[0] != n:
         raise ValueError(f"groups has {g.shape[0]} ids for {n} rows")
     return g
@@ -360,7 +363,7 @@ class UnitSums:
         if u.shape[0] == 0:
             return self
         self.count += int(u.shape[0])
-        self.total = u.sum(0) if self.total is None else self.total + u.sum(0)
+        self.total = _plus(self.total, u.sum(0))
         if groups is None:
             return self
         g = _group_tensor(groups, u.shape[0])
@@ -385,9 +388,7 @@ class UnitSums:
         overlap = self._seen_groups & other._seen_groups
         if overlap:
             raise ValueError(f"cannot merge: group id(s) {sorted(overlap)[:5]} appear in both states")
-        self.total = (
-            other.total.clone() if self.total is None else self.total + other.total.to(self.total.device)
-        )
+        self.total = _plus(self.total, other.total)
         self.count += other.count
         self.n_zero += other.n_zero
         self.group_sq += other.group_sq
@@ -493,22 +494,17 @@ class NormStats:
         self.count += int(rows.shape[0])
         self.norm_sum += float(norms.sum())
         self.norm_max = max(self.norm_max, float(norms.max()))
-        self.hist_token_max = tok_hist if self.hist_token_max is None else self.hist_token_max + tok_hist
-        self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
+        self.hist_token_max = _plus(self.hist_token_max, tok_hist)
+        self.hist_abs = _plus(self.hist_abs, abs_hist)
         return self
 
     def merge(self, other: NormStats) -> NormStats:
-        if not other.count:
-            return self
-        if not self.count:
-            self.count, self.norm_sum, self.norm_max = other.count, other.norm_sum, other.norm_max
-            self.hist_token_max, self.hist_abs = other.hist_token_max.clone(), other.hist_abs.clone()
-            return self
-        self.count += other.count
-        self.norm_sum += other.norm_sum
-        self.norm_max = max(self.norm_max, other.norm_max)
-        self.hist_token_max = self.hist_token_max + other.hist_token_max.to(self.hist_token_max.device)
-        self.hist_abs = self.hist_abs + other.hist_abs.to(self.hist_abs.device)
+        if other.count:
+            self.count += other.count
+            self.norm_sum += other.norm_sum
+            self.norm_max = max(self.norm_max, other.norm_max)
+            self.hist_token_max = _plus(self.hist_token_max, other.hist_token_max)
+            self.hist_abs = _plus(self.hist_abs, other.hist_abs)
         return self
 
     def all_reduce_(self, group=None) -> NormStats:
@@ -565,11 +561,7 @@ class MeanValue:
     def update(self, values) -> MeanValue:
         import torch
 
-        v = (
-            values.detach().to(torch.float64)
-            if torch.is_tensor(values)
-            else torch.as_tensor(values, dtype=torch.float64)
-        )
+        v = torch.as_tensor(values, dtype=torch.float64).detach()
         self.total += float(v.sum())
         self.count += int(v.numel())
         return self
@@ -605,10 +597,9 @@ def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -
     """
     import torch
 
-    def hsic(scatter) -> float:  # biased HSIC x (n - 1)^2, which cancels in the ratio
-        return float(torch.linalg.matrix_norm(scatter) ** 2)
-
-    return _cka(hsic(cross_xy.cross), hsic(moments_x.m2), hsic(moments_y.m2))
+    # biased HSICs times (n - 1)^2, which cancels in the ratio
+    scatters = (cross_xy.cross, moments_x.m2, moments_y.m2)
+    return _cka(*(float(torch.linalg.matrix_norm(s) ** 2) for s in scatters))
 
 
 def _cka(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
