@@ -67,14 +67,10 @@ def spectrum_metrics(eigenvalues: np.ndarray, include_spectrum: bool = False) ->
 
 def covariance_eigenvalues(x) -> np.ndarray:
     """Eigenvalues of the covariance of the centred rows of ``x``, float64, descending."""
-    return _moments(x).eigenvalues()
-
-
-def _moments(x) -> Moments:
     t = as_rows(x)
     if t.shape[0] < 2:
         raise ValueError(f"need at least 2 rows to measure a spread, got {t.shape[0]}")
-    return Moments().update(t)
+    return Moments().update(t).eigenvalues()
 
 
 def effective_rank(x, spectrum: str = "covariance") -> float:

@@ -77,12 +77,6 @@ def _estimate(name: str, z: np.ndarray) -> dict:
     return {"mle": float(fit.dimension_)}
 
 
-def _rows_needed(estimators) -> int:
-    """Distinct rows every chosen estimator needs (its farthest neighbour order + 1)."""
-    needs = {"twonn": 3, "gride": 2 * GRIDE_N1 + 1, "mle": MLE_NEIGHBOURS + 1}
-    return max(needs[name] for name in estimators)
-
-
 def intrinsic_dimension(
     x, estimators=DEFAULT_ESTIMATORS, max_points: int = MAX_POINTS, seed: int = 0
 ) -> dict:
@@ -111,7 +105,8 @@ def intrinsic_dimension(
         raise UserError(f"max_points must be at least 3, got {max_points}")
     distinct, n_duplicates = distinct_rows(x)
     n_input = distinct.shape[0] + n_duplicates
-    minimum = _rows_needed(estimators)
+    needs = {"twonn": 3, "gride": 2 * GRIDE_N1 + 1, "mle": MLE_NEIGHBOURS + 1}  # farthest neighbour + 1
+    minimum = max(needs[name] for name in estimators)
     if distinct.shape[0] < minimum:
         raise UserError(
             f"intrinsic dimension needs at least {minimum} distinct rows, got {distinct.shape[0]} "
