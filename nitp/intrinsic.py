@@ -47,11 +47,9 @@ def distinct_rows(x) -> tuple[np.ndarray, int]:
 
     Rows are compared exactly (bit for bit after the float64 conversion).
     """
-    from .streaming import as_rows
+    from .geometry import _float64_rows
 
-    z = as_rows(x).to("cpu").double().numpy()
-    if not np.isfinite(z).all():
-        raise UserError("intrinsic dimension: the input holds NaN or inf; check the hidden states")
+    z = _float64_rows(x, "intrinsic dimension", 0)
     unique = np.unique(z, axis=0)
     return unique, int(z.shape[0] - unique.shape[0])
 

@@ -85,19 +85,14 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     [PosixPath('runs/a/checkpoints/.latest.host-4242.k2j1.tmp')]
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    pattern = f"{glob.escape(hidden_name(path.name))}.*.tmp"
+    pattern = f"{glob.escape(hidden_name(path.name))}.*.tmp"  # no match when the folder is absent
     return _remove([t for t in path.parent.glob(pattern) if is_stale_temp(t)])
 
 
 def remove_stale_temps_in(folder: str | os.PathLike, everything: bool = False) -> list[Path]:
     """The stale temporaries (``.*.tmp``, see :func:`is_stale_temp`) directly in ``folder``;
     ``everything=True`` removes every ``.*.tmp`` (for a folder its owner holds locked)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return _remove([t for t in folder.glob(".*.tmp") if everything or is_stale_temp(t)])
+    return _remove([t for t in Path(folder).glob(".*.tmp") if everything or is_stale_temp(t)])
 
 
 def _remove(paths: list[Path]) -> list[Path]:

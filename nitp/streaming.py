@@ -111,16 +111,13 @@ def small_eig_threads(matrix):
 
 # ----------------------------------------------------------------------------- moments
 class _Centred:
-    """Count, means and sums of centred rows, merged exactly: the core of ``Moments``,
-    ``CrossMoments``, ``MeanTrace`` and ``HSICMoments``.
+    """Count, means and sums of centred rows, merged exactly (``Moments``, ``CrossMoments``,
+    ``MeanTrace``, ``HSICMoments``): a merge (``all_reduce_``: across DDP ranks) re-centres every
+    state at the pooled means (``_recentre``) and adds them, the rule of the module docstring.
 
-    A subclass names its mean fields (``_means``) and sum fields (``_sums``, with their value
-    before any row), and gives ``_chunk_sums`` (the sums of rows centred at their own means) and
-    ``_recentre`` (a state's sums around other means). Second-order sums recentre by
-    ``_spread``, the sums of one row at the offsets ``deltas`` of the means (``outer(delta, delta)``
-    for a scatter, ``delta . delta`` for its trace): ``sums' = sums + n spread(deltas)``. A merge
-    recentres both states at the pooled means and adds them (for a scatter, the rule of the module
-    docstring); ``all_reduce_`` does the same across DDP ranks.
+    A subclass names its ``_means`` and ``_sums`` (value before any row) and gives a chunk's
+    ``_chunk_sums``; second-order sums re-centre by ``sums + n spread(mean_old - mean_new)``
+    (``_spread``: ``outer(delta, delta)`` for a scatter, ``delta . delta`` for its trace).
     """
 
     _means: tuple[str, ...] = ("mean",)
@@ -447,16 +444,6 @@ def _log_bin(values):
     return values.to(torch.float32).view(torch.int32) >> HIST_SHIFT
 
 
-def _bin_centre(index: int) -> float:
-    """Middle of a bin's value range (0 for the bin of zeros)."""
-    import struct
-
-    if index == 0:
-        return 0.0
-    bits = (index << HIST_SHIFT) | (1 << (HIST_SHIFT - 1))
-    return struct.unpack("<f", struct.pack("<i", bits))[0]
-
-
 class NormStats:
     """Norm statistics of row vectors and the share of tokens carrying a massive activation.
 
@@ -522,23 +509,23 @@ class NormStats:
         return self
 
     def median_abs(self) -> float:
-        """Median of |x_ij| over all coordinates, at the grid's resolution."""
+        """Median of |x_ij| over all coordinates, at the grid's resolution: the middle of its bin."""
         import torch
 
         cum = torch.cumsum(self.hist_abs.cpu(), 0)
-        half = (int(cum[-1]) + 1) // 2
-        return _bin_centre(int(torch.searchsorted(cum, torch.tensor(half))))
-
-    def massive_threshold(self) -> float:
-        return max(100.0, 1000.0 * self.median_abs())
+        index = int(torch.searchsorted(cum, torch.tensor((int(cum[-1]) + 1) // 2)))
+        middle = torch.tensor([(index << HIST_SHIFT) | (1 << (HIST_SHIFT - 1))], dtype=torch.int32)
+        return float(middle.view(torch.float32)) if index else 0.0  # bin 0: zeros
 
     def massive_share(self) -> float:
-        """Share of tokens whose largest |coordinate| lies in a bin above the threshold's bin."""
+        """Share of tokens whose largest |coordinate| lies in a bin above the bin of the threshold
+        ``max(100, 1000 * median |x|)``."""
         import torch
 
         if not self.count:
             return math.nan
-        tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float32))[0])
+        threshold = max(100.0, 1000.0 * self.median_abs())
+        tau_bin = int(_log_bin(torch.tensor([threshold], dtype=torch.float32))[0])
         return float(self.hist_token_max.cpu()[tau_bin + 1 :].sum()) / self.count
 
     def metrics(self) -> dict:
@@ -664,14 +651,7 @@ class RidgeSolver:
             ridge, gcv = RIDGE_GRID[best], scores[best]
         alpha = ridge * self.scale
         w = self.v @ (g_mat / (self.s + alpha)[:, None])
-        return {
-            "W": w,
-            "mean_a": cross_ab.mean_a,
-            "mean_b": cross_ab.mean_b,
-            "alpha": alpha,
-            "ridge": ridge,
-            "gcv": gcv,
-        }
+        return dict(W=w, mean_a=cross_ab.mean_a, mean_b=cross_ab.mean_b, alpha=alpha, ridge=ridge, gcv=gcv)
 
 
 # ----------------------------------------------------------------------------- similarity
