@@ -1,9 +1,8 @@
 """Geometry of a set of hidden states ``x`` [N, d]: effective rank, anisotropy, norms.
 
 Every function takes a numpy array or a torch tensor (any float dtype, CPU or GPU), works in
-float64 a chunk at a time (``streaming.CHUNK_ROWS`` rows), and returns Python floats. The
-streaming accumulators of ``analysis.streaming`` hold the same statistics for data that do not
-fit in memory; these functions are those accumulators fed a single batch.
+float64 and returns Python floats: the accumulators of ``nitp.streaming`` (for data that do not
+fit in memory) fed a single batch.
 
 Definitions (named in every output)
 -----------------------------------
@@ -16,13 +15,9 @@ singular values of the centred data matrix.
 * ``effective_rank(x, "singular")`` — Roy & Vetterli's (2007) original:
   ``q_i = sigma_i / sum(sigma)``, ``erank = exp(-sum_i q_i log q_i)``. Since p is q squared and
   renormalised (more peaked), the covariance one is never larger.
-* ``participation_ratio`` = ``(sum lambda)^2 / sum lambda^2``.
-* ``stable_rank`` = ``sum lambda / lambda_1`` (``||X_c||_F^2 / ||X_c||_2^2``, centred data).
-* ``top_eigenvalue_share`` = ``lambda_1 / sum lambda``.
-* ``anisotropy(x)`` — exact mean cosine similarity over all pairs i != j (no sampling),
-  ``(||sum_i u_i||^2 - N) / (N (N - 1))`` with ``u_i = x_i / ||x_i||``; with ``groups``, the exact
-  mean over pairs from different groups (the paper's "pairs across sentences").
-* ``anisotropy_sampled`` — the paper's estimator: mean cosine of randomly drawn pairs (seeded).
+* ``participation_ratio``, ``stable_rank``, ``top_eigenvalue_share``: see their functions.
+* ``anisotropy(x)`` — exact mean cosine similarity over all pairs i != j (no sampling), with
+  ``groups`` over pairs from different groups; ``anisotropy_sampled``, the paper's estimator.
 
 All metrics are 0 when the rows have no variance at all.
 

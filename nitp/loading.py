@@ -50,11 +50,9 @@ def offline_hub(enabled: bool = True) -> Iterator[None]:
     finally:
         for mod, attr, value in saved_attrs:
             setattr(mod, attr, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.update({k: v for k, v in saved_env.items() if v is not None})
+        for k in [k for k, v in saved_env.items() if v is None]:
+            os.environ.pop(k, None)
 
 
 def model_folder(path: str | os.PathLike) -> Path:

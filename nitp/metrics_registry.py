@@ -1,11 +1,9 @@
 """The one metric registry: each geometry metric's name, definition, headers, direction and views.
 
-A :class:`Metric` row holds all that the tools need to know about one metric: its record field
-name, a one-line definition (stored in every geom record's ``scores.definitions``), the column
-header of each table, whether higher or lower is the "healthier" value, its decimals, its group,
-the tables (*views*) that show it, and whether the trainer logs it. Tables (``nitp-geom``,
-``nitp-report``), the report's depth section, in-training logging and the trackers read these
-rows; none of them restates a metric's name, header or decimals.
+A :class:`Metric` row holds all that the tools need to know about one metric (its fields: see
+the class). Tables (``nitp-geom``, ``nitp-report``), the report's depth section, in-training
+logging and the trackers read these rows; none of them restates a metric's name, header or
+decimals.
 
 A **spectral** metric is a function of the covariance eigenvalues ``lambda`` (float64, clipped
 at 0, descending). Adding one takes its function and one row here: ``nitp.geometry.

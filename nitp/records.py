@@ -219,13 +219,7 @@ class RecordCache:
         return entry.get("value")
 
     def put(self, unit: str, settings: dict, value: Any) -> Path:
-        entry = {
-            "kind": self.kind,
-            "unit": unit,
-            "model_hash": self.model_hash,
-            "settings": settings,
-            "value": value,
-        }
+        entry = dict(kind=self.kind, unit=unit, model_hash=self.model_hash, settings=settings, value=value)
         return atomic_write_json(self.path(unit, settings), entry)
 
     def find_or_compute(

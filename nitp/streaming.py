@@ -18,10 +18,9 @@ accumulator               state                                        gives
 ``HSICMoments``           n, means, C, traces, sum ||a||^2 ||b||^2     debiased CKA, Procrustes
 ========================  ===========================================  ==================
 
-Derived from them: ``linear_cka`` (two representations of the same tokens) and ``RidgeSolver``
-(ridge maps with the strength chosen by GCV, from ``Moments`` + ``CrossMoments`` alone).
-``HSICMoments`` gives ``cka_from_hsic`` (plain or debiased), ``procrustes_distance`` and the
-layer-by-layer ``similarity_map`` of two models (or of one model with itself).
+Derived: ``linear_cka``, ``procrustes_distance`` and ``RidgeSolver`` (GCV-chosen ridge maps) from
+``Moments`` + ``CrossMoments``; ``cka_from_hsic`` (plain or debiased) and the layer-by-layer
+``similarity_map`` of two models (or of one with itself) from ``HSICMoments``.
 
 Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
 
@@ -58,10 +57,7 @@ def as_rows(x: Any):
     import numpy as np
     import torch
 
-    if torch.is_tensor(x):
-        t = x.detach()
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    t = x.detach() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
     if t.ndim != 2:
         raise ValueError(f"expected an [N, d] array of row vectors, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
@@ -169,10 +165,7 @@ class _Centred:
         return self
 
     def copy(self):
-        new = type(self)()
-        if self.count:
-            new._merge_parts(self.count, self._state())
-        return new
+        return type(self)().merge(self)
 
     def all_reduce_(self, group=None):
         """Merge the states of all DDP ranks (exact; every rank ends with the total).
@@ -398,12 +391,8 @@ class UnitSums:
         """Sum the states of all DDP ranks (group ids must differ between ranks)."""
         import torch
 
-        scalars = torch.tensor(
-            [self.count, self.n_zero, self.group_sq, self.group_n_sq],
-            dtype=torch.float64,
-            device=self.total.device,
-        )
-        _dist_sum(scalars, group)
+        values = [self.count, self.n_zero, self.group_sq, self.group_n_sq]
+        scalars = _dist_sum(torch.tensor(values, dtype=torch.float64, device=self.total.device), group)
         self.total = _dist_sum(self.total.clone(), group)
         self.count, self.n_zero = int(round(float(scalars[0]))), int(round(float(scalars[1])))
         self.group_sq, self.group_n_sq = float(scalars[2]), int(round(float(scalars[3])))
