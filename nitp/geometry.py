@@ -183,16 +183,14 @@ def sample_pairs(n: int, n_pairs: int, groups=None, seed: int = 0) -> tuple[np.n
         raise ValueError("sampling pairs across groups needs at least two groups")
     if n < 2:
         raise ValueError(f"need at least 2 rows to sample pairs, got {n}")
-    got_i, got_j, have = [], [], 0
+    got, have = [], 0
     while have < n_pairs:
         i = rng.integers(0, n, size=2 * (n_pairs - have) + 16)
         j = rng.integers(0, n, size=i.size)
         ok = (i != j) if g is None else (g[i] != g[j])
-        i, j = i[ok][: n_pairs - have], j[ok][: n_pairs - have]
-        got_i.append(i)
-        got_j.append(j)
-        have += i.size
-    return np.concatenate(got_i), np.concatenate(got_j)
+        got.append((i[ok][: n_pairs - have], j[ok][: n_pairs - have]))
+        have += got[-1][0].size
+    return tuple(np.concatenate(side) for side in zip(*got))  # (i, j)
 
 
 def anisotropy_sampled(x, groups=None, n_pairs: int = 10_000, seed: int = 0) -> float:
@@ -205,8 +203,7 @@ def anisotropy_sampled(x, groups=None, n_pairs: int = 10_000, seed: int = 0) -> 
 
     t = as_rows(x)
     i, j = sample_pairs(t.shape[0], n_pairs, groups, seed)
-    a = t[torch.from_numpy(i).to(t.device)].to(torch.float64)
-    b = t[torch.from_numpy(j).to(t.device)].to(torch.float64)
+    a, b = (t[torch.from_numpy(k).to(t.device)].to(torch.float64) for k in (i, j))
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300)
     return float(cos.mean())
 

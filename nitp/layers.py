@@ -173,9 +173,6 @@ def run_until(model, layer: int, forward=None, **inputs):
     The pass is ``forward()`` when given (e.g. a wrapper's own forward over ``model``), else
     ``model(**inputs)``; blocks after ``layer`` never run.
     """
-    with capture(model, [layer], stop_after=layer) as states:
-        try:
-            forward() if forward is not None else model(**inputs)
-        except StopForward:
-            pass
+    with capture(model, [layer], stop_after=layer) as states, contextlib.suppress(StopForward):
+        forward() if forward is not None else model(**inputs)
     return states[layer]

@@ -119,9 +119,8 @@ def check_output(path: str | os.PathLike | None, option: str = "--out", folder: 
 
 
 def read_record(path: str | os.PathLike) -> dict:
-    p = Path(path)
     try:
-        rec = json.loads(p.read_text())
+        rec = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such result record") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -173,8 +172,7 @@ def model_identity(path: str | os.PathLike) -> dict:
     '3f09c2aa'
     """
     info = checkpoint_info(path)
-    ckpt = resolve_checkpoint(path)
-    info["files_hash"] = model_files_hash(ckpt)
+    info["files_hash"] = model_files_hash(resolve_checkpoint(path))
     info["key"] = hashlib.sha256(f"{info['hash']}:{info['files_hash']}".encode()).hexdigest()
     return info
 

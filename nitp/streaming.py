@@ -223,8 +223,7 @@ class Moments(_Centred):
 
         if not self.count:
             raise ValueError("no rows seen")
-        cov = self.m2 / self.count
-        cov = 0.5 * (cov + cov.T)
+        cov = 0.5 * (self.m2 + self.m2.T) / self.count
         with small_eig_threads(cov):
             lam = torch.linalg.eigvalsh(cov).cpu().numpy()[::-1].copy()
         top = max(float(lam[0]), 0.0)
