@@ -5,11 +5,17 @@ the class). Tables (``nitp-geom``, ``nitp-report``), the report's depth section,
 logging and the trackers read these rows; none of them restates a metric's name, header or
 decimals.
 
+The rows live in ``nitp/metrics.yaml`` beside this module (loaded at import, in its order): one
+mapping per metric with the keys of :class:`Metric` (``better: higher | lower`` for
+``higher_is_better``), defaults omitted; its header comment lists the keys. To add a metric, add
+its mapping there; a spectral one or one logged in training also needs its function in
+``_FUNCTIONS`` here under its name.
+
 A **spectral** metric is a function of the covariance eigenvalues ``lambda`` (float64, clipped
-at 0, descending). Adding one takes its function and one row here: ``nitp.geometry.
-spectrum_metrics`` computes every spectral row from one eigendecomposition per layer, so the
-metric lands in every geom record (per layer and the summary), in the tables of its views, and,
-with ``logged_as``, in ``metrics.jsonl``, the progress line and the trackers.
+at 0, descending). ``nitp.geometry.spectrum_metrics`` computes every spectral row from one
+eigendecomposition per layer, so the metric lands in every geom record (per layer and the
+summary), in the tables of its views, and, with ``logged_as``, in ``metrics.jsonl``, the
+progress line and the trackers.
 
 Views (where a metric shows, in registry order unless :data:`VIEW_ORDER` fixes the first columns):
 
@@ -43,9 +49,11 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 GROUPS = ("spectrum", "massive dims", "anisotropy", "norms", "NITP target", "depth")
 VIEWS = (
@@ -157,71 +165,6 @@ class Metric:
             raise ValueError(f"metric {self.name}: logged_as needs of_spectrum or of_rows")
 
 
-# The rows, in registry order: per metric a line of fields under the header's names, separated
-# by "|" (empty: the field's default; better: higher / lower / empty for neither), and the next
-# line, indented, its definition. Spectral rows and rows logged in training take their function
-# from _FUNCTIONS.
-_TABLE = """
-name | short | group | views | better | decimals | header | summary_header | label | logged_as | eval_as
-effective_rank_covariance | erank_cov | spectrum | geom_rank geom_layers geom_side_by_side geom_trajectory report_summary report_layers report_depth | higher | 2 | erank (cov) | erank (covariance) | effective rank (covariance) | erank | erank
-    exp(entropy of p = lambda / sum lambda), lambda = eigenvalues of the centred covariance (the NITP paper's measure)
-effective_rank_covariance_without_massive_dims | erank_cov_wo_massive | massive dims | geom_layers | higher | 2
-    effective_rank_covariance of the covariance with the rows and columns of massive_dims removed (the rank of the remaining dimensions)
-massive_dims | massive_dims | massive dims | geom_layers |  | 0
-    dimensions holding >= 5% of the total variance each (at most 8), largest first: the massive-activation channels that can dominate the covariance
-massive_dims_variance_share | massive_var_share | massive dims | geom_layers
-    share of the total variance (trace of the covariance) held by massive_dims
-effective_rank_singular | erank_sv | spectrum | geom_rank geom_layers geom_trajectory report_summary report_layers | higher | 2 | erank (sv) | erank (singular values)
-    exp(entropy of p = sigma / sum sigma), sigma = singular values of the centred data (Roy & Vetterli 2007); never smaller than the covariance one
-participation_ratio | PR | spectrum | geom_rank | higher | 2
-    (sum lambda)^2 / sum lambda^2
-stable_rank | stable_rank | spectrum | geom_rank | higher | 2
-    sum lambda / lambda_max (centred data)
-top_eigenvalue_share | top_share | spectrum | geom_rank | lower
-    lambda_max / sum lambda
-anisotropy_across_documents | aniso_across_docs | anisotropy | geom_anisotropy geom_layers geom_side_by_side geom_trajectory report_summary report_layers | lower |  | aniso (across docs) | anisotropy across documents (paper's)
-    exact mean cosine over pairs of tokens from different source documents (the paper's anisotropy: pairs 'across different sentences')
-anisotropy_sampled | aniso_sampled_docs | anisotropy | geom_anisotropy geom_trajectory | lower
-    the paper's estimator of anisotropy_across_documents: mean cosine of randomly drawn pairs from different documents (seeded)
-anisotropy_within_documents | aniso_within_docs | anisotropy | geom_anisotropy
-    exact mean cosine over pairs i != j from the same source document
-anisotropy_across_sequences | aniso_across_seqs | anisotropy | geom_anisotropy geom_trajectory report_summary report_layers | lower |  | aniso (across seqs) | anisotropy across sequences (chunks) |  | mean_cos
-    exact mean cosine over pairs from different sequences (model inputs: chunks of at most seq_len tokens; two chunks of one document count as different)
-anisotropy_within_sequences | aniso_within_seqs | anisotropy | geom_anisotropy
-    exact mean cosine over pairs i != j of the same sequence (chunk)
-anisotropy | aniso_all_pairs | anisotropy | geom_anisotropy geom_layers geom_trajectory report_summary report_layers | lower |  | aniso (all pairs) | anisotropy (all pairs) |  |  | anisotropy
-    exact mean cosine over all token pairs i != j
-temporal_self_similarity | temporal_cos | NITP target | geom_layers report_layers |  |  | cos(h_k[t], h_k[t+1])
-    mean cos(h_k[t], h_k[t+1])
-cos_last_to_next | cos_last_next | NITP target | geom_layers report_layers |  |  | cos(h_last[t], h_k[t+1])
-    mean cos(h_last[t], h_k[t+1]) before any projector
-ridge_r2 | ridge_R2 | NITP target | geom_layers geom_side_by_side report_layers |  |  | ridge R² (held-out)
-    held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]
-ridge_cos | ridge_cos | NITP target | geom_layers report_layers |  |  | ridge cos (held-out)
-    held-out mean cos(ridge prediction, h_k[t+1])
-cka_vs_reference | CKA_ref | NITP target | geom_layers report_layers |  |  | CKA vs reference
-    linear CKA of the layer between this checkpoint and the reference, same tokens
-mean_norm | mean_norm | norms | geom_anisotropy geom_layers report_layers |  | 2
-    mean L2 norm of the token vectors
-max_norm | max_norm | norms | geom_anisotropy |  | 2
-    largest L2 norm of a token vector
-massive_activation_share | massive | norms | geom_anisotropy
-    share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)
-intrinsic_dimension_twonn | ID_twonn | depth | geom_layers report_layers report_depth |  | 2 | ID (TwoNN) |  | intrinsic dimension (TwoNN) |  | intrinsic_dim
-    TwoNN intrinsic dimension (Facco et al. 2017; scikit-dimension) of a seeded sample of token states (id_n_used rows, duplicates dropped)
-intrinsic_dimension_gride | ID_gride | depth | geom_layers report_layers report_depth |  | 2 | ID (GRIDE) |  | intrinsic dimension (GRIDE)
-    GRIDE intrinsic dimension (Denti et al. 2022, n1 = 4; scikit-dimension) of the same sample
-alpha_req | alpha_ReQ | depth | geom_layers report_layers report_depth |  | 3 | alpha-ReQ |  | alpha-ReQ (spectrum decay)
-    alpha-ReQ (Agrawal et al. 2022): minus the slope of log lambda_k vs log k over ranks alpha_req_fit_range of the covariance spectrum, 1/k-weighted
-prompt_entropy | prompt_H | depth | geom_layers report_layers report_depth |  |  |  |  | prompt entropy (normalised)
-    mean over sampled sequences of the normalised von Neumann entropy of the token Gram matrix of one sequence (Skean et al. 2025), in [0, 1]
-dataset_entropy | dataset_H | depth | geom_layers report_layers report_depth |  |  |  |  | dataset entropy (normalised)
-    normalised von Neumann entropy of the Gram matrix of mean-pooled sequence vectors (Skean et al. 2025), in [0, 1]
-curvature | curvature | depth | geom_layers report_layers report_depth |  |  |  |  | curvature (radians)
-    mean angle (radians) between successive token-difference vectors of a sequence, averaged over sequences (Hosseini & Fedorenko 2023)
-logit_lens_ce | lens_CE | depth | geom_layers report_layers report_depth |  |  | logit-lens CE |  | logit-lens CE (nats/token)
-    next-token cross-entropy (nats) of the layer through the final norm and the LM head (logit lens, nostalgebraist 2020)
-"""
 _FUNCTIONS = {  # of_spectrum of the spectral rows, of_rows of the others logged in training
     "effective_rank_covariance": entropy_rank,
     "effective_rank_singular": erank_singular,
@@ -232,22 +175,31 @@ _FUNCTIONS = {  # of_spectrum of the spectral rows, of_rows of the others logged
 }
 
 
-def _rows(table: str) -> list[Metric]:
-    """The :class:`Metric` rows of ``table`` (the format of :data:`_TABLE`)."""
-    header, *lines = [line.strip() for line in table.strip().splitlines()]
-    rows = []
-    for fields, definition in zip(lines[::2], lines[1::2]):
-        row = {k.strip(): v.strip() for k, v in zip(header.split("|"), fields.split("|")) if v.strip()}
-        row["views"] = tuple(row.get("views", "").split())
-        row["higher_is_better"] = {"higher": True, "lower": False}.get(row.pop("better", ""))
-        row["decimals"] = int(row.get("decimals", 4))
+# The keys of a row of metrics.yaml: Metric's fields, with "better" (higher / lower) for
+# higher_is_better and the functions from _FUNCTIONS.
+_KEYS = {f.name for f in fields(Metric)} - {"higher_is_better", "of_spectrum", "of_rows"} | {"better"}
+
+
+def _rows(path: Path) -> list[Metric]:
+    """The :class:`Metric` rows of the YAML list at ``path`` (the format of ``nitp/metrics.yaml``)."""
+    rows, safe = [], getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster at import
+    for row in yaml.load(path.read_text(encoding="utf-8"), Loader=safe):
+        if unknown := row.keys() - _KEYS:
+            raise ValueError(
+                f"{path}: metric {row.get('name')}: unknown keys {sorted(unknown)}; use {sorted(_KEYS)}"
+            )
+        better = row.pop("better", None)
+        if better not in ("higher", "lower", None):
+            raise ValueError(f"{path}: metric {row['name']}: better is higher or lower, not {better!r}")
+        row["higher_is_better"] = None if better is None else better == "higher"
+        row["views"] = tuple(row.get("views", ()))
         if row["name"] in _FUNCTIONS:
             row["of_spectrum" if row["group"] == "spectrum" else "of_rows"] = _FUNCTIONS[row["name"]]
-        rows.append(Metric(definition=definition, **row))
+        rows.append(Metric(**row))
     return rows
 
 
-_ROWS: list[Metric] = _rows(_TABLE)
+_ROWS: list[Metric] = _rows(Path(__file__).with_name("metrics.yaml"))
 
 # Views whose first columns keep the order they had before the registry (it differs from the
 # registry's); their other metrics follow in registry order.
