@@ -2,17 +2,11 @@
 
 A cached result (``nitp.records.RecordCache``: a geometry record, a benchmark's score, an MTEB
 task's score) may be served only for the very inputs it was computed from. :func:`cache_key`
-builds the settings the cache digests from *every* argument of the computation:
-
-* plain values as they are (a dtype, a seed, a batch size, a list of layers);
-* files and folders by their contents (:func:`content_digest`: the sha256 of a file's bytes; for
-  a folder, every file's relative name, size and sha256), beside the name the user gave, so the
-  same path with new contents is another key;
-* models by their ``nitp.records.model_identity`` key (weights, config and tokenizer files);
-* the versions of nitp, torch and transformers (a new library may change the numbers).
-
-Callers pass all their arguments and name the few that cannot change the result (``progress``,
-``out``, ``redo``): a new argument is part of the key unless it is named as irrelevant.
+builds the settings the cache digests from *every* argument of the computation (files by their
+contents, beside the name the user gave; models by their ``model_identity`` key; the library
+versions). Callers pass all their arguments and name the few that cannot change the result
+(``progress``, ``out``, ``redo``): a new argument is part of the key unless it is named as
+irrelevant.
 
 Example
 -------

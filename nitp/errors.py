@@ -129,11 +129,8 @@ def user_errors() -> Iterator[None]:
     try:
         with _signals_unwind():
             yield
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as e:  # permissions, disk full, a file where a folder should be
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
+    except (UserError, OSError) as e:  # OSError: permissions, disk full, a file where a folder should be
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

@@ -1,9 +1,8 @@
 """Geometry of a set of hidden states ``x`` [N, d]: effective rank, anisotropy, norms.
 
 Every function takes a numpy array or a torch tensor (any float dtype, CPU or GPU), works in
-float64 a chunk at a time (``streaming.CHUNK_ROWS`` rows), and returns Python floats. The
-streaming accumulators of ``analysis.streaming`` hold the same statistics for data that do not
-fit in memory; these functions are those accumulators fed a single batch.
+float64 and returns Python floats: the accumulators of ``nitp.streaming`` (for data that do not
+fit in memory) fed a single batch.
 
 Definitions (named in every output)
 -----------------------------------
@@ -16,13 +15,9 @@ singular values of the centred data matrix.
 * ``effective_rank(x, "singular")`` — Roy & Vetterli's (2007) original:
   ``q_i = sigma_i / sum(sigma)``, ``erank = exp(-sum_i q_i log q_i)``. Since p is q squared and
   renormalised (more peaked), the covariance one is never larger.
-* ``participation_ratio`` = ``(sum lambda)^2 / sum lambda^2``.
-* ``stable_rank`` = ``sum lambda / lambda_1`` (``||X_c||_F^2 / ||X_c||_2^2``, centred data).
-* ``top_eigenvalue_share`` = ``lambda_1 / sum lambda``.
-* ``anisotropy(x)`` — exact mean cosine similarity over all pairs i != j (no sampling),
-  ``(||sum_i u_i||^2 - N) / (N (N - 1))`` with ``u_i = x_i / ||x_i||``; with ``groups``, the exact
-  mean over pairs from different groups (the paper's "pairs across sentences").
-* ``anisotropy_sampled`` — the paper's estimator: mean cosine of randomly drawn pairs (seeded).
+* ``participation_ratio``, ``stable_rank``, ``top_eigenvalue_share``: see their functions.
+* ``anisotropy(x)`` — exact mean cosine similarity over all pairs i != j (no sampling), with
+  ``groups`` over pairs from different groups; ``anisotropy_sampled``, the paper's estimator.
 
 All metrics are 0 when the rows have no variance at all.
 
@@ -67,14 +62,10 @@ def spectrum_metrics(eigenvalues: np.ndarray, include_spectrum: bool = False) ->
 
 def covariance_eigenvalues(x) -> np.ndarray:
     """Eigenvalues of the covariance of the centred rows of ``x``, float64, descending."""
-    return _moments(x).eigenvalues()
-
-
-def _moments(x) -> Moments:
     t = as_rows(x)
     if t.shape[0] < 2:
         raise ValueError(f"need at least 2 rows to measure a spread, got {t.shape[0]}")
-    return Moments().update(t)
+    return Moments().update(t).eigenvalues()
 
 
 def effective_rank(x, spectrum: str = "covariance") -> float:
@@ -192,16 +183,14 @@ def sample_pairs(n: int, n_pairs: int, groups=None, seed: int = 0) -> tuple[np.n
         raise ValueError("sampling pairs across groups needs at least two groups")
     if n < 2:
         raise ValueError(f"need at least 2 rows to sample pairs, got {n}")
-    got_i, got_j, have = [], [], 0
+    got, have = [], 0
     while have < n_pairs:
         i = rng.integers(0, n, size=2 * (n_pairs - have) + 16)
         j = rng.integers(0, n, size=i.size)
         ok = (i != j) if g is None else (g[i] != g[j])
-        i, j = i[ok][: n_pairs - have], j[ok][: n_pairs - have]
-        got_i.append(i)
-        got_j.append(j)
-        have += i.size
-    return np.concatenate(got_i), np.concatenate(got_j)
+        got.append((i[ok][: n_pairs - have], j[ok][: n_pairs - have]))
+        have += got[-1][0].size
+    return tuple(np.concatenate(side) for side in zip(*got))  # (i, j)
 
 
 def anisotropy_sampled(x, groups=None, n_pairs: int = 10_000, seed: int = 0) -> float:
@@ -214,8 +203,7 @@ def anisotropy_sampled(x, groups=None, n_pairs: int = 10_000, seed: int = 0) -> 
 
     t = as_rows(x)
     i, j = sample_pairs(t.shape[0], n_pairs, groups, seed)
-    a = t[torch.from_numpy(i).to(t.device)].to(torch.float64)
-    b = t[torch.from_numpy(j).to(t.device)].to(torch.float64)
+    a, b = (t[torch.from_numpy(k).to(t.device)].to(torch.float64) for k in (i, j))
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300)
     return float(cos.mean())
 

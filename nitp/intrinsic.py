@@ -47,11 +47,9 @@ def distinct_rows(x) -> tuple[np.ndarray, int]:
 
     Rows are compared exactly (bit for bit after the float64 conversion).
     """
-    from .streaming import as_rows
+    from .geometry import _float64_rows
 
-    z = as_rows(x).to("cpu").double().numpy()
-    if not np.isfinite(z).all():
-        raise UserError("intrinsic dimension: the input holds NaN or inf; check the hidden states")
+    z = _float64_rows(x, "intrinsic dimension", 0)
     unique = np.unique(z, axis=0)
     return unique, int(z.shape[0] - unique.shape[0])
 
@@ -75,12 +73,6 @@ def _estimate(name: str, z: np.ndarray) -> dict:
         return {"gride": float(fit.dimension_), "gride_error": float(fit.error_)}
     fit = skdim.id.MLE().fit(z, n_neighbors=MLE_NEIGHBOURS, comb="mle")
     return {"mle": float(fit.dimension_)}
-
-
-def _rows_needed(estimators) -> int:
-    """Distinct rows every chosen estimator needs (its farthest neighbour order + 1)."""
-    needs = {"twonn": 3, "gride": 2 * GRIDE_N1 + 1, "mle": MLE_NEIGHBOURS + 1}
-    return max(needs[name] for name in estimators)
 
 
 def intrinsic_dimension(
@@ -111,7 +103,8 @@ def intrinsic_dimension(
         raise UserError(f"max_points must be at least 3, got {max_points}")
     distinct, n_duplicates = distinct_rows(x)
     n_input = distinct.shape[0] + n_duplicates
-    minimum = _rows_needed(estimators)
+    needs = {"twonn": 3, "gride": 2 * GRIDE_N1 + 1, "mle": MLE_NEIGHBOURS + 1}  # farthest neighbour + 1
+    minimum = max(needs[name] for name in estimators)
     if distinct.shape[0] < minimum:
         raise UserError(
             f"intrinsic dimension needs at least {minimum} distinct rows, got {distinct.shape[0]} "

@@ -49,14 +49,10 @@ def hidden_name(name: str, suffix: str = "") -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process ``pid`` exists on this host (signal 0 probes without sending)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True when a process ``pid`` exists on this host."""
+    import psutil  # a dependency of accelerate
+
+    return psutil.pid_exists(pid)
 
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?P<host>[^.]+)-(?P<pid>\d+)(?:\.[a-z0-9_]+)?\.tmp$")
@@ -89,19 +85,14 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     [PosixPath('runs/a/checkpoints/.latest.host-4242.k2j1.tmp')]
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    pattern = f"{glob.escape(hidden_name(path.name))}.*.tmp"
+    pattern = f"{glob.escape(hidden_name(path.name))}.*.tmp"  # no match when the folder is absent
     return _remove([t for t in path.parent.glob(pattern) if is_stale_temp(t)])
 
 
 def remove_stale_temps_in(folder: str | os.PathLike, everything: bool = False) -> list[Path]:
     """The stale temporaries (``.*.tmp``, see :func:`is_stale_temp`) directly in ``folder``;
     ``everything=True`` removes every ``.*.tmp`` (for a folder its owner holds locked)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return _remove([t for t in folder.glob(".*.tmp") if everything or is_stale_temp(t)])
+    return _remove([t for t in Path(folder).glob(".*.tmp") if everything or is_stale_temp(t)])
 
 
 def _remove(paths: list[Path]) -> list[Path]:
@@ -124,26 +115,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     with _naming(path):
-        return _write_bytes(path, data)
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    prefix = f"{hidden_name(path.name)}.{_owner_tag()}."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        raise_if_interrupted()  # a signal a finalizer swallowed: publish nothing after it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        prefix = f"{hidden_name(path.name)}.{_owner_tag()}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+            raise_if_interrupted()  # a signal a finalizer swallowed: publish nothing after it
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     return path
 
 

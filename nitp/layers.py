@@ -15,6 +15,7 @@ hook and is the only place that knows where blocks and the final norm live.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 from .errors import UserError
@@ -147,18 +148,15 @@ def capture(model, layers, *, detach: bool = False, stop_after: int | None = Non
     """
     states: dict[int, object] = {}
 
-    def storer(k):
-        def store(tensor):
-            states[k] = tensor.detach() if detach else tensor
-            if stop_after is not None and k == stop_after:
-                raise StopForward
-
-        return store
+    def store(k, tensor):
+        states[k] = tensor.detach() if detach else tensor
+        if k == stop_after:
+            raise StopForward
 
     handles = []
     try:
         for k in dict.fromkeys(layers):
-            handles.append(register_layer_hook(model, k, storer(k)))
+            handles.append(register_layer_hook(model, k, functools.partial(store, k)))
         yield states
     finally:
         for h in handles:
@@ -175,9 +173,6 @@ def run_until(model, layer: int, forward=None, **inputs):
     The pass is ``forward()`` when given (e.g. a wrapper's own forward over ``model``), else
     ``model(**inputs)``; blocks after ``layer`` never run.
     """
-    with capture(model, [layer], stop_after=layer) as states:
-        try:
-            forward() if forward is not None else model(**inputs)
-        except StopForward:
-            pass
+    with capture(model, [layer], stop_after=layer) as states, contextlib.suppress(StopForward):
+        forward() if forward is not None else model(**inputs)
     return states[layer]

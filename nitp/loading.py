@@ -10,8 +10,10 @@ from the GGUF itself.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -48,11 +50,9 @@ def offline_hub(enabled: bool = True) -> Iterator[None]:
     finally:
         for mod, attr, value in saved_attrs:
             setattr(mod, attr, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.update({k: v for k, v in saved_env.items() if v is not None})
+        for k in [k for k, v in saved_env.items() if v is None]:
+            os.environ.pop(k, None)
 
 
 def model_folder(path: str | os.PathLike) -> Path:
@@ -97,7 +97,8 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
     gguf, out = Path(gguf), Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder")
-    _check_writable(out.parent)  # a read-only place fails now, not after the conversion
+    out.parent.mkdir(parents=True, exist_ok=True)  # a read-only place fails now, not after the conversion
+    os.rmdir(tempfile.mkdtemp(dir=out.parent, prefix=".nitp-write-check."))
     kwargs = {"gguf_file": gguf.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
@@ -129,14 +130,6 @@ def export_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
             "free disk space, check its permissions or choose another folder"
         ) from None
     return out
-
-
-def _check_writable(folder: Path) -> None:
-    """Create and remove a hidden folder in ``folder``: ``OSError`` naming it when that fails."""
-    import tempfile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".nitp-write-check."))
 
 
 def load_config(path: str | os.PathLike):
@@ -331,10 +324,7 @@ def parameter_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
         for name, t in header.items():
             if name == "__metadata__":
                 continue
-            numel = 1
-            for d in t["shape"]:
-                numel *= int(d)
-            total += numel * (itemsize or SAFETENSORS_ITEMSIZE.get(t["dtype"], 1))
+            total += math.prod(map(int, t["shape"])) * (itemsize or SAFETENSORS_ITEMSIZE.get(t["dtype"], 1))
     return total
 
 

@@ -1,17 +1,21 @@
 """The one metric registry: each geometry metric's name, definition, headers, direction and views.
 
-A :class:`Metric` row holds all that the tools need to know about one metric: its record field
-name, a one-line definition (stored in every geom record's ``scores.definitions``), the column
-header of each table, whether higher or lower is the "healthier" value, its decimals, its group,
-the tables (*views*) that show it, and whether the trainer logs it. Tables (``nitp-geom``,
-``nitp-report``), the report's depth section, in-training logging and the trackers read these
-rows; none of them restates a metric's name, header or decimals.
+A :class:`Metric` row holds all that the tools need to know about one metric (its fields: see
+the class). Tables (``nitp-geom``, ``nitp-report``), the report's depth section, in-training
+logging and the trackers read these rows; none of them restates a metric's name, header or
+decimals.
+
+The rows live in ``nitp/metrics.yaml`` beside this module (loaded at import, in its order): one
+mapping per metric with the keys of :class:`Metric` (``better: higher | lower`` for
+``higher_is_better``), defaults omitted; its header comment lists the keys. To add a metric, add
+its mapping there; a spectral one or one logged in training also needs its function in
+``_FUNCTIONS`` here under its name.
 
 A **spectral** metric is a function of the covariance eigenvalues ``lambda`` (float64, clipped
-at 0, descending). Adding one takes its function and one row here: ``nitp.geometry.
-spectrum_metrics`` computes every spectral row from one eigendecomposition per layer, so the
-metric lands in every geom record (per layer and the summary), in the tables of its views, and,
-with ``logged_as``, in ``metrics.jsonl``, the progress line and the trackers.
+at 0, descending). ``nitp.geometry.spectrum_metrics`` computes every spectral row from one
+eigendecomposition per layer, so the metric lands in every geom record (per layer and the
+summary), in the tables of its views, and, with ``logged_as``, in ``metrics.jsonl``, the
+progress line and the trackers.
 
 Views (where a metric shows, in registry order unless :data:`VIEW_ORDER` fixes the first columns):
 
@@ -45,9 +49,11 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 GROUPS = ("spectrum", "massive dims", "anisotropy", "norms", "NITP target", "depth")
 VIEWS = (
@@ -74,11 +80,6 @@ def entropy_rank(weights: np.ndarray) -> float:
         return 0.0
     p = weights[weights > 0] / total
     return float(math.exp(-float(np.sum(p * np.log(p)))))
-
-
-def erank_covariance(lam: np.ndarray) -> float:
-    """The NITP paper's effective rank: ``entropy_rank(lambda)``."""
-    return entropy_rank(lam)
 
 
 def erank_singular(lam: np.ndarray) -> float:
@@ -164,288 +165,41 @@ class Metric:
             raise ValueError(f"metric {self.name}: logged_as needs of_spectrum or of_rows")
 
 
-DEPTH_VIEWS = ("geom_layers", "report_layers", "report_depth")  # the per-layer tables and figure
+_FUNCTIONS = {  # of_spectrum of the spectral rows, of_rows of the others logged in training
+    "effective_rank_covariance": entropy_rank,
+    "effective_rank_singular": erank_singular,
+    "participation_ratio": participation_ratio,
+    "stable_rank": stable_rank,
+    "top_eigenvalue_share": top_eigenvalue_share,
+    "anisotropy_across_sequences": _across_sequences,
+}
 
-_ROWS: list[Metric] = [
-    Metric(
-        "effective_rank_covariance",
-        "exp(entropy of p = lambda / sum lambda), lambda = eigenvalues of the centred covariance (the NITP paper's measure)",
-        "erank_cov",
-        "spectrum",
-        views=(
-            "geom_rank",
-            "geom_layers",
-            "geom_side_by_side",
-            "geom_trajectory",
-            "report_summary",
-            "report_layers",
-            "report_depth",
-        ),
-        header="erank (cov)",
-        summary_header="erank (covariance)",
-        label="effective rank (covariance)",
-        higher_is_better=True,
-        decimals=2,
-        of_spectrum=erank_covariance,
-        logged_as="erank",
-        eval_as="erank",
-    ),
-    Metric(
-        "effective_rank_covariance_without_massive_dims",
-        "effective_rank_covariance of the covariance with the rows and columns of massive_dims removed (the rank of the remaining dimensions)",
-        "erank_cov_wo_massive",
-        "massive dims",
-        views=("geom_layers",),
-        higher_is_better=True,
-        decimals=2,
-    ),
-    Metric(
-        "massive_dims",
-        "dimensions holding >= 5% of the total variance each (at most 8), largest first: the massive-activation channels that can dominate the covariance",
-        "massive_dims",
-        "massive dims",
-        views=("geom_layers",),
-        decimals=0,
-    ),
-    Metric(
-        "massive_dims_variance_share",
-        "share of the total variance (trace of the covariance) held by massive_dims",
-        "massive_var_share",
-        "massive dims",
-        views=("geom_layers",),
-    ),
-    Metric(
-        "effective_rank_singular",
-        "exp(entropy of p = sigma / sum sigma), sigma = singular values of the centred data (Roy & Vetterli 2007); never smaller than the covariance one",
-        "erank_sv",
-        "spectrum",
-        views=("geom_rank", "geom_layers", "geom_trajectory", "report_summary", "report_layers"),
-        header="erank (sv)",
-        summary_header="erank (singular values)",
-        higher_is_better=True,
-        decimals=2,
-        of_spectrum=erank_singular,
-    ),
-    Metric(
-        "participation_ratio",
-        "(sum lambda)^2 / sum lambda^2",
-        "PR",
-        "spectrum",
-        views=("geom_rank",),
-        higher_is_better=True,
-        decimals=2,
-        of_spectrum=participation_ratio,
-    ),
-    Metric(
-        "stable_rank",
-        "sum lambda / lambda_max (centred data)",
-        "stable_rank",
-        "spectrum",
-        views=("geom_rank",),
-        higher_is_better=True,
-        decimals=2,
-        of_spectrum=stable_rank,
-    ),
-    Metric(
-        "top_eigenvalue_share",
-        "lambda_max / sum lambda",
-        "top_share",
-        "spectrum",
-        views=("geom_rank",),
-        higher_is_better=False,
-        of_spectrum=top_eigenvalue_share,
-    ),
-    Metric(
-        "anisotropy_across_documents",
-        "exact mean cosine over pairs of tokens from different source documents (the paper's anisotropy: pairs 'across different sentences')",
-        "aniso_across_docs",
-        "anisotropy",
-        views=(
-            "geom_anisotropy",
-            "geom_layers",
-            "geom_side_by_side",
-            "geom_trajectory",
-            "report_summary",
-            "report_layers",
-        ),
-        header="aniso (across docs)",
-        summary_header="anisotropy across documents (paper's)",
-        higher_is_better=False,
-    ),
-    Metric(
-        "anisotropy_sampled",
-        "the paper's estimator of anisotropy_across_documents: mean cosine of randomly drawn pairs from different documents (seeded)",
-        "aniso_sampled_docs",
-        "anisotropy",
-        views=("geom_anisotropy", "geom_trajectory"),
-        higher_is_better=False,
-    ),
-    Metric(
-        "anisotropy_within_documents",
-        "exact mean cosine over pairs i != j from the same source document",
-        "aniso_within_docs",
-        "anisotropy",
-        views=("geom_anisotropy",),
-    ),
-    Metric(
-        "anisotropy_across_sequences",
-        "exact mean cosine over pairs from different sequences (model inputs: chunks of at most seq_len tokens; two chunks of one document count as different)",
-        "aniso_across_seqs",
-        "anisotropy",
-        views=("geom_anisotropy", "geom_trajectory", "report_summary", "report_layers"),
-        header="aniso (across seqs)",
-        summary_header="anisotropy across sequences (chunks)",
-        higher_is_better=False,
-        of_rows=_across_sequences,
-        logged_as="mean_cos",
-    ),
-    Metric(
-        "anisotropy_within_sequences",
-        "exact mean cosine over pairs i != j of the same sequence (chunk)",
-        "aniso_within_seqs",
-        "anisotropy",
-        views=("geom_anisotropy",),
-    ),
-    Metric(
-        "anisotropy",
-        "exact mean cosine over all token pairs i != j",
-        "aniso_all_pairs",
-        "anisotropy",
-        views=("geom_anisotropy", "geom_layers", "geom_trajectory", "report_summary", "report_layers"),
-        header="aniso (all pairs)",
-        summary_header="anisotropy (all pairs)",
-        higher_is_better=False,
-        eval_as="anisotropy",
-    ),
-    Metric(
-        "temporal_self_similarity",
-        "mean cos(h_k[t], h_k[t+1])",
-        "temporal_cos",
-        "NITP target",
-        views=("geom_layers", "report_layers"),
-        header="cos(h_k[t], h_k[t+1])",
-    ),
-    Metric(
-        "cos_last_to_next",
-        "mean cos(h_last[t], h_k[t+1]) before any projector",
-        "cos_last_next",
-        "NITP target",
-        views=("geom_layers", "report_layers"),
-        header="cos(h_last[t], h_k[t+1])",
-    ),
-    Metric(
-        "ridge_r2",
-        "held-out variance-weighted R^2 of a ridge map h_last[t] -> h_k[t+1]",
-        "ridge_R2",
-        "NITP target",
-        views=("geom_layers", "geom_side_by_side", "report_layers"),
-        header="ridge R² (held-out)",
-    ),
-    Metric(
-        "ridge_cos",
-        "held-out mean cos(ridge prediction, h_k[t+1])",
-        "ridge_cos",
-        "NITP target",
-        views=("geom_layers", "report_layers"),
-        header="ridge cos (held-out)",
-    ),
-    Metric(
-        "cka_vs_reference",
-        "linear CKA of the layer between this checkpoint and the reference, same tokens",
-        "CKA_ref",
-        "NITP target",
-        views=("geom_layers", "report_layers"),
-        header="CKA vs reference",
-    ),
-    Metric(
-        "mean_norm",
-        "mean L2 norm of the token vectors",
-        "mean_norm",
-        "norms",
-        views=("geom_anisotropy", "geom_layers", "report_layers"),
-        header="mean norm",
-        decimals=2,
-    ),
-    Metric(
-        "max_norm",
-        "largest L2 norm of a token vector",
-        "max_norm",
-        "norms",
-        views=("geom_anisotropy",),
-        decimals=2,
-    ),
-    Metric(
-        "massive_activation_share",
-        "share of tokens with a coordinate |x| > max(100, 1000 * median |x|) (Sun et al. 2024)",
-        "massive",
-        "norms",
-        views=("geom_anisotropy",),
-    ),
-    Metric(
-        "intrinsic_dimension_twonn",
-        "TwoNN intrinsic dimension (Facco et al. 2017; scikit-dimension) of a seeded sample of token states (id_n_used rows, duplicates dropped)",
-        "ID_twonn",
-        "depth",
-        views=DEPTH_VIEWS,
-        header="ID (TwoNN)",
-        label="intrinsic dimension (TwoNN)",
-        decimals=2,
-        eval_as="intrinsic_dim",
-    ),
-    Metric(
-        "intrinsic_dimension_gride",
-        "GRIDE intrinsic dimension (Denti et al. 2022, n1 = 4; scikit-dimension) of the same sample",
-        "ID_gride",
-        "depth",
-        views=DEPTH_VIEWS,
-        header="ID (GRIDE)",
-        label="intrinsic dimension (GRIDE)",
-        decimals=2,
-    ),
-    Metric(
-        "alpha_req",
-        "alpha-ReQ (Agrawal et al. 2022): minus the slope of log lambda_k vs log k over ranks alpha_req_fit_range of the covariance spectrum, 1/k-weighted",
-        "alpha_ReQ",
-        "depth",
-        views=DEPTH_VIEWS,
-        header="alpha-ReQ",
-        label="alpha-ReQ (spectrum decay)",
-        decimals=3,
-    ),
-    Metric(
-        "prompt_entropy",
-        "mean over sampled sequences of the normalised von Neumann entropy of the token Gram matrix of one sequence (Skean et al. 2025), in [0, 1]",
-        "prompt_H",
-        "depth",
-        views=DEPTH_VIEWS,
-        label="prompt entropy (normalised)",
-    ),
-    Metric(
-        "dataset_entropy",
-        "normalised von Neumann entropy of the Gram matrix of mean-pooled sequence vectors (Skean et al. 2025), in [0, 1]",
-        "dataset_H",
-        "depth",
-        views=DEPTH_VIEWS,
-        label="dataset entropy (normalised)",
-    ),
-    Metric(
-        "curvature",
-        "mean angle (radians) between successive token-difference vectors of a sequence, averaged over sequences (Hosseini & Fedorenko 2023)",
-        "curvature",
-        "depth",
-        views=DEPTH_VIEWS,
-        label="curvature (radians)",
-    ),
-    Metric(
-        "logit_lens_ce",
-        "next-token cross-entropy (nats) of the layer through the final norm and the LM head (logit lens, nostalgebraist 2020)",
-        "lens_CE",
-        "depth",
-        views=DEPTH_VIEWS,
-        header="logit-lens CE",
-        label="logit-lens CE (nats/token)",
-    ),
-]
+
+# The keys of a row of metrics.yaml: Metric's fields, with "better" (higher / lower) for
+# higher_is_better and the functions from _FUNCTIONS.
+_KEYS = {f.name for f in fields(Metric)} - {"higher_is_better", "of_spectrum", "of_rows"} | {"better"}
+
+
+def _rows(path: Path) -> list[Metric]:
+    """The :class:`Metric` rows of the YAML list at ``path`` (the format of ``nitp/metrics.yaml``)."""
+    rows, safe = [], getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster at import
+    for row in yaml.load(path.read_text(encoding="utf-8"), Loader=safe):
+        if unknown := row.keys() - _KEYS:
+            raise ValueError(
+                f"{path}: metric {row.get('name')}: unknown keys {sorted(unknown)}; use {sorted(_KEYS)}"
+            )
+        better = row.pop("better", None)
+        if better not in ("higher", "lower", None):
+            raise ValueError(f"{path}: metric {row['name']}: better is higher or lower, not {better!r}")
+        row["higher_is_better"] = None if better is None else better == "higher"
+        row["views"] = tuple(row.get("views", ()))
+        if row["name"] in _FUNCTIONS:
+            row["of_spectrum" if row["group"] == "spectrum" else "of_rows"] = _FUNCTIONS[row["name"]]
+        rows.append(Metric(**row))
+    return rows
+
+
+_ROWS: list[Metric] = _rows(Path(__file__).with_name("metrics.yaml"))
 
 # Views whose first columns keep the order they had before the registry (it differs from the
 # registry's); their other metrics follow in registry order.

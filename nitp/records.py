@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,12 +82,7 @@ def default_record_path(model: dict, kind: str, tag: str) -> Path:
 def write_record(path: str | os.PathLike, record: dict) -> Path:
     if record.get("schema") != RECORD_SCHEMA or "kind" not in record:
         raise ValueError("not a nitp result record (use make_record)")
-    return _write_json(path, record)
-
-
-def _write_json(path: str | os.PathLike, value: Any) -> Path:
-    """``atomic_write_json`` (an OSError without a file name, a full disk, names ``path`` there)."""
-    return atomic_write_json(path, value)
+    return atomic_write_json(path, record)
 
 
 def check_output(path: str | os.PathLike | None, option: str = "--out", folder: bool = False) -> None:
@@ -112,26 +108,19 @@ def check_output(path: str | os.PathLike | None, option: str = "--out", folder: 
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{option} {path}: {existing} is a file, so nothing can be created under it")
-    _probe_writable(existing, option, path)
-
-
-def _probe_writable(folder: Path, option: str, path) -> None:
-    import tempfile
-
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".nitp-probe-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".nitp-probe-")
     except OSError as e:
         raise UserError(
-            f"{option} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable place"
+            f"{option} {path}: cannot write in {existing} ({e.strerror or e}); choose a writable place"
         ) from None
     os.close(fd)
     os.unlink(probe)
 
 
 def read_record(path: str | os.PathLike) -> dict:
-    p = Path(path)
     try:
-        rec = json.loads(p.read_text())
+        rec = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such result record") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -183,8 +172,7 @@ def model_identity(path: str | os.PathLike) -> dict:
     '3f09c2aa'
     """
     info = checkpoint_info(path)
-    ckpt = resolve_checkpoint(path)
-    info["files_hash"] = model_files_hash(ckpt)
+    info["files_hash"] = model_files_hash(resolve_checkpoint(path))
     info["key"] = hashlib.sha256(f"{info['hash']}:{info['files_hash']}".encode()).hexdigest()
     return info
 
@@ -193,11 +181,6 @@ def settings_digest(settings: dict) -> str:
     """A short, order-independent digest of a JSON-able settings dict."""
     blob = json.dumps(settings, sort_keys=True, default=json_default)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples as lists, paths as text)."""
-    return json.loads(json.dumps(value, default=json_default))
 
 
 class RecordCache:
@@ -228,19 +211,14 @@ class RecordCache:
             return None
         if not isinstance(entry, dict) or entry.get("model_hash") != self.model_hash:
             return None
-        if entry.get("settings") != _as_json(settings):  # the whole key, not only its digest
+        # the whole key, not only its digest (as it reads back from JSON: tuples as lists, paths as text)
+        if entry.get("settings") != json.loads(json.dumps(settings, default=json_default)):
             return None
         return entry.get("value")
 
     def put(self, unit: str, settings: dict, value: Any) -> Path:
-        entry = {
-            "kind": self.kind,
-            "unit": unit,
-            "model_hash": self.model_hash,
-            "settings": settings,
-            "value": value,
-        }
-        return _write_json(self.path(unit, settings), entry)
+        entry = dict(kind=self.kind, unit=unit, model_hash=self.model_hash, settings=settings, value=value)
+        return atomic_write_json(self.path(unit, settings), entry)
 
     def find_or_compute(
         self, unit: str, settings: dict, compute: Callable[[], Any], redo: bool = False

@@ -295,12 +295,9 @@ def _acquire(path: Path, run_dir, what: str) -> int:
             raise UserError(
                 f"{run_dir}: in use by {holder}; wait for it to finish or choose another --run-dir"
             ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
         os.close(fd)  # the holder removed the file as we locked it: take the new one
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)

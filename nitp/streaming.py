@@ -18,10 +18,9 @@ accumulator               state                                        gives
 ``HSICMoments``           n, means, C, traces, sum ||a||^2 ||b||^2     debiased CKA, Procrustes
 ========================  ===========================================  ==================
 
-Derived from them: ``linear_cka`` (two representations of the same tokens) and ``RidgeSolver``
-(ridge maps with the strength chosen by GCV, from ``Moments`` + ``CrossMoments`` alone).
-``HSICMoments`` gives ``cka_from_hsic`` (plain or debiased), ``procrustes_distance`` and the
-layer-by-layer ``similarity_map`` of two models (or of one model with itself).
+Derived: ``linear_cka``, ``procrustes_distance`` and ``RidgeSolver`` (GCV-chosen ridge maps) from
+``Moments`` + ``CrossMoments``; ``cka_from_hsic`` (plain or debiased) and the layer-by-layer
+``similarity_map`` of two models (or of one with itself) from ``HSICMoments``.
 
 Merging two moment states (Chan, Golub & LeVeque 1979), with ``delta = mean_b - mean_a``::
 
@@ -58,10 +57,7 @@ def as_rows(x: Any):
     import numpy as np
     import torch
 
-    if torch.is_tensor(x):
-        t = x.detach()
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    t = x.detach() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
     if t.ndim != 2:
         raise ValueError(f"expected an [N, d] array of row vectors, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
@@ -75,6 +71,11 @@ def _chunks(t):
 
     for start in range(0, t.shape[0], CHUNK_ROWS):
         yield t[start : start + CHUNK_ROWS].to(torch.float64)
+
+
+def _plus(total, t):
+    """``total + t`` on ``total``'s device, a new tensor; ``t`` itself (copied) when ``total`` is None."""
+    return t.clone() if total is None else total + t.to(total.device)
 
 
 def _dist_sum(t, group=None):
@@ -105,70 +106,104 @@ def small_eig_threads(matrix):
 
 
 # ----------------------------------------------------------------------------- moments
-class Moments:
+class _Centred:
+    """Count, means and sums of centred rows, merged exactly (``Moments``, ``CrossMoments``,
+    ``MeanTrace``, ``HSICMoments``): a merge (``all_reduce_``: across DDP ranks) re-centres every
+    state at the pooled means (``_recentre``) and adds them, the rule of the module docstring.
+
+    A subclass names its ``_means`` and ``_sums`` (value before any row) and gives a chunk's
+    ``_chunk_sums``; second-order sums re-centre by ``sums + n spread(mean_old - mean_new)``
+    (``_spread``: ``outer(delta, delta)`` for a scatter, ``delta . delta`` for its trace).
+    """
+
+    _means: tuple[str, ...] = ("mean",)
+    _sums: dict[str, Any] = {}
+
+    def __init__(self):
+        self.count = 0
+        vars(self).update(dict.fromkeys(self._means), **self._sums)  # means: float64 [d], None before a row
+
+    def _state(self) -> list:
+        return [getattr(self, k) for k in (*self._means, *self._sums)]
+
+    def _update(self, *arrays):
+        rows = [as_rows(x) for x in arrays]
+        if rows[0].shape[0] != rows[-1].shape[0]:
+            raise ValueError(f"paired rows differ in number: {rows[0].shape[0]} vs {rows[-1].shape[0]}")
+        for chunks in zip(*map(_chunks, rows)):
+            if chunks[0].shape[0]:
+                chunks = [c.to(chunks[0].device) for c in chunks]
+                means = [c.mean(0) for c in chunks]
+                sums = self._chunk_sums(*(c - m for c, m in zip(chunks, means)))
+                self._merge_parts(chunks[0].shape[0], [*means, *sums])
+        return self
+
+    def _recentre(self, n, state: list, means: list) -> list:
+        """The sums of ``state`` (``n`` rows, centred at its own means) centred at ``means``."""
+        spread = self._spread(*(b - a for a, b in zip(means, state)))
+        return [s + n * t for s, t in zip(state[len(self._means) :], spread)]
+
+    def _merge_parts(self, n_b: int, state: list) -> None:
+        """Add the state (means, then sums) of ``n_b > 0`` rows."""
+        if self.count == 0:
+            self.count = n_b
+            for k, v in zip((*self._means, *self._sums), state):
+                setattr(self, k, v.clone() if hasattr(v, "clone") else v)
+            return
+        mine, n = self._state(), self.count + n_b
+        state = [v.to(mine[0].device) if hasattr(v, "to") else v for v in state]
+        means = [a + (b - a) * (n_b / n) for a, b in zip(mine, state[: len(self._means)])]
+        ours, theirs = self._recentre(self.count, mine, means), self._recentre(n_b, state, means)
+        for k, a, b in zip(self._sums, ours, theirs):
+            setattr(self, k, a + b)
+        vars(self).update(zip(self._means, means), count=n)
+
+    def merge(self, other):
+        """Add ``other``'s rows to this state (in place); returns self."""
+        if other.count:
+            self._merge_parts(other.count, other._state())
+        return self
+
+    def copy(self):
+        return type(self)().merge(self)
+
+    def all_reduce_(self, group=None):
+        """Merge the states of all DDP ranks (exact; every rank ends with the total).
+
+        mean = sum_r n_r mean_r / n; every rank's sums recentred at it and summed, e.g.
+        M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T]. Every rank must have seen at
+        least one row (the dimension must be known).
+        """
+        import torch
+
+        mine = self._state()
+        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=mine[0].device)
+        n = _dist_sum(n_r.clone(), group)
+        means = [_dist_sum(a * n_r, group) / n for a in mine[: len(self._means)]]
+        for k, a, s in zip(self._sums, mine[len(self._means) :], self._recentre(n_r, mine, means)):
+            total = _dist_sum(s, group)  # a tensor (n_r is one), for a float sum too
+            setattr(self, k, total if torch.is_tensor(a) else float(total))
+        vars(self).update(zip(self._means, means), count=int(round(float(n))))
+        return self
+
+
+class Moments(_Centred):
     """Count, mean and centred second moment (scatter) of row vectors, float64.
 
     ``M2 = sum_i (x_i - mean)(x_i - mean)^T``, shape [d, d]; the covariance is ``M2 / n``
     (population normalisation — effective ranks and shares do not depend on it).
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean = None  # torch float64 [d]
-        self.m2 = None  # torch float64 [d, d]
+    _sums = {"m2": None}  # float64 [d, d]
 
     def update(self, x) -> Moments:
-        for c in _chunks(as_rows(x)):
-            if c.shape[0] == 0:
-                continue
-            mean = c.mean(0)
-            centred = c - mean
-            self._merge_parts(c.shape[0], mean, centred.T @ centred)
-        return self
+        return self._update(x)
 
-    def _merge_parts(self, n_b: int, mean_b, m2_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean, self.m2 = n_b, mean_b.clone(), m2_b.clone()
-            return
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b.to(self.mean.device) - self.mean
-        self.m2.add_(m2_b.to(self.m2.device)).addr_(delta, delta, alpha=n_a * n_b / n)
-        self.mean.add_(delta, alpha=n_b / n)
-        self.count = n
+    def _chunk_sums(self, c):
+        return (c.T @ c,)
 
-    def merge(self, other: Moments) -> Moments:
-        """Add ``other``'s rows to this state (in place); returns self."""
-        if other.count:
-            self._merge_parts(other.count, other.mean, other.m2)
-        return self
-
-    def copy(self) -> Moments:
-        new = Moments()
-        if self.count:
-            new.count, new.mean, new.m2 = self.count, self.mean.clone(), self.m2.clone()
-        return new
-
-    def all_reduce_(self, group=None) -> Moments:
-        """Merge the states of all DDP ranks (exact; every rank ends with the total).
-
-        mean = sum_r n_r mean_r / n;  M2 = sum_r [M2_r + n_r (mean_r - mean)(mean_r - mean)^T].
-        Every rank must have seen at least one row (the dimension must be known).
-        """
-        import torch
-
-        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean.device)
-        n = _dist_sum(n_r.clone(), group)
-        mean = _dist_sum(self.mean * n_r, group) / n
-        delta = self.mean - mean
-        self.m2 = _dist_sum(self.m2 + torch.outer(delta, delta) * n_r, group)
-        self.mean, self.count = mean, int(round(float(n)))
-        return self
-
-    @property
-    def dim(self) -> int | None:
-        return None if self.mean is None else int(self.mean.shape[0])
+    def _spread(self, delta):
+        return (delta[:, None] * delta[None, :],)
 
     def covariance(self):
         """The empirical covariance ``M2 / n`` as a float64 numpy array [d, d]."""
@@ -188,8 +223,7 @@ class Moments:
 
         if not self.count:
             raise ValueError("no rows seen")
-        cov = self.m2 / self.count
-        cov = 0.5 * (cov + cov.T)
+        cov = 0.5 * (self.m2 + self.m2.T) / self.count
         with small_eig_threads(cov):
             lam = torch.linalg.eigvalsh(cov).cpu().numpy()[::-1].copy()
         top = max(float(lam[0]), 0.0)
@@ -197,7 +231,7 @@ class Moments:
         return lam
 
 
-class CrossMoments:
+class CrossMoments(_Centred):
     """Paired rows ``(a_i, b_i)``: count, both means and the centred cross scatter.
 
     ``C = sum_i (a_i - mean_a)(b_i - mean_b)^T``, shape [da, db]. Merge rule as ``Moments``
@@ -205,107 +239,45 @@ class CrossMoments:
     ``MeanTrace`` of b), which a ridge fit of b on a needs for its residuals.
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean_a = self.mean_b = self.cross = None
-        self.trace_b = 0.0
+    _means = ("mean_a", "mean_b")
+    _sums = {"cross": None, "trace_b": 0.0}
 
     def update(self, a, b) -> CrossMoments:
-        import torch
+        return self._update(a, b)
 
-        a, b = as_rows(a), as_rows(b)
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
-        for ca, cb in zip(_chunks(a), _chunks(b)):
-            if ca.shape[0] == 0:
-                continue
-            ma, mb = ca.mean(0), cb.mean(0)
-            cb = cb - mb
-            self._merge_parts(ca.shape[0], ma, mb, (ca - ma).T @ cb, float(torch.linalg.vector_norm(cb) ** 2))
-        return self
+    def _chunk_sums(self, a, b):
+        return a.T @ b, float((b * b).sum())
 
-    def _merge_parts(self, n_b, ma, mb, c, trace_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean_a, self.mean_b, self.cross = n_b, ma.clone(), mb.clone(), c.clone()
-            self.trace_b = trace_b
-            return
-        n_a, n = self.count, self.count + n_b
-        da, db = ma - self.mean_a, mb - self.mean_b
-        self.cross.add_(c).addr_(da, db, alpha=n_a * n_b / n)
-        self.trace_b += trace_b + float(db @ db) * n_a * n_b / n
-        self.mean_a.add_(da, alpha=n_b / n)
-        self.mean_b.add_(db, alpha=n_b / n)
-        self.count = n
-
-    def merge(self, other: CrossMoments) -> CrossMoments:
-        if other.count:
-            self._merge_parts(other.count, other.mean_a, other.mean_b, other.cross, other.trace_b)
-        return self
-
-    def all_reduce_(self, group=None) -> CrossMoments:
-        import torch
-
-        n_r = torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean_a.device)
-        n = _dist_sum(n_r.clone(), group)
-        ma = _dist_sum(self.mean_a * n_r, group) / n
-        mb = _dist_sum(self.mean_b * n_r, group) / n
-        db = self.mean_b - mb
-        self.cross = _dist_sum(self.cross + torch.outer(self.mean_a - ma, db) * n_r, group)
-        tb = torch.tensor([self.trace_b + float(db @ db) * self.count], dtype=torch.float64, device=ma.device)
-        self.trace_b = float(_dist_sum(tb, group)[0])
-        self.mean_a, self.mean_b, self.count = ma, mb, int(round(float(n)))
-        return self
+    def _spread(self, da, db):
+        return da[:, None] * db[None, :], float(db @ db)
 
 
-class MeanTrace:
+class MeanTrace(_Centred):
     """Count, mean and the trace of the centred scatter (sum of squared distances to the mean).
 
     The vector analogue of Welford's variance: ``trace = sum_i ||x_i - mean||^2``.
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean = None
-        self.trace = 0.0
+    _sums = {"trace": 0.0}
 
     def update(self, x) -> MeanTrace:
-        for c in _chunks(as_rows(x)):
-            if c.shape[0] == 0:
-                continue
-            mean = c.mean(0)
-            self._merge_parts(c.shape[0], mean, float(((c - mean) ** 2).sum()))
-        return self
+        return self._update(x)
 
-    def _merge_parts(self, n_b, mean_b, trace_b) -> None:
-        if n_b == 0:
-            return
-        if self.count == 0:
-            self.count, self.mean, self.trace = n_b, mean_b.clone(), trace_b
-            return
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b - self.mean
-        self.trace += trace_b + float(delta @ delta) * n_a * n_b / n
-        self.mean.add_(delta, alpha=n_b / n)
-        self.count = n
+    def _chunk_sums(self, c):
+        return (float((c * c).sum()),)
 
-    def merge(self, other: MeanTrace) -> MeanTrace:
-        if other.count:
-            self._merge_parts(other.count, other.mean, other.trace)
-        return self
+    def _spread(self, delta):
+        return (float(delta @ delta),)
 
 
 # ----------------------------------------------------------------------------- anisotropy
 def _group_tensor(groups, n: int):
     """Group ids as a CPU int64 tensor [n] (or None)."""
-    import numpy as np
     import torch
 
     if groups is None:
         return None
-    g = groups.detach().cpu() if torch.is_tensor(groups) else torch.from_numpy(np.asarray(groups))
-    g = g.reshape(-1).to(torch.int64)
+    g = torch.as_tensor(groups).detach().cpu().reshape(-1).to(torch.int64)
     if g.shape[0] != n:
         raise ValueError(f"groups has {g.shape[0]} ids for {n} rows")
     return g
@@ -380,7 +352,7 @@ class UnitSums:
         if u.shape[0] == 0:
             return self
         self.count += int(u.shape[0])
-        self.total = u.sum(0) if self.total is None else self.total + u.sum(0)
+        self.total = _plus(self.total, u.sum(0))
         if groups is None:
             return self
         g = _group_tensor(groups, u.shape[0])
@@ -405,9 +377,7 @@ class UnitSums:
         overlap = self._seen_groups & other._seen_groups
         if overlap:
             raise ValueError(f"cannot merge: group id(s) {sorted(overlap)[:5]} appear in both states")
-        self.total = (
-            other.total.clone() if self.total is None else self.total + other.total.to(self.total.device)
-        )
+        self.total = _plus(self.total, other.total)
         self.count += other.count
         self.n_zero += other.n_zero
         self.group_sq += other.group_sq
@@ -420,12 +390,8 @@ class UnitSums:
         """Sum the states of all DDP ranks (group ids must differ between ranks)."""
         import torch
 
-        scalars = torch.tensor(
-            [self.count, self.n_zero, self.group_sq, self.group_n_sq],
-            dtype=torch.float64,
-            device=self.total.device,
-        )
-        _dist_sum(scalars, group)
+        values = [self.count, self.n_zero, self.group_sq, self.group_n_sq]
+        scalars = _dist_sum(torch.tensor(values, dtype=torch.float64, device=self.total.device), group)
         self.total = _dist_sum(self.total.clone(), group)
         self.count, self.n_zero = int(round(float(scalars[0]))), int(round(float(scalars[1])))
         self.group_sq, self.group_n_sq = float(scalars[2]), int(round(float(scalars[3])))
@@ -466,16 +432,6 @@ def _log_bin(values):
     return values.to(torch.float32).view(torch.int32) >> HIST_SHIFT
 
 
-def _bin_centre(index: int) -> float:
-    """Middle of a bin's value range (0 for the bin of zeros)."""
-    import struct
-
-    if index == 0:
-        return 0.0
-    bits = (index << HIST_SHIFT) | (1 << (HIST_SHIFT - 1))
-    return struct.unpack("<f", struct.pack("<i", bits))[0]
-
-
 class NormStats:
     """Norm statistics of row vectors and the share of tokens carrying a massive activation.
 
@@ -513,22 +469,17 @@ class NormStats:
         self.count += int(rows.shape[0])
         self.norm_sum += float(norms.sum())
         self.norm_max = max(self.norm_max, float(norms.max()))
-        self.hist_token_max = tok_hist if self.hist_token_max is None else self.hist_token_max + tok_hist
-        self.hist_abs = abs_hist if self.hist_abs is None else self.hist_abs + abs_hist
+        self.hist_token_max = _plus(self.hist_token_max, tok_hist)
+        self.hist_abs = _plus(self.hist_abs, abs_hist)
         return self
 
     def merge(self, other: NormStats) -> NormStats:
-        if not other.count:
-            return self
-        if not self.count:
-            self.count, self.norm_sum, self.norm_max = other.count, other.norm_sum, other.norm_max
-            self.hist_token_max, self.hist_abs = other.hist_token_max.clone(), other.hist_abs.clone()
-            return self
-        self.count += other.count
-        self.norm_sum += other.norm_sum
-        self.norm_max = max(self.norm_max, other.norm_max)
-        self.hist_token_max = self.hist_token_max + other.hist_token_max.to(self.hist_token_max.device)
-        self.hist_abs = self.hist_abs + other.hist_abs.to(self.hist_abs.device)
+        if other.count:
+            self.count += other.count
+            self.norm_sum += other.norm_sum
+            self.norm_max = max(self.norm_max, other.norm_max)
+            self.hist_token_max = _plus(self.hist_token_max, other.hist_token_max)
+            self.hist_abs = _plus(self.hist_abs, other.hist_abs)
         return self
 
     def all_reduce_(self, group=None) -> NormStats:
@@ -546,23 +497,23 @@ class NormStats:
         return self
 
     def median_abs(self) -> float:
-        """Median of |x_ij| over all coordinates, at the grid's resolution."""
+        """Median of |x_ij| over all coordinates, at the grid's resolution: the middle of its bin."""
         import torch
 
         cum = torch.cumsum(self.hist_abs.cpu(), 0)
-        half = (int(cum[-1]) + 1) // 2
-        return _bin_centre(int(torch.searchsorted(cum, torch.tensor(half))))
-
-    def massive_threshold(self) -> float:
-        return max(100.0, 1000.0 * self.median_abs())
+        index = int(torch.searchsorted(cum, torch.tensor((int(cum[-1]) + 1) // 2)))
+        middle = torch.tensor([(index << HIST_SHIFT) | (1 << (HIST_SHIFT - 1))], dtype=torch.int32)
+        return float(middle.view(torch.float32)) if index else 0.0  # bin 0: zeros
 
     def massive_share(self) -> float:
-        """Share of tokens whose largest |coordinate| lies in a bin above the threshold's bin."""
+        """Share of tokens whose largest |coordinate| lies in a bin above the bin of the threshold
+        ``max(100, 1000 * median |x|)``."""
         import torch
 
         if not self.count:
             return math.nan
-        tau_bin = int(_log_bin(torch.tensor([self.massive_threshold()], dtype=torch.float32))[0])
+        threshold = max(100.0, 1000.0 * self.median_abs())
+        tau_bin = int(_log_bin(torch.tensor([threshold], dtype=torch.float32))[0])
         return float(self.hist_token_max.cpu()[tau_bin + 1 :].sum()) / self.count
 
     def metrics(self) -> dict:
@@ -585,11 +536,7 @@ class MeanValue:
     def update(self, values) -> MeanValue:
         import torch
 
-        v = (
-            values.detach().to(torch.float64)
-            if torch.is_tensor(values)
-            else torch.as_tensor(values, dtype=torch.float64)
-        )
+        v = torch.as_tensor(values, dtype=torch.float64).detach()
         self.total += float(v.sum())
         self.count += int(v.numel())
         return self
@@ -625,10 +572,9 @@ def linear_cka(moments_x: Moments, moments_y: Moments, cross_xy: CrossMoments) -
     """
     import torch
 
-    def hsic(scatter) -> float:  # biased HSIC x (n - 1)^2, which cancels in the ratio
-        return float(torch.linalg.matrix_norm(scatter) ** 2)
-
-    return _cka(hsic(cross_xy.cross), hsic(moments_x.m2), hsic(moments_y.m2))
+    # biased HSICs times (n - 1)^2, which cancels in the ratio
+    scatters = (cross_xy.cross, moments_x.m2, moments_y.m2)
+    return _cka(*(float(torch.linalg.matrix_norm(s) ** 2) for s in scatters))
 
 
 def _cka(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
@@ -693,18 +639,11 @@ class RidgeSolver:
             ridge, gcv = RIDGE_GRID[best], scores[best]
         alpha = ridge * self.scale
         w = self.v @ (g_mat / (self.s + alpha)[:, None])
-        return {
-            "W": w,
-            "mean_a": cross_ab.mean_a,
-            "mean_b": cross_ab.mean_b,
-            "alpha": alpha,
-            "ridge": ridge,
-            "gcv": gcv,
-        }
+        return dict(W=w, mean_a=cross_ab.mean_a, mean_b=cross_ab.mean_b, alpha=alpha, ridge=ridge, gcv=gcv)
 
 
 # ----------------------------------------------------------------------------- similarity
-class HSICMoments:
+class HSICMoments(_Centred):
     """Paired rows ``(a_i, b_i)``: every sum that linear CKA (biased and debiased) and the
     orthogonal Procrustes distance need, in one pass, float64, mergeable.
 
@@ -747,48 +686,38 @@ class HSICMoments:
     True
     """
 
-    def __init__(self):
-        self.count = 0
-        self.mean_a = self.mean_b = self.cross = None
-        self.trace_a = self.trace_b = self.quartic = 0.0
-        self.sq_a_b = self.sq_b_a = None
+    _means = ("mean_a", "mean_b")
+    _sums = {"cross": None, "trace_a": 0.0, "trace_b": 0.0, "quartic": 0.0, "sq_a_b": None, "sq_b_a": None}
 
     def update(self, a, b) -> HSICMoments:
         """Add paired rows ``a`` [N, da] and ``b`` [N, db] (row i of both: the same token)."""
-        a, b = as_rows(a), as_rows(b)
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"paired rows differ in number: {a.shape[0]} vs {b.shape[0]}")
-        for ca, cb in zip(_chunks(a), _chunks(b)):
-            if ca.shape[0]:
-                self._merge_state(_chunk_hsic_state(ca, cb.to(ca.device)))
-        return self
+        return self._update(a, b)
 
-    def _state(self) -> dict:
-        return {k: getattr(self, k) for k in _HSIC_FIELDS}
+    def _chunk_sums(self, a, b):
+        ra, rb = (a * a).sum(1), (b * b).sum(1)
+        cross = a.T @ b
+        with small_eig_threads(cross):  # matrix-vector products: threads only spin here
+            sq_a_b, sq_b_a = b.T @ ra, a.T @ rb
+        return cross, float(ra.sum()), float(rb.sum()), float(ra @ rb), sq_a_b, sq_b_a
 
-    def _merge_state(self, other: dict) -> None:
-        if other["count"] == 0:
-            return
-        if self.count == 0:
-            for key, value in other.items():
-                setattr(self, key, value.clone() if hasattr(value, "clone") else value)
-            return
-        n_a, n_b = self.count, other["count"]
-        n = n_a + n_b
-        mean_a = self.mean_a + (other["mean_a"] - self.mean_a) * (n_b / n)
-        mean_b = self.mean_b + (other["mean_b"] - self.mean_b) * (n_b / n)
-        with small_eig_threads(self.cross):  # matrix-vector products: threads only spin here
-            mine = _recentred(self._state(), mean_a, mean_b)
-            theirs = _recentred(other, mean_a, mean_b)
-        for key in ("cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a"):
-            setattr(self, key, mine[key] + theirs[key])
-        self.mean_a, self.mean_b, self.count = mean_a, mean_b, n
-
-    def merge(self, other: HSICMoments) -> HSICMoments:
-        """Add ``other``'s rows to this state (in place); returns self."""
-        if other.count:
-            self._merge_state(other._state())
-        return self
+    def _recentre(self, n, state: list, means: list) -> list:
+        """The re-centring of the class docstring, from ``state``'s means to ``means``."""
+        mean_a, mean_b, cross, ta, tb, quartic, sq_a_b, sq_b_a = state
+        da, db = means[0] - mean_a, means[1] - mean_b
+        da2, db2 = float(da @ da), float(db @ db)
+        with small_eig_threads(cross):  # matrix-vector products: threads only spin here
+            quartic = (
+                quartic
+                - 2 * float(db @ sq_a_b)
+                - 2 * float(da @ sq_b_a)
+                + 4 * float(da @ (cross @ db))
+                + db2 * ta
+                + da2 * tb
+                + n * da2 * db2
+            )
+            sq_a_b = sq_a_b - ta * db - 2 * (cross.T @ da) - n * da2 * db
+            sq_b_a = sq_b_a - tb * da - 2 * (cross @ db) - n * db2 * da
+        return [cross + n * (da[:, None] * db[None, :]), ta + n * da2, tb + n * db2, quartic, sq_a_b, sq_b_a]
 
     def transposed(self) -> HSICMoments:
         """The state of the pairs ``(b_i, a_i)`` (a view sharing tensors; no arithmetic)."""
@@ -798,55 +727,6 @@ class HSICMoments:
         new.trace_a, new.trace_b, new.quartic = self.trace_b, self.trace_a, self.quartic
         new.sq_a_b, new.sq_b_a = self.sq_b_a, self.sq_a_b
         return new
-
-
-_HSIC_FIELDS = ("count", "mean_a", "mean_b", "cross", "trace_a", "trace_b", "quartic", "sq_a_b", "sq_b_a")
-
-
-def _chunk_hsic_state(ca, cb) -> dict:
-    """The ``HSICMoments`` state of one float64 chunk, centred at the chunk's own means."""
-    mean_a, mean_b = ca.mean(0), cb.mean(0)
-    a, b = ca - mean_a, cb - mean_b
-    ra, rb = (a * a).sum(1), (b * b).sum(1)
-    cross = a.T @ b
-    with small_eig_threads(cross):  # matrix-vector products: threads only spin here
-        sq_a_b, sq_b_a = b.T @ ra, a.T @ rb
-    return {
-        "count": int(a.shape[0]),
-        "mean_a": mean_a,
-        "mean_b": mean_b,
-        "cross": cross,
-        "trace_a": float(ra.sum()),
-        "trace_b": float(rb.sum()),
-        "quartic": float(ra @ rb),
-        "sq_a_b": sq_a_b,
-        "sq_b_a": sq_b_a,
-    }
-
-
-def _recentred(state: dict, mean_a, mean_b) -> dict:
-    """A state centred at its own means, re-expressed around ``mean_a``, ``mean_b``."""
-    n = state["count"]
-    da, db = mean_a - state["mean_a"], mean_b - state["mean_b"]
-    cross, ta, tb = state["cross"], state["trace_a"], state["trace_b"]
-    da2, db2 = float(da @ da), float(db @ db)
-    quartic = (
-        state["quartic"]
-        - 2 * float(db @ state["sq_a_b"])
-        - 2 * float(da @ state["sq_b_a"])
-        + 4 * float(da @ (cross @ db))
-        + db2 * ta
-        + da2 * tb
-        + n * da2 * db2
-    )
-    return {
-        "cross": cross + n * (da[:, None] * db[None, :]),
-        "trace_a": ta + n * da2,
-        "trace_b": tb + n * db2,
-        "quartic": quartic,
-        "sq_a_b": state["sq_a_b"] - ta * db - 2 * (cross.T @ da) - n * da2 * db,
-        "sq_b_a": state["sq_b_a"] - tb * da - 2 * (cross @ db) - n * db2 * da,
-    }
 
 
 def linear_hsic(xy: HSICMoments, debiased: bool = False) -> float:
