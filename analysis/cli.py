@@ -167,36 +167,36 @@ def _layers_arg(layers: str | None, default):
     return default if layers is None else parse_layers(layers)
 
 
-@app.command()
-@shared_options()
-def rank(
-    checkpoints: List[str] = typer.Argument(
-        ..., help="Checkpoints, run directories (latest checkpoint) or HF model folders."
-    ),
-    layers: str | None = typer.Option(
-        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the last hidden state]."
-    ),
-    **shared,
-):
-    """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
-    from .tables import rank_metrics
+def _metric_command(name: str, title: str, doc: str, checkpoints_help: str, layers_help: str) -> None:
+    """``rank`` / ``anisotropy``: the metrics of :mod:`analysis.tables`' ``<name>_metrics`` at the
+    layers asked for, one column per checkpoint."""
 
-    _metric_table(rank_metrics(), "effective rank", checkpoints, layers, shared)
+    @app.command(name, help=doc)
+    @shared_options()
+    def command(
+        checkpoints: List[str] = typer.Argument(..., help=checkpoints_help),
+        layers: str | None = typer.Option(None, "--layers", "-l", help=layers_help),
+        **shared,
+    ):
+        from . import tables
+
+        _metric_table(getattr(tables, f"{name}_metrics")(), title, checkpoints, layers, shared)
 
 
-@app.command()
-@shared_options()
-def anisotropy(
-    checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
-    layers: str | None = typer.Option(
-        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1]."
-    ),
-    **shared,
-):
-    """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
-    from .tables import anisotropy_metrics
-
-    _metric_table(anisotropy_metrics(), "anisotropy (mean cosine)", checkpoints, layers, shared)
+_metric_command(
+    "rank",
+    "effective rank",
+    "Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank.",
+    "Checkpoints, run directories (latest checkpoint) or HF model folders.",
+    "Comma-separated layers or 'all' [default: -1, the last hidden state].",
+)
+_metric_command(
+    "anisotropy",
+    "anisotropy (mean cosine)",
+    "Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms.",
+    "Checkpoints, run directories or HF model folders.",
+    "Comma-separated layers or 'all' [default: -1].",
+)
 
 
 @app.command()
@@ -306,7 +306,8 @@ def compare(
     )
     record = compare_record(model_a, model_b, settings, **_run_options(shared))
     sim = record["scores"]["similarity"]
-    labels = _compare_labels(record, unique_labels)
+    b = record["settings"].get("model_b")
+    labels = unique_labels([record, {"model": b}]) if b is not None else unique_labels([record]) * 2
     if figure is not None:
         written = plot_similarity(record, figure, labels)
         print(f"figure: {', '.join(map(str, written))}", file=sys.stderr)
@@ -326,15 +327,6 @@ def compare(
         )
     )
     _emit(f"{sim['n_tokens']:,} tokens; record: {record['_path']}")
-
-
-def _compare_labels(record: dict, unique_labels) -> tuple[str, str]:
-    b = record["settings"].get("model_b")
-    if b is None:
-        lab = unique_labels([record])[0]
-        return lab, lab
-    labs = unique_labels([record, {"model": b}])
-    return labs[0], labs[1]
 
 
 @app.command("diff-erank")
@@ -419,8 +411,9 @@ def flops(
     if seq_len is not None and seq_len < 0:
         raise UserError(f"--seq-len {seq_len}: must be >= 0")
     if source is None:
-        rows = paper_sizes_table(8192 if seq_len is None else seq_len)
-        title = f"training FLOPs per token of the paper's sizes (exact at seq_len {8192 if seq_len is None else seq_len})"
+        seq_len = 8192 if seq_len is None else seq_len
+        rows = paper_sizes_table(seq_len)
+        title = f"training FLOPs per token of the paper's sizes (exact at seq_len {seq_len})"
         _emit(render(rows, fmt, title) if fmt != "json" else json.dumps(rows, indent=2))
         return
     config, name, config_seq_len = load_config_source(source)

@@ -40,6 +40,7 @@ from nitp.errors import UserError
 from nitp.geometry import ALPHA_REQ_FIT_RANGE, alpha_req, curvature, dataset_entropy, prompt_entropy
 from nitp.streaming import MeanValue
 
+from .layers import _num
 from .settings import DEFAULT_ENTROPY_SEQUENCES, DEFAULT_ID_TOKENS
 
 DEPTH_VERSION = 1  # part of the record settings: records made before these measures are redone
@@ -149,7 +150,7 @@ class DepthMeasures:
         out["prompt_entropy"] = _mean(a.prompt)
         out["prompt_entropy_sequences"] = a.prompt.count
         pooled = np.stack(a.pooled) if len(a.pooled) >= 2 else None
-        out["dataset_entropy"] = _clean(_or_nan(dataset_entropy, pooled)) if pooled is not None else None
+        out["dataset_entropy"] = _num(_or_nan(dataset_entropy, pooled)) if pooled is not None else None
         out["dataset_entropy_sequences"] = len(a.pooled)
         out["curvature"] = _mean(a.curv)
         out["logit_lens_ce"] = a.lens_nll / a.lens_tokens if a.lens_tokens else None
@@ -168,8 +169,8 @@ class DepthMeasures:
         except UserError:  # too few distinct rows (e.g. a tiny sample): no estimate
             return {**empty, "id_n_used": int(rows.shape[0])}
         return {
-            "intrinsic_dimension_twonn": _clean(got["twonn"]),
-            "intrinsic_dimension_gride": _clean(got["gride"]),
+            "intrinsic_dimension_twonn": _num(got["twonn"]),
+            "intrinsic_dimension_gride": _num(got["gride"]),
             "id_n_used": got["n_used"],
             "id_n_duplicates": got["n_duplicates"],
         }
@@ -193,7 +194,7 @@ def _alpha(eigenvalues) -> dict:
         fit = alpha_req(eigenvalues)
     except UserError:  # too few positive eigenvalues in the fit range
         return {"alpha_req": None, "alpha_req_fit_range": None}
-    return {"alpha_req": _clean(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
+    return {"alpha_req": _num(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
 
 
 def _or_nan(fn, x) -> float:
@@ -210,11 +211,4 @@ def _add_defined(values: MeanValue, v: float) -> None:
 
 
 def _mean(values: MeanValue) -> float | None:
-    return _clean(values.mean()) if values.count else None
-
-
-def _clean(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else v
+    return _num(values.mean()) if values.count else None

@@ -28,18 +28,10 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from nitp.loading import check_model_files
-from nitp.records import (
-    RecordCache,
-    check_output,
-    default_record_path,
-    library_versions,
-    make_record,
-    model_identity,
-    write_record,
-)
+from nitp.records import check_output, default_record_path, model_identity
 from nitp.runs import resolve_checkpoint
 
+from .measure import _progress, cached_record, checked_settings, geom_cache_key, record_tag, sample_settings
 from .settings import DiffErankSettings
 
 LABEL = (
@@ -81,7 +73,6 @@ def diff_erank(
     with ``erank_trained``, ``erank_random``, ``diff_erank`` and ``n_sequences``.
     """
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
-    from .measure import _progress
 
     s = settings
     trained = load_model(checkpoint, device=s.device, dtype=s.dtype)
@@ -100,18 +91,7 @@ def diff_erank(
             advance()
     rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
     scores = {"diff_erank": {"label": LABEL, "layers": rows}}
-    recorded = {
-        "corpus": s.corpus,
-        "n_tokens": s.n_tokens,
-        "layers": layer_list,
-        "seed": s.seed,
-        "init_seed": s.init_seed,
-        "seq_len": sample.seq_len,
-        "batch_size": s.batch_size,
-        "device": trained.device,
-        "dtype": trained.dtype,
-        "sample": sample.describe(),
-    }
+    recorded = sample_settings(s, trained, sample, layer_list, init_seed=s.init_seed)
     return recorded, scores
 
 
@@ -161,27 +141,18 @@ def diff_erank_record(
 ) -> dict:
     """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section;
     ``record["_path"]`` is where it was written."""
-    from .measure import geom_cache_key, record_tag
-
-    check_output(out)
-    settings = settings.resolved()
-    check_model_files(checkpoint, device=settings.device, dtype=settings.dtype)
+    settings = checked_settings(settings, (checkpoint,), out)
     ckpt = resolve_checkpoint(checkpoint)
     info = model_identity(ckpt)
     tag = f"diff-erank-init{settings.init_seed}-" + record_tag(settings)
     path = Path(out) if out else default_record_path(info, "geom", tag)
     check_output(path)
     wanted = geom_cache_key(settings, checkpoint=ckpt)
-
-    def compute() -> dict:
-        recorded, scores = diff_erank(checkpoint, settings, progress=progress)
-        return make_record("geom", info, recorded, scores, library_versions())
-
-    record, cached = RecordCache("geom", info["key"]).find_or_compute(
-        "diff-erank", wanted, compute, redo=redo
+    return cached_record(
+        "diff-erank",
+        info,
+        path,
+        wanted,
+        lambda: diff_erank(checkpoint, settings, progress=progress),
+        redo=redo,
     )
-    if cached:
-        record["model"] = info
-    write_record(path, record)
-    record["_path"] = str(path)
-    return record

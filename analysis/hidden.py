@@ -91,7 +91,13 @@ def load_model(
     config = load_config(path)
     tokenizer = load_tokenizer(path)
     check_memory(path, device=device, dtype=dtype)
-    model, head = _backbone_and_head(path, config, dtype, device, lm_head)
+    # the causal LM split in two when a head is wanted and exists (encoders such as BertModel: none)
+    head = None
+    if lm_head and any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or []):
+        causal = load_backbone(path, causal=True, dtype=dtype, device=device)
+        model, head = causal.base_model, causal.get_output_embeddings()
+    else:
+        model = load_backbone(path, causal=False, dtype=dtype, device=device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -104,19 +110,6 @@ def load_model(
         max_positions=getattr(config, "max_position_embeddings", None),
         lm_head=head,
     )
-
-
-def _backbone_and_head(path, config, dtype: str, device: str, lm_head: bool):
-    """``(backbone, head or None)``: the causal LM split in two when a head is wanted and exists."""
-    if not lm_head or not _is_causal(config):
-        return load_backbone(path, causal=False, dtype=dtype, device=device), None
-    causal = load_backbone(path, causal=True, dtype=dtype, device=device)
-    return causal.base_model, causal.get_output_embeddings()
-
-
-def _is_causal(config) -> bool:
-    """The config names a causal-LM architecture (``*ForCausalLM``; encoders such as BertModel do not)."""
-    return any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
 
 
 def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]:
@@ -390,26 +383,18 @@ class Batch:
 def padded(sequences: list[np.ndarray], pad_id: int, device):
     """Right-padded ``input_ids`` and ``attention_mask`` tensors of a list of sequences."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    t = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), t), dtype=np.int64)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    rows = [torch.as_tensor(s, dtype=torch.int64) for s in sequences]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)
+    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
+    return ids.to(device), mask.to(device)
 
 
 def batch_plan(sample: Sample, batch_size: int) -> list[tuple[int, int, bool]]:
     """``(start, stop, heldout)`` slices of the sample: fit sequences first, never mixed."""
-    plan = []
-    for lo, hi, held in (
-        (0, sample.heldout_start, False),
-        (sample.heldout_start, len(sample.sequences), True),
-    ):
-        for s in range(lo, hi, batch_size):
-            plan.append((s, min(s + batch_size, hi), held))
-    return plan
+    parts = ((0, sample.heldout_start, False), (sample.heldout_start, len(sample.sequences), True))
+    return [(s, min(s + batch_size, hi), held) for lo, hi, held in parts for s in range(lo, hi, batch_size)]
 
 
 def iter_hidden_states(

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from nitp import metrics_registry as registry
-from nitp.errors import UserError
 from nitp.geometry import spectrum_metrics
 from nitp.layers import TARGET_DEPTH, default_target_layer
 from nitp.streaming import (
@@ -185,12 +184,6 @@ class LayerAccumulators:
             return self.norms_rest
         return NormStats().merge(self.norms_rest).merge(self.norms_first)
 
-    def units(self, exclude_first: bool) -> UnitSums:
-        return self.units_rest if exclude_first else self.units_all
-
-    def docs(self, exclude_first: bool) -> SpanningGroupSums:
-        return self.docs_rest if exclude_first else self.docs_all
-
 
 @dataclass
 class _Rows:
@@ -255,6 +248,8 @@ class LayerStatistics:
         """Add one batch: ``states[k]`` [B, T, d], ``mask`` [B, T] bool, ``seq_ids`` [B]."""
         import torch
 
+        from .hidden import check_finite
+
         mask = mask.to(torch.bool)
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         is_first = (pos == 0)[mask]  # per real token
@@ -280,21 +275,20 @@ class LayerStatistics:
         for k in self.layers:  # ascending, -1 last: an error names the first broken layer
             r = last if k == -1 else _rows(states[k], mask)
             if not r.finite:
-                self._raise_not_finite(k, r)
+                check_finite(r.x, self.where, k)  # raises, naming the first broken layer
             a = self.acc[k]
             a.moments_first.update(r.x[is_first])
             a.moments_rest.update(r.x[rest])
             a.norms_first.add(r.x[is_first], r.norms[is_first])
             a.norms_rest.add(r.x[rest], r.norms[rest])
             nonzero = r.norms > 0
-            if bool(nonzero.all()):  # the usual case: no gather needed
-                a.units_all.add_units(r.units, groups)
-                a.docs_all.add_units(r.units, docs)
-            else:
-                a.units_all.add_units(r.units[nonzero], groups[nonzero])
-                a.docs_all.add_units(r.units[nonzero], docs[nonzero])
-            a.units_rest.add_units(r.units[rest & nonzero], groups[rest & nonzero])
-            a.docs_rest.add_units(r.units[rest & nonzero], docs[rest & nonzero])
+            every = slice(None) if bool(nonzero.all()) else nonzero  # the usual case: no gather needed
+            for sel, units, by_doc in (
+                (every, a.units_all, a.docs_all),
+                (rest & nonzero, a.units_rest, a.docs_rest),
+            ):
+                units.add_units(r.units[sel], groups[sel])
+                by_doc.add_units(r.units[sel], docs[sel])
             # cosines of consecutive rows, then keep the rows that are a pair (t, t+1) of one sequence
             a.temporal.update((r.units[:-1] * r.units[1:]).sum(1)[src_idx])
             if k != -1:
@@ -310,15 +304,6 @@ class LayerStatistics:
                 a.ref_cross.update(r.x[chosen], ref_x)
         if self.pairs is not None:
             self._keep_pair_rows(last.x[chosen])
-
-    def _raise_not_finite(self, k: int, rows: _Rows) -> None:
-        import torch
-
-        bad = int((~torch.isfinite(rows.norms)).sum())
-        raise UserError(
-            f"{self.where}: layer {k} has NaN/inf activations on {bad} of {rows.x.shape[0]} tokens of a batch; "
-            "the weights are broken or the dtype overflows (try --dtype float32)"
-        )
 
     def _keep_pair_rows(self, rows) -> None:
         import torch
@@ -357,15 +342,10 @@ class LayerStatistics:
     def layer_result(self, k: int, spectrum: bool = False) -> dict:
         a = self.acc[k]
         out: dict[str, Any] = {"layer": k}
-        blocks = {}
-        for label, excl in (("with_first_position", False), ("without_first_position", True)):
-            blocks[label] = _core_metrics(
-                a.moments(excl),
-                a.units(excl),
-                a.docs(excl),
-                a.norms(excl),
-                spectrum and excl == self.exclude_first,
-            )
+        blocks = {
+            label: _core_metrics(a, excl, spectrum and excl == self.exclude_first)
+            for label, excl in (("with_first_position", False), ("without_first_position", True))
+        }
         chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
         out.update(chosen)
         out["first_position_mean_norm"] = (
@@ -408,9 +388,10 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _core_metrics(
-    moments: Moments, units: UnitSums, docs: SpanningGroupSums, norms: NormStats, spectrum: bool
-) -> dict:
+def _core_metrics(a: LayerAccumulators, exclude_first: bool, spectrum: bool) -> dict:
+    """The geometry of one layer's token states, with or without each sequence's first position."""
+    moments, norms = a.moments(exclude_first), a.norms(exclude_first)
+    units, docs = (a.units_rest, a.docs_rest) if exclude_first else (a.units_all, a.docs_all)
     if moments.count >= 2:
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:

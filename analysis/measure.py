@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
@@ -154,25 +155,28 @@ def measure(
         "paper_measures": PAPER_MEASURES,
         "definitions": record_definitions(),
     }
-    recorded = {
-        "corpus": s.corpus,
-        "n_tokens": s.n_tokens,
-        "layers": layer_list,
-        "exclude_first": s.exclude_first,
-        "seed": s.seed,
-        "seq_len": sample.seq_len,
-        "batch_size": s.batch_size,
-        "ridge": s.ridge,
-        "heldout_fraction": s.heldout_fraction,
-        "n_pairs": s.n_pairs,
-        "pairs_across": PAIRS_ACROSS,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "reference": checkpoint_info(refs[0].path) if refs else None,
-        "sample": sample.describe(),
-        "depth": depth.settings(),
-    }
+    recorded = sample_settings(
+        s,
+        loaded,
+        sample,
+        layer_list,
+        exclude_first=s.exclude_first,
+        ridge=s.ridge,
+        heldout_fraction=s.heldout_fraction,
+        n_pairs=s.n_pairs,
+        pairs_across=PAIRS_ACROSS,
+        reference=checkpoint_info(refs[0].path) if refs else None,
+        depth=depth.settings(),
+    )
     return checkpoint_info(loaded.path), recorded, scores
+
+
+def sample_settings(s, loaded, sample, layers: list[int], **fields) -> dict:
+    """A record's ``settings``: those of ``s`` as run (the model's device and dtype, the sample's
+    ``seq_len``, the resolved ``layers``), then ``fields`` and the sample's description."""
+    out = {k: getattr(s, k) for k in ("corpus", "n_tokens", "seed", "batch_size")}
+    run = {"layers": layers, "seq_len": sample.seq_len, "device": loaded.device, "dtype": loaded.dtype}
+    return {**out, **run, **fields, "sample": sample.describe()}
 
 
 def batch_input_ids(sample, batch):
@@ -183,34 +187,19 @@ def batch_input_ids(sample, batch):
     return padded(seqs, 0, batch.mask.device)[0]
 
 
-class _progress:
-    """A rich progress bar on stderr (a no-op when disabled)."""
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str, total: int):
+    """A rich progress bar on stderr; yields its ``advance()`` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(f"geometry {self.label}", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"geometry {label}", total=total)
+        yield lambda: bar.advance(task)
 
 
 def record_tag(settings) -> str:
@@ -262,12 +251,7 @@ def geom_record(
     >>> geom_record("runs/tiny-nitp", GeomSettings(n_tokens=4096, layers=[-1]))  # doctest: +SKIP
     """
     ckpt = resolve_checkpoint(checkpoint)
-    if write:
-        check_output(out)  # an unwritable --out fails before the measurement
-    settings = settings.resolved()
-    for model in (ckpt, reference):  # config, tokenizer, weights, memory: before any cache lookup
-        if model is not None:
-            check_model_files(model, device=settings.device, dtype=settings.dtype)
+    settings = checked_settings(settings, (ckpt, reference), out if write else None)
     info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
     path = Path(out) if out else default_record_path(info, "geom", record_tag(settings))
     if write:
@@ -275,13 +259,38 @@ def geom_record(
     # code versions: records of older measuring code are measured again
     versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION, **spectral_version()}
     wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
+    return cached_record(
+        "layers",
+        info,
+        path,
+        wanted,
+        lambda: measure(ckpt, settings, reference=reference, progress=progress)[1:],
+        redo=redo,
+        write=write,
+    )
 
-    def compute() -> dict:
-        _, recorded, scores = measure(ckpt, settings, reference=reference, progress=progress)
-        return make_record("geom", info, recorded, scores, library_versions())
 
-    # the one record cache (nitp.records): same model key + same settings -> no recomputation
-    record, cached = RecordCache("geom", info["key"]).find_or_compute("layers", wanted, compute, redo=redo)
+def checked_settings(settings, models, out):
+    """``settings`` resolved (device, dtype) after the checks that fail before any work: an
+    unwritable ``out``, then each model's config, tokenizer, weights and memory."""
+    check_output(out)
+    settings = settings.resolved()
+    for model in models:
+        if model is not None:
+            check_model_files(model, device=settings.device, dtype=settings.dtype)
+    return settings
+
+
+def cached_record(section: str, info: dict, path: Path, wanted: dict, compute, *, redo: bool, write=True):
+    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for the model ``info``
+    (``model_identity``), from the one record cache (``nitp.records.RecordCache``): same model
+    key + same settings (``wanted``) are never measured twice. Written to ``path`` (``write``)
+    unless it already holds this very record of this folder; ``record["_path"]`` is ``path``."""
+
+    def make() -> dict:
+        return make_record("geom", info, *compute(), library_versions())
+
+    record, cached = RecordCache("geom", info["key"]).find_or_compute(section, wanted, make, redo=redo)
     if cached:  # measured on a folder with the same weights, config and tokenizer: name this one
         record["model"] = info
     if write and not (cached and path.is_file() and _names_model(path, info, record)):
