@@ -30,62 +30,59 @@ app = typer.Typer(
 
 FORMATS = ("table", "json", "csv")
 
-# shared options (defaults from the settings dataclasses of analysis.settings) ---------------
-CORPUS = typer.Option(
-    "auto",
-    "--corpus",
-    help="auto (the held-out documents of the runs' own data when every model is a run of one "
-    "prepared corpus, else builtin), builtin (English text shipped by gensim) or a "
-    ".txt/.jsonl/.parquet file or folder.",
-)
-TOKENS = typer.Option(
-    GeomSettings.n_tokens,
-    "--tokens",
-    "-n",
-    help="Tokens in the corpus sample (the same sample for every checkpoint).",
-)
-BATCH = typer.Option(GeomSettings.batch_size, "--batch-size", "-b", help="Sequences per forward pass.")
-SEQ_LEN = typer.Option(
-    GeomSettings.seq_len, "--seq-len", help="Tokens per sequence [default: 512, capped by the model]."
-)
-DEVICE = typer.Option(
-    GeomSettings.device, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available]."
-)
-DTYPE = typer.Option(
-    GeomSettings.dtype,
-    "--dtype",
-    help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.",
-)
-EXCLUDE_FIRST = typer.Option(
-    GeomSettings.exclude_first,
-    "--exclude-first",
-    help="Report metrics without the first position of each sequence (BOS / attention sink).",
-)
-SEED = typer.Option(
-    GeomSettings.seed, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator."
-)
-OUT = typer.Option(
-    None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
-)
 ONE_OUT = typer.Option(None, "--out", "-o", help="Record path (.json).")
 FORMAT = typer.Option("table", "--format", "-f", help="table, json (the full records) or csv.")
-REDO = typer.Option(False, "--redo", help="Recompute even when an equal record exists.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
 
-SHARED = {  # parameter: (type, option): what every measuring command takes, in --help order
-    "corpus": (str, CORPUS),
-    "tokens": (int, TOKENS),
-    "batch_size": (int, BATCH),
-    "seq_len": (int | None, SEQ_LEN),
-    "device": (str | None, DEVICE),
-    "dtype": (str | None, DTYPE),
-    "exclude_first": (bool, EXCLUDE_FIRST),
-    "seed": (int, SEED),
-    "out": (Path | None, OUT),
-    "fmt": (str, FORMAT),
-    "redo": (bool, REDO),
-    "progress": (bool, PROGRESS),
-}
+
+def _shared(
+    *,
+    corpus: str = typer.Option(
+        "auto",
+        "--corpus",
+        help="auto (the held-out documents of the runs' own data when every model is a run of one "
+        "prepared corpus, else builtin), builtin (English text shipped by gensim) or a "
+        ".txt/.jsonl/.parquet file or folder.",
+    ),
+    tokens: int = typer.Option(
+        GeomSettings.n_tokens,
+        "--tokens",
+        "-n",
+        help="Tokens in the corpus sample (the same sample for every checkpoint).",
+    ),
+    batch_size: int = typer.Option(
+        GeomSettings.batch_size, "--batch-size", "-b", help="Sequences per forward pass."
+    ),
+    seq_len: int | None = typer.Option(
+        GeomSettings.seq_len, "--seq-len", help="Tokens per sequence [default: 512, capped by the model]."
+    ),
+    device: str | None = typer.Option(
+        GeomSettings.device, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available]."
+    ),
+    dtype: str | None = typer.Option(
+        GeomSettings.dtype,
+        "--dtype",
+        help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.",
+    ),
+    exclude_first: bool = typer.Option(
+        GeomSettings.exclude_first,
+        "--exclude-first",
+        help="Report metrics without the first position of each sequence (BOS / attention sink).",
+    ),
+    seed: int = typer.Option(
+        GeomSettings.seed, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
+    ),
+    fmt: str = FORMAT,
+    redo: bool = typer.Option(False, "--redo", help="Recompute even when an equal record exists."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+):
+    """The options every measuring command takes, in --help order (defaults from the settings
+    dataclasses of :mod:`analysis.settings`)."""
+
+
+SHARED = inspect.signature(_shared, eval_str=True).parameters
 
 
 def shared_options(*, leave_out: tuple[str, ...] = (), **replaced):
@@ -97,11 +94,7 @@ def shared_options(*, leave_out: tuple[str, ...] = (), **replaced):
         signature = inspect.signature(command, eval_str=True)
         own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         added = [
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=replaced.get(name, option), annotation=kind
-            )
-            for name, (kind, option) in SHARED.items()
-            if name not in leave_out
+            p.replace(default=replaced.get(n, p.default)) for n, p in SHARED.items() if n not in leave_out
         ]
         command.__signature__ = signature.replace(parameters=own + added)
         return command

@@ -41,7 +41,7 @@ from nitp.geometry import ALPHA_REQ_FIT_RANGE, alpha_req, curvature, dataset_ent
 from nitp.streaming import MeanValue
 
 from .layers import _num
-from .settings import DEFAULT_ENTROPY_SEQUENCES, DEFAULT_ID_TOKENS
+from .settings import GeomSettings
 
 DEPTH_VERSION = 1  # part of the record settings: records made before these measures are redone
 
@@ -76,8 +76,8 @@ class DepthMeasures:
         self,
         layers: list[int],
         n_reported: int,
-        id_tokens: int = DEFAULT_ID_TOKENS,
-        entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
+        id_tokens: int = GeomSettings.id_tokens,
+        entropy_sequences: int = GeomSettings.entropy_sequences,
         exclude_first: bool = False,
         final_norm=None,
         lm_head=None,

@@ -24,7 +24,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -48,19 +47,11 @@ def random_copy(loaded, init_seed: int = 0):
     from nitp.loading import load_config, model_folder
 
     config = load_config(model_folder(loaded.path))
-    with _seeded(init_seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
         model = AutoModel.from_config(config)
     model = model.to(device=loaded.device, dtype=getattr(torch, loaded.dtype)).eval()
     return dataclasses.replace(loaded, model=model, lm_head=None)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def diff_erank(
@@ -72,6 +63,9 @@ def diff_erank(
     Returns ``(settings, scores)``; ``scores["diff_erank"]["layers"]`` holds one dict per layer
     with ``erank_trained``, ``erank_random``, ``diff_erank`` and ``n_sequences``.
     """
+    from nitp.geometry import dataset_erank
+    from nitp.geometry import diff_erank as difference
+
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
 
     s = settings
@@ -89,7 +83,19 @@ def diff_erank(
             )
             _sequence_entropies(model, sample, layer_list, s.batch_size, entropies[name], where)
             advance()
-    rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
+    rows = []
+    for k in layer_list:
+        erank = {name: dataset_erank(entropies[name][k]) for name in entropies}
+        rows.append(
+            {
+                "layer": k,
+                "name": trained.layer_name(k),
+                "erank_trained": erank["trained"],
+                "erank_random": erank["random"],
+                "diff_erank": difference(erank["random"], erank["trained"]),
+                "n_sequences": len(entropies["trained"][k]),
+            }
+        )
     scores = {"diff_erank": {"label": LABEL, "layers": rows}}
     recorded = sample_settings(s, trained, sample, layer_list, init_seed=s.init_seed)
     return recorded, scores
@@ -113,22 +119,6 @@ def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: 
                 for b, s in enumerate(seqs):
                     if len(s) >= 2:
                         out[k].append(normalized_covariance_entropy(states[k][b, : len(s)]))
-
-
-def _layer_row(k: int, name: str, entropies: dict) -> dict:
-    from nitp.geometry import dataset_erank
-    from nitp.geometry import diff_erank as difference
-
-    trained = dataset_erank(entropies["trained"][k])
-    rand = dataset_erank(entropies["random"][k])
-    return {
-        "layer": k,
-        "name": name,
-        "erank_trained": trained,
-        "erank_random": rand,
-        "diff_erank": difference(rand, trained),
-        "n_sequences": len(entropies["trained"][k]),
-    }
 
 
 def diff_erank_record(

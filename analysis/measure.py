@@ -63,32 +63,25 @@ def measure(
     depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
     ``id_tokens`` sampled token states, prompt entropy on the first ``entropy_sequences``
     sequences, dataset entropy, curvature, alpha-ReQ and (``lens``) the logit-lens CE."""
-    from .hidden import (
-        batch_plan,
-        corpus_sample,
-        default_seq_len,
-        iter_hidden_states,
-        load_model,
-        resolve_layers,
-    )
+    from nitp.runs import run_dir_of
+
+    from . import hidden
 
     s = settings
-    loaded = load_model(checkpoint, device=s.device, dtype=s.dtype, lm_head=s.lens)
-    layer_list = resolve_layers(s.layers, loaded.n_layers, where=str(loaded.path))
+    loaded = hidden.load_model(checkpoint, device=s.device, dtype=s.dtype, lm_head=s.lens)
+    layer_list = hidden.resolve_layers(s.layers, loaded.n_layers, where=str(loaded.path))
     refs = []
     if reference is not None:
-        ref = load_model(reference, device=loaded.device, dtype=loaded.dtype)
+        ref = hidden.load_model(reference, device=loaded.device, dtype=loaded.dtype)
         if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
             raise UserError(
                 f"--reference {reference}: its tokenizer differs from {loaded.path}'s, so the token sets differ; "
                 "compare checkpoints of the same run or family"
             )
         refs.append(ref)
-    sample = corpus_sample(
-        loaded.tokenizer, s.corpus, s.n_tokens, default_seq_len(loaded, s.seq_len), s.seed, s.heldout_fraction
-    )
-    lengths = sample.lengths
-    reported = lengths - (1 if s.exclude_first else 0)
+    seq_len = hidden.default_seq_len(loaded, s.seq_len)
+    sample = hidden.corpus_sample(loaded.tokenizer, s.corpus, s.n_tokens, seq_len, s.seed, s.heldout_fraction)
+    reported = sample.lengths - int(s.exclude_first)
     n_reported = int(reported.sum())
     if n_reported <= loaded.hidden_size:
         warnings.warn(
@@ -114,9 +107,9 @@ def measure(
         loaded.lm_head,
         s.seed,
     )
-    n_batches = len(batch_plan(sample, s.batch_size))
+    n_batches = len(hidden.batch_plan(sample, s.batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
-        for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, s.batch_size, refs):
+        for batch, ref_batches in hidden.iter_hidden_states(loaded, sample, stats.layers, s.batch_size, refs):
             ref_states = ref_batches[0].states if ref_batches else None
             stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
             depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
@@ -142,11 +135,9 @@ def measure(
         }
     )
     reported_rows = [r for r in rows if r["layer"] in layer_list]
-    rule = paper_depth_rule(
-        [r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list],
-        loaded.n_layers,
-        _trained_target(loaded.path),
-    )
+    run = run_dir_of(Path(loaded.path))  # the NITP target layer its run was trained with, if any
+    trained = run_target_layer(run) if run is not None else None
+    rule = paper_depth_rule([r for r in reported_rows if r["layer"] >= 0], loaded.n_layers, trained)
     scores = {
         "summary": summary,
         "layers": reported_rows,
@@ -205,12 +196,9 @@ def _progress(enabled: bool, label: str, total: int):
 def record_tag(settings) -> str:
     """The settings part of a record's default file name (a dtype other than float32 included,
     so a bfloat16 record never replaces the float32 one)."""
-    corpus = settings.corpus
-    corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
+    corpus_name = Path(settings.corpus).name  # "builtin" stays itself
     if corpus_name == "val_documents.jsonl" or corpus_name.startswith("nitp-val-"):
-        corpus_name = (
-            "heldout"  # --corpus auto: the run's held-out documents (analysis.hidden.resolve_corpus)
-        )
+        corpus_name = "heldout"  # --corpus auto: the run's held-out documents (hidden.resolve_corpus)
     layers = settings.layers
     layer_part = (
         "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
@@ -349,13 +337,9 @@ def _names_model(path: Path, info: dict, record: dict) -> bool:
         old = read_record(path)
     except UserError:
         return False
-    model = old.get("model", {})
-    return (
-        model.get("path") == info["path"]
-        and model.get("key") == info["key"]
-        and old.get("created") == record.get("created")
-        and old.get("settings") == record.get("settings")
-    )
+    model, same = old.get("model", {}), ("created", "settings")
+    mine = (info["path"], info["key"], *(record.get(k) for k in same))
+    return (model.get("path"), model.get("key"), *(old.get(k) for k in same)) == mine
 
 
 def geom_records(
@@ -402,14 +386,6 @@ def trajectory(
         records.append(geom_record(ck, settings, reference=prev if stability else None, **options))
         prev = ck
     return records
-
-
-def _trained_target(checkpoint) -> int | None:
-    """The NITP target layer the checkpoint's run was trained with (None for NTP or plain models)."""
-    from nitp.runs import run_dir_of
-
-    run = run_dir_of(Path(checkpoint))
-    return run_target_layer(run) if run is not None else None
 
 
 def run_target_layer(run_dir) -> int | None:

@@ -106,17 +106,6 @@ def _json_matrix(a: np.ndarray) -> list:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
 
 
-def pair_state_bytes(dims_a: list[int], dims_b: list[int] | None, self_maps: bool) -> int:
-    """Bytes of the float64 pair states: ``8 d_i d_j`` (+ vectors) per accumulated pair."""
-    pairs = []
-    if dims_b is not None:
-        pairs += [(a, b) for a in dims_a for b in dims_b]
-    for dims in (dims_a, dims_b) if (self_maps or dims_b is None) else ():
-        if dims is not None:
-            pairs += [(d, d) for d in dims] + [(d, d) for i, d in enumerate(dims) for _ in dims[i + 1 :]]
-    return int(sum(8 * (a * b + 2 * (a + b)) for a, b in pairs))
-
-
 def compare(
     model_a, model_b=None, settings: CompareSettings = CompareSettings(), *, progress: bool = True
 ) -> tuple[dict, dict]:
@@ -174,9 +163,13 @@ def compare(
 
 
 def _check_memory(a, b, layers_a, layers_b, self_maps: bool) -> None:
-    need = pair_state_bytes(
-        [a.hidden_size] * len(layers_a), [b.hidden_size] * len(layers_b) if b is not None else None, self_maps
-    )
+    """``UserError`` when the float64 pair states, ``8 (d_i d_j + 2 (d_i + d_j))`` bytes per
+    accumulated pair, need more than :data:`MEMORY_SHARE` of the memory available."""
+    sides = [(m.hidden_size, len(layers)) for m, layers in ((a, layers_a), (b, layers_b)) if m is not None]
+    pairs = [(d, d, n * (n + 1) // 2) for d, n in sides] if self_maps or b is None else []
+    if b is not None:
+        pairs.append((a.hidden_size, b.hidden_size, len(layers_a) * len(layers_b)))
+    need = sum(8 * n * (x * y + 2 * (x + y)) for x, y, n in pairs)
     free = available_memory("cpu" if not str(a.device).startswith("cuda") else a.device)
     if free is not None and need > MEMORY_SHARE * free:
         raise UserError(
@@ -217,14 +210,6 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
-def compare_tag(info_b: dict | None, settings: CompareSettings) -> str:
-    """The settings part of a compare record's default file name (names B and its weights)."""
-    other = (
-        "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
-    )
-    return f"compare-{other}-{record_tag(settings)}"
-
-
 def compare_record(
     model_a,
     model_b=None,
@@ -240,7 +225,12 @@ def compare_record(
     settings = checked_settings(settings, (model_a, model_b), out)
     info_a = model_identity(resolve_checkpoint(model_a))
     info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
-    path = Path(out) if out else default_record_path(info_a, "geom", compare_tag(info_b, settings))
+    # the settings part of the default file name names B and its weights
+    other = (
+        "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
+    )
+    tag = f"compare-{other}-{record_tag(settings)}"
+    path = Path(out) if out else default_record_path(info_a, "geom", tag)
     check_output(path)
     wanted = geom_cache_key(settings, model_a=model_a, model_b=model_b)
 
