@@ -314,11 +314,8 @@ def compare(
     }
     for name in (m for m in MAPS if m in sim):
         _emit(render(matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
-    _emit(
-        render(
-            diagonal_rows(record), "table", f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
-        )
-    )
+    title = f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
+    _emit(render(diagonal_rows(record), "table", title))
     _emit(f"{sim['n_tokens']:,} tokens; record: {record['_path']}")
 
 

@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -128,9 +129,9 @@ class DepthMeasures:
                 continue
             a.pooled.append(x.mean(0).cpu().numpy())
             if x.shape[0] >= 3:
-                _add_defined(a.curv, _or_nan(curvature, x))
+                _add_defined(a.curv, curvature, x)
             if self.n_sequences + b < self.entropy_sequences and x.shape[0] >= 2:
-                _add_defined(a.prompt, _or_nan(prompt_entropy, x))
+                _add_defined(a.prompt, prompt_entropy, x)
 
     def _lens(self, a: DepthAccumulators, h, k: int, labels) -> None:
         from nitp.geometry import logit_lens_ce
@@ -144,18 +145,18 @@ class DepthMeasures:
     def layer_result(self, k: int, eigenvalues=None) -> dict:
         """The depth columns of layer k (``eigenvalues``: its covariance spectrum, for alpha-ReQ)."""
         a = self.acc[k]
-        out: dict = {}
-        out.update(self._intrinsic(a))
-        out.update(_alpha(eigenvalues))
-        out["prompt_entropy"] = _mean(a.prompt)
-        out["prompt_entropy_sequences"] = a.prompt.count
-        pooled = np.stack(a.pooled) if len(a.pooled) >= 2 else None
-        out["dataset_entropy"] = _num(_or_nan(dataset_entropy, pooled)) if pooled is not None else None
-        out["dataset_entropy_sequences"] = len(a.pooled)
-        out["curvature"] = _mean(a.curv)
-        out["logit_lens_ce"] = a.lens_nll / a.lens_tokens if a.lens_tokens else None
-        out["logit_lens_tokens"] = a.lens_tokens
-        return out
+        pooled = _or_nan(dataset_entropy, np.stack(a.pooled)) if len(a.pooled) >= 2 else None
+        return {
+            **self._intrinsic(a),
+            **_alpha(eigenvalues),
+            "prompt_entropy": _num(a.prompt.mean()),
+            "prompt_entropy_sequences": a.prompt.count,
+            "dataset_entropy": _num(pooled),
+            "dataset_entropy_sequences": len(a.pooled),
+            "curvature": _num(a.curv.mean()),
+            "logit_lens_ce": a.lens_nll / a.lens_tokens if a.lens_tokens else None,
+            "logit_lens_tokens": a.lens_tokens,
+        }
 
     def _intrinsic(self, a: DepthAccumulators) -> dict:
         from nitp.intrinsic import intrinsic_dimension
@@ -188,13 +189,11 @@ class DepthMeasures:
 
 
 def _alpha(eigenvalues) -> dict:
-    if eigenvalues is None:
-        return {"alpha_req": None, "alpha_req_fit_range": None}
-    try:
-        fit = alpha_req(eigenvalues)
-    except UserError:  # too few positive eigenvalues in the fit range
-        return {"alpha_req": None, "alpha_req_fit_range": None}
-    return {"alpha_req": _num(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
+    with contextlib.suppress(UserError):  # too few positive eigenvalues in the fit range
+        if eigenvalues is not None:
+            fit = alpha_req(eigenvalues)
+            return {"alpha_req": _num(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
+    return {"alpha_req": None, "alpha_req_fit_range": None}
 
 
 def _or_nan(fn, x) -> float:
@@ -204,11 +203,7 @@ def _or_nan(fn, x) -> float:
         return math.nan
 
 
-def _add_defined(values: MeanValue, v: float) -> None:
-    """Add ``v`` to a running mean unless it is undefined (NaN): a mean of the defined values."""
-    if not math.isnan(v):
+def _add_defined(values: MeanValue, fn, x) -> None:
+    """Add ``fn(x)`` to a running mean unless it is undefined (NaN): a mean of the defined values."""
+    if not math.isnan(v := _or_nan(fn, x)):
         values.update([v])
-
-
-def _mean(values: MeanValue) -> float | None:
-    return _num(values.mean()) if values.count else None

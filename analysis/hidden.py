@@ -130,17 +130,15 @@ class LayerCapture:
     """
 
     def __init__(self, loaded: LoadedModel, layers: list[int]):
-        self.loaded = loaded
-        self.layers = layers
-        self.states: dict[int, object] = {}
-        self._stack = contextlib.ExitStack()
+        self.loaded, self.layers = loaded, layers
+        self._hooks = layers_lib.capture(loaded.model, layers)
 
     def __enter__(self) -> LayerCapture:
-        self.states = self._stack.enter_context(layers_lib.capture(self.loaded.model, self.layers))
+        self.states = self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stack.close()
+        self._hooks.__exit__(*exc)
 
     def run(self, input_ids, attention_mask) -> dict[int, object]:
         """One forward pass; returns ``{layer: [B, T, d]}`` for the requested layers."""
@@ -346,12 +344,9 @@ def _quiet_tokenizer():
 
 def default_seq_len(loaded: LoadedModel, wanted: int | None = None) -> int:
     """``wanted`` or 512, capped by the model's positions and the tokenizer's maximum length."""
-    cap = [512 if wanted is None else wanted]
-    if loaded.max_positions:
-        cap.append(int(loaded.max_positions))
-    tok_max = getattr(loaded.tokenizer, "model_max_length", None)
-    if tok_max and tok_max < 1e9:
-        cap.append(int(tok_max))
+    tok_max = getattr(loaded.tokenizer, "model_max_length", None)  # ~1e30 where the tokenizer sets none
+    limits = (loaded.max_positions, tok_max if tok_max and tok_max < 1e9 else None)
+    cap = [512 if wanted is None else wanted] + [int(v) for v in limits if v]
     if wanted is not None and wanted > min(cap):
         raise UserError(f"--seq-len {wanted} exceeds what {loaded.path.name} accepts ({min(cap)} positions)")
     return min(cap)

@@ -180,28 +180,23 @@ class LayerAccumulators:
         return self.moments_rest if exclude_first else self.moments_rest.copy().merge(self.moments_first)
 
     def norms(self, exclude_first: bool) -> NormStats:
-        if exclude_first:
-            return self.norms_rest
-        return NormStats().merge(self.norms_rest).merge(self.norms_first)
+        return (
+            self.norms_rest if exclude_first else NormStats().merge(self.norms_rest).merge(self.norms_first)
+        )
 
 
-@dataclass
 class _Rows:
-    """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position)."""
+    """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position):
+    ``x`` [n, d], their ``norms`` [n], ``units`` [n, d] (zero rows stay zero) and ``finite`` (no
+    NaN / inf anywhere: a non-finite coordinate makes its row's norm non-finite)."""
 
-    x: object  # [n, d] float64
-    norms: object  # [n]
-    units: object  # [n, d]; zero rows stay zero
-    finite: bool  # no NaN / inf anywhere (a non-finite coordinate makes its row's norm non-finite)
+    def __init__(self, h, mask):
+        import torch
 
-
-def _rows(h, mask):
-    import torch
-
-    x = h[mask].to(torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    finite = bool(torch.isfinite(norms.sum()))
-    return _Rows(x, norms, x / norms.clamp_min(1e-300)[:, None], finite)
+        self.x = h[mask].to(torch.float64)
+        self.norms = torch.linalg.vector_norm(self.x, dim=1)
+        self.finite = bool(torch.isfinite(self.norms.sum()))
+        self.units = self.x / self.norms.clamp_min(1e-300)[:, None]
 
 
 class LayerStatistics:
@@ -262,18 +257,16 @@ class LayerStatistics:
         # pair (t, t+1): both real (then they are rows r and r+1), t reported
         nxt_real = torch.zeros_like(mask)
         nxt_real[:, :-1] = mask[:, 1:]
-        src_ok = nxt_real[mask] & (rest if self.exclude_first else torch.ones_like(rest))
-        src_idx = torch.nonzero(src_ok).squeeze(1)
-        tgt_idx = src_idx + 1
         chosen = rest if self.exclude_first else torch.ones_like(rest)
+        src_idx = torch.nonzero(nxt_real[mask] & chosen).squeeze(1)
         if heldout and not self.ridge_solved:
             self._solve_ridge()
-        last = _rows(states[-1], mask)
+        last = _Rows(states[-1], mask)
         src = last.x[src_idx]
         if not heldout and last.finite:
             self.fit_source.update(src)
         for k in self.layers:  # ascending, -1 last: an error names the first broken layer
-            r = last if k == -1 else _rows(states[k], mask)
+            r = last if k == -1 else _Rows(states[k], mask)
             if not r.finite:
                 check_finite(r.x, self.where, k)  # raises, naming the first broken layer
             a = self.acc[k]
@@ -293,7 +286,7 @@ class LayerStatistics:
             a.temporal.update((r.units[:-1] * r.units[1:]).sum(1)[src_idx])
             if k != -1:
                 a.raw_cos.update((last.units[:-1] * r.units[1:]).sum(1)[src_idx])
-                nxt = r.x[tgt_idx]
+                nxt = r.x[src_idx + 1]
                 if heldout:
                     self._score(a, src, nxt)
                 else:
@@ -332,8 +325,7 @@ class LayerStatistics:
         if a.ridge is None or src.shape[0] == 0:
             return
         pred = torch.addmm(a.ridge["mean_b"], src - a.ridge["mean_a"], a.ridge["W"])
-        diff = target - pred
-        a.score_sse += float(torch.linalg.vector_norm(diff) ** 2)
+        a.score_sse += float(torch.linalg.vector_norm(target - pred) ** 2)
         a.score_target.update(target)
         norms = torch.linalg.vector_norm(pred, dim=1) * torch.linalg.vector_norm(target, dim=1)
         a.score_cos.update((pred * target).sum(1) / norms.clamp_min(1e-300))
@@ -412,6 +404,7 @@ def _core_metrics(a: LayerAccumulators, exclude_first: bool, spectrum: bool) -> 
 
 MASSIVE_DIM_SHARE = 0.05  # a dimension holding this share of the variance or more dominates the spectrum
 MAX_MASSIVE_DIMS = 8
+MASSIVE_DIMS_NUMBERS = ("massive_dims_variance_share", "effective_rank_covariance_without_massive_dims")
 
 
 def massive_dims_metrics(moments: Moments) -> dict:
@@ -427,14 +420,11 @@ def massive_dims_metrics(moments: Moments) -> dict:
     """
     import torch
 
-    empty = {"massive_dims": [], "massive_dims_variance_share": None}
-    if moments.count < 2:
-        return {**empty, "effective_rank_covariance_without_massive_dims": None}
-    cov = moments.m2 / moments.count
-    var = cov.diagonal()
-    total = float(var.sum())
+    cov = moments.m2 / moments.count if moments.count >= 2 else None
+    total = float(cov.diagonal().sum()) if cov is not None else 0.0
     if total <= 0:
-        return {**empty, "effective_rank_covariance_without_massive_dims": None}
+        return {"massive_dims": [], **dict.fromkeys(MASSIVE_DIMS_NUMBERS)}
+    var = cov.diagonal()
     share = var / total
     order = torch.argsort(share, descending=True)[:MAX_MASSIVE_DIMS]
     dims = [int(j) for j in order if float(share[j]) >= MASSIVE_DIM_SHARE]

@@ -347,18 +347,14 @@ def geom_records(
 ) -> list[dict]:
     """``geom_record`` for several checkpoints; ``out`` is then a folder (one file each);
     ``options``: ``geom_record``'s (``reference``, ``redo``, ``progress``, ``write``)."""
-    records = []
-    for ck in checkpoints:
-        target = None
-        if out is not None:
-            if len(checkpoints) == 1 and str(out).endswith(".json"):
-                target = Path(out)
-            else:
-                info = checkpoint_info(ck)
-                stem = f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}"
-                target = Path(out) / f"{stem}.json"
-        records.append(geom_record(ck, settings, out=target, **options))
-    return records
+
+    def target(ck) -> Path | None:
+        if out is None or (len(checkpoints) == 1 and str(out).endswith(".json")):
+            return None if out is None else Path(out)
+        info = checkpoint_info(ck)
+        return Path(out) / f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}.json"
+
+    return [geom_record(ck, settings, out=target(ck), **options) for ck in checkpoints]
 
 
 def trajectory(
@@ -381,11 +377,8 @@ def trajectory(
         raise UserError(f"{run_dir}: run directory has no complete checkpoint yet")
     for ck in ckpts:  # a checkpoint without its tokenizer (or with broken files) fails before any work
         check_model_files(ck)
-    records, prev = [], None
-    for ck in ckpts:
-        records.append(geom_record(ck, settings, reference=prev if stability else None, **options))
-        prev = ck
-    return records
+    previous = [None, *ckpts[:-1]] if stability else [None] * len(ckpts)
+    return [geom_record(ck, settings, reference=prev, **options) for ck, prev in zip(ckpts, previous)]
 
 
 def run_target_layer(run_dir) -> int | None:

@@ -186,6 +186,15 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
 
     pad = a.tokenizer.pad_token_id
     pad = 0 if pad is None else int(pad)
+
+    def real_rows(cap, ids, attn, keep) -> list:
+        model, device = cap.loaded, cap.loaded.device
+        states = cap.run(ids.to(device), attn.to(device))
+        rows = [states[k][keep.to(device)] for k in cap.layers]
+        for k, r in zip(cap.layers, rows):
+            check_finite(r, str(model.path), k)
+        return rows
+
     with contextlib.ExitStack() as stack:
         cap_a = stack.enter_context(LayerCapture(a, layers_a))
         cap_b = stack.enter_context(LayerCapture(b, layers_b)) if b is not None else None
@@ -194,19 +203,11 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
             keep = attn.bool()
             if exclude_first:
                 keep[:, 0] = False
-            states_a = cap_a.run(ids, attn)
-            rows_a = [states_a[k][keep] for k in layers_a]
-            for k, rows in zip(layers_a, rows_a):
-                check_finite(rows, str(a.path), k)
-            rows_b = None
-            if cap_b is not None:
-                states_b = cap_b.run(ids.to(b.device), attn.to(b.device))
-                rows_b = [states_b[k][keep.to(b.device)] for k in layers_b]
-                for k, rows in zip(layers_b, rows_b):
-                    check_finite(rows, str(b.path), k)
+            rows_a = real_rows(cap_a, ids, attn, keep)
+            rows_b = real_rows(cap_b, ids, attn, keep) if cap_b is not None else None
             if rows_a[0].shape[0]:
                 yield rows_a, rows_b
-            del states_a, ids, attn, keep
+            del ids, attn, keep
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
@@ -305,12 +306,10 @@ def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
     fig.tight_layout()
     stem = Path(path).with_suffix("")
     written = []
-    for ext in (".png", ".pdf"):
-        target = stem.with_name(stem.name + ext)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, dpi=130, format=ext[1:])
-        written.append(atomic_write_bytes(target, buf.getvalue()))
+        fig.savefig(buf, dpi=130, format=ext)
+        written.append(atomic_write_bytes(stem.with_name(f"{stem.name}.{ext}"), buf.getvalue()))
     plt.close(fig)
     return written
 

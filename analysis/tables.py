@@ -44,15 +44,11 @@ def label_of(record: dict) -> str:
 
 
 def unique_labels(records: list[dict]) -> list[str]:
+    """Each record's :func:`label_of`, with its weights' hash where two records share one."""
     labels = [label_of(r) for r in records]
-    seen: dict[str, int] = {}
-    out = []
-    for lab, r in zip(labels, records):
-        if labels.count(lab) > 1:
-            seen[lab] = seen.get(lab, 0) + 1
-            lab = f"{lab}#{r['model']['hash'][:6]}"
-        out.append(lab)
-    return out
+    return [
+        f"{lab}#{r['model']['hash'][:6]}" if labels.count(lab) > 1 else lab for lab, r in zip(labels, records)
+    ]
 
 
 def _layer_rows(record: dict) -> dict[int, dict]:
@@ -67,11 +63,8 @@ def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]
         for metric in metrics:
             row: dict[str, Any] = {"layer": k, "metric": metric}
             for lab, rec in zip(labels, records):
-                src = (
-                    rec["scores"]["summary"]
-                    if (k == -1 and metric in rec["scores"]["summary"])
-                    else _layer_rows(rec).get(k, {})
-                )
+                summary = rec["scores"]["summary"]
+                src = summary if k == -1 and metric in summary else _layer_rows(rec).get(k, {})
                 row[lab] = src.get(metric)
             rows.append(row)
     return rows
@@ -80,15 +73,12 @@ def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]
 def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> list[dict]:
     """``layers``: one row per layer; one checkpoint gives every metric, several a column group each."""
     if len(records) == 1:
-        rec = records[0]
-        shown = registry.names(view="geom_layers")
-        metrics = metrics or tuple(m for m in shown if any(m in r for r in rec["scores"]["layers"]))
-        rows = []
-        for r in rec["scores"]["layers"]:
-            row = {"layer": r["layer"], "name": r.get("name", "")}
-            row.update({short_name(m): r.get(m) for m in metrics})
-            rows.append(row)
-        return rows
+        rows = records[0]["scores"]["layers"]
+        metrics = metrics or tuple(m for m in registry.names(view="geom_layers") if any(m in r for r in rows))
+        return [
+            {"layer": r["layer"], "name": r.get("name", ""), **{short_name(m): r.get(m) for m in metrics}}
+            for r in rows
+        ]
     metrics = metrics or registry.names(view="geom_side_by_side")
     labels = unique_labels(records)
     all_layers = sorted({k for rec in records for k in _layer_rows(rec)}, key=lambda k: (k == -1, k))
@@ -104,14 +94,12 @@ def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> l
 
 def layer_rows_long(records: list[dict]) -> list[dict]:
     """CSV form of ``layers``: one row per (checkpoint, layer) with every metric."""
-    labels = unique_labels(records)
-    rows = []
-    for lab, rec in zip(labels, records):
-        for r in rec["scores"]["layers"]:
-            row = {"checkpoint": lab, "step": rec["model"].get("step")}
-            row.update({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
-            rows.append(row)
-    return rows
+    return [
+        {"checkpoint": lab, "step": rec["model"].get("step")}
+        | {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        for lab, rec in zip(unique_labels(records), records)
+        for r in rec["scores"]["layers"]
+    ]
 
 
 def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]:
