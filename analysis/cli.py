@@ -230,17 +230,10 @@ def layers(
     from .tables import layer_rows, layer_rows_long, render
 
     fmt = _check_format(shared["fmt"])
-    records = _measure(
-        checkpoints,
-        shared,
-        reference=reference,
-        layers=_layers_arg(layers_, None),
-        ridge=ridge,
-        spectrum=spectrum,
-        id_tokens=id_tokens,
-        entropy_sequences=entropy_sequences,
-        lens=lens,
+    own = dict(
+        ridge=ridge, spectrum=spectrum, id_tokens=id_tokens, entropy_sequences=entropy_sequences, lens=lens
     )
+    records = _measure(checkpoints, shared, reference=reference, layers=_layers_arg(layers_, None), **own)
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else None
     rows = layer_rows_long(records) if fmt == "csv" else layer_rows(records, chosen)
     _emit(render(rows, fmt, "per-layer statistics", records))

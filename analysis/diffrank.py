@@ -108,11 +108,10 @@ def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: 
 
     from .hidden import LayerCapture, check_finite, padded
 
-    pad = model.tokenizer.pad_token_id
     with LayerCapture(model, layers) as cap:
         for lo in range(0, len(sample.sequences), batch_size):
             seqs = sample.sequences[lo : lo + batch_size]
-            ids, attn = padded(seqs, 0 if pad is None else int(pad), model.device)
+            ids, attn = padded(seqs, model.tokenizer.pad_token_id, model.device)
             states = cap.run(ids, attn)
             for k in layers:
                 check_finite(states[k][attn.bool()], where, k)

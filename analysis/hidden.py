@@ -375,13 +375,14 @@ class Batch:
     heldout: bool  # all sequences of the batch are held out (or none is)
 
 
-def padded(sequences: list[np.ndarray], pad_id: int, device):
-    """Right-padded ``input_ids`` and ``attention_mask`` tensors of a list of sequences."""
+def padded(sequences: list[np.ndarray], pad_id: int | None, device):
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors of a list of sequences (``pad_id``
+    None: 0, for tokenizers without a padding token; padded positions are masked anyway)."""
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
     rows = [torch.as_tensor(s, dtype=torch.int64) for s in sequences]
-    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id or 0)
     mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
     return ids.to(device), mask.to(device)
 
@@ -406,8 +407,6 @@ def iter_hidden_states(
     """
     import torch
 
-    pad_id = loaded.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else int(pad_id)
     captures = [LayerCapture(loaded, layers)] + [
         LayerCapture(m, [k for k in layers if k <= m.n_layers]) for m in extra or []
     ]
@@ -419,6 +418,6 @@ def iter_hidden_states(
             ids = torch.arange(lo, hi, dtype=torch.int64)
             out = []
             for cap in captures:
-                input_ids, attn = padded(seqs, pad_id, cap.loaded.device)
+                input_ids, attn = padded(seqs, loaded.tokenizer.pad_token_id, cap.loaded.device)
                 out.append(Batch(cap.run(input_ids, attn), attn.bool(), ids, held))
             yield out[0], out[1:]

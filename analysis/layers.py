@@ -366,9 +366,7 @@ class LayerStatistics:
 
         if self.pairs is None or not self.pair_rows:
             return None
-        i, j = self.pairs
-        a = torch.stack([self.pair_rows[int(v)] for v in i])
-        b = torch.stack([self.pair_rows[int(v)] for v in j])
+        a, b = (torch.stack([self.pair_rows[int(v)] for v in side]) for side in self.pairs)
         return float(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300).mean())
 
 

@@ -146,19 +146,10 @@ def measure(
         "paper_measures": PAPER_MEASURES,
         "definitions": record_definitions(),
     }
-    recorded = sample_settings(
-        s,
-        loaded,
-        sample,
-        layer_list,
-        exclude_first=s.exclude_first,
-        ridge=s.ridge,
-        heldout_fraction=s.heldout_fraction,
-        n_pairs=s.n_pairs,
-        pairs_across=PAIRS_ACROSS,
-        reference=checkpoint_info(refs[0].path) if refs else None,
-        depth=depth.settings(),
-    )
+    own = {k: getattr(s, k) for k in ("exclude_first", "ridge", "heldout_fraction", "n_pairs")}
+    reference_info = checkpoint_info(refs[0].path) if refs else None
+    own.update(pairs_across=PAIRS_ACROSS, reference=reference_info, depth=depth.settings())
+    recorded = sample_settings(s, loaded, sample, layer_list, **own)
     return checkpoint_info(loaded.path), recorded, scores
 
 

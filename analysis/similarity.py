@@ -55,7 +55,6 @@ class SimilarityStreams:
     def __init__(self, layers_a: list[int], layers_b: list[int] | None, self_maps: bool = True):
         from nitp.streaming import HSICMoments
 
-        self.layers_a, self.layers_b = layers_a, layers_b
         self.self_maps = self_maps or layers_b is None
         sizes = [len(layers) for layers in (layers_a, layers_b) if layers is not None]
         self.diagonal = [[HSICMoments() for _ in range(n)] for n in sizes]  # per model: (h_i, h_i)
@@ -94,12 +93,10 @@ class SimilarityStreams:
 def _square(diagonal: list, upper: dict) -> list:
     """The full symmetric grid of pair states from the diagonal and the upper triangle."""
     n = len(diagonal)
-    grid = [[None] * n for _ in range(n)]
-    for i in range(n):
-        grid[i][i] = diagonal[i]
-    for (i, j), s in upper.items():
-        grid[i][j], grid[j][i] = s, s.transposed()
-    return grid
+    return [
+        [diagonal[i] if i == j else upper[i, j] if i < j else upper[j, i].transposed() for j in range(n)]
+        for i in range(n)
+    ]
 
 
 def _json_matrix(a: np.ndarray) -> list:
@@ -184,9 +181,6 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
 
     from .hidden import LayerCapture, check_finite, padded
 
-    pad = a.tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
-
     def real_rows(cap, ids, attn, keep) -> list:
         model, device = cap.loaded, cap.loaded.device
         states = cap.run(ids.to(device), attn.to(device))
@@ -199,7 +193,7 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
         cap_a = stack.enter_context(LayerCapture(a, layers_a))
         cap_b = stack.enter_context(LayerCapture(b, layers_b)) if b is not None else None
         for lo in range(0, len(sample.sequences), batch_size):
-            ids, attn = padded(sample.sequences[lo : lo + batch_size], pad, a.device)
+            ids, attn = padded(sample.sequences[lo : lo + batch_size], a.tokenizer.pad_token_id, a.device)
             keep = attn.bool()
             if exclude_first:
                 keep[:, 0] = False

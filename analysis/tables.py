@@ -17,6 +17,12 @@ from typing import Any
 from nitp import metrics_registry as registry
 
 COUNTS = {"n_tokens": "tokens"}  # columns that are counts, not metrics (nitp.metrics_registry)
+# the trajectory's columns of the run's NITP target layer: header suffix -> record field
+TARGET_COLUMNS = {
+    "erank_cov": "effective_rank_covariance",
+    "ridge_R2": "ridge_r2",
+    "CKA_prev": "cka_vs_reference",
+}
 
 
 def rank_metrics() -> tuple[str, ...]:
@@ -113,13 +119,7 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
         row["CKA_prev"] = last.get("cka_vs_reference")
         if target_layer is not None:
             t = _layer_rows(rec).get(target_layer, {})
-            row.update(
-                {
-                    f"L{target_layer}_erank_cov": t.get("effective_rank_covariance"),
-                    f"L{target_layer}_ridge_R2": t.get("ridge_r2"),
-                    f"L{target_layer}_CKA_prev": t.get("cka_vs_reference"),
-                }
-            )
+            row.update({f"L{target_layer}_{col}": t.get(key) for col, key in TARGET_COLUMNS.items()})
         rows.append(row)
     return rows
 
@@ -170,12 +170,12 @@ def _fmt(v: Any) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    """CSV of ``rows``: one column per key (first-seen order); missing and None cells empty."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")  # csv writes None as ""
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    writer.writerows(rows)
     return buf.getvalue()
 
 
