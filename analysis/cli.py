@@ -143,17 +143,6 @@ def _measure(checkpoints, shared: dict, reference=None, **fields) -> list[dict]:
     return geom_records(list(checkpoints), settings, reference=reference, **_run_options(shared))
 
 
-def _metric_table(metrics, title: str, checkpoints, layers: str | None, shared: dict) -> None:
-    """Measure (or reuse the records of) each checkpoint and print ``metrics`` side by side."""
-    from .tables import metric_rows, render
-
-    fmt = _check_format(shared["fmt"])
-    lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, shared, layers=lay, **ANCHORS_ONLY)
-    shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
-    _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
-
-
 def _layers_arg(layers: str | None, default):
     from .settings import parse_layers
 
@@ -161,8 +150,8 @@ def _layers_arg(layers: str | None, default):
 
 
 def _metric_command(name: str, title: str, doc: str, checkpoints_help: str, layers_help: str) -> None:
-    """``rank`` / ``anisotropy``: the metrics of :mod:`analysis.tables`' ``<name>_metrics`` at the
-    layers asked for, one column per checkpoint."""
+    """``rank`` / ``anisotropy``: measure (or reuse the records of) each checkpoint and print the
+    metrics of :mod:`analysis.tables`' ``<name>_metrics`` at the layers asked for side by side."""
 
     @app.command(name, help=doc)
     @shared_options()
@@ -173,7 +162,12 @@ def _metric_command(name: str, title: str, doc: str, checkpoints_help: str, laye
     ):
         from . import tables
 
-        _metric_table(getattr(tables, f"{name}_metrics")(), title, checkpoints, layers, shared)
+        fmt = _check_format(shared["fmt"])
+        lay = _layers_arg(layers, [-1])
+        records = _measure(checkpoints, shared, layers=lay, **ANCHORS_ONLY)
+        shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
+        rows = tables.metric_rows(records, getattr(tables, f"{name}_metrics")(), shown)
+        _emit(tables.render(rows, fmt, title, records))
 
 
 _metric_command(

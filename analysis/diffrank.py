@@ -137,11 +137,8 @@ def diff_erank_record(
     path = Path(out) if out else default_record_path(info, "geom", tag)
     check_output(path)
     wanted = geom_cache_key(settings, checkpoint=ckpt)
-    return cached_record(
-        "diff-erank",
-        info,
-        path,
-        wanted,
-        lambda: diff_erank(checkpoint, settings, progress=progress),
-        redo=redo,
-    )
+
+    def compute() -> tuple[dict, dict]:
+        return diff_erank(checkpoint, settings, progress=progress)
+
+    return cached_record("diff-erank", info, path, wanted, compute, redo=redo)

@@ -238,15 +238,11 @@ def geom_record(
     # code versions: records of older measuring code are measured again
     versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION, **spectral_version()}
     wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
-    return cached_record(
-        "layers",
-        info,
-        path,
-        wanted,
-        lambda: measure(ckpt, settings, reference=reference, progress=progress)[1:],
-        redo=redo,
-        write=write,
-    )
+
+    def compute() -> tuple[dict, dict]:
+        return measure(ckpt, settings, reference=reference, progress=progress)[1:]
+
+    return cached_record("layers", info, path, wanted, compute, redo=redo, write=write)
 
 
 def checked_settings(settings, models, out):

@@ -135,21 +135,18 @@ def flops_rows(report: dict) -> list[dict]:
         "lm_head": b["lm_head"],
         "total (NTP)": b["total"],
         "NITP extra (72 d^2 + 18 d)": report["nitp_extra_flops_per_token"],
+        "NITP overhead (extra / total)": report["nitp_overhead"],
     }
-    paper_of = {**paper, "total (NTP)": paper["total"], "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"]}
-    rows = [
+    paper_of = {
+        **paper,
+        "total (NTP)": paper["total"],
+        "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"],
+        "NITP overhead (extra / total)": paper["nitp_overhead"],
+    }
+    return [
         {"component": k, "paper_closed_form": paper_of[k], "exact": v, "exact_minus_paper": v - paper_of[k]}
         for k, v in exact.items()
     ]
-    rows.append(
-        {
-            "component": "NITP overhead (extra / total)",
-            "paper_closed_form": paper["nitp_overhead"],
-            "exact": report["nitp_overhead"],
-            "exact_minus_paper": report["nitp_overhead"] - paper["nitp_overhead"],
-        }
-    )
-    return rows
 
 
 # ----------------------------------------------------------------------------- rendering
