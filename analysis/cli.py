@@ -270,7 +270,7 @@ def compare(
     **shared,
 ):
     """Layer i of A x layer j of B: debiased linear CKA, linear CKA, orthogonal Procrustes distance (one pass, same tokens)."""
-    from .similarity import MAPS, compare_record, diagonal_rows, matrix_rows, plot_similarity, similarity_rows
+    from . import similarity
     from .tables import render, unique_labels
 
     fmt = _check_format(shared["fmt"])
@@ -284,25 +284,21 @@ def compare(
     settings = _settings(
         CompareSettings, shared, models, layers=_layers_arg(layers_, None), self_maps=self_maps
     )
-    record = compare_record(model_a, model_b, settings, **_run_options(shared))
+    record = similarity.compare_record(model_a, model_b, settings, **_run_options(shared))
     sim = record["scores"]["similarity"]
     b = record["settings"].get("model_b")
     labels = unique_labels([record, {"model": b}]) if b is not None else unique_labels([record]) * 2
     if figure is not None:
-        written = plot_similarity(record, figure, labels)
+        written = similarity.plot_similarity(record, figure, labels)
         print(f"figure: {', '.join(map(str, written))}", file=sys.stderr)
     if fmt != "table":
-        _emit(render(similarity_rows(record), fmt, None, [record]))
+        _emit(render(similarity.similarity_rows(record), fmt, None, [record]))
         return
-    names = {
-        "a_vs_b": f"{labels[0]} (rows) x {labels[1]}",
-        "a_vs_a": f"{labels[0]} x itself",
-        "b_vs_b": f"{labels[1]} x itself",
-    }
-    for name in (m for m in MAPS if m in sim):
-        _emit(render(matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
+    names = similarity.map_titles(labels)
+    for name in (m for m in similarity.MAPS if m in sim):
+        _emit(render(similarity.matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
     title = f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
-    _emit(render(diagonal_rows(record), "table", title))
+    _emit(render(similarity.diagonal_rows(record), "table", title))
     _emit(f"{sim['n_tokens']:,} tokens; record: {record['_path']}")
 
 

@@ -106,18 +106,15 @@ def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: 
     states are one ``UserError`` naming ``where`` (the model) and the layer."""
     from nitp.geometry import normalized_covariance_entropy
 
-    from .hidden import LayerCapture, check_finite, padded
+    from .hidden import check_finite, iter_hidden_states
 
-    with LayerCapture(model, layers) as cap:
-        for lo in range(0, len(sample.sequences), batch_size):
-            seqs = sample.sequences[lo : lo + batch_size]
-            ids, attn = padded(seqs, model.tokenizer.pad_token_id, model.device)
-            states = cap.run(ids, attn)
-            for k in layers:
-                check_finite(states[k][attn.bool()], where, k)
-                for b, s in enumerate(seqs):
-                    if len(s) >= 2:
-                        out[k].append(normalized_covariance_entropy(states[k][b, : len(s)]))
+    for batch, _ in iter_hidden_states(model, sample, layers, batch_size):
+        lengths = batch.mask.sum(1).tolist()
+        for k in layers:
+            check_finite(batch.states[k][batch.mask], where, k)
+            for b, n in enumerate(lengths):
+                if n >= 2:
+                    out[k].append(normalized_covariance_entropy(batch.states[k][b, :n]))
 
 
 def diff_erank_record(

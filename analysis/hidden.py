@@ -219,9 +219,8 @@ def resolve_corpus(corpus: str, models, n_tokens: int | None = None) -> str:
     found = set()
     for model in models:
         path = Path(model)
-        run = (
-            path if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir() else run_dir_of(path)
-        )
+        is_run = (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+        run = path if is_run else run_dir_of(path)
         if run is None:
             return "builtin"
         data = read_run_config(run).get("data") or {}
@@ -407,12 +406,11 @@ def iter_hidden_states(
     """
     import torch
 
-    captures = [LayerCapture(loaded, layers)] + [
-        LayerCapture(m, [k for k in layers if k <= m.n_layers]) for m in extra or []
-    ]
     with contextlib.ExitStack() as stack:
-        for c in captures:
-            stack.enter_context(c)
+        models = [loaded, *(extra or [])]  # ``layers`` are the main model's: each model gets those it has
+        captures = [
+            stack.enter_context(LayerCapture(m, [k for k in layers if k <= m.n_layers])) for m in models
+        ]
         for lo, hi, held in batch_plan(sample, batch_size):
             seqs = sample.sequences[lo:hi]
             ids = torch.arange(lo, hi, dtype=torch.int64)

@@ -23,14 +23,8 @@ For every measured layer k (0 = embeddings, k = block k, -1 = last hidden state)
 
 Pairs (t, t+1) are taken inside a sequence, both real tokens; with ``exclude_first`` the pair
 starting at position 0 is left out too. Memory is independent of the number of tokens: the
-largest state is one [d, d] float64 matrix per statistic and layer.
-
-Example
--------
->>> from analysis.measure import geom_record
->>> rec = geom_record("runs/tiny-nitp", n_tokens=20_000)                  # doctest: +SKIP
->>> rec["scores"]["summary"]["effective_rank_covariance"]                   # doctest: +SKIP
->>> rec["scores"]["paper_depth_rule"]["reason"]                             # doctest: +SKIP
+largest state is one [d, d] float64 matrix per statistic and layer. A record of them:
+``analysis.measure.geom_record`` (its module docstring has the example).
 """
 
 from __future__ import annotations

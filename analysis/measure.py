@@ -114,12 +114,12 @@ def measure(
             stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
             depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
             advance()
-    rows = []
-    for k in stats.layers:
-        row = stats.layer_result(k, spectrum=s.spectrum)
-        row.update(depth.layer_result(k, stats.acc[k].moments(s.exclude_first).eigenvalues()))
-        row["name"] = loaded.layer_name(k)
-        rows.append(row)
+    rows = [
+        stats.layer_result(k, spectrum=s.spectrum)
+        | depth.layer_result(k, stats.acc[k].moments(s.exclude_first).eigenvalues())
+        | {"name": loaded.layer_name(k)}
+        for k in stats.layers
+    ]
     last = next(r for r in rows if r["layer"] == -1)
     summary = summary_metrics(last)
     summary.update(

@@ -5,12 +5,9 @@ the library functions take it whole, ``nitp-geom`` reads its option defaults fro
 record cache keys on ``dataclasses.asdict(settings)`` (``analysis.measure.geom_cache_key``), so a
 new field is part of the key by itself.
 
-* :class:`SampleSettings` — what every measurement shares: the token sample (corpus, tokens,
-  sequence length, seed), the layers, and how the model runs (batch, device, dtype);
-* :class:`GeomSettings` — ``nitp-geom layers / rank / anisotropy / trajectory``
-  (``analysis.measure.geom_record``): adds the statistics' own settings;
-* :class:`CompareSettings` — ``nitp-geom compare`` (``analysis.similarity.compare_record``);
-* :class:`DiffErankSettings` — ``nitp-geom diff-erank`` (``analysis.diffrank.diff_erank_record``).
+:class:`GeomSettings` (``geom_record``: layers / rank / anisotropy / trajectory),
+:class:`CompareSettings` (``compare_record``) and :class:`DiffErankSettings` (``diff_erank_record``)
+each add their own fields to :class:`SampleSettings`, what every measurement shares.
 
 A bad value is one ``UserError`` naming the option when the settings are made. This module
 imports no numpy or torch: the CLI's ``--help`` reads the defaults from it.

@@ -136,14 +136,13 @@ def compare(
         for rows_a, rows_b in _paired_rows(a, b, layers_a, layers_b, sample, s.batch_size, s.exclude_first):
             streams.update(rows_a, rows_b)
             advance()
-    n = int(streams.diagonal[0][0].count)
     scores = {
         "similarity": {
             "layers_a": layers_a,
             "layers_b": layers_b if b is not None else layers_a,
             "names_a": [a.layer_name(k) for k in layers_a],
             "names_b": [b.layer_name(k) for k in layers_b] if b is not None else None,
-            "n_tokens": n,
+            "n_tokens": int(streams.diagonal[0][0].count),
             "model_b": checkpoint_info(b.path) if b is not None else None,
             **streams.maps(),
         },
@@ -308,19 +307,24 @@ def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
     return written
 
 
-def _panels(sim: dict, labels: tuple[str, str]) -> list:
+def map_titles(labels) -> dict[str, str]:
+    """Each map's name in titles (rows x columns), from the two models' labels."""
     a, b = labels
-    la, lb = sim["layers_a"], sim["layers_b"]
-    panels = []
+    return {"a_vs_b": f"{a} (rows) x {b}", "a_vs_a": f"{a} x itself", "b_vs_b": f"{b} x itself"}
+
+
+def _panels(sim: dict, labels: tuple[str, str]) -> list:
+    """``(title, matrix, row layers, column layers, colormap, vmax)``: debiased CKA of each map,
+    Procrustes of A x B after its CKA."""
+    titles = map_titles(labels)
+    panels = [
+        (f"debiased CKA: {titles[n]}", sim[n]["cka_debiased"], *_sides(sim, n), "viridis", 1.0)
+        for n in MAPS
+        if n in sim
+    ]
     if "a_vs_b" in sim:
-        panels.append(
-            (f"debiased CKA: {a} (rows) x {b}", sim["a_vs_b"]["cka_debiased"], la, lb, "viridis", 1.0)
-        )
-        panels.append((f"Procrustes d^2: {a} x {b}", sim["a_vs_b"]["procrustes"], la, lb, "magma_r", 2.0))
-    if "a_vs_a" in sim:
-        panels.append((f"debiased CKA: {a} x itself", sim["a_vs_a"]["cka_debiased"], la, la, "viridis", 1.0))
-    if "b_vs_b" in sim:
-        panels.append((f"debiased CKA: {b} x itself", sim["b_vs_b"]["cka_debiased"], lb, lb, "viridis", 1.0))
+        procrustes = f"Procrustes d^2: {labels[0]} x {labels[1]}"
+        panels.insert(1, (procrustes, sim["a_vs_b"]["procrustes"], *_sides(sim, "a_vs_b"), "magma_r", 2.0))
     return panels
 
 
