@@ -25,9 +25,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from nitp.records import check_output, default_record_path, model_identity
 from nitp.runs import resolve_checkpoint
 
 from .measure import _progress, cached_record, checked_settings, geom_cache_key, record_tag, sample_settings
@@ -129,13 +127,10 @@ def diff_erank_record(
     ``record["_path"]`` is where it was written."""
     settings = checked_settings(settings, (checkpoint,), out)
     ckpt = resolve_checkpoint(checkpoint)
-    info = model_identity(ckpt)
     tag = f"diff-erank-init{settings.init_seed}-" + record_tag(settings)
-    path = Path(out) if out else default_record_path(info, "geom", tag)
-    check_output(path)
     wanted = geom_cache_key(settings, checkpoint=ckpt)
 
     def compute() -> tuple[dict, dict]:
         return diff_erank(checkpoint, settings, progress=progress)
 
-    return cached_record("diff-erank", info, path, wanted, compute, redo=redo)
+    return cached_record("diff-erank", ckpt, out, tag, wanted, compute, redo=redo)

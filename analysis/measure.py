@@ -231,10 +231,6 @@ def geom_record(
     """
     ckpt = resolve_checkpoint(checkpoint)
     settings = checked_settings(settings, (ckpt, reference), out if write else None)
-    info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
-    path = Path(out) if out else default_record_path(info, "geom", record_tag(settings))
-    if write:
-        check_output(path)
     # code versions: records of older measuring code are measured again
     versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION, **spectral_version()}
     wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
@@ -242,7 +238,7 @@ def geom_record(
     def compute() -> tuple[dict, dict]:
         return measure(ckpt, settings, reference=reference, progress=progress)[1:]
 
-    return cached_record("layers", info, path, wanted, compute, redo=redo, write=write)
+    return cached_record("layers", ckpt, out, record_tag(settings), wanted, compute, redo=redo, write=write)
 
 
 def checked_settings(settings, models, out):
@@ -256,11 +252,16 @@ def checked_settings(settings, models, out):
     return settings
 
 
-def cached_record(section: str, info: dict, path: Path, wanted: dict, compute, *, redo: bool, write=True):
-    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for the model ``info``
-    (``model_identity``), from the one record cache (``nitp.records.RecordCache``): same model
-    key + same settings (``wanted``) are never measured twice. Written to ``path`` (``write``)
-    unless it already holds this very record of this folder; ``record["_path"]`` is ``path``."""
+def cached_record(section: str, model, out, tag: str, wanted: dict, compute, *, redo: bool, write=True):
+    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for ``model``, from the
+    one record cache (``nitp.records.RecordCache``; ``model_identity``: weights + config +
+    tokenizer are the model key): same model key + same settings (``wanted``) are never measured
+    twice. Written (``write``) to ``out``, else ``default_record_path(model, "geom", tag)``, unless
+    that file already holds this very record of this folder; ``record["_path"]`` is that path."""
+    info = model_identity(resolve_checkpoint(model))
+    path = Path(out) if out else default_record_path(info, "geom", tag)
+    if write:
+        check_output(path)
 
     def make() -> dict:
         return make_record("geom", info, *compute(), library_versions())

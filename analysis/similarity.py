@@ -33,7 +33,7 @@ import numpy as np
 
 from nitp.errors import UserError
 from nitp.loading import available_memory
-from nitp.records import check_output, default_record_path, model_identity
+from nitp.records import model_identity
 from nitp.runs import checkpoint_info, resolve_checkpoint
 
 from .measure import _progress, cached_record, checked_settings, geom_cache_key, record_tag, sample_settings
@@ -217,22 +217,19 @@ def compare_record(
     section, cached under A's model key with B's key in the settings (same weights of both and
     same settings are never measured twice). ``record["_path"]`` is where it was written."""
     settings = checked_settings(settings, (model_a, model_b), out)
-    info_a = model_identity(resolve_checkpoint(model_a))
     info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
     # the settings part of the default file name names B and its weights
     other = (
         "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
     )
     tag = f"compare-{other}-{record_tag(settings)}"
-    path = Path(out) if out else default_record_path(info_a, "geom", tag)
-    check_output(path)
     wanted = geom_cache_key(settings, model_a=model_a, model_b=model_b)
 
     def compute() -> tuple[dict, dict]:
         recorded, scores = compare(model_a, model_b, settings, progress=progress)
         return {**recorded, "model_b": info_b}, scores
 
-    return cached_record("compare", info_a, path, wanted, compute, redo=redo)
+    return cached_record("compare", model_a, out, tag, wanted, compute, redo=redo)
 
 
 # ----------------------------------------------------------------------------- table and figure
