@@ -221,7 +221,7 @@ def layers(
     **shared,
 ):
     """Per-layer table: geometry + NITP target statistics, and the paper's depth rule for the target layer (round(0.21 L))."""
-    from .tables import layer_rows, layer_rows_long, render
+    from .tables import layer_rows, layer_rows_long, render, unique_labels
 
     fmt = _check_format(shared["fmt"])
     own = dict(
@@ -232,8 +232,6 @@ def layers(
     rows = layer_rows_long(records) if fmt == "csv" else layer_rows(records, chosen)
     _emit(render(rows, fmt, "per-layer statistics", records))
     if fmt == "table":
-        from .tables import unique_labels
-
         for lab, rec in zip(unique_labels(records), records):
             r = rec["scores"].get("paper_depth_rule") or rec["scores"].get("recommendation") or {}
             _emit(f"{lab}: NITP target layer by the paper's depth rule: {r.get('layer')} — {r.get('reason')}")

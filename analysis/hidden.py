@@ -124,10 +124,7 @@ def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]
 
 
 class LayerCapture:
-    """Context manager: forward hooks (``nitp.layers.capture``) that store the requested layers.
-
-    ``capture.run(ids, mask)`` does one forward pass and returns ``{layer: [B, T, d]}``.
-    """
+    """Context manager: forward hooks (``nitp.layers.capture``) that store the requested layers."""
 
     def __init__(self, loaded: LoadedModel, layers: list[int]):
         self.loaded, self.layers = loaded, layers
@@ -285,15 +282,13 @@ def corpus_sample(
     seqs, doc_of, start_of, have = [], [], [], 0
     with _quiet_tokenizer():
         for lo in range(0, len(order), 64):
-            batch_ids = tokenizer([docs[i] for i in order[lo : lo + 64]], add_special_tokens=False)[
-                "input_ids"
-            ]
-            for doc_index, ids in zip(order[lo : lo + 64], batch_ids):
+            part = order[lo : lo + 64]
+            batch_ids = tokenizer([docs[i] for i in part], add_special_tokens=False)["input_ids"]
+            for doc_index, ids in zip(part, batch_ids):
                 for start in range(0, len(ids), body):
                     if have >= n_tokens:
                         break
-                    seq = prefix + list(ids[start : start + body]) + suffix
-                    seq = seq[: n_tokens - have]
+                    seq = (prefix + list(ids[start : start + body]) + suffix)[: n_tokens - have]
                     seqs.append(np.asarray(seq, dtype=np.int64))
                     doc_of.append(int(doc_index))
                     start_of.append(start)

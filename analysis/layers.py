@@ -327,13 +327,14 @@ class LayerStatistics:
     # -- results ------------------------------------------------------------------------------
     def layer_result(self, k: int, spectrum: bool = False) -> dict:
         a = self.acc[k]
-        out: dict[str, Any] = {"layer": k}
         blocks = {
             label: _core_metrics(a, excl, spectrum and excl == self.exclude_first)
             for label, excl in (("with_first_position", False), ("without_first_position", True))
         }
-        chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
-        out.update(chosen)
+        out = {
+            "layer": k,
+            **blocks["without_first_position" if self.exclude_first else "with_first_position"],
+        }
         out["first_position_mean_norm"] = (
             a.norms_first.metrics()["mean_norm"] if a.norms_first.count else None
         )
@@ -380,7 +381,7 @@ def _core_metrics(a: LayerAccumulators, exclude_first: bool, spectrum: bool) -> 
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:
         spec = dict.fromkeys(registry.names(group="spectrum"))
-    out = {
+    return {
         "n_tokens": moments.count,
         **spec,
         "anisotropy": _num(units.anisotropy()),
@@ -388,10 +389,9 @@ def _core_metrics(a: LayerAccumulators, exclude_first: bool, spectrum: bool) -> 
         "anisotropy_within_documents": _num(docs.within(units)),
         "anisotropy_within_sequences": _num(units.anisotropy_within()),
         "anisotropy_across_sequences": _num(units.anisotropy_across()),
+        **{k: _num(v) for k, v in norms.metrics().items()},
+        **massive_dims_metrics(moments),
     }
-    out.update({k: _num(v) for k, v in norms.metrics().items()})
-    out.update(massive_dims_metrics(moments))
-    return out
 
 
 MASSIVE_DIM_SHARE = 0.05  # a dimension holding this share of the variance or more dominates the spectrum

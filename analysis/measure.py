@@ -60,9 +60,7 @@ def measure(
 
     ``settings``: the sample, layers and statistics (:class:`~analysis.settings.GeomSettings`);
     ``reference``: another checkpoint with the same tokenizer (adds ``cka_vs_reference``). The
-    depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
-    ``id_tokens`` sampled token states, prompt entropy on the first ``entropy_sequences``
-    sequences, dataset entropy, curvature, alpha-ReQ and (``lens``) the logit-lens CE."""
+    depth measures of :mod:`analysis.depth` come in the same pass."""
     from nitp.runs import run_dir_of
 
     from . import hidden
@@ -121,19 +119,16 @@ def measure(
         for k in stats.layers
     ]
     last = next(r for r in rows if r["layer"] == -1)
-    summary = summary_metrics(last)
-    summary.update(
-        {
-            "anisotropy_sampled": _num(stats.anisotropy_sampled()),
-            "n_pairs_sampled": s.n_pairs if pair_sample is not None else 0,
-            "n_tokens": last["n_tokens"],
-            "n_sequences": len(sample.sequences),
-            "n_documents": len(set(sample.documents)),
-            "hidden_size": loaded.hidden_size,
-            "n_layers": loaded.n_layers,
-            "has_final_norm": loaded.has_final_norm,
-        }
-    )
+    summary = summary_metrics(last) | {
+        "anisotropy_sampled": _num(stats.anisotropy_sampled()),
+        "n_pairs_sampled": s.n_pairs if pair_sample is not None else 0,
+        "n_tokens": last["n_tokens"],
+        "n_sequences": len(sample.sequences),
+        "n_documents": len(set(sample.documents)),
+        "hidden_size": loaded.hidden_size,
+        "n_layers": loaded.n_layers,
+        "has_final_norm": loaded.has_final_norm,
+    }
     reported_rows = [r for r in rows if r["layer"] in layer_list]
     run = run_dir_of(Path(loaded.path))  # the NITP target layer its run was trained with, if any
     trained = run_target_layer(run) if run is not None else None

@@ -113,8 +113,7 @@ def compare(
     model_a, model_b : checkpoints, run directories, HF folders or GGUF files (same tokenizer);
         ``model_b=None`` compares A with itself
     settings : the sample and run (:class:`~analysis.settings.CompareSettings`); its ``layers``
-        (None for all: 0..L and -1) apply to both models (each checked); with two models,
-        ``self_maps`` also computes each against itself
+        (None for all: 0..L and -1) apply to both models (each checked)
     """
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
 

@@ -63,17 +63,17 @@ def _layer_rows(record: dict) -> dict[int, dict]:
 
 def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]) -> list[dict]:
     """``rank`` / ``anisotropy``: one row per (layer, metric), one column per checkpoint."""
+
+    def value(rec: dict, k: int, metric: str):
+        summary = rec["scores"]["summary"]  # the last hidden state's summary holds more (sampled pairs)
+        return (summary if k == -1 and metric in summary else _layer_rows(rec).get(k, {})).get(metric)
+
     labels = unique_labels(records)
-    rows = []
-    for k in layers:
-        for metric in metrics:
-            row: dict[str, Any] = {"layer": k, "metric": metric}
-            for lab, rec in zip(labels, records):
-                summary = rec["scores"]["summary"]
-                src = summary if k == -1 and metric in summary else _layer_rows(rec).get(k, {})
-                row[lab] = src.get(metric)
-            rows.append(row)
-    return rows
+    return [
+        {"layer": k, "metric": metric, **{lab: value(rec, k, metric) for lab, rec in zip(labels, records)}}
+        for k in layers
+        for metric in metrics
+    ]
 
 
 def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> list[dict]:
@@ -88,14 +88,12 @@ def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> l
     metrics = metrics or registry.names(view="geom_side_by_side")
     labels = unique_labels(records)
     all_layers = sorted({k for rec in records for k in _layer_rows(rec)}, key=lambda k: (k == -1, k))
-    rows = []
-    for k in all_layers:
-        row: dict[str, Any] = {"layer": k}
-        for lab, rec in zip(labels, records):
-            r = _layer_rows(rec).get(k, {})
-            row.update({f"{short_name(m)}[{lab}]": r.get(m) for m in metrics})
-        rows.append(row)
-    return rows
+    by_layer = [(lab, _layer_rows(rec)) for lab, rec in zip(labels, records)]
+    return [
+        {"layer": k}
+        | {f"{short_name(m)}[{lab}]": rows.get(k, {}).get(m) for lab, rows in by_layer for m in metrics}
+        for k in all_layers
+    ]
 
 
 def layer_rows_long(records: list[dict]) -> list[dict]:
