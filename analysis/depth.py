@@ -107,9 +107,8 @@ class DepthMeasures:
         pick = self.id_index[(self.id_index >= lo) & (self.id_index < self.n_stream)] - lo
         labels = input_ids.masked_fill(~mask, -100)
         lengths = mask.sum(1).tolist()
-        for k in self.layers:
+        for k, a in self.acc.items():
             h = states[k]
-            a = self.acc[k]
             if pick.size:
                 rows = h[keep][torch.from_numpy(pick).to(h.device)]
                 a.id_rows.append(rows.to(torch.float64).cpu().numpy())

@@ -75,10 +75,8 @@ def diff_erank(
     )
     entropies = {name: {k: [] for k in layer_list} for name in ("trained", "random")}
     with _progress(progress, f"diff-erank {trained.path.name} (trained, random)", 2) as advance:
-        for name, model in (("trained", trained), ("random", rand)):
-            where = str(trained.path) + (
-                "" if name == "trained" else f" (its random copy, --init-seed {s.init_seed})"
-            )
+        copy = f"{trained.path} (its random copy, --init-seed {s.init_seed})"  # where a NaN/inf error points
+        for name, model, where in (("trained", trained, str(trained.path)), ("random", rand, copy)):
             _sequence_entropies(model, sample, layer_list, s.batch_size, entropies[name], where)
             advance()
     rows = []

@@ -88,10 +88,9 @@ def measure(
             GeometryWarning,
             stacklevel=2,
         )
-    pair_sample = None
     doc_of_token = np.repeat(np.asarray(sample.documents, dtype=np.int64), reported)
-    if s.n_pairs and len(np.unique(doc_of_token)) >= 2:  # the paper's pairs: from different documents
-        pair_sample = sample_pairs(n_reported, s.n_pairs, doc_of_token, s.seed)
+    pairs_possible = s.n_pairs and len(np.unique(doc_of_token)) >= 2  # the paper's: from different documents
+    pair_sample = sample_pairs(n_reported, s.n_pairs, doc_of_token, s.seed) if pairs_possible else None
     stats = LayerStatistics(
         layer_list, s.exclude_first, s.ridge, pair_sample, where=str(loaded.path), documents=sample.documents
     )
@@ -185,10 +184,8 @@ def record_tag(settings) -> str:
     corpus_name = Path(settings.corpus).name  # "builtin" stays itself
     if corpus_name == "val_documents.jsonl" or corpus_name.startswith("nitp-val-"):
         corpus_name = "heldout"  # --corpus auto: the run's held-out documents (hidden.resolve_corpus)
-    layers = settings.layers
-    layer_part = (
-        "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
-    )
+    names = ["last" if int(k) == -1 else str(k) for k in settings.layers or ()]
+    layer_part = "all" if settings.layers is None else "layers_" + "_".join(names)
     precision = f"-{settings.dtype}" if settings.dtype not in (None, "float32") else ""
     first = "-nofirst" if settings.exclude_first else ""
     return f"{corpus_name}-{settings.n_tokens}-{layer_part}{first}-seed{settings.seed}{precision}"
@@ -248,11 +245,10 @@ def checked_settings(settings, models, out):
 
 
 def cached_record(section: str, model, out, tag: str, wanted: dict, compute, *, redo: bool, write=True):
-    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for ``model``, from the
-    one record cache (``nitp.records.RecordCache``; ``model_identity``: weights + config +
-    tokenizer are the model key): same model key + same settings (``wanted``) are never measured
-    twice. Written (``write``) to ``out``, else ``default_record_path(model, "geom", tag)``, unless
-    that file already holds this very record of this folder; ``record["_path"]`` is that path."""
+    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for ``model`` from the one
+    record cache (``nitp.records.RecordCache``): same model key + same settings (``wanted``) are
+    never measured twice. Written (``write``) to ``out``, else ``default_record_path(model, "geom",
+    tag)``, unless that file holds this very record already; ``record["_path"]`` is that path."""
     info = model_identity(resolve_checkpoint(model))
     path = Path(out) if out else default_record_path(info, "geom", tag)
     if write:
@@ -298,8 +294,7 @@ def geom_cache_key(settings, **inputs) -> dict:
     """The record cache's key of a ``nitp-geom`` computation (``nitp.cachekey.cache_key``):
     every field of ``settings`` (``dataclasses.asdict``: a new field is keyed by itself), the
     device by its kind and the layers sorted, the corpus by its contents; ``inputs`` adds the
-    models (:data:`MODEL_INPUTS`, by their model key) and code versions. Used by ``layers`` /
-    ``rank`` / ``anisotropy``, ``compare`` and ``diff-erank``."""
+    models (:data:`MODEL_INPUTS`, by their model key) and code versions."""
     fields = dataclasses.asdict(settings)
     fields["device"] = device_kind(settings.device)
     fields["layers"] = None if settings.layers is None else sorted(settings.layers)

@@ -180,25 +180,24 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
     from .hidden import LayerCapture, check_finite, padded
 
     def real_rows(cap, ids, attn, keep) -> list:
-        model, device = cap.loaded, cap.loaded.device
+        device = cap.loaded.device
         states = cap.run(ids.to(device), attn.to(device))
         rows = [states[k][keep.to(device)] for k in cap.layers]
         for k, r in zip(cap.layers, rows):
-            check_finite(r, str(model.path), k)
+            check_finite(r, str(cap.loaded.path), k)
         return rows
 
     with contextlib.ExitStack() as stack:
-        cap_a = stack.enter_context(LayerCapture(a, layers_a))
-        cap_b = stack.enter_context(LayerCapture(b, layers_b)) if b is not None else None
+        models = [(a, layers_a)] + ([(b, layers_b)] if b is not None else [])
+        caps = [stack.enter_context(LayerCapture(m, layers)) for m, layers in models]
         for lo in range(0, len(sample.sequences), batch_size):
             ids, attn = padded(sample.sequences[lo : lo + batch_size], a.tokenizer.pad_token_id, a.device)
             keep = attn.bool()
             if exclude_first:
                 keep[:, 0] = False
-            rows_a = real_rows(cap_a, ids, attn, keep)
-            rows_b = real_rows(cap_b, ids, attn, keep) if cap_b is not None else None
-            if rows_a[0].shape[0]:
-                yield rows_a, rows_b
+            rows = [real_rows(cap, ids, attn, keep) for cap in caps] + [None]  # B's: None for A alone
+            if rows[0][0].shape[0]:
+                yield rows[0], rows[1]
             del ids, attn, keep
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
@@ -271,6 +270,12 @@ def diagonal_rows(record: dict) -> list[dict]:
     ]
 
 
+def map_titles(labels) -> dict[str, str]:
+    """Each map's name in titles (rows x columns), from the two models' labels."""
+    a, b = labels
+    return {"a_vs_b": f"{a} (rows) x {b}", "a_vs_a": f"{a} x itself", "b_vs_b": f"{b} x itself"}
+
+
 def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
     """Heatmaps of debiased CKA (and Procrustes for A x B) of the record's maps; PNG and PDF.
 
@@ -284,12 +289,24 @@ def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
     from nitp.io import atomic_write_bytes
 
     sim = record["scores"]["similarity"]
-    panels = _panels(sim, labels)
+    titles = map_titles(labels)
+    # (title, matrix, row layers, column layers, colormap, vmax): A x B's Procrustes after its CKA
+    panels = [
+        (f"debiased CKA: {titles[n]}", sim[n]["cka_debiased"], *_sides(sim, n), "viridis", 1.0)
+        for n in MAPS
+        if n in sim
+    ]
+    if "a_vs_b" in sim:
+        procrustes = f"Procrustes d^2: {labels[0]} x {labels[1]}"
+        panels.insert(1, (procrustes, sim["a_vs_b"]["procrustes"], *_sides(sim, "a_vs_b"), "magma_r", 2.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, (title, matrix, rows, cols, cmap, vmax) in zip(axes[0], panels, strict=True):
         img = ax.imshow(np.array(matrix, dtype=float), origin="lower", cmap=cmap, vmin=0.0, vmax=vmax)
         ax.set_title(title, fontsize=9)
-        _ticks(ax, rows, cols)
+        for axis, layers in ((ax.xaxis, cols), (ax.yaxis, rows)):
+            step = max(1, len(layers) // 8)
+            axis.set_ticks(range(0, len(layers), step), [str(k) for k in layers[::step]], fontsize=7)
+            axis.set_label_text("layer", fontsize=8)
         fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"layer similarity on {sim['n_tokens']:,} tokens", fontsize=10)
     fig.tight_layout()
@@ -301,31 +318,3 @@ def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
         written.append(atomic_write_bytes(stem.with_name(f"{stem.name}.{ext}"), buf.getvalue()))
     plt.close(fig)
     return written
-
-
-def map_titles(labels) -> dict[str, str]:
-    """Each map's name in titles (rows x columns), from the two models' labels."""
-    a, b = labels
-    return {"a_vs_b": f"{a} (rows) x {b}", "a_vs_a": f"{a} x itself", "b_vs_b": f"{b} x itself"}
-
-
-def _panels(sim: dict, labels: tuple[str, str]) -> list:
-    """``(title, matrix, row layers, column layers, colormap, vmax)``: debiased CKA of each map,
-    Procrustes of A x B after its CKA."""
-    titles = map_titles(labels)
-    panels = [
-        (f"debiased CKA: {titles[n]}", sim[n]["cka_debiased"], *_sides(sim, n), "viridis", 1.0)
-        for n in MAPS
-        if n in sim
-    ]
-    if "a_vs_b" in sim:
-        procrustes = f"Procrustes d^2: {labels[0]} x {labels[1]}"
-        panels.insert(1, (procrustes, sim["a_vs_b"]["procrustes"], *_sides(sim, "a_vs_b"), "magma_r", 2.0))
-    return panels
-
-
-def _ticks(ax, rows: list[int], cols: list[int]) -> None:
-    for axis, layers in ((ax.xaxis, cols), (ax.yaxis, rows)):
-        step = max(1, len(layers) // 8)
-        axis.set_ticks(range(0, len(layers), step), [str(k) for k in layers[::step]], fontsize=7)
-        axis.set_label_text("layer", fontsize=8)

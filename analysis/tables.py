@@ -110,13 +110,12 @@ def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]
     """One row per checkpoint of a run: last-hidden-state geometry, stability, target layer."""
     rows = []
     for rec in records:
-        s = rec["scores"]["summary"]
-        last = _layer_rows(rec).get(-1, {})
+        s, by_layer = rec["scores"]["summary"], _layer_rows(rec)
         row = {"step": rec["model"].get("step"), "tokens_seen": rec["model"].get("tokens_seen")}
         row.update({m.short: s.get(m.name) for m in registry.metrics(view="geom_trajectory")})
-        row["CKA_prev"] = last.get("cka_vs_reference")
+        row["CKA_prev"] = by_layer.get(-1, {}).get("cka_vs_reference")
         if target_layer is not None:
-            t = _layer_rows(rec).get(target_layer, {})
+            t = by_layer.get(target_layer, {})
             row.update({f"L{target_layer}_{col}": t.get(key) for col, key in TARGET_COLUMNS.items()})
         rows.append(row)
     return rows
@@ -179,12 +178,9 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     if fmt == "csv":
         return to_csv(rows)
     if fmt == "json":
-        payload = (
-            [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-            if records is not None
-            else rows
-        )
-        return json.dumps(payload, indent=2, default=str)
+        if records is not None:  # the records without their unsaved ``_path``
+            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+        return json.dumps(rows, indent=2, default=str)
     from nitp.console import text_table
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
