@@ -30,62 +30,59 @@ app = typer.Typer(
 
 FORMATS = ("table", "json", "csv")
 
-# shared options (defaults from the settings dataclasses of analysis.settings) ---------------
-CORPUS = typer.Option(
-    "auto",
-    "--corpus",
-    help="auto (the held-out documents of the runs' own data when every model is a run of one "
-    "prepared corpus, else builtin), builtin (English text shipped by gensim) or a "
-    ".txt/.jsonl/.parquet file or folder.",
-)
-TOKENS = typer.Option(
-    GeomSettings.n_tokens,
-    "--tokens",
-    "-n",
-    help="Tokens in the corpus sample (the same sample for every checkpoint).",
-)
-BATCH = typer.Option(GeomSettings.batch_size, "--batch-size", "-b", help="Sequences per forward pass.")
-SEQ_LEN = typer.Option(
-    GeomSettings.seq_len, "--seq-len", help="Tokens per sequence [default: 512, capped by the model]."
-)
-DEVICE = typer.Option(
-    GeomSettings.device, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available]."
-)
-DTYPE = typer.Option(
-    GeomSettings.dtype,
-    "--dtype",
-    help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.",
-)
-EXCLUDE_FIRST = typer.Option(
-    GeomSettings.exclude_first,
-    "--exclude-first",
-    help="Report metrics without the first position of each sequence (BOS / attention sink).",
-)
-SEED = typer.Option(
-    GeomSettings.seed, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator."
-)
-OUT = typer.Option(
-    None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
-)
 ONE_OUT = typer.Option(None, "--out", "-o", help="Record path (.json).")
 FORMAT = typer.Option("table", "--format", "-f", help="table, json (the full records) or csv.")
-REDO = typer.Option(False, "--redo", help="Recompute even when an equal record exists.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
 
-SHARED = {  # parameter: (type, option): what every measuring command takes, in --help order
-    "corpus": (str, CORPUS),
-    "tokens": (int, TOKENS),
-    "batch_size": (int, BATCH),
-    "seq_len": (int | None, SEQ_LEN),
-    "device": (str | None, DEVICE),
-    "dtype": (str | None, DTYPE),
-    "exclude_first": (bool, EXCLUDE_FIRST),
-    "seed": (int, SEED),
-    "out": (Path | None, OUT),
-    "fmt": (str, FORMAT),
-    "redo": (bool, REDO),
-    "progress": (bool, PROGRESS),
-}
+
+def _shared(
+    *,
+    corpus: str = typer.Option(
+        "auto",
+        "--corpus",
+        help="auto (the held-out documents of the runs' own data when every model is a run of one "
+        "prepared corpus, else builtin), builtin (English text shipped by gensim) or a "
+        ".txt/.jsonl/.parquet file or folder.",
+    ),
+    tokens: int = typer.Option(
+        GeomSettings.n_tokens,
+        "--tokens",
+        "-n",
+        help="Tokens in the corpus sample (the same sample for every checkpoint).",
+    ),
+    batch_size: int = typer.Option(
+        GeomSettings.batch_size, "--batch-size", "-b", help="Sequences per forward pass."
+    ),
+    seq_len: int | None = typer.Option(
+        GeomSettings.seq_len, "--seq-len", help="Tokens per sequence [default: 512, capped by the model]."
+    ),
+    device: str | None = typer.Option(
+        GeomSettings.device, "--device", help="cpu, cuda, cuda:1 ... [default: cuda when available]."
+    ),
+    dtype: str | None = typer.Option(
+        GeomSettings.dtype,
+        "--dtype",
+        help="Model dtype [default: bfloat16 on GPU, float32 on CPU]; statistics are float64.",
+    ),
+    exclude_first: bool = typer.Option(
+        GeomSettings.exclude_first,
+        "--exclude-first",
+        help="Report metrics without the first position of each sequence (BOS / attention sink).",
+    ),
+    seed: int = typer.Option(
+        GeomSettings.seed, "--seed", help="Seed of the corpus sample and of the sampled-pairs estimator."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Record path (.json) for one checkpoint, or a folder for several."
+    ),
+    fmt: str = FORMAT,
+    redo: bool = typer.Option(False, "--redo", help="Recompute even when an equal record exists."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+):
+    """The options every measuring command takes, in --help order (defaults from the settings
+    dataclasses of :mod:`analysis.settings`)."""
+
+
+SHARED = inspect.signature(_shared, eval_str=True).parameters
 
 
 def shared_options(*, leave_out: tuple[str, ...] = (), **replaced):
@@ -97,11 +94,7 @@ def shared_options(*, leave_out: tuple[str, ...] = (), **replaced):
         signature = inspect.signature(command, eval_str=True)
         own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         added = [
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=replaced.get(name, option), annotation=kind
-            )
-            for name, (kind, option) in SHARED.items()
-            if name not in leave_out
+            p.replace(default=replaced.get(n, p.default)) for n, p in SHARED.items() if n not in leave_out
         ]
         command.__signature__ = signature.replace(parameters=own + added)
         return command
@@ -150,53 +143,47 @@ def _measure(checkpoints, shared: dict, reference=None, **fields) -> list[dict]:
     return geom_records(list(checkpoints), settings, reference=reference, **_run_options(shared))
 
 
-def _metric_table(metrics, title: str, checkpoints, layers: str | None, shared: dict) -> None:
-    """Measure (or reuse the records of) each checkpoint and print ``metrics`` side by side."""
-    from .tables import metric_rows, render
-
-    fmt = _check_format(shared["fmt"])
-    lay = _layers_arg(layers, [-1])
-    records = _measure(checkpoints, shared, layers=lay, **ANCHORS_ONLY)
-    shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
-    _emit(render(metric_rows(records, metrics, shown), fmt, title, records))
-
-
 def _layers_arg(layers: str | None, default):
     from .settings import parse_layers
 
     return default if layers is None else parse_layers(layers)
 
 
-@app.command()
-@shared_options()
-def rank(
-    checkpoints: List[str] = typer.Argument(
-        ..., help="Checkpoints, run directories (latest checkpoint) or HF model folders."
-    ),
-    layers: str | None = typer.Option(
-        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1, the last hidden state]."
-    ),
-    **shared,
-):
-    """Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank."""
-    from .tables import rank_metrics
+def _metric_command(name: str, title: str, doc: str, checkpoints_help: str, layers_help: str) -> None:
+    """``rank`` / ``anisotropy``: measure (or reuse the records of) each checkpoint and print the
+    metrics of :mod:`analysis.tables`' ``<name>_metrics`` at the layers asked for side by side."""
 
-    _metric_table(rank_metrics(), "effective rank", checkpoints, layers, shared)
+    @app.command(name, help=doc)
+    @shared_options()
+    def command(
+        checkpoints: List[str] = typer.Argument(..., help=checkpoints_help),
+        layers: str | None = typer.Option(None, "--layers", "-l", help=layers_help),
+        **shared,
+    ):
+        from . import tables
+
+        fmt = _check_format(shared["fmt"])
+        lay = _layers_arg(layers, [-1])
+        records = _measure(checkpoints, shared, layers=lay, **ANCHORS_ONLY)
+        shown = lay or [r["layer"] for r in records[0]["scores"]["layers"]]
+        rows = tables.metric_rows(records, getattr(tables, f"{name}_metrics")(), shown)
+        _emit(tables.render(rows, fmt, title, records))
 
 
-@app.command()
-@shared_options()
-def anisotropy(
-    checkpoints: List[str] = typer.Argument(..., help="Checkpoints, run directories or HF model folders."),
-    layers: str | None = typer.Option(
-        None, "--layers", "-l", help="Comma-separated layers or 'all' [default: -1]."
-    ),
-    **shared,
-):
-    """Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms."""
-    from .tables import anisotropy_metrics
-
-    _metric_table(anisotropy_metrics(), "anisotropy (mean cosine)", checkpoints, layers, shared)
+_metric_command(
+    "rank",
+    "effective rank",
+    "Effective rank (covariance: the paper's; singular: Roy & Vetterli), participation ratio, stable rank.",
+    "Checkpoints, run directories (latest checkpoint) or HF model folders.",
+    "Comma-separated layers or 'all' [default: -1, the last hidden state].",
+)
+_metric_command(
+    "anisotropy",
+    "anisotropy (mean cosine)",
+    "Exact mean pairwise cosine: across documents (the paper's), within documents, across / within sequences, all pairs; the sampled estimate; norms.",
+    "Checkpoints, run directories or HF model folders.",
+    "Comma-separated layers or 'all' [default: -1].",
+)
 
 
 @app.command()
@@ -234,26 +221,17 @@ def layers(
     **shared,
 ):
     """Per-layer table: geometry + NITP target statistics, and the paper's depth rule for the target layer (round(0.21 L))."""
-    from .tables import layer_rows, layer_rows_long, render
+    from .tables import layer_rows, layer_rows_long, render, unique_labels
 
     fmt = _check_format(shared["fmt"])
-    records = _measure(
-        checkpoints,
-        shared,
-        reference=reference,
-        layers=_layers_arg(layers_, None),
-        ridge=ridge,
-        spectrum=spectrum,
-        id_tokens=id_tokens,
-        entropy_sequences=entropy_sequences,
-        lens=lens,
+    own = dict(
+        ridge=ridge, spectrum=spectrum, id_tokens=id_tokens, entropy_sequences=entropy_sequences, lens=lens
     )
+    records = _measure(checkpoints, shared, reference=reference, layers=_layers_arg(layers_, None), **own)
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else None
     rows = layer_rows_long(records) if fmt == "csv" else layer_rows(records, chosen)
     _emit(render(rows, fmt, "per-layer statistics", records))
     if fmt == "table":
-        from .tables import unique_labels
-
         for lab, rec in zip(unique_labels(records), records):
             r = rec["scores"].get("paper_depth_rule") or rec["scores"].get("recommendation") or {}
             _emit(f"{lab}: NITP target layer by the paper's depth rule: {r.get('layer')} — {r.get('reason')}")
@@ -290,7 +268,7 @@ def compare(
     **shared,
 ):
     """Layer i of A x layer j of B: debiased linear CKA, linear CKA, orthogonal Procrustes distance (one pass, same tokens)."""
-    from .similarity import MAPS, compare_record, diagonal_rows, matrix_rows, plot_similarity, similarity_rows
+    from . import similarity
     from .tables import render, unique_labels
 
     fmt = _check_format(shared["fmt"])
@@ -304,37 +282,22 @@ def compare(
     settings = _settings(
         CompareSettings, shared, models, layers=_layers_arg(layers_, None), self_maps=self_maps
     )
-    record = compare_record(model_a, model_b, settings, **_run_options(shared))
+    record = similarity.compare_record(model_a, model_b, settings, **_run_options(shared))
     sim = record["scores"]["similarity"]
-    labels = _compare_labels(record, unique_labels)
+    b = record["settings"].get("model_b")
+    labels = unique_labels([record, {"model": b}]) if b is not None else unique_labels([record]) * 2
     if figure is not None:
-        written = plot_similarity(record, figure, labels)
+        written = similarity.plot_similarity(record, figure, labels)
         print(f"figure: {', '.join(map(str, written))}", file=sys.stderr)
     if fmt != "table":
-        _emit(render(similarity_rows(record), fmt, None, [record]))
+        _emit(render(similarity.similarity_rows(record), fmt, None, [record]))
         return
-    names = {
-        "a_vs_b": f"{labels[0]} (rows) x {labels[1]}",
-        "a_vs_a": f"{labels[0]} x itself",
-        "b_vs_b": f"{labels[1]} x itself",
-    }
-    for name in (m for m in MAPS if m in sim):
-        _emit(render(matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
-    _emit(
-        render(
-            diagonal_rows(record), "table", f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
-        )
-    )
+    names = similarity.map_titles(labels)
+    for name in (m for m in similarity.MAPS if m in sim):
+        _emit(render(similarity.matrix_rows(record, name, measure), "table", f"{measure}: {names[name]}"))
+    title = f"same layer, {names['a_vs_b' if 'a_vs_b' in sim else 'a_vs_a']}"
+    _emit(render(similarity.diagonal_rows(record), "table", title))
     _emit(f"{sim['n_tokens']:,} tokens; record: {record['_path']}")
-
-
-def _compare_labels(record: dict, unique_labels) -> tuple[str, str]:
-    b = record["settings"].get("model_b")
-    if b is None:
-        lab = unique_labels([record])[0]
-        return lab, lab
-    labs = unique_labels([record, {"model": b}])
-    return labs[0], labs[1]
 
 
 @app.command("diff-erank")
@@ -419,8 +382,9 @@ def flops(
     if seq_len is not None and seq_len < 0:
         raise UserError(f"--seq-len {seq_len}: must be >= 0")
     if source is None:
-        rows = paper_sizes_table(8192 if seq_len is None else seq_len)
-        title = f"training FLOPs per token of the paper's sizes (exact at seq_len {8192 if seq_len is None else seq_len})"
+        seq_len = 8192 if seq_len is None else seq_len
+        rows = paper_sizes_table(seq_len)
+        title = f"training FLOPs per token of the paper's sizes (exact at seq_len {seq_len})"
         _emit(render(rows, fmt, title) if fmt != "json" else json.dumps(rows, indent=2))
         return
     config, name, config_seq_len = load_config_source(source)

@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -40,7 +41,8 @@ from nitp.errors import UserError
 from nitp.geometry import ALPHA_REQ_FIT_RANGE, alpha_req, curvature, dataset_entropy, prompt_entropy
 from nitp.streaming import MeanValue
 
-from .settings import DEFAULT_ENTROPY_SEQUENCES, DEFAULT_ID_TOKENS
+from .layers import _num
+from .settings import GeomSettings
 
 DEPTH_VERSION = 1  # part of the record settings: records made before these measures are redone
 
@@ -75,8 +77,8 @@ class DepthMeasures:
         self,
         layers: list[int],
         n_reported: int,
-        id_tokens: int = DEFAULT_ID_TOKENS,
-        entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES,
+        id_tokens: int = GeomSettings.id_tokens,
+        entropy_sequences: int = GeomSettings.entropy_sequences,
         exclude_first: bool = False,
         final_norm=None,
         lm_head=None,
@@ -105,9 +107,8 @@ class DepthMeasures:
         pick = self.id_index[(self.id_index >= lo) & (self.id_index < self.n_stream)] - lo
         labels = input_ids.masked_fill(~mask, -100)
         lengths = mask.sum(1).tolist()
-        for k in self.layers:
+        for k, a in self.acc.items():
             h = states[k]
-            a = self.acc[k]
             if pick.size:
                 rows = h[keep][torch.from_numpy(pick).to(h.device)]
                 a.id_rows.append(rows.to(torch.float64).cpu().numpy())
@@ -127,9 +128,9 @@ class DepthMeasures:
                 continue
             a.pooled.append(x.mean(0).cpu().numpy())
             if x.shape[0] >= 3:
-                _add_defined(a.curv, _or_nan(curvature, x))
+                _add_defined(a.curv, curvature, x)
             if self.n_sequences + b < self.entropy_sequences and x.shape[0] >= 2:
-                _add_defined(a.prompt, _or_nan(prompt_entropy, x))
+                _add_defined(a.prompt, prompt_entropy, x)
 
     def _lens(self, a: DepthAccumulators, h, k: int, labels) -> None:
         from nitp.geometry import logit_lens_ce
@@ -143,18 +144,18 @@ class DepthMeasures:
     def layer_result(self, k: int, eigenvalues=None) -> dict:
         """The depth columns of layer k (``eigenvalues``: its covariance spectrum, for alpha-ReQ)."""
         a = self.acc[k]
-        out: dict = {}
-        out.update(self._intrinsic(a))
-        out.update(_alpha(eigenvalues))
-        out["prompt_entropy"] = _mean(a.prompt)
-        out["prompt_entropy_sequences"] = a.prompt.count
-        pooled = np.stack(a.pooled) if len(a.pooled) >= 2 else None
-        out["dataset_entropy"] = _clean(_or_nan(dataset_entropy, pooled)) if pooled is not None else None
-        out["dataset_entropy_sequences"] = len(a.pooled)
-        out["curvature"] = _mean(a.curv)
-        out["logit_lens_ce"] = a.lens_nll / a.lens_tokens if a.lens_tokens else None
-        out["logit_lens_tokens"] = a.lens_tokens
-        return out
+        pooled = _or_nan(dataset_entropy, np.stack(a.pooled)) if len(a.pooled) >= 2 else None
+        return {
+            **self._intrinsic(a),
+            **_alpha(eigenvalues),
+            "prompt_entropy": _num(a.prompt.mean()),
+            "prompt_entropy_sequences": a.prompt.count,
+            "dataset_entropy": _num(pooled),
+            "dataset_entropy_sequences": len(a.pooled),
+            "curvature": _num(a.curv.mean()),
+            "logit_lens_ce": a.lens_nll / a.lens_tokens if a.lens_tokens else None,
+            "logit_lens_tokens": a.lens_tokens,
+        }
 
     def _intrinsic(self, a: DepthAccumulators) -> dict:
         from nitp.intrinsic import intrinsic_dimension
@@ -168,8 +169,8 @@ class DepthMeasures:
         except UserError:  # too few distinct rows (e.g. a tiny sample): no estimate
             return {**empty, "id_n_used": int(rows.shape[0])}
         return {
-            "intrinsic_dimension_twonn": _clean(got["twonn"]),
-            "intrinsic_dimension_gride": _clean(got["gride"]),
+            "intrinsic_dimension_twonn": _num(got["twonn"]),
+            "intrinsic_dimension_gride": _num(got["gride"]),
             "id_n_used": got["n_used"],
             "id_n_duplicates": got["n_duplicates"],
         }
@@ -187,13 +188,11 @@ class DepthMeasures:
 
 
 def _alpha(eigenvalues) -> dict:
-    if eigenvalues is None:
-        return {"alpha_req": None, "alpha_req_fit_range": None}
-    try:
-        fit = alpha_req(eigenvalues)
-    except UserError:  # too few positive eigenvalues in the fit range
-        return {"alpha_req": None, "alpha_req_fit_range": None}
-    return {"alpha_req": _clean(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
+    with contextlib.suppress(UserError):  # too few positive eigenvalues in the fit range
+        if eigenvalues is not None:
+            fit = alpha_req(eigenvalues)
+            return {"alpha_req": _num(fit["alpha"]), "alpha_req_fit_range": list(fit["fit_range"])}
+    return {"alpha_req": None, "alpha_req_fit_range": None}
 
 
 def _or_nan(fn, x) -> float:
@@ -203,18 +202,7 @@ def _or_nan(fn, x) -> float:
         return math.nan
 
 
-def _add_defined(values: MeanValue, v: float) -> None:
-    """Add ``v`` to a running mean unless it is undefined (NaN): a mean of the defined values."""
-    if not math.isnan(v):
+def _add_defined(values: MeanValue, fn, x) -> None:
+    """Add ``fn(x)`` to a running mean unless it is undefined (NaN): a mean of the defined values."""
+    if not math.isnan(v := _or_nan(fn, x)):
         values.update([v])
-
-
-def _mean(values: MeanValue) -> float | None:
-    return _clean(values.mean()) if values.count else None
-
-
-def _clean(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else v

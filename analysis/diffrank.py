@@ -24,22 +24,11 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from pathlib import Path
 
-from nitp.loading import check_model_files
-from nitp.records import (
-    RecordCache,
-    check_output,
-    default_record_path,
-    library_versions,
-    make_record,
-    model_identity,
-    write_record,
-)
 from nitp.runs import resolve_checkpoint
 
+from .measure import _progress, cached_record, checked_settings, geom_cache_key, record_tag, sample_settings
 from .settings import DiffErankSettings
 
 LABEL = (
@@ -56,19 +45,11 @@ def random_copy(loaded, init_seed: int = 0):
     from nitp.loading import load_config, model_folder
 
     config = load_config(model_folder(loaded.path))
-    with _seeded(init_seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
         model = AutoModel.from_config(config)
     model = model.to(device=loaded.device, dtype=getattr(torch, loaded.dtype)).eval()
     return dataclasses.replace(loaded, model=model, lm_head=None)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def diff_erank(
@@ -80,8 +61,10 @@ def diff_erank(
     Returns ``(settings, scores)``; ``scores["diff_erank"]["layers"]`` holds one dict per layer
     with ``erank_trained``, ``erank_random``, ``diff_erank`` and ``n_sequences``.
     """
+    from nitp.geometry import dataset_erank
+    from nitp.geometry import diff_erank as difference
+
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
-    from .measure import _progress
 
     s = settings
     trained = load_model(checkpoint, device=s.device, dtype=s.dtype)
@@ -92,26 +75,25 @@ def diff_erank(
     )
     entropies = {name: {k: [] for k in layer_list} for name in ("trained", "random")}
     with _progress(progress, f"diff-erank {trained.path.name} (trained, random)", 2) as advance:
-        for name, model in (("trained", trained), ("random", rand)):
-            where = str(trained.path) + (
-                "" if name == "trained" else f" (its random copy, --init-seed {s.init_seed})"
-            )
+        copy = f"{trained.path} (its random copy, --init-seed {s.init_seed})"  # where a NaN/inf error points
+        for name, model, where in (("trained", trained, str(trained.path)), ("random", rand, copy)):
             _sequence_entropies(model, sample, layer_list, s.batch_size, entropies[name], where)
             advance()
-    rows = [_layer_row(k, trained.layer_name(k), entropies) for k in layer_list]
+    rows = []
+    for k in layer_list:
+        erank = {name: dataset_erank(entropies[name][k]) for name in entropies}
+        rows.append(
+            {
+                "layer": k,
+                "name": trained.layer_name(k),
+                "erank_trained": erank["trained"],
+                "erank_random": erank["random"],
+                "diff_erank": difference(erank["random"], erank["trained"]),
+                "n_sequences": len(entropies["trained"][k]),
+            }
+        )
     scores = {"diff_erank": {"label": LABEL, "layers": rows}}
-    recorded = {
-        "corpus": s.corpus,
-        "n_tokens": s.n_tokens,
-        "layers": layer_list,
-        "seed": s.seed,
-        "init_seed": s.init_seed,
-        "seq_len": sample.seq_len,
-        "batch_size": s.batch_size,
-        "device": trained.device,
-        "dtype": trained.dtype,
-        "sample": sample.describe(),
-    }
+    recorded = sample_settings(s, trained, sample, layer_list, init_seed=s.init_seed)
     return recorded, scores
 
 
@@ -120,35 +102,15 @@ def _sequence_entropies(model, sample, layers: list[int], batch_size: int, out: 
     states are one ``UserError`` naming ``where`` (the model) and the layer."""
     from nitp.geometry import normalized_covariance_entropy
 
-    from .hidden import LayerCapture, check_finite, padded
+    from .hidden import check_finite, iter_hidden_states
 
-    pad = model.tokenizer.pad_token_id
-    with LayerCapture(model, layers) as cap:
-        for lo in range(0, len(sample.sequences), batch_size):
-            seqs = sample.sequences[lo : lo + batch_size]
-            ids, attn = padded(seqs, 0 if pad is None else int(pad), model.device)
-            states = cap.run(ids, attn)
-            for k in layers:
-                check_finite(states[k][attn.bool()], where, k)
-                for b, s in enumerate(seqs):
-                    if len(s) >= 2:
-                        out[k].append(normalized_covariance_entropy(states[k][b, : len(s)]))
-
-
-def _layer_row(k: int, name: str, entropies: dict) -> dict:
-    from nitp.geometry import dataset_erank
-    from nitp.geometry import diff_erank as difference
-
-    trained = dataset_erank(entropies["trained"][k])
-    rand = dataset_erank(entropies["random"][k])
-    return {
-        "layer": k,
-        "name": name,
-        "erank_trained": trained,
-        "erank_random": rand,
-        "diff_erank": difference(rand, trained),
-        "n_sequences": len(entropies["trained"][k]),
-    }
+    for batch, _ in iter_hidden_states(model, sample, layers, batch_size):
+        lengths = batch.mask.sum(1).tolist()
+        for k in layers:
+            check_finite(batch.states[k][batch.mask], where, k)
+            for b, n in enumerate(lengths):
+                if n >= 2:
+                    out[k].append(normalized_covariance_entropy(batch.states[k][b, :n]))
 
 
 def diff_erank_record(
@@ -161,27 +123,12 @@ def diff_erank_record(
 ) -> dict:
     """``diff_erank`` as a cached ``kind: "geom"`` record with a ``diff_erank`` section;
     ``record["_path"]`` is where it was written."""
-    from .measure import geom_cache_key, record_tag
-
-    check_output(out)
-    settings = settings.resolved()
-    check_model_files(checkpoint, device=settings.device, dtype=settings.dtype)
+    settings = checked_settings(settings, (checkpoint,), out)
     ckpt = resolve_checkpoint(checkpoint)
-    info = model_identity(ckpt)
     tag = f"diff-erank-init{settings.init_seed}-" + record_tag(settings)
-    path = Path(out) if out else default_record_path(info, "geom", tag)
-    check_output(path)
     wanted = geom_cache_key(settings, checkpoint=ckpt)
 
-    def compute() -> dict:
-        recorded, scores = diff_erank(checkpoint, settings, progress=progress)
-        return make_record("geom", info, recorded, scores, library_versions())
+    def compute() -> tuple[dict, dict]:
+        return diff_erank(checkpoint, settings, progress=progress)
 
-    record, cached = RecordCache("geom", info["key"]).find_or_compute(
-        "diff-erank", wanted, compute, redo=redo
-    )
-    if cached:
-        record["model"] = info
-    write_record(path, record)
-    record["_path"] = str(path)
-    return record
+    return cached_record("diff-erank", ckpt, out, tag, wanted, compute, redo=redo)

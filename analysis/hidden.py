@@ -91,7 +91,13 @@ def load_model(
     config = load_config(path)
     tokenizer = load_tokenizer(path)
     check_memory(path, device=device, dtype=dtype)
-    model, head = _backbone_and_head(path, config, dtype, device, lm_head)
+    # the causal LM split in two when a head is wanted and exists (encoders such as BertModel: none)
+    head = None
+    if lm_head and any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or []):
+        causal = load_backbone(path, causal=True, dtype=dtype, device=device)
+        model, head = causal.base_model, causal.get_output_embeddings()
+    else:
+        model = load_backbone(path, causal=False, dtype=dtype, device=device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -106,19 +112,6 @@ def load_model(
     )
 
 
-def _backbone_and_head(path, config, dtype: str, device: str, lm_head: bool):
-    """``(backbone, head or None)``: the causal LM split in two when a head is wanted and exists."""
-    if not lm_head or not _is_causal(config):
-        return load_backbone(path, causal=False, dtype=dtype, device=device), None
-    causal = load_backbone(path, causal=True, dtype=dtype, device=device)
-    return causal.base_model, causal.get_output_embeddings()
-
-
-def _is_causal(config) -> bool:
-    """The config names a causal-LM architecture (``*ForCausalLM``; encoders such as BertModel do not)."""
-    return any(str(a).endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
-
-
 def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]:
     """Validated layer list: None/"all" -> 0..L and -1; accepts ints or "0,2,-1"."""
     layers = parse_layers(layers)
@@ -131,23 +124,18 @@ def resolve_layers(layers, n_layers: int, where: str = "the model") -> list[int]
 
 
 class LayerCapture:
-    """Context manager: forward hooks (``nitp.layers.capture``) that store the requested layers.
-
-    ``capture.run(ids, mask)`` does one forward pass and returns ``{layer: [B, T, d]}``.
-    """
+    """Context manager: forward hooks (``nitp.layers.capture``) that store the requested layers."""
 
     def __init__(self, loaded: LoadedModel, layers: list[int]):
-        self.loaded = loaded
-        self.layers = layers
-        self.states: dict[int, object] = {}
-        self._stack = contextlib.ExitStack()
+        self.loaded, self.layers = loaded, layers
+        self._hooks = layers_lib.capture(loaded.model, layers)
 
     def __enter__(self) -> LayerCapture:
-        self.states = self._stack.enter_context(layers_lib.capture(self.loaded.model, self.layers))
+        self.states = self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stack.close()
+        self._hooks.__exit__(*exc)
 
     def run(self, input_ids, attention_mask) -> dict[int, object]:
         """One forward pass; returns ``{layer: [B, T, d]}`` for the requested layers."""
@@ -228,9 +216,8 @@ def resolve_corpus(corpus: str, models, n_tokens: int | None = None) -> str:
     found = set()
     for model in models:
         path = Path(model)
-        run = (
-            path if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir() else run_dir_of(path)
-        )
+        is_run = (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+        run = path if is_run else run_dir_of(path)
         if run is None:
             return "builtin"
         data = read_run_config(run).get("data") or {}
@@ -295,15 +282,13 @@ def corpus_sample(
     seqs, doc_of, start_of, have = [], [], [], 0
     with _quiet_tokenizer():
         for lo in range(0, len(order), 64):
-            batch_ids = tokenizer([docs[i] for i in order[lo : lo + 64]], add_special_tokens=False)[
-                "input_ids"
-            ]
-            for doc_index, ids in zip(order[lo : lo + 64], batch_ids):
+            part = order[lo : lo + 64]
+            batch_ids = tokenizer([docs[i] for i in part], add_special_tokens=False)["input_ids"]
+            for doc_index, ids in zip(part, batch_ids):
                 for start in range(0, len(ids), body):
                     if have >= n_tokens:
                         break
-                    seq = prefix + list(ids[start : start + body]) + suffix
-                    seq = seq[: n_tokens - have]
+                    seq = (prefix + list(ids[start : start + body]) + suffix)[: n_tokens - have]
                     seqs.append(np.asarray(seq, dtype=np.int64))
                     doc_of.append(int(doc_index))
                     start_of.append(start)
@@ -353,12 +338,9 @@ def _quiet_tokenizer():
 
 def default_seq_len(loaded: LoadedModel, wanted: int | None = None) -> int:
     """``wanted`` or 512, capped by the model's positions and the tokenizer's maximum length."""
-    cap = [512 if wanted is None else wanted]
-    if loaded.max_positions:
-        cap.append(int(loaded.max_positions))
-    tok_max = getattr(loaded.tokenizer, "model_max_length", None)
-    if tok_max and tok_max < 1e9:
-        cap.append(int(tok_max))
+    tok_max = getattr(loaded.tokenizer, "model_max_length", None)  # ~1e30 where the tokenizer sets none
+    limits = (loaded.max_positions, tok_max if tok_max and tok_max < 1e9 else None)
+    cap = [512 if wanted is None else wanted] + [int(v) for v in limits if v]
     if wanted is not None and wanted > min(cap):
         raise UserError(f"--seq-len {wanted} exceeds what {loaded.path.name} accepts ({min(cap)} positions)")
     return min(cap)
@@ -387,29 +369,22 @@ class Batch:
     heldout: bool  # all sequences of the batch are held out (or none is)
 
 
-def padded(sequences: list[np.ndarray], pad_id: int, device):
-    """Right-padded ``input_ids`` and ``attention_mask`` tensors of a list of sequences."""
+def padded(sequences: list[np.ndarray], pad_id: int | None, device):
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors of a list of sequences (``pad_id``
+    None: 0, for tokenizers without a padding token; padded positions are masked anyway)."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    t = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), t), dtype=np.int64)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    rows = [torch.as_tensor(s, dtype=torch.int64) for s in sequences]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id or 0)
+    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
+    return ids.to(device), mask.to(device)
 
 
 def batch_plan(sample: Sample, batch_size: int) -> list[tuple[int, int, bool]]:
     """``(start, stop, heldout)`` slices of the sample: fit sequences first, never mixed."""
-    plan = []
-    for lo, hi, held in (
-        (0, sample.heldout_start, False),
-        (sample.heldout_start, len(sample.sequences), True),
-    ):
-        for s in range(lo, hi, batch_size):
-            plan.append((s, min(s + batch_size, hi), held))
-    return plan
+    parts = ((0, sample.heldout_start, False), (sample.heldout_start, len(sample.sequences), True))
+    return [(s, min(s + batch_size, hi), held) for lo, hi, held in parts for s in range(lo, hi, batch_size)]
 
 
 def iter_hidden_states(
@@ -426,19 +401,16 @@ def iter_hidden_states(
     """
     import torch
 
-    pad_id = loaded.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else int(pad_id)
-    captures = [LayerCapture(loaded, layers)] + [
-        LayerCapture(m, [k for k in layers if k <= m.n_layers]) for m in extra or []
-    ]
     with contextlib.ExitStack() as stack:
-        for c in captures:
-            stack.enter_context(c)
+        models = [loaded, *(extra or [])]  # ``layers`` are the main model's: each model gets those it has
+        captures = [
+            stack.enter_context(LayerCapture(m, [k for k in layers if k <= m.n_layers])) for m in models
+        ]
         for lo, hi, held in batch_plan(sample, batch_size):
             seqs = sample.sequences[lo:hi]
             ids = torch.arange(lo, hi, dtype=torch.int64)
             out = []
             for cap in captures:
-                input_ids, attn = padded(seqs, pad_id, cap.loaded.device)
+                input_ids, attn = padded(seqs, loaded.tokenizer.pad_token_id, cap.loaded.device)
                 out.append(Batch(cap.run(input_ids, attn), attn.bool(), ids, held))
             yield out[0], out[1:]

@@ -23,14 +23,8 @@ For every measured layer k (0 = embeddings, k = block k, -1 = last hidden state)
 
 Pairs (t, t+1) are taken inside a sequence, both real tokens; with ``exclude_first`` the pair
 starting at position 0 is left out too. Memory is independent of the number of tokens: the
-largest state is one [d, d] float64 matrix per statistic and layer.
-
-Example
--------
->>> from analysis.measure import geom_record
->>> rec = geom_record("runs/tiny-nitp", n_tokens=20_000)                  # doctest: +SKIP
->>> rec["scores"]["summary"]["effective_rank_covariance"]                   # doctest: +SKIP
->>> rec["scores"]["paper_depth_rule"]["reason"]                             # doctest: +SKIP
+largest state is one [d, d] float64 matrix per statistic and layer. A record of them:
+``analysis.measure.geom_record`` (its module docstring has the example).
 """
 
 from __future__ import annotations
@@ -42,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from nitp import metrics_registry as registry
-from nitp.errors import UserError
 from nitp.geometry import spectrum_metrics
 from nitp.layers import TARGET_DEPTH, default_target_layer
 from nitp.streaming import (
@@ -181,34 +174,23 @@ class LayerAccumulators:
         return self.moments_rest if exclude_first else self.moments_rest.copy().merge(self.moments_first)
 
     def norms(self, exclude_first: bool) -> NormStats:
-        if exclude_first:
-            return self.norms_rest
-        return NormStats().merge(self.norms_rest).merge(self.norms_first)
-
-    def units(self, exclude_first: bool) -> UnitSums:
-        return self.units_rest if exclude_first else self.units_all
-
-    def docs(self, exclude_first: bool) -> SpanningGroupSums:
-        return self.docs_rest if exclude_first else self.docs_all
+        return (
+            self.norms_rest if exclude_first else NormStats().merge(self.norms_rest).merge(self.norms_first)
+        )
 
 
-@dataclass
 class _Rows:
-    """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position)."""
+    """One layer of one batch as float64 rows of the real tokens (row-major: sequence, position):
+    ``x`` [n, d], their ``norms`` [n], ``units`` [n, d] (zero rows stay zero) and ``finite`` (no
+    NaN / inf anywhere: a non-finite coordinate makes its row's norm non-finite)."""
 
-    x: object  # [n, d] float64
-    norms: object  # [n]
-    units: object  # [n, d]; zero rows stay zero
-    finite: bool  # no NaN / inf anywhere (a non-finite coordinate makes its row's norm non-finite)
+    def __init__(self, h, mask):
+        import torch
 
-
-def _rows(h, mask):
-    import torch
-
-    x = h[mask].to(torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    finite = bool(torch.isfinite(norms.sum()))
-    return _Rows(x, norms, x / norms.clamp_min(1e-300)[:, None], finite)
+        self.x = h[mask].to(torch.float64)
+        self.norms = torch.linalg.vector_norm(self.x, dim=1)
+        self.finite = bool(torch.isfinite(self.norms.sum()))
+        self.units = self.x / self.norms.clamp_min(1e-300)[:, None]
 
 
 class LayerStatistics:
@@ -255,6 +237,8 @@ class LayerStatistics:
         """Add one batch: ``states[k]`` [B, T, d], ``mask`` [B, T] bool, ``seq_ids`` [B]."""
         import torch
 
+        from .hidden import check_finite
+
         mask = mask.to(torch.bool)
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         is_first = (pos == 0)[mask]  # per real token
@@ -267,39 +251,36 @@ class LayerStatistics:
         # pair (t, t+1): both real (then they are rows r and r+1), t reported
         nxt_real = torch.zeros_like(mask)
         nxt_real[:, :-1] = mask[:, 1:]
-        src_ok = nxt_real[mask] & (rest if self.exclude_first else torch.ones_like(rest))
-        src_idx = torch.nonzero(src_ok).squeeze(1)
-        tgt_idx = src_idx + 1
         chosen = rest if self.exclude_first else torch.ones_like(rest)
+        src_idx = torch.nonzero(nxt_real[mask] & chosen).squeeze(1)
         if heldout and not self.ridge_solved:
             self._solve_ridge()
-        last = _rows(states[-1], mask)
+        last = _Rows(states[-1], mask)
         src = last.x[src_idx]
         if not heldout and last.finite:
             self.fit_source.update(src)
         for k in self.layers:  # ascending, -1 last: an error names the first broken layer
-            r = last if k == -1 else _rows(states[k], mask)
+            r = last if k == -1 else _Rows(states[k], mask)
             if not r.finite:
-                self._raise_not_finite(k, r)
+                check_finite(r.x, self.where, k)  # raises, naming the first broken layer
             a = self.acc[k]
             a.moments_first.update(r.x[is_first])
             a.moments_rest.update(r.x[rest])
             a.norms_first.add(r.x[is_first], r.norms[is_first])
             a.norms_rest.add(r.x[rest], r.norms[rest])
             nonzero = r.norms > 0
-            if bool(nonzero.all()):  # the usual case: no gather needed
-                a.units_all.add_units(r.units, groups)
-                a.docs_all.add_units(r.units, docs)
-            else:
-                a.units_all.add_units(r.units[nonzero], groups[nonzero])
-                a.docs_all.add_units(r.units[nonzero], docs[nonzero])
-            a.units_rest.add_units(r.units[rest & nonzero], groups[rest & nonzero])
-            a.docs_rest.add_units(r.units[rest & nonzero], docs[rest & nonzero])
+            every = slice(None) if bool(nonzero.all()) else nonzero  # the usual case: no gather needed
+            for sel, units, by_doc in (
+                (every, a.units_all, a.docs_all),
+                (rest & nonzero, a.units_rest, a.docs_rest),
+            ):
+                units.add_units(r.units[sel], groups[sel])
+                by_doc.add_units(r.units[sel], docs[sel])
             # cosines of consecutive rows, then keep the rows that are a pair (t, t+1) of one sequence
             a.temporal.update((r.units[:-1] * r.units[1:]).sum(1)[src_idx])
             if k != -1:
                 a.raw_cos.update((last.units[:-1] * r.units[1:]).sum(1)[src_idx])
-                nxt = r.x[tgt_idx]
+                nxt = r.x[src_idx + 1]
                 if heldout:
                     self._score(a, src, nxt)
                 else:
@@ -310,15 +291,6 @@ class LayerStatistics:
                 a.ref_cross.update(r.x[chosen], ref_x)
         if self.pairs is not None:
             self._keep_pair_rows(last.x[chosen])
-
-    def _raise_not_finite(self, k: int, rows: _Rows) -> None:
-        import torch
-
-        bad = int((~torch.isfinite(rows.norms)).sum())
-        raise UserError(
-            f"{self.where}: layer {k} has NaN/inf activations on {bad} of {rows.x.shape[0]} tokens of a batch; "
-            "the weights are broken or the dtype overflows (try --dtype float32)"
-        )
 
     def _keep_pair_rows(self, rows) -> None:
         import torch
@@ -347,8 +319,7 @@ class LayerStatistics:
         if a.ridge is None or src.shape[0] == 0:
             return
         pred = torch.addmm(a.ridge["mean_b"], src - a.ridge["mean_a"], a.ridge["W"])
-        diff = target - pred
-        a.score_sse += float(torch.linalg.vector_norm(diff) ** 2)
+        a.score_sse += float(torch.linalg.vector_norm(target - pred) ** 2)
         a.score_target.update(target)
         norms = torch.linalg.vector_norm(pred, dim=1) * torch.linalg.vector_norm(target, dim=1)
         a.score_cos.update((pred * target).sum(1) / norms.clamp_min(1e-300))
@@ -356,18 +327,14 @@ class LayerStatistics:
     # -- results ------------------------------------------------------------------------------
     def layer_result(self, k: int, spectrum: bool = False) -> dict:
         a = self.acc[k]
-        out: dict[str, Any] = {"layer": k}
-        blocks = {}
-        for label, excl in (("with_first_position", False), ("without_first_position", True)):
-            blocks[label] = _core_metrics(
-                a.moments(excl),
-                a.units(excl),
-                a.docs(excl),
-                a.norms(excl),
-                spectrum and excl == self.exclude_first,
-            )
-        chosen = blocks["without_first_position" if self.exclude_first else "with_first_position"]
-        out.update(chosen)
+        blocks = {
+            label: _core_metrics(a, excl, spectrum and excl == self.exclude_first)
+            for label, excl in (("with_first_position", False), ("without_first_position", True))
+        }
+        out = {
+            "layer": k,
+            **blocks["without_first_position" if self.exclude_first else "with_first_position"],
+        }
         out["first_position_mean_norm"] = (
             a.norms_first.metrics()["mean_norm"] if a.norms_first.count else None
         )
@@ -394,9 +361,7 @@ class LayerStatistics:
 
         if self.pairs is None or not self.pair_rows:
             return None
-        i, j = self.pairs
-        a = torch.stack([self.pair_rows[int(v)] for v in i])
-        b = torch.stack([self.pair_rows[int(v)] for v in j])
+        a, b = (torch.stack([self.pair_rows[int(v)] for v in side]) for side in self.pairs)
         return float(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300).mean())
 
 
@@ -408,14 +373,15 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _core_metrics(
-    moments: Moments, units: UnitSums, docs: SpanningGroupSums, norms: NormStats, spectrum: bool
-) -> dict:
+def _core_metrics(a: LayerAccumulators, exclude_first: bool, spectrum: bool) -> dict:
+    """The geometry of one layer's token states, with or without each sequence's first position."""
+    moments, norms = a.moments(exclude_first), a.norms(exclude_first)
+    units, docs = (a.units_rest, a.docs_rest) if exclude_first else (a.units_all, a.docs_all)
     if moments.count >= 2:
         spec = spectrum_metrics(moments.eigenvalues(), include_spectrum=spectrum)
     else:
         spec = dict.fromkeys(registry.names(group="spectrum"))
-    out = {
+    return {
         "n_tokens": moments.count,
         **spec,
         "anisotropy": _num(units.anisotropy()),
@@ -423,14 +389,14 @@ def _core_metrics(
         "anisotropy_within_documents": _num(docs.within(units)),
         "anisotropy_within_sequences": _num(units.anisotropy_within()),
         "anisotropy_across_sequences": _num(units.anisotropy_across()),
+        **{k: _num(v) for k, v in norms.metrics().items()},
+        **massive_dims_metrics(moments),
     }
-    out.update({k: _num(v) for k, v in norms.metrics().items()})
-    out.update(massive_dims_metrics(moments))
-    return out
 
 
 MASSIVE_DIM_SHARE = 0.05  # a dimension holding this share of the variance or more dominates the spectrum
 MAX_MASSIVE_DIMS = 8
+MASSIVE_DIMS_NUMBERS = ("massive_dims_variance_share", "effective_rank_covariance_without_massive_dims")
 
 
 def massive_dims_metrics(moments: Moments) -> dict:
@@ -446,14 +412,11 @@ def massive_dims_metrics(moments: Moments) -> dict:
     """
     import torch
 
-    empty = {"massive_dims": [], "massive_dims_variance_share": None}
-    if moments.count < 2:
-        return {**empty, "effective_rank_covariance_without_massive_dims": None}
-    cov = moments.m2 / moments.count
-    var = cov.diagonal()
-    total = float(var.sum())
+    cov = moments.m2 / moments.count if moments.count >= 2 else None
+    total = float(cov.diagonal().sum()) if cov is not None else 0.0
     if total <= 0:
-        return {**empty, "effective_rank_covariance_without_massive_dims": None}
+        return {"massive_dims": [], **dict.fromkeys(MASSIVE_DIMS_NUMBERS)}
+    var = cov.diagonal()
     share = var / total
     order = torch.argsort(share, descending=True)[:MAX_MASSIVE_DIMS]
     dims = [int(j) for j in order if float(share[j]) >= MASSIVE_DIM_SHARE]

@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
@@ -59,35 +60,26 @@ def measure(
 
     ``settings``: the sample, layers and statistics (:class:`~analysis.settings.GeomSettings`);
     ``reference``: another checkpoint with the same tokenizer (adds ``cka_vs_reference``). The
-    depth measures of :mod:`analysis.depth` come in the same pass: intrinsic dimension on
-    ``id_tokens`` sampled token states, prompt entropy on the first ``entropy_sequences``
-    sequences, dataset entropy, curvature, alpha-ReQ and (``lens``) the logit-lens CE."""
-    from .hidden import (
-        batch_plan,
-        corpus_sample,
-        default_seq_len,
-        iter_hidden_states,
-        load_model,
-        resolve_layers,
-    )
+    depth measures of :mod:`analysis.depth` come in the same pass."""
+    from nitp.runs import run_dir_of
+
+    from . import hidden
 
     s = settings
-    loaded = load_model(checkpoint, device=s.device, dtype=s.dtype, lm_head=s.lens)
-    layer_list = resolve_layers(s.layers, loaded.n_layers, where=str(loaded.path))
+    loaded = hidden.load_model(checkpoint, device=s.device, dtype=s.dtype, lm_head=s.lens)
+    layer_list = hidden.resolve_layers(s.layers, loaded.n_layers, where=str(loaded.path))
     refs = []
     if reference is not None:
-        ref = load_model(reference, device=loaded.device, dtype=loaded.dtype)
+        ref = hidden.load_model(reference, device=loaded.device, dtype=loaded.dtype)
         if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
             raise UserError(
                 f"--reference {reference}: its tokenizer differs from {loaded.path}'s, so the token sets differ; "
                 "compare checkpoints of the same run or family"
             )
         refs.append(ref)
-    sample = corpus_sample(
-        loaded.tokenizer, s.corpus, s.n_tokens, default_seq_len(loaded, s.seq_len), s.seed, s.heldout_fraction
-    )
-    lengths = sample.lengths
-    reported = lengths - (1 if s.exclude_first else 0)
+    seq_len = hidden.default_seq_len(loaded, s.seq_len)
+    sample = hidden.corpus_sample(loaded.tokenizer, s.corpus, s.n_tokens, seq_len, s.seed, s.heldout_fraction)
+    reported = sample.lengths - int(s.exclude_first)
     n_reported = int(reported.sum())
     if n_reported <= loaded.hidden_size:
         warnings.warn(
@@ -96,10 +88,9 @@ def measure(
             GeometryWarning,
             stacklevel=2,
         )
-    pair_sample = None
     doc_of_token = np.repeat(np.asarray(sample.documents, dtype=np.int64), reported)
-    if s.n_pairs and len(np.unique(doc_of_token)) >= 2:  # the paper's pairs: from different documents
-        pair_sample = sample_pairs(n_reported, s.n_pairs, doc_of_token, s.seed)
+    pairs_possible = s.n_pairs and len(np.unique(doc_of_token)) >= 2  # the paper's: from different documents
+    pair_sample = sample_pairs(n_reported, s.n_pairs, doc_of_token, s.seed) if pairs_possible else None
     stats = LayerStatistics(
         layer_list, s.exclude_first, s.ridge, pair_sample, where=str(loaded.path), documents=sample.documents
     )
@@ -113,39 +104,34 @@ def measure(
         loaded.lm_head,
         s.seed,
     )
-    n_batches = len(batch_plan(sample, s.batch_size))
+    n_batches = len(hidden.batch_plan(sample, s.batch_size))
     with _progress(progress, f"{loaded.path.parent.name}/{loaded.path.name}", n_batches) as advance:
-        for batch, ref_batches in iter_hidden_states(loaded, sample, stats.layers, s.batch_size, refs):
+        for batch, ref_batches in hidden.iter_hidden_states(loaded, sample, stats.layers, s.batch_size, refs):
             ref_states = ref_batches[0].states if ref_batches else None
             stats.update(batch.states, batch.mask, batch.seq_ids, batch.heldout, ref_states)
             depth.update(batch.states, batch.mask, batch_input_ids(sample, batch))
             advance()
-    rows = []
-    for k in stats.layers:
-        row = stats.layer_result(k, spectrum=s.spectrum)
-        row.update(depth.layer_result(k, stats.acc[k].moments(s.exclude_first).eigenvalues()))
-        row["name"] = loaded.layer_name(k)
-        rows.append(row)
+    rows = [
+        stats.layer_result(k, spectrum=s.spectrum)
+        | depth.layer_result(k, stats.acc[k].moments(s.exclude_first).eigenvalues())
+        | {"name": loaded.layer_name(k)}
+        for k in stats.layers
+    ]
     last = next(r for r in rows if r["layer"] == -1)
-    summary = summary_metrics(last)
-    summary.update(
-        {
-            "anisotropy_sampled": _num(stats.anisotropy_sampled()),
-            "n_pairs_sampled": s.n_pairs if pair_sample is not None else 0,
-            "n_tokens": last["n_tokens"],
-            "n_sequences": len(sample.sequences),
-            "n_documents": len(set(sample.documents)),
-            "hidden_size": loaded.hidden_size,
-            "n_layers": loaded.n_layers,
-            "has_final_norm": loaded.has_final_norm,
-        }
-    )
+    summary = summary_metrics(last) | {
+        "anisotropy_sampled": _num(stats.anisotropy_sampled()),
+        "n_pairs_sampled": s.n_pairs if pair_sample is not None else 0,
+        "n_tokens": last["n_tokens"],
+        "n_sequences": len(sample.sequences),
+        "n_documents": len(set(sample.documents)),
+        "hidden_size": loaded.hidden_size,
+        "n_layers": loaded.n_layers,
+        "has_final_norm": loaded.has_final_norm,
+    }
     reported_rows = [r for r in rows if r["layer"] in layer_list]
-    rule = paper_depth_rule(
-        [r for r in rows if r["layer"] >= 0 and r["layer"] in layer_list],
-        loaded.n_layers,
-        _trained_target(loaded.path),
-    )
+    run = run_dir_of(Path(loaded.path))  # the NITP target layer its run was trained with, if any
+    trained = run_target_layer(run) if run is not None else None
+    rule = paper_depth_rule([r for r in reported_rows if r["layer"] >= 0], loaded.n_layers, trained)
     scores = {
         "summary": summary,
         "layers": reported_rows,
@@ -154,25 +140,19 @@ def measure(
         "paper_measures": PAPER_MEASURES,
         "definitions": record_definitions(),
     }
-    recorded = {
-        "corpus": s.corpus,
-        "n_tokens": s.n_tokens,
-        "layers": layer_list,
-        "exclude_first": s.exclude_first,
-        "seed": s.seed,
-        "seq_len": sample.seq_len,
-        "batch_size": s.batch_size,
-        "ridge": s.ridge,
-        "heldout_fraction": s.heldout_fraction,
-        "n_pairs": s.n_pairs,
-        "pairs_across": PAIRS_ACROSS,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "reference": checkpoint_info(refs[0].path) if refs else None,
-        "sample": sample.describe(),
-        "depth": depth.settings(),
-    }
+    own = {k: getattr(s, k) for k in ("exclude_first", "ridge", "heldout_fraction", "n_pairs")}
+    reference_info = checkpoint_info(refs[0].path) if refs else None
+    own.update(pairs_across=PAIRS_ACROSS, reference=reference_info, depth=depth.settings())
+    recorded = sample_settings(s, loaded, sample, layer_list, **own)
     return checkpoint_info(loaded.path), recorded, scores
+
+
+def sample_settings(s, loaded, sample, layers: list[int], **fields) -> dict:
+    """A record's ``settings``: those of ``s`` as run (the model's device and dtype, the sample's
+    ``seq_len``, the resolved ``layers``), then ``fields`` and the sample's description."""
+    out = {k: getattr(s, k) for k in ("corpus", "n_tokens", "seed", "batch_size")}
+    run = {"layers": layers, "seq_len": sample.seq_len, "device": loaded.device, "dtype": loaded.dtype}
+    return {**out, **run, **fields, "sample": sample.describe()}
 
 
 def batch_input_ids(sample, batch):
@@ -183,49 +163,29 @@ def batch_input_ids(sample, batch):
     return padded(seqs, 0, batch.mask.device)[0]
 
 
-class _progress:
-    """A rich progress bar on stderr (a no-op when disabled)."""
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str, total: int):
+    """A rich progress bar on stderr; yields its ``advance()`` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(f"geometry {self.label}", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"geometry {label}", total=total)
+        yield lambda: bar.advance(task)
 
 
 def record_tag(settings) -> str:
     """The settings part of a record's default file name (a dtype other than float32 included,
     so a bfloat16 record never replaces the float32 one)."""
-    corpus = settings.corpus
-    corpus_name = Path(corpus).name if corpus != "builtin" else "builtin"
+    corpus_name = Path(settings.corpus).name  # "builtin" stays itself
     if corpus_name == "val_documents.jsonl" or corpus_name.startswith("nitp-val-"):
-        corpus_name = (
-            "heldout"  # --corpus auto: the run's held-out documents (analysis.hidden.resolve_corpus)
-        )
-    layers = settings.layers
-    layer_part = (
-        "all" if layers is None else "layers_" + "_".join("last" if int(k) == -1 else str(k) for k in layers)
-    )
+        corpus_name = "heldout"  # --corpus auto: the run's held-out documents (hidden.resolve_corpus)
+    names = ["last" if int(k) == -1 else str(k) for k in settings.layers or ()]
+    layer_part = "all" if settings.layers is None else "layers_" + "_".join(names)
     precision = f"-{settings.dtype}" if settings.dtype not in (None, "float32") else ""
     first = "-nofirst" if settings.exclude_first else ""
     return f"{corpus_name}-{settings.n_tokens}-{layer_part}{first}-seed{settings.seed}{precision}"
@@ -262,26 +222,42 @@ def geom_record(
     >>> geom_record("runs/tiny-nitp", GeomSettings(n_tokens=4096, layers=[-1]))  # doctest: +SKIP
     """
     ckpt = resolve_checkpoint(checkpoint)
-    if write:
-        check_output(out)  # an unwritable --out fails before the measurement
-    settings = settings.resolved()
-    for model in (ckpt, reference):  # config, tokenizer, weights, memory: before any cache lookup
-        if model is not None:
-            check_model_files(model, device=settings.device, dtype=settings.dtype)
-    info = model_identity(ckpt)  # weights + config + tokenizer: the record cache's model key
-    path = Path(out) if out else default_record_path(info, "geom", record_tag(settings))
-    if write:
-        check_output(path)
+    settings = checked_settings(settings, (ckpt, reference), out if write else None)
     # code versions: records of older measuring code are measured again
     versions = {"pairs_across": PAIRS_ACROSS, "depth_version": DEPTH_VERSION, **spectral_version()}
     wanted = geom_cache_key(settings, checkpoint=ckpt, reference=reference, **versions)
 
-    def compute() -> dict:
-        _, recorded, scores = measure(ckpt, settings, reference=reference, progress=progress)
-        return make_record("geom", info, recorded, scores, library_versions())
+    def compute() -> tuple[dict, dict]:
+        return measure(ckpt, settings, reference=reference, progress=progress)[1:]
 
-    # the one record cache (nitp.records): same model key + same settings -> no recomputation
-    record, cached = RecordCache("geom", info["key"]).find_or_compute("layers", wanted, compute, redo=redo)
+    return cached_record("layers", ckpt, out, record_tag(settings), wanted, compute, redo=redo, write=write)
+
+
+def checked_settings(settings, models, out):
+    """``settings`` resolved (device, dtype) after the checks that fail before any work: an
+    unwritable ``out``, then each model's config, tokenizer, weights and memory."""
+    check_output(out)
+    settings = settings.resolved()
+    for model in models:
+        if model is not None:
+            check_model_files(model, device=settings.device, dtype=settings.dtype)
+    return settings
+
+
+def cached_record(section: str, model, out, tag: str, wanted: dict, compute, *, redo: bool, write=True):
+    """The ``kind: "geom"`` record of ``compute() -> (settings, scores)`` for ``model`` from the one
+    record cache (``nitp.records.RecordCache``): same model key + same settings (``wanted``) are
+    never measured twice. Written (``write``) to ``out``, else ``default_record_path(model, "geom",
+    tag)``, unless that file holds this very record already; ``record["_path"]`` is that path."""
+    info = model_identity(resolve_checkpoint(model))
+    path = Path(out) if out else default_record_path(info, "geom", tag)
+    if write:
+        check_output(path)
+
+    def make() -> dict:
+        return make_record("geom", info, *compute(), library_versions())
+
+    record, cached = RecordCache("geom", info["key"]).find_or_compute(section, wanted, make, redo=redo)
     if cached:  # measured on a folder with the same weights, config and tokenizer: name this one
         record["model"] = info
     if write and not (cached and path.is_file() and _names_model(path, info, record)):
@@ -318,8 +294,7 @@ def geom_cache_key(settings, **inputs) -> dict:
     """The record cache's key of a ``nitp-geom`` computation (``nitp.cachekey.cache_key``):
     every field of ``settings`` (``dataclasses.asdict``: a new field is keyed by itself), the
     device by its kind and the layers sorted, the corpus by its contents; ``inputs`` adds the
-    models (:data:`MODEL_INPUTS`, by their model key) and code versions. Used by ``layers`` /
-    ``rank`` / ``anisotropy``, ``compare`` and ``diff-erank``."""
+    models (:data:`MODEL_INPUTS`, by their model key) and code versions."""
     fields = dataclasses.asdict(settings)
     fields["device"] = device_kind(settings.device)
     fields["layers"] = None if settings.layers is None else sorted(settings.layers)
@@ -340,13 +315,9 @@ def _names_model(path: Path, info: dict, record: dict) -> bool:
         old = read_record(path)
     except UserError:
         return False
-    model = old.get("model", {})
-    return (
-        model.get("path") == info["path"]
-        and model.get("key") == info["key"]
-        and old.get("created") == record.get("created")
-        and old.get("settings") == record.get("settings")
-    )
+    model, same = old.get("model", {}), ("created", "settings")
+    mine = (info["path"], info["key"], *(record.get(k) for k in same))
+    return (model.get("path"), model.get("key"), *(old.get(k) for k in same)) == mine
 
 
 def geom_records(
@@ -354,18 +325,14 @@ def geom_records(
 ) -> list[dict]:
     """``geom_record`` for several checkpoints; ``out`` is then a folder (one file each);
     ``options``: ``geom_record``'s (``reference``, ``redo``, ``progress``, ``write``)."""
-    records = []
-    for ck in checkpoints:
-        target = None
-        if out is not None:
-            if len(checkpoints) == 1 and str(out).endswith(".json"):
-                target = Path(out)
-            else:
-                info = checkpoint_info(ck)
-                stem = f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}"
-                target = Path(out) / f"{stem}.json"
-        records.append(geom_record(ck, settings, out=target, **options))
-    return records
+
+    def target(ck) -> Path | None:
+        if out is None or (len(checkpoints) == 1 and str(out).endswith(".json")):
+            return None if out is None else Path(out)
+        info = checkpoint_info(ck)
+        return Path(out) / f"{info['name']}-{Path(info['path']).name}-{info['hash'][:8]}.json"
+
+    return [geom_record(ck, settings, out=target(ck), **options) for ck in checkpoints]
 
 
 def trajectory(
@@ -388,19 +355,8 @@ def trajectory(
         raise UserError(f"{run_dir}: run directory has no complete checkpoint yet")
     for ck in ckpts:  # a checkpoint without its tokenizer (or with broken files) fails before any work
         check_model_files(ck)
-    records, prev = [], None
-    for ck in ckpts:
-        records.append(geom_record(ck, settings, reference=prev if stability else None, **options))
-        prev = ck
-    return records
-
-
-def _trained_target(checkpoint) -> int | None:
-    """The NITP target layer the checkpoint's run was trained with (None for NTP or plain models)."""
-    from nitp.runs import run_dir_of
-
-    run = run_dir_of(Path(checkpoint))
-    return run_target_layer(run) if run is not None else None
+    previous = [None, *ckpts[:-1]] if stability else [None] * len(ckpts)
+    return [geom_record(ck, settings, reference=prev, **options) for ck, prev in zip(ckpts, previous)]
 
 
 def run_target_layer(run_dir) -> int | None:

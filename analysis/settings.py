@@ -5,12 +5,9 @@ the library functions take it whole, ``nitp-geom`` reads its option defaults fro
 record cache keys on ``dataclasses.asdict(settings)`` (``analysis.measure.geom_cache_key``), so a
 new field is part of the key by itself.
 
-* :class:`SampleSettings` — what every measurement shares: the token sample (corpus, tokens,
-  sequence length, seed), the layers, and how the model runs (batch, device, dtype);
-* :class:`GeomSettings` — ``nitp-geom layers / rank / anisotropy / trajectory``
-  (``analysis.measure.geom_record``): adds the statistics' own settings;
-* :class:`CompareSettings` — ``nitp-geom compare`` (``analysis.similarity.compare_record``);
-* :class:`DiffErankSettings` — ``nitp-geom diff-erank`` (``analysis.diffrank.diff_erank_record``).
+:class:`GeomSettings` (``geom_record``: layers / rank / anisotropy / trajectory),
+:class:`CompareSettings` (``compare_record``) and :class:`DiffErankSettings` (``diff_erank_record``)
+each add their own fields to :class:`SampleSettings`, what every measurement shares.
 
 A bad value is one ``UserError`` naming the option when the settings are made. This module
 imports no numpy or torch: the CLI's ``--help`` reads the defaults from it.
@@ -31,9 +28,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nitp.errors import UserError
-
-DEFAULT_ID_TOKENS = 2000  # token states per layer for the intrinsic dimension (O(n^2 d))
-DEFAULT_ENTROPY_SEQUENCES = 16  # sequences whose token Gram matrix gives the prompt entropy
 
 
 @dataclass(frozen=True)
@@ -56,7 +50,7 @@ class SampleSettings:
     dtype: str | None = None
 
     def __post_init__(self):
-        check_sizes(batch_size=self.batch_size, n_tokens=self.n_tokens, seq_len=self.seq_len)
+        check_counts(1, batch_size=self.batch_size, n_tokens=self.n_tokens, seq_len=self.seq_len)
         layers = parse_layers(self.layers)
         object.__setattr__(self, "layers", None if layers is None else tuple(layers))
 
@@ -85,14 +79,14 @@ class GeomSettings(SampleSettings):
     heldout_fraction: float = 0.2
     n_pairs: int = 4096
     spectrum: bool = False
-    id_tokens: int = DEFAULT_ID_TOKENS
-    entropy_sequences: int = DEFAULT_ENTROPY_SEQUENCES
+    id_tokens: int = 2000  # token states per layer for the intrinsic dimension (O(n^2 d))
+    entropy_sequences: int = 16  # sequences whose token Gram matrix gives the prompt entropy
     lens: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        check_sizes(n_pairs=self.n_pairs)
-        check_counts(id_tokens=self.id_tokens, entropy_sequences=self.entropy_sequences)
+        check_counts(1, n_pairs=self.n_pairs)
+        check_counts(0, id_tokens=self.id_tokens, entropy_sequences=self.entropy_sequences)
 
 
 @dataclass(frozen=True)
@@ -130,19 +124,12 @@ def parse_layers(layers) -> list[int] | None:
     return [int(k) for k in layers]
 
 
-def check_sizes(**sizes) -> None:
-    """Counts the user gives (``--batch-size``, ``--tokens``, ``--seq-len``, ``--pairs``) are
-    positive integers; ``UserError`` naming the option otherwise. None means "the default"."""
-    for name, value in sizes.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
-            raise UserError(f"{option} {value!r}: must be a whole number of at least 1")
-
-
-def check_counts(**counts) -> None:
-    """Sample sizes that may be 0 (= skip that measure): whole numbers >= 0, else ``UserError``."""
+def check_counts(least: int, **counts) -> None:
+    """Counts the user gives are whole numbers of at least ``least`` (1: ``--batch-size``,
+    ``--tokens``, ``--seq-len``, ``--pairs``; 0 = skip that measure: ``--id-tokens``,
+    ``--entropy-sequences``); ``UserError`` naming the option otherwise. None means "the default"."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"--{name.replace('_', '-')} {value!r}: must be a whole number >= 0 (0 skips it)")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
+            rule = "of at least 1" if least else ">= 0 (0 skips it)"
+            raise UserError(f"{option} {value!r}: must be a whole number {rule}")

@@ -32,21 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from nitp.errors import UserError
-from nitp.loading import available_memory, check_model_files
-from nitp.records import (
-    RecordCache,
-    check_output,
-    default_record_path,
-    library_versions,
-    make_record,
-    model_identity,
-    write_record,
-)
+from nitp.loading import available_memory
+from nitp.records import model_identity
 from nitp.runs import checkpoint_info, resolve_checkpoint
 
+from .measure import _progress, cached_record, checked_settings, geom_cache_key, record_tag, sample_settings
 from .settings import CompareSettings
 
 MAPS = ("a_vs_b", "a_vs_a", "b_vs_b")
+MEASURES = ("cka", "cka_debiased", "procrustes")
 MEMORY_SHARE = 0.5  # the pair states may take at most this share of the available memory
 
 
@@ -54,39 +48,35 @@ class SimilarityStreams:
     """The ``HSICMoments`` of every layer pair of A x B (and of A x A, B x B) over batches.
 
     ``layers_a``, ``layers_b``: the layers of each model; ``b_layers=None`` compares A with itself.
+    A model against itself keeps the diagonal and the upper triangle only (the rest is their
+    transpose).
     """
 
     def __init__(self, layers_a: list[int], layers_b: list[int] | None, self_maps: bool = True):
         from nitp.streaming import HSICMoments
 
-        self.layers_a, self.layers_b = layers_a, layers_b
-        self.self_a = [HSICMoments() for _ in layers_a]
-        self.self_b = [HSICMoments() for _ in layers_b] if layers_b is not None else None
-        self.cross = [[HSICMoments() for _ in layers_b] for _ in layers_a] if layers_b is not None else None
         self.self_maps = self_maps or layers_b is None
-        self.upper_a = self._upper(layers_a) if self.self_maps else None
-        self.upper_b = self._upper(layers_b) if self.self_maps and layers_b is not None else None
-
-    @staticmethod
-    def _upper(layers: list[int]) -> dict:
-        from nitp.streaming import HSICMoments
-
-        n = len(layers)
-        return {(i, j): HSICMoments() for i in range(n) for j in range(i + 1, n)}
+        sizes = [len(layers) for layers in (layers_a, layers_b) if layers is not None]
+        self.diagonal = [[HSICMoments() for _ in range(n)] for n in sizes]  # per model: (h_i, h_i)
+        self.cross = [[HSICMoments() for _ in layers_b] for _ in layers_a] if layers_b is not None else None
+        self.upper = [
+            {(i, j): HSICMoments() for i in range(n) for j in range(i + 1, n)}
+            for n in sizes
+            if self.self_maps
+        ]
 
     def update(self, rows_a: list, rows_b: list | None) -> None:
         """Add one batch: ``rows_a[i]`` [N, d_A] of layer i of A, ``rows_b[j]`` the same tokens in B."""
-        for s, x in zip(self.self_a, rows_a):
-            s.update(x, x)
-        if rows_b is not None:
-            for s, y in zip(self.self_b, rows_b):
-                s.update(y, y)
-            for i, x in enumerate(rows_a):
-                for j, y in enumerate(rows_b):
-                    self.cross[i][j].update(x, y)
-        for upper, rows in ((self.upper_a, rows_a), (self.upper_b, rows_b)):
-            for (i, j), s in (upper or {}).items():
+        models = [rows for rows in (rows_a, rows_b) if rows is not None]
+        for diagonal, rows in zip(self.diagonal, models):
+            for s, x in zip(diagonal, rows):
+                s.update(x, x)
+        for upper, rows in zip(self.upper, models):
+            for (i, j), s in upper.items():
                 s.update(rows[i], rows[j])
+        for i, x in enumerate(rows_a if rows_b is not None else ()):
+            for j, y in enumerate(rows_b):
+                self.cross[i][j].update(x, y)
 
     def maps(self) -> dict:
         """``{map name: {measure: nested list}}`` (``nitp.streaming.similarity_map_from_moments``)."""
@@ -94,42 +84,23 @@ class SimilarityStreams:
 
         out = {}
         if self.cross is not None:
-            out["a_vs_b"] = similarity_map_from_moments(self.self_a, self.self_b, self.cross)
-        if self.upper_a is not None:
-            out["a_vs_a"] = similarity_map_from_moments(
-                self.self_a, self.self_a, _square(self.self_a, self.upper_a)
-            )
-        if self.upper_b is not None:
-            out["b_vs_b"] = similarity_map_from_moments(
-                self.self_b, self.self_b, _square(self.self_b, self.upper_b)
-            )
+            out["a_vs_b"] = similarity_map_from_moments(*self.diagonal, self.cross)
+        for name, diagonal, upper in zip(("a_vs_a", "b_vs_b"), self.diagonal, self.upper):
+            out[name] = similarity_map_from_moments(diagonal, diagonal, _square(diagonal, upper))
         return {name: {m: _json_matrix(v) for m, v in maps.items()} for name, maps in out.items()}
 
 
 def _square(diagonal: list, upper: dict) -> list:
     """The full symmetric grid of pair states from the diagonal and the upper triangle."""
     n = len(diagonal)
-    grid = [[None] * n for _ in range(n)]
-    for i in range(n):
-        grid[i][i] = diagonal[i]
-    for (i, j), s in upper.items():
-        grid[i][j], grid[j][i] = s, s.transposed()
-    return grid
+    return [
+        [diagonal[i] if i == j else upper[i, j] if i < j else upper[j, i].transposed() for j in range(n)]
+        for i in range(n)
+    ]
 
 
 def _json_matrix(a: np.ndarray) -> list:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
-
-
-def pair_state_bytes(dims_a: list[int], dims_b: list[int] | None, self_maps: bool) -> int:
-    """Bytes of the float64 pair states: ``8 d_i d_j`` (+ vectors) per accumulated pair."""
-    pairs = []
-    if dims_b is not None:
-        pairs += [(a, b) for a in dims_a for b in dims_b]
-    for dims in (dims_a, dims_b) if (self_maps or dims_b is None) else ():
-        if dims is not None:
-            pairs += [(d, d) for d in dims] + [(d, d) for i, d in enumerate(dims) for _ in dims[i + 1 :]]
-    return int(sum(8 * (a * b + 2 * (a + b)) for a, b in pairs))
 
 
 def compare(
@@ -142,11 +113,9 @@ def compare(
     model_a, model_b : checkpoints, run directories, HF folders or GGUF files (same tokenizer);
         ``model_b=None`` compares A with itself
     settings : the sample and run (:class:`~analysis.settings.CompareSettings`); its ``layers``
-        (None for all: 0..L and -1) apply to both models (each checked); with two models,
-        ``self_maps`` also computes each against itself
+        (None for all: 0..L and -1) apply to both models (each checked)
     """
     from .hidden import corpus_sample, default_seq_len, load_model, resolve_layers
-    from .measure import _progress
 
     s = settings
     a = load_model(model_a, device=s.device, dtype=s.dtype)
@@ -166,14 +135,13 @@ def compare(
         for rows_a, rows_b in _paired_rows(a, b, layers_a, layers_b, sample, s.batch_size, s.exclude_first):
             streams.update(rows_a, rows_b)
             advance()
-    n = int(streams.self_a[0].count)
     scores = {
         "similarity": {
             "layers_a": layers_a,
             "layers_b": layers_b if b is not None else layers_a,
             "names_a": [a.layer_name(k) for k in layers_a],
             "names_b": [b.layer_name(k) for k in layers_b] if b is not None else None,
-            "n_tokens": n,
+            "n_tokens": int(streams.diagonal[0][0].count),
             "model_b": checkpoint_info(b.path) if b is not None else None,
             **streams.maps(),
         },
@@ -183,26 +151,20 @@ def compare(
             "procrustes": "squared orthogonal Procrustes distance 2 - 2 ||X^T Y||_* of centred unit-Frobenius X, Y, in [0, 2]",
         },
     }
-    recorded = {
-        "corpus": s.corpus,
-        "n_tokens": s.n_tokens,
-        "layers": layers_a,
-        "exclude_first": s.exclude_first,
-        "seed": s.seed,
-        "seq_len": sample.seq_len,
-        "batch_size": s.batch_size,
-        "self_maps": streams.self_maps,
-        "device": a.device,
-        "dtype": a.dtype,
-        "sample": sample.describe(),
-    }
+    recorded = sample_settings(
+        s, a, sample, layers_a, exclude_first=s.exclude_first, self_maps=streams.self_maps
+    )
     return recorded, scores
 
 
 def _check_memory(a, b, layers_a, layers_b, self_maps: bool) -> None:
-    need = pair_state_bytes(
-        [a.hidden_size] * len(layers_a), [b.hidden_size] * len(layers_b) if b is not None else None, self_maps
-    )
+    """``UserError`` when the float64 pair states, ``8 (d_i d_j + 2 (d_i + d_j))`` bytes per
+    accumulated pair, need more than :data:`MEMORY_SHARE` of the memory available."""
+    sides = [(m.hidden_size, len(layers)) for m, layers in ((a, layers_a), (b, layers_b)) if m is not None]
+    pairs = [(d, d, n * (n + 1) // 2) for d, n in sides] if self_maps or b is None else []
+    if b is not None:
+        pairs.append((a.hidden_size, b.hidden_size, len(layers_a) * len(layers_b)))
+    need = sum(8 * n * (x * y + 2 * (x + y)) for x, y, n in pairs)
     free = available_memory("cpu" if not str(a.device).startswith("cuda") else a.device)
     if free is not None and need > MEMORY_SHARE * free:
         raise UserError(
@@ -217,40 +179,27 @@ def _paired_rows(a, b, layers_a, layers_b, sample, batch_size: int, exclude_firs
 
     from .hidden import LayerCapture, check_finite, padded
 
-    pad = a.tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
+    def real_rows(cap, ids, attn, keep) -> list:
+        device = cap.loaded.device
+        states = cap.run(ids.to(device), attn.to(device))
+        rows = [states[k][keep.to(device)] for k in cap.layers]
+        for k, r in zip(cap.layers, rows):
+            check_finite(r, str(cap.loaded.path), k)
+        return rows
+
     with contextlib.ExitStack() as stack:
-        cap_a = stack.enter_context(LayerCapture(a, layers_a))
-        cap_b = stack.enter_context(LayerCapture(b, layers_b)) if b is not None else None
+        models = [(a, layers_a)] + ([(b, layers_b)] if b is not None else [])
+        caps = [stack.enter_context(LayerCapture(m, layers)) for m, layers in models]
         for lo in range(0, len(sample.sequences), batch_size):
-            ids, attn = padded(sample.sequences[lo : lo + batch_size], pad, a.device)
+            ids, attn = padded(sample.sequences[lo : lo + batch_size], a.tokenizer.pad_token_id, a.device)
             keep = attn.bool()
             if exclude_first:
                 keep[:, 0] = False
-            states_a = cap_a.run(ids, attn)
-            rows_a = [states_a[k][keep] for k in layers_a]
-            for k, rows in zip(layers_a, rows_a):
-                check_finite(rows, str(a.path), k)
-            rows_b = None
-            if cap_b is not None:
-                states_b = cap_b.run(ids.to(b.device), attn.to(b.device))
-                rows_b = [states_b[k][keep.to(b.device)] for k in layers_b]
-                for k, rows in zip(layers_b, rows_b):
-                    check_finite(rows, str(b.path), k)
-            if rows_a[0].shape[0]:
-                yield rows_a, rows_b
-            del states_a, ids, attn, keep
+            rows = [real_rows(cap, ids, attn, keep) for cap in caps] + [None]  # B's: None for A alone
+            if rows[0][0].shape[0]:
+                yield rows[0], rows[1]
+            del ids, attn, keep
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
-
-
-def compare_tag(info_b: dict | None, settings: CompareSettings) -> str:
-    """The settings part of a compare record's default file name (names B and its weights)."""
-    from .measure import record_tag
-
-    other = (
-        "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
-    )
-    return f"compare-{other}-{record_tag(settings)}"
 
 
 def compare_record(
@@ -265,63 +214,46 @@ def compare_record(
     """``compare`` wrapped in the record cache: a ``kind: "geom"`` record with a ``similarity``
     section, cached under A's model key with B's key in the settings (same weights of both and
     same settings are never measured twice). ``record["_path"]`` is where it was written."""
-    from .measure import geom_cache_key
-
-    check_output(out)
-    settings = settings.resolved()
-    for model in (model_a, model_b):
-        if model is not None:
-            check_model_files(model, device=settings.device, dtype=settings.dtype)
-    info_a = model_identity(resolve_checkpoint(model_a))
+    settings = checked_settings(settings, (model_a, model_b), out)
     info_b = model_identity(resolve_checkpoint(model_b)) if model_b is not None else None
-    path = Path(out) if out else default_record_path(info_a, "geom", compare_tag(info_b, settings))
-    check_output(path)
+    # the settings part of the default file name names B and its weights
+    other = (
+        "self" if info_b is None else f"vs-{info_b['name']}-{Path(info_b['path']).name}-{info_b['hash'][:8]}"
+    )
+    tag = f"compare-{other}-{record_tag(settings)}"
     wanted = geom_cache_key(settings, model_a=model_a, model_b=model_b)
 
-    def compute() -> dict:
+    def compute() -> tuple[dict, dict]:
         recorded, scores = compare(model_a, model_b, settings, progress=progress)
-        recorded["model_b"] = info_b
-        return make_record("geom", info_a, recorded, scores, library_versions())
+        return {**recorded, "model_b": info_b}, scores
 
-    record, cached = RecordCache("geom", info_a["key"]).find_or_compute("compare", wanted, compute, redo=redo)
-    if cached:
-        record["model"] = info_a
-    write_record(path, record)
-    record["_path"] = str(path)
-    return record
+    return cached_record("compare", model_a, out, tag, wanted, compute, redo=redo)
 
 
 # ----------------------------------------------------------------------------- table and figure
+def _sides(sim: dict, name: str) -> tuple[list[int], list[int]]:
+    """The layers of a map's rows and of its columns."""
+    left = sim["layers_b"] if name == "b_vs_b" else sim["layers_a"]
+    return left, sim["layers_a"] if name == "a_vs_a" else sim["layers_b"]
+
+
 def similarity_rows(record: dict) -> list[dict]:
     """CSV form: one row per (map, layer of A-side, layer of B-side) with the three measures."""
     sim = record["scores"]["similarity"]
     rows = []
-    for name in MAPS:
-        if name not in sim:
-            continue
-        left = sim["layers_b"] if name == "b_vs_b" else sim["layers_a"]
-        right = sim["layers_a"] if name == "a_vs_a" else sim["layers_b"]
-        m = sim[name]
+    for name in (n for n in MAPS if n in sim):
+        left, right = _sides(sim, name)
         for i, li in enumerate(left):
             for j, lj in enumerate(right):
-                rows.append(
-                    {
-                        "map": name,
-                        "layer_row": li,
-                        "layer_col": lj,
-                        "cka": m["cka"][i][j],
-                        "cka_debiased": m["cka_debiased"][i][j],
-                        "procrustes": m["procrustes"][i][j],
-                    }
-                )
+                values = {meas: sim[name][meas][i][j] for meas in MEASURES}
+                rows.append({"map": name, "layer_row": li, "layer_col": lj, **values})
     return rows
 
 
 def matrix_rows(record: dict, name: str, measure: str = "cka_debiased") -> list[dict]:
     """Table form: one row per layer of the row model, one column per layer of the column model."""
     sim = record["scores"]["similarity"]
-    left = sim["layers_b"] if name == "b_vs_b" else sim["layers_a"]
-    right = sim["layers_a"] if name == "a_vs_a" else sim["layers_b"]
+    left, right = _sides(sim, name)
     m = sim[name][measure]
     return [{"layer": li, **{f"L{lj}": m[i][j] for j, lj in enumerate(right)}} for i, li in enumerate(left)]
 
@@ -331,14 +263,17 @@ def diagonal_rows(record: dict) -> list[dict]:
     sim = record["scores"]["similarity"]
     m = sim.get("a_vs_b") or sim["a_vs_a"]
     index_b = {k: j for j, k in enumerate(sim["layers_b"])}
-    rows = []
-    for i, k in enumerate(sim["layers_a"]):
-        j = index_b.get(k)
-        if j is not None:
-            rows.append(
-                {"layer": k, **{meas: m[meas][i][j] for meas in ("cka", "cka_debiased", "procrustes")}}
-            )
-    return rows
+    return [
+        {"layer": k, **{meas: m[meas][i][index_b[k]] for meas in MEASURES}}
+        for i, k in enumerate(sim["layers_a"])
+        if k in index_b
+    ]
+
+
+def map_titles(labels) -> dict[str, str]:
+    """Each map's name in titles (rows x columns), from the two models' labels."""
+    a, b = labels
+    return {"a_vs_b": f"{a} (rows) x {b}", "a_vs_a": f"{a} x itself", "b_vs_b": f"{b} x itself"}
 
 
 def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
@@ -354,47 +289,32 @@ def plot_similarity(record: dict, path, labels: tuple[str, str]) -> list[Path]:
     from nitp.io import atomic_write_bytes
 
     sim = record["scores"]["similarity"]
-    panels = _panels(sim, labels)
+    titles = map_titles(labels)
+    # (title, matrix, row layers, column layers, colormap, vmax): A x B's Procrustes after its CKA
+    panels = [
+        (f"debiased CKA: {titles[n]}", sim[n]["cka_debiased"], *_sides(sim, n), "viridis", 1.0)
+        for n in MAPS
+        if n in sim
+    ]
+    if "a_vs_b" in sim:
+        procrustes = f"Procrustes d^2: {labels[0]} x {labels[1]}"
+        panels.insert(1, (procrustes, sim["a_vs_b"]["procrustes"], *_sides(sim, "a_vs_b"), "magma_r", 2.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, (title, matrix, rows, cols, cmap, vmax) in zip(axes[0], panels, strict=True):
         img = ax.imshow(np.array(matrix, dtype=float), origin="lower", cmap=cmap, vmin=0.0, vmax=vmax)
         ax.set_title(title, fontsize=9)
-        _ticks(ax, rows, cols)
+        for axis, layers in ((ax.xaxis, cols), (ax.yaxis, rows)):
+            step = max(1, len(layers) // 8)
+            axis.set_ticks(range(0, len(layers), step), [str(k) for k in layers[::step]], fontsize=7)
+            axis.set_label_text("layer", fontsize=8)
         fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"layer similarity on {sim['n_tokens']:,} tokens", fontsize=10)
     fig.tight_layout()
     stem = Path(path).with_suffix("")
     written = []
-    for ext in (".png", ".pdf"):
-        target = stem.with_name(stem.name + ext)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, dpi=130, format=ext[1:])
-        written.append(atomic_write_bytes(target, buf.getvalue()))
+        fig.savefig(buf, dpi=130, format=ext)
+        written.append(atomic_write_bytes(stem.with_name(f"{stem.name}.{ext}"), buf.getvalue()))
     plt.close(fig)
     return written
-
-
-def _panels(sim: dict, labels: tuple[str, str]) -> list:
-    a, b = labels
-    la, lb = sim["layers_a"], sim["layers_b"]
-    panels = []
-    if "a_vs_b" in sim:
-        panels.append(
-            (f"debiased CKA: {a} (rows) x {b}", sim["a_vs_b"]["cka_debiased"], la, lb, "viridis", 1.0)
-        )
-        panels.append((f"Procrustes d^2: {a} x {b}", sim["a_vs_b"]["procrustes"], la, lb, "magma_r", 2.0))
-    if "a_vs_a" in sim:
-        panels.append((f"debiased CKA: {a} x itself", sim["a_vs_a"]["cka_debiased"], la, la, "viridis", 1.0))
-    if "b_vs_b" in sim:
-        panels.append((f"debiased CKA: {b} x itself", sim["b_vs_b"]["cka_debiased"], lb, lb, "viridis", 1.0))
-    return panels
-
-
-def _ticks(ax, rows: list[int], cols: list[int]) -> None:
-    step = max(1, len(cols) // 8)
-    ax.set_xticks(range(0, len(cols), step), [str(k) for k in cols[::step]], fontsize=7)
-    step = max(1, len(rows) // 8)
-    ax.set_yticks(range(0, len(rows), step), [str(k) for k in rows[::step]], fontsize=7)
-    ax.set_xlabel("layer", fontsize=8)
-    ax.set_ylabel("layer", fontsize=8)

@@ -17,6 +17,12 @@ from typing import Any
 from nitp import metrics_registry as registry
 
 COUNTS = {"n_tokens": "tokens"}  # columns that are counts, not metrics (nitp.metrics_registry)
+# the trajectory's columns of the run's NITP target layer: header suffix -> record field
+TARGET_COLUMNS = {
+    "erank_cov": "effective_rank_covariance",
+    "ridge_R2": "ridge_r2",
+    "CKA_prev": "cka_vs_reference",
+}
 
 
 def rank_metrics() -> tuple[str, ...]:
@@ -44,15 +50,11 @@ def label_of(record: dict) -> str:
 
 
 def unique_labels(records: list[dict]) -> list[str]:
+    """Each record's :func:`label_of`, with its weights' hash where two records share one."""
     labels = [label_of(r) for r in records]
-    seen: dict[str, int] = {}
-    out = []
-    for lab, r in zip(labels, records):
-        if labels.count(lab) > 1:
-            seen[lab] = seen.get(lab, 0) + 1
-            lab = f"{lab}#{r['model']['hash'][:6]}"
-        out.append(lab)
-    return out
+    return [
+        f"{lab}#{r['model']['hash'][:6]}" if labels.count(lab) > 1 else lab for lab, r in zip(labels, records)
+    ]
 
 
 def _layer_rows(record: dict) -> dict[int, dict]:
@@ -61,77 +63,60 @@ def _layer_rows(record: dict) -> dict[int, dict]:
 
 def metric_rows(records: list[dict], metrics: tuple[str, ...], layers: list[int]) -> list[dict]:
     """``rank`` / ``anisotropy``: one row per (layer, metric), one column per checkpoint."""
+
+    def value(rec: dict, k: int, metric: str):
+        summary = rec["scores"]["summary"]  # the last hidden state's summary holds more (sampled pairs)
+        return (summary if k == -1 and metric in summary else _layer_rows(rec).get(k, {})).get(metric)
+
     labels = unique_labels(records)
-    rows = []
-    for k in layers:
-        for metric in metrics:
-            row: dict[str, Any] = {"layer": k, "metric": metric}
-            for lab, rec in zip(labels, records):
-                src = (
-                    rec["scores"]["summary"]
-                    if (k == -1 and metric in rec["scores"]["summary"])
-                    else _layer_rows(rec).get(k, {})
-                )
-                row[lab] = src.get(metric)
-            rows.append(row)
-    return rows
+    return [
+        {"layer": k, "metric": metric, **{lab: value(rec, k, metric) for lab, rec in zip(labels, records)}}
+        for k in layers
+        for metric in metrics
+    ]
 
 
 def layer_rows(records: list[dict], metrics: tuple[str, ...] | None = None) -> list[dict]:
     """``layers``: one row per layer; one checkpoint gives every metric, several a column group each."""
     if len(records) == 1:
-        rec = records[0]
-        shown = registry.names(view="geom_layers")
-        metrics = metrics or tuple(m for m in shown if any(m in r for r in rec["scores"]["layers"]))
-        rows = []
-        for r in rec["scores"]["layers"]:
-            row = {"layer": r["layer"], "name": r.get("name", "")}
-            row.update({short_name(m): r.get(m) for m in metrics})
-            rows.append(row)
-        return rows
+        rows = records[0]["scores"]["layers"]
+        metrics = metrics or tuple(m for m in registry.names(view="geom_layers") if any(m in r for r in rows))
+        return [
+            {"layer": r["layer"], "name": r.get("name", ""), **{short_name(m): r.get(m) for m in metrics}}
+            for r in rows
+        ]
     metrics = metrics or registry.names(view="geom_side_by_side")
     labels = unique_labels(records)
     all_layers = sorted({k for rec in records for k in _layer_rows(rec)}, key=lambda k: (k == -1, k))
-    rows = []
-    for k in all_layers:
-        row: dict[str, Any] = {"layer": k}
-        for lab, rec in zip(labels, records):
-            r = _layer_rows(rec).get(k, {})
-            row.update({f"{short_name(m)}[{lab}]": r.get(m) for m in metrics})
-        rows.append(row)
-    return rows
+    by_layer = [(lab, _layer_rows(rec)) for lab, rec in zip(labels, records)]
+    return [
+        {"layer": k}
+        | {f"{short_name(m)}[{lab}]": rows.get(k, {}).get(m) for lab, rows in by_layer for m in metrics}
+        for k in all_layers
+    ]
 
 
 def layer_rows_long(records: list[dict]) -> list[dict]:
     """CSV form of ``layers``: one row per (checkpoint, layer) with every metric."""
-    labels = unique_labels(records)
-    rows = []
-    for lab, rec in zip(labels, records):
-        for r in rec["scores"]["layers"]:
-            row = {"checkpoint": lab, "step": rec["model"].get("step")}
-            row.update({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
-            rows.append(row)
-    return rows
+    return [
+        {"checkpoint": lab, "step": rec["model"].get("step")}
+        | {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        for lab, rec in zip(unique_labels(records), records)
+        for r in rec["scores"]["layers"]
+    ]
 
 
 def trajectory_rows(records: list[dict], target_layer: int | None) -> list[dict]:
     """One row per checkpoint of a run: last-hidden-state geometry, stability, target layer."""
     rows = []
     for rec in records:
-        s = rec["scores"]["summary"]
-        last = _layer_rows(rec).get(-1, {})
+        s, by_layer = rec["scores"]["summary"], _layer_rows(rec)
         row = {"step": rec["model"].get("step"), "tokens_seen": rec["model"].get("tokens_seen")}
         row.update({m.short: s.get(m.name) for m in registry.metrics(view="geom_trajectory")})
-        row["CKA_prev"] = last.get("cka_vs_reference")
+        row["CKA_prev"] = by_layer.get(-1, {}).get("cka_vs_reference")
         if target_layer is not None:
-            t = _layer_rows(rec).get(target_layer, {})
-            row.update(
-                {
-                    f"L{target_layer}_erank_cov": t.get("effective_rank_covariance"),
-                    f"L{target_layer}_ridge_R2": t.get("ridge_r2"),
-                    f"L{target_layer}_CKA_prev": t.get("cka_vs_reference"),
-                }
-            )
+            t = by_layer.get(target_layer, {})
+            row.update({f"L{target_layer}_{col}": t.get(key) for col, key in TARGET_COLUMNS.items()})
         rows.append(row)
     return rows
 
@@ -147,21 +132,18 @@ def flops_rows(report: dict) -> list[dict]:
         "lm_head": b["lm_head"],
         "total (NTP)": b["total"],
         "NITP extra (72 d^2 + 18 d)": report["nitp_extra_flops_per_token"],
+        "NITP overhead (extra / total)": report["nitp_overhead"],
     }
-    paper_of = {**paper, "total (NTP)": paper["total"], "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"]}
-    rows = [
+    paper_of = {
+        **paper,
+        "total (NTP)": paper["total"],
+        "NITP extra (72 d^2 + 18 d)": paper["nitp_extra"],
+        "NITP overhead (extra / total)": paper["nitp_overhead"],
+    }
+    return [
         {"component": k, "paper_closed_form": paper_of[k], "exact": v, "exact_minus_paper": v - paper_of[k]}
         for k, v in exact.items()
     ]
-    rows.append(
-        {
-            "component": "NITP overhead (extra / total)",
-            "paper_closed_form": paper["nitp_overhead"],
-            "exact": report["nitp_overhead"],
-            "exact_minus_paper": report["nitp_overhead"] - paper["nitp_overhead"],
-        }
-    )
-    return rows
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -182,12 +164,12 @@ def _fmt(v: Any) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    """CSV of ``rows``: one column per key (first-seen order); missing and None cells empty."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")  # csv writes None as ""
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    writer.writerows(rows)
     return buf.getvalue()
 
 
@@ -196,12 +178,9 @@ def render(rows: list[dict], fmt: str, title: str | None = None, records: list[d
     if fmt == "csv":
         return to_csv(rows)
     if fmt == "json":
-        payload = (
-            [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-            if records is not None
-            else rows
-        )
-        return json.dumps(payload, indent=2, default=str)
+        if records is not None:  # the records without their unsaved ``_path``
+            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+        return json.dumps(rows, indent=2, default=str)
     from nitp.console import text_table
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
