@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nitp.layers import register_layer_hook
+from nitp.layers import check_layer, num_layers, register_layer_hook
 
 from .choices import PROJECTORS as PROJECTORS  # re-exported: nitp_train.nitp_module.PROJECTORS
 from .objective import nitp_pairs, nitp_sum
@@ -82,14 +83,13 @@ class LayerCapture:
     def __init__(self, model: nn.Module, layers: dict[str, int], gated: bool = False):
         self.tensors: dict[str, torch.Tensor] = {}
         self.gated, self._open = gated, False
-        self.handles = [register_layer_hook(model, k, self._store(name)) for name, k in layers.items()]
+        self.handles = [
+            register_layer_hook(model, k, functools.partial(self._store, name)) for name, k in layers.items()
+        ]
 
-    def _store(self, name: str):
-        def store(tensor):
-            if self._open or not self.gated:
-                self.tensors[name] = tensor
-
-        return store
+    def _store(self, name: str, tensor: torch.Tensor) -> None:
+        if self._open or not self.gated:
+            self.tensors[name] = tensor
 
     @contextlib.contextmanager
     def during(self) -> Iterator[None]:
@@ -103,8 +103,7 @@ class LayerCapture:
 
     def take(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name; the capture is empty afterwards."""
-        taken = dict(self.tensors)
-        self.tensors.clear()
+        taken, self.tensors = self.tensors, {}
         return taken
 
 
@@ -136,8 +135,12 @@ class NITPModule:
 
     def attach(self, model: nn.Module, gated: bool = False) -> LayerCapture:
         """Hook ``model``'s layer -1 (h, stored as ``last``) and the target layer (z, ``target``),
-        both read in the same forward pass; see :class:`LayerCapture` for ``gated``."""
-        layers = {"last": -1, "target": self.settings.target_layer}
+        both read in the same forward pass; see :class:`LayerCapture` for ``gated``. The target
+        layer is checked against ``model`` first (``nitp.layers.check_layer``: 0..L, one-line
+        ``UserError`` otherwise)."""
+        k = check_layer(self.settings.target_layer, num_layers(model), allow_last=False, name="target_layer")
+        self.settings = dataclasses.replace(self.settings, target_layer=k)
+        layers = {"last": -1, "target": k}
         self.capture = LayerCapture(model, layers, gated=gated)
         return self.capture
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_bytes, atomic_write_json
-from nitp.layers import check_layer, default_target_layer, num_layers
+from nitp.layers import default_target_layer, num_layers
 from nitp_train.config_model import check_shift
 from nitp_train.nitp_module import PROJECTORS, NITPModule, NITPSettings
 from nitp_train.objective import IGNORE_INDEX, LOSS_KINDS, documents_from_positions
@@ -88,19 +88,14 @@ def wrap_model(
         attribute (``config``, ``generation_config``, ...) from the LM.
     """
     _check_wrappable(model)
-    n = num_layers(model)
     if target_layer is None and settings is not None:
         target_layer = settings.target_layer
-    k = (
-        default_target_layer(n)
-        if target_layer is None
-        else check_layer(target_layer, n, allow_last=False, name="target_layer")
-    )
+    # checked against the model (a one-line UserError) when NITPWrapped attaches the NITP module
+    k = default_target_layer(num_layers(model)) if target_layer is None else target_layer
     settings = dataclasses.replace(settings or NITPSettings(k), target_layer=k, **overrides)
-    if settings.loss not in LOSS_KINDS:
-        raise UserError(f"loss {settings.loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
-    if settings.projector not in PROJECTORS:
-        raise UserError(f"projector {settings.projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
+    for name, allowed in (("loss", LOSS_KINDS), ("projector", PROJECTORS)):
+        if getattr(settings, name) not in allowed:
+            raise UserError(f"{name} {getattr(settings, name)!r}: unknown; use one of {', '.join(allowed)}")
     settings = dataclasses.replace(
         settings,
         shift=check_shift(settings.shift, "shift"),  # the config's rule: 1 (NITP) or 0 (same position)
@@ -156,12 +151,12 @@ class NITPWrapped(nn.Module):
         d = model.config.get_text_config().hidden_size
         self.nitp_module = NITPModule(settings, d, like=model.get_input_embeddings().weight)
         self.head = self.nitp_module.head
-        self.nitp = dict(asdict(settings), weight=weight)
+        # gated: nothing kept during gradient-checkpoint recomputation or plain inference
+        self._capture = self.nitp_module.attach(model, gated=True)
+        self.nitp = dict(asdict(self.nitp_module.settings), weight=weight)
         self.stats = NITPStats()
         self.geometry_wanted = False  # set by a callback for the next forward: keep h for erank
         self.geometry_sample: tuple[torch.Tensor, torch.Tensor] | None = None
-        # gated: nothing kept during gradient-checkpoint recomputation or plain inference
-        self._capture = self.nitp_module.attach(model, gated=True)
 
     def __getattr__(self, name):
         try:
@@ -285,10 +280,7 @@ class NITPWrapped(nn.Module):
             "preset": None,
             "target_layer": n["target_layer"],
             "lambda": n["weight"],
-            "projector": n["projector"],
-            "shift": n["shift"],
-            "loss": n["loss"],
-            "stop_grad": n["stop_grad"],
+            **{key: n[key] for key in ("projector", "shift", "loss", "stop_grad")},
             "cos_reg_weight": 0.0,
             "source": "nitp_train.dropin.wrap_model",
         }
@@ -347,10 +339,9 @@ def _token_states(
     if docs is not None:  # one id per (row, document)
         both = torch.stack([rows, docs.to(h.device).reshape(-1, T).expand(B, T)], -1).reshape(-1, 2)
         seq = torch.unique(both, dim=0, return_inverse=True)[1].reshape(B, T)
-    keep = torch.ones(B, T, dtype=torch.bool, device=h.device)
-    if attention_mask is not None and attention_mask.dim() == 2:
-        keep = attention_mask.bool()
-    return h.detach()[keep], seq[keep]
+    if attention_mask is None or attention_mask.dim() != 2:
+        return h.detach().reshape(B * T, -1), seq.reshape(-1)
+    return h.detach()[attention_mask.bool()], seq[attention_mask.bool()]
 
 
 # ---------------------------------------------------------------------- logging statistics
