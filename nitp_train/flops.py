@@ -77,6 +77,19 @@ def _get(config: Any, name: str, default=None):
     return getattr(config, name, default)
 
 
+def _sizes(config: Any) -> tuple[int, int, int, int, int, int]:
+    """``(d, L, h, kv, d_head, V)`` of ``config``; a one-line ``UserError`` when one is missing."""
+    try:
+        d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
+        heads, vocab = int(_get(config, "num_attention_heads")), int(_get(config, "vocab_size"))
+    except (TypeError, ValueError):
+        raise UserError(
+            "FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size"
+        ) from None
+    kv = int(_get(config, "num_key_value_heads") or heads)
+    return d, n_layers, heads, kv, int(_get(config, "head_dim") or d // heads), vocab
+
+
 def _moe_layers(config: Any, n_layers: int) -> list[bool]:
     """Which layers are MoE (Qwen2-MoE's rule: not in mlp_only_layers, every decoder_sparse_step)."""
     n_experts = _get(config, "num_experts") or _get(config, "num_local_experts") or 0
@@ -106,19 +119,8 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
         raise UserError(
             f"FLOPs: model_type {model_type!r} is not covered (SwiGLU decoders only: {', '.join(sorted(GATED_MLP_TYPES))})"
         )
-    try:
-        d = int(_get(config, "hidden_size"))
-        n_layers = int(_get(config, "num_hidden_layers"))
-        heads = int(_get(config, "num_attention_heads"))
-        vocab = int(_get(config, "vocab_size"))
-    except (TypeError, ValueError):
-        raise UserError(
-            "FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size"
-        ) from None
-    kv = int(_get(config, "num_key_value_heads") or heads)
-    head_dim = int(_get(config, "head_dim") or d // heads)
-    moe = _moe_layers(config, n_layers)
-    n_moe = sum(moe)
+    d, n_layers, heads, kv, head_dim, vocab = _sizes(config)
+    n_moe = sum(_moe_layers(config, n_layers))
     out = {
         "attention_linear": 6.0 * n_layers * (2 * d * heads * head_dim + 2 * d * kv * head_dim),
         "attention_scores": 12.0 * n_layers * seq_len * heads * head_dim,
@@ -152,8 +154,7 @@ def paper_closed_form(config: Any) -> dict[str, float]:
     dict with ``attention_linear``, ``attention_scores`` (0), ``ffn``, ``router`` (0), ``lm_head``,
     ``total``, ``nitp_extra``, ``nitp_overhead`` (FLOPs per token; the last is a ratio).
     """
-    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
-    vocab = int(_get(config, "vocab_size"))
+    d, n_layers, _, _, _, vocab = _sizes(config)
     if any(_moe_layers(config, n_layers)):
         k = int(_get(config, "num_experts_per_tok")) + (
             1 if _get(config, "shared_expert_intermediate_size") else 0
@@ -176,10 +177,7 @@ def paper_closed_form(config: Any) -> dict[str, float]:
 
 def closed_form_differences(config: Any, seq_len: int) -> list[str]:
     """Where the exact per-architecture count departs from the paper's closed form, one line each."""
-    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
-    heads = int(_get(config, "num_attention_heads"))
-    kv = int(_get(config, "num_key_value_heads") or heads)
-    head_dim = int(_get(config, "head_dim") or d // heads)
+    d, n_layers, heads, kv, head_dim, _ = _sizes(config)
     out = []
     if seq_len:
         out.append(f"attention scores 12 L T h d_head at T={seq_len} (the closed form leaves them out)")

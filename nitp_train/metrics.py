@@ -84,7 +84,7 @@ def shown_keys() -> tuple[str, ...]:
 def _fmt(key: str, v: float) -> str:
     if key == "lr":
         return f"{v:.2e}"
-    if key in ("tokens_per_s",):
+    if key == "tokens_per_s":
         return f"{v:,.0f}"
     return f"{v:.4f}" if abs(v) < 1000 else f"{v:.3g}"
 
@@ -264,11 +264,8 @@ def _gather_rows(d, rows: list, groups: list):
     sizes = [torch.zeros_like(n) for _ in range(d.world)]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
-    top = max(sizes)
-    pad_x = torch.zeros(top, x.shape[1], dtype=x.dtype, device=x.device)
-    pad_x[: x.shape[0]] = x
-    pad_g = torch.full((top,), -1, dtype=torch.int64, device=x.device)
-    pad_g[: g.shape[0]] = g.to(x.device)
+    pad_x = torch.nn.functional.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))
+    pad_g = torch.nn.functional.pad(g.to(x.device), (0, max(sizes) - g.shape[0]), value=-1)
     xs, gs = [torch.empty_like(pad_x) for _ in sizes], [torch.empty_like(pad_g) for _ in sizes]
     dist.all_gather(xs, pad_x)
     dist.all_gather(gs, pad_g)

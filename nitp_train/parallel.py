@@ -38,11 +38,8 @@ def setup(device: str = "auto") -> Dist:
     use_cuda = pick_device(None if device == "auto" else device, "train.device").startswith("cuda")
     if "RANK" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, world, local = (
-        int(os.environ["RANK"]),
-        int(os.environ["WORLD_SIZE"]),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():

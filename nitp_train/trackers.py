@@ -41,7 +41,6 @@ from nitp.io import atomic_write_text
 
 TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 STATE_FILE = "trackers.json"
-_PACKAGE = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 # besides the registry's logged metrics: what a geometry sample was taken on, the drop-in's name for
 # its cosine across sequences (nitp_train.dropin.hf) and the projector output's rank (probe)
 _GEOMETRY_OTHERS = ("geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
@@ -105,9 +104,9 @@ def require(name: str, where: str = "log.trackers") -> None:
     """
     if name not in TRACKERS:
         raise UserError(f"{where}: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
-    if importlib.util.find_spec(_PACKAGE[name]) is None:
+    if importlib.util.find_spec(name) is None:  # each tracker's package is named as the tracker
         raise UserError(
-            f"{where}: {name} is not installed; pip install 'nitp[{name}]' (or {_PACKAGE[name]}), "
+            f"{where}: {name} is not installed; pip install 'nitp[{name}]' (or {name}), "
             f"or drop {name} from {where}"
         )
 
@@ -246,7 +245,17 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _Trackio:
+class _Run:
+    """A tracker whose run object takes the lines (``run.log(values, step=)``) and ends them."""
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Trackio(_Run):
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
         os.environ.setdefault("TRACKIO_DIR", str(run_dir.resolve() / "trackio"))
         import trackio
@@ -266,14 +275,11 @@ class _Trackio:
             auto_log_gpu=False,
         )
 
-    def log(self, values: dict, step: int) -> None:
-        self.trackio.log(values, step=step)
-
     def close(self) -> None:
-        self.trackio.finish()
+        self.trackio.finish()  # also clears trackio's current run, which its next init() reads
 
 
-class _Wandb:
+class _Wandb(_Run):
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
         import wandb
 
@@ -290,12 +296,6 @@ class _Wandb:
             mode=mode,
             config=config,
         )
-
-    def log(self, values: dict, step: int) -> None:
-        self.run.log(values, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class _Mlflow:
