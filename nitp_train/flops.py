@@ -345,12 +345,9 @@ def load_config_source(source: str) -> tuple[Any, str, int | None]:
     if cfg_file.is_file() and cfg_file.suffix == ".json":
         from transformers import AutoConfig
 
+        folder = cfg_file.parent if cfg_file.name == "config.json" else cfg_file
         try:
-            return (
-                AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file),
-                p.name,
-                None,
-            )
+            return AutoConfig.from_pretrained(folder), p.name, None
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{source}: not a readable Hugging Face config ({type(e).__name__})") from None
     if p.is_dir():

@@ -20,10 +20,8 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 def peak_flops_for_name(name: str) -> float | None:
     """Dense bf16 peak FLOP/s of the GPU called ``name`` (``torch.cuda.get_device_name``), or None.
 
-    The table ``PEAK_BF16`` is matched by name fragment, in order: H100 and H200 (SXM) are both
-    989e12 (the same Hopper tensor cores; H200 differs in memory only), A100 312e12, L40S 362e12,
-    A10G 125e12, RTX 4090 165e12. These are the dense figures of the vendor's sheets, not the
-    2x "with sparsity" ones.
+    The first name fragment of ``PEAK_BF16`` found in ``name`` wins. These are the dense figures
+    of the vendor's sheets, not the 2x "with sparsity" ones; H200 has H100's tensor cores.
 
     Examples
     --------

@@ -194,21 +194,14 @@ class NITPWrapped(nn.Module):
         The LM's output (``CausalLMOutputWithPast``) with ``loss`` replaced by the total and
         ``loss_ntp`` (the LM's CE) and ``loss_nitp`` (per-pair mean, [] tensor) added.
         """
+        kwargs.update(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         if labels is None:
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-            )
+            return self.model(**kwargs)
         if num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
         kwargs.setdefault("use_cache", False)
         with self._capture.during():
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                labels=labels,
-                **kwargs,
-            )
+            out = self.model(labels=labels, **kwargs)
         captured = self._capture.take()
         h, z = captured["last"], captured["target"]
         if self.training and torch.is_grad_enabled() and h.requires_grad:
@@ -250,16 +243,12 @@ class NITPWrapped(nn.Module):
         """
         out = Path(save_directory)
         sd = self.state_dict() if state_dict is None else state_dict
-        lm_sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
         head_sd = {
             k[len("head.") :]: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")
         }
-        self.model.save_pretrained(
-            out,
-            state_dict=lm_sd if state_dict is not None else None,
-            is_main_process=is_main_process,
-            **kwargs,
-        )
+        # state_dict None: the LM's own (its save_pretrained handles tied weights)
+        lm_sd = None if state_dict is None else {k[6:]: v for k, v in sd.items() if k.startswith("model.")}
+        self.model.save_pretrained(out, state_dict=lm_sd, is_main_process=is_main_process, **kwargs)
         if not is_main_process:
             return
         if head_sd:
@@ -370,7 +359,7 @@ class NITPStats:
         self._add("n_pairs", n_pairs)
 
     def probe_gradients(self, h: torch.Tensor) -> torch.Tensor:
-        """Return h's NITP branch (an identity whose backward records g_NITP); hook h for g_total."""
+        """Return h's NITP branch (a view of h whose hook records g_NITP); hook h for g_total."""
         record: dict[str, torch.Tensor] = {}
 
         def total(grad):
@@ -379,7 +368,9 @@ class NITPStats:
             self._add("grad_ntp", (grad - g_nitp).float().norm())
 
         h.register_hook(total)
-        return _GradProbe.apply(h, record)
+        branch = h.view_as(h)
+        branch.register_hook(lambda grad: record.update(nitp=grad))
+        return branch
 
     def read(self) -> dict[str, float]:
         """Means since the last read (then reset): ``loss_ntp``, ``loss_nitp``, ``nitp_grad_share``."""
@@ -394,20 +385,6 @@ class NITPStats:
             out["grad_norm_h_ntp"], out["grad_norm_h_nitp"] = s["grad_ntp"], s["grad_nitp"]
             out["nitp_grad_share"] = grad_share(s["grad_ntp"], s["grad_nitp"])
         return out
-
-
-class _GradProbe(torch.autograd.Function):
-    """Identity forward; backward stores the incoming gradient (the NITP branch's) in ``record``."""
-
-    @staticmethod
-    def forward(ctx, x, record):
-        ctx.record = record
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.record["nitp"] = grad
-        return grad, None
 
 
 def unwrap(model) -> NITPWrapped | None:
