@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 
 from nitp import metrics_registry as registry
-from nitp.errors import UserError
+from nitp.errors import UserError, first_line
 from nitp.io import atomic_write_text
 
 TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
@@ -140,7 +140,13 @@ class Trackers:
         self.adapters = []
         for n in self.names:
             with self._watch(n, "start"):
-                self.adapters.append(_start(n, self.run_dir, state, config, resume_step))
+                try:
+                    self.adapters.append(_ADAPTERS[n](self.run_dir, state, config, resume_step))
+                except Exception as e:  # noqa: BLE001 - a tracker library's error becomes one line
+                    raise UserError(
+                        f"log.trackers: {n} could not start ({type(e).__name__}: {first_line(e, 160)}); "
+                        f"fix its settings or drop {n} from log.trackers"
+                    ) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
@@ -169,8 +175,6 @@ class Trackers:
     def _watch(self, name: str, what: str):
         """Any error of tracker ``name`` in the block, or of a thread it started (a writer thread on
         a full disk), is one ``UserError`` naming it; the threads it starts are remembered."""
-        from nitp.errors import first_line
-
         before = {t.ident for t in threading.enumerate()}
         self._watching = (name, before)
         try:
@@ -203,19 +207,6 @@ class Trackers:
             self._previous_hook(args)
         elif self._thread_error is None:
             self._thread_error = (name, args.exc_value)
-
-
-def _start(name: str, run_dir: Path, state: dict, config: dict, resume_step):
-    """Open one tracker; a failure of the tracker library is one line naming it, not a traceback."""
-    from nitp.errors import first_line
-
-    try:
-        return _ADAPTERS[name](run_dir, state, config, resume_step)
-    except Exception as e:  # noqa: BLE001 - any library error becomes the one-line message
-        raise UserError(
-            f"log.trackers: {name} could not start ({type(e).__name__}: {first_line(e, 160)}); "
-            f"fix its settings or drop {name} from log.trackers"
-        ) from None
 
 
 class _TensorBoard:
