@@ -21,11 +21,8 @@ layer MoE, GQA with h d_head = d and kv d_head = d / 2, no attention-score term,
 shared expert) and the NITP extra as ``72 d^2 + 18 d`` (SwiGLU projector of 12 d^2 parameters,
 plus the cosine). At 9B-A1B MoE (d=1280, d_e=640, k=9, L=24, V=152064): 1.18e8 vs 5.06e9, 2.3 %.
 
-``paper_closed_form(config)`` applies that closed form to any config (dense: ``k d_e -> d_ff``),
-and ``flops_report`` puts it beside the exact count, component by component, with the list of
-places where the two differ (``differences``). For the real 9B-A1B preset at T = 8192 the exact
-count is larger than 5.06e9 mainly through the attention-score term; see docs/geometry.md for
-the table of the paper's sizes.
+``flops_report`` puts that closed form (:func:`paper_closed_form`) beside the exact count; for
+the real 9B-A1B preset at T = 8192 the exact count is larger mainly through the attention scores.
 
 Example
 -------
@@ -142,12 +139,10 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
 
 
 def paper_closed_form(config: Any) -> dict[str, float]:
-    """The paper's Appendix-G closed form evaluated on this config's sizes.
+    """The paper's Appendix-G closed form (module docstring) evaluated on this config's sizes.
 
-    ``L (18 d^2 + 18 k d d_e) + 6 V d`` with every one of the L layers counted as MoE, k = routed
-    experts per token + the shared expert, d_e = the routed expert's width; a dense config uses
-    ``18 d d_ff`` for the FFN term (the same 3-matrix SwiGLU count). No attention-score term, no
-    router. NITP extra: ``72 d^2 + 18 d``.
+    Every layer counts as MoE, k = routed experts per token + the shared expert, d_e = the routed
+    expert's width; a dense config uses ``18 d d_ff`` for the FFN term.
 
     Returns
     -------

@@ -167,14 +167,9 @@ class GeometrySample:
     of the steps just before it (``window_steps``). Each sequence gives ``per_sequence`` random
     positions (all of them when they fit), at most ``GEOM_TOKENS`` tokens in all.
 
-    ``result()`` then reports, on the gathered sample (rows x [n, d], sequence of each row g),
-    ``nitp.geometry.logged_geometry(x, g)``: every registry row with ``logged_as``, today
-
-    * ``erank`` -- ``nitp.geometry.effective_rank(x)`` (covariance spectrum, the paper's);
-    * ``mean_cos`` -- ``nitp.geometry.anisotropy(x, groups=g)``: exact mean cosine over the pairs
-      from different sequences;
-
-    and ``geom_tokens``, ``geom_sequences``, ``geom_steps`` -- what the figures were taken on.
+    ``result()`` then reports ``nitp.geometry.logged_geometry(x, g)`` of the gathered sample
+    (rows x [n, d], sequence of each row g: ``erank``, ``mean_cos`` over pairs from different
+    sequences) and ``geom_tokens``, ``geom_sequences``, ``geom_steps``, what it was taken on.
 
     Example
     -------

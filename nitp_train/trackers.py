@@ -90,10 +90,8 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, object]:
     for key, value in cfg.items():
         if isinstance(value, dict):
             out.update(flat_config(value, f"{prefix}{key}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[f"{prefix}{key}"] = value
         else:
-            out[f"{prefix}{key}"] = json.dumps(value)
+            out[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     return out
 
 
@@ -217,15 +215,12 @@ class _TensorBoard:
         state["tensorboard"] = {"log_dir": "tensorboard"}
         purge = resume_step + 1 if resume_step is not None and not fresh else None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
-        if fresh:
-            self._hparams(config)
+        if fresh:  # the config as hyper-parameters and as text
+            from torch.utils.tensorboard.summary import hparams
 
-    def _hparams(self, config: dict) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
-        for summary in hparams(flat_config(config), {}):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+            for summary in hparams(flat_config(config), {}):
+                self.writer.file_writer.add_summary(summary)
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
     def log(self, values: dict, step: int) -> None:
         for name, value in values.items():

@@ -72,14 +72,10 @@ def wrap_model(
         A folder (checkpoint, run directory or exported model) holding ``nitp_head.safetensors``:
         resume the projector from it.
     **overrides
-        Fields of :class:`NITPSettings` (an unknown name is a ``TypeError``):
-
-        - ``shift`` (1): s, h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation (the
-          only two, as in the config);
-        - ``loss`` / ``projector`` / ``stop_grad`` (``cosine`` / ``swiglu``, 12 d^2 params /
-          True): as in ``nitp-train`` (``nitp_train.loss``), the paper's settings;
-        - ``cross_documents`` (False): no NITP pair crosses a document boundary of packed rows
-          (``nitp_train.objective.nitp_pairs``); True: the every-position variant.
+        Fields of :class:`NITPSettings` (an unknown name is a ``TypeError``): ``shift`` (1 =
+        NITP, 0 = same position: the only two, as in the config), ``loss`` / ``projector`` /
+        ``stop_grad`` (the paper's ``cosine`` / ``swiglu`` / True), ``cross_documents`` (False: no
+        pair crosses a document boundary of packed rows; True: the every-position variant).
 
     Returns
     -------

@@ -30,11 +30,9 @@ HEAD_PREFIX = "nitp_head."
 class NITPTerm:
     """The NITP ``(sum, count)`` of one micro-batch, from hooks on the model's layers -1 and k.
 
-    ``attach(model, target_layer)`` registers the two ``nitp.layers`` hooks and the projector
-    (``model.nitp_head``); ``__call__(labels, positions)`` returns ``(sum over valid pairs of
-    loss(P(h_t), sg[z_{t+s}]), number of pairs)``. ``labels`` are torchtitan's shifted labels
-    (``labels[t]`` = token t+1, -100 = ignored); pairs follow ``nitp_train.objective.nitp_pairs``
-    (any shift; with ``positions`` or ``document_ids``, not across documents).
+    ``__call__(labels, positions)`` reads torchtitan's shifted ``labels`` (``labels[t]`` = token
+    t+1, -100 = ignored); pairs follow ``nitp_train.objective.nitp_pairs`` (any shift; with
+    ``positions`` or ``document_ids``, not across documents).
     """
 
     def __init__(
