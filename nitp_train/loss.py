@@ -289,10 +289,9 @@ class NITPObjective(nn.Module):
     """Causal LM + projector; ``forward(input_ids)`` returns every loss term in one forward pass.
 
     The :class:`nitp_train.nitp_module.NITPModule` (``.nitp_module``; ``None`` for NTP) holds the
-    settings, the projector (``.head``) and the two forward hooks that capture the final-norm
-    output (h) and the target layer's output (z) while the model computes its logits; nothing
-    else is kept. Wrapping this module (not the bare LM)
-    in DDP/FSDP keeps the projector's gradients synchronised.
+    settings, the projector (``.head``) and the hooks that capture h and z while the model
+    computes its logits. Wrap this module (not the bare LM) in DDP/FSDP so the projector's
+    gradients are synchronised.
     """
 
     def __init__(

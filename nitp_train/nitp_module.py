@@ -1,9 +1,8 @@
 """The NITP module: its settings, its projector P and the hooks that capture h and z.
 
-One :class:`NITPModule` is what the trainer (:class:`nitp_train.loss.NITPObjective`),
-``wrap_model`` (:class:`nitp_train.dropin.NITPWrapped`) and torchtitan
-(:class:`nitp_train.dropin.titan.NITPTerm`) each build; they add only their normalisation of the
-``(sum, count)`` it returns and their plumbing. It is deliberately not an ``nn.Module``: each
+One :class:`NITPModule` is what each integration builds, adding only its normalisation of the
+``(sum, count)`` it returns (listed in :mod:`nitp_train.objective`) and its plumbing; it
+checks the target layer against the model when it hooks it. It is not an ``nn.Module``: each
 integration registers the projector ``.head`` under its own key (``head.*`` in the trainer's and
 the wrapper's state dict, ``nitp_head.*`` on a torchtitan model), the keys that checkpoints,
 optimizer states and exported folders already hold.

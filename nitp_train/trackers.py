@@ -46,22 +46,17 @@ STATE_FILE = "trackers.json"
 _GEOMETRY_OTHERS = ("geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
 
 
-def geometry_keys() -> frozenset[str]:
-    """The ``metrics.jsonl`` fields under ``geometry/``: every ``nitp.metrics_registry`` row's
-    ``logged_as`` (``erank``, ``mean_cos``, ...) and the sample's own fields."""
-    return frozenset(m.logged_as for m in registry.logged()) | frozenset(_GEOMETRY_OTHERS)
-
-
 def tracker_name(key: str) -> str:
     """The stable tracker name of a ``metrics.jsonl`` field: ``<group>/<key>``.
 
-    Groups: ``geometry`` (in-loop erank, mean_cos, ...), ``val`` (``val_*``), ``probe`` (the
-    gradient probe's ``probe_*``), ``progress`` (``tokens``), ``train``
-    (everything else); keys holding a ``/`` (``eval/...``) are kept.
+    Groups: ``geometry`` (every ``nitp.metrics_registry`` row's ``logged_as``: erank, mean_cos,
+    ...; and the sample's own fields), ``val`` (``val_*``), ``probe`` (the gradient probe's
+    ``probe_*``), ``progress`` (``tokens``), ``train`` (everything else); keys holding a ``/``
+    (``eval/...``) are kept.
     """
     if "/" in key:
         return key
-    if key in geometry_keys():
+    if key in _GEOMETRY_OTHERS or key in {m.logged_as for m in registry.logged()}:
         return f"geometry/{key}"
     if key.startswith("val_"):
         return f"val/{key}"
