@@ -251,15 +251,10 @@ def _gather_rows(d, rows: list, groups: list):
     x, g = torch.cat(rows), torch.cat(groups).to(torch.int64)
     if d is None or not getattr(d, "enabled", False):
         return x, g
-    import torch.distributed as dist
+    from .parallel import all_gather
 
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(d.world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
+    sizes = [int(s) for s in all_gather(d, torch.tensor([x.shape[0]], device=x.device))]
     pad_x = torch.nn.functional.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))
     pad_g = torch.nn.functional.pad(g.to(x.device), (0, max(sizes) - g.shape[0]), value=-1)
-    xs, gs = [torch.empty_like(pad_x) for _ in sizes], [torch.empty_like(pad_g) for _ in sizes]
-    dist.all_gather(xs, pad_x)
-    dist.all_gather(gs, pad_g)
+    xs, gs = all_gather(d, pad_x), all_gather(d, pad_g)
     return torch.cat([t[:s] for t, s in zip(xs, sizes)]), torch.cat([t[:s] for t, s in zip(gs, sizes)]).cpu()

@@ -72,11 +72,16 @@ def gather_checksums(d: Dist, module: torch.nn.Module) -> list[float]:
     with torch.no_grad():
         local = sum(p.detach().double().sum() for p in module.parameters())
     t = torch.as_tensor(local, dtype=torch.float64, device=d.device).reshape(1)
+    return [float(x) for x in all_gather(d, t)]
+
+
+def all_gather(d: Dist, t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` of every rank, in rank order (same shape on every rank; ``[t]`` in a single process)."""
     if not d.enabled:
-        return [float(t)]
-    out = [torch.zeros_like(t) for _ in range(d.world)]
+        return [t]
+    out = [torch.empty_like(t) for _ in range(d.world)]
     dist.all_gather(out, t)
-    return [float(x) for x in out]
+    return out
 
 
 def wrap(module: torch.nn.Module, d: Dist, mode: str, param_dtype: str = "fp32") -> torch.nn.Module:
