@@ -21,11 +21,8 @@ layer MoE, GQA with h d_head = d and kv d_head = d / 2, no attention-score term,
 shared expert) and the NITP extra as ``72 d^2 + 18 d`` (SwiGLU projector of 12 d^2 parameters,
 plus the cosine). At 9B-A1B MoE (d=1280, d_e=640, k=9, L=24, V=152064): 1.18e8 vs 5.06e9, 2.3 %.
 
-``paper_closed_form(config)`` applies that closed form to any config (dense: ``k d_e -> d_ff``),
-and ``flops_report`` puts it beside the exact count, component by component, with the list of
-places where the two differ (``differences``). For the real 9B-A1B preset at T = 8192 the exact
-count is larger than 5.06e9 mainly through the attention-score term; see docs/geometry.md for
-the table of the paper's sizes.
+``flops_report`` puts that closed form (:func:`paper_closed_form`) beside the exact count; for
+the real 9B-A1B preset at T = 8192 the exact count is larger mainly through the attention scores.
 
 Example
 -------
@@ -77,6 +74,19 @@ def _get(config: Any, name: str, default=None):
     return getattr(config, name, default)
 
 
+def _sizes(config: Any) -> tuple[int, int, int, int, int, int]:
+    """``(d, L, h, kv, d_head, V)`` of ``config``; a one-line ``UserError`` when one is missing."""
+    try:
+        d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
+        heads, vocab = int(_get(config, "num_attention_heads")), int(_get(config, "vocab_size"))
+    except (TypeError, ValueError):
+        raise UserError(
+            "FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size"
+        ) from None
+    kv = int(_get(config, "num_key_value_heads") or heads)
+    return d, n_layers, heads, kv, int(_get(config, "head_dim") or d // heads), vocab
+
+
 def _moe_layers(config: Any, n_layers: int) -> list[bool]:
     """Which layers are MoE (Qwen2-MoE's rule: not in mlp_only_layers, every decoder_sparse_step)."""
     n_experts = _get(config, "num_experts") or _get(config, "num_local_experts") or 0
@@ -106,19 +116,8 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
         raise UserError(
             f"FLOPs: model_type {model_type!r} is not covered (SwiGLU decoders only: {', '.join(sorted(GATED_MLP_TYPES))})"
         )
-    try:
-        d = int(_get(config, "hidden_size"))
-        n_layers = int(_get(config, "num_hidden_layers"))
-        heads = int(_get(config, "num_attention_heads"))
-        vocab = int(_get(config, "vocab_size"))
-    except (TypeError, ValueError):
-        raise UserError(
-            "FLOPs: the config lacks hidden_size, num_hidden_layers, num_attention_heads or vocab_size"
-        ) from None
-    kv = int(_get(config, "num_key_value_heads") or heads)
-    head_dim = int(_get(config, "head_dim") or d // heads)
-    moe = _moe_layers(config, n_layers)
-    n_moe = sum(moe)
+    d, n_layers, heads, kv, head_dim, vocab = _sizes(config)
+    n_moe = sum(_moe_layers(config, n_layers))
     out = {
         "attention_linear": 6.0 * n_layers * (2 * d * heads * head_dim + 2 * d * kv * head_dim),
         "attention_scores": 12.0 * n_layers * seq_len * heads * head_dim,
@@ -140,20 +139,17 @@ def flops_breakdown(config: Any, seq_len: int) -> dict[str, float]:
 
 
 def paper_closed_form(config: Any) -> dict[str, float]:
-    """The paper's Appendix-G closed form evaluated on this config's sizes.
+    """The paper's Appendix-G closed form (module docstring) evaluated on this config's sizes.
 
-    ``L (18 d^2 + 18 k d d_e) + 6 V d`` with every one of the L layers counted as MoE, k = routed
-    experts per token + the shared expert, d_e = the routed expert's width; a dense config uses
-    ``18 d d_ff`` for the FFN term (the same 3-matrix SwiGLU count). No attention-score term, no
-    router. NITP extra: ``72 d^2 + 18 d``.
+    Every layer counts as MoE, k = routed experts per token + the shared expert, d_e = the routed
+    expert's width; a dense config uses ``18 d d_ff`` for the FFN term.
 
     Returns
     -------
     dict with ``attention_linear``, ``attention_scores`` (0), ``ffn``, ``router`` (0), ``lm_head``,
     ``total``, ``nitp_extra``, ``nitp_overhead`` (FLOPs per token; the last is a ratio).
     """
-    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
-    vocab = int(_get(config, "vocab_size"))
+    d, n_layers, _, _, _, vocab = _sizes(config)
     if any(_moe_layers(config, n_layers)):
         k = int(_get(config, "num_experts_per_tok")) + (
             1 if _get(config, "shared_expert_intermediate_size") else 0
@@ -176,10 +172,7 @@ def paper_closed_form(config: Any) -> dict[str, float]:
 
 def closed_form_differences(config: Any, seq_len: int) -> list[str]:
     """Where the exact per-architecture count departs from the paper's closed form, one line each."""
-    d, n_layers = int(_get(config, "hidden_size")), int(_get(config, "num_hidden_layers"))
-    heads = int(_get(config, "num_attention_heads"))
-    kv = int(_get(config, "num_key_value_heads") or heads)
-    head_dim = int(_get(config, "head_dim") or d // heads)
+    d, n_layers, heads, kv, head_dim, _ = _sizes(config)
     out = []
     if seq_len:
         out.append(f"attention scores 12 L T h d_head at T={seq_len} (the closed form leaves them out)")
@@ -347,12 +340,9 @@ def load_config_source(source: str) -> tuple[Any, str, int | None]:
     if cfg_file.is_file() and cfg_file.suffix == ".json":
         from transformers import AutoConfig
 
+        folder = cfg_file.parent if cfg_file.name == "config.json" else cfg_file
         try:
-            return (
-                AutoConfig.from_pretrained(cfg_file.parent if cfg_file.name == "config.json" else cfg_file),
-                p.name,
-                None,
-            )
+            return AutoConfig.from_pretrained(folder), p.name, None
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{source}: not a readable Hugging Face config ({type(e).__name__})") from None
     if p.is_dir():

@@ -17,14 +17,10 @@ from torch.utils.checkpoint import checkpoint
 
 from nitp.errors import UserError
 
-from .choices import COS_REG_KINDS as COS_REG_KINDS  # re-exported: nitp_train.loss.COS_REG_KINDS
-from .choices import LOSS_IMPLS as LOSS_IMPLS
-from .choices import parse_loss_impl as parse_loss_impl
-from .choices import resolve_loss_impl
-from .nitp_module import PROJECTORS as PROJECTORS  # re-exported: nitp_train.loss.PROJECTORS
+from .choices import COS_REG_KINDS, resolve_loss_impl
+from .choices import parse_loss_impl as parse_loss_impl  # re-exported: nitp_train.loss.parse_loss_impl
 from .nitp_module import LayerCapture, NITPModule, NITPSettings
 from .nitp_module import SwiGLUHead as SwiGLUHead
-from .nitp_module import make_head as make_head
 from .objective import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.loss.LOSS_KINDS
 from .objective import nitp_pairs, nitp_sum
 
@@ -47,31 +43,11 @@ def nitp_loss(
 
     where V is :func:`nitp_train.objective.nitp_pairs`'s rule: t predicts a real next token,
     t and t+s are real tokens of the same document (so padding and the last max(s, 1) positions
-    of each row are excluded). ``= sum / count`` of :func:`nitp_train.objective.nitp_sum`.
-
-    Parameters
-    ----------
-    last_hidden : Tensor [B, T, d]
-        Last hidden states h (after the final norm).
-    target_hidden : Tensor [B, T, d]
-        Hidden states z of the target layer, same forward pass.
-    head : Module or None
-        Projector P applied to h; ``None`` = identity.
-    attention_mask : Tensor [B, T] or None
-        1 for real tokens, 0 for padding; ``None`` = all valid.
-    shift : int
-        s = 1 predicts the next token's state (NITP); 0 is the same-position ablation.
-    kind : {"cosine", "mse", "smooth_l1", "kl"}
-        ``mse`` / ``smooth_l1``: mean over features; ``kl``: KL(softmax(z) || softmax(P(h)))
-        over the feature axis.
-    stop_grad : bool
-        Detach z (the paper's setting); ``False`` is the co-adaptation ablation.
-    document_ids : Tensor [B, T] or None
-        Per-token document index of packed rows; no pair crosses a change. ``None`` = one document.
-
-    Returns
-    -------
-    Tensor, scalar (0 with a graph when no position is valid).
+    of each row are excluded). ``= sum / count`` of :func:`nitp_train.objective.nitp_sum`, whose
+    parameters these are (h = ``last_hidden``, z = ``target_hidden``, both [B, T, d]; P =
+    ``head``; ``kind``; ``stop_grad``; s = ``shift``: 1 is NITP, 0 the same-position ablation),
+    plus ``attention_mask`` and ``document_ids`` [B, T] (or ``None``) of ``nitp_pairs``.
+    Returns a scalar tensor (0 with a graph when no position is valid).
 
     Examples
     --------
@@ -219,23 +195,9 @@ def chunked_gif_next_token_ce(
     forward, recomputed forward, two backward matmuls). As in torchtitan's / Liger's fused linear
     cross-entropy. Tied embeddings work: the gradient reaches the shared weight through autograd.
     Equal to ``F.cross_entropy(lm_head(hidden).float(), labels)`` and its gradients within
-    float32 rounding (``tests/test_train_loss_chunked.py``).
-
-    Parameters
-    ----------
-    hidden : Tensor [B, T, d]
-        Final-norm output at the predicting positions (already shifted: ``h[:, :-1]``).
-    lm_head : Module
-        The model's output embedding, an ``nn.Linear``-like module with ``weight`` [V, d] (and
-        ``bias`` [V] or ``None``).
-    labels : Tensor [B, T] (int64)
-        Next-token ids; -100 marks positions left out of the mean.
-    chunk : int
-        Positions per chunk along T (> 0).
-
-    Returns
-    -------
-    Tensor, scalar float32: the mean over positions with a label.
+    float32 rounding (``tests/test_train_loss_chunked.py``). Parameters and return value as
+    :func:`chunked_next_token_ce`; ``lm_head`` is ``nn.Linear``-like: ``weight`` [V, d] (and
+    ``bias`` [V] or ``None``).
 
     Examples
     --------
@@ -284,9 +246,14 @@ def mean_pairwise_cosine(h: torch.Tensor) -> torch.Tensor:
     n = h.shape[0]
     if n < 2:
         return h.sum() * 0.0
-    u = F.normalize(h.float(), dim=-1, eps=1e-8)
+    return _off_diagonal_cos_sum(h) / (n * (n - 1))
+
+
+def _off_diagonal_cos_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of cos(x_i, x_j) over the ordered pairs i != j of the rows of ``x``, in O(N d)."""
+    u = F.normalize(x.float(), dim=-1, eps=1e-8)
     s = u.sum(0)
-    return (s.dot(s) - (u * u).sum()) / (n * (n - 1))
+    return s.dot(s) - (u * u).sum()
 
 
 def embedding_cosine_regulariser(weight: torch.Tensor) -> torch.Tensor:
@@ -315,32 +282,16 @@ def embedding_cosine_regulariser(weight: torch.Tensor) -> torch.Tensor:
     0.5
     """
     v = weight.shape[0]
-    u = F.normalize(weight.float(), dim=-1, eps=1e-8)
-    s = u.sum(0)
-    return (s.dot(s) - (u * u).sum()) / (v * v)
-
-
-def cos_regulariser(kind: str, last_hidden: torch.Tensor, output_embeddings: torch.Tensor) -> torch.Tensor:
-    """The baseline regulariser chosen by ``cos_reg.kind`` (see ``COS_REG_KINDS``).
-
-    ``hidden``: :func:`mean_pairwise_cosine` of the valid final hidden states [N, d];
-    ``embedding``: :func:`embedding_cosine_regulariser` of the LM head's weight [V, d].
-    """
-    if kind == "hidden":
-        return mean_pairwise_cosine(last_hidden)
-    if kind == "embedding":
-        return embedding_cosine_regulariser(output_embeddings)
-    raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {kind!r}")
+    return _off_diagonal_cos_sum(weight) / (v * v)
 
 
 class NITPObjective(nn.Module):
     """Causal LM + projector; ``forward(input_ids)`` returns every loss term in one forward pass.
 
     The :class:`nitp_train.nitp_module.NITPModule` (``.nitp_module``; ``None`` for NTP) holds the
-    settings, the projector (``.head``) and the two forward hooks that capture the final-norm
-    output (h) and the target layer's output (z) while the model computes its logits; nothing
-    else is kept. Wrapping this module (not the bare LM)
-    in DDP/FSDP keeps the projector's gradients synchronised.
+    settings, the projector (``.head``) and the hooks that capture h and z while the model
+    computes its logits. Wrap this module (not the bare LM) in DDP/FSDP so the projector's
+    gradients are synchronised.
     """
 
     def __init__(
@@ -355,24 +306,25 @@ class NITPObjective(nn.Module):
         loss_impl: str = "auto",
     ):
         super().__init__()
-        self.cross_documents = bool(cross_documents)  # True: NITP pairs may cross documents
-        self.model = model
-        self.objective = objective
-        # the ``nitp:`` section: a validated ``config_model.Nitp`` or a mapping of its keys
-        self.cfg = nitp_cfg.model_dump(by_alias=True) if isinstance(nitp_cfg, BaseModel) else dict(nitp_cfg)
+        self.model, self.objective = model, objective
         self.cos_reg_weight = float(cos_reg_weight)
         if cos_reg_kind not in COS_REG_KINDS:
             raise ValueError(f"cos_reg.kind must be one of {COS_REG_KINDS}, got {cos_reg_kind!r}")
         self.cos_reg_kind = cos_reg_kind
         # plain: the model's logits; else a chunked CE over the captured h, no [B, T, V] logits
         self.loss_impl, self.loss_chunk = resolve_loss_impl(loss_impl, int(loss_chunk))
-        d = model.config.hidden_size
-        nitp = objective == "nitp"
-        settings = NITPSettings.from_config(self.cfg, cross_documents) if nitp else None
-        self.nitp_module = NITPModule(settings, d) if nitp else None
-        self.head = self.nitp_module.head if nitp else None
+        self.nitp_module = self.head = None
         # h = layer -1 (final-norm output; the CE and cos_reg read it too), z = layer k, one pass
-        self._capture = self.nitp_module.attach(model) if nitp else LayerCapture(model, {"last": -1})
+        if objective != "nitp":
+            self._capture = LayerCapture(model, {"last": -1})
+            return
+        # the ``nitp:`` section: a validated ``config_model.Nitp`` or a mapping of its keys
+        cfg = nitp_cfg.model_dump(by_alias=True) if isinstance(nitp_cfg, BaseModel) else dict(nitp_cfg)
+        self.nitp_module = NITPModule(
+            NITPSettings.from_config(cfg, cross_documents), model.config.hidden_size
+        )
+        self.head = self.nitp_module.head
+        self._capture = self.nitp_module.attach(model)
 
     def forward(
         self,
@@ -411,8 +363,11 @@ class NITPObjective(nn.Module):
             total = total + nitp_weight * losses["loss_nitp"]
         if self.cos_reg_weight > 0:
             flat = h[attention_mask.bool()] if attention_mask is not None else h.reshape(-1, h.shape[-1])
-            head_w = self.model.get_output_embeddings().weight
-            losses["loss_cos_reg"] = cos_regulariser(self.cos_reg_kind, flat, head_w)
+            losses["loss_cos_reg"] = (
+                mean_pairwise_cosine(flat)
+                if self.cos_reg_kind == "hidden"
+                else embedding_cosine_regulariser(self.model.get_output_embeddings().weight)
+            )
             total = total + self.cos_reg_weight * losses["loss_cos_reg"]
         losses["loss_total"] = total
         if keep_last_hidden:

@@ -20,10 +20,8 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 def peak_flops_for_name(name: str) -> float | None:
     """Dense bf16 peak FLOP/s of the GPU called ``name`` (``torch.cuda.get_device_name``), or None.
 
-    The table ``PEAK_BF16`` is matched by name fragment, in order: H100 and H200 (SXM) are both
-    989e12 (the same Hopper tensor cores; H200 differs in memory only), A100 312e12, L40S 362e12,
-    A10G 125e12, RTX 4090 165e12. These are the dense figures of the vendor's sheets, not the
-    2x "with sparsity" ones.
+    The first name fragment of ``PEAK_BF16`` found in ``name`` wins. These are the dense figures
+    of the vendor's sheets, not the 2x "with sparsity" ones; H200 has H100's tensor cores.
 
     Examples
     --------
@@ -84,7 +82,7 @@ def shown_keys() -> tuple[str, ...]:
 def _fmt(key: str, v: float) -> str:
     if key == "lr":
         return f"{v:.2e}"
-    if key in ("tokens_per_s",):
+    if key == "tokens_per_s":
         return f"{v:,.0f}"
     return f"{v:.4f}" if abs(v) < 1000 else f"{v:.3g}"
 
@@ -169,14 +167,9 @@ class GeometrySample:
     of the steps just before it (``window_steps``). Each sequence gives ``per_sequence`` random
     positions (all of them when they fit), at most ``GEOM_TOKENS`` tokens in all.
 
-    ``result()`` then reports, on the gathered sample (rows x [n, d], sequence of each row g),
-    ``nitp.geometry.logged_geometry(x, g)``: every registry row with ``logged_as``, today
-
-    * ``erank`` -- ``nitp.geometry.effective_rank(x)`` (covariance spectrum, the paper's);
-    * ``mean_cos`` -- ``nitp.geometry.anisotropy(x, groups=g)``: exact mean cosine over the pairs
-      from different sequences;
-
-    and ``geom_tokens``, ``geom_sequences``, ``geom_steps`` -- what the figures were taken on.
+    ``result()`` then reports ``nitp.geometry.logged_geometry(x, g)`` of the gathered sample
+    (rows x [n, d], sequence of each row g: ``erank``, ``mean_cos`` over pairs from different
+    sequences) and ``geom_tokens``, ``geom_sequences``, ``geom_steps``, what it was taken on.
 
     Example
     -------
@@ -258,18 +251,10 @@ def _gather_rows(d, rows: list, groups: list):
     x, g = torch.cat(rows), torch.cat(groups).to(torch.int64)
     if d is None or not getattr(d, "enabled", False):
         return x, g
-    import torch.distributed as dist
+    from .parallel import all_gather
 
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(d.world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    top = max(sizes)
-    pad_x = torch.zeros(top, x.shape[1], dtype=x.dtype, device=x.device)
-    pad_x[: x.shape[0]] = x
-    pad_g = torch.full((top,), -1, dtype=torch.int64, device=x.device)
-    pad_g[: g.shape[0]] = g.to(x.device)
-    xs, gs = [torch.empty_like(pad_x) for _ in sizes], [torch.empty_like(pad_g) for _ in sizes]
-    dist.all_gather(xs, pad_x)
-    dist.all_gather(gs, pad_g)
+    sizes = [int(s) for s in all_gather(d, torch.tensor([x.shape[0]], device=x.device))]
+    pad_x = torch.nn.functional.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))
+    pad_g = torch.nn.functional.pad(g.to(x.device), (0, max(sizes) - g.shape[0]), value=-1)
+    xs, gs = all_gather(d, pad_x), all_gather(d, pad_g)
     return torch.cat([t[:s] for t, s in zip(xs, sizes)]), torch.cat([t[:s] for t, s in zip(gs, sizes)]).cpu()

@@ -1,9 +1,8 @@
 """The NITP module: its settings, its projector P and the hooks that capture h and z.
 
-One :class:`NITPModule` is what the trainer (:class:`nitp_train.loss.NITPObjective`),
-``wrap_model`` (:class:`nitp_train.dropin.NITPWrapped`) and torchtitan
-(:class:`nitp_train.dropin.titan.NITPTerm`) each build; they add only their normalisation of the
-``(sum, count)`` it returns and their plumbing. It is deliberately not an ``nn.Module``: each
+One :class:`NITPModule` is what each integration builds, adding only its normalisation of the
+``(sum, count)`` it returns (listed in :mod:`nitp_train.objective`) and its plumbing; it
+checks the target layer against the model when it hooks it. It is not an ``nn.Module``: each
 integration registers the projector ``.head`` under its own key (``head.*`` in the trainer's and
 the wrapper's state dict, ``nitp_head.*`` on a torchtitan model), the keys that checkpoints,
 optimizer states and exported folders already hold.
@@ -13,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nitp.layers import register_layer_hook
+from nitp.layers import check_layer, num_layers, register_layer_hook
 
 from .choices import PROJECTORS as PROJECTORS  # re-exported: nitp_train.nitp_module.PROJECTORS
 from .objective import nitp_pairs, nitp_sum
@@ -82,14 +82,13 @@ class LayerCapture:
     def __init__(self, model: nn.Module, layers: dict[str, int], gated: bool = False):
         self.tensors: dict[str, torch.Tensor] = {}
         self.gated, self._open = gated, False
-        self.handles = [register_layer_hook(model, k, self._store(name)) for name, k in layers.items()]
+        self.handles = [
+            register_layer_hook(model, k, functools.partial(self._store, name)) for name, k in layers.items()
+        ]
 
-    def _store(self, name: str):
-        def store(tensor):
-            if self._open or not self.gated:
-                self.tensors[name] = tensor
-
-        return store
+    def _store(self, name: str, tensor: torch.Tensor) -> None:
+        if self._open or not self.gated:
+            self.tensors[name] = tensor
 
     @contextlib.contextmanager
     def during(self) -> Iterator[None]:
@@ -103,8 +102,7 @@ class LayerCapture:
 
     def take(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name; the capture is empty afterwards."""
-        taken = dict(self.tensors)
-        self.tensors.clear()
+        taken, self.tensors = self.tensors, {}
         return taken
 
 
@@ -136,8 +134,12 @@ class NITPModule:
 
     def attach(self, model: nn.Module, gated: bool = False) -> LayerCapture:
         """Hook ``model``'s layer -1 (h, stored as ``last``) and the target layer (z, ``target``),
-        both read in the same forward pass; see :class:`LayerCapture` for ``gated``."""
-        layers = {"last": -1, "target": self.settings.target_layer}
+        both read in the same forward pass; see :class:`LayerCapture` for ``gated``. The target
+        layer is checked against ``model`` first (``nitp.layers.check_layer``: 0..L, one-line
+        ``UserError`` otherwise)."""
+        k = check_layer(self.settings.target_layer, num_layers(model), allow_last=False, name="target_layer")
+        self.settings = dataclasses.replace(self.settings, target_layer=k)
+        layers = {"last": -1, "target": k}
         self.capture = LayerCapture(model, layers, gated=gated)
         return self.capture
 

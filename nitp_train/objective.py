@@ -104,8 +104,7 @@ def nitp_pairs(
     dev = given[0].device if given else device
     valid = torch.ones(B, m, dtype=torch.bool, device=dev)
     if labels is not None:
-        supervised = labels[..., 1 : 1 + m] != IGNORE_INDEX
-        valid = valid & supervised
+        valid = valid & (labels[..., 1 : 1 + m] != IGNORE_INDEX)  # t predicts a real token
         if shift >= 1:
             valid = valid & (labels[..., shift : shift + m] != IGNORE_INDEX)
     if attention_mask is not None and attention_mask.dim() == 2:
@@ -188,6 +187,5 @@ def _per_pair_loss(pred: torch.Tensor, tgt: torch.Tensor, kind: str) -> torch.Te
         return (pred - tgt).pow(2).mean(-1)
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1)
-    return F.kl_div(F.log_softmax(pred, -1), F.log_softmax(tgt, -1), log_target=True, reduction="none").sum(
-        -1
-    )
+    log_p, log_q = F.log_softmax(pred, -1), F.log_softmax(tgt, -1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)

@@ -38,11 +38,8 @@ def setup(device: str = "auto") -> Dist:
     use_cuda = pick_device(None if device == "auto" else device, "train.device").startswith("cuda")
     if "RANK" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, world, local = (
-        int(os.environ["RANK"]),
-        int(os.environ["WORLD_SIZE"]),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
@@ -75,11 +72,16 @@ def gather_checksums(d: Dist, module: torch.nn.Module) -> list[float]:
     with torch.no_grad():
         local = sum(p.detach().double().sum() for p in module.parameters())
     t = torch.as_tensor(local, dtype=torch.float64, device=d.device).reshape(1)
+    return [float(x) for x in all_gather(d, t)]
+
+
+def all_gather(d: Dist, t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` of every rank, in rank order (same shape on every rank; ``[t]`` in a single process)."""
     if not d.enabled:
-        return [float(t)]
-    out = [torch.zeros_like(t) for _ in range(d.world)]
+        return [t]
+    out = [torch.empty_like(t) for _ in range(d.world)]
     dist.all_gather(out, t)
-    return [float(x) for x in out]
+    return out
 
 
 def wrap(module: torch.nn.Module, d: Dist, mode: str, param_dtype: str = "fp32") -> torch.nn.Module:

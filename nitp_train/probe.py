@@ -177,22 +177,22 @@ def _flat(grads, params) -> torch.Tensor:
     )
 
 
+def _split(grads, groups: dict) -> dict[str, list]:
+    """``grads`` (one per parameter, in the order of ``groups``' lists) by group name."""
+    it = iter(grads)
+    return {name: [next(it) for _ in ps] for name, ps in groups.items()}
+
+
 def _by_group(grads_a, grads_b, groups: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Flattened gradient pairs per group and over ``all`` groups."""
-    out, i = {}, 0
-    for name, ps in groups.items():
-        out[name] = (_flat(grads_a[i : i + len(ps)], ps), _flat(grads_b[i : i + len(ps)], ps))
-        i += len(ps)
+    a, b = _split(grads_a, groups), _split(grads_b, groups)
+    out = {name: (_flat(a[name], ps), _flat(b[name], ps)) for name, ps in groups.items()}
     out["all"] = (torch.cat([a for a, _ in out.values()]), torch.cat([b for _, b in out.values()]))
     return out
 
 
 def _group_norms(kind: str, grads, groups: dict) -> dict[str, float]:
-    row, i, total = {}, 0, 0.0
-    for name, ps in groups.items():
-        sq = sum(_norm(g) ** 2 for g in grads[i : i + len(ps)])
-        row[f"probe_grad_{kind}_{name}"] = math.sqrt(sq)
-        total += sq
-        i += len(ps)
-    row[f"probe_grad_{kind}"] = math.sqrt(total)
+    sq = {name: sum(_norm(g) ** 2 for g in gs) for name, gs in _split(grads, groups).items()}
+    row = {f"probe_grad_{kind}_{name}": math.sqrt(v) for name, v in sq.items()}
+    row[f"probe_grad_{kind}"] = math.sqrt(sum(sq.values()))
     return row

@@ -36,33 +36,27 @@ import uuid
 from pathlib import Path
 
 from nitp import metrics_registry as registry
-from nitp.errors import UserError
+from nitp.errors import UserError, first_line
 from nitp.io import atomic_write_text
 
 TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 STATE_FILE = "trackers.json"
-_PACKAGE = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 # besides the registry's logged metrics: what a geometry sample was taken on, the drop-in's name for
 # its cosine across sequences (nitp_train.dropin.hf) and the projector output's rank (probe)
 _GEOMETRY_OTHERS = ("geom_tokens", "geom_sequences", "geom_steps", "anisotropy", "proj_erank")
 
 
-def geometry_keys() -> frozenset[str]:
-    """The ``metrics.jsonl`` fields under ``geometry/``: every ``nitp.metrics_registry`` row's
-    ``logged_as`` (``erank``, ``mean_cos``, ...) and the sample's own fields."""
-    return frozenset(m.logged_as for m in registry.logged()) | frozenset(_GEOMETRY_OTHERS)
-
-
 def tracker_name(key: str) -> str:
     """The stable tracker name of a ``metrics.jsonl`` field: ``<group>/<key>``.
 
-    Groups: ``geometry`` (in-loop erank, mean_cos, ...), ``val`` (``val_*``), ``probe`` (the
-    gradient probe's ``probe_*``), ``progress`` (``tokens``), ``train``
-    (everything else); keys holding a ``/`` (``eval/...``) are kept.
+    Groups: ``geometry`` (every ``nitp.metrics_registry`` row's ``logged_as``: erank, mean_cos,
+    ...; and the sample's own fields), ``val`` (``val_*``), ``probe`` (the gradient probe's
+    ``probe_*``), ``progress`` (``tokens``), ``train`` (everything else); keys holding a ``/``
+    (``eval/...``) are kept.
     """
     if "/" in key:
         return key
-    if key in geometry_keys():
+    if key in _GEOMETRY_OTHERS or key in {m.logged_as for m in registry.logged()}:
         return f"geometry/{key}"
     if key.startswith("val_"):
         return f"val/{key}"
@@ -91,10 +85,8 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, object]:
     for key, value in cfg.items():
         if isinstance(value, dict):
             out.update(flat_config(value, f"{prefix}{key}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[f"{prefix}{key}"] = value
         else:
-            out[f"{prefix}{key}"] = json.dumps(value)
+            out[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     return out
 
 
@@ -105,9 +97,9 @@ def require(name: str, where: str = "log.trackers") -> None:
     """
     if name not in TRACKERS:
         raise UserError(f"{where}: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
-    if importlib.util.find_spec(_PACKAGE[name]) is None:
+    if importlib.util.find_spec(name) is None:  # each tracker's package is named as the tracker
         raise UserError(
-            f"{where}: {name} is not installed; pip install 'nitp[{name}]' (or {_PACKAGE[name]}), "
+            f"{where}: {name} is not installed; pip install 'nitp[{name}]' (or {name}), "
             f"or drop {name} from {where}"
         )
 
@@ -141,7 +133,13 @@ class Trackers:
         self.adapters = []
         for n in self.names:
             with self._watch(n, "start"):
-                self.adapters.append(_start(n, self.run_dir, state, config, resume_step))
+                try:
+                    self.adapters.append(_ADAPTERS[n](self.run_dir, state, config, resume_step))
+                except Exception as e:  # noqa: BLE001 - a tracker library's error becomes one line
+                    raise UserError(
+                        f"log.trackers: {n} could not start ({type(e).__name__}: {first_line(e, 160)}); "
+                        f"fix its settings or drop {n} from log.trackers"
+                    ) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
@@ -170,8 +168,6 @@ class Trackers:
     def _watch(self, name: str, what: str):
         """Any error of tracker ``name`` in the block, or of a thread it started (a writer thread on
         a full disk), is one ``UserError`` naming it; the threads it starts are remembered."""
-        from nitp.errors import first_line
-
         before = {t.ident for t in threading.enumerate()}
         self._watching = (name, before)
         try:
@@ -206,19 +202,6 @@ class Trackers:
             self._thread_error = (name, args.exc_value)
 
 
-def _start(name: str, run_dir: Path, state: dict, config: dict, resume_step):
-    """Open one tracker; a failure of the tracker library is one line naming it, not a traceback."""
-    from nitp.errors import first_line
-
-    try:
-        return _ADAPTERS[name](run_dir, state, config, resume_step)
-    except Exception as e:  # noqa: BLE001 - any library error becomes the one-line message
-        raise UserError(
-            f"log.trackers: {name} could not start ({type(e).__name__}: {first_line(e, 160)}); "
-            f"fix its settings or drop {name} from log.trackers"
-        ) from None
-
-
 class _TensorBoard:
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
         from torch.utils.tensorboard import SummaryWriter
@@ -227,15 +210,12 @@ class _TensorBoard:
         state["tensorboard"] = {"log_dir": "tensorboard"}
         purge = resume_step + 1 if resume_step is not None and not fresh else None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
-        if fresh:
-            self._hparams(config)
+        if fresh:  # the config as hyper-parameters and as text
+            from torch.utils.tensorboard.summary import hparams
 
-    def _hparams(self, config: dict) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
-        for summary in hparams(flat_config(config), {}):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+            for summary in hparams(flat_config(config), {}):
+                self.writer.file_writer.add_summary(summary)
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
     def log(self, values: dict, step: int) -> None:
         for name, value in values.items():
@@ -246,7 +226,17 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _Trackio:
+class _Run:
+    """A tracker whose run object takes the lines (``run.log(values, step=)``) and ends them."""
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Trackio(_Run):
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
         os.environ.setdefault("TRACKIO_DIR", str(run_dir.resolve() / "trackio"))
         import trackio
@@ -266,14 +256,11 @@ class _Trackio:
             auto_log_gpu=False,
         )
 
-    def log(self, values: dict, step: int) -> None:
-        self.trackio.log(values, step=step)
-
     def close(self) -> None:
-        self.trackio.finish()
+        self.trackio.finish()  # also clears trackio's current run, which its next init() reads
 
 
-class _Wandb:
+class _Wandb(_Run):
     def __init__(self, run_dir: Path, state: dict, config: dict, resume_step):
         import wandb
 
@@ -290,12 +277,6 @@ class _Wandb:
             mode=mode,
             config=config,
         )
-
-    def log(self, values: dict, step: int) -> None:
-        self.run.log(values, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class _Mlflow:

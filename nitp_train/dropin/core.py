@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_bytes, atomic_write_json
-from nitp.layers import check_layer, default_target_layer, num_layers
+from nitp.layers import default_target_layer, num_layers
 from nitp_train.config_model import check_shift
 from nitp_train.nitp_module import PROJECTORS, NITPModule, NITPSettings
 from nitp_train.objective import IGNORE_INDEX, LOSS_KINDS, documents_from_positions
@@ -72,14 +72,10 @@ def wrap_model(
         A folder (checkpoint, run directory or exported model) holding ``nitp_head.safetensors``:
         resume the projector from it.
     **overrides
-        Fields of :class:`NITPSettings` (an unknown name is a ``TypeError``):
-
-        - ``shift`` (1): s, h_t predicts z_{t+s}; 1 is NITP, 0 the same-position ablation (the
-          only two, as in the config);
-        - ``loss`` / ``projector`` / ``stop_grad`` (``cosine`` / ``swiglu``, 12 d^2 params /
-          True): as in ``nitp-train`` (``nitp_train.loss``), the paper's settings;
-        - ``cross_documents`` (False): no NITP pair crosses a document boundary of packed rows
-          (``nitp_train.objective.nitp_pairs``); True: the every-position variant.
+        Fields of :class:`NITPSettings` (an unknown name is a ``TypeError``): ``shift`` (1 =
+        NITP, 0 = same position: the only two, as in the config), ``loss`` / ``projector`` /
+        ``stop_grad`` (the paper's ``cosine`` / ``swiglu`` / True), ``cross_documents`` (False: no
+        pair crosses a document boundary of packed rows; True: the every-position variant).
 
     Returns
     -------
@@ -88,19 +84,14 @@ def wrap_model(
         attribute (``config``, ``generation_config``, ...) from the LM.
     """
     _check_wrappable(model)
-    n = num_layers(model)
     if target_layer is None and settings is not None:
         target_layer = settings.target_layer
-    k = (
-        default_target_layer(n)
-        if target_layer is None
-        else check_layer(target_layer, n, allow_last=False, name="target_layer")
-    )
+    # checked against the model (a one-line UserError) when NITPWrapped attaches the NITP module
+    k = default_target_layer(num_layers(model)) if target_layer is None else target_layer
     settings = dataclasses.replace(settings or NITPSettings(k), target_layer=k, **overrides)
-    if settings.loss not in LOSS_KINDS:
-        raise UserError(f"loss {settings.loss!r}: unknown; use one of {', '.join(LOSS_KINDS)}")
-    if settings.projector not in PROJECTORS:
-        raise UserError(f"projector {settings.projector!r}: unknown; use one of {', '.join(PROJECTORS)}")
+    for name, allowed in (("loss", LOSS_KINDS), ("projector", PROJECTORS)):
+        if getattr(settings, name) not in allowed:
+            raise UserError(f"{name} {getattr(settings, name)!r}: unknown; use one of {', '.join(allowed)}")
     settings = dataclasses.replace(
         settings,
         shift=check_shift(settings.shift, "shift"),  # the config's rule: 1 (NITP) or 0 (same position)
@@ -156,12 +147,12 @@ class NITPWrapped(nn.Module):
         d = model.config.get_text_config().hidden_size
         self.nitp_module = NITPModule(settings, d, like=model.get_input_embeddings().weight)
         self.head = self.nitp_module.head
-        self.nitp = dict(asdict(settings), weight=weight)
+        # gated: nothing kept during gradient-checkpoint recomputation or plain inference
+        self._capture = self.nitp_module.attach(model, gated=True)
+        self.nitp = dict(asdict(self.nitp_module.settings), weight=weight)
         self.stats = NITPStats()
         self.geometry_wanted = False  # set by a callback for the next forward: keep h for erank
         self.geometry_sample: tuple[torch.Tensor, torch.Tensor] | None = None
-        # gated: nothing kept during gradient-checkpoint recomputation or plain inference
-        self._capture = self.nitp_module.attach(model, gated=True)
 
     def __getattr__(self, name):
         try:
@@ -199,21 +190,14 @@ class NITPWrapped(nn.Module):
         The LM's output (``CausalLMOutputWithPast``) with ``loss`` replaced by the total and
         ``loss_ntp`` (the LM's CE) and ``loss_nitp`` (per-pair mean, [] tensor) added.
         """
+        kwargs.update(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         if labels is None:
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-            )
+            return self.model(**kwargs)
         if num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
         kwargs.setdefault("use_cache", False)
         with self._capture.during():
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                labels=labels,
-                **kwargs,
-            )
+            out = self.model(labels=labels, **kwargs)
         captured = self._capture.take()
         h, z = captured["last"], captured["target"]
         if self.training and torch.is_grad_enabled() and h.requires_grad:
@@ -255,16 +239,12 @@ class NITPWrapped(nn.Module):
         """
         out = Path(save_directory)
         sd = self.state_dict() if state_dict is None else state_dict
-        lm_sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
         head_sd = {
             k[len("head.") :]: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")
         }
-        self.model.save_pretrained(
-            out,
-            state_dict=lm_sd if state_dict is not None else None,
-            is_main_process=is_main_process,
-            **kwargs,
-        )
+        # state_dict None: the LM's own (its save_pretrained handles tied weights)
+        lm_sd = None if state_dict is None else {k[6:]: v for k, v in sd.items() if k.startswith("model.")}
+        self.model.save_pretrained(out, state_dict=lm_sd, is_main_process=is_main_process, **kwargs)
         if not is_main_process:
             return
         if head_sd:
@@ -285,10 +265,7 @@ class NITPWrapped(nn.Module):
             "preset": None,
             "target_layer": n["target_layer"],
             "lambda": n["weight"],
-            "projector": n["projector"],
-            "shift": n["shift"],
-            "loss": n["loss"],
-            "stop_grad": n["stop_grad"],
+            **{key: n[key] for key in ("projector", "shift", "loss", "stop_grad")},
             "cos_reg_weight": 0.0,
             "source": "nitp_train.dropin.wrap_model",
         }
@@ -347,10 +324,9 @@ def _token_states(
     if docs is not None:  # one id per (row, document)
         both = torch.stack([rows, docs.to(h.device).reshape(-1, T).expand(B, T)], -1).reshape(-1, 2)
         seq = torch.unique(both, dim=0, return_inverse=True)[1].reshape(B, T)
-    keep = torch.ones(B, T, dtype=torch.bool, device=h.device)
-    if attention_mask is not None and attention_mask.dim() == 2:
-        keep = attention_mask.bool()
-    return h.detach()[keep], seq[keep]
+    if attention_mask is None or attention_mask.dim() != 2:
+        return h.detach().reshape(B * T, -1), seq.reshape(-1)
+    return h.detach()[attention_mask.bool()], seq[attention_mask.bool()]
 
 
 # ---------------------------------------------------------------------- logging statistics
@@ -379,7 +355,7 @@ class NITPStats:
         self._add("n_pairs", n_pairs)
 
     def probe_gradients(self, h: torch.Tensor) -> torch.Tensor:
-        """Return h's NITP branch (an identity whose backward records g_NITP); hook h for g_total."""
+        """Return h's NITP branch (a view of h whose hook records g_NITP); hook h for g_total."""
         record: dict[str, torch.Tensor] = {}
 
         def total(grad):
@@ -388,7 +364,9 @@ class NITPStats:
             self._add("grad_ntp", (grad - g_nitp).float().norm())
 
         h.register_hook(total)
-        return _GradProbe.apply(h, record)
+        branch = h.view_as(h)
+        branch.register_hook(lambda grad: record.update(nitp=grad))
+        return branch
 
     def read(self) -> dict[str, float]:
         """Means since the last read (then reset): ``loss_ntp``, ``loss_nitp``, ``nitp_grad_share``."""
@@ -403,20 +381,6 @@ class NITPStats:
             out["grad_norm_h_ntp"], out["grad_norm_h_nitp"] = s["grad_ntp"], s["grad_nitp"]
             out["nitp_grad_share"] = grad_share(s["grad_ntp"], s["grad_nitp"])
         return out
-
-
-class _GradProbe(torch.autograd.Function):
-    """Identity forward; backward stores the incoming gradient (the NITP branch's) in ``record``."""
-
-    @staticmethod
-    def forward(ctx, x, record):
-        ctx.record = record
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.record["nitp"] = grad
-        return grad, None
 
 
 def unwrap(model) -> NITPWrapped | None:

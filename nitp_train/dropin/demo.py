@@ -134,13 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="HF model folder, checkpoint, run dir or .gguf file")
     p.add_argument("out_dir")
-    p.add_argument("--steps", type=int, default=DemoSettings.steps)
-    p.add_argument("--seq-len", type=int, default=DemoSettings.seq_len)
-    p.add_argument("--batch-size", type=int, default=DemoSettings.batch_size)
-    p.add_argument("--grad-accum", type=int, default=DemoSettings.grad_accum)
-    p.add_argument("--lr", type=float, default=DemoSettings.lr)
-    p.add_argument("--trainer", choices=("hf", "sft"), default=DemoSettings.trainer)
-    p.add_argument("--geometry-every", type=int, default=DemoSettings.geometry_every)
+    options = [f for f in dataclasses.fields(DemoSettings) if f.name != "seed"]  # the seed is the Trainer's
+    for f in options:  # --steps, --seq-len, --batch-size, --grad-accum, --lr, --trainer, --geometry-every
+        choices = ("hf", "sft") if f.name == "trainer" else None
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=choices
+        )
     a = p.parse_args(argv)
 
     import torch
@@ -152,15 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         model = drop_gguf_marker(load_model(a.model, dtype="float32"))
         tokenizer = load_tokenizer(a.model)
-        settings = DemoSettings(
-            steps=a.steps,
-            seq_len=a.seq_len,
-            batch_size=a.batch_size,
-            grad_accum=a.grad_accum,
-            lr=a.lr,
-            trainer=a.trainer,
-            geometry_every=a.geometry_every,
-        )
+        settings = DemoSettings(**{f.name: getattr(a, f.name) for f in options})
         result = run_demo(model, tokenizer, a.out_dir, settings)
         keys = ("step", "loss", "loss_ntp", "loss_nitp", "nitp_grad_share", "erank", "anisotropy")
         for line in result["log_history"]:

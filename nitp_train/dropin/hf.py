@@ -15,9 +15,8 @@ It also routes the trainer's saving (``checkpoint-N`` folders and ``trainer.save
 model that is not a ``PreTrainedModel`` as one raw state dict, which neither loads with
 ``from_pretrained`` nor survives tied embeddings.
 
-Experiment trackers: the Trainer's own integrations (``TrainingArguments(report_to=["tensorboard",
-"trackio", "wandb", "mlflow"])``) receive these numbers, since this callback runs first and adds
-them to the logs they get; ``nitp_train.trackers.tracker_name`` gives the names nitp-train uses
+The Trainer's own tracker integrations (``report_to=["tensorboard", "trackio", "wandb", "mlflow"]``)
+get these numbers; ``nitp_train.trackers.tracker_name`` gives the names nitp-train uses
 (``train/loss_nitp``, ``geometry/erank``, ...) for side-by-side curves.
 
 This module imports transformers at import time; ``nitp_train.dropin`` imports it on first use of

@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from nitp.layers import check_layer, num_layers
 from nitp_train.nitp_module import NITPModule, NITPSettings
 from nitp_train.objective import IGNORE_INDEX
 
@@ -31,11 +30,9 @@ HEAD_PREFIX = "nitp_head."
 class NITPTerm:
     """The NITP ``(sum, count)`` of one micro-batch, from hooks on the model's layers -1 and k.
 
-    ``attach(model, target_layer)`` registers the two ``nitp.layers`` hooks and the projector
-    (``model.nitp_head``); ``__call__(labels, positions)`` returns ``(sum over valid pairs of
-    loss(P(h_t), sg[z_{t+s}]), number of pairs)``. ``labels`` are torchtitan's shifted labels
-    (``labels[t]`` = token t+1, -100 = ignored); pairs follow ``nitp_train.objective.nitp_pairs``
-    (any shift; with ``positions`` or ``document_ids``, not across documents).
+    ``__call__(labels, positions)`` reads torchtitan's shifted ``labels`` (``labels[t]`` = token
+    t+1, -100 = ignored); pairs follow ``nitp_train.objective.nitp_pairs`` (any shift; with
+    ``positions`` or ``document_ids``, not across documents).
     """
 
     def __init__(
@@ -70,9 +67,9 @@ class NITPTerm:
         ``model`` is any model ``nitp.layers`` reads: an HF causal LM, or torchtitan's own
         ``Transformer`` (blocks in the ``nn.ModuleDict`` ``layers``, depth ``model_args.n_layers``).
         """
-        k = check_layer(target_layer, num_layers(model), allow_last=False, name="target_layer")
-        self.module = NITPModule(NITPSettings(k, **self.options), self.dim, like=next(model.parameters()))
-        self.module.attach(model)
+        settings = NITPSettings(target_layer, **self.options)
+        self.module = NITPModule(settings, self.dim, like=next(model.parameters()))
+        self.module.attach(model)  # checks target_layer against the model
         model.nitp_head = self.module.head
         return model
 
@@ -130,16 +127,9 @@ def nitp_loss_class():
         def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
             ce, metrics = self.ce(pred, labels, global_valid_tokens)
             nitp_sum, pairs = self.term(labels, kwargs.get("positions"))
-            nitp = (
-                nitp_sum / global_valid_tokens
-                if global_valid_tokens is not None
-                else nitp_sum / pairs.clamp(min=1)
-            )
-            metrics = {
-                **metrics,
-                "loss_ntp": ce.detach(),
-                "loss_nitp": (nitp_sum / pairs.clamp(min=1)).detach(),
-            }
+            mean = nitp_sum / pairs.clamp(min=1)
+            nitp = nitp_sum / global_valid_tokens if global_valid_tokens is not None else mean
+            metrics = {**metrics, "loss_ntp": ce.detach(), "loss_nitp": mean.detach()}
             return ce + self.weight * nitp, metrics
 
     return NITPLoss
