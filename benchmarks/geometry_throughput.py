@@ -239,7 +239,7 @@ def diff_erank_seconds(loaded, sample, batch_size: int) -> float:
     def run():
         rand = random_copy(loaded, 0)
         for model in (loaded, rand):
-            _sequence_entropies(model, sample, [-1], batch_size, {-1: []})
+            _sequence_entropies(model, sample, [-1], batch_size, {-1: []}, "the benchmark model")
 
     return _timed(run, loaded.device)
 
