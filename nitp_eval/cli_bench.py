@@ -6,6 +6,7 @@ in ``bench/run.py`` and ``data/mirror*.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List
@@ -87,6 +88,8 @@ def bench(
 
     from .bench.run import format_table, run_bench
 
+    options = locals()  # every BenchSettings field is an option of the same name
+    settings = BenchSettings(**{f.name: options[f.name] for f in dataclasses.fields(BenchSettings)})
     ckpts = list(checkpoints or [])
     if all_checkpoints is not None:
         found = list_checkpoints(all_checkpoints)
@@ -95,18 +98,6 @@ def bench(
                 f"--all-checkpoints {all_checkpoints}: no complete checkpoint in {all_checkpoints}/checkpoints/"
             )
         ckpts += found
-    settings = BenchSettings(
-        tasks=tasks,
-        suite=suite,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        backend=backend,
-        allow_unsafe_code=allow_unsafe_code,
-        max_gen_toks=max_gen_toks,
-    )
     records = run_bench(ckpts, settings, out=out, redo=redo)
     for record in records:
         print(format_table(record))

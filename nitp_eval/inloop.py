@@ -90,29 +90,23 @@ class BenchEvaluator:
         from lm_eval.models.huggingface import HFLM
 
         from .bench.plan import shots_for
-        from .bench.run import evaluate, extract_score, record_scores
+        from .bench.run import _record_settings, evaluate, extract_score, record_scores
+        from .bench.settings import BenchSettings
 
         device = str(next(model.parameters()).device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=8)
-        scores, failed = {}, dict(self.plan.failed)
-        for b in self.benchmarks:
-            if b.name in failed:
-                continue
-            shots = shots_for(b, None)
-            results = evaluate(lm, b, self.plan.task_manager, shots=shots, limit=self.limit)
-            scores[b.name] = extract_score(results, b)
-        out_scores = record_scores(scores, failed)
-        settings = {
-            "suite": None,
-            "tasks": [b.name for b in self.benchmarks],
-            "lm_eval_tasks": {b.name: b.lm_eval_task for b in self.benchmarks},
-            "limit": self.limit,
-            "num_fewshot": {b.name: shots_for(b, None) for b in self.benchmarks},
-            "batch_size": 8,
-            "device": device,
-            "backend": "hf",
-            "in_loop": True,
+        tm, failed = self.plan.task_manager, dict(self.plan.failed)
+        scores = {
+            b.name: extract_score(evaluate(lm, b, tm, shots=shots_for(b, None), limit=self.limit), b)
+            for b in self.benchmarks
+            if b.name not in failed
         }
+        out_scores = record_scores(scores, failed)
+        # bench's record settings, less what an in-loop run does not choose (generation cap, seeds, mirror)
+        run = BenchSettings(tasks=self.tasks, limit=self.limit, batch_size=8, device=device, backend="hf")
+        settings = _record_settings(run, self.benchmarks)
+        settings = {k: v for k, v in settings.items() if k not in ("max_gen_toks", "seed", "data_dir")}
+        settings["in_loop"] = True
         info = model_info(model, run_dir, step, self.cfg)
         record = make_record("bench", info, settings, out_scores, versions=library_versions("lm_eval"))
         tag = "-".join(b.name for b in self.benchmarks) + (f"-limit{self.limit}" if self.limit else "")

@@ -12,8 +12,9 @@ import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
@@ -173,17 +174,15 @@ def check_causal_lm(ckpt: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- plan
+@dataclass
 class Plan:
     """The TaskManager to use, plus the benchmarks that cannot run (name -> reason); ``no_data``
     names those of them whose data the local mirror lacks."""
 
-    def __init__(
-        self, task_manager, failed: dict[str, str], data_key: dict[str, str], no_data: frozenset = frozenset()
-    ):
-        self.task_manager = task_manager
-        self.failed = failed
-        self.data_key = data_key  # benchmark -> data source (part of the cache key)
-        self.no_data = no_data
+    task_manager: Any
+    failed: dict[str, str]
+    data_key: dict[str, str]  # benchmark -> data source (part of the cache key)
+    no_data: frozenset = frozenset()
 
 
 def check_data_dir(data_dir) -> None:
@@ -319,9 +318,6 @@ def task_fingerprint(task_manager, lm_eval_task: str) -> str:
 def _strings(obj) -> Iterator[str]:
     if isinstance(obj, str):
         yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
+    elif isinstance(obj, (dict, list)):
+        for v in obj.values() if isinstance(obj, dict) else obj:
             yield from _strings(v)

@@ -137,9 +137,8 @@ def _bench_one(
         shots = shots_for(b, s.num_fewshot)
         key = bench_cache_key(info, b, plan, **keyed_settings(s, shots))
         cached = None if redo else cache.get(b.name, key)
-        if cached is not None and not _has_items(cached):
-            cached = None  # cached before records kept per-item results: evaluate again
-        if cached is not None:
+        # a score cached before records kept per-item results is evaluated again
+        if cached is not None and ("items" in cached or "items_unavailable" in cached):
             scores[b.name] = cached
             log(f"[{i}/{len(todo)}] {b.name}: cached ({cache.path(b.name, key)})")
             continue
@@ -260,14 +259,11 @@ def _lm_eval_seeds() -> dict:
 
     from lm_eval import simple_evaluate
 
-    params = inspect.signature(simple_evaluate).parameters
-    names = {
-        "random": "random_seed",
-        "numpy": "numpy_random_seed",
-        "torch": "torch_random_seed",
-        "fewshot": "fewshot_random_seed",
+    params = inspect.signature(simple_evaluate).parameters  # random_seed, numpy_random_seed, ...
+    return {
+        k: params[f"{k}_random_seed".removeprefix("random_")].default
+        for k in ("random", "numpy", "torch", "fewshot")
     }
-    return {k: params[p].default for k, p in names.items()}
 
 
 def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
@@ -315,6 +311,7 @@ def _quiet_git():
     checkout git prints "fatal: not a git repository" once per task. Within the block the same
     call runs with git's stderr discarded (lm-eval's own fallback kept)."""
     import subprocess
+    from unittest import mock
 
     from lm_eval import evaluator
     from lm_eval.loggers.utils import get_commit_from_path
@@ -326,12 +323,8 @@ def _quiet_git():
         except (subprocess.CalledProcessError, OSError):
             return get_commit_from_path(os.getcwd())
 
-    saved = evaluator.get_git_commit_hash
-    evaluator.get_git_commit_hash = describe
-    try:
+    with mock.patch.object(evaluator, "get_git_commit_hash", describe):
         yield
-    finally:
-        evaluator.get_git_commit_hash = saved
 
 
 def extract_score(results: dict, b: Benchmark) -> dict:
@@ -397,10 +390,6 @@ def extract_items(results: dict, leaves: list[str], metric: str, filt: str) -> d
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def _has_items(score: dict) -> bool:
-    return "items" in score or "items_unavailable" in score
 
 
 def _leaves(results: dict, name: str) -> list[str]:

@@ -103,49 +103,26 @@ def format_examples(task_data: dict) -> tuple[list[dict], list[str]]:
     Left out (``idx`` keeps counting them): examples lm-eval's multiple_choice template could not
     score (no ``target_scores``, no single best choice, or a target that is not a choice).
     """
-
-    input_prefix = task_data.get("example_input_prefix", "\nQ: ")
-    output_prefix = task_data.get("example_output_prefix", "\nA: ")
-    choice_prefix = task_data.get("choice_prefix", "\n  choice: ")
-    append_choices = task_data.get("append_choices_to_input", True)
-    task_prefix = str(task_data.get("task_prefix", ""))
-    seen, distinct = set(), []
-    for example in task_data["examples"]:
-        key = json.dumps(example)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(example)
-
+    distinct = {json.dumps(example): example for example in task_data["examples"]}  # first seen, in order
     rows, skipped = [], []
-    for idx, example in enumerate(distinct):
+    for idx, example in enumerate(distinct.values()):
         try:
-            rows.append(
-                _format_one(
-                    idx, example, task_prefix, input_prefix, output_prefix, choice_prefix, append_choices
-                )
-            )
+            rows.append(_format_one(idx, example, task_data))
         except (KeyError, TypeError, ValueError) as e:
             skipped.append(f"example {idx}: {type(e).__name__}: {e}")
     return rows, skipped
 
 
-def _format_one(
-    idx: int,
-    example: dict,
-    task_prefix: str,
-    input_prefix: str,
-    output_prefix: str,
-    choice_prefix: str,
-    append_choices: bool,
-) -> dict:
-    """One example as ``format_examples`` describes (steps 2-4)."""
+def _format_one(idx: int, example: dict, task_data: dict) -> dict:
+    """One example of the JSON task ``task_data`` as ``format_examples`` describes (steps 2-4)."""
     import numpy as np
 
     scores = example.get("target_scores")
     if not scores:
         raise ValueError("no target_scores")
     text = example["input"]
-    if append_choices:
+    choice_prefix = task_data.get("choice_prefix", "\n  choice: ")
+    if task_data.get("append_choices_to_input", True):
         permuted = np.random.RandomState(seed=42).permutation(sorted(scores))
         text = text + choice_prefix + choice_prefix.join(permuted)
     target = example.get("target")
@@ -161,9 +138,10 @@ def _format_one(
         raise ValueError(f"target {targets[0][:40]!r} is not a choice")
     if values.count(max(values)) != 1 or not all(v.is_integer() for v in values):
         raise ValueError(f"scores {values} do not mark one best choice")
+    q, a = task_data.get("example_input_prefix", "\nQ: "), task_data.get("example_output_prefix", "\nA: ")
     return {
         "idx": idx,
-        "inputs": (task_prefix + input_prefix + text + output_prefix).strip(),
+        "inputs": (str(task_data.get("task_prefix", "")) + q + text + a).strip(),
         "targets": targets,
         "multiple_choice_targets": choices,
         "multiple_choice_scores": [int(v) for v in values],

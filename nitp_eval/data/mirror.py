@@ -119,14 +119,11 @@ def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
             repo = cfg.get("dataset_path")
             if not repo or repo in PACKAGED_BUILDERS or os.path.isabs(repo):
                 continue
-            fewshot_split = (
-                (cfg.get("fewshot_config") or {}).get("split")
-                if isinstance(cfg.get("fewshot_config"), dict)
-                else None
-            )
+            fewshot = cfg.get("fewshot_config")
             splits = [
                 cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")
-            ] + [fewshot_split]
+            ]
+            splits.append(fewshot.get("split") if isinstance(fewshot, dict) else None)
             kwargs = cfg.get("dataset_kwargs") or {}
             needs.append(
                 DataNeed(
@@ -359,19 +356,12 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
     """
     from ..tasks import BENCHMARKS, friendly, nearest_names, passthrough
 
-    bench, unknown = [], []
-    for name in names:
-        b = friendly(name)
-        if b is not None:
-            bench.append(b)
-        else:
-            unknown.append(name)
+    bench = [b for b in map(friendly, names) if b is not None]
+    unknown = [name for name in names if friendly(name) is None]
     if unknown:
-        tm = task_manager()
-        still = []
-        for name in unknown:
-            (bench.append(passthrough(name)) if name in tm.task_index else still.append(name))
-        unknown = still
+        index = task_manager().task_index
+        bench += [passthrough(name) for name in unknown if name in index]
+        unknown = [name for name in unknown if name not in index]
     mteb: list[dict] = []
     if unknown:
         repos = _mteb_repos(unknown)

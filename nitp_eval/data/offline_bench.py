@@ -30,12 +30,11 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from nitp.io import atomic_folder
 from nitp.records import cache_dir
 
 from ..tasks import TASKS_DIR
@@ -167,7 +166,21 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
     final = base / digest
     if not (final / "tasks").is_dir():
-        _write_tasks(base, final, digest, files)
+        folder = {f"data/{name}": text for name, text in files.items()}
+        for task, (template, _) in OFFLINE_TASKS.items():
+            splits = sorted(n[len(task) + 1 : -len(".jsonl")] for n in files if n.startswith(task + "_"))
+            config = {
+                "include": str(TASKS_DIR / "offline" / template),
+                "task": task,
+                "dataset_path": "json",
+                # final (not temporary) paths: the folder is renamed before anything reads it
+                "dataset_kwargs": {
+                    "data_files": {s: str(final / "data" / f"{task}_{s}.jsonl") for s in splits}
+                },
+                "metadata": {"version": 1.0, "data": digest},
+            }
+            folder[f"tasks/{task}.yaml"] = yaml.safe_dump(config, sort_keys=False)
+        write_folder(final, folder)
     remembered.parent.mkdir(parents=True, exist_ok=True)
     remembered.write_text(digest)
     return final / "tasks"
@@ -193,33 +206,14 @@ def _source_fingerprint() -> str:
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def _write_tasks(base: Path, final: Path, digest: str, files: dict[str, str]) -> None:
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{digest}."))
+def write_folder(folder: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (path in ``folder`` -> text) as the new folder ``folder``, atomically (readers
+    see all of it or nothing); where another process completed the same folder first, its copy stays."""
     try:
-        (tmp / "data").mkdir()
-        (tmp / "tasks").mkdir()
-        for name, text in files.items():
-            (tmp / "data" / name).write_text(text, encoding="utf-8")
-        for task, (template, _) in OFFLINE_TASKS.items():
-            splits = sorted(n[len(task) + 1 : -len(".jsonl")] for n in files if n.startswith(task + "_"))
-            config = {
-                "include": str(TASKS_DIR / "offline" / template),
-                "task": task,
-                "dataset_path": "json",
-                # final (not temporary) paths: the folder is renamed before anything reads it
-                "dataset_kwargs": {
-                    "data_files": {s: str(final / "data" / f"{task}_{s}.jsonl") for s in splits}
-                },
-                "metadata": {"version": 1.0, "data": digest},
-            }
-            (tmp / "tasks" / f"{task}.yaml").write_text(
-                yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
-            )
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(folder) as tmp:
+            for rel, text in files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_text(text, encoding="utf-8")
+    except OSError:
+        if not folder.is_dir():
+            raise

@@ -50,7 +50,7 @@ from .results import (
     task_score,
 )
 from .settings import MtebSettings, embedding_fields, parse_layers
-from .tasks import apply_data_dir, export_hint, resolve_tasks
+from .tasks import apply_data_dir, data_root, export_hint, resolve_tasks
 
 
 def run_mteb(
@@ -89,11 +89,8 @@ def run_mteb(
     if not paths:
         raise UserError("no checkpoint given")
     data_dir = settings.data_dir
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise UserError(
-            f"--data-dir {data_dir}: no such directory "
-            f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
-        )
+    if data_dir is not None:
+        data_root(data_dir)
     if settings.layers is not None and save_encoder is not None:
         raise UserError("--save-encoder saves one layer's encoder: use it with --layer k, not --layers")
     if out is not None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -127,7 +128,7 @@ def _task(name: str) -> Any:
     if name in OFFLINE_TASKS:
         return OFFLINE_TASKS[name]()
     if name in PAPER_TASKS:
-        return copy.deepcopy(_paper_benchmark_tasks()[name])
+        return copy.deepcopy(_paper_benchmark_tasks(PAPER_BENCHMARK)[name])
     import mteb
 
     try:
@@ -145,20 +146,17 @@ def _task(name: str) -> Any:
         ) from None
 
 
-_BENCHMARK_CACHE: dict[str, Any] = {}
+@functools.cache
+def _paper_benchmark_tasks(benchmark: str) -> dict[str, Any]:
+    import mteb
 
-
-def _paper_benchmark_tasks() -> dict[str, Any]:
-    if not _BENCHMARK_CACHE:
-        import mteb
-
-        for t in mteb.get_benchmark(PAPER_BENCHMARK).tasks:
-            if t.metadata.name in PAPER_TASKS:
-                _BENCHMARK_CACHE[t.metadata.name] = t
-        missing = set(PAPER_TASKS) - set(_BENCHMARK_CACHE)
-        if missing:  # a future mteb dropping a task must not silently shrink the suite
-            raise UserError(f"this mteb lacks paper tasks in {PAPER_BENCHMARK}: {sorted(missing)}")
-    return _BENCHMARK_CACHE
+    tasks = {
+        t.metadata.name: t for t in mteb.get_benchmark(benchmark).tasks if t.metadata.name in PAPER_TASKS
+    }
+    missing = set(PAPER_TASKS) - set(tasks)
+    if missing:  # a future mteb dropping a task must not silently shrink the suite
+        raise UserError(f"this mteb lacks paper tasks in {benchmark}: {sorted(missing)}")
+    return tasks
 
 
 def is_local_task(task: Any) -> bool:
@@ -181,7 +179,7 @@ def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
     -------
     list of ``{"task", "repo", "revision", "subsets", "splits"}``; ``repo`` and ``revision``
     are what ``snapshot_download(repo, repo_type="dataset", revision=...)`` takes; the mirror
-    keeps the snapshot in ``DATA_DIR/<repo>`` (see ``local_dataset_dir``).
+    keeps the snapshot in ``DATA_DIR/<repo>``.
     """
     out = []
     for task in resolve_tasks(tasks=list(task_names)):
@@ -200,9 +198,14 @@ def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
     return out
 
 
-def local_dataset_dir(data_dir: str | os.PathLike, repo: str) -> Path:
-    """Where a mirror keeps a dataset repository: ``DATA_DIR/<owner>/<name>``."""
-    return Path(data_dir).expanduser() / repo
+def data_root(data_dir: str | os.PathLike) -> Path:
+    """The ``--data-dir`` folder; ``UserError`` when there is none."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
+        )
+    return root
 
 
 def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[Any], list[str]]:
@@ -213,18 +216,14 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
     and one line per task without data, naming the task, the folder and the export command.
     Offline-suite tasks need no folder and are always ready.
     """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
-        )
+    root = data_root(data_dir)
     ready, problems = [], []
     for task in tasks:
         if is_local_task(task):
             ready.append(task)
             continue
         repo = task.metadata.dataset["path"]
-        folder = local_dataset_dir(root, repo)
+        folder = root / repo  # the mirror's DATA_DIR/<owner>/<name>
         if not folder.is_dir() or not any(folder.iterdir()):
             problems.append(
                 f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {export_hint(task.metadata.name, data_dir)}"

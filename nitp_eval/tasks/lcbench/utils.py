@@ -112,12 +112,11 @@ def _process_cap(uid: int) -> int:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the program's whole process group (its children and grandchildren too)."""
+    import contextlib
     import signal
 
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def sandbox_disabled() -> bool:
