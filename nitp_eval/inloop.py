@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +36,9 @@ from nitp.io import atomic_folder
 from nitp.records import library_versions, make_record, safe_name, write_record
 from nitp.runs import checkpoint_name
 
+from . import log_stderr
+
 GEOM_TOKENS = 4096  # tokens of the in-loop nitp-geom sample
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def model_info(model, run_dir: Path, step: int, cfg: dict) -> dict:
@@ -84,7 +81,7 @@ class BenchEvaluator:
         from .bench.plan import plan_tasks, select_benchmarks
 
         self.benchmarks = select_benchmarks(self.tasks, None)
-        self.plan = plan_tasks(self.benchmarks, None, False, _log)
+        self.plan = plan_tasks(self.benchmarks, None, False, log_stderr)
 
     def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
         from lm_eval.models.huggingface import HFLM
@@ -194,7 +191,9 @@ class MtebEvaluator:
         out = _record_path(run_dir, "mteb", step, "-".join(self.tasks))
         try:
             device = str(next(model.parameters()).device)
-            [record] = run_mteb([folder], MtebSettings(tasks=self.tasks, device=device), out=out, log=_log)
+            [record] = run_mteb(
+                [folder], MtebSettings(tasks=self.tasks, device=device), out=out, log=log_stderr
+            )
         finally:
             remove_saved(folder)
         write_record(out, _as_step(record, model, run_dir, step, self.cfg))

@@ -51,6 +51,7 @@ from nitp.records import (
 )
 from nitp.runs import resolve_checkpoint
 
+from .. import log_stderr
 from ..tasks import Benchmark
 from .plan import (
     Plan,
@@ -89,7 +90,7 @@ def run_bench(
     -------
     list of result records, in the order of ``checkpoints``.
     """
-    log = log or _stderr
+    log = log or log_stderr
     benchmarks = select_benchmarks(settings.tasks, settings.suite)
     check_numbers(settings.limit, settings.num_fewshot, benchmarks)
     check_data_dir(settings.data_dir)
@@ -425,10 +426,6 @@ def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- output

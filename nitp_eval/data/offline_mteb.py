@@ -150,13 +150,32 @@ def alternate_split(rows: list[tuple[str, int]]) -> tuple[list[tuple[str, int]],
 _MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy"}  # mteb's own for each type
 
 
-def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
-    """The ``TaskMetadata`` of an offline task read from gensim's test file ``file``.
+class _LocalTask:
+    """An mteb task whose data come from a local reader (``read``) instead of the hub.
 
-    ``described``: what differs per task, in ``TaskMetadata``'s own fields (``name``,
-    ``description``, ``reference``, ``date``, ``domains``, ``task_subtypes``, ``bibtex_citation``);
-    the rest follows from ``type`` or is the same for every task (English test split, found text).
+    A subclass names its gensim test file and ``TaskMetadata``'s own fields that differ per task
+    (``name``, ``description``, ``reference``, ``date``, ``domains``, ``task_subtypes``,
+    ``bibtex_citation``) as class keywords; the rest follows from the task type or is the same
+    for every task (English test split, found text).
     """
+
+    task_type: str  # mteb's task type, of the abstract task mixed in
+
+    def __init_subclass__(cls, file: str | None = None, **described: Any) -> None:
+        super().__init_subclass__()
+        if file is not None:
+            cls.metadata = _metadata_for(file, cls.task_type, **described)
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        from datasets import Dataset, DatasetDict
+
+        if not self.data_loaded:
+            splits = self.splits(self.read())
+            self.dataset = DatasetDict({name: Dataset.from_dict(columns) for name, columns in splits.items()})
+            self.data_loaded = True
+
+
+def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
     described.setdefault("task_subtypes", [])
     return TaskMetadata(
         dataset={"path": f"gensim/test/test_data/{file}", "revision": _data_revision()},
@@ -174,127 +193,98 @@ def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
     )
 
 
-class _LocalSTS(AbsTaskSTS):
-    """An STS task whose pairs come from a local reader instead of the hub."""
+class _LocalSTS(_LocalTask, AbsTaskSTS):
+    """An STS task: ``read()`` gives (sentence1, sentence2, score) pairs, all of them the test split."""
 
-    def pairs(self) -> list[tuple[str, str, float]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    task_type = "STS"
 
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        from datasets import Dataset, DatasetDict
-
-        if self.data_loaded:
-            return
-        s1, s2, score = zip(*self.pairs())
-        self.dataset = DatasetDict(
-            {"test": Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})}
-        )
-        self.data_loaded = True
+    @staticmethod
+    def splits(pairs: list[tuple[str, str, float]]) -> dict:
+        s1, s2, score = zip(*pairs)
+        return {"test": {"sentence1": list(s1), "sentence2": list(s2), "score": list(score)}}
 
 
-class _LocalClassification(AbsTaskClassification):
-    """A classification task (train / test) from a local reader instead of the hub."""
+class _LocalClassification(_LocalTask, AbsTaskClassification):
+    """A classification task: ``read()`` gives (text, label) rows, split by :func:`alternate_split`."""
 
+    task_type = "Classification"
     samples_per_label = 32  # 50 training items per label: use most of them, like mteb's AmazonCounterfactual
     n_experiments = 10
 
-    def rows(self) -> list[tuple[str, int]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        from datasets import Dataset, DatasetDict
-
-        if self.data_loaded:
-            return
-        train, test = alternate_split(self.rows())
-        as_ds = lambda part: Dataset.from_dict({"text": [t for t, _ in part], "label": [y for _, y in part]})  # noqa: E731
-        self.dataset = DatasetDict({"train": as_ds(train), "test": as_ds(test)})
-        self.data_loaded = True
+    @staticmethod
+    def splits(rows: list[tuple[str, int]]) -> dict:
+        parts = dict(zip(("train", "test"), alternate_split(rows)))
+        return {k: {"text": [t for t, _ in p], "label": [y for _, y in p]} for k, p in parts.items()}
 
 
-class WordSim353(_LocalSTS):
+class WordSim353(
+    _LocalSTS,
+    name="WordSim353",
+    description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
+    reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
+    file="wordsim353.tsv",
+    domains=["Written"],
+    date=("2001-01-01", "2002-12-31"),
+    bibtex_citation="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
+):
     min_score, max_score = 0, 10
-    metadata = _metadata_for(
-        name="WordSim353",
-        description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
-        reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
-        file="wordsim353.tsv",
-        type="STS",
-        domains=["Written"],
-        date=("2001-01-01", "2002-12-31"),
-        bibtex_citation="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_word_pairs("wordsim353.tsv")
+    read = staticmethod(lambda: read_word_pairs("wordsim353.tsv"))
 
 
-class SimLex999(_LocalSTS):
+class SimLex999(
+    _LocalSTS,
+    name="SimLex999",
+    description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
+    reference="https://fh295.github.io/simlex.html",
+    file="simlex999.txt",
+    domains=["Written"],
+    date=("2014-01-01", "2015-12-31"),
+    bibtex_citation="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
+):
     min_score, max_score = 0, 10
-    metadata = _metadata_for(
-        name="SimLex999",
-        description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
-        reference="https://fh295.github.io/simlex.html",
-        file="simlex999.txt",
-        type="STS",
-        domains=["Written"],
-        date=("2014-01-01", "2015-12-31"),
-        bibtex_citation="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_word_pairs("simlex999.txt")
+    read = staticmethod(lambda: read_word_pairs("simlex999.txt"))
 
 
-class LeeDocumentSimilarity(_LocalSTS):
+class LeeDocumentSimilarity(
+    _LocalSTS,
+    name="LeeDocumentSimilarity",
+    description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
+    reference="https://escholarship.org/uc/item/48g155nq",
+    file="lee.cor",
+    domains=["News", "Written"],
+    date=("2005-01-01", "2005-12-31"),
+    bibtex_citation="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
+):
     min_score, max_score = 0, 1
-    metadata = _metadata_for(
-        name="LeeDocumentSimilarity",
-        description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
-        reference="https://escholarship.org/uc/item/48g155nq",
-        file="lee.cor",
-        type="STS",
-        domains=["News", "Written"],
-        date=("2005-01-01", "2005-12-31"),
-        bibtex_citation="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_lee_pairs()
+    read = staticmethod(read_lee_pairs)
 
 
-class PangLeePolarity(_LocalClassification):
-    metadata = _metadata_for(
-        name="PangLeePolarity",
-        description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
-        reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
-        file="pang_lee_polarity.cor",
-        type="Classification",
-        domains=["Reviews", "Written"],
-        task_subtypes=["Sentiment/Hate speech"],
-        date=("2005-01-01", "2005-12-31"),
-        bibtex_citation="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
-    )
-
-    def rows(self) -> list[tuple[str, int]]:
-        return read_pang_lee()
+class PangLeePolarity(
+    _LocalClassification,
+    name="PangLeePolarity",
+    description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
+    reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
+    file="pang_lee_polarity.cor",
+    domains=["Reviews", "Written"],
+    task_subtypes=["Sentiment/Hate speech"],
+    date=("2005-01-01", "2005-12-31"),
+    bibtex_citation="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
+):
+    read = staticmethod(read_pang_lee)
 
 
-class MiniNewsgroups(_LocalClassification):
-    metadata = _metadata_for(
-        name="MiniNewsgroups",
-        description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
-        reference="http://qwone.com/~jason/20Newsgroups/",
-        file="mini_newsgroup",
-        type="Classification",
-        domains=["Social", "Written"],
-        task_subtypes=["Topic classification"],
-        date=("1993-01-01", "1993-12-31"),
-        bibtex_citation="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
-    )
-
-    def rows(self) -> list[tuple[str, int]]:
-        return read_mini_newsgroups()[0]
+class MiniNewsgroups(
+    _LocalClassification,
+    name="MiniNewsgroups",
+    description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
+    reference="http://qwone.com/~jason/20Newsgroups/",
+    file="mini_newsgroup",
+    domains=["Social", "Written"],
+    task_subtypes=["Topic classification"],
+    date=("1993-01-01", "1993-12-31"),
+    bibtex_citation="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
+):
+    read = staticmethod(lambda: read_mini_newsgroups()[0])
 
 
 OFFLINE_TASKS: dict[str, type] = {

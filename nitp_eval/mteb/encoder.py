@@ -29,7 +29,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,13 +39,10 @@ from nitp.io import atomic_folder
 from nitp.loading import check_model_files, load_config
 from nitp.runtime import pick_device, pick_dtype
 
+from .. import log_stderr
 from .settings import EmbedSettings, check_pooling, embedding_fields
 
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +107,7 @@ def pool_hidden_states(hidden, mask, pooling: str = "mean"):
     return features["sentence_embedding"]
 
 
-def build_sentence_transformer(spec: EncoderSpec, *, log: Callable[[str], None] = _stderr):
+def build_sentence_transformer(spec: EncoderSpec, *, log: Callable[[str], None] = log_stderr):
     """The ``SentenceTransformer`` of a checked spec, on its device in its dtype, eval mode.
 
     The token limit is the smallest of ``max_length``, sentence-transformers' ``max_seq_length``

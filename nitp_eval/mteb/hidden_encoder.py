@@ -16,7 +16,8 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 
 from nitp import layers as layers_lib
 
-from .encoder import EncoderSpec, _stderr, build_sentence_transformer, preflight, token_batches
+from .. import log_stderr
+from .encoder import EncoderSpec, build_sentence_transformer, preflight, token_batches
 from .settings import EmbedSettings
 
 
@@ -44,7 +45,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         *,
         name: str | None = None,
         revision: str | None = None,
-        log: Callable[[str], None] = _stderr,
+        log: Callable[[str], None] = log_stderr,
         **fields,
     ) -> None:
         if not isinstance(model, EncoderSpec):

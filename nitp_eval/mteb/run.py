@@ -39,6 +39,7 @@ from nitp.records import (
     write_record,
 )
 
+from .. import log_stderr
 from . import encoder as encoder_lib
 from .results import (
     aggregate,
@@ -60,7 +61,7 @@ def run_mteb(
     out: str | Path | None = None,
     redo: bool = False,
     save_encoder: str | Path | None = None,
-    log: Callable[[str], None] = encoder_lib._stderr,
+    log: Callable[[str], None] = log_stderr,
 ) -> list[dict]:
     """Score checkpoints' frozen embeddings on MTEB tasks; one ``mteb`` record per checkpoint.
 
@@ -153,7 +154,9 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
         tag = record_tag(job.settings.suite, job.task_names, spec.pooling, k)
         paths[k] = record_path(info, job.out, job.several, tag)
         check_output(paths[k])
-    save_to = _save_dir(job.save_encoder, info, job.several)
+    save_to = None if job.save_encoder is None else Path(job.save_encoder)
+    if save_to is not None and job.several:  # one encoder per checkpoint
+        save_to = save_to / f"{info['name']}-{info['hash'][:8]}"
     task_objs = _tasks_with_data(job.settings, job.task_names, job.log)
     keys = {
         (k, t.metadata.name): task_cache_settings(t, dataclasses.replace(spec, layer=k))
@@ -186,12 +189,6 @@ def _check_save_encoder(save_encoder) -> None:
     check_output(target, "--save-encoder", folder=True)
     if target.is_dir() and any(target.iterdir()):
         raise UserError(f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder")
-
-
-def _save_dir(save_encoder, info: dict, several: bool) -> Path | None:
-    if save_encoder is None:
-        return None
-    return Path(save_encoder) / f"{info['name']}-{info['hash'][:8]}" if several else Path(save_encoder)
 
 
 def task_cache_settings(task, spec) -> dict:

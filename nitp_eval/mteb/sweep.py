@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 from typing import Callable, Sequence
 
-from . import encoder as encoder_lib
+from .. import log_stderr
 from .hidden_encoder import HiddenStateEncoder
 
 
@@ -39,11 +39,10 @@ class LayerSweep:
     layers : layer numbers from :func:`nitp_eval.mteb.settings.parse_layers`
     """
 
-    def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = encoder_lib._stderr):
+    def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = log_stderr):
         self.layers = list(layers)
         self.encoder = HiddenStateEncoder(dataclasses.replace(spec, layer=-1), log=log)
         self._cache: dict[str, object] = {}
-        self.passes = 0  # text lists run through the model (what the cache saved shows in tests)
 
     def embeddings(self, texts: Sequence[str], layer: int, batch_size: int | None, show: bool = False):
         """float32 [N, D] of ``layer`` for ``texts``; one pass over texts not seen since :meth:`clear`."""
@@ -52,7 +51,6 @@ class LayerSweep:
             self._cache[key] = self.encoder.encode_layers(
                 texts, self.layers, batch_size=batch_size, show_progress_bar=show
             )
-            self.passes += 1
         return self._cache[key][self.layers.index(layer)]
 
     def clear(self) -> None:
