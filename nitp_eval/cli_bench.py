@@ -124,8 +124,7 @@ def mirror_export(
 ) -> None:
     from .data import mirror_export
 
-    rows = mirror_export.export(_names(tasks, suite), out)
-    _print_rows(rows)
+    _print_rows(mirror_export.export(_names(tasks, suite), out))
 
 
 @mirror_app.command("check", help="List, per task, which of its datasets DIR holds and which are missing.")

@@ -30,6 +30,7 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from nitp import metrics_registry as registry
 from nitp.io import atomic_folder
@@ -121,21 +122,21 @@ def bench(cfg: dict) -> BenchEvaluator | None:
 
 
 # ----------------------------------------------------------------------------- through a folder
-def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Path:
-    """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then renamed)."""
+@contextlib.contextmanager
+def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Iterator[Path]:
+    """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then
+    renamed) for the block; then removed, with ``RUN/inloop`` once empty (nothing stays behind)."""
     final = Path(run_dir) / "inloop" / checkpoint_name(step)
     shutil.rmtree(final, ignore_errors=True)
-    with atomic_folder(final) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return final
-
-
-def remove_saved(folder: Path) -> None:
-    """Remove a :func:`saved_folder` and, once empty, ``RUN/inloop`` itself (nothing stays behind)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parent.rmdir()
+    try:
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        yield final
+    finally:
+        shutil.rmtree(final, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            final.parent.rmdir()
 
 
 def _as_step(record: dict, model, run_dir: Path, step: int, cfg: dict) -> dict:
@@ -154,13 +155,10 @@ class GeomEvaluator:
         from analysis.measure import geom_record
         from analysis.settings import GeomSettings
 
-        folder = saved_folder(model, tokenizer, run_dir, step)
-        try:
-            device = str(next(model.parameters()).device)
-            settings = GeomSettings(n_tokens=GEOM_TOKENS, device=device, dtype="float32")
+        device = str(next(model.parameters()).device)
+        settings = GeomSettings(n_tokens=GEOM_TOKENS, device=device, dtype="float32")
+        with saved_folder(model, tokenizer, run_dir, step) as folder:
             record = geom_record(folder, settings, progress=False, write=False)
-        finally:
-            remove_saved(folder)
         record = _as_step(record, model, run_dir, step, self.cfg)
         write_record(_record_path(run_dir, "geom", step, f"builtin-{GEOM_TOKENS}"), record)
         last = next((r for r in record["scores"].get("layers", []) if r.get("layer") == -1), {})
@@ -187,15 +185,10 @@ class MtebEvaluator:
         from .mteb.run import run_mteb
         from .mteb.settings import MtebSettings
 
-        folder = saved_folder(model, tokenizer, run_dir, step)
         out = _record_path(run_dir, "mteb", step, "-".join(self.tasks))
-        try:
-            device = str(next(model.parameters()).device)
-            [record] = run_mteb(
-                [folder], MtebSettings(tasks=self.tasks, device=device), out=out, log=log_stderr
-            )
-        finally:
-            remove_saved(folder)
+        settings = MtebSettings(tasks=self.tasks, device=str(next(model.parameters()).device))
+        with saved_folder(model, tokenizer, run_dir, step) as folder:
+            [record] = run_mteb([folder], settings, out=out, log=log_stderr)
         write_record(out, _as_step(record, model, run_dir, step, self.cfg))
         tasks = record["scores"].get("tasks", {})
         return {f"eval/mteb/{t}": s["main_score"] for t, s in tasks.items() if "main_score" in s}

@@ -226,8 +226,7 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
                     f"off (HF_HUB_OFFLINE=1); run `{mirror.export_hint([b.name], 'DIR')}` on a machine with "
                     "the hub and pass --data-dir DIR"
                 )
-    if data_dir is not None:
-        check_data_dir(data_dir)
+    if data_dir is not None:  # checked by the caller (check_data_dir)
         root = Path(data_dir).expanduser()
         for b in benchmarks:
             if b.name in failed or b.offline:

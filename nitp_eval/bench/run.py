@@ -180,7 +180,7 @@ def _bench_one(
         record_scores(scores, failed),
         versions=library_versions("lm_eval", "datasets", "vllm"),
     )
-    if _is_main_process():
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # the main process writes
         if _would_clobber(path, record):
             log(
                 f"record not written: the good record at {path} is kept (this run failed: {', '.join(failed)})"
@@ -422,10 +422,6 @@ def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
     elif isinstance(num_fewshot, dict) and num_fewshot:
         tag += "-shots" + hashlib.sha256(json.dumps(num_fewshot, sort_keys=True).encode()).hexdigest()[:6]
     return tag
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 # ----------------------------------------------------------------------------- output

@@ -219,14 +219,12 @@ def import_bigbench(
     """
     if source is None:
         raise UserError(f"mirror import bigbench needs --source; {FETCH_HINT}")
-    chosen = []
-    for name in names or [PREFIX + t for t in TASKS]:
-        task = name.removeprefix(PREFIX)
+    chosen = [name.removeprefix(PREFIX) for name in names] if names else list(TASKS)
+    for name, task in zip(names or [], chosen):
         if task not in TASKS:
             raise UserError(
                 f"unknown bigbench task {name!r}; choose from {', '.join(PREFIX + t for t in TASKS)}"
             )
-        chosen.append(task)
     data = read_tasks(source, chosen)
     converted, summary = {}, []
     for task in chosen:
@@ -269,9 +267,8 @@ def _existing_configs(root: Path) -> dict[str, dict[str, str]]:
     """Configs already in the mirror's card whose files exist (so a partial import keeps them)."""
     from .mirror import readme_configs
 
-    kept = {}
-    for name, cfg in (readme_configs(root) or {}).items():
-        splits = {s: p[0] for s, p in cfg["splits"].items() if len(p) == 1 and (root / p[0]).is_file()}
-        if splits:
-            kept[name] = splits
-    return kept
+    configs = {
+        name: {s: p[0] for s, p in cfg["splits"].items() if len(p) == 1 and (root / p[0]).is_file()}
+        for name, cfg in (readme_configs(root) or {}).items()
+    }
+    return {name: splits for name, splits in configs.items() if splits}

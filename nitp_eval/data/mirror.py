@@ -124,17 +124,10 @@ def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
                 cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")
             ]
             splits.append(fewshot.get("split") if isinstance(fewshot, dict) else None)
-            kwargs = cfg.get("dataset_kwargs") or {}
-            needs.append(
-                DataNeed(
-                    leaf,
-                    repo,
-                    cfg.get("dataset_name"),
-                    tuple(dict.fromkeys(s for s in splits if s)),
-                    kwargs.get("revision"),
-                    str(task_manager.task_index[leaf].yaml_path),
-                )
-            )
+            splits = tuple(dict.fromkeys(s for s in splits if s))
+            revision = (cfg.get("dataset_kwargs") or {}).get("revision")
+            yaml_path = str(task_manager.task_index[leaf].yaml_path)
+            needs.append(DataNeed(leaf, repo, cfg.get("dataset_name"), splits, revision, yaml_path))
     return needs
 
 

@@ -143,10 +143,6 @@ OFFLINE_TASKS = {
 
 
 # ----------------------------------------------------------------------------- files
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     """Write (once) the offline tasks' data and YAML files; return the folder of YAML files.
 
@@ -162,7 +158,7 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     files = {}
     for task, (_, build) in OFFLINE_TASKS.items():
         for split, rows in build().items():
-            files[f"{task}_{split}.jsonl"] = _jsonl(rows)
+            files[f"{task}_{split}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
     final = base / digest
     if not (final / "tasks").is_dir():

@@ -7,20 +7,10 @@ protocol: ``samples_per_label`` training examples per label, ``n_experiments`` d
 classification. Only the data loading is ours; it reads files from the ``gensim`` wheel
 (``gensim/test/test_data``) without importing gensim.
 
-=========================  ==============  =========================================================
-task                       type            data
-=========================  ==============  =========================================================
-WordSim353                 STS             353 word pairs, mean human relatedness 0..10
-SimLex999                  STS             999 word pairs, mean human similarity 0..10
-LeeDocumentSimilarity      STS             50 news documents, all 1,225 pairs, mean human
-                                           similarity 0..1 (Lee, Pincombe & Welsh 2005)
-PangLeePolarity            Classification  200 movie-review sentences, positive / negative
-MiniNewsgroups             Classification  200 Usenet posts, alt.atheism / sci.space (headers
-                                           removed, as sklearn's ``remove=("headers",)``)
-=========================  ==============  =========================================================
-
-Classification tasks split their 200 items into train / test by alternating within each label
-(100 / 100, balanced). Nothing is downloaded; the suite runs on an air-gapped laptop.
+STS: WordSim353 (353 word pairs), SimLex999 (999 word pairs), LeeDocumentSimilarity (1,225 pairs
+of 50 news documents); classification: PangLeePolarity (200 movie-review sentences),
+MiniNewsgroups (200 Usenet posts, headers removed), each split 100 / 100 into train / test by
+alternating within each label. Nothing is downloaded; the suite runs on an air-gapped laptop.
 
 Example
 -------

@@ -59,14 +59,17 @@ def aggregate(task_scores: dict[str, dict]) -> dict:
     groups: dict[str, list[float]] = {}
     for s in task_scores.values():
         groups.setdefault(s["group"], []).append(s["main_score"])
-    ordered = sorted(
-        groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g)
-    )
+    ordered = sorted(groups, key=group_order)
     all_scores = [s["main_score"] for s in task_scores.values()]
     return {
         "groups": {g: sum(groups[g]) / len(groups[g]) for g in ordered},
         "overall": sum(all_scores) / len(all_scores) if all_scores else None,
     }
+
+
+def group_order(group: str) -> tuple[int, str]:
+    """Sort key of group names: the paper's groups in its order, then the others by name."""
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
 
 
 def record_tag(suite: str | None, task_names: Sequence[str], pooling: str, layer: int) -> str:
@@ -100,11 +103,6 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
 def missing_tasks(record: dict) -> list[str]:
     """Tasks asked for in a record's settings that it has no score for."""
     return [t for t in record["settings"]["tasks"] if t not in record["scores"]["tasks"]]
-
-
-def mteb_model_name(info: dict) -> str:
-    step = f"-step{info['step']}" if info.get("step") is not None else ""
-    return f"nitp-local/{info['name']}{step}"
 
 
 def record_path(info: dict, out: str | Path | None, several: bool, tag: str) -> Path:

@@ -44,7 +44,6 @@ from . import encoder as encoder_lib
 from .results import (
     aggregate,
     is_recorded,
-    mteb_model_name,
     record_path,
     record_tag,
     replaces_record,
@@ -261,7 +260,12 @@ def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) 
                     shared.clear()
         finally:
             del encoders, shared
-            _free_memory()
+            gc.collect()
+            with contextlib.suppress(Exception):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
     versions = library_versions("mteb", "sentence-transformers", "datasets")
     records = {}
     for k, settings in settings_by_layer.items():
@@ -278,7 +282,8 @@ def _encoders(info, spec, layers: list[int], sweep: bool, log):
     """``({layer: mteb encoder}, LayerSweep or None)``: one encoder, or a sweep's views."""
     from . import hidden_encoder  # imports mteb (seconds): only when a run encodes
 
-    name, revision = mteb_model_name(info), info["key"]
+    step = f"-step{info['step']}" if info.get("step") is not None else ""
+    name, revision = f"nitp-local/{info['name']}{step}", info["key"]
     if not sweep:
         return {
             spec.layer: hidden_encoder.HiddenStateEncoder(spec, name=name, revision=revision, log=log)
@@ -352,12 +357,3 @@ def _quiet_mteb():
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(Exception):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

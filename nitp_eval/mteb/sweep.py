@@ -1,15 +1,11 @@
 """The MTEB layer sweep (``--layers all | 0,3,-1``): every layer scored from one pass over the texts.
 
 mteb scores one model per ``mteb.evaluate`` call, so each layer gets its own encoder
-(:class:`LayerView`, with the cache key of ``--layer k``), and all of them serve embeddings from
-one :class:`LayerSweep`. The first view asked for a text list runs it once through the full
-model, capturing every requested layer in the same forward pass per batch
-(``HiddenStateEncoder.encode_layers``); the other views find the list in the sweep's cache::
-
-    cache[sha256(texts, batch size)] = float32 [n_layers, N, D]     (cleared after each task)
-
-Each layer's vectors are exactly those of ``--layer k`` (same token ids, batches, padded widths,
-pooling and normalisation), so its scores equal a single-layer run's. Memory: one task's texts x
+(:class:`LayerView`, with the cache key of ``--layer k``) serving embeddings from one
+:class:`LayerSweep`: the first view asked for a text list runs it once through the full model
+(``HiddenStateEncoder.encode_layers``, every layer from the same pass), the others find it in the
+sweep's cache ``{sha256(texts, batch size): float32 [n_layers, N, D]}``, cleared after each task.
+Each layer's vectors, and so its scores, equal a ``--layer k`` run's. Memory: one task's texts x
 layers x D x 4 bytes (SmolLM2-135M, all 32 layers, 10,000 texts: 0.7 GB).
 
 Example

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from nitp.console import text_table
 
-from .results import GROUP_ORDER
+from .results import group_order
 
 
 def model_labels(records: Sequence[dict]) -> list[str]:
@@ -47,9 +47,7 @@ def format_table(
         return [label, *cells]
 
     rows, sections = [], []
-    groups = sorted(
-        {info[n]["group"] for n in names}, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g)
-    )
+    groups = sorted({info[n]["group"] for n in names}, key=group_order)
     for g in groups:
         members = [n for n in names if info[n]["group"] == g]
         sections.append(len(rows))

@@ -15,13 +15,9 @@ A task's data is a Hugging Face dataset repository (``task.metadata.dataset["pat
 ``["revision"]``). A local mirror keeps each repository in the hub layout under its repo id::
 
     DIR/mteb/stsbenchmark-sts/README.md, data/test-00000-of-00001.parquet, ...
-    DIR/mteb/AskUbuntuDupQuestions/README.md, corpus/..., queries/..., qrels/..., top_ranked/...
 
-i.e. what ``huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=rev,
-local_dir=DIR/repo)`` writes. ``apply_data_dir`` points every task's dataset path at its folder
-(mteb then loads it with the same ``datasets.load_dataset`` call it uses for the hub) and
-reports the tasks whose folder is missing. ``mteb_dataset_repos`` lists the repositories a set
-of tasks needs; ``nitp-eval mirror export`` / ``mirror check`` use it.
+(what ``snapshot_download(repo, repo_type="dataset", local_dir=DIR/repo)`` writes); mteb loads
+it with the same ``datasets.load_dataset`` call it uses for the hub.
 
 Example
 -------
@@ -106,13 +102,9 @@ def suite_task_names(suite: str) -> list[str]:
 
 
 def resolve_tasks(suite: str | None = None, tasks: Iterable[str] | None = None) -> list[Any]:
-    """Fresh mteb task objects for a suite or a list of names (names win when both are given).
-
-    Paper tasks come from mteb's ``MTEB(eng, v1)`` benchmark (English scope); offline tasks from
-    ``nitp_eval.data.offline_mteb``; any other name from ``mteb.get_task``. Each call returns new
-    objects, so overriding one's dataset path never leaks into another run.
-    Raises ``UserError`` for an unknown name, with mteb's closest match.
-    """
+    """Fresh mteb task objects (overriding one's dataset path never leaks into another run) for a
+    suite or a list of names (names win); paper tasks in ``MTEB(eng, v1)``'s English scope.
+    Raises ``UserError`` for an unknown name, with mteb's closest match."""
     names = list(tasks) if tasks else suite_task_names(suite or "offline")
     if not names:
         raise UserError("no MTEB tasks given (use --suite paper|offline or --tasks NAME ...)")
@@ -170,16 +162,9 @@ def is_local_task(task: Any) -> bool:
 def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
     """The Hugging Face dataset repositories that MTEB tasks load, one dict per task.
 
-    Parameters
-    ----------
-    task_names : MTEB task names (paper tasks get the paper's scope). Offline-suite tasks are
-        skipped: their data ship with installed packages.
-
-    Returns
-    -------
-    list of ``{"task", "repo", "revision", "subsets", "splits"}``; ``repo`` and ``revision``
-    are what ``snapshot_download(repo, repo_type="dataset", revision=...)`` takes; the mirror
-    keeps the snapshot in ``DATA_DIR/<repo>``.
+    Returns ``[{"task", "repo", "revision", "subsets", "splits"}]`` (paper tasks in the paper's
+    scope; offline-suite tasks skipped: their data ship with installed packages); the mirror keeps
+    ``snapshot_download(repo, repo_type="dataset", revision=...)`` in ``DATA_DIR/<repo>``.
     """
     out = []
     for task in resolve_tasks(tasks=list(task_names)):

@@ -54,10 +54,6 @@ def drop_prompt_rows(dataset):
     return dataset.select(range(N_PROMPT_ROWS, len(dataset)))
 
 
-def tests_text(doc) -> str:
-    return "\n".join(doc["test_list"])
-
-
 def extract_code(generation: str) -> str:
     """The program between ``[BEGIN]`` and ``[DONE]`` (markers optional, quotes stripped)."""
     code = generation
@@ -170,18 +166,14 @@ def passes(
     memory_bytes: int = MEMORY_LIMIT_BYTES,
     cpu_s: int = CPU_LIMIT_S,
 ) -> bool:
-    """Run ``program`` in a sandboxed Python process; True when it exits with status 0.
+    """Run ``program`` in a sandboxed Python process (``sandbox.py``, see the module docstring);
+    True when it exits with status 0.
 
-    The sandbox (``sandbox.py``): new user, PID, mount, network, IPC and UTS namespaces; uid
-    65534 when nitp runs as root; a read-only view of the system and the Python installation
-    only, a fresh /proc, a private writable /tmp as working folder, no network; an empty
-    environment and resource limits (``memory_bytes`` of address space, ``cpu_s`` CPU seconds,
-    16 MiB files, no core dumps, ``MAX_PROCESSES`` processes). At ``timeout_s`` wall-clock
-    seconds, or when it ends, every process of the sandbox is killed.
-
-    With ``NITP_UNSAFE_NO_SANDBOX=1`` the program runs unisolated with the same limits (the
-    process cap only for a non-root user) in an empty temporary folder, in its own session,
-    whose process group is killed at the end.
+    Limits: ``memory_bytes`` of address space, ``cpu_s`` CPU seconds, 16 MiB files, no core
+    dumps, ``MAX_PROCESSES`` processes, an empty environment; at ``timeout_s`` wall-clock seconds,
+    or when it ends, every process of the sandbox is killed. With ``NITP_UNSAFE_NO_SANDBOX=1``
+    the same limits (the process cap only for a non-root user) apply to an unisolated process in
+    an empty temporary folder and its own session, whose process group is killed at the end.
 
     Raises a one-line ``UserError`` when the machine refuses the sandbox.
 
@@ -225,7 +217,7 @@ def process_results(doc, results):
     """pass@1 of one greedy generation: the extracted code plus the problem's asserts pass."""
     code = extract_code(results[0])
     # LeetCode-style answers sometimes wrap the function in `class Solution`; call it through an instance.
-    tests = tests_text(doc)
+    tests = "\n".join(doc["test_list"])
     if "class Solution" in code:
         tests = re.sub(r"assert\s+(\w+)\(", r"assert Solution().\1(", tests)
     return {"pass_at_1": float(passes(code + "\n\n" + tests))}
