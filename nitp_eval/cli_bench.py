@@ -13,7 +13,9 @@ from typing import List
 
 import typer
 
+from nitp.console import text_table
 from nitp.errors import UserError
+from nitp.runs import list_checkpoints
 
 from .bench.settings import BenchSettings
 from .tasks import SUITES, help_text
@@ -84,8 +86,6 @@ def bench(
         help="Cap generated tokens of generation tasks (smoke tests).",
     ),
 ) -> None:
-    from nitp.runs import list_checkpoints
-
     from .bench.run import format_table, run_bench
 
     options = locals()  # every BenchSettings field is an option of the same name
@@ -194,8 +194,6 @@ def _names(tasks: str | None, suite: str | None) -> list[str]:
 
 
 def _print_rows(rows: list[dict]) -> None:
-    from nitp.console import text_table
-
     columns = ("task", "lm-eval task", "present", "missing", "detail")
     table = [(r["task"], r["lm_eval_task"], r["present"], r["missing"], r["detail"]) for r in rows]
     print(text_table(columns, table, left=("task", "lm-eval task", "detail")))

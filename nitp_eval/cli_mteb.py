@@ -12,6 +12,9 @@ from typing import List
 
 import typer
 
+from nitp.errors import UserError
+from nitp.records import check_output
+
 from .mteb.settings import MtebSettings  # no mteb import: --help stays instant
 
 
@@ -84,9 +87,6 @@ def mteb_command(
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
     Layer sweep: nitp-eval mteb runs/nitp --layers all --figure figures/mteb-layers
     """
-    from nitp.errors import UserError
-    from nitp.records import check_output
-
     from .mteb.results import missing_tasks
     from .mteb.run import run_mteb
     from .mteb.table import format_layer_table, format_table

@@ -4,12 +4,10 @@ Each factory takes the resolved training config and returns an evaluator, or ``N
 part of ``cfg["eval"]`` is empty; ``nitp_train.evaluators`` calls them on rank 0 with the model in
 eval mode and the RNG state saved and restored around them.
 
-* :func:`bench` -- ``eval.bench`` tasks with ``eval.limit`` documents each, scored by lm-eval on
-  the in-memory model (``HFLM(pretrained=model, tokenizer=...)``, the same ``simple_evaluate``
-  call as ``nitp-eval bench``); metrics ``eval/bench/<task>`` and ``eval/bench/average``;
-* :func:`mteb` -- ``eval.mteb`` tasks (``nitp-eval mteb``) and :func:`geom` -- ``nitp-geom``
-  layer statistics: both read a model folder, so the model is saved to a temporary folder
-  ``RUN/inloop/step_N`` (removed afterwards); metrics ``eval/mteb/<task>``,
+* :func:`bench` -- lm-eval on the in-memory model, as ``nitp-eval bench``; metrics
+  ``eval/bench/<task>`` and ``eval/bench/average``;
+* :func:`mteb` (``nitp-eval mteb``) and :func:`geom` (``nitp-geom``) read a model folder, so the
+  model is saved to ``RUN/inloop/step_N`` for them; metrics ``eval/mteb/<task>``,
   ``eval/geom/<metric>`` (the last layer's).
 
 Every evaluator also writes an ordinary result record for the step, named as the checkpoint of

@@ -9,10 +9,12 @@ fingerprints are part of every cached result's key, so an edited task file is ne
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +23,7 @@ from nitp.io import atomic_write_json
 from nitp.loading import check_safe_weights
 from nitp.records import cache_dir
 
-from ..tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
+from ..tasks import BENCHMARKS, SUITES, TASKS_DIR, Benchmark, friendly, nearest_names, passthrough
 
 
 # ----------------------------------------------------------------------------- choosing tasks
@@ -65,10 +67,6 @@ def unknown_task_message(name: str, lm_eval_tasks) -> str:
 def _task_names_file() -> Path:
     """Where the names of lm-eval's task index are kept, keyed by the lm-eval version and nitp's
     task files (a new or edited task file gives a new file)."""
-    from importlib import metadata
-
-    from ..tasks import TASKS_DIR
-
     h = hashlib.sha256(metadata.version("lm_eval").encode())
     for f in sorted(TASKS_DIR.rglob("*.yaml")):
         h.update(f"{f}:{f.stat().st_mtime_ns}".encode())
@@ -91,9 +89,6 @@ def shipped_task_names() -> set[str] | None:
     """The names of lm-eval's own task index listed by ``make docs`` (``tools/make_docs.py``) for
     one lm-eval version, plus nitp's task folder's: a new user's first typo fails in a second,
     not after the ~15k-file index is built. None for another lm-eval version."""
-    import gzip
-    from importlib import metadata
-
     try:
         listed = json.loads(gzip.decompress(SHIPPED_TASK_NAMES.read_bytes()))
     except (OSError, ValueError, EOFError):
@@ -102,16 +97,12 @@ def shipped_task_names() -> set[str] | None:
         return None
     from lm_eval.tasks import TaskManager
 
-    from ..tasks import TASKS_DIR
-
     own = TaskManager(include_path=str(TASKS_DIR), include_defaults=False).all_tasks  # ~0.01 s
     return set(listed["names"]) | set(own)
 
 
 def list_lm_eval_task_names() -> dict:
     """``{"lm_eval": version, "names": [...]}`` of lm-eval's own index (tens of seconds)."""
-    from importlib import metadata
-
     from lm_eval.tasks import TaskManager
 
     return {"lm_eval": metadata.version("lm_eval"), "names": sorted(TaskManager().all_tasks)}

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 from nitp.console import text_table
 from nitp.errors import UserError, on_interrupt
@@ -256,8 +259,6 @@ def _would_clobber(path: Path, record: dict) -> bool:
 
 def _lm_eval_seeds() -> dict:
     """The seeds simple_evaluate uses (its defaults, which nitp does not change)."""
-    import inspect
-
     from lm_eval import simple_evaluate
 
     params = inspect.signature(simple_evaluate).parameters  # random_seed, numpy_random_seed, ...
@@ -311,9 +312,6 @@ def _quiet_git():
     """lm-eval records ``git describe`` of the working folder in its results; outside a git
     checkout git prints "fatal: not a git repository" once per task. Within the block the same
     call runs with git's stderr discarded (lm-eval's own fallback kept)."""
-    import subprocess
-    from unittest import mock
-
     from lm_eval import evaluator
     from lm_eval.loggers.utils import get_commit_from_path
 

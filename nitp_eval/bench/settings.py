@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,6 @@ class BenchSettings:
         """The same settings with the device, batch size and backend chosen: a GPU when one is
         visible (``nitp.runtime``), batch ``auto`` on a GPU else 8, vLLM when installed and on a
         GPU; ``UserError`` for a bad one."""
-        import importlib.util
-
         from nitp.runtime import pick_device
 
         device = pick_device(self.device)

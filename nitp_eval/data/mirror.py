@@ -10,20 +10,15 @@ A mirror is a folder holding one sub-folder per dataset repository, named like t
 
 ``datasets.load_dataset(DATA_DIR/<repo>, <config>)`` reads such a folder exactly as it reads the
 hub repository. `nitp-eval bench --data-dir DATA_DIR` points every lm-eval task at its folder
-through override task files handed to ``TaskManager(include_path=...)`` (lm-eval itself is
-never edited): each override includes the task's own YAML and replaces ``dataset_path``.
-
-- ``nitp_eval.data.mirror_export.export(names, out)``: on a machine with the hub, download what the
-  tasks need (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi
-  and LCBench; MTEB task names are delegated to ``nitp_eval.mteb.tasks.mteb_dataset_repos``).
-- ``check(data_dir, names)``: what is present and what is missing, per task.
-- ``missing_reason(data_dir, need)`` / ``write_overrides(...)``: used by ``bench``.
+through override task files (:func:`write_overrides`; lm-eval itself is never edited).
+``mirror_export.export`` writes a mirror, :func:`check` lists what it holds.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,8 +295,6 @@ def task_manager(*extra_paths: str | os.PathLike):
     Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
     for the life of the process (every folder's content is fixed once written).
     """
-    import logging
-
     from lm_eval.tasks import TaskManager
 
     from ..tasks import TASKS_DIR

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -120,8 +122,6 @@ def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, t
 
 
 def _download(url: str, dest: Path) -> None:
-    import urllib.request
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -147,8 +147,6 @@ def export_xiezhi(out: Path, configs: set) -> None:
 
 def export_lcbench(out: Path, configs: set) -> None:
     """LCBench's two JSON-lines files from OpenCompass's archive, plus a card."""
-    import zipfile
-
     from ..tasks.lcbench import utils
 
     root = repo_dir(out, "opencompass/LCBench2023")

@@ -78,9 +78,11 @@ def record_tag(suite: str | None, task_names: Sequence[str], pooling: str, layer
     return f"{which}-{pooling}-{'last' if layer == -1 else f'layer{layer}'}"
 
 
-def is_recorded(path: Path, info: dict, settings: dict) -> bool:
+def is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
     """A record at ``path`` already holds every task of these settings for this model (same
-    weights, config and tokenizer: ``model_identity`` key) at this folder."""
+    weights, config and tokenizer: ``model_identity`` key) at this folder, made from these very
+    ``inputs`` (the digest of every task's cache key: data contents, dtype, device kind, batch
+    sizes, versions)."""
     if not path.is_file():
         return False
     try:
@@ -90,6 +92,7 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
     s = rec.get("settings", {})
     return (
         rec.get("kind") == "mteb"
+        and rec.get("inputs") == inputs
         and rec.get("model", {}).get("key") == info["key"]
         and rec.get("model", {}).get("path") == info["path"]
         and s.get("pooling") == settings["pooling"]

@@ -1,14 +1,11 @@
 """`run_mteb`: score checkpoints' frozen embeddings with ``mteb.evaluate``, resumably.
 
 Each checkpoint becomes a ``SentenceTransformer`` (``hidden_encoder.HiddenStateEncoder``) and each task
-is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", model
-key)`` (``nitp.records.model_identity``: weights, config and tokenizer files; unit = task name;
-settings = ``MtebSettings``'s embedding fields and the task's data and scope), so a killed run,
-rerun, computes only the tasks it had not finished. mteb's own result cache (``$MTEB_CACHE``) is
-also kept, keyed by model name, revision = the same model key, and pooling / layer / dtype /
-max_length. A record is written only when the run scored at least every task that a record of
-the same model at that path already holds. Checkpoints, tasks, sizes, device and dtype are all
-checked (and chosen) once, before any model loads.
+is scored on its own and kept at once in ``nitp.records.RecordCache("mteb", model key)`` (key:
+:func:`task_cache_settings`), so a killed run, rerun, computes only the tasks it had not finished.
+mteb's own result cache (``$MTEB_CACHE``) is written too, never read. A record is written only when
+the run scored at least every task that a record of the same model at that path already holds.
+Checkpoints, tasks, sizes, device and dtype are all checked (and chosen) once, before any model loads.
 
 Example
 -------
@@ -23,9 +20,11 @@ import dataclasses
 import gc
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from nitp.cachekey import cache_key, device_kind
 from nitp.errors import UserError, on_interrupt
 from nitp.loading import offline_hub
 from nitp.records import (
@@ -165,7 +164,7 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
     inputs = {k: settings_digest({u[1]: key for u, key in keys.items() if u[0] == k}) for k in wanted}
     found = {}
     for k in wanted:
-        if not job.redo and save_to is None and _is_recorded(paths[k], info, settings[k], inputs[k]):
+        if not job.redo and save_to is None and is_recorded(paths[k], info, settings[k], inputs[k]):
             job.log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
             found[k] = read_record(paths[k])
     todo = {k: settings[k] for k in wanted if k not in found}
@@ -195,10 +194,6 @@ def task_cache_settings(task, spec) -> dict:
     of ``spec`` (``settings.embedding_fields``: pooling, layer, lengths, batch sizes, dtype; the
     device by kind), the task's scope, its dataset (a local ``--data-dir`` folder by contents)
     and the mteb version. ``spec``: an ``encoder.EncoderSpec`` (its layer = the scored layer)."""
-    from importlib import metadata
-
-    from nitp.cachekey import cache_key, device_kind
-
     dataset = dict(task.metadata.dataset)
     local = dataset.get("path")
     local = local if isinstance(local, str) and Path(local).expanduser().exists() else None
@@ -214,17 +209,6 @@ def task_cache_settings(task, spec) -> dict:
         },
         files=("data",),
     )
-
-
-def _is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
-    """``results.is_recorded`` and the record was made from these very inputs (the digest of every
-    task's cache key: data contents, dtype, device kind, batch sizes, versions)."""
-    if not is_recorded(path, info, settings):
-        return False
-    try:
-        return read_record(path).get("inputs") == inputs
-    except UserError:
-        return False
 
 
 def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) -> dict[int, dict]:

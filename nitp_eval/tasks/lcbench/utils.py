@@ -12,20 +12,19 @@ the problem's asserts run in a separate Python process with a time limit, and a 
 solved (pass@1 = 1) when the process exits cleanly. Running model-written code is only allowed
 when the caller confirms it (lm-eval's ``confirm_run_unsafe_code``; ``--allow-unsafe-code``).
 
-The process runs in a sandbox (``sandbox.py``: new user, PID, mount, network, IPC and UTS
-namespaces, nobody's uid under root, a read-only view of the system and the Python installation,
-a private writable /tmp, no network, every process killed at the end). Where the machine refuses
-those namespaces, the task fails before generating with one line (:func:`check_sandbox`), unless
-the user opts out explicitly with the environment variable ``NITP_UNSAFE_NO_SANDBOX=1``: then the
-program runs unisolated, with the resource limits only.
+The process runs in a sandbox (``sandbox.py``). Where the machine refuses its namespaces, the task
+fails before generating with one line (:func:`check_sandbox`), unless the user opts out with
+``NITP_UNSAFE_NO_SANDBOX=1``: then the program runs unisolated, with the resource limits only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,9 +107,6 @@ def _process_cap(uid: int) -> int:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the program's whole process group (its children and grandchildren too)."""
-    import contextlib
-    import signal
-
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
