@@ -75,7 +75,7 @@ def run_bench(
     *,
     out=None,
     redo: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = log_stderr,
 ) -> list[dict]:
     """Score each checkpoint on the chosen benchmarks; write and return one record per checkpoint.
 
@@ -93,7 +93,6 @@ def run_bench(
     -------
     list of result records, in the order of ``checkpoints``.
     """
-    log = log or log_stderr
     benchmarks = select_benchmarks(settings.tasks, settings.suite)
     check_numbers(settings.limit, settings.num_fewshot, benchmarks)
     check_data_dir(settings.data_dir)
@@ -205,7 +204,11 @@ def record_scores(scores: dict, failed: dict) -> dict:
 
 
 def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
-    """The record's ``settings`` (docs/contracts.md): the resolved settings, shots per task."""
+    """The record's ``settings`` (docs/contracts.md): the resolved settings, shots per task, and
+    the seeds simple_evaluate uses (its defaults, which nitp does not change)."""
+    from lm_eval import simple_evaluate
+
+    params = inspect.signature(simple_evaluate).parameters  # random_seed, numpy_random_seed, ...
     return {
         "suite": s.suite,
         "tasks": [b.name for b in benchmarks],
@@ -216,7 +219,10 @@ def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
         "device": s.device,
         "backend": s.backend,
         "max_gen_toks": s.max_gen_toks,
-        "seed": _lm_eval_seeds(),
+        "seed": {
+            k: params[f"{k}_random_seed".removeprefix("random_")].default
+            for k in ("random", "numpy", "torch", "fewshot")
+        },
         "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
     }
 
@@ -255,17 +261,6 @@ def _would_clobber(path: Path, record: dict) -> bool:
     except UserError:
         return False  # unreadable: replacing it loses nothing
     return any(name in old.get("scores", {}).get("tasks", {}) for name in failed)
-
-
-def _lm_eval_seeds() -> dict:
-    """The seeds simple_evaluate uses (its defaults, which nitp does not change)."""
-    from lm_eval import simple_evaluate
-
-    params = inspect.signature(simple_evaluate).parameters  # random_seed, numpy_random_seed, ...
-    return {
-        k: params[f"{k}_random_seed".removeprefix("random_")].default
-        for k in ("random", "numpy", "torch", "fewshot")
-    }
 
 
 def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):

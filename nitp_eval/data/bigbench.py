@@ -9,19 +9,12 @@ at ``bigbench/benchmark_tasks/<task>/task.json``. lm-eval's BIG-bench tasks load
 ``nitp-eval bench --data-dir`` reads (``DIR/hails/bigbench/README.md`` + one parquet file per
 config), so lm-eval's task YAMLs run unchanged on them.
 
-- ``bb_causal_judgment``: causal_judgment, 190 rows
-- ``bb_navigate``: navigate, 1,000 rows
-- ``bb_sports_understanding``: sports_understanding, 986 rows (1,000 examples, 14 repeated)
-- ``bb_snarks``: snarks, 181 rows
-- ``bb_anachronisms``: anachronisms, 230 rows
-- ``bb_implicatures``: implicatures, 492 rows
-
-each scored by lm-eval's ``bigbench_<task>_multiple_choice`` on config ``<task>_zero_shot``.
-Each chosen task has one correct choice per example and ``append_choices_to_input: false``; for
-these the rows' counts and text sizes equal the hub builder's (checked against its dataset card,
-see ``docs/bench.md``). ``date_understanding`` and
-``disambiguation_qa`` were left out: their 1.0.0 ``task.json`` differs from the data the hub rows
-were built from.
+Suite members ``bb_<task>`` (rows): causal_judgment (190), navigate (1,000), sports_understanding
+(986: 1,000 examples, 14 repeated), snarks (181), anachronisms (230), implicatures (492). Each has
+one correct choice per example and ``append_choices_to_input: false``; for these the rows' counts
+and text sizes equal the hub builder's (checked against its dataset card, see ``docs/bench.md``).
+``date_understanding`` and ``disambiguation_qa`` were left out: their 1.0.0 ``task.json`` differs
+from the data the hub rows were built from.
 
 Example
 -------

@@ -1,16 +1,10 @@
 """`--suite offline`: three lm-eval tasks built from real labelled data that installed packages ship.
 
-=====================  ================================================  ======  =======
-task                   data                                              shots   metric
-=====================  ================================================  ======  =======
-nitp_offline_analogy   Google analogy set (gensim ``questions-words.txt``):  3     acc
-                       "Athens is to Greece as Baghdad is to" + 4 choices
-nitp_offline_next_word held-out documents of the built-in training corpus     0     acc
-                       (same split as the trainer): predict a passage's last
-                       word, LAMBADA-style
-nitp_offline_sentiment Pang & Lee movie-review polarity sentences (gensim):   4     acc
-                       "Review: ... Sentiment:" negative / positive
-=====================  ================================================  ======  =======
+- ``nitp_offline_analogy`` (3-shot, acc): the Google analogy set (gensim ``questions-words.txt``),
+  "Athens is to Greece as Baghdad is to" + 4 choices;
+- ``nitp_offline_next_word`` (0-shot, acc): a passage's last word, LAMBADA-style, from held-out
+  documents of the built-in training corpus (the trainer's split);
+- ``nitp_offline_sentiment`` (4-shot, acc): Pang & Lee movie-review polarity sentences (gensim).
 
 The items are drawn deterministically (seed 0), written once as JSON lines into
 ``cache_dir()/offline-tasks/<content hash>/data/`` together with task YAML files that include the
@@ -26,7 +20,9 @@ Example
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -34,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from nitp.errors import UserError
 from nitp.io import atomic_folder
 from nitp.records import cache_dir
 
@@ -51,6 +48,33 @@ VALIDATION_SPLIT = {"corpus": "builtin", "val_fraction": 0.05, "seed": 0}
 
 
 # ----------------------------------------------------------------------------- items
+@functools.cache
+def gensim_test_data() -> Path:
+    """``gensim/test/test_data`` of the installed gensim wheel (found without importing gensim)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the offline MTEB suite reads gensim's test data: pip install gensim")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
+    if not folder.is_dir():
+        raise UserError(f"{folder}: gensim is installed without its test data (reinstall the gensim wheel)")
+    return folder
+
+
+def read_pang_lee(path: str | os.PathLike | None = None) -> list[tuple[str, int]]:
+    """Pang & Lee sentence polarity lines ``__label__pos|neg text`` -> (text, 1|0), in file order.
+
+    The file is Windows-1252 (em dashes, accented letters), as in the original polarity data.
+    """
+    rows = []
+    for line in (
+        Path(path or gensim_test_data() / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines()
+    ):
+        tag, _, text = line.partition(" ")
+        if tag in ("__label__neg", "__label__pos") and text.strip():
+            rows.append((text.strip(), int(tag == "__label__pos")))
+    return rows
+
+
 def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """Google analogies as 4-way multiple choice: ``{"train": [...], "test": [...]}``.
 
@@ -58,10 +82,7 @@ def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]
     ``choices[label]``; the 3 distractors are answers of other questions of the same section
     (so they have the right type: capitals, past tenses, ...), never a, b or c.
     """
-    if path is None:
-        from gensim.test.utils import datapath
-
-        path = datapath("questions-words.txt")
+    path = path or gensim_test_data() / "questions-words.txt"
     sections: dict[str, list[list[str]]] = {}
     current = None
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -116,16 +137,7 @@ def next_word_items(documents: list[str] | None = None) -> dict[str, list[dict]]
 
 def sentiment_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """Pang & Lee polarity sentences: ``{"train", "test"}`` of ``{"sentence", "label"}`` (1 = positive)."""
-    if path is None:
-        from gensim.test.utils import datapath
-
-        path = datapath("pang_lee_polarity.cor")
-    rows = []
-    # the file is Windows-1252 (em dashes, accented letters), as in the original polarity data
-    for line in Path(path).read_text(encoding="cp1252").splitlines():
-        tag, _, sentence = line.partition(" ")
-        if tag in ("__label__neg", "__label__pos") and sentence.strip():
-            rows.append({"sentence": sentence.strip(), "label": int(tag == "__label__pos")})
+    rows = [{"sentence": text, "label": label} for text, label in read_pang_lee(path)]
     random.Random(SEED).shuffle(rows)
     train = [r for r in rows if r["label"] == 0][:SENTIMENT_TRAIN_PER_CLASS] + [
         r for r in rows if r["label"] == 1
@@ -184,8 +196,6 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
 
 def _source_fingerprint() -> str:
     """Sizes and modification times of the source data, plus the code that turns them into items."""
-    from gensim.test.utils import datapath
-
     import nitp_train.corpus
     import nitp_train.data
 
@@ -197,7 +207,7 @@ def _source_fingerprint() -> str:
         "lee_background.cor",
         "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
     ):
-        st = Path(datapath(name)).stat()
+        st = (gensim_test_data() / name).stat()
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 

@@ -25,10 +25,7 @@ import copyreg
 import io
 import pickle
 import zlib
-from functools import lru_cache
 from importlib import metadata as _metadata
-from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 from mteb.abstasks.classification import AbsTaskClassification
@@ -37,20 +34,10 @@ from mteb.abstasks.task_metadata import TaskMetadata
 
 from nitp.errors import UserError
 
+from .offline_bench import gensim_test_data, read_pang_lee
+
 
 # ----------------------------------------------------------------------------- the shipped files
-@lru_cache(maxsize=1)
-def gensim_test_data() -> Path:
-    """``gensim/test/test_data`` of the installed gensim wheel (found without importing gensim)."""
-    spec = find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline MTEB suite reads gensim's test data: pip install gensim")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
-    if not folder.is_dir():
-        raise UserError(f"{folder}: gensim is installed without its test data (reinstall the gensim wheel)")
-    return folder
-
-
 def _data_revision() -> str:
     return f"gensim-{_metadata.version('gensim')}"
 
@@ -81,16 +68,6 @@ def read_lee_pairs() -> list[tuple[str, str, float]]:
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise UserError(f"{folder}: lee.cor has {n} documents but similarities0-1.txt is not {n} x {n}")
     return [(docs[i], docs[j], matrix[i][j]) for i in range(n) for j in range(i + 1, n)]
-
-
-def read_pang_lee() -> list[tuple[str, int]]:
-    """Pang & Lee sentence polarity lines ``__label__pos|neg text`` -> (text, 1|0)."""
-    rows = []
-    for line in (gensim_test_data() / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines():
-        if line.strip():
-            label, text = line.split(" ", 1)
-            rows.append((text.strip(), 1 if label == "__label__pos" else 0))
-    return rows
 
 
 def read_mini_newsgroups() -> tuple[list[tuple[str, int]], list[str]]:

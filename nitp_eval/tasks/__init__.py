@@ -1,12 +1,9 @@
 """The benchmarks `nitp-eval bench` knows by name, and the suites that group them.
 
-Both are data: ``benchmarks.yaml`` beside this file (name, aliases, lm-eval task, shots, metric,
-title, short header), read here once. Names that are not friendly names are passed to lm-eval
-unchanged (any task or group it knows). The YAML task files of the benchmarks lm-eval lacks live
-beside this file, one folder each (``c3/``, ``balanced_copa/``, ``xiezhi/``, ``lcbench/``,
-``offline/``), and each suite is also an lm-eval group (``suites/nitp_suite_<name>.yaml``), so plain
-``lm_eval --include_path nitp_eval/tasks --tasks nitp_suite_mission`` runs the same tasks and shots;
-they are loaded through ``TaskManager(include_path=TASKS_DIR)``.
+Both are data: ``benchmarks.yaml`` beside this file, read here once; other names go to lm-eval
+unchanged. The task files of the benchmarks lm-eval lacks live beside this file, one folder each,
+and each suite is also an lm-eval group (``suites/nitp_suite_<name>.yaml``), so plain
+``lm_eval --include_path nitp_eval/tasks --tasks nitp_suite_mission`` runs the same tasks and shots.
 """
 
 from __future__ import annotations
