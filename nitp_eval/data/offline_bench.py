@@ -104,8 +104,9 @@ def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]
                 distractors = rng.sample([w for w in pool if w.lower() not in taken], 3)
                 choices = [d, *distractors]
                 rng.shuffle(choices)
-                item = dict(section=section, a=a, b=b, c=c, choices=choices, label=choices.index(d))
-                out[split].append(item)
+                out[split].append(
+                    dict(section=section, a=a, b=b, c=c, choices=choices, label=choices.index(d))
+                )
     return out
 
 

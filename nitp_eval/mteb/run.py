@@ -94,14 +94,20 @@ def run_mteb(
         raise UserError("--save-encoder saves one layer's encoder: use it with --layer k, not --layers")
     if out is not None:
         check_output(out, folder=Path(out).suffix != ".json")
-    if save_encoder is not None:
-        _check_save_encoder(save_encoder)
+    if save_encoder is not None:  # a new or empty folder in a writable place
+        target = Path(save_encoder).expanduser()
+        check_output(target, "--save-encoder", folder=True)
+        if target.is_dir() and any(target.iterdir()):
+            raise UserError(
+                f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder"
+            )
     # bad paths, tokenizers, weights, sizes, device: one line before any work
     specs = [encoder_lib.preflight(p, settings) for p in paths]
     wanted = [
-        [s.layer] if settings.layers is None else _sweep_layers(settings.layers, s.num_layers, out)
-        for s in specs
+        [s.layer] if settings.layers is None else parse_layers(settings.layers, s.num_layers) for s in specs
     ]
+    if out is not None and Path(out).suffix == ".json" and any(len(ks) > 1 for ks in wanted):
+        raise UserError(f"--out {out}: one file for several layers; give a directory instead")
     infos = [{**model_identity(p), "num_layers": s.num_layers} for p, s in zip(paths, specs)]
     # unknown names fail here
     task_names = [t.metadata.name for t in resolve_tasks(settings.suite, settings.tasks)]
@@ -135,13 +141,6 @@ class _Job:
             "batch_size": s.batch_size,
             "batch_tokens": s.batch_tokens,
         }
-
-
-def _sweep_layers(layers, num_layers: int, out) -> list[int]:
-    wanted = parse_layers(layers, num_layers)
-    if out is not None and Path(out).suffix == ".json" and len(wanted) > 1:
-        raise UserError(f"--out {out}: one file for several layers; give a directory instead")
-    return wanted
 
 
 def _records(info, spec, wanted, job: _Job) -> list[dict]:
@@ -179,14 +178,6 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
                 job.log(f"kept {paths[k]}: it holds tasks this run could not score (see the errors above)")
             found[k] = record
     return [found[k] for k in wanted]
-
-
-def _check_save_encoder(save_encoder) -> None:
-    """``--save-encoder`` must be a new or empty folder in a writable place (checked first)."""
-    target = Path(save_encoder).expanduser()
-    check_output(target, "--save-encoder", folder=True)
-    if target.is_dir() and any(target.iterdir()):
-        raise UserError(f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder")
 
 
 def task_cache_settings(task, spec) -> dict:
