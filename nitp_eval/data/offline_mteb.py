@@ -44,12 +44,9 @@ def _data_revision() -> str:
 
 def read_word_pairs(name: str) -> list[tuple[str, str, float]]:
     """``word1 <tab> word2 <tab> mean human score`` lines (``#`` lines are comments)."""
-    rows = []
-    for line in (gensim_test_data() / name).read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            w1, w2, score = line.split("\t")[:3]
-            rows.append((w1, w2, float(score)))
-    return rows
+    lines = (gensim_test_data() / name).read_text(encoding="utf-8").splitlines()
+    rows = [line.split("\t")[:3] for line in lines if line.strip() and not line.startswith("#")]
+    return [(w1, w2, float(score)) for w1, w2, score in rows]
 
 
 def read_lee_pairs() -> list[tuple[str, str, float]]:

@@ -45,12 +45,10 @@ def task_score(task: Any, result: Any) -> dict | None:
 def summarise(tasks: Iterable[Any], task_results: Iterable[Any]) -> dict:
     """mteb TaskResults -> the record's ``scores`` (see the module docstring)."""
     by_name = {r.task_name: r for r in task_results}
-    scores = {}
-    for task in tasks:
-        result = by_name.get(task.metadata.name)
-        entry = task_score(task, result) if result is not None else None
-        if entry is not None:
-            scores[task.metadata.name] = entry
+    scores = {
+        t.metadata.name: task_score(t, by_name[t.metadata.name]) for t in tasks if t.metadata.name in by_name
+    }
+    scores = {name: entry for name, entry in scores.items() if entry is not None}
     return {"tasks": scores, **aggregate(scores)}
 
 

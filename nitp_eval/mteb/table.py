@@ -11,10 +11,8 @@ from .results import group_order
 
 def model_labels(records: Sequence[dict]) -> list[str]:
     """Short column labels: run/model name (+ step), with the hash when names collide."""
-    labels = []
-    for r in records:
-        m = r["model"]
-        labels.append(m["name"] + (f"@{m['step']}" if m.get("step") is not None else ""))
+    steps = [r["model"].get("step") for r in records]
+    labels = [r["model"]["name"] + ("" if step is None else f"@{step}") for r, step in zip(records, steps)]
     if len(set(labels)) < len(labels):
         labels = [f"{lab}#{r['model']['hash'][:8]}" for lab, r in zip(labels, records)]
     return labels

@@ -166,21 +166,17 @@ def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
     scope; offline-suite tasks skipped: their data ship with installed packages); the mirror keeps
     ``snapshot_download(repo, repo_type="dataset", revision=...)`` in ``DATA_DIR/<repo>``.
     """
-    out = []
-    for task in resolve_tasks(tasks=list(task_names)):
-        if is_local_task(task):
-            continue
-        ds = task.metadata.dataset
-        out.append(
-            {
-                "task": task.metadata.name,
-                "repo": ds["path"],
-                "revision": ds.get("revision"),
-                "subsets": list(task.hf_subsets or []),
-                "splits": list(task.eval_splits),
-            }
-        )
-    return out
+    return [
+        {
+            "task": task.metadata.name,
+            "repo": task.metadata.dataset["path"],
+            "revision": task.metadata.dataset.get("revision"),
+            "subsets": list(task.hf_subsets or []),
+            "splits": list(task.eval_splits),
+        }
+        for task in resolve_tasks(tasks=list(task_names))
+        if not is_local_task(task)
+    ]
 
 
 def data_root(data_dir: str | os.PathLike) -> Path:
