@@ -421,11 +421,8 @@ def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
 def format_table(record: dict) -> str:
     """A rich table of one record: task, metric, score (%), stderr, n, shots, then the average."""
     model = record["model"]
-    title = (
-        f"{model.get('name')}"
-        + (f" step {model['step']}" if model.get("step") is not None else "")
-        + f" ({model['hash'][:8]})"
-    )
+    step = f" step {model['step']}" if model.get("step") is not None else ""
+    title = f"{model.get('name')}{step} ({model['hash'][:8]})"
     rows = []
     for name, s in record["scores"]["tasks"].items():
         metric = s["metric"] + (f" ({s['filter']})" if s.get("filter") else "")

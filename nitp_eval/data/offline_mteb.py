@@ -115,13 +115,9 @@ _MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy"}  # mteb'
 
 
 class _LocalTask:
-    """An mteb task whose data come from a local reader (``read``) instead of the hub.
-
-    A subclass names its gensim test file and ``TaskMetadata``'s own fields that differ per task
-    (``name``, ``description``, ``reference``, ``date``, ``domains``, ``task_subtypes``,
-    ``bibtex_citation``) as class keywords; the rest follows from the task type or is the same
-    for every task (English test split, found text).
-    """
+    """An mteb task whose data come from a local reader (``read``) instead of the hub; a subclass
+    gives its gensim test file and the ``TaskMetadata`` fields that differ per task as class
+    keywords (the rest follows from the task type or is the same for every task)."""
 
     task_type: str  # mteb's task type, of the abstract task mixed in
 

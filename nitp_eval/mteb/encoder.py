@@ -12,10 +12,7 @@ Pooling, for layer k's hidden states ``h`` [B, T, D] and attention mask ``m`` [B
     then   e_b <- e_b / max(||e_b||_2, 1e-12)                     Normalize()
 
 Texts are truncated to ``max_length`` tokens (default 512, MTEB's usual; the paper states none),
-and also to the model's own limit. Encoding batches by a token budget: texts sorted by length,
-each batch filled while ``rows x longest row <= batch_tokens`` (and at most ``batch_size`` rows),
-so memory is bounded whatever the texts' lengths. Every text is tokenized once: the token ids
-that size the batches are padded into the features the model runs on.
+and also to the model's own limit; batches are bounded by a token budget (:func:`token_batches`).
 
 Example
 -------
