@@ -199,17 +199,21 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     for b in benchmarks:
         if b.lm_eval_task not in tm.task_index:
             raise UserError(unknown_task_message(b.name, tm.all_tasks))
-    failed: dict[str, str] = {}
-    for b in benchmarks:
-        if b.unsafe and not allow_unsafe_code:
-            failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
+    failed = {
+        b.name: f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
+        for b in benchmarks
+        if b.unsafe and not allow_unsafe_code
+    }
     data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
     no_data = set()
-    if data_dir is None and hub_offline():  # no hub, no mirror: fail now, before the model loads
-        for b in benchmarks:
-            if b.name in failed or b.offline:
-                continue
-            absent = [n.repo for n in mirror.data_needs(tm, [b.lm_eval_task]) if not in_hub_cache(n.repo)]
+    root = None if data_dir is None else Path(data_dir).expanduser()  # checked by the caller (check_data_dir)
+    hub_off = root is None and hub_offline()  # no hub, no mirror: fail now, before the model loads
+    for b in benchmarks:
+        if b.name in failed or b.offline or not (root or hub_off):
+            continue
+        needs = mirror.data_needs(tm, [b.lm_eval_task])
+        if root is None:
+            absent = [n.repo for n in needs if not in_hub_cache(n.repo)]
             if absent:
                 no_data.add(b.name)
                 failed[b.name] = (
@@ -217,25 +221,18 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
                     f"off (HF_HUB_OFFLINE=1); run `{mirror.export_hint([b.name], 'DIR')}` on a machine with "
                     "the hub and pass --data-dir DIR"
                 )
-    if data_dir is not None:  # checked by the caller (check_data_dir)
-        root = Path(data_dir).expanduser()
-        for b in benchmarks:
-            if b.name in failed or b.offline:
-                continue
-            bad = [
-                (n, r)
-                for n in mirror.data_needs(tm, [b.lm_eval_task])
-                if (r := mirror.missing_reason(root, n))
-            ]
-            if bad:
-                need, reason = bad[0]
-                no_data.add(b.name)
-                failed[b.name] = (
-                    f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
-                    f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
-                )
-            else:
-                data_key[b.name] = str(root.resolve())
+            continue
+        bad = [(n, r) for n in needs if (r := mirror.missing_reason(root, n))]
+        if bad:
+            need, reason = bad[0]
+            no_data.add(b.name)
+            failed[b.name] = (
+                f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
+                f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
+            )
+        else:
+            data_key[b.name] = str(root.resolve())
+    if root is not None:
         tm = mirror.task_manager(
             _overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline])
         )

@@ -332,11 +332,8 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
         index = task_manager().task_index
         bench += [passthrough(name) for name in unknown if name in index]
         unknown = [name for name in unknown if name not in index]
-    mteb: list[dict] = []
-    if unknown:
-        repos = _mteb_repos(unknown)
-        mteb = [r for r in repos if r["task"] in unknown]
-        unknown = [n for n in unknown if n not in {r["task"] for r in repos}]
+    mteb = [r for r in _mteb_repos(unknown) if r["task"] in unknown] if unknown else []
+    unknown = [n for n in unknown if n not in {r["task"] for r in mteb}]
     if unknown:
         hints = nearest_names(unknown[0], list(BENCHMARKS) + list(task_manager().all_tasks))
         raise UserError(
