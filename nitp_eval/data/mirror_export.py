@@ -59,11 +59,12 @@ def export(
             if all(missing_reason(out, n) is None for n in repo_needs):
                 log(f"{repo}: already complete")
                 continue
-            log(f"{repo}: downloading {len({n.config for n in repo_needs})} config(s)")
+            configs = {n.config for n in repo_needs}
+            log(f"{repo}: downloading {len(configs)} config(s)")
             if repo in URL_SOURCES:
-                URL_SOURCES[repo](out, {n.config for n in repo_needs})
+                URL_SOURCES[repo](out, configs)
             else:
-                _export_hub_repo(repo, repo_needs[0].revision, {n.config for n in repo_needs}, out, token)
+                _export_hub_repo(repo, repo_needs[0].revision, configs, out, token)
     for entry in mteb:
         folder = repo_dir(out, entry["repo"])
         if folder.is_dir() and any(folder.iterdir()):
@@ -111,11 +112,7 @@ def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, t
         token=token,
     )
     card = {
-        n: {
-            split.name: f"{n}/{split.name}/*.parquet"
-            for split in sorted((dest / n).iterdir())
-            if split.is_dir()
-        }
+        n: {s.name: f"{n}/{s.name}/*.parquet" for s in sorted((dest / n).iterdir()) if s.is_dir()}
         for n in names
     }
     write_card(dest, card, f"# {repo} (mirror of the hub's parquet conversion)")
