@@ -48,9 +48,7 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         log: Callable[[str], None] = log_stderr,
         **fields,
     ) -> None:
-        if not isinstance(model, EncoderSpec):
-            model = preflight(model, settings, **fields)
-        spec = model
+        spec = model if isinstance(model, EncoderSpec) else preflight(model, settings, **fields)
         self.spec, self.batch_size, self.batch_tokens = spec, spec.batch_size, spec.batch_tokens
         st_model = build_sentence_transformer(spec, log=log)
         with warnings.catch_warnings():  # mteb's deprecation notes about its own defaults
