@@ -14,10 +14,9 @@ Per checkpoint one result record (docs/contracts.md, ``kind: "bench"``)::
               ["failed": {name: one-line reason}]}
 
 Values are fractions (0..1) as lm-eval reports them; ``items`` are lm-eval's per-sample scores
-(``log_samples``), so two records pair item by item (``reports.paired``). Each finished task is also cached under
-``cache_dir()/bench/<model key>/`` keyed by (``nitp.records.model_identity``: weights, config and tokenizer files; task
-and its task files, shots, limit, data source, backend, generation cap, lm-eval version): a rerun only evaluates
-what is missing; ``redo=True`` evaluates everything again.
+(``log_samples``), so two records pair item by item (``reports.paired``). Each finished task is also
+cached under ``cache_dir()/bench/<model key>/`` (key: :func:`bench_cache_key`): a rerun only
+evaluates what is missing; ``redo=True`` evaluates everything again.
 
 Example
 -------
