@@ -74,7 +74,7 @@ def run_bench(
     *,
     out=None,
     redo: bool = False,
-    log: Callable[[str], None] = log_stderr,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Score each checkpoint on the chosen benchmarks; write and return one record per checkpoint.
 
@@ -92,6 +92,7 @@ def run_bench(
     -------
     list of result records, in the order of ``checkpoints``.
     """
+    log = log or log_stderr
     benchmarks = select_benchmarks(settings.tasks, settings.suite)
     check_numbers(settings.limit, settings.num_fewshot, benchmarks)
     check_data_dir(settings.data_dir)
