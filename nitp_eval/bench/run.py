@@ -325,14 +325,15 @@ def extract_score(results: dict, b: Benchmark) -> dict:
     """The benchmark's main metric from lm-eval's results (groups: lm-eval's aggregate)."""
     name = b.lm_eval_task
     row = results["results"][name]
+    reported = [k for k in row if "," in k and "_stderr," not in k]  # "metric,filter"
     metric, filt = b.metric, b.filter
     if metric is None:  # pass-through task: its first reported metric
-        key = next(k for k in row if "," in k and "_stderr," not in k)
-        metric, filt = key.split(",", 1)
+        metric, filt = next(iter(reported)).split(",", 1)
     value = row.get(f"{metric},{filt}")
     if value is None:
-        reported = ", ".join(k for k in row if "," in k and "_stderr," not in k)
-        raise UserError(f"{b.name}: lm-eval reported no {metric},{filt} for {name} (it reported {reported})")
+        raise UserError(
+            f"{b.name}: lm-eval reported no {metric},{filt} for {name} (it reported {', '.join(reported)})"
+        )
     stderr = row.get(f"{metric}_stderr,{filt}")
     leaves = _leaves(results, name)
     counts = results.get("n-samples", {})
@@ -395,12 +396,8 @@ def _leaves(results: dict, name: str) -> list[str]:
 
 def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     msg = (str(e).strip().splitlines() or [""])[0][:240]
-    hint = (
-        ""
-        if data_dir
-        else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
-    )
-    return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
+    hint = f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
+    return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){'' if data_dir else hint}"
 
 
 def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
