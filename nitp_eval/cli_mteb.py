@@ -5,11 +5,15 @@ Only parses arguments; the work is ``nitp_eval.mteb.run.run_mteb`` (see docs/mte
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List
 
 import typer
+
+from nitp.errors import UserError
+from nitp.records import check_output
 
 from .mteb.settings import MtebSettings  # no mteb import: --help stays instant
 
@@ -83,9 +87,6 @@ def mteb_command(
     Example: nitp-eval mteb runs/ntp runs/nitp --suite offline
     Layer sweep: nitp-eval mteb runs/nitp --layers all --figure figures/mteb-layers
     """
-    from nitp.errors import UserError
-    from nitp.records import check_output
-
     from .mteb.results import missing_tasks
     from .mteb.run import run_mteb
     from .mteb.table import format_layer_table, format_table
@@ -94,18 +95,10 @@ def mteb_command(
         if layers is None:
             raise UserError("--figure draws a layer sweep: use it with --layers (e.g. --layers all)")
         check_output(figure, "--figure")
-    names = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
+    options = locals()  # the MtebSettings fields that are options of the same name
+    options["tasks"] = [n.strip() for item in (tasks or []) for n in item.split(",") if n.strip()] or None
     settings = MtebSettings(
-        suite=suite,
-        tasks=names,
-        pooling=pooling,
-        layer=layer,
-        layers=layers,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        batch_tokens=batch_tokens,
-        max_length=max_length,
+        **{f.name: options[f.name] for f in dataclasses.fields(MtebSettings) if f.name in options}
     )
     records = run_mteb(checkpoints, settings, out=out, redo=redo, save_encoder=save_encoder)
     print(format_table(records) if layers is None else format_layer_table(records))

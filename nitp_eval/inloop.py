@@ -4,12 +4,10 @@ Each factory takes the resolved training config and returns an evaluator, or ``N
 part of ``cfg["eval"]`` is empty; ``nitp_train.evaluators`` calls them on rank 0 with the model in
 eval mode and the RNG state saved and restored around them.
 
-* :func:`bench` -- ``eval.bench`` tasks with ``eval.limit`` documents each, scored by lm-eval on
-  the in-memory model (``HFLM(pretrained=model, tokenizer=...)``, the same ``simple_evaluate``
-  call as ``nitp-eval bench``); metrics ``eval/bench/<task>`` and ``eval/bench/average``;
-* :func:`mteb` -- ``eval.mteb`` tasks (``nitp-eval mteb``) and :func:`geom` -- ``nitp-geom``
-  layer statistics: both read a model folder, so the model is saved to a temporary folder
-  ``RUN/inloop/step_N`` (removed afterwards); metrics ``eval/mteb/<task>``,
+* :func:`bench` -- lm-eval on the in-memory model, as ``nitp-eval bench``; metrics
+  ``eval/bench/<task>`` and ``eval/bench/average``;
+* :func:`mteb` (``nitp-eval mteb``) and :func:`geom` (``nitp-geom``) read a model folder, so the
+  model is saved to ``RUN/inloop/step_N`` for them; metrics ``eval/mteb/<task>``,
   ``eval/geom/<metric>`` (the last layer's).
 
 Every evaluator also writes an ordinary result record for the step, named as the checkpoint of
@@ -28,20 +26,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from nitp import metrics_registry as registry
 from nitp.io import atomic_folder
 from nitp.records import library_versions, make_record, safe_name, write_record
 from nitp.runs import checkpoint_name
 
+from . import log_stderr
+
 GEOM_TOKENS = 4096  # tokens of the in-loop nitp-geom sample
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def model_info(model, run_dir: Path, step: int, cfg: dict) -> dict:
@@ -84,35 +80,29 @@ class BenchEvaluator:
         from .bench.plan import plan_tasks, select_benchmarks
 
         self.benchmarks = select_benchmarks(self.tasks, None)
-        self.plan = plan_tasks(self.benchmarks, None, False, _log)
+        self.plan = plan_tasks(self.benchmarks, None, False, log_stderr)
 
     def evaluate(self, model, tokenizer, step: int, run_dir: Path) -> dict:
         from lm_eval.models.huggingface import HFLM
 
         from .bench.plan import shots_for
-        from .bench.run import evaluate, extract_score, record_scores
+        from .bench.run import _record_settings, evaluate, extract_score, record_scores
+        from .bench.settings import BenchSettings
 
         device = str(next(model.parameters()).device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=8)
-        scores, failed = {}, dict(self.plan.failed)
-        for b in self.benchmarks:
-            if b.name in failed:
-                continue
-            shots = shots_for(b, None)
-            results = evaluate(lm, b, self.plan.task_manager, shots=shots, limit=self.limit)
-            scores[b.name] = extract_score(results, b)
-        out_scores = record_scores(scores, failed)
-        settings = {
-            "suite": None,
-            "tasks": [b.name for b in self.benchmarks],
-            "lm_eval_tasks": {b.name: b.lm_eval_task for b in self.benchmarks},
-            "limit": self.limit,
-            "num_fewshot": {b.name: shots_for(b, None) for b in self.benchmarks},
-            "batch_size": 8,
-            "device": device,
-            "backend": "hf",
-            "in_loop": True,
+        tm, failed = self.plan.task_manager, dict(self.plan.failed)
+        scores = {
+            b.name: extract_score(evaluate(lm, b, tm, shots=shots_for(b, None), limit=self.limit), b)
+            for b in self.benchmarks
+            if b.name not in failed
         }
+        out_scores = record_scores(scores, failed)
+        # bench's record settings, less what an in-loop run does not choose (generation cap, seeds, mirror)
+        run = BenchSettings(tasks=self.tasks, limit=self.limit, batch_size=8, device=device, backend="hf")
+        settings = _record_settings(run, self.benchmarks)
+        settings = {k: v for k, v in settings.items() if k not in ("max_gen_toks", "seed", "data_dir")}
+        settings["in_loop"] = True
         info = model_info(model, run_dir, step, self.cfg)
         record = make_record("bench", info, settings, out_scores, versions=library_versions("lm_eval"))
         tag = "-".join(b.name for b in self.benchmarks) + (f"-limit{self.limit}" if self.limit else "")
@@ -130,21 +120,21 @@ def bench(cfg: dict) -> BenchEvaluator | None:
 
 
 # ----------------------------------------------------------------------------- through a folder
-def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Path:
-    """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then renamed)."""
+@contextlib.contextmanager
+def saved_folder(model, tokenizer, run_dir: Path, step: int) -> Iterator[Path]:
+    """The model and tokenizer saved as a HF folder ``RUN/inloop/step_N`` (written aside, then
+    renamed) for the block; then removed, with ``RUN/inloop`` once empty (nothing stays behind)."""
     final = Path(run_dir) / "inloop" / checkpoint_name(step)
     shutil.rmtree(final, ignore_errors=True)
-    with atomic_folder(final) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return final
-
-
-def remove_saved(folder: Path) -> None:
-    """Remove a :func:`saved_folder` and, once empty, ``RUN/inloop`` itself (nothing stays behind)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parent.rmdir()
+    try:
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        yield final
+    finally:
+        shutil.rmtree(final, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            final.parent.rmdir()
 
 
 def _as_step(record: dict, model, run_dir: Path, step: int, cfg: dict) -> dict:
@@ -163,13 +153,10 @@ class GeomEvaluator:
         from analysis.measure import geom_record
         from analysis.settings import GeomSettings
 
-        folder = saved_folder(model, tokenizer, run_dir, step)
-        try:
-            device = str(next(model.parameters()).device)
-            settings = GeomSettings(n_tokens=GEOM_TOKENS, device=device, dtype="float32")
+        device = str(next(model.parameters()).device)
+        settings = GeomSettings(n_tokens=GEOM_TOKENS, device=device, dtype="float32")
+        with saved_folder(model, tokenizer, run_dir, step) as folder:
             record = geom_record(folder, settings, progress=False, write=False)
-        finally:
-            remove_saved(folder)
         record = _as_step(record, model, run_dir, step, self.cfg)
         write_record(_record_path(run_dir, "geom", step, f"builtin-{GEOM_TOKENS}"), record)
         last = next((r for r in record["scores"].get("layers", []) if r.get("layer") == -1), {})
@@ -196,13 +183,10 @@ class MtebEvaluator:
         from .mteb.run import run_mteb
         from .mteb.settings import MtebSettings
 
-        folder = saved_folder(model, tokenizer, run_dir, step)
         out = _record_path(run_dir, "mteb", step, "-".join(self.tasks))
-        try:
-            device = str(next(model.parameters()).device)
-            [record] = run_mteb([folder], MtebSettings(tasks=self.tasks, device=device), out=out, log=_log)
-        finally:
-            remove_saved(folder)
+        settings = MtebSettings(tasks=self.tasks, device=str(next(model.parameters()).device))
+        with saved_folder(model, tokenizer, run_dir, step) as folder:
+            [record] = run_mteb([folder], settings, out=out, log=log_stderr)
         write_record(out, _as_step(record, model, run_dir, step, self.cfg))
         tasks = record["scores"].get("tasks", {})
         return {f"eval/mteb/{t}": s["main_score"] for t, s in tasks.items() if "main_score" in s}

@@ -319,7 +319,7 @@ def test_mteb_task_key_holds_the_local_data_contents_and_every_setting(tmp_path)
 @pytest.mark.slow  # imports mteb (seconds)
 def test_an_mteb_record_is_reused_only_for_the_same_inputs(tmp_path):
     from nitp.records import make_record, write_record
-    from nitp_eval.mteb.run import _is_recorded
+    from nitp_eval.mteb.results import is_recorded as _is_recorded
 
     info = {"key": "k" * 64, "path": str(tmp_path / "model")}
     settings = {"suite": None, "tasks": ["WordSim353"], "pooling": "mean", "layer": -1, "max_length": 128}

@@ -9,18 +9,21 @@ fingerprints are part of every cached result's key, so an edited task file is ne
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_json
 from nitp.loading import check_safe_weights
 from nitp.records import cache_dir
 
-from ..tasks import BENCHMARKS, SUITES, Benchmark, friendly, nearest_names, passthrough
+from ..tasks import BENCHMARKS, SUITES, TASKS_DIR, Benchmark, friendly, nearest_names, passthrough
 
 
 # ----------------------------------------------------------------------------- choosing tasks
@@ -64,10 +67,6 @@ def unknown_task_message(name: str, lm_eval_tasks) -> str:
 def _task_names_file() -> Path:
     """Where the names of lm-eval's task index are kept, keyed by the lm-eval version and nitp's
     task files (a new or edited task file gives a new file)."""
-    from importlib import metadata
-
-    from ..tasks import TASKS_DIR
-
     h = hashlib.sha256(metadata.version("lm_eval").encode())
     for f in sorted(TASKS_DIR.rglob("*.yaml")):
         h.update(f"{f}:{f.stat().st_mtime_ns}".encode())
@@ -90,9 +89,6 @@ def shipped_task_names() -> set[str] | None:
     """The names of lm-eval's own task index listed by ``make docs`` (``tools/make_docs.py``) for
     one lm-eval version, plus nitp's task folder's: a new user's first typo fails in a second,
     not after the ~15k-file index is built. None for another lm-eval version."""
-    import gzip
-    from importlib import metadata
-
     try:
         listed = json.loads(gzip.decompress(SHIPPED_TASK_NAMES.read_bytes()))
     except (OSError, ValueError, EOFError):
@@ -101,16 +97,12 @@ def shipped_task_names() -> set[str] | None:
         return None
     from lm_eval.tasks import TaskManager
 
-    from ..tasks import TASKS_DIR
-
     own = TaskManager(include_path=str(TASKS_DIR), include_defaults=False).all_tasks  # ~0.01 s
     return set(listed["names"]) | set(own)
 
 
 def list_lm_eval_task_names() -> dict:
     """``{"lm_eval": version, "names": [...]}`` of lm-eval's own index (tens of seconds)."""
-    from importlib import metadata
-
     from lm_eval.tasks import TaskManager
 
     return {"lm_eval": metadata.version("lm_eval"), "names": sorted(TaskManager().all_tasks)}
@@ -173,17 +165,15 @@ def check_causal_lm(ckpt: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- plan
+@dataclass
 class Plan:
     """The TaskManager to use, plus the benchmarks that cannot run (name -> reason); ``no_data``
     names those of them whose data the local mirror lacks."""
 
-    def __init__(
-        self, task_manager, failed: dict[str, str], data_key: dict[str, str], no_data: frozenset = frozenset()
-    ):
-        self.task_manager = task_manager
-        self.failed = failed
-        self.data_key = data_key  # benchmark -> data source (part of the cache key)
-        self.no_data = no_data
+    task_manager: Any
+    failed: dict[str, str]
+    data_key: dict[str, str]  # benchmark -> data source (part of the cache key)
+    no_data: frozenset = frozenset()
 
 
 def check_data_dir(data_dir) -> None:
@@ -209,17 +199,21 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
     for b in benchmarks:
         if b.lm_eval_task not in tm.task_index:
             raise UserError(unknown_task_message(b.name, tm.all_tasks))
-    failed: dict[str, str] = {}
-    for b in benchmarks:
-        if b.unsafe and not allow_unsafe_code:
-            failed[b.name] = f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
+    failed = {
+        b.name: f"{b.name} executes model-written code; pass --allow-unsafe-code to run it"
+        for b in benchmarks
+        if b.unsafe and not allow_unsafe_code
+    }
     data_key = {b.name: (str(prepare_offline_tasks()) if b.offline else "hub") for b in benchmarks}
     no_data = set()
-    if data_dir is None and hub_offline():  # no hub, no mirror: fail now, before the model loads
-        for b in benchmarks:
-            if b.name in failed or b.offline:
-                continue
-            absent = [n.repo for n in mirror.data_needs(tm, [b.lm_eval_task]) if not in_hub_cache(n.repo)]
+    root = None if data_dir is None else Path(data_dir).expanduser()  # checked by the caller (check_data_dir)
+    hub_off = root is None and hub_offline()  # no hub, no mirror: fail now, before the model loads
+    for b in benchmarks:
+        if b.name in failed or b.offline or not (root or hub_off):
+            continue
+        needs = mirror.data_needs(tm, [b.lm_eval_task])
+        if root is None:
+            absent = [n.repo for n in needs if not in_hub_cache(n.repo)]
             if absent:
                 no_data.add(b.name)
                 failed[b.name] = (
@@ -227,26 +221,18 @@ def plan_tasks(benchmarks: list[Benchmark], data_dir, allow_unsafe_code: bool, l
                     f"off (HF_HUB_OFFLINE=1); run `{mirror.export_hint([b.name], 'DIR')}` on a machine with "
                     "the hub and pass --data-dir DIR"
                 )
-    if data_dir is not None:
-        check_data_dir(data_dir)
-        root = Path(data_dir).expanduser()
-        for b in benchmarks:
-            if b.name in failed or b.offline:
-                continue
-            bad = [
-                (n, r)
-                for n in mirror.data_needs(tm, [b.lm_eval_task])
-                if (r := mirror.missing_reason(root, n))
-            ]
-            if bad:
-                need, reason = bad[0]
-                no_data.add(b.name)
-                failed[b.name] = (
-                    f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
-                    f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
-                )
-            else:
-                data_key[b.name] = str(root.resolve())
+            continue
+        bad = [(n, r) for n in needs if (r := mirror.missing_reason(root, n))]
+        if bad:
+            need, reason = bad[0]
+            no_data.add(b.name)
+            failed[b.name] = (
+                f"{b.name}: no local data for {need.repo} (config {need.config or 'default'}) in {data_dir}: "
+                f"{reason}; run `{mirror.export_hint([b.name], data_dir)}` on a machine with the hub"
+            )
+        else:
+            data_key[b.name] = str(root.resolve())
+    if root is not None:
         tm = mirror.task_manager(
             _overrides(tm, root, [b for b in benchmarks if b.name not in failed and not b.offline])
         )
@@ -319,9 +305,6 @@ def task_fingerprint(task_manager, lm_eval_task: str) -> str:
 def _strings(obj) -> Iterator[str]:
     if isinstance(obj, str):
         yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
+    elif isinstance(obj, (dict, list)):
+        for v in obj.values() if isinstance(obj, dict) else obj:
             yield from _strings(v)

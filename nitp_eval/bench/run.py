@@ -14,10 +14,9 @@ Per checkpoint one result record (docs/contracts.md, ``kind: "bench"``)::
               ["failed": {name: one-line reason}]}
 
 Values are fractions (0..1) as lm-eval reports them; ``items`` are lm-eval's per-sample scores
-(``log_samples``), so two records pair item by item (``reports.paired``). Each finished task is also cached under
-``cache_dir()/bench/<model key>/`` keyed by (``nitp.records.model_identity``: weights, config and tokenizer files; task
-and its task files, shots, limit, data source, backend, generation cap, lm-eval version): a rerun only evaluates
-what is missing; ``redo=True`` evaluates everything again.
+(``log_samples``), so two records pair item by item (``reports.paired``). Each finished task is also
+cached under ``cache_dir()/bench/<model key>/`` (key: :func:`bench_cache_key`): a rerun only
+evaluates what is missing; ``redo=True`` evaluates everything again.
 
 Example
 -------
@@ -30,11 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 from nitp.console import text_table
 from nitp.errors import UserError, on_interrupt
@@ -51,6 +53,7 @@ from nitp.records import (
 )
 from nitp.runs import resolve_checkpoint
 
+from .. import log_stderr
 from ..tasks import Benchmark
 from .plan import (
     Plan,
@@ -89,7 +92,7 @@ def run_bench(
     -------
     list of result records, in the order of ``checkpoints``.
     """
-    log = log or _stderr
+    log = log or log_stderr
     benchmarks = select_benchmarks(settings.tasks, settings.suite)
     check_numbers(settings.limit, settings.num_fewshot, benchmarks)
     check_data_dir(settings.data_dir)
@@ -137,9 +140,8 @@ def _bench_one(
         shots = shots_for(b, s.num_fewshot)
         key = bench_cache_key(info, b, plan, **keyed_settings(s, shots))
         cached = None if redo else cache.get(b.name, key)
-        if cached is not None and not _has_items(cached):
-            cached = None  # cached before records kept per-item results: evaluate again
-        if cached is not None:
+        # a score cached before records kept per-item results is evaluated again
+        if cached is not None and ("items" in cached or "items_unavailable" in cached):
             scores[b.name] = cached
             log(f"[{i}/{len(todo)}] {b.name}: cached ({cache.path(b.name, key)})")
             continue
@@ -180,7 +182,7 @@ def _bench_one(
         record_scores(scores, failed),
         versions=library_versions("lm_eval", "datasets", "vllm"),
     )
-    if _is_main_process():
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # the main process writes
         if _would_clobber(path, record):
             log(
                 f"record not written: the good record at {path} is kept (this run failed: {', '.join(failed)})"
@@ -202,7 +204,11 @@ def record_scores(scores: dict, failed: dict) -> dict:
 
 
 def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
-    """The record's ``settings`` (docs/contracts.md): the resolved settings, shots per task."""
+    """The record's ``settings`` (docs/contracts.md): the resolved settings, shots per task, and
+    the seeds simple_evaluate uses (its defaults, which nitp does not change)."""
+    from lm_eval import simple_evaluate
+
+    params = inspect.signature(simple_evaluate).parameters  # random_seed, numpy_random_seed, ...
     return {
         "suite": s.suite,
         "tasks": [b.name for b in benchmarks],
@@ -213,7 +219,10 @@ def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
         "device": s.device,
         "backend": s.backend,
         "max_gen_toks": s.max_gen_toks,
-        "seed": _lm_eval_seeds(),
+        "seed": {
+            k: params[f"{k}_random_seed".removeprefix("random_")].default
+            for k in ("random", "numpy", "torch", "fewshot")
+        },
         "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
     }
 
@@ -252,22 +261,6 @@ def _would_clobber(path: Path, record: dict) -> bool:
     except UserError:
         return False  # unreadable: replacing it loses nothing
     return any(name in old.get("scores", {}).get("tasks", {}) for name in failed)
-
-
-def _lm_eval_seeds() -> dict:
-    """The seeds simple_evaluate uses (its defaults, which nitp does not change)."""
-    import inspect
-
-    from lm_eval import simple_evaluate
-
-    params = inspect.signature(simple_evaluate).parameters
-    names = {
-        "random": "random_seed",
-        "numpy": "numpy_random_seed",
-        "torch": "torch_random_seed",
-        "fewshot": "fewshot_random_seed",
-    }
-    return {k: params[p].default for k, p in names.items()}
 
 
 def load_lm(ckpt: Path, *, device: str, batch_size, backend: str, log):
@@ -314,8 +307,6 @@ def _quiet_git():
     """lm-eval records ``git describe`` of the working folder in its results; outside a git
     checkout git prints "fatal: not a git repository" once per task. Within the block the same
     call runs with git's stderr discarded (lm-eval's own fallback kept)."""
-    import subprocess
-
     from lm_eval import evaluator
     from lm_eval.loggers.utils import get_commit_from_path
 
@@ -326,26 +317,23 @@ def _quiet_git():
         except (subprocess.CalledProcessError, OSError):
             return get_commit_from_path(os.getcwd())
 
-    saved = evaluator.get_git_commit_hash
-    evaluator.get_git_commit_hash = describe
-    try:
+    with mock.patch.object(evaluator, "get_git_commit_hash", describe):
         yield
-    finally:
-        evaluator.get_git_commit_hash = saved
 
 
 def extract_score(results: dict, b: Benchmark) -> dict:
     """The benchmark's main metric from lm-eval's results (groups: lm-eval's aggregate)."""
     name = b.lm_eval_task
     row = results["results"][name]
+    reported = [k for k in row if "," in k and "_stderr," not in k]  # "metric,filter"
     metric, filt = b.metric, b.filter
     if metric is None:  # pass-through task: its first reported metric
-        key = next(k for k in row if "," in k and "_stderr," not in k)
-        metric, filt = key.split(",", 1)
+        metric, filt = next(iter(reported)).split(",", 1)
     value = row.get(f"{metric},{filt}")
     if value is None:
-        reported = ", ".join(k for k in row if "," in k and "_stderr," not in k)
-        raise UserError(f"{b.name}: lm-eval reported no {metric},{filt} for {name} (it reported {reported})")
+        raise UserError(
+            f"{b.name}: lm-eval reported no {metric},{filt} for {name} (it reported {', '.join(reported)})"
+        )
     stderr = row.get(f"{metric}_stderr,{filt}")
     leaves = _leaves(results, name)
     counts = results.get("n-samples", {})
@@ -399,10 +387,6 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def _has_items(score: dict) -> bool:
-    return "items" in score or "items_unavailable" in score
-
-
 def _leaves(results: dict, name: str) -> list[str]:
     children = results.get("group_subtasks", {}).get(name)
     if not children:
@@ -412,12 +396,8 @@ def _leaves(results: dict, name: str) -> list[str]:
 
 def _task_error(b: Benchmark, e: Exception, data_dir) -> str:
     msg = (str(e).strip().splitlines() or [""])[0][:240]
-    hint = (
-        ""
-        if data_dir
-        else f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
-    )
-    return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){hint}"
+    hint = f"; without the hub, mirror it (`nitp-eval mirror export --tasks {b.name} --out DIR`) and pass --data-dir DIR"
+    return f"{b.name}: lm-eval could not run {b.lm_eval_task} ({type(e).__name__}: {msg}){'' if data_dir else hint}"
 
 
 def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
@@ -434,23 +414,12 @@ def _tag(settings: BenchSettings, benchmarks: list[Benchmark]) -> str:
     return tag
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- output
 def format_table(record: dict) -> str:
     """A rich table of one record: task, metric, score (%), stderr, n, shots, then the average."""
     model = record["model"]
-    title = (
-        f"{model.get('name')}"
-        + (f" step {model['step']}" if model.get("step") is not None else "")
-        + f" ({model['hash'][:8]})"
-    )
+    step = f" step {model['step']}" if model.get("step") is not None else ""
+    title = f"{model.get('name')}{step} ({model['hash'][:8]})"
     rows = []
     for name, s in record["scores"]["tasks"].items():
         metric = s["metric"] + (f" ({s['filter']})" if s.get("filter") else "")

@@ -1,14 +1,10 @@
 """The settings of a `nitp-eval bench` run: every input but the checkpoints that changes its records.
 
-One frozen dataclass, each field defined (type, default) once here: ``run_bench`` takes it whole,
-``nitp-eval bench`` reads its option defaults from it, and the per-task cache key holds
-``dataclasses.asdict(settings)`` (:func:`keyed_settings`) but the fields that only choose the
-tasks or name where their data lies (the key holds the task and its data's contents instead), so a
-new field is part of the key by itself.
-
-The values are checked where they were before (``run_bench``: names and numbers before any model
-loads; :meth:`BenchSettings.resolved`: device, batch size, backend), each a one-line ``UserError``
-naming the option. This module imports no torch or lm-eval: the CLI's ``--help`` reads it.
+Each field is defined once here: ``run_bench`` takes the settings whole, ``nitp-eval bench`` reads
+its option defaults from them, and a new field is part of the cache key by itself
+(:func:`keyed_settings`). ``run_bench`` checks names and numbers before any model loads,
+:meth:`BenchSettings.resolved` the device, batch size and backend (one-line ``UserError`` each).
+No torch or lm-eval import: the CLI's ``--help`` reads this module.
 
 Example
 -------
@@ -21,6 +17,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +62,6 @@ class BenchSettings:
         """The same settings with the device, batch size and backend chosen: a GPU when one is
         visible (``nitp.runtime``), batch ``auto`` on a GPU else 8, vLLM when installed and on a
         GPU; ``UserError`` for a bad one."""
-        import importlib.util
-
         from nitp.runtime import pick_device
 
         device = pick_device(self.device)

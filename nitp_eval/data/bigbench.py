@@ -9,19 +9,12 @@ at ``bigbench/benchmark_tasks/<task>/task.json``. lm-eval's BIG-bench tasks load
 ``nitp-eval bench --data-dir`` reads (``DIR/hails/bigbench/README.md`` + one parquet file per
 config), so lm-eval's task YAMLs run unchanged on them.
 
-- ``bb_causal_judgment``: causal_judgment, 190 rows
-- ``bb_navigate``: navigate, 1,000 rows
-- ``bb_sports_understanding``: sports_understanding, 986 rows (1,000 examples, 14 repeated)
-- ``bb_snarks``: snarks, 181 rows
-- ``bb_anachronisms``: anachronisms, 230 rows
-- ``bb_implicatures``: implicatures, 492 rows
-
-each scored by lm-eval's ``bigbench_<task>_multiple_choice`` on config ``<task>_zero_shot``.
-Each chosen task has one correct choice per example and ``append_choices_to_input: false``; for
-these the rows' counts and text sizes equal the hub builder's (checked against its dataset card,
-see ``docs/bench.md``). ``date_understanding`` and
-``disambiguation_qa`` were left out: their 1.0.0 ``task.json`` differs from the data the hub rows
-were built from.
+Suite members ``bb_<task>`` (rows): causal_judgment (190), navigate (1,000), sports_understanding
+(986: 1,000 examples, 14 repeated), snarks (181), anachronisms (230), implicatures (492). Each has
+one correct choice per example and ``append_choices_to_input: false``; for these the rows' counts
+and text sizes equal the hub builder's (checked against its dataset card, see ``docs/bench.md``).
+``date_understanding`` and ``disambiguation_qa`` were left out: their 1.0.0 ``task.json`` differs
+from the data the hub rows were built from.
 
 Example
 -------
@@ -103,49 +96,26 @@ def format_examples(task_data: dict) -> tuple[list[dict], list[str]]:
     Left out (``idx`` keeps counting them): examples lm-eval's multiple_choice template could not
     score (no ``target_scores``, no single best choice, or a target that is not a choice).
     """
-
-    input_prefix = task_data.get("example_input_prefix", "\nQ: ")
-    output_prefix = task_data.get("example_output_prefix", "\nA: ")
-    choice_prefix = task_data.get("choice_prefix", "\n  choice: ")
-    append_choices = task_data.get("append_choices_to_input", True)
-    task_prefix = str(task_data.get("task_prefix", ""))
-    seen, distinct = set(), []
-    for example in task_data["examples"]:
-        key = json.dumps(example)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(example)
-
+    distinct = {json.dumps(example): example for example in task_data["examples"]}  # first seen, in order
     rows, skipped = [], []
-    for idx, example in enumerate(distinct):
+    for idx, example in enumerate(distinct.values()):
         try:
-            rows.append(
-                _format_one(
-                    idx, example, task_prefix, input_prefix, output_prefix, choice_prefix, append_choices
-                )
-            )
+            rows.append(_format_one(idx, example, task_data))
         except (KeyError, TypeError, ValueError) as e:
             skipped.append(f"example {idx}: {type(e).__name__}: {e}")
     return rows, skipped
 
 
-def _format_one(
-    idx: int,
-    example: dict,
-    task_prefix: str,
-    input_prefix: str,
-    output_prefix: str,
-    choice_prefix: str,
-    append_choices: bool,
-) -> dict:
-    """One example as ``format_examples`` describes (steps 2-4)."""
+def _format_one(idx: int, example: dict, task_data: dict) -> dict:
+    """One example of the JSON task ``task_data`` as ``format_examples`` describes (steps 2-4)."""
     import numpy as np
 
     scores = example.get("target_scores")
     if not scores:
         raise ValueError("no target_scores")
     text = example["input"]
-    if append_choices:
+    choice_prefix = task_data.get("choice_prefix", "\n  choice: ")
+    if task_data.get("append_choices_to_input", True):
         permuted = np.random.RandomState(seed=42).permutation(sorted(scores))
         text = text + choice_prefix + choice_prefix.join(permuted)
     target = example.get("target")
@@ -161,9 +131,10 @@ def _format_one(
         raise ValueError(f"target {targets[0][:40]!r} is not a choice")
     if values.count(max(values)) != 1 or not all(v.is_integer() for v in values):
         raise ValueError(f"scores {values} do not mark one best choice")
+    q, a = task_data.get("example_input_prefix", "\nQ: "), task_data.get("example_output_prefix", "\nA: ")
     return {
         "idx": idx,
-        "inputs": (task_prefix + input_prefix + text + output_prefix).strip(),
+        "inputs": (str(task_data.get("task_prefix", "")) + q + text + a).strip(),
         "targets": targets,
         "multiple_choice_targets": choices,
         "multiple_choice_scores": [int(v) for v in values],
@@ -241,14 +212,12 @@ def import_bigbench(
     """
     if source is None:
         raise UserError(f"mirror import bigbench needs --source; {FETCH_HINT}")
-    chosen = []
-    for name in names or [PREFIX + t for t in TASKS]:
-        task = name.removeprefix(PREFIX)
+    chosen = [name.removeprefix(PREFIX) for name in names] if names else list(TASKS)
+    for name, task in zip(names or [], chosen):
         if task not in TASKS:
             raise UserError(
                 f"unknown bigbench task {name!r}; choose from {', '.join(PREFIX + t for t in TASKS)}"
             )
-        chosen.append(task)
     data = read_tasks(source, chosen)
     converted, summary = {}, []
     for task in chosen:
@@ -291,9 +260,8 @@ def _existing_configs(root: Path) -> dict[str, dict[str, str]]:
     """Configs already in the mirror's card whose files exist (so a partial import keeps them)."""
     from .mirror import readme_configs
 
-    kept = {}
-    for name, cfg in (readme_configs(root) or {}).items():
-        splits = {s: p[0] for s, p in cfg["splits"].items() if len(p) == 1 and (root / p[0]).is_file()}
-        if splits:
-            kept[name] = splits
-    return kept
+    configs = {
+        name: {s: p[0] for s, p in cfg["splits"].items() if len(p) == 1 and (root / p[0]).is_file()}
+        for name, cfg in (readme_configs(root) or {}).items()
+    }
+    return {name: splits for name, splits in configs.items() if splits}

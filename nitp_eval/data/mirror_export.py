@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -57,11 +59,12 @@ def export(
             if all(missing_reason(out, n) is None for n in repo_needs):
                 log(f"{repo}: already complete")
                 continue
-            log(f"{repo}: downloading {len({n.config for n in repo_needs})} config(s)")
+            configs = {n.config for n in repo_needs}
+            log(f"{repo}: downloading {len(configs)} config(s)")
             if repo in URL_SOURCES:
-                URL_SOURCES[repo](out, {n.config for n in repo_needs})
+                URL_SOURCES[repo](out, configs)
             else:
-                _export_hub_repo(repo, repo_needs[0].revision, {n.config for n in repo_needs}, out, token)
+                _export_hub_repo(repo, repo_needs[0].revision, configs, out, token)
     for entry in mteb:
         folder = repo_dir(out, entry["repo"])
         if folder.is_dir() and any(folder.iterdir()):
@@ -109,19 +112,13 @@ def _export_hub_repo(repo: str, revision: str | None, configs: set, out: Path, t
         token=token,
     )
     card = {
-        n: {
-            split.name: f"{n}/{split.name}/*.parquet"
-            for split in sorted((dest / n).iterdir())
-            if split.is_dir()
-        }
+        n: {s.name: f"{n}/{s.name}/*.parquet" for s in sorted((dest / n).iterdir()) if s.is_dir()}
         for n in names
     }
     write_card(dest, card, f"# {repo} (mirror of the hub's parquet conversion)")
 
 
 def _download(url: str, dest: Path) -> None:
-    import urllib.request
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -147,8 +144,6 @@ def export_xiezhi(out: Path, configs: set) -> None:
 
 def export_lcbench(out: Path, configs: set) -> None:
     """LCBench's two JSON-lines files from OpenCompass's archive, plus a card."""
-    import zipfile
-
     from ..tasks.lcbench import utils
 
     root = repo_dir(out, "opencompass/LCBench2023")

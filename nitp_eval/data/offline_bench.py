@@ -1,16 +1,10 @@
 """`--suite offline`: three lm-eval tasks built from real labelled data that installed packages ship.
 
-=====================  ================================================  ======  =======
-task                   data                                              shots   metric
-=====================  ================================================  ======  =======
-nitp_offline_analogy   Google analogy set (gensim ``questions-words.txt``):  3     acc
-                       "Athens is to Greece as Baghdad is to" + 4 choices
-nitp_offline_next_word held-out documents of the built-in training corpus     0     acc
-                       (same split as the trainer): predict a passage's last
-                       word, LAMBADA-style
-nitp_offline_sentiment Pang & Lee movie-review polarity sentences (gensim):   4     acc
-                       "Review: ... Sentiment:" negative / positive
-=====================  ================================================  ======  =======
+- ``nitp_offline_analogy`` (3-shot, acc): the Google analogy set (gensim ``questions-words.txt``),
+  "Athens is to Greece as Baghdad is to" + 4 choices;
+- ``nitp_offline_next_word`` (0-shot, acc): a passage's last word, LAMBADA-style, from held-out
+  documents of the built-in training corpus (the trainer's split);
+- ``nitp_offline_sentiment`` (4-shot, acc): Pang & Lee movie-review polarity sentences (gensim).
 
 The items are drawn deterministically (seed 0), written once as JSON lines into
 ``cache_dir()/offline-tasks/<content hash>/data/`` together with task YAML files that include the
@@ -26,16 +20,18 @@ Example
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from nitp.errors import UserError
+from nitp.io import atomic_folder
 from nitp.records import cache_dir
 
 from ..tasks import TASKS_DIR
@@ -52,6 +48,33 @@ VALIDATION_SPLIT = {"corpus": "builtin", "val_fraction": 0.05, "seed": 0}
 
 
 # ----------------------------------------------------------------------------- items
+@functools.cache
+def gensim_test_data() -> Path:
+    """``gensim/test/test_data`` of the installed gensim wheel (found without importing gensim)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the offline MTEB suite reads gensim's test data: pip install gensim")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
+    if not folder.is_dir():
+        raise UserError(f"{folder}: gensim is installed without its test data (reinstall the gensim wheel)")
+    return folder
+
+
+def read_pang_lee(path: str | os.PathLike | None = None) -> list[tuple[str, int]]:
+    """Pang & Lee sentence polarity lines ``__label__pos|neg text`` -> (text, 1|0), in file order.
+
+    The file is Windows-1252 (em dashes, accented letters), as in the original polarity data.
+    """
+    rows = []
+    for line in (
+        Path(path or gensim_test_data() / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines()
+    ):
+        tag, _, text = line.partition(" ")
+        if tag in ("__label__neg", "__label__pos") and text.strip():
+            rows.append((text.strip(), int(tag == "__label__pos")))
+    return rows
+
+
 def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """Google analogies as 4-way multiple choice: ``{"train": [...], "test": [...]}``.
 
@@ -59,10 +82,7 @@ def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]
     ``choices[label]``; the 3 distractors are answers of other questions of the same section
     (so they have the right type: capitals, past tenses, ...), never a, b or c.
     """
-    if path is None:
-        from gensim.test.utils import datapath
-
-        path = datapath("questions-words.txt")
+    path = path or gensim_test_data() / "questions-words.txt"
     sections: dict[str, list[list[str]]] = {}
     current = None
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -84,8 +104,9 @@ def analogy_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]
                 distractors = rng.sample([w for w in pool if w.lower() not in taken], 3)
                 choices = [d, *distractors]
                 rng.shuffle(choices)
-                item = dict(section=section, a=a, b=b, c=c, choices=choices, label=choices.index(d))
-                out[split].append(item)
+                out[split].append(
+                    dict(section=section, a=a, b=b, c=c, choices=choices, label=choices.index(d))
+                )
     return out
 
 
@@ -117,16 +138,7 @@ def next_word_items(documents: list[str] | None = None) -> dict[str, list[dict]]
 
 def sentiment_items(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """Pang & Lee polarity sentences: ``{"train", "test"}`` of ``{"sentence", "label"}`` (1 = positive)."""
-    if path is None:
-        from gensim.test.utils import datapath
-
-        path = datapath("pang_lee_polarity.cor")
-    rows = []
-    # the file is Windows-1252 (em dashes, accented letters), as in the original polarity data
-    for line in Path(path).read_text(encoding="cp1252").splitlines():
-        tag, _, sentence = line.partition(" ")
-        if tag in ("__label__neg", "__label__pos") and sentence.strip():
-            rows.append({"sentence": sentence.strip(), "label": int(tag == "__label__pos")})
+    rows = [{"sentence": text, "label": label} for text, label in read_pang_lee(path)]
     random.Random(SEED).shuffle(rows)
     train = [r for r in rows if r["label"] == 0][:SENTIMENT_TRAIN_PER_CLASS] + [
         r for r in rows if r["label"] == 1
@@ -144,10 +156,6 @@ OFFLINE_TASKS = {
 
 
 # ----------------------------------------------------------------------------- files
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     """Write (once) the offline tasks' data and YAML files; return the folder of YAML files.
 
@@ -163,44 +171,11 @@ def prepare_offline_tasks(root: str | os.PathLike | None = None) -> Path:
     files = {}
     for task, (_, build) in OFFLINE_TASKS.items():
         for split, rows in build().items():
-            files[f"{task}_{split}.jsonl"] = _jsonl(rows)
+            files[f"{task}_{split}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
     final = base / digest
     if not (final / "tasks").is_dir():
-        _write_tasks(base, final, digest, files)
-    remembered.parent.mkdir(parents=True, exist_ok=True)
-    remembered.write_text(digest)
-    return final / "tasks"
-
-
-def _source_fingerprint() -> str:
-    """Sizes and modification times of the source data, plus the code that turns them into items."""
-    from gensim.test.utils import datapath
-
-    import nitp_train.corpus
-    import nitp_train.data
-
-    files = (__file__, nitp_train.corpus.__file__, nitp_train.data.__file__)
-    parts = [Path(f).read_bytes() for f in files]
-    for name in (
-        "questions-words.txt",
-        "pang_lee_polarity.cor",
-        "lee_background.cor",
-        "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
-    ):
-        st = Path(datapath(name)).stat()
-        parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-
-
-def _write_tasks(base: Path, final: Path, digest: str, files: dict[str, str]) -> None:
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{digest}."))
-    try:
-        (tmp / "data").mkdir()
-        (tmp / "tasks").mkdir()
-        for name, text in files.items():
-            (tmp / "data" / name).write_text(text, encoding="utf-8")
+        folder = {f"data/{name}": text for name, text in files.items()}
         for task, (template, _) in OFFLINE_TASKS.items():
             splits = sorted(n[len(task) + 1 : -len(".jsonl")] for n in files if n.startswith(task + "_"))
             config = {
@@ -213,13 +188,39 @@ def _write_tasks(base: Path, final: Path, digest: str, files: dict[str, str]) ->
                 },
                 "metadata": {"version": 1.0, "data": digest},
             }
-            (tmp / "tasks" / f"{task}.yaml").write_text(
-                yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
-            )
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            folder[f"tasks/{task}.yaml"] = yaml.safe_dump(config, sort_keys=False)
+        write_folder(final, folder)
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(digest)
+    return final / "tasks"
+
+
+def _source_fingerprint() -> str:
+    """Sizes and modification times of the source data, plus the code that turns them into items."""
+    import nitp_train.corpus
+    import nitp_train.data
+
+    files = (__file__, nitp_train.corpus.__file__, nitp_train.data.__file__)
+    parts = [Path(f).read_bytes() for f in files]
+    for name in (
+        "questions-words.txt",
+        "pang_lee_polarity.cor",
+        "lee_background.cor",
+        "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+    ):
+        st = (gensim_test_data() / name).stat()
+        parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def write_folder(folder: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (path in ``folder`` -> text) as the new folder ``folder``, atomically (readers
+    see all of it or nothing); where another process completed the same folder first, its copy stays."""
+    try:
+        with atomic_folder(folder) as tmp:
+            for rel, text in files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_text(text, encoding="utf-8")
+    except OSError:
+        if not folder.is_dir():
+            raise

@@ -7,20 +7,10 @@ protocol: ``samples_per_label`` training examples per label, ``n_experiments`` d
 classification. Only the data loading is ours; it reads files from the ``gensim`` wheel
 (``gensim/test/test_data``) without importing gensim.
 
-=========================  ==============  =========================================================
-task                       type            data
-=========================  ==============  =========================================================
-WordSim353                 STS             353 word pairs, mean human relatedness 0..10
-SimLex999                  STS             999 word pairs, mean human similarity 0..10
-LeeDocumentSimilarity      STS             50 news documents, all 1,225 pairs, mean human
-                                           similarity 0..1 (Lee, Pincombe & Welsh 2005)
-PangLeePolarity            Classification  200 movie-review sentences, positive / negative
-MiniNewsgroups             Classification  200 Usenet posts, alt.atheism / sci.space (headers
-                                           removed, as sklearn's ``remove=("headers",)``)
-=========================  ==============  =========================================================
-
-Classification tasks split their 200 items into train / test by alternating within each label
-(100 / 100, balanced). Nothing is downloaded; the suite runs on an air-gapped laptop.
+STS: WordSim353 (353 word pairs), SimLex999 (999 word pairs), LeeDocumentSimilarity (1,225 pairs
+of 50 news documents); classification: PangLeePolarity (200 movie-review sentences),
+MiniNewsgroups (200 Usenet posts, headers removed), each split 100 / 100 into train / test by
+alternating within each label. Nothing is downloaded; the suite runs on an air-gapped laptop.
 
 Example
 -------
@@ -35,10 +25,7 @@ import copyreg
 import io
 import pickle
 import zlib
-from functools import lru_cache
 from importlib import metadata as _metadata
-from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 from mteb.abstasks.classification import AbsTaskClassification
@@ -47,32 +34,19 @@ from mteb.abstasks.task_metadata import TaskMetadata
 
 from nitp.errors import UserError
 
+from .offline_bench import gensim_test_data, read_pang_lee
+
 
 # ----------------------------------------------------------------------------- the shipped files
-@lru_cache(maxsize=1)
-def gensim_test_data() -> Path:
-    """``gensim/test/test_data`` of the installed gensim wheel (found without importing gensim)."""
-    spec = find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline MTEB suite reads gensim's test data: pip install gensim")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
-    if not folder.is_dir():
-        raise UserError(f"{folder}: gensim is installed without its test data (reinstall the gensim wheel)")
-    return folder
-
-
 def _data_revision() -> str:
     return f"gensim-{_metadata.version('gensim')}"
 
 
 def read_word_pairs(name: str) -> list[tuple[str, str, float]]:
     """``word1 <tab> word2 <tab> mean human score`` lines (``#`` lines are comments)."""
-    rows = []
-    for line in (gensim_test_data() / name).read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            w1, w2, score = line.split("\t")[:3]
-            rows.append((w1, w2, float(score)))
-    return rows
+    lines = (gensim_test_data() / name).read_text(encoding="utf-8").splitlines()
+    rows = [line.split("\t")[:3] for line in lines if line.strip() and not line.startswith("#")]
+    return [(w1, w2, float(score)) for w1, w2, score in rows]
 
 
 def read_lee_pairs() -> list[tuple[str, str, float]]:
@@ -91,16 +65,6 @@ def read_lee_pairs() -> list[tuple[str, str, float]]:
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise UserError(f"{folder}: lee.cor has {n} documents but similarities0-1.txt is not {n} x {n}")
     return [(docs[i], docs[j], matrix[i][j]) for i in range(n) for j in range(i + 1, n)]
-
-
-def read_pang_lee() -> list[tuple[str, int]]:
-    """Pang & Lee sentence polarity lines ``__label__pos|neg text`` -> (text, 1|0)."""
-    rows = []
-    for line in (gensim_test_data() / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines():
-        if line.strip():
-            label, text = line.split(" ", 1)
-            rows.append((text.strip(), 1 if label == "__label__pos" else 0))
-    return rows
 
 
 def read_mini_newsgroups() -> tuple[list[tuple[str, int]], list[str]]:
@@ -150,13 +114,28 @@ def alternate_split(rows: list[tuple[str, int]]) -> tuple[list[tuple[str, int]],
 _MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy"}  # mteb's own for each type
 
 
-def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
-    """The ``TaskMetadata`` of an offline task read from gensim's test file ``file``.
+class _LocalTask:
+    """An mteb task whose data come from a local reader (``read``) instead of the hub; a subclass
+    gives its gensim test file and the ``TaskMetadata`` fields that differ per task as class
+    keywords (the rest follows from the task type or is the same for every task)."""
 
-    ``described``: what differs per task, in ``TaskMetadata``'s own fields (``name``,
-    ``description``, ``reference``, ``date``, ``domains``, ``task_subtypes``, ``bibtex_citation``);
-    the rest follows from ``type`` or is the same for every task (English test split, found text).
-    """
+    task_type: str  # mteb's task type, of the abstract task mixed in
+
+    def __init_subclass__(cls, file: str | None = None, **described: Any) -> None:
+        super().__init_subclass__()
+        if file is not None:
+            cls.metadata = _metadata_for(file, cls.task_type, **described)
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        from datasets import Dataset, DatasetDict
+
+        if not self.data_loaded:
+            splits = self.splits(self.read())
+            self.dataset = DatasetDict({name: Dataset.from_dict(columns) for name, columns in splits.items()})
+            self.data_loaded = True
+
+
+def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
     described.setdefault("task_subtypes", [])
     return TaskMetadata(
         dataset={"path": f"gensim/test/test_data/{file}", "revision": _data_revision()},
@@ -174,127 +153,98 @@ def _metadata_for(file: str, type: str, **described: Any) -> TaskMetadata:
     )
 
 
-class _LocalSTS(AbsTaskSTS):
-    """An STS task whose pairs come from a local reader instead of the hub."""
+class _LocalSTS(_LocalTask, AbsTaskSTS):
+    """An STS task: ``read()`` gives (sentence1, sentence2, score) pairs, all of them the test split."""
 
-    def pairs(self) -> list[tuple[str, str, float]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    task_type = "STS"
 
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        from datasets import Dataset, DatasetDict
-
-        if self.data_loaded:
-            return
-        s1, s2, score = zip(*self.pairs())
-        self.dataset = DatasetDict(
-            {"test": Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})}
-        )
-        self.data_loaded = True
+    @staticmethod
+    def splits(pairs: list[tuple[str, str, float]]) -> dict:
+        s1, s2, score = zip(*pairs)
+        return {"test": {"sentence1": list(s1), "sentence2": list(s2), "score": list(score)}}
 
 
-class _LocalClassification(AbsTaskClassification):
-    """A classification task (train / test) from a local reader instead of the hub."""
+class _LocalClassification(_LocalTask, AbsTaskClassification):
+    """A classification task: ``read()`` gives (text, label) rows, split by :func:`alternate_split`."""
 
+    task_type = "Classification"
     samples_per_label = 32  # 50 training items per label: use most of them, like mteb's AmazonCounterfactual
     n_experiments = 10
 
-    def rows(self) -> list[tuple[str, int]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        from datasets import Dataset, DatasetDict
-
-        if self.data_loaded:
-            return
-        train, test = alternate_split(self.rows())
-        as_ds = lambda part: Dataset.from_dict({"text": [t for t, _ in part], "label": [y for _, y in part]})  # noqa: E731
-        self.dataset = DatasetDict({"train": as_ds(train), "test": as_ds(test)})
-        self.data_loaded = True
+    @staticmethod
+    def splits(rows: list[tuple[str, int]]) -> dict:
+        parts = dict(zip(("train", "test"), alternate_split(rows)))
+        return {k: {"text": [t for t, _ in p], "label": [y for _, y in p]} for k, p in parts.items()}
 
 
-class WordSim353(_LocalSTS):
+class WordSim353(
+    _LocalSTS,
+    name="WordSim353",
+    description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
+    reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
+    file="wordsim353.tsv",
+    domains=["Written"],
+    date=("2001-01-01", "2002-12-31"),
+    bibtex_citation="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
+):
     min_score, max_score = 0, 10
-    metadata = _metadata_for(
-        name="WordSim353",
-        description="WordSimilarity-353: 353 English word pairs with the mean relatedness judgement of 13-16 people (0-10).",
-        reference="http://www.cs.technion.ac.il/~gabr/resources/data/wordsim353/",
-        file="wordsim353.tsv",
-        type="STS",
-        domains=["Written"],
-        date=("2001-01-01", "2002-12-31"),
-        bibtex_citation="@article{finkelstein2002placing, title={Placing search in context: the concept revisited}, author={Finkelstein, Lev and Gabrilovich, Evgeniy and Matias, Yossi and Rivlin, Ehud and Solan, Zach and Wolfman, Gadi and Ruppin, Eytan}, journal={ACM Transactions on Information Systems}, volume={20}, number={1}, pages={116--131}, year={2002}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_word_pairs("wordsim353.tsv")
+    read = staticmethod(lambda: read_word_pairs("wordsim353.tsv"))
 
 
-class SimLex999(_LocalSTS):
+class SimLex999(
+    _LocalSTS,
+    name="SimLex999",
+    description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
+    reference="https://fh295.github.io/simlex.html",
+    file="simlex999.txt",
+    domains=["Written"],
+    date=("2014-01-01", "2015-12-31"),
+    bibtex_citation="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
+):
     min_score, max_score = 0, 10
-    metadata = _metadata_for(
-        name="SimLex999",
-        description="SimLex-999: 999 English word pairs rated for similarity (not relatedness) by ~50 people each (0-10).",
-        reference="https://fh295.github.io/simlex.html",
-        file="simlex999.txt",
-        type="STS",
-        domains=["Written"],
-        date=("2014-01-01", "2015-12-31"),
-        bibtex_citation="@article{hill2015simlex, title={SimLex-999: Evaluating Semantic Models With (Genuine) Similarity Estimation}, author={Hill, Felix and Reichart, Roi and Korhonen, Anna}, journal={Computational Linguistics}, volume={41}, number={4}, pages={665--695}, year={2015}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_word_pairs("simlex999.txt")
+    read = staticmethod(lambda: read_word_pairs("simlex999.txt"))
 
 
-class LeeDocumentSimilarity(_LocalSTS):
+class LeeDocumentSimilarity(
+    _LocalSTS,
+    name="LeeDocumentSimilarity",
+    description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
+    reference="https://escholarship.org/uc/item/48g155nq",
+    file="lee.cor",
+    domains=["News", "Written"],
+    date=("2005-01-01", "2005-12-31"),
+    bibtex_citation="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
+):
     min_score, max_score = 0, 1
-    metadata = _metadata_for(
-        name="LeeDocumentSimilarity",
-        description="Lee et al. (2005): 50 Australian news documents, all 1,225 pairs, mean similarity rating of ~10 people per pair, scaled to 0-1.",
-        reference="https://escholarship.org/uc/item/48g155nq",
-        file="lee.cor",
-        type="STS",
-        domains=["News", "Written"],
-        date=("2005-01-01", "2005-12-31"),
-        bibtex_citation="@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document similarity}, author={Lee, Michael D. and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}",
-    )
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        return read_lee_pairs()
+    read = staticmethod(read_lee_pairs)
 
 
-class PangLeePolarity(_LocalClassification):
-    metadata = _metadata_for(
-        name="PangLeePolarity",
-        description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
-        reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
-        file="pang_lee_polarity.cor",
-        type="Classification",
-        domains=["Reviews", "Written"],
-        task_subtypes=["Sentiment/Hate speech"],
-        date=("2005-01-01", "2005-12-31"),
-        bibtex_citation="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
-    )
-
-    def rows(self) -> list[tuple[str, int]]:
-        return read_pang_lee()
+class PangLeePolarity(
+    _LocalClassification,
+    name="PangLeePolarity",
+    description="Pang & Lee (2005) movie-review sentence polarity, 100 positive + 100 negative sentences; train/test alternate within each label.",
+    reference="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
+    file="pang_lee_polarity.cor",
+    domains=["Reviews", "Written"],
+    task_subtypes=["Sentiment/Hate speech"],
+    date=("2005-01-01", "2005-12-31"),
+    bibtex_citation="@inproceedings{pang2005seeing, title={Seeing stars: Exploiting class relationships for sentiment categorization with respect to rating scales}, author={Pang, Bo and Lee, Lillian}, booktitle={Proceedings of ACL}, pages={115--124}, year={2005}}",
+):
+    read = staticmethod(read_pang_lee)
 
 
-class MiniNewsgroups(_LocalClassification):
-    metadata = _metadata_for(
-        name="MiniNewsgroups",
-        description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
-        reference="http://qwone.com/~jason/20Newsgroups/",
-        file="mini_newsgroup",
-        type="Classification",
-        domains=["Social", "Written"],
-        task_subtypes=["Topic classification"],
-        date=("1993-01-01", "1993-12-31"),
-        bibtex_citation="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
-    )
-
-    def rows(self) -> list[tuple[str, int]]:
-        return read_mini_newsgroups()[0]
+class MiniNewsgroups(
+    _LocalClassification,
+    name="MiniNewsgroups",
+    description="200 Usenet posts of 20 Newsgroups (alt.atheism, sci.space; 100 each), headers removed; train/test alternate within each label.",
+    reference="http://qwone.com/~jason/20Newsgroups/",
+    file="mini_newsgroup",
+    domains=["Social", "Written"],
+    task_subtypes=["Topic classification"],
+    date=("1993-01-01", "1993-12-31"),
+    bibtex_citation="@inproceedings{lang1995newsweeder, title={NewsWeeder: Learning to filter netnews}, author={Lang, Ken}, booktitle={Proceedings of ICML}, pages={331--339}, year={1995}}",
+):
+    read = staticmethod(lambda: read_mini_newsgroups()[0])
 
 
 OFFLINE_TASKS: dict[str, type] = {

@@ -26,23 +26,17 @@ from __future__ import annotations
 import importlib
 
 POOLINGS = ("mean", "last", "eos")  # here, not in encoder: a study file checks them without importing mteb
-_PUBLIC = {
-    "HiddenStateEncoder": "hidden_encoder",
-    "pool_hidden_states": "encoder",
-    "save_encoder": "encoder",
-    "aggregate": "results",
-    "missing_tasks": "results",
-    "summarise": "results",
-    "run_mteb": "run",
-    "MtebSettings": "settings",
-    "EmbedSettings": "settings",
-    "format_table": "table",
-    "format_layer_table": "table",
-    "LayerSweep": "sweep",
-    "parse_layers": "settings",
-    "plot_layer_sweep": "figure",
-    "model_labels": "table",
+_MODULES = {  # module -> the public names it defines
+    "hidden_encoder": ("HiddenStateEncoder",),
+    "encoder": ("pool_hidden_states", "save_encoder"),
+    "results": ("aggregate", "missing_tasks", "summarise"),
+    "run": ("run_mteb",),
+    "settings": ("MtebSettings", "EmbedSettings", "parse_layers"),
+    "table": ("format_table", "format_layer_table", "model_labels"),
+    "sweep": ("LayerSweep",),
+    "figure": ("plot_layer_sweep",),
 }
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_PUBLIC)
 
 

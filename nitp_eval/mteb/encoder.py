@@ -12,10 +12,7 @@ Pooling, for layer k's hidden states ``h`` [B, T, D] and attention mask ``m`` [B
     then   e_b <- e_b / max(||e_b||_2, 1e-12)                     Normalize()
 
 Texts are truncated to ``max_length`` tokens (default 512, MTEB's usual; the paper states none),
-and also to the model's own limit. Encoding batches by a token budget: texts sorted by length,
-each batch filled while ``rows x longest row <= batch_tokens`` (and at most ``batch_size`` rows),
-so memory is bounded whatever the texts' lengths. Every text is tokenized once: the token ids
-that size the batches are padded into the features the model runs on.
+and also to the model's own limit; batches are bounded by a token budget (:func:`token_batches`).
 
 Example
 -------
@@ -29,7 +26,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,13 +36,10 @@ from nitp.io import atomic_folder
 from nitp.loading import check_model_files, load_config
 from nitp.runtime import pick_device, pick_dtype
 
+from .. import log_stderr
 from .settings import EmbedSettings, check_pooling, embedding_fields
 
 ST_POOLING_MODE = {"mean": "mean", "last": "lasttoken", "eos": "lasttoken"}
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +104,7 @@ def pool_hidden_states(hidden, mask, pooling: str = "mean"):
     return features["sentence_embedding"]
 
 
-def build_sentence_transformer(spec: EncoderSpec, *, log: Callable[[str], None] = _stderr):
+def build_sentence_transformer(spec: EncoderSpec, *, log: Callable[[str], None] = log_stderr):
     """The ``SentenceTransformer`` of a checked spec, on its device in its dtype, eval mode.
 
     The token limit is the smallest of ``max_length``, sentence-transformers' ``max_seq_length``

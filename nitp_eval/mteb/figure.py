@@ -28,12 +28,6 @@ def depth_position(layer: int, num_layers: int) -> int:
     return num_layers + 1 if layer == -1 else layer
 
 
-def figure_stem(path: str | Path) -> Path:
-    """``--figure PATH`` without a .png / .pdf suffix (both files are written)."""
-    path = Path(path)
-    return path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
-
-
 def sweep_series(group: Sequence[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """``{group or "overall": (x positions, scores in %)}`` of one model's per-layer records."""
     num_layers = _num_layers(group)
@@ -98,7 +92,8 @@ def plot_layer_sweep(records: Sequence[dict], path: str | Path) -> list[Path]:
     [png path, pdf path]
     """
     fig = draw_layer_sweep(records)
-    stem = figure_stem(path)
+    stem = Path(path)  # without a .png / .pdf suffix: both files are written
+    stem = stem.with_suffix("") if stem.suffix.lower() in (".png", ".pdf") else stem
     written = []
     for fmt in ("png", "pdf"):
         buf = io.BytesIO()

@@ -16,7 +16,8 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 
 from nitp import layers as layers_lib
 
-from .encoder import EncoderSpec, _stderr, build_sentence_transformer, preflight, token_batches
+from .. import log_stderr
+from .encoder import EncoderSpec, build_sentence_transformer, preflight, token_batches
 from .settings import EmbedSettings
 
 
@@ -44,12 +45,10 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         *,
         name: str | None = None,
         revision: str | None = None,
-        log: Callable[[str], None] = _stderr,
+        log: Callable[[str], None] = log_stderr,
         **fields,
     ) -> None:
-        if not isinstance(model, EncoderSpec):
-            model = preflight(model, settings, **fields)
-        spec = model
+        spec = model if isinstance(model, EncoderSpec) else preflight(model, settings, **fields)
         self.spec, self.batch_size, self.batch_tokens = spec, spec.batch_size, spec.batch_tokens
         st_model = build_sentence_transformer(spec, log=log)
         with warnings.catch_warnings():  # mteb's deprecation notes about its own defaults
@@ -131,7 +130,8 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
         the numbers are the same.
         """
         texts, encodings = self._tokenized(texts)
-        return self._encode_batches(texts, encodings, batch_size, show_progress_bar, self._embed)[0]
+        embed = lambda batch, batch_texts: self._embed_layers(batch, batch_texts, [-1])  # noqa: E731
+        return self._encode_batches(texts, encodings, batch_size, show_progress_bar, embed)[0]
 
     def _tokenized(self, texts: Sequence[str]) -> tuple[list[str], list[dict]]:
         """Texts as strings and their token ids; a text with no token becomes the filler token."""
@@ -173,10 +173,6 @@ class HiddenStateEncoder(SentenceTransformerEncoderWrapper):
             where = {t: k for k, t in enumerate(first)}
             emb[:, rows] = vectors[:, [where[texts[i]] for i in rows]]
         return emb if emb is not None else np.zeros((1, 0, self.hidden_size), dtype=np.float32)
-
-    def _embed(self, encodings: list[dict], texts: list[str]):
-        """float32 sentence embeddings [1, len(texts), hidden_size] of one batch."""
-        return self._embed_layers(encodings, texts, [-1])
 
     def encode_layers(
         self, texts: Sequence[str], layers: Sequence[int], *, batch_size=None, show_progress_bar=False

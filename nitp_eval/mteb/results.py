@@ -45,12 +45,10 @@ def task_score(task: Any, result: Any) -> dict | None:
 def summarise(tasks: Iterable[Any], task_results: Iterable[Any]) -> dict:
     """mteb TaskResults -> the record's ``scores`` (see the module docstring)."""
     by_name = {r.task_name: r for r in task_results}
-    scores = {}
-    for task in tasks:
-        result = by_name.get(task.metadata.name)
-        entry = task_score(task, result) if result is not None else None
-        if entry is not None:
-            scores[task.metadata.name] = entry
+    scores = {
+        t.metadata.name: task_score(t, by_name[t.metadata.name]) for t in tasks if t.metadata.name in by_name
+    }
+    scores = {name: entry for name, entry in scores.items() if entry is not None}
     return {"tasks": scores, **aggregate(scores)}
 
 
@@ -59,14 +57,17 @@ def aggregate(task_scores: dict[str, dict]) -> dict:
     groups: dict[str, list[float]] = {}
     for s in task_scores.values():
         groups.setdefault(s["group"], []).append(s["main_score"])
-    ordered = sorted(
-        groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g)
-    )
+    ordered = sorted(groups, key=group_order)
     all_scores = [s["main_score"] for s in task_scores.values()]
     return {
         "groups": {g: sum(groups[g]) / len(groups[g]) for g in ordered},
         "overall": sum(all_scores) / len(all_scores) if all_scores else None,
     }
+
+
+def group_order(group: str) -> tuple[int, str]:
+    """Sort key of group names: the paper's groups in its order, then the others by name."""
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
 
 
 def record_tag(suite: str | None, task_names: Sequence[str], pooling: str, layer: int) -> str:
@@ -75,9 +76,11 @@ def record_tag(suite: str | None, task_names: Sequence[str], pooling: str, layer
     return f"{which}-{pooling}-{'last' if layer == -1 else f'layer{layer}'}"
 
 
-def is_recorded(path: Path, info: dict, settings: dict) -> bool:
+def is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
     """A record at ``path`` already holds every task of these settings for this model (same
-    weights, config and tokenizer: ``model_identity`` key) at this folder."""
+    weights, config and tokenizer: ``model_identity`` key) at this folder, made from these very
+    ``inputs`` (the digest of every task's cache key: data contents, dtype, device kind, batch
+    sizes, versions)."""
     if not path.is_file():
         return False
     try:
@@ -87,6 +90,7 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
     s = rec.get("settings", {})
     return (
         rec.get("kind") == "mteb"
+        and rec.get("inputs") == inputs
         and rec.get("model", {}).get("key") == info["key"]
         and rec.get("model", {}).get("path") == info["path"]
         and s.get("pooling") == settings["pooling"]
@@ -100,11 +104,6 @@ def is_recorded(path: Path, info: dict, settings: dict) -> bool:
 def missing_tasks(record: dict) -> list[str]:
     """Tasks asked for in a record's settings that it has no score for."""
     return [t for t in record["settings"]["tasks"] if t not in record["scores"]["tasks"]]
-
-
-def mteb_model_name(info: dict) -> str:
-    step = f"-step{info['step']}" if info.get("step") is not None else ""
-    return f"nitp-local/{info['name']}{step}"
 
 
 def record_path(info: dict, out: str | Path | None, several: bool, tag: str) -> Path:

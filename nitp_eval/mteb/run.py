@@ -1,14 +1,11 @@
 """`run_mteb`: score checkpoints' frozen embeddings with ``mteb.evaluate``, resumably.
 
 Each checkpoint becomes a ``SentenceTransformer`` (``hidden_encoder.HiddenStateEncoder``) and each task
-is scored on its own: its score is kept at once in ``nitp.records.RecordCache("mteb", model
-key)`` (``nitp.records.model_identity``: weights, config and tokenizer files; unit = task name;
-settings = ``MtebSettings``'s embedding fields and the task's data and scope), so a killed run,
-rerun, computes only the tasks it had not finished. mteb's own result cache (``$MTEB_CACHE``) is
-also kept, keyed by model name, revision = the same model key, and pooling / layer / dtype /
-max_length. A record is written only when the run scored at least every task that a record of
-the same model at that path already holds. Checkpoints, tasks, sizes, device and dtype are all
-checked (and chosen) once, before any model loads.
+is scored on its own and kept at once in ``nitp.records.RecordCache("mteb", model key)`` (key:
+:func:`task_cache_settings`), so a killed run, rerun, computes only the tasks it had not finished.
+mteb's own result cache (``$MTEB_CACHE``) is written too, never read. A record is written only when
+the run scored at least every task that a record of the same model at that path already holds.
+Checkpoints, tasks, sizes, device and dtype are all checked (and chosen) once, before any model loads.
 
 Example
 -------
@@ -23,9 +20,11 @@ import dataclasses
 import gc
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from nitp.cachekey import cache_key, device_kind
 from nitp.errors import UserError, on_interrupt
 from nitp.loading import offline_hub
 from nitp.records import (
@@ -39,18 +38,18 @@ from nitp.records import (
     write_record,
 )
 
+from .. import log_stderr
 from . import encoder as encoder_lib
 from .results import (
     aggregate,
     is_recorded,
-    mteb_model_name,
     record_path,
     record_tag,
     replaces_record,
     task_score,
 )
 from .settings import MtebSettings, embedding_fields, parse_layers
-from .tasks import apply_data_dir, export_hint, resolve_tasks
+from .tasks import apply_data_dir, data_root, export_hint, resolve_tasks
 
 
 def run_mteb(
@@ -60,7 +59,7 @@ def run_mteb(
     out: str | Path | None = None,
     redo: bool = False,
     save_encoder: str | Path | None = None,
-    log: Callable[[str], None] = encoder_lib._stderr,
+    log: Callable[[str], None] = log_stderr,
 ) -> list[dict]:
     """Score checkpoints' frozen embeddings on MTEB tasks; one ``mteb`` record per checkpoint.
 
@@ -89,23 +88,26 @@ def run_mteb(
     if not paths:
         raise UserError("no checkpoint given")
     data_dir = settings.data_dir
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise UserError(
-            f"--data-dir {data_dir}: no such directory "
-            f"(write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
-        )
+    if data_dir is not None:
+        data_root(data_dir)
     if settings.layers is not None and save_encoder is not None:
         raise UserError("--save-encoder saves one layer's encoder: use it with --layer k, not --layers")
     if out is not None:
         check_output(out, folder=Path(out).suffix != ".json")
-    if save_encoder is not None:
-        _check_save_encoder(save_encoder)
+    if save_encoder is not None:  # a new or empty folder in a writable place
+        target = Path(save_encoder).expanduser()
+        check_output(target, "--save-encoder", folder=True)
+        if target.is_dir() and any(target.iterdir()):
+            raise UserError(
+                f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder"
+            )
     # bad paths, tokenizers, weights, sizes, device: one line before any work
     specs = [encoder_lib.preflight(p, settings) for p in paths]
     wanted = [
-        [s.layer] if settings.layers is None else _sweep_layers(settings.layers, s.num_layers, out)
-        for s in specs
+        [s.layer] if settings.layers is None else parse_layers(settings.layers, s.num_layers) for s in specs
     ]
+    if out is not None and Path(out).suffix == ".json" and any(len(ks) > 1 for ks in wanted):
+        raise UserError(f"--out {out}: one file for several layers; give a directory instead")
     infos = [{**model_identity(p), "num_layers": s.num_layers} for p, s in zip(paths, specs)]
     # unknown names fail here
     task_names = [t.metadata.name for t in resolve_tasks(settings.suite, settings.tasks)]
@@ -141,13 +143,6 @@ class _Job:
         }
 
 
-def _sweep_layers(layers, num_layers: int, out) -> list[int]:
-    wanted = parse_layers(layers, num_layers)
-    if out is not None and Path(out).suffix == ".json" and len(wanted) > 1:
-        raise UserError(f"--out {out}: one file for several layers; give a directory instead")
-    return wanted
-
-
 def _records(info, spec, wanted, job: _Job) -> list[dict]:
     """The records of one checkpoint's layers: read where recorded, else scored, then written."""
     settings, paths = {}, {}
@@ -156,7 +151,9 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
         tag = record_tag(job.settings.suite, job.task_names, spec.pooling, k)
         paths[k] = record_path(info, job.out, job.several, tag)
         check_output(paths[k])
-    save_to = _save_dir(job.save_encoder, info, job.several)
+    save_to = None if job.save_encoder is None else Path(job.save_encoder)
+    if save_to is not None and job.several:  # one encoder per checkpoint
+        save_to = save_to / f"{info['name']}-{info['hash'][:8]}"
     task_objs = _tasks_with_data(job.settings, job.task_names, job.log)
     keys = {
         (k, t.metadata.name): task_cache_settings(t, dataclasses.replace(spec, layer=k))
@@ -166,7 +163,7 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
     inputs = {k: settings_digest({u[1]: key for u, key in keys.items() if u[0] == k}) for k in wanted}
     found = {}
     for k in wanted:
-        if not job.redo and save_to is None and _is_recorded(paths[k], info, settings[k], inputs[k]):
+        if not job.redo and save_to is None and is_recorded(paths[k], info, settings[k], inputs[k]):
             job.log(f"{info['path']}: already recorded in {paths[k]} (--redo recomputes)")
             found[k] = read_record(paths[k])
     todo = {k: settings[k] for k in wanted if k not in found}
@@ -183,29 +180,11 @@ def _records(info, spec, wanted, job: _Job) -> list[dict]:
     return [found[k] for k in wanted]
 
 
-def _check_save_encoder(save_encoder) -> None:
-    """``--save-encoder`` must be a new or empty folder in a writable place (checked first)."""
-    target = Path(save_encoder).expanduser()
-    check_output(target, "--save-encoder", folder=True)
-    if target.is_dir() and any(target.iterdir()):
-        raise UserError(f"--save-encoder {save_encoder}: folder exists and is not empty; choose a new folder")
-
-
-def _save_dir(save_encoder, info: dict, several: bool) -> Path | None:
-    if save_encoder is None:
-        return None
-    return Path(save_encoder) / f"{info['name']}-{info['hash'][:8]}" if several else Path(save_encoder)
-
-
 def task_cache_settings(task, spec) -> dict:
     """What a cached task score depends on (``nitp.cachekey.cache_key``): every embedding setting
     of ``spec`` (``settings.embedding_fields``: pooling, layer, lengths, batch sizes, dtype; the
     device by kind), the task's scope, its dataset (a local ``--data-dir`` folder by contents)
     and the mteb version. ``spec``: an ``encoder.EncoderSpec`` (its layer = the scored layer)."""
-    from importlib import metadata
-
-    from nitp.cachekey import cache_key, device_kind
-
     dataset = dict(task.metadata.dataset)
     local = dataset.get("path")
     local = local if isinstance(local, str) and Path(local).expanduser().exists() else None
@@ -221,17 +200,6 @@ def task_cache_settings(task, spec) -> dict:
         },
         files=("data",),
     )
-
-
-def _is_recorded(path: Path, info: dict, settings: dict, inputs: str) -> bool:
-    """``results.is_recorded`` and the record was made from these very inputs (the digest of every
-    task's cache key: data contents, dtype, device kind, batch sizes, versions)."""
-    if not is_recorded(path, info, settings):
-        return False
-    try:
-        return read_record(path).get("inputs") == inputs
-    except UserError:
-        return False
 
 
 def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) -> dict[int, dict]:
@@ -267,7 +235,12 @@ def _score_checkpoint(info, spec, settings_by_layer, job: _Job, save_to, tasks) 
                     shared.clear()
         finally:
             del encoders, shared
-            _free_memory()
+            gc.collect()
+            with contextlib.suppress(Exception):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
     versions = library_versions("mteb", "sentence-transformers", "datasets")
     records = {}
     for k, settings in settings_by_layer.items():
@@ -284,7 +257,8 @@ def _encoders(info, spec, layers: list[int], sweep: bool, log):
     """``({layer: mteb encoder}, LayerSweep or None)``: one encoder, or a sweep's views."""
     from . import hidden_encoder  # imports mteb (seconds): only when a run encodes
 
-    name, revision = mteb_model_name(info), info["key"]
+    step = f"-step{info['step']}" if info.get("step") is not None else ""
+    name, revision = f"nitp-local/{info['name']}{step}", info["key"]
     if not sweep:
         return {
             spec.layer: hidden_encoder.HiddenStateEncoder(spec, name=name, revision=revision, log=log)
@@ -358,12 +332,3 @@ def _quiet_mteb():
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(Exception):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

@@ -1,18 +1,10 @@
 """The settings of an MTEB run: every input but the checkpoints that changes its scores.
 
 Each field is defined (type, default, check) once here: ``run_mteb`` takes the settings whole,
-``nitp-eval mteb`` reads its option defaults from them, and a task's cache key is
-``dataclasses.asdict`` of the embedding part (``nitp_eval.mteb.run.task_cache_settings``), so a
-new embedding field is part of the key by itself.
-
-* :class:`EmbedSettings` — how a checkpoint becomes an encoder: pooling, layer, sizes, device,
-  dtype (``encoder.preflight`` checks the model against them; ``encoder.EncoderSpec`` extends
-  them with the checked folder);
-* :class:`MtebSettings` — adds what is scored: the suite or tasks, the layer sweep, the local
-  data mirror.
-
-A bad value is one ``UserError`` naming the option when the settings are made. This module
-imports no mteb, torch or sentence-transformers: the CLI's ``--help`` reads the defaults here.
+``nitp-eval mteb`` reads its option defaults from them, and a new embedding field is part of a
+task's cache key by itself (``nitp_eval.mteb.run.task_cache_settings``). A bad value is one
+``UserError`` naming the option. No mteb, torch or sentence-transformers import: the CLI's
+``--help`` reads the defaults here.
 
 Example
 -------

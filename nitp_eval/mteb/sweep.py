@@ -1,15 +1,11 @@
 """The MTEB layer sweep (``--layers all | 0,3,-1``): every layer scored from one pass over the texts.
 
 mteb scores one model per ``mteb.evaluate`` call, so each layer gets its own encoder
-(:class:`LayerView`, with the cache key of ``--layer k``), and all of them serve embeddings from
-one :class:`LayerSweep`. The first view asked for a text list runs it once through the full
-model, capturing every requested layer in the same forward pass per batch
-(``HiddenStateEncoder.encode_layers``); the other views find the list in the sweep's cache::
-
-    cache[sha256(texts, batch size)] = float32 [n_layers, N, D]     (cleared after each task)
-
-Each layer's vectors are exactly those of ``--layer k`` (same token ids, batches, padded widths,
-pooling and normalisation), so its scores equal a single-layer run's. Memory: one task's texts x
+(:class:`LayerView`, with the cache key of ``--layer k``) serving embeddings from one
+:class:`LayerSweep`: the first view asked for a text list runs it once through the full model
+(``HiddenStateEncoder.encode_layers``, every layer from the same pass), the others find it in the
+sweep's cache ``{sha256(texts, batch size): float32 [n_layers, N, D]}``, cleared after each task.
+Each layer's vectors, and so its scores, equal a ``--layer k`` run's. Memory: one task's texts x
 layers x D x 4 bytes (SmolLM2-135M, all 32 layers, 10,000 texts: 0.7 GB).
 
 Example
@@ -26,7 +22,7 @@ import dataclasses
 import hashlib
 from typing import Callable, Sequence
 
-from . import encoder as encoder_lib
+from .. import log_stderr
 from .hidden_encoder import HiddenStateEncoder
 
 
@@ -39,11 +35,10 @@ class LayerSweep:
     layers : layer numbers from :func:`nitp_eval.mteb.settings.parse_layers`
     """
 
-    def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = encoder_lib._stderr):
+    def __init__(self, spec, layers: Sequence[int], *, log: Callable[[str], None] = log_stderr):
         self.layers = list(layers)
         self.encoder = HiddenStateEncoder(dataclasses.replace(spec, layer=-1), log=log)
         self._cache: dict[str, object] = {}
-        self.passes = 0  # text lists run through the model (what the cache saved shows in tests)
 
     def embeddings(self, texts: Sequence[str], layer: int, batch_size: int | None, show: bool = False):
         """float32 [N, D] of ``layer`` for ``texts``; one pass over texts not seen since :meth:`clear`."""
@@ -52,7 +47,6 @@ class LayerSweep:
             self._cache[key] = self.encoder.encode_layers(
                 texts, self.layers, batch_size=batch_size, show_progress_bar=show
             )
-            self.passes += 1
         return self._cache[key][self.layers.index(layer)]
 
     def clear(self) -> None:

@@ -6,15 +6,13 @@ from typing import Sequence
 
 from nitp.console import text_table
 
-from .results import GROUP_ORDER
+from .results import group_order
 
 
 def model_labels(records: Sequence[dict]) -> list[str]:
     """Short column labels: run/model name (+ step), with the hash when names collide."""
-    labels = []
-    for r in records:
-        m = r["model"]
-        labels.append(m["name"] + (f"@{m['step']}" if m.get("step") is not None else ""))
+    steps = [r["model"].get("step") for r in records]
+    labels = [r["model"]["name"] + ("" if step is None else f"@{step}") for r, step in zip(records, steps)]
     if len(set(labels)) < len(labels):
         labels = [f"{lab}#{r['model']['hash'][:8]}" for lab, r in zip(labels, records)]
     return labels
@@ -47,9 +45,7 @@ def format_table(
         return [label, *cells]
 
     rows, sections = [], []
-    groups = sorted(
-        {info[n]["group"] for n in names}, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g)
-    )
+    groups = sorted({info[n]["group"] for n in names}, key=group_order)
     for g in groups:
         members = [n for n in names if info[n]["group"] == g]
         sections.append(len(rows))

@@ -15,13 +15,9 @@ A task's data is a Hugging Face dataset repository (``task.metadata.dataset["pat
 ``["revision"]``). A local mirror keeps each repository in the hub layout under its repo id::
 
     DIR/mteb/stsbenchmark-sts/README.md, data/test-00000-of-00001.parquet, ...
-    DIR/mteb/AskUbuntuDupQuestions/README.md, corpus/..., queries/..., qrels/..., top_ranked/...
 
-i.e. what ``huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=rev,
-local_dir=DIR/repo)`` writes. ``apply_data_dir`` points every task's dataset path at its folder
-(mteb then loads it with the same ``datasets.load_dataset`` call it uses for the hub) and
-reports the tasks whose folder is missing. ``mteb_dataset_repos`` lists the repositories a set
-of tasks needs; ``nitp-eval mirror export`` / ``mirror check`` use it.
+(what ``snapshot_download(repo, repo_type="dataset", local_dir=DIR/repo)`` writes); mteb loads
+it with the same ``datasets.load_dataset`` call it uses for the hub.
 
 Example
 -------
@@ -34,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -105,13 +102,9 @@ def suite_task_names(suite: str) -> list[str]:
 
 
 def resolve_tasks(suite: str | None = None, tasks: Iterable[str] | None = None) -> list[Any]:
-    """Fresh mteb task objects for a suite or a list of names (names win when both are given).
-
-    Paper tasks come from mteb's ``MTEB(eng, v1)`` benchmark (English scope); offline tasks from
-    ``nitp_eval.data.offline_mteb``; any other name from ``mteb.get_task``. Each call returns new
-    objects, so overriding one's dataset path never leaks into another run.
-    Raises ``UserError`` for an unknown name, with mteb's closest match.
-    """
+    """Fresh mteb task objects (overriding one's dataset path never leaks into another run) for a
+    suite or a list of names (names win); paper tasks in ``MTEB(eng, v1)``'s English scope.
+    Raises ``UserError`` for an unknown name, with mteb's closest match."""
     names = list(tasks) if tasks else suite_task_names(suite or "offline")
     if not names:
         raise UserError("no MTEB tasks given (use --suite paper|offline or --tasks NAME ...)")
@@ -127,7 +120,7 @@ def _task(name: str) -> Any:
     if name in OFFLINE_TASKS:
         return OFFLINE_TASKS[name]()
     if name in PAPER_TASKS:
-        return copy.deepcopy(_paper_benchmark_tasks()[name])
+        return copy.deepcopy(_paper_benchmark_tasks(PAPER_BENCHMARK)[name])
     import mteb
 
     try:
@@ -145,20 +138,17 @@ def _task(name: str) -> Any:
         ) from None
 
 
-_BENCHMARK_CACHE: dict[str, Any] = {}
+@functools.cache
+def _paper_benchmark_tasks(benchmark: str) -> dict[str, Any]:
+    import mteb
 
-
-def _paper_benchmark_tasks() -> dict[str, Any]:
-    if not _BENCHMARK_CACHE:
-        import mteb
-
-        for t in mteb.get_benchmark(PAPER_BENCHMARK).tasks:
-            if t.metadata.name in PAPER_TASKS:
-                _BENCHMARK_CACHE[t.metadata.name] = t
-        missing = set(PAPER_TASKS) - set(_BENCHMARK_CACHE)
-        if missing:  # a future mteb dropping a task must not silently shrink the suite
-            raise UserError(f"this mteb lacks paper tasks in {PAPER_BENCHMARK}: {sorted(missing)}")
-    return _BENCHMARK_CACHE
+    tasks = {
+        t.metadata.name: t for t in mteb.get_benchmark(benchmark).tasks if t.metadata.name in PAPER_TASKS
+    }
+    missing = set(PAPER_TASKS) - set(tasks)
+    if missing:  # a future mteb dropping a task must not silently shrink the suite
+        raise UserError(f"this mteb lacks paper tasks in {benchmark}: {sorted(missing)}")
+    return tasks
 
 
 def is_local_task(task: Any) -> bool:
@@ -172,37 +162,31 @@ def is_local_task(task: Any) -> bool:
 def mteb_dataset_repos(task_names: Iterable[str]) -> list[dict]:
     """The Hugging Face dataset repositories that MTEB tasks load, one dict per task.
 
-    Parameters
-    ----------
-    task_names : MTEB task names (paper tasks get the paper's scope). Offline-suite tasks are
-        skipped: their data ship with installed packages.
-
-    Returns
-    -------
-    list of ``{"task", "repo", "revision", "subsets", "splits"}``; ``repo`` and ``revision``
-    are what ``snapshot_download(repo, repo_type="dataset", revision=...)`` takes; the mirror
-    keeps the snapshot in ``DATA_DIR/<repo>`` (see ``local_dataset_dir``).
+    Returns ``[{"task", "repo", "revision", "subsets", "splits"}]`` (paper tasks in the paper's
+    scope; offline-suite tasks skipped: their data ship with installed packages); the mirror keeps
+    ``snapshot_download(repo, repo_type="dataset", revision=...)`` in ``DATA_DIR/<repo>``.
     """
-    out = []
-    for task in resolve_tasks(tasks=list(task_names)):
-        if is_local_task(task):
-            continue
-        ds = task.metadata.dataset
-        out.append(
-            {
-                "task": task.metadata.name,
-                "repo": ds["path"],
-                "revision": ds.get("revision"),
-                "subsets": list(task.hf_subsets or []),
-                "splits": list(task.eval_splits),
-            }
+    return [
+        {
+            "task": task.metadata.name,
+            "repo": task.metadata.dataset["path"],
+            "revision": task.metadata.dataset.get("revision"),
+            "subsets": list(task.hf_subsets or []),
+            "splits": list(task.eval_splits),
+        }
+        for task in resolve_tasks(tasks=list(task_names))
+        if not is_local_task(task)
+    ]
+
+
+def data_root(data_dir: str | os.PathLike) -> Path:
+    """The ``--data-dir`` folder; ``UserError`` when there is none."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
         )
-    return out
-
-
-def local_dataset_dir(data_dir: str | os.PathLike, repo: str) -> Path:
-    """Where a mirror keeps a dataset repository: ``DATA_DIR/<owner>/<name>``."""
-    return Path(data_dir).expanduser() / repo
+    return root
 
 
 def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[Any], list[str]]:
@@ -213,18 +197,14 @@ def apply_data_dir(tasks: list[Any], data_dir: str | os.PathLike) -> tuple[list[
     and one line per task without data, naming the task, the folder and the export command.
     Offline-suite tasks need no folder and are always ready.
     """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"--data-dir {data_dir}: no such directory (write one with `nitp-eval mirror export --tasks ... --out {data_dir}`)"
-        )
+    root = data_root(data_dir)
     ready, problems = [], []
     for task in tasks:
         if is_local_task(task):
             ready.append(task)
             continue
         repo = task.metadata.dataset["path"]
-        folder = local_dataset_dir(root, repo)
+        folder = root / repo  # the mirror's DATA_DIR/<owner>/<name>
         if not folder.is_dir() or not any(folder.iterdir()):
             problems.append(
                 f"{task.metadata.name}: no data in {folder} (the mirror of {repo}); {export_hint(task.metadata.name, data_dir)}"

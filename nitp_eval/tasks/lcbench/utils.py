@@ -12,20 +12,19 @@ the problem's asserts run in a separate Python process with a time limit, and a 
 solved (pass@1 = 1) when the process exits cleanly. Running model-written code is only allowed
 when the caller confirms it (lm-eval's ``confirm_run_unsafe_code``; ``--allow-unsafe-code``).
 
-The process runs in a sandbox (``sandbox.py``: new user, PID, mount, network, IPC and UTS
-namespaces, nobody's uid under root, a read-only view of the system and the Python installation,
-a private writable /tmp, no network, every process killed at the end). Where the machine refuses
-those namespaces, the task fails before generating with one line (:func:`check_sandbox`), unless
-the user opts out explicitly with the environment variable ``NITP_UNSAFE_NO_SANDBOX=1``: then the
-program runs unisolated, with the resource limits only.
+The process runs in a sandbox (``sandbox.py``). Where the machine refuses its namespaces, the task
+fails before generating with one line (:func:`check_sandbox`), unless the user opts out with
+``NITP_UNSAFE_NO_SANDBOX=1``: then the program runs unisolated, with the resource limits only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,10 +51,6 @@ def drop_prompt_rows(dataset):
     """
     check_sandbox()
     return dataset.select(range(N_PROMPT_ROWS, len(dataset)))
-
-
-def tests_text(doc) -> str:
-    return "\n".join(doc["test_list"])
 
 
 def extract_code(generation: str) -> str:
@@ -112,12 +107,8 @@ def _process_cap(uid: int) -> int:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the program's whole process group (its children and grandchildren too)."""
-    import signal
-
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def sandbox_disabled() -> bool:
@@ -171,18 +162,14 @@ def passes(
     memory_bytes: int = MEMORY_LIMIT_BYTES,
     cpu_s: int = CPU_LIMIT_S,
 ) -> bool:
-    """Run ``program`` in a sandboxed Python process; True when it exits with status 0.
+    """Run ``program`` in a sandboxed Python process (``sandbox.py``, see the module docstring);
+    True when it exits with status 0.
 
-    The sandbox (``sandbox.py``): new user, PID, mount, network, IPC and UTS namespaces; uid
-    65534 when nitp runs as root; a read-only view of the system and the Python installation
-    only, a fresh /proc, a private writable /tmp as working folder, no network; an empty
-    environment and resource limits (``memory_bytes`` of address space, ``cpu_s`` CPU seconds,
-    16 MiB files, no core dumps, ``MAX_PROCESSES`` processes). At ``timeout_s`` wall-clock
-    seconds, or when it ends, every process of the sandbox is killed.
-
-    With ``NITP_UNSAFE_NO_SANDBOX=1`` the program runs unisolated with the same limits (the
-    process cap only for a non-root user) in an empty temporary folder, in its own session,
-    whose process group is killed at the end.
+    Limits: ``memory_bytes`` of address space, ``cpu_s`` CPU seconds, 16 MiB files, no core
+    dumps, ``MAX_PROCESSES`` processes, an empty environment; at ``timeout_s`` wall-clock seconds,
+    or when it ends, every process of the sandbox is killed. With ``NITP_UNSAFE_NO_SANDBOX=1``
+    the same limits (the process cap only for a non-root user) apply to an unisolated process in
+    an empty temporary folder and its own session, whose process group is killed at the end.
 
     Raises a one-line ``UserError`` when the machine refuses the sandbox.
 
@@ -226,7 +213,7 @@ def process_results(doc, results):
     """pass@1 of one greedy generation: the extracted code plus the problem's asserts pass."""
     code = extract_code(results[0])
     # LeetCode-style answers sometimes wrap the function in `class Solution`; call it through an instance.
-    tests = tests_text(doc)
+    tests = "\n".join(doc["test_list"])
     if "class Solution" in code:
         tests = re.sub(r"assert\s+(\w+)\(", r"assert Solution().\1(", tests)
     return {"pass_at_1": float(passes(code + "\n\n" + tests))}
