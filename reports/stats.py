@@ -63,9 +63,7 @@ class _Record:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if hasattr(type(self), "significant"):
-            out["significant"] = self.significant
-        return out
+        return {**out, "significant": self.significant} if isinstance(self, _Interval) else out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
@@ -74,12 +72,16 @@ class _Record:
         return cls(**fields)
 
 
-def _excludes_zero(low: float | None, high: float | None) -> bool:
-    return low is not None and high is not None and (low > 0 or high < 0)
+class _Interval(_Record):
+    """A result with an interval of the delta: ``significant`` = the interval excludes 0."""
+
+    @property
+    def significant(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None and (self.ci_low > 0 or self.ci_high < 0)
 
 
 @dataclass(frozen=True)
-class Comparison(_Record):
+class Comparison(_Interval):
     """Two models on the same items: ``delta = mean_b - mean_a`` with its interval and test.
 
     ``n01``: items a got wrong (0) and b right (1) -- b's wins; ``n10`` the reverse (McNemar only).
@@ -105,13 +107,9 @@ class Comparison(_Record):
     sd_diff: float | None = None  # sample sd (ddof = 1) of the per-item differences (for power)
     units = "items"
 
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
-
 
 @dataclass(frozen=True)
-class SeedComparison(_Record):
+class SeedComparison(_Interval):
     """Two models trained with the same seeds: mean of per-seed differences ``b - a``.
 
     ``wins``/``losses``/``ties``: seeds where b > a, b < a, b == a. ``unpaired``: seeds only one
@@ -137,10 +135,6 @@ class SeedComparison(_Record):
     sd_diff: float | None = None  # sample sd of the per-seed differences (for power)
     units = "seeds"
 
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
-
 
 @dataclass(frozen=True)
 class Summary(_Record):
@@ -158,7 +152,7 @@ class Summary(_Record):
 
 
 @dataclass(frozen=True)
-class GroupMean(_Record):
+class GroupMean(_Interval):
     """Mean of per-task deltas with a bootstrap interval over tasks (None when ``n = 1``)."""
 
     n: int
@@ -171,10 +165,6 @@ class GroupMean(_Record):
     test: str = "bootstrap"
     sd_diff: float | None = None  # sample sd of the per-task deltas (for power)
     units = "tasks"
-
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
 
 
 @dataclass(frozen=True)
@@ -237,11 +227,7 @@ def _check_resamples(n_resamples: int) -> int:
 # ---------------------------------------------------------------------------- paired per-item
 
 
-def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(y, axis=axis) - np.mean(x, axis=axis)
-
-
-def _bootstrap_mean_ci(x: np.ndarray, *, confidence, n_resamples, seed, method) -> tuple[float, float, str]:
+def _bootstrap_mean_ci(x, confidence, n_resamples, seed, method="BCa") -> tuple[float, float, str]:
     """scipy's bootstrap interval of ``mean(x)``; BCa falls back to percentile when it cannot be
     computed (NaN: degenerate bootstrap distribution) or ``len(x) > BCA_MAX_N``."""
     from scipy import stats
@@ -262,9 +248,7 @@ def _bootstrap_mean_ci(x: np.ndarray, *, confidence, n_resamples, seed, method) 
         )
     low, high = (float(v) for v in result.confidence_interval)
     if method == "BCa" and not (math.isfinite(low) and math.isfinite(high)):
-        return _bootstrap_mean_ci(
-            x, confidence=confidence, n_resamples=n_resamples, seed=seed, method="percentile"
-        )
+        return _bootstrap_mean_ci(x, confidence, n_resamples, seed, "percentile")
     return low, high, method
 
 
@@ -309,13 +293,7 @@ def paired_bootstrap_interval(
     d = b - a
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0]), "exact"
-    return _bootstrap_mean_ci(
-        d,
-        confidence=_check_confidence(confidence),
-        n_resamples=_check_resamples(n_resamples),
-        seed=seed,
-        method=method,
-    )
+    return _bootstrap_mean_ci(d, _check_confidence(confidence), _check_resamples(n_resamples), seed, method)
 
 
 def mcnemar_exact(a: Any, b: Any) -> tuple[int, int, float]:
@@ -341,7 +319,8 @@ def mcnemar_exact(a: Any, b: Any) -> tuple[int, int, float]:
     from scipy import stats
 
     a, b = _paired_vectors(a, b)
-    _check_binary(a, b)
+    if not _is_binary(a, b):
+        raise UserError("kind='binary' needs 0/1 scores per item; use kind='continuous' for other scores")
     n01 = int(np.sum((a == 0) & (b == 1)))
     n10 = int(np.sum((a == 1) & (b == 0)))
     if n01 + n10 == 0:
@@ -373,7 +352,7 @@ def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int
     n_resamples = _check_resamples(n_resamples)
     result = stats.permutation_test(
         (a, b),
-        _mean_difference,
+        lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis),
         permutation_type="samples",
         vectorized=True,
         n_resamples=n_resamples,
@@ -384,13 +363,8 @@ def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int
     return float(result.pvalue)
 
 
-def _is_binary(x: np.ndarray) -> bool:
-    return bool(np.all((x == 0) | (x == 1)))
-
-
-def _check_binary(a: np.ndarray, b: np.ndarray) -> None:
-    if not (_is_binary(a) and _is_binary(b)):
-        raise UserError("kind='binary' needs 0/1 scores per item; use kind='continuous' for other scores")
+def _is_binary(*arrays: np.ndarray) -> bool:
+    return all(np.all((x == 0) | (x == 1)) for x in arrays)
 
 
 def paired_difference(
@@ -444,17 +418,16 @@ def paired_difference(
     low, high, used = paired_bootstrap_interval(
         a, b, confidence=confidence, n_resamples=n_resamples, seed=seed, method=method
     )
-    binary = kind == "binary" or (kind == "auto" and _is_binary(a) and _is_binary(b))
+    binary = kind == "binary" or (kind == "auto" and _is_binary(a, b))
     n01 = n10 = None
     if binary:
         n01, n10, p = mcnemar_exact(a, b)
     else:
         p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
-    mean_a, mean_b = float(np.mean(a)), float(np.mean(b))
     return Comparison(
         n=len(a),
-        mean_a=mean_a,
-        mean_b=mean_b,
+        mean_a=float(np.mean(a)),
+        mean_b=float(np.mean(b)),
         delta=float(np.mean(b - a)),
         ci_low=low,
         ci_high=high,
@@ -504,18 +477,8 @@ def mean_interval(values: Any, confidence: float = 0.95) -> Summary:
     return Summary(len(x), mean, sd, float(low), float(high), confidence)
 
 
-def seed_summary(values: Any, confidence: float = 0.95) -> Summary:
-    """One model's score over training seeds: mean, sd, n and the Student-t interval of the mean.
-
-    ``values``: one score per seed (a list, or a mapping seed -> score). Same computation as
-    :func:`mean_interval`; with one seed the interval is None.
-
-    Example
-    -------
-    >>> seed_summary({0: 0.41, 1: 0.43}).n
-    2
-    """
-    return mean_interval(values, confidence)
+# One model's score over training seeds (a list, or a mapping seed -> score): the same computation.
+seed_summary = mean_interval
 
 
 def _by_seed(scores: Mapping[Any, float], name: str) -> dict[str, float]:
@@ -652,13 +615,7 @@ def group_mean_interval(
         return GroupMean(1, mean, None, None, confidence, "none")
     if np.ptp(d) == 0:
         return GroupMean(len(d), mean, mean, mean, confidence, "exact", sd_diff=0.0)
-    low, high, used = _bootstrap_mean_ci(
-        d,
-        confidence=confidence,
-        n_resamples=_check_resamples(n_resamples),
-        seed=seed,
-        method="BCa",
-    )
+    low, high, used = _bootstrap_mean_ci(d, confidence, _check_resamples(n_resamples), seed)
     return GroupMean(len(d), mean, low, high, confidence, used, sd_diff=float(np.std(d, ddof=1)))
 
 
@@ -751,13 +708,6 @@ def format_delta(c: Any, scale: float = 100, digits: int = 1, unit: str = "") ->
 _LABEL = re.compile(r"^\s*(?P<b>.+?)\s+[-−–]\s+(?P<a>.+?)(?:\s+on\s+.+)?\s*$")
 
 
-def _names(label: str, names: tuple[str, str] | None) -> tuple[str, str]:
-    if names is not None:
-        return names
-    m = _LABEL.match(label)
-    return (m["a"], m["b"]) if m else ("a", "b")
-
-
 def verdict(
     label: str,
     c: Any,
@@ -793,7 +743,8 @@ def verdict(
     >>> verdict("NITP - NTP on MTEB STS", g)
     'NITP - NTP on MTEB STS: +0.4 [-1.1, +1.9]: no detectable difference at n = 7 tasks'
     """
-    a_name, b_name = _names(label, names)
+    m = _LABEL.match(label)
+    a_name, b_name = names or ((m["a"], m["b"]) if m else ("a", "b"))
     n = c.n if n_items is None else n_items
     units = units or getattr(c, "units", "items")
     delta = format_delta(c, **shown)

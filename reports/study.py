@@ -234,9 +234,8 @@ def _digest(text: str, n: int = 6) -> str:
 
 
 def _cell(spec: StudySpec, name: str, combo: dict) -> Cell:
-    overlay = _overlay_path(combo.get(OVERLAY), spec)
     overrides = tuple(_override(k, v) for k, v in combo.items() if k != OVERLAY)
-    return Cell(name, dict(combo), overrides, overlay, spec.preset)
+    return Cell(name, dict(combo), overrides, _overlay_path(combo.get(OVERLAY), spec), spec.preset)
 
 
 def _name_part(key: str, value: Any) -> str:
@@ -260,9 +259,7 @@ def _safe_part(text: str) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return str(value)
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def _override(key: str, value: Any) -> str:
@@ -411,14 +408,11 @@ def _eval_checkpoints(spec: StudySpec, run_dir: Path) -> list[Path]:
 
 
 def _is_evaluated(spec: StudySpec, out: Path, cell: str) -> bool:
-    marker = _marker(out, cell)
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()) == json.loads(
+    try:  # no marker (OSError), a damaged one (ValueError), a checkpoint gone (UserError)
+        return json.loads(_marker(out, cell).read_text()) == json.loads(
             json.dumps(_eval_key(spec, out / cell), default=json_default)
         )
-    except (ValueError, UserError):
+    except (OSError, ValueError, UserError):
         return False
 
 
@@ -476,27 +470,27 @@ def _dotted_get(tree: Any, key: str) -> Any:
 
 def write_manifest(spec: StudySpec, out: Path, cfgs: dict, report: Path | None = None) -> Path:
     """``OUT/study.json``: the study, every cell (settings, overrides, run dir, status), the report."""
-    rows = []
-    for cell in cells(spec):
-        rows.append(
-            {
-                "name": cell.name,
-                "run_dir": str(out / cell.name),
-                "settings": cell.settings,
-                "overrides": list(cell.overrides),
-                "overlay": str(cell.overlay) if cell.overlay else None,
-                "preset": cfgs[cell.name]["model"]["preset"],
-                **cell_status(spec, out, cell, cfgs[cell.name]),
-            }
-        )
+    rows = [
+        {
+            "name": cell.name,
+            "run_dir": str(out / cell.name),
+            "settings": cell.settings,
+            "overrides": list(cell.overrides),
+            "overlay": str(cell.overlay) if cell.overlay else None,
+            "preset": cfgs[cell.name]["model"]["preset"],
+            **cell_status(spec, out, cell, cfgs[cell.name]),
+        }
+        for cell in cells(spec)
+    ]
     old = out / MANIFEST
     if report is None and old.is_file():
         with contextlib.suppress(ValueError):
             report = json.loads(old.read_text()).get("report")
+    base = _base_config(spec)
     manifest = {
         "study": spec.name,
         "file": str(spec.path),
-        "base_config": str(_base_config(spec)) if _base_config(spec) else None,
+        "base_config": str(base) if base else None,
         "preset": spec.preset,
         "set": list(spec.set),
         "eval": dataclasses.asdict(spec.eval),
@@ -536,9 +530,8 @@ def _compute_text(cfg: dict) -> str:
     nitp = cfg["objective"] == "nitp"
     per_token = c["ntp_flops_per_token"] + (c["nitp_extra_flops_per_token"] if nitp else 0.0)
     tokens = cfg["train"]["steps"] * cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
-    extra = (
-        f" (NITP +{100 * c['nitp_extra_flops_per_token'] / c['ntp_flops_per_token']:.1f}%)" if nitp else ""
-    )
+    share = c["nitp_extra_flops_per_token"] / c["ntp_flops_per_token"]
+    extra = f" (NITP +{100 * share:.1f}%)" if nitp else ""
     return (
         f"{c['parameters']:,} params, {per_token / 1e6:.3g} MFLOPs/token{extra}, "
         f"{tokens / c['parameters']:.3g} tokens/param, {per_token * tokens:.3g} FLOPs"
@@ -691,13 +684,10 @@ def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, r
 
 
 def _train_cells(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, log) -> None:
-    todo = []
-    for c in chosen:
-        run_dir = out / c.name
-        if last_step(run_dir) >= final_step(cfgs[c.name]):
-            log(f"{c.name}: already trained ({run_dir})")
-        else:
-            todo.append(c)
+    done = [c for c in chosen if last_step(out / c.name) >= final_step(cfgs[c.name])]
+    for c in done:
+        log(f"{c.name}: already trained ({out / c.name})")
+    todo = [c for c in chosen if c not in done]
     if todo and _world_size() == 1:  # tokenize once, before trainings start side by side
         from nitp_train.data import prepare
 
@@ -737,7 +727,7 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
     ctx = multiprocessing.get_context("spawn")
     pending, running, failed = list(todo), {}, {}
     try:
-        with _ProgressBars(out, {c.name: final_step(cfgs[c.name]) for c in todo}) as bars:
+        with _progress_bars(out, {c.name: final_step(cfgs[c.name]) for c in todo}) as update_bars:
             while pending or running:
                 while pending and len(running) < n:
                     c = pending.pop(0)
@@ -756,7 +746,7 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
                     else:
                         failed[name] = _failure(proc.exitcode, logs / f"{name}.log")
                         log(f"{name}: failed ({failed[name]})")
-                bars.update()
+                update_bars()
                 time.sleep(0.25)
     except BaseException:  # SIGTERM / SIGINT (nitp.errors.Interrupted), or anything else: no orphans
         _stop_workers(list(running.values()))
@@ -806,9 +796,8 @@ def _die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        with contextlib.suppress(OSError, AttributeError):  # prctl option 1: PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the call above: nothing would kill us
         os._exit(1)
 
@@ -841,43 +830,29 @@ def _failure(exitcode: int, logfile: Path) -> str:
     return errors[-1] if errors else f"exit code {exitcode}, a crash"
 
 
-class _ProgressBars:
-    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl)."""
+@contextlib.contextmanager
+def _progress_bars(out: Path, steps: dict[str, int]):
+    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl); yields
+    the function that updates them."""
+    import sys
 
-    def __init__(self, out: Path, steps: dict[str, int]):
-        self.out, self.steps = out, steps
-        self.bar, self.tasks = None, {}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __enter__(self) -> _ProgressBars:
-        import sys
+    from nitp.io import read_jsonl
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    columns = (TextColumn("  {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty()) as bar:
+        tasks = {name: bar.add_task("", total=total, name=name) for name, total in steps.items()}
 
-        columns = (
-            TextColumn("  {task.fields[name]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        self.bar = Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty())
-        self.bar.__enter__()
-        self.tasks = {
-            name: self.bar.add_task("", total=total, name=name) for name, total in self.steps.items()
-        }
-        return self
+        def update() -> None:
+            for name, task in tasks.items():
+                path = out / name / "metrics.jsonl"
+                rows = read_jsonl(path) if path.is_file() else []
+                last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
+                if last:
+                    bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
 
-    def update(self) -> None:
-        from nitp.io import read_jsonl
-
-        for name, task in self.tasks.items():
-            path = self.out / name / "metrics.jsonl"
-            rows = read_jsonl(path) if path.is_file() else []
-            last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
-            if last:
-                self.bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+        yield update
 
 
 def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) -> None:
@@ -895,40 +870,25 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
     for b in plan.bench:
         from nitp_eval.bench import BenchSettings, run_bench
 
-        run_bench(
-            ckpts,
-            BenchSettings(
-                suite=b.get("suite"),
-                tasks=b.get("tasks"),
-                limit=b.get("limit"),
-                data_dir=b.get("data_dir"),
-                device=device,
-            ),
-        )
+        chosen = {k: b.get(k) for k in ("suite", "tasks", "limit", "data_dir")}
+        run_bench(ckpts, BenchSettings(**chosen, device=device))
     if plan.mteb is not None:
         from nitp_eval.mteb.run import run_mteb
         from nitp_eval.mteb.settings import MtebSettings
 
         m = plan.mteb
-        settings = MtebSettings(
-            suite=m.get("suite") or ("offline" if not m.get("tasks") else None),
-            tasks=m.get("tasks"),
-            pooling=m.get("pooling", "mean"),
-            layer=m.get("layer", -1),
-            device=device,
-        )
-        run_mteb(ckpts, settings, log=log)
+        kw = {"pooling": m.get("pooling", "mean"), "layer": m.get("layer", -1), "device": device}
+        suite = m.get("suite") or ("offline" if not m.get("tasks") else None)
+        run_mteb(ckpts, MtebSettings(suite=suite, tasks=m.get("tasks"), **kw), log=log)
     if plan.geom is not None:
         from analysis.measure import geom_record
         from analysis.settings import GeomSettings
 
         g = plan.geom
+        kw = {"corpus": g.get("corpus", "builtin"), "layers": g.get("layers"), "device": device}
+        kw |= {"n_tokens": g["tokens"]} if g.get("tokens") else {}
         for ck in ckpts:
-            kw = {"n_tokens": g["tokens"]} if g.get("tokens") else {}
-            settings = GeomSettings(
-                corpus=g.get("corpus", "builtin"), layers=g.get("layers"), device=device, **kw
-            )
-            geom_record(ck, settings, progress=False)
+            geom_record(ck, GeomSettings(**kw), progress=False)
     atomic_write_json(_marker(out, cell.name), _eval_key(spec, run_dir))
 
 
@@ -939,13 +899,8 @@ def cell_command(spec: StudySpec, out: str | os.PathLike, cell: str | None = Non
     Raises a one-line ``UserError`` when a path or name holds a control character (a newline
     would end the line and run the rest as a command).
     """
-    words = [
-        "nitp-study",
-        shell.quote(spec.path, "study file"),
-        "--out",
-        shell.quote(Path(out).resolve(), "--out"),
-    ]
-    return " ".join(words + (["--cell", shell.quote(cell, "--cell")] if cell else []))
+    study, out_q = shell.quote(spec.path, "study file"), shell.quote(Path(out).resolve(), "--out")
+    return f"nitp-study {study} --out {out_q}" + (f" --cell {shell.quote(cell, '--cell')}" if cell else "")
 
 
 def emit_commands(spec: StudySpec, out: str | os.PathLike) -> Path:
