@@ -70,18 +70,7 @@ class Tested:
     @property
     def significant(self) -> bool:
         """The interval excludes 0 and the test (Holm-adjusted when set) is below 1 - confidence."""
-        return is_significant(self.result)
-
-
-def is_significant(result: Any | None) -> bool:
-    """Interval excludes 0 and ``p_holm`` (else ``p_value``; none for a GroupMean) < 1 - confidence.
-
-    Example
-    -------
-    >>> is_significant(stats.GroupMean(5, 0.01, 0.002, 0.02, 0.95, "BCa"))
-    True
-    """
-    return result is not None and result.significant and passes_test(result)
+        return self.result is not None and self.result.significant and passes_test(self.result)
 
 
 def passes_test(result: Any) -> bool:
@@ -173,27 +162,20 @@ def _check_items(score: dict, path, task: str) -> None:
             f"{path}: task {task}: {metric} items must be 0 or 1 (an answer is right or wrong), found {bad!r}; "
             "the record is damaged or edited, re-run nitp-eval bench"
         )
-    _check_value(score, [np.asarray(c, dtype=float) for c in leaves if len(c)], path, task)
-
-
-def _check_value(score: dict, leaves: list[np.ndarray], path, task: str) -> None:
-    value = score.get("value")
-    if value is None:
-        return
-    pooled = float(np.mean(np.concatenate(leaves)))
-    by_leaf = float(np.mean([np.mean(x) for x in leaves]))
-    if min(abs(value - pooled), abs(value - by_leaf)) > TOLERANCE:
-        n = sum(len(x) for x in leaves)
+    value, leaves = score.get("value"), [np.asarray(c, dtype=float) for c in leaves if len(c)]
+    pooled = float(np.mean(values.astype(float)))
+    by_leaf = float(np.mean([np.mean(x) for x in leaves]))  # lm-eval's mean of a group's subtasks
+    if value is not None and min(abs(value - pooled), abs(value - by_leaf)) > TOLERANCE:
         raise UserError(
-            f"{path}: task {task}: value {value:.6g} disagrees with the mean of its {n} items ({pooled:.6g}); "
-            "the record is damaged or edited, re-run nitp-eval bench"
+            f"{path}: task {task}: value {value:.6g} disagrees with the mean of its {len(values)} items "
+            f"({pooled:.6g}); the record is damaged or edited, re-run nitp-eval bench"
         )
 
 
 def _check_average(scores: dict, path) -> None:
     tasks = scores.get("tasks") or {}
-    if any(s.get("items_unavailable") == NO_ITEMS_REASON for s in tasks.values()):
-        unscored = [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]
+    unscored = [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]
+    if unscored:
         scores["average"] = None
         scores["average_note"] = f"average not shown: it counts {', '.join(unscored)}, scored on no items"
         return
@@ -216,8 +198,7 @@ def _check_mteb(scores: dict, path) -> None:
         _number(value, path, f"group {group}")
     overall = scores.get("overall")
     _number(overall, path, "overall")
-    mains = [(info or {}).get("main_score") for info in tasks.values()]
-    mains = [m for m in mains if m is not None]
+    mains = [m for info in tasks.values() if (m := (info or {}).get("main_score")) is not None]
     if overall is not None and mains and abs(overall - float(np.mean(mains))) > TOLERANCE:
         raise UserError(
             f"{path}: overall {overall:.6g} is not the mean of its {len(mains)} tasks' main scores "
@@ -239,9 +220,7 @@ def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, 
     note = None
     if len(common) < max(len(ia), len(ib)):
         note = f"{task}: paired on the {len(common)} items both records scored ({len(ia)} and {len(ib)})"
-    x = np.array([ia[k] for k in common])
-    y = np.array([ib[k] for k in common])
-    return x, y, note
+    return np.array([ia[k] for k in common]), np.array([ib[k] for k in common]), note
 
 
 def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
@@ -360,22 +339,16 @@ def bench_average(record_a: dict, record_b: dict) -> Tested:
 
 
 # ----------------------------------------------------------------------------- MTEB
-def mteb_task_deltas(record_a: dict, record_b: dict) -> dict[str, tuple[str, float]]:
-    """``{task: (group, b - a)}`` of the main scores both MTEB records hold."""
+def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict[str, Tested], Any]:
+    """Per group and ``"Overall"``: the mean of per-task deltas with a bootstrap interval over
+    tasks (:func:`stats.group_mean_interval`); and the sign test over all tasks (or None)."""
     ta, tb = record_a["scores"].get("tasks", {}), record_b["scores"].get("tasks", {})
-    out = {}
+    deltas = {}  # task -> (group, b - a) of the main scores both records hold
     for task, sb in tb.items():
         sa = ta.get(task)
         if sa and sa.get("main_score") is not None and sb.get("main_score") is not None:
             group = str(sb.get("group") or sb.get("type") or "other")
-            out[task] = (group, float(sb["main_score"]) - float(sa["main_score"]))
-    return out
-
-
-def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict[str, Tested], Any]:
-    """Per group and ``"Overall"``: the mean of per-task deltas with a bootstrap interval over
-    tasks (:func:`stats.group_mean_interval`); and the sign test over all tasks (or None)."""
-    deltas = mteb_task_deltas(record_a, record_b)
+            deltas[task] = (group, float(sb["main_score"]) - float(sa["main_score"]))
     out: dict[str, Tested] = {}
     for g in [*groups, "Overall"]:
         values = [d for grp, d in deltas.values() if g in ("Overall", grp)]
@@ -401,12 +374,10 @@ NO_VAL_BATCHES = (
 VAL_SETUP = ("data", "data.seq_len", "log.eval_batches", "train.batch_size")
 
 
-def validation_setup(config: dict | None, skip_data: bool = False) -> dict[str, Any] | None:
+def validation_setup(config: dict, skip_data: bool = False) -> dict[str, Any]:
     """The settings that fix a run's validation batches: the data (the prepared folder's
     fingerprint, else the fingerprint of the data settings; ``skip_data``: not computed),
-    ``seq_len``, ``eval_batches``, ``batch_size``; None without a run config."""
-    if not config:
-        return None
+    ``seq_len``, ``eval_batches``, ``batch_size``."""
     data = config.get("data") or {}
     return {
         "data": None if skip_data else _data_fingerprint(data),
@@ -491,11 +462,7 @@ def permutation_floor(result) -> str | None:
 # ----------------------------------------------------------------------------- families
 def holm_family(tests: list[Tested]) -> list[Tested]:
     """Holm-adjust the p-values of one table's tests (GroupMeans and untested cells pass through)."""
-    idx = [
-        i
-        for i, t in enumerate(tests)
-        if t.result is not None and getattr(t.result, "p_value", None) is not None
-    ]
+    idx = [i for i, t in enumerate(tests) if getattr(t.result, "p_value", None) is not None]
     if len(idx) < 2:
         return list(tests)
     adjusted = stats.with_holm([tests[i].result for i in idx])
