@@ -104,7 +104,6 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
     models: dict[str, Model] = {}
     seen_records: set[Path] = set()
     study = Study(models=[])
-    speed: list[dict] = study.speed
     for raw in inputs:
         path = Path(raw).expanduser()
         study.sources.append(str(raw))
@@ -112,11 +111,11 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
             raise UserError(
                 f"{raw}: no such file or directory (give a run directory or a result record .json)"
             )
+        owner, found = None, [path]
         if path.is_dir() and (path / "config.yaml").is_file():
-            model = _run_model(path, models)
-            for rec_path in sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []:
-                _add_record(rec_path, models, seen_records, speed, owner=model)
-        elif path.is_dir() and is_model_dir(path):
+            owner = _run_model(path, models)
+            found = sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []
+        elif is_model_dir(path) if path.is_dir() else path.suffix.lower() == ".gguf":
             raise UserError(_checkpoint_hint(raw, path))
         elif path.is_dir():
             found = [p for p in sorted(path.rglob("*.json")) if _may_be_record(p, path)]
@@ -124,14 +123,10 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
                 raise UserError(
                     f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)"
                 )
-            for rec_path in found:
-                _add_record(rec_path, models, seen_records, speed)
-        elif path.suffix == ".json":
-            _add_record(path, models, seen_records, speed)
-        elif path.suffix.lower() == ".gguf":
-            raise UserError(_checkpoint_hint(raw, path))
-        else:
+        elif path.suffix != ".json":
             raise UserError(f"{raw}: not a run directory or a result record (.json)")
+        for rec_path in found:
+            _add_record(rec_path, models, seen_records, study.speed, owner=owner)
     study.models = list(models.values())
     assign_labels(study.models, labels or {})
     return study
@@ -255,9 +250,7 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
             model.label = f"{model.label[:-1]}, {model.run_dir or model.key})"
     unused = dict(renames)
     for model, label in zip(models, defaults):
-        names = {model.name, label, model.label}
-        if model.run_dir is not None:
-            names |= {str(model.run_dir), str(model.run_dir.resolve()), model.run_dir.name}
+        names = {model.name, label, model.label} | _run_names(model)
         for old in list(unused):
             if old in names:
                 model.label = unused.pop(old)
@@ -270,12 +263,15 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
         raise UserError(f"two models would share the label {clash!r}; give each its own --label")
 
 
+def _run_names(model: Model) -> set[str]:
+    run = model.run_dir
+    return set() if run is None else {str(run), str(run.resolve()), run.name}
+
+
 def find_model(models: list[Model], name: str, option: str = "--baseline") -> Model:
     """The model named ``name``: its label, run name, default label or run directory."""
     for model in models:
-        names = {model.label, model.name, default_label(model), model.key}
-        if model.run_dir is not None:
-            names |= {str(model.run_dir), str(model.run_dir.resolve()), model.run_dir.name}
+        names = {model.label, model.name, default_label(model), model.key} | _run_names(model)
         if name in names or name.rstrip("/") in names:
             return model
     known = ", ".join(dict.fromkeys(m.label for m in models))
