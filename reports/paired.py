@@ -250,29 +250,16 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
 
 # Guessing's accuracy per benchmark (1 / choices) where every item has the same number of choices;
 # 0 for generated answers (exact match, last word, code). Others (mixed choice counts) are not judged.
+FOUR_CHOICES = ("mmlu", "ceval", "xiezhi", "arc_challenge", "analogies", "lt_openbookqa", "lt_mmlu")
+BB_BINARY = ("causal_judgment", "navigate", "sports_understanding", "snarks", "anachronisms", "implicatures")
 CHANCE = {
-    "mmlu": 0.25,
+    **dict.fromkeys(("lambada", "bbh", "gsm8k", "lcbench", "next_word"), 0.0),  # generated answers
+    **dict.fromkeys(FOUR_CHOICES, 0.25),
+    **dict.fromkeys(("balanced_copa", "sentiment", "lt_piqa", "lt_boolq"), 0.5),
+    **dict.fromkeys((f"bb_{t}" for t in BB_BINARY), 0.5),
+    **dict.fromkeys(("commonsense_qa", "lt_csqa"), 0.20),
     "mmlu_pro": 0.10,
-    "ceval": 0.25,
-    "xiezhi": 0.25,
-    "lambada": 0.0,
-    "bbh": 0.0,
-    "arc_challenge": 0.25,
-    "commonsense_qa": 0.20,
-    "balanced_copa": 0.5,
-    "gsm8k": 0.0,
-    "lcbench": 0.0,
-    "analogies": 0.25,
-    "next_word": 0.0,
-    "sentiment": 0.5,
-    "lt_csqa": 0.20,
-    "lt_piqa": 0.5,
     "lt_siqa": 1 / 3,
-    "lt_openbookqa": 0.25,
-    "lt_boolq": 0.5,
-    "lt_mmlu": 0.25,
-    **{f"bb_{t}": 0.5 for t in ("causal_judgment", "navigate", "sports_understanding", "snarks")},
-    **{f"bb_{t}": 0.5 for t in ("anachronisms", "implicatures")},
 }
 FLOOR = 0.05  # a generation task whose 95% upper bound of accuracy is below 5 % is at the floor
 

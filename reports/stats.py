@@ -424,21 +424,16 @@ def paired_difference(
         n01, n10, p = mcnemar_exact(a, b)
     else:
         p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
-    return Comparison(
-        n=len(a),
-        mean_a=float(np.mean(a)),
-        mean_b=float(np.mean(b)),
-        delta=float(np.mean(b - a)),
-        ci_low=low,
-        ci_high=high,
-        confidence=confidence,
-        p_value=p,
-        test="mcnemar-exact" if binary else "paired-permutation",
-        interval=used,
-        n01=n01,
-        n10=n10,
-        sd_diff=float(np.std(b - a, ddof=1)),
-    )
+    test = "mcnemar-exact" if binary else "paired-permutation"
+    return Comparison(**_paired(a, b, low, high, confidence, p), test=test, interval=used, n01=n01, n10=n10)
+
+
+def _paired(x: np.ndarray, y: np.ndarray, low: float, high: float, confidence: float, p: float) -> dict:
+    """The fields of a paired result (:class:`Comparison`, :class:`SeedComparison`), ``d = y - x``."""
+    d = y - x
+    means = {"mean_a": float(np.mean(x)), "mean_b": float(np.mean(y)), "delta": float(np.mean(d))}
+    interval = {"ci_low": low, "ci_high": high, "confidence": confidence, "p_value": p}
+    return {"n": len(d), **means, **interval, "sd_diff": float(np.std(d, ddof=1))}
 
 
 # -------------------------------------------------------------------------- seeds and means
@@ -535,22 +530,8 @@ def paired_by_seed(
         result = stats.ttest_rel(y, x)
         low, high = (float(v) for v in result.confidence_interval(confidence))
         p = float(result.pvalue)
-    return SeedComparison(
-        n=len(seeds),
-        seeds=seeds,
-        mean_a=float(np.mean(x)),
-        mean_b=float(np.mean(y)),
-        delta=delta,
-        ci_low=low,
-        ci_high=high,
-        confidence=confidence,
-        p_value=p,
-        wins=int(np.sum(d > 0)),
-        losses=int(np.sum(d < 0)),
-        ties=int(np.sum(d == 0)),
-        unpaired=unpaired,
-        sd_diff=float(np.std(d, ddof=1)),
-    )
+    counts = {"wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0)), "ties": int(np.sum(d == 0))}
+    return SeedComparison(**_paired(x, y, low, high, confidence, p), seeds=seeds, **counts, unpaired=unpaired)
 
 
 def _seed_order(seed: str) -> tuple[int, Any]:
