@@ -180,13 +180,15 @@ def _check_average(scores: dict, path) -> None:
         scores["average_note"] = f"average not shown: it counts {', '.join(unscored)}, scored on no items"
         return
     values = [s.get("value") for s in tasks.values()]
-    average = scores.get("average")
-    if average is None or not values or any(v is None for v in values):
-        return
-    if all("items" in s for s in tasks.values()) and abs(average - float(np.mean(values))) > TOLERANCE:
+    if all("items" in s for s in tasks.values()) and not any(v is None for v in values):
+        _check_mean(path, "average", scores.get("average"), values, "task values", "bench")
+
+
+def _check_mean(path, what: str, value: float | None, parts: list, of: str, command: str) -> None:
+    if value is not None and parts and abs(value - float(np.mean(parts))) > TOLERANCE:
         raise UserError(
-            f"{path}: average {average:.6g} is not the mean of its {len(values)} task values "
-            f"({float(np.mean(values)):.6g}); the record is damaged or edited, re-run nitp-eval bench"
+            f"{path}: {what} {value:.6g} is not the mean of its {len(parts)} {of} ({float(np.mean(parts)):.6g}); "
+            f"the record is damaged or edited, re-run nitp-eval {command}"
         )
 
 
@@ -199,11 +201,7 @@ def _check_mteb(scores: dict, path) -> None:
     overall = scores.get("overall")
     _number(overall, path, "overall")
     mains = [m for info in tasks.values() if (m := (info or {}).get("main_score")) is not None]
-    if overall is not None and mains and abs(overall - float(np.mean(mains))) > TOLERANCE:
-        raise UserError(
-            f"{path}: overall {overall:.6g} is not the mean of its {len(mains)} tasks' main scores "
-            f"({float(np.mean(mains)):.6g}); the record is damaged or edited, re-run nitp-eval mteb"
-        )
+    _check_mean(path, "overall", overall, mains, "tasks' main scores", "mteb")
 
 
 def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, str | None] | str:
@@ -365,13 +363,8 @@ def validation_setup(config: dict, skip_data: bool = False) -> dict[str, Any]:
     """The settings that fix a run's validation batches: the data (the prepared folder's
     fingerprint, else the fingerprint of the data settings; ``skip_data``: not computed),
     ``seq_len``, ``eval_batches``, ``batch_size``."""
-    data = config.get("data") or {}
-    return {
-        "data": None if skip_data else _data_fingerprint(data),
-        "data.seq_len": data.get("seq_len"),
-        "log.eval_batches": (config.get("log") or {}).get("eval_batches"),
-        "train.batch_size": (config.get("train") or {}).get("batch_size"),
-    }
+    setup = {k: (config.get(k.split(".")[0]) or {}).get(k.split(".")[1]) for k in VAL_SETUP[1:]}
+    return {"data": None if skip_data else _data_fingerprint(config.get("data") or {}), **setup}
 
 
 def _data_keys(config: dict) -> dict:

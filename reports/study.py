@@ -111,14 +111,15 @@ def study_path(path: str | os.PathLike) -> Path:
     """``path`` when it exists, else the shipped study of that name (``quickstart``)."""
     from nitp_train.config import configs_dir
 
-    p = Path(path)
-    if p.is_file():
-        return p
-    for candidate in (configs_dir() / "studies" / p.name, configs_dir() / "studies" / f"{p.name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(f.stem for f in (configs_dir() / "studies").glob("*.yaml"))
+    p, studies = Path(path), configs_dir() / "studies"
+    if found := _first_file(p, studies / p.name, studies / f"{p.name}.yaml"):
+        return found
+    shipped = sorted(f.stem for f in studies.glob("*.yaml"))
     raise UserError(f"study {path}: no such file; give a study YAML or a shipped one ({', '.join(shipped)})")
+
+
+def _first_file(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def load_study(path: str | os.PathLike) -> StudySpec:
@@ -274,9 +275,9 @@ def _overlay_path(value: Any, spec: StudySpec) -> Path | None:
         return None
     text = str(value)
     ablations = configs_dir() / "ablations"
-    for candidate in (spec.path.parent / text, Path(text), ablations / text, ablations / f"{text}.yaml"):
-        if candidate.is_file():
-            return candidate
+    candidates = (spec.path.parent / text, Path(text), ablations / text, ablations / f"{text}.yaml")
+    if found := _first_file(*candidates):
+        return found
     known = sorted(f.stem for f in ablations.glob("*.yaml"))
     near = difflib.get_close_matches(text, known, n=1)
     hint = f"did you mean {near[0]}?" if near else f"shipped: {', '.join(known)}"
@@ -288,10 +289,7 @@ def _base_config(spec: StudySpec) -> Path | None:
 
     if spec.config is not None:
         local = spec.path.parent / str(spec.config)
-        for candidate in (local, local.with_suffix(".yaml")):
-            if candidate.is_file():
-                return candidate
-        return config_path(spec.config)
+        return _first_file(local, local.with_suffix(".yaml")) or config_path(spec.config)
     if spec.preset in RECIPES:
         return configs_dir() / RECIPES[spec.preset]
     return None
@@ -402,9 +400,7 @@ def _eval_key(spec: StudySpec, run_dir: Path) -> dict:
 
 
 def _eval_checkpoints(spec: StudySpec, run_dir: Path) -> list[Path]:
-    if spec.eval.checkpoints == "all":
-        return list_checkpoints(run_dir)
-    return [resolve_checkpoint(run_dir)]
+    return list_checkpoints(run_dir) if spec.eval.checkpoints == "all" else [resolve_checkpoint(run_dir)]
 
 
 def _is_evaluated(spec: StudySpec, out: Path, cell: str) -> bool:
@@ -927,7 +923,8 @@ def emit_slurm(spec: StudySpec, out: str | os.PathLike, nodes: int = 1, gpus_per
     log_path = shell.sbatch_quote(f"{str(out).replace('%', '%%')}/logs/slurm-%A_%a.out", "--out")
     job = shell.sbatch_quote(f"nitp-{spec.name}", "study name")
     last = len(names) - 1
-    need = "run this script with sbatch ({} is not set)"
+    needed = ("SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES")
+    need = "\n".join(f': "${{{v}:?run this script with sbatch ({v} is not set)}}"' for v in needed)
     text = f"""#!/bin/bash
 # Study {q(spec.name, "study name")}: {len(names)} cells, one SLURM array task each (written by nitp-study --emit slurm).
 #   sbatch {q(out / "study.sbatch", "--out")}
@@ -940,9 +937,7 @@ def emit_slurm(spec: StudySpec, out: str | os.PathLike, nodes: int = 1, gpus_per
 #SBATCH --gpus-per-node={q(gpus_per_node)}
 #SBATCH --output={log_path}
 set -eu  # no pipefail: head closing the pipe must not fail the hostnames pipeline
-: "${{SLURM_ARRAY_TASK_ID:?{need.format("SLURM_ARRAY_TASK_ID")}}}"
-: "${{SLURM_JOB_NODELIST:?{need.format("SLURM_JOB_NODELIST")}}}"
-: "${{SLURM_NNODES:?{need.format("SLURM_NNODES")}}}"
+{need}
 CELLS=({cells_q})
 CELL="${{CELLS[$SLURM_ARRAY_TASK_ID]:?SLURM_ARRAY_TASK_ID is outside 0..{last}}}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
