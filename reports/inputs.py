@@ -59,8 +59,7 @@ class Model:
     def step(self) -> int | None:
         """The newest step anything in the inputs knows of (records or metrics)."""
         steps = [r["model"].get("step") for r in self.records] + [m.get("step") for m in self.metrics]
-        steps = [s for s in steps if isinstance(s, int)]
-        return max(steps) if steps else None
+        return max([s for s in steps if isinstance(s, int)], default=None)
 
     @property
     def tokens(self) -> int | None:
@@ -168,7 +167,7 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
         ) from None
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_jsonl(metrics_path) if metrics_path.is_file() else []
-    model = Model(
+    models[key] = Model(
         key=key,
         name=str(config.get("run_name") or run_dir.name),
         run_dir=run_dir,
@@ -177,8 +176,7 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
         objective=config.get("objective"),
         preset=(config.get("model") or {}).get("preset"),
     )
-    models[key] = model
-    return model
+    return models[key]
 
 
 def _add_record(

@@ -51,6 +51,9 @@ import itertools
 import json
 import os
 import re
+import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -714,7 +717,6 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
     the first failure is raised once all have ended.
     """
     import multiprocessing
-    import time
 
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -759,8 +761,6 @@ def _train_worker(parent: int, cfg: dict, run_dir: Path, logfile: Path) -> None:
     Exit codes: 0 trained, 2 bad input (the ``error:`` line is the log's last), 1 a crash (its
     traceback in the log), killed by a signal when the study stopped it.
     """
-    import signal
-    import sys
     import traceback
 
     _die_with_parent(parent)
@@ -786,9 +786,6 @@ def _train_worker(parent: int, cfg: dict, run_dir: Path, logfile: Path) -> None:
 def _die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``
     through ctypes; elsewhere nothing), and exit at once when the parent is already gone."""
-    import signal
-    import sys
-
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -801,8 +798,6 @@ def _die_with_parent(parent: int) -> None:
 def _stop_workers(procs: list, grace_s: float = 10.0) -> None:
     """SIGTERM every worker (a training dies at once: its checkpoints are atomic), SIGKILL what is
     still alive after ``grace_s``, and reap them all."""
-    import time
-
     for proc in procs:
         with contextlib.suppress(OSError, ValueError):
             proc.terminate()
@@ -817,8 +812,6 @@ def _stop_workers(procs: list, grace_s: float = 10.0) -> None:
 
 def _failure(exitcode: int, logfile: Path) -> str:
     """Why a worker failed, in a few words: its ``error:`` line, else its exit code."""
-    import signal
-
     if exitcode < 0:
         return f"killed by {signal.Signals(-exitcode).name}"
     lines = logfile.read_text(errors="replace").splitlines() if logfile.is_file() else []
@@ -830,8 +823,6 @@ def _failure(exitcode: int, logfile: Path) -> str:
 def _progress_bars(out: Path, steps: dict[str, int]):
     """One progress bar per side-by-side training on a terminal (read from metrics.jsonl); yields
     the function that updates them."""
-    import sys
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nitp.io import read_jsonl

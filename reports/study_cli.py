@@ -64,14 +64,9 @@ def study(
         else:
             typer.echo(emit_commands(spec, out).read_text(), nl=False)
         return
-    result = run_study(
-        spec,
-        out,
-        cell=cell,
-        dry_run=dry_run,
-        log=lambda m: typer.echo(m, err=not dry_run),
-        retrain_changed=retrain_changed,
-    )
+    # --dry-run's plan goes to stdout; a run's progress to stderr
+    log = typer.echo if dry_run else (lambda m: typer.echo(m, err=True))
+    result = run_study(spec, out, cell=cell, dry_run=dry_run, log=log, retrain_changed=retrain_changed)
     if result is not None:
         typer.echo(str(result))
 
