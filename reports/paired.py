@@ -209,9 +209,8 @@ def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, 
     if a.get("metric") != b.get("metric"):
         return f"the records use different metrics ({a.get('metric')} vs {b.get('metric')})"
     ia, ib = item_scores(a), item_scores(b)
-    for got in (ia, ib):
-        if isinstance(got, str):
-            return got
+    if why := next((got for got in (ia, ib) if isinstance(got, str)), None):
+        return why
     common = [k for k in ia if k in ib]
     if len(common) < 2:
         return f"the records share {len(common)} items (different --limit or data?)"
@@ -308,19 +307,15 @@ def bench_average(record_a: dict, record_b: dict) -> Tested:
     if set(ta) != set(tb):
         only = sorted(set(ta) ^ set(tb))
         return untested(f"the averages are over different tasks ({', '.join(only)} in one record only)")
-    xs, ys, notes = [], [], []
-    for task in ta:
-        paired = _paired_items(ta[task], tb[task], task)
-        if isinstance(paired, str):
-            return untested(f"{task}: {paired}")
-        xs.append(paired[0])
-        ys.append(paired[1])
-        notes += [paired[2]] if paired[2] else []
+    pairs = {task: _paired_items(ta[task], tb[task], task) for task in ta}
+    if why := next((f"{task}: {p}" for task, p in pairs.items() if isinstance(p, str)), None):
+        return untested(why)
+    xs, ys, notes = zip(*pairs.values())
     n_total = sum(len(x) for x in xs)
     weights = [np.full(len(x), n_total / (len(xs) * len(x))) for x in xs]
     x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(weights)
     result = stats.paired_difference(w * x, w * y, kind="continuous")
-    return Tested(result, note="; ".join(notes) or None)
+    return Tested(result, note="; ".join(n for n in notes if n) or None)
 
 
 # ----------------------------------------------------------------------------- MTEB

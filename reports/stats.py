@@ -227,6 +227,12 @@ def _check_resamples(n_resamples: int) -> int:
 # ---------------------------------------------------------------------------- paired per-item
 
 
+def _resampling(n_resamples: int, n: int, seed: int) -> dict[str, Any]:
+    """scipy's resampling options: vectorised, in batches of at most ``BATCH_ELEMENTS`` values."""
+    batch, rng = max(1, min(n_resamples, BATCH_ELEMENTS // n)), np.random.default_rng(seed)
+    return {"n_resamples": n_resamples, "batch": batch, "vectorized": True, "rng": rng}
+
+
 def _bootstrap_mean_ci(x, confidence, n_resamples, seed, method="BCa") -> tuple[float, float, str]:
     """scipy's bootstrap interval of ``mean(x)``; BCa falls back to percentile when it cannot be
     computed (NaN: degenerate bootstrap distribution) or ``len(x) > BCA_MAX_N``."""
@@ -236,16 +242,8 @@ def _bootstrap_mean_ci(x, confidence, n_resamples, seed, method="BCa") -> tuple[
         method = "percentile"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's DegenerateDataWarning: handled by the fallback
-        result = stats.bootstrap(
-            (x,),
-            np.mean,
-            n_resamples=n_resamples,
-            batch=max(1, min(n_resamples, BATCH_ELEMENTS // len(x))),
-            vectorized=True,
-            confidence_level=confidence,
-            method=method,
-            rng=np.random.default_rng(seed),
-        )
+        options = {"confidence_level": confidence, "method": method, **_resampling(n_resamples, len(x), seed)}
+        result = stats.bootstrap((x,), np.mean, **options)
     low, high = (float(v) for v in result.confidence_interval)
     if method == "BCa" and not (math.isfinite(low) and math.isfinite(high)):
         return _bootstrap_mean_ci(x, confidence, n_resamples, seed, "percentile")
@@ -349,16 +347,13 @@ def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int
     from scipy import stats
 
     a, b = _paired_vectors(a, b)
-    n_resamples = _check_resamples(n_resamples)
+    resampling = _resampling(_check_resamples(n_resamples), len(a), seed)
     result = stats.permutation_test(
         (a, b),
         lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis),
         permutation_type="samples",
-        vectorized=True,
-        n_resamples=n_resamples,
-        batch=max(1, min(n_resamples, BATCH_ELEMENTS // len(a))),
         alternative="two-sided",
-        rng=np.random.default_rng(seed),
+        **resampling,
     )
     return float(result.pvalue)
 
