@@ -204,17 +204,14 @@ def _add_record(
     if record.get("kind") == "speed":  # a side-by-side benchmark of a preset, not a model's score
         speed.append(record)
         return
-    info = record["model"]
-    model = owner  # records under RUN/results/ are RUN's (also in a copied or moved run)
+    info, model = record["model"], owner  # records under RUN/results/ are RUN's (also copied or moved)
     run = info.get("run")
-    if model is None:
-        if run and (Path(run) / "config.yaml").is_file():
-            model = _run_model(Path(run), models)
-        else:
-            key = f"run:{run}" if run else f"model:{info.get('name')}-{str(info.get('hash') or '')[:8]}"
-            model = models.setdefault(
-                key, Model(key=key, name=str(info.get("name") or Path(str(info.get("path"))).name))
-            )
+    if model is None and run and (Path(run) / "config.yaml").is_file():
+        model = _run_model(Path(run), models)
+    elif model is None:
+        key = f"run:{run}" if run else f"model:{info.get('name')}-{str(info.get('hash') or '')[:8]}"
+        name = str(info.get("name") or Path(str(info.get("path"))).name)
+        model = models.setdefault(key, Model(key=key, name=name))
     model.records.append(record)
     # A plain model (or a run whose config is gone) learns objective and size from its records.
     model.objective = model.objective or info.get("objective")
@@ -224,14 +221,10 @@ def _add_record(
 # ----------------------------------------------------------------------------- labels
 def default_label(model: Model) -> str:
     """``"<OBJECTIVE> <preset> @<step>"``; a plain model keeps its folder name."""
+    step = "" if model.step is None else f" @{model.step}"
     if model.role == "other":
-        return model.name if model.step is None else f"{model.name} @{model.step}"
-    parts = [OBJECTIVE_NAMES[model.role]]
-    if model.preset:
-        parts.append(str(model.preset))
-    if model.step is not None:
-        parts.append(f"@{model.step}")
-    return " ".join(parts)
+        return f"{model.name}{step}"
+    return OBJECTIVE_NAMES[model.role] + (f" {model.preset}" if model.preset else "") + step
 
 
 def assign_labels(models: list[Model], renames: dict[str, str]) -> None:

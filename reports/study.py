@@ -567,13 +567,10 @@ def run_study(
     """Train every cell (or only ``cell``), evaluate them, and write the report.
 
     Resumable: finished cells are skipped, a half-trained cell resumes from its last checkpoint
-    (bit for bit, ``nitp_train.trainer.train(resume=True)``), evaluators reuse their records.
-    A cell whose run was trained with another config (the study file changed) is refused in one
-    line, or with ``retrain_changed`` deleted and trained again; never reused. ``OUT`` holding
-    another study, a run directory or a file is refused (:func:`check_out`).
-    Under torchrun every rank trains; only rank 0 evaluates and reports. ``dry_run`` only logs
-    :func:`plan_lines`. Returns ``OUT/report/report.md`` (or ``OUT`` without a report; None when
-    dry).
+    (bit for bit, ``nitp_train.trainer.train(resume=True)``), evaluators reuse their records; a
+    changed cell and ``OUT``: see the module doc. Under torchrun every rank trains; only rank 0
+    evaluates and reports. ``dry_run`` only logs :func:`plan_lines`. Returns
+    ``OUT/report/report.md`` (or ``OUT`` without a report; None when dry).
     """
     from nitp.errors import on_interrupt
 
@@ -730,15 +727,13 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
                 while pending and len(running) < n:
                     c = pending.pop(0)
                     args = (os.getpid(), cfgs[c.name], out / c.name, logs / f"{c.name}.log")
-                    running[c.name] = ctx.Process(
+                    proc = running[c.name] = ctx.Process(
                         target=_train_worker, args=args, name=f"nitp-study {c.name}"
                     )
-                    running[c.name].start()
-                for name, proc in list(running.items()):
-                    if proc.exitcode is None:
-                        continue
+                    proc.start()
+                for name in [name for name, proc in running.items() if proc.exitcode is not None]:
+                    proc = running.pop(name)
                     proc.join()
-                    del running[name]
                     if proc.exitcode == 0:
                         log(f"{name}: trained ({out / name})")
                     else:
