@@ -144,9 +144,8 @@ def _checkpoint_hint(raw, path: Path) -> str:
 def _may_be_record(path: Path, root: Path) -> bool:
     """A JSON file below a scanned folder that may be a record: not hidden, not a model folder's
     own files (config.json, tokenizer.json beside the weights), not a run's tracker state."""
-    if any(part.startswith(".") for part in path.relative_to(root).parts):
-        return False
-    return not is_model_dir(path.parent) and path.name != "trackers.json"
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and not is_model_dir(path.parent) and path.name != "trackers.json"
 
 
 NOT_A_RECORD_HINT = (

@@ -226,11 +226,7 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
     Parameters
     ----------
     record_a, record_b : bench records (``scores.tasks[task].items``)
-    task : the record's task name (``"analogies"``)
-
-    Returns
-    -------
-    Tested (``scale = 100``: points)
+    task : the record's task name (``"analogies"``); the result's ``scale = 100`` (points)
     """
     a = record_a["scores"].get("tasks", {}).get(task)
     b = record_b["scores"].get("tasks", {}).get(task)

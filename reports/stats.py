@@ -194,8 +194,7 @@ def _vector(values: Any, name: str) -> np.ndarray:
         raise UserError(f"{name} must be a list of numbers; got {type(values).__name__}") from None
     if x.ndim != 1:
         raise UserError(f"{name} must be one number per item (1-D); got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x)))
+    if bad := int(np.sum(~np.isfinite(x))):
         raise UserError(f"{name} has {bad} NaN or infinite values; drop or rescore those items")
     return x
 
@@ -251,13 +250,7 @@ def _bootstrap_mean_ci(x, confidence, n_resamples, seed, method="BCa") -> tuple[
 
 
 def paired_bootstrap_interval(
-    a: Any,
-    b: Any,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
-    method: str = "BCa",
+    a: Any, b: Any, *, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0, method: str = "BCa"
 ) -> tuple[float, float, str]:
     """Paired bootstrap interval of ``mean(b) - mean(a)``: items are resampled with their pair.
 
@@ -389,10 +382,6 @@ def paired_difference(
     n_resamples, seed : int
         Bootstrap resamples and random permutations; the seed makes results reproducible.
     method : {"BCa", "percentile"}
-
-    Returns
-    -------
-    Comparison
 
     Raises
     ------

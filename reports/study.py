@@ -213,10 +213,8 @@ def _cell_names(spec: StudySpec, keys: list[str], combos: list[dict]) -> list[st
     still coincide for distinct values (``1`` and ``"1"``, two overlays ``a/x.yaml`` and
     ``b/x.yaml``) get 6 hex digits of the cell's settings; at most 200 bytes (NAME_MAX)."""
     varying = [k for k in keys if len({_identity(c.get(k)) for c in combos}) > 1]
-    names = []
-    for combo in combos:
-        name = "-".join(p for p in (_name_part(k, combo.get(k)) for k in varying if k in combo) if p)
-        names.append(name or spec.name)
+    parts = [[_name_part(k, combo[k]) for k in varying if k in combo] for combo in combos]
+    names = ["-".join(p for p in cell_parts if p) or spec.name for cell_parts in parts]
     counts: dict[str, set] = {}
     for name, combo in zip(names, combos):
         counts.setdefault(name, set()).add(_identity(combo))
@@ -312,8 +310,7 @@ def cell_config(spec: StudySpec, cell: Cell, data_dir: Path | None = None) -> di
     from nitp_train.config import overlay_keys
 
     overlay = [_override(k, v) for k, v in overlay_keys(cell.overlay).items()] if cell.overlay else []
-    extra = [f"run_name={cell.name}"]
-    cfg = _load(spec, [*overlay, *cell.overrides, *extra])
+    cfg = _load(spec, [*overlay, *cell.overrides, f"run_name={cell.name}"])
     if data_dir is not None and cfg["data"]["prepared_dir"] is None:
         cfg["data"]["prepared_dir"] = str(data_dir)
     if spec.compute_matched and cfg["objective"] == "ntp":
@@ -510,11 +507,10 @@ def plan_lines(spec: StudySpec, out: str | os.PathLike) -> list[str]:
     width = max(len(c.name) for c in all_cells)
     lines = [f"study {spec.name}: {len(all_cells)} cells -> {out}"]
     for cell in all_cells:
-        cfg = cfgs[cell.name]
-        state = cell_status(spec, out, cell, cfg)
+        state = cell_status(spec, out, cell, cfgs[cell.name])
         settings = ", ".join(f"{k}={_text(v)}" for k, v in cell.settings.items()) or "base config"
         progress = f"{state['status']} {state['step']}/{state['steps']}"
-        resolved, batch_plan = apply_plan(cfg, _world_size())
+        resolved, batch_plan = apply_plan(cfgs[cell.name], _world_size())
         plan = plan_summary(resolved, batch_plan)
         lines.append(f"{cell.name:<{width}}  [{progress}]  {settings} | {plan} | {_compute_text(resolved)}")
     lines.append(f"evaluation: {describe_eval(spec.eval)}")
@@ -550,9 +546,7 @@ def describe_eval(plan: EvalPlan) -> str:
         amount = f"{tokens:,}" if isinstance(tokens, int) else "the default number of"
         parts.append(f"geom {plan.geom.get('corpus', 'builtin')} {amount} tokens")
     parts.append("every checkpoint" if plan.checkpoints == "all" else "last checkpoint")
-    if plan.report:
-        parts.append("report")
-    return "; ".join(parts)
+    return "; ".join(parts + (["report"] if plan.report else []))
 
 
 # ----------------------------------------------------------------------------- running
