@@ -151,8 +151,7 @@ def _check_items(score: dict, path, task: str) -> None:
     values = np.concatenate(leaves) if leaves else np.zeros(0)
     if len(values) == 0:
         score.pop("items")
-        score["value"] = None
-        score["items_unavailable"] = NO_ITEMS_REASON
+        score.update(value=None, items_unavailable=NO_ITEMS_REASON)
         return
     for v in values:
         _number(v, path, f"task {task}: an item's {metric}")
@@ -422,12 +421,10 @@ def validation_ce(
 
 def permutation_floor(result) -> str | None:
     """A note when p sits at the smallest value an exact paired permutation over n pairs can give."""
-    if getattr(result, "test", None) != "paired-permutation" or result.n > 16:
-        return None
-    floor = 2.0 / 2**result.n
-    if result.p_value <= floor * 1.0001:
-        return f"p = {floor:.3g} is the smallest p {result.n} pairs can give"
-    return None
+    exact = getattr(result, "test", None) == "paired-permutation" and result.n <= 16
+    floor = 2.0 / 2**result.n if exact else 0.0
+    at_floor = exact and result.p_value <= floor * 1.0001
+    return f"p = {floor:.3g} is the smallest p {result.n} pairs can give" if at_floor else None
 
 
 # ----------------------------------------------------------------------------- families

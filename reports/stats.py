@@ -375,19 +375,14 @@ def paired_difference(
     Parameters
     ----------
     a, b : array_like, shape (n,)
-        Per-item scores, ``a[i]`` and ``b[i]`` of the same item; n >= 2, no NaN.
+        Per-item scores, ``a[i]`` and ``b[i]`` of the same item; n >= 2, no NaN (else UserError).
     kind : {"auto", "binary", "continuous"}
+        ``"binary"`` with scores other than 0/1: UserError.
     confidence : float
         Level of the interval; ``significant`` means it excludes 0.
     n_resamples, seed : int
         Bootstrap resamples and random permutations; the seed makes results reproducible.
     method : {"BCa", "percentile"}
-
-    Raises
-    ------
-    UserError
-        Lengths differ, NaN or infinite scores, fewer than 2 items, non-0/1 scores with
-        ``kind="binary"``.
 
     Example
     -------
@@ -471,7 +466,8 @@ def paired_by_seed(
 ) -> SeedComparison:
     """Two models trained with the same seeds, paired by seed: ``delta = mean_s (b_s - a_s)``.
 
-    Only seeds both have are paired (keys compared as text, so 0 and "0" from JSON match).
+    Only seeds both have are paired, at least 2 (else UserError; keys compared as text, so 0 and
+    "0" from JSON match).
     Test: paired t-test ``t = mean(d) / (sd(d) / sqrt(n))`` with n - 1 degrees of freedom
     (``scipy.stats.ttest_rel``); interval: its Student-t interval of the mean difference. When
     every seed has the same difference the spread is 0: the interval is that difference and
@@ -480,11 +476,6 @@ def paired_by_seed(
     Parameters
     ----------
     a_by_seed, b_by_seed : mapping seed -> score
-
-    Raises
-    ------
-    UserError
-        Fewer than 2 common seeds.
 
     Example
     -------

@@ -592,15 +592,13 @@ def run_study(
     for c in chosen:
         evaluate_cell(spec, out, c, cfgs[c.name], log)
         write_manifest(spec, out, cfgs)
-    report = None
-    if cell is None and spec.eval.report:
-        from reports.compare import compare
+    if cell is not None or not spec.eval.report:
+        return out
+    from reports.compare import compare
 
-        log(f"report of {len(chosen)} cells -> {out / 'report'}")
-        report = compare(
-            [str(out / c.name) for c in chosen], out / "report", log=lambda m: log(f"  note: {m}")
-        )
-        write_manifest(spec, out, cfgs, report)
+    log(f"report of {len(chosen)} cells -> {out / 'report'}")
+    report = compare([str(out / c.name) for c in chosen], out / "report", log=lambda m: log(f"  note: {m}"))
+    write_manifest(spec, out, cfgs, report)
     return report or out
 
 
