@@ -243,14 +243,10 @@ def arrange(study: Study, baseline: str | None = None) -> Layout:
     for m in study.models:
         by_size.setdefault(_size_of(m), []).append(m)
     presets = [s.split("|")[0] for s in by_size]
-    order = list(PRESETS)
-
-    def rank(size: str) -> tuple:  # ties keep the input order (sorted is stable)
-        preset = size.split("|")[0]
-        return size == "other models", order.index(preset) if preset in order else len(order)
-
+    order = {preset: i for i, preset in enumerate(PRESETS)}
     layout = Layout(blocks=[])
-    for size in sorted(by_size, key=rank):
+    # presets in their table's order, "other models" last; ties keep the input order (sorted is stable)
+    for size in sorted(by_size, key=lambda s: (s == "other models", order.get(s.split("|")[0], len(order)))):
         preset = size.split("|")[0]
         shown = preset if presets.count(preset) == 1 else size.replace("|", " ")  # dims only when needed
         layout.blocks.append(_arrange_block(shown, by_size[size], layout.notes))
@@ -302,13 +298,12 @@ def _pick_reference(nitp: list[Model]) -> Model | None:
     ]
     if defaults:
         return defaults[0]
-    typical = {
-        k: Counter(json.dumps(config_value(m, k), default=str) for m in nitp).most_common(1)[0][0]
-        for k in NITP_KNOBS
-    }
-    return min(
-        nitp, key=lambda m: sum(json.dumps(config_value(m, k), default=str) != typical[k] for k in NITP_KNOBS)
-    )
+
+    def knob(m: Model, k: str) -> str:
+        return json.dumps(config_value(m, k), default=str)
+
+    typical = {k: Counter(knob(m, k) for m in nitp).most_common(1)[0][0] for k in NITP_KNOBS}
+    return min(nitp, key=lambda m: sum(knob(m, k) != typical[k] for k in NITP_KNOBS))
 
 
 def _single_knob(model: Model, base: Model | None, knobs: list[str]) -> str | None:
