@@ -267,8 +267,7 @@ def _arrange_block(size: str, models: list[Model], notes: list[str]) -> SizeBloc
     candidates = [(m, block.reference, NITP_KNOBS) for m in nitp if m is not block.reference]
     candidates += [(m, block.baseline, ["cos_reg.weight"]) for m in models if m.role == "cos_reg"]
     for model, base, knobs in candidates:
-        knob = _single_knob(model, base, knobs)
-        if knob:
+        if knob := _single_knob(model, base, knobs):
             block.ablations.setdefault(knob, []).append(model)
         else:
             block.others.append(model)

@@ -248,8 +248,7 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
         known = ", ".join(sorted({m.name for m in models} | {m.label for m in models}))
         raise UserError(f"--label {next(iter(unused))}=...: no model of that name (known: {known})")
     labels = [m.label for m in models]
-    clash = next((x for x in labels if labels.count(x) > 1), None)
-    if clash:
+    if clash := next((x for x in labels if labels.count(x) > 1), None):
         raise UserError(f"two models would share the label {clash!r}; give each its own --label")
 
 

@@ -173,8 +173,7 @@ def _check_items(score: dict, path, task: str) -> None:
 
 def _check_average(scores: dict, path) -> None:
     tasks = scores.get("tasks") or {}
-    unscored = [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]
-    if unscored:
+    if unscored := [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]:
         scores["average"] = None
         scores["average_note"] = f"average not shown: it counts {', '.join(unscored)}, scored on no items"
         return
@@ -406,8 +405,7 @@ def validation_ce(
     """
     na = dict(scale=1.0, higher_is_better=False)
     a, b = line_a.get(VAL_BATCHES_KEY), line_b.get(VAL_BATCHES_KEY)
-    mismatch = validation_mismatch(config_a, config_b) if (config_a or config_b) else None
-    if mismatch:
+    if mismatch := (validation_mismatch(config_a, config_b) if (config_a or config_b) else None):
         return untested(mismatch, **na)
     if not isinstance(a, list) or not isinstance(b, list):
         return untested(NO_VAL_BATCHES, **na)

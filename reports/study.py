@@ -822,8 +822,7 @@ def _progress_bars(out: Path, steps: dict[str, int]):
             for name, task in tasks.items():
                 path = out / name / "metrics.jsonl"
                 rows = read_jsonl(path) if path.is_file() else []
-                last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
-                if last:
+                if last := next((r for r in reversed(rows) if "loss_ntp" in r), None):
                     bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
 
         yield update
