@@ -73,10 +73,9 @@ class Model:
 
 @dataclass
 class Study:
-    """Every model of a comparison, in input order, plus notes for the report."""
+    """Every model of a comparison, in input order, the inputs as given and the speed records."""
 
     models: list[Model]
-    notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     speed: list[dict] = field(default_factory=list)  # kind "speed": benchmark measurements, no model
 

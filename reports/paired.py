@@ -226,8 +226,7 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
     record_a, record_b : bench records (``scores.tasks[task].items``)
     task : the record's task name (``"analogies"``); the result's ``scale = 100`` (points)
     """
-    a = record_a["scores"].get("tasks", {}).get(task)
-    b = record_b["scores"].get("tasks", {}).get(task)
+    a, b = (record["scores"].get("tasks", {}).get(task) for record in (record_a, record_b))
     if not a or not b:
         return untested("scored in one record only")
     paired = _paired_items(a, b, task)
@@ -290,13 +289,9 @@ def identical_flag(result) -> str | None:
 
 
 def bench_average(record_a: dict, record_b: dict) -> Tested:
-    """``b - a`` on the suite average (mean of task values), every item weighted ``1/(T n_t)``.
-
-    ``s_i = N x_i / (T n_t)`` for item i of task t (N paired items, T tasks, n_t items of t):
-    ``mean(s_b - s_a)`` is the mean over tasks of the per-task deltas, tested with
-    :func:`stats.paired_difference` (``kind="continuous"``: paired permutation test, paired
-    bootstrap interval).
-    """
+    """``b - a`` on the suite average (mean of task values): item i of task t scored
+    ``s_i = N x_i / (T n_t)`` (module doc), tested with :func:`stats.paired_difference`
+    (``kind="continuous"``: paired permutation test, paired bootstrap interval)."""
     ta, tb = record_a["scores"].get("tasks", {}), record_b["scores"].get("tasks", {})
     if set(ta) != set(tb):
         only = sorted(set(ta) ^ set(tb))

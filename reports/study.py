@@ -106,7 +106,6 @@ class Cell:
     settings: dict
     overrides: tuple
     overlay: Path | None
-    preset: str | None
 
 
 # ----------------------------------------------------------------------------- reading a study
@@ -237,7 +236,7 @@ def _digest(text: str, n: int = 6) -> str:
 
 def _cell(spec: StudySpec, name: str, combo: dict) -> Cell:
     overrides = tuple(_override(k, v) for k, v in combo.items() if k != OVERLAY)
-    return Cell(name, dict(combo), overrides, _overlay_path(combo.get(OVERLAY), spec), spec.preset)
+    return Cell(name, dict(combo), overrides, _overlay_path(combo.get(OVERLAY), spec))
 
 
 def _name_part(key: str, value: Any) -> str:
