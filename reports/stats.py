@@ -314,9 +314,8 @@ def mcnemar_exact(a: Any, b: Any) -> tuple[int, int, float]:
         raise UserError("kind='binary' needs 0/1 scores per item; use kind='continuous' for other scores")
     n01 = int(np.sum((a == 0) & (b == 1)))
     n10 = int(np.sum((a == 1) & (b == 0)))
-    if n01 + n10 == 0:
-        return n01, n10, 1.0
-    return n01, n10, float(stats.binomtest(n01, n01 + n10, 0.5).pvalue)
+    p = 1.0 if n01 + n10 == 0 else float(stats.binomtest(n01, n01 + n10, 0.5).pvalue)
+    return n01, n10, p
 
 
 def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int = 0) -> float:

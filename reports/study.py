@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import filecmp
 import itertools
 import json
 import os
@@ -392,10 +393,8 @@ def _eval_key(spec: StudySpec, run_dir: Path) -> dict:
     checkpoint, or a retrained one under the same name, re-evaluates)."""
     from nitp.runs import weights_hash
 
-    return {
-        "plan": dataclasses.asdict(spec.eval),
-        "checkpoints": [[c.name, weights_hash(c)] for c in _eval_checkpoints(spec, run_dir)],
-    }
+    checkpoints = [[c.name, weights_hash(c)] for c in _eval_checkpoints(spec, run_dir)]
+    return {"plan": dataclasses.asdict(spec.eval), "checkpoints": checkpoints}
 
 
 def _eval_checkpoints(spec: StudySpec, run_dir: Path) -> list[Path]:
@@ -625,19 +624,12 @@ def check_out(spec: StudySpec, out: Path) -> None:
             f"--out {out}: holds study {name!r} ({file}), not {spec.name!r}; choose another --out "
             f"(e.g. runs/{spec.name})"
         )
-    first = _read_bytes(Path(file)) if file and Path(file) != spec.path else None
-    if first is not None and first != _read_bytes(spec.path):  # a moved file (gone) is the same study
-        raise UserError(  # another file of the same name: it would replace the study's manifest
-            f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
-            f"another --out, or delete {manifest} if this file replaces that one"
-        )
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:  # moved or deleted
-        return None
+    with contextlib.suppress(OSError):  # a moved file (gone) is the same study
+        if file and Path(file) != spec.path and not filecmp.cmp(file, spec.path, shallow=False):
+            raise UserError(  # another file of the same name: it would replace the study's manifest
+                f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
+                f"another --out, or delete {manifest} if this file replaces that one"
+            )
 
 
 def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, retrain: bool, log) -> None:
