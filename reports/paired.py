@@ -32,8 +32,11 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -327,8 +330,7 @@ def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict
             out[g] = untested(f"fewer than {MIN_TASKS} tasks: no interval over tasks")
         else:
             out[g] = Tested(stats.group_mean_interval(values))
-    sign = stats.sign_test([d for _, d in deltas.values()]) if deltas else None
-    return out, sign
+    return out, (stats.sign_test([d for _, d in deltas.values()]) if deltas else None)
 
 
 # ----------------------------------------------------------------------------- validation CE
@@ -357,15 +359,10 @@ def _data_keys(config: dict) -> dict:
 
 
 def _data_fingerprint(data: dict) -> str:
-    import json
-    from pathlib import Path
-
     meta = Path(str(data.get("prepared_dir") or "")) / "meta.json"
     if data.get("prepared_dir") and meta.is_file():
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # damaged: fingerprint the settings
             return str(json.loads(meta.read_text())["fingerprint"])
-        except (ValueError, KeyError, TypeError):
-            pass
     from nitp_train.data import data_fingerprint
 
     return data_fingerprint(data)

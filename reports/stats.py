@@ -454,12 +454,6 @@ def mean_interval(values: Any, confidence: float = 0.95) -> Summary:
 seed_summary = mean_interval
 
 
-def _by_seed(scores: Mapping[Any, float], name: str) -> dict[str, float]:
-    if not isinstance(scores, Mapping):
-        raise UserError(f"{name} must map seed -> score (e.g. {{0: 0.41, 1: 0.43}})")
-    return {str(k): v for k, v in scores.items()}
-
-
 def paired_by_seed(
     a_by_seed: Mapping[Any, float], b_by_seed: Mapping[Any, float], confidence: float = 0.95
 ) -> SeedComparison:
@@ -484,7 +478,10 @@ def paired_by_seed(
     """
     from scipy import stats
 
-    a, b = _by_seed(a_by_seed, "a_by_seed"), _by_seed(b_by_seed, "b_by_seed")
+    for name, scores in (("a_by_seed", a_by_seed), ("b_by_seed", b_by_seed)):
+        if not isinstance(scores, Mapping):
+            raise UserError(f"{name} must map seed -> score (e.g. {{0: 0.41, 1: 0.43}})")
+    a, b = ({str(k): v for k, v in scores.items()} for scores in (a_by_seed, b_by_seed))
     seeds = tuple(sorted(set(a) & set(b), key=_seed_order))
     unpaired = tuple(sorted(set(a) ^ set(b), key=_seed_order))
     if len(seeds) < 2:

@@ -177,10 +177,9 @@ def check_study(spec: StudySpec) -> None:
             raise UserError(f"{where}: cell {cell.name}: {e}") from None
 
 
-def _positive(value: Any, where: str) -> int:
+def _positive(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{where}={value!r}: must be a whole number of at least 1")
-    return value
 
 
 # ----------------------------------------------------------------------------- cells
@@ -476,8 +475,7 @@ def write_manifest(spec: StudySpec, out: Path, cfgs: dict, report: Path | None =
         }
         for cell in cells(spec)
     ]
-    old = out / MANIFEST
-    if report is None and old.is_file():
+    if report is None and (old := out / MANIFEST).is_file():
         with contextlib.suppress(ValueError):
             report = json.loads(old.read_text()).get("report")
     base = _base_config(spec)
