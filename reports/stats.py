@@ -397,11 +397,10 @@ def paired_difference(
         a, b, confidence=confidence, n_resamples=n_resamples, seed=seed, method=method
     )
     binary = kind == "binary" or (kind == "auto" and _is_binary(a, b))
-    n01 = n10 = None
     if binary:
         n01, n10, p = mcnemar_exact(a, b)
     else:
-        p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
+        n01, n10, p = None, None, paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
     test = "mcnemar-exact" if binary else "paired-permutation"
     return Comparison(**_paired(a, b, low, high, confidence, p), test=test, interval=used, n01=n01, n10=n10)
 
