@@ -62,9 +62,9 @@ from typing import Any, Callable
 import yaml
 
 from nitp import shell
-from nitp.errors import UserError
-from nitp.io import atomic_write_json, atomic_write_text, json_default
-from nitp.runs import checkpoint_step, list_checkpoints, resolve_checkpoint
+from nitp.errors import UserError, on_interrupt
+from nitp.io import atomic_write_json, atomic_write_text, discard_folder, json_default, read_jsonl
+from nitp.runs import checkpoint_step, list_checkpoints, read_run_config, resolve_checkpoint, run_lock
 
 OVERLAY = "overlay"  # the axis whose values are overlay files, not config values
 NO_OVERLAY = (None, "none")
@@ -401,11 +401,12 @@ def _eval_checkpoints(spec: StudySpec, run_dir: Path) -> list[Path]:
 
 
 def _is_evaluated(spec: StudySpec, out: Path, cell: str) -> bool:
-    try:  # no marker (OSError), a damaged one (ValueError), a checkpoint gone (UserError)
-        return json.loads(_marker(out, cell).read_text()) == json.loads(
+    marker = _marker(out, cell)
+    try:  # a damaged marker (ValueError) or a checkpoint gone (UserError): evaluate again
+        return marker.is_file() and json.loads(marker.read_text()) == json.loads(
             json.dumps(_eval_key(spec, out / cell), default=json_default)
         )
-    except (OSError, ValueError, UserError):
+    except (ValueError, UserError):
         return False
 
 
@@ -432,7 +433,6 @@ def changed_keys(cfg: dict, run_dir: Path) -> list[tuple[str, Any, Any]]:
     trained for other steps had another schedule. ``data.prepared_dir`` neither (the data
     settings decide the tokens), nor ``nitp.*`` between two NTP configs.
     """
-    from nitp.runs import read_run_config
     from nitp_train.config import RESUMABLE_CHANGES, config_diff
 
     if not (run_dir / "config.yaml").is_file():
@@ -562,7 +562,6 @@ def run_study(
     evaluates and reports. ``dry_run`` only logs :func:`plan_lines`. Returns
     ``OUT/report/report.md`` (or ``OUT`` without a report; None when dry).
     """
-    from nitp.errors import on_interrupt
 
     out = Path(out)
     check_out(spec, out)
@@ -622,8 +621,9 @@ def check_out(spec: StudySpec, out: Path) -> None:
             f"--out {out}: holds study {name!r} ({file}), not {spec.name!r}; choose another --out "
             f"(e.g. runs/{spec.name})"
         )
-    with contextlib.suppress(OSError):  # a moved file (gone) is the same study
-        if file and Path(file) != spec.path and not filecmp.cmp(file, spec.path, shallow=False):
+    other = Path(file) if file and Path(file) != spec.path else None
+    with contextlib.suppress(OSError):  # a moved (gone) or unreadable file is the same study
+        if other and other.is_file() and not filecmp.cmp(other, spec.path, shallow=False):
             raise UserError(  # another file of the same name: it would replace the study's manifest
                 f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
                 f"another --out, or delete {manifest} if this file replaces that one"
@@ -650,8 +650,6 @@ def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, r
             f"cell {name}: --retrain-changed deletes runs: run it once without torchrun "
             f"(nitp-study ... --retrain-changed --dry-run lists them), or delete {out / name}"
         )
-    from nitp.io import discard_folder
-    from nitp.runs import run_lock
 
     for name, diff in changed.items():
         log(f"{name}: config changed ({', '.join(k for k, _, _ in diff)}); training it again")
@@ -800,8 +798,6 @@ def _progress_bars(out: Path, steps: dict[str, int]):
     """One progress bar per side-by-side training on a terminal (read from metrics.jsonl); yields
     the function that updates them."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from nitp.io import read_jsonl
 
     columns = (TextColumn("  {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty()) as bar:
