@@ -33,12 +33,14 @@ from .inputs import Model, Study, find_model
 
 # Settings that do not change a score (batching, where data or the device live).
 SETTINGS_IGNORED = {"batch_size", "device", "data_dir", "out", "redo"}
+MAIN_SETTINGS = ("suite", "num_fewshot", "limit", "pooling", "layer", "corpus", "n_tokens")  # a lone group's
 
 # The knobs of the paper's ablations (docs/contracts.md), their names in tables and their defaults
 # where the config model has one (target layer and λ come from the preset): all read from the
 # fields of nitp_train.config_model marked with knob(label, rank).
 KNOBS = {key: label for key, (label, _) in ablation_knobs().items()}
 KNOB_DEFAULTS = {key: default for key, (_, default) in ablation_knobs().items() if default is not None}
+NITP_KNOBS = [k for k in KNOBS if k.startswith("nitp.")]
 # An ablation must agree with its reference on these (else it is a different study).
 STUDY_KEYS = (
     "seed",
@@ -64,9 +66,7 @@ class SettingsGroup:
     def latest(self, model: Model) -> dict | None:
         """The model's record at its newest step (the newest written on a tie)."""
         recs = self.records.get(model.key) or []
-        if not recs:
-            return None
-        return max(recs, key=lambda r: (_step(r), r.get("created") or ""))
+        return max(recs, key=lambda r: (_step(r), r.get("created") or ""), default=None)
 
     def by_step(self, model: Model) -> list[dict]:
         """One record per step, oldest step first (the newest written wins a tie)."""
@@ -81,9 +81,12 @@ def _step(record: dict) -> int:
     return step if isinstance(step, int) else -1
 
 
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def settings_key(record: dict) -> str:
-    kept = {k: v for k, v in record["settings"].items() if k not in SETTINGS_IGNORED}
-    return json.dumps(kept, sort_keys=True, default=str)
+    return _dump({k: v for k, v in record["settings"].items() if k not in SETTINGS_IGNORED})
 
 
 def settings_groups(models: list[Model], kind: str) -> list[SettingsGroup]:
@@ -100,22 +103,12 @@ def settings_groups(models: list[Model], kind: str) -> list[SettingsGroup]:
 
 
 def describe_groups(groups: list[SettingsGroup]) -> None:
-    """Name each group by the settings that tell it apart (all of them when it is alone)."""
+    """Name each group by the settings that tell it apart (its main settings when it is alone)."""
     keys = sorted({k for g in groups for k in g.settings})
-    differing = [
-        k
-        for k in keys
-        if len({json.dumps(g.settings.get(k), sort_keys=True, default=str) for g in groups}) > 1
-    ]
-    shown = (
-        differing
-        if len(groups) > 1
-        else [
-            k
-            for k in ("suite", "num_fewshot", "limit", "pooling", "layer", "corpus", "n_tokens")
-            if k in keys
-        ]
-    )
+    if len(groups) > 1:
+        shown = [k for k in keys if len({_dump(g.settings.get(k)) for g in groups}) > 1]
+    else:
+        shown = [k for k in MAIN_SETTINGS if k in keys]
     for g in groups:
         g.description = ", ".join(f"{k}={_short(g.settings.get(k))}" for k in shown) or "default settings"
 
@@ -225,11 +218,7 @@ def _size_of(model: Model) -> str:
         return "other models"
     cfg = (model.config or {}).get("model") or {}
     size = str(model.preset or "unknown size")
-    return (
-        size
-        if "hidden_size" not in cfg
-        else f"{size}|d={cfg['hidden_size']},L={cfg.get('num_hidden_layers')}"
-    )
+    return f"{size}|d={cfg['hidden_size']},L={cfg.get('num_hidden_layers')}" if "hidden_size" in cfg else size
 
 
 def arrange(study: Study, baseline: str | None = None) -> Layout:
@@ -254,18 +243,10 @@ def arrange(study: Study, baseline: str | None = None) -> Layout:
     for m in study.models:
         by_size.setdefault(_size_of(m), []).append(m)
     presets = [s.split("|")[0] for s in by_size]
-    order = list(PRESETS)
-
-    def rank(size: str) -> tuple:
-        preset = size.split("|")[0]
-        return (
-            size == "other models",
-            order.index(preset) if preset in order else len(order),
-            list(by_size).index(size),
-        )
-
+    order = {preset: i for i, preset in enumerate(PRESETS)}
     layout = Layout(blocks=[])
-    for size in sorted(by_size, key=rank):
+    # presets in their table's order, "other models" last; ties keep the input order (sorted is stable)
+    for size in sorted(by_size, key=lambda s: (s == "other models", order.get(s.split("|")[0], len(order)))):
         preset = size.split("|")[0]
         shown = preset if presets.count(preset) == 1 else size.replace("|", " ")  # dims only when needed
         layout.blocks.append(_arrange_block(shown, by_size[size], layout.notes))
@@ -280,17 +261,13 @@ def _against(study: Study, base: Model, notes: list[str]) -> Layout:
 
 
 def _arrange_block(size: str, models: list[Model], notes: list[str]) -> SizeBlock:
-    block = SizeBlock(size=size)
     ntp = [m for m in models if m.role == "ntp"]
     nitp = [m for m in models if m.role == "nitp"]
-    block.baseline = ntp[0] if ntp else None
-    block.reference = _pick_reference(nitp)
-    nitp_knobs = [k for k in KNOBS if k.startswith("nitp.")]
-    candidates = [(m, block.reference, nitp_knobs) for m in nitp if m is not block.reference]
+    block = SizeBlock(size, baseline=ntp[0] if ntp else None, reference=_pick_reference(nitp))
+    candidates = [(m, block.reference, NITP_KNOBS) for m in nitp if m is not block.reference]
     candidates += [(m, block.baseline, ["cos_reg.weight"]) for m in models if m.role == "cos_reg"]
     for model, base, knobs in candidates:
-        knob = _single_knob(model, base, knobs)
-        if knob:
+        if knob := _single_knob(model, base, knobs):
             block.ablations.setdefault(knob, []).append(model)
         else:
             block.others.append(model)
@@ -313,21 +290,19 @@ def _pick_reference(nitp: list[Model]) -> Model | None:
     """The NITP run with the paper's default knobs, else the one closest to the typical knobs."""
     if len(nitp) <= 1:
         return nitp[0] if nitp else None
-    knobs = [k for k in KNOBS if k.startswith("nitp.")]
     defaults = [
         m
         for m in nitp
-        if m.config is not None and all(config_value(m, k) == _knob_default(m, k) for k in knobs)
+        if m.config is not None and all(config_value(m, k) == _knob_default(m, k) for k in NITP_KNOBS)
     ]
     if defaults:
         return defaults[0]
-    typical = {
-        k: Counter(json.dumps(config_value(m, k), default=str) for m in nitp).most_common(1)[0][0]
-        for k in knobs
-    }
-    return min(
-        nitp, key=lambda m: sum(json.dumps(config_value(m, k), default=str) != typical[k] for k in knobs)
-    )
+
+    def knob(m: Model, k: str) -> str:
+        return json.dumps(config_value(m, k), default=str)
+
+    typical = {k: Counter(knob(m, k) for m in nitp).most_common(1)[0][0] for k in NITP_KNOBS}
+    return min(nitp, key=lambda m: sum(knob(m, k) != typical[k] for k in NITP_KNOBS))
 
 
 def _single_knob(model: Model, base: Model | None, knobs: list[str]) -> str | None:

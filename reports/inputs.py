@@ -59,8 +59,7 @@ class Model:
     def step(self) -> int | None:
         """The newest step anything in the inputs knows of (records or metrics)."""
         steps = [r["model"].get("step") for r in self.records] + [m.get("step") for m in self.metrics]
-        steps = [s for s in steps if isinstance(s, int)]
-        return max(steps) if steps else None
+        return max([s for s in steps if isinstance(s, int)], default=None)
 
     @property
     def tokens(self) -> int | None:
@@ -74,10 +73,9 @@ class Model:
 
 @dataclass
 class Study:
-    """Every model of a comparison, in input order, plus notes for the report."""
+    """Every model of a comparison, in input order, the inputs as given and the speed records."""
 
     models: list[Model]
-    notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     speed: list[dict] = field(default_factory=list)  # kind "speed": benchmark measurements, no model
 
@@ -104,7 +102,6 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
     models: dict[str, Model] = {}
     seen_records: set[Path] = set()
     study = Study(models=[])
-    speed: list[dict] = study.speed
     for raw in inputs:
         path = Path(raw).expanduser()
         study.sources.append(str(raw))
@@ -112,11 +109,11 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
             raise UserError(
                 f"{raw}: no such file or directory (give a run directory or a result record .json)"
             )
+        owner, found = None, [path]
         if path.is_dir() and (path / "config.yaml").is_file():
-            model = _run_model(path, models)
-            for rec_path in sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []:
-                _add_record(rec_path, models, seen_records, speed, owner=model)
-        elif path.is_dir() and is_model_dir(path):
+            owner = _run_model(path, models)
+            found = sorted((path / "results").rglob("*.json")) if (path / "results").is_dir() else []
+        elif is_model_dir(path) if path.is_dir() else path.suffix.lower() == ".gguf":
             raise UserError(_checkpoint_hint(raw, path))
         elif path.is_dir():
             found = [p for p in sorted(path.rglob("*.json")) if _may_be_record(p, path)]
@@ -124,14 +121,10 @@ def load_inputs(inputs: list[str | os.PathLike], labels: dict[str, str] | None =
                 raise UserError(
                     f"{raw}: neither a run directory (no config.yaml) nor a folder of result records (no *.json)"
                 )
-            for rec_path in found:
-                _add_record(rec_path, models, seen_records, speed)
-        elif path.suffix == ".json":
-            _add_record(path, models, seen_records, speed)
-        elif path.suffix.lower() == ".gguf":
-            raise UserError(_checkpoint_hint(raw, path))
-        else:
+        elif path.suffix != ".json":
             raise UserError(f"{raw}: not a run directory or a result record (.json)")
+        for rec_path in found:
+            _add_record(rec_path, models, seen_records, study.speed, owner=owner)
     study.models = list(models.values())
     assign_labels(study.models, labels or {})
     return study
@@ -150,9 +143,8 @@ def _checkpoint_hint(raw, path: Path) -> str:
 def _may_be_record(path: Path, root: Path) -> bool:
     """A JSON file below a scanned folder that may be a record: not hidden, not a model folder's
     own files (config.json, tokenizer.json beside the weights), not a run's tracker state."""
-    if any(part.startswith(".") for part in path.relative_to(root).parts):
-        return False
-    return not is_model_dir(path.parent) and path.name != "trackers.json"
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and not is_model_dir(path.parent) and path.name != "trackers.json"
 
 
 NOT_A_RECORD_HINT = (
@@ -173,7 +165,7 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
         ) from None
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_jsonl(metrics_path) if metrics_path.is_file() else []
-    model = Model(
+    models[key] = Model(
         key=key,
         name=str(config.get("run_name") or run_dir.name),
         run_dir=run_dir,
@@ -182,8 +174,7 @@ def _run_model(run_dir: Path, models: dict[str, Model]) -> Model:
         objective=config.get("objective"),
         preset=(config.get("model") or {}).get("preset"),
     )
-    models[key] = model
-    return model
+    return models[key]
 
 
 def _add_record(
@@ -211,17 +202,14 @@ def _add_record(
     if record.get("kind") == "speed":  # a side-by-side benchmark of a preset, not a model's score
         speed.append(record)
         return
-    info = record["model"]
-    model = owner  # records under RUN/results/ are RUN's (also in a copied or moved run)
+    info, model = record["model"], owner  # records under RUN/results/ are RUN's (also copied or moved)
     run = info.get("run")
-    if model is None:
-        if run and (Path(run) / "config.yaml").is_file():
-            model = _run_model(Path(run), models)
-        else:
-            key = f"run:{run}" if run else f"model:{info.get('name')}-{str(info.get('hash') or '')[:8]}"
-            model = models.setdefault(
-                key, Model(key=key, name=str(info.get("name") or Path(str(info.get("path"))).name))
-            )
+    if model is None and run and (Path(run) / "config.yaml").is_file():
+        model = _run_model(Path(run), models)
+    elif model is None:
+        key = f"run:{run}" if run else f"model:{info.get('name')}-{str(info.get('hash') or '')[:8]}"
+        name = str(info.get("name") or Path(str(info.get("path"))).name)
+        model = models.setdefault(key, Model(key=key, name=name))
     model.records.append(record)
     # A plain model (or a run whose config is gone) learns objective and size from its records.
     model.objective = model.objective or info.get("objective")
@@ -231,14 +219,10 @@ def _add_record(
 # ----------------------------------------------------------------------------- labels
 def default_label(model: Model) -> str:
     """``"<OBJECTIVE> <preset> @<step>"``; a plain model keeps its folder name."""
+    step = "" if model.step is None else f" @{model.step}"
     if model.role == "other":
-        return model.name if model.step is None else f"{model.name} @{model.step}"
-    parts = [OBJECTIVE_NAMES[model.role]]
-    if model.preset:
-        parts.append(str(model.preset))
-    if model.step is not None:
-        parts.append(f"@{model.step}")
-    return " ".join(parts)
+        return f"{model.name}{step}"
+    return OBJECTIVE_NAMES[model.role] + (f" {model.preset}" if model.preset else "") + step
 
 
 def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
@@ -255,9 +239,7 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
             model.label = f"{model.label[:-1]}, {model.run_dir or model.key})"
     unused = dict(renames)
     for model, label in zip(models, defaults):
-        names = {model.name, label, model.label}
-        if model.run_dir is not None:
-            names |= {str(model.run_dir), str(model.run_dir.resolve()), model.run_dir.name}
+        names = {model.name, label, model.label} | _run_names(model)
         for old in list(unused):
             if old in names:
                 model.label = unused.pop(old)
@@ -265,17 +247,19 @@ def assign_labels(models: list[Model], renames: dict[str, str]) -> None:
         known = ", ".join(sorted({m.name for m in models} | {m.label for m in models}))
         raise UserError(f"--label {next(iter(unused))}=...: no model of that name (known: {known})")
     labels = [m.label for m in models]
-    clash = next((x for x in labels if labels.count(x) > 1), None)
-    if clash:
+    if clash := next((x for x in labels if labels.count(x) > 1), None):
         raise UserError(f"two models would share the label {clash!r}; give each its own --label")
+
+
+def _run_names(model: Model) -> set[str]:
+    run = model.run_dir
+    return set() if run is None else {str(run), str(run.resolve()), run.name}
 
 
 def find_model(models: list[Model], name: str, option: str = "--baseline") -> Model:
     """The model named ``name``: its label, run name, default label or run directory."""
     for model in models:
-        names = {model.label, model.name, default_label(model), model.key}
-        if model.run_dir is not None:
-            names |= {str(model.run_dir), str(model.run_dir.resolve()), model.run_dir.name}
+        names = {model.label, model.name, default_label(model), model.key} | _run_names(model)
         if name in names or name.rstrip("/") in names:
             return model
     known = ", ".join(dict.fromkeys(m.label for m in models))

@@ -32,8 +32,11 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,18 +73,7 @@ class Tested:
     @property
     def significant(self) -> bool:
         """The interval excludes 0 and the test (Holm-adjusted when set) is below 1 - confidence."""
-        return is_significant(self.result)
-
-
-def is_significant(result: Any | None) -> bool:
-    """Interval excludes 0 and ``p_holm`` (else ``p_value``; none for a GroupMean) < 1 - confidence.
-
-    Example
-    -------
-    >>> is_significant(stats.GroupMean(5, 0.01, 0.002, 0.02, 0.95, "BCa"))
-    True
-    """
-    return result is not None and result.significant and passes_test(result)
+        return self.result is not None and self.result.significant and passes_test(self.result)
 
 
 def passes_test(result: Any) -> bool:
@@ -162,8 +154,7 @@ def _check_items(score: dict, path, task: str) -> None:
     values = np.concatenate(leaves) if leaves else np.zeros(0)
     if len(values) == 0:
         score.pop("items")
-        score["value"] = None
-        score["items_unavailable"] = NO_ITEMS_REASON
+        score.update(value=None, items_unavailable=NO_ITEMS_REASON)
         return
     for v in values:
         _number(v, path, f"task {task}: an item's {metric}")
@@ -173,38 +164,32 @@ def _check_items(score: dict, path, task: str) -> None:
             f"{path}: task {task}: {metric} items must be 0 or 1 (an answer is right or wrong), found {bad!r}; "
             "the record is damaged or edited, re-run nitp-eval bench"
         )
-    _check_value(score, [np.asarray(c, dtype=float) for c in leaves if len(c)], path, task)
-
-
-def _check_value(score: dict, leaves: list[np.ndarray], path, task: str) -> None:
-    value = score.get("value")
-    if value is None:
-        return
-    pooled = float(np.mean(np.concatenate(leaves)))
-    by_leaf = float(np.mean([np.mean(x) for x in leaves]))
-    if min(abs(value - pooled), abs(value - by_leaf)) > TOLERANCE:
-        n = sum(len(x) for x in leaves)
+    value, leaves = score.get("value"), [np.asarray(c, dtype=float) for c in leaves if len(c)]
+    pooled = float(np.mean(values.astype(float)))
+    by_leaf = float(np.mean([np.mean(x) for x in leaves]))  # lm-eval's mean of a group's subtasks
+    if value is not None and min(abs(value - pooled), abs(value - by_leaf)) > TOLERANCE:
         raise UserError(
-            f"{path}: task {task}: value {value:.6g} disagrees with the mean of its {n} items ({pooled:.6g}); "
-            "the record is damaged or edited, re-run nitp-eval bench"
+            f"{path}: task {task}: value {value:.6g} disagrees with the mean of its {len(values)} items "
+            f"({pooled:.6g}); the record is damaged or edited, re-run nitp-eval bench"
         )
 
 
 def _check_average(scores: dict, path) -> None:
     tasks = scores.get("tasks") or {}
-    if any(s.get("items_unavailable") == NO_ITEMS_REASON for s in tasks.values()):
-        unscored = [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]
+    if unscored := [t for t, s in tasks.items() if s.get("items_unavailable") == NO_ITEMS_REASON]:
         scores["average"] = None
         scores["average_note"] = f"average not shown: it counts {', '.join(unscored)}, scored on no items"
         return
     values = [s.get("value") for s in tasks.values()]
-    average = scores.get("average")
-    if average is None or not values or any(v is None for v in values):
-        return
-    if all("items" in s for s in tasks.values()) and abs(average - float(np.mean(values))) > TOLERANCE:
+    if all("items" in s for s in tasks.values()) and not any(v is None for v in values):
+        _check_mean(path, "average", scores.get("average"), values, "task values", "bench")
+
+
+def _check_mean(path, what: str, value: float | None, parts: list, of: str, command: str) -> None:
+    if value is not None and parts and abs(value - float(np.mean(parts))) > TOLERANCE:
         raise UserError(
-            f"{path}: average {average:.6g} is not the mean of its {len(values)} task values "
-            f"({float(np.mean(values)):.6g}); the record is damaged or edited, re-run nitp-eval bench"
+            f"{path}: {what} {value:.6g} is not the mean of its {len(parts)} {of} ({float(np.mean(parts)):.6g}); "
+            f"the record is damaged or edited, re-run nitp-eval {command}"
         )
 
 
@@ -216,13 +201,8 @@ def _check_mteb(scores: dict, path) -> None:
         _number(value, path, f"group {group}")
     overall = scores.get("overall")
     _number(overall, path, "overall")
-    mains = [(info or {}).get("main_score") for info in tasks.values()]
-    mains = [m for m in mains if m is not None]
-    if overall is not None and mains and abs(overall - float(np.mean(mains))) > TOLERANCE:
-        raise UserError(
-            f"{path}: overall {overall:.6g} is not the mean of its {len(mains)} tasks' main scores "
-            f"({float(np.mean(mains)):.6g}); the record is damaged or edited, re-run nitp-eval mteb"
-        )
+    mains = [m for info in tasks.values() if (m := (info or {}).get("main_score")) is not None]
+    _check_mean(path, "overall", overall, mains, "tasks' main scores", "mteb")
 
 
 def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, str | None] | str:
@@ -230,18 +210,15 @@ def _paired_items(a: dict, b: dict, task: str) -> tuple[np.ndarray, np.ndarray, 
     if a.get("metric") != b.get("metric"):
         return f"the records use different metrics ({a.get('metric')} vs {b.get('metric')})"
     ia, ib = item_scores(a), item_scores(b)
-    for got in (ia, ib):
-        if isinstance(got, str):
-            return got
+    if why := next((got for got in (ia, ib) if isinstance(got, str)), None):
+        return why
     common = [k for k in ia if k in ib]
     if len(common) < 2:
         return f"the records share {len(common)} items (different --limit or data?)"
     note = None
     if len(common) < max(len(ia), len(ib)):
         note = f"{task}: paired on the {len(common)} items both records scored ({len(ia)} and {len(ib)})"
-    x = np.array([ia[k] for k in common])
-    y = np.array([ib[k] for k in common])
-    return x, y, note
+    return np.array([ia[k] for k in common]), np.array([ib[k] for k in common]), note
 
 
 def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
@@ -250,14 +227,9 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
     Parameters
     ----------
     record_a, record_b : bench records (``scores.tasks[task].items``)
-    task : the record's task name (``"analogies"``)
-
-    Returns
-    -------
-    Tested (``scale = 100``: points)
+    task : the record's task name (``"analogies"``); the result's ``scale = 100`` (points)
     """
-    a = record_a["scores"].get("tasks", {}).get(task)
-    b = record_b["scores"].get("tasks", {}).get(task)
+    a, b = (record["scores"].get("tasks", {}).get(task) for record in (record_a, record_b))
     if not a or not b:
         return untested("scored in one record only")
     paired = _paired_items(a, b, task)
@@ -271,29 +243,16 @@ def bench_task(record_a: dict, record_b: dict, task: str) -> Tested:
 
 # Guessing's accuracy per benchmark (1 / choices) where every item has the same number of choices;
 # 0 for generated answers (exact match, last word, code). Others (mixed choice counts) are not judged.
+FOUR_CHOICES = ("mmlu", "ceval", "xiezhi", "arc_challenge", "analogies", "lt_openbookqa", "lt_mmlu")
+BB_BINARY = ("causal_judgment", "navigate", "sports_understanding", "snarks", "anachronisms", "implicatures")
 CHANCE = {
-    "mmlu": 0.25,
+    **dict.fromkeys(("lambada", "bbh", "gsm8k", "lcbench", "next_word"), 0.0),  # generated answers
+    **dict.fromkeys(FOUR_CHOICES, 0.25),
+    **dict.fromkeys(("balanced_copa", "sentiment", "lt_piqa", "lt_boolq"), 0.5),
+    **dict.fromkeys((f"bb_{t}" for t in BB_BINARY), 0.5),
+    **dict.fromkeys(("commonsense_qa", "lt_csqa"), 0.20),
     "mmlu_pro": 0.10,
-    "ceval": 0.25,
-    "xiezhi": 0.25,
-    "lambada": 0.0,
-    "bbh": 0.0,
-    "arc_challenge": 0.25,
-    "commonsense_qa": 0.20,
-    "balanced_copa": 0.5,
-    "gsm8k": 0.0,
-    "lcbench": 0.0,
-    "analogies": 0.25,
-    "next_word": 0.0,
-    "sentiment": 0.5,
-    "lt_csqa": 0.20,
-    "lt_piqa": 0.5,
     "lt_siqa": 1 / 3,
-    "lt_openbookqa": 0.25,
-    "lt_boolq": 0.5,
-    "lt_mmlu": 0.25,
-    **{f"bb_{t}": 0.5 for t in ("causal_judgment", "navigate", "sports_understanding", "snarks")},
-    **{f"bb_{t}": 0.5 for t in ("anachronisms", "implicatures")},
 }
 FLOOR = 0.05  # a generation task whose 95% upper bound of accuracy is below 5 % is at the floor
 
@@ -333,49 +292,35 @@ def identical_flag(result) -> str | None:
 
 
 def bench_average(record_a: dict, record_b: dict) -> Tested:
-    """``b - a`` on the suite average (mean of task values), every item weighted ``1/(T n_t)``.
-
-    ``s_i = N x_i / (T n_t)`` for item i of task t (N paired items, T tasks, n_t items of t):
-    ``mean(s_b - s_a)`` is the mean over tasks of the per-task deltas, tested with
-    :func:`stats.paired_difference` (``kind="continuous"``: paired permutation test, paired
-    bootstrap interval).
-    """
+    """``b - a`` on the suite average (mean of task values): item i of task t scored
+    ``s_i = N x_i / (T n_t)`` (module doc), tested with :func:`stats.paired_difference`
+    (``kind="continuous"``: paired permutation test, paired bootstrap interval)."""
     ta, tb = record_a["scores"].get("tasks", {}), record_b["scores"].get("tasks", {})
     if set(ta) != set(tb):
         only = sorted(set(ta) ^ set(tb))
         return untested(f"the averages are over different tasks ({', '.join(only)} in one record only)")
-    xs, ys, notes = [], [], []
-    for task in ta:
-        paired = _paired_items(ta[task], tb[task], task)
-        if isinstance(paired, str):
-            return untested(f"{task}: {paired}")
-        xs.append(paired[0])
-        ys.append(paired[1])
-        notes += [paired[2]] if paired[2] else []
+    pairs = {task: _paired_items(ta[task], tb[task], task) for task in ta}
+    if why := next((f"{task}: {p}" for task, p in pairs.items() if isinstance(p, str)), None):
+        return untested(why)
+    xs, ys, notes = zip(*pairs.values())
     n_total = sum(len(x) for x in xs)
     weights = [np.full(len(x), n_total / (len(xs) * len(x))) for x in xs]
     x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(weights)
     result = stats.paired_difference(w * x, w * y, kind="continuous")
-    return Tested(result, note="; ".join(notes) or None)
+    return Tested(result, note="; ".join(n for n in notes if n) or None)
 
 
 # ----------------------------------------------------------------------------- MTEB
-def mteb_task_deltas(record_a: dict, record_b: dict) -> dict[str, tuple[str, float]]:
-    """``{task: (group, b - a)}`` of the main scores both MTEB records hold."""
+def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict[str, Tested], Any]:
+    """Per group and ``"Overall"``: the mean of per-task deltas with a bootstrap interval over
+    tasks (:func:`stats.group_mean_interval`); and the sign test over all tasks (or None)."""
     ta, tb = record_a["scores"].get("tasks", {}), record_b["scores"].get("tasks", {})
-    out = {}
+    deltas = {}  # task -> (group, b - a) of the main scores both records hold
     for task, sb in tb.items():
         sa = ta.get(task)
         if sa and sa.get("main_score") is not None and sb.get("main_score") is not None:
             group = str(sb.get("group") or sb.get("type") or "other")
-            out[task] = (group, float(sb["main_score"]) - float(sa["main_score"]))
-    return out
-
-
-def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict[str, Tested], Any]:
-    """Per group and ``"Overall"``: the mean of per-task deltas with a bootstrap interval over
-    tasks (:func:`stats.group_mean_interval`); and the sign test over all tasks (or None)."""
-    deltas = mteb_task_deltas(record_a, record_b)
+            deltas[task] = (group, float(sb["main_score"]) - float(sa["main_score"]))
     out: dict[str, Tested] = {}
     for g in [*groups, "Overall"]:
         values = [d for grp, d in deltas.values() if g in ("Overall", grp)]
@@ -385,8 +330,7 @@ def mteb_groups(record_a: dict, record_b: dict, groups: list[str]) -> tuple[dict
             out[g] = untested(f"fewer than {MIN_TASKS} tasks: no interval over tasks")
         else:
             out[g] = Tested(stats.group_mean_interval(values))
-    sign = stats.sign_test([d for _, d in deltas.values()]) if deltas else None
-    return out, sign
+    return out, (stats.sign_test([d for _, d in deltas.values()]) if deltas else None)
 
 
 # ----------------------------------------------------------------------------- validation CE
@@ -401,19 +345,12 @@ NO_VAL_BATCHES = (
 VAL_SETUP = ("data", "data.seq_len", "log.eval_batches", "train.batch_size")
 
 
-def validation_setup(config: dict | None, skip_data: bool = False) -> dict[str, Any] | None:
+def validation_setup(config: dict, skip_data: bool = False) -> dict[str, Any]:
     """The settings that fix a run's validation batches: the data (the prepared folder's
     fingerprint, else the fingerprint of the data settings; ``skip_data``: not computed),
-    ``seq_len``, ``eval_batches``, ``batch_size``; None without a run config."""
-    if not config:
-        return None
-    data = config.get("data") or {}
-    return {
-        "data": None if skip_data else _data_fingerprint(data),
-        "data.seq_len": data.get("seq_len"),
-        "log.eval_batches": (config.get("log") or {}).get("eval_batches"),
-        "train.batch_size": (config.get("train") or {}).get("batch_size"),
-    }
+    ``seq_len``, ``eval_batches``, ``batch_size``."""
+    setup = {k: (config.get(k.split(".")[0]) or {}).get(k.split(".")[1]) for k in VAL_SETUP[1:]}
+    return {"data": None if skip_data else _data_fingerprint(config.get("data") or {}), **setup}
 
 
 def _data_keys(config: dict) -> dict:
@@ -422,15 +359,10 @@ def _data_keys(config: dict) -> dict:
 
 
 def _data_fingerprint(data: dict) -> str:
-    import json
-    from pathlib import Path
-
     meta = Path(str(data.get("prepared_dir") or "")) / "meta.json"
     if data.get("prepared_dir") and meta.is_file():
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # damaged: fingerprint the settings
             return str(json.loads(meta.read_text())["fingerprint"])
-        except (ValueError, KeyError, TypeError):
-            pass
     from nitp_train.data import data_fingerprint
 
     return data_fingerprint(data)
@@ -465,8 +397,7 @@ def validation_ce(
     """
     na = dict(scale=1.0, higher_is_better=False)
     a, b = line_a.get(VAL_BATCHES_KEY), line_b.get(VAL_BATCHES_KEY)
-    mismatch = validation_mismatch(config_a, config_b) if (config_a or config_b) else None
-    if mismatch:
+    if mismatch := (validation_mismatch(config_a, config_b) if (config_a or config_b) else None):
         return untested(mismatch, **na)
     if not isinstance(a, list) or not isinstance(b, list):
         return untested(NO_VAL_BATCHES, **na)
@@ -480,22 +411,16 @@ def validation_ce(
 
 def permutation_floor(result) -> str | None:
     """A note when p sits at the smallest value an exact paired permutation over n pairs can give."""
-    if getattr(result, "test", None) != "paired-permutation" or result.n > 16:
-        return None
-    floor = 2.0 / 2**result.n
-    if result.p_value <= floor * 1.0001:
-        return f"p = {floor:.3g} is the smallest p {result.n} pairs can give"
-    return None
+    exact = getattr(result, "test", None) == "paired-permutation" and result.n <= 16
+    floor = 2.0 / 2**result.n if exact else 0.0
+    at_floor = exact and result.p_value <= floor * 1.0001
+    return f"p = {floor:.3g} is the smallest p {result.n} pairs can give" if at_floor else None
 
 
 # ----------------------------------------------------------------------------- families
 def holm_family(tests: list[Tested]) -> list[Tested]:
     """Holm-adjust the p-values of one table's tests (GroupMeans and untested cells pass through)."""
-    idx = [
-        i
-        for i, t in enumerate(tests)
-        if t.result is not None and getattr(t.result, "p_value", None) is not None
-    ]
+    idx = [i for i, t in enumerate(tests) if getattr(t.result, "p_value", None) is not None]
     if len(idx) < 2:
         return list(tests)
     adjusted = stats.with_holm([tests[i].result for i in idx])

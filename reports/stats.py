@@ -63,9 +63,7 @@ class _Record:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if hasattr(type(self), "significant"):
-            out["significant"] = self.significant
-        return out
+        return {**out, "significant": self.significant} if isinstance(self, _Interval) else out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
@@ -74,12 +72,16 @@ class _Record:
         return cls(**fields)
 
 
-def _excludes_zero(low: float | None, high: float | None) -> bool:
-    return low is not None and high is not None and (low > 0 or high < 0)
+class _Interval(_Record):
+    """A result with an interval of the delta: ``significant`` = the interval excludes 0."""
+
+    @property
+    def significant(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None and (self.ci_low > 0 or self.ci_high < 0)
 
 
 @dataclass(frozen=True)
-class Comparison(_Record):
+class Comparison(_Interval):
     """Two models on the same items: ``delta = mean_b - mean_a`` with its interval and test.
 
     ``n01``: items a got wrong (0) and b right (1) -- b's wins; ``n10`` the reverse (McNemar only).
@@ -105,13 +107,9 @@ class Comparison(_Record):
     sd_diff: float | None = None  # sample sd (ddof = 1) of the per-item differences (for power)
     units = "items"
 
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
-
 
 @dataclass(frozen=True)
-class SeedComparison(_Record):
+class SeedComparison(_Interval):
     """Two models trained with the same seeds: mean of per-seed differences ``b - a``.
 
     ``wins``/``losses``/``ties``: seeds where b > a, b < a, b == a. ``unpaired``: seeds only one
@@ -137,10 +135,6 @@ class SeedComparison(_Record):
     sd_diff: float | None = None  # sample sd of the per-seed differences (for power)
     units = "seeds"
 
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
-
 
 @dataclass(frozen=True)
 class Summary(_Record):
@@ -158,7 +152,7 @@ class Summary(_Record):
 
 
 @dataclass(frozen=True)
-class GroupMean(_Record):
+class GroupMean(_Interval):
     """Mean of per-task deltas with a bootstrap interval over tasks (None when ``n = 1``)."""
 
     n: int
@@ -171,10 +165,6 @@ class GroupMean(_Record):
     test: str = "bootstrap"
     sd_diff: float | None = None  # sample sd of the per-task deltas (for power)
     units = "tasks"
-
-    @property
-    def significant(self) -> bool:
-        return _excludes_zero(self.ci_low, self.ci_high)
 
 
 @dataclass(frozen=True)
@@ -204,8 +194,7 @@ def _vector(values: Any, name: str) -> np.ndarray:
         raise UserError(f"{name} must be a list of numbers; got {type(values).__name__}") from None
     if x.ndim != 1:
         raise UserError(f"{name} must be one number per item (1-D); got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x)))
+    if bad := int(np.sum(~np.isfinite(x))):
         raise UserError(f"{name} has {bad} NaN or infinite values; drop or rescore those items")
     return x
 
@@ -237,11 +226,13 @@ def _check_resamples(n_resamples: int) -> int:
 # ---------------------------------------------------------------------------- paired per-item
 
 
-def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(y, axis=axis) - np.mean(x, axis=axis)
+def _resampling(n_resamples: int, n: int, seed: int) -> dict[str, Any]:
+    """scipy's resampling options: vectorised, in batches of at most ``BATCH_ELEMENTS`` values."""
+    batch, rng = max(1, min(n_resamples, BATCH_ELEMENTS // n)), np.random.default_rng(seed)
+    return {"n_resamples": n_resamples, "batch": batch, "vectorized": True, "rng": rng}
 
 
-def _bootstrap_mean_ci(x: np.ndarray, *, confidence, n_resamples, seed, method) -> tuple[float, float, str]:
+def _bootstrap_mean_ci(x, confidence, n_resamples, seed, method="BCa") -> tuple[float, float, str]:
     """scipy's bootstrap interval of ``mean(x)``; BCa falls back to percentile when it cannot be
     computed (NaN: degenerate bootstrap distribution) or ``len(x) > BCA_MAX_N``."""
     from scipy import stats
@@ -250,32 +241,16 @@ def _bootstrap_mean_ci(x: np.ndarray, *, confidence, n_resamples, seed, method) 
         method = "percentile"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's DegenerateDataWarning: handled by the fallback
-        result = stats.bootstrap(
-            (x,),
-            np.mean,
-            n_resamples=n_resamples,
-            batch=max(1, min(n_resamples, BATCH_ELEMENTS // len(x))),
-            vectorized=True,
-            confidence_level=confidence,
-            method=method,
-            rng=np.random.default_rng(seed),
-        )
+        options = {"confidence_level": confidence, "method": method, **_resampling(n_resamples, len(x), seed)}
+        result = stats.bootstrap((x,), np.mean, **options)
     low, high = (float(v) for v in result.confidence_interval)
     if method == "BCa" and not (math.isfinite(low) and math.isfinite(high)):
-        return _bootstrap_mean_ci(
-            x, confidence=confidence, n_resamples=n_resamples, seed=seed, method="percentile"
-        )
+        return _bootstrap_mean_ci(x, confidence, n_resamples, seed, "percentile")
     return low, high, method
 
 
 def paired_bootstrap_interval(
-    a: Any,
-    b: Any,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
-    method: str = "BCa",
+    a: Any, b: Any, *, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0, method: str = "BCa"
 ) -> tuple[float, float, str]:
     """Paired bootstrap interval of ``mean(b) - mean(a)``: items are resampled with their pair.
 
@@ -309,13 +284,7 @@ def paired_bootstrap_interval(
     d = b - a
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0]), "exact"
-    return _bootstrap_mean_ci(
-        d,
-        confidence=_check_confidence(confidence),
-        n_resamples=_check_resamples(n_resamples),
-        seed=seed,
-        method=method,
-    )
+    return _bootstrap_mean_ci(d, _check_confidence(confidence), _check_resamples(n_resamples), seed, method)
 
 
 def mcnemar_exact(a: Any, b: Any) -> tuple[int, int, float]:
@@ -341,12 +310,12 @@ def mcnemar_exact(a: Any, b: Any) -> tuple[int, int, float]:
     from scipy import stats
 
     a, b = _paired_vectors(a, b)
-    _check_binary(a, b)
+    if not _is_binary(a, b):
+        raise UserError("kind='binary' needs 0/1 scores per item; use kind='continuous' for other scores")
     n01 = int(np.sum((a == 0) & (b == 1)))
     n10 = int(np.sum((a == 1) & (b == 0)))
-    if n01 + n10 == 0:
-        return n01, n10, 1.0
-    return n01, n10, float(stats.binomtest(n01, n01 + n10, 0.5).pvalue)
+    p = 1.0 if n01 + n10 == 0 else float(stats.binomtest(n01, n01 + n10, 0.5).pvalue)
+    return n01, n10, p
 
 
 def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int = 0) -> float:
@@ -370,27 +339,19 @@ def paired_permutation_p(a: Any, b: Any, *, n_resamples: int = 10_000, seed: int
     from scipy import stats
 
     a, b = _paired_vectors(a, b)
-    n_resamples = _check_resamples(n_resamples)
+    resampling = _resampling(_check_resamples(n_resamples), len(a), seed)
     result = stats.permutation_test(
         (a, b),
-        _mean_difference,
+        lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis),
         permutation_type="samples",
-        vectorized=True,
-        n_resamples=n_resamples,
-        batch=max(1, min(n_resamples, BATCH_ELEMENTS // len(a))),
         alternative="two-sided",
-        rng=np.random.default_rng(seed),
+        **resampling,
     )
     return float(result.pvalue)
 
 
-def _is_binary(x: np.ndarray) -> bool:
-    return bool(np.all((x == 0) | (x == 1)))
-
-
-def _check_binary(a: np.ndarray, b: np.ndarray) -> None:
-    if not (_is_binary(a) and _is_binary(b)):
-        raise UserError("kind='binary' needs 0/1 scores per item; use kind='continuous' for other scores")
+def _is_binary(*arrays: np.ndarray) -> bool:
+    return all(np.all((x == 0) | (x == 1)) for x in arrays)
 
 
 def paired_difference(
@@ -413,23 +374,14 @@ def paired_difference(
     Parameters
     ----------
     a, b : array_like, shape (n,)
-        Per-item scores, ``a[i]`` and ``b[i]`` of the same item; n >= 2, no NaN.
+        Per-item scores, ``a[i]`` and ``b[i]`` of the same item; n >= 2, no NaN (else UserError).
     kind : {"auto", "binary", "continuous"}
+        ``"binary"`` with scores other than 0/1: UserError.
     confidence : float
         Level of the interval; ``significant`` means it excludes 0.
     n_resamples, seed : int
         Bootstrap resamples and random permutations; the seed makes results reproducible.
     method : {"BCa", "percentile"}
-
-    Returns
-    -------
-    Comparison
-
-    Raises
-    ------
-    UserError
-        Lengths differ, NaN or infinite scores, fewer than 2 items, non-0/1 scores with
-        ``kind="binary"``.
 
     Example
     -------
@@ -444,28 +396,21 @@ def paired_difference(
     low, high, used = paired_bootstrap_interval(
         a, b, confidence=confidence, n_resamples=n_resamples, seed=seed, method=method
     )
-    binary = kind == "binary" or (kind == "auto" and _is_binary(a) and _is_binary(b))
-    n01 = n10 = None
+    binary = kind == "binary" or (kind == "auto" and _is_binary(a, b))
     if binary:
         n01, n10, p = mcnemar_exact(a, b)
     else:
-        p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
-    mean_a, mean_b = float(np.mean(a)), float(np.mean(b))
-    return Comparison(
-        n=len(a),
-        mean_a=mean_a,
-        mean_b=mean_b,
-        delta=float(np.mean(b - a)),
-        ci_low=low,
-        ci_high=high,
-        confidence=confidence,
-        p_value=p,
-        test="mcnemar-exact" if binary else "paired-permutation",
-        interval=used,
-        n01=n01,
-        n10=n10,
-        sd_diff=float(np.std(b - a, ddof=1)),
-    )
+        n01, n10, p = None, None, paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
+    test = "mcnemar-exact" if binary else "paired-permutation"
+    return Comparison(**_paired(a, b, low, high, confidence, p), test=test, interval=used, n01=n01, n10=n10)
+
+
+def _paired(x: np.ndarray, y: np.ndarray, low: float, high: float, confidence: float, p: float) -> dict:
+    """The fields of a paired result (:class:`Comparison`, :class:`SeedComparison`), ``d = y - x``."""
+    d = y - x
+    means = {"mean_a": float(np.mean(x)), "mean_b": float(np.mean(y)), "delta": float(np.mean(d))}
+    interval = {"ci_low": low, "ci_high": high, "confidence": confidence, "p_value": p}
+    return {"n": len(d), **means, **interval, "sd_diff": float(np.std(d, ddof=1))}
 
 
 # -------------------------------------------------------------------------- seeds and means
@@ -504,24 +449,8 @@ def mean_interval(values: Any, confidence: float = 0.95) -> Summary:
     return Summary(len(x), mean, sd, float(low), float(high), confidence)
 
 
-def seed_summary(values: Any, confidence: float = 0.95) -> Summary:
-    """One model's score over training seeds: mean, sd, n and the Student-t interval of the mean.
-
-    ``values``: one score per seed (a list, or a mapping seed -> score). Same computation as
-    :func:`mean_interval`; with one seed the interval is None.
-
-    Example
-    -------
-    >>> seed_summary({0: 0.41, 1: 0.43}).n
-    2
-    """
-    return mean_interval(values, confidence)
-
-
-def _by_seed(scores: Mapping[Any, float], name: str) -> dict[str, float]:
-    if not isinstance(scores, Mapping):
-        raise UserError(f"{name} must map seed -> score (e.g. {{0: 0.41, 1: 0.43}})")
-    return {str(k): v for k, v in scores.items()}
+# One model's score over training seeds (a list, or a mapping seed -> score): the same computation.
+seed_summary = mean_interval
 
 
 def paired_by_seed(
@@ -529,7 +458,8 @@ def paired_by_seed(
 ) -> SeedComparison:
     """Two models trained with the same seeds, paired by seed: ``delta = mean_s (b_s - a_s)``.
 
-    Only seeds both have are paired (keys compared as text, so 0 and "0" from JSON match).
+    Only seeds both have are paired, at least 2 (else UserError; keys compared as text, so 0 and
+    "0" from JSON match).
     Test: paired t-test ``t = mean(d) / (sd(d) / sqrt(n))`` with n - 1 degrees of freedom
     (``scipy.stats.ttest_rel``); interval: its Student-t interval of the mean difference. When
     every seed has the same difference the spread is 0: the interval is that difference and
@@ -539,11 +469,6 @@ def paired_by_seed(
     ----------
     a_by_seed, b_by_seed : mapping seed -> score
 
-    Raises
-    ------
-    UserError
-        Fewer than 2 common seeds.
-
     Example
     -------
     >>> c = paired_by_seed({0: 0.40, 1: 0.42, 2: 0.41}, {0: 0.43, 1: 0.44, 2: 0.42})
@@ -552,7 +477,10 @@ def paired_by_seed(
     """
     from scipy import stats
 
-    a, b = _by_seed(a_by_seed, "a_by_seed"), _by_seed(b_by_seed, "b_by_seed")
+    for name, scores in (("a_by_seed", a_by_seed), ("b_by_seed", b_by_seed)):
+        if not isinstance(scores, Mapping):
+            raise UserError(f"{name} must map seed -> score (e.g. {{0: 0.41, 1: 0.43}})")
+    a, b = ({str(k): v for k, v in scores.items()} for scores in (a_by_seed, b_by_seed))
     seeds = tuple(sorted(set(a) & set(b), key=_seed_order))
     unpaired = tuple(sorted(set(a) ^ set(b), key=_seed_order))
     if len(seeds) < 2:
@@ -572,22 +500,8 @@ def paired_by_seed(
         result = stats.ttest_rel(y, x)
         low, high = (float(v) for v in result.confidence_interval(confidence))
         p = float(result.pvalue)
-    return SeedComparison(
-        n=len(seeds),
-        seeds=seeds,
-        mean_a=float(np.mean(x)),
-        mean_b=float(np.mean(y)),
-        delta=delta,
-        ci_low=low,
-        ci_high=high,
-        confidence=confidence,
-        p_value=p,
-        wins=int(np.sum(d > 0)),
-        losses=int(np.sum(d < 0)),
-        ties=int(np.sum(d == 0)),
-        unpaired=unpaired,
-        sd_diff=float(np.std(d, ddof=1)),
-    )
+    counts = {"wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0)), "ties": int(np.sum(d == 0))}
+    return SeedComparison(**_paired(x, y, low, high, confidence, p), seeds=seeds, **counts, unpaired=unpaired)
 
 
 def _seed_order(seed: str) -> tuple[int, Any]:
@@ -652,13 +566,7 @@ def group_mean_interval(
         return GroupMean(1, mean, None, None, confidence, "none")
     if np.ptp(d) == 0:
         return GroupMean(len(d), mean, mean, mean, confidence, "exact", sd_diff=0.0)
-    low, high, used = _bootstrap_mean_ci(
-        d,
-        confidence=confidence,
-        n_resamples=_check_resamples(n_resamples),
-        seed=seed,
-        method="BCa",
-    )
+    low, high, used = _bootstrap_mean_ci(d, confidence, _check_resamples(n_resamples), seed)
     return GroupMean(len(d), mean, low, high, confidence, used, sd_diff=float(np.std(d, ddof=1)))
 
 
@@ -751,13 +659,6 @@ def format_delta(c: Any, scale: float = 100, digits: int = 1, unit: str = "") ->
 _LABEL = re.compile(r"^\s*(?P<b>.+?)\s+[-−–]\s+(?P<a>.+?)(?:\s+on\s+.+)?\s*$")
 
 
-def _names(label: str, names: tuple[str, str] | None) -> tuple[str, str]:
-    if names is not None:
-        return names
-    m = _LABEL.match(label)
-    return (m["a"], m["b"]) if m else ("a", "b")
-
-
 def verdict(
     label: str,
     c: Any,
@@ -793,7 +694,8 @@ def verdict(
     >>> verdict("NITP - NTP on MTEB STS", g)
     'NITP - NTP on MTEB STS: +0.4 [-1.1, +1.9]: no detectable difference at n = 7 tasks'
     """
-    a_name, b_name = _names(label, names)
+    m = _LABEL.match(label)
+    a_name, b_name = names or ((m["a"], m["b"]) if m else ("a", "b"))
     n = c.n if n_items is None else n_items
     units = units or getattr(c, "units", "items")
     delta = format_delta(c, **shown)

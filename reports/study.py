@@ -47,10 +47,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import filecmp
 import itertools
 import json
 import os
 import re
+import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -58,9 +62,9 @@ from typing import Any, Callable
 import yaml
 
 from nitp import shell
-from nitp.errors import UserError
-from nitp.io import atomic_write_json, atomic_write_text, json_default
-from nitp.runs import checkpoint_step, list_checkpoints, resolve_checkpoint
+from nitp.errors import UserError, on_interrupt
+from nitp.io import atomic_write_json, atomic_write_text, discard_folder, json_default, read_jsonl
+from nitp.runs import checkpoint_step, list_checkpoints, read_run_config, resolve_checkpoint, run_lock
 
 OVERLAY = "overlay"  # the axis whose values are overlay files, not config values
 NO_OVERLAY = (None, "none")
@@ -103,7 +107,6 @@ class Cell:
     settings: dict
     overrides: tuple
     overlay: Path | None
-    preset: str | None
 
 
 # ----------------------------------------------------------------------------- reading a study
@@ -111,14 +114,15 @@ def study_path(path: str | os.PathLike) -> Path:
     """``path`` when it exists, else the shipped study of that name (``quickstart``)."""
     from nitp_train.config import configs_dir
 
-    p = Path(path)
-    if p.is_file():
-        return p
-    for candidate in (configs_dir() / "studies" / p.name, configs_dir() / "studies" / f"{p.name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(f.stem for f in (configs_dir() / "studies").glob("*.yaml"))
+    p, studies = Path(path), configs_dir() / "studies"
+    if found := _first_file(p, studies / p.name, studies / f"{p.name}.yaml"):
+        return found
+    shipped = sorted(f.stem for f in studies.glob("*.yaml"))
     raise UserError(f"study {path}: no such file; give a study YAML or a shipped one ({', '.join(shipped)})")
+
+
+def _first_file(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def load_study(path: str | os.PathLike) -> StudySpec:
@@ -173,10 +177,9 @@ def check_study(spec: StudySpec) -> None:
             raise UserError(f"{where}: cell {cell.name}: {e}") from None
 
 
-def _positive(value: Any, where: str) -> int:
+def _positive(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{where}={value!r}: must be a whole number of at least 1")
-    return value
 
 
 # ----------------------------------------------------------------------------- cells
@@ -209,10 +212,8 @@ def _cell_names(spec: StudySpec, keys: list[str], combos: list[dict]) -> list[st
     still coincide for distinct values (``1`` and ``"1"``, two overlays ``a/x.yaml`` and
     ``b/x.yaml``) get 6 hex digits of the cell's settings; at most 200 bytes (NAME_MAX)."""
     varying = [k for k in keys if len({_identity(c.get(k)) for c in combos}) > 1]
-    names = []
-    for combo in combos:
-        name = "-".join(p for p in (_name_part(k, combo.get(k)) for k in varying if k in combo) if p)
-        names.append(name or spec.name)
+    parts = [[_name_part(k, combo[k]) for k in varying if k in combo] for combo in combos]
+    names = ["-".join(p for p in cell_parts if p) or spec.name for cell_parts in parts]
     counts: dict[str, set] = {}
     for name, combo in zip(names, combos):
         counts.setdefault(name, set()).add(_identity(combo))
@@ -234,9 +235,8 @@ def _digest(text: str, n: int = 6) -> str:
 
 
 def _cell(spec: StudySpec, name: str, combo: dict) -> Cell:
-    overlay = _overlay_path(combo.get(OVERLAY), spec)
     overrides = tuple(_override(k, v) for k, v in combo.items() if k != OVERLAY)
-    return Cell(name, dict(combo), overrides, overlay, spec.preset)
+    return Cell(name, dict(combo), overrides, _overlay_path(combo.get(OVERLAY), spec))
 
 
 def _name_part(key: str, value: Any) -> str:
@@ -260,9 +260,7 @@ def _safe_part(text: str) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return str(value)
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def _override(key: str, value: Any) -> str:
@@ -277,9 +275,9 @@ def _overlay_path(value: Any, spec: StudySpec) -> Path | None:
         return None
     text = str(value)
     ablations = configs_dir() / "ablations"
-    for candidate in (spec.path.parent / text, Path(text), ablations / text, ablations / f"{text}.yaml"):
-        if candidate.is_file():
-            return candidate
+    candidates = (spec.path.parent / text, Path(text), ablations / text, ablations / f"{text}.yaml")
+    if found := _first_file(*candidates):
+        return found
     known = sorted(f.stem for f in ablations.glob("*.yaml"))
     near = difflib.get_close_matches(text, known, n=1)
     hint = f"did you mean {near[0]}?" if near else f"shipped: {', '.join(known)}"
@@ -291,10 +289,7 @@ def _base_config(spec: StudySpec) -> Path | None:
 
     if spec.config is not None:
         local = spec.path.parent / str(spec.config)
-        for candidate in (local, local.with_suffix(".yaml")):
-            if candidate.is_file():
-                return candidate
-        return config_path(spec.config)
+        return _first_file(local, local.with_suffix(".yaml")) or config_path(spec.config)
     if spec.preset in RECIPES:
         return configs_dir() / RECIPES[spec.preset]
     return None
@@ -314,8 +309,7 @@ def cell_config(spec: StudySpec, cell: Cell, data_dir: Path | None = None) -> di
     from nitp_train.config import overlay_keys
 
     overlay = [_override(k, v) for k, v in overlay_keys(cell.overlay).items()] if cell.overlay else []
-    extra = [f"run_name={cell.name}"]
-    cfg = _load(spec, [*overlay, *cell.overrides, *extra])
+    cfg = _load(spec, [*overlay, *cell.overrides, f"run_name={cell.name}"])
     if data_dir is not None and cfg["data"]["prepared_dir"] is None:
         cfg["data"]["prepared_dir"] = str(data_dir)
     if spec.compute_matched and cfg["objective"] == "ntp":
@@ -398,24 +392,18 @@ def _eval_key(spec: StudySpec, run_dir: Path) -> dict:
     checkpoint, or a retrained one under the same name, re-evaluates)."""
     from nitp.runs import weights_hash
 
-    return {
-        "plan": dataclasses.asdict(spec.eval),
-        "checkpoints": [[c.name, weights_hash(c)] for c in _eval_checkpoints(spec, run_dir)],
-    }
+    checkpoints = [[c.name, weights_hash(c)] for c in _eval_checkpoints(spec, run_dir)]
+    return {"plan": dataclasses.asdict(spec.eval), "checkpoints": checkpoints}
 
 
 def _eval_checkpoints(spec: StudySpec, run_dir: Path) -> list[Path]:
-    if spec.eval.checkpoints == "all":
-        return list_checkpoints(run_dir)
-    return [resolve_checkpoint(run_dir)]
+    return list_checkpoints(run_dir) if spec.eval.checkpoints == "all" else [resolve_checkpoint(run_dir)]
 
 
 def _is_evaluated(spec: StudySpec, out: Path, cell: str) -> bool:
     marker = _marker(out, cell)
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()) == json.loads(
+    try:  # a damaged marker (ValueError) or a checkpoint gone (UserError): evaluate again
+        return marker.is_file() and json.loads(marker.read_text()) == json.loads(
             json.dumps(_eval_key(spec, out / cell), default=json_default)
         )
     except (ValueError, UserError):
@@ -445,7 +433,6 @@ def changed_keys(cfg: dict, run_dir: Path) -> list[tuple[str, Any, Any]]:
     trained for other steps had another schedule. ``data.prepared_dir`` neither (the data
     settings decide the tokens), nor ``nitp.*`` between two NTP configs.
     """
-    from nitp.runs import read_run_config
     from nitp_train.config import RESUMABLE_CHANGES, config_diff
 
     if not (run_dir / "config.yaml").is_file():
@@ -476,27 +463,26 @@ def _dotted_get(tree: Any, key: str) -> Any:
 
 def write_manifest(spec: StudySpec, out: Path, cfgs: dict, report: Path | None = None) -> Path:
     """``OUT/study.json``: the study, every cell (settings, overrides, run dir, status), the report."""
-    rows = []
-    for cell in cells(spec):
-        rows.append(
-            {
-                "name": cell.name,
-                "run_dir": str(out / cell.name),
-                "settings": cell.settings,
-                "overrides": list(cell.overrides),
-                "overlay": str(cell.overlay) if cell.overlay else None,
-                "preset": cfgs[cell.name]["model"]["preset"],
-                **cell_status(spec, out, cell, cfgs[cell.name]),
-            }
-        )
-    old = out / MANIFEST
-    if report is None and old.is_file():
+    rows = [
+        {
+            "name": cell.name,
+            "run_dir": str(out / cell.name),
+            "settings": cell.settings,
+            "overrides": list(cell.overrides),
+            "overlay": str(cell.overlay) if cell.overlay else None,
+            "preset": cfgs[cell.name]["model"]["preset"],
+            **cell_status(spec, out, cell, cfgs[cell.name]),
+        }
+        for cell in cells(spec)
+    ]
+    if report is None and (old := out / MANIFEST).is_file():
         with contextlib.suppress(ValueError):
             report = json.loads(old.read_text()).get("report")
+    base = _base_config(spec)
     manifest = {
         "study": spec.name,
         "file": str(spec.path),
-        "base_config": str(_base_config(spec)) if _base_config(spec) else None,
+        "base_config": str(base) if base else None,
         "preset": spec.preset,
         "set": list(spec.set),
         "eval": dataclasses.asdict(spec.eval),
@@ -517,11 +503,10 @@ def plan_lines(spec: StudySpec, out: str | os.PathLike) -> list[str]:
     width = max(len(c.name) for c in all_cells)
     lines = [f"study {spec.name}: {len(all_cells)} cells -> {out}"]
     for cell in all_cells:
-        cfg = cfgs[cell.name]
-        state = cell_status(spec, out, cell, cfg)
+        state = cell_status(spec, out, cell, cfgs[cell.name])
         settings = ", ".join(f"{k}={_text(v)}" for k, v in cell.settings.items()) or "base config"
         progress = f"{state['status']} {state['step']}/{state['steps']}"
-        resolved, batch_plan = apply_plan(cfg, _world_size())
+        resolved, batch_plan = apply_plan(cfgs[cell.name], _world_size())
         plan = plan_summary(resolved, batch_plan)
         lines.append(f"{cell.name:<{width}}  [{progress}]  {settings} | {plan} | {_compute_text(resolved)}")
     lines.append(f"evaluation: {describe_eval(spec.eval)}")
@@ -536,9 +521,8 @@ def _compute_text(cfg: dict) -> str:
     nitp = cfg["objective"] == "nitp"
     per_token = c["ntp_flops_per_token"] + (c["nitp_extra_flops_per_token"] if nitp else 0.0)
     tokens = cfg["train"]["steps"] * cfg["train"]["global_batch"] * cfg["data"]["seq_len"]
-    extra = (
-        f" (NITP +{100 * c['nitp_extra_flops_per_token'] / c['ntp_flops_per_token']:.1f}%)" if nitp else ""
-    )
+    share = c["nitp_extra_flops_per_token"] / c["ntp_flops_per_token"]
+    extra = f" (NITP +{100 * share:.1f}%)" if nitp else ""
     return (
         f"{c['parameters']:,} params, {per_token / 1e6:.3g} MFLOPs/token{extra}, "
         f"{tokens / c['parameters']:.3g} tokens/param, {per_token * tokens:.3g} FLOPs"
@@ -558,9 +542,7 @@ def describe_eval(plan: EvalPlan) -> str:
         amount = f"{tokens:,}" if isinstance(tokens, int) else "the default number of"
         parts.append(f"geom {plan.geom.get('corpus', 'builtin')} {amount} tokens")
     parts.append("every checkpoint" if plan.checkpoints == "all" else "last checkpoint")
-    if plan.report:
-        parts.append("report")
-    return "; ".join(parts)
+    return "; ".join(parts + (["report"] if plan.report else []))
 
 
 # ----------------------------------------------------------------------------- running
@@ -575,15 +557,11 @@ def run_study(
     """Train every cell (or only ``cell``), evaluate them, and write the report.
 
     Resumable: finished cells are skipped, a half-trained cell resumes from its last checkpoint
-    (bit for bit, ``nitp_train.trainer.train(resume=True)``), evaluators reuse their records.
-    A cell whose run was trained with another config (the study file changed) is refused in one
-    line, or with ``retrain_changed`` deleted and trained again; never reused. ``OUT`` holding
-    another study, a run directory or a file is refused (:func:`check_out`).
-    Under torchrun every rank trains; only rank 0 evaluates and reports. ``dry_run`` only logs
-    :func:`plan_lines`. Returns ``OUT/report/report.md`` (or ``OUT`` without a report; None when
-    dry).
+    (bit for bit, ``nitp_train.trainer.train(resume=True)``), evaluators reuse their records; a
+    changed cell and ``OUT``: see the module doc. Under torchrun every rank trains; only rank 0
+    evaluates and reports. ``dry_run`` only logs :func:`plan_lines`. Returns
+    ``OUT/report/report.md`` (or ``OUT`` without a report; None when dry).
     """
-    from nitp.errors import on_interrupt
 
     out = Path(out)
     check_out(spec, out)
@@ -609,15 +587,13 @@ def run_study(
     for c in chosen:
         evaluate_cell(spec, out, c, cfgs[c.name], log)
         write_manifest(spec, out, cfgs)
-    report = None
-    if cell is None and spec.eval.report:
-        from reports.compare import compare
+    if cell is not None or not spec.eval.report:
+        return out
+    from reports.compare import compare
 
-        log(f"report of {len(chosen)} cells -> {out / 'report'}")
-        report = compare(
-            [str(out / c.name) for c in chosen], out / "report", log=lambda m: log(f"  note: {m}")
-        )
-        write_manifest(spec, out, cfgs, report)
+    log(f"report of {len(chosen)} cells -> {out / 'report'}")
+    report = compare([str(out / c.name) for c in chosen], out / "report", log=lambda m: log(f"  note: {m}"))
+    write_manifest(spec, out, cfgs, report)
     return report or out
 
 
@@ -645,19 +621,13 @@ def check_out(spec: StudySpec, out: Path) -> None:
             f"--out {out}: holds study {name!r} ({file}), not {spec.name!r}; choose another --out "
             f"(e.g. runs/{spec.name})"
         )
-    first = _read_bytes(Path(file)) if file and Path(file) != spec.path else None
-    if first is not None and first != _read_bytes(spec.path):  # a moved file (gone) is the same study
-        raise UserError(  # another file of the same name: it would replace the study's manifest
-            f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
-            f"another --out, or delete {manifest} if this file replaces that one"
-        )
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:  # moved or deleted
-        return None
+    other = Path(file) if file and Path(file) != spec.path else None
+    with contextlib.suppress(OSError):  # a moved (gone) or unreadable file is the same study
+        if other and other.is_file() and not filecmp.cmp(other, spec.path, shallow=False):
+            raise UserError(  # another file of the same name: it would replace the study's manifest
+                f"--out {out}: holds study {name!r} of {file}, and {spec.path} is another file; choose "
+                f"another --out, or delete {manifest} if this file replaces that one"
+            )
 
 
 def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, retrain: bool, log) -> None:
@@ -680,8 +650,6 @@ def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, r
             f"cell {name}: --retrain-changed deletes runs: run it once without torchrun "
             f"(nitp-study ... --retrain-changed --dry-run lists them), or delete {out / name}"
         )
-    from nitp.io import discard_folder
-    from nitp.runs import run_lock
 
     for name, diff in changed.items():
         log(f"{name}: config changed ({', '.join(k for k, _, _ in diff)}); training it again")
@@ -691,13 +659,10 @@ def _check_changed(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, r
 
 
 def _train_cells(spec: StudySpec, out: Path, chosen: list[Cell], cfgs: dict, log) -> None:
-    todo = []
-    for c in chosen:
-        run_dir = out / c.name
-        if last_step(run_dir) >= final_step(cfgs[c.name]):
-            log(f"{c.name}: already trained ({run_dir})")
-        else:
-            todo.append(c)
+    done = [c for c in chosen if last_step(out / c.name) >= final_step(cfgs[c.name])]
+    for c in done:
+        log(f"{c.name}: already trained ({out / c.name})")
+    todo = [c for c in chosen if c not in done]
     if todo and _world_size() == 1:  # tokenize once, before trainings start side by side
         from nitp_train.data import prepare
 
@@ -728,7 +693,6 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
     the first failure is raised once all have ended.
     """
     import multiprocessing
-    import time
 
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -737,26 +701,24 @@ def _train_side_by_side(spec: StudySpec, out: Path, todo: list[Cell], cfgs: dict
     ctx = multiprocessing.get_context("spawn")
     pending, running, failed = list(todo), {}, {}
     try:
-        with _ProgressBars(out, {c.name: final_step(cfgs[c.name]) for c in todo}) as bars:
+        with _progress_bars(out, {c.name: final_step(cfgs[c.name]) for c in todo}) as update_bars:
             while pending or running:
                 while pending and len(running) < n:
                     c = pending.pop(0)
                     args = (os.getpid(), cfgs[c.name], out / c.name, logs / f"{c.name}.log")
-                    running[c.name] = ctx.Process(
+                    proc = running[c.name] = ctx.Process(
                         target=_train_worker, args=args, name=f"nitp-study {c.name}"
                     )
-                    running[c.name].start()
-                for name, proc in list(running.items()):
-                    if proc.exitcode is None:
-                        continue
+                    proc.start()
+                for name in [name for name, proc in running.items() if proc.exitcode is not None]:
+                    proc = running.pop(name)
                     proc.join()
-                    del running[name]
                     if proc.exitcode == 0:
                         log(f"{name}: trained ({out / name})")
                     else:
                         failed[name] = _failure(proc.exitcode, logs / f"{name}.log")
                         log(f"{name}: failed ({failed[name]})")
-                bars.update()
+                update_bars()
                 time.sleep(0.25)
     except BaseException:  # SIGTERM / SIGINT (nitp.errors.Interrupted), or anything else: no orphans
         _stop_workers(list(running.values()))
@@ -773,8 +735,6 @@ def _train_worker(parent: int, cfg: dict, run_dir: Path, logfile: Path) -> None:
     Exit codes: 0 trained, 2 bad input (the ``error:`` line is the log's last), 1 a crash (its
     traceback in the log), killed by a signal when the study stopped it.
     """
-    import signal
-    import sys
     import traceback
 
     _die_with_parent(parent)
@@ -800,15 +760,11 @@ def _train_worker(parent: int, cfg: dict, run_dir: Path, logfile: Path) -> None:
 def _die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``
     through ctypes; elsewhere nothing), and exit at once when the parent is already gone."""
-    import signal
-    import sys
-
     if sys.platform.startswith("linux"):
         import ctypes
 
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        with contextlib.suppress(OSError, AttributeError):  # prctl option 1: PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the call above: nothing would kill us
         os._exit(1)
 
@@ -816,8 +772,6 @@ def _die_with_parent(parent: int) -> None:
 def _stop_workers(procs: list, grace_s: float = 10.0) -> None:
     """SIGTERM every worker (a training dies at once: its checkpoints are atomic), SIGKILL what is
     still alive after ``grace_s``, and reap them all."""
-    import time
-
     for proc in procs:
         with contextlib.suppress(OSError, ValueError):
             proc.terminate()
@@ -832,8 +786,6 @@ def _stop_workers(procs: list, grace_s: float = 10.0) -> None:
 
 def _failure(exitcode: int, logfile: Path) -> str:
     """Why a worker failed, in a few words: its ``error:`` line, else its exit code."""
-    import signal
-
     if exitcode < 0:
         return f"killed by {signal.Signals(-exitcode).name}"
     lines = logfile.read_text(errors="replace").splitlines() if logfile.is_file() else []
@@ -841,43 +793,24 @@ def _failure(exitcode: int, logfile: Path) -> str:
     return errors[-1] if errors else f"exit code {exitcode}, a crash"
 
 
-class _ProgressBars:
-    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl)."""
+@contextlib.contextmanager
+def _progress_bars(out: Path, steps: dict[str, int]):
+    """One progress bar per side-by-side training on a terminal (read from metrics.jsonl); yields
+    the function that updates them."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, out: Path, steps: dict[str, int]):
-        self.out, self.steps = out, steps
-        self.bar, self.tasks = None, {}
+    columns = (TextColumn("  {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty()) as bar:
+        tasks = {name: bar.add_task("", total=total, name=name) for name, total in steps.items()}
 
-    def __enter__(self) -> _ProgressBars:
-        import sys
+        def update() -> None:
+            for name, task in tasks.items():
+                path = out / name / "metrics.jsonl"
+                rows = read_jsonl(path) if path.is_file() else []
+                if last := next((r for r in reversed(rows) if "loss_ntp" in r), None):
+                    bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        columns = (
-            TextColumn("  {task.fields[name]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        self.bar = Progress(*columns, TextColumn("{task.description}"), disable=not sys.stderr.isatty())
-        self.bar.__enter__()
-        self.tasks = {
-            name: self.bar.add_task("", total=total, name=name) for name, total in self.steps.items()
-        }
-        return self
-
-    def update(self) -> None:
-        from nitp.io import read_jsonl
-
-        for name, task in self.tasks.items():
-            path = self.out / name / "metrics.jsonl"
-            rows = read_jsonl(path) if path.is_file() else []
-            last = next((r for r in reversed(rows) if "loss_ntp" in r), None)
-            if last:
-                self.bar.update(task, completed=last["step"], description=f"loss_ntp {last['loss_ntp']:.3f}")
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+        yield update
 
 
 def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) -> None:
@@ -895,40 +828,25 @@ def evaluate_cell(spec: StudySpec, out: Path, cell: Cell, cfg: dict, log=print) 
     for b in plan.bench:
         from nitp_eval.bench import BenchSettings, run_bench
 
-        run_bench(
-            ckpts,
-            BenchSettings(
-                suite=b.get("suite"),
-                tasks=b.get("tasks"),
-                limit=b.get("limit"),
-                data_dir=b.get("data_dir"),
-                device=device,
-            ),
-        )
+        chosen = {k: b.get(k) for k in ("suite", "tasks", "limit", "data_dir")}
+        run_bench(ckpts, BenchSettings(**chosen, device=device))
     if plan.mteb is not None:
         from nitp_eval.mteb.run import run_mteb
         from nitp_eval.mteb.settings import MtebSettings
 
         m = plan.mteb
-        settings = MtebSettings(
-            suite=m.get("suite") or ("offline" if not m.get("tasks") else None),
-            tasks=m.get("tasks"),
-            pooling=m.get("pooling", "mean"),
-            layer=m.get("layer", -1),
-            device=device,
-        )
-        run_mteb(ckpts, settings, log=log)
+        kw = {"pooling": m.get("pooling", "mean"), "layer": m.get("layer", -1), "device": device}
+        suite = m.get("suite") or ("offline" if not m.get("tasks") else None)
+        run_mteb(ckpts, MtebSettings(suite=suite, tasks=m.get("tasks"), **kw), log=log)
     if plan.geom is not None:
         from analysis.measure import geom_record
         from analysis.settings import GeomSettings
 
         g = plan.geom
+        kw = {"corpus": g.get("corpus", "builtin"), "layers": g.get("layers"), "device": device}
+        kw |= {"n_tokens": g["tokens"]} if g.get("tokens") else {}
         for ck in ckpts:
-            kw = {"n_tokens": g["tokens"]} if g.get("tokens") else {}
-            settings = GeomSettings(
-                corpus=g.get("corpus", "builtin"), layers=g.get("layers"), device=device, **kw
-            )
-            geom_record(ck, settings, progress=False)
+            geom_record(ck, GeomSettings(**kw), progress=False)
     atomic_write_json(_marker(out, cell.name), _eval_key(spec, run_dir))
 
 
@@ -939,13 +857,8 @@ def cell_command(spec: StudySpec, out: str | os.PathLike, cell: str | None = Non
     Raises a one-line ``UserError`` when a path or name holds a control character (a newline
     would end the line and run the rest as a command).
     """
-    words = [
-        "nitp-study",
-        shell.quote(spec.path, "study file"),
-        "--out",
-        shell.quote(Path(out).resolve(), "--out"),
-    ]
-    return " ".join(words + (["--cell", shell.quote(cell, "--cell")] if cell else []))
+    study, out_q = shell.quote(spec.path, "study file"), shell.quote(Path(out).resolve(), "--out")
+    return f"nitp-study {study} --out {out_q}" + (f" --cell {shell.quote(cell, '--cell')}" if cell else "")
 
 
 def emit_commands(spec: StudySpec, out: str | os.PathLike) -> Path:
@@ -972,7 +885,8 @@ def emit_slurm(spec: StudySpec, out: str | os.PathLike, nodes: int = 1, gpus_per
     log_path = shell.sbatch_quote(f"{str(out).replace('%', '%%')}/logs/slurm-%A_%a.out", "--out")
     job = shell.sbatch_quote(f"nitp-{spec.name}", "study name")
     last = len(names) - 1
-    need = "run this script with sbatch ({} is not set)"
+    needed = ("SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES")
+    need = "\n".join(f': "${{{v}:?run this script with sbatch ({v} is not set)}}"' for v in needed)
     text = f"""#!/bin/bash
 # Study {q(spec.name, "study name")}: {len(names)} cells, one SLURM array task each (written by nitp-study --emit slurm).
 #   sbatch {q(out / "study.sbatch", "--out")}
@@ -985,9 +899,7 @@ def emit_slurm(spec: StudySpec, out: str | os.PathLike, nodes: int = 1, gpus_per
 #SBATCH --gpus-per-node={q(gpus_per_node)}
 #SBATCH --output={log_path}
 set -eu  # no pipefail: head closing the pipe must not fail the hostnames pipeline
-: "${{SLURM_ARRAY_TASK_ID:?{need.format("SLURM_ARRAY_TASK_ID")}}}"
-: "${{SLURM_JOB_NODELIST:?{need.format("SLURM_JOB_NODELIST")}}}"
-: "${{SLURM_NNODES:?{need.format("SLURM_NNODES")}}}"
+{need}
 CELLS=({cells_q})
 CELL="${{CELLS[$SLURM_ARRAY_TASK_ID]:?SLURM_ARRAY_TASK_ID is outside 0..{last}}}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from nitp.errors import user_errors
+from nitp.errors import UserError, user_errors
 
 app = typer.Typer(
     help="Run a study: the cells of a grid (objective x seed x ablation x any config key), scored and reported.",
@@ -51,7 +51,6 @@ def study(
     gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node (--emit slurm)."),
 ) -> None:
     """Train every cell, evaluate it, write OUT/report/ and OUT/study.json; a rerun resumes."""
-    from nitp.errors import UserError
     from reports.study import emit_commands, emit_slurm, load_study, run_study
 
     spec = load_study(study_file)
@@ -64,14 +63,9 @@ def study(
         else:
             typer.echo(emit_commands(spec, out).read_text(), nl=False)
         return
-    result = run_study(
-        spec,
-        out,
-        cell=cell,
-        dry_run=dry_run,
-        log=lambda m: typer.echo(m, err=not dry_run),
-        retrain_changed=retrain_changed,
-    )
+    # --dry-run's plan goes to stdout; a run's progress to stderr
+    log = typer.echo if dry_run else (lambda m: typer.echo(m, err=True))
+    result = run_study(spec, out, cell=cell, dry_run=dry_run, log=log, retrain_changed=retrain_changed)
     if result is not None:
         typer.echo(str(result))
 
