@@ -116,23 +116,20 @@ def rolling(values: np.ndarray, window: int | None = None) -> tuple[np.ndarray, 
     import pandas as pd
 
     window = window or max(3, len(values) // 15)
-    s = pd.Series(values)
-    r = s.rolling(window, center=True, min_periods=1)
+    r = pd.Series(values).rolling(window, center=True, min_periods=1)
     return r.mean().to_numpy(), r.std(ddof=0).fillna(0.0).to_numpy()
 
 
 def _legend_below(fig, axes) -> None:
     """One legend for all panels, under them, with as many columns as the width holds."""
-    handles, labels = [], []
+    entries: dict[str, Any] = {}  # label -> its first handle
     for ax in np.atleast_1d(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
+            entries.setdefault(lab, h)
+    if entries:
         chars_per_row = fig.get_figwidth() * 13  # legend font (8 pt) is about 0.075 in per character
-        ncol = max(1, min(len(labels), int(chars_per_row // (max(map(len, labels)) + 6))))
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
+        ncol = max(1, min(len(entries), int(chars_per_row // (max(map(len, entries)) + 6))))
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=ncol)
 
 
 def _rc():
@@ -141,15 +138,38 @@ def _rc():
     return matplotlib.rc_context(STYLE)
 
 
-# ----------------------------------------------------------------------------- Figure 1a/b
-def plot_training_geometry(models: list[Model], stem: Path) -> list[Path]:
-    """Effective rank and mean cosine of last hidden states vs training step, per run."""
+def _band_panels(panels, lines: dict[str, list], alpha: float):
+    """Two panels over training steps, one per ``(key, title, y label)`` of ``panels``:
+    ``lines[key]`` = ``(label, style, steps, line, band low, band high)`` per line."""
     with _rc():
-        return save_figure(draw_training_geometry(models), stem)
+        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
+        axes = fig.subplots(1, 2)
+        for ax, (key, title, ylabel) in zip(axes, panels):
+            for label, style, steps, line, low, high in lines.get(key, []):
+                ax.plot(steps, line, label=label, lw=1.6, **style)
+                ax.fill_between(steps, low, high, color=style["color"], alpha=alpha, lw=0)
+            ax.set(title=title, xlabel="training step", ylabel=ylabel)
+        _legend_below(fig, axes)
+        return fig
 
 
+def _plots(draw):
+    """The ``plot_*`` twin of ``draw_*``: the same arguments, then ``stem``; writes ``stem.png`` and
+    ``stem.pdf`` and returns their paths."""
+
+    def plot(*args) -> list[Path]:
+        with _rc():
+            return save_figure(draw(*args[:-1]), args[-1])
+
+    plot.__name__ = plot.__qualname__ = draw.__name__.replace("draw_", "plot_", 1)
+    plot.__doc__ = draw.__doc__
+    return plot
+
+
+# ----------------------------------------------------------------------------- Figure 1a/b
 def draw_training_geometry(models: list[Model]):
-    """The figure of :func:`plot_training_geometry` (a matplotlib ``Figure``)."""
+    """Effective rank and mean cosine of last hidden states vs training step, per run (smoothed,
+    band = rolling standard deviation); a matplotlib ``Figure``."""
     panels = [
         ("erank", "(a) Effective rank of last hidden states", "effective rank (covariance)"),
         ("mean_cos", "(b) Mean cosine of last hidden states", "mean pairwise cosine"),
@@ -158,42 +178,25 @@ def draw_training_geometry(models: list[Model]):
     shown = [m for m in models if any(len(data[m.key][k][0]) for k, *_ in panels)]
     if not shown:
         raise NothingToPlot("no run logged erank / mean_cos in metrics.jsonl (train with log.geom_every)")
-    styles = line_styles(shown)
-    with _rc():
-        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
-        axes = fig.subplots(1, 2)
-        for ax, (key, title, ylabel) in zip(axes, panels):
-            for m in shown:
-                steps, values = data[m.key][key]
-                if not len(steps):
-                    continue
+    styles, lines = line_styles(shown), {}
+    for key, *_ in panels:
+        for m in shown:
+            steps, values = data[m.key][key]
+            if len(steps):
                 mean, spread = rolling(values)
+                # an effective rank below 0 does not exist
                 low, high = VALID_RANGE.get(key, (-np.inf, np.inf))
-                ax.plot(steps, mean, label=m.label, lw=1.6, **styles[m.key])
-                ax.fill_between(
-                    steps,
-                    np.clip(mean - spread, low, high),  # an effective rank below 0 does not exist
-                    np.clip(mean + spread, low, high),
-                    color=styles[m.key]["color"],
-                    alpha=0.18,
-                    lw=0,
-                )
-            ax.set(title=title, xlabel="training step", ylabel=ylabel)
-        _legend_below(fig, axes)
-        return fig
+                band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
+                lines.setdefault(key, []).append((m.label, styles[m.key], steps, mean, *band))
+    return _band_panels(panels, lines, 0.18)
+
+
+plot_training_geometry = _plots(draw_training_geometry)
 
 
 # ----------------------------------------------------------------------------- Figure 1c/d
-def plot_bench_curve(
-    models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]], stem: Path
-) -> list[Path]:
-    """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
-    with _rc():
-        return save_figure(draw_bench_curve(models, group, pairs), stem)
-
-
 def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]]):
-    """The figure of :func:`plot_bench_curve`."""
+    """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
     curves = {}
     for m in models:
         pts = [
@@ -214,17 +217,14 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
         ax = fig.subplots()
         for m, pts in curves.values():
             ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3.5, lw=1.6, label=m.label, **styles[m.key])
-        deltas, names = [], []
+        deltas = []  # (last step both scored, base's score, new's score, pair name)
         for pair in pairs:
-            base, new = pair
-            if base.key in curves and new.key in curves:
-                a, b = dict(map(tuple, curves[base.key][1])), dict(map(tuple, curves[new.key][1]))
-                common = sorted(set(a) & set(b))
-                if common:
+            if all(m.key in curves for m in pair):
+                a, b = (dict(map(tuple, curves[m.key][1])) for m in pair)
+                if common := sorted(set(a) & set(b)):
                     step = common[-1]
-                    deltas.append((step, a[step], b[step]))
-                    names.append(getattr(pair, "name", "NITP − NTP"))
-        for step, lo, hi in deltas:
+                    deltas.append((step, a[step], b[step], getattr(pair, "name", "NITP − NTP")))
+        for step, lo, hi, _ in deltas:
             ax.annotate(
                 "",
                 xy=(step, hi),
@@ -246,11 +246,14 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
             ax.set_xlim(left, right + 0.08 * (right - left))  # room for the Δ label
         title = f"Average benchmark score ({_wrap(group.description)})"
         if len(deltas) == 1:
-            step, lo, hi = deltas[0]
-            title += f"\nfinal Δ ({_wrap(names[0], 40)}) = {hi - lo:+.2f} points at step {int(step)}"
+            step, lo, hi, name = deltas[0]
+            title += f"\nfinal Δ ({_wrap(name, 40)}) = {hi - lo:+.2f} points at step {int(step)}"
         ax.set(title=title, xlabel="training step", ylabel="average score (%)")
         _legend_below(fig, ax)
         return fig
+
+
+plot_bench_curve = _plots(draw_bench_curve)
 
 
 def _wrap(text: str, width: int = 60) -> str:
@@ -389,14 +392,8 @@ LAYER_PANELS = [
 ]
 
 
-def plot_layer_profiles(models: list[Model], group: SettingsGroup, stem: Path) -> list[Path]:
-    """Per-layer curves from geom records, with each NITP run's target layer marked."""
-    with _rc():
-        return save_figure(draw_layer_profiles(models, group), stem)
-
-
 def draw_layer_profiles(models: list[Model], group: SettingsGroup):
-    """The figure of :func:`plot_layer_profiles`."""
+    """Per-layer curves from geom records, with each NITP run's target layer marked."""
     data = {}
     for m in models:
         rec = group.latest(m)
@@ -410,11 +407,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             if isinstance(layer.get("layer"), int) and layer["layer"] >= 0
         ]
         if rows:
-            data[m.key] = (
-                m,
-                rows,
-                rec["scores"].get("paper_depth_rule_layer"),
-            )
+            data[m.key] = (m, rows, rec["scores"].get("paper_depth_rule_layer"))
     if not data:
         raise NothingToPlot(
             f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)"
@@ -468,6 +461,9 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
         return fig
 
 
+plot_layer_profiles = _plots(draw_layer_profiles)
+
+
 # ----------------------------------------------------------------------------- forest plot
 @dataclass(frozen=True)
 class ForestRow:
@@ -496,14 +492,9 @@ def forest_rows(table) -> list[ForestRow]:
     return out
 
 
-def plot_forest(rows: list[ForestRow], title: str, xlabel: str, stem: Path) -> list[Path]:
-    """Deltas with their 95% intervals, one line per benchmark / task group, and a zero line."""
-    with _rc():
-        return save_figure(draw_forest(rows, title, xlabel), stem)
-
-
 def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
-    """The figure of :func:`plot_forest`: filled markers where the interval excludes 0 (and p passes)."""
+    """Deltas with their 95% intervals, one line per benchmark / task group, and a zero line;
+    filled markers where the interval excludes 0 (and p passes)."""
     if not rows:
         raise NothingToPlot(f"{title}: no Δ with an interval (records without per-item results?)")
     with _rc():
@@ -528,15 +519,12 @@ def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
         return fig
 
 
+plot_forest = _plots(draw_forest)
+
+
 # ----------------------------------------------------------------------------- seed bands
-def plot_seed_geometry(sets, stem: Path) -> list[Path]:
-    """Effective rank and mean cosine vs step, one band (min-max over seeds) per seed set."""
-    with _rc():
-        return save_figure(draw_seed_geometry(sets), stem)
-
-
 def draw_seed_geometry(sets):
-    """The figure of :func:`plot_seed_geometry`: mean over seeds, shaded min-max across them.
+    """Effective rank and mean cosine vs step per seed set: mean over seeds, shaded min-max across them.
 
     ``sets``: :class:`reports.seeds.SeedSet` list; steps every seed logged are used.
     """
@@ -544,32 +532,24 @@ def draw_seed_geometry(sets):
         ("erank", "(a) Effective rank over seeds", "effective rank (covariance)"),
         ("mean_cos", "(b) Mean cosine over seeds", "mean pairwise cosine"),
     ]
-    curves = {}
-    for s in sets:
-        for key, *_ in panels:
+    lines: dict[str, list] = {}
+    for key, *_ in panels:
+        for s in sets:
             series = [dict(zip(*_series(m, key))) for m in s.models]
             steps = sorted(set.intersection(*(set(x) for x in series))) if series else []
             if steps:
                 values = np.array([[x[st] for st in steps] for x in series])
-                curves[(s.label, key)] = (np.asarray(steps), values)
-    if not curves:
-        raise NothingToPlot("no seed set logged erank / mean_cos at common steps (train with log.geom_every)")
-    colours = {s.label: OBJECTIVE_COLOURS.get(s.role, OBJECTIVE_COLOURS["other"]) for s in sets}
-    with _rc():
-        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
-        axes = fig.subplots(1, 2)
-        for ax, (key, title, ylabel) in zip(axes, panels):
-            for s in sets:
-                if (s.label, key) not in curves:
-                    continue
-                steps, values = curves[(s.label, key)]
-                ax.plot(steps, values.mean(axis=0), color=colours[s.label], lw=1.6, label=s.label)
-                ax.fill_between(
-                    steps, values.min(axis=0), values.max(axis=0), color=colours[s.label], alpha=0.2, lw=0
+                style = {"color": OBJECTIVE_COLOURS.get(s.role, OBJECTIVE_COLOURS["other"])}
+                band = values.min(axis=0), values.max(axis=0)
+                lines.setdefault(key, []).append(
+                    (s.label, style, np.asarray(steps), values.mean(axis=0), *band)
                 )
-            ax.set(title=title, xlabel="training step", ylabel=ylabel)
-        _legend_below(fig, axes)
-        return fig
+    if not lines:
+        raise NothingToPlot("no seed set logged erank / mean_cos at common steps (train with log.geom_every)")
+    return _band_panels(panels, lines, 0.2)
+
+
+plot_seed_geometry = _plots(draw_seed_geometry)
 
 
 # ----------------------------------------------------------------------------- where they differ
@@ -632,65 +612,38 @@ def depth_caption(mteb_sets, geom_sets, sets) -> str:
     )
 
 
-def plot_depth_profiles(mteb_sets, geom_sets, sets, stem: Path) -> list[Path]:
+def draw_depth_profiles(mteb_sets, geom_sets, sets):
     """Where NTP and NITP differ, by depth: MTEB overall score per layer (``nitp-eval mteb
     --layers``) and the per-layer geometry statistics the geom records hold; seed bands
-    (min-max across seeds, line = mean) when a study has several seeds."""
-    with _rc():
-        return save_figure(draw_depth_profiles(mteb_sets, geom_sets, sets), stem)
-
-
-def draw_depth_profiles(mteb_sets, geom_sets, sets):
-    """The figure of :func:`plot_depth_profiles`: one panel per statistic, x = layer, last marked."""
+    (min-max across seeds, line = mean) when a study has several seeds. One panel per
+    statistic, x = layer, last marked."""
     panels = [(f"MTEB overall ({d.description})", "main score (%)", d, 100.0) for d in mteb_sets[:1]]
     panels += [(d.what, d.what, d, 1.0) for d in geom_sets]
     if not panels:
         raise NothingToPlot(
             "no per-layer MTEB records (nitp-eval mteb --layers) or per-layer geometry to draw"
         )
-    styles = line_styles(
-        sorted(
-            {
-                p.model.key: p.model for d in [*mteb_sets[:1], *geom_sets] for p in d.by_model.values()
-            }.values(),
-            key=lambda m: m.key,
-        )
-    )
+    models = {p.model.key: p.model for d in [*mteb_sets[:1], *geom_sets] for p in d.by_model.values()}
+    styles = line_styles([models[k] for k in sorted(models)])
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     with _rc():
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(min(PANEL_WIDTH * cols, 7.0), PANEL_HEIGHT * rows + 0.6), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        fig = _new_figure(cols, PANEL_HEIGHT * rows + 0.6)
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (title, ylabel, depth, scale) in zip(axes, panels):
             last = max(p.position(-1) for p in depth.by_model.values())
-            for model, label, xs, ys, lo, hi in _depth_lines(depth, sets):
+            lines = _depth_lines(depth, sets)
+            for model, label, xs, ys, lo, hi in lines:
                 ax.plot(
                     xs, [scale * y for y in ys], marker="o", ms=3, lw=1.5, label=label, **styles[model.key]
                 )
                 if lo is not None:
-                    ax.fill_between(
-                        xs,
-                        [scale * y for y in lo],
-                        [scale * y for y in hi],
-                        color=styles[model.key]["color"],
-                        alpha=0.2,
-                        lw=0,
-                    )
-            drawn = [
-                scale * y
-                for *_, ys, lo, hi in _depth_lines(depth, sets)
-                for y in (ys + (lo or []) + (hi or []))
-            ]
-            min_span(ax, drawn)
+                    low, high = [scale * y for y in lo], [scale * y for y in hi]
+                    ax.fill_between(xs, low, high, color=styles[model.key]["color"], alpha=0.2, lw=0)
+            min_span(ax, [scale * y for *_, ys, lo, hi in lines for y in ys + (lo or []) + (hi or [])])
             ax.axvline(last, color="0.4", ls=":", lw=1.2, label="last hidden state (after the final norm)")
-            ax.set(
-                title=_wrap(title, 40),
-                xlabel="layer (0 = embeddings)",
-                ylabel=_wrap(ylabel, 32),
-            )
-            ticks = sorted({x for _, _, xs, *_ in _depth_lines(depth, sets) for x in xs})
+            ax.set(title=_wrap(title, 40), xlabel="layer (0 = embeddings)", ylabel=_wrap(ylabel, 32))
+            ticks = sorted({x for _, _, xs, *_ in lines for x in xs})
             if len(ticks) <= 12:
                 ax.set_xticks(ticks, ["last" if t == last else str(t) for t in ticks])
         for ax in axes[len(panels) :]:
@@ -699,14 +652,9 @@ def draw_depth_profiles(mteb_sets, geom_sets, sets):
         return fig
 
 
-def plot_similarity_maps(maps, stem: Path) -> list[Path]:
-    """Heatmaps of CKA (layer i x layer j) from geom records' ``similarity`` sections."""
-    with _rc():
-        return save_figure(draw_similarity_maps(maps), stem)
-
-
 def draw_similarity_maps(maps):
-    """The figure of :func:`plot_similarity_maps`: one heatmap per map, colour scale 0..1."""
+    """Heatmaps of CKA (layer i x layer j) from geom records' ``similarity`` sections: one per map,
+    colour scale 0..1."""
     if not maps:
         raise NothingToPlot("no geom record holds a similarity (CKA) section")
     with _rc():
@@ -735,3 +683,7 @@ def draw_similarity_maps(maps):
             ax.grid(False)
         fig.colorbar(image, ax=list(axes), label=maps[0].what.replace("_", " "), shrink=0.8)
         return fig
+
+
+plot_depth_profiles = _plots(draw_depth_profiles)
+plot_similarity_maps = _plots(draw_similarity_maps)
