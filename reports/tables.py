@@ -39,7 +39,7 @@ from nitp import metrics_registry as registry
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
 from . import paired as P
-from .formats import Table
+from .formats import Table, _is_num
 from .grouping import KNOBS, Layout, Pair, SettingsGroup, SizeBlock, config_value
 from .inputs import Model
 
@@ -459,10 +459,7 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
         )
         tasks = _mteb_tasks(group)
         deltas = [task_deltas(group, b, n) for b, n in pairs]
-        for g in sorted(
-            set(tasks.values()),
-            key=lambda g: (g not in MTEB_GROUPS, MTEB_GROUPS.index(g) if g in MTEB_GROUPS else 0, g),
-        ):
+        for g in _known_first(sorted(set(tasks.values())), MTEB_GROUPS):
             table.new_block()
             for task in [t for t, tg in tasks.items() if tg == g]:
                 values = [
@@ -599,16 +596,9 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
     them shows its top-level numeric statistics instead.
     """
     layers = record["scores"]["layers"]
+    numeric = dict.fromkeys(k for x in layers for k, v in x.items() if k != "layer" and _is_num(v))
     present = [k for k in layer_columns() if any(isinstance(x.get(k), (int, float)) for x in layers)]
-    if not present:
-        present = list(
-            dict.fromkeys(
-                k
-                for x in layers
-                for k, v in x.items()
-                if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool)
-            )
-        )
+    present = present or list(numeric)
     table = Table(
         name,
         f"Per-layer statistics: {model.label}",
@@ -619,8 +609,7 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         emphasis="tested",
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
-    scores = record["scores"]
-    depth_rule = scores.get("paper_depth_rule_layer")
+    depth_rule = record["scores"].get("paper_depth_rule_layer")
     for layer in layers:
         k = layer.get("layer")
         marks = (["NITP target"] if target is not None and k == target else []) + (
@@ -789,21 +778,16 @@ def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
                 f"{block.size}: predicted overhead {100 * extra / train:.1f} % because {overhead_reason(spec, train)} "
                 "(the paper: ~2.3 % predicted, 1.8 % measured at 9B MoE)."
             )
-        table.add(
-            block.size,
-            [
-                d,
-                spec.get("num_hidden_layers"),
-                params["total"] / 1e6,
-                params["active"] / 1e6,
-                12 * d * d / 1e6,
-                train,
-                extra,
-                None if train is None or extra is None else 100.0 * extra / train,
-                _log_time_ratio(block),
-                _benchmark_time_ratio(speed_records, block),
-            ],
-        )
+        sizes = [
+            d,
+            spec.get("num_hidden_layers"),
+            params["total"] / 1e6,
+            params["active"] / 1e6,
+            12 * d * d / 1e6,
+        ]
+        overhead = None if train is None or extra is None else 100.0 * extra / train
+        ratios = [_log_time_ratio(block), _benchmark_time_ratio(speed_records, block)]
+        table.add(block.size, [*sizes, train, extra, overhead, *ratios])
     if not table.rows:
         return None
     table.notes.append(
@@ -876,8 +860,9 @@ def _benchmark_time_ratio(speed_records: list[dict], block: SizeBlock) -> float 
 
 
 # ----------------------------------------------------------------------------- where they differ
-def _depth_label(layer: int) -> str:
-    return "last" if layer == -1 else ("0 (embeddings)" if layer == 0 else str(layer))
+def _depth_label(layer) -> str:
+    """A layer's label: last, 0 (embeddings), k; a layer that is not a number as given."""
+    return {-1: "last", 0: "0 (embeddings)"}.get(layer, str(layer)) if isinstance(layer, int) else str(layer)
 
 
 def depth_mteb_tables(depth_sets) -> list[Table]:
@@ -886,11 +871,9 @@ def depth_mteb_tables(depth_sets) -> list[Table]:
     Rows: every layer any model was scored at, by depth (0 = embeddings, k = block k, last =
     after the final norm); the best layer of each model is bold; "—" = not scored.
     """
-    from .depth import Profile
-
     tables = []
     for i, depth in enumerate(depth_sets):
-        profiles: list[Profile] = list(depth.by_model.values())
+        profiles = list(depth.by_model.values())
         layers = sorted({k for p in profiles for k in p.points}, key=lambda k: (k == -1, k))
         table = Table(
             f"depth-mteb{_suffix(i)}",
@@ -920,13 +903,13 @@ def similarity_tables(maps) -> list[Table]:
         table = Table(
             f"similarity-{slug(m.model.label)}",
             f"{m.what.replace('_', ' ')}: {m.model.label} layer i (rows) x layer j of {m.reference}",
-            [_depth_label(j) if isinstance(j, int) else str(j) for j in m.cols],
+            [_depth_label(j) for j in m.cols],
             higher_is_better=[None] * len(m.cols),
             decimals=3,
             label_header="layer",
         )
         for i, row in zip(m.rows, m.matrix):
-            table.add(_depth_label(i) if isinstance(i, int) else str(i), list(row))
+            table.add(_depth_label(i), list(row))
         tables.append(table)
     return tables
 
