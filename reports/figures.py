@@ -224,13 +224,9 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
                 if common := sorted(set(a) & set(b)):
                     step = common[-1]
                     deltas.append((step, a[step], b[step], getattr(pair, "name", "NITP − NTP")))
+        arrow = {"arrowstyle": "<->", "color": "0.3", "lw": 1}
         for step, lo, hi, _ in deltas:
-            ax.annotate(
-                "",
-                xy=(step, hi),
-                xytext=(step, lo),
-                arrowprops={"arrowstyle": "<->", "color": "0.3", "lw": 1},
-            )
+            ax.annotate("", xy=(step, hi), xytext=(step, lo), arrowprops=arrow)
             ax.annotate(
                 f"{hi - lo:+.2f}",
                 xy=(step, (lo + hi) / 2),
@@ -312,22 +308,11 @@ def draw_nitp_loss(model: Model):
         if log_x:
             ax.set_xscale("log")
         _mark_phases(ax, phases, steps[keep])
-        ax.set(
-            title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}",
-            xlabel="training step",
-            ylabel="NITP loss",
-        )
+        title = f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}"
+        ax.set(title=title, xlabel="training step", ylabel="NITP loss")
         if not phases.initial_min:
-            ax.text(
-                0.5,
-                0.97,
-                "no phases detected (flat, monotone or noisy curve)",
-                transform=ax.transAxes,
-                ha="center",
-                va="top",
-                fontsize=8,
-                color="0.3",
-            )
+            note = "no phases detected (flat, monotone or noisy curve)"
+            ax.text(0.5, 0.97, note, transform=ax.transAxes, ha="center", va="top", fontsize=8, color="0.3")
         _legend_below(fig, ax)
         return fig, phases
 
@@ -347,28 +332,11 @@ def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
         if i % 2 == 0:
             ax.axvspan(a, b, color="0.5", alpha=0.08, lw=0)
         mid = np.sqrt(a * b) if log and a > 0 else (a + b) / 2
-        ax.text(
-            mid,
-            0.98,
-            name,
-            transform=trans,
-            ha="center",
-            va="top",
-            fontsize=10,
-            fontweight="bold",
-            color="0.35",
-        )
+        ax.text(mid, 0.98, name, transform=trans, ha="center", va="top", size=10, weight="bold", color="0.35")
     for point, marker, text in points:
         if point is not None:
-            ax.plot(
-                [point.step],
-                [point.value],
-                marker=marker,
-                ms=7,
-                color="black",
-                ls="none",
-                label=f"{text} {point.value:.3f} @ step {point.step:g}",
-            )
+            label = f"{text} {point.value:.3f} @ step {point.step:g}"
+            ax.plot([point.step], [point.value], marker=marker, ms=7, color="black", ls="none", label=label)
 
 
 # ----------------------------------------------------------------------------- per layer
@@ -423,14 +391,10 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability"
         )
     styles = line_styles([m for m, _, _ in data.values()])
-    targets = sorted(
-        {
-            t
-            for m, _, _ in data.values()
-            if m.role == "nitp" and isinstance(t := config_value(m, "nitp.target_layer"), int)
-        }
-    )
+    nitp_runs = [m for m, _, _ in data.values() if m.role == "nitp"]
+    targets = sorted({t for m in nitp_runs if isinstance(t := config_value(m, "nitp.target_layer"), int)})
     recommended = sorted({r for *_, r in data.values() if isinstance(r, int)})
+    nitp_colour = OBJECTIVE_COLOURS["nitp"]
     with _rc():
         fig = _new_figure(len(panels), PANEL_HEIGHT + 0.5)
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
@@ -440,14 +404,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                 ys = [flat[key] for k, flat in rows if key in flat]
                 ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=m.label, **styles[m.key])
             for t in targets:
-                ax.axvline(
-                    t,
-                    color=OBJECTIVE_COLOURS["nitp"],
-                    ls="--",
-                    lw=1,
-                    alpha=0.8,
-                    label=f"NITP target layer ({t})",
-                )
+                ax.axvline(t, color=nitp_colour, ls="--", lw=1, alpha=0.8, label=f"NITP target layer ({t})")
             for r in recommended:
                 ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"paper depth rule, round(0.21 L) = {r}")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
@@ -504,14 +461,8 @@ def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
         for y, r in zip(ys, rows):
             colour = OBJECTIVE_COLOURS["nitp"] if r.significant else "0.35"
             ax.plot([r.low, r.high], [y, y], color=colour, lw=1.6)
-            ax.plot(
-                [r.delta],
-                [y],
-                marker="o",
-                ms=5,
-                color=colour,
-                markerfacecolor=colour if r.significant else "white",
-            )
+            face = colour if r.significant else "white"
+            ax.plot([r.delta], [y], marker="o", ms=5, color=colour, markerfacecolor=face)
         ax.axvline(0.0, color="0.2", lw=0.9, ls="--")
         ax.set_yticks(ys, [_fill(r.label, 40) for r in rows])
         ax.set(title=_fill(title, 60), xlabel=xlabel)  # wrapped, never cut: the title names the settings
@@ -567,29 +518,13 @@ def _depth_lines(
         used.update(p.model.key for p in members)
         xs = sorted(set.intersection(*(set(map(p.position, p.points)) for p in members)))
         values = [[next(v for k, v in p.points.items() if p.position(k) == x) for p in members] for x in xs]
-        lines.append(
-            (
-                members[0].model,
-                s.label,
-                xs,
-                [float(np.mean(v)) for v in values],
-                [min(v) for v in values],
-                [max(v) for v in values],
-            )
-        )
+        mean, low, high = ([f(v) for v in values] for f in (lambda v: float(np.mean(v)), min, max))
+        lines.append((members[0].model, s.label, xs, mean, low, high))
     for p in profiles.values():
         if p.model.key not in used:
             ordered = sorted(p.points, key=p.position)
-            lines.append(
-                (
-                    p.model,
-                    p.model.label,
-                    [p.position(k) for k in ordered],
-                    [p.points[k] for k in ordered],
-                    None,
-                    None,
-                )
-            )
+            xs, ys = [p.position(k) for k in ordered], [p.points[k] for k in ordered]
+            lines.append((p.model, p.model.label, xs, ys, None, None))
     return lines
 
 
@@ -662,24 +597,13 @@ def draw_similarity_maps(maps):
         axes = np.atleast_1d(fig.subplots(1, len(maps)))
         image = None
         for ax, m in zip(axes, maps):
-            image = ax.imshow(
-                np.asarray(m.matrix, dtype=float),
-                origin="lower",
-                vmin=0.0,
-                vmax=1.0,
-                cmap="viridis",
-                aspect="auto",
-            )
-            names = lambda layers: ["last" if k == -1 else str(k) for k in layers]  # noqa: E731
-            if len(m.cols) <= 16:
-                ax.set_xticks(range(len(m.cols)), names(m.cols))
-            if len(m.rows) <= 16:
-                ax.set_yticks(range(len(m.rows)), names(m.rows))
-            ax.set(
-                title=_wrap(f"{m.model.label} vs {m.reference}", 40),
-                xlabel=f"layer j ({m.reference})",
-                ylabel="layer i",
-            )
+            matrix = np.asarray(m.matrix, dtype=float)
+            image = ax.imshow(matrix, origin="lower", vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            for layers, set_ticks in ((m.cols, ax.set_xticks), (m.rows, ax.set_yticks)):
+                if len(layers) <= 16:
+                    set_ticks(range(len(layers)), ["last" if k == -1 else str(k) for k in layers])
+            title = _wrap(f"{m.model.label} vs {m.reference}", 40)
+            ax.set(title=title, xlabel=f"layer j ({m.reference})", ylabel="layer i")
             ax.grid(False)
         fig.colorbar(image, ax=list(axes), label=maps[0].what.replace("_", " "), shrink=0.8)
         return fig
