@@ -493,14 +493,11 @@ def lm_table(layout: Layout) -> Table | None:
     )
     pending = []
     for block in layout.blocks:
-        rows = {}
-        for model in block.main:
-            line = last_validation(model)
-            if line is not None:
-                rows[model.key] = (
-                    model.label,
-                    [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")],
-                )
+        rows = {
+            m.key: (m.label, [v["step"], v.get("tokens"), v["val_loss"], v.get("val_ppl")])
+            for m in block.main
+            if (v := last_validation(m)) is not None
+        }
         tests = [
             _ce_tests(pair) if {pair.base.key, pair.new.key} <= set(rows) else None for pair in block.pairs
         ]

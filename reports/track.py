@@ -22,6 +22,8 @@ from nitp.errors import UserError
 from nitp.io import hidden_name, read_jsonl
 from nitp.runs import read_run_config
 
+from .outdir import RUN_MARKERS
+
 
 def parse_trackers(text: str) -> list[str]:
     """``"tensorboard,trackio"`` -> ``["tensorboard", "trackio"]``, each checked (``UserError``)."""
@@ -33,9 +35,6 @@ def parse_trackers(text: str) -> list[str]:
     for name in names:
         require(name, where="--to")
     return names
-
-
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
 
 
 def _run_above(path: Path) -> Path | None:
