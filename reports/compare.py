@@ -329,10 +329,8 @@ def models_table(study: Study, layout: Layout) -> Table:
     )
     for m in study.models:
         source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
-        table.add(
-            m.label,
-            [m.objective or "—", m.preset or "—", m.step, m.tokens, roles.get(m.key, "shown as is"), source],
-        )
+        role = roles.get(m.key, "shown as is")
+        table.add(m.label, [m.objective or "—", m.preset or "—", m.step, m.tokens, role, source])
     return table
 
 

@@ -114,10 +114,6 @@ class Table:
         """Every (row, column, Tested) of the table, in row order."""
         return [(r, j, t) for r in self.rows for j, t in sorted(r.tests.items())]
 
-    def column(self, name: str) -> list[Any]:
-        i = self.columns.index(name)
-        return [r.values[i] for r in self.rows]
-
     # --------------------------------------------------------------- bold
     def mark(self) -> None:
         """Set the bold cells: :meth:`mark_tested` or :meth:`mark_best` (``emphasis``)."""
@@ -208,9 +204,7 @@ class Table:
             cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
             label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
             lines.append("| " + " | ".join([label, *cells]) + " |")
-        lines += (
-            [""] + [f"{_md(v)}  " for v in self.verdicts + self.power] + [f"{_md(n)}  " for n in self.notes]
-        )
+        lines += [""] + [f"{_md(v)}  " for v in self.verdicts + self.power + self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_latex(self) -> str:
