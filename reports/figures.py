@@ -42,6 +42,7 @@ import numpy as np
 
 from nitp.io import atomic_write_bytes
 
+from .formats import _is_num
 from .grouping import SettingsGroup, config_value
 from .inputs import Model
 from .phases import NitpPhases, run_phases
@@ -225,18 +226,10 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
                     step = common[-1]
                     deltas.append((step, a[step], b[step], getattr(pair, "name", "NITP − NTP")))
         arrow = {"arrowstyle": "<->", "color": "0.3", "lw": 1}
+        text = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "ha": "left", "fontsize": 8}
         for step, lo, hi, _ in deltas:
             ax.annotate("", xy=(step, hi), xytext=(step, lo), arrowprops=arrow)
-            ax.annotate(
-                f"{hi - lo:+.2f}",
-                xy=(step, (lo + hi) / 2),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                ha="left",
-                fontsize=8,
-                color="0.2",
-            )
+            ax.annotate(f"{hi - lo:+.2f}", xy=(step, (lo + hi) / 2), color="0.2", **text)
         if deltas:
             left, right = ax.get_xlim()
             ax.set_xlim(left, right + 0.08 * (right - left))  # room for the Δ label
@@ -367,12 +360,9 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
         rec = group.latest(m)
         layers = (rec or {}).get("scores", {}).get("layers") or []
         rows = [
-            (
-                layer["layer"],
-                {k: v for k, v in layer.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            )
-            for layer in layers
-            if isinstance(layer.get("layer"), int) and layer["layer"] >= 0
+            (x["layer"], {k: v for k, v in x.items() if _is_num(v)})
+            for x in layers
+            if isinstance(x.get("layer"), int) and x["layer"] >= 0
         ]
         if rows:
             data[m.key] = (m, rows, rec["scores"].get("paper_depth_rule_layer"))
@@ -530,21 +520,18 @@ def _depth_lines(
 
 def depth_caption(mteb_sets, geom_sets, sets) -> str:
     """The caption of :func:`plot_depth_profiles`, naming only what is drawn."""
-    shown = [d for d in [*mteb_sets[:1], *geom_sets]]
+    shown = [*mteb_sets[:1], *geom_sets]
     roles = {p.model.role for d in shown for p in d.by_model.values()}
     who = "both objectives" if {"ntp", "nitp"} <= roles else "each model"
-    what = (["MTEB overall score per layer (nitp-eval mteb --layers)"] if mteb_sets else []) + [
-        d.what for d in geom_sets
-    ]
+    what = ["MTEB overall score per layer (nitp-eval mteb --layers)"] if mteb_sets else []
+    what += [d.what for d in geom_sets]
     bands = any(lo is not None for d in shown for *_, lo, _hi in _depth_lines(d, sets))
-    return (
-        f"By depth, {who}: {'; '.join(what)}. Dotted: the last hidden state (the only layer the paper scores)"
-        + (
-            "; line = mean over seeds, band = min-max across seeds."
-            if bands
-            else "; one run per line (no seed bands)."
-        )
+    tail = (
+        "; line = mean over seeds, band = min-max across seeds."
+        if bands
+        else "; one run per line (no seed bands)."
     )
+    return f"By depth, {who}: {'; '.join(what)}. Dotted: the last hidden state (the only layer the paper scores){tail}"
 
 
 def draw_depth_profiles(mteb_sets, geom_sets, sets):

@@ -361,11 +361,8 @@ def regime_sentence(models: list[Model]) -> str:
         return "The models are not runs of this toolkit, so the regime they reached (tokens per parameter, steps) is unknown."
     tpp = [r["tokens_per_param"] for _, r in runs if r["tokens_per_param"]]
     steps = [r["steps"] for _, r in runs if r["steps"]]
-    reach = (
-        f"{min(tpp):.2g}-{max(tpp):.2g}"
-        if tpp and f"{min(tpp):.2g}" != f"{max(tpp):.2g}"
-        else (f"{tpp[0]:.2g}" if tpp else "?")
-    )
+    low, high = (f"{min(tpp):.2g}", f"{max(tpp):.2g}") if tpp else ("?", "?")
+    reach = low if low == high else f"{low}-{high}"
     below = tpp and max(tpp) < 0.95 * PAPER_TOKENS_PER_PARAM[0]  # 29.9 of a 30 target is there
     where = (
         "below the regime where the paper's objectives separate, so NTP's rank collapse may not have begun"
