@@ -262,11 +262,8 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                 _conclude(
                     table, "bench average", what, delta.tests[len(tasks)], pair, delta.values[-1], group
                 )
-        table.notes.append(
-            "Metrics: "
-            + "; ".join(_task_metric(group, t) for t in tasks)
-            + ". Avg. is the record's suite average."
-        )
+        metrics = "; ".join(_task_metric(group, t) for t in tasks)
+        table.notes.append(f"Metrics: {metrics}. Avg. is the record's suite average.")
         _flags_note(table)
         _steps_note(table)
         tables.append(table)
@@ -275,14 +272,9 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
 
 def _record_notes(label: str, scores: dict, tasks: list[str]) -> list[str]:
     """Why a model's cell is "—" although its record has the task: no items were scored."""
-    empty = [
-        t
-        for t in tasks
-        if (scores.get("tasks", {}).get(t) or {}).get("items_unavailable") == P.NO_ITEMS_REASON
-    ]
-    notes = (
-        [f"{label}: {', '.join(empty)}: {P.NO_ITEMS_REASON} (no items; shown —, never 0)."] if empty else []
-    )
+    reason = P.NO_ITEMS_REASON
+    empty = [t for t in tasks if (scores.get("tasks", {}).get(t) or {}).get("items_unavailable") == reason]
+    notes = [f"{label}: {', '.join(empty)}: {reason} (no items; shown —, never 0)."] if empty else []
     return notes + ([f"{label}: {scores['average_note']}."] if scores.get("average_note") else [])
 
 
@@ -298,8 +290,7 @@ def _power_line(table: Table, test: P.Tested, what: str) -> None:
     """The power sentence of a tested comparison (:mod:`reports.power`) under its verdict."""
     from .power import power_sentence
 
-    line = power_sentence(test, what)
-    if line:
+    if line := power_sentence(test, what):
         table.power.append(line)
 
 
