@@ -184,8 +184,7 @@ def _ledger(report: Report, study: Study, layout: Layout, groups: dict) -> None:
     geom = groups["geom"][0] if groups["geom"] else None
     ledgers = {}
     for i, pair in enumerate(layout.pairs):
-        entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
-        ledgers[pair.name] = entries
+        ledgers[pair.name] = entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
         name = "ledger" if i == 0 else f"ledger-{i + 1}"
         title = f"The paper's claims: {pair.name}"
         if len(layout.pairs) > 1:  # several sizes or pairs: say which one each table is

@@ -101,15 +101,14 @@ def save_figure(fig, stem: Path) -> list[Path]:
 
 
 def _series(model: Model, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key`` in the run's metrics, by step; finite numbers only."""
     rows = sorted(
         (m["step"], float(m[key]))
         for m in model.metrics
         if isinstance(m.get(key), (int, float)) and np.isfinite(m[key])
     )
-    if not rows:
-        return np.zeros(0), np.zeros(0)
-    steps, values = zip(*rows)
-    return np.asarray(steps, dtype=float), np.asarray(values)
+    table = np.asarray(rows, dtype=float).reshape(-1, 2)
+    return table[:, 0], table[:, 1]
 
 
 def rolling(values: np.ndarray, window: int | None = None) -> tuple[np.ndarray, np.ndarray]:

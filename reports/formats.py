@@ -341,9 +341,7 @@ def _clean(v: Any) -> Any:
         f = float(v)
     except (TypeError, ValueError):
         return str(v)
-    if not math.isfinite(f):
-        return None
-    return int(v) if isinstance(v, int) else f
+    return (int(v) if isinstance(v, int) else f) if math.isfinite(f) else None
 
 
 def _is_num(v: Any) -> bool:

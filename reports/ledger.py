@@ -219,7 +219,7 @@ def _phases_entry(pair: Pair) -> Entry:
 def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
     from nitp_train.flops import nitp_flops_per_token, paper_moe_flops_per_token
 
-    from .tables import model_spec, predicted_flops
+    from .tables import model_spec, overhead_reason, predicted_flops
 
     model = pair.new if pair.new.preset else pair.base
     # the paper's Appendix G at 9B-A1B: d 1280, expert 640, 8 routed + 1 shared, 24 layers, V 152064
@@ -232,8 +232,6 @@ def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
         train, extra = predicted_flops(spec, ((model.config or {}).get("data") or {}).get("seq_len"))
         if train and extra:
             flops.value = f"{100 * extra / train:.2f} % predicted at {model.preset}"
-            from .tables import overhead_reason
-
             flops.why += f"; at this size {overhead_reason(spec, train)}"
     time = Entry("NITP wall-clock overhead", "~1.8 % (9B MoE, 5k steps)")
     ratio = _time_ratio(pair, speed)
@@ -392,12 +390,11 @@ def power_table(tables: list[Table]) -> Table | None:
     for t in tables:
         for what, pair, test, _value, extra in t.findings:
             label = f"{pair.new.label} − {pair.base.label}" if shared else pair.name
-            rows = [(what, test)] + (
-                [("mteb sign", Tested(extra, units="tasks"))] if what == "mteb overall" and extra else []
-            )
+            rows = [(what, test)]
+            if what == "mteb overall" and extra:
+                rows.append(("mteb sign", Tested(extra, units="tasks")))
             for name, tested in rows:
-                p = power_of(tested, name) if tested is not None else None
-                if p is None:
+                if tested is None or (p := power_of(tested, name)) is None:
                     continue
                 mde = _mde_text(p, getattr(tested, "scale", 100.0))
                 needed = "—" if p.n_needed is None else f"{p.n_needed:,}"
@@ -431,8 +428,7 @@ def conclusion(
     seeded = any(f[0].endswith("seeds") for t in tables for f in t.findings) or any(
         e.n.endswith("seeds") for entries in ledgers.values() for e in entries
     )
-    objective_pairs = [p for p in layout.pairs if p.objectives]
-    if objective_pairs and not seeded:
+    if any(p.objectives for p in layout.pairs) and not seeded:
         parts.append(
             "There is one seed per objective, so every test below says whether these two checkpoints differ, "
             "not whether the objectives do."

@@ -687,9 +687,8 @@ def _ablation_table(
             shown.append(None if a is None or b is None or model is block.baseline else a - b)
         row = table.add(label, shown)
         if len(cols) > len(keep) and shown[-1] is not None:
-            row.tests = {
-                len(cols) - 1: _ablation_test(block.baseline, model, columns[headline][0], bench, mteb)
-            }
+            test = _ablation_test(block.baseline, model, columns[headline][0], bench, mteb)
+            row.tests = {len(cols) - 1: test}
     table.notes.append("Rows: " + "; ".join(f"{label} = {m.label}" for m, label in rows) + ".")
     if bench:
         table.notes.append(f"Benchmarks: {bench[0].description}.")
