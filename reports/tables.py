@@ -257,11 +257,9 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             continue
         finish_tests(table, BENCH_METHOD)
         for delta, pair, block in pending:
-            if len(tasks) in delta.tests:
+            if (test := delta.tests.get(len(tasks))) is not None:
                 what = f"{_block_prefix(layout, block)}{pair.name} on the average of {len(tasks)} benchmarks"
-                _conclude(
-                    table, "bench average", what, delta.tests[len(tasks)], pair, delta.values[-1], group
-                )
+                _conclude(table, "bench average", what, test, pair, delta.values[-1], group)
         metrics = "; ".join(_task_metric(group, t) for t in tasks)
         table.notes.append(f"Metrics: {metrics}. Avg. is the record's suite average.")
         _flags_note(table)
@@ -797,10 +795,9 @@ def model_spec(model: Model) -> tuple[dict | None, str | None]:
         make_config(spec)  # validates the overrides
         return spec, None
     except UserError as e:
+        note = f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
         try:
-            return resolve_preset(
-                model.preset
-            ), f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
+            return resolve_preset(model.preset), note
         except UserError:
             return None, f"{model.label}: unknown preset {model.preset!r}; no cost row."
 
@@ -814,9 +811,8 @@ def predicted_flops(spec: dict, seq_len: int | None) -> tuple[float | None, floa
     from nitp_train.models import make_config
 
     seq = int(seq_len or spec.get("max_position_embeddings") or 2048)
-    return float(training_flops_per_token(make_config(spec), seq)), float(
-        nitp_flops_per_token(int(spec["hidden_size"]))
-    )
+    train = float(training_flops_per_token(make_config(spec), seq))
+    return train, float(nitp_flops_per_token(int(spec["hidden_size"])))
 
 
 def _log_time_ratio(block: SizeBlock) -> float | None:
@@ -824,11 +820,7 @@ def _log_time_ratio(block: SizeBlock) -> float | None:
         return None
     rates = []
     for m in (block.baseline, block.reference):
-        values = [
-            x["tokens_per_s"]
-            for x in m.metrics
-            if isinstance(x.get("tokens_per_s"), (int, float)) and x["tokens_per_s"] > 0
-        ]
+        values = [v for x in m.metrics if isinstance(v := x.get("tokens_per_s"), (int, float)) and v > 0]
         if not values:
             return None
         rates.append(statistics.median(values))
