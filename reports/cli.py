@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 
 
+def _note(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
 @app.command()
 def compare(
     inputs: List[Path] | None = typer.Argument(
@@ -56,7 +60,7 @@ def compare(
         parse_labels(label),
         per_task=per_task,
         baseline=baseline,
-        log=lambda msg: typer.echo(f"note: {msg}", err=True),
+        log=_note,
     )
     typer.echo(str(path))
 
@@ -157,11 +161,8 @@ def multiplier(
     """Compute multiplier of NITP over NTP from a size ladder: fit, bootstrap interval, per-size ratios, verdict."""
     from reports.multiplier import multiplier_report
 
-    def note(message: str) -> None:
-        typer.echo(f"note: {message}", err=True)
-
     typer.echo(
-        str(multiplier_report(runs, out, n_resamples=resamples, confidence=confidence, seed=seed, log=note))
+        str(multiplier_report(runs, out, n_resamples=resamples, confidence=confidence, seed=seed, log=_note))
     )
 
 

@@ -56,22 +56,15 @@ class Report:
     def table(self, heading: str, table: Table | None) -> None:
         if table is None:  # a builder with nothing to show
             return
-        base = self.out_dir / "tables" / table.name
-        for suffix, text in (
-            (".md", table.to_markdown()),
-            (".tex", table.to_latex()),
-            (".csv", table.to_csv()),
-        ):
-            self.written.add(atomic_write_text(base.with_suffix(suffix), text))
-        links = f"<sub>tables/{table.name}: [md](tables/{table.name}.md) · [tex](tables/{table.name}.tex) · [csv](tables/{table.name}.csv)"
+        files = {"md": (".md", table.to_markdown()), "tex": (".tex", table.to_latex())}
+        files["csv"] = (".csv", table.to_csv())
         if table.tested():
-            self.written.add(
-                atomic_write_text(base.with_name(f"{table.name}.stats.csv"), table.to_stats_csv())
-            )
-            links += f" · [statistics](tables/{table.name}.stats.csv)"
-        links += "</sub>"
+            files["statistics"] = (".stats.csv", table.to_stats_csv())
+        for suffix, text in files.values():
+            self.written.add(atomic_write_text(self.out_dir / "tables" / f"{table.name}{suffix}", text))
+        links = " · ".join(f"[{link}](tables/{table.name}{suffix})" for link, (suffix, _) in files.items())
         self.tables.append(table)
-        self._add(heading, table.to_markdown() + "\n" + links)
+        self._add(heading, table.to_markdown() + f"\n<sub>tables/{table.name}: {links}</sub>")
 
     def figure(self, heading: str, paths: list[Path], caption: str) -> None:
         self.written.update(paths)
@@ -127,7 +120,13 @@ def compare(
 
 def _build(report: Report, study: Study, layout: Layout, per_task: bool, log: Callable[[str], None]) -> None:
     """Every table, figure and note of the report, written under ``report.out_dir``."""
-    _check_kinds(study, report)
+    from .tables import depth_mteb_tables, similarity_tables
+
+    for rec in (rec for model in study.models for rec in model.records):
+        if rec.get("kind") not in KNOWN_KINDS:
+            report.notes.append(
+                f"{rec['_path']}: record kind {rec.get('kind')!r} is not reported (known: bench, mteb, geom, speed)."
+            )
     groups = {kind: settings_groups(study.models, kind) for kind in ("bench", "mteb", "geom")}
     for kind, gs in groups.items():
         if len(gs) > 1:
@@ -137,20 +136,13 @@ def _build(report: Report, study: Study, layout: Layout, per_task: bool, log: Ca
             )
     _tables(report, study, layout, groups, per_task)
     _ledger(report, study, layout, groups)
-    _where_tables(report, study, layout, groups)
-    _figures(report, study, layout, groups)
+    where = where_they_differ(study, layout, groups)
+    for t in depth_mteb_tables(where[0]) + similarity_tables(where[2]):
+        report.table(WHERE, t)
+    _figures(report, study, layout, groups, where)
     _forests(report)
     for line in report.skipped + report.notes:
         log(line)
-
-
-def _check_kinds(study: Study, report: Report) -> None:
-    for model in study.models:
-        for rec in model.records:
-            if rec.get("kind") not in KNOWN_KINDS:
-                report.notes.append(
-                    f"{rec['_path']}: record kind {rec.get('kind')!r} is not reported (known: bench, mteb, geom, speed)."
-                )
 
 
 def _tables(report: Report, study: Study, layout: Layout, groups: dict, per_task: bool) -> None:
@@ -192,8 +184,7 @@ def _ledger(report: Report, study: Study, layout: Layout, groups: dict) -> None:
     geom = groups["geom"][0] if groups["geom"] else None
     ledgers = {}
     for i, pair in enumerate(layout.pairs):
-        entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
-        ledgers[pair.name] = entries
+        ledgers[pair.name] = entries = L.claim_entries(pair, tables, study.models, geom, study.speed)
         name = "ledger" if i == 0 else f"ledger-{i + 1}"
         title = f"The paper's claims: {pair.name}"
         if len(layout.pairs) > 1:  # several sizes or pairs: say which one each table is
@@ -223,125 +214,61 @@ def where_they_differ(study: Study, layout: Layout, groups: dict) -> tuple[list,
     return (mteb, geom, maps) if mteb or maps or beyond_rank else ([], [], [])
 
 
-def _where_tables(report: Report, study: Study, layout: Layout, groups: dict) -> None:
-    from . import tables as T
-
-    mteb, _geom, maps = where_they_differ(study, layout, groups)
-    for t in T.depth_mteb_tables(mteb) + T.similarity_tables(maps):
-        report.table(WHERE, t)
-
-
-def _figures(report: Report, study: Study, layout: Layout, groups: dict) -> None:
+def _figures(report: Report, study: Study, layout: Layout, groups: dict, where: tuple) -> None:
+    """Every figure of the report, drawn in report order; one with nothing to plot is listed as skipped."""
     from rich.console import Console
     from rich.progress import track
 
     from . import figures as F
-
-    figs = report.out_dir / "figures"
-    jobs: list[tuple[str, Callable[[], None]]] = []
-
-    def geometry():
-        paths = F.plot_training_geometry(layout.main, figs / "training_geometry")
-        report.figure(
-            "Training dynamics",
-            paths,
-            "Effective rank and mean cosine of the last hidden states during "
-            "training (smoothed; band = rolling standard deviation).",
-        )
-
-    jobs.append(("training geometry", geometry))
-
     from .seeds import seed_sets
+    from .tables import _suffix, slug
 
-    sets = seed_sets(study.models)
-    if sets:
+    def job(heading: str, caption: str, plot, *args) -> Callable[[], tuple]:
+        return lambda: (heading, plot(*args), caption)
 
-        def seed_geometry():
-            paths = F.plot_seed_geometry(sets, figs / "training_geometry_seeds")
-            report.figure(
-                "Training dynamics",
-                paths,
-                "Effective rank and mean cosine of the last hidden states over seeds "
-                "(line = mean over seeds, band = min-max across seeds).",
-            )
-
-        jobs.append(("seed bands", seed_geometry))
-
+    figs, dynamics = report.out_dir / "figures", "Training dynamics"
+    caption = (
+        "Effective rank and mean cosine of the last hidden states during "
+        "training (smoothed; band = rolling standard deviation)."
+    )
+    jobs = [job(dynamics, caption, F.plot_training_geometry, layout.main, figs / "training_geometry")]
+    if sets := seed_sets(study.models):
+        caption = (
+            "Effective rank and mean cosine of the last hidden states over seeds "
+            "(line = mean over seeds, band = min-max across seeds)."
+        )
+        jobs.append(job(dynamics, caption, F.plot_seed_geometry, sets, figs / "training_geometry_seeds"))
     for i, group in enumerate(groups["bench"]):
-
-        def bench(group=group, i=i):
-            paths = F.plot_bench_curve(
-                layout.main, group, layout.pairs, figs / f"bench_vs_step{'' if i == 0 else f'-{i + 1}'}"
-            )
-            report.figure(
-                "Training dynamics", paths, f"Average benchmark score over checkpoints ({group.description})."
-            )
-
-        jobs.append(("benchmark curve", bench))
-
+        caption = f"Average benchmark score over checkpoints ({group.description})."
+        stem = figs / f"bench_vs_step{_suffix(i)}"
+        jobs.append(job(dynamics, caption, F.plot_bench_curve, layout.main, group, layout.pairs, stem))
     nitp_runs = [m for m in layout.main if m.role == "nitp"]
     if not nitp_runs:
         report.skipped.append("NITP-loss figure skipped: no NITP run among the inputs.")
     for model in nitp_runs:
 
         def loss(model=model):
-            from .tables import slug
-
             phases, paths = F.plot_nitp_loss(model, figs / f"nitp_loss-{slug(model.label)}")
-            report.figure("Training dynamics", paths, f"NITP loss of {model.label}: {phases.describe()}.")
+            return dynamics, paths, f"NITP loss of {model.label}: {phases.describe()}."
 
-        jobs.append(("NITP loss", loss))
-
+        jobs.append(loss)
     for i, group in enumerate(groups["geom"]):
-
-        def layers(group=group, i=i):
-            paths = F.plot_layer_profiles(
-                layout.main, group, figs / f"layer_profiles{'' if i == 0 else f'-{i + 1}'}"
-            )
-            report.figure(
-                "Geometry",
-                paths,
-                f"Per-layer statistics ({group.description}); dashed: the NITP target layer.",
-            )
-
-        jobs.append(("per-layer curves", layers))
-
-    jobs += _where_figures(report, study, layout, groups)
-    for _name, job in track(jobs, description="figures", transient=True, console=Console(stderr=True)):
+        caption = f"Per-layer statistics ({group.description}); dashed: the NITP target layer."
+        stem = figs / f"layer_profiles{_suffix(i)}"
+        jobs.append(job("Geometry", caption, F.plot_layer_profiles, layout.main, group, stem))
+    mteb, geom, maps = where
+    if mteb or geom:
+        sets = seed_sets(layout.main)
+        caption = F.depth_caption(mteb, geom, sets)
+        jobs.append(job(WHERE, caption, F.plot_depth_profiles, mteb, geom, sets, figs / "depth_profiles"))
+    if maps:
+        caption = "CKA of layer i with layer j (1 = the same representation up to rotation and scale)."
+        jobs.append(job(WHERE, caption, F.plot_similarity_maps, maps, figs / "similarity_maps"))
+    for draw in track(jobs, description="figures", transient=True, console=Console(stderr=True)):
         try:
-            job()
+            report.figure(*draw())
         except F.NothingToPlot as e:
             report.skipped.append(f"figure skipped: {e}")
-
-
-def _where_figures(report: Report, study: Study, layout: Layout, groups: dict) -> list:
-    """The jobs that draw the depth profiles and the CKA maps (none when there is nothing to show)."""
-    from . import figures as F
-    from .seeds import seed_sets
-
-    mteb, geom, maps = where_they_differ(study, layout, groups)
-    figs = report.out_dir / "figures"
-    jobs = []
-    if mteb or geom:
-
-        def profiles():
-            sets = seed_sets(layout.main)
-            paths = F.plot_depth_profiles(mteb, geom, sets, figs / "depth_profiles")
-            report.figure(WHERE, paths, F.depth_caption(mteb, geom, sets))
-
-        jobs.append(("depth profiles", profiles))
-    if maps:
-
-        def similarity():
-            paths = F.plot_similarity_maps(maps, figs / "similarity_maps")
-            report.figure(
-                WHERE,
-                paths,
-                "CKA of layer i with layer j (1 = the same representation up to rotation and scale).",
-            )
-
-        jobs.append(("CKA maps", similarity))
-    return jobs
 
 
 FOREST_TABLES = ("bench", "mteb")
@@ -358,16 +285,14 @@ def _forests(report: Report) -> None:
         if not rows:
             report.skipped.append(f"forest plot of {table.name} skipped: no Δ with an interval.")
             continue
-        units = "points (%)" if table.name.startswith("bench") else "points of the main score (%)"
+        bench = table.name.startswith("bench")
+        title = f"{_delta_name(table)}, 95% intervals: {table.title}"
+        units = "points (%)" if bench else "points of the main score (%)"
         paths = F.plot_forest(
-            rows,
-            f"{_delta_name(table)}, 95% intervals: {table.title}",
-            f"Δ in {units}",
-            report.out_dir / "figures" / f"forest-{table.name}",
+            rows, title, f"Δ in {units}", report.out_dir / "figures" / f"forest-{table.name}"
         )
-        heading = "Benchmarks" if table.name.startswith("bench") else "MTEB (frozen representations)"
         report.figure(
-            heading,
+            "Benchmarks" if bench else "MTEB (frozen representations)",
             paths,
             f"Δ with its 95% interval per column of {table.name}; filled = significant (p < 0.05 after Holm), dashed line = no difference.",
         )
@@ -403,10 +328,8 @@ def models_table(study: Study, layout: Layout) -> Table:
     )
     for m in study.models:
         source = str(m.run_dir) if m.run_dir else f"{len(m.records)} record(s)"
-        table.add(
-            m.label,
-            [m.objective or "—", m.preset or "—", m.step, m.tokens, roles.get(m.key, "shown as is"), source],
-        )
+        role = roles.get(m.key, "shown as is")
+        table.add(m.label, [m.objective or "—", m.preset or "—", m.step, m.tokens, role, source])
     return table
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from nitp.io import atomic_write_bytes
 
+from .formats import _is_num
 from .grouping import SettingsGroup, config_value
 from .inputs import Model
 from .phases import NitpPhases, run_phases
@@ -100,15 +101,14 @@ def save_figure(fig, stem: Path) -> list[Path]:
 
 
 def _series(model: Model, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key`` in the run's metrics, by step; finite numbers only."""
     rows = sorted(
         (m["step"], float(m[key]))
         for m in model.metrics
         if isinstance(m.get(key), (int, float)) and np.isfinite(m[key])
     )
-    if not rows:
-        return np.zeros(0), np.zeros(0)
-    steps, values = zip(*rows)
-    return np.asarray(steps, dtype=float), np.asarray(values)
+    table = np.asarray(rows, dtype=float).reshape(-1, 2)
+    return table[:, 0], table[:, 1]
 
 
 def rolling(values: np.ndarray, window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -116,23 +116,20 @@ def rolling(values: np.ndarray, window: int | None = None) -> tuple[np.ndarray, 
     import pandas as pd
 
     window = window or max(3, len(values) // 15)
-    s = pd.Series(values)
-    r = s.rolling(window, center=True, min_periods=1)
+    r = pd.Series(values).rolling(window, center=True, min_periods=1)
     return r.mean().to_numpy(), r.std(ddof=0).fillna(0.0).to_numpy()
 
 
 def _legend_below(fig, axes) -> None:
     """One legend for all panels, under them, with as many columns as the width holds."""
-    handles, labels = [], []
+    entries: dict[str, Any] = {}  # label -> its first handle
     for ax in np.atleast_1d(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
+            entries.setdefault(lab, h)
+    if entries:
         chars_per_row = fig.get_figwidth() * 13  # legend font (8 pt) is about 0.075 in per character
-        ncol = max(1, min(len(labels), int(chars_per_row // (max(map(len, labels)) + 6))))
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
+        ncol = max(1, min(len(entries), int(chars_per_row // (max(map(len, entries)) + 6))))
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=ncol)
 
 
 def _rc():
@@ -141,15 +138,38 @@ def _rc():
     return matplotlib.rc_context(STYLE)
 
 
-# ----------------------------------------------------------------------------- Figure 1a/b
-def plot_training_geometry(models: list[Model], stem: Path) -> list[Path]:
-    """Effective rank and mean cosine of last hidden states vs training step, per run."""
+def _band_panels(panels, lines: dict[str, list], alpha: float):
+    """Two panels over training steps, one per ``(key, title, y label)`` of ``panels``:
+    ``lines[key]`` = ``(label, style, steps, line, band low, band high)`` per line."""
     with _rc():
-        return save_figure(draw_training_geometry(models), stem)
+        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
+        axes = fig.subplots(1, 2)
+        for ax, (key, title, ylabel) in zip(axes, panels):
+            for label, style, steps, line, low, high in lines.get(key, []):
+                ax.plot(steps, line, label=label, lw=1.6, **style)
+                ax.fill_between(steps, low, high, color=style["color"], alpha=alpha, lw=0)
+            ax.set(title=title, xlabel="training step", ylabel=ylabel)
+        _legend_below(fig, axes)
+        return fig
 
 
+def _plots(draw):
+    """The ``plot_*`` twin of ``draw_*``: the same arguments, then ``stem``; writes ``stem.png`` and
+    ``stem.pdf`` and returns their paths."""
+
+    def plot(*args) -> list[Path]:
+        with _rc():
+            return save_figure(draw(*args[:-1]), args[-1])
+
+    plot.__name__ = plot.__qualname__ = draw.__name__.replace("draw_", "plot_", 1)
+    plot.__doc__ = draw.__doc__
+    return plot
+
+
+# ----------------------------------------------------------------------------- Figure 1a/b
 def draw_training_geometry(models: list[Model]):
-    """The figure of :func:`plot_training_geometry` (a matplotlib ``Figure``)."""
+    """Effective rank and mean cosine of last hidden states vs training step, per run (smoothed,
+    band = rolling standard deviation); a matplotlib ``Figure``."""
     panels = [
         ("erank", "(a) Effective rank of last hidden states", "effective rank (covariance)"),
         ("mean_cos", "(b) Mean cosine of last hidden states", "mean pairwise cosine"),
@@ -158,42 +178,25 @@ def draw_training_geometry(models: list[Model]):
     shown = [m for m in models if any(len(data[m.key][k][0]) for k, *_ in panels)]
     if not shown:
         raise NothingToPlot("no run logged erank / mean_cos in metrics.jsonl (train with log.geom_every)")
-    styles = line_styles(shown)
-    with _rc():
-        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
-        axes = fig.subplots(1, 2)
-        for ax, (key, title, ylabel) in zip(axes, panels):
-            for m in shown:
-                steps, values = data[m.key][key]
-                if not len(steps):
-                    continue
+    styles, lines = line_styles(shown), {}
+    for key, *_ in panels:
+        for m in shown:
+            steps, values = data[m.key][key]
+            if len(steps):
                 mean, spread = rolling(values)
+                # an effective rank below 0 does not exist
                 low, high = VALID_RANGE.get(key, (-np.inf, np.inf))
-                ax.plot(steps, mean, label=m.label, lw=1.6, **styles[m.key])
-                ax.fill_between(
-                    steps,
-                    np.clip(mean - spread, low, high),  # an effective rank below 0 does not exist
-                    np.clip(mean + spread, low, high),
-                    color=styles[m.key]["color"],
-                    alpha=0.18,
-                    lw=0,
-                )
-            ax.set(title=title, xlabel="training step", ylabel=ylabel)
-        _legend_below(fig, axes)
-        return fig
+                band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
+                lines.setdefault(key, []).append((m.label, styles[m.key], steps, mean, *band))
+    return _band_panels(panels, lines, 0.18)
+
+
+plot_training_geometry = _plots(draw_training_geometry)
 
 
 # ----------------------------------------------------------------------------- Figure 1c/d
-def plot_bench_curve(
-    models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]], stem: Path
-) -> list[Path]:
-    """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
-    with _rc():
-        return save_figure(draw_bench_curve(models, group, pairs), stem)
-
-
 def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tuple[Model, Model]]):
-    """The figure of :func:`plot_bench_curve`."""
+    """Average benchmark score (record's ``average``, %) vs step, final Δ annotated."""
     curves = {}
     for m in models:
         pts = [
@@ -214,43 +217,31 @@ def draw_bench_curve(models: list[Model], group: SettingsGroup, pairs: list[tupl
         ax = fig.subplots()
         for m, pts in curves.values():
             ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3.5, lw=1.6, label=m.label, **styles[m.key])
-        deltas, names = [], []
+        deltas = []  # (last step both scored, base's score, new's score, pair name)
         for pair in pairs:
-            base, new = pair
-            if base.key in curves and new.key in curves:
-                a, b = dict(map(tuple, curves[base.key][1])), dict(map(tuple, curves[new.key][1]))
-                common = sorted(set(a) & set(b))
-                if common:
+            if all(m.key in curves for m in pair):
+                a, b = (dict(map(tuple, curves[m.key][1])) for m in pair)
+                if common := sorted(set(a) & set(b)):
                     step = common[-1]
-                    deltas.append((step, a[step], b[step]))
-                    names.append(getattr(pair, "name", "NITP − NTP"))
-        for step, lo, hi in deltas:
-            ax.annotate(
-                "",
-                xy=(step, hi),
-                xytext=(step, lo),
-                arrowprops={"arrowstyle": "<->", "color": "0.3", "lw": 1},
-            )
-            ax.annotate(
-                f"{hi - lo:+.2f}",
-                xy=(step, (lo + hi) / 2),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                ha="left",
-                fontsize=8,
-                color="0.2",
-            )
+                    deltas.append((step, a[step], b[step], getattr(pair, "name", "NITP − NTP")))
+        arrow = {"arrowstyle": "<->", "color": "0.3", "lw": 1}
+        text = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "ha": "left", "fontsize": 8}
+        for step, lo, hi, _ in deltas:
+            ax.annotate("", xy=(step, hi), xytext=(step, lo), arrowprops=arrow)
+            ax.annotate(f"{hi - lo:+.2f}", xy=(step, (lo + hi) / 2), color="0.2", **text)
         if deltas:
             left, right = ax.get_xlim()
             ax.set_xlim(left, right + 0.08 * (right - left))  # room for the Δ label
         title = f"Average benchmark score ({_wrap(group.description)})"
         if len(deltas) == 1:
-            step, lo, hi = deltas[0]
-            title += f"\nfinal Δ ({_wrap(names[0], 40)}) = {hi - lo:+.2f} points at step {int(step)}"
+            step, lo, hi, name = deltas[0]
+            title += f"\nfinal Δ ({_wrap(name, 40)}) = {hi - lo:+.2f} points at step {int(step)}"
         ax.set(title=title, xlabel="training step", ylabel="average score (%)")
         _legend_below(fig, ax)
         return fig
+
+
+plot_bench_curve = _plots(draw_bench_curve)
 
 
 def _wrap(text: str, width: int = 60) -> str:
@@ -309,22 +300,11 @@ def draw_nitp_loss(model: Model):
         if log_x:
             ax.set_xscale("log")
         _mark_phases(ax, phases, steps[keep])
-        ax.set(
-            title=f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}",
-            xlabel="training step",
-            ylabel="NITP loss",
-        )
+        title = f"NITP loss $1-\\cos(P(h_t), z_{{t+1}})$\n{_wrap(model.label)}"
+        ax.set(title=title, xlabel="training step", ylabel="NITP loss")
         if not phases.initial_min:
-            ax.text(
-                0.5,
-                0.97,
-                "no phases detected (flat, monotone or noisy curve)",
-                transform=ax.transAxes,
-                ha="center",
-                va="top",
-                fontsize=8,
-                color="0.3",
-            )
+            note = "no phases detected (flat, monotone or noisy curve)"
+            ax.text(0.5, 0.97, note, transform=ax.transAxes, ha="center", va="top", fontsize=8, color="0.3")
         _legend_below(fig, ax)
         return fig, phases
 
@@ -344,28 +324,11 @@ def _mark_phases(ax, phases: NitpPhases, steps: np.ndarray) -> None:
         if i % 2 == 0:
             ax.axvspan(a, b, color="0.5", alpha=0.08, lw=0)
         mid = np.sqrt(a * b) if log and a > 0 else (a + b) / 2
-        ax.text(
-            mid,
-            0.98,
-            name,
-            transform=trans,
-            ha="center",
-            va="top",
-            fontsize=10,
-            fontweight="bold",
-            color="0.35",
-        )
+        ax.text(mid, 0.98, name, transform=trans, ha="center", va="top", size=10, weight="bold", color="0.35")
     for point, marker, text in points:
         if point is not None:
-            ax.plot(
-                [point.step],
-                [point.value],
-                marker=marker,
-                ms=7,
-                color="black",
-                ls="none",
-                label=f"{text} {point.value:.3f} @ step {point.step:g}",
-            )
+            label = f"{text} {point.value:.3f} @ step {point.step:g}"
+            ax.plot([point.step], [point.value], marker=marker, ms=7, color="black", ls="none", label=label)
 
 
 # ----------------------------------------------------------------------------- per layer
@@ -389,32 +352,19 @@ LAYER_PANELS = [
 ]
 
 
-def plot_layer_profiles(models: list[Model], group: SettingsGroup, stem: Path) -> list[Path]:
-    """Per-layer curves from geom records, with each NITP run's target layer marked."""
-    with _rc():
-        return save_figure(draw_layer_profiles(models, group), stem)
-
-
 def draw_layer_profiles(models: list[Model], group: SettingsGroup):
-    """The figure of :func:`plot_layer_profiles`."""
+    """Per-layer curves from geom records, with each NITP run's target layer marked."""
     data = {}
     for m in models:
         rec = group.latest(m)
         layers = (rec or {}).get("scores", {}).get("layers") or []
         rows = [
-            (
-                layer["layer"],
-                {k: v for k, v in layer.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            )
-            for layer in layers
-            if isinstance(layer.get("layer"), int) and layer["layer"] >= 0
+            (x["layer"], {k: v for k, v in x.items() if _is_num(v)})
+            for x in layers
+            if isinstance(x.get("layer"), int) and x["layer"] >= 0
         ]
         if rows:
-            data[m.key] = (
-                m,
-                rows,
-                rec["scores"].get("paper_depth_rule_layer"),
-            )
+            data[m.key] = (m, rows, rec["scores"].get("paper_depth_rule_layer"))
     if not data:
         raise NothingToPlot(
             f"geom ({group.description}): no per-layer statistics in the records (run nitp-geom layers)"
@@ -430,14 +380,10 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
             f"geom ({group.description}): per-layer records hold none of effective rank, anisotropy, predictability"
         )
     styles = line_styles([m for m, _, _ in data.values()])
-    targets = sorted(
-        {
-            t
-            for m, _, _ in data.values()
-            if m.role == "nitp" and isinstance(t := config_value(m, "nitp.target_layer"), int)
-        }
-    )
+    nitp_runs = [m for m, _, _ in data.values() if m.role == "nitp"]
+    targets = sorted({t for m in nitp_runs if isinstance(t := config_value(m, "nitp.target_layer"), int)})
     recommended = sorted({r for *_, r in data.values() if isinstance(r, int)})
+    nitp_colour = OBJECTIVE_COLOURS["nitp"]
     with _rc():
         fig = _new_figure(len(panels), PANEL_HEIGHT + 0.5)
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
@@ -447,14 +393,7 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                 ys = [flat[key] for k, flat in rows if key in flat]
                 ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=m.label, **styles[m.key])
             for t in targets:
-                ax.axvline(
-                    t,
-                    color=OBJECTIVE_COLOURS["nitp"],
-                    ls="--",
-                    lw=1,
-                    alpha=0.8,
-                    label=f"NITP target layer ({t})",
-                )
+                ax.axvline(t, color=nitp_colour, ls="--", lw=1, alpha=0.8, label=f"NITP target layer ({t})")
             for r in recommended:
                 ax.axvline(r, color="0.4", ls=":", lw=1.2, label=f"paper depth rule, round(0.21 L) = {r}")
             ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel=ylabel)
@@ -466,6 +405,9 @@ def draw_layer_profiles(models: list[Model], group: SettingsGroup):
                 ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, axes)
         return fig
+
+
+plot_layer_profiles = _plots(draw_layer_profiles)
 
 
 # ----------------------------------------------------------------------------- forest plot
@@ -496,14 +438,9 @@ def forest_rows(table) -> list[ForestRow]:
     return out
 
 
-def plot_forest(rows: list[ForestRow], title: str, xlabel: str, stem: Path) -> list[Path]:
-    """Deltas with their 95% intervals, one line per benchmark / task group, and a zero line."""
-    with _rc():
-        return save_figure(draw_forest(rows, title, xlabel), stem)
-
-
 def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
-    """The figure of :func:`plot_forest`: filled markers where the interval excludes 0 (and p passes)."""
+    """Deltas with their 95% intervals, one line per benchmark / task group, and a zero line;
+    filled markers where the interval excludes 0 (and p passes)."""
     if not rows:
         raise NothingToPlot(f"{title}: no Δ with an interval (records without per-item results?)")
     with _rc():
@@ -513,14 +450,8 @@ def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
         for y, r in zip(ys, rows):
             colour = OBJECTIVE_COLOURS["nitp"] if r.significant else "0.35"
             ax.plot([r.low, r.high], [y, y], color=colour, lw=1.6)
-            ax.plot(
-                [r.delta],
-                [y],
-                marker="o",
-                ms=5,
-                color=colour,
-                markerfacecolor=colour if r.significant else "white",
-            )
+            face = colour if r.significant else "white"
+            ax.plot([r.delta], [y], marker="o", ms=5, color=colour, markerfacecolor=face)
         ax.axvline(0.0, color="0.2", lw=0.9, ls="--")
         ax.set_yticks(ys, [_fill(r.label, 40) for r in rows])
         ax.set(title=_fill(title, 60), xlabel=xlabel)  # wrapped, never cut: the title names the settings
@@ -528,15 +459,12 @@ def draw_forest(rows: list[ForestRow], title: str, xlabel: str):
         return fig
 
 
+plot_forest = _plots(draw_forest)
+
+
 # ----------------------------------------------------------------------------- seed bands
-def plot_seed_geometry(sets, stem: Path) -> list[Path]:
-    """Effective rank and mean cosine vs step, one band (min-max over seeds) per seed set."""
-    with _rc():
-        return save_figure(draw_seed_geometry(sets), stem)
-
-
 def draw_seed_geometry(sets):
-    """The figure of :func:`plot_seed_geometry`: mean over seeds, shaded min-max across them.
+    """Effective rank and mean cosine vs step per seed set: mean over seeds, shaded min-max across them.
 
     ``sets``: :class:`reports.seeds.SeedSet` list; steps every seed logged are used.
     """
@@ -544,32 +472,24 @@ def draw_seed_geometry(sets):
         ("erank", "(a) Effective rank over seeds", "effective rank (covariance)"),
         ("mean_cos", "(b) Mean cosine over seeds", "mean pairwise cosine"),
     ]
-    curves = {}
-    for s in sets:
-        for key, *_ in panels:
+    lines: dict[str, list] = {}
+    for key, *_ in panels:
+        for s in sets:
             series = [dict(zip(*_series(m, key))) for m in s.models]
             steps = sorted(set.intersection(*(set(x) for x in series))) if series else []
             if steps:
                 values = np.array([[x[st] for st in steps] for x in series])
-                curves[(s.label, key)] = (np.asarray(steps), values)
-    if not curves:
-        raise NothingToPlot("no seed set logged erank / mean_cos at common steps (train with log.geom_every)")
-    colours = {s.label: OBJECTIVE_COLOURS.get(s.role, OBJECTIVE_COLOURS["other"]) for s in sets}
-    with _rc():
-        fig = _new_figure(2, PANEL_HEIGHT + 0.5)
-        axes = fig.subplots(1, 2)
-        for ax, (key, title, ylabel) in zip(axes, panels):
-            for s in sets:
-                if (s.label, key) not in curves:
-                    continue
-                steps, values = curves[(s.label, key)]
-                ax.plot(steps, values.mean(axis=0), color=colours[s.label], lw=1.6, label=s.label)
-                ax.fill_between(
-                    steps, values.min(axis=0), values.max(axis=0), color=colours[s.label], alpha=0.2, lw=0
+                style = {"color": OBJECTIVE_COLOURS.get(s.role, OBJECTIVE_COLOURS["other"])}
+                band = values.min(axis=0), values.max(axis=0)
+                lines.setdefault(key, []).append(
+                    (s.label, style, np.asarray(steps), values.mean(axis=0), *band)
                 )
-            ax.set(title=title, xlabel="training step", ylabel=ylabel)
-        _legend_below(fig, axes)
-        return fig
+    if not lines:
+        raise NothingToPlot("no seed set logged erank / mean_cos at common steps (train with log.geom_every)")
+    return _band_panels(panels, lines, 0.2)
+
+
+plot_seed_geometry = _plots(draw_seed_geometry)
 
 
 # ----------------------------------------------------------------------------- where they differ
@@ -587,110 +507,64 @@ def _depth_lines(
         used.update(p.model.key for p in members)
         xs = sorted(set.intersection(*(set(map(p.position, p.points)) for p in members)))
         values = [[next(v for k, v in p.points.items() if p.position(k) == x) for p in members] for x in xs]
-        lines.append(
-            (
-                members[0].model,
-                s.label,
-                xs,
-                [float(np.mean(v)) for v in values],
-                [min(v) for v in values],
-                [max(v) for v in values],
-            )
-        )
+        mean, low, high = ([f(v) for v in values] for f in (lambda v: float(np.mean(v)), min, max))
+        lines.append((members[0].model, s.label, xs, mean, low, high))
     for p in profiles.values():
         if p.model.key not in used:
             ordered = sorted(p.points, key=p.position)
-            lines.append(
-                (
-                    p.model,
-                    p.model.label,
-                    [p.position(k) for k in ordered],
-                    [p.points[k] for k in ordered],
-                    None,
-                    None,
-                )
-            )
+            xs, ys = [p.position(k) for k in ordered], [p.points[k] for k in ordered]
+            lines.append((p.model, p.model.label, xs, ys, None, None))
     return lines
 
 
 def depth_caption(mteb_sets, geom_sets, sets) -> str:
     """The caption of :func:`plot_depth_profiles`, naming only what is drawn."""
-    shown = [d for d in [*mteb_sets[:1], *geom_sets]]
+    shown = [*mteb_sets[:1], *geom_sets]
     roles = {p.model.role for d in shown for p in d.by_model.values()}
     who = "both objectives" if {"ntp", "nitp"} <= roles else "each model"
-    what = (["MTEB overall score per layer (nitp-eval mteb --layers)"] if mteb_sets else []) + [
-        d.what for d in geom_sets
-    ]
+    what = ["MTEB overall score per layer (nitp-eval mteb --layers)"] if mteb_sets else []
+    what += [d.what for d in geom_sets]
     bands = any(lo is not None for d in shown for *_, lo, _hi in _depth_lines(d, sets))
-    return (
-        f"By depth, {who}: {'; '.join(what)}. Dotted: the last hidden state (the only layer the paper scores)"
-        + (
-            "; line = mean over seeds, band = min-max across seeds."
-            if bands
-            else "; one run per line (no seed bands)."
-        )
+    tail = (
+        "; line = mean over seeds, band = min-max across seeds."
+        if bands
+        else "; one run per line (no seed bands)."
     )
-
-
-def plot_depth_profiles(mteb_sets, geom_sets, sets, stem: Path) -> list[Path]:
-    """Where NTP and NITP differ, by depth: MTEB overall score per layer (``nitp-eval mteb
-    --layers``) and the per-layer geometry statistics the geom records hold; seed bands
-    (min-max across seeds, line = mean) when a study has several seeds."""
-    with _rc():
-        return save_figure(draw_depth_profiles(mteb_sets, geom_sets, sets), stem)
+    return f"By depth, {who}: {'; '.join(what)}. Dotted: the last hidden state (the only layer the paper scores){tail}"
 
 
 def draw_depth_profiles(mteb_sets, geom_sets, sets):
-    """The figure of :func:`plot_depth_profiles`: one panel per statistic, x = layer, last marked."""
+    """Where NTP and NITP differ, by depth: MTEB overall score per layer (``nitp-eval mteb
+    --layers``) and the per-layer geometry statistics the geom records hold; seed bands
+    (min-max across seeds, line = mean) when a study has several seeds. One panel per
+    statistic, x = layer, last marked."""
     panels = [(f"MTEB overall ({d.description})", "main score (%)", d, 100.0) for d in mteb_sets[:1]]
     panels += [(d.what, d.what, d, 1.0) for d in geom_sets]
     if not panels:
         raise NothingToPlot(
             "no per-layer MTEB records (nitp-eval mteb --layers) or per-layer geometry to draw"
         )
-    styles = line_styles(
-        sorted(
-            {
-                p.model.key: p.model for d in [*mteb_sets[:1], *geom_sets] for p in d.by_model.values()
-            }.values(),
-            key=lambda m: m.key,
-        )
-    )
+    models = {p.model.key: p.model for d in [*mteb_sets[:1], *geom_sets] for p in d.by_model.values()}
+    styles = line_styles([models[k] for k in sorted(models)])
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     with _rc():
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(min(PANEL_WIDTH * cols, 7.0), PANEL_HEIGHT * rows + 0.6), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        fig = _new_figure(cols, PANEL_HEIGHT * rows + 0.6)
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (title, ylabel, depth, scale) in zip(axes, panels):
             last = max(p.position(-1) for p in depth.by_model.values())
-            for model, label, xs, ys, lo, hi in _depth_lines(depth, sets):
+            lines = _depth_lines(depth, sets)
+            for model, label, xs, ys, lo, hi in lines:
                 ax.plot(
                     xs, [scale * y for y in ys], marker="o", ms=3, lw=1.5, label=label, **styles[model.key]
                 )
                 if lo is not None:
-                    ax.fill_between(
-                        xs,
-                        [scale * y for y in lo],
-                        [scale * y for y in hi],
-                        color=styles[model.key]["color"],
-                        alpha=0.2,
-                        lw=0,
-                    )
-            drawn = [
-                scale * y
-                for *_, ys, lo, hi in _depth_lines(depth, sets)
-                for y in (ys + (lo or []) + (hi or []))
-            ]
-            min_span(ax, drawn)
+                    low, high = [scale * y for y in lo], [scale * y for y in hi]
+                    ax.fill_between(xs, low, high, color=styles[model.key]["color"], alpha=0.2, lw=0)
+            min_span(ax, [scale * y for *_, ys, lo, hi in lines for y in ys + (lo or []) + (hi or [])])
             ax.axvline(last, color="0.4", ls=":", lw=1.2, label="last hidden state (after the final norm)")
-            ax.set(
-                title=_wrap(title, 40),
-                xlabel="layer (0 = embeddings)",
-                ylabel=_wrap(ylabel, 32),
-            )
-            ticks = sorted({x for _, _, xs, *_ in _depth_lines(depth, sets) for x in xs})
+            ax.set(title=_wrap(title, 40), xlabel="layer (0 = embeddings)", ylabel=_wrap(ylabel, 32))
+            ticks = sorted({x for _, _, xs, *_ in lines for x in xs})
             if len(ticks) <= 12:
                 ax.set_xticks(ticks, ["last" if t == last else str(t) for t in ticks])
         for ax in axes[len(panels) :]:
@@ -699,14 +573,9 @@ def draw_depth_profiles(mteb_sets, geom_sets, sets):
         return fig
 
 
-def plot_similarity_maps(maps, stem: Path) -> list[Path]:
-    """Heatmaps of CKA (layer i x layer j) from geom records' ``similarity`` sections."""
-    with _rc():
-        return save_figure(draw_similarity_maps(maps), stem)
-
-
 def draw_similarity_maps(maps):
-    """The figure of :func:`plot_similarity_maps`: one heatmap per map, colour scale 0..1."""
+    """Heatmaps of CKA (layer i x layer j) from geom records' ``similarity`` sections: one per map,
+    colour scale 0..1."""
     if not maps:
         raise NothingToPlot("no geom record holds a similarity (CKA) section")
     with _rc():
@@ -714,24 +583,17 @@ def draw_similarity_maps(maps):
         axes = np.atleast_1d(fig.subplots(1, len(maps)))
         image = None
         for ax, m in zip(axes, maps):
-            image = ax.imshow(
-                np.asarray(m.matrix, dtype=float),
-                origin="lower",
-                vmin=0.0,
-                vmax=1.0,
-                cmap="viridis",
-                aspect="auto",
-            )
-            names = lambda layers: ["last" if k == -1 else str(k) for k in layers]  # noqa: E731
-            if len(m.cols) <= 16:
-                ax.set_xticks(range(len(m.cols)), names(m.cols))
-            if len(m.rows) <= 16:
-                ax.set_yticks(range(len(m.rows)), names(m.rows))
-            ax.set(
-                title=_wrap(f"{m.model.label} vs {m.reference}", 40),
-                xlabel=f"layer j ({m.reference})",
-                ylabel="layer i",
-            )
+            matrix = np.asarray(m.matrix, dtype=float)
+            image = ax.imshow(matrix, origin="lower", vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            for layers, set_ticks in ((m.cols, ax.set_xticks), (m.rows, ax.set_yticks)):
+                if len(layers) <= 16:
+                    set_ticks(range(len(layers)), ["last" if k == -1 else str(k) for k in layers])
+            title = _wrap(f"{m.model.label} vs {m.reference}", 40)
+            ax.set(title=title, xlabel=f"layer j ({m.reference})", ylabel="layer i")
             ax.grid(False)
         fig.colorbar(image, ax=list(axes), label=maps[0].what.replace("_", " "), shrink=0.8)
         return fig
+
+
+plot_depth_profiles = _plots(draw_depth_profiles)
+plot_similarity_maps = _plots(draw_similarity_maps)

@@ -114,17 +114,15 @@ class Table:
         """Every (row, column, Tested) of the table, in row order."""
         return [(r, j, t) for r in self.rows for j, t in sorted(r.tests.items())]
 
-    def column(self, name: str) -> list[Any]:
-        i = self.columns.index(name)
-        return [r.values[i] for r in self.rows]
-
     # --------------------------------------------------------------- bold
     def mark(self) -> None:
         """Set the bold cells: :meth:`mark_tested` or :meth:`mark_best` (``emphasis``)."""
-        if self.emphasis == "tested":
-            self.mark_tested()
-        else:
-            self.mark_best()
+        (self.mark_tested if self.emphasis == "tested" else self.mark_best)()
+
+    def _marked(self) -> None:
+        """Bold set before rendering, unless a caller set it (``emphasis="best"`` tables only)."""
+        if not any(r.bold for r in self.rows) or self.emphasis == "tested":
+            self.mark()
 
     def mark_tested(self) -> None:
         """Bold a tested cell whose test is significant, and the better model's value beside it.
@@ -192,8 +190,7 @@ class Table:
     # --------------------------------------------------------------- renderings
     # not pandas: its Markdown pads cells, its LaTeX lacks block rules, its CSV turns gapped ints into 150.0
     def to_markdown(self) -> str:
-        if not any(r.bold for r in self.rows) or self.emphasis == "tested":
-            self.mark()
+        self._marked()
         head = [self.label_header, *self.columns]
         align = [":---" if self._is_text(j) else "---:" for j in range(len(self.columns))]
         lines = [
@@ -207,15 +204,12 @@ class Table:
             cells = [f"**{c}**" if r.bold and r.bold[j] else c for j, c in enumerate(cells)]
             label = f"*{_md(r.label)}*" if r.kind == "delta" else _md(r.label)
             lines.append("| " + " | ".join([label, *cells]) + " |")
-        lines += (
-            [""] + [f"{_md(v)}  " for v in self.verdicts + self.power] + [f"{_md(n)}  " for n in self.notes]
-        )
+        lines += [""] + [f"{_md(v)}  " for v in self.verdicts + self.power + self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_latex(self) -> str:
         """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-        if not any(r.bold for r in self.rows) or self.emphasis == "tested":
-            self.mark()
+        self._marked()
         spec = "l" + "".join("l" if self._is_text(j) else "r" for j in range(len(self.columns)))
         wide = self._width_pt() > TEXT_WIDTH_PT
         out = [
@@ -263,17 +257,11 @@ class Table:
 
     def to_csv(self) -> str:
         """Full-precision numbers in the table's units; empty cell = missing."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow([self.label_header, *self.columns])
-        for r in self.rows:
-            w.writerow(
-                [
-                    r.label,
-                    *("" if v is None else (round(v, 6) if isinstance(v, float) else v) for v in r.values),
-                ]
-            )
-        return buf.getvalue()
+        rows = [
+            [r.label, *("" if v is None else (round(v, 6) if isinstance(v, float) else v) for v in r.values)]
+            for r in self.rows
+        ]
+        return _csv([[self.label_header, *self.columns], *rows])
 
     STATS_COLUMNS = ("row", "column", "delta", "ci_low", "ci_high", "p", "p_holm", "n", "units", "test")
     STATS_COLUMNS += ("significant", "note")
@@ -282,28 +270,22 @@ class Table:
         """One line per tested cell, in the table's units: ``row, column, delta, ci_low,
         ci_high, p, p_holm, n, units, test, significant, note`` (empty = not available; ``note``
         = why there is no interval, or what was paired)."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.STATS_COLUMNS)
+        lines = [self.STATS_COLUMNS]
         for row, j, t in self.tested():
             r = t.result
-            scaled = [
-                None if r is None or getattr(r, k, None) is None else round(t.scale * getattr(r, k), 10)
-                for k in ("delta", "ci_low", "ci_high")
-            ]
-            if r is None:
-                scaled[0] = row.values[j]
-            fields = [
-                None if r is None else getattr(r, "p_value", None),
-                None if r is None else getattr(r, "p_holm", None),
-                None if r is None else r.n,
-                None if r is None else getattr(t, "unit", None) or getattr(r, "units", ""),
-                None if r is None else r.test,
-                str(t.significant).lower(),
-                "; ".join(x for x in (t.reason or t.note, getattr(t, "flag", None)) if x) or None,
-            ]
-            w.writerow(["" if v is None else v for v in [row.label, self.columns[j], *scaled, *fields]])
-        return buf.getvalue()
+            if r is None:  # the Δ alone
+                numbers = [row.values[j]] + [None] * 7
+            else:
+                numbers = [
+                    None if getattr(r, k, None) is None else round(t.scale * getattr(r, k), 10)
+                    for k in ("delta", "ci_low", "ci_high")
+                ]
+                units = getattr(t, "unit", None) or getattr(r, "units", "")
+                numbers += [getattr(r, "p_value", None), getattr(r, "p_holm", None), r.n, units, r.test]
+            note = "; ".join(x for x in (t.reason or t.note, getattr(t, "flag", None)) if x) or None
+            fields = [row.label, self.columns[j], *numbers, str(t.significant).lower(), note]
+            lines.append(["" if v is None else v for v in fields])
+        return _csv(lines)
 
 
 def stat_text(test: Any, digits: int | str = 2) -> str:
@@ -328,12 +310,9 @@ def stat_text(test: Any, digits: int | str = 2) -> str:
         interval, flag = f"[{flag.split('; ')[0]}]", "; ".join(flag.split("; ")[1:]) or None
     else:
         interval = f"[{test.scale * r.ci_low:+.{d}f}, {test.scale * r.ci_high:+.{d}f}]"
-    p_holm, p = getattr(r, "p_holm", None), getattr(r, "p_value", None)
-    p_part = ""
-    if p_holm is not None:
-        p_part = " " + _p_text(p_holm, "p_Holm")
-    elif p is not None:
-        p_part = " " + _p_text(p, "p")
+    p_holm = getattr(r, "p_holm", None)
+    p, name = (p_holm, "p_Holm") if p_holm is not None else (getattr(r, "p_value", None), "p")
+    p_part = "" if p is None else " " + _p_text(p, name)
     units = getattr(test, "unit", None) or getattr(r, "units", "items")
     n_part = f" n={r.n:,}" + ("" if units == "items" else f" {units}")
     return interval + p_part + n_part + (f" ({flag})" if flag else "")
@@ -346,6 +325,12 @@ def _p_text(p: float, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _csv(rows) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
 def _clean(v: Any) -> Any:
     """None for missing or non-finite numbers (so NaN never prints as a score)."""
     if v is None or isinstance(v, str):
@@ -356,9 +341,7 @@ def _clean(v: Any) -> Any:
         f = float(v)
     except (TypeError, ValueError):
         return str(v)
-    if not math.isfinite(f):
-        return None
-    return int(v) if isinstance(v, int) else f
+    return (int(v) if isinstance(v, int) else f) if math.isfinite(f) else None
 
 
 def _is_num(v: Any) -> bool:

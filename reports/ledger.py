@@ -19,6 +19,7 @@ and configs; it tests nothing new except the paired-by-seed Δs of geometry and 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,13 +99,6 @@ def _finding(tables: list[Table], what: str, pair: Pair) -> tuple | None:
     return None
 
 
-def _seed_sets(pair: Pair, models: list[Model]):
-    from .seeds import seed_sets, set_of
-
-    sets = seed_sets(models)
-    return set_of(pair.base, sets), set_of(pair.new, sets)
-
-
 def _final(model: Model, key: str) -> float | None:
     """Mean of ``key`` over the last 10 % of the run's logged steps (a steadier end value)."""
     rows = [(m["step"], m[key]) for m in model.metrics if isinstance(m.get(key), (int, float))]
@@ -123,7 +117,10 @@ def _geom_value(model: Model, group, key: str) -> float | None:
 
 def _by_seed_test(pair: Pair, models: list[Model], value) -> Tested | None:
     """Paired-by-seed Δ of ``value(model)`` between the pair's seed sets (None: no seed sets)."""
-    base, new = _seed_sets(pair, models)
+    from .seeds import seed_sets, set_of
+
+    sets = seed_sets(models)
+    base, new = set_of(pair.base, sets), set_of(pair.new, sets)
     if base is None or new is None:
         return None
     a, b = base.by_seed(value), new.by_seed(value)
@@ -134,12 +131,8 @@ def _by_seed_test(pair: Pair, models: list[Model], value) -> Tested | None:
 
 # ----------------------------------------------------------------------------- claims
 def _geometry_claim(claim, paper, key, metric_key, sign, pair, models, geom_group) -> Entry:
-    entry = Entry(claim, paper)
-    warm = _warmup_reached(pair)
-    if warm:
-        entry.why = warm
-        return entry
-
+    if warm := _warmup_reached(pair):
+        return Entry(claim, paper, why=warm)
     use_geom = geom_group is not None and all(_geom_value(m, geom_group, key) is not None for m in pair)
 
     def value(m: Model) -> float | None:
@@ -149,17 +142,14 @@ def _geometry_claim(claim, paper, key, metric_key, sign, pair, models, geom_grou
     seeds = _by_seed_test(pair, models, value)
     if seeds is not None:
         r = seeds.result
-        entry.value, entry.n = _interval(r, 1.0, 4 if abs(r.delta) < 1 else 2), f"{r.n} seeds"
-        entry.verdict = directional(r, sign)
-        entry.why = f"paired by seed, {source}; {_scope(seeds, pair)}"
-        return entry
+        shown = _interval(r, 1.0, 4 if abs(r.delta) < 1 else 2)
+        why = f"paired by seed, {source}; {_scope(seeds, pair)}"
+        return Entry(claim, paper, shown, f"{r.n} seeds", directional(r, sign), why)
     a, b = value(pair.base), value(pair.new)
     if a is None or b is None:
-        entry.verdict, entry.why = "not measured", f"no {source} for both models"
-        return entry
-    entry.value, entry.n = f"{b - a:+.3g} [no interval]", "1 model pair"
-    entry.why = f"{source}; one number per model gives no interval (needs several seeds of each)"
-    return entry
+        return Entry(claim, paper, verdict="not measured", why=f"no {source} for both models")
+    why = f"{source}; one number per model gives no interval (needs several seeds of each)"
+    return Entry(claim, paper, f"{b - a:+.3g} [no interval]", "1 model pair", why=why)
 
 
 def _warmup_reached(pair: Pair) -> str:
@@ -172,42 +162,23 @@ def _warmup_reached(pair: Pair) -> str:
 
 
 def _tested_claim(claim, paper, test: Tested | None, pair: Pair, judge, scale, digits, extra="") -> Entry:
-    entry = Entry(claim, paper)
     if test is None:
-        entry.verdict, entry.why = "not measured", "no comparable records of both models"
-        return entry
-    if test.result is None:
-        entry.why = test.reason or "no interval"
-        return entry
-    r = test.result
-    entry.value = _interval(r, scale, digits) + extra
-    entry.n = f"{r.n:,} {test.unit}"
-    entry.verdict = judge(r)
-    entry.why = _scope(test, pair) + (f"; flagged: {test.flag}" if test.flag else "")
-    return entry
+        return Entry(claim, paper, verdict="not measured", why="no comparable records of both models")
+    if (r := test.result) is None:
+        return Entry(claim, paper, why=test.reason or "no interval")
+    why = _scope(test, pair) + (f"; flagged: {test.flag}" if test.flag else "")
+    return Entry(claim, paper, _interval(r, scale, digits) + extra, f"{r.n:,} {test.unit}", judge(r), why)
 
 
-def _test_of(tables, what: str, pair: Pair) -> Tested | None:
-    found = _finding(tables, what, pair)
+def _test_of(tables, pair: Pair, *whats: str) -> Tested | None:
+    """The test of the first of ``whats`` a table recorded for ``pair`` (the seed-level one first)."""
+    found = next((f for what in whats if (f := _finding(tables, what, pair)) is not None), None)
     return found[2] if found else None
-
-
-def _seed_or(tables, what: str, seed_what: str, pair: Pair) -> Tested | None:
-    """The seed-level test of a claim when the report has one, else the items/batches/tasks one."""
-    seeded = _finding(tables, seed_what, pair)
-    return seeded[2] if seeded is not None else _test_of(tables, what, pair)
-
-
-def _val_ce_test(tables, pair: Pair, models: list[Model]) -> Tested | None:
-    from .tables import last_validation
-
-    seeds = _by_seed_test(pair, models, lambda m: (last_validation(m) or {}).get("val_loss"))
-    return seeds if seeds is not None else _test_of(tables, "validation CE", pair)
 
 
 def _mteb_entry(tables, pair: Pair) -> Entry:
     found = _finding(tables, "mteb overall", pair)
-    test = _seed_or(tables, "mteb overall", "mteb overall seeds", pair)
+    test = _test_of(tables, pair, "mteb overall seeds", "mteb overall")
     sign = found[4] if found else None
     extra = f"; wins {sign.wins} of {sign.n + sign.ties}" if sign is not None else ""
 
@@ -248,7 +219,7 @@ def _phases_entry(pair: Pair) -> Entry:
 def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
     from nitp_train.flops import nitp_flops_per_token, paper_moe_flops_per_token
 
-    from .tables import model_spec, predicted_flops
+    from .tables import model_spec, overhead_reason, predicted_flops
 
     model = pair.new if pair.new.preset else pair.base
     # the paper's Appendix G at 9B-A1B: d 1280, expert 640, 8 routed + 1 shared, 24 layers, V 152064
@@ -261,8 +232,6 @@ def _cost_entries(pair: Pair, speed: list[dict]) -> list[Entry]:
         train, extra = predicted_flops(spec, ((model.config or {}).get("data") or {}).get("seq_len"))
         if train and extra:
             flops.value = f"{100 * extra / train:.2f} % predicted at {model.preset}"
-            from .tables import overhead_reason
-
             flops.why += f"; at this size {overhead_reason(spec, train)}"
     time = Entry("NITP wall-clock overhead", "~1.8 % (9B MoE, 5k steps)")
     ratio = _time_ratio(pair, speed)
@@ -286,55 +255,38 @@ def _time_ratio(pair: Pair, speed: list[dict]) -> tuple[float, str] | None:
     return (logs, "2 runs' logs (not side by side)") if logs is not None else None
 
 
-def claim_entries(pair: Pair, tables: list[Table], models: list[Model], geom_group, speed) -> list[Entry]:
-    """Every ledger row of one compared pair."""
-    rank = _geometry_claim(
+# (claim, the paper's value, geom record statistic, metrics.jsonl key, claimed sign of new − base)
+GEOMETRY_CLAIMS = [
+    (
         "Effective rank of last hidden states higher after warm-up",
         "~60 vs ~25 (of 1280) at 40k steps",
         "effective_rank_covariance",
         "erank",
         +1,
-        pair,
-        models,
-        geom_group,
-    )
-    aniso = _geometry_claim(
+    ),
+    (
         "Anisotropy (mean cosine across documents) lower",
         "~0.33 vs ~0.37",
         "anisotropy_across_documents",
         "mean_cos",
         -1,
-        pair,
-        models,
-        geom_group,
-    )
-    ce = _tested_claim(
-        "Validation CE unchanged",
-        f"equal within {VAL_CE_MARGIN} nats (2.006 vs 2.006)",
-        _val_ce_test(tables, pair, models),
-        pair,
-        lambda r: equivalence(r, VAL_CE_MARGIN),
-        1.0,
-        4,
-    )
-    bench = _tested_claim(
-        "Benchmark average up",
-        "+2.7 points (13 benchmarks, 9B-A1B)",
-        _seed_or(tables, "bench average", "bench average seeds", pair),
-        pair,
-        lambda r: directional(r, +1),
-        100,
-        2,
-    )
-    return [
-        rank,
-        aniso,
-        ce,
-        bench,
-        _mteb_entry(tables, pair),
-        _phases_entry(pair),
-        *_cost_entries(pair, speed),
-    ]
+    ),
+]
+
+
+def claim_entries(pair: Pair, tables: list[Table], models: list[Model], geom_group, speed) -> list[Entry]:
+    """Every ledger row of one compared pair."""
+    geometry = [_geometry_claim(*claim, pair, models, geom_group) for claim in GEOMETRY_CLAIMS]
+    from .tables import last_validation
+
+    ce_test = _by_seed_test(pair, models, lambda m: (last_validation(m) or {}).get("val_loss"))
+    ce_test = ce_test if ce_test is not None else _test_of(tables, pair, "validation CE")
+    ce_claim = ("Validation CE unchanged", f"equal within {VAL_CE_MARGIN} nats (2.006 vs 2.006)")
+    ce = _tested_claim(*ce_claim, ce_test, pair, lambda r: equivalence(r, VAL_CE_MARGIN), 1.0, 4)
+    bench_test = _test_of(tables, pair, "bench average seeds", "bench average")
+    bench_claim = ("Benchmark average up", "+2.7 points (13 benchmarks, 9B-A1B)")
+    bench = _tested_claim(*bench_claim, bench_test, pair, lambda r: directional(r, +1), 100, 2)
+    return [*geometry, ce, bench, _mteb_entry(tables, pair), _phases_entry(pair), *_cost_entries(pair, speed)]
 
 
 def ledger_table(name: str, title: str, entries: list[Entry]) -> Table:
@@ -385,16 +337,8 @@ def regime_table(models: list[Model]) -> Table:
     )
     for m in models:
         r = regime(m)
-        table.add(
-            m.label,
-            [
-                r["tokens"],
-                None if r["active"] is None else r["active"] / 1e6,
-                r["tokens_per_param"],
-                r["steps"],
-                r["warmup"],
-            ],
-        )
+        active = None if r["active"] is None else r["active"] / 1e6
+        table.add(m.label, [r["tokens"], active, r["tokens_per_param"], r["steps"], r["warmup"]])
     table.new_block()
     table.add(
         "paper (9B-A1B, Figure 1)",
@@ -415,11 +359,8 @@ def regime_sentence(models: list[Model]) -> str:
         return "The models are not runs of this toolkit, so the regime they reached (tokens per parameter, steps) is unknown."
     tpp = [r["tokens_per_param"] for _, r in runs if r["tokens_per_param"]]
     steps = [r["steps"] for _, r in runs if r["steps"]]
-    reach = (
-        f"{min(tpp):.2g}-{max(tpp):.2g}"
-        if tpp and f"{min(tpp):.2g}" != f"{max(tpp):.2g}"
-        else (f"{tpp[0]:.2g}" if tpp else "?")
-    )
+    low, high = (f"{min(tpp):.2g}", f"{max(tpp):.2g}") if tpp else ("?", "?")
+    reach = low if low == high else f"{low}-{high}"
     below = tpp and max(tpp) < 0.95 * PAPER_TOKENS_PER_PARAM[0]  # 29.9 of a 30 target is there
     where = (
         "below the regime where the paper's objectives separate, so NTP's rank collapse may not have begun"
@@ -449,26 +390,15 @@ def power_table(tables: list[Table]) -> Table | None:
     for t in tables:
         for what, pair, test, _value, extra in t.findings:
             label = f"{pair.new.label} − {pair.base.label}" if shared else pair.name
-            rows = [(what, test)] + (
-                [("mteb sign", Tested(extra, units="tasks"))] if what == "mteb overall" and extra else []
-            )
+            rows = [(what, test)]
+            if what == "mteb overall" and extra:
+                rows.append(("mteb sign", Tested(extra, units="tasks")))
             for name, tested in rows:
-                p = power_of(tested, name) if tested is not None else None
-                if p is None:
+                if tested is None or (p := power_of(tested, name)) is None:
                     continue
-                scale = getattr(tested, "scale", 100.0)
-                mde = _mde_text(p, scale)
-                table.add(
-                    f"{name} ({label})",
-                    [
-                        p.unit,
-                        p.n,
-                        p.spread,
-                        mde,
-                        p.paper or "—",
-                        "—" if p.n_needed is None else f"{p.n_needed:,}",
-                    ],
-                )
+                mde = _mde_text(p, getattr(tested, "scale", 100.0))
+                needed = "—" if p.n_needed is None else f"{p.n_needed:,}"
+                table.add(f"{name} ({label})", [p.unit, p.n, p.spread, mde, p.paper or "—", needed])
     if not table.rows:
         return None
     table.notes.append(
@@ -498,8 +428,7 @@ def conclusion(
     seeded = any(f[0].endswith("seeds") for t in tables for f in t.findings) or any(
         e.n.endswith("seeds") for entries in ledgers.values() for e in entries
     )
-    objective_pairs = [p for p in layout.pairs if p.objectives]
-    if objective_pairs and not seeded:
+    if any(p.objectives for p in layout.pairs) and not seeded:
         parts.append(
             "There is one seed per objective, so every test below says whether these two checkpoints differ, "
             "not whether the objectives do."
@@ -509,12 +438,9 @@ def conclusion(
     detect = []
     for t in tables:
         for what, _pair, test, _value, _extra in t.findings:
-            p = power_of(test, what) if test is not None else None
-            if (
-                p is not None
-                and p.mde is not None
-                and what in ("bench average", "mteb overall", "validation CE")
-            ):
+            if test is None or what not in ("bench average", "mteb overall", "validation CE"):
+                continue
+            if (p := power_of(test, what)) is not None and p.mde is not None:
                 scale = getattr(test, "scale", 100.0)
                 need = f" (the paper's {p.paper.split(' (')[0]} needs ~{p.n_needed:,})" if p.n_needed else ""
                 detect.append(f"{what} ±{_mde_text(p, scale).lstrip('±')} at n = {p.n:,} {p.unit}{need}")
@@ -522,10 +448,7 @@ def conclusion(
         parts.append(
             "Smallest differences detectable with 80% power: " + "; ".join(dict.fromkeys(detect)) + "."
         )
-    counts: dict[str, int] = {}
-    for entries in ledgers.values():
-        for e in entries:
-            counts[e.verdict] = counts.get(e.verdict, 0) + 1
+    counts = Counter(e.verdict for entries in ledgers.values() for e in entries)
     if counts:
         parts.append(
             "Claim ledger: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + " (section Claim ledger)."

@@ -39,7 +39,7 @@ from nitp import metrics_registry as registry
 from nitp_eval.tasks import BENCHMARKS, SUITES
 
 from . import paired as P
-from .formats import Table
+from .formats import Table, _is_num
 from .grouping import KNOBS, Layout, Pair, SettingsGroup, SizeBlock, config_value
 from .inputs import Model
 
@@ -74,11 +74,11 @@ def _add_block(
     rows: dict[str, Any],
     delta_columns: list[int] | None = None,
     tests: list[dict[int, P.Tested] | None] | None = None,
-) -> list[tuple[Any, Pair]]:
+) -> list[tuple[Any, Pair, SizeBlock]]:
     """Rows of one size block (baseline, reference, others) and a Δ row per compared pair.
 
     ``tests``: per pair of ``block.pairs``, column -> the statistics of that Δ cell
-    (:mod:`reports.paired`). Returns ``(Δ row, pair)`` for every pair whose two rows exist.
+    (:mod:`reports.paired`). Returns ``(Δ row, pair, block)`` for every pair whose two rows exist.
     """
     added = {}
     table.new_block()
@@ -93,7 +93,7 @@ def _add_block(
             row = table.add_delta(
                 pair.delta_label, added[pair.new.key], added[pair.base.key], delta_columns, cells
             )
-            out.append((row, pair))
+            out.append((row, pair, block))
     return out
 
 
@@ -101,6 +101,43 @@ def _pair_records(group: SettingsGroup, pair: Pair) -> tuple[dict, dict] | None:
     """(base's, new's) newest records of the group, when both exist."""
     a, b = group.latest(pair.base), group.latest(pair.new)
     return (a, b) if a is not None and b is not None else None
+
+
+def _record_rows(group: SettingsGroup, block: SizeBlock, values, arg) -> dict[str, tuple[str, list]]:
+    """Model key -> (row label, ``values(record, arg)``) of the block's models with a record in the group."""
+    return {
+        m.key: (row_label(m, rec), values(rec, arg))
+        for m in block.main
+        if (rec := group.latest(m)) is not None
+    }
+
+
+def _score(rec: dict | None, key: str) -> float | None:
+    """A record's ``scores[key]`` (%); None without the record or the key."""
+    return pct((rec or {}).get("scores", {}).get(key))
+
+
+def _bench_row(rec: dict, tasks: list[str]) -> list:
+    return [_task_score(rec, t) for t in tasks] + [_score(rec, "average")]
+
+
+def _mteb_row(rec: dict, names: list[str]) -> list:
+    return [pct(rec["scores"].get("groups", {}).get(g)) for g in names] + [_score(rec, "overall")]
+
+
+def _geom_row(rec: dict, columns: list[tuple]) -> list:
+    return [rec["model"].get("step")] + [rec["scores"].get("summary", {}).get(c[0]) for c in columns]
+
+
+def _records(group: SettingsGroup) -> list[dict]:
+    """Every record of a settings group, in record order."""
+    return [rec for recs in group.records.values() for rec in recs]
+
+
+def _known_first(names, known) -> list[str]:
+    """``names`` (deduplicated) with those of ``known`` first, in its order."""
+    names = list(dict.fromkeys(names))
+    return [k for k in known if k in names] + [n for n in names if n not in known]
 
 
 def _block_prefix(layout: Layout, block: SizeBlock) -> str:
@@ -192,12 +229,7 @@ def _steps_note(table: Table) -> None:
 # ----------------------------------------------------------------------------- benchmarks
 def bench_tasks(group: SettingsGroup) -> list[str]:
     """Task names of a settings group in the paper's order, then in record order."""
-    names: list[str] = []
-    for recs in group.records.values():
-        for rec in recs:
-            names += [t for t in rec["scores"].get("tasks", {}) if t not in names]
-    paper = [t for t in BENCH_HEADERS if t in names]
-    return paper + [t for t in names if t not in paper]
+    return _known_first((t for rec in _records(group) for t in rec["scores"].get("tasks", {})), BENCH_HEADERS)
 
 
 def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
@@ -213,33 +245,23 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
         )
         pending = []
         for block in layout.blocks:
-            rows = {}
+            rows = _record_rows(group, block, _bench_row, tasks)
             for model in block.main:
-                rec = group.latest(model)
-                if rec is not None:
-                    scores = rec["scores"]
-                    values = [pct((scores.get("tasks", {}).get(t) or {}).get("value")) for t in tasks]
-                    rows[model.key] = (row_label(model, rec), values + [pct(scores.get("average"))])
-                    table.notes += _record_notes(row_label(model, rec), scores, tasks)
+                if (rec := group.latest(model)) is not None:
+                    table.notes += _record_notes(row_label(model, rec), rec["scores"], tasks)
             tests = [
                 bench_tests(*recs, tasks) if (recs := _pair_records(group, p)) else None for p in block.pairs
             ]
-            pending += [(row, pair, block) for row, pair in _add_block(table, block, rows, tests=tests)]
+            pending += _add_block(table, block, rows, tests=tests)
         if not table.rows:
             continue
         finish_tests(table, BENCH_METHOD)
         for delta, pair, block in pending:
-            if len(tasks) in delta.tests:
+            if (test := delta.tests.get(len(tasks))) is not None:
                 what = f"{_block_prefix(layout, block)}{pair.name} on the average of {len(tasks)} benchmarks"
-                test = delta.tests[len(tasks)]
-                table.verdicts.append(verdict_line(what, test, pair, delta.values[-1]))
-                table.findings.append(("bench average", pair, test, delta.values[-1], group))
-                _power_line(table, test, "bench average")
-        table.notes.append(
-            "Metrics: "
-            + "; ".join(_task_metric(group, t) for t in tasks)
-            + ". Avg. is the record's suite average."
-        )
+                _conclude(table, "bench average", what, test, pair, delta.values[-1], group)
+        metrics = "; ".join(_task_metric(group, t) for t in tasks)
+        table.notes.append(f"Metrics: {metrics}. Avg. is the record's suite average.")
         _flags_note(table)
         _steps_note(table)
         tables.append(table)
@@ -248,23 +270,25 @@ def bench_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
 
 def _record_notes(label: str, scores: dict, tasks: list[str]) -> list[str]:
     """Why a model's cell is "—" although its record has the task: no items were scored."""
-    empty = [
-        t
-        for t in tasks
-        if (scores.get("tasks", {}).get(t) or {}).get("items_unavailable") == P.NO_ITEMS_REASON
-    ]
-    notes = (
-        [f"{label}: {', '.join(empty)}: {P.NO_ITEMS_REASON} (no items; shown —, never 0)."] if empty else []
-    )
+    reason = P.NO_ITEMS_REASON
+    empty = [t for t in tasks if (scores.get("tasks", {}).get(t) or {}).get("items_unavailable") == reason]
+    notes = [f"{label}: {', '.join(empty)}: {reason} (no items; shown —, never 0)."] if empty else []
     return notes + ([f"{label}: {scores['average_note']}."] if scores.get("average_note") else [])
+
+
+def _conclude(table: Table, kind: str, what: str, test: P.Tested, pair: Pair, value, found, extra="") -> None:
+    """A tested comparison's verdict line under the table, its finding (for the claim ledger) and
+    its power sentence; ``found``: the finding's extra (the settings group, the MTEB sign test)."""
+    table.verdicts.append(verdict_line(what, test, pair, value, extra))
+    table.findings.append((kind, pair, test, value, found))
+    _power_line(table, test, kind)
 
 
 def _power_line(table: Table, test: P.Tested, what: str) -> None:
     """The power sentence of a tested comparison (:mod:`reports.power`) under its verdict."""
     from .power import power_sentence
 
-    line = power_sentence(test, what)
-    if line:
+    if line := power_sentence(test, what):
         table.power.append(line)
 
 
@@ -292,33 +316,26 @@ def bench_tests(record_a: dict, record_b: dict, tasks: list[str]) -> dict[int, P
 
 
 def _task_metric(group: SettingsGroup, task: str) -> str:
-    for recs in group.records.values():
-        for rec in recs:
-            info = rec["scores"].get("tasks", {}).get(task)
-            if info:
-                shots = info.get("shots")
-                return f"{BENCH_HEADERS.get(task, task)} {info.get('metric', '?')}" + (
-                    f", {shots}-shot" if shots is not None else ""
-                )
+    for rec in _records(group):
+        if info := rec["scores"].get("tasks", {}).get(task):
+            shots = info.get("shots")
+            return f"{BENCH_HEADERS.get(task, task)} {info.get('metric', '?')}" + (
+                f", {shots}-shot" if shots is not None else ""
+            )
     return task
 
 
 # ----------------------------------------------------------------------------- MTEB
 def mteb_group_names(group: SettingsGroup) -> list[str]:
-    names: list[str] = []
-    for recs in group.records.values():
-        for rec in recs:
-            names += [g for g in rec["scores"].get("groups", {}) if g not in names]
-    return [g for g in MTEB_GROUPS if g in names] + [g for g in names if g not in MTEB_GROUPS]
+    return _known_first((g for rec in _records(group) for g in rec["scores"].get("groups", {})), MTEB_GROUPS)
 
 
 def _mteb_tasks(group: SettingsGroup) -> dict[str, str]:
     """Task -> group name, over every record of the settings group (record order)."""
     tasks: dict[str, str] = {}
-    for recs in group.records.values():
-        for rec in recs:
-            for name, info in rec["scores"].get("tasks", {}).items():
-                tasks.setdefault(name, str((info or {}).get("group") or (info or {}).get("type") or "other"))
+    for rec in _records(group):
+        for name, info in rec["scores"].get("tasks", {}).items():
+            tasks.setdefault(name, str((info or {}).get("group") or (info or {}).get("type") or "other"))
     return tasks
 
 
@@ -335,25 +352,16 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             [f"{g} ({counts[g]})" for g in names] + [f"Overall ({len(tasks)})"],
             emphasis="tested",
         )
-        pending = []
+        pending, signs = [], {}
         for block in layout.blocks:
-            rows = {}
-            for model in block.main:
-                rec = group.latest(model)
-                if rec is not None:
-                    scores = rec["scores"]
-                    values = [pct(scores.get("groups", {}).get(g)) for g in names] + [
-                        pct(scores.get("overall"))
-                    ]
-                    rows[model.key] = (row_label(model, rec), values)
+            rows = _record_rows(group, block, _mteb_row, names)
             tested = [
                 P.mteb_groups(*recs, names) if (recs := _pair_records(group, p)) else ({}, None)
                 for p in block.pairs
             ]
             columns = [{j: t[g] for j, g in enumerate([*names, "Overall"]) if g in t} for t, _ in tested]
-            signs = {id(p): sign for p, (_, sign) in zip(block.pairs, tested)}
-            for row, pair in _add_block(table, block, rows, tests=columns):
-                pending.append((row, pair, block, signs[id(pair)]))
+            signs.update({id(p): sign for p, (_, sign) in zip(block.pairs, tested)})
+            pending += _add_block(table, block, rows, tests=columns)
             for pair in block.pairs:
                 note = wins_note(group, pair.base, pair.new, _winner(pair))
                 if note:
@@ -363,15 +371,12 @@ def mteb_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
                 "Group and overall scores are the record's macro averages over the tasks present."
             )
             finish_tests(table, MTEB_METHOD)
-            for delta, pair, block, sign in pending:
-                test = delta.tests.get(len(names))
+            for delta, pair, block in pending:
+                test, sign = delta.tests.get(len(names)), signs[id(pair)]
                 if test is not None:
                     what = f"{_block_prefix(layout, block)}{pair.name} on MTEB overall"
-                    table.verdicts.append(
-                        verdict_line(what, test, pair, delta.values[-1], extra=sign_text(sign, _winner(pair)))
-                    )
-                    table.findings.append(("mteb overall", pair, test, delta.values[-1], sign))
-                    _power_line(table, test, "mteb overall")
+                    extra = sign_text(sign, _winner(pair))
+                    _conclude(table, "mteb overall", what, test, pair, delta.values[-1], sign, extra)
                     _power_line(table, P.Tested(sign, units="tasks"), "mteb sign")
             _steps_note(table)
             tables.append(table)
@@ -443,10 +448,7 @@ def mteb_task_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]
         )
         tasks = _mteb_tasks(group)
         deltas = [task_deltas(group, b, n) for b, n in pairs]
-        for g in sorted(
-            set(tasks.values()),
-            key=lambda g: (g not in MTEB_GROUPS, MTEB_GROUPS.index(g) if g in MTEB_GROUPS else 0, g),
-        ):
+        for g in _known_first(sorted(set(tasks.values())), MTEB_GROUPS):
             table.new_block()
             for task in [t for t, tg in tasks.items() if tg == g]:
                 values = [
@@ -480,18 +482,15 @@ def lm_table(layout: Layout) -> Table | None:
     )
     pending = []
     for block in layout.blocks:
-        rows = {}
-        for model in block.main:
-            line = last_validation(model)
-            if line is not None:
-                rows[model.key] = (
-                    model.label,
-                    [line["step"], line.get("tokens"), line["val_loss"], line.get("val_ppl")],
-                )
+        rows = {
+            m.key: (m.label, [v["step"], v.get("tokens"), v["val_loss"], v.get("val_ppl")])
+            for m in block.main
+            if (v := last_validation(m)) is not None
+        }
         tests = [
             _ce_tests(pair) if {pair.base.key, pair.new.key} <= set(rows) else None for pair in block.pairs
         ]
-        pending += [(row, pair, block) for row, pair in _add_block(table, block, rows, [2, 3], tests)]
+        pending += _add_block(table, block, rows, [2, 3], tests)
     if not table.rows:
         return None
     table.notes.append("From each run's last validation line in metrics.jsonl (val_loss, val_ppl).")
@@ -502,12 +501,9 @@ def lm_table(layout: Layout) -> Table | None:
     )
     for delta, pair, block in pending:
         what = f"{_block_prefix(layout, block)}{pair.name} on validation CE (nats/token)"
-        test = delta.tests[2]
         steps = (delta.pair[1].values[0], delta.pair[0].values[0])
         extra = f" (at steps {steps[0]} and {steps[1]})" if steps[0] != steps[1] else ""
-        table.verdicts.append(verdict_line(what, test, pair, delta.values[2], extra=extra))
-        table.findings.append(("validation CE", pair, test, delta.values[2], None))
-        _power_line(table, test, "validation CE")
+        _conclude(table, "validation CE", what, delta.tests[2], pair, delta.values[2], None, extra)
     return table
 
 
@@ -538,11 +534,9 @@ def layer_columns() -> dict[str, str]:
 
 
 def __getattr__(name: str):
-    """``GEOM_COLUMNS`` and ``LAYER_COLUMNS``, read from the registry when asked (PEP 562)."""
+    """``GEOM_COLUMNS``, read from the registry when asked (PEP 562)."""
     if name == "GEOM_COLUMNS":
         return geom_columns()
-    if name == "LAYER_COLUMNS":
-        return layer_columns()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -559,18 +553,10 @@ def geometry_tables(layout: Layout, groups: list[SettingsGroup]) -> list[Table]:
             emphasis="tested",
         )
         for block in layout.blocks:
-            rows = {}
-            for model in block.main:
-                rec = group.latest(model)
-                if rec is not None:
-                    summary = rec["scores"].get("summary", {})
-                    rows[model.key] = (
-                        row_label(model, rec),
-                        [rec["model"].get("step")] + [summary.get(c[0]) for c in columns_of],
-                    )
+            rows = _record_rows(group, block, _geom_row, columns_of)
             columns = list(range(1, len(columns_of) + 1))
             na = {j: P.untested(GEOM_NA, scale=1.0) for j in columns}
-            for row, pair in _add_block(table, block, rows, columns, [na] * len(block.pairs)):
+            for row, pair, _ in _add_block(table, block, rows, columns, [na] * len(block.pairs)):
                 table.findings.append(("geometry", pair, None, row, group))
         if not table.rows:
             continue
@@ -596,16 +582,9 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
     them shows its top-level numeric statistics instead.
     """
     layers = record["scores"]["layers"]
+    numeric = dict.fromkeys(k for x in layers for k, v in x.items() if k != "layer" and _is_num(v))
     present = [k for k in layer_columns() if any(isinstance(x.get(k), (int, float)) for x in layers)]
-    if not present:
-        present = list(
-            dict.fromkeys(
-                k
-                for x in layers
-                for k, v in x.items()
-                if k != "layer" and isinstance(v, (int, float)) and not isinstance(v, bool)
-            )
-        )
+    present = present or list(numeric)
     table = Table(
         name,
         f"Per-layer statistics: {model.label}",
@@ -616,8 +595,7 @@ def layer_table(model: Model, record: dict, name: str) -> Table:
         emphasis="tested",
     )
     target = config_value(model, "nitp.target_layer") if model.role == "nitp" else None
-    scores = record["scores"]
-    depth_rule = scores.get("paper_depth_rule_layer")
+    depth_rule = record["scores"].get("paper_depth_rule_layer")
     for layer in layers:
         k = layer.get("layer")
         marks = (["NITP target"] if target is not None and k == target else []) + (
@@ -646,11 +624,11 @@ def final_metric(model: Model, key: str) -> float | None:
 
 def ablation_tables(layout: Layout, bench: list[SettingsGroup], mteb: list[SettingsGroup]) -> list[Table]:
     """One table per ablated knob: NTP baseline, NITP reference and the variants."""
-    tables = []
-    for block in layout.blocks:
-        for knob, variants in block.ablations.items():
-            tables.append(_ablation_table(layout, block, knob, variants, bench[:1], mteb[:1]))
-    return tables
+    return [
+        _ablation_table(layout, block, knob, variants, bench[:1], mteb[:1])
+        for block in layout.blocks
+        for knob, variants in block.ablations.items()
+    ]
 
 
 def _ablation_table(
@@ -671,24 +649,14 @@ def _ablation_table(
         rows = [(block.baseline, "NTP (baseline)")] if block.baseline else []
         rows += [(block.reference, f"NITP, {name} = {config_value(block.reference, knob)} (reference)")]
         rows += [(v, f"NITP, {name} = {config_value(v, knob)}") for v in variants]
-    columns: list[tuple[str, bool | None, int, Any]] = []
-    for group in bench:
-        for task in bench_tasks(group):
-            columns.append(
-                (BENCH_HEADERS.get(task, task), True, 2, lambda m, g=group, t=task: _bench_value(g, m, t))
-            )
-        columns.append(
-            ("Avg.", True, 2, lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("average")))
-        )
-    for group in mteb:
-        columns.append(
-            (
-                "MTEB overall",
-                True,
-                2,
-                lambda m, g=group: pct((g.latest(m) or {}).get("scores", {}).get("overall")),
-            )
-        )
+    columns: list[tuple[str, bool | None, int, Any]] = []  # (header, higher is better, decimals, value)
+    for g in bench:
+        columns += [
+            (BENCH_HEADERS.get(t, t), True, 2, lambda m, g=g, t=t: _task_score(g.latest(m), t))
+            for t in bench_tasks(g)
+        ]
+        columns.append(("Avg.", True, 2, lambda m, g=g: _score(g.latest(m), "average")))
+    columns += [("MTEB overall", True, 2, lambda m, g=g: _score(g.latest(m), "overall")) for g in mteb]
     columns.append(("val CE", False, 4, lambda m: (last_validation(m) or {}).get("val_loss")))
     columns.append(("final NITP loss", None, 4, lambda m: final_metric(m, "loss_nitp")))
     grid = [[get(m) for *_, get in columns] for m, _ in rows]
@@ -717,9 +685,8 @@ def _ablation_table(
             shown.append(None if a is None or b is None or model is block.baseline else a - b)
         row = table.add(label, shown)
         if len(cols) > len(keep) and shown[-1] is not None:
-            row.tests = {
-                len(cols) - 1: _ablation_test(block.baseline, model, columns[headline][0], bench, mteb)
-            }
+            test = _ablation_test(block.baseline, model, columns[headline][0], bench, mteb)
+            row.tests = {len(cols) - 1: test}
     table.notes.append("Rows: " + "; ".join(f"{label} = {m.label}" for m, label in rows) + ".")
     if bench:
         table.notes.append(f"Benchmarks: {bench[0].description}.")
@@ -746,8 +713,8 @@ def _ablation_test(
     return P.mteb_groups(a, b, [])[0]["Overall"]
 
 
-def _bench_value(group: SettingsGroup, model: Model, task: str) -> float | None:
-    rec = group.latest(model)
+def _task_score(rec: dict | None, task: str) -> float | None:
+    """A bench record's score (%) of one task; None without the record or the task."""
     return None if rec is None else pct((rec["scores"].get("tasks", {}).get(task) or {}).get("value"))
 
 
@@ -796,21 +763,16 @@ def cost_table(layout: Layout, speed_records: list[dict]) -> Table | None:
                 f"{block.size}: predicted overhead {100 * extra / train:.1f} % because {overhead_reason(spec, train)} "
                 "(the paper: ~2.3 % predicted, 1.8 % measured at 9B MoE)."
             )
-        table.add(
-            block.size,
-            [
-                d,
-                spec.get("num_hidden_layers"),
-                params["total"] / 1e6,
-                params["active"] / 1e6,
-                12 * d * d / 1e6,
-                train,
-                extra,
-                None if train is None or extra is None else 100.0 * extra / train,
-                _log_time_ratio(block),
-                _benchmark_time_ratio(speed_records, block),
-            ],
-        )
+        sizes = [
+            d,
+            spec.get("num_hidden_layers"),
+            params["total"] / 1e6,
+            params["active"] / 1e6,
+            12 * d * d / 1e6,
+        ]
+        overhead = None if train is None or extra is None else 100.0 * extra / train
+        ratios = [_log_time_ratio(block), _benchmark_time_ratio(speed_records, block)]
+        table.add(block.size, [*sizes, train, extra, overhead, *ratios])
     if not table.rows:
         return None
     table.notes.append(
@@ -833,10 +795,9 @@ def model_spec(model: Model) -> tuple[dict | None, str | None]:
         make_config(spec)  # validates the overrides
         return spec, None
     except UserError as e:
+        note = f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
         try:
-            return resolve_preset(
-                model.preset
-            ), f"{model.label}: model fields not understood ({e}); cost shown for the plain preset."
+            return resolve_preset(model.preset), note
         except UserError:
             return None, f"{model.label}: unknown preset {model.preset!r}; no cost row."
 
@@ -850,9 +811,8 @@ def predicted_flops(spec: dict, seq_len: int | None) -> tuple[float | None, floa
     from nitp_train.models import make_config
 
     seq = int(seq_len or spec.get("max_position_embeddings") or 2048)
-    return float(training_flops_per_token(make_config(spec), seq)), float(
-        nitp_flops_per_token(int(spec["hidden_size"]))
-    )
+    train = float(training_flops_per_token(make_config(spec), seq))
+    return train, float(nitp_flops_per_token(int(spec["hidden_size"])))
 
 
 def _log_time_ratio(block: SizeBlock) -> float | None:
@@ -860,11 +820,7 @@ def _log_time_ratio(block: SizeBlock) -> float | None:
         return None
     rates = []
     for m in (block.baseline, block.reference):
-        values = [
-            x["tokens_per_s"]
-            for x in m.metrics
-            if isinstance(x.get("tokens_per_s"), (int, float)) and x["tokens_per_s"] > 0
-        ]
+        values = [v for x in m.metrics if isinstance(v := x.get("tokens_per_s"), (int, float)) and v > 0]
         if not values:
             return None
         rates.append(statistics.median(values))
@@ -883,8 +839,9 @@ def _benchmark_time_ratio(speed_records: list[dict], block: SizeBlock) -> float 
 
 
 # ----------------------------------------------------------------------------- where they differ
-def _depth_label(layer: int) -> str:
-    return "last" if layer == -1 else ("0 (embeddings)" if layer == 0 else str(layer))
+def _depth_label(layer) -> str:
+    """A layer's label: last, 0 (embeddings), k; a layer that is not a number as given."""
+    return {-1: "last", 0: "0 (embeddings)"}.get(layer, str(layer)) if isinstance(layer, int) else str(layer)
 
 
 def depth_mteb_tables(depth_sets) -> list[Table]:
@@ -893,11 +850,9 @@ def depth_mteb_tables(depth_sets) -> list[Table]:
     Rows: every layer any model was scored at, by depth (0 = embeddings, k = block k, last =
     after the final norm); the best layer of each model is bold; "—" = not scored.
     """
-    from .depth import Profile
-
     tables = []
     for i, depth in enumerate(depth_sets):
-        profiles: list[Profile] = list(depth.by_model.values())
+        profiles = list(depth.by_model.values())
         layers = sorted({k for p in profiles for k in p.points}, key=lambda k: (k == -1, k))
         table = Table(
             f"depth-mteb{_suffix(i)}",
@@ -927,13 +882,13 @@ def similarity_tables(maps) -> list[Table]:
         table = Table(
             f"similarity-{slug(m.model.label)}",
             f"{m.what.replace('_', ' ')}: {m.model.label} layer i (rows) x layer j of {m.reference}",
-            [_depth_label(j) if isinstance(j, int) else str(j) for j in m.cols],
+            [_depth_label(j) for j in m.cols],
             higher_is_better=[None] * len(m.cols),
             decimals=3,
             label_header="layer",
         )
         for i, row in zip(m.rows, m.matrix):
-            table.add(_depth_label(i) if isinstance(i, int) else str(i), list(row))
+            table.add(_depth_label(i), list(row))
         tables.append(table)
     return tables
 

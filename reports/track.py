@@ -22,6 +22,8 @@ from nitp.errors import UserError
 from nitp.io import hidden_name, read_jsonl
 from nitp.runs import read_run_config
 
+from .outdir import RUN_MARKERS
+
 
 def parse_trackers(text: str) -> list[str]:
     """``"tensorboard,trackio"`` -> ``["tensorboard", "trackio"]``, each checked (``UserError``)."""
@@ -35,17 +37,6 @@ def parse_trackers(text: str) -> list[str]:
     return names
 
 
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
-
-
-def _run_above(path: Path) -> Path | None:
-    """The nearest folder at or above ``path`` (resolved) that is a run directory, or None."""
-    for folder in [path, *path.parents]:
-        if any((folder / m).exists() for m in RUN_MARKERS):
-            return folder
-    return None
-
-
 def check_replay_folder(run_dir: Path, out: Path, name: str) -> None:
     """Refuse an ``out`` whose tracker files belong to someone else: the run itself, another run
     directory or anything inside one, or a folder holding the replay of another run (a replay
@@ -55,7 +46,8 @@ def check_replay_folder(run_dir: Path, out: Path, name: str) -> None:
         raise UserError(
             f"--out {out}: choose a folder other than the run itself (its live trackers live there)"
         )
-    owner = _run_above(target)
+    # the nearest run directory at or above the target
+    owner = next((f for f in [target, *target.parents] if any((f / m).exists() for m in RUN_MARKERS)), None)
     if owner is not None and owner != run:
         raise UserError(
             f"--out {out}: is inside another run directory ({owner}); a replay would replace its tracker "
