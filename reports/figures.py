@@ -33,6 +33,7 @@ Example
 
 from __future__ import annotations
 
+import inspect
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,12 +158,20 @@ def _plots(draw):
     """The ``plot_*`` twin of ``draw_*``: the same arguments, then ``stem``; writes ``stem.png`` and
     ``stem.pdf`` and returns their paths."""
 
-    def plot(*args) -> list[Path]:
+    signature = inspect.signature(draw)
+    stem = inspect.Parameter("stem", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Path")
+    signature = signature.replace(
+        parameters=[*signature.parameters.values(), stem], return_annotation="list[Path]"
+    )
+
+    def plot(*args, **kwargs) -> list[Path]:
+        bound = signature.bind(*args, **kwargs)
+        stem = bound.arguments.pop("stem")
         with _rc():
-            return save_figure(draw(*args[:-1]), args[-1])
+            return save_figure(draw(*bound.args, **bound.kwargs), stem)
 
     plot.__name__ = plot.__qualname__ = draw.__name__.replace("draw_", "plot_", 1)
-    plot.__doc__ = draw.__doc__
+    plot.__doc__, plot.__signature__ = draw.__doc__, signature
     return plot
 
 
