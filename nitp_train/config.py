@@ -26,7 +26,7 @@ from .config_model import (
     check_model,
     upgrade_legacy_keys,
 )
-from .models import make_config, resolve_preset
+from .models import RECIPES, configs_dir, make_config, resolve_preset
 
 DEFAULT_STEPS = 300
 
@@ -42,21 +42,6 @@ RESUMABLE_CHANGES = (
     "data.workers",
     "data.batch_docs",
 )
-
-# The recipe of each preset: the config an overlay (``overlay: true``) is applied to.
-RECIPES: dict[str, str] = {
-    "tiny-dense": "tiny-nitp.yaml",
-    "tiny-moe": "tiny-moe-nitp.yaml",
-    "micro-64": "micro-nitp.yaml",
-    "small-dense": "small-nitp.yaml",
-    "dense-0.5b": "paper-dense-0.5b-nitp.yaml",
-    "dense-2b": "paper-dense-2b-nitp.yaml",
-    "dense-3b": "paper-dense-3b-nitp.yaml",
-    "moe-1.9b-a0.3b": "paper-moe-1.9b-a0.3b-nitp.yaml",
-    "moe-3b-a0.5b": "paper-moe-3b-a0.5b-nitp.yaml",
-    "moe-9b-a1b": "paper-moe-9b-a1b-nitp.yaml",
-    "moe-45b-a5.5b": "paper-moe-45b-a5.5b-nitp.yaml",
-}
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -109,16 +94,6 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     parts = [getattr(e, "context", None), getattr(e, "problem", None)]
     text = ": ".join(str(p) for p in parts if p) or str(e)
     return text.strip().splitlines()[0]
-
-
-def configs_dir() -> Path:
-    """The shipped YAML presets: ``configs/`` of a source tree, or ``nitp.configs`` of a wheel."""
-    tree = Path(__file__).resolve().parent.parent / "configs"
-    if (tree / "tiny-nitp.yaml").is_file():
-        return tree
-    from importlib.resources import files
-
-    return Path(str(files("nitp.configs")))
 
 
 def config_path(path: str | Path) -> Path:
