@@ -36,6 +36,8 @@ from .evaluators import evaluate_in_loop, load_evaluators
 from .loss import NITPObjective, parse_loss_impl, require_liger
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
+from .probe import gradient_probe, heldout_batch, heldout_geometry
+from .trackers import Trackers
 from .trackers import require as require_tracker
 
 
@@ -155,6 +157,11 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
             run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False)
         )
         truncate_after(metrics_path, step)
+    trackers = None
+    if d.is_main and lc.trackers:  # log.trackers, opened on rank 0
+        trackers = Trackers(
+            run_dir, lc.trackers, cfg.run_name, cfg.model_dump(by_alias=True), step if resume else None
+        )
     return TrainState(
         cfg=cfg,
         run_dir=run_dir,
@@ -174,7 +181,7 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
             step,
             enabled=d.is_main,
             title=cfg.run_name,
-            trackers=_open_trackers(cfg, run_dir, d, step if resume else None),
+            trackers=trackers,
         ),
         geom=GeometrySample(seq, bsz * accum, d.world, lc.geom_every, d.rank, cfg.seed),
         tokens_per_step=seq * bsz * accum * d.world,
@@ -352,10 +359,16 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     row = {}
     if st.step % lc.every == 0 or st.step == steps or want_geom:
         row = _interval_means(st, grad_norm)
-    if want_geom:
-        row.update(_heldout_geometry(st) if lc.geom_batch == "val" else st.geom.result(d))
+    if want_geom and lc.geom_batch == "val":  # the fixed held-out batch: every rank (a collective under FSDP)
+        row.update(
+            heldout_geometry(st.wrapped, st.objective, st.heldout, d.device, st.amp, cfg.train.batch_size)
+        )
+    elif want_geom:
+        row.update(st.geom.result(d))
     if lc.probe_every > 0 and (st.step % lc.probe_every == 0 or st.step == steps) and d.is_main:
-        row.update(_probe(st))
+        # the gradient probe at the current NITP weight (rank 0, bare model)
+        weight = cfg.nitp.lambda_ * float(st.step >= cfg.nitp.start_step) if cfg.objective == "nitp" else 0.0
+        row.update(gradient_probe(st.objective, st.heldout, d.device, weight))
     if validation_due(st.step, steps, lc.eval_every, lc.eval_points):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
     # the checkpoint comes first, at every evaluated step too: an evaluator's or a tracker's failure
@@ -474,36 +487,7 @@ def _heldout(cfg: Config, shards: TokenShards, d: parallel.Dist) -> tuple | None
             "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
             "set log.probe_every=0 or train.parallel=ddp"
         )
-    from .probe import heldout_batch
-
     return heldout_batch(shards, cfg.data.seq_len)
-
-
-def _heldout_geometry(st: TrainState) -> dict:
-    """Geometry of the fixed held-out batch (every rank runs it: a collective under FSDP)."""
-    from .probe import heldout_geometry
-
-    return heldout_geometry(
-        st.wrapped, st.objective, st.heldout, st.d.device, st.amp, st.cfg.train.batch_size
-    )
-
-
-def _probe(st: TrainState) -> dict:
-    """The gradient probe on the held-out batch at the current NITP weight (rank 0, bare model)."""
-    from .probe import gradient_probe
-
-    nitp = st.cfg.nitp
-    weight = nitp.lambda_ * float(st.step >= nitp.start_step) if st.cfg.objective == "nitp" else 0.0
-    return gradient_probe(st.objective, st.heldout, st.d.device, weight)
-
-
-def _open_trackers(cfg: Config, run_dir: Path, d: parallel.Dist, resume_step: int | None):
-    """``log.trackers`` opened on rank 0 (``None`` when there are none, or on other ranks)."""
-    if not (d.is_main and cfg.log.trackers):
-        return None
-    from .trackers import Trackers
-
-    return Trackers(run_dir, cfg.log.trackers, cfg.run_name, cfg.model_dump(by_alias=True), resume_step)
 
 
 def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
@@ -760,6 +744,7 @@ def _save(st: TrainState, pending_line: dict) -> None:
         model_sd, optim_sd = parallel.full_state_dicts(st.wrapped, st.optimizer, d, mode)
     checksums = parallel.gather_checksums(d, st.objective) if mode == "ddp" else []
     if d.is_main:
+        is_nitp, nitp = cfg.objective == "nitp", cfg.nitp
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
         contents = ckpt_io.Contents(
@@ -768,39 +753,25 @@ def _save(st: TrainState, pending_line: dict) -> None:
             scheduler=st.scheduler,
             model=st.objective.model,
             tokenizer=st.tokenizer,
-            meta=_checkpoint_meta(cfg, step, st.tokens_seen),
-            state={
-                **_cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
+            meta={  # nitp_meta.json: what the checkpoint is (objective, NITP settings) for the other tools
+                "step": step,
+                "tokens_seen": st.tokens_seen,
+                "objective": cfg.objective,
+                "preset": cfg.model["preset"],
+                "target_layer": nitp.target_layer if is_nitp else None,
+                "lambda": nitp.lambda_ if is_nitp else None,
+                "projector": nitp.projector if is_nitp else None,
+                "cos_reg_weight": cfg.cos_reg.weight,
+                "cos_reg_kind": cfg.cos_reg.kind,
+            },
+            state={  # where the run stands: the next micro-batch index, world size, rank checksums
+                "step": step,
+                "tokens_seen": st.tokens_seen,
+                "next_batch": step * cfg.train.grad_accum,
+                "world_size": d.world,
+                "rank_param_checksums": checksums,
                 "pending_line": pending_line,
             },
         )
         ckpt_io.save(run_dir, step, contents, cfg.checkpoint.keep_last, sharded=sharded)
     parallel.barrier(d)
-
-
-def _checkpoint_meta(cfg: Config, step: int, tokens_seen: int) -> dict:
-    """``nitp_meta.json``: what the checkpoint is (objective, NITP settings) for the other tools."""
-    is_nitp = cfg.objective == "nitp"
-    nitp = cfg.nitp
-    return {
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "objective": cfg.objective,
-        "preset": cfg.model["preset"],
-        "target_layer": nitp.target_layer if is_nitp else None,
-        "lambda": nitp.lambda_ if is_nitp else None,
-        "projector": nitp.projector if is_nitp else None,
-        "cos_reg_weight": cfg.cos_reg.weight,
-        "cos_reg_kind": cfg.cos_reg.kind,
-    }
-
-
-def _cursor_state(cfg: Config, step: int, tokens_seen: int, world: int, checksums: list) -> dict:
-    """Where the run stands: steps, tokens, the next micro-batch index, world size, rank checksums."""
-    return {
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "next_batch": step * cfg.train.grad_accum,
-        "world_size": world,
-        "rank_param_checksums": checksums,
-    }
