@@ -183,8 +183,21 @@ def load_trainer_state(ckpt: Path) -> dict:
     ``optimizer`` is the full state dict, or ``None`` when the checkpoint is sharded; then
     ``sharded`` is the folder for ``parallel.load_sharded``.
     """
+    st = Path(ckpt) / "trainer_state"
     try:
-        return _read_trainer_state(Path(ckpt) / "trainer_state")
+        state = json.loads((st / "state.json").read_text())
+        for key in ("step", "tokens_seen", "next_batch"):
+            if key in state and (not isinstance(state[key], int) or state[key] < 0):
+                raise ValueError(f"state.json {key}={state[key]!r} is not a count")
+        check_state_format(st, state)
+        full = st / "optimizer.pt"
+        saved = {
+            "optimizer": load_plain(full) if full.is_file() else None,
+            "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
+            "scheduler": load_plain(st / "scheduler.pt"),
+            "state": state,
+        }
+        set_rng_state(load_plain(st / "rng.pt"))  # last: a refused file leaves the RNGs untouched
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage to these files is bad input for --resume
@@ -192,22 +205,6 @@ def load_trainer_state(ckpt: Path) -> dict:
             f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {first_line(e)}); "
             f"move {Path(ckpt).name} aside to resume from the checkpoint before it"
         ) from None
-
-
-def _read_trainer_state(st: Path) -> dict:
-    state = json.loads((st / "state.json").read_text())
-    for key in ("step", "tokens_seen", "next_batch"):
-        if key in state and (not isinstance(state[key], int) or state[key] < 0):
-            raise ValueError(f"state.json {key}={state[key]!r} is not a count")
-    check_state_format(st, state)
-    full = st / "optimizer.pt"
-    saved = {
-        "optimizer": load_plain(full) if full.is_file() else None,
-        "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
-        "scheduler": load_plain(st / "scheduler.pt"),
-        "state": state,
-    }
-    set_rng_state(load_plain(st / "rng.pt"))  # last: a refused file leaves the RNGs untouched
     return saved
 
 

@@ -156,16 +156,7 @@ def presets(seq_len: int = typer.Option(2048, help="Sequence length for the FLOP
     from .models import PRESETS, count_parameters_from_spec, make_config, resolve_preset
 
     table = Table(title=f"NITP FLOPs overhead at sequence length {seq_len}")
-    for col in (
-        "preset",
-        "layers",
-        "hidden",
-        "params",
-        "active",
-        "target layer",
-        "lambda",
-        "NITP FLOPs overhead",
-    ):
+    for col in "preset,layers,hidden,params,active,target layer,lambda,NITP FLOPs overhead".split(","):
         table.add_column(col, no_wrap=True)
     for name in PRESETS:
         spec = resolve_preset(name)

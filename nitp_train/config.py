@@ -24,6 +24,7 @@ from .config_model import (
     Config,
     as_config,
     check_model,
+    nested,
     upgrade_legacy_keys,
 )
 from .models import RECIPES, configs_dir, make_config, resolve_preset
@@ -80,13 +81,7 @@ def parse_override(item: str) -> dict:
             f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); "
             f"quote it (--set '{key.strip()}=\"...\"') or close its brackets"
         ) from None
-    tree: dict = {}
-    node = tree
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return tree
+    return nested(key.strip(), value)
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:

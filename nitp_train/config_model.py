@@ -446,11 +446,14 @@ def upgrade_legacy_keys(cfg: Any, note: bool = True) -> Any:
 
 def check_value(key: str, value: Any) -> None:
     """Raise ``UserError('<key>=<value>: <problem>; <fix>')`` when ``value`` does not fit ``key``."""
-    *sections, leaf = key.split(".")
-    tree: dict = {leaf: value}
-    for section in reversed(sections):
-        tree = {section: tree}
-    validate(tree)
+    validate(nested(key, value))
+
+
+def nested(key: str, value: Any) -> dict:
+    """The config holding ``value`` at the dotted ``key``: ``nested("a.b", 1) == {"a": {"b": 1}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 MUST_BE_GIVEN = "must be given (it may not be empty or null)"
