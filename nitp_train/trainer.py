@@ -147,8 +147,6 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         )
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     seq, bsz, accum = cfg.data.seq_len, tc.batch_size, tc.grad_accum
-    forward = _compiled(wrapped, tc)
-    flops_per_token, peak = _flops_per_token(cfg, model), peak_flops(d.device)
     metrics_path = run_dir / "metrics.jsonl"
     if d.is_main:  # the run directory appears only once everything above succeeded
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +166,7 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         d=d,
         objective=objective,
         wrapped=wrapped,
-        forward=forward,
+        forward=_compiled(wrapped, tc),
         optimizer=optimizer,
         scheduler=scheduler,
         tokenizer=tokenizer,
@@ -176,17 +174,12 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         batches=_training_batches(cfg, shards, start=step * accum, d=d),
         amp=_autocast(d.device, tc.dtype),
         mlog=MetricsLog(
-            metrics_path,
-            tc.steps,
-            step,
-            enabled=d.is_main,
-            title=cfg.run_name,
-            trackers=trackers,
+            metrics_path, tc.steps, step, enabled=d.is_main, title=cfg.run_name, trackers=trackers
         ),
         geom=GeometrySample(seq, bsz * accum, d.world, lc.geom_every, d.rank, cfg.seed),
         tokens_per_step=seq * bsz * accum * d.world,
-        flops_per_token=flops_per_token,
-        peak=peak,
+        flops_per_token=_flops_per_token(cfg, model),
+        peak=peak_flops(d.device),
         run_facts=_run_facts(tc, model, objective, optimizer),
         evaluators=evaluators,
         heldout=_heldout(cfg, shards, d),
@@ -333,11 +326,10 @@ def _read_after(st: TrainState, step: int) -> bool:
     """Whether :func:`_after_step` reads the model or the losses after ``step`` (log, geometry,
     probe, validation, checkpoint, evaluation, last step): the non-finite check must come first."""
     cfg, lc = st.cfg, st.cfg.log
-    intervals = (lc.every, lc.geom_every, lc.probe_every, lc.eval_every)
-    intervals += (cfg.checkpoint.every, cfg.eval.every)
-    if step in _log_spaced(cfg.train.steps, lc.eval_points):
+    intervals = (lc.every, lc.geom_every, lc.probe_every, lc.eval_every, cfg.checkpoint.every, cfg.eval.every)
+    if step == cfg.train.steps or step in _log_spaced(cfg.train.steps, lc.eval_points):
         return True
-    return step == cfg.train.steps or any(n > 0 and step % n == 0 for n in intervals)
+    return any(n > 0 and step % n == 0 for n in intervals)
 
 
 def _stop_if_nonfinite(st: TrainState) -> None:
@@ -357,7 +349,7 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     """Log the interval's means, measure geometry, validate, evaluate (``eval.every``) and checkpoint when due."""
     cfg, lc, d, steps = st.cfg, st.cfg.log, st.d, st.cfg.train.steps
     row = {}
-    if st.step % lc.every == 0 or st.step == steps or want_geom:
+    if _due(st, lc.every) or want_geom:
         row = _interval_means(st, grad_norm)
     if want_geom and lc.geom_batch == "val":  # the fixed held-out batch: every rank (a collective under FSDP)
         row.update(
@@ -365,7 +357,7 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
         )
     elif want_geom:
         row.update(st.geom.result(d))
-    if lc.probe_every > 0 and (st.step % lc.probe_every == 0 or st.step == steps) and d.is_main:
+    if _due(st, lc.probe_every) and d.is_main:
         # the gradient probe at the current NITP weight (rank 0, bare model)
         weight = cfg.nitp.lambda_ * float(st.step >= cfg.nitp.start_step) if cfg.objective == "nitp" else 0.0
         row.update(gradient_probe(st.objective, st.heldout, d.device, weight))
@@ -374,7 +366,7 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     # the checkpoint comes first, at every evaluated step too: an evaluator's or a tracker's failure
     # below never costs training state; it carries this step's line, which a resume writes if the
     # run died before it did
-    if st.step % cfg.checkpoint.every == 0 or st.step == steps or _eval_due(st):
+    if _due(st, cfg.checkpoint.every) or _due(st, cfg.eval.every):
         _save(st, pending_line=row)
         st.last_good = checkpoint_name(st.step)
     _evaluate_and_log(st, row)
@@ -409,8 +401,8 @@ def validation_due(step: int, steps: int, every: int, points: int) -> bool:
     return step == steps or (every > 0 and step % every == 0) or step in _log_spaced(steps, points)
 
 
-def _eval_due(st: TrainState) -> bool:
-    every = st.cfg.eval.every
+def _due(st: TrainState, every: int) -> bool:
+    """Whether something done every ``every`` steps (0: never) is due now, the last step included."""
     return every > 0 and (st.step % every == 0 or st.step == st.cfg.train.steps)
 
 
@@ -425,7 +417,7 @@ def _evaluate(st: TrainState) -> dict:
 def _evaluate_and_log(st: TrainState, row: dict) -> None:
     """Run the in-loop evaluators when due (``eval.every``), then write the step's metrics line."""
     try:
-        if _eval_due(st):
+        if _due(st, st.cfg.eval.every):
             row.update(_evaluate(st))
     finally:  # the line of this step is written even when an evaluator failed
         if row:
@@ -440,7 +432,12 @@ def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
     rows = read_jsonl(path) if st.d.is_main and path.is_file() else []
     at = [i for i, r in enumerate(rows) if r.get("step") == st.step]
     no_line = st.d.is_main and pending_line is not None and not at
-    no_eval = bool(at) and _eval_due(st) and bool(st.evaluators) and "eval/seconds" not in rows[at[-1]]
+    no_eval = (
+        bool(at)
+        and _due(st, st.cfg.eval.every)
+        and bool(st.evaluators)
+        and "eval/seconds" not in rows[at[-1]]
+    )
     todo = parallel.all_max(st.d, torch.tensor([float(no_line), float(no_eval)], device=st.d.device))
     if todo[0].item():
         _evaluate_and_log(st, dict(pending_line or {}))

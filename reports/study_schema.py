@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -265,15 +266,10 @@ class StudyFile(_Section):
     compute_matched: Bool = False
     eval: EvalSection = Field(default_factory=EvalSection)
 
-    @field_validator("eval", mode="before")
+    @field_validator("eval", "set", mode="before")
     @classmethod
-    def _empty_eval(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-    @field_validator("set", mode="before")
-    @classmethod
-    def _no_set(cls, value: Any) -> Any:
-        return [] if value is None else value
+    def _null_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        return ({} if info.field_name == "eval" else []) if value is None else value
 
 
 # ----------------------------------------------------------------------------- validation
@@ -302,12 +298,9 @@ def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = (
         raise UserError(line) from None
     out = parsed.model_dump(by_alias=True)
     plan = parsed.eval if isinstance(parsed, StudyFile) else parsed
-    sections = plan.model_dump(exclude_unset=True)
-    sections["bench"] = [b.model_dump(exclude_unset=True) for b in plan.bench]
-    for key in ("mteb", "geom"):
-        sections[key] = getattr(plan, key).model_dump(exclude_unset=True) if getattr(plan, key) else None
-    sections.setdefault("checkpoints", plan.checkpoints)
-    sections.setdefault("report", plan.report)
+    sections = plan.model_dump(exclude_unset=True)  # nested sections too: as the file gave them
+    for key in ("bench", "mteb", "geom", "checkpoints", "report"):  # left out: the defaults
+        sections.setdefault(key, getattr(plan, key))
     if isinstance(parsed, StudyFile):
         out["eval"] = sections
         return out
