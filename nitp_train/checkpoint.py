@@ -32,7 +32,7 @@ import torch
 
 from nitp.errors import UserError, first_line, raise_if_interrupted
 from nitp.io import atomic_write_json, atomic_write_text, remove_stale_temps_in
-from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
+from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints, resolve_checkpoint
 
 SHARDED_DIR = "distributed"  # inside trainer_state/: torch.distributed.checkpoint files of all ranks
 STATE_FORMAT = 2  # 2: no pickle in trainer_state/ (1, unmarked: pickled numpy / Python RNG state)
@@ -299,8 +299,6 @@ def clean_partial(run_dir: Path) -> None:
 
 def verify_resume(run_dir: Path, resume: bool) -> None:
     """On ``--resume`` of a run with checkpoints, :func:`verify` the one it will resume from."""
-    from nitp.runs import resolve_checkpoint
-
     run_dir = Path(run_dir)
     if resume and (run_dir / "config.yaml").is_file() and list_checkpoints(run_dir):
         verify(resolve_checkpoint(run_dir))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List
 
 import typer
 
-from nitp.errors import on_interrupt, user_errors
+from nitp.errors import UserError, on_interrupt, user_errors
 
 if TYPE_CHECKING:
     from .config_model import Config
@@ -54,8 +54,6 @@ def run(
     ),
 ):
     """Train one model; writes RUN/config.yaml, RUN/metrics.jsonl and RUN/checkpoints/."""
-    from nitp.errors import UserError
-
     from .config import load_config
     from .config_model import as_config
 
@@ -134,7 +132,6 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the float32 Hugging Face model."),
 ):
     """Dequantise a GGUF model into a plain float32 Hugging Face folder (config, safetensors, tokenizer)."""
-    from nitp.errors import UserError
     from nitp.loading import export_gguf
     from nitp.runs import is_gguf_file
 

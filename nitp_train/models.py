@@ -90,9 +90,7 @@ def build_model(spec: dict[str, Any], seed: int | None = None):
 
     if seed is not None:
         torch.manual_seed(seed)
-    config = make_config(spec)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model
+    return AutoModelForCausalLM.from_config(make_config(spec), dtype=torch.float32)
 
 
 def count_parameters(model) -> dict[str, int]:

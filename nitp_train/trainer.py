@@ -25,7 +25,7 @@ import yaml
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_text, read_jsonl
-from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint
+from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint, run_lock
 
 from . import checkpoint as ckpt_io
 from . import parallel
@@ -49,8 +49,6 @@ def train(cfg: Config | dict, run_dir: str | Path, resume: bool = False, log=pri
     schedule, RNG and data cursor, so the result equals an uninterrupted run.
     """
     from transformers.utils import logging as hf_logging
-
-    from nitp.runs import run_lock
 
     from .memory import check_fits
 

@@ -17,6 +17,7 @@ nitp.errors.UserError: study s.yaml: eval.report='maybe': must be true or false
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -165,11 +166,8 @@ def _layers(value: Any) -> Any:
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return value
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(UserError):
             parse_layers(str(value))
-        except UserError:
-            pass
-        else:
             return value
     _fail("use all, a list of layers such as [0, 2, -1] or the text 0,2,-1 (-1 = last hidden state)")
 
