@@ -61,7 +61,18 @@ def train(cfg: Config | dict, run_dir: str | Path, resume: bool = False, log=pri
             if d.is_main:
                 ckpt_io.verify_resume(run_dir, resume)
             check_fits(cfg.model, d.device, d.world, sharded=cfg.train.parallel == "fsdp")
-            return _train(cfg, run_dir, resume, d, log)
+            st = _build_state(cfg, run_dir, resume, d, log)
+            try:
+                if st.step > 0:
+                    _finish_interrupted_step(st)
+                st.t0 = time.perf_counter()
+                while st.step < st.cfg.train.steps:
+                    want_geom, grad_norm = _train_step(st)
+                    _after_step(st, want_geom, grad_norm)
+            finally:
+                st.mlog.close()
+            log(f"done: {st.step} steps, {st.tokens_seen:,} tokens -> {run_dir}")
+            return run_dir
     finally:
         parallel.teardown(d)
 
@@ -102,21 +113,6 @@ class TrainState:
     n_sums: int = 0
     t0: float = 0.0
     nonfinite: torch.Tensor | None = None  # [kind, -first step] of non-finite losses (_flag_nonfinite)
-
-
-def _train(cfg: Config, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
-    st = _build_state(cfg, run_dir, resume, d, log)
-    try:
-        if st.step > 0:
-            _finish_interrupted_step(st, st.pending_line)
-        st.t0 = time.perf_counter()
-        while st.step < st.cfg.train.steps:
-            want_geom, grad_norm = _train_step(st)
-            _after_step(st, want_geom, grad_norm)
-    finally:
-        st.mlog.close()
-    log(f"done: {st.step} steps, {st.tokens_seen:,} tokens -> {run_dir}")
-    return run_dir
 
 
 def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
@@ -242,11 +238,8 @@ def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler,
 
 
 def _training_batches(cfg: Config, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
-    """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on.
-
-    NITP runs get each token's document (``TokenShards.document_batches``) for the pair rule:
-    no NITP pair crosses a document boundary of the packed windows. NTP runs need none.
-    """
+    """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on (NTP runs
+    need no document ids: only NITP's pair rule reads them)."""
     seq, bsz = cfg.data.seq_len, cfg.train.batch_size
     where = dict(start=start, rank=d.rank, world=d.world)
     if cfg.objective != "nitp":
@@ -422,14 +415,14 @@ def _evaluate_and_log(st: TrainState, row: dict) -> None:
             st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
 
 
-def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
+def _finish_interrupted_step(st: TrainState) -> None:
     """Finish the resumed checkpoint's step. A run killed between its checkpoint and that step's
     metrics line lost the line: write it from the checkpoint and run the evaluators. A run stopped
     by an evaluator's failure wrote the line without its results: evaluate now and add them."""
     path = st.run_dir / "metrics.jsonl"
     rows = read_jsonl(path) if st.d.is_main and path.is_file() else []
     at = [i for i, r in enumerate(rows) if r.get("step") == st.step]
-    no_line = st.d.is_main and pending_line is not None and not at
+    no_line = st.d.is_main and st.pending_line is not None and not at
     no_eval = (
         bool(at)
         and _due(st, st.cfg.eval.every)
@@ -438,7 +431,7 @@ def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
     )
     todo = parallel.all_max(st.d, torch.tensor([float(no_line), float(no_eval)], device=st.d.device))
     if todo[0].item():
-        _evaluate_and_log(st, dict(pending_line or {}))
+        _evaluate_and_log(st, dict(st.pending_line or {}))
     elif todo[1].item():
         results = _evaluate(st)
         if st.d.is_main:  # the step's line gets the results in place; the trackers get only them
@@ -572,22 +565,16 @@ def _make_optimizer(objective: torch.nn.Module, tc: Train) -> torch.optim.Optimi
             {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    fused = _use_fused_adamw(tc.fused_adamw, [p for g in groups for p in g["params"]])
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, fused=fused)
-
-
-def _use_fused_adamw(setting, params: list) -> bool:
-    """``train.fused_adamw``: ``auto`` = fused when every parameter is on CUDA; ``True`` there only.
-
-    Example: ``_use_fused_adamw("auto", [torch.zeros(1)])`` is ``False`` (a CPU parameter).
-    """
+    # train.fused_adamw: auto = fused when every parameter is on CUDA; true there only
+    params = [p for g in groups for p in g["params"]]
     on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
-    if setting is True and not on_cuda:
+    if tc.fused_adamw is True and not on_cuda:
         where = sorted({p.device.type for p in params}) or ["no parameters"]
         raise UserError(
             f"train.fused_adamw=true needs every parameter on CUDA (found {', '.join(where)}): set train.fused_adamw to auto or false"
         )
-    return on_cuda if setting == "auto" else bool(setting)
+    fused = on_cuda if tc.fused_adamw == "auto" else bool(tc.fused_adamw)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, fused=fused)
 
 
 def _check_speed_switches(tc: Train, device: torch.device) -> None:
@@ -616,15 +603,12 @@ def _check_param_dtype(tc: Train, d: parallel.Dist) -> None:
 
 def _compiled(wrapped: torch.nn.Module, tc: Train) -> torch.nn.Module:
     """``torch.compile(wrapped, mode=train.compile_mode)`` when ``train.compile``, else ``wrapped``."""
-    if not tc.compile:
-        return wrapped
-    return torch.compile(wrapped, mode=tc.compile_mode)
+    return torch.compile(wrapped, mode=tc.compile_mode) if tc.compile else wrapped
 
 
 def _run_facts(tc: Train, model, objective: NITPObjective, optimizer) -> dict:
-    """The facts behind the throughput of this start, logged once in ``metrics.jsonl``: the
-    model's parameters (``count_parameters``' total), attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
-    loss implementation, compile mode, fused AdamW."""
+    """The facts behind the throughput of this start, logged once in ``metrics.jsonl`` (attention
+    backend: sdpa, eager, flash_attention_2, ...)."""
     return {
         "parameters": count_parameters(model)["total"],
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
