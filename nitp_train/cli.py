@@ -107,19 +107,10 @@ def prepare(
     batch_docs: int = typer.Option(256, help="Documents per encode_batch call."),
 ):
     """Tokenize a corpus into memory-mapped shards, streaming and resumable (point data.prepared_dir at OUT to share it)."""
+    settings = {k: v for k, v in locals().items() if k != "out"}  # the data.* options, as given
     from .config_model import check_value
     from .data import prepare as prepare_data
 
-    settings = {
-        "corpus": corpus,
-        "tokenizer": tokenizer,
-        "vocab_size": vocab_size,
-        "val_fraction": val_fraction,
-        "text_field": text_field,
-        "seed": seed,
-        "workers": workers,
-        "batch_docs": batch_docs,
-    }
     for key, value in settings.items():
         check_value(f"data.{key}", value)
     on_interrupt("the preparation keeps its committed progress; rerun the same command to continue")

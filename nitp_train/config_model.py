@@ -480,12 +480,9 @@ def inner_model(annotation: Any) -> type[BaseModel] | None:
 def locate(
     model: type[BaseModel], loc: tuple | list
 ) -> tuple[list, FieldInfo | None, type[BaseModel] | None]:
-    """The key a pydantic error's ``loc`` names in ``model``: ``(path, field, section)``.
-
-    ``path``: ``loc`` down to the key (list indices kept, the member names of a union that pydantic
-    adds after a value dropped); ``field``: the key's field (None at the top or for an unknown
-    name); ``section``: the model the key holds (``model`` for an empty ``loc``; None for a value).
-    """
+    """``(path, field, section)`` of the key a pydantic error's ``loc`` names in ``model``: ``loc`` up to
+    the key (list indices kept, a union's member names after a value dropped), the key's field, and
+    the model it holds (``model`` for an empty ``loc``; None for a value)."""
     path, field, section = [], None, model
     for part in loc:
         if not isinstance(part, int):
@@ -589,17 +586,9 @@ def _same_kind(want: Any, value: Any) -> tuple[bool, str]:
 def ablation_knobs() -> dict[str, tuple[str, Any]]:
     """``{dotted key: (table label, default)}`` of the ablation knobs (fields marked with
     :func:`knob`), in their rank order; the default is ``None`` where the preset fills it."""
-    marked = [
-        (
-            f.json_schema_extra["knob_rank"],
-            key,
-            f.json_schema_extra["knob"],
-            f.get_default(call_default_factory=True),
-        )
-        for key, f in leaf_fields()
-        if isinstance(f.json_schema_extra, dict) and "knob" in f.json_schema_extra
-    ]
-    return {key: (label, default) for _, key, label, default in sorted(marked)}
+    knobs = [(key, f) for key, f in leaf_fields() if "knob" in (f.json_schema_extra or {})]
+    knobs.sort(key=lambda kf: kf[1].json_schema_extra["knob_rank"])
+    return {key: (f.json_schema_extra["knob"], f.get_default(call_default_factory=True)) for key, f in knobs}
 
 
 # ----------------------------------------------------------------------------- documentation

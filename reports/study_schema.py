@@ -120,17 +120,12 @@ def _axes(value: Any) -> dict[str, list]:
                 f"axis {key!r} value {bad!r}: use a number, a text, true/false or null (quote dates)",
                 whole=True,
             )
-        seen = [_identity(v) for v in values]
+        seen = [json.dumps(v, sort_keys=True) for v in values]  # the same YAML value (0 and "0" differ)
         repeated = [v for i, v in enumerate(values) if seen[i] in seen[:i]]
         if repeated:
             _fail(f"axis {key!r} repeats {repeated[0]!r}; make its values distinct", whole=True)
         axes[str(key)] = values
     return axes
-
-
-def _identity(value: Any) -> str:
-    """Two axis values are the same when YAML gave the same value (0 and "0" are not)."""
-    return json.dumps(value, sort_keys=True)
 
 
 def _include(value: Any) -> list[dict]:
