@@ -534,14 +534,9 @@ class TokenShards:
         self, seq_len: int, batch_size: int, seed: int, start: int, rank: int, world: int
     ) -> Iterator[tuple[int, np.ndarray]]:
         """``(index, sorted window numbers [batch_size])`` of this rank's batches, forever."""
+        self.check_fits(seq_len, batch_size, world)
         n_windows = len(self.train) // seq_len
-        per_step = batch_size * world
-        if n_windows < per_step:
-            raise UserError(
-                f"corpus has {n_windows} windows of {seq_len} tokens, fewer than one global batch of {per_step}; "
-                "lower train.batch_size or data.seq_len, or give more text"
-            )
-        steps_per_epoch = n_windows // per_step
+        steps_per_epoch = n_windows // (batch_size * world)
         i = start
         while True:
             epoch, j = divmod(i, steps_per_epoch)
