@@ -277,21 +277,15 @@ class _ShardWriter:
             f.close()
 
 
-def _pieces_with_ends(corpus: str, field: str) -> Iterator[tuple[int, int, bool, bool, str]]:
-    """``(piece index, document index, starts_doc, ends_doc, text)``: one piece of look-ahead."""
-    doc = -1
-    pieces = itertools.chain(iter_pieces(corpus, field), [(True, "")])  # the end starts a document
-    for piece, ((new_doc, text), (next_new, _)) in enumerate(itertools.pairwise(pieces)):
-        doc += new_doc
-        yield piece, doc, new_doc, next_new, text
-
-
 def _jobs(data_cfg: dict, progress: dict) -> Iterator[tuple[list, int, int]]:
     """Batches of ``([(text, starts_doc, ends_doc, is_val), ...], pieces done, docs done)``
     after the committed progress."""
     val_fraction, seed = data_cfg["val_fraction"], data_cfg["seed"]
-    items, chars = [], 0
-    for piece, doc, starts, ends, text in _pieces_with_ends(data_cfg["corpus"], data_cfg["text_field"]):
+    items, chars, doc = [], 0, -1
+    # a piece ends its document when the next one starts one (one piece of look-ahead; the end does)
+    pieces = itertools.chain(iter_pieces(data_cfg["corpus"], data_cfg["text_field"]), [(True, "")])
+    for piece, ((starts, text), (ends, _)) in enumerate(itertools.pairwise(pieces)):
+        doc += starts
         if piece < progress["pieces"]:
             continue
         items.append((text, starts, ends, is_validation(doc, val_fraction, seed)))
@@ -460,13 +454,9 @@ def validation_text(prepared_dir: str | os.PathLike) -> Path:
     except OSError:  # a read-only prepared folder: keep the text beside the other temporary files
         import tempfile
 
-        fallback = Path(tempfile.gettempdir()) / f"nitp-val-{_folder_key(shards.dir)}.jsonl"
-        return atomic_write_text(fallback, "".join(lines))
-
-
-def _folder_key(folder: Path) -> str:
-    meta = (folder / "meta.json").read_bytes() if (folder / "meta.json").is_file() else b""
-    return hashlib.sha256(str(folder.resolve()).encode() + meta).hexdigest()[:16]
+        meta = (shards.dir / "meta.json").read_bytes()
+        key = hashlib.sha256(str(shards.dir.resolve()).encode() + meta).hexdigest()[:16]
+        return atomic_write_text(Path(tempfile.gettempdir()) / f"nitp-val-{key}.jsonl", "".join(lines))
 
 
 class TokenShards:

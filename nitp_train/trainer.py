@@ -26,6 +26,7 @@ import yaml
 from nitp.errors import UserError
 from nitp.io import atomic_write_text, read_jsonl
 from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint, run_lock
+from nitp.runtime import use_bf16
 
 from . import checkpoint as ckpt_io
 from . import parallel
@@ -154,6 +155,21 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         trackers = Trackers(
             run_dir, lc.trackers, cfg.run_name, cfg.model_dump(by_alias=True), step if resume else None
         )
+    heldout = None  # the fixed held-out batch of log.geom_batch: val and log.probe_every
+    if (lc.geom_every > 0 and lc.geom_batch == "val") or lc.probe_every > 0:
+        if lc.probe_every > 0 and tc.parallel == "fsdp" and d.enabled:
+            raise UserError(
+                "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
+                "set log.probe_every=0 or train.parallel=ddp"
+            )
+        heldout = heldout_batch(shards, seq)
+    # (tokens, document ids or None) per micro-batch: only NITP's pair rule reads the document ids
+    where = dict(start=step * accum, rank=d.rank, world=d.world)
+    if cfg.objective == "nitp":
+        batches = ((t, docs) for _, t, docs in shards.document_batches(seq, bsz, cfg.seed, **where))
+    else:
+        batches = ((t, None) for _, t in shards.batches(seq, bsz, cfg.seed, **where))
+    bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and use_bf16(str(d.device)))
     return TrainState(
         cfg=cfg,
         run_dir=run_dir,
@@ -165,8 +181,8 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         scheduler=scheduler,
         tokenizer=tokenizer,
         shards=shards,
-        batches=_training_batches(cfg, shards, start=step * accum, d=d),
-        amp=_autocast(d.device, tc.dtype),
+        batches=batches,
+        amp=torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext(),
         mlog=MetricsLog(
             metrics_path, tc.steps, step, enabled=d.is_main, title=cfg.run_name, trackers=trackers
         ),
@@ -176,7 +192,7 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         peak=peak_flops(d.device),
         run_facts=_run_facts(tc, model, objective, optimizer),
         evaluators=evaluators,
-        heldout=_heldout(cfg, shards, d),
+        heldout=heldout,
         step=step,
         tokens_seen=tokens_seen,
         last_good=last_ckpt.name if last_ckpt is not None else None,
@@ -237,16 +253,6 @@ def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler,
     return state["step"], state["tokens_seen"], state.get("pending_line")
 
 
-def _training_batches(cfg: Config, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
-    """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on (NTP runs
-    need no document ids: only NITP's pair rule reads them)."""
-    seq, bsz = cfg.data.seq_len, cfg.train.batch_size
-    where = dict(start=start, rank=d.rank, world=d.world)
-    if cfg.objective != "nitp":
-        return ((tokens, None) for _, tokens in shards.batches(seq, bsz, cfg.seed, **where))
-    return ((tokens, docs) for _, tokens, docs in shards.document_batches(seq, bsz, cfg.seed, **where))
-
-
 def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     """One optimizer step (all micro-batches, clip, AdamW, schedule); returns
     ``(whether geometry is measured after it, the gradient norm before clipping)``."""
@@ -276,7 +282,12 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     if _read_after(st, st.step + 1):  # before this step's update: a saved checkpoint is never poisoned
         _stop_if_nonfinite(st)
     if st.step < cfg.nitp.start_step:
-        _hold_projector(st.optimizer)
+        # before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely, so
+        # it is neither weight-decayed nor stepped, and its moments start at its first real step
+        for group in st.optimizer.param_groups:
+            if group.get("name") == "projector":
+                for p in group["params"]:
+                    p.grad = None
     st.optimizer.step()
     st.scheduler.step()
     st.optimizer.zero_grad(set_to_none=True)
@@ -399,7 +410,7 @@ def _due(st: TrainState, every: int) -> bool:
 
 def _evaluate(st: TrainState) -> dict:
     """The in-loop evaluators' results at this step (rank 0; the others wait)."""
-    modules = (st.objective, st.wrapped)
+    modules = (st.objective, st.wrapped)  # put back in training mode afterwards
     return evaluate_in_loop(
         st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, st.d
     )
@@ -424,10 +435,7 @@ def _finish_interrupted_step(st: TrainState) -> None:
     at = [i for i, r in enumerate(rows) if r.get("step") == st.step]
     no_line = st.d.is_main and st.pending_line is not None and not at
     no_eval = (
-        bool(at)
-        and _due(st, st.cfg.eval.every)
-        and bool(st.evaluators)
-        and "eval/seconds" not in rows[at[-1]]
+        bool(at and st.evaluators) and _due(st, st.cfg.eval.every) and "eval/seconds" not in rows[at[-1]]
     )
     todo = parallel.all_max(st.d, torch.tensor([float(no_line), float(no_eval)], device=st.d.device))
     if todo[0].item():
@@ -447,8 +455,7 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
     """The logging interval's mean loss terms (over ranks), lr, gradient norm, throughput, MFU;
     starts the next interval."""
     dt = time.perf_counter() - st.t0
-    row = {k: float(v) / st.n_sums for k, v in st.sums.items()}
-    row = parallel.all_mean(st.d, row)
+    row = parallel.all_mean(st.d, {k: float(v) / st.n_sums for k, v in st.sums.items()})
     tps = st.tokens_per_step * st.n_sums / st.cfg.train.grad_accum / max(dt, 1e-9)
     row.update(lr=st.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), tokens_per_s=tps)
     if st.peak and st.flops_per_token:
@@ -465,19 +472,6 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _heldout(cfg: Config, shards: TokenShards, d: parallel.Dist) -> tuple | None:
-    """The fixed held-out batch of ``log.geom_batch: val`` and ``log.probe_every`` (else None)."""
-    lc = cfg.log
-    if not ((lc.geom_every > 0 and lc.geom_batch == "val") or lc.probe_every > 0):
-        return None
-    if lc.probe_every > 0 and cfg.train.parallel == "fsdp" and d.enabled:
-        raise UserError(
-            "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
-            "set log.probe_every=0 or train.parallel=ddp"
-        )
-    return heldout_batch(shards, cfg.data.seq_len)
-
-
 def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
     """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
 
@@ -551,8 +545,8 @@ def _make_optimizer(objective: torch.nn.Module, tc: Train) -> torch.optim.Optimi
     """AdamW; weight decay on matrices only (not norms, biases, or other vectors). ``tc``: the
     ``train`` section (a dict is validated).
 
-    The projector has groups of its own (``name: projector``) so that :func:`_hold_projector`
-    can keep it out of the update until ``nitp.start_step``.
+    The projector has groups of its own (``name: projector``) so that :func:`_train_step` can keep
+    it out of the update until ``nitp.start_step``.
     """
     tc = section("train", tc)
     head = getattr(objective, "head", None)
@@ -618,15 +612,6 @@ def _run_facts(tc: Train, model, objective: NITPObjective, optimizer) -> dict:
     }
 
 
-def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
-    """Before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely,
-    so it is neither weight-decayed nor stepped, and its moments start at its first real step."""
-    for group in optimizer.param_groups:
-        if group.get("name") == "projector":
-            for p in group["params"]:
-                p.grad = None
-
-
 def _make_scheduler(optimizer, tc: Train):
     r"""The warmup-stable-decay schedule: transformers' ``get_wsd_schedule`` (a ``LambdaLR``; its
     state is the step counter, saved with checkpoints).
@@ -670,14 +655,6 @@ def _wsd_multiplier(step: int, warmup: int, warm, rest) -> float:
     return warm(step) if step < warmup else rest(step)
 
 
-def _autocast(device: torch.device, dtype: str):
-    from nitp.runtime import use_bf16
-
-    if dtype == "bf16" or (dtype == "auto" and use_bf16(str(device))):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _flops_per_token(cfg: Config | dict, model) -> float:
     from .flops import nitp_flops_per_token, training_flops_per_token
 
@@ -692,9 +669,10 @@ def _validate(wrapped, shards: TokenShards, cfg: Config, d: parallel.Dist, amp) 
     (``val_loss_batches``: the same batches in every run of the same data, so two runs pair by batch)."""
     wrapped.eval()
     losses = []
-    for batch in shards.val_batches(
+    batches = shards.val_batches(
         cfg.data.seq_len, cfg.train.batch_size, cfg.log.eval_batches, d.rank, d.world
-    ):
+    )
+    for batch in batches:
         with amp:
             out = wrapped(torch.from_numpy(batch).to(d.device), nitp_weight=0.0)
         losses.append(float(out["loss_ntp"]))
