@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,30 +261,21 @@ def verify(ckpt: Path) -> None:
     Raises ``UserError`` naming the damaged file and the fix (move the checkpoint aside).
     """
     ckpt = Path(ckpt)
-    for name in ("config.json", "nitp_meta.json", "tokenizer.json", "tokenizer_config.json"):
-        path = ckpt / name
-        if path.is_file() or name == "config.json":
-            try:
+    names = ("config.json", "nitp_meta.json", "tokenizer.json", "tokenizer_config.json")
+    jsons = [ckpt / name for name in names if name == "config.json" or (ckpt / name).is_file()]
+    for path in jsons + sorted(ckpt.glob("*.safetensors")):
+        try:
+            if path.suffix == ".json":
                 json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise UserError(_damaged(path, e)) from None
-    for path in sorted(ckpt.glob("*.safetensors")):
-        _check_safetensors(path)
-
-
-def _check_safetensors(path: Path) -> None:
-    """The header parses and the file holds every byte it promises (a truncated copy fails)."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if path.stat().st_size < 8 + n + end:
-            raise ValueError(f"{path.stat().st_size} bytes, the header promises {8 + n + end}")
-    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, MemoryError) as e:
-        raise UserError(_damaged(path, e)) from None
+                continue
+            with open(path, "rb") as f:  # the header parses and the file holds every byte it promises
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if path.stat().st_size < 8 + n + end:
+                raise ValueError(f"{path.stat().st_size} bytes, the header promises {8 + n + end}")
+        except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, MemoryError) as e:
+            raise UserError(_damaged(path, e)) from None
 
 
 def clean_partial(run_dir: Path) -> None:

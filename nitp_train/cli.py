@@ -7,15 +7,14 @@ Multi-process: ``torchrun --nproc_per_node N -m nitp_train run CONFIG.yaml`` (DD
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import List
 
 import typer
+import yaml
 
 from nitp.errors import UserError, on_interrupt, user_errors
-
-if TYPE_CHECKING:
-    from .config_model import Config
 
 app = typer.Typer(
     help="Pre-train Hugging Face causal LMs with NTP or NITP.",
@@ -54,7 +53,7 @@ def run(
     ),
 ):
     """Train one model; writes RUN/config.yaml, RUN/metrics.jsonl and RUN/checkpoints/."""
-    from .config import load_config
+    from .config import apply_plan, load_config, plan_summary
     from .config_model import as_config
 
     overrides = list(set_)
@@ -63,8 +62,10 @@ def run(
     if objective is not None:
         overrides.append(f"objective={objective}")
     cfg = as_config(load_config(config, overrides, preset=preset))
-    if dry_run:
-        _dry_run(cfg, world_size or 1)
+    if dry_run:  # the plan on stderr, the resolved config (YAML) on stdout
+        cfg, plan = apply_plan(cfg, world_size or 1)
+        print(plan_summary(cfg, plan), file=sys.stderr)
+        sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
         return
     if world_size is not None:
         raise UserError(f"--world-size {world_size}: only plans a --dry-run; launch with torchrun to train")
@@ -72,18 +73,6 @@ def run(
 
     on_interrupt("the run keeps its last complete checkpoint; rerun with --resume to continue")
     train(cfg, run_dir or Path("runs") / cfg.run_name, resume=resume)
-
-
-def _dry_run(cfg: Config, world_size: int) -> None:
-    import sys
-
-    import yaml
-
-    from .config import apply_plan, plan_summary
-
-    cfg, plan = apply_plan(cfg, world_size)
-    print(plan_summary(cfg, plan), file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
 
 
 @app.command()

@@ -6,6 +6,7 @@ in ``config.yaml``; see docs/contracts.md for the schema and configs/ for exampl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -326,8 +327,11 @@ def _count(n: float) -> str:
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved configs (a deprecated key counts as the
     key it maps to: an older run's ``train.loss_chunk: 0, loss_impl: auto`` equals ``loss_impl: plain``)."""
-    if not prefix:
-        a, b = _upgraded(a), _upgraded(b)
+    if not prefix:  # deprecated keys mapped, silently (as they are when they cannot be mapped)
+        with contextlib.suppress(UserError):
+            a = upgrade_legacy_keys(a, note=False)
+        with contextlib.suppress(UserError):
+            b = upgrade_legacy_keys(b, note=False)
     keys = set(a) | set(b)
     diffs = []
     for k in sorted(keys):
@@ -338,11 +342,3 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(path)
     return diffs
-
-
-def _upgraded(cfg: dict) -> dict:
-    """``cfg`` with its deprecated keys mapped, silently (as it is when they cannot be mapped)."""
-    try:
-        return upgrade_legacy_keys(cfg, note=False)
-    except UserError:
-        return cfg

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, Union, get_args
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -596,8 +597,11 @@ def keys_table() -> str:
     """The markdown table of every key (docs/contracts.md): key, default, accepts, description."""
     rows = ["| key | default | accepts | description |", "|---|---|---|---|"]
     for key, field in leaf_fields():
-        default = _yaml(field.get_default(call_default_factory=True))
-        cells = (f"`{key}`", f"`{default}`", _accepts(field), field.description)
+        default = yaml.safe_dump(field.get_default(call_default_factory=True), default_flow_style=True)
+        default = default.strip().removesuffix("...").strip()
+        need = next((m.text for m in field.metadata if isinstance(m, Need)), "a mapping")
+        accepts = need.removeprefix("must be ").removeprefix("use ")
+        cells = (f"`{key}`", f"`{default}`", accepts, field.description)
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -609,14 +613,3 @@ def leaf_fields(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[t
             yield from leaf_fields(field.annotation, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", field
-
-
-def _accepts(field: FieldInfo) -> str:
-    need = next((m.text for m in field.metadata if isinstance(m, Need)), "a mapping")
-    return need.removeprefix("must be ").removeprefix("use ")
-
-
-def _yaml(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -169,8 +169,11 @@ def _remove_stale_tmp(out: Path) -> None:
 def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
     """``data_cfg`` (every key given) tokenized into ``partial``; returns ``meta.json``'s content."""
     corpus = data_cfg["corpus"]
-    progress = _load_progress(partial, fp)
-    if progress is None:
+    try:  # the committed progress of an interrupted preparation with the same settings
+        progress = json.loads((partial / "progress.json").read_text())
+    except (OSError, ValueError):
+        progress = {}
+    if progress.get("fingerprint") != fp:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         log(f"preparing corpus {corpus!r} -> {partial.name[1:-8]}")
@@ -231,14 +234,6 @@ def _make_tokenizer(data_cfg: dict):
                     return
 
     return train_tokenizer(sample(), data_cfg["vocab_size"])
-
-
-def _load_progress(partial: Path, fp: str) -> dict | None:
-    try:
-        progress = json.loads((partial / "progress.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return progress if progress.get("fingerprint") == fp else None
 
 
 def _commit(partial: Path, progress: dict) -> None:

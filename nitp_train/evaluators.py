@@ -94,23 +94,17 @@ def evaluate_in_loop(evaluators: list, model, modules, tokenizer, step: int, run
             model.eval()
             try:
                 for evaluator in evaluators:
-                    out.update(_evaluate(evaluator, model, tokenizer, step, Path(run_dir)))
+                    try:
+                        out.update(evaluator.evaluate(model, tokenizer, step, Path(run_dir)))
+                    except OSError as e:  # one line: this step's checkpoint is saved before evaluating
+                        where = f" ({e.filename})" if e.filename else ""
+                        raise UserError(
+                            f"eval.every: the {type(evaluator).__name__} evaluator failed at step {step}: "
+                            f"{e.strerror or e}{where}; this step's checkpoint is saved: fix it and rerun with --resume"
+                        ) from None
             finally:
                 for module in modules:
                     module.train()
         out["eval/seconds"] = time.perf_counter() - start
     parallel.barrier(d)
     return out
-
-
-def _evaluate(evaluator, model, tokenizer, step: int, run_dir: Path) -> dict:
-    """One evaluator; a failure to read or write its files is one line (the trainer has saved
-    this step's checkpoint before evaluating, so nothing of the run is lost)."""
-    try:
-        return evaluator.evaluate(model, tokenizer, step, run_dir)
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise UserError(
-            f"eval.every: the {type(evaluator).__name__} evaluator failed at step {step}: "
-            f"{e.strerror or e}{where}; this step's checkpoint is saved: fix it and rerun with --resume"
-        ) from None

@@ -284,7 +284,12 @@ def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = (
     try:
         parsed = model.model_validate(data)
     except ValidationError as e:
-        listed = _one_bench_as_list(data, prefix)
+        # a single bench mapping as a one-item list, as the model reads it
+        plan = data if prefix else (data.get("eval") if isinstance(data, dict) else None)
+        listed = data
+        if isinstance(plan, dict) and isinstance(plan.get("bench"), dict):
+            plan = {**plan, "bench": [plan["bench"]]}
+            listed = plan if prefix else {**data, "eval": plan}
         line = _one_line(first_error(e), model, listed, where, prefix)
         if listed is not data:  # the file gave one mapping: name it as the file does
             line = line.replace("eval.bench[0]", "eval.bench")
@@ -298,15 +303,6 @@ def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = (
         out["eval"] = sections
         return out
     return sections
-
-
-def _one_bench_as_list(data: Any, prefix: tuple) -> Any:
-    """``data`` with a single ``bench`` mapping as a one-item list (as the model reads it)."""
-    plan = data if prefix else (data.get("eval") if isinstance(data, dict) else None)
-    if isinstance(plan, dict) and isinstance(plan.get("bench"), dict):
-        plan = {**plan, "bench": [plan["bench"]]}
-        return plan if prefix else {**data, "eval": plan}
-    return data
 
 
 def _one_line(error: dict, model: type[BaseModel], data: dict, where: str, prefix: tuple) -> str:
