@@ -83,7 +83,32 @@ def save(run_dir: Path, step: int, contents: Contents, keep_last: int, sharded: 
     try:
         if not sharded:
             start(run_dir, step)
-        _write_staging(tmp, final, contents)
+        # every file of the checkpoint into its staging folder; COMPLETE last
+        from safetensors.torch import save_file
+
+        model_sd = contents.model_sd
+        lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
+        head_sd = {
+            k[len("head.") :]: v.detach().cpu().contiguous()
+            for k, v in model_sd.items()
+            if k.startswith("head.")
+        }
+        contents.model.save_pretrained(tmp, state_dict=lm_sd)
+        contents.tokenizer.save_pretrained(tmp)
+        if head_sd:
+            save_file(
+                head_sd,
+                tmp / "nitp_head.safetensors",
+                metadata={"format": "pt"},  # one key: safetensors orders several differently per process
+            )
+        atomic_write_json(tmp / "nitp_meta.json", contents.meta)
+        st = tmp / "trainer_state"
+        if contents.optim_sd is not None:
+            torch.save(contents.optim_sd, st / "optimizer.pt")
+        torch.save(contents.scheduler.state_dict(), st / "scheduler.pt")
+        torch.save(rng_state(), st / "rng.pt")
+        atomic_write_json(st / "state.json", {**contents.state, "trainer_state_format": STATE_FORMAT})
+        atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
         raise_if_interrupted()  # a signal a finalizer swallowed: no checkpoint after it
         if final.exists():  # same step written by an earlier, interrupted attempt
             remove_checkpoint(final)
@@ -103,34 +128,6 @@ def save(run_dir: Path, step: int, contents: Contents, keep_last: int, sharded: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _write_staging(tmp: Path, final: Path, contents: Contents) -> None:
-    """Every file of a checkpoint into its staging folder; ``COMPLETE`` last."""
-    from safetensors.torch import save_file
-
-    model_sd, meta = contents.model_sd, contents.meta
-    lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
-    head_sd = {
-        k[len("head.") :]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")
-    }
-    contents.model.save_pretrained(tmp, state_dict=lm_sd)
-    contents.tokenizer.save_pretrained(tmp)
-    if head_sd:
-        save_file(
-            head_sd,
-            tmp / "nitp_head.safetensors",
-            metadata={"format": "pt"},  # one key: safetensors orders several differently per process
-        )
-    atomic_write_json(tmp / "nitp_meta.json", meta)
-
-    st = tmp / "trainer_state"
-    if contents.optim_sd is not None:
-        torch.save(contents.optim_sd, st / "optimizer.pt")
-    torch.save(contents.scheduler.state_dict(), st / "scheduler.pt")
-    torch.save(rng_state(), st / "rng.pt")
-    atomic_write_json(st / "state.json", {**contents.state, "trainer_state_format": STATE_FORMAT})
-    atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
 
 
 def rng_state() -> dict:
@@ -190,7 +187,11 @@ def load_trainer_state(ckpt: Path) -> dict:
         for key in ("step", "tokens_seen", "next_batch"):
             if key in state and (not isinstance(state[key], int) or state[key] < 0):
                 raise ValueError(f"state.json {key}={state[key]!r} is not a count")
-        check_state_format(st, state)
+        if state.get("trainer_state_format") != STATE_FORMAT:  # older versions: refused without reading
+            raise UserError(
+                f"{st}: written by an older nitp with pickled trainer state, which nitp no longer unpickles; "
+                f"re-train, or load {st.parent.name} as a model (model.init_from) to continue without its optimizer"
+            )
         full = st / "optimizer.pt"
         saved = {
             "optimizer": load_plain(full) if full.is_file() else None,
@@ -207,15 +208,6 @@ def load_trainer_state(ckpt: Path) -> dict:
             f"move {Path(ckpt).name} aside to resume from the checkpoint before it"
         ) from None
     return saved
-
-
-def check_state_format(st: Path, state: dict) -> None:
-    """Refuse trainer state of older versions (pickled RNG state) without reading it."""
-    if state.get("trainer_state_format") != STATE_FORMAT:
-        raise UserError(
-            f"{st}: written by an older nitp with pickled trainer state, which nitp no longer unpickles; "
-            f"re-train, or load {st.parent.name} as a model (model.init_from) to continue without its optimizer"
-        )
 
 
 def load_plain(path: Path):

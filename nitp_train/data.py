@@ -113,7 +113,11 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
         raise UserError(f"data.prepared_dir={out}: is a file; give a folder path (new or prepared before)")
     data_cfg = {**data_defaults(), **data_cfg}
     fp = data_fingerprint(data_cfg)
-    _remove_stale_tmp(out)
+    if out.parent.is_dir():  # folders .NAME.PID.tmp of older versions whose process is gone
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+            pid = tmp.name[len(out.name) + 2 : -4]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
     if (reused := _reuse(out, fp)) is not None:
         return reused
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,16 +158,6 @@ def _reuse(out: Path, fp: str) -> Path | None:
             f"{meta.get('vocab_size')}); use another data.prepared_dir or delete it"
         )
     return out
-
-
-def _remove_stale_tmp(out: Path) -> None:
-    """Folders ``.NAME.PID.tmp`` of older versions whose process is gone."""
-    if not out.parent.is_dir():
-        return
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        pid = tmp.name[len(out.name) + 2 : -4]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:

@@ -106,8 +106,7 @@ def count_parameters(model) -> dict[str, int]:
     if n_experts:
         routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
         active = total - routed * (n_experts - cfg.num_experts_per_tok) // n_experts
-    embedding = model.get_input_embeddings().weight.numel()
-    return {"total": total, "active": active, "embedding": embedding}
+    return {"total": total, "active": active, "embedding": model.get_input_embeddings().weight.numel()}
 
 
 def count_parameters_from_spec(spec: dict[str, Any]) -> dict[str, int]:

@@ -119,7 +119,14 @@ class TrainState:
 def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
     """Plan, data, model + objective (fresh or resumed), optimizer, schedule, logs: the state at
     the run's current step. The run directory appears only once all of it succeeded."""
-    cfg, plan = apply_plan(_keep_global_batch(as_config(cfg), run_dir, resume), d.world)
+    cfg = as_config(cfg)
+    if resume and cfg.train.global_batch is None and (run_dir / "config.yaml").is_file():
+        # a resume at another world size keeps the run's global batch (accumulation is re-derived)
+        saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
+        if saved is not None:
+            train = cfg.train.model_copy(update={"global_batch": saved, "grad_accum": None})
+            cfg = cfg.model_copy(update={"train": train})
+    cfg, plan = apply_plan(cfg, d.world)
     tc, lc = cfg.train, cfg.log
     log(plan_summary(cfg, plan))
     _check_speed_switches(tc, d.device)
@@ -136,10 +143,20 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
     step, tokens_seen, pending_line = 0, 0, None
-    if last_ckpt is not None:
-        step, tokens_seen, pending_line = _restore_training(
-            last_ckpt, wrapped, objective, optimizer, scheduler, d, tc
-        )
+    if last_ckpt is not None:  # weights, optimizer and schedule of the last checkpoint
+        saved = ckpt_io.load_trainer_state(last_ckpt)
+        if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
+            parallel.load_sharded(wrapped, optimizer, saved["sharded"])
+        else:
+            model_sd = objective.state_dict()
+            parallel.load_full_state_dicts(wrapped, optimizer, model_sd, saved["optimizer"], d, tc.parallel)
+        scheduler.load_state_dict(saved["scheduler"])
+        # the restored optimizer carries the lr of the old schedule; a resume that changes
+        # train.steps (allowed) must take the next step at the new schedule's lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        state = saved["state"]  # pending_line: the step's metrics line as saved (None in older checkpoints)
+        step, tokens_seen, pending_line = state["step"], state["tokens_seen"], state.get("pending_line")
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     seq, bsz, accum = cfg.data.seq_len, tc.batch_size, tc.grad_accum
     metrics_path = run_dir / "metrics.jsonl"
@@ -232,25 +249,6 @@ def _build_objective(cfg: Config, last_ckpt: Path | None, tokenizer, d: parallel
         + (f", projector {sum(p.numel() for p in head.parameters()):,} (training only)" if head else "")
     )
     return model, objective
-
-
-def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler, d, tc) -> tuple:
-    """Load weights, optimizer and schedule of ``last_ckpt``; returns ``(step, tokens_seen,
-    pending_line)``, the last being the step's metrics line as saved (None in older checkpoints)."""
-    saved = ckpt_io.load_trainer_state(last_ckpt)
-    if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
-        parallel.load_sharded(wrapped, optimizer, saved["sharded"])
-    else:
-        parallel.load_full_state_dicts(
-            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc.parallel
-        )
-    scheduler.load_state_dict(saved["scheduler"])
-    # the restored optimizer carries the lr of the old schedule; a resume that changes
-    # train.steps (allowed) must take the next step at the new schedule's lr
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    state = saved["state"]
-    return state["step"], state["tokens_seen"], state.get("pending_line")
 
 
 def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
@@ -500,18 +498,6 @@ def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
                 shutil.rmtree(path, ignore_errors=True)
         raise
     return shards, tokenizer
-
-
-def _keep_global_batch(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    """On resume at another world size, keep the run's global batch (accumulation is re-derived)
-    unless the config states one itself."""
-    if not resume or cfg.train.global_batch is not None or not (run_dir / "config.yaml").is_file():
-        return cfg
-    saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
-    if saved is None:
-        return cfg
-    train = cfg.train.model_copy(update={"global_batch": saved, "grad_accum": None})
-    return cfg.model_copy(update={"train": train})
 
 
 def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, log=print) -> Path | None:
