@@ -294,15 +294,12 @@ def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = (
         if listed is not data:  # the file gave one mapping: name it as the file does
             line = line.replace("eval.bench[0]", "eval.bench")
         raise UserError(line) from None
-    out = parsed.model_dump(by_alias=True)
-    plan = parsed.eval if isinstance(parsed, StudyFile) else parsed
+    whole = isinstance(parsed, StudyFile)
+    plan = parsed.eval if whole else parsed
     sections = plan.model_dump(exclude_unset=True)  # nested sections too: as the file gave them
     for key in ("bench", "mteb", "geom", "checkpoints", "report"):  # left out: the defaults
         sections.setdefault(key, getattr(plan, key))
-    if isinstance(parsed, StudyFile):
-        out["eval"] = sections
-        return out
-    return sections
+    return {**parsed.model_dump(by_alias=True), "eval": sections} if whole else sections
 
 
 def _one_line(error: dict, model: type[BaseModel], data: dict, where: str, prefix: tuple) -> str:
