@@ -4,17 +4,12 @@
 package); it is imported on first use so that ``nitp-train --help`` stays instant.
 """
 
-_LAZY = {
-    "wrap_model": "nitp_train.dropin",
-    "NITPWrapped": "nitp_train.dropin",
-    "unwrap": "nitp_train.dropin",
-    "add_nitp_callback": "nitp_train.dropin",
-}
+_LAZY = ("wrap_model", "NITPWrapped", "unwrap", "add_nitp_callback")  # from nitp_train.dropin
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module("nitp_train.dropin"), name)
     raise AttributeError(f"module 'nitp_train' has no attribute {name!r}")

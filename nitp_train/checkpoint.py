@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from nitp.errors import UserError, first_line, raise_if_interrupted
 from nitp.io import atomic_write_json, atomic_write_text, remove_stale_temps_in
-from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints
+from nitp.runs import COMPLETE_MARKER, checkpoint_name, list_checkpoints, resolve_checkpoint
 
 SHARDED_DIR = "distributed"  # inside trainer_state/: torch.distributed.checkpoint files of all ranks
 STATE_FORMAT = 2  # 2: no pickle in trainer_state/ (1, unmarked: pickled numpy / Python RNG state)
@@ -82,7 +83,32 @@ def save(run_dir: Path, step: int, contents: Contents, keep_last: int, sharded: 
     try:
         if not sharded:
             start(run_dir, step)
-        _write_staging(tmp, final, contents)
+        # every file of the checkpoint into its staging folder; COMPLETE last
+        from safetensors.torch import save_file
+
+        model_sd = contents.model_sd
+        lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
+        head_sd = {
+            k[len("head.") :]: v.detach().cpu().contiguous()
+            for k, v in model_sd.items()
+            if k.startswith("head.")
+        }
+        contents.model.save_pretrained(tmp, state_dict=lm_sd)
+        contents.tokenizer.save_pretrained(tmp)
+        if head_sd:
+            save_file(
+                head_sd,
+                tmp / "nitp_head.safetensors",
+                metadata={"format": "pt"},  # one key: safetensors orders several differently per process
+            )
+        atomic_write_json(tmp / "nitp_meta.json", contents.meta)
+        st = tmp / "trainer_state"
+        if contents.optim_sd is not None:
+            torch.save(contents.optim_sd, st / "optimizer.pt")
+        torch.save(contents.scheduler.state_dict(), st / "scheduler.pt")
+        torch.save(rng_state(), st / "rng.pt")
+        atomic_write_json(st / "state.json", {**contents.state, "trainer_state_format": STATE_FORMAT})
+        atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
         raise_if_interrupted()  # a signal a finalizer swallowed: no checkpoint after it
         if final.exists():  # same step written by an earlier, interrupted attempt
             remove_checkpoint(final)
@@ -102,34 +128,6 @@ def save(run_dir: Path, step: int, contents: Contents, keep_last: int, sharded: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _write_staging(tmp: Path, final: Path, contents: Contents) -> None:
-    """Every file of a checkpoint into its staging folder; ``COMPLETE`` last."""
-    from safetensors.torch import save_file
-
-    model_sd, meta = contents.model_sd, contents.meta
-    lm_sd = {k[len("model.") :]: v for k, v in model_sd.items() if k.startswith("model.")}
-    head_sd = {
-        k[len("head.") :]: v.detach().cpu().contiguous() for k, v in model_sd.items() if k.startswith("head.")
-    }
-    contents.model.save_pretrained(tmp, state_dict=lm_sd)
-    contents.tokenizer.save_pretrained(tmp)
-    if head_sd:
-        save_file(
-            head_sd,
-            tmp / "nitp_head.safetensors",
-            metadata={"format": "pt"},  # one key: safetensors orders several differently per process
-        )
-    atomic_write_json(tmp / "nitp_meta.json", meta)
-
-    st = tmp / "trainer_state"
-    if contents.optim_sd is not None:
-        torch.save(contents.optim_sd, st / "optimizer.pt")
-    torch.save(contents.scheduler.state_dict(), st / "scheduler.pt")
-    torch.save(rng_state(), st / "rng.pt")
-    atomic_write_json(st / "state.json", {**contents.state, "trainer_state_format": STATE_FORMAT})
-    atomic_write_text(tmp / COMPLETE_MARKER, f"{final.name}\n")  # last: readers trust only marked folders
 
 
 def rng_state() -> dict:
@@ -183,8 +181,25 @@ def load_trainer_state(ckpt: Path) -> dict:
     ``optimizer`` is the full state dict, or ``None`` when the checkpoint is sharded; then
     ``sharded`` is the folder for ``parallel.load_sharded``.
     """
+    st = Path(ckpt) / "trainer_state"
     try:
-        return _read_trainer_state(Path(ckpt) / "trainer_state")
+        state = json.loads((st / "state.json").read_text())
+        for key in ("step", "tokens_seen", "next_batch"):
+            if key in state and (not isinstance(state[key], int) or state[key] < 0):
+                raise ValueError(f"state.json {key}={state[key]!r} is not a count")
+        if state.get("trainer_state_format") != STATE_FORMAT:  # older versions: refused without reading
+            raise UserError(
+                f"{st}: written by an older nitp with pickled trainer state, which nitp no longer unpickles; "
+                f"re-train, or load {st.parent.name} as a model (model.init_from) to continue without its optimizer"
+            )
+        full = st / "optimizer.pt"
+        saved = {
+            "optimizer": load_plain(full) if full.is_file() else None,
+            "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
+            "scheduler": load_plain(st / "scheduler.pt"),
+            "state": state,
+        }
+        set_rng_state(load_plain(st / "rng.pt"))  # last: a refused file leaves the RNGs untouched
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage to these files is bad input for --resume
@@ -192,32 +207,7 @@ def load_trainer_state(ckpt: Path) -> dict:
             f"{ckpt}/trainer_state: damaged or incomplete ({type(e).__name__}: {first_line(e)}); "
             f"move {Path(ckpt).name} aside to resume from the checkpoint before it"
         ) from None
-
-
-def _read_trainer_state(st: Path) -> dict:
-    state = json.loads((st / "state.json").read_text())
-    for key in ("step", "tokens_seen", "next_batch"):
-        if key in state and (not isinstance(state[key], int) or state[key] < 0):
-            raise ValueError(f"state.json {key}={state[key]!r} is not a count")
-    check_state_format(st, state)
-    full = st / "optimizer.pt"
-    saved = {
-        "optimizer": load_plain(full) if full.is_file() else None,
-        "sharded": st / SHARDED_DIR if (st / SHARDED_DIR).is_dir() else None,
-        "scheduler": load_plain(st / "scheduler.pt"),
-        "state": state,
-    }
-    set_rng_state(load_plain(st / "rng.pt"))  # last: a refused file leaves the RNGs untouched
     return saved
-
-
-def check_state_format(st: Path, state: dict) -> None:
-    """Refuse trainer state of older versions (pickled RNG state) without reading it."""
-    if state.get("trainer_state_format") != STATE_FORMAT:
-        raise UserError(
-            f"{st}: written by an older nitp with pickled trainer state, which nitp no longer unpickles; "
-            f"re-train, or load {st.parent.name} as a model (model.init_from) to continue without its optimizer"
-        )
 
 
 def load_plain(path: Path):
@@ -263,30 +253,21 @@ def verify(ckpt: Path) -> None:
     Raises ``UserError`` naming the damaged file and the fix (move the checkpoint aside).
     """
     ckpt = Path(ckpt)
-    for name in ("config.json", "nitp_meta.json", "tokenizer.json", "tokenizer_config.json"):
-        path = ckpt / name
-        if path.is_file() or name == "config.json":
-            try:
+    names = ("config.json", "nitp_meta.json", "tokenizer.json", "tokenizer_config.json")
+    jsons = [ckpt / name for name in names if name == "config.json" or (ckpt / name).is_file()]
+    for path in jsons + sorted(ckpt.glob("*.safetensors")):
+        try:
+            if path.suffix == ".json":
                 json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise UserError(_damaged(path, e)) from None
-    for path in sorted(ckpt.glob("*.safetensors")):
-        _check_safetensors(path)
-
-
-def _check_safetensors(path: Path) -> None:
-    """The header parses and the file holds every byte it promises (a truncated copy fails)."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if path.stat().st_size < 8 + n + end:
-            raise ValueError(f"{path.stat().st_size} bytes, the header promises {8 + n + end}")
-    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, MemoryError) as e:
-        raise UserError(_damaged(path, e)) from None
+                continue
+            with open(path, "rb") as f:  # the header parses and the file holds every byte it promises
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if path.stat().st_size < 8 + n + end:
+                raise ValueError(f"{path.stat().st_size} bytes, the header promises {8 + n + end}")
+        except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, MemoryError) as e:
+            raise UserError(_damaged(path, e)) from None
 
 
 def clean_partial(run_dir: Path) -> None:
@@ -302,8 +283,6 @@ def clean_partial(run_dir: Path) -> None:
 
 def verify_resume(run_dir: Path, resume: bool) -> None:
     """On ``--resume`` of a run with checkpoints, :func:`verify` the one it will resume from."""
-    from nitp.runs import resolve_checkpoint
-
     run_dir = Path(run_dir)
     if resume and (run_dir / "config.yaml").is_file() and list_checkpoints(run_dir):
         verify(resolve_checkpoint(run_dir))

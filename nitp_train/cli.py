@@ -7,15 +7,14 @@ Multi-process: ``torchrun --nproc_per_node N -m nitp_train run CONFIG.yaml`` (DD
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import List
 
 import typer
+import yaml
 
-from nitp.errors import on_interrupt, user_errors
-
-if TYPE_CHECKING:
-    from .config_model import Config
+from nitp.errors import UserError, on_interrupt, user_errors
 
 app = typer.Typer(
     help="Pre-train Hugging Face causal LMs with NTP or NITP.",
@@ -54,9 +53,7 @@ def run(
     ),
 ):
     """Train one model; writes RUN/config.yaml, RUN/metrics.jsonl and RUN/checkpoints/."""
-    from nitp.errors import UserError
-
-    from .config import load_config
+    from .config import apply_plan, load_config, plan_summary
     from .config_model import as_config
 
     overrides = list(set_)
@@ -65,8 +62,10 @@ def run(
     if objective is not None:
         overrides.append(f"objective={objective}")
     cfg = as_config(load_config(config, overrides, preset=preset))
-    if dry_run:
-        _dry_run(cfg, world_size or 1)
+    if dry_run:  # the plan on stderr, the resolved config (YAML) on stdout
+        cfg, plan = apply_plan(cfg, world_size or 1)
+        print(plan_summary(cfg, plan), file=sys.stderr)
+        sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
         return
     if world_size is not None:
         raise UserError(f"--world-size {world_size}: only plans a --dry-run; launch with torchrun to train")
@@ -74,18 +73,6 @@ def run(
 
     on_interrupt("the run keeps its last complete checkpoint; rerun with --resume to continue")
     train(cfg, run_dir or Path("runs") / cfg.run_name, resume=resume)
-
-
-def _dry_run(cfg: Config, world_size: int) -> None:
-    import sys
-
-    import yaml
-
-    from .config import apply_plan, plan_summary
-
-    cfg, plan = apply_plan(cfg, world_size)
-    print(plan_summary(cfg, plan), file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
 
 
 @app.command()
@@ -109,19 +96,10 @@ def prepare(
     batch_docs: int = typer.Option(256, help="Documents per encode_batch call."),
 ):
     """Tokenize a corpus into memory-mapped shards, streaming and resumable (point data.prepared_dir at OUT to share it)."""
+    settings = {k: v for k, v in locals().items() if k != "out"}  # the data.* options, as given
     from .config_model import check_value
     from .data import prepare as prepare_data
 
-    settings = {
-        "corpus": corpus,
-        "tokenizer": tokenizer,
-        "vocab_size": vocab_size,
-        "val_fraction": val_fraction,
-        "text_field": text_field,
-        "seed": seed,
-        "workers": workers,
-        "batch_docs": batch_docs,
-    }
     for key, value in settings.items():
         check_value(f"data.{key}", value)
     on_interrupt("the preparation keeps its committed progress; rerun the same command to continue")
@@ -134,7 +112,6 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the float32 Hugging Face model."),
 ):
     """Dequantise a GGUF model into a plain float32 Hugging Face folder (config, safetensors, tokenizer)."""
-    from nitp.errors import UserError
     from nitp.loading import export_gguf
     from nitp.runs import is_gguf_file
 
@@ -156,16 +133,7 @@ def presets(seq_len: int = typer.Option(2048, help="Sequence length for the FLOP
     from .models import PRESETS, count_parameters_from_spec, make_config, resolve_preset
 
     table = Table(title=f"NITP FLOPs overhead at sequence length {seq_len}")
-    for col in (
-        "preset",
-        "layers",
-        "hidden",
-        "params",
-        "active",
-        "target layer",
-        "lambda",
-        "NITP FLOPs overhead",
-    ):
+    for col in "preset,layers,hidden,params,active,target layer,lambda,NITP FLOPs overhead".split(","):
         table.add_column(col, no_wrap=True)
     for name in PRESETS:
         spec = resolve_preset(name)

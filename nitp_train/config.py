@@ -6,6 +6,7 @@ in ``config.yaml``; see docs/contracts.md for the schema and configs/ for exampl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -24,9 +25,10 @@ from .config_model import (
     Config,
     as_config,
     check_model,
+    nested,
     upgrade_legacy_keys,
 )
-from .models import make_config, resolve_preset
+from .models import RECIPES, configs_dir, make_config, resolve_preset
 
 DEFAULT_STEPS = 300
 
@@ -42,21 +44,6 @@ RESUMABLE_CHANGES = (
     "data.workers",
     "data.batch_docs",
 )
-
-# The recipe of each preset: the config an overlay (``overlay: true``) is applied to.
-RECIPES: dict[str, str] = {
-    "tiny-dense": "tiny-nitp.yaml",
-    "tiny-moe": "tiny-moe-nitp.yaml",
-    "micro-64": "micro-nitp.yaml",
-    "small-dense": "small-nitp.yaml",
-    "dense-0.5b": "paper-dense-0.5b-nitp.yaml",
-    "dense-2b": "paper-dense-2b-nitp.yaml",
-    "dense-3b": "paper-dense-3b-nitp.yaml",
-    "moe-1.9b-a0.3b": "paper-moe-1.9b-a0.3b-nitp.yaml",
-    "moe-3b-a0.5b": "paper-moe-3b-a0.5b-nitp.yaml",
-    "moe-9b-a1b": "paper-moe-9b-a1b-nitp.yaml",
-    "moe-45b-a5.5b": "paper-moe-45b-a5.5b-nitp.yaml",
-}
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -95,13 +82,7 @@ def parse_override(item: str) -> dict:
             f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); "
             f"quote it (--set '{key.strip()}=\"...\"') or close its brackets"
         ) from None
-    tree: dict = {}
-    node = tree
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return tree
+    return nested(key.strip(), value)
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -109,16 +90,6 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     parts = [getattr(e, "context", None), getattr(e, "problem", None)]
     text = ": ".join(str(p) for p in parts if p) or str(e)
     return text.strip().splitlines()[0]
-
-
-def configs_dir() -> Path:
-    """The shipped YAML presets: ``configs/`` of a source tree, or ``nitp.configs`` of a wheel."""
-    tree = Path(__file__).resolve().parent.parent / "configs"
-    if (tree / "tiny-nitp.yaml").is_file():
-        return tree
-    from importlib.resources import files
-
-    return Path(str(files("nitp.configs")))
 
 
 def config_path(path: str | Path) -> Path:
@@ -356,8 +327,11 @@ def _count(n: float) -> str:
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved configs (a deprecated key counts as the
     key it maps to: an older run's ``train.loss_chunk: 0, loss_impl: auto`` equals ``loss_impl: plain``)."""
-    if not prefix:
-        a, b = _upgraded(a), _upgraded(b)
+    if not prefix:  # deprecated keys mapped, silently (as they are when they cannot be mapped)
+        with contextlib.suppress(UserError):
+            a = upgrade_legacy_keys(a, note=False)
+        with contextlib.suppress(UserError):
+            b = upgrade_legacy_keys(b, note=False)
     keys = set(a) | set(b)
     diffs = []
     for k in sorted(keys):
@@ -368,11 +342,3 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(path)
     return diffs
-
-
-def _upgraded(cfg: dict) -> dict:
-    """``cfg`` with its deprecated keys mapped, silently (as it is when they cannot be mapped)."""
-    try:
-        return upgrade_legacy_keys(cfg, note=False)
-    except UserError:
-        return cfg

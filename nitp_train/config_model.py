@@ -19,8 +19,9 @@ nitp.errors.UserError: train.lr='fast': must be a number > 0; fix it in the conf
 import difflib
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union, get_args
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -403,9 +404,7 @@ def as_config(cfg: Config | dict) -> Config:
     try:
         return Config.model_validate(cfg)
     except ValidationError as e:
-        errors = e.errors()
-        first = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-        raise UserError(_one_line(first, cfg)) from None
+        raise UserError(_one_line(first_error(e), cfg)) from None
 
 
 def section(name: str, value: BaseModel | dict) -> Any:
@@ -448,68 +447,99 @@ def upgrade_legacy_keys(cfg: Any, note: bool = True) -> Any:
 
 def check_value(key: str, value: Any) -> None:
     """Raise ``UserError('<key>=<value>: <problem>; <fix>')`` when ``value`` does not fit ``key``."""
-    *sections, leaf = key.split(".")
-    tree: dict = {leaf: value}
-    for section in reversed(sections):
-        tree = {section: tree}
-    validate(tree)
+    validate(nested(key, value))
 
 
-def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+def nested(key: str, value: Any) -> dict:
+    """The config holding ``value`` at the dotted ``key``: ``nested("a.b", 1) == {"a": {"b": 1}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+MUST_BE_GIVEN = "must be given (it may not be empty or null)"
+
+
+def first_error(e: ValidationError) -> dict:
+    """The pydantic error a one-line message names: an unknown key before a bad value."""
+    errors = e.errors()
+    return next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+
+
+def model_keys(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """``{key as written (the alias): field}`` of a model."""
     return {f.alias or name: f for name, f in model.model_fields.items()}
+
+
+def inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside ``Model``, ``Model | None`` or ``list[Model]`` (None for plain values)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(inner_model, get_args(annotation))), None)
+
+
+def locate(
+    model: type[BaseModel], loc: tuple | list
+) -> tuple[list, FieldInfo | None, type[BaseModel] | None]:
+    """``(path, field, section)`` of the key a pydantic error's ``loc`` names in ``model``: ``loc`` up to
+    the key (list indices kept, a union's member names after a value dropped), the key's field, and
+    the model it holds (``model`` for an empty ``loc``; None for a value)."""
+    path, field, section = [], None, model
+    for part in loc:
+        if not isinstance(part, int):
+            if section is None:
+                break
+            field = model_keys(section).get(part)
+            section = inner_model(field.annotation) if field is not None else None
+        path.append(part)
+    return path, field, section
+
+
+def nearest_key(model: type[BaseModel], loc: tuple | list) -> tuple[list[str], str | None]:
+    """For the unknown key ``loc[-1]``: the keys known where it stands and the nearest (or None)."""
+    parent = locate(model, loc[:-1])[2]
+    known = list(model_keys(parent)) if parent is not None else []
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return known, near[0] if near else None
+
+
+def need_text(field: FieldInfo | None) -> str:
+    """What ``field`` accepts, in words (its :class:`Need`)."""
+    return next(
+        (m.text for m in (field.metadata if field else []) if isinstance(m, Need)), "has the wrong type"
+    )
+
+
+def lookup(data: Any, path: list) -> Any:
+    """The value at ``path`` (keys and list indices) of nested dicts and lists; None where absent."""
+    for part in path:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+        else:
+            data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def _one_line(error: dict, cfg: dict) -> str:
     """The message of one pydantic error: the dotted key, the bad value, the problem and the fix."""
+    loc = [str(p) for p in error["loc"]]
     if error["type"] == "extra_forbidden":
-        return _unknown_key([str(p) for p in error["loc"]])
-    model, path, field = Config, [], None
-    for part in error["loc"]:  # down to the key (a union's member names may follow it)
-        field = _fields(model)[part]
-        path.append(part)
-        if not _is_section(field):
-            break
-        model = field.annotation
-    key, value = ".".join(path), _lookup(cfg, path)
+        near, prefix = nearest_key(Config, loc)[1], "".join(f"{p}." for p in loc[:-1])
+        return f"unknown config key {prefix + loc[-1]!r}" + (
+            f" (did you mean {prefix}{near}?)" if near else ""
+        )
+    path, field, section = locate(Config, loc)
+    key, value = ".".join(path), lookup(cfg, path)
     if key == "model":
         return (
             f"config key 'model'={_show(value)}: must be a mapping, e.g. model: {{preset: {DEFAULT_PRESET}}}"
         )
-    if _is_section(field):
+    if section is not None:
         return f"config key {key!r} must be a mapping"
-    return (
-        f"{key}={_show(value)}: {_problem(error, field, value)}; fix it in the config or with --set {key}=..."
+    problem = (
+        MUST_BE_GIVEN if value is None else error["msg"] if error["type"] == "nitp" else need_text(field)
     )
-
-
-def _unknown_key(loc: list[str]) -> str:
-    model = Config
-    for part in loc[:-1]:
-        model = _fields(model)[part].annotation
-    near = difflib.get_close_matches(loc[-1], list(_fields(model)), n=1)
-    prefix = "".join(f"{p}." for p in loc[:-1])
-    hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
-    return f"unknown config key {prefix + loc[-1]!r}{hint}"
-
-
-def _is_section(field: FieldInfo | None) -> bool:
-    return (
-        field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-    )
-
-
-def _problem(error: dict, field: FieldInfo, value: Any) -> str:
-    if value is None:
-        return "must be given (it may not be empty or null)"
-    if error["type"] == "nitp":
-        return error["msg"]
-    return next(m.text for m in field.metadata if isinstance(m, Need))
-
-
-def _lookup(cfg: Any, path: list[str]) -> Any:
-    for part in path:
-        cfg = cfg.get(part) if isinstance(cfg, dict) else None
-    return cfg
+    return f"{key}={_show(value)}: {problem}; fix it in the config or with --set {key}=..."
 
 
 def _show(value: Any) -> str:
@@ -525,7 +555,7 @@ def check_model(model: dict) -> None:
         try:
             _text(preset)
         except PydanticCustomError as e:
-            problem = "must be given (it may not be empty or null)" if preset is None else e.message()
+            problem = MUST_BE_GIVEN if preset is None else e.message()
             raise UserError(
                 f"model.preset={_show(preset)}: {problem}; fix it in the config or with --set model.preset=..."
             ) from None
@@ -557,17 +587,9 @@ def _same_kind(want: Any, value: Any) -> tuple[bool, str]:
 def ablation_knobs() -> dict[str, tuple[str, Any]]:
     """``{dotted key: (table label, default)}`` of the ablation knobs (fields marked with
     :func:`knob`), in their rank order; the default is ``None`` where the preset fills it."""
-    marked = [
-        (
-            f.json_schema_extra["knob_rank"],
-            key,
-            f.json_schema_extra["knob"],
-            f.get_default(call_default_factory=True),
-        )
-        for key, f in leaf_fields()
-        if isinstance(f.json_schema_extra, dict) and "knob" in f.json_schema_extra
-    ]
-    return {key: (label, default) for _, key, label, default in sorted(marked)}
+    knobs = [(key, f) for key, f in leaf_fields() if "knob" in (f.json_schema_extra or {})]
+    knobs.sort(key=lambda kf: kf[1].json_schema_extra["knob_rank"])
+    return {key: (f.json_schema_extra["knob"], f.get_default(call_default_factory=True)) for key, f in knobs}
 
 
 # ----------------------------------------------------------------------------- documentation
@@ -575,27 +597,19 @@ def keys_table() -> str:
     """The markdown table of every key (docs/contracts.md): key, default, accepts, description."""
     rows = ["| key | default | accepts | description |", "|---|---|---|---|"]
     for key, field in leaf_fields():
-        default = _yaml(field.get_default(call_default_factory=True))
-        cells = (f"`{key}`", f"`{default}`", _accepts(field), field.description)
+        default = yaml.safe_dump(field.get_default(call_default_factory=True), default_flow_style=True)
+        default = default.strip().removesuffix("...").strip()
+        need = next((m.text for m in field.metadata if isinstance(m, Need)), "a mapping")
+        accepts = need.removeprefix("must be ").removeprefix("use ")
+        cells = (f"`{key}`", f"`{default}`", accepts, field.description)
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
 
 def leaf_fields(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
     """``(dotted key, pydantic field)`` of every key that holds a value (``model`` included)."""
-    for name, field in _fields(model).items():
-        if _is_section(field):
+    for name, field in model_keys(model).items():
+        if inner_model(field.annotation):
             yield from leaf_fields(field.annotation, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", field
-
-
-def _accepts(field: FieldInfo) -> str:
-    need = next((m.text for m in field.metadata if isinstance(m, Need)), "a mapping")
-    return need.removeprefix("must be ").removeprefix("use ")
-
-
-def _yaml(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

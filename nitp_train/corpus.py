@@ -96,7 +96,8 @@ def _documents_as_pieces(corpus: str, text_field: str) -> Iterator[Iterator[str]
             raise UserError(f"corpus {corpus}: folder holds no .txt/.jsonl/.parquet file")
         for f in files:
             yield from _file_documents(f, text_field)
-    elif _looks_like_hub_name(corpus):
+    elif not corpus.startswith(("/", ".", "~")) and corpus.count("/") <= 1 and _kind(Path(corpus)) is None:
+        # a hub name, wikitext or owner/name: no leading path marker, at most one slash, no file suffix
         yield from map(_split_long, _stream_hub_dataset(corpus, text_field))
     else:
         raise UserError(f"corpus {corpus}: no such file or folder")
@@ -116,11 +117,6 @@ def _kind(path: Path) -> str | None:
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
     return suffixes[-1] if suffixes and suffixes[-1] in TEXT_SUFFIXES else None
-
-
-def _looks_like_hub_name(name: str) -> bool:
-    """``wikitext`` or ``owner/name``: no leading path marker, at most one slash, no file suffix."""
-    return not name.startswith(("/", ".", "~")) and name.count("/") <= 1 and _kind(Path(name)) is None
 
 
 def _open_text(path: Path):

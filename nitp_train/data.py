@@ -18,19 +18,20 @@ resume is ``i`` (the cursor).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from nitp.errors import UserError
-from nitp.io import atomic_write_json, hidden_name, pid_alive
+from nitp.io import atomic_write_json, atomic_write_text, hidden_name, pid_alive
 
 from .config_model import data_defaults
 from .corpus import PIECE_CHARS, is_validation, iter_documents, iter_pieces, load_documents, split_documents
@@ -110,8 +111,13 @@ def prepare(data_cfg: dict, out_dir: str | os.PathLike, log=print) -> Path:
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"data.prepared_dir={out}: is a file; give a folder path (new or prepared before)")
+    data_cfg = {**data_defaults(), **data_cfg}
     fp = data_fingerprint(data_cfg)
-    _remove_stale_tmp(out)
+    if out.parent.is_dir():  # folders .NAME.PID.tmp of older versions whose process is gone
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+            pid = tmp.name[len(out.name) + 2 : -4]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
     if (reused := _reuse(out, fp)) is not None:
         return reused
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,35 +160,20 @@ def _reuse(out: Path, fp: str) -> Path | None:
     return out
 
 
-def _remove_stale_tmp(out: Path) -> None:
-    """Folders ``.NAME.PID.tmp`` of older versions whose process is gone."""
-    if not out.parent.is_dir():
-        return
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        pid = tmp.name[len(out.name) + 2 : -4]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
-    corpus, field = data_cfg["corpus"], data_cfg.get("text_field", "text")
-    val_fraction, seed = data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0)
-    progress = _load_progress(partial, fp)
-    if progress is None:
+    """``data_cfg`` (every key given) tokenized into ``partial``; returns ``meta.json``'s content."""
+    corpus = data_cfg["corpus"]
+    try:  # the committed progress of an interrupted preparation with the same settings
+        progress = json.loads((partial / "progress.json").read_text())
+    except (OSError, ValueError):
+        progress = {}
+    if progress.get("fingerprint") != fp:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         log(f"preparing corpus {corpus!r} -> {partial.name[1:-8]}")
-        tok = _make_tokenizer(data_cfg, corpus, field, val_fraction, seed)
+        tok = _make_tokenizer(data_cfg)
         tok.save_pretrained(partial / "tokenizer")
-        progress = {
-            "fingerprint": fp,
-            "pieces": 0,
-            "docs": 0,
-            "train": 0,
-            "val": 0,
-            "train_docs": 0,
-            "val_docs": 0,
-        }
+        progress = dict(fingerprint=fp, pieces=0, docs=0, train=0, val=0, train_docs=0, val_docs=0)
         progress["dtype"] = "uint16" if len(tok) <= np.iinfo(np.uint16).max + 1 else "uint32"
         progress["vocab_size"], progress["eos"] = len(tok), tok.eos_token_id
         _commit(partial, progress)
@@ -193,8 +184,8 @@ def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
         _tokenize_stream(partial, data_cfg, progress, writer)
     finally:
         writer.close()
-    _ensure_validation(partial, progress, val_fraction)
-    seq_len = data_cfg.get("seq_len", 256)
+    _ensure_validation(partial, progress, data_cfg["val_fraction"])
+    seq_len = data_cfg["seq_len"]
     if progress["train"] < seq_len + 1:
         raise UserError(
             f"corpus {corpus}: {progress['train']} training tokens, fewer than one sequence of {seq_len}; "
@@ -211,15 +202,15 @@ def _prepare_into(partial: Path, data_cfg: dict, fp: str, log) -> dict:
         "n_docs_train": progress["train_docs"],
         "n_docs_val": progress["val_docs"],
         "eos_token_id": progress["eos"],
-        "settings": {k: data_cfg.get(k, v) for k, v in FINGERPRINT_DEFAULTS.items()},
+        "settings": {k: data_cfg[k] for k in FINGERPRINT_DEFAULTS},
     }
     (partial / "progress.json").unlink()
     atomic_write_json(partial / "meta.json", meta)
     return meta
 
 
-def _make_tokenizer(data_cfg: dict, corpus: str, field: str, val_fraction: float, seed: int):
-    if data_cfg.get("tokenizer"):
+def _make_tokenizer(data_cfg: dict):
+    if data_cfg["tokenizer"]:
         tok = load_tokenizer(data_cfg["tokenizer"])
         if not tok.is_fast:
             raise UserError(
@@ -229,22 +220,14 @@ def _make_tokenizer(data_cfg: dict, corpus: str, field: str, val_fraction: float
 
     def sample() -> Iterator[str]:  # training documents, up to TOKENIZER_SAMPLE_CHARS
         seen = 0
-        for i, doc in enumerate(iter_documents(corpus, field)):
-            if not is_validation(i, val_fraction, seed) or i == 0:
+        for i, doc in enumerate(iter_documents(data_cfg["corpus"], data_cfg["text_field"])):
+            if not is_validation(i, data_cfg["val_fraction"], data_cfg["seed"]) or i == 0:
                 yield doc
                 seen += len(doc)
                 if seen >= TOKENIZER_SAMPLE_CHARS:
                     return
 
-    return train_tokenizer(sample(), data_cfg.get("vocab_size", 4096))
-
-
-def _load_progress(partial: Path, fp: str) -> dict | None:
-    try:
-        progress = json.loads((partial / "progress.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return progress if progress.get("fingerprint") == fp else None
+    return train_tokenizer(sample(), data_cfg["vocab_size"])
 
 
 def _commit(partial: Path, progress: dict) -> None:
@@ -283,31 +266,20 @@ class _ShardWriter:
             f.close()
 
 
-def _pieces_with_ends(corpus: str, field: str) -> Iterator[tuple[int, int, bool, bool, str]]:
-    """``(piece index, document index, starts_doc, ends_doc, text)``: one piece of look-ahead."""
-    prev, doc = None, -1
-    for piece, (new_doc, text) in enumerate(iter_pieces(corpus, field)):
-        doc += new_doc
-        if prev is not None:
-            yield prev[0], prev[1], prev[2], new_doc, prev[3]
-        prev = (piece, doc, new_doc, text)
-    if prev is not None:
-        yield prev[0], prev[1], prev[2], True, prev[3]
-
-
 def _jobs(data_cfg: dict, progress: dict) -> Iterator[tuple[list, int, int]]:
     """Batches of ``([(text, starts_doc, ends_doc, is_val), ...], pieces done, docs done)``
     after the committed progress."""
-    corpus, field = data_cfg["corpus"], data_cfg.get("text_field", "text")
-    val_fraction, seed = data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0)
-    per_job, max_chars = data_cfg.get("batch_docs", 256), PIECE_CHARS
-    items, chars = [], 0
-    for piece, doc, starts, ends, text in _pieces_with_ends(corpus, field):
+    val_fraction, seed = data_cfg["val_fraction"], data_cfg["seed"]
+    items, chars, doc = [], 0, -1
+    # a piece ends its document when the next one starts one (one piece of look-ahead; the end does)
+    pieces = itertools.chain(iter_pieces(data_cfg["corpus"], data_cfg["text_field"]), [(True, "")])
+    for piece, ((starts, text), (ends, _)) in enumerate(itertools.pairwise(pieces)):
+        doc += starts
         if piece < progress["pieces"]:
             continue
         items.append((text, starts, ends, is_validation(doc, val_fraction, seed)))
         chars += len(text)
-        if len(items) >= per_job or chars >= max_chars:
+        if len(items) >= data_cfg["batch_docs"] or chars >= PIECE_CHARS:
             yield items, piece + 1, doc + 1
             items, chars = [], 0
     if items:
@@ -318,7 +290,7 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
     import collections
     import multiprocessing
 
-    workers = data_cfg.get("workers")
+    workers = data_cfg["workers"]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     tok_file = str(partial / "tokenizer" / "tokenizer.json")
     eos = progress["eos"]
@@ -345,8 +317,12 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         gc.freeze()  # forked workers' garbage collection then leaves the parent's pages shared
-        with _worker_signals():  # workers are born with them: a SIGTERM before their initializer kills
+        saved = _worker_signals()  # workers are born with them: a SIGTERM before their initializer kills
+        try:
             pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(tok_file, eos))
+        finally:  # the parent's own handlers, restored right after
+            signal.signal(signal.SIGINT, saved[0])
+            signal.signal(signal.SIGTERM, saved[1])
         gc.unfreeze()
         with pool:
             pending: collections.deque = collections.deque()
@@ -365,27 +341,16 @@ def _tokenize_stream(partial: Path, data_cfg: dict, progress: dict, writer: _Sha
 _WORKER: dict = {}
 
 
-@contextlib.contextmanager
-def _worker_signals():
-    """While workers are forked: Ctrl-C ignored (the main process reports it), SIGTERM the default
+def _worker_signals() -> tuple:
+    """A pool worker's handlers: Ctrl-C ignored (the main process reports it), SIGTERM the default
     (``Pool.terminate`` must end a worker at once; the CLI's handler would unwind it and can hang the
-    pool's join). The parent's own handlers are restored right after."""
-    import signal
-
-    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, saved[0])
-        signal.signal(signal.SIGTERM, saved[1])
+    pool's join). Returns the handlers they replace."""
+    return signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _init_pool_worker(tokenizer_file: str, eos: int) -> None:
     """A pool worker leaves Ctrl-C and SIGTERM to the main process (which reports and cleans up)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_signals()
     _init_worker(tokenizer_file, eos)
 
 
@@ -450,8 +415,9 @@ def _ensure_validation(partial: Path, progress: dict, val_fraction: float) -> No
 
 def validation_documents(data_cfg: dict) -> list[str]:
     """The held-out documents of a corpus (same split as ``prepare``)."""
-    docs = load_documents(data_cfg["corpus"], data_cfg.get("text_field", "text"))
-    return split_documents(docs, data_cfg.get("val_fraction", 0.05), data_cfg.get("seed", 0))[1]
+    data_cfg = {**data_defaults(), **data_cfg}
+    docs = load_documents(data_cfg["corpus"], data_cfg["text_field"])
+    return split_documents(docs, data_cfg["val_fraction"], data_cfg["seed"])[1]
 
 
 VALIDATION_TEXT = "val_documents.jsonl"
@@ -461,10 +427,6 @@ def validation_text(prepared_dir: str | os.PathLike) -> Path:
     """``PREPARED/val_documents.jsonl``: the held-out documents of a prepared folder as text
     (``{"text": ...}`` per line), decoded once from ``val.bin`` / ``val.idx`` with its tokenizer
     (byte-level BPE decodes losslessly) and written atomically; the file is reused afterwards."""
-    import json
-
-    from nitp.io import atomic_write_text
-
     shards = TokenShards(prepared_dir)
     path = shards.dir / VALIDATION_TEXT
     if path.is_file():
@@ -481,15 +443,9 @@ def validation_text(prepared_dir: str | os.PathLike) -> Path:
     except OSError:  # a read-only prepared folder: keep the text beside the other temporary files
         import tempfile
 
-        fallback = Path(tempfile.gettempdir()) / f"nitp-val-{_folder_key(shards.dir)}.jsonl"
-        return atomic_write_text(fallback, "".join(lines))
-
-
-def _folder_key(folder: Path) -> str:
-    import hashlib
-
-    meta = (folder / "meta.json").read_bytes() if (folder / "meta.json").is_file() else b""
-    return hashlib.sha256(str(folder.resolve()).encode() + meta).hexdigest()[:16]
+        meta = (shards.dir / "meta.json").read_bytes()
+        key = hashlib.sha256(str(shards.dir.resolve()).encode() + meta).hexdigest()[:16]
+        return atomic_write_text(Path(tempfile.gettempdir()) / f"nitp-val-{key}.jsonl", "".join(lines))
 
 
 class TokenShards:
@@ -557,14 +513,9 @@ class TokenShards:
         self, seq_len: int, batch_size: int, seed: int, start: int, rank: int, world: int
     ) -> Iterator[tuple[int, np.ndarray]]:
         """``(index, sorted window numbers [batch_size])`` of this rank's batches, forever."""
+        self.check_fits(seq_len, batch_size, world)
         n_windows = len(self.train) // seq_len
-        per_step = batch_size * world
-        if n_windows < per_step:
-            raise UserError(
-                f"corpus has {n_windows} windows of {seq_len} tokens, fewer than one global batch of {per_step}; "
-                "lower train.batch_size or data.seq_len, or give more text"
-            )
-        steps_per_epoch = n_windows // per_step
+        steps_per_epoch = n_windows // (batch_size * world)
         i = start
         while True:
             epoch, j = divmod(i, steps_per_epoch)
@@ -574,8 +525,9 @@ class TokenShards:
                 yield i, np.sort(perm[lo : lo + batch_size])
                 i, j = i + 1, j + 1
 
-    def _window_tokens(self, windows: np.ndarray, seq_len: int) -> np.ndarray:
-        return np.stack([self.train[w * seq_len : (w + 1) * seq_len] for w in windows]).astype(np.int64)
+    def _window_tokens(self, windows, seq_len: int, split: str = "train") -> np.ndarray:
+        tokens = getattr(self, split)
+        return np.stack([tokens[w * seq_len : (w + 1) * seq_len] for w in windows]).astype(np.int64)
 
     def val_batches(
         self, seq_len: int, batch_size: int, max_batches: int, rank: int = 0, world: int = 1
@@ -584,5 +536,4 @@ class TokenShards:
         n_windows = len(self.val) // seq_len
         windows = list(range(rank, n_windows, world))
         for b in range(min(max_batches, len(windows) // batch_size)):
-            ws = windows[b * batch_size : (b + 1) * batch_size]
-            yield np.stack([self.val[w * seq_len : (w + 1) * seq_len] for w in ws]).astype(np.int64)
+            yield self._window_tokens(windows[b * batch_size : (b + 1) * batch_size], seq_len, "val")

@@ -25,7 +25,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from pathlib import Path
 from typing import Protocol
@@ -70,19 +69,13 @@ def load_evaluators(cfg: Config | dict) -> list:
 @contextlib.contextmanager
 def preserved_rng():
     """Save python, numpy, torch (CPU and every CUDA device) RNG states; restore them on exit."""
-    import numpy as np
-    import torch
+    from .checkpoint import rng_state, set_rng_state
 
-    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    saved = rng_state()
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        set_rng_state(saved)
 
 
 def evaluate_in_loop(evaluators: list, model, modules, tokenizer, step: int, run_dir: Path, d) -> dict:
@@ -101,25 +94,17 @@ def evaluate_in_loop(evaluators: list, model, modules, tokenizer, step: int, run
             model.eval()
             try:
                 for evaluator in evaluators:
-                    out.update(_evaluate(evaluator, model, tokenizer, step, Path(run_dir)))
+                    try:
+                        out.update(evaluator.evaluate(model, tokenizer, step, Path(run_dir)))
+                    except OSError as e:  # one line: this step's checkpoint is saved before evaluating
+                        where = f" ({e.filename})" if e.filename else ""
+                        raise UserError(
+                            f"eval.every: the {type(evaluator).__name__} evaluator failed at step {step}: "
+                            f"{e.strerror or e}{where}; this step's checkpoint is saved: fix it and rerun with --resume"
+                        ) from None
             finally:
                 for module in modules:
                     module.train()
         out["eval/seconds"] = time.perf_counter() - start
     parallel.barrier(d)
     return out
-
-
-def _evaluate(evaluator, model, tokenizer, step: int, run_dir: Path) -> dict:
-    """One evaluator; a failure to read or write its files is one line (the trainer has saved
-    this step's checkpoint before evaluating, so nothing of the run is lost)."""
-    from nitp.errors import UserError
-
-    try:
-        return evaluator.evaluate(model, tokenizer, step, run_dir)
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise UserError(
-            f"eval.every: the {type(evaluator).__name__} evaluator failed at step {step}: "
-            f"{e.strerror or e}{where}; this step's checkpoint is saved: fix it and rerun with --resume"
-        ) from None

@@ -42,11 +42,10 @@ def check_fits(model_cfg: dict, device, world: int = 1, sharded: bool = False) -
     if getattr(device, "type", str(device)) != "cuda":
         need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     have = available_memory(device)
-    if need <= have:
-        return
-    raise UserError(
-        f"model too big for memory: {params / 1e6:,.0f}M parameters need at least {need / 2**30:.1f} GiB to train "
-        f"(16 bytes each: fp32 weights, gradients, AdamW moments) but {device} has {have / 2**30:.1f} GiB free; "
-        f"lower model.hidden_size ({model_cfg.get('hidden_size')}) or model.num_hidden_layers "
-        f"({model_cfg.get('num_hidden_layers')}), or choose a smaller --preset"
-    )
+    if need > have:
+        raise UserError(
+            f"model too big for memory: {params / 1e6:,.0f}M parameters need at least {need / 2**30:.1f} GiB to train "
+            f"(16 bytes each: fp32 weights, gradients, AdamW moments) but {device} has {have / 2**30:.1f} GiB free; "
+            f"lower model.hidden_size ({model_cfg.get('hidden_size')}) or model.num_hidden_layers "
+            f"({model_cfg.get('num_hidden_layers')}), or choose a smaller --preset"
+        )

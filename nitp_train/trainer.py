@@ -25,7 +25,8 @@ import yaml
 
 from nitp.errors import UserError
 from nitp.io import atomic_write_text, read_jsonl
-from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint
+from nitp.runs import checkpoint_name, list_checkpoints, read_run_config, resolve_checkpoint, run_lock
+from nitp.runtime import use_bf16
 
 from . import checkpoint as ckpt_io
 from . import parallel
@@ -36,6 +37,8 @@ from .evaluators import evaluate_in_loop, load_evaluators
 from .loss import NITPObjective, parse_loss_impl, require_liger
 from .metrics import GeometrySample, MetricsLog, peak_flops, truncate_after
 from .models import build_model, count_parameters
+from .probe import gradient_probe, heldout_batch, heldout_geometry
+from .trackers import Trackers
 from .trackers import require as require_tracker
 
 
@@ -48,8 +51,6 @@ def train(cfg: Config | dict, run_dir: str | Path, resume: bool = False, log=pri
     """
     from transformers.utils import logging as hf_logging
 
-    from nitp.runs import run_lock
-
     from .memory import check_fits
 
     hf_logging.disable_progress_bar()
@@ -61,7 +62,18 @@ def train(cfg: Config | dict, run_dir: str | Path, resume: bool = False, log=pri
             if d.is_main:
                 ckpt_io.verify_resume(run_dir, resume)
             check_fits(cfg.model, d.device, d.world, sharded=cfg.train.parallel == "fsdp")
-            return _train(cfg, run_dir, resume, d, log)
+            st = _build_state(cfg, run_dir, resume, d, log)
+            try:
+                if st.step > 0:
+                    _finish_interrupted_step(st)
+                st.t0 = time.perf_counter()
+                while st.step < st.cfg.train.steps:
+                    want_geom, grad_norm = _train_step(st)
+                    _after_step(st, want_geom, grad_norm)
+            finally:
+                st.mlog.close()
+            log(f"done: {st.step} steps, {st.tokens_seen:,} tokens -> {run_dir}")
+            return run_dir
     finally:
         parallel.teardown(d)
 
@@ -104,25 +116,17 @@ class TrainState:
     nonfinite: torch.Tensor | None = None  # [kind, -first step] of non-finite losses (_flag_nonfinite)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, d: parallel.Dist, log) -> Path:
-    st = _build_state(cfg, run_dir, resume, d, log)
-    try:
-        if st.step > 0:
-            _finish_interrupted_step(st, st.pending_line)
-        st.t0 = time.perf_counter()
-        while st.step < st.cfg.train.steps:
-            want_geom, grad_norm = _train_step(st)
-            _after_step(st, want_geom, grad_norm)
-    finally:
-        st.mlog.close()
-    log(f"done: {st.step} steps, {st.tokens_seen:,} tokens -> {run_dir}")
-    return run_dir
-
-
 def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Dist, log) -> TrainState:
     """Plan, data, model + objective (fresh or resumed), optimizer, schedule, logs: the state at
     the run's current step. The run directory appears only once all of it succeeded."""
-    cfg, plan = apply_plan(_keep_global_batch(as_config(cfg), run_dir, resume), d.world)
+    cfg = as_config(cfg)
+    if resume and cfg.train.global_batch is None and (run_dir / "config.yaml").is_file():
+        # a resume at another world size keeps the run's global batch (accumulation is re-derived)
+        saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
+        if saved is not None:
+            train = cfg.train.model_copy(update={"global_batch": saved, "grad_accum": None})
+            cfg = cfg.model_copy(update={"train": train})
+    cfg, plan = apply_plan(cfg, d.world)
     tc, lc = cfg.train, cfg.log
     log(plan_summary(cfg, plan))
     _check_speed_switches(tc, d.device)
@@ -139,14 +143,22 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
     optimizer = _make_optimizer(objective, tc)
     scheduler = _make_scheduler(optimizer, tc)
     step, tokens_seen, pending_line = 0, 0, None
-    if last_ckpt is not None:
-        step, tokens_seen, pending_line = _restore_training(
-            last_ckpt, wrapped, objective, optimizer, scheduler, d, tc
-        )
+    if last_ckpt is not None:  # weights, optimizer and schedule of the last checkpoint
+        saved = ckpt_io.load_trainer_state(last_ckpt)
+        if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
+            parallel.load_sharded(wrapped, optimizer, saved["sharded"])
+        else:
+            model_sd = objective.state_dict()
+            parallel.load_full_state_dicts(wrapped, optimizer, model_sd, saved["optimizer"], d, tc.parallel)
+        scheduler.load_state_dict(saved["scheduler"])
+        # the restored optimizer carries the lr of the old schedule; a resume that changes
+        # train.steps (allowed) must take the next step at the new schedule's lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        state = saved["state"]  # pending_line: the step's metrics line as saved (None in older checkpoints)
+        step, tokens_seen, pending_line = state["step"], state["tokens_seen"], state.get("pending_line")
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     seq, bsz, accum = cfg.data.seq_len, tc.batch_size, tc.grad_accum
-    forward = _compiled(wrapped, tc)
-    flops_per_token, peak = _flops_per_token(cfg, model), peak_flops(d.device)
     metrics_path = run_dir / "metrics.jsonl"
     if d.is_main:  # the run directory appears only once everything above succeeded
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,34 +167,49 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
             run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False)
         )
         truncate_after(metrics_path, step)
+    trackers = None
+    if d.is_main and lc.trackers:  # log.trackers, opened on rank 0
+        trackers = Trackers(
+            run_dir, lc.trackers, cfg.run_name, cfg.model_dump(by_alias=True), step if resume else None
+        )
+    heldout = None  # the fixed held-out batch of log.geom_batch: val and log.probe_every
+    if (lc.geom_every > 0 and lc.geom_batch == "val") or lc.probe_every > 0:
+        if lc.probe_every > 0 and tc.parallel == "fsdp" and d.enabled:
+            raise UserError(
+                "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
+                "set log.probe_every=0 or train.parallel=ddp"
+            )
+        heldout = heldout_batch(shards, seq)
+    # (tokens, document ids or None) per micro-batch: only NITP's pair rule reads the document ids
+    where = dict(start=step * accum, rank=d.rank, world=d.world)
+    if cfg.objective == "nitp":
+        batches = ((t, docs) for _, t, docs in shards.document_batches(seq, bsz, cfg.seed, **where))
+    else:
+        batches = ((t, None) for _, t in shards.batches(seq, bsz, cfg.seed, **where))
+    bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and use_bf16(str(d.device)))
     return TrainState(
         cfg=cfg,
         run_dir=run_dir,
         d=d,
         objective=objective,
         wrapped=wrapped,
-        forward=forward,
+        forward=_compiled(wrapped, tc),
         optimizer=optimizer,
         scheduler=scheduler,
         tokenizer=tokenizer,
         shards=shards,
-        batches=_training_batches(cfg, shards, start=step * accum, d=d),
-        amp=_autocast(d.device, tc.dtype),
+        batches=batches,
+        amp=torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext(),
         mlog=MetricsLog(
-            metrics_path,
-            tc.steps,
-            step,
-            enabled=d.is_main,
-            title=cfg.run_name,
-            trackers=_open_trackers(cfg, run_dir, d, step if resume else None),
+            metrics_path, tc.steps, step, enabled=d.is_main, title=cfg.run_name, trackers=trackers
         ),
         geom=GeometrySample(seq, bsz * accum, d.world, lc.geom_every, d.rank, cfg.seed),
         tokens_per_step=seq * bsz * accum * d.world,
-        flops_per_token=flops_per_token,
-        peak=peak,
+        flops_per_token=_flops_per_token(cfg, model),
+        peak=peak_flops(d.device),
         run_facts=_run_facts(tc, model, objective, optimizer),
         evaluators=evaluators,
-        heldout=_heldout(cfg, shards, d),
+        heldout=heldout,
         step=step,
         tokens_seen=tokens_seen,
         last_good=last_ckpt.name if last_ckpt is not None else None,
@@ -224,38 +251,6 @@ def _build_objective(cfg: Config, last_ckpt: Path | None, tokenizer, d: parallel
     return model, objective
 
 
-def _restore_training(last_ckpt: Path, wrapped, objective, optimizer, scheduler, d, tc) -> tuple:
-    """Load weights, optimizer and schedule of ``last_ckpt``; returns ``(step, tokens_seen,
-    pending_line)``, the last being the step's metrics line as saved (None in older checkpoints)."""
-    saved = ckpt_io.load_trainer_state(last_ckpt)
-    if saved["sharded"] is not None:  # FSDP2 shards, resharded to this world size
-        parallel.load_sharded(wrapped, optimizer, saved["sharded"])
-    else:
-        parallel.load_full_state_dicts(
-            wrapped, optimizer, objective.state_dict(), saved["optimizer"], d, tc.parallel
-        )
-    scheduler.load_state_dict(saved["scheduler"])
-    # the restored optimizer carries the lr of the old schedule; a resume that changes
-    # train.steps (allowed) must take the next step at the new schedule's lr
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    state = saved["state"]
-    return state["step"], state["tokens_seen"], state.get("pending_line")
-
-
-def _training_batches(cfg: Config, shards: TokenShards, start: int, d: parallel.Dist) -> Iterator:
-    """``(tokens, document ids or None)`` per micro-batch, from micro-batch ``start`` on.
-
-    NITP runs get each token's document (``TokenShards.document_batches``) for the pair rule:
-    no NITP pair crosses a document boundary of the packed windows. NTP runs need none.
-    """
-    seq, bsz = cfg.data.seq_len, cfg.train.batch_size
-    where = dict(start=start, rank=d.rank, world=d.world)
-    if cfg.objective != "nitp":
-        return ((tokens, None) for _, tokens in shards.batches(seq, bsz, cfg.seed, **where))
-    return ((tokens, docs) for _, tokens, docs in shards.document_batches(seq, bsz, cfg.seed, **where))
-
-
 def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     """One optimizer step (all micro-batches, clip, AdamW, schedule); returns
     ``(whether geometry is measured after it, the gradient norm before clipping)``."""
@@ -285,7 +280,12 @@ def _train_step(st: TrainState) -> tuple[bool, torch.Tensor]:
     if _read_after(st, st.step + 1):  # before this step's update: a saved checkpoint is never poisoned
         _stop_if_nonfinite(st)
     if st.step < cfg.nitp.start_step:
-        _hold_projector(st.optimizer)
+        # before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely, so
+        # it is neither weight-decayed nor stepped, and its moments start at its first real step
+        for group in st.optimizer.param_groups:
+            if group.get("name") == "projector":
+                for p in group["params"]:
+                    p.grad = None
     st.optimizer.step()
     st.scheduler.step()
     st.optimizer.zero_grad(set_to_none=True)
@@ -326,11 +326,10 @@ def _read_after(st: TrainState, step: int) -> bool:
     """Whether :func:`_after_step` reads the model or the losses after ``step`` (log, geometry,
     probe, validation, checkpoint, evaluation, last step): the non-finite check must come first."""
     cfg, lc = st.cfg, st.cfg.log
-    intervals = (lc.every, lc.geom_every, lc.probe_every, lc.eval_every)
-    intervals += (cfg.checkpoint.every, cfg.eval.every)
-    if step in _log_spaced(cfg.train.steps, lc.eval_points):
+    intervals = (lc.every, lc.geom_every, lc.probe_every, lc.eval_every, cfg.checkpoint.every, cfg.eval.every)
+    if step == cfg.train.steps or step in _log_spaced(cfg.train.steps, lc.eval_points):
         return True
-    return step == cfg.train.steps or any(n > 0 and step % n == 0 for n in intervals)
+    return any(n > 0 and step % n == 0 for n in intervals)
 
 
 def _stop_if_nonfinite(st: TrainState) -> None:
@@ -350,18 +349,24 @@ def _after_step(st: TrainState, want_geom: bool, grad_norm: torch.Tensor) -> Non
     """Log the interval's means, measure geometry, validate, evaluate (``eval.every``) and checkpoint when due."""
     cfg, lc, d, steps = st.cfg, st.cfg.log, st.d, st.cfg.train.steps
     row = {}
-    if st.step % lc.every == 0 or st.step == steps or want_geom:
+    if _due(st, lc.every) or want_geom:
         row = _interval_means(st, grad_norm)
-    if want_geom:
-        row.update(_heldout_geometry(st) if lc.geom_batch == "val" else st.geom.result(d))
-    if lc.probe_every > 0 and (st.step % lc.probe_every == 0 or st.step == steps) and d.is_main:
-        row.update(_probe(st))
+    if want_geom and lc.geom_batch == "val":  # the fixed held-out batch: every rank (a collective under FSDP)
+        row.update(
+            heldout_geometry(st.wrapped, st.objective, st.heldout, d.device, st.amp, cfg.train.batch_size)
+        )
+    elif want_geom:
+        row.update(st.geom.result(d))
+    if _due(st, lc.probe_every) and d.is_main:
+        # the gradient probe at the current NITP weight (rank 0, bare model)
+        weight = cfg.nitp.lambda_ * float(st.step >= cfg.nitp.start_step) if cfg.objective == "nitp" else 0.0
+        row.update(gradient_probe(st.objective, st.heldout, d.device, weight))
     if validation_due(st.step, steps, lc.eval_every, lc.eval_points):
         row.update(_validate(st.wrapped, st.shards, cfg, d, st.amp))
     # the checkpoint comes first, at every evaluated step too: an evaluator's or a tracker's failure
     # below never costs training state; it carries this step's line, which a resume writes if the
     # run died before it did
-    if st.step % cfg.checkpoint.every == 0 or st.step == steps or _eval_due(st):
+    if _due(st, cfg.checkpoint.every) or _due(st, cfg.eval.every):
         _save(st, pending_line=row)
         st.last_good = checkpoint_name(st.step)
     _evaluate_and_log(st, row)
@@ -396,14 +401,14 @@ def validation_due(step: int, steps: int, every: int, points: int) -> bool:
     return step == steps or (every > 0 and step % every == 0) or step in _log_spaced(steps, points)
 
 
-def _eval_due(st: TrainState) -> bool:
-    every = st.cfg.eval.every
+def _due(st: TrainState, every: int) -> bool:
+    """Whether something done every ``every`` steps (0: never) is due now, the last step included."""
     return every > 0 and (st.step % every == 0 or st.step == st.cfg.train.steps)
 
 
 def _evaluate(st: TrainState) -> dict:
     """The in-loop evaluators' results at this step (rank 0; the others wait)."""
-    modules = (st.objective, st.wrapped)
+    modules = (st.objective, st.wrapped)  # put back in training mode afterwards
     return evaluate_in_loop(
         st.evaluators, st.objective.model, modules, st.tokenizer, st.step, st.run_dir, st.d
     )
@@ -412,25 +417,27 @@ def _evaluate(st: TrainState) -> dict:
 def _evaluate_and_log(st: TrainState, row: dict) -> None:
     """Run the in-loop evaluators when due (``eval.every``), then write the step's metrics line."""
     try:
-        if _eval_due(st):
+        if _due(st, st.cfg.eval.every):
             row.update(_evaluate(st))
     finally:  # the line of this step is written even when an evaluator failed
         if row:
             st.mlog.write({"step": st.step, "tokens": st.tokens_seen, **row})
 
 
-def _finish_interrupted_step(st: TrainState, pending_line: dict | None) -> None:
+def _finish_interrupted_step(st: TrainState) -> None:
     """Finish the resumed checkpoint's step. A run killed between its checkpoint and that step's
     metrics line lost the line: write it from the checkpoint and run the evaluators. A run stopped
     by an evaluator's failure wrote the line without its results: evaluate now and add them."""
     path = st.run_dir / "metrics.jsonl"
     rows = read_jsonl(path) if st.d.is_main and path.is_file() else []
     at = [i for i, r in enumerate(rows) if r.get("step") == st.step]
-    no_line = st.d.is_main and pending_line is not None and not at
-    no_eval = bool(at) and _eval_due(st) and bool(st.evaluators) and "eval/seconds" not in rows[at[-1]]
+    no_line = st.d.is_main and st.pending_line is not None and not at
+    no_eval = (
+        bool(at and st.evaluators) and _due(st, st.cfg.eval.every) and "eval/seconds" not in rows[at[-1]]
+    )
     todo = parallel.all_max(st.d, torch.tensor([float(no_line), float(no_eval)], device=st.d.device))
     if todo[0].item():
-        _evaluate_and_log(st, dict(pending_line or {}))
+        _evaluate_and_log(st, dict(st.pending_line or {}))
     elif todo[1].item():
         results = _evaluate(st)
         if st.d.is_main:  # the step's line gets the results in place; the trackers get only them
@@ -446,8 +453,7 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
     """The logging interval's mean loss terms (over ranks), lr, gradient norm, throughput, MFU;
     starts the next interval."""
     dt = time.perf_counter() - st.t0
-    row = {k: float(v) / st.n_sums for k, v in st.sums.items()}
-    row = parallel.all_mean(st.d, row)
+    row = parallel.all_mean(st.d, {k: float(v) / st.n_sums for k, v in st.sums.items()})
     tps = st.tokens_per_step * st.n_sums / st.cfg.train.grad_accum / max(dt, 1e-9)
     row.update(lr=st.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), tokens_per_s=tps)
     if st.peak and st.flops_per_token:
@@ -464,48 +470,6 @@ def _interval_means(st: TrainState, grad_norm: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _heldout(cfg: Config, shards: TokenShards, d: parallel.Dist) -> tuple | None:
-    """The fixed held-out batch of ``log.geom_batch: val`` and ``log.probe_every`` (else None)."""
-    lc = cfg.log
-    if not ((lc.geom_every > 0 and lc.geom_batch == "val") or lc.probe_every > 0):
-        return None
-    if lc.probe_every > 0 and cfg.train.parallel == "fsdp" and d.enabled:
-        raise UserError(
-            "log.probe_every needs the whole model on rank 0 (train.parallel=fsdp shards it): "
-            "set log.probe_every=0 or train.parallel=ddp"
-        )
-    from .probe import heldout_batch
-
-    return heldout_batch(shards, cfg.data.seq_len)
-
-
-def _heldout_geometry(st: TrainState) -> dict:
-    """Geometry of the fixed held-out batch (every rank runs it: a collective under FSDP)."""
-    from .probe import heldout_geometry
-
-    return heldout_geometry(
-        st.wrapped, st.objective, st.heldout, st.d.device, st.amp, st.cfg.train.batch_size
-    )
-
-
-def _probe(st: TrainState) -> dict:
-    """The gradient probe on the held-out batch at the current NITP weight (rank 0, bare model)."""
-    from .probe import gradient_probe
-
-    nitp = st.cfg.nitp
-    weight = nitp.lambda_ * float(st.step >= nitp.start_step) if st.cfg.objective == "nitp" else 0.0
-    return gradient_probe(st.objective, st.heldout, st.d.device, weight)
-
-
-def _open_trackers(cfg: Config, run_dir: Path, d: parallel.Dist, resume_step: int | None):
-    """``log.trackers`` opened on rank 0 (``None`` when there are none, or on other ranks)."""
-    if not (d.is_main and cfg.log.trackers):
-        return None
-    from .trackers import Trackers
-
-    return Trackers(run_dir, cfg.log.trackers, cfg.run_name, cfg.model_dump(by_alias=True), resume_step)
-
-
 def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
     """Tokenize once (rank 0), memory-map the shards, and check they fit the plan.
 
@@ -534,18 +498,6 @@ def _prepared_data(cfg: Config, run_dir: Path, d: parallel.Dist, log):
                 shutil.rmtree(path, ignore_errors=True)
         raise
     return shards, tokenizer
-
-
-def _keep_global_batch(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    """On resume at another world size, keep the run's global batch (accumulation is re-derived)
-    unless the config states one itself."""
-    if not resume or cfg.train.global_batch is not None or not (run_dir / "config.yaml").is_file():
-        return cfg
-    saved = (read_run_config(run_dir).get("train") or {}).get("global_batch")
-    if saved is None:
-        return cfg
-    train = cfg.train.model_copy(update={"global_batch": saved, "grad_accum": None})
-    return cfg.model_copy(update={"train": train})
 
 
 def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, log=print) -> Path | None:
@@ -579,8 +531,8 @@ def _make_optimizer(objective: torch.nn.Module, tc: Train) -> torch.optim.Optimi
     """AdamW; weight decay on matrices only (not norms, biases, or other vectors). ``tc``: the
     ``train`` section (a dict is validated).
 
-    The projector has groups of its own (``name: projector``) so that :func:`_hold_projector`
-    can keep it out of the update until ``nitp.start_step``.
+    The projector has groups of its own (``name: projector``) so that :func:`_train_step` can keep
+    it out of the update until ``nitp.start_step``.
     """
     tc = section("train", tc)
     head = getattr(objective, "head", None)
@@ -593,22 +545,16 @@ def _make_optimizer(objective: torch.nn.Module, tc: Train) -> torch.optim.Optimi
             {"name": name, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    fused = _use_fused_adamw(tc.fused_adamw, [p for g in groups for p in g["params"]])
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, fused=fused)
-
-
-def _use_fused_adamw(setting, params: list) -> bool:
-    """``train.fused_adamw``: ``auto`` = fused when every parameter is on CUDA; ``True`` there only.
-
-    Example: ``_use_fused_adamw("auto", [torch.zeros(1)])`` is ``False`` (a CPU parameter).
-    """
+    # train.fused_adamw: auto = fused when every parameter is on CUDA; true there only
+    params = [p for g in groups for p in g["params"]]
     on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
-    if setting is True and not on_cuda:
+    if tc.fused_adamw is True and not on_cuda:
         where = sorted({p.device.type for p in params}) or ["no parameters"]
         raise UserError(
             f"train.fused_adamw=true needs every parameter on CUDA (found {', '.join(where)}): set train.fused_adamw to auto or false"
         )
-    return on_cuda if setting == "auto" else bool(setting)
+    fused = on_cuda if tc.fused_adamw == "auto" else bool(tc.fused_adamw)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, fused=fused)
 
 
 def _check_speed_switches(tc: Train, device: torch.device) -> None:
@@ -637,15 +583,12 @@ def _check_param_dtype(tc: Train, d: parallel.Dist) -> None:
 
 def _compiled(wrapped: torch.nn.Module, tc: Train) -> torch.nn.Module:
     """``torch.compile(wrapped, mode=train.compile_mode)`` when ``train.compile``, else ``wrapped``."""
-    if not tc.compile:
-        return wrapped
-    return torch.compile(wrapped, mode=tc.compile_mode)
+    return torch.compile(wrapped, mode=tc.compile_mode) if tc.compile else wrapped
 
 
 def _run_facts(tc: Train, model, objective: NITPObjective, optimizer) -> dict:
-    """The facts behind the throughput of this start, logged once in ``metrics.jsonl``: the
-    model's parameters (``count_parameters``' total), attention backend (``config._attn_implementation``: sdpa, eager, flash_attention_2, ...),
-    loss implementation, compile mode, fused AdamW."""
+    """The facts behind the throughput of this start, logged once in ``metrics.jsonl`` (attention
+    backend: sdpa, eager, flash_attention_2, ...)."""
     return {
         "parameters": count_parameters(model)["total"],
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None)),
@@ -653,15 +596,6 @@ def _run_facts(tc: Train, model, objective: NITPObjective, optimizer) -> dict:
         "compile_mode": tc.compile_mode if tc.compile else "off",
         "fused_adamw": any(bool(g.get("fused")) for g in optimizer.param_groups),
     }
-
-
-def _hold_projector(optimizer: torch.optim.Optimizer) -> None:
-    """Before NITP starts, drop the projector's (zero) gradients: AdamW then skips it entirely,
-    so it is neither weight-decayed nor stepped, and its moments start at its first real step."""
-    for group in optimizer.param_groups:
-        if group.get("name") == "projector":
-            for p in group["params"]:
-                p.grad = None
 
 
 def _make_scheduler(optimizer, tc: Train):
@@ -707,14 +641,6 @@ def _wsd_multiplier(step: int, warmup: int, warm, rest) -> float:
     return warm(step) if step < warmup else rest(step)
 
 
-def _autocast(device: torch.device, dtype: str):
-    from nitp.runtime import use_bf16
-
-    if dtype == "bf16" or (dtype == "auto" and use_bf16(str(device))):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _flops_per_token(cfg: Config | dict, model) -> float:
     from .flops import nitp_flops_per_token, training_flops_per_token
 
@@ -729,9 +655,10 @@ def _validate(wrapped, shards: TokenShards, cfg: Config, d: parallel.Dist, amp) 
     (``val_loss_batches``: the same batches in every run of the same data, so two runs pair by batch)."""
     wrapped.eval()
     losses = []
-    for batch in shards.val_batches(
+    batches = shards.val_batches(
         cfg.data.seq_len, cfg.train.batch_size, cfg.log.eval_batches, d.rank, d.world
-    ):
+    )
+    for batch in batches:
         with amp:
             out = wrapped(torch.from_numpy(batch).to(d.device), nitp_weight=0.0)
         losses.append(float(out["loss_ntp"]))
@@ -760,6 +687,7 @@ def _save(st: TrainState, pending_line: dict) -> None:
         model_sd, optim_sd = parallel.full_state_dicts(st.wrapped, st.optimizer, d, mode)
     checksums = parallel.gather_checksums(d, st.objective) if mode == "ddp" else []
     if d.is_main:
+        is_nitp, nitp = cfg.objective == "nitp", cfg.nitp
         if len(set(checksums)) > 1:
             print(f"warning: ranks disagree on the weights at step {step}: {checksums}")
         contents = ckpt_io.Contents(
@@ -768,39 +696,25 @@ def _save(st: TrainState, pending_line: dict) -> None:
             scheduler=st.scheduler,
             model=st.objective.model,
             tokenizer=st.tokenizer,
-            meta=_checkpoint_meta(cfg, step, st.tokens_seen),
-            state={
-                **_cursor_state(cfg, step, st.tokens_seen, d.world, checksums),
+            meta={  # nitp_meta.json: what the checkpoint is (objective, NITP settings) for the other tools
+                "step": step,
+                "tokens_seen": st.tokens_seen,
+                "objective": cfg.objective,
+                "preset": cfg.model["preset"],
+                "target_layer": nitp.target_layer if is_nitp else None,
+                "lambda": nitp.lambda_ if is_nitp else None,
+                "projector": nitp.projector if is_nitp else None,
+                "cos_reg_weight": cfg.cos_reg.weight,
+                "cos_reg_kind": cfg.cos_reg.kind,
+            },
+            state={  # where the run stands: the next micro-batch index, world size, rank checksums
+                "step": step,
+                "tokens_seen": st.tokens_seen,
+                "next_batch": step * cfg.train.grad_accum,
+                "world_size": d.world,
+                "rank_param_checksums": checksums,
                 "pending_line": pending_line,
             },
         )
         ckpt_io.save(run_dir, step, contents, cfg.checkpoint.keep_last, sharded=sharded)
     parallel.barrier(d)
-
-
-def _checkpoint_meta(cfg: Config, step: int, tokens_seen: int) -> dict:
-    """``nitp_meta.json``: what the checkpoint is (objective, NITP settings) for the other tools."""
-    is_nitp = cfg.objective == "nitp"
-    nitp = cfg.nitp
-    return {
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "objective": cfg.objective,
-        "preset": cfg.model["preset"],
-        "target_layer": nitp.target_layer if is_nitp else None,
-        "lambda": nitp.lambda_ if is_nitp else None,
-        "projector": nitp.projector if is_nitp else None,
-        "cos_reg_weight": cfg.cos_reg.weight,
-        "cos_reg_kind": cfg.cos_reg.kind,
-    }
-
-
-def _cursor_state(cfg: Config, step: int, tokens_seen: int, world: int, checksums: list) -> dict:
-    """Where the run stands: steps, tokens, the next micro-batch index, world size, rank checksums."""
-    return {
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "next_batch": step * cfg.train.grad_accum,
-        "world_size": world,
-        "rank_param_checksums": checksums,
-    }

@@ -17,19 +17,19 @@ nitp.errors.UserError: study s.yaml: eval.report='maybe': must be true or false
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,7 +39,23 @@ from nitp.errors import UserError
 from nitp_eval.mteb import POOLINGS
 from nitp_eval.mteb.tasks import SUITES
 from nitp_train.config import yaml_problem
-from nitp_train.config_model import BIG, Bool, Choice, Int, Need, OptionalText, _show
+from nitp_train.config_model import (
+    BIG,
+    MUST_BE_GIVEN,
+    Bool,
+    Choice,
+    Int,
+    Need,
+    OptionalText,
+    _Section,
+    _show,
+    first_error,
+    locate,
+    lookup,
+    model_keys,
+    nearest_key,
+    need_text,
+)
 
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 LINE = "study_line"  # a problem that is the whole message after ``study PATH:``
@@ -104,17 +120,12 @@ def _axes(value: Any) -> dict[str, list]:
                 f"axis {key!r} value {bad!r}: use a number, a text, true/false or null (quote dates)",
                 whole=True,
             )
-        seen = [_identity(v) for v in values]
+        seen = [json.dumps(v, sort_keys=True) for v in values]  # the same YAML value (0 and "0" differ)
         repeated = [v for i, v in enumerate(values) if seen[i] in seen[:i]]
         if repeated:
             _fail(f"axis {key!r} repeats {repeated[0]!r}; make its values distinct", whole=True)
         axes[str(key)] = values
     return axes
-
-
-def _identity(value: Any) -> str:
-    """Two axis values are the same when YAML gave the same value (0 and "0" are not)."""
-    return json.dumps(value, sort_keys=True)
 
 
 def _include(value: Any) -> list[dict]:
@@ -150,11 +161,8 @@ def _layers(value: Any) -> Any:
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return value
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(UserError):
             parse_layers(str(value))
-        except UserError:
-            pass
-        else:
             return value
     _fail("use all, a list of layers such as [0, 2, -1] or the text 0,2,-1 (-1 = last hidden state)")
 
@@ -179,10 +187,6 @@ Corpus = Annotated[str, PlainValidator(_corpus), Need("must be builtin or a corp
 
 
 # ----------------------------------------------------------------------------- sections
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class BenchEval(_Section):
     """One ``nitp-eval bench`` call per trained checkpoint."""
 
@@ -255,15 +259,10 @@ class StudyFile(_Section):
     compute_matched: Bool = False
     eval: EvalSection = Field(default_factory=EvalSection)
 
-    @field_validator("eval", mode="before")
+    @field_validator("eval", "set", mode="before")
     @classmethod
-    def _empty_eval(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-    @field_validator("set", mode="before")
-    @classmethod
-    def _no_set(cls, value: Any) -> Any:
-        return [] if value is None else value
+    def _null_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        return ({} if info.field_name == "eval" else []) if value is None else value
 
 
 # ----------------------------------------------------------------------------- validation
@@ -285,54 +284,41 @@ def _validated(model: type[BaseModel], data: dict, where: str, prefix: tuple = (
     try:
         parsed = model.model_validate(data)
     except ValidationError as e:
-        errors = e.errors()
-        first = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-        listed = _one_bench_as_list(data, prefix)
-        line = _one_line(first, model, listed, where, prefix)
+        # a single bench mapping as a one-item list, as the model reads it
+        plan = data if prefix else (data.get("eval") if isinstance(data, dict) else None)
+        listed = data
+        if isinstance(plan, dict) and isinstance(plan.get("bench"), dict):
+            plan = {**plan, "bench": [plan["bench"]]}
+            listed = plan if prefix else {**data, "eval": plan}
+        line = _one_line(first_error(e), model, listed, where, prefix)
         if listed is not data:  # the file gave one mapping: name it as the file does
             line = line.replace("eval.bench[0]", "eval.bench")
         raise UserError(line) from None
-    out = parsed.model_dump(by_alias=True)
-    plan = parsed.eval if isinstance(parsed, StudyFile) else parsed
-    sections = plan.model_dump(exclude_unset=True)
-    sections["bench"] = [b.model_dump(exclude_unset=True) for b in plan.bench]
-    for key in ("mteb", "geom"):
-        sections[key] = getattr(plan, key).model_dump(exclude_unset=True) if getattr(plan, key) else None
-    sections.setdefault("checkpoints", plan.checkpoints)
-    sections.setdefault("report", plan.report)
-    if isinstance(parsed, StudyFile):
-        out["eval"] = sections
-        return out
-    return sections
-
-
-def _one_bench_as_list(data: Any, prefix: tuple) -> Any:
-    """``data`` with a single ``bench`` mapping as a one-item list (as the model reads it)."""
-    plan = data if prefix else (data.get("eval") if isinstance(data, dict) else None)
-    if isinstance(plan, dict) and isinstance(plan.get("bench"), dict):
-        plan = {**plan, "bench": [plan["bench"]]}
-        return plan if prefix else {**data, "eval": plan}
-    return data
+    whole = isinstance(parsed, StudyFile)
+    plan = parsed.eval if whole else parsed
+    sections = plan.model_dump(exclude_unset=True)  # nested sections too: as the file gave them
+    for key in ("bench", "mteb", "geom", "checkpoints", "report"):  # left out: the defaults
+        sections.setdefault(key, getattr(plan, key))
+    return {**parsed.model_dump(by_alias=True), "eval": sections} if whole else sections
 
 
 def _one_line(error: dict, model: type[BaseModel], data: dict, where: str, prefix: tuple) -> str:
     loc = list(error["loc"])
-    shown = _dotted([*prefix, *loc])
     if error["type"] == LINE:
         return f"{where}: {error['msg']}"
     if error["type"] == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
-        known = list(_fields(parent)) if parent else []
-        near = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f"did you mean {near[0]}?" if near else f"use one of {', '.join(known)}"
+        known, near = nearest_key(model, loc)
+        hint = f"did you mean {near}?" if near else f"use one of {', '.join(known)}"
         head = _dotted([*prefix, *loc[:-1]])
         return f"{where}{': ' + head if head else ''}: unknown key {str(loc[-1])!r} ({hint})"
-    value = _lookup(data, loc)
-    section = _model_at(model, loc)
+    path, field, section = locate(model, loc)
+    shown, value = _dotted([*prefix, *path]), lookup(data, path)
     if section is not None and error["type"] != "study":
-        keys = ", ".join(_fields(section))
-        return f"{where}: {shown} must be a mapping with keys {keys}"
-    problem = error["msg"] if error["type"] in ("study", "nitp") else _need(model, loc, value)
+        return f"{where}: {shown} must be a mapping with keys {', '.join(model_keys(section))}"
+    if error["type"] in ("study", "nitp"):
+        problem = error["msg"]
+    else:
+        problem = MUST_BE_GIVEN if value is None else need_text(field)
     if isinstance(value, dict) and error["type"] == "study":  # a section's own check
         return f"{where}: {shown}: {problem}"
     return f"{where}: {shown}={_show(value)}: {problem}"
@@ -343,55 +329,3 @@ def _dotted(loc: list) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
-
-
-def _fields(model: type[BaseModel]) -> dict:
-    return {f.alias or n: f for n, f in model.model_fields.items()}
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    """The model inside ``Model``, ``Model | None`` or ``list[Model]`` (None for plain values)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _field_at(model: type[BaseModel], loc: list):
-    field = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model is None or part not in _fields(model):
-            return None
-        field = _fields(model)[part]
-        model = _inner_model(field.annotation)
-    return field
-
-
-def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
-    """The section model ``loc`` names (None when it names a value)."""
-    if not [p for p in loc if not isinstance(p, int)]:
-        return model
-    field = _field_at(model, loc)
-    return _inner_model(field.annotation) if field is not None else None
-
-
-def _need(model: type[BaseModel], loc: list, value: Any) -> str:
-    if value is None:
-        return "must be given (it may not be empty or null)"
-    field = _field_at(model, loc)
-    metadata = field.metadata if field is not None else []
-    return next((m.text for m in metadata if isinstance(m, Need)), "has the wrong type")
-
-
-def _lookup(data: Any, loc: list) -> Any:
-    for part in loc:
-        if isinstance(part, int):
-            data = data[part] if isinstance(data, list) and part < len(data) else None
-        else:
-            data = data.get(part) if isinstance(data, dict) else None
-    return data
