@@ -3,7 +3,7 @@
 Dense presets are Qwen2-style (RMSNorm, SwiGLU, RoPE, grouped-query attention); MoE presets are
 Qwen2-MoE (routed SwiGLU experts with top-k routing, one shared expert, a dense first layer,
 and the router's load-balancing loss). Sizes are the paper's (PAPER_NOTES.md) plus tiny CPU
-presets for the quickstart and tests, all in ``configs/presets.yml`` (:data:`PRESETS`).
+presets for the quickstart and tests, all in ``nitp_train/presets.yaml`` (:data:`PRESETS`).
 
 Each preset is a flat dict: ``arch`` ("dense" | "moe"), transformers config fields, and the
 NITP defaults of that size (``target_layer``, ``lambda``) plus the paper's ``lr`` and
@@ -41,7 +41,10 @@ def configs_dir() -> Path:
     return Path(str(files("nitp.configs")))
 
 
-_PRESETS_FILE = yaml.safe_load((configs_dir() / "presets.yml").read_text(encoding="utf-8"))
+_PRESETS_FILE = yaml.load(  # libyaml's loader where installed: ~10x faster at import
+    Path(__file__).with_name("presets.yaml").read_text(encoding="utf-8"),
+    Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader),
+)
 PRESETS: dict[str, dict[str, Any]] = _PRESETS_FILE["presets"]
 # The recipe of each preset: the config an overlay (``overlay: true``) is applied to.
 RECIPES: dict[str, str] = _PRESETS_FILE["recipes"]
