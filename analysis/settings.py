@@ -127,9 +127,12 @@ def parse_layers(layers) -> list[int] | None:
 def check_counts(least: int, **counts) -> None:
     """Counts the user gives are whole numbers of at least ``least`` (1: ``--batch-size``,
     ``--tokens``, ``--seq-len``, ``--pairs``; 0 = skip that measure: ``--id-tokens``,
-    ``--entropy-sequences``); ``UserError`` naming the option otherwise. None means "the default"."""
+    ``--entropy-sequences``); ``UserError`` naming the option otherwise. None means "the default"
+    where ``least`` is 1; a count that may be 0 has no default to fall back on."""
     for name, value in counts.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        if value is None and least:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
             option = "--" + {"n_tokens": "tokens", "n_pairs": "pairs"}.get(name, name).replace("_", "-")
-            rule = "of at least 1" if least else ">= 0 (0 skips it)"
+            rule = f"of at least {least}" if least else ">= 0 (0 skips it)"
             raise UserError(f"{option} {value!r}: must be a whole number {rule}")

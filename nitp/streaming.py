@@ -152,7 +152,15 @@ class _Centred:
             return
         mine, n = self._state(), self.count + n_b
         state = [v.to(mine[0].device) if hasattr(v, "to") else v for v in state]
-        means = [a + (b - a) * (n_b / n) for a, b in zip(mine, state[: len(self._means)])]
+        k = len(self._means)
+        if type(self)._recentre is _Centred._recentre:  # sums + n spread(delta): Chan's rule, in place
+            deltas = [b - a for a, b in zip(mine[:k], state[:k])]  # sums += theirs + n_a n_b / n spread
+            w = self.count * n_b / n
+            for name, a, b, t in zip(self._sums, mine[k:], state[k:], self._spread(*deltas)):
+                setattr(self, name, a.add_(b).add_(t, alpha=w) if hasattr(a, "add_") else a + b + w * t)
+            vars(self).update({m: a + d * (n_b / n) for m, a, d in zip(self._means, mine, deltas)}, count=n)
+            return
+        means = [a + (b - a) * (n_b / n) for a, b in zip(mine, state[:k])]
         ours, theirs = self._recentre(self.count, mine, means), self._recentre(n_b, state, means)
         for k, a, b in zip(self._sums, ours, theirs):
             setattr(self, k, a + b)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import List
 
 import typer
-import yaml
 
 from nitp.errors import UserError, on_interrupt, user_errors
 
@@ -65,6 +64,8 @@ def run(
     if dry_run:  # the plan on stderr, the resolved config (YAML) on stdout
         cfg, plan = apply_plan(cfg, world_size or 1)
         print(plan_summary(cfg, plan), file=sys.stderr)
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True))
         return
     if world_size is not None:

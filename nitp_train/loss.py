@@ -17,10 +17,14 @@ from torch.utils.checkpoint import checkpoint
 
 from nitp.errors import UserError
 
-from .choices import COS_REG_KINDS, resolve_loss_impl
-from .choices import parse_loss_impl as parse_loss_impl  # re-exported: nitp_train.loss.parse_loss_impl
+from .choices import COS_REG_KINDS as COS_REG_KINDS  # re-exported: nitp_train.loss.COS_REG_KINDS
+from .choices import LOSS_IMPLS as LOSS_IMPLS
+from .choices import parse_loss_impl as parse_loss_impl
+from .choices import resolve_loss_impl
+from .nitp_module import PROJECTORS as PROJECTORS  # re-exported: nitp_train.loss.PROJECTORS
 from .nitp_module import LayerCapture, NITPModule, NITPSettings
 from .nitp_module import SwiGLUHead as SwiGLUHead
+from .nitp_module import make_head as make_head
 from .objective import LOSS_KINDS as LOSS_KINDS  # re-exported: nitp_train.loss.LOSS_KINDS
 from .objective import nitp_pairs, nitp_sum
 
@@ -43,11 +47,31 @@ def nitp_loss(
 
     where V is :func:`nitp_train.objective.nitp_pairs`'s rule: t predicts a real next token,
     t and t+s are real tokens of the same document (so padding and the last max(s, 1) positions
-    of each row are excluded). ``= sum / count`` of :func:`nitp_train.objective.nitp_sum`, whose
-    parameters these are (h = ``last_hidden``, z = ``target_hidden``, both [B, T, d]; P =
-    ``head``; ``kind``; ``stop_grad``; s = ``shift``: 1 is NITP, 0 the same-position ablation),
-    plus ``attention_mask`` and ``document_ids`` [B, T] (or ``None``) of ``nitp_pairs``.
-    Returns a scalar tensor (0 with a graph when no position is valid).
+    of each row are excluded). ``= sum / count`` of :func:`nitp_train.objective.nitp_sum`.
+
+    Parameters
+    ----------
+    last_hidden : Tensor [B, T, d]
+        Last hidden states h (after the final norm).
+    target_hidden : Tensor [B, T, d]
+        Hidden states z of the target layer, same forward pass.
+    head : Module or None
+        Projector P applied to h; ``None`` = identity.
+    attention_mask : Tensor [B, T] or None
+        1 for real tokens, 0 for padding; ``None`` = all valid.
+    shift : int
+        s = 1 predicts the next token's state (NITP); 0 is the same-position ablation.
+    kind : {"cosine", "mse", "smooth_l1", "kl"}
+        ``mse`` / ``smooth_l1``: mean over features; ``kl``: KL(softmax(z) || softmax(P(h)))
+        over the feature axis.
+    stop_grad : bool
+        Detach z (the paper's setting); ``False`` is the co-adaptation ablation.
+    document_ids : Tensor [B, T] or None
+        Per-token document index of packed rows; no pair crosses a change. ``None`` = one document.
+
+    Returns
+    -------
+    Tensor, scalar (0 with a graph when no position is valid).
 
     Examples
     --------

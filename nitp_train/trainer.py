@@ -159,6 +159,7 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         step, tokens_seen, pending_line = state["step"], state["tokens_seen"], state.get("pending_line")
         log(f"resumed from {last_ckpt.name} (step {step}, {tokens_seen:,} tokens)")
     seq, bsz, accum = cfg.data.seq_len, tc.batch_size, tc.grad_accum
+    flops_per_token, peak = _flops_per_token(cfg, model), peak_flops(d.device)  # may refuse: before mkdir
     metrics_path = run_dir / "metrics.jsonl"
     if d.is_main:  # the run directory appears only once everything above succeeded
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +206,8 @@ def _build_state(cfg: Config | dict, run_dir: Path, resume: bool, d: parallel.Di
         ),
         geom=GeometrySample(seq, bsz * accum, d.world, lc.geom_every, d.rank, cfg.seed),
         tokens_per_step=seq * bsz * accum * d.world,
-        flops_per_token=_flops_per_token(cfg, model),
-        peak=peak_flops(d.device),
+        flops_per_token=flops_per_token,
+        peak=peak,
         run_facts=_run_facts(tc, model, objective, optimizer),
         evaluators=evaluators,
         heldout=heldout,

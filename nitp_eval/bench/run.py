@@ -36,7 +36,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
-from unittest import mock
 
 from nitp.console import text_table
 from nitp.errors import UserError, on_interrupt
@@ -220,8 +219,13 @@ def _record_settings(s: BenchSettings, benchmarks: list[Benchmark]) -> dict:
         "backend": s.backend,
         "max_gen_toks": s.max_gen_toks,
         "seed": {
-            k: params[f"{k}_random_seed".removeprefix("random_")].default
-            for k in ("random", "numpy", "torch", "fewshot")
+            k: params[name].default
+            for k, name in [
+                ("random", "random_seed"),
+                ("numpy", "numpy_random_seed"),
+                ("torch", "torch_random_seed"),
+                ("fewshot", "fewshot_random_seed"),
+            ]
         },
         "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
     }
@@ -307,6 +311,8 @@ def _quiet_git():
     """lm-eval records ``git describe`` of the working folder in its results; outside a git
     checkout git prints "fatal: not a git repository" once per task. Within the block the same
     call runs with git's stderr discarded (lm-eval's own fallback kept)."""
+    from unittest import mock  # here, not at the top: it imports asyncio (~40 ms at every start)
+
     from lm_eval import evaluator
     from lm_eval.loggers.utils import get_commit_from_path
 
